@@ -1,0 +1,220 @@
+//! Rendering: prefixed task lines, the summary, plans and DOT graphs.
+//! Colour only on a TTY, and never when `NO_COLOR` is set.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use vx_proto::{CacheSource, Plan, Prediction, RunEvent, RunSummary, Stream, TaskStatus};
+
+fn colour_enabled(tty: bool) -> bool {
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    match std::env::var("FORCE_COLOR").ok().as_deref() {
+        Some("0") | Some("false") => false,
+        Some(_) => true,
+        None => tty,
+    }
+}
+
+const PALETTE: &[&str] = &["36", "33", "35", "32", "34", "96", "93", "95"];
+
+/// Flushes stdout (EPIPE is not an error).
+pub fn flush() {
+    let _ = std::io::stdout().flush();
+}
+
+pub fn bytes(n: u64) -> String {
+    const U: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+}
+
+fn duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+pub struct Ui {
+    json: bool,
+    colour: bool,
+    err_colour: bool,
+    colours: HashMap<String, &'static str>,
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Ui {
+    pub fn new(json: bool) -> Self {
+        Ui {
+            json,
+            colour: !json && colour_enabled(std::io::stdout().is_terminal()),
+            err_colour: colour_enabled(std::io::stderr().is_terminal()),
+            colours: HashMap::new(),
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        }
+    }
+
+    fn prefix(&mut self, id: &str) -> String {
+        let label = id.replacen('#', ":", 1);
+        if !self.colour {
+            return format!("{label} │");
+        }
+        let n = self.colours.len();
+        let c = *self.colours.entry(id.to_string()).or_insert(PALETTE[n % PALETTE.len()]);
+        format!("\x1b[{c}m{label}\x1b[0m \x1b[2m│\x1b[0m")
+    }
+
+    fn dim(&self, s: &str) -> String {
+        if self.colour { format!("\x1b[2m{s}\x1b[0m") } else { s.to_string() }
+    }
+
+    pub fn event(&mut self, e: RunEvent) {
+        if self.json {
+            if let Ok(s) = serde_json::to_string(&e) {
+                let _ = writeln!(self.out, "{s}");
+                let _ = self.out.flush();
+            }
+            return;
+        }
+        match e {
+            RunEvent::RunStarted { .. } => {}
+            RunEvent::TaskStarted { id, key, .. } => {
+                let p = self.prefix(&id);
+                let msg = match key {
+                    Some(k) => format!("cache miss, executing {}", &k[..k.len().min(16)]),
+                    None => "executing".to_string(),
+                };
+                let msg = self.dim(&msg);
+                let _ = writeln!(self.out, "{p} {msg}");
+            }
+            RunEvent::TaskCacheHit { id, key, source } => {
+                let p = self.prefix(&id);
+                let what = if source == CacheSource::UpToDate { "outputs up to date" } else { "restored" };
+                let msg = self.dim(&format!("cache hit ({what}), replaying logs {}", &key[..key.len().min(16)]));
+                let _ = writeln!(self.out, "{p} {msg}");
+            }
+            RunEvent::TaskOutput { id, stream, line, .. } => {
+                let p = self.prefix(&id);
+                match stream {
+                    Stream::Stdout | Stream::Stderr => {
+                        let _ = writeln!(self.out, "{p} {line}");
+                    }
+                }
+            }
+            RunEvent::TaskRetry { id, attempt, of, reason } => {
+                let _ = self.out.flush();
+                eprintln!("vx: retrying {id} (attempt {attempt}/{of}) after {reason}");
+            }
+            RunEvent::TaskFinished { result } => {
+                if result.status == TaskStatus::Failed {
+                    let p = self.prefix(&result.id);
+                    let why = result.error.clone().unwrap_or_else(|| "failed".into());
+                    let msg = if self.colour { format!("\x1b[31m✗ failed: {why}\x1b[0m") } else { format!("✗ failed: {why}") };
+                    let _ = writeln!(self.out, "{p} {msg}");
+                }
+            }
+            RunEvent::Warning { message } => {
+                let _ = self.out.flush();
+                if self.err_colour {
+                    eprintln!("\x1b[33mvx: warning:\x1b[0m {message}");
+                } else {
+                    eprintln!("vx: warning: {message}");
+                }
+            }
+        }
+    }
+
+    pub fn summary(&mut self, s: &RunSummary) {
+        if self.json {
+            let v = serde_json::json!({"type": "run_finished", "summary": s});
+            let _ = writeln!(self.out, "{v}");
+            let _ = self.out.flush();
+            return;
+        }
+        let c = &s.counts;
+        let mut parts = vec![format!("{} total", c.total), format!("{} cached", c.cached), format!("{} executed", c.executed)];
+        if c.failed > 0 {
+            parts.push(format!("{} failed", c.failed));
+        }
+        if c.skipped > 0 {
+            parts.push(format!("{} skipped", c.skipped));
+        }
+        if c.aborted > 0 {
+            parts.push(format!("{} aborted", c.aborted));
+        }
+        let _ = writeln!(self.out);
+        let _ = writeln!(self.out, " Tasks:  {}", parts.join(" · "));
+        let _ = writeln!(self.out, "  Time:  {}", duration(s.duration_ms));
+        let failed: Vec<String> = s
+            .tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .map(|t| format!("{} ({})", t.id, t.error.clone().unwrap_or_else(|| "failed".into())))
+            .collect();
+        if !failed.is_empty() {
+            let label = if self.colour { "\x1b[31mFailed:\x1b[0m" } else { "Failed:" };
+            let _ = writeln!(self.out, "{label}  {}", failed.join(", "));
+        }
+        if c.total == 0 {
+            let _ = writeln!(self.out, "        nothing to run");
+        }
+        let _ = self.out.flush();
+    }
+}
+
+pub fn plan_text(plan: &Plan) {
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let runnable: Vec<_> = plan.tasks.iter().filter(|t| t.prediction != Prediction::Group).collect();
+    let hits = runnable.iter().filter(|t| t.prediction == Prediction::Hit).count();
+    let _ = writeln!(out, "Plan: {} tasks ({} predicted cache hits) in {}", runnable.len(), hits, plan.root);
+    let w = plan.tasks.iter().map(|t| t.id.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(out, "  {:<w$}  {:<9}  {:<16}  COMMAND", "TASK", "CACHE", "KEY");
+    for t in &plan.tasks {
+        let pred = match t.prediction {
+            Prediction::Hit => "hit",
+            Prediction::Miss => "miss",
+            Prediction::Uncached => "uncached",
+            Prediction::Group => "group",
+        };
+        let key = t.key.as_deref().map(|k| &k[..k.len().min(16)]).unwrap_or("-");
+        let _ = writeln!(out, "  {:<w$}  {:<9}  {:<16}  {}", t.id, pred, key, t.command.as_deref().unwrap_or("-"));
+    }
+    let _ = out.flush();
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+pub fn dot(plan: &Plan) -> String {
+    let mut s = String::from("digraph vx {\n  rankdir=\"LR\";\n  node [shape=box, style=rounded];\n");
+    for t in &plan.tasks {
+        let colour = match t.prediction {
+            Prediction::Hit => "green",
+            Prediction::Miss => "orange",
+            Prediction::Uncached => "gray",
+            Prediction::Group => "lightgray",
+        };
+        let pred = format!("{:?}", t.prediction).to_lowercase();
+        s.push_str(&format!(
+            "  \"{}\" [color={colour}, tooltip=\"{pred}\"];\n",
+            dot_escape(&t.id)
+        ));
+    }
+    for t in &plan.tasks {
+        for d in &t.deps {
+            s.push_str(&format!("  \"{}\" -> \"{}\";\n", dot_escape(&t.id), dot_escape(d)));
+        }
+    }
+    s.push_str("}\n");
+    s
+}

@@ -1,0 +1,751 @@
+//! `cache` — the local content-addressed store, its index, and output
+//! ownership (collect, wipe, restore, up-to-date checks).
+//!
+//! Layout under the cache dir (default `<root>/.vx/cache`):
+//! `cas/<2 hex>/<64 hex>` blobs named by the blake3 of their bytes, and
+//! `index.redb` with the tables `entries` (task key → manifest), `stamps`
+//! (task key → stat of the outputs as last written on this machine) and
+//! `files` (the persisted file index of `hash`).
+//!
+//! Invariants: a blob is written to a temp file, fsynced and renamed before
+//! any entry naming it is committed; every blob read is verified against its
+//! digest, and a mismatch is reported as [`CacheError::Corrupt`] (the caller
+//! treats it as a miss and drops the entry); restore copies bytes, never
+//! hard-links a blob into the tree. Only one writer thread commits to the
+//! index. This module never spawns a process and never decides what runs.
+
+use crate::globs::Patterns;
+use crate::hash::{FileStat, Record};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vx_proto::Digest;
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const STAMPS: TableDefinition<&str, &[u8]> = TableDefinition::new("stamps");
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+
+/// Version of the manifest encoding; a manifest of another version is a miss.
+const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache index error: {0}")]
+    Db(String),
+    #[error("corrupt cache blob {0}")]
+    Corrupt(String),
+    #[error("the cache at {0} is in use by another vx process (waited {1} s)")]
+    Locked(PathBuf, u64),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn dberr<E: std::fmt::Display>(e: E) -> CacheError {
+    CacheError::Db(e.to_string())
+}
+
+/// One output file of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Project-relative path.
+    pub path: String,
+    pub mode: u32,
+    pub digest: Digest,
+}
+
+/// What a cache entry records about one successful task execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub key: String,
+    pub task: String,
+    pub outputs: Vec<OutputFile>,
+    /// The task's combined output log.
+    pub log: Digest,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// Output stats (size, mtime, inode) as last written by vx on this machine.
+pub type Stamps = BTreeMap<String, (u64, i64, u64)>;
+
+enum Op {
+    Put {
+        key: String,
+        manifest: Vec<u8>,
+        stamps: Vec<u8>,
+    },
+    Stamps {
+        key: String,
+        stamps: Vec<u8>,
+    },
+    Drop {
+        key: String,
+    },
+    Files(Vec<(String, Record)>),
+    Flush(mpsc::Sender<Result<(), String>>),
+}
+
+/// The local store.
+pub struct Store {
+    dir: PathBuf,
+    db: Arc<redb::Database>,
+    writer: Mutex<Option<mpsc::Sender<Op>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+pub fn digest_of(bytes: &[u8]) -> Digest {
+    Digest {
+        hash: blake3::hash(bytes).to_hex().to_string(),
+        size_bytes: bytes.len() as u64,
+    }
+}
+
+fn valid_hex(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Store {
+    /// Opens (or creates) the store. If another process holds the index,
+    /// waits up to `wait` and calls `on_wait` once.
+    pub fn open(dir: &Path, wait: Duration, on_wait: &mut dyn FnMut()) -> Result<Self, CacheError> {
+        fs::create_dir_all(dir.join("cas")).map_err(io(dir))?;
+        fs::create_dir_all(dir.join("tmp")).map_err(io(dir))?;
+        let ignore = dir.join(".gitignore");
+        if !ignore.exists() {
+            let _ = fs::write(&ignore, "*\n");
+        }
+        let path = dir.join("index.redb");
+        let start = Instant::now();
+        let mut warned = false;
+        let db = loop {
+            match redb::Database::create(&path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    if start.elapsed() > wait {
+                        return Err(CacheError::Locked(dir.to_path_buf(), wait.as_secs()));
+                    }
+                    if !warned {
+                        on_wait();
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
+                    return Err(CacheError::Io { path, source: e });
+                }
+                Err(e) => {
+                    // A damaged or foreign index: the cache is only a cache.
+                    // Move it aside and start empty rather than refusing to run.
+                    tracing::warn!("cache index {} unusable ({e}); starting a new one", path.display());
+                    let aside = dir.join(format!("index.redb.broken-{}", std::process::id()));
+                    fs::rename(&path, &aside).map_err(io(&path))?;
+                    break redb::Database::create(&path).map_err(dberr)?;
+                }
+            }
+        };
+        let db = Arc::new(db);
+        {
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(ENTRIES).map_err(dberr)?;
+            tx.open_table(STAMPS).map_err(dberr)?;
+            tx.open_table(FILES).map_err(dberr)?;
+            tx.commit().map_err(dberr)?;
+        }
+        let (tx, rx) = mpsc::channel::<Op>();
+        let wdb = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("vx-cache-writer".into())
+            .spawn(move || writer_loop(wdb, rx))
+            .map_err(io(dir))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db,
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn send(&self, op: Op) {
+        if let Ok(g) = self.writer.lock() {
+            if let Some(tx) = g.as_ref() {
+                let _ = tx.send(op);
+            }
+        }
+    }
+
+    /// Waits until everything queued is committed.
+    pub fn flush(&self) -> Result<(), CacheError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Flush(tx));
+        match rx.recv() {
+            Ok(r) => r.map_err(CacheError::Db),
+            Err(_) => Err(CacheError::Db("cache writer stopped".into())),
+        }
+    }
+
+    /// Flushes and stops the writer thread.
+    pub fn close(&self) -> Result<(), CacheError> {
+        let r = self.flush();
+        if let Ok(mut g) = self.writer.lock() {
+            g.take();
+        }
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+        r
+    }
+
+    /// The manifest and stamps for `key`, if any. An undecodable entry is a miss.
+    pub fn get(&self, key: &str) -> Result<Option<(Manifest, Option<Stamps>)>, CacheError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let entries = tx.open_table(ENTRIES).map_err(dberr)?;
+        let Some(v) = entries.get(key).map_err(dberr)? else {
+            return Ok(None);
+        };
+        let m: Manifest = match serde_json::from_slice(v.value()) {
+            Ok(m) => m,
+            Err(_) => return Ok(None),
+        };
+        if m.version != MANIFEST_VERSION || m.key != key {
+            return Ok(None);
+        }
+        let stamps = tx.open_table(STAMPS).map_err(dberr)?;
+        let st = stamps
+            .get(key)
+            .map_err(dberr)?
+            .and_then(|v| serde_json::from_slice::<Stamps>(v.value()).ok());
+        Ok(Some((m, st)))
+    }
+
+    pub fn load_file_index(&self) -> Result<Vec<(String, Record)>, CacheError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(FILES).map_err(dberr)?;
+        let mut out = Vec::with_capacity(t.len().map_err(dberr)? as usize);
+        for row in t.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            if let Some(r) = Record::decode(v.value()) {
+                out.push((k.value().to_string(), r));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn save_file_index(&self, updates: Vec<(String, Record)>) {
+        if !updates.is_empty() {
+            self.send(Op::Files(updates));
+        }
+    }
+
+    /// Queues an entry; it is committed after its blobs (already durable).
+    pub fn put_entry(&self, m: &Manifest, stamps: &Stamps) {
+        let manifest = serde_json::to_vec(m).unwrap_or_default();
+        let stamps = serde_json::to_vec(stamps).unwrap_or_default();
+        self.send(Op::Put {
+            key: m.key.clone(),
+            manifest,
+            stamps,
+        });
+    }
+
+    pub fn put_stamps(&self, key: &str, stamps: &Stamps) {
+        self.send(Op::Stamps {
+            key: key.to_string(),
+            stamps: serde_json::to_vec(stamps).unwrap_or_default(),
+        });
+    }
+
+    pub fn drop_entry(&self, key: &str) {
+        self.send(Op::Drop { key: key.to_string() });
+    }
+
+    fn blob_path(&self, hash: &str) -> PathBuf {
+        self.dir.join("cas").join(&hash[..2]).join(hash)
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.join("tmp").join(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Stores bytes durably; returns their digest.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, CacheError> {
+        let d = digest_of(bytes);
+        let dest = self.blob_path(&d.hash);
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
+            return Ok(d);
+        }
+        let tmp = self.tmp_path();
+        let r = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_data()?;
+            Ok::<_, std::io::Error>(())
+        })();
+        r.map_err(io(&tmp))?;
+        self.install(&tmp, &dest)?;
+        Ok(d)
+    }
+
+    /// Stores a file's bytes durably (streamed); returns their digest.
+    pub fn put_file(&self, src: &Path) -> Result<Digest, CacheError> {
+        let tmp = self.tmp_path();
+        let r = (|| {
+            let mut input = fs::File::open(src)?;
+            let mut out = fs::File::create(&tmp)?;
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+                size += n as u64;
+            }
+            out.sync_data()?;
+            Ok::<_, std::io::Error>(Digest {
+                hash: h.finalize().to_hex().to_string(),
+                size_bytes: size,
+            })
+        })();
+        let d = match r {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(CacheError::Io {
+                    path: src.to_path_buf(),
+                    source: e,
+                });
+            }
+        };
+        let dest = self.blob_path(&d.hash);
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
+            let _ = fs::remove_file(&tmp);
+            return Ok(d);
+        }
+        self.install(&tmp, &dest)?;
+        Ok(d)
+    }
+
+    fn install(&self, tmp: &Path, dest: &Path) -> Result<(), CacheError> {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        fs::rename(tmp, dest).map_err(io(dest))?;
+        // Make the rename itself durable.
+        if let Some(parent) = dest.parent() {
+            if let Ok(d) = fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a blob and verifies it against its digest.
+    pub fn read_verified(&self, d: &Digest) -> Result<Vec<u8>, CacheError> {
+        if !valid_hex(&d.hash) {
+            return Err(CacheError::Corrupt(d.hash.clone()));
+        }
+        let bytes = fs::read(self.blob_path(&d.hash)).map_err(|_| CacheError::Corrupt(d.hash.clone()))?;
+        if bytes.len() as u64 != d.size_bytes || blake3::hash(&bytes).to_hex().as_str() != d.hash {
+            return Err(CacheError::Corrupt(d.hash.clone()));
+        }
+        Ok(bytes)
+    }
+
+    /// Entry count, blob count and blob bytes.
+    pub fn stats(&self) -> Result<(u64, u64, u64), CacheError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let entries = tx.open_table(ENTRIES).map_err(dberr)?.len().map_err(dberr)?;
+        let (mut blobs, mut bytes) = (0, 0);
+        if let Ok(rd) = fs::read_dir(self.dir.join("cas")) {
+            for sub in rd.flatten() {
+                if let Ok(rd2) = fs::read_dir(sub.path()) {
+                    for f in rd2.flatten() {
+                        if let Ok(m) = f.metadata() {
+                            blobs += 1;
+                            bytes += m.len();
+                        }
+                    }
+                }
+            }
+        }
+        Ok((entries, blobs, bytes))
+    }
+}
+
+fn db_err(e: redb::TransactionError) -> CacheError {
+    CacheError::Db(e.to_string())
+}
+
+fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            batch.push(op);
+        }
+        let mut flushes = Vec::new();
+        let result = (|| -> Result<(), String> {
+            let writes: Vec<&Op> = batch.iter().filter(|o| !matches!(o, Op::Flush(_))).collect();
+            if writes.is_empty() {
+                return Ok(());
+            }
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut entries = tx.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                let mut stamps = tx.open_table(STAMPS).map_err(|e| e.to_string())?;
+                let mut files = tx.open_table(FILES).map_err(|e| e.to_string())?;
+                for op in writes {
+                    match op {
+                        Op::Put { key, manifest, stamps: st } => {
+                            entries.insert(key.as_str(), manifest.as_slice()).map_err(|e| e.to_string())?;
+                            stamps.insert(key.as_str(), st.as_slice()).map_err(|e| e.to_string())?;
+                        }
+                        Op::Stamps { key, stamps: st } => {
+                            stamps.insert(key.as_str(), st.as_slice()).map_err(|e| e.to_string())?;
+                        }
+                        Op::Drop { key } => {
+                            entries.remove(key.as_str()).map_err(|e| e.to_string())?;
+                            stamps.remove(key.as_str()).map_err(|e| e.to_string())?;
+                        }
+                        Op::Files(updates) => {
+                            for (p, r) in updates {
+                                files.insert(p.as_str(), r.encode().as_slice()).map_err(|e| e.to_string())?;
+                            }
+                        }
+                        Op::Flush(_) => {}
+                    }
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })();
+        if let Err(e) = &result {
+            tracing::error!("cache index commit failed: {e}");
+        }
+        for op in batch {
+            if let Op::Flush(tx) = op {
+                flushes.push(tx);
+            }
+        }
+        for f in flushes {
+            let _ = f.send(result.clone());
+        }
+    }
+}
+
+/// One output file on disk.
+#[derive(Debug, Clone)]
+pub struct OnDisk {
+    /// Project-relative path.
+    pub rel: String,
+    pub abs: PathBuf,
+    pub stat: FileStat,
+}
+
+/// Finds the files the output patterns select under `project` (not
+/// gitignore-filtered). `fence` holds project-relative directories of
+/// nested projects, which are never entered.
+pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>) -> Vec<OnDisk> {
+    let mut out = Vec::new();
+    if pats.is_empty() {
+        return out;
+    }
+    let bases = pats.base_dirs().unwrap_or_else(|| vec![String::new()]);
+    let mut seen = HashSet::new();
+    for base in bases {
+        let start = if base.is_empty() { project.to_path_buf() } else { project.join(&base) };
+        let Ok(md) = fs::symlink_metadata(&start) else { continue };
+        if md.is_dir() {
+            walk_outputs(project, &start, &base, pats, fence, &mut out, &mut seen);
+        } else if pats.matches(&base) && seen.insert(base.clone()) {
+            push_file(&start, base, &md, &mut out);
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out
+}
+
+fn push_file(abs: &Path, rel: String, md: &fs::Metadata, out: &mut Vec<OnDisk>) {
+    if md.file_type().is_symlink() {
+        // A link is captured as its target's bytes; a link to a directory or
+        // a dangling link is not an output file.
+        match fs::metadata(abs) {
+            Ok(t) if t.is_file() => out.push(OnDisk {
+                rel,
+                abs: abs.to_path_buf(),
+                stat: FileStat::of(md),
+            }),
+            _ => {}
+        }
+    } else if md.is_file() {
+        out.push(OnDisk {
+            rel,
+            abs: abs.to_path_buf(),
+            stat: FileStat::of(md),
+        });
+    }
+}
+
+fn walk_outputs(
+    project: &Path,
+    dir: &Path,
+    rel_dir: &str,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+    out: &mut Vec<OnDisk>,
+    seen: &mut HashSet<String>,
+) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
+        let Ok(md) = fs::symlink_metadata(e.path()) else { continue };
+        if md.is_dir() {
+            if rel_dir.is_empty() && (name == ".git" || name == ".vx" || name == "node_modules") {
+                continue;
+            }
+            if fence.contains(&rel) {
+                continue;
+            }
+            walk_outputs(project, &e.path(), &rel, pats, fence, out, seen);
+        } else if pats.matches(&rel) && seen.insert(rel.clone()) {
+            push_file(&e.path(), rel, &md, out);
+        }
+    }
+}
+
+/// Deletes the files the output patterns select, and the directories that
+/// became empty because of it. Symlinks are unlinked, never followed.
+pub fn wipe_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>) -> Result<(), CacheError> {
+    let files = collect_outputs(project, pats, fence);
+    let mut dirs = HashSet::new();
+    for f in &files {
+        fs::remove_file(&f.abs).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(io(&f.abs))?;
+        let mut p = f.abs.parent();
+        while let Some(d) = p {
+            if d == project {
+                break;
+            }
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = fs::remove_dir(&d); // fails (and stays) when not empty
+    }
+    Ok(())
+}
+
+/// Stamps for the files as they are on disk now.
+pub fn stamps_of(files: &[OnDisk]) -> Stamps {
+    files
+        .iter()
+        .map(|f| (f.rel.clone(), (f.stat.size, f.stat.mtime_ns, f.stat.ino)))
+        .collect()
+}
+
+/// Whether the outputs on disk are exactly what vx last wrote for this
+/// entry on this machine: same set of files, each with its recorded size,
+/// mtime and inode.
+pub fn outputs_up_to_date(m: &Manifest, stamps: &Stamps, on_disk: &[OnDisk]) -> bool {
+    if on_disk.len() != m.outputs.len() || stamps.len() != m.outputs.len() {
+        return false;
+    }
+    on_disk.iter().zip(&m.outputs).all(|(d, o)| {
+        d.rel == o.path
+            && d.stat.size == o.digest.size_bytes
+            && stamps.get(&d.rel) == Some(&(d.stat.size, d.stat.mtime_ns, d.stat.ino))
+    })
+}
+
+/// Captures the outputs of a successful run into blobs; returns the manifest
+/// files and their on-disk stamps.
+pub fn capture(store: &Store, files: &[OnDisk]) -> Result<Vec<OutputFile>, CacheError> {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let digest = store.put_file(&f.abs)?;
+        let mode = fs::metadata(&f.abs).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
+        out.push(OutputFile {
+            path: f.rel.clone(),
+            mode,
+            digest,
+        });
+    }
+    Ok(out)
+}
+
+/// Restores an entry's outputs into `project`: wipes the current outputs,
+/// then writes each verified blob to a temp sibling and renames it in.
+/// Returns the stamps of the written files.
+pub fn restore(
+    store: &Store,
+    m: &Manifest,
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+) -> Result<Stamps, CacheError> {
+    // Verify every blob before touching the tree, so a corrupt entry leaves
+    // the outputs as they were (the task then re-runs and wipes them itself).
+    let mut blobs = Vec::with_capacity(m.outputs.len());
+    for o in &m.outputs {
+        if o.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(CacheError::Corrupt(format!("entry {} names {}", m.key, o.path)));
+        }
+        blobs.push(store.read_verified(&o.digest)?);
+    }
+    wipe_outputs(project, pats, fence)?;
+    let mut stamps = Stamps::new();
+    for (o, bytes) in m.outputs.iter().zip(blobs) {
+        let dest = project.join(&o.path);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dest.with_file_name(format!(".vx-tmp-{}-{name}", std::process::id()));
+        let r = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.set_permissions(fs::Permissions::from_mode(o.mode & 0o7777))?;
+            drop(f);
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(CacheError::Io { path: dest, source: e });
+        }
+        let md = fs::symlink_metadata(&dest).map_err(io(&dest))?;
+        let st = FileStat::of(&md);
+        stamps.insert(o.path.clone(), (st.size, st.mtime_ns, st.ino));
+    }
+    Ok(stamps)
+}
+
+/// Deletes the whole store; returns the entry count and bytes freed.
+pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
+    if !dir.exists() {
+        return Ok((0, 0));
+    }
+    let (entries, bytes) = match Store::open(dir, Duration::from_secs(30), &mut || {}) {
+        Ok(s) => {
+            let (e, _, b) = s.stats()?;
+            s.close()?;
+            (e, b)
+        }
+        Err(CacheError::Locked(p, s)) => return Err(CacheError::Locked(p, s)),
+        Err(_) => (0, 0),
+    };
+    fs::remove_dir_all(dir).map_err(io(dir))?;
+    Ok((entries, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(d: &Path) -> Store {
+        Store::open(&d.join("cache"), Duration::from_secs(1), &mut || {}).unwrap()
+    }
+
+    #[test]
+    fn blob_round_trip_and_corruption_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let dg = s.put_bytes(b"hello").unwrap();
+        assert_eq!(s.read_verified(&dg).unwrap(), b"hello");
+        fs::write(s.blob_path(&dg.hash), b"jello").unwrap();
+        assert!(matches!(s.read_verified(&dg), Err(CacheError::Corrupt(_))));
+        fs::remove_file(s.blob_path(&dg.hash)).unwrap();
+        assert!(matches!(s.read_verified(&dg), Err(CacheError::Corrupt(_))));
+    }
+
+    #[test]
+    fn entries_commit_and_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let log = s.put_bytes(b"log").unwrap();
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: "k".repeat(64),
+            task: "a#b".into(),
+            outputs: vec![],
+            log,
+            exit_code: 0,
+            duration_ms: 1,
+            created_at: 0,
+        };
+        s.put_entry(&m, &Stamps::new());
+        s.flush().unwrap();
+        assert_eq!(s.get(&m.key).unwrap().unwrap().0, m);
+        s.drop_entry(&m.key);
+        s.flush().unwrap();
+        assert!(s.get(&m.key).unwrap().is_none());
+        s.close().unwrap();
+    }
+
+    #[test]
+    fn restore_writes_copies_and_wipes_strays() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let proj = d.path().join("p");
+        fs::create_dir_all(proj.join("dist/sub")).unwrap();
+        fs::write(proj.join("dist/sub/a.txt"), "A").unwrap();
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        let fence = HashSet::new();
+        let files = collect_outputs(&proj, &pats, &fence);
+        let outputs = capture(&s, &files).unwrap();
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: "a".repeat(64),
+            task: "p#build".into(),
+            outputs,
+            log: s.put_bytes(b"").unwrap(),
+            exit_code: 0,
+            duration_ms: 0,
+            created_at: 0,
+        };
+        fs::write(proj.join("dist/stray.txt"), "S").unwrap();
+        let stamps = restore(&s, &m, &proj, &pats, &fence).unwrap();
+        assert_eq!(fs::read_to_string(proj.join("dist/sub/a.txt")).unwrap(), "A");
+        assert!(!proj.join("dist/stray.txt").exists());
+        let on_disk = collect_outputs(&proj, &pats, &fence);
+        assert!(outputs_up_to_date(&m, &stamps, &on_disk));
+        // the restored file is not the blob (no hard link)
+        let blob = s.blob_path(&m.outputs[0].digest.hash);
+        assert_ne!(fs::metadata(blob).unwrap().ino(), fs::metadata(proj.join("dist/sub/a.txt")).unwrap().ino());
+        fs::write(proj.join("dist/extra"), "x").unwrap();
+        let on_disk = collect_outputs(&proj, &pats, &fence);
+        assert!(!outputs_up_to_date(&m, &stamps, &on_disk));
+    }
+}

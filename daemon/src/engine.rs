@@ -1,0 +1,1098 @@
+//! `engine` — one run, end to end: load → select → key → cache → execute.
+//!
+//! Owns: orchestrating a run or a plan over the pipeline modules, the
+//! scheduler (ready tasks ordered by their number of transitive dependents,
+//! bounded by the concurrency), `--continue` policy, cancellation, per-task
+//! environments, output-log policy and the run summary. It emits
+//! [`RunEvent`]s into a channel; it never knows about JSON-RPC or sockets
+//! (that is `server`).
+
+use crate::cache::{self, CacheError, Manifest, Store};
+use crate::exec::{self, Outcome, Spawn};
+use crate::globs::Patterns;
+use crate::graph::{self, SelectArgs, Selection, TaskGraph};
+use crate::hash::{self, FileIndex, FileMeta, KeyParts, TaskPatterns};
+use crate::workspace::{self, Project, Workspace};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use vx_proto::{
+    CacheSource, ContinueMode, OutputLogs, Plan, PlannedTask, Prediction, RunCounts, RunEvent, RunParams,
+    RunSummary, Stream, TaskResult, TaskStatus, codes,
+};
+
+/// An error that ends a request, with its stable protocol code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<workspace::ConfigError> for EngineError {
+    fn from(e: workspace::ConfigError) -> Self {
+        EngineError::new(codes::CONFIG_ERROR, e.to_string())
+    }
+}
+
+impl From<graph::GraphError> for EngineError {
+    fn from(e: graph::GraphError) -> Self {
+        EngineError::new(e.code, e.message)
+    }
+}
+
+impl From<CacheError> for EngineError {
+    fn from(e: CacheError) -> Self {
+        EngineError::new(codes::CACHE_ERROR, e.to_string())
+    }
+}
+
+pub type Events = mpsc::UnboundedSender<RunEvent>;
+
+/// Env names every task gets from the client's environment.
+const ENV_ALLOWLIST: &[&str] = &[
+    "PATH", "HOME", "SHELL", "USER", "LOGNAME", "TMPDIR", "TEMP", "TMP", "LANG", "LC_ALL", "LC_CTYPE", "TERM",
+    "COLORTERM", "FORCE_COLOR", "NO_COLOR", "CI", "NODE_OPTIONS", "COREPACK_HOME", "PNPM_HOME",
+];
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The cache directory of a workspace.
+pub fn cache_dir(ws: &Workspace) -> PathBuf {
+    ws.defaults
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
+}
+
+/// Loads the workspace that contains `cwd`.
+pub fn load_workspace(cwd: &Path) -> Result<Workspace, EngineError> {
+    let root = workspace::find_root(cwd)?;
+    Ok(workspace::load(&root)?)
+}
+
+/// The files of the workspace, partitioned by owning project.
+struct Snapshot {
+    /// Files per project (same order as `Workspace::projects`).
+    by_project: Vec<Vec<FileMeta>>,
+    /// Files that belong to no project.
+    loose: Vec<FileMeta>,
+}
+
+/// Everything a run shares between its tasks.
+struct Shared {
+    ws: Workspace,
+    graph: TaskGraph,
+    store: Arc<Store>,
+    index: FileIndex,
+    snapshot: RwLock<Snapshot>,
+    /// Projects written to since the snapshot (their files must be re-walked).
+    dirty: Mutex<HashSet<usize>>,
+    /// Root-relative dirs of nested projects, per project (for walks).
+    fences: Vec<HashSet<String>>,
+    /// Compiled patterns per graph node (selected nodes only).
+    patterns: HashMap<usize, TaskPatterns>,
+    global_inputs: Patterns,
+    keys: Mutex<HashMap<usize, String>>,
+    params: RunParams,
+    requested: HashSet<usize>,
+    events: Option<Events>,
+    cache_skip: Vec<PathBuf>,
+}
+
+impl Shared {
+    fn emit(&self, e: RunEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    fn project_abs(&self, p: usize) -> PathBuf {
+        self.ws.abs_dir(&self.ws.projects[p])
+    }
+
+    /// Project-relative fence for output walks.
+    fn rel_fence(&self, p: usize) -> HashSet<String> {
+        let dir = &self.ws.projects[p].dir;
+        self.fences[p]
+            .iter()
+            .filter_map(|f| {
+                if dir == "." {
+                    Some(f.clone())
+                } else {
+                    f.strip_prefix(dir.as_str()).and_then(|r| r.strip_prefix('/')).map(str::to_string)
+                }
+            })
+            .collect()
+    }
+
+    fn refresh_if_dirty(&self, p: usize) {
+        let was_dirty = self.dirty.lock().map(|mut d| d.remove(&p)).unwrap_or(false);
+        if !was_dirty {
+            return;
+        }
+        let dir = self.project_abs(p);
+        let files = hash::walk(&self.ws.root, &dir, &self.fences[p], &self.cache_skip);
+        if let Ok(mut s) = self.snapshot.write() {
+            s.by_project[p] = files;
+        }
+    }
+
+    fn mark_dirty(&self, p: usize) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(p);
+        }
+    }
+
+    /// Computes (and memoises) the key of graph node `n`. Its dependencies'
+    /// keys must already be known.
+    fn key_of(&self, n: usize) -> Result<(String, KeyParts), EngineError> {
+        let node = &self.graph.nodes[n];
+        self.refresh_if_dirty(node.project);
+        let project = &self.ws.projects[node.project];
+        let mut upstream = Vec::new();
+        {
+            let keys = self.keys.lock().map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "key map poisoned"))?;
+            for d in self.graph.deps(n) {
+                match keys.get(&d) {
+                    Some(k) => upstream.push(k.clone()),
+                    None => {
+                        return Err(EngineError::new(
+                            codes::INTERNAL_ERROR,
+                            format!("key of {} needed before it was computed", self.graph.nodes[d].id),
+                        ));
+                    }
+                }
+            }
+        }
+        upstream.sort();
+        let args = if self.requested.contains(&n) { self.params.args.clone() } else { Vec::new() };
+        let mut inputs = Vec::new();
+        if node.def.command.is_some() {
+            let pats = self
+                .patterns
+                .get(&n)
+                .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "patterns missing"))?;
+            let snap = self
+                .snapshot
+                .read()
+                .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "snapshot poisoned"))?;
+            let mut files: Vec<&FileMeta> =
+                hash::select_inputs(&project.dir, snap.by_project[node.project].iter(), &[], pats, &Patterns::default());
+            if !pats.root_inputs.is_empty() || !self.global_inputs.is_empty() {
+                let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+                for f in snap.by_project.iter().flatten().chain(snap.loose.iter()) {
+                    if (pats.root_inputs.matches(&f.path) || self.global_inputs.matches(&f.path))
+                        && seen.insert(f.path.as_str())
+                    {
+                        files.push(f);
+                    }
+                }
+                files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+            }
+            inputs = files
+                .into_iter()
+                .map(|f| {
+                    let h = self.index.hash(&self.ws.root, f);
+                    (f.path.clone(), blake3::Hash::from_bytes(h).to_hex().to_string())
+                })
+                .collect();
+        }
+        let mut env_pats = self.ws.global.env.clone();
+        env_pats.extend(node.def.env.iter().cloned());
+        let env = hash::keyed_env(&env_pats, &self.params.env);
+        #[derive(serde::Serialize)]
+        struct ConfigView<'a> {
+            task: &'a crate::workspace::TaskDef,
+            global: &'a crate::workspace::GlobalConfig,
+        }
+        let config = serde_json::to_string(&ConfigView {
+            task: &node.def,
+            global: &self.ws.global,
+        })
+        .unwrap_or_default();
+        let parts = KeyParts {
+            task: node.id.clone(),
+            config,
+            command: node.def.command.clone().unwrap_or_default(),
+            args,
+            env,
+            upstream,
+            inputs,
+        };
+        let key = parts.fold();
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(n, key.clone());
+        }
+        Ok((key, parts))
+    }
+
+    /// The environment of a task's process.
+    fn task_env(&self, n: usize) -> Vec<(String, String)> {
+        let node = &self.graph.nodes[n];
+        let project = &self.ws.projects[node.project];
+        let client = &self.params.env;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for k in ENV_ALLOWLIST {
+            if let Some(v) = client.get(*k) {
+                env.insert(k.to_string(), v.clone());
+            }
+        }
+        let mut pass = self.ws.global.pass_env.clone();
+        pass.extend(node.def.pass_env.iter().cloned());
+        for (k, v) in hash::keyed_env(&pass, client) {
+            if let Some(v) = v {
+                env.insert(k, v);
+            }
+        }
+        let mut keyed = self.ws.global.env.clone();
+        keyed.extend(node.def.env.iter().cloned());
+        for (k, v) in hash::keyed_env(&keyed, client) {
+            if let Some(v) = v {
+                env.insert(k, v);
+            }
+        }
+        for (k, v) in &node.def.define {
+            env.insert(k.clone(), v.clone());
+        }
+        let proj_bin = self.ws.abs_dir(project).join("node_modules/.bin");
+        let root_bin = self.ws.root.join("node_modules/.bin");
+        let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let mut prefix = Vec::new();
+        if project.dir != "." {
+            prefix.push(proj_bin.to_string_lossy().into_owned());
+        }
+        prefix.push(root_bin.to_string_lossy().into_owned());
+        env.insert("PATH".into(), format!("{}:{path}", prefix.join(":")));
+        if node.def.npm_script {
+            env.insert("npm_package_name".into(), project.name.clone());
+            if let Some(v) = &project.version {
+                env.insert("npm_package_version".into(), v.clone());
+            }
+            env.insert("npm_lifecycle_event".into(), node.name.clone());
+        }
+        env.insert("VX_RUN_TASK".into(), node.id.clone());
+        env.insert("VX_RUN_WORKSPACE".into(), self.ws.root.to_string_lossy().into_owned());
+        env.into_iter().collect()
+    }
+
+    fn command_line(&self, n: usize) -> String {
+        let node = &self.graph.nodes[n];
+        let mut cmd = node.def.command.clone().unwrap_or_default();
+        if self.requested.contains(&n) && !self.params.args.is_empty() {
+            for a in &self.params.args {
+                cmd.push(' ');
+                cmd.push_str(&shell_quote(a));
+            }
+        }
+        cmd
+    }
+
+    fn cache_read(&self, n: usize) -> bool {
+        self.cache_enabled(n) && !self.params.force
+    }
+
+    fn cache_enabled(&self, n: usize) -> bool {
+        let d = &self.graph.nodes[n].def;
+        d.cache && d.command.is_some() && !d.persistent && !d.interactive && !self.params.no_cache
+    }
+}
+
+/// Quotes an argument for `sh` unless it is plainly safe.
+pub fn shell_quote(a: &str) -> String {
+    if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=./:,@%+".contains(&b)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// Loads, selects and prepares everything a run or a plan needs.
+fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Selection), EngineError> {
+    let cwd = PathBuf::from(&params.cwd);
+    if !cwd.is_absolute() {
+        return Err(EngineError::new(codes::INVALID_PARAMS, "cwd must be absolute"));
+    }
+    let ws = load_workspace(&cwd)?;
+    let graph = TaskGraph::build(&ws)?;
+    let selection = graph::select(
+        &ws,
+        &graph,
+        &SelectArgs {
+            cwd: &cwd,
+            tasks: &params.tasks,
+            filters: &params.filters,
+            all: params.all,
+            affected: params.affected.as_deref(),
+        },
+    )?;
+    let cdir = cache_dir(&ws);
+    let ev = events.clone();
+    let store = Store::open(&cdir, Duration::from_secs(600), &mut || {
+        if let Some(tx) = &ev {
+            let _ = tx.send(RunEvent::Warning {
+                message: format!("waiting for another vx process using the cache at {}", cdir.display()),
+            });
+        }
+    })?;
+    let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
+    let cfg = |e: crate::globs::GlobError| EngineError::new(codes::CONFIG_ERROR, e.to_string());
+    let mut patterns = HashMap::new();
+    for &n in &selection.nodes {
+        let d = &graph.nodes[n].def;
+        patterns.insert(
+            n,
+            TaskPatterns {
+                inputs: Patterns::new(&d.inputs).map_err(cfg)?,
+                root_inputs: Patterns::new(&d.root_inputs).map_err(cfg)?,
+                outputs: Patterns::new(&d.outputs).map_err(cfg)?,
+            },
+        );
+    }
+    let global_inputs = Patterns::new(&ws.global.inputs).map_err(cfg)?;
+    // Nested-project fences.
+    let fences: Vec<HashSet<String>> = ws
+        .projects
+        .iter()
+        .map(|p| {
+            ws.projects
+                .iter()
+                .filter(|q| q.name != p.name && q.dir != "." && (p.dir == "." || q.dir.starts_with(&format!("{}/", p.dir))))
+                .map(|q| q.dir.clone())
+                .collect()
+        })
+        .collect();
+    let cache_skip = vec![cdir.clone()];
+    let files = hash::walk(&ws.root, &ws.root, &HashSet::new(), &cache_skip);
+    let snapshot = partition(&ws, files);
+    // Warm the index for the projects this run touches, on all cores.
+    {
+        let involved: HashSet<usize> = selection.nodes.iter().map(|&n| graph.nodes[n].project).collect();
+        let mut to_hash: Vec<&FileMeta> = Vec::new();
+        for &p in &involved {
+            to_hash.extend(snapshot.by_project[p].iter());
+        }
+        if !global_inputs.is_empty() {
+            to_hash.extend(snapshot.loose.iter().filter(|f| global_inputs.matches(&f.path)));
+        }
+        index.hash_all(&ws.root, &to_hash);
+    }
+    let shared = Shared {
+        graph,
+        store: Arc::new(store),
+        index,
+        snapshot: RwLock::new(snapshot),
+        dirty: Mutex::new(HashSet::new()),
+        fences,
+        patterns,
+        global_inputs,
+        keys: Mutex::new(HashMap::new()),
+        requested: selection.requested.clone(),
+        params,
+        events,
+        cache_skip,
+        ws,
+    };
+    Ok((Arc::new(shared), selection))
+}
+
+fn partition(ws: &Workspace, files: Vec<FileMeta>) -> Snapshot {
+    let dirs: HashMap<&str, usize> = ws.projects.iter().enumerate().map(|(i, p)| (p.dir.as_str(), i)).collect();
+    let root_project = dirs.get(".").copied();
+    let mut by_project = vec![Vec::new(); ws.projects.len()];
+    let mut loose = Vec::new();
+    for f in files {
+        let mut owner = None;
+        let mut cur = f.path.as_str();
+        while let Some(i) = cur.rfind('/') {
+            cur = &cur[..i];
+            if let Some(&p) = dirs.get(cur) {
+                owner = Some(p);
+                break;
+            }
+        }
+        match owner.or(root_project) {
+            Some(p) => by_project[p].push(f),
+            None => loose.push(f),
+        }
+    }
+    Snapshot { by_project, loose }
+}
+
+/// Plans a run: every selected task with its key and predicted cache status.
+pub async fn plan(params: RunParams) -> Result<Plan, EngineError> {
+    tokio::task::spawn_blocking(move || plan_blocking(params))
+        .await
+        .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("plan panicked: {e}")))?
+}
+
+fn plan_blocking(params: RunParams) -> Result<Plan, EngineError> {
+    let (sh, sel) = prepare(params, None)?;
+    let mut tasks = Vec::with_capacity(sel.nodes.len());
+    for &n in &sel.nodes {
+        let (key, _) = sh.key_of(n)?;
+        let node = &sh.graph.nodes[n];
+        let project: &Project = &sh.ws.projects[node.project];
+        let prediction = if node.def.command.is_none() {
+            Prediction::Group
+        } else if !sh.cache_enabled(n) {
+            Prediction::Uncached
+        } else if sh.cache_read(n) && matches!(sh.store.get(&key), Ok(Some(_))) {
+            Prediction::Hit
+        } else {
+            Prediction::Miss
+        };
+        let mut deps: Vec<String> = sh.graph.deps(n).map(|d| sh.graph.nodes[d].id.clone()).collect();
+        deps.sort();
+        tasks.push(PlannedTask {
+            id: node.id.clone(),
+            project: project.name.clone(),
+            task: node.name.clone(),
+            dir: project.dir.clone(),
+            command: node.def.command.as_ref().map(|_| sh.command_line(n)),
+            key: Some(key),
+            prediction,
+            deps,
+            requested: sel.requested.contains(&n),
+            inputs: node.def.inputs.clone(),
+            outputs: node.def.outputs.clone(),
+        });
+    }
+    sh.store.close()?;
+    Ok(Plan {
+        root: sh.ws.root.to_string_lossy().into_owned(),
+        tasks,
+    })
+}
+
+/// What one task's future reports to the scheduler.
+struct Done {
+    local: usize,
+    result: Option<TaskResult>,
+    failed: bool,
+    tainted: bool,
+}
+
+/// Executes a run. Events stream into `events`; `cancel` carrying a signal
+/// number stops it.
+pub async fn run(
+    params: RunParams,
+    events: Events,
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Result<RunSummary, EngineError> {
+    let started_at = now_ms();
+    let t0 = Instant::now();
+    let run_id = format!("{:x}-{:x}", started_at, std::process::id());
+    let concurrency_param = params.concurrency;
+    let continue_mode = params.continue_mode;
+    let ev = events.clone();
+    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev)))
+        .await
+        .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("prepare panicked: {e}")))??;
+    let concurrency = concurrency_param
+        .or(sh.ws.defaults.concurrency)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .max(1);
+    let root = sh.ws.root.to_string_lossy().into_owned();
+    if let Some(base) = &sel.nothing_affected {
+        let _ = events.send(RunEvent::Warning {
+            message: format!("nothing affected since {base}"),
+        });
+    }
+    let nodes = sel.nodes.clone();
+    let n = nodes.len();
+    let local_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &g)| (g, i)).collect();
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|&g| sh.graph.deps(g).filter_map(|d| local_of.get(&d).copied()).collect())
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let priority = transitive_dependent_counts(&deps, &dependents);
+    let _ = events.send(RunEvent::RunStarted {
+        run_id: run_id.clone(),
+        root: root.clone(),
+        tasks: nodes.iter().filter(|&&g| sh.graph.nodes[g].def.command.is_some()).count(),
+        concurrency,
+    });
+
+    let mut deps_left: Vec<usize> = deps.iter().map(|d| d.len()).collect();
+    let mut failed_root: Vec<Option<String>> = vec![None; n]; // Some(root failure) if failed/skipped
+    let mut tainted = vec![false; n];
+    let mut results: Vec<TaskResult> = Vec::new();
+    let mut ready: BinaryHeap<(usize, std::cmp::Reverse<usize>)> = BinaryHeap::new();
+    for i in 0..n {
+        if deps_left[i] == 0 {
+            ready.push((priority[i], std::cmp::Reverse(i)));
+        }
+    }
+    let mut running = tokio::task::JoinSet::new();
+    let (task_cancel_tx, task_cancel_rx) = watch::channel::<Option<i32>>(None);
+    let mut stopping = false;
+    let mut cancelled: Option<i32> = None;
+    let mut completed = 0usize;
+    let mut error: Option<EngineError> = None;
+
+    while completed < n {
+        // Dispatch.
+        while running.len() < concurrency {
+            let Some((_, std::cmp::Reverse(i))) = ready.pop() else { break };
+            let g = nodes[i];
+            let node = &sh.graph.nodes[g];
+            let blocked = deps[i].iter().find_map(|&d| failed_root[d].clone());
+            let skip_reason = if cancelled.is_some() || stopping {
+                Some(None)
+            } else if continue_mode != ContinueMode::Always {
+                blocked.clone().map(Some)
+            } else {
+                None
+            };
+            if let Some(by) = skip_reason {
+                // Skipped: never started.
+                failed_root[i] = Some(by.clone().unwrap_or_else(|| node.id.clone()));
+                if node.def.command.is_some() {
+                    results.push(skipped(&sh, g, by));
+                }
+                completed += 1;
+                for &d in &dependents[i] {
+                    deps_left[d] -= 1;
+                    if deps_left[d] == 0 {
+                        ready.push((priority[d], std::cmp::Reverse(d)));
+                    }
+                }
+                continue;
+            }
+            let is_tainted = deps[i].iter().any(|&d| tainted[d] || failed_root[d].is_some());
+            if node.def.command.is_none() {
+                // A group task: a key (for its dependents), nothing to run.
+                let sh2 = sh.clone();
+                match tokio::task::spawn_blocking(move || sh2.key_of(g)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => error = Some(e),
+                    Err(e) => error = Some(EngineError::new(codes::INTERNAL_ERROR, e.to_string())),
+                }
+                tainted[i] = is_tainted;
+                completed += 1;
+                for &d in &dependents[i] {
+                    deps_left[d] -= 1;
+                    if deps_left[d] == 0 {
+                        ready.push((priority[d], std::cmp::Reverse(d)));
+                    }
+                }
+                if error.is_some() {
+                    stopping = true;
+                }
+                continue;
+            }
+            let sh2 = sh.clone();
+            let rx = task_cancel_rx.clone();
+            running.spawn(async move {
+                let r = run_task(&sh2, g, is_tainted, rx).await;
+                match r {
+                    Ok(result) => {
+                        let failed = matches!(result.status, TaskStatus::Failed | TaskStatus::Aborted);
+                        Done {
+                            local: i,
+                            result: Some(result),
+                            failed,
+                            tainted: is_tainted,
+                        }
+                    }
+                    Err(e) => {
+                        sh2.emit(RunEvent::Warning {
+                            message: format!("{}: {}", sh2.graph.nodes[g].id, e.message),
+                        });
+                        let mut res = base_result(&sh2, g);
+                        res.status = TaskStatus::Failed;
+                        res.error = Some(e.message);
+                        Done {
+                            local: i,
+                            result: Some(res),
+                            failed: true,
+                            tainted: is_tainted,
+                        }
+                    }
+                }
+            });
+        }
+        if running.is_empty() {
+            if ready.is_empty() {
+                break; // nothing can progress (should not happen on a DAG)
+            }
+            continue;
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { continue };
+                let done = match joined {
+                    Ok(d) => d,
+                    Err(e) => {
+                        error = Some(EngineError::new(codes::INTERNAL_ERROR, format!("a task panicked: {e}")));
+                        stopping = true;
+                        continue;
+                    }
+                };
+                let i = done.local;
+                completed += 1;
+                tainted[i] = done.tainted;
+                if let Some(r) = done.result {
+                    if done.failed {
+                        failed_root[i] = Some(r.id.clone());
+                        if continue_mode == ContinueMode::Never {
+                            stopping = true;
+                        }
+                    }
+                    let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
+                    results.push(r);
+                }
+                for &d in &dependents[i] {
+                    deps_left[d] -= 1;
+                    if deps_left[d] == 0 {
+                        ready.push((priority[d], std::cmp::Reverse(d)));
+                    }
+                }
+            }
+            r = cancel.changed(), if cancelled.is_none() => {
+                let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
+                cancelled = Some(sig);
+                stopping = true;
+                let _ = task_cancel_tx.send(Some(sig));
+            }
+        }
+    }
+    // Whatever never became ready (cannot happen on a DAG) is reported skipped.
+    for i in 0..n {
+        if deps_left[i] > 0 && sh.graph.nodes[nodes[i]].def.command.is_some() {
+            results.push(skipped(&sh, nodes[i], None));
+        }
+    }
+    sh.store.save_file_index(sh.index.take_updates());
+    let sh2 = sh.clone();
+    let close = tokio::task::spawn_blocking(move || sh2.store.close()).await;
+    if let Ok(Err(e)) = close {
+        let _ = events.send(RunEvent::Warning {
+            message: format!("the cache index could not be written: {e}"),
+        });
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut counts = RunCounts {
+        total: results.len(),
+        ..Default::default()
+    };
+    for r in &results {
+        match r.status {
+            TaskStatus::Success => counts.executed += 1,
+            TaskStatus::Cached => counts.cached += 1,
+            TaskStatus::Failed => {
+                counts.executed += 1;
+                counts.failed += 1
+            }
+            TaskStatus::Skipped => counts.skipped += 1,
+            TaskStatus::Aborted => counts.aborted += 1,
+        }
+    }
+    let ok = counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
+    let exit_code = match cancelled {
+        Some(sig) => 128 + sig,
+        None if ok => 0,
+        None => 1,
+    };
+    Ok(RunSummary {
+        run_id,
+        ok,
+        exit_code,
+        started_at,
+        ended_at: now_ms(),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        counts,
+        tasks: results,
+        root,
+    })
+}
+
+/// For each node, how many nodes transitively depend on it.
+fn transitive_dependent_counts(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
+    let n = deps.len();
+    let words = n.div_ceil(64);
+    // Process in reverse topological order (dependents before their deps).
+    let mut indeg: Vec<usize> = dependents.iter().map(|d| d.len()).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut stack: Vec<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    while let Some(i) = stack.pop() {
+        order.push(i);
+        for &d in &deps[i] {
+            indeg[d] -= 1;
+            if indeg[d] == 0 {
+                stack.push(d);
+            }
+        }
+    }
+    let mut sets: Vec<Vec<u64>> = vec![Vec::new(); n];
+    let mut counts = vec![0; n];
+    for &i in &order {
+        let mut set = vec![0u64; words];
+        for &d in &dependents[i] {
+            set[d / 64] |= 1 << (d % 64);
+            for (w, o) in set.iter_mut().zip(&sets[d]) {
+                *w |= *o;
+            }
+        }
+        counts[i] = set.iter().map(|w| w.count_ones() as usize).sum();
+        sets[i] = set;
+    }
+    counts
+}
+
+fn base_result(sh: &Shared, g: usize) -> TaskResult {
+    let node = &sh.graph.nodes[g];
+    TaskResult {
+        id: node.id.clone(),
+        project: sh.ws.projects[node.project].name.clone(),
+        task: node.name.clone(),
+        status: TaskStatus::Skipped,
+        cache: CacheSource::Miss,
+        key: sh.keys.lock().ok().and_then(|k| k.get(&g).cloned()),
+        exit_code: None,
+        duration_ms: 0,
+        attempts: 0,
+        blocked_by: None,
+        error: None,
+    }
+}
+
+fn skipped(sh: &Shared, g: usize, by: Option<String>) -> TaskResult {
+    let mut r = base_result(sh, g);
+    r.status = TaskStatus::Skipped;
+    r.cache = if sh.cache_enabled(g) { CacheSource::Miss } else { CacheSource::Disabled };
+    r.blocked_by = by;
+    r
+}
+
+/// Tries the cache; returns `Some(result)` on a usable hit.
+fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u8>)>, EngineError> {
+    let t0 = Instant::now();
+    let Some((m, stamps)) = sh.store.get(key)? else { return Ok(None) };
+    let node = &sh.graph.nodes[g];
+    let p = node.project;
+    let dir = sh.project_abs(p);
+    let pats = &sh.patterns[&g];
+    let fence = sh.rel_fence(p);
+    let corrupt = |what: &str| {
+        sh.emit(RunEvent::Warning {
+            message: format!("{}: cache entry {} is corrupt ({what}); dropping it and running the task", node.id, &key[..12]),
+        });
+        sh.store.drop_entry(key);
+    };
+    let log = match sh.store.read_verified(&m.log) {
+        Ok(l) => l,
+        Err(CacheError::Corrupt(_)) => {
+            corrupt("log");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let on_disk = cache::collect_outputs(&dir, &pats.outputs, &fence);
+    let up_to_date = stamps.as_ref().is_some_and(|s| cache::outputs_up_to_date(&m, s, &on_disk));
+    let source = if up_to_date {
+        CacheSource::UpToDate
+    } else {
+        match cache::restore(&sh.store, &m, &dir, &pats.outputs, &fence) {
+            Ok(st) => {
+                sh.store.put_stamps(key, &st);
+                sh.mark_dirty(p);
+                CacheSource::Local
+            }
+            Err(CacheError::Corrupt(what)) => {
+                corrupt(&format!("blob {}", &what[..what.len().min(12)]));
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut r = base_result(sh, g);
+    r.status = TaskStatus::Cached;
+    r.cache = source;
+    r.key = Some(key.to_string());
+    r.exit_code = Some(m.exit_code);
+    r.duration_ms = t0.elapsed().as_millis() as u64;
+    Ok(Some((r, log)))
+}
+
+fn wants_live(logs: OutputLogs) -> bool {
+    matches!(logs, OutputLogs::Full | OutputLogs::NewOnly)
+}
+
+/// Runs one task: key, cache, execute, save.
+async fn run_task(
+    sh: &Arc<Shared>,
+    g: usize,
+    tainted: bool,
+    cancel: watch::Receiver<Option<i32>>,
+) -> Result<TaskResult, EngineError> {
+    let node = &sh.graph.nodes[g];
+    let id = node.id.clone();
+    let logs = sh.params.output_logs;
+    let sh2 = sh.clone();
+    let (key, _parts) = tokio::task::spawn_blocking(move || sh2.key_of(g))
+        .await
+        .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+    if sh.cache_read(g) {
+        let sh2 = sh.clone();
+        let k2 = key.clone();
+        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2))
+            .await
+            .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+        if let Some((r, log)) = hit {
+            if logs == OutputLogs::Full {
+                sh.emit(RunEvent::TaskCacheHit {
+                    id: id.clone(),
+                    key: key.clone(),
+                    source: r.cache,
+                });
+                for line in String::from_utf8_lossy(&log).lines() {
+                    sh.emit(RunEvent::TaskOutput {
+                        id: id.clone(),
+                        stream: Stream::Stdout,
+                        line: line.to_string(),
+                        replay: true,
+                    });
+                }
+            }
+            return Ok(r);
+        }
+    }
+    // Execute.
+    let p = node.project;
+    let dir = sh.project_abs(p);
+    let write = sh.cache_enabled(g) && !tainted;
+    let fence = sh.rel_fence(p);
+    let command = sh.command_line(g);
+    let timeout = node.def.timeout_ms.or(sh.ws.defaults.timeout_ms).map(Duration::from_millis);
+    let spec = Spawn {
+        command: command.clone(),
+        dir: dir.clone(),
+        env: sh.task_env(g),
+        timeout,
+    };
+    sh.emit(RunEvent::TaskStarted {
+        id: id.clone(),
+        key: Some(key.clone()),
+        command: command.clone(),
+    });
+    let attempts_total = node.def.retries + 1;
+    let t0 = Instant::now();
+    let mut attempt = 0;
+    let (outcome, log) = loop {
+        attempt += 1;
+        if write && !sh.patterns[&g].outputs.is_empty() {
+            let (d2, pats, f2) = (dir.clone(), sh.patterns[&g].outputs.clone(), fence.clone());
+            tokio::task::spawn_blocking(move || cache::wipe_outputs(&d2, &pats, &f2))
+                .await
+                .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+        }
+        let mut log: Vec<u8> = Vec::new();
+        let mut buffered: Vec<(Stream, String)> = Vec::new();
+        let outcome = exec::run(
+            &spec,
+            |stream, line| {
+                log.extend_from_slice(line.as_bytes());
+                log.push(b'\n');
+                if wants_live(logs) {
+                    sh.emit(RunEvent::TaskOutput {
+                        id: id.clone(),
+                        stream,
+                        line,
+                        replay: false,
+                    });
+                } else if logs == OutputLogs::ErrorsOnly {
+                    buffered.push((stream, line));
+                }
+            },
+            cancel.clone(),
+        )
+        .await;
+        let ok = outcome == Outcome::Exited(0);
+        if !ok && logs == OutputLogs::ErrorsOnly {
+            for (stream, line) in buffered {
+                sh.emit(RunEvent::TaskOutput {
+                    id: id.clone(),
+                    stream,
+                    line,
+                    replay: false,
+                });
+            }
+        }
+        let retryable = !ok && !matches!(outcome, Outcome::Cancelled(_)) && attempt < attempts_total;
+        if retryable {
+            let reason = match &outcome {
+                Outcome::TimedOut => "a timeout".to_string(),
+                Outcome::SpawnFailed(e) => e.clone(),
+                o => format!("exit {}", o.exit_code().unwrap_or(1)),
+            };
+            sh.emit(RunEvent::TaskRetry {
+                id: id.clone(),
+                attempt: attempt + 1,
+                of: attempts_total,
+                reason,
+            });
+            continue;
+        }
+        break (outcome, log);
+    };
+    let duration_ms = t0.elapsed().as_millis() as u64;
+    sh.mark_dirty(p);
+    let mut r = base_result(sh, g);
+    r.key = Some(key.clone());
+    r.attempts = attempt;
+    r.duration_ms = duration_ms;
+    r.exit_code = outcome.exit_code();
+    r.cache = if sh.cache_enabled(g) { CacheSource::Miss } else { CacheSource::Disabled };
+    match &outcome {
+        Outcome::Exited(0) => r.status = TaskStatus::Success,
+        Outcome::Cancelled(_) => {
+            r.status = TaskStatus::Aborted;
+            r.error = Some("cancelled".into());
+        }
+        Outcome::TimedOut => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(format!("timed out after {} ms", timeout.map(|t| t.as_millis()).unwrap_or(0)));
+        }
+        Outcome::SpawnFailed(e) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(e.clone());
+        }
+        Outcome::Signalled(s) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(format!("killed by signal {s}"));
+        }
+        Outcome::Exited(c) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(match c {
+                126 => "exit 126: the command is not executable".into(),
+                127 => "exit 127: command not found (is it installed and on PATH?)".into(),
+                _ => format!("exit {c}"),
+            });
+        }
+    }
+    if r.status == TaskStatus::Success && write {
+        let sh2 = sh.clone();
+        let k2 = key.clone();
+        let saved = tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log, duration_ms)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => sh.emit(RunEvent::Warning {
+                message: format!("{id}: result not cached: {e}"),
+            }),
+            Err(e) => sh.emit(RunEvent::Warning {
+                message: format!("{id}: result not cached: {e}"),
+            }),
+        }
+    }
+    Ok(r)
+}
+
+/// Stores a successful execution: output blobs, the log, then the entry.
+fn save(sh: &Shared, g: usize, key: &str, log: &[u8], duration_ms: u64) -> Result<(), EngineError> {
+    let node = &sh.graph.nodes[g];
+    let dir = sh.project_abs(node.project);
+    let fence = sh.rel_fence(node.project);
+    let files = cache::collect_outputs(&dir, &sh.patterns[&g].outputs, &fence);
+    let outputs = cache::capture(&sh.store, &files)?;
+    let log = sh.store.put_bytes(log)?;
+    let m = Manifest {
+        version: 1,
+        key: key.to_string(),
+        task: node.id.clone(),
+        outputs,
+        log,
+        exit_code: 0,
+        duration_ms,
+        created_at: now_ms(),
+    };
+    sh.store.put_entry(&m, &cache::stamps_of(&files));
+    Ok(())
+}
+
+/// `cache.stats` for the workspace containing `cwd`.
+pub fn cache_stats(cwd: &Path) -> Result<vx_proto::CacheStats, EngineError> {
+    let ws = load_workspace(cwd)?;
+    let dir = cache_dir(&ws);
+    if !dir.join("index.redb").exists() {
+        return Ok(vx_proto::CacheStats {
+            dir: dir.to_string_lossy().into_owned(),
+            entries: 0,
+            blobs: 0,
+            blob_bytes: 0,
+        });
+    }
+    let store = Store::open(&dir, Duration::from_secs(30), &mut || {})?;
+    let (entries, blobs, blob_bytes) = store.stats()?;
+    store.close()?;
+    Ok(vx_proto::CacheStats {
+        dir: dir.to_string_lossy().into_owned(),
+        entries,
+        blobs,
+        blob_bytes,
+    })
+}
+
+/// `cache.clean` for the workspace containing `cwd`.
+pub fn cache_clean(cwd: &Path) -> Result<vx_proto::CacheCleaned, EngineError> {
+    let ws = load_workspace(cwd)?;
+    let dir = cache_dir(&ws);
+    let (entries, freed_bytes) = cache::clean(&dir)?;
+    Ok(vx_proto::CacheCleaned {
+        dir: dir.to_string_lossy().into_owned(),
+        entries,
+        freed_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("--watch"), "--watch");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn dependent_counts() {
+        // 0 <- 1 <- 2, 0 <- 3
+        let deps = vec![vec![], vec![0], vec![1], vec![0]];
+        let mut dependents = vec![Vec::new(); 4];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        assert_eq!(transitive_dependent_counts(&deps, &dependents), vec![3, 1, 0, 0]);
+    }
+}

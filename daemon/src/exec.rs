@@ -1,0 +1,287 @@
+//! `exec` — running one task's process.
+//!
+//! Owns: spawning `sh -c <command>` in the project directory with an
+//! isolated environment, in its own process group; streaming its output
+//! lines; timeouts; and stopping the whole group (TERM, a grace period,
+//! then KILL) on timeout, cancellation or when the future is dropped.
+//! After the shell exits, whatever is left in its group is killed, so a
+//! task never leaves an orphan behind.
+//!
+//! Never: decides what runs or in which order (`engine`), or touches the cache.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use vx_proto::Stream;
+
+/// Grace between SIGTERM and SIGKILL.
+pub fn kill_grace() -> Duration {
+    std::env::var("VX_KILL_GRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(2))
+}
+
+/// How long output is still read after the shell exited (a grandchild may
+/// hold the pipes open).
+const DRAIN: Duration = Duration::from_millis(250);
+
+/// What to spawn.
+#[derive(Debug, Clone)]
+pub struct Spawn {
+    pub command: String,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    /// Killed by a signal from outside vx.
+    Signalled(i32),
+    TimedOut,
+    SpawnFailed(String),
+    /// Stopped because the run was cancelled with this signal.
+    Cancelled(i32),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Exited(c) => Some(*c),
+            Outcome::Signalled(s) | Outcome::Cancelled(s) => Some(128 + s),
+            Outcome::TimedOut => Some(124),
+            Outcome::SpawnFailed(_) => None,
+        }
+    }
+}
+
+/// Kills a process group when dropped (unless disarmed).
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl GroupGuard {
+    fn signal(&self, sig: i32) {
+        if self.pgid > 0 {
+            // SAFETY: killpg only sends a signal; the pgid is one we created.
+            unsafe {
+                libc::killpg(self.pgid, sig);
+            }
+        }
+    }
+    fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        self.pgid > 0 && unsafe { libc::killpg(self.pgid, 0) } == 0
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+fn reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    stream: Stream,
+    tx: mpsc::UnboundedSender<(Stream, String)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    if tx.send((stream, line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs one process to completion, calling `on_line` for each output line.
+/// `cancel` carrying `Some(signal)` stops it (TERM to the group, the grace,
+/// then KILL).
+pub async fn run(
+    spec: &Spawn,
+    mut on_line: impl FnMut(Stream, String),
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Outcome {
+    if let Some(sig) = *cancel.borrow() {
+        return Outcome::Cancelled(sig);
+    }
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .current_dir(&spec.dir)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::SpawnFailed(format!("cannot start /bin/sh in {}: {e}", spec.dir.display())),
+    };
+    let mut guard = GroupGuard {
+        pgid: child.id().map(|p| p as i32).unwrap_or(0),
+        armed: true,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(reader(out, Stream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(reader(err, Stream::Stderr, tx.clone()));
+    }
+    drop(tx);
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep_until = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+    let mut stop: Option<Outcome> = None;
+    let status = loop {
+        tokio::select! {
+            biased;
+            Some((s, l)) = rx.recv() => on_line(s, l),
+            st = child.wait() => break st,
+            _ = &mut sleep_until, if stop.is_none() => {
+                stop = Some(Outcome::TimedOut);
+                break terminate(&mut child, &guard, libc::SIGTERM, &mut rx, &mut on_line).await;
+            }
+            r = cancel.changed(), if stop.is_none() => {
+                let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
+                stop = Some(Outcome::Cancelled(sig));
+                break terminate(&mut child, &guard, libc::SIGTERM, &mut rx, &mut on_line).await;
+            }
+        }
+    };
+    // Drain what the readers still have, briefly; then clear the group.
+    let drain = tokio::time::sleep(DRAIN);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m { Some((s, l)) => on_line(s, l), None => break },
+            _ = &mut drain => break,
+        }
+    }
+    if guard.alive() {
+        guard.signal(libc::SIGKILL);
+    }
+    guard.armed = false;
+    for r in readers {
+        r.abort();
+    }
+    if let Some(o) = stop {
+        return o;
+    }
+    match status {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (st.code(), st.signal()) {
+                (Some(c), _) => Outcome::Exited(c),
+                (None, Some(s)) => Outcome::Signalled(s),
+                _ => Outcome::Exited(1),
+            }
+        }
+        Err(e) => Outcome::SpawnFailed(format!("waiting for the task failed: {e}")),
+    }
+}
+
+/// TERM the group, wait the grace (still forwarding output), then KILL.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    guard: &GroupGuard,
+    sig: i32,
+    rx: &mut mpsc::UnboundedReceiver<(Stream, String)>,
+    on_line: &mut impl FnMut(Stream, String),
+) -> std::io::Result<std::process::ExitStatus> {
+    guard.signal(sig);
+    let grace = tokio::time::sleep(kill_grace());
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            st = child.wait() => return st,
+            Some((s, l)) = rx.recv() => on_line(s, l),
+            _ = &mut grace => {
+                guard.signal(libc::SIGKILL);
+                return child.wait().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &str) -> Spawn {
+        Spawn {
+            command: cmd.into(),
+            dir: std::env::temp_dir(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            timeout: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn captures_lines_and_exit_code() {
+        let (_tx, rx) = watch::channel(None);
+        let mut lines = Vec::new();
+        let o = run(&spec("echo a; echo b >&2; exit 3"), |s, l| lines.push((s, l)), rx).await;
+        assert_eq!(o, Outcome::Exited(3));
+        assert!(lines.contains(&(Stream::Stdout, "a".into())));
+        assert!(lines.contains(&(Stream::Stderr, "b".into())));
+    }
+
+    #[tokio::test]
+    async fn env_is_isolated() {
+        let (_tx, rx) = watch::channel(None);
+        let mut lines = Vec::new();
+        let mut s = spec("echo \"[$HOME]\"");
+        s.env.push(("X".into(), "1".into()));
+        run(&s, |_, l| lines.push(l), rx).await;
+        assert_eq!(lines, vec!["[]".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_group() {
+        let (_tx, rx) = watch::channel(None);
+        let mut s = spec("sleep 30 & sleep 30");
+        s.timeout = Some(Duration::from_millis(200));
+        let o = run(&s, |_, _| {}, rx).await;
+        assert_eq!(o, Outcome::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_process() {
+        let (tx, rx) = watch::channel(None);
+        let h = tokio::spawn(async move { run(&spec("sleep 30"), |_, _| {}, rx).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(Some(libc::SIGINT)).unwrap();
+        assert_eq!(h.await.unwrap(), Outcome::Cancelled(libc::SIGINT));
+    }
+}

@@ -1,0 +1,14 @@
+//! `vxd` — the vx engine and the servers that expose it.
+//!
+//! The modules follow the pipeline; each owns one concept (see its doc
+//! comment and `docs/ARCHITECTURE.md`): `workspace` → `graph` → `hash` →
+//! `cache` → `exec`, orchestrated by `engine`, exposed by `server`.
+
+pub mod cache;
+pub mod engine;
+pub mod exec;
+pub mod globs;
+pub mod graph;
+pub mod hash;
+pub mod server;
+pub mod workspace;

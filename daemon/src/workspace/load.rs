@@ -1,0 +1,666 @@
+//! `find_root` and `load`: from a directory to a validated [`Workspace`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::check::{self, ProjectRef};
+use super::members::MemberGlobs;
+use super::npm::{self, LocalPackage, PackageJson};
+use super::text::{Src, did_you_mean, find_key, find_quoted, strip_jsonc, toml_error};
+use super::turbo::{self, TurboPackage, TurboRoot};
+use super::vxtoml::{self, VxFile};
+use super::{ConfigError, ConfigKind, Defaults, GlobalConfig, Project, TaskDef, Workspace};
+
+const VX: &str = "vx.toml";
+const PKG: &str = "package.json";
+const PNPM: &str = "pnpm-workspace.yaml";
+const TURBO: &str = "turbo.json";
+
+fn io_error(path: &Path, e: &std::io::Error) -> ConfigError {
+    ConfigError::new(format!("cannot read {}: {e}", path.display()))
+}
+
+fn read_abs(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if path.is_dir() => Err(io_error(path, &e)),
+        Err(e) => Err(io_error(path, &e)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// find_root
+
+/// The member globs of `dir` when it is a workspace-root candidate.
+fn candidate_globs(dir: &Path) -> Result<Option<Vec<String>>, ConfigError> {
+    let mut candidate = false;
+    let mut vx_members: Option<Vec<String>> = None;
+    let vx_path = dir.join(VX);
+    if let Some(text) = read_abs(&vx_path)? {
+        let src = Src::new(vx_path.display().to_string(), text);
+        let table: toml::Table = toml::from_str(&src.text).map_err(|e| toml_error(&src, &e))?;
+        if let Some(ws) = table.get("workspace").and_then(|w| w.as_table()) {
+            candidate = true;
+            vx_members = ws.get("members").and_then(|m| m.as_array()).map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            });
+        }
+    }
+    let mut pm_globs: Option<Vec<String>> = None;
+    let pnpm_path = dir.join(PNPM);
+    let pkg_path = dir.join(PKG);
+    let mut has_pkg = false;
+    if let Some(text) = read_abs(&pnpm_path)? {
+        candidate = true;
+        pm_globs = Some(npm::parse_pnpm(&Src::new(pnpm_path.display().to_string(), text))?);
+    }
+    if let Some(text) = read_abs(&pkg_path)? {
+        has_pkg = true;
+        if pm_globs.is_none() {
+            let pkg = npm::parse_package_json(&Src::new(pkg_path.display().to_string(), text))?;
+            if let Some(ws) = pkg.workspaces {
+                candidate = true;
+                pm_globs = Some(ws);
+            }
+        }
+    }
+    if !candidate && has_pkg && is_root_turbo(&dir.join(TURBO)) {
+        candidate = true;
+    }
+    Ok(candidate.then(|| vx_members.or(pm_globs).unwrap_or_default()))
+}
+
+/// A `turbo.json` that is not a package config (no `extends`).
+fn is_root_turbo(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    match serde_json::from_str::<serde_json::Value>(&strip_jsonc(&text)) {
+        Ok(v) => v.get("extends").is_none(),
+        Err(_) => true,
+    }
+}
+
+fn has_manifest(dir: &Path) -> bool {
+    dir.join(VX).is_file() || dir.join(PKG).is_file()
+}
+
+/// Whether the globs of the candidate root `root` claim `cwd` (a directory
+/// at or under `root`).
+fn claims(root: &Path, cwd: &Path, globs: &[String]) -> bool {
+    let Ok(g) = MemberGlobs::new(globs) else {
+        return false;
+    };
+    let Ok(rel) = cwd.strip_prefix(root) else {
+        return false;
+    };
+    let comps: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    (1..=comps.len()).rev().any(|n| {
+        let r = comps[..n].join("/");
+        g.selects(&r) && has_manifest(&root.join(&r))
+    })
+}
+
+/// Finds the workspace root for `cwd` (see the module docs of `workspace`).
+pub fn find_root(cwd: &Path) -> Result<PathBuf, ConfigError> {
+    let cwd = cwd.canonicalize().map_err(|e| io_error(cwd, &e))?;
+    let mut nearest: Option<&Path> = None;
+    let mut fallback: Option<&Path> = None;
+    for dir in cwd.ancestors() {
+        match candidate_globs(dir)? {
+            Some(globs) => {
+                if dir == cwd || claims(dir, &cwd, &globs) {
+                    return Ok(dir.to_path_buf());
+                }
+                nearest.get_or_insert(dir);
+            }
+            None => {
+                if fallback.is_none() && has_manifest(dir) {
+                    fallback = Some(dir);
+                }
+            }
+        }
+    }
+    nearest.or(fallback).map(Path::to_path_buf).ok_or_else(|| {
+        ConfigError::new(format!(
+            "no workspace found above {}: expected a vx.toml with [workspace], package.json workspaces, pnpm-workspace.yaml or turbo.json",
+            cwd.display()
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// load
+
+struct Loader {
+    root: PathBuf,
+    files: BTreeSet<String>,
+}
+
+impl Loader {
+    /// Reads a root-relative file, recording it.
+    fn read(&mut self, rel: &str) -> Result<Option<Src>, ConfigError> {
+        let text = read_abs(&self.root.join(rel)).map_err(|e| e.with_file(rel))?;
+        Ok(text.map(|t| {
+            self.files.insert(rel.to_string());
+            Src::new(rel, t)
+        }))
+    }
+}
+
+fn rel_join(dir: &str, file: &str) -> String {
+    if dir == "." {
+        file.to_string()
+    } else {
+        format!("{dir}/{file}")
+    }
+}
+
+/// A project being assembled.
+struct Draft {
+    project: Project,
+    /// `package.json` name, when there is one (for dependency specs).
+    pkg_name: Option<String>,
+    pkg: Option<PackageJson>,
+    pkg_file: Option<String>,
+    declared: Vec<ProjectRef>,
+    task_refs: Vec<ProjectRef>,
+}
+
+/// Loads and validates the workspace at `root`.
+pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
+    let root = root.canonicalize().map_err(|e| io_error(root, &e))?;
+    let mut ld = Loader {
+        root: root.clone(),
+        files: BTreeSet::new(),
+    };
+
+    let root_vx: Option<VxFile> = ld.read(VX)?.map(vxtoml::parse).transpose()?;
+    let root_pkg_src = ld.read(PKG)?;
+    let root_pkg = root_pkg_src
+        .as_ref()
+        .map(npm::parse_package_json)
+        .transpose()?;
+    let pnpm_src = ld.read(PNPM)?;
+    let pnpm_globs = pnpm_src.as_ref().map(npm::parse_pnpm).transpose()?;
+
+    let ws = root_vx.as_ref().and_then(|v| v.workspace.clone());
+    let turbo_root: Option<TurboRoot> = if ws.is_none() {
+        ld.read(TURBO)?.map(|s| turbo::parse_root(&s)).transpose()?
+    } else {
+        None
+    };
+    let kind = if ws.is_none() && turbo_root.is_some() {
+        ConfigKind::Turbo
+    } else {
+        ConfigKind::Vx
+    };
+
+    // Member globs and the file that lists them.
+    let (globs, globs_src, globs_pos): (Vec<String>, Option<&Src>, Option<(usize, usize)>) =
+        if let Some(m) = ws.as_ref().and_then(|w| w.members.clone()) {
+            (
+                m,
+                root_vx.as_ref().map(|v| &v.src),
+                ws.as_ref().and_then(|w| w.members_pos),
+            )
+        } else if let Some(g) = pnpm_globs {
+            (g, pnpm_src.as_ref(), None)
+        } else if let Some(g) = root_pkg.as_ref().and_then(|p| p.workspaces.clone()) {
+            let pos = root_pkg_src.as_ref().and_then(|s| find_key(&s.text, "workspaces"));
+            (g, root_pkg_src.as_ref(), pos)
+        } else if ws.is_some() {
+            (Vec::new(), None, None)
+        } else {
+            // Single-project workspace: the root is the project.
+            (vec![".".to_string()], None, None)
+        };
+    let member_globs = MemberGlobs::new(&globs).map_err(|(glob, reason)| {
+        let msg = format!("invalid member glob `{glob}`: {reason}");
+        match globs_src {
+            Some(src) => {
+                let pos = find_quoted(&src.text, &glob).or(globs_pos);
+                src.err(msg).at_opt(pos)
+            }
+            None => ConfigError::new(msg),
+        }
+    })?;
+    let turbo_mode = kind == ConfigKind::Turbo;
+    let is_member = |d: &Path| {
+        if turbo_mode {
+            d.join(PKG).is_file()
+        } else {
+            has_manifest(d)
+        }
+    };
+    let dirs = member_globs.expand(&root, &is_member);
+
+    let mut drafts: Vec<Draft> = Vec::with_capacity(dirs.len() + 1);
+    let root_is_member = dirs.iter().any(|d| d == ".");
+    for dir in &dirs {
+        let draft = if dir == "." {
+            member_draft(
+                &mut ld,
+                dir,
+                root_vx.clone(),
+                root_pkg_src.clone().zip(root_pkg.clone()),
+                turbo_root.as_ref(),
+            )?
+        } else {
+            let pkg_src = ld.read(&rel_join(dir, PKG))?;
+            let pkg = match &pkg_src {
+                Some(s) => Some((s.clone(), npm::parse_package_json(s)?)),
+                None => None,
+            };
+            let vx = if turbo_mode {
+                None
+            } else {
+                ld.read(&rel_join(dir, VX))?.map(vxtoml::parse).transpose()?
+            };
+            if let Some(v) = &vx
+                && v.workspace.is_some()
+            {
+                return Err(v
+                    .src
+                    .err_near("", "[workspace]", "`[workspace]` is only allowed in the root vx.toml")
+                    .at_opt(find_line_starting(&v.src.text, "[workspace]"))
+                    .with_hint(format!("`{dir}` is a member of the workspace at the root; move the table there")));
+            }
+            member_draft(&mut ld, dir, vx, pkg, turbo_root.as_ref())?
+        };
+        if let Some(d) = draft {
+            drafts.push(d);
+        }
+    }
+
+    // The root project `//`.
+    if !root_is_member {
+        let root_pkg_file = root_pkg_src.as_ref().map(|s| s.file.clone());
+        match (&root_vx, &turbo_root) {
+            (_, Some(t)) if turbo::has_root_tasks(t) => {
+                let scripts = root_pkg.as_ref().map(|p| p.scripts.clone()).unwrap_or_default();
+                drafts.push(Draft {
+                    project: Project {
+                        name: "//".to_string(),
+                        dir: ".".to_string(),
+                        deps: Vec::new(),
+                        tags: Vec::new(),
+                        version: root_pkg.as_ref().and_then(|p| p.version.clone()),
+                        config_file: TURBO.to_string(),
+                        tasks: turbo::root_tasks(t, &scripts),
+                    },
+                    pkg_name: None,
+                    pkg: root_pkg.clone(),
+                    pkg_file: root_pkg_file,
+                    declared: Vec::new(),
+                    task_refs: Vec::new(),
+                });
+            }
+            (Some(v), None) if v.tasks.is_some() => {
+                if let Some(n) = &v.project.name {
+                    return Err(v
+                        .src
+                        .err(format!("the root project is always named `//`, not `{n}`"))
+                        .at_opt(v.project.name_pos)
+                        .with_hint("remove `name` from the root [project]"));
+                }
+                drafts.push(Draft {
+                    project: Project {
+                        name: "//".to_string(),
+                        dir: ".".to_string(),
+                        deps: Vec::new(),
+                        tags: v.project.tags.clone(),
+                        version: root_pkg.as_ref().and_then(|p| p.version.clone()),
+                        config_file: VX.to_string(),
+                        tasks: v.tasks.clone().unwrap_or_default(),
+                    },
+                    pkg_name: None,
+                    pkg: root_pkg.clone(),
+                    pkg_file: root_pkg_file,
+                    declared: v.project.deps.clone(),
+                    task_refs: v.task_refs.clone(),
+                });
+            }
+            _ => {}
+        }
+    } else if let Some(t) = &turbo_root
+        && turbo::has_root_tasks(t)
+    {
+        let key = t.tasks.keys().find(|k| k.starts_with("//#")).cloned().unwrap_or_default();
+        let src = Src::new(TURBO, std::fs::read_to_string(root.join(TURBO)).unwrap_or_default());
+        return Err(src
+            .err_near(&key, &key, format!("`{key}`: the root is itself a member package here, so there is no separate root project `//`"))
+            .with_hint("define the task without `//#`"));
+    }
+
+    // Unique names.
+    drafts.sort_by(|a, b| a.project.name.cmp(&b.project.name));
+    for w in drafts.windows(2) {
+        if w[0].project.name == w[1].project.name {
+            return Err(ConfigError::in_file(
+                &w[1].project.config_file,
+                format!(
+                    "duplicate project name `{}`: `{}` and `{}`",
+                    w[0].project.name, w[0].project.dir, w[1].project.dir
+                ),
+            )
+            .with_hint("project names must be unique; rename one of them"));
+        }
+    }
+
+    let names: Vec<&str> = drafts.iter().map(|d| d.project.name.as_str()).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let check_ref = |r: &ProjectRef| -> Result<usize, ConfigError> {
+        if let Some(i) = index.get(r.name.as_str()) {
+            return Ok(*i);
+        }
+        let mut hint = did_you_mean(&r.name, names.iter().copied());
+        if r.name == "//" {
+            hint = Some("the root project `//` exists only when the root config defines tasks".into());
+        }
+        Err(ConfigError::in_file(&r.file, format!("{}: unknown project `{}`", r.context, r.name))
+            .at_opt(r.pos)
+            .with_hint_opt(hint))
+    };
+
+    // Package-name lookups for dependency specs.
+    let by_pkg: HashMap<&str, usize> = drafts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.pkg_name.as_deref().map(|n| (n, i)))
+        .collect();
+    let by_dir: HashMap<&str, usize> = drafts
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.pkg_name.is_some())
+        .map(|(i, d)| (d.project.dir.as_str(), i))
+        .collect();
+    let lookup_name = |n: &str| {
+        by_pkg.get(n).map(|&i| LocalPackage {
+            version: drafts[i].project.version.as_deref(),
+        })
+    };
+    let lookup_dir = |d: &str| {
+        by_dir
+            .get(d)
+            .and_then(|&i| drafts[i].pkg_name.clone())
+    };
+
+    if let Some(t) = &turbo_root {
+        for r in &t.refs {
+            check_ref(r)?;
+        }
+    }
+
+    let n = drafts.len();
+    let mut hard: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut peers: Vec<(usize, usize)> = Vec::new();
+    for (i, d) in drafts.iter().enumerate() {
+        for r in &d.declared {
+            let j = check_ref(r)?;
+            if j == i {
+                return Err(ConfigError::in_file(&r.file, format!("project `{}` lists itself in `deps`", r.name))
+                    .at_opt(r.pos));
+            }
+            hard[i].insert(j);
+        }
+        for r in &d.task_refs {
+            check_ref(r)?;
+        }
+        if let Some(pkg) = &d.pkg {
+            let resolve = |key: &str, spec: &str| {
+                npm::local_target(key, spec, &d.project.dir, &lookup_name, &lookup_dir)
+                    .and_then(|name| by_pkg.get(name.as_str()).copied())
+                    .filter(|&j| j != i)
+            };
+            for (k, s) in &pkg.deps {
+                if let Some(j) = resolve(k, s) {
+                    hard[i].insert(j);
+                }
+            }
+            for (k, s) in &pkg.peer_deps {
+                if let Some(j) = resolve(k, s)
+                    && !hard[i].contains(&j)
+                {
+                    peers.push((i, j));
+                }
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&hard) {
+        let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+        let first = &drafts[cycle[0]];
+        let file = first
+            .pkg_file
+            .clone()
+            .filter(|_| first.declared.is_empty())
+            .unwrap_or_else(|| first.project.config_file.clone());
+        return Err(ConfigError::in_file(
+            file,
+            format!("package dependency cycle: {}", path.join(" → ")),
+        )
+        .with_hint("remove one of these dependencies (package.json dependencies or vx.toml `deps`)"));
+    }
+    // A peer dependency orders only when it does not close a cycle.
+    peers.sort_unstable();
+    for (i, j) in peers {
+        if !reaches(&hard, j, i) {
+            hard[i].insert(j);
+        }
+    }
+
+    let mut projects: Vec<Project> = Vec::with_capacity(n);
+    let dep_names: Vec<Vec<String>> = hard
+        .iter()
+        .map(|s| s.iter().map(|&j| names[j].to_string()).collect())
+        .collect();
+    for (d, deps) in drafts.into_iter().zip(dep_names) {
+        let mut p = d.project;
+        p.deps = deps; // indices are in name order, so already sorted
+        projects.push(p);
+    }
+
+    // Defaults and global config.
+    let mut defaults = Defaults::default();
+    let mut global = GlobalConfig::default();
+    if let Some(w) = &ws {
+        defaults.concurrency = w.concurrency;
+        defaults.timeout_ms = w.timeout_ms;
+        defaults.cache_dir = w.cache_dir.as_deref().map(|d| absolute_dir(&root, d));
+        global = w.global.clone();
+    } else if let Some(t) = &turbo_root {
+        defaults.concurrency = t.concurrency;
+        global = t.global.clone();
+    }
+
+    Ok(Workspace {
+        root,
+        kind,
+        projects,
+        global,
+        defaults,
+        config_files: ld.files.into_iter().collect(),
+    })
+}
+
+fn find_line_starting(text: &str, prefix: &str) -> Option<(usize, usize)> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(prefix))
+        .map(|i| (i + 1, 1))
+}
+
+fn absolute_dir(root: &Path, d: &str) -> PathBuf {
+    if let Some(rest) = d.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    let p = Path::new(d);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+/// One member directory → a draft project (`None`: skipped).
+fn member_draft(
+    ld: &mut Loader,
+    dir: &str,
+    vx: Option<VxFile>,
+    pkg: Option<(Src, PackageJson)>,
+    turbo_root: Option<&TurboRoot>,
+) -> Result<Option<Draft>, ConfigError> {
+    let pkg_name = match &pkg {
+        Some((src, p)) => match &p.name {
+            Some(n) => {
+                check::project_name(n).map_err(|e| src.err_near(n, "name", e))?;
+                Some(n.clone())
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let base = || {
+        if dir == "." {
+            ld.root.file_name().map(|s| s.to_string_lossy().into_owned())
+        } else {
+            dir.rsplit('/').next().map(str::to_string)
+        }
+    };
+    let name = match (vx.as_ref().and_then(|v| v.project.name.clone()), &pkg_name) {
+        (Some(n), _) => n,
+        (None, Some(n)) => n.clone(),
+        (None, None) if vx.is_some() || dir == "." => match base() {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+        (None, None) => {
+            tracing::debug!(dir, "skipping member: package.json has no name");
+            return Ok(None);
+        }
+    };
+    if vx.as_ref().and_then(|v| v.project.name.as_ref()).is_none() && pkg_name.is_none() {
+        check::project_name(&name).map_err(|e| {
+            ConfigError::new(format!("{e} (the name of `{dir}`, from its directory)"))
+                .with_hint("set `[project] name` in its vx.toml")
+        })?;
+    }
+    let version = pkg.as_ref().and_then(|(_, p)| p.version.clone());
+    let pkg_file = pkg.as_ref().map(|(s, _)| s.file.clone());
+
+    let (tasks, tags, config_file, declared, task_refs) = match turbo_root {
+        Some(troot) => {
+            let own_src = ld.read(&rel_join(dir, TURBO))?;
+            let own: Option<TurboPackage> = match (&own_src, dir) {
+                (Some(s), d) if d != "." => Some(turbo::parse_package(s)?),
+                _ => None,
+            };
+            let scripts = pkg.as_ref().map(|(_, p)| p.scripts.clone()).unwrap_or_default();
+            let tasks = turbo::package_tasks(troot, pkg_name.as_deref().unwrap_or(&name), own.as_ref(), &scripts);
+            let config_file = match &own {
+                Some(_) => rel_join(dir, TURBO),
+                None => pkg_file.clone().unwrap_or_else(|| rel_join(dir, PKG)),
+            };
+            let own = own.unwrap_or_default();
+            (tasks, own.tags, config_file, Vec::new(), own.refs)
+        }
+        None => match vx {
+            Some(v) => (
+                v.tasks.unwrap_or_default(),
+                v.project.tags,
+                v.src.file.clone(),
+                v.project.deps,
+                v.task_refs,
+            ),
+            None => (
+                BTreeMap::<String, TaskDef>::new(),
+                Vec::new(),
+                pkg_file.clone().unwrap_or_else(|| rel_join(dir, PKG)),
+                Vec::new(),
+                Vec::new(),
+            ),
+        },
+    };
+    Ok(Some(Draft {
+        project: Project {
+            name,
+            dir: dir.to_string(),
+            deps: Vec::new(),
+            tags,
+            version,
+            config_file,
+            tasks,
+        },
+        pkg_name,
+        pkg: pkg.map(|(_, p)| p),
+        pkg_file,
+        declared,
+        task_refs,
+    }))
+}
+
+/// A cycle in `edges` as a node path that starts and ends on the same node.
+fn find_cycle(edges: &[BTreeSet<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum C {
+        White,
+        Grey,
+        Black,
+    }
+    let n = edges.len();
+    let mut color = vec![C::White; n];
+    for start in 0..n {
+        if color[start] != C::White {
+            continue;
+        }
+        let mut stack: Vec<(usize, std::collections::btree_set::Iter<'_, usize>)> =
+            vec![(start, edges[start].iter())];
+        color[start] = C::Grey;
+        while let Some((node, it)) = stack.last_mut() {
+            let node = *node;
+            match it.next() {
+                Some(&next) => match color[next] {
+                    C::White => {
+                        color[next] = C::Grey;
+                        stack.push((next, edges[next].iter()));
+                    }
+                    C::Grey => {
+                        let pos = stack.iter().position(|(x, _)| *x == next).unwrap_or(0);
+                        let mut path: Vec<usize> = stack[pos..].iter().map(|(x, _)| *x).collect();
+                        path.push(next);
+                        return Some(path);
+                    }
+                    C::Black => {}
+                },
+                None => {
+                    color[node] = C::Black;
+                    stack.pop();
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether `to` is reachable from `from`.
+fn reaches(edges: &[BTreeSet<usize>], from: usize, to: usize) -> bool {
+    let mut seen = vec![false; edges.len()];
+    let mut stack = vec![from];
+    while let Some(x) = stack.pop() {
+        if x == to {
+            return true;
+        }
+        if std::mem::replace(&mut seen[x], true) {
+            continue;
+        }
+        stack.extend(edges[x].iter().copied());
+    }
+    false
+}

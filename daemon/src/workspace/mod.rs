@@ -1,0 +1,176 @@
+//! `workspace` — discovery and configuration: from a directory to a
+//! validated [`Workspace`] model.
+//!
+//! Owns: finding the workspace root, reading `vx.toml` files, npm/pnpm/yarn/bun
+//! workspace manifests (`package.json` `workspaces`, `pnpm-workspace.yaml`),
+//! zero-config Turborepo repos (`turbo.json` + `package.json` scripts), and
+//! turning local package dependencies into project dependencies. Every
+//! config error names the file, the line where the format has one, the field
+//! and a did-you-mean.
+//!
+//! Never: builds the task graph (that is `graph`), reads source files for
+//! hashing (`hash`), touches the cache, or spawns a process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+mod check;
+mod error;
+mod load;
+mod members;
+mod npm;
+mod text;
+mod turbo;
+mod vxtoml;
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+pub use load::{find_root, load};
+
+/// Where the tasks of the workspace came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigKind {
+    /// Root `vx.toml` with a `[workspace]` table.
+    Vx,
+    /// Root `turbo.json`, commands from `package.json` scripts.
+    Turbo,
+}
+
+/// The validated model of one workspace.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// Absolute, canonical root directory.
+    pub root: PathBuf,
+    pub kind: ConfigKind,
+    /// Sorted by name; names are unique.
+    pub projects: Vec<Project>,
+    /// Inputs and env keyed into every task of the workspace.
+    pub global: GlobalConfig,
+    pub defaults: Defaults,
+    /// Every config or manifest file read, root-relative (for invalidation).
+    pub config_files: Vec<String>,
+}
+
+/// Workspace-wide key contributions (`global_inputs`, turbo's
+/// `globalDependencies` / `globalEnv` / `globalPassThroughEnv`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GlobalConfig {
+    /// Root-relative globs whose files are keyed into every task.
+    pub inputs: Vec<String>,
+    /// Env names (exact, or with `*` wildcards; `!` excludes) keyed into every task and passed to it.
+    pub env: Vec<String>,
+    /// Env names passed to every task, not keyed.
+    pub pass_env: Vec<String>,
+}
+
+/// Run defaults from the root config; flags override them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Defaults {
+    pub concurrency: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    /// Absolute cache directory, when configured (default `<root>/.vx/cache`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One project (package).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    /// Unique name; `//` is the workspace root project.
+    pub name: String,
+    /// Root-relative directory, `/`-separated; `.` for the root project.
+    pub dir: String,
+    /// Names of the projects this one depends on (sorted, unique, all exist).
+    pub deps: Vec<String>,
+    pub tags: Vec<String>,
+    /// `package.json` version, when there is one.
+    pub version: Option<String>,
+    /// The project's config file, root-relative (`vx.toml`, `package.json`, `turbo.json`).
+    pub config_file: String,
+    pub tasks: BTreeMap<String, TaskDef>,
+}
+
+/// One task as configured (before graph resolution).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TaskDef {
+    /// The shell command; `None` makes a group task (it only has dependencies).
+    pub command: Option<String>,
+    pub description: Option<String>,
+    /// Raw dependency forms: `name`, `^name`, `project#name`.
+    pub depends_on: Vec<String>,
+    /// Project-relative input globs (`!` excludes). Default `["**"]`.
+    pub inputs: Vec<String>,
+    /// Root-relative input globs (turbo's `$TURBO_ROOT$/...`).
+    pub root_inputs: Vec<String>,
+    /// Project-relative output globs (`!` excludes).
+    pub outputs: Vec<String>,
+    /// Env names keyed and passed (exact or `*` wildcards; `!` excludes).
+    pub env: Vec<String>,
+    /// Env names passed through, not keyed.
+    pub pass_env: Vec<String>,
+    /// Literal env values set for the task (keyed through the config).
+    pub define: BTreeMap<String, String>,
+    /// Whether results are cached.
+    pub cache: bool,
+    pub persistent: bool,
+    pub ready_when: Option<String>,
+    pub interactive: bool,
+    pub timeout_ms: Option<u64>,
+    pub retries: u32,
+    /// The command is a `package.json` script: set `npm_package_name`,
+    /// `npm_package_version` and `npm_lifecycle_event`.
+    pub npm_script: bool,
+}
+
+impl Default for TaskDef {
+    fn default() -> Self {
+        Self {
+            command: None,
+            description: None,
+            depends_on: Vec::new(),
+            inputs: vec!["**".to_string()],
+            root_inputs: Vec::new(),
+            outputs: Vec::new(),
+            env: Vec::new(),
+            pass_env: Vec::new(),
+            define: BTreeMap::new(),
+            cache: false,
+            persistent: false,
+            ready_when: None,
+            interactive: false,
+            timeout_ms: None,
+            retries: 0,
+            npm_script: false,
+        }
+    }
+}
+
+impl Workspace {
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.projects
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.projects[i])
+    }
+
+    /// The project whose directory contains `dir` (absolute), deepest first.
+    pub fn project_at(&self, dir: &Path) -> Option<&Project> {
+        let rel = dir.strip_prefix(&self.root).ok()?;
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        self.projects
+            .iter()
+            .filter(|p| {
+                p.dir == "." || rel == p.dir || rel.starts_with(&format!("{}/", p.dir))
+            })
+            .max_by_key(|p| if p.dir == "." { 0 } else { p.dir.len() + 1 })
+    }
+
+    pub fn abs_dir(&self, p: &Project) -> PathBuf {
+        if p.dir == "." {
+            self.root.clone()
+        } else {
+            self.root.join(&p.dir)
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Turborepo compatibility: root `turbo.json` (JSONC), per-package
+//! `turbo.json` with `"extends": ["//"]`, commands from `package.json`
+//! scripts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::check::{self, ProjectRef};
+use super::text::{Src, json_error, strip_jsonc};
+use super::{ConfigError, GlobalConfig, TaskDef};
+use crate::globs::Patterns;
+
+const EXTENDS: &str = "$TURBO_EXTENDS$";
+const DEFAULT: &str = "$TURBO_DEFAULT$";
+const ROOT: &str = "$TURBO_ROOT$/";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct RawRoot {
+    #[serde(rename = "$schema")]
+    schema: Option<Value>,
+    tasks: Option<BTreeMap<String, RawTask>>,
+    pipeline: Option<BTreeMap<String, RawTask>>,
+    global_dependencies: Option<Vec<String>>,
+    global_env: Option<Vec<String>>,
+    global_pass_through_env: Option<Vec<String>>,
+    global_dot_env: Option<Value>,
+    ui: Option<Value>,
+    dangerously_disable_package_manager_check: Option<Value>,
+    cache_dir: Option<Value>,
+    daemon: Option<Value>,
+    env_mode: Option<Value>,
+    remote_cache: Option<Value>,
+    concurrency: Option<Value>,
+    no_update_notifier: Option<Value>,
+    extends: Option<Value>,
+    tags: Option<Value>,
+    boundaries: Option<Value>,
+    future_flags: Option<Value>,
+    experimental_spaces: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct RawPackage {
+    #[serde(rename = "$schema")]
+    schema: Option<Value>,
+    extends: Option<Vec<String>>,
+    tasks: Option<BTreeMap<String, RawTask>>,
+    pipeline: Option<BTreeMap<String, RawTask>>,
+    tags: Option<Vec<String>>,
+    boundaries: Option<Value>,
+}
+
+/// One turbo task entry, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)] // accepted, not modelled: outputLogs, interruptible, with, ...
+pub(crate) struct RawTask {
+    depends_on: Option<Vec<String>>,
+    inputs: Option<Vec<String>>,
+    outputs: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    pass_through_env: Option<Vec<String>>,
+    cache: Option<bool>,
+    persistent: Option<bool>,
+    interactive: Option<bool>,
+    description: Option<String>,
+    output_logs: Option<Value>,
+    output_mode: Option<Value>,
+    interruptible: Option<Value>,
+    with: Option<Value>,
+    dot_env: Option<Value>,
+}
+
+/// The root `turbo.json`.
+#[derive(Debug, Clone)]
+pub(crate) struct TurboRoot {
+    /// Keys as written: `build`, `web#build`, `//#format`.
+    pub tasks: BTreeMap<String, RawTask>,
+    pub global: GlobalConfig,
+    pub concurrency: Option<usize>,
+    /// `web#...` keys and `web#task` deps, checked once projects are known.
+    pub refs: Vec<ProjectRef>,
+}
+
+/// A package's `turbo.json`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TurboPackage {
+    pub tasks: BTreeMap<String, RawTask>,
+    pub tags: Vec<String>,
+    pub refs: Vec<ProjectRef>,
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(src: &Src) -> Result<T, ConfigError> {
+    let text = strip_jsonc(&src.text);
+    serde_json::from_str(&text).map_err(|e| json_error(src, &e))
+}
+
+fn tasks_of(
+    src: &Src,
+    tasks: Option<BTreeMap<String, RawTask>>,
+    pipeline: Option<BTreeMap<String, RawTask>>,
+) -> Result<BTreeMap<String, RawTask>, ConfigError> {
+    match (tasks, pipeline) {
+        (Some(_), Some(_)) => Err(src
+            .err_near("pipeline", "pipeline", "both `tasks` and `pipeline` are set")
+            .with_hint("`pipeline` is the Turborepo 1.x name of `tasks`; keep only `tasks`")),
+        (t, p) => Ok(t.or(p).unwrap_or_default()),
+    }
+}
+
+/// Parses the root `turbo.json`.
+pub(crate) fn parse_root(src: &Src) -> Result<TurboRoot, ConfigError> {
+    let raw: RawRoot = parse_json(src)?;
+    let tasks = tasks_of(src, raw.tasks, raw.pipeline)?;
+    let mut refs = Vec::new();
+    for (key, t) in &tasks {
+        let task = match key.split_once('#') {
+            Some((proj, task)) => {
+                if proj != "//" {
+                    check::project_name(proj).map_err(|e| src.err_near(key, key, e))?;
+                    refs.push(ProjectRef {
+                        file: src.file.clone(),
+                        pos: super::text::find_quoted(&src.text, key),
+                        name: proj.to_string(),
+                        context: format!("task `{key}`"),
+                    });
+                }
+                task
+            }
+            None => key.as_str(),
+        };
+        check::task_name(task).map_err(|e| src.err_near(key, key, e))?;
+        check_task(src, key, t, &mut refs)?;
+    }
+    let gi = raw.global_dependencies.unwrap_or_default();
+    check_globs(src, &gi, "`globalDependencies`")?;
+    let ge = raw.global_env.unwrap_or_default();
+    let gp = raw.global_pass_through_env.unwrap_or_default();
+    for n in ge.iter().chain(&gp) {
+        check::env_name(n, true).map_err(|e| src.err_near(n, n, e))?;
+    }
+    let concurrency = match raw.concurrency {
+        Some(Value::Number(n)) => n.as_u64().filter(|n| *n > 0).map(|n| n as usize),
+        Some(Value::String(s)) => s.trim().parse::<usize>().ok().filter(|n| *n > 0),
+        _ => None,
+    };
+    Ok(TurboRoot {
+        tasks,
+        global: GlobalConfig {
+            inputs: gi,
+            env: ge,
+            pass_env: gp,
+        },
+        concurrency,
+        refs,
+    })
+}
+
+/// Parses a package's `turbo.json` (must `"extends": ["//"]`).
+pub(crate) fn parse_package(src: &Src) -> Result<TurboPackage, ConfigError> {
+    let raw: RawPackage = parse_json(src)?;
+    match raw.extends.as_deref() {
+        Some([one]) if one == "//" => {}
+        Some(other) => {
+            let shown = other.iter().find(|e| *e != "//").cloned().unwrap_or_default();
+            return Err(src
+                .err_near(&shown, "extends", format!("unsupported `extends` value {other:?}"))
+                .with_hint("a package turbo.json must have `\"extends\": [\"//\"]`"));
+        }
+        None => {
+            return Err(src
+                .err("a package turbo.json must extend the root config")
+                .with_hint("add `\"extends\": [\"//\"]`"));
+        }
+    }
+    let tasks = tasks_of(src, raw.tasks, raw.pipeline)?;
+    let mut refs = Vec::new();
+    for (key, t) in &tasks {
+        if key.contains('#') {
+            return Err(src
+                .err_near(key, key, format!("`{key}`: a package turbo.json names tasks without `project#`"))
+                .with_hint(format!(
+                    "write `\"{}\"`",
+                    key.split_once('#').map_or(key.as_str(), |(_, t)| t)
+                )));
+        }
+        check::task_name(key).map_err(|e| src.err_near(key, key, e))?;
+        check_task(src, key, t, &mut refs)?;
+    }
+    let mut tags = Vec::new();
+    for t in raw.tags.unwrap_or_default() {
+        check::tag(&t).map_err(|e| src.err_near(&t, "tags", e))?;
+        tags.push(t);
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(TurboPackage { tasks, tags, refs })
+}
+
+fn check_globs(src: &Src, list: &[String], what: &str) -> Result<(), ConfigError> {
+    for g in list {
+        if let Err(e) = Patterns::new(&[g.as_str()]) {
+            return Err(src.err_near(g, g, format!("invalid glob `{g}` in {what}: {}", e.reason)));
+        }
+    }
+    Ok(())
+}
+
+fn check_task(
+    src: &Src,
+    key: &str,
+    t: &RawTask,
+    refs: &mut Vec<ProjectRef>,
+) -> Result<(), ConfigError> {
+    let what = |f: &str| format!("`{f}` of task `{key}`");
+    for d in t.depends_on.iter().flatten() {
+        if d == EXTENDS {
+            continue;
+        }
+        if d.starts_with('$') {
+            return Err(src
+                .err_near(d, d, format!("`{d}` in {}: env dependencies in `dependsOn` are not supported", what("dependsOn")))
+                .with_hint(format!("list `{}` in the task's `env` instead", &d[1..])));
+        }
+        let form = check::dep_form(d).map_err(|e| src.err_near(d, d, format!("{e} (in {})", what("dependsOn"))))?;
+        if let check::DepForm::Explicit { project, .. } = form
+            && project != "//"
+        {
+            refs.push(ProjectRef {
+                file: src.file.clone(),
+                pos: super::text::find_quoted(&src.text, d),
+                name: project.to_string(),
+                context: format!("dependency `{d}` of task `{key}`"),
+            });
+        }
+    }
+    for i in t.inputs.iter().flatten() {
+        if i == EXTENDS || i == DEFAULT {
+            continue;
+        }
+        let neg = i.starts_with('!');
+        let body = i.strip_prefix('!').unwrap_or(i);
+        let glob = match body.strip_prefix(ROOT) {
+            Some(rest) => format!("{}{rest}", if neg { "!" } else { "" }),
+            None => i.clone(),
+        };
+        if glob.contains("$TURBO_") {
+            return Err(src.err_near(i, i, format!("unsupported `{i}` in {}", what("inputs"))));
+        }
+        if let Err(e) = Patterns::new(&[glob.as_str()]) {
+            return Err(src.err_near(i, i, format!("invalid glob `{i}` in {}: {}", what("inputs"), e.reason)));
+        }
+    }
+    for o in t.outputs.iter().flatten() {
+        if o == EXTENDS {
+            continue;
+        }
+        if let Err(e) = Patterns::new(&[o.as_str()]) {
+            return Err(src.err_near(o, o, format!("invalid glob `{o}` in {}: {}", what("outputs"), e.reason)));
+        }
+    }
+    for n in t.env.iter().flatten().chain(t.pass_through_env.iter().flatten()) {
+        if n == EXTENDS {
+            continue;
+        }
+        check::env_name(n, true).map_err(|e| src.err_near(n, n, e))?;
+    }
+    Ok(())
+}
+
+fn merge_list(base: &Option<Vec<String>>, over: &Option<Vec<String>>) -> Option<Vec<String>> {
+    match over {
+        None => base.clone(),
+        Some(o) if o.iter().any(|x| x == EXTENDS) => {
+            let mut v = base.clone().unwrap_or_default();
+            v.extend(o.iter().filter(|x| *x != EXTENDS).cloned());
+            Some(v)
+        }
+        Some(o) => Some(o.clone()),
+    }
+}
+
+impl RawTask {
+    /// `over`'s fields replace `self`'s (field by field).
+    fn merged(&self, over: &RawTask) -> RawTask {
+        RawTask {
+            depends_on: merge_list(&self.depends_on, &over.depends_on),
+            inputs: merge_list(&self.inputs, &over.inputs),
+            outputs: merge_list(&self.outputs, &over.outputs),
+            env: merge_list(&self.env, &over.env),
+            pass_through_env: merge_list(&self.pass_through_env, &over.pass_through_env),
+            cache: over.cache.or(self.cache),
+            persistent: over.persistent.or(self.persistent),
+            interactive: over.interactive.or(self.interactive),
+            description: over.description.clone().or_else(|| self.description.clone()),
+            output_logs: None,
+            output_mode: None,
+            interruptible: None,
+            with: None,
+            dot_env: None,
+        }
+    }
+
+    fn to_def(&self, script: &str) -> TaskDef {
+        let strip = |v: &Option<Vec<String>>| -> Vec<String> {
+            let mut out: Vec<String> = Vec::new();
+            for x in v.iter().flatten() {
+                if x != EXTENDS && !out.contains(x) {
+                    out.push(x.clone());
+                }
+            }
+            out
+        };
+        let mut def = TaskDef {
+            command: Some(script.to_string()),
+            npm_script: true,
+            description: self.description.clone(),
+            depends_on: strip(&self.depends_on),
+            outputs: strip(&self.outputs),
+            env: strip(&self.env),
+            pass_env: strip(&self.pass_through_env),
+            persistent: self.persistent.unwrap_or(false),
+            interactive: self.interactive.unwrap_or(false),
+            ..TaskDef::default()
+        };
+        if self.inputs.is_some() {
+            def.inputs.clear();
+            for i in strip(&self.inputs) {
+                if i == DEFAULT {
+                    if !def.inputs.iter().any(|x| x == "**") {
+                        def.inputs.insert(0, "**".to_string());
+                    }
+                    continue;
+                }
+                let neg = i.starts_with('!');
+                let body = i.strip_prefix('!').unwrap_or(&i);
+                match body.strip_prefix(ROOT) {
+                    Some(rest) => def
+                        .root_inputs
+                        .push(format!("{}{rest}", if neg { "!" } else { "" })),
+                    None => def.inputs.push(i.clone()),
+                }
+            }
+        }
+        def.cache = self.cache.unwrap_or(true) && !def.persistent && !def.interactive;
+        def
+    }
+}
+
+/// The tasks of package `name` (its scripts, the root config, and its own
+/// turbo.json): only tasks with a script are defined.
+pub(crate) fn package_tasks(
+    root: &TurboRoot,
+    name: &str,
+    own: Option<&TurboPackage>,
+    scripts: &BTreeMap<String, String>,
+) -> BTreeMap<String, TaskDef> {
+    let prefix = format!("{name}#");
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for k in root.tasks.keys() {
+        if !k.contains('#') {
+            names.insert(k);
+        } else if let Some(t) = k.strip_prefix(&prefix) {
+            names.insert(t);
+        }
+    }
+    if let Some(own) = own {
+        names.extend(own.tasks.keys().map(String::as_str));
+    }
+    let mut out = BTreeMap::new();
+    for t in names {
+        let Some(script) = scripts.get(t) else {
+            continue;
+        };
+        let mut def = root.tasks.get(t).cloned().unwrap_or_default();
+        if let Some(o) = root.tasks.get(&format!("{prefix}{t}")) {
+            def = def.merged(o);
+        }
+        if let Some(o) = own.and_then(|p| p.tasks.get(t)) {
+            def = def.merged(o);
+        }
+        out.insert(t.to_string(), def.to_def(script));
+    }
+    out
+}
+
+/// Whether the root config defines root (`//#task`) tasks.
+pub(crate) fn has_root_tasks(root: &TurboRoot) -> bool {
+    root.tasks.keys().any(|k| k.starts_with("//#"))
+}
+
+/// Root-project tasks (`//#task`), commands from the root package.json.
+pub(crate) fn root_tasks(
+    root: &TurboRoot,
+    scripts: &BTreeMap<String, String>,
+) -> BTreeMap<String, TaskDef> {
+    let mut out = BTreeMap::new();
+    for (k, t) in &root.tasks {
+        if let Some(name) = k.strip_prefix("//#")
+            && let Some(script) = scripts.get(name)
+        {
+            out.insert(name.to_string(), t.to_def(script));
+        }
+    }
+    out
+}

@@ -1,0 +1,405 @@
+//! `vx.toml`: the root (`[workspace]`, optional root `[project]`/`[tasks]`)
+//! and per-project (`[project]`, `[tasks]`) schema.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::check::{self, ProjectRef};
+use super::text::{Src, toml_error};
+use super::{ConfigError, GlobalConfig, TaskDef};
+use crate::globs::Patterns;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    workspace: Option<Spanned<RawWorkspace>>,
+    project: Option<RawProject>,
+    tasks: Option<BTreeMap<String, Spanned<RawTask>>>,
+}
+
+type Strings = Option<Vec<Spanned<String>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkspace {
+    members: Strings,
+    concurrency: Option<Spanned<i64>>,
+    timeout: Option<Spanned<toml::Value>>,
+    cache_dir: Option<Spanned<String>>,
+    global_inputs: Strings,
+    global_env: Strings,
+    global_pass_env: Strings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    name: Option<Spanned<String>>,
+    deps: Strings,
+    tags: Strings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    command: Option<Spanned<String>>,
+    description: Option<String>,
+    depends_on: Strings,
+    inputs: Strings,
+    outputs: Strings,
+    env: Strings,
+    pass_env: Strings,
+    define: Option<Spanned<BTreeMap<String, String>>>,
+    cache: Option<Spanned<bool>>,
+    persistent: Option<Spanned<bool>>,
+    ready_when: Option<Spanned<String>>,
+    interactive: Option<Spanned<bool>>,
+    timeout: Option<Spanned<toml::Value>>,
+    retries: Option<Spanned<i64>>,
+}
+
+/// A parsed, validated `vx.toml`.
+#[derive(Debug, Clone)]
+pub(crate) struct VxFile {
+    pub src: Src,
+    pub workspace: Option<WorkspaceSection>,
+    pub project: ProjectSection,
+    /// `None` when the file has no `[tasks]` table.
+    pub tasks: Option<BTreeMap<String, TaskDef>>,
+    /// `project#task` references in `depends_on`, checked later.
+    pub task_refs: Vec<ProjectRef>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkspaceSection {
+    pub members: Option<Vec<String>>,
+    /// Position of `members`, for glob errors.
+    pub members_pos: Option<(usize, usize)>,
+    pub concurrency: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    pub cache_dir: Option<String>,
+    pub global: GlobalConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProjectSection {
+    pub name: Option<String>,
+    pub name_pos: Option<(usize, usize)>,
+    /// Declared deps (`name` = the dependency), checked later.
+    pub deps: Vec<ProjectRef>,
+    pub tags: Vec<String>,
+}
+
+fn pos(src: &Src, offset: usize) -> (usize, usize) {
+    super::text::line_col(&src.text, offset)
+}
+
+fn plain(v: Strings) -> Option<Vec<(String, usize)>> {
+    v.map(|v| {
+        v.into_iter()
+            .map(|s| {
+                let off = s.span().start;
+                (s.into_inner(), off)
+            })
+            .collect()
+    })
+}
+
+fn check_globs(src: &Src, list: &[(String, usize)], what: &str) -> Result<(), ConfigError> {
+    for (g, off) in list {
+        if let Err(e) = Patterns::new(&[g.as_str()]) {
+            return Err(src.err_at(*off, format!("invalid glob `{g}` in {what}: {}", e.reason)));
+        }
+    }
+    // Negations and order are checked together too.
+    let all: Vec<&str> = list.iter().map(|(g, _)| g.as_str()).collect();
+    Patterns::new(&all).map_err(|e| src.err(format!("invalid glob in {what}: {e}")))?;
+    Ok(())
+}
+
+fn check_env(
+    src: &Src,
+    list: &[(String, usize)],
+    patterns: bool,
+) -> Result<(), ConfigError> {
+    for (n, off) in list {
+        check::env_name(n, patterns).map_err(|e| src.err_at(*off, e))?;
+    }
+    Ok(())
+}
+
+fn duration(src: &Src, v: &Spanned<toml::Value>) -> Result<u64, ConfigError> {
+    let r = match v.get_ref() {
+        toml::Value::Integer(i) => check::duration_ms(*i as i128),
+        toml::Value::String(s) => check::duration_str(s),
+        _ => Err("`timeout` must be a number of ms or a string like \"30s\"".to_string()),
+    };
+    r.map_err(|e| src.err_span(v.span(), e))
+}
+
+fn values(list: Option<Vec<(String, usize)>>) -> Vec<String> {
+    list.unwrap_or_default().into_iter().map(|(s, _)| s).collect()
+}
+
+/// Parses and validates a `vx.toml`.
+pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
+    let raw: RawFile = toml::from_str(&src.text).map_err(|e| toml_error(&src, &e))?;
+
+    let workspace = match raw.workspace {
+        None => None,
+        Some(ws) => Some(workspace_section(&src, ws.into_inner())?),
+    };
+
+    let mut project = ProjectSection::default();
+    if let Some(p) = raw.project {
+        if let Some(n) = p.name {
+            let at = pos(&src, n.span().start);
+            check::project_name(n.get_ref()).map_err(|e| src.err(e).at(at.0, at.1))?;
+            project.name = Some(n.into_inner());
+            project.name_pos = Some(at);
+        }
+        for (d, off) in plain(p.deps).unwrap_or_default() {
+            project.deps.push(ProjectRef {
+                file: src.file.clone(),
+                pos: Some(pos(&src, off)),
+                name: d,
+                context: "`deps`".to_string(),
+            });
+        }
+        for (t, off) in plain(p.tags).unwrap_or_default() {
+            check::tag(&t).map_err(|e| src.err_at(off, e))?;
+            if !project.tags.contains(&t) {
+                project.tags.push(t);
+            }
+        }
+        project.tags.sort();
+    }
+
+    let mut task_refs = Vec::new();
+    let tasks = match raw.tasks {
+        None => None,
+        Some(map) => {
+            let mut out = BTreeMap::new();
+            for (name, t) in map {
+                let off = t.span().start;
+                check::task_name(&name).map_err(|e| src.err_at(off, e))?;
+                let def = task(&src, &name, t.into_inner(), &mut task_refs)?;
+                out.insert(name, def);
+            }
+            Some(out)
+        }
+    };
+
+    Ok(VxFile {
+        src,
+        workspace,
+        project,
+        tasks,
+        task_refs,
+    })
+}
+
+fn workspace_section(src: &Src, ws: RawWorkspace) -> Result<WorkspaceSection, ConfigError> {
+    let mut out = WorkspaceSection::default();
+    if let Some(m) = &ws.members {
+        out.members_pos = find_members_pos(src);
+        out.members = Some(m.iter().map(|s| s.get_ref().clone()).collect());
+    }
+    if let Some(c) = ws.concurrency {
+        if *c.get_ref() < 1 {
+            return Err(src.err_span(c.span(), "`concurrency` must be a positive integer"));
+        }
+        out.concurrency = Some(*c.get_ref() as usize);
+    }
+    if let Some(t) = &ws.timeout {
+        out.timeout_ms = Some(duration(src, t)?);
+    }
+    if let Some(d) = ws.cache_dir {
+        if d.get_ref().trim().is_empty() {
+            return Err(src.err_span(d.span(), "`cache_dir` may not be empty"));
+        }
+        out.cache_dir = Some(d.into_inner());
+    }
+    let gi = plain(ws.global_inputs).unwrap_or_default();
+    check_globs(src, &gi, "`global_inputs`")?;
+    let ge = plain(ws.global_env).unwrap_or_default();
+    check_env(src, &ge, true)?;
+    let gp = plain(ws.global_pass_env).unwrap_or_default();
+    check_env(src, &gp, true)?;
+    out.global = GlobalConfig {
+        inputs: values(Some(gi)),
+        env: values(Some(ge)),
+        pass_env: values(Some(gp)),
+    };
+    Ok(out)
+}
+
+fn find_members_pos(src: &Src) -> Option<(usize, usize)> {
+    super::text::find_key(&src.text, "members")
+}
+
+fn task(
+    src: &Src,
+    name: &str,
+    t: RawTask,
+    refs: &mut Vec<ProjectRef>,
+) -> Result<TaskDef, ConfigError> {
+    let what = |field: &str| format!("`{field}` of task `{name}`");
+    let mut def = TaskDef::default();
+
+    let persistent = t.persistent.as_ref().is_some_and(|p| *p.get_ref());
+    let interactive = t.interactive.as_ref().is_some_and(|p| *p.get_ref());
+
+    match &t.command {
+        Some(c) => {
+            if c.get_ref().trim().is_empty() {
+                return Err(src.err_span(c.span(), format!("{} is empty", what("command"))));
+            }
+            if c.get_ref().contains('\0') {
+                return Err(src.err_span(c.span(), format!("{} contains a NUL byte", what("command"))));
+            }
+            def.command = Some(c.get_ref().clone());
+        }
+        None => {
+            // Group task.
+            let hint = "add a `command`, or remove the field (a task without `command` is a group task)";
+            let refuse = |field: &str, span: std::ops::Range<usize>| {
+                Err(src
+                    .err_span(
+                        span,
+                        format!("group task `{name}` (no `command`) cannot set `{field}`"),
+                    )
+                    .with_hint(hint))
+            };
+            if let Some(v) = &t.cache {
+                return refuse("cache", v.span());
+            }
+            if let Some(v) = t.outputs.as_ref().and_then(|o| o.first()) {
+                return refuse("outputs", v.span());
+            }
+            if let Some(v) = &t.persistent {
+                return refuse("persistent", v.span());
+            }
+            if let Some(v) = &t.interactive {
+                return refuse("interactive", v.span());
+            }
+            if let Some(v) = &t.ready_when {
+                return refuse("ready_when", v.span());
+            }
+            if let Some(v) = &t.retries {
+                return refuse("retries", v.span());
+            }
+            if t.outputs.is_some() {
+                return Err(src
+                    .err_near(name, "outputs", format!("group task `{name}` (no `command`) cannot set `outputs`"))
+                    .with_hint(hint));
+            }
+            if t.depends_on.is_none() {
+                return Err(src
+                    .err_near(name, name, format!("task `{name}` has neither `command` nor `depends_on`"))
+                    .with_hint("give it a `command`, or `depends_on = [...]` to make it a group task"));
+            }
+        }
+    }
+    def.description = t.description;
+
+    for (d, off) in plain(t.depends_on).unwrap_or_default() {
+        let form = check::dep_form(&d).map_err(|e| {
+            let err = src.err_at(off, format!("{e} (in {})", what("depends_on")));
+            if d.starts_with('$') {
+                err.with_hint("env dependencies are declared with `env = [...]`")
+            } else {
+                err
+            }
+        })?;
+        if let check::DepForm::Explicit { project, .. } = form {
+            refs.push(ProjectRef {
+                file: src.file.clone(),
+                pos: Some(pos(src, off)),
+                name: project.to_string(),
+                context: format!("dependency `{d}` of task `{name}`"),
+            });
+        }
+        if !def.depends_on.contains(&d) {
+            def.depends_on.push(d);
+        }
+    }
+
+    let inputs_set = t.inputs.is_some();
+    let outputs_set = t.outputs.is_some();
+    if let Some(list) = plain(t.inputs) {
+        check_globs(src, &list, &what("inputs"))?;
+        def.inputs = values(Some(list));
+    }
+    if let Some(list) = plain(t.outputs) {
+        check_globs(src, &list, &what("outputs"))?;
+        def.outputs = values(Some(list));
+    }
+    let env = plain(t.env).unwrap_or_default();
+    check_env(src, &env, true)?;
+    def.env = values(Some(env));
+    let pass = plain(t.pass_env).unwrap_or_default();
+    check_env(src, &pass, true)?;
+    def.pass_env = values(Some(pass));
+    if let Some(d) = t.define {
+        let off = d.span().start;
+        for k in d.get_ref().keys() {
+            check::env_name(k, false).map_err(|e| src.err_at(off, format!("{e} (in {})", what("define"))))?;
+        }
+        def.define = d.into_inner();
+    }
+
+    def.persistent = persistent;
+    def.interactive = interactive;
+
+    if let Some(r) = t.ready_when {
+        if !persistent {
+            return Err(src
+                .err_span(r.span(), format!("task `{name}` sets `ready_when` without `persistent = true`"))
+                .with_hint("add `persistent = true`, or remove `ready_when`"));
+        }
+        if r.get_ref().is_empty() {
+            return Err(src.err_span(r.span(), format!("{} is empty", what("ready_when"))));
+        }
+        def.ready_when = Some(r.into_inner());
+    }
+
+    if let Some(c) = &t.cache {
+        if *c.get_ref() {
+            let why = if persistent {
+                Some("persistent")
+            } else if interactive {
+                Some("interactive")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(src
+                    .err_span(c.span(), format!("task `{name}` is {why} and cannot be cached"))
+                    .with_hint("remove `cache = true`"));
+            }
+        }
+        def.cache = *c.get_ref();
+    } else {
+        def.cache = inputs_set && outputs_set && !persistent && !interactive;
+    }
+
+    if let Some(tm) = &t.timeout {
+        def.timeout_ms = Some(duration(src, tm)?);
+    }
+    if let Some(r) = &t.retries {
+        let n = *r.get_ref();
+        if !(0..=100).contains(&n) {
+            return Err(src.err_span(r.span(), format!("{} must be between 0 and 100", what("retries"))));
+        }
+        if persistent && n > 0 {
+            return Err(src
+                .err_span(r.span(), format!("persistent task `{name}` cannot set `retries`"))
+                .with_hint("remove `retries`"));
+        }
+        def.retries = n as u32;
+    }
+    Ok(def)
+}

@@ -1,0 +1,303 @@
+//! Method names, their parameters and results, and the run events.
+//!
+//! Every type here is plain data with serde derives. Field names are the wire
+//! names (snake_case); `docs/protocol.md` documents each one.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `daemon.hello` — must be the first request on a connection.
+pub const HELLO: &str = "daemon.hello";
+/// `run.start` — plan and execute; `run.event` notifications stream until the response.
+pub const RUN_START: &str = "run.start";
+/// `run.plan` — plan only (`--dry`, `--graph`): keys and predicted cache status.
+pub const RUN_PLAN: &str = "run.plan";
+/// `run.cancel` — a notification or request that stops a run (Ctrl-C).
+pub const RUN_CANCEL: &str = "run.cancel";
+/// `run.event` — notification from the engine during `run.start`.
+pub const RUN_EVENT: &str = "run.event";
+/// `cache.stats` — entries, blobs and bytes of the local cache.
+pub const CACHE_STATS: &str = "cache.stats";
+/// `cache.clean` — delete the local cache.
+pub const CACHE_CLEAN: &str = "cache.clean";
+/// `daemon.shutdown` — stop the engine after answering.
+pub const SHUTDOWN: &str = "daemon.shutdown";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloParams {
+    pub protocol: u32,
+    /// The client's binary version (`CARGO_PKG_VERSION`).
+    pub client_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloResult {
+    pub protocol: u32,
+    /// The engine's binary version.
+    pub version: String,
+    pub pid: u32,
+    /// `"stdio"` for the no-daemon path, `"daemon"` for a long-lived vxd.
+    pub mode: String,
+}
+
+/// What to do after a task fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContinueMode {
+    /// Stop starting tasks; running ones finish; the rest are skipped.
+    Never,
+    /// Skip the failed task's dependents; everything else goes on.
+    #[default]
+    DepsOk,
+    /// Run dependents anyway (their results are not cached).
+    Always,
+}
+
+/// Which task logs the client shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputLogs {
+    /// Live output of executed tasks and the replayed log of hits.
+    #[default]
+    Full,
+    /// Only the output of failed tasks (buffered, shown when they fail).
+    ErrorsOnly,
+    /// Live output of executed tasks; hits print nothing.
+    NewOnly,
+    /// No task output at all; only the summary.
+    None,
+}
+
+/// Parameters of `run.start` and `run.plan`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RunParams {
+    /// The client's working directory (absolute). Decides the workspace and,
+    /// outside its root, the default project scope.
+    pub cwd: String,
+    /// Requested tasks: `build` or `project#build`.
+    pub tasks: Vec<String>,
+    /// `--filter` patterns, in order.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// `--all`: every project that declares the task.
+    #[serde(default)]
+    pub all: bool,
+    /// `--affected[=BASE]`: `Some("")` means the default base.
+    #[serde(default)]
+    pub affected: Option<String>,
+    /// Arguments after `--`, forwarded to requested tasks and keyed.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `--concurrency N`; `None` = the CPU count.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default, rename = "continue")]
+    pub continue_mode: ContinueMode,
+    /// `--force`: ignore cache hits, still save.
+    #[serde(default)]
+    pub force: bool,
+    /// `--no-cache`: neither read nor write the cache.
+    #[serde(default)]
+    pub no_cache: bool,
+    #[serde(default)]
+    pub output_logs: OutputLogs,
+    /// The client's environment: the engine resolves task env and keyed env
+    /// values from it, never from its own.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskStatus {
+    /// Executed and exited 0.
+    Success,
+    /// Served from the cache (restored, or outputs already up to date).
+    Cached,
+    /// Executed and failed (non-zero exit, timeout, spawn error).
+    Failed,
+    /// Not run because a dependency failed (or `--continue=never` stopped the run).
+    Skipped,
+    /// Killed because the run was cancelled.
+    Aborted,
+}
+
+/// Where a task's result came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheSource {
+    /// No usable entry: the task executed (or would).
+    Miss,
+    /// Restored from the local cache.
+    Local,
+    /// A local hit whose outputs were already on disk: nothing written.
+    UpToDate,
+    /// Caching is off for this task (or the run).
+    Disabled,
+}
+
+/// The outcome of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// `project#task`.
+    pub id: String,
+    pub project: String,
+    pub task: String,
+    pub status: TaskStatus,
+    pub cache: CacheSource,
+    /// The task key (64 hex), when one was computed.
+    pub key: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub attempts: u32,
+    /// For a skipped task: the failed task that blocked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+    /// A one-line reason for a failure (timeout, spawn error, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunCounts {
+    pub total: usize,
+    pub cached: usize,
+    pub executed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub aborted: usize,
+}
+
+/// The result of `run.start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub ok: bool,
+    /// The exit code the client should use (0, 1, 130, 143).
+    pub exit_code: i32,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub ended_at: u64,
+    pub duration_ms: u64,
+    pub counts: RunCounts,
+    pub tasks: Vec<TaskResult>,
+    /// Where the workspace root is (for the client's `--summarize` default).
+    pub root: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A `run.event` notification's params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    RunStarted {
+        run_id: String,
+        root: String,
+        tasks: usize,
+        concurrency: usize,
+    },
+    TaskStarted {
+        id: String,
+        key: Option<String>,
+        command: String,
+    },
+    TaskOutput {
+        id: String,
+        stream: Stream,
+        line: String,
+        /// True when the line is replayed from the cache.
+        #[serde(default)]
+        replay: bool,
+    },
+    /// A cache hit: its stored log follows as `task_output` lines with `replay: true`.
+    TaskCacheHit {
+        id: String,
+        key: String,
+        /// `local` (restored) or `up-to-date` (outputs already on disk).
+        source: CacheSource,
+    },
+    TaskRetry {
+        id: String,
+        attempt: u32,
+        of: u32,
+        reason: String,
+    },
+    TaskFinished {
+        result: TaskResult,
+    },
+    /// A one-line notice from the engine (a dropped corrupt entry, ...).
+    Warning {
+        message: String,
+    },
+}
+
+/// The predicted cache status in a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prediction {
+    Hit,
+    Miss,
+    /// Caching is off for the task.
+    Uncached,
+    /// A group task: nothing runs.
+    Group,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedTask {
+    pub id: String,
+    pub project: String,
+    pub task: String,
+    /// Project directory relative to the workspace root (`.` for the root).
+    pub dir: String,
+    pub command: Option<String>,
+    pub key: Option<String>,
+    pub prediction: Prediction,
+    /// Ids of the tasks this one waits for.
+    pub deps: Vec<String>,
+    /// Whether the user asked for it (as opposed to pulled in as a dependency).
+    pub requested: bool,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// The result of `run.plan`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub root: String,
+    pub tasks: Vec<PlannedTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RunCancelParams {
+    /// The signal that caused the cancel (2 = SIGINT, 15 = SIGTERM); decides the exit code.
+    pub signal: i32,
+}
+
+/// Parameters of `cache.stats` and `cache.clean`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CacheParams {
+    pub cwd: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheStats {
+    pub dir: String,
+    pub entries: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheCleaned {
+    pub dir: String,
+    pub entries: u64,
+    pub freed_bytes: u64,
+}

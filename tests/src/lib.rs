@@ -1,0 +1,261 @@
+//! Shared helpers for the end-to-end tests: build the real binaries once,
+//! create fixture workspaces in temp dirs, run `vx` and read its JSON events.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The directory holding the `vx` and `vxd` binaries of this build profile
+/// (`target/debug` or `target/release`), built on first use.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let target = profile_dir.parent().expect("target root").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "vx", "-p", "vxd"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "building vx and vxd failed");
+        profile_dir
+    })
+}
+
+pub fn vx_bin() -> PathBuf {
+    bin_dir().join("vx")
+}
+
+pub fn vxd_bin() -> PathBuf {
+    bin_dir().join("vxd")
+}
+
+/// A fixture workspace in a temp dir.
+pub struct Ws {
+    pub dir: tempfile::TempDir,
+}
+
+/// The outcome of one `vx` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Parsed `--json` events (empty without `--json`).
+    pub events: Vec<Value>,
+}
+
+impl Run {
+    /// The run summary (the last `run_finished` line of `--json` output).
+    pub fn summary(&self) -> &Value {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "run_finished")
+            .map(|e| &e["summary"])
+            .unwrap_or_else(|| panic!("no summary in output:\n{}\n{}", self.stdout, self.stderr))
+    }
+
+    /// `status` of a task in the summary (`success`, `cached`, `failed`, `skipped`, ...).
+    pub fn status(&self, id: &str) -> String {
+        self.task(id)["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn task(&self, id: &str) -> &Value {
+        self.summary()["tasks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["id"] == id))
+            .unwrap_or_else(|| panic!("task {id} not in summary: {}", self.summary()))
+    }
+
+    /// Ids of the tasks that executed (success or failed), sorted.
+    pub fn executed(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.summary()["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["status"] == "success" || t["status"] == "failed")
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn cached(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.summary()["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["status"] == "cached")
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Ws {
+    /// Creates a workspace from `(path, content)` pairs.
+    pub fn new(files: &[(&str, &str)]) -> Ws {
+        let dir = tempfile::Builder::new().prefix("vx-e2e-").tempdir().expect("tempdir");
+        let ws = Ws { dir };
+        for (p, c) in files {
+            ws.write(p, c);
+        }
+        ws
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write fixture file");
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).exists()
+    }
+
+    /// A `vx` command in `subdir` with a clean, deterministic environment.
+    pub fn cmd(&self, subdir: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(vx_bin());
+        c.args(args)
+            .current_dir(self.path(subdir))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .env("HOME", self.root())
+            .env("NO_COLOR", "1")
+            .env("VX_DAEMON_BIN", vxd_bin())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn finish(out: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            events,
+        }
+    }
+
+    /// Runs `vx <args>` at the root.
+    pub fn vx(&self, args: &[&str]) -> Run {
+        self.vx_in(".", args, &[])
+    }
+
+    /// Runs `vx <args>` in `subdir` with extra env vars.
+    pub fn vx_in(&self, subdir: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.cmd(subdir, args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Self::finish(c.output().expect("run vx"))
+    }
+
+    /// `vx run <args> --json` at the root.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut a = vec!["run", "--json"];
+        a.extend_from_slice(args);
+        self.vx_in(".", &a, env)
+    }
+
+    /// Runs `git` in the workspace.
+    pub fn git(&self, args: &[&str]) {
+        let st = Command::new("git")
+            .args(args)
+            .current_dir(self.root())
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run git");
+        assert!(st.success(), "git {args:?} failed");
+    }
+
+    /// Every file under the cache dir with its bytes (to prove nothing changed).
+    pub fn cache_listing(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, u64)>) {
+            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if let Ok(m) = e.metadata() {
+                    out.push((p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned(), m.len()));
+                }
+            }
+        }
+        walk(&self.path(".vx"), self.root(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// A two-project vx.toml workspace: `lib#build` → `app#build` → `app#test`.
+pub fn basic() -> Ws {
+    Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+        (
+            "packages/lib/vx.toml",
+            r#"[tasks.build]
+command = "mkdir -p dist && cat src/*.txt > dist/out.txt && echo built lib"
+inputs = ["src/**"]
+outputs = ["dist/**"]
+"#,
+        ),
+        ("packages/lib/src/a.txt", "lib-a\n"),
+        ("packages/lib/src/b.txt", "lib-b\n"),
+        (
+            "packages/app/vx.toml",
+            r#"[project]
+deps = ["lib"]
+
+[tasks.build]
+command = "mkdir -p dist && cat ../lib/dist/out.txt src/*.txt > dist/app.txt && echo built app"
+depends_on = ["^build"]
+inputs = ["src/**"]
+outputs = ["dist/**"]
+
+[tasks.test]
+command = "test -s dist/app.txt && echo tested"
+depends_on = ["build"]
+inputs = ["src/**"]
+outputs = []
+"#,
+        ),
+        ("packages/app/src/main.txt", "app-main\n"),
+    ])
+}
