@@ -106,6 +106,8 @@ struct Shared {
     dirty: Mutex<HashSet<usize>>,
     /// Root-relative dirs of nested projects, per project (for walks).
     fences: Vec<HashSet<String>>,
+    /// The same, project-relative (for output walks).
+    rel_fences: Vec<HashSet<String>>,
     /// Compiled patterns per graph node (selected nodes only).
     patterns: HashMap<usize, TaskPatterns>,
     global_inputs: Patterns,
@@ -129,17 +131,7 @@ impl Shared {
 
     /// Project-relative fence for output walks.
     fn rel_fence(&self, p: usize) -> HashSet<String> {
-        let dir = &self.ws.projects[p].dir;
-        self.fences[p]
-            .iter()
-            .filter_map(|f| {
-                if dir == "." {
-                    Some(f.clone())
-                } else {
-                    f.strip_prefix(dir.as_str()).and_then(|r| r.strip_prefix('/')).map(str::to_string)
-                }
-            })
-            .collect()
+        self.rel_fences[p].clone()
     }
 
     fn refresh_if_dirty(&self, p: usize) {
@@ -324,13 +316,37 @@ pub fn shell_quote(a: &str) -> String {
 }
 
 /// Loads, selects and prepares everything a run or a plan needs.
+/// Stage timings on stderr when `VX_TIMING` is set (for profiling).
+struct Timing {
+    on: bool,
+    last: Instant,
+}
+
+impl Timing {
+    fn new(env: &BTreeMap<String, String>) -> Self {
+        Timing {
+            on: env.get("VX_TIMING").is_some_and(|v| !v.is_empty() && v != "0"),
+            last: Instant::now(),
+        }
+    }
+    fn stage(&mut self, name: &str) {
+        if self.on {
+            eprintln!("vx timing: {name:<14} {:>8.2} ms", self.last.elapsed().as_secs_f64() * 1000.0);
+        }
+        self.last = Instant::now();
+    }
+}
+
 fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Selection), EngineError> {
+    let mut timing = Timing::new(&params.env);
     let cwd = PathBuf::from(&params.cwd);
     if !cwd.is_absolute() {
         return Err(EngineError::new(codes::INVALID_PARAMS, "cwd must be absolute"));
     }
     let ws = load_workspace(&cwd)?;
+    timing.stage("load");
     let graph = TaskGraph::build(&ws)?;
+    timing.stage("graph");
     let selection = graph::select(
         &ws,
         &graph,
@@ -342,6 +358,7 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
             affected: params.affected.as_deref(),
         },
     )?;
+    timing.stage("select");
     let cdir = cache_dir(&ws);
     let ev = events.clone();
     let store = Store::open(&cdir, Duration::from_secs(600), &mut || {
@@ -351,36 +368,73 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
             });
         }
     })?;
+    timing.stage("cache open");
     let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
+    timing.stage("index load");
     let cfg = |e: crate::globs::GlobError| EngineError::new(codes::CONFIG_ERROR, e.to_string());
+    // Compile each distinct pattern list once (most tasks share theirs).
+    let compile = |list: &[String]| Patterns::new(list).map_err(cfg);
     let mut patterns = HashMap::new();
+    let mut memo: HashMap<(Vec<String>, Vec<String>, Vec<String>), TaskPatterns> = HashMap::new();
     for &n in &selection.nodes {
         let d = &graph.nodes[n].def;
-        patterns.insert(
-            n,
-            TaskPatterns {
-                inputs: Patterns::new(&d.inputs).map_err(cfg)?,
-                root_inputs: Patterns::new(&d.root_inputs).map_err(cfg)?,
-                outputs: Patterns::new(&d.outputs).map_err(cfg)?,
-            },
-        );
+        let k = (d.inputs.clone(), d.root_inputs.clone(), d.outputs.clone());
+        let tp = match memo.get(&k) {
+            Some(tp) => tp.clone(),
+            None => {
+                let tp = TaskPatterns {
+                    inputs: compile(&d.inputs)?,
+                    root_inputs: compile(&d.root_inputs)?,
+                    outputs: compile(&d.outputs)?,
+                };
+                memo.insert(k, tp.clone());
+                tp
+            }
+        };
+        patterns.insert(n, tp);
     }
     let global_inputs = Patterns::new(&ws.global.inputs).map_err(cfg)?;
-    // Nested-project fences.
-    let fences: Vec<HashSet<String>> = ws
+    timing.stage("patterns");
+    // Nested-project fences: each project's dir is a fence of every
+    // ancestor project (and of the root project).
+    let by_dir: HashMap<&str, usize> = ws.projects.iter().enumerate().map(|(i, p)| (p.dir.as_str(), i)).collect();
+    let mut fences: Vec<HashSet<String>> = vec![HashSet::new(); ws.projects.len()];
+    for q in &ws.projects {
+        if q.dir == "." {
+            continue;
+        }
+        let mut cur = q.dir.as_str();
+        while let Some(i) = cur.rfind('/') {
+            cur = &cur[..i];
+            if let Some(&p) = by_dir.get(cur) {
+                fences[p].insert(q.dir.clone());
+            }
+        }
+        if let Some(&p) = by_dir.get(".") {
+            fences[p].insert(q.dir.clone());
+        }
+    }
+    let rel_fences: Vec<HashSet<String>> = ws
         .projects
         .iter()
-        .map(|p| {
-            ws.projects
-                .iter()
-                .filter(|q| q.name != p.name && q.dir != "." && (p.dir == "." || q.dir.starts_with(&format!("{}/", p.dir))))
-                .map(|q| q.dir.clone())
+        .zip(&fences)
+        .map(|(p, fs)| {
+            fs.iter()
+                .filter_map(|f| {
+                    if p.dir == "." {
+                        Some(f.clone())
+                    } else {
+                        f.strip_prefix(p.dir.as_str()).and_then(|r| r.strip_prefix('/')).map(str::to_string)
+                    }
+                })
                 .collect()
         })
         .collect();
     let cache_skip = vec![cdir.clone()];
     let files = hash::walk(&ws.root, &ws.root, &HashSet::new(), &cache_skip);
+    timing.stage("walk");
     let snapshot = partition(&ws, files);
+    timing.stage("partition");
     // Warm the index for the projects this run touches, on all cores.
     {
         let involved: HashSet<usize> = selection.nodes.iter().map(|&n| graph.nodes[n].project).collect();
@@ -393,6 +447,7 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
         }
         index.hash_all(&ws.root, &to_hash);
     }
+    timing.stage("hash");
     let shared = Shared {
         graph,
         store: Arc::new(store),
@@ -400,6 +455,7 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
         snapshot: RwLock::new(snapshot),
         dirty: Mutex::new(HashSet::new()),
         fences,
+        rel_fences,
         patterns,
         global_inputs,
         keys: Mutex::new(HashMap::new()),
@@ -505,6 +561,7 @@ pub async fn run(
     let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev)))
         .await
         .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("prepare panicked: {e}")))??;
+    let mut timing = Timing::new(&sh.params.env);
     let concurrency = concurrency_param
         .or(sh.ws.defaults.concurrency)
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
@@ -686,9 +743,11 @@ pub async fn run(
             results.push(skipped(&sh, nodes[i], None));
         }
     }
+    timing.stage("schedule");
     sh.store.save_file_index(sh.index.take_updates());
     let sh2 = sh.clone();
     let close = tokio::task::spawn_blocking(move || sh2.store.close()).await;
+    timing.stage("close");
     if let Ok(Err(e)) = close {
         let _ = events.send(RunEvent::Warning {
             message: format!("the cache index could not be written: {e}"),
@@ -856,15 +915,14 @@ async fn run_task(
     let id = node.id.clone();
     let logs = sh.params.output_logs;
     let sh2 = sh.clone();
-    let (key, _parts) = tokio::task::spawn_blocking(move || sh2.key_of(g))
-        .await
-        .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
-    if sh.cache_read(g) {
-        let sh2 = sh.clone();
-        let k2 = key.clone();
-        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2))
-            .await
-            .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+    let (key, hit) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+        let (key, _parts) = sh2.key_of(g)?;
+        let hit = if sh2.cache_read(g) { try_hit(&sh2, g, &key)? } else { None };
+        Ok((key, hit))
+    })
+    .await
+    .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+    {
         if let Some((r, log)) = hit {
             if logs == OutputLogs::Full {
                 sh.emit(RunEvent::TaskCacheHit {

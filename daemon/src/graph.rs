@@ -88,6 +88,8 @@ impl TaskGraph {
         let lenient = ws.kind == ConfigKind::Turbo;
         let declared: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         let mut edges: Vec<(usize, usize)> = Vec::new();
+        let project_index: HashMap<&str, usize> =
+            ws.projects.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
         for (ni, node) in nodes.iter().enumerate() {
             let project = &ws.projects[node.project];
             for form in &node.def.depends_on {
@@ -111,7 +113,7 @@ impl TaskGraph {
                             ),
                         ));
                     }
-                    for target in frontier(ws, node.project, name, &by_id) {
+                    for target in frontier(ws, &project_index, node.project, name, &by_id) {
                         edges.push((ni, target));
                     }
                 } else if let Some((proj, name)) = form.split_once('#') {
@@ -252,13 +254,13 @@ impl TaskGraph {
 
 /// `^name` from a project: each dependency path stops at the first project
 /// that declares `name`; projects without it are passed through.
-fn frontier(ws: &Workspace, from: usize, name: &str, by_id: &HashMap<String, usize>) -> Vec<usize> {
-    let index: HashMap<&str, usize> = ws
-        .projects
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.as_str(), i))
-        .collect();
+fn frontier(
+    ws: &Workspace,
+    index: &HashMap<&str, usize>,
+    from: usize,
+    name: &str,
+    by_id: &HashMap<String, usize>,
+) -> Vec<usize> {
     let mut out = Vec::new();
     let mut seen = HashSet::from([from]);
     let mut queue: VecDeque<usize> = VecDeque::from([from]);

@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Folded first into every key; bump on any change to the fold, the
@@ -57,6 +57,13 @@ pub struct FileMeta {
     pub symlink: bool,
 }
 
+fn walk_threads() -> usize {
+    std::env::var("VX_WALK_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8))
+}
+
 /// Walks `dir` (absolute, inside `root`), returning root-relative files.
 /// `fence` holds root-relative directories not to enter (nested projects).
 pub fn walk(root: &Path, dir: &Path, fence: &HashSet<String>, skip: &[std::path::PathBuf]) -> Vec<FileMeta> {
@@ -71,7 +78,7 @@ pub fn walk(root: &Path, dir: &Path, fence: &HashSet<String>, skip: &[std::path:
         .parents(true)
         .ignore(false)
         .follow_links(false)
-        .threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8))
+        .threads(walk_threads())
         .build_parallel();
     let fence = &fence;
     let skip = &skip;
@@ -169,14 +176,14 @@ fn now_ns() -> i64 {
 /// The file index: content hashes memoised on stat.
 #[derive(Debug, Default)]
 pub struct FileIndex {
-    records: Mutex<HashMap<String, Record>>,
+    records: RwLock<HashMap<String, Record>>,
     updates: Mutex<Vec<(String, Record)>>,
 }
 
 impl FileIndex {
     pub fn from_records(records: impl IntoIterator<Item = (String, Record)>) -> Self {
         FileIndex {
-            records: Mutex::new(records.into_iter().collect()),
+            records: RwLock::new(records.into_iter().collect()),
             updates: Mutex::new(Vec::new()),
         }
     }
@@ -190,7 +197,7 @@ impl FileIndex {
     /// knows this exact stat. Unreadable files hash as their error text, so
     /// that a permission change still changes the key.
     pub fn hash(&self, root: &Path, f: &FileMeta) -> [u8; 32] {
-        if let Ok(map) = self.records.lock() {
+        if let Ok(map) = self.records.read() {
             if let Some(r) = map.get(&f.path) {
                 if r.stat == f.stat {
                     return r.hash;
@@ -216,7 +223,7 @@ impl FileIndex {
         };
         if now_ns() - f.stat.mtime_ns > RACY_NS {
             let rec = Record { stat: f.stat, hash };
-            if let Ok(mut map) = self.records.lock() {
+            if let Ok(mut map) = self.records.write() {
                 map.insert(f.path.clone(), rec);
             }
             if let Ok(mut u) = self.updates.lock() {

@@ -71,7 +71,9 @@ pub(crate) fn dep_form(dep: &str) -> Result<DepForm<'_>, String> {
         if rest.contains('#') {
             return bad("`^` cannot be combined with `project#task`");
         }
-        return task_name(rest).map(|_| DepForm::Upstream(rest)).or_else(|e| bad(&e));
+        return task_name(rest)
+            .map(|_| DepForm::Upstream(rest))
+            .or_else(|e| bad(&e));
     }
     if let Some((project, task)) = dep.split_once('#') {
         if project.is_empty() {
@@ -83,7 +85,9 @@ pub(crate) fn dep_form(dep: &str) -> Result<DepForm<'_>, String> {
         task_name(task).map_err(|e| msg(&e))?;
         return Ok(DepForm::Explicit { project, task });
     }
-    task_name(dep).map(|_| DepForm::Same(dep)).or_else(|e| bad(&e))
+    task_name(dep)
+        .map(|_| DepForm::Same(dep))
+        .or_else(|e| bad(&e))
 }
 
 /// Env names: optional leading `!`, then letters, digits, `_` and `*`
@@ -131,7 +135,9 @@ pub(crate) fn duration_str(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || {
-        format!("invalid duration `{s}`: write a number of ms, or a string like \"250ms\", \"30s\", \"5m\", \"1h\"")
+        format!(
+            "invalid duration `{s}`: write a number of ms, or a string like \"250ms\", \"30s\", \"5m\", \"1h\""
+        )
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let mult = match unit.trim() {

@@ -23,8 +23,14 @@ fn io_error(path: &Path, e: &std::io::Error) -> ConfigError {
 fn read_abs(path: &Path) -> Result<Option<String>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) if path.is_dir() => Err(io_error(path, &e)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(io_error(path, &e)),
     }
 }
@@ -55,7 +61,10 @@ fn candidate_globs(dir: &Path) -> Result<Option<Vec<String>>, ConfigError> {
     let mut has_pkg = false;
     if let Some(text) = read_abs(&pnpm_path)? {
         candidate = true;
-        pm_globs = Some(npm::parse_pnpm(&Src::new(pnpm_path.display().to_string(), text))?);
+        pm_globs = Some(npm::parse_pnpm(&Src::new(
+            pnpm_path.display().to_string(),
+            text,
+        ))?);
     }
     if let Some(text) = read_abs(&pkg_path)? {
         has_pkg = true;
@@ -109,7 +118,12 @@ fn claims(root: &Path, cwd: &Path, globs: &[String]) -> bool {
 
 /// Finds the workspace root for `cwd` (see the module docs of `workspace`).
 pub fn find_root(cwd: &Path) -> Result<PathBuf, ConfigError> {
-    let cwd = cwd.canonicalize().map_err(|e| io_error(cwd, &e))?;
+    let mut cwd = cwd.canonicalize().map_err(|e| io_error(cwd, &e))?;
+    if !cwd.is_dir()
+        && let Some(parent) = cwd.parent()
+    {
+        cwd = parent.to_path_buf();
+    }
     let mut nearest: Option<&Path> = None;
     let mut fallback: Option<&Path> = None;
     for dir in cwd.ancestors() {
@@ -213,7 +227,9 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         } else if let Some(g) = pnpm_globs {
             (g, pnpm_src.as_ref(), None)
         } else if let Some(g) = root_pkg.as_ref().and_then(|p| p.workspaces.clone()) {
-            let pos = root_pkg_src.as_ref().and_then(|s| find_key(&s.text, "workspaces"));
+            let pos = root_pkg_src
+                .as_ref()
+                .and_then(|s| find_key(&s.text, "workspaces"));
             (g, root_pkg_src.as_ref(), pos)
         } else if ws.is_some() {
             (Vec::new(), None, None)
@@ -232,47 +248,50 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         }
     })?;
     let turbo_mode = kind == ConfigKind::Turbo;
-    let is_member = |d: &Path| {
-        if turbo_mode {
-            d.join(PKG).is_file()
-        } else {
-            has_manifest(d)
-        }
-    };
-    let dirs = member_globs.expand(&root, &is_member);
+    let dirs = member_globs.expand(&root, &|_| true);
+    let reads = read_members(&root, &dirs, turbo_mode);
 
     let mut drafts: Vec<Draft> = Vec::with_capacity(dirs.len() + 1);
-    let root_is_member = dirs.iter().any(|d| d == ".");
-    for dir in &dirs {
+    let mut root_is_member = false;
+    for (dir, read) in dirs.iter().zip(reads) {
         let draft = if dir == "." {
+            if root_pkg.is_none() && (turbo_mode || root_vx.is_none()) {
+                continue;
+            }
+            root_is_member = true;
             member_draft(
-                &mut ld,
+                &ld.root,
                 dir,
                 root_vx.clone(),
                 root_pkg_src.clone().zip(root_pkg.clone()),
+                None,
                 turbo_root.as_ref(),
             )?
         } else {
-            let pkg_src = ld.read(&rel_join(dir, PKG))?;
-            let pkg = match &pkg_src {
-                Some(s) => Some((s.clone(), npm::parse_package_json(s)?)),
-                None => None,
-            };
-            let vx = if turbo_mode {
-                None
-            } else {
-                ld.read(&rel_join(dir, VX))?.map(vxtoml::parse).transpose()?
-            };
-            if let Some(v) = &vx
+            let Some(r) = read? else { continue };
+            for f in [
+                &r.pkg.as_ref().map(|p| &p.0),
+                &r.vx.as_ref().map(|v| &v.src),
+                &r.turbo.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                ld.files.insert(f.file.clone());
+            }
+            if let Some(v) = &r.vx
                 && v.workspace.is_some()
             {
                 return Err(v
                     .src
-                    .err_near("", "[workspace]", "`[workspace]` is only allowed in the root vx.toml")
+                    .err("`[workspace]` is only allowed in the root vx.toml")
                     .at_opt(find_line_starting(&v.src.text, "[workspace]"))
-                    .with_hint(format!("`{dir}` is a member of the workspace at the root; move the table there")));
+                    .with_hint(format!(
+                        "`{dir}` is a member of the workspace at the root; move the table there"
+                    )));
             }
-            member_draft(&mut ld, dir, vx, pkg, turbo_root.as_ref())?
+            let own_turbo = r.turbo.as_ref().map(turbo::parse_package).transpose()?;
+            member_draft(&ld.root, dir, r.vx, r.pkg, own_turbo, turbo_root.as_ref())?
         };
         if let Some(d) = draft {
             drafts.push(d);
@@ -284,7 +303,10 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         let root_pkg_file = root_pkg_src.as_ref().map(|s| s.file.clone());
         match (&root_vx, &turbo_root) {
             (_, Some(t)) if turbo::has_root_tasks(t) => {
-                let scripts = root_pkg.as_ref().map(|p| p.scripts.clone()).unwrap_or_default();
+                let scripts = root_pkg
+                    .as_ref()
+                    .map(|p| p.scripts.clone())
+                    .unwrap_or_default();
                 drafts.push(Draft {
                     project: Project {
                         name: "//".to_string(),
@@ -332,8 +354,16 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
     } else if let Some(t) = &turbo_root
         && turbo::has_root_tasks(t)
     {
-        let key = t.tasks.keys().find(|k| k.starts_with("//#")).cloned().unwrap_or_default();
-        let src = Src::new(TURBO, std::fs::read_to_string(root.join(TURBO)).unwrap_or_default());
+        let key = t
+            .tasks
+            .keys()
+            .find(|k| k.starts_with("//#"))
+            .cloned()
+            .unwrap_or_default();
+        let src = Src::new(
+            TURBO,
+            std::fs::read_to_string(root.join(TURBO)).unwrap_or_default(),
+        );
         return Err(src
             .err_near(&key, &key, format!("`{key}`: the root is itself a member package here, so there is no separate root project `//`"))
             .with_hint("define the task without `//#`"));
@@ -362,11 +392,15 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         }
         let mut hint = did_you_mean(&r.name, names.iter().copied());
         if r.name == "//" {
-            hint = Some("the root project `//` exists only when the root config defines tasks".into());
+            hint =
+                Some("the root project `//` exists only when the root config defines tasks".into());
         }
-        Err(ConfigError::in_file(&r.file, format!("{}: unknown project `{}`", r.context, r.name))
-            .at_opt(r.pos)
-            .with_hint_opt(hint))
+        Err(ConfigError::in_file(
+            &r.file,
+            format!("{}: unknown project `{}`", r.context, r.name),
+        )
+        .at_opt(r.pos)
+        .with_hint_opt(hint))
     };
 
     // Package-name lookups for dependency specs.
@@ -386,11 +420,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
             version: drafts[i].project.version.as_deref(),
         })
     };
-    let lookup_dir = |d: &str| {
-        by_dir
-            .get(d)
-            .and_then(|&i| drafts[i].pkg_name.clone())
-    };
+    let lookup_dir = |d: &str| by_dir.get(d).and_then(|&i| drafts[i].pkg_name.clone());
 
     if let Some(t) = &turbo_root {
         for r in &t.refs {
@@ -405,8 +435,11 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         for r in &d.declared {
             let j = check_ref(r)?;
             if j == i {
-                return Err(ConfigError::in_file(&r.file, format!("project `{}` lists itself in `deps`", r.name))
-                    .at_opt(r.pos));
+                return Err(ConfigError::in_file(
+                    &r.file,
+                    format!("project `{}` lists itself in `deps`", r.name),
+                )
+                .at_opt(r.pos));
             }
             hard[i].insert(j);
         }
@@ -445,7 +478,9 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
             file,
             format!("package dependency cycle: {}", path.join(" → ")),
         )
-        .with_hint("remove one of these dependencies (package.json dependencies or vx.toml `deps`)"));
+        .with_hint(
+            "remove one of these dependencies (package.json dependencies or vx.toml `deps`)",
+        ));
     }
     // A peer dependency orders only when it does not close a cycle.
     peers.sort_unstable();
@@ -509,12 +544,94 @@ fn absolute_dir(root: &Path, d: &str) -> PathBuf {
     }
 }
 
+/// The manifests of one member directory.
+struct MemberRead {
+    pkg: Option<(Src, PackageJson)>,
+    vx: Option<VxFile>,
+    turbo: Option<Src>,
+}
+
+fn read_rel(root: &Path, rel: String) -> Result<Option<Src>, ConfigError> {
+    let text = read_abs(&root.join(&rel)).map_err(|e| e.with_file(&rel))?;
+    Ok(text.map(|t| Src::new(rel, t)))
+}
+
+/// Reads and parses one member's manifests (`None`: not a member).
+fn read_member(
+    root: &Path,
+    dir: &str,
+    turbo_mode: bool,
+) -> Result<Option<MemberRead>, ConfigError> {
+    let pkg = match read_rel(root, rel_join(dir, PKG))? {
+        Some(s) => {
+            let p = npm::parse_package_json(&s)?;
+            Some((s, p))
+        }
+        None => None,
+    };
+    if turbo_mode {
+        if pkg.is_none() {
+            return Ok(None);
+        }
+        let turbo = read_rel(root, rel_join(dir, TURBO))?;
+        return Ok(Some(MemberRead {
+            pkg,
+            vx: None,
+            turbo,
+        }));
+    }
+    let vx = read_rel(root, rel_join(dir, VX))?
+        .map(vxtoml::parse)
+        .transpose()?;
+    if pkg.is_none() && vx.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(MemberRead {
+        pkg,
+        vx,
+        turbo: None,
+    }))
+}
+
+type MemberResult = Result<Option<MemberRead>, ConfigError>;
+
+/// Reads every member (in parallel for large workspaces), in `dirs` order.
+fn read_members(root: &Path, dirs: &[String], turbo_mode: bool) -> Vec<MemberResult> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads < 2 || dirs.len() < 64 {
+        return dirs
+            .iter()
+            .map(|d| read_member(root, d, turbo_mode))
+            .collect();
+    }
+    let chunk = dirs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|d| read_member(root, d, turbo_mode))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 /// One member directory → a draft project (`None`: skipped).
 fn member_draft(
-    ld: &mut Loader,
+    root: &Path,
     dir: &str,
     vx: Option<VxFile>,
     pkg: Option<(Src, PackageJson)>,
+    own_turbo: Option<TurboPackage>,
     turbo_root: Option<&TurboRoot>,
 ) -> Result<Option<Draft>, ConfigError> {
     let pkg_name = match &pkg {
@@ -529,7 +646,7 @@ fn member_draft(
     };
     let base = || {
         if dir == "." {
-            ld.root.file_name().map(|s| s.to_string_lossy().into_owned())
+            root.file_name().map(|s| s.to_string_lossy().into_owned())
         } else {
             dir.rsplit('/').next().map(str::to_string)
         }
@@ -557,13 +674,17 @@ fn member_draft(
 
     let (tasks, tags, config_file, declared, task_refs) = match turbo_root {
         Some(troot) => {
-            let own_src = ld.read(&rel_join(dir, TURBO))?;
-            let own: Option<TurboPackage> = match (&own_src, dir) {
-                (Some(s), d) if d != "." => Some(turbo::parse_package(s)?),
-                _ => None,
-            };
-            let scripts = pkg.as_ref().map(|(_, p)| p.scripts.clone()).unwrap_or_default();
-            let tasks = turbo::package_tasks(troot, pkg_name.as_deref().unwrap_or(&name), own.as_ref(), &scripts);
+            let own = own_turbo;
+            let scripts = pkg
+                .as_ref()
+                .map(|(_, p)| p.scripts.clone())
+                .unwrap_or_default();
+            let tasks = turbo::package_tasks(
+                troot,
+                pkg_name.as_deref().unwrap_or(&name),
+                own.as_ref(),
+                &scripts,
+            );
             let config_file = match &own {
                 Some(_) => rel_join(dir, TURBO),
                 None => pkg_file.clone().unwrap_or_else(|| rel_join(dir, PKG)),

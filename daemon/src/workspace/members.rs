@@ -76,8 +76,7 @@ impl MemberGlobs {
             {
                 return Err((
                     raw.to_string(),
-                    "extglob is not supported; use `{a,b}` alternatives or a `!` entry"
-                        .to_string(),
+                    "extglob is not supported; use `{a,b}` alternatives or a `!` entry".to_string(),
                 ));
             }
             let norm = normalise(body);
@@ -89,8 +88,8 @@ impl MemberGlobs {
             }
             rest.push(raw.to_string());
             if !neg {
-                let single = Patterns::new(&[norm.as_str()])
-                    .map_err(|e| (raw.to_string(), e.reason))?;
+                let single =
+                    Patterns::new(&[norm.as_str()]).map_err(|e| (raw.to_string(), e.reason))?;
                 includes.push(Include {
                     comps: norm.split('/').map(str::to_string).collect(),
                     body: norm,
@@ -242,7 +241,10 @@ mod tests {
         }
         let has = |p: &Path| p.join("package.json").is_file();
         let g = MemberGlobs::new(&["packages/*", "!packages/legacy", "apps/*"]).unwrap();
-        assert_eq!(g.expand(r, &has), vec!["apps/web", "packages/a", "packages/b"]);
+        assert_eq!(
+            g.expand(r, &has),
+            vec!["apps/web", "packages/a", "packages/b"]
+        );
         assert!(g.selects("packages/a"));
         assert!(!g.selects("packages/legacy"));
         assert!(!g.selects("packages/.hidden"));

@@ -19,11 +19,11 @@ mod error;
 mod load;
 mod members;
 mod npm;
+#[cfg(test)]
+mod tests;
 mod text;
 mod turbo;
 mod vxtoml;
-#[cfg(test)]
-mod tests;
 
 pub use error::ConfigError;
 pub use load::{find_root, load};
@@ -160,9 +160,7 @@ impl Workspace {
         let rel = rel.to_string_lossy().replace('\\', "/");
         self.projects
             .iter()
-            .filter(|p| {
-                p.dir == "." || rel == p.dir || rel.starts_with(&format!("{}/", p.dir))
-            })
+            .filter(|p| p.dir == "." || rel == p.dir || rel.starts_with(&format!("{}/", p.dir)))
             .max_by_key(|p| if p.dir == "." { 0 } else { p.dir.len() + 1 })
     }
 

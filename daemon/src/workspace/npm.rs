@@ -50,9 +50,9 @@ fn string_map(v: Option<Value>) -> Vec<(String, String)> {
 }
 
 fn string_list(src: &Src, field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
-    let arr = v.as_array().ok_or_else(|| {
-        src.err_near("", field, format!("`{field}` must be an array of strings"))
-    })?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| src.err_near("", field, format!("`{field}` must be an array of strings")))?;
     arr.iter()
         .map(|x| {
             x.as_str().map(str::to_string).ok_or_else(|| {
@@ -115,10 +115,18 @@ pub(crate) fn parse_pnpm(src: &Src) -> Result<Vec<String>, ConfigError> {
     let raw: RawPnpm = serde_saphyr::from_str(&src.text).map_err(|e| {
         let full = e.to_string();
         let first = full.lines().next().unwrap_or("invalid YAML").to_string();
-        let msg = match first.rfind(" at line ") {
+        let mut msg = match first.rfind(" at line ") {
             Some(i) => first[..i].to_string(),
             None => first,
         };
+        if let Some(rest) = msg.strip_prefix("error: ") {
+            msg = rest.to_string();
+        }
+        if msg.starts_with("line ")
+            && let Some((_, rest)) = msg.split_once(": ")
+        {
+            msg = rest.to_string();
+        }
         let mut err = src.err(format!("invalid YAML: {msg}"));
         if let Some(loc) = e.location()
             && loc.line() > 0
@@ -248,7 +256,10 @@ fn alternative_satisfied(alt: &str, v: &semver::Version) -> bool {
     let mut comparators: Vec<String> = Vec::new();
     let mut pending_op = String::new();
     for tok in alt.split_whitespace() {
-        if tok.chars().all(|c| matches!(c, '<' | '>' | '=' | '~' | '^')) {
+        if tok
+            .chars()
+            .all(|c| matches!(c, '<' | '>' | '=' | '~' | '^'))
+        {
             pending_op.push_str(tok);
             continue;
         }
@@ -330,9 +341,7 @@ mod tests {
             "lib" => Some(LocalPackage {
                 version: Some("1.2.0"),
             }),
-            "nover" => Some(LocalPackage {
-                version: None,
-            }),
+            "nover" => Some(LocalPackage { version: None }),
             _ => None,
         };
         let lookup_dir = |d: &str| (d == "packages/lib").then(|| "lib".to_string());
@@ -352,8 +361,14 @@ mod tests {
         assert_eq!(t("lib", "https://x/y.tgz"), None);
         assert_eq!(t("lib", "catalog:"), None);
         assert_eq!(t("alias", "npm:lib@^1").as_deref(), Some("lib"));
-        assert_eq!(t("whatever", "file:../../packages/lib").as_deref(), Some("lib"));
-        assert_eq!(t("whatever", "link:../../packages/lib/").as_deref(), Some("lib"));
+        assert_eq!(
+            t("whatever", "file:../../packages/lib").as_deref(),
+            Some("lib")
+        );
+        assert_eq!(
+            t("whatever", "link:../../packages/lib/").as_deref(),
+            Some("lib")
+        );
         assert_eq!(t("whatever", "../../packages/lib").as_deref(), Some("lib"));
         assert_eq!(t("whatever", "file:../../../outside"), None);
         assert_eq!(t("react", "^18"), None);

@@ -31,7 +31,11 @@ impl Src {
     }
 
     /// An error at a span start (toml's `Spanned`).
-    pub fn err_span(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub fn err_span(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         self.err_at(span.start, message)
     }
 
@@ -168,11 +172,7 @@ fn unknown_field(msg: &str, foreign: bool) -> Option<(String, Option<String>)> {
         .or_else(|| msg.strip_prefix("unknown variant `"))?;
     let end = rest.find('`')?;
     let field = &rest[..end];
-    let expected: Vec<&str> = rest[end + 1..]
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .collect();
+    let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
     let kind = if msg.starts_with("unknown variant") {
         "value"
     } else {
@@ -214,6 +214,16 @@ fn enclosing_table(text: &str, offset: usize) -> Option<String> {
         .map(|l| l.split('#').next().unwrap_or(l).trim().to_string())
 }
 
+/// The `key` of the `key = value` line holding `offset`.
+fn key_of_line(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.contains(['[', '{', ' '])).then(|| key.to_string())
+}
+
 /// A toml parse/deserialize error as a [`ConfigError`].
 pub(crate) fn toml_error(src: &Src, e: &toml::de::Error) -> ConfigError {
     let msg = e.message().trim().to_string();
@@ -226,6 +236,10 @@ pub(crate) fn toml_error(src: &Src, e: &toml::de::Error) -> ConfigError {
             && let Some(table) = enclosing_table(&src.text, span.start)
         {
             message = format!("{message} in {table}");
+        } else if (message.starts_with("invalid type") || message.starts_with("invalid value"))
+            && let Some(key) = key_of_line(&src.text, span.start)
+        {
+            message = format!("`{key}`: {message}");
         }
     }
     err.message = message;
@@ -350,7 +364,10 @@ mod tests {
             suggest("dependsOn", ["command", "depends_on"]).as_deref(),
             Some("depends_on")
         );
-        assert_eq!(suggest("comand", ["command", "cache"]).as_deref(), Some("command"));
+        assert_eq!(
+            suggest("comand", ["command", "cache"]).as_deref(),
+            Some("command")
+        );
         assert_eq!(suggest("zzz", ["command", "cache"]), None);
     }
 

@@ -108,7 +108,11 @@ fn tasks_of(
 ) -> Result<BTreeMap<String, RawTask>, ConfigError> {
     match (tasks, pipeline) {
         (Some(_), Some(_)) => Err(src
-            .err_near("pipeline", "pipeline", "both `tasks` and `pipeline` are set")
+            .err_near(
+                "pipeline",
+                "pipeline",
+                "both `tasks` and `pipeline` are set",
+            )
             .with_hint("`pipeline` is the Turborepo 1.x name of `tasks`; keep only `tasks`")),
         (t, p) => Ok(t.or(p).unwrap_or_default()),
     }
@@ -168,9 +172,17 @@ pub(crate) fn parse_package(src: &Src) -> Result<TurboPackage, ConfigError> {
     match raw.extends.as_deref() {
         Some([one]) if one == "//" => {}
         Some(other) => {
-            let shown = other.iter().find(|e| *e != "//").cloned().unwrap_or_default();
+            let shown = other
+                .iter()
+                .find(|e| *e != "//")
+                .cloned()
+                .unwrap_or_default();
             return Err(src
-                .err_near(&shown, "extends", format!("unsupported `extends` value {other:?}"))
+                .err_near(
+                    &shown,
+                    "extends",
+                    format!("unsupported `extends` value {other:?}"),
+                )
                 .with_hint("a package turbo.json must have `\"extends\": [\"//\"]`"));
         }
         None => {
@@ -184,7 +196,11 @@ pub(crate) fn parse_package(src: &Src) -> Result<TurboPackage, ConfigError> {
     for (key, t) in &tasks {
         if key.contains('#') {
             return Err(src
-                .err_near(key, key, format!("`{key}`: a package turbo.json names tasks without `project#`"))
+                .err_near(
+                    key,
+                    key,
+                    format!("`{key}`: a package turbo.json names tasks without `project#`"),
+                )
                 .with_hint(format!(
                     "write `\"{}\"`",
                     key.split_once('#').map_or(key.as_str(), |(_, t)| t)
@@ -223,12 +239,20 @@ fn check_task(
         if d == EXTENDS {
             continue;
         }
-        if d.starts_with('$') {
+        if let Some(var) = d.strip_prefix('$') {
             return Err(src
-                .err_near(d, d, format!("`{d}` in {}: env dependencies in `dependsOn` are not supported", what("dependsOn")))
-                .with_hint(format!("list `{}` in the task's `env` instead", &d[1..])));
+                .err_near(
+                    d,
+                    d,
+                    format!(
+                        "`{d}` in {}: env dependencies in `dependsOn` are not supported",
+                        what("dependsOn")
+                    ),
+                )
+                .with_hint(format!("list `{var}` in the task's `env` instead")));
         }
-        let form = check::dep_form(d).map_err(|e| src.err_near(d, d, format!("{e} (in {})", what("dependsOn"))))?;
+        let form = check::dep_form(d)
+            .map_err(|e| src.err_near(d, d, format!("{e} (in {})", what("dependsOn"))))?;
         if let check::DepForm::Explicit { project, .. } = form
             && project != "//"
         {
@@ -254,7 +278,11 @@ fn check_task(
             return Err(src.err_near(i, i, format!("unsupported `{i}` in {}", what("inputs"))));
         }
         if let Err(e) = Patterns::new(&[glob.as_str()]) {
-            return Err(src.err_near(i, i, format!("invalid glob `{i}` in {}: {}", what("inputs"), e.reason)));
+            return Err(src.err_near(
+                i,
+                i,
+                format!("invalid glob `{i}` in {}: {}", what("inputs"), e.reason),
+            ));
         }
     }
     for o in t.outputs.iter().flatten() {
@@ -262,10 +290,19 @@ fn check_task(
             continue;
         }
         if let Err(e) = Patterns::new(&[o.as_str()]) {
-            return Err(src.err_near(o, o, format!("invalid glob `{o}` in {}: {}", what("outputs"), e.reason)));
+            return Err(src.err_near(
+                o,
+                o,
+                format!("invalid glob `{o}` in {}: {}", what("outputs"), e.reason),
+            ));
         }
     }
-    for n in t.env.iter().flatten().chain(t.pass_through_env.iter().flatten()) {
+    for n in t
+        .env
+        .iter()
+        .flatten()
+        .chain(t.pass_through_env.iter().flatten())
+    {
         if n == EXTENDS {
             continue;
         }
@@ -298,7 +335,10 @@ impl RawTask {
             cache: over.cache.or(self.cache),
             persistent: over.persistent.or(self.persistent),
             interactive: over.interactive.or(self.interactive),
-            description: over.description.clone().or_else(|| self.description.clone()),
+            description: over
+                .description
+                .clone()
+                .or_else(|| self.description.clone()),
             output_logs: None,
             output_mode: None,
             interruptible: None,

@@ -119,11 +119,7 @@ fn check_globs(src: &Src, list: &[(String, usize)], what: &str) -> Result<(), Co
     Ok(())
 }
 
-fn check_env(
-    src: &Src,
-    list: &[(String, usize)],
-    patterns: bool,
-) -> Result<(), ConfigError> {
+fn check_env(src: &Src, list: &[(String, usize)], patterns: bool) -> Result<(), ConfigError> {
     for (n, off) in list {
         check::env_name(n, patterns).map_err(|e| src.err_at(*off, e))?;
     }
@@ -140,7 +136,10 @@ fn duration(src: &Src, v: &Spanned<toml::Value>) -> Result<u64, ConfigError> {
 }
 
 fn values(list: Option<Vec<(String, usize)>>) -> Vec<String> {
-    list.unwrap_or_default().into_iter().map(|(s, _)| s).collect()
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
 }
 
 /// Parses and validates a `vx.toml`.
@@ -258,13 +257,16 @@ fn task(
                 return Err(src.err_span(c.span(), format!("{} is empty", what("command"))));
             }
             if c.get_ref().contains('\0') {
-                return Err(src.err_span(c.span(), format!("{} contains a NUL byte", what("command"))));
+                return Err(
+                    src.err_span(c.span(), format!("{} contains a NUL byte", what("command")))
+                );
             }
             def.command = Some(c.get_ref().clone());
         }
         None => {
             // Group task.
-            let hint = "add a `command`, or remove the field (a task without `command` is a group task)";
+            let hint =
+                "add a `command`, or remove the field (a task without `command` is a group task)";
             let refuse = |field: &str, span: std::ops::Range<usize>| {
                 Err(src
                     .err_span(
@@ -293,13 +295,23 @@ fn task(
             }
             if t.outputs.is_some() {
                 return Err(src
-                    .err_near(name, "outputs", format!("group task `{name}` (no `command`) cannot set `outputs`"))
+                    .err_near(
+                        name,
+                        "outputs",
+                        format!("group task `{name}` (no `command`) cannot set `outputs`"),
+                    )
                     .with_hint(hint));
             }
             if t.depends_on.is_none() {
                 return Err(src
-                    .err_near(name, name, format!("task `{name}` has neither `command` nor `depends_on`"))
-                    .with_hint("give it a `command`, or `depends_on = [...]` to make it a group task"));
+                    .err_near(
+                        name,
+                        name,
+                        format!("task `{name}` has neither `command` nor `depends_on`"),
+                    )
+                    .with_hint(
+                        "give it a `command`, or `depends_on = [...]` to make it a group task",
+                    ));
             }
         }
     }
@@ -346,7 +358,8 @@ fn task(
     if let Some(d) = t.define {
         let off = d.span().start;
         for k in d.get_ref().keys() {
-            check::env_name(k, false).map_err(|e| src.err_at(off, format!("{e} (in {})", what("define"))))?;
+            check::env_name(k, false)
+                .map_err(|e| src.err_at(off, format!("{e} (in {})", what("define"))))?;
         }
         def.define = d.into_inner();
     }
@@ -357,7 +370,10 @@ fn task(
     if let Some(r) = t.ready_when {
         if !persistent {
             return Err(src
-                .err_span(r.span(), format!("task `{name}` sets `ready_when` without `persistent = true`"))
+                .err_span(
+                    r.span(),
+                    format!("task `{name}` sets `ready_when` without `persistent = true`"),
+                )
                 .with_hint("add `persistent = true`, or remove `ready_when`"));
         }
         if r.get_ref().is_empty() {
@@ -377,7 +393,10 @@ fn task(
             };
             if let Some(why) = why {
                 return Err(src
-                    .err_span(c.span(), format!("task `{name}` is {why} and cannot be cached"))
+                    .err_span(
+                        c.span(),
+                        format!("task `{name}` is {why} and cannot be cached"),
+                    )
                     .with_hint("remove `cache = true`"));
             }
         }
@@ -392,11 +411,17 @@ fn task(
     if let Some(r) = &t.retries {
         let n = *r.get_ref();
         if !(0..=100).contains(&n) {
-            return Err(src.err_span(r.span(), format!("{} must be between 0 and 100", what("retries"))));
+            return Err(src.err_span(
+                r.span(),
+                format!("{} must be between 0 and 100", what("retries")),
+            ));
         }
         if persistent && n > 0 {
             return Err(src
-                .err_span(r.span(), format!("persistent task `{name}` cannot set `retries`"))
+                .err_span(
+                    r.span(),
+                    format!("persistent task `{name}` cannot set `retries`"),
+                )
                 .with_hint("remove `retries`"));
         }
         def.retries = n as u32;
