@@ -16,12 +16,16 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use vx_proto::framing::{Frame, LineFramer};
 use vx_proto::{
-    CacheParams, ContinueMode, HelloParams, Id, Message, OutputLogs, PROTOCOL_VERSION, RpcError, RunCancelParams,
-    RunEvent, RunParams, codes, methods,
+    CacheParams, ContinueMode, HelloParams, Id, Message, OutputLogs, PROTOCOL_VERSION, RpcError,
+    RunCancelParams, RunEvent, RunParams, codes, methods,
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "vx", version, about = "vx — a fast monorepo task runner with a trustworthy cache")]
+#[command(
+    name = "vx",
+    version,
+    about = "vx — a fast monorepo task runner with a trustworthy cache"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -243,7 +247,9 @@ fn run(args: RunArgs, cwd: String) -> Result<i32> {
     ui.summary(&summary);
     if let Some(path) = &args.summarize {
         let path = if path.is_empty() {
-            PathBuf::from(&summary.root).join(".vx/runs").join(format!("{}.json", summary.run_id))
+            PathBuf::from(&summary.root)
+                .join(".vx/runs")
+                .join(format!("{}.json", summary.run_id))
         } else {
             PathBuf::from(path)
         };
@@ -308,8 +314,14 @@ impl Conn {
                     bin.display()
                 )
             })?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin pipe to vxd"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe from vxd"))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin pipe to vxd"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout pipe from vxd"))?;
         let mut conn = Conn {
             child,
             stdin: Arc::new(Mutex::new(Some(stdin))),
@@ -321,7 +333,8 @@ impl Conn {
             protocol: PROTOCOL_VERSION,
             client_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let r: vx_proto::HelloResult = serde_json::from_value(conn.call(methods::HELLO, &hello, |_| {})?)?;
+        let r: vx_proto::HelloResult =
+            serde_json::from_value(conn.call(methods::HELLO, &hello, |_| {})?)?;
         if r.version != env!("CARGO_PKG_VERSION") {
             eprintln!(
                 "vx: warning: vx {} is talking to vxd {} ({})",
@@ -334,9 +347,13 @@ impl Conn {
     }
 
     fn send(&self, m: &Message) -> Result<()> {
-        let mut g = self.stdin.lock().map_err(|_| anyhow!("stdin lock poisoned"))?;
+        let mut g = self
+            .stdin
+            .lock()
+            .map_err(|_| anyhow!("stdin lock poisoned"))?;
         let w = g.as_mut().ok_or_else(|| anyhow!("connection closed"))?;
-        w.write_all(&m.encode()).context("the vx engine went away")?;
+        w.write_all(&m.encode())
+            .context("the vx engine went away")?;
         w.flush().context("the vx engine went away")?;
         Ok(())
     }
@@ -352,7 +369,10 @@ impl Conn {
         self.next_id += 1;
         self.send(&Message::request(Id::Num(id), method, params))?;
         loop {
-            let buf = self.reader.fill_buf().context("reading from the vx engine")?;
+            let buf = self
+                .reader
+                .fill_buf()
+                .context("reading from the vx engine")?;
             if buf.is_empty() {
                 let status = self.child.wait().ok();
                 return Err(anyhow!(
@@ -366,15 +386,23 @@ impl Conn {
             for f in frames {
                 let Frame::Line(line) = f else { continue };
                 match Message::decode(&line) {
-                    Ok(Message::Notification { method, params }) if method == methods::RUN_EVENT => {
+                    Ok(Message::Notification { method, params })
+                        if method == methods::RUN_EVENT =>
+                    {
                         if let Ok(e) = serde_json::from_value::<RunEvent>(params) {
                             on_event(e);
                         }
                     }
-                    Ok(Message::Response { id: Some(Id::Num(rid)), result }) if rid == id => {
+                    Ok(Message::Response {
+                        id: Some(Id::Num(rid)),
+                        result,
+                    }) if rid == id => {
                         return result.map_err(|e| rpc_error(&e));
                     }
-                    Ok(Message::Response { id: None, result: Err(e) }) => {
+                    Ok(Message::Response {
+                        id: None,
+                        result: Err(e),
+                    }) => {
                         return Err(anyhow!("protocol error from the vx engine: {}", e.message));
                     }
                     _ => {}
@@ -396,16 +424,20 @@ impl Conn {
         std::thread::spawn(move || {
             for sig in signals.forever() {
                 let sig = if sig == SIGHUP { SIGTERM } else { sig };
-                let first = c2.lock().map(|mut c| c.replace(sig).is_none()).unwrap_or(true);
+                let first = c2
+                    .lock()
+                    .map(|mut c| c.replace(sig).is_none())
+                    .unwrap_or(true);
                 if !first {
                     std::process::exit(128 + sig);
                 }
-                if let Ok(mut g) = stdin.lock() {
-                    if let Some(w) = g.as_mut() {
-                        let m = Message::notification(methods::RUN_CANCEL, RunCancelParams { signal: sig });
-                        let _ = w.write_all(&m.encode());
-                        let _ = w.flush();
-                    }
+                if let Ok(mut g) = stdin.lock()
+                    && let Some(w) = g.as_mut()
+                {
+                    let m =
+                        Message::notification(methods::RUN_CANCEL, RunCancelParams { signal: sig });
+                    let _ = w.write_all(&m.encode());
+                    let _ = w.flush();
                 }
             }
         });
@@ -427,4 +459,3 @@ fn rpc_error(e: &RpcError) -> anyhow::Error {
         _ => anyhow!("{}", e.message),
     }
 }
-

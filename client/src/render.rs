@@ -31,7 +31,11 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 fn duration(ms: u64) -> String {
@@ -69,12 +73,19 @@ impl Ui {
             return format!("{label} │");
         }
         let n = self.colours.len();
-        let c = *self.colours.entry(id.to_string()).or_insert(PALETTE[n % PALETTE.len()]);
+        let c = *self
+            .colours
+            .entry(id.to_string())
+            .or_insert(PALETTE[n % PALETTE.len()]);
         format!("\x1b[{c}m{label}\x1b[0m \x1b[2m│\x1b[0m")
     }
 
     fn dim(&self, s: &str) -> String {
-        if self.colour { format!("\x1b[2m{s}\x1b[0m") } else { s.to_string() }
+        if self.colour {
+            format!("\x1b[2m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
     }
 
     pub fn event(&mut self, e: RunEvent) {
@@ -98,11 +109,20 @@ impl Ui {
             }
             RunEvent::TaskCacheHit { id, key, source } => {
                 let p = self.prefix(&id);
-                let what = if source == CacheSource::UpToDate { "outputs up to date" } else { "restored" };
-                let msg = self.dim(&format!("cache hit ({what}), replaying logs {}", &key[..key.len().min(16)]));
+                let what = if source == CacheSource::UpToDate {
+                    "outputs up to date"
+                } else {
+                    "restored"
+                };
+                let msg = self.dim(&format!(
+                    "cache hit ({what}), replaying logs {}",
+                    &key[..key.len().min(16)]
+                ));
                 let _ = writeln!(self.out, "{p} {msg}");
             }
-            RunEvent::TaskOutput { id, stream, line, .. } => {
+            RunEvent::TaskOutput {
+                id, stream, line, ..
+            } => {
                 let p = self.prefix(&id);
                 match stream {
                     Stream::Stdout | Stream::Stderr => {
@@ -110,7 +130,12 @@ impl Ui {
                     }
                 }
             }
-            RunEvent::TaskRetry { id, attempt, of, reason } => {
+            RunEvent::TaskRetry {
+                id,
+                attempt,
+                of,
+                reason,
+            } => {
                 let _ = self.out.flush();
                 eprintln!("vx: retrying {id} (attempt {attempt}/{of}) after {reason}");
             }
@@ -118,7 +143,11 @@ impl Ui {
                 if result.status == TaskStatus::Failed {
                     let p = self.prefix(&result.id);
                     let why = result.error.clone().unwrap_or_else(|| "failed".into());
-                    let msg = if self.colour { format!("\x1b[31m✗ failed: {why}\x1b[0m") } else { format!("✗ failed: {why}") };
+                    let msg = if self.colour {
+                        format!("\x1b[31m✗ failed: {why}\x1b[0m")
+                    } else {
+                        format!("✗ failed: {why}")
+                    };
                     let _ = writeln!(self.out, "{p} {msg}");
                 }
             }
@@ -141,7 +170,11 @@ impl Ui {
             return;
         }
         let c = &s.counts;
-        let mut parts = vec![format!("{} total", c.total), format!("{} cached", c.cached), format!("{} executed", c.executed)];
+        let mut parts = vec![
+            format!("{} total", c.total),
+            format!("{} cached", c.cached),
+            format!("{} executed", c.executed),
+        ];
         if c.failed > 0 {
             parts.push(format!("{} failed", c.failed));
         }
@@ -158,10 +191,20 @@ impl Ui {
             .tasks
             .iter()
             .filter(|t| t.status == TaskStatus::Failed)
-            .map(|t| format!("{} ({})", t.id, t.error.clone().unwrap_or_else(|| "failed".into())))
+            .map(|t| {
+                format!(
+                    "{} ({})",
+                    t.id,
+                    t.error.clone().unwrap_or_else(|| "failed".into())
+                )
+            })
             .collect();
         if !failed.is_empty() {
-            let label = if self.colour { "\x1b[31mFailed:\x1b[0m" } else { "Failed:" };
+            let label = if self.colour {
+                "\x1b[31mFailed:\x1b[0m"
+            } else {
+                "Failed:"
+            };
             let _ = writeln!(self.out, "{label}  {}", failed.join(", "));
         }
         if c.total == 0 {
@@ -173,11 +216,34 @@ impl Ui {
 
 pub fn plan_text(plan: &Plan) {
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    let runnable: Vec<_> = plan.tasks.iter().filter(|t| t.prediction != Prediction::Group).collect();
-    let hits = runnable.iter().filter(|t| t.prediction == Prediction::Hit).count();
-    let _ = writeln!(out, "Plan: {} tasks ({} predicted cache hits) in {}", runnable.len(), hits, plan.root);
-    let w = plan.tasks.iter().map(|t| t.id.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(out, "  {:<w$}  {:<9}  {:<16}  COMMAND", "TASK", "CACHE", "KEY");
+    let runnable: Vec<_> = plan
+        .tasks
+        .iter()
+        .filter(|t| t.prediction != Prediction::Group)
+        .collect();
+    let hits = runnable
+        .iter()
+        .filter(|t| t.prediction == Prediction::Hit)
+        .count();
+    let _ = writeln!(
+        out,
+        "Plan: {} tasks ({} predicted cache hits) in {}",
+        runnable.len(),
+        hits,
+        plan.root
+    );
+    let w = plan
+        .tasks
+        .iter()
+        .map(|t| t.id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "  {:<w$}  {:<9}  {:<16}  COMMAND",
+        "TASK", "CACHE", "KEY"
+    );
     for t in &plan.tasks {
         let pred = match t.prediction {
             Prediction::Hit => "hit",
@@ -185,8 +251,19 @@ pub fn plan_text(plan: &Plan) {
             Prediction::Uncached => "uncached",
             Prediction::Group => "group",
         };
-        let key = t.key.as_deref().map(|k| &k[..k.len().min(16)]).unwrap_or("-");
-        let _ = writeln!(out, "  {:<w$}  {:<9}  {:<16}  {}", t.id, pred, key, t.command.as_deref().unwrap_or("-"));
+        let key = t
+            .key
+            .as_deref()
+            .map(|k| &k[..k.len().min(16)])
+            .unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "  {:<w$}  {:<9}  {:<16}  {}",
+            t.id,
+            pred,
+            key,
+            t.command.as_deref().unwrap_or("-")
+        );
     }
     let _ = out.flush();
 }
@@ -196,7 +273,8 @@ fn dot_escape(s: &str) -> String {
 }
 
 pub fn dot(plan: &Plan) -> String {
-    let mut s = String::from("digraph vx {\n  rankdir=\"LR\";\n  node [shape=box, style=rounded];\n");
+    let mut s =
+        String::from("digraph vx {\n  rankdir=\"LR\";\n  node [shape=box, style=rounded];\n");
     for t in &plan.tasks {
         let colour = match t.prediction {
             Prediction::Hit => "green",
@@ -212,7 +290,11 @@ pub fn dot(plan: &Plan) -> String {
     }
     for t in &plan.tasks {
         for d in &t.deps {
-            s.push_str(&format!("  \"{}\" -> \"{}\";\n", dot_escape(&t.id), dot_escape(d)));
+            s.push_str(&format!(
+                "  \"{}\" -> \"{}\";\n",
+                dot_escape(&t.id),
+                dot_escape(d)
+            ));
         }
     }
     s.push_str("}\n");

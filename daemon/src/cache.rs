@@ -157,7 +157,10 @@ impl Store {
                 Err(e) => {
                     // A damaged or foreign index: the cache is only a cache.
                     // Move it aside and start empty rather than refusing to run.
-                    tracing::warn!("cache index {} unusable ({e}); starting a new one", path.display());
+                    tracing::warn!(
+                        "cache index {} unusable ({e}); starting a new one",
+                        path.display()
+                    );
                     let aside = dir.join(format!("index.redb.broken-{}", std::process::id()));
                     fs::rename(&path, &aside).map_err(io(&path))?;
                     break redb::Database::create(&path).map_err(dberr)?;
@@ -191,10 +194,10 @@ impl Store {
     }
 
     fn send(&self, op: Op) {
-        if let Ok(g) = self.writer.lock() {
-            if let Some(tx) = g.as_ref() {
-                let _ = tx.send(op);
-            }
+        if let Ok(g) = self.writer.lock()
+            && let Some(tx) = g.as_ref()
+        {
+            let _ = tx.send(op);
         }
     }
 
@@ -214,10 +217,10 @@ impl Store {
         if let Ok(mut g) = self.writer.lock() {
             g.take();
         }
-        if let Ok(mut t) = self.thread.lock() {
-            if let Some(t) = t.take() {
-                let _ = t.join();
-            }
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
         }
         r
     }
@@ -282,7 +285,9 @@ impl Store {
     }
 
     pub fn drop_entry(&self, key: &str) {
-        self.send(Op::Drop { key: key.to_string() });
+        self.send(Op::Drop {
+            key: key.to_string(),
+        });
     }
 
     fn blob_path(&self, hash: &str) -> PathBuf {
@@ -292,7 +297,9 @@ impl Store {
     fn tmp_path(&self) -> PathBuf {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.dir.join("tmp").join(format!("{}-{n}", std::process::id()))
+        self.dir
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()))
     }
 
     /// Stores bytes durably; returns their digest.
@@ -363,10 +370,10 @@ impl Store {
         }
         fs::rename(tmp, dest).map_err(io(dest))?;
         // Make the rename itself durable.
-        if let Some(parent) = dest.parent() {
-            if let Ok(d) = fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
+        if let Some(parent) = dest.parent()
+            && let Ok(d) = fs::File::open(parent)
+        {
+            let _ = d.sync_all();
         }
         Ok(())
     }
@@ -376,7 +383,8 @@ impl Store {
         if !valid_hex(&d.hash) {
             return Err(CacheError::Corrupt(d.hash.clone()));
         }
-        let bytes = fs::read(self.blob_path(&d.hash)).map_err(|_| CacheError::Corrupt(d.hash.clone()))?;
+        let bytes =
+            fs::read(self.blob_path(&d.hash)).map_err(|_| CacheError::Corrupt(d.hash.clone()))?;
         if bytes.len() as u64 != d.size_bytes || blake3::hash(&bytes).to_hex().as_str() != d.hash {
             return Err(CacheError::Corrupt(d.hash.clone()));
         }
@@ -386,7 +394,11 @@ impl Store {
     /// Entry count, blob count and blob bytes.
     pub fn stats(&self) -> Result<(u64, u64, u64), CacheError> {
         let tx = self.db.begin_read().map_err(dberr)?;
-        let entries = tx.open_table(ENTRIES).map_err(dberr)?.len().map_err(dberr)?;
+        let entries = tx
+            .open_table(ENTRIES)
+            .map_err(dberr)?
+            .len()
+            .map_err(dberr)?;
         let (mut blobs, mut bytes) = (0, 0);
         if let Ok(rd) = fs::read_dir(self.dir.join("cas")) {
             for sub in rd.flatten() {
@@ -416,7 +428,10 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
         }
         let mut flushes = Vec::new();
         let result = (|| -> Result<(), String> {
-            let writes: Vec<&Op> = batch.iter().filter(|o| !matches!(o, Op::Flush(_))).collect();
+            let writes: Vec<&Op> = batch
+                .iter()
+                .filter(|o| !matches!(o, Op::Flush(_)))
+                .collect();
             if writes.is_empty() {
                 return Ok(());
             }
@@ -427,12 +442,22 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
                 let mut files = tx.open_table(FILES).map_err(|e| e.to_string())?;
                 for op in writes {
                     match op {
-                        Op::Put { key, manifest, stamps: st } => {
-                            entries.insert(key.as_str(), manifest.as_slice()).map_err(|e| e.to_string())?;
-                            stamps.insert(key.as_str(), st.as_slice()).map_err(|e| e.to_string())?;
+                        Op::Put {
+                            key,
+                            manifest,
+                            stamps: st,
+                        } => {
+                            entries
+                                .insert(key.as_str(), manifest.as_slice())
+                                .map_err(|e| e.to_string())?;
+                            stamps
+                                .insert(key.as_str(), st.as_slice())
+                                .map_err(|e| e.to_string())?;
                         }
                         Op::Stamps { key, stamps: st } => {
-                            stamps.insert(key.as_str(), st.as_slice()).map_err(|e| e.to_string())?;
+                            stamps
+                                .insert(key.as_str(), st.as_slice())
+                                .map_err(|e| e.to_string())?;
                         }
                         Op::Drop { key } => {
                             entries.remove(key.as_str()).map_err(|e| e.to_string())?;
@@ -440,7 +465,9 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
                         }
                         Op::Files(updates) => {
                             for (p, r) in updates {
-                                files.insert(p.as_str(), r.encode().as_slice()).map_err(|e| e.to_string())?;
+                                files
+                                    .insert(p.as_str(), r.encode().as_slice())
+                                    .map_err(|e| e.to_string())?;
                             }
                         }
                         Op::Flush(_) => {}
@@ -483,10 +510,16 @@ pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>)
     let bases = pats.base_dirs().unwrap_or_else(|| vec![String::new()]);
     let mut seen = HashSet::new();
     for base in bases {
-        let start = if base.is_empty() { project.to_path_buf() } else { project.join(&base) };
-        let Ok(md) = fs::symlink_metadata(&start) else { continue };
+        let start = if base.is_empty() {
+            project.to_path_buf()
+        } else {
+            project.join(&base)
+        };
+        let Ok(md) = fs::symlink_metadata(&start) else {
+            continue;
+        };
         if md.is_dir() {
-            walk_outputs(project, &start, &base, pats, fence, &mut out, &mut seen);
+            walk_outputs(&start, &base, pats, fence, &mut out, &mut seen);
         } else if pats.matches(&base) && seen.insert(base.clone()) {
             push_file(&start, base, &md, &mut out);
         }
@@ -517,7 +550,6 @@ fn push_file(abs: &Path, rel: String, md: &fs::Metadata, out: &mut Vec<OnDisk>) 
 }
 
 fn walk_outputs(
-    project: &Path,
     dir: &Path,
     rel_dir: &str,
     pats: &Patterns,
@@ -528,8 +560,14 @@ fn walk_outputs(
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if rel_dir.is_empty() { name.clone() } else { format!("{rel_dir}/{name}") };
-        let Ok(md) = fs::symlink_metadata(e.path()) else { continue };
+        let rel = if rel_dir.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel_dir}/{name}")
+        };
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
         if md.is_dir() {
             if rel_dir.is_empty() && (name == ".git" || name == ".vx" || name == "node_modules") {
                 continue;
@@ -537,7 +575,7 @@ fn walk_outputs(
             if fence.contains(&rel) {
                 continue;
             }
-            walk_outputs(project, &e.path(), &rel, pats, fence, out, seen);
+            walk_outputs(&e.path(), &rel, pats, fence, out, seen);
         } else if pats.matches(&rel) && seen.insert(rel.clone()) {
             push_file(&e.path(), rel, &md, out);
         }
@@ -546,11 +584,23 @@ fn walk_outputs(
 
 /// Deletes the files the output patterns select, and the directories that
 /// became empty because of it. Symlinks are unlinked, never followed.
-pub fn wipe_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>) -> Result<(), CacheError> {
+pub fn wipe_outputs(
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+) -> Result<(), CacheError> {
     let files = collect_outputs(project, pats, fence);
     let mut dirs = HashSet::new();
     for f in &files {
-        fs::remove_file(&f.abs).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(io(&f.abs))?;
+        fs::remove_file(&f.abs)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(io(&f.abs))?;
         let mut p = f.abs.parent();
         while let Some(d) = p {
             if d == project {
@@ -596,7 +646,9 @@ pub fn capture(store: &Store, files: &[OnDisk]) -> Result<Vec<OutputFile>, Cache
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let digest = store.put_file(&f.abs)?;
-        let mode = fs::metadata(&f.abs).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
+        let mode = fs::metadata(&f.abs)
+            .map(|m| m.mode() & 0o7777)
+            .unwrap_or(0o644);
         out.push(OutputFile {
             path: f.rel.clone(),
             mode,
@@ -621,7 +673,10 @@ pub fn restore(
     let mut blobs = Vec::with_capacity(m.outputs.len());
     for o in &m.outputs {
         if o.path.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(CacheError::Corrupt(format!("entry {} names {}", m.key, o.path)));
+            return Err(CacheError::Corrupt(format!(
+                "entry {} names {}",
+                m.key, o.path
+            )));
         }
         blobs.push(store.read_verified(&o.digest)?);
     }
@@ -632,7 +687,10 @@ pub fn restore(
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dest.with_file_name(format!(".vx-tmp-{}-{name}", std::process::id()));
         let r = (|| {
             let mut f = fs::File::create(&tmp)?;
@@ -643,7 +701,10 @@ pub fn restore(
         })();
         if let Err(e) = r {
             let _ = fs::remove_file(&tmp);
-            return Err(CacheError::Io { path: dest, source: e });
+            return Err(CacheError::Io {
+                path: dest,
+                source: e,
+            });
         }
         let md = fs::symlink_metadata(&dest).map_err(io(&dest))?;
         let st = FileStat::of(&md);
@@ -737,13 +798,19 @@ mod tests {
         };
         fs::write(proj.join("dist/stray.txt"), "S").unwrap();
         let stamps = restore(&s, &m, &proj, &pats, &fence).unwrap();
-        assert_eq!(fs::read_to_string(proj.join("dist/sub/a.txt")).unwrap(), "A");
+        assert_eq!(
+            fs::read_to_string(proj.join("dist/sub/a.txt")).unwrap(),
+            "A"
+        );
         assert!(!proj.join("dist/stray.txt").exists());
         let on_disk = collect_outputs(&proj, &pats, &fence);
         assert!(outputs_up_to_date(&m, &stamps, &on_disk));
         // the restored file is not the blob (no hard link)
         let blob = s.blob_path(&m.outputs[0].digest.hash);
-        assert_ne!(fs::metadata(blob).unwrap().ino(), fs::metadata(proj.join("dist/sub/a.txt")).unwrap().ino());
+        assert_ne!(
+            fs::metadata(blob).unwrap().ino(),
+            fs::metadata(proj.join("dist/sub/a.txt")).unwrap().ino()
+        );
         fs::write(proj.join("dist/extra"), "x").unwrap();
         let on_disk = collect_outputs(&proj, &pats, &fence);
         assert!(!outputs_up_to_date(&m, &stamps, &on_disk));

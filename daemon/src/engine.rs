@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use vx_proto::{
-    CacheSource, ContinueMode, OutputLogs, Plan, PlannedTask, Prediction, RunCounts, RunEvent, RunParams,
-    RunSummary, Stream, TaskResult, TaskStatus, codes,
+    CacheSource, ContinueMode, OutputLogs, Plan, PlannedTask, Prediction, RunCounts, RunEvent,
+    RunParams, RunSummary, Stream, TaskResult, TaskStatus, codes,
 };
 
 /// An error that ends a request, with its stable protocol code.
@@ -62,8 +62,25 @@ pub type Events = mpsc::UnboundedSender<RunEvent>;
 
 /// Env names every task gets from the client's environment.
 const ENV_ALLOWLIST: &[&str] = &[
-    "PATH", "HOME", "SHELL", "USER", "LOGNAME", "TMPDIR", "TEMP", "TMP", "LANG", "LC_ALL", "LC_CTYPE", "TERM",
-    "COLORTERM", "FORCE_COLOR", "NO_COLOR", "CI", "NODE_OPTIONS", "COREPACK_HOME", "PNPM_HOME",
+    "PATH",
+    "HOME",
+    "SHELL",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "COLORTERM",
+    "FORCE_COLOR",
+    "NO_COLOR",
+    "CI",
+    "NODE_OPTIONS",
+    "COREPACK_HOME",
+    "PNPM_HOME",
 ];
 
 fn now_ms() -> u64 {
@@ -160,21 +177,31 @@ impl Shared {
         let project = &self.ws.projects[node.project];
         let mut upstream = Vec::new();
         {
-            let keys = self.keys.lock().map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "key map poisoned"))?;
+            let keys = self
+                .keys
+                .lock()
+                .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "key map poisoned"))?;
             for d in self.graph.deps(n) {
                 match keys.get(&d) {
                     Some(k) => upstream.push(k.clone()),
                     None => {
                         return Err(EngineError::new(
                             codes::INTERNAL_ERROR,
-                            format!("key of {} needed before it was computed", self.graph.nodes[d].id),
+                            format!(
+                                "key of {} needed before it was computed",
+                                self.graph.nodes[d].id
+                            ),
                         ));
                     }
                 }
             }
         }
         upstream.sort();
-        let args = if self.requested.contains(&n) { self.params.args.clone() } else { Vec::new() };
+        let args = if self.requested.contains(&n) {
+            self.params.args.clone()
+        } else {
+            Vec::new()
+        };
         let mut inputs = Vec::new();
         if node.def.command.is_some() {
             let pats = self
@@ -185,8 +212,13 @@ impl Shared {
                 .snapshot
                 .read()
                 .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "snapshot poisoned"))?;
-            let mut files: Vec<&FileMeta> =
-                hash::select_inputs(&project.dir, snap.by_project[node.project].iter(), &[], pats, &Patterns::default());
+            let mut files: Vec<&FileMeta> = hash::select_inputs(
+                &project.dir,
+                snap.by_project[node.project].iter(),
+                &[],
+                pats,
+                &Patterns::default(),
+            );
             if !pats.root_inputs.is_empty() || !self.global_inputs.is_empty() {
                 let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
                 for f in snap.by_project.iter().flatten().chain(snap.loose.iter()) {
@@ -202,7 +234,10 @@ impl Shared {
                 .into_iter()
                 .map(|f| {
                     let h = self.index.hash(&self.ws.root, f);
-                    (f.path.clone(), blake3::Hash::from_bytes(h).to_hex().to_string())
+                    (
+                        f.path.clone(),
+                        blake3::Hash::from_bytes(h).to_hex().to_string(),
+                    )
                 })
                 .collect();
         }
@@ -265,7 +300,10 @@ impl Shared {
         }
         let proj_bin = self.ws.abs_dir(project).join("node_modules/.bin");
         let root_bin = self.ws.root.join("node_modules/.bin");
-        let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = env
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         let mut prefix = Vec::new();
         if project.dir != "." {
             prefix.push(proj_bin.to_string_lossy().into_owned());
@@ -280,7 +318,10 @@ impl Shared {
             env.insert("npm_lifecycle_event".into(), node.name.clone());
         }
         env.insert("VX_RUN_TASK".into(), node.id.clone());
-        env.insert("VX_RUN_WORKSPACE".into(), self.ws.root.to_string_lossy().into_owned());
+        env.insert(
+            "VX_RUN_WORKSPACE".into(),
+            self.ws.root.to_string_lossy().into_owned(),
+        );
         env.into_iter().collect()
     }
 
@@ -308,7 +349,10 @@ impl Shared {
 
 /// Quotes an argument for `sh` unless it is plainly safe.
 pub fn shell_quote(a: &str) -> String {
-    if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=./:,@%+".contains(&b)) {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=./:,@%+".contains(&b))
+    {
         a.to_string()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
@@ -325,23 +369,34 @@ struct Timing {
 impl Timing {
     fn new(env: &BTreeMap<String, String>) -> Self {
         Timing {
-            on: env.get("VX_TIMING").is_some_and(|v| !v.is_empty() && v != "0"),
+            on: env
+                .get("VX_TIMING")
+                .is_some_and(|v| !v.is_empty() && v != "0"),
             last: Instant::now(),
         }
     }
     fn stage(&mut self, name: &str) {
         if self.on {
-            eprintln!("vx timing: {name:<14} {:>8.2} ms", self.last.elapsed().as_secs_f64() * 1000.0);
+            eprintln!(
+                "vx timing: {name:<14} {:>8.2} ms",
+                self.last.elapsed().as_secs_f64() * 1000.0
+            );
         }
         self.last = Instant::now();
     }
 }
 
-fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Selection), EngineError> {
+fn prepare(
+    params: RunParams,
+    events: Option<Events>,
+) -> Result<(Arc<Shared>, Selection), EngineError> {
     let mut timing = Timing::new(&params.env);
     let cwd = PathBuf::from(&params.cwd);
     if !cwd.is_absolute() {
-        return Err(EngineError::new(codes::INVALID_PARAMS, "cwd must be absolute"));
+        return Err(EngineError::new(
+            codes::INVALID_PARAMS,
+            "cwd must be absolute",
+        ));
     }
     let ws = load_workspace(&cwd)?;
     timing.stage("load");
@@ -364,7 +419,10 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
     let store = Store::open(&cdir, Duration::from_secs(600), &mut || {
         if let Some(tx) = &ev {
             let _ = tx.send(RunEvent::Warning {
-                message: format!("waiting for another vx process using the cache at {}", cdir.display()),
+                message: format!(
+                    "waiting for another vx process using the cache at {}",
+                    cdir.display()
+                ),
             });
         }
     })?;
@@ -375,7 +433,8 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
     // Compile each distinct pattern list once (most tasks share theirs).
     let compile = |list: &[String]| Patterns::new(list).map_err(cfg);
     let mut patterns = HashMap::new();
-    let mut memo: HashMap<(Vec<String>, Vec<String>, Vec<String>), TaskPatterns> = HashMap::new();
+    type PatternLists = (Vec<String>, Vec<String>, Vec<String>);
+    let mut memo: HashMap<PatternLists, TaskPatterns> = HashMap::new();
     for &n in &selection.nodes {
         let d = &graph.nodes[n].def;
         let k = (d.inputs.clone(), d.root_inputs.clone(), d.outputs.clone());
@@ -397,7 +456,12 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
     timing.stage("patterns");
     // Nested-project fences: each project's dir is a fence of every
     // ancestor project (and of the root project).
-    let by_dir: HashMap<&str, usize> = ws.projects.iter().enumerate().map(|(i, p)| (p.dir.as_str(), i)).collect();
+    let by_dir: HashMap<&str, usize> = ws
+        .projects
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.dir.as_str(), i))
+        .collect();
     let mut fences: Vec<HashSet<String>> = vec![HashSet::new(); ws.projects.len()];
     for q in &ws.projects {
         if q.dir == "." {
@@ -424,7 +488,9 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
                     if p.dir == "." {
                         Some(f.clone())
                     } else {
-                        f.strip_prefix(p.dir.as_str()).and_then(|r| r.strip_prefix('/')).map(str::to_string)
+                        f.strip_prefix(p.dir.as_str())
+                            .and_then(|r| r.strip_prefix('/'))
+                            .map(str::to_string)
                     }
                 })
                 .collect()
@@ -437,13 +503,22 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
     timing.stage("partition");
     // Warm the index for the projects this run touches, on all cores.
     {
-        let involved: HashSet<usize> = selection.nodes.iter().map(|&n| graph.nodes[n].project).collect();
+        let involved: HashSet<usize> = selection
+            .nodes
+            .iter()
+            .map(|&n| graph.nodes[n].project)
+            .collect();
         let mut to_hash: Vec<&FileMeta> = Vec::new();
         for &p in &involved {
             to_hash.extend(snapshot.by_project[p].iter());
         }
         if !global_inputs.is_empty() {
-            to_hash.extend(snapshot.loose.iter().filter(|f| global_inputs.matches(&f.path)));
+            to_hash.extend(
+                snapshot
+                    .loose
+                    .iter()
+                    .filter(|f| global_inputs.matches(&f.path)),
+            );
         }
         index.hash_all(&ws.root, &to_hash);
     }
@@ -469,7 +544,12 @@ fn prepare(params: RunParams, events: Option<Events>) -> Result<(Arc<Shared>, Se
 }
 
 fn partition(ws: &Workspace, files: Vec<FileMeta>) -> Snapshot {
-    let dirs: HashMap<&str, usize> = ws.projects.iter().enumerate().map(|(i, p)| (p.dir.as_str(), i)).collect();
+    let dirs: HashMap<&str, usize> = ws
+        .projects
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.dir.as_str(), i))
+        .collect();
     let root_project = dirs.get(".").copied();
     let mut by_project = vec![Vec::new(); ws.projects.len()];
     let mut loose = Vec::new();
@@ -514,7 +594,11 @@ fn plan_blocking(params: RunParams) -> Result<Plan, EngineError> {
         } else {
             Prediction::Miss
         };
-        let mut deps: Vec<String> = sh.graph.deps(n).map(|d| sh.graph.nodes[d].id.clone()).collect();
+        let mut deps: Vec<String> = sh
+            .graph
+            .deps(n)
+            .map(|d| sh.graph.nodes[d].id.clone())
+            .collect();
         deps.sort();
         tasks.push(PlannedTask {
             id: node.id.clone(),
@@ -564,7 +648,11 @@ pub async fn run(
     let mut timing = Timing::new(&sh.params.env);
     let concurrency = concurrency_param
         .or(sh.ws.defaults.concurrency)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
         .max(1);
     let root = sh.ws.root.to_string_lossy().into_owned();
     if let Some(base) = &sel.nothing_affected {
@@ -577,7 +665,12 @@ pub async fn run(
     let local_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &g)| (g, i)).collect();
     let deps: Vec<Vec<usize>> = nodes
         .iter()
-        .map(|&g| sh.graph.deps(g).filter_map(|d| local_of.get(&d).copied()).collect())
+        .map(|&g| {
+            sh.graph
+                .deps(g)
+                .filter_map(|d| local_of.get(&d).copied())
+                .collect()
+        })
         .collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, ds) in deps.iter().enumerate() {
@@ -589,7 +682,10 @@ pub async fn run(
     let _ = events.send(RunEvent::RunStarted {
         run_id: run_id.clone(),
         root: root.clone(),
-        tasks: nodes.iter().filter(|&&g| sh.graph.nodes[g].def.command.is_some()).count(),
+        tasks: nodes
+            .iter()
+            .filter(|&&g| sh.graph.nodes[g].def.command.is_some())
+            .count(),
         concurrency,
     });
 
@@ -613,7 +709,9 @@ pub async fn run(
     while completed < n {
         // Dispatch.
         while running.len() < concurrency {
-            let Some((_, std::cmp::Reverse(i))) = ready.pop() else { break };
+            let Some((_, std::cmp::Reverse(i))) = ready.pop() else {
+                break;
+            };
             let g = nodes[i];
             let node = &sh.graph.nodes[g];
             let blocked = deps[i].iter().find_map(|&d| failed_root[d].clone());
@@ -639,7 +737,9 @@ pub async fn run(
                 }
                 continue;
             }
-            let is_tainted = deps[i].iter().any(|&d| tainted[d] || failed_root[d].is_some());
+            let is_tainted = deps[i]
+                .iter()
+                .any(|&d| tainted[d] || failed_root[d].is_some());
             if node.def.command.is_none() {
                 // A group task: a key (for its dependents), nothing to run.
                 let sh2 = sh.clone();
@@ -667,7 +767,8 @@ pub async fn run(
                 let r = run_task(&sh2, g, is_tainted, rx).await;
                 match r {
                     Ok(result) => {
-                        let failed = matches!(result.status, TaskStatus::Failed | TaskStatus::Aborted);
+                        let failed =
+                            matches!(result.status, TaskStatus::Failed | TaskStatus::Aborted);
                         Done {
                             local: i,
                             result: Some(result),
@@ -773,7 +874,8 @@ pub async fn run(
             TaskStatus::Aborted => counts.aborted += 1,
         }
     }
-    let ok = counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
+    let ok =
+        counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
     let exit_code = match cancelled {
         Some(sig) => 128 + sig,
         None if ok => 0,
@@ -845,7 +947,11 @@ fn base_result(sh: &Shared, g: usize) -> TaskResult {
 fn skipped(sh: &Shared, g: usize, by: Option<String>) -> TaskResult {
     let mut r = base_result(sh, g);
     r.status = TaskStatus::Skipped;
-    r.cache = if sh.cache_enabled(g) { CacheSource::Miss } else { CacheSource::Disabled };
+    r.cache = if sh.cache_enabled(g) {
+        CacheSource::Miss
+    } else {
+        CacheSource::Disabled
+    };
     r.blocked_by = by;
     r
 }
@@ -853,7 +959,9 @@ fn skipped(sh: &Shared, g: usize, by: Option<String>) -> TaskResult {
 /// Tries the cache; returns `Some(result)` on a usable hit.
 fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u8>)>, EngineError> {
     let t0 = Instant::now();
-    let Some((m, stamps)) = sh.store.get(key)? else { return Ok(None) };
+    let Some((m, stamps)) = sh.store.get(key)? else {
+        return Ok(None);
+    };
     let node = &sh.graph.nodes[g];
     let p = node.project;
     let dir = sh.project_abs(p);
@@ -861,7 +969,11 @@ fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u
     let fence = sh.rel_fence(p);
     let corrupt = |what: &str| {
         sh.emit(RunEvent::Warning {
-            message: format!("{}: cache entry {} is corrupt ({what}); dropping it and running the task", node.id, &key[..12]),
+            message: format!(
+                "{}: cache entry {} is corrupt ({what}); dropping it and running the task",
+                node.id,
+                &key[..12]
+            ),
         });
         sh.store.drop_entry(key);
     };
@@ -874,7 +986,9 @@ fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u
         Err(e) => return Err(e.into()),
     };
     let on_disk = cache::collect_outputs(&dir, &pats.outputs, &fence);
-    let up_to_date = stamps.as_ref().is_some_and(|s| cache::outputs_up_to_date(&m, s, &on_disk));
+    let up_to_date = stamps
+        .as_ref()
+        .is_some_and(|s| cache::outputs_up_to_date(&m, s, &on_disk));
     let source = if up_to_date {
         CacheSource::UpToDate
     } else {
@@ -917,7 +1031,11 @@ async fn run_task(
     let sh2 = sh.clone();
     let (key, hit) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
         let (key, _parts) = sh2.key_of(g)?;
-        let hit = if sh2.cache_read(g) { try_hit(&sh2, g, &key)? } else { None };
+        let hit = if sh2.cache_read(g) {
+            try_hit(&sh2, g, &key)?
+        } else {
+            None
+        };
         Ok((key, hit))
     })
     .await
@@ -948,7 +1066,11 @@ async fn run_task(
     let write = sh.cache_enabled(g) && !tainted;
     let fence = sh.rel_fence(p);
     let command = sh.command_line(g);
-    let timeout = node.def.timeout_ms.or(sh.ws.defaults.timeout_ms).map(Duration::from_millis);
+    let timeout = node
+        .def
+        .timeout_ms
+        .or(sh.ws.defaults.timeout_ms)
+        .map(Duration::from_millis);
     let spec = Spawn {
         command: command.clone(),
         dir: dir.clone(),
@@ -1003,7 +1125,8 @@ async fn run_task(
                 });
             }
         }
-        let retryable = !ok && !matches!(outcome, Outcome::Cancelled(_)) && attempt < attempts_total;
+        let retryable =
+            !ok && !matches!(outcome, Outcome::Cancelled(_)) && attempt < attempts_total;
         if retryable {
             let reason = match &outcome {
                 Outcome::TimedOut => "a timeout".to_string(),
@@ -1027,7 +1150,11 @@ async fn run_task(
     r.attempts = attempt;
     r.duration_ms = duration_ms;
     r.exit_code = outcome.exit_code();
-    r.cache = if sh.cache_enabled(g) { CacheSource::Miss } else { CacheSource::Disabled };
+    r.cache = if sh.cache_enabled(g) {
+        CacheSource::Miss
+    } else {
+        CacheSource::Disabled
+    };
     match &outcome {
         Outcome::Exited(0) => r.status = TaskStatus::Success,
         Outcome::Cancelled(_) => {
@@ -1036,7 +1163,10 @@ async fn run_task(
         }
         Outcome::TimedOut => {
             r.status = TaskStatus::Failed;
-            r.error = Some(format!("timed out after {} ms", timeout.map(|t| t.as_millis()).unwrap_or(0)));
+            r.error = Some(format!(
+                "timed out after {} ms",
+                timeout.map(|t| t.as_millis()).unwrap_or(0)
+            ));
         }
         Outcome::SpawnFailed(e) => {
             r.status = TaskStatus::Failed;
@@ -1058,7 +1188,8 @@ async fn run_task(
     if r.status == TaskStatus::Success && write {
         let sh2 = sh.clone();
         let k2 = key.clone();
-        let saved = tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log, duration_ms)).await;
+        let saved =
+            tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log, duration_ms)).await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => sh.emit(RunEvent::Warning {
@@ -1151,6 +1282,9 @@ mod tests {
                 dependents[d].push(i);
             }
         }
-        assert_eq!(transitive_dependent_counts(&deps, &dependents), vec![3, 1, 0, 0]);
+        assert_eq!(
+            transitive_dependent_counts(&deps, &dependents),
+            vec![3, 1, 0, 0]
+        );
     }
 }

@@ -139,7 +139,12 @@ pub async fn run(
         .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::SpawnFailed(format!("cannot start /bin/sh in {}: {e}", spec.dir.display())),
+        Err(e) => {
+            return Outcome::SpawnFailed(format!(
+                "cannot start /bin/sh in {}: {e}",
+                spec.dir.display()
+            ));
+        }
     };
     let mut guard = GroupGuard {
         pgid: child.id().map(|p| p as i32).unwrap_or(0),
@@ -251,7 +256,12 @@ mod tests {
     async fn captures_lines_and_exit_code() {
         let (_tx, rx) = watch::channel(None);
         let mut lines = Vec::new();
-        let o = run(&spec("echo a; echo b >&2; exit 3"), |s, l| lines.push((s, l)), rx).await;
+        let o = run(
+            &spec("echo a; echo b >&2; exit 3"),
+            |s, l| lines.push((s, l)),
+            rx,
+        )
+        .await;
         assert_eq!(o, Outcome::Exited(3));
         assert!(lines.contains(&(Stream::Stdout, "a".into())));
         assert!(lines.contains(&(Stream::Stderr, "b".into())));

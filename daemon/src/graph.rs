@@ -88,8 +88,12 @@ impl TaskGraph {
         let lenient = ws.kind == ConfigKind::Turbo;
         let declared: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         let mut edges: Vec<(usize, usize)> = Vec::new();
-        let project_index: HashMap<&str, usize> =
-            ws.projects.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
+        let project_index: HashMap<&str, usize> = ws
+            .projects
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
         for (ni, node) in nodes.iter().enumerate() {
             let project = &ws.projects[node.project];
             for form in &node.def.depends_on {
@@ -128,7 +132,11 @@ impl TaskGraph {
                                     did_you_mean(proj, ws.projects.iter().map(|p| p.name.as_str()))
                                 )
                             } else {
-                                let p = ws.project(proj).map(|p| p.tasks.keys()).into_iter().flatten();
+                                let p = ws
+                                    .project(proj)
+                                    .map(|p| p.tasks.keys())
+                                    .into_iter()
+                                    .flatten();
                                 format!(
                                     "{}: project `{proj}` has no task `{name}`{}",
                                     here(),
@@ -211,8 +219,10 @@ impl TaskGraph {
                     .find(|n| members.contains(n));
                 let Some(next) = next else { break };
                 if let Some(&at) = seen.get(&next) {
-                    let mut cycle: Vec<&str> =
-                        path[at..].iter().map(|n| self.nodes[n.index()].id.as_str()).collect();
+                    let mut cycle: Vec<&str> = path[at..]
+                        .iter()
+                        .map(|n| self.nodes[n.index()].id.as_str())
+                        .collect();
                     cycle.push(self.nodes[next.index()].id.as_str());
                     return Err(gerr(
                         codes::CYCLE,
@@ -266,7 +276,9 @@ fn frontier(
     let mut queue: VecDeque<usize> = VecDeque::from([from]);
     while let Some(p) = queue.pop_front() {
         for dep in &ws.projects[p].deps {
-            let Some(&di) = index.get(dep.as_str()) else { continue };
+            let Some(&di) = index.get(dep.as_str()) else {
+                continue;
+            };
             if !seen.insert(di) {
                 continue;
             }
@@ -316,7 +328,10 @@ pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Select
                 }
                 None => {
                     let hint = did_you_mean(t, g.nodes.iter().map(|n| n.id.as_str()));
-                    return Err(gerr(codes::NOT_FOUND, format!("no task `{t}` in the workspace{hint}")));
+                    return Err(gerr(
+                        codes::NOT_FOUND,
+                        format!("no task `{t}` in the workspace{hint}"),
+                    ));
                 }
             }
             continue;
@@ -402,13 +417,22 @@ fn project_scope(ws: &Workspace, args: &SelectArgs) -> Result<Vec<usize>, GraphE
     }
     let cwd = args.cwd;
     match ws.project_at(cwd) {
-        Some(p) if p.dir != "." => Ok(vec![ws.projects.iter().position(|q| q.name == p.name).unwrap_or(0)]),
+        Some(p) if p.dir != "." => Ok(vec![
+            ws.projects
+                .iter()
+                .position(|q| q.name == p.name)
+                .unwrap_or(0),
+        ]),
         _ => Ok(all),
     }
 }
 
 /// Applies `--filter` patterns: includes are unioned, then excludes removed.
-pub fn filter_projects(ws: &Workspace, cwd: &Path, filters: &[String]) -> Result<Vec<usize>, GraphError> {
+pub fn filter_projects(
+    ws: &Workspace,
+    cwd: &Path,
+    filters: &[String],
+) -> Result<Vec<usize>, GraphError> {
     let mut include: BTreeSet<usize> = BTreeSet::new();
     let mut exclude: BTreeSet<usize> = BTreeSet::new();
     let mut any_include = false;
@@ -458,7 +482,12 @@ pub fn filter_projects(ws: &Workspace, cwd: &Path, filters: &[String]) -> Result
 
 fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, GraphError> {
     if pat == "//" {
-        return Ok(ws.projects.iter().position(|p| p.name == "//").into_iter().collect());
+        return Ok(ws
+            .projects
+            .iter()
+            .position(|p| p.name == "//")
+            .into_iter()
+            .collect());
     }
     if pat.starts_with("./") || pat.starts_with("../") || pat == "." || pat.starts_with('{') {
         let inner = pat.trim_start_matches('{').trim_end_matches('}');
@@ -476,7 +505,10 @@ fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, G
         let pats = if rel == "." {
             None
         } else {
-            Some(Patterns::new(&[rel.as_str()]).map_err(|e| gerr(codes::USER_ERROR, e.to_string()))?)
+            Some(
+                Patterns::new(&[rel.as_str()])
+                    .map_err(|e| gerr(codes::USER_ERROR, e.to_string()))?,
+            )
         };
         return Ok(ws
             .projects
@@ -492,7 +524,12 @@ fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, G
     let glob = globset::GlobBuilder::new(pat)
         .literal_separator(false)
         .build()
-        .map_err(|e| gerr(codes::USER_ERROR, format!("invalid filter `{pat}`: {}", e.kind())))?
+        .map_err(|e| {
+            gerr(
+                codes::USER_ERROR,
+                format!("invalid filter `{pat}`: {}", e.kind()),
+            )
+        })?
         .compile_matcher();
     Ok(ws
         .projects
@@ -552,7 +589,12 @@ fn project_walk(ws: &Workspace, from: &[usize], reverse: bool) -> BTreeSet<usize
         if reverse {
             queue.extend(rdeps.get(&p).into_iter().flatten().copied());
         } else {
-            queue.extend(ws.projects[p].deps.iter().filter_map(|d| index.get(d.as_str()).copied()));
+            queue.extend(
+                ws.projects[p]
+                    .deps
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied()),
+            );
         }
     }
     seen
@@ -580,10 +622,12 @@ fn git(root: &Path, args: &[&str]) -> Result<String, GraphError> {
 
 /// The default base: the remote's default branch, else `main`.
 fn default_base(root: &Path) -> String {
-    if let Ok(s) = git(root, &["symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"]) {
-        if let Some(b) = s.trim().strip_prefix("refs/remotes/") {
-            return b.to_string();
-        }
+    if let Ok(s) = git(
+        root,
+        &["symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"],
+    ) && let Some(b) = s.trim().strip_prefix("refs/remotes/")
+    {
+        return b.to_string();
     }
     "main".to_string()
 }
@@ -591,7 +635,11 @@ fn default_base(root: &Path) -> String {
 /// Files changed since the merge base with `base` (root-relative): committed,
 /// staged, unstaged and untracked.
 pub fn changed_files(root: &Path, base: &str) -> Result<(String, BTreeSet<String>), GraphError> {
-    let base = if base.is_empty() { default_base(root) } else { base.to_string() };
+    let base = if base.is_empty() {
+        default_base(root)
+    } else {
+        base.to_string()
+    };
     let base = base.strip_suffix("...HEAD").unwrap_or(&base).to_string();
     if base.contains("..") || base.starts_with('^') {
         return Err(gerr(
@@ -602,7 +650,17 @@ pub fn changed_files(root: &Path, base: &str) -> Result<(String, BTreeSet<String
     let mb = git(root, &["merge-base", &base, "HEAD"])?;
     let mb = mb.trim();
     let mut files = BTreeSet::new();
-    let diff = git(root, &["diff", "--name-only", "--no-renames", "--relative", "-z", mb])?;
+    let diff = git(
+        root,
+        &[
+            "diff",
+            "--name-only",
+            "--no-renames",
+            "--relative",
+            "-z",
+            mb,
+        ],
+    )?;
     let untracked = git(root, &["ls-files", "--others", "--exclude-standard", "-z"])?;
     for f in diff.split('\0').chain(untracked.split('\0')) {
         if !f.is_empty() {
@@ -634,22 +692,27 @@ fn affected_nodes(
     if changed.iter().any(|f| GLOBAL_FILES.contains(&f.as_str())) {
         return Ok((0..g.nodes.len()).collect());
     }
-    let global = Patterns::new(&ws.global.inputs).map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+    let global =
+        Patterns::new(&ws.global.inputs).map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
     if changed.iter().any(|f| global.matches(f)) {
         return Ok((0..g.nodes.len()).collect());
     }
     let mut seeds = Vec::new();
     for (ni, node) in g.nodes.iter().enumerate() {
         let p: &Project = &ws.projects[node.project];
-        let inputs = Patterns::new(&node.def.inputs).map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
-        let outputs = Patterns::new(&node.def.outputs).map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
-        let root_inputs =
-            Patterns::new(&node.def.root_inputs).map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+        let inputs = Patterns::new(&node.def.inputs)
+            .map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+        let outputs = Patterns::new(&node.def.outputs)
+            .map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+        let root_inputs = Patterns::new(&node.def.root_inputs)
+            .map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
         let hit = changed.iter().any(|f| {
             if root_inputs.matches(f) || *f == p.config_file {
                 return true;
             }
-            let Some(rel) = project_relative(ws, p, f) else { return false };
+            let Some(rel) = project_relative(ws, p, f) else {
+                return false;
+            };
             (rel == "package.json" || rel == "vx.toml" || rel == "turbo.json")
                 || (inputs.matches(rel) && !outputs.matches(rel))
         });
@@ -662,7 +725,10 @@ fn affected_nodes(
 
 /// `f` relative to project `p`, when `p` owns it (nested projects fence their parent).
 pub fn project_relative<'a>(ws: &Workspace, p: &Project, f: &'a str) -> Option<&'a str> {
-    let owner = ws.projects.iter().filter(|q| q.dir == "." || f.starts_with(&format!("{}/", q.dir)));
+    let owner = ws
+        .projects
+        .iter()
+        .filter(|q| q.dir == "." || f.starts_with(&format!("{}/", q.dir)));
     let owner = owner.max_by_key(|q| if q.dir == "." { 0 } else { q.dir.len() + 1 })?;
     if owner.name != p.name {
         return None;

@@ -61,12 +61,22 @@ fn walk_threads() -> usize {
     std::env::var("VX_WALK_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .min(8)
+        })
 }
 
 /// Walks `dir` (absolute, inside `root`), returning root-relative files.
 /// `fence` holds root-relative directories not to enter (nested projects).
-pub fn walk(root: &Path, dir: &Path, fence: &HashSet<String>, skip: &[std::path::PathBuf]) -> Vec<FileMeta> {
+pub fn walk(
+    root: &Path,
+    dir: &Path,
+    fence: &HashSet<String>,
+    skip: &[std::path::PathBuf],
+) -> Vec<FileMeta> {
     let out = Mutex::new(Vec::new());
     let root_owned = root.to_path_buf();
     let walker = ignore::WalkBuilder::new(dir)
@@ -94,8 +104,12 @@ pub fn walk(root: &Path, dir: &Path, fence: &HashSet<String>, skip: &[std::path:
         let root = root_owned.clone();
         let mut flush = Flush(&out, Vec::new());
         Box::new(move |entry| {
-            let Ok(entry) = entry else { return ignore::WalkState::Continue };
-            let Some(ft) = entry.file_type() else { return ignore::WalkState::Continue };
+            let Ok(entry) = entry else {
+                return ignore::WalkState::Continue;
+            };
+            let Some(ft) = entry.file_type() else {
+                return ignore::WalkState::Continue;
+            };
             let path = entry.path();
             let rel = match path.strip_prefix(&root) {
                 Ok(r) => r.to_string_lossy().replace('\\', "/"),
@@ -113,7 +127,11 @@ pub fn walk(root: &Path, dir: &Path, fence: &HashSet<String>, skip: &[std::path:
                 return ignore::WalkState::Continue;
             }
             let symlink = ft.is_symlink();
-            let md = if symlink { fs::symlink_metadata(path) } else { entry.metadata().map_err(std::io::Error::other) };
+            let md = if symlink {
+                fs::symlink_metadata(path)
+            } else {
+                entry.metadata().map_err(std::io::Error::other)
+            };
             if let Ok(md) = md {
                 flush.1.push(FileMeta {
                     path: rel,
@@ -190,19 +208,21 @@ impl FileIndex {
 
     /// Records learned since the last call (to persist).
     pub fn take_updates(&self) -> Vec<(String, Record)> {
-        self.updates.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default()
+        self.updates
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default()
     }
 
     /// The content hash of `f`, read from disk unless the index already
     /// knows this exact stat. Unreadable files hash as their error text, so
     /// that a permission change still changes the key.
     pub fn hash(&self, root: &Path, f: &FileMeta) -> [u8; 32] {
-        if let Ok(map) = self.records.read() {
-            if let Some(r) = map.get(&f.path) {
-                if r.stat == f.stat {
-                    return r.hash;
-                }
-            }
+        if let Ok(map) = self.records.read()
+            && let Some(r) = map.get(&f.path)
+            && r.stat == f.stat
+        {
+            return r.hash;
         }
         let abs = root.join(&f.path);
         let hash = if f.symlink {
@@ -235,7 +255,9 @@ impl FileIndex {
 
     /// Hashes many files on all cores (warming the index).
     pub fn hash_all(&self, root: &Path, files: &[&FileMeta]) {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let chunk = files.len().div_ceil(threads).max(64);
         std::thread::scope(|s| {
             for part in files.chunks(chunk) {
@@ -337,7 +359,10 @@ impl KeyParts {
 /// Resolves keyed env patterns against an environment: exact names give
 /// `(name, value-or-unset)`, `*` patterns give every matching set name, and
 /// `!pattern` removes names.
-pub fn keyed_env(patterns: &[String], env: &BTreeMap<String, String>) -> Vec<(String, Option<String>)> {
+pub fn keyed_env(
+    patterns: &[String],
+    env: &BTreeMap<String, String>,
+) -> Vec<(String, Option<String>)> {
     let mut out: BTreeMap<String, Option<String>> = BTreeMap::new();
     for p in patterns {
         let (neg, body) = match p.strip_prefix('!') {
@@ -345,7 +370,9 @@ pub fn keyed_env(patterns: &[String], env: &BTreeMap<String, String>) -> Vec<(St
             None => (false, p.as_str()),
         };
         if body.contains('*') {
-            let Ok(g) = globset::Glob::new(body) else { continue };
+            let Ok(g) = globset::Glob::new(body) else {
+                continue;
+            };
             let m = g.compile_matcher();
             if neg {
                 out.retain(|k, _| !m.is_match(k));
@@ -387,7 +414,11 @@ pub fn select_inputs<'a>(
         let rel = if project_dir == "." {
             f.path.as_str()
         } else {
-            match f.path.strip_prefix(project_dir).and_then(|r| r.strip_prefix('/')) {
+            match f
+                .path
+                .strip_prefix(project_dir)
+                .and_then(|r| r.strip_prefix('/'))
+            {
                 Some(r) => r,
                 None => continue,
             }
@@ -400,7 +431,10 @@ pub fn select_inputs<'a>(
         let seen: HashSet<&str> = out.iter().map(|f| f.path.as_str()).collect();
         let extra: Vec<&FileMeta> = all_files
             .iter()
-            .filter(|f| !seen.contains(f.path.as_str()) && (pats.root_inputs.matches(&f.path) || global.matches(&f.path)))
+            .filter(|f| {
+                !seen.contains(f.path.as_str())
+                    && (pats.root_inputs.matches(&f.path) || global.matches(&f.path))
+            })
             .collect();
         out.extend(extra);
         out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -449,21 +483,40 @@ mod tests {
 
     #[test]
     fn keyed_env_patterns() {
-        let env: BTreeMap<String, String> = [("NEXT_PUBLIC_A", "1"), ("NEXT_PUBLIC_B", "2"), ("OTHER", "3")]
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let got = keyed_env(&["NEXT_PUBLIC_*".into(), "!NEXT_PUBLIC_B".into(), "MISSING".into()], &env);
+        let env: BTreeMap<String, String> = [
+            ("NEXT_PUBLIC_A", "1"),
+            ("NEXT_PUBLIC_B", "2"),
+            ("OTHER", "3"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let got = keyed_env(
+            &[
+                "NEXT_PUBLIC_*".into(),
+                "!NEXT_PUBLIC_B".into(),
+                "MISSING".into(),
+            ],
+            &env,
+        );
         assert_eq!(
             got,
-            vec![("MISSING".into(), None), ("NEXT_PUBLIC_A".into(), Some("1".into()))]
+            vec![
+                ("MISSING".into(), None),
+                ("NEXT_PUBLIC_A".into(), Some("1".into()))
+            ]
         );
     }
 
     #[test]
     fn record_round_trip() {
         let r = Record {
-            stat: FileStat { size: 5, mtime_ns: -3, ino: 9, mode: 0o100644 },
+            stat: FileStat {
+                size: 5,
+                mtime_ns: -3,
+                ino: 9,
+                mode: 0o100644,
+            },
             hash: [7; 32],
         };
         assert_eq!(Record::decode(&r.encode()), Some(r));
@@ -483,7 +536,10 @@ mod tests {
         fs::write(root.join("a/dist/o.js"), "o").unwrap();
         fs::write(root.join("a/node_modules/x/i.js"), "i").unwrap();
         fs::write(root.join(".vx/c"), "c").unwrap();
-        let files: Vec<String> = walk(root, root, &HashSet::new(), &[]).into_iter().map(|f| f.path).collect();
+        let files: Vec<String> = walk(root, root, &HashSet::new(), &[])
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
         assert_eq!(files, vec![".gitignore", "a/src/x.js"]);
     }
 }

@@ -6,7 +6,9 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 fn usage() -> ! {
-    eprintln!("usage: vxd --stdio | --version\n\nvxd is started by the `vx` client; run `vx --help`.");
+    eprintln!(
+        "usage: vxd --stdio | --version\n\nvxd is started by the `vx` client; run `vx --help`."
+    );
     std::process::exit(2);
 }
 
@@ -14,7 +16,11 @@ fn main() -> anyhow::Result<()> {
     let arg = std::env::args().nth(1).unwrap_or_default();
     match arg.as_str() {
         "--version" | "-V" => {
-            println!("vxd {} (protocol {})", env!("CARGO_PKG_VERSION"), vx_proto::PROTOCOL_VERSION);
+            println!(
+                "vxd {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                vx_proto::PROTOCOL_VERSION
+            );
             return Ok(());
         }
         "--stdio" => {}
@@ -26,7 +32,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("VX_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (sig_tx, sig_rx) = tokio::sync::mpsc::unbounded_channel();
         for (kind, num) in [
@@ -42,7 +50,13 @@ fn main() -> anyhow::Result<()> {
                 }
             });
         }
-        vxd::server::serve(tokio::io::stdin(), tokio::io::stdout(), vxd::server::Mode::Stdio, sig_rx).await
+        vxd::server::serve(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            vxd::server::Mode::Stdio,
+            sig_rx,
+        )
+        .await
     })?;
     // Do not wait for stdin readers stuck in blocking reads.
     rt.shutdown_background();

@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use vx_proto::framing::{Frame, LineFramer};
 use vx_proto::{
-    CacheParams, HelloParams, HelloResult, Id, Message, PROTOCOL_VERSION, RpcError, RunCancelParams, RunParams, codes,
-    methods,
+    CacheParams, HelloParams, HelloResult, Id, Message, PROTOCOL_VERSION, RpcError,
+    RunCancelParams, RunParams, codes, methods,
 };
 
 /// How this server was started (reported by `daemon.hello`).
@@ -31,7 +31,8 @@ struct State {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(params: serde_json::Value) -> Result<T, RpcError> {
-    serde_json::from_value(params).map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
+    serde_json::from_value(params)
+        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
 }
 
 fn engine_err(e: engine::EngineError) -> RpcError {
@@ -84,7 +85,7 @@ where
     loop {
         tokio::select! {
             n = reader.read(&mut buf) => {
-                let n = match n { Ok(n) => n, Err(_) => 0 };
+                let n: usize = n.unwrap_or_default();
                 if n == 0 {
                     // The peer is gone: stop its runs (process groups are killed).
                     cancel_all(&state, libc::SIGTERM);
@@ -179,7 +180,10 @@ fn dispatch(
     if !hello_done {
         let _ = out.send(Message::err(
             Some(id),
-            RpcError::new(codes::PROTOCOL_MISMATCH, "daemon.hello must be the first request"),
+            RpcError::new(
+                codes::PROTOCOL_MISMATCH,
+                "daemon.hello must be the first request",
+            ),
         ));
         return;
     }
@@ -196,7 +200,10 @@ fn dispatch(
             Ok(Err(e)) => Message::err(Some(id2), e),
             Err(e) => Message::err(
                 Some(id2),
-                RpcError::new(codes::INTERNAL_ERROR, format!("internal error: the handler failed: {e}")),
+                RpcError::new(
+                    codes::INTERNAL_ERROR,
+                    format!("internal error: the handler failed: {e}"),
+                ),
             ),
         };
         let _ = out.send(reply);
@@ -232,7 +239,9 @@ async fn handle(
         }
         methods::RUN_PLAN => {
             let p: RunParams = parse(params)?;
-            to_value(serde_json::to_value(engine::plan(p).await.map_err(engine_err)?))
+            to_value(serde_json::to_value(
+                engine::plan(p).await.map_err(engine_err)?,
+            ))
         }
         methods::CACHE_STATS | methods::CACHE_CLEAN => {
             let p: CacheParams = parse(params)?;
@@ -240,9 +249,9 @@ async fn handle(
             let stats = method == methods::CACHE_STATS;
             let r = tokio::task::spawn_blocking(move || {
                 if stats {
-                    engine::cache_stats(&cwd).map(|s| serde_json::to_value(s))
+                    engine::cache_stats(&cwd).map(serde_json::to_value)
                 } else {
-                    engine::cache_clean(&cwd).map(|s| serde_json::to_value(s))
+                    engine::cache_clean(&cwd).map(serde_json::to_value)
                 }
             })
             .await
@@ -253,11 +262,18 @@ async fn handle(
             let p: RunCancelParams = parse(params)?;
             if let Ok(s) = state.lock() {
                 for c in &s.cancels {
-                    let _ = c.send(Some(if p.signal > 0 { p.signal } else { libc::SIGTERM }));
+                    let _ = c.send(Some(if p.signal > 0 {
+                        p.signal
+                    } else {
+                        libc::SIGTERM
+                    }));
                 }
             }
             Ok(serde_json::json!({}))
         }
-        other => Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("unknown method `{other}`"))),
+        other => Err(RpcError::new(
+            codes::METHOD_NOT_FOUND,
+            format!("unknown method `{other}`"),
+        )),
     }
 }

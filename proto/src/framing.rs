@@ -79,8 +79,15 @@ mod tests {
 
     fn sample_stream() -> (Vec<u8>, Vec<Message>) {
         let msgs = vec![
-            Message::request(Id::Num(1), "daemon.hello", json!({"protocol": 1, "client": "vx ✓"})),
-            Message::notification("run.event", json!({"line": "héllo │ world\twith \"quotes\""})),
+            Message::request(
+                Id::Num(1),
+                "daemon.hello",
+                json!({"protocol": 1, "client": "vx ✓"}),
+            ),
+            Message::notification(
+                "run.event",
+                json!({"line": "héllo │ world\twith \"quotes\""}),
+            ),
             Message::ok(Id::Str("x".into()), json!({"tasks": [1, 2, 3]})),
         ];
         let mut bytes = Vec::new();

@@ -161,7 +161,12 @@ impl Message {
     /// and an id of `None`, after which the connection goes on.
     pub fn decode(line: &[u8]) -> Result<Message, RpcError> {
         let env: Envelope = match serde_json::from_slice::<Value>(line) {
-            Err(e) => return Err(RpcError::new(codes::PARSE_ERROR, format!("parse error: {e}"))),
+            Err(e) => {
+                return Err(RpcError::new(
+                    codes::PARSE_ERROR,
+                    format!("parse error: {e}"),
+                ));
+            }
             Ok(v) => serde_json::from_value(v).map_err(|e| {
                 RpcError::new(
                     codes::INVALID_REQUEST,
@@ -273,10 +278,18 @@ mod tests {
 
     #[test]
     fn garbage_gives_stable_codes() {
-        assert_eq!(Message::decode(b"{not json").unwrap_err().code, codes::PARSE_ERROR);
-        assert_eq!(Message::decode(b"[1,2]").unwrap_err().code, codes::INVALID_REQUEST);
         assert_eq!(
-            Message::decode(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).unwrap_err().code,
+            Message::decode(b"{not json").unwrap_err().code,
+            codes::PARSE_ERROR
+        );
+        assert_eq!(
+            Message::decode(b"[1,2]").unwrap_err().code,
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(
+            Message::decode(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#)
+                .unwrap_err()
+                .code,
             codes::INVALID_REQUEST
         );
         assert_eq!(

@@ -13,7 +13,11 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
         let target = profile_dir.parent().expect("target root").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -67,7 +71,10 @@ impl Run {
 
     /// `status` of a task in the summary (`success`, `cached`, `failed`, `skipped`, ...).
     pub fn status(&self, id: &str) -> String {
-        self.task(id)["status"].as_str().unwrap_or_default().to_string()
+        self.task(id)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn task(&self, id: &str) -> &Value {
@@ -106,7 +113,10 @@ impl Run {
 impl Ws {
     /// Creates a workspace from `(path, content)` pairs.
     pub fn new(files: &[(&str, &str)]) -> Ws {
-        let dir = tempfile::Builder::new().prefix("vx-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("vx-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let ws = Ws { dir };
         for (p, c) in files {
             ws.write(p, c);
@@ -144,7 +154,10 @@ impl Ws {
         c.args(args)
             .current_dir(self.path(subdir))
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            )
             .env("HOME", self.root())
             .env("NO_COLOR", "1")
             .env("VX_DAEMON_BIN", vxd_bin())
@@ -154,7 +167,10 @@ impl Ws {
 
     fn finish(out: Output) -> Run {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout,
@@ -208,13 +224,21 @@ impl Ws {
     pub fn cache_listing(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, u64)>) {
-            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 if p.is_dir() {
                     walk(&p, base, out);
                 } else if let Ok(m) = e.metadata() {
-                    out.push((p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned(), m.len()));
+                    out.push((
+                        p.strip_prefix(base)
+                            .unwrap_or(&p)
+                            .to_string_lossy()
+                            .into_owned(),
+                        m.len(),
+                    ));
                 }
             }
         }

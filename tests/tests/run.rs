@@ -8,10 +8,17 @@ fn first_run_executes_everything_second_nothing() {
     let r = ws.run(&["build", "test"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.executed(), vec!["app#build", "app#test", "lib#build"]);
-    assert_eq!(ws.read("packages/app/dist/app.txt"), "lib-a\nlib-b\napp-main\n");
+    assert_eq!(
+        ws.read("packages/app/dist/app.txt"),
+        "lib-a\nlib-b\napp-main\n"
+    );
     let r = ws.run(&["build", "test"]);
     assert_eq!(r.code, 0);
-    assert!(r.executed().is_empty(), "second run executed {:?}", r.executed());
+    assert!(
+        r.executed().is_empty(),
+        "second run executed {:?}",
+        r.executed()
+    );
     assert_eq!(r.cached(), vec!["app#build", "app#test", "lib#build"]);
     // outputs were intact: nothing restored
     assert_eq!(r.task("lib#build")["cache"], "up-to-date");
@@ -65,10 +72,16 @@ fn edited_input_reruns_that_task_and_its_dependents() {
     ws.write("packages/lib/src/a.txt", "lib-a-2\n");
     let r = ws.run(&["build", "test"]);
     assert_eq!(r.executed(), vec!["app#build", "app#test", "lib#build"]);
-    assert_eq!(ws.read("packages/app/dist/app.txt"), "lib-a-2\nlib-b\napp-main-2\n");
+    assert_eq!(
+        ws.read("packages/app/dist/app.txt"),
+        "lib-a-2\nlib-b\napp-main-2\n"
+    );
     // a new file matching the inputs counts too
     ws.write("packages/lib/src/c.txt", "c\n");
-    assert_eq!(ws.run(&["build"]).executed(), vec!["app#build", "lib#build"]);
+    assert_eq!(
+        ws.run(&["build"]).executed(),
+        vec!["app#build", "lib#build"]
+    );
 }
 
 #[test]
@@ -107,17 +120,30 @@ fn keyed_env_var_change_reruns_what_it_should() {
             "[tasks.build]\ncommand = \"mkdir -p dist && echo b > dist/o\"\ninputs = [\"**\"]\noutputs = [\"dist/**\"]\n",
         ),
     ]);
-    assert_eq!(ws.run_env(&["build"], &[("MODE", "dev")]).executed(), vec!["a#build", "b#build"]);
+    assert_eq!(
+        ws.run_env(&["build"], &[("MODE", "dev")]).executed(),
+        vec!["a#build", "b#build"]
+    );
     assert_eq!(ws.read("a/dist/o"), "dev\n");
-    assert!(ws.run_env(&["build"], &[("MODE", "dev")]).executed().is_empty());
+    assert!(
+        ws.run_env(&["build"], &[("MODE", "dev")])
+            .executed()
+            .is_empty()
+    );
     let r = ws.run_env(&["build"], &[("MODE", "prod")]);
     assert_eq!(r.executed(), vec!["a#build"]);
     assert_eq!(ws.read("a/dist/o"), "prod\n");
     // unset and empty are different keys
-    assert_eq!(ws.run_env(&["build"], &[("MODE", "")]).executed(), vec!["a#build"]);
+    assert_eq!(
+        ws.run_env(&["build"], &[("MODE", "")]).executed(),
+        vec!["a#build"]
+    );
     assert_eq!(ws.run(&["build"]).executed(), vec!["a#build"]);
     // an unkeyed variable does not reach the task
-    assert_eq!(ws.run_env(&["build"], &[("OTHER", "x")]).executed(), Vec::<String>::new());
+    assert_eq!(
+        ws.run_env(&["build"], &[("OTHER", "x")]).executed(),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -129,18 +155,33 @@ fn env_is_isolated_and_defined_values_arrive() {
             "[tasks.show]\ncommand = \"echo secret=[$SECRET_THING] mode=[$MODE] pass=[$PASSED] task=[$VX_RUN_TASK]\"\npass_env = [\"PASSED\"]\ndefine = { MODE = \"fixed\" }\n",
         ),
     ]);
-    let r = ws.vx_in(".", &["run", "show"], &[("SECRET_THING", "leak"), ("PASSED", "yes")]);
+    let r = ws.vx_in(
+        ".",
+        &["run", "show"],
+        &[("SECRET_THING", "leak"), ("PASSED", "yes")],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("secret=[] mode=[fixed] pass=[yes] task=[a#show]"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("secret=[] mode=[fixed] pass=[yes] task=[a#show]"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
 fn failing_task_skips_its_dependents_and_exits_1() {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"*\"]\n"),
-        ("lib/vx.toml", "[tasks.build]\ncommand = \"echo boom >&2; exit 3\"\n"),
+        (
+            "lib/vx.toml",
+            "[tasks.build]\ncommand = \"echo boom >&2; exit 3\"\n",
+        ),
         ("other/vx.toml", "[tasks.build]\ncommand = \"echo fine\"\n"),
-        ("app/vx.toml", "[project]\ndeps = [\"lib\"]\n[tasks.build]\ncommand = \"echo app\"\ndepends_on = [\"^build\"]\n"),
+        (
+            "app/vx.toml",
+            "[project]\ndeps = [\"lib\"]\n[tasks.build]\ncommand = \"echo app\"\ndepends_on = [\"^build\"]\n",
+        ),
     ]);
     let r = ws.run(&["build"]);
     assert_eq!(r.code, 1);
@@ -163,7 +204,10 @@ fn failing_task_skips_its_dependents_and_exits_1() {
 fn failures_are_never_cached() {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\"]\n"),
-        ("a/vx.toml", "[tasks.build]\ncommand = \"echo run >> ../count; exit 1\"\ninputs = [\"**\"]\noutputs = []\n"),
+        (
+            "a/vx.toml",
+            "[tasks.build]\ncommand = \"echo run >> ../count; exit 1\"\ninputs = [\"**\"]\noutputs = []\n",
+        ),
     ]);
     ws.run(&["build"]);
     ws.run(&["build"]);
@@ -191,7 +235,12 @@ timeout = "200ms"
     assert_eq!(r.task("a#flaky")["attempts"], 2);
     let r = ws.run(&["slow"]);
     assert_eq!(r.code, 1);
-    assert!(r.task("a#slow")["error"].as_str().unwrap().contains("timed out"));
+    assert!(
+        r.task("a#slow")["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out")
+    );
 }
 
 #[test]
@@ -213,8 +262,19 @@ fn corrupted_blob_is_a_miss() {
     std::fs::remove_dir_all(ws.path("packages/lib/dist")).unwrap();
     let r = ws.run(&["build"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.executed().contains(&"lib#build".to_string()), "{:?}", r.executed());
-    assert!(r.events.iter().any(|e| e["type"] == "warning" && e["message"].as_str().unwrap_or("").contains("corrupt")), "{}", r.stdout);
+    assert!(
+        r.executed().contains(&"lib#build".to_string()),
+        "{:?}",
+        r.executed()
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e["type"] == "warning"
+                && e["message"].as_str().unwrap_or("").contains("corrupt")),
+        "{}",
+        r.stdout
+    );
     assert_eq!(ws.read("packages/lib/dist/out.txt"), "lib-a\nlib-b\n");
     // the re-run saved a good entry again
     std::fs::remove_dir_all(ws.path("packages/lib/dist")).unwrap();
@@ -260,12 +320,26 @@ fn forwarded_args_reach_requested_tasks_and_are_keyed() {
     let ws = basic();
     let r = ws.vx(&["run", "--json", "app#test", "--", "--flag", "two words"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let started: Vec<&serde_json::Value> = r.events.iter().filter(|e| e["type"] == "task_started").collect();
-    let cmd = |id: &str| started.iter().find(|e| e["id"] == id).map(|e| e["command"].as_str().unwrap().to_string());
+    let started: Vec<&serde_json::Value> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "task_started")
+        .collect();
+    let cmd = |id: &str| {
+        started
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["command"].as_str().unwrap().to_string())
+    };
     assert!(cmd("app#test").unwrap().ends_with(" --flag 'two words'"));
     assert!(!cmd("lib#build").unwrap().contains("--flag"));
     let again = ws.vx(&["run", "--json", "app#test", "--", "--other"]);
-    let executed: Vec<&str> = again.events.iter().filter(|e| e["type"] == "task_started").filter_map(|e| e["id"].as_str()).collect();
+    let executed: Vec<&str> = again
+        .events
+        .iter()
+        .filter(|e| e["type"] == "task_started")
+        .filter_map(|e| e["id"].as_str())
+        .collect();
     assert_eq!(executed, vec!["app#test"]);
 }
 
@@ -282,7 +356,10 @@ fn scope_follows_the_current_directory() {
 #[test]
 fn filters_select_projects() {
     let ws = basic();
-    assert_eq!(ws.run(&["build", "--filter", "lib"]).executed(), vec!["lib#build"]);
+    assert_eq!(
+        ws.run(&["build", "--filter", "lib"]).executed(),
+        vec!["lib#build"]
+    );
     ws.vx(&["cache", "clean"]);
     let r = ws.run(&["build", "--filter", "...lib", "--force"]);
     assert_eq!(r.executed(), vec!["app#build", "lib#build"]);
@@ -311,10 +388,18 @@ fn dry_run_predicts_and_runs_nothing() {
     assert!(!ws.exists("packages/lib/dist"));
     ws.run(&["build"]);
     let r = ws.vx(&["run", "build", "--dry"]);
-    assert!(r.stdout.contains("lib#build") && r.stdout.contains("hit"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("lib#build") && r.stdout.contains("hit"),
+        "{}",
+        r.stdout
+    );
     let r = ws.vx(&["run", "build", "--graph"]);
     assert!(r.stdout.starts_with("digraph"), "{}", r.stdout);
-    assert!(r.stdout.contains("\"app#build\" -> \"lib#build\""), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("\"app#build\" -> \"lib#build\""),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -343,7 +428,10 @@ fn cache_stats_and_clean() {
     let r = ws.vx(&["cache", "clean"]);
     assert_eq!(r.code, 0);
     assert!(!ws.exists(".vx/cache"));
-    assert_eq!(ws.run(&["build"]).executed(), vec!["app#build", "lib#build"]);
+    assert_eq!(
+        ws.run(&["build"]).executed(),
+        vec!["app#build", "lib#build"]
+    );
 }
 
 #[test]
@@ -366,6 +454,11 @@ fn affected_runs_only_changed_tasks_and_dependents() {
     ws.write("packages/lib/src/a.txt", "changed\n");
     let r = ws.run(&["build", "--affected"]);
     assert_eq!(r.code, 0);
-    let ids: Vec<String> = r.summary()["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = r.summary()["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, vec!["app#build", "lib#build"]);
 }
