@@ -1,23 +1,21 @@
 //! `vx` — the thin command-line client.
 //!
-//! Parses the command line, starts the `vxd` engine (for now always the
-//! no-daemon path: `vxd --stdio` over a pipe), speaks JSON-RPC 2.0 to it
-//! through `vx-proto`, and renders what comes back. It holds no engine
-//! logic and never links `vxd`.
+//! Parses the command line, connects to the workspace's `vxd` daemon (or
+//! starts it; or runs `vxd --stdio` in the foreground on the no-daemon
+//! path), speaks JSON-RPC 2.0 to it through `vx-proto`, and renders what
+//! comes back. It holds no engine logic and never links `vxd`.
 
+mod conn;
 mod render;
+
+use conn::Conn;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use vx_proto::framing::{Frame, LineFramer};
+use std::path::{Path, PathBuf};
 use vx_proto::{
-    CacheParams, ContinueMode, HelloParams, Id, Message, OutputLogs, PROTOCOL_VERSION, RpcError,
-    RunCancelParams, RunEvent, RunParams, codes, methods,
+    CacheParams, ContinueMode, OutputLogs, RpcError, RunEvent, RunParams, codes, methods,
 };
 
 #[derive(Parser, Debug)]
@@ -27,6 +25,10 @@ use vx_proto::{
     about = "vx — a fast monorepo task runner with a trustworthy cache"
 )]
 struct Cli {
+    /// Run the engine in the foreground for this command instead of using the
+    /// workspace's daemon (also `VX_DAEMON=0`; the default when `CI` is set).
+    #[arg(long, global = true)]
+    no_daemon: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -39,6 +41,33 @@ enum Cmd {
     Cache {
         #[command(subcommand)]
         action: CacheCmd,
+    },
+    /// Manage the workspace's daemon.
+    Daemon {
+        #[command(subcommand)]
+        action: DaemonCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DaemonCmd {
+    /// Whether a daemon runs for this workspace, and what it holds.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the daemon (if it is not running).
+    Start,
+    /// Stop the daemon.
+    Stop,
+    /// Stop the daemon and start a new one.
+    Restart,
+    /// Print the daemon's log (`.vx/daemon.log`).
+    Logs {
+        /// How many lines from the end.
+        #[arg(long, short = 'n', default_value_t = 200)]
+        lines: usize,
     },
 }
 
@@ -119,9 +148,6 @@ struct RunArgs {
     /// Print the task graph as Graphviz DOT (to FILE when given) and run nothing.
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     graph: Option<String>,
-    /// Run the engine in the foreground for this command (the default for now).
-    #[arg(long)]
-    no_daemon: bool,
     /// Arguments after `--` are passed to the requested tasks (and keyed).
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -142,14 +168,17 @@ fn main() {
 fn real_main(cli: Cli) -> Result<i32> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let cwd_s = cwd.to_string_lossy().into_owned();
+    let no_daemon = cli.no_daemon;
     match cli.command {
-        Cmd::Run(args) => run(args, cwd_s),
+        Cmd::Run(args) => run(args, &cwd, no_daemon),
         Cmd::Cache { action } => {
-            let mut conn = Conn::start()?;
+            let conn = conn::connect(&cwd, no_daemon)?;
             let params = CacheParams { cwd: cwd_s };
             match action {
                 CacheCmd::Stats { json } => {
-                    let v = conn.call(methods::CACHE_STATS, &params, |_| {})?;
+                    let (conn, v) =
+                        call_following(conn, methods::CACHE_STATS, &params, &mut |_| {})?;
+                    conn.finish();
                     let s: vx_proto::CacheStats = serde_json::from_value(v)?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -160,7 +189,9 @@ fn real_main(cli: Cli) -> Result<i32> {
                     }
                 }
                 CacheCmd::Clean => {
-                    let v = conn.call(methods::CACHE_CLEAN, &params, |_| {})?;
+                    let (conn, v) =
+                        call_following(conn, methods::CACHE_CLEAN, &params, &mut |_| {})?;
+                    conn.finish();
                     let s: vx_proto::CacheCleaned = serde_json::from_value(v)?;
                     println!(
                         "removed {} ({} entries, {})",
@@ -170,13 +201,127 @@ fn real_main(cli: Cli) -> Result<i32> {
                     );
                 }
             }
+            Ok(0)
+        }
+        Cmd::Daemon { action } => daemon_cmd(action, &cwd),
+    }
+}
+
+/// Makes a call; when the daemon says the directory belongs to another
+/// workspace, follows it once to that workspace's daemon.
+fn call_following(
+    mut conn: Conn,
+    method: &str,
+    params: &impl serde::Serialize,
+    on_event: &mut dyn FnMut(RunEvent),
+) -> Result<(Conn, serde_json::Value)> {
+    match conn.call_raw(method, params, &mut *on_event)? {
+        Ok(v) => Ok((conn, v)),
+        Err(e) if e.code == codes::WRONG_WORKSPACE => {
+            let root = e
+                .data
+                .as_ref()
+                .and_then(|d| d["root"].as_str())
+                .map(PathBuf::from)
+                .ok_or_else(|| rpc_error(&e))?;
             conn.finish();
+            let mut conn = match Conn::daemon(&root) {
+                Ok(c) => c,
+                Err(err) => {
+                    eprintln!("vx: warning: not using the daemon ({err:#}); running without it");
+                    Conn::stdio()?
+                }
+            };
+            let v = conn.call(method, params, on_event)?;
+            Ok((conn, v))
+        }
+        Err(e) => {
+            conn.finish();
+            Err(rpc_error(&e))
+        }
+    }
+}
+
+fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
+    let root = conn::guess_root(cwd)
+        .ok_or_else(|| anyhow!("{} is not inside a workspace", cwd.display()))?;
+    let paths = vx_proto::paths::daemon_paths(&root).map_err(|e| anyhow!(e))?;
+    match action {
+        DaemonCmd::Status { json } => match Conn::existing(&paths) {
+            Err(_) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"running": false, "root": root, "socket": paths.socket})
+                    );
+                } else {
+                    println!("no daemon is running for {}", root.display());
+                }
+                Ok(0)
+            }
+            Ok(mut c) => {
+                let v = c.call(methods::STATUS, &serde_json::json!({}), |_| {})?;
+                c.finish();
+                let s: vx_proto::DaemonStatus = serde_json::from_value(v)?;
+                if json {
+                    let mut v = serde_json::to_value(&s)?;
+                    v["running"] = serde_json::Value::Bool(true);
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    render::daemon_status(&s);
+                }
+                Ok(0)
+            }
+        },
+        DaemonCmd::Start => {
+            let c = Conn::daemon(&root)?;
+            println!(
+                "daemon running for {} (pid {})",
+                root.display(),
+                c.hello.pid
+            );
+            c.finish();
+            Ok(0)
+        }
+        DaemonCmd::Stop => match Conn::existing(&paths) {
+            Err(_) => {
+                println!("no daemon is running for {}", root.display());
+                Ok(0)
+            }
+            Ok(c) => {
+                let pid = c.hello.pid;
+                c.shutdown_daemon(&paths)?;
+                println!("stopped the daemon (pid {pid})");
+                Ok(0)
+            }
+        },
+        DaemonCmd::Restart => {
+            if let Ok(c) = Conn::existing(&paths) {
+                c.shutdown_daemon(&paths)?;
+            }
+            let c = Conn::daemon(&root)?;
+            println!(
+                "daemon running for {} (pid {})",
+                root.display(),
+                c.hello.pid
+            );
+            c.finish();
+            Ok(0)
+        }
+        DaemonCmd::Logs { lines } => {
+            let log = root.join(".vx/daemon.log");
+            let text = std::fs::read_to_string(&log)
+                .with_context(|| format!("cannot read {}", log.display()))?;
+            let all: Vec<&str> = text.lines().collect();
+            for l in &all[all.len().saturating_sub(lines)..] {
+                println!("{l}");
+            }
             Ok(0)
         }
     }
 }
 
-fn run(args: RunArgs, cwd: String) -> Result<i32> {
+fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     if args.dry.is_some() && args.graph.is_some() {
         return Err(anyhow!("--dry and --graph cannot be combined"));
     }
@@ -187,7 +332,7 @@ fn run(args: RunArgs, cwd: String) -> Result<i32> {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
     let params = RunParams {
-        cwd,
+        cwd: cwd.to_string_lossy().into_owned(),
         tasks: args.tasks.clone(),
         filters: args.filter.clone(),
         all: args.all,
@@ -209,9 +354,9 @@ fn run(args: RunArgs, cwd: String) -> Result<i32> {
         },
         env,
     };
-    let mut conn = Conn::start()?;
+    let conn = conn::connect(cwd, no_daemon)?;
     if args.dry.is_some() || args.graph.is_some() {
-        let v = conn.call(methods::RUN_PLAN, &params, |_| {})?;
+        let (conn, v) = call_following(conn, methods::RUN_PLAN, &params, &mut |_| {})?;
         conn.finish();
         let plan: vx_proto::Plan = serde_json::from_value(v)?;
         if let Some(file) = &args.graph {
@@ -231,11 +376,13 @@ fn run(args: RunArgs, cwd: String) -> Result<i32> {
     }
     let signals = conn.forward_signals()?;
     let mut ui = render::Ui::new(args.json);
-    let result = conn.call(methods::RUN_START, &params, |e| ui.event(e));
+    let result = call_following(conn, methods::RUN_START, &params, &mut |e| ui.event(e));
     let caught = signals.caught();
-    conn.finish();
     let v = match result {
-        Ok(v) => v,
+        Ok((conn, v)) => {
+            conn.finish();
+            v
+        }
         Err(e) => {
             if let Some(sig) = caught {
                 return Ok(128 + sig);
@@ -263,194 +410,6 @@ fn run(args: RunArgs, cwd: String) -> Result<i32> {
         }
     }
     Ok(caught.map(|s| 128 + s).unwrap_or(summary.exit_code))
-}
-
-/// Where the engine binary is: `VX_DAEMON_BIN`, else next to this
-/// executable, else `vxd` on PATH.
-fn vxd_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("VX_DAEMON_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let beside = exe.with_file_name("vxd");
-        if beside.exists() {
-            return beside;
-        }
-    }
-    PathBuf::from("vxd")
-}
-
-/// A connection to an engine over its stdio.
-struct Conn {
-    child: Child,
-    stdin: Arc<Mutex<Option<ChildStdin>>>,
-    reader: BufReader<std::process::ChildStdout>,
-    framer: LineFramer,
-    next_id: i64,
-}
-
-struct SignalWatch {
-    caught: Arc<Mutex<Option<i32>>>,
-}
-
-impl SignalWatch {
-    fn caught(&self) -> Option<i32> {
-        self.caught.lock().ok().and_then(|c| *c)
-    }
-}
-
-impl Conn {
-    fn start() -> Result<Self> {
-        let bin = vxd_path();
-        let mut child = Command::new(&bin)
-            .arg("--stdio")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start the vx engine `{}` (set VX_DAEMON_BIN or put vxd next to vx)",
-                    bin.display()
-                )
-            })?;
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin pipe to vxd"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no stdout pipe from vxd"))?;
-        let mut conn = Conn {
-            child,
-            stdin: Arc::new(Mutex::new(Some(stdin))),
-            reader: BufReader::with_capacity(256 * 1024, stdout),
-            framer: LineFramer::new(),
-            next_id: 1,
-        };
-        let hello = HelloParams {
-            protocol: PROTOCOL_VERSION,
-            client_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let r: vx_proto::HelloResult =
-            serde_json::from_value(conn.call(methods::HELLO, &hello, |_| {})?)?;
-        if r.version != env!("CARGO_PKG_VERSION") {
-            eprintln!(
-                "vx: warning: vx {} is talking to vxd {} ({})",
-                env!("CARGO_PKG_VERSION"),
-                r.version,
-                vxd_path().display()
-            );
-        }
-        Ok(conn)
-    }
-
-    fn send(&self, m: &Message) -> Result<()> {
-        let mut g = self
-            .stdin
-            .lock()
-            .map_err(|_| anyhow!("stdin lock poisoned"))?;
-        let w = g.as_mut().ok_or_else(|| anyhow!("connection closed"))?;
-        w.write_all(&m.encode())
-            .context("the vx engine went away")?;
-        w.flush().context("the vx engine went away")?;
-        Ok(())
-    }
-
-    /// Sends a request and reads until its response, passing run events to `on_event`.
-    fn call(
-        &mut self,
-        method: &str,
-        params: &impl serde::Serialize,
-        mut on_event: impl FnMut(RunEvent),
-    ) -> Result<serde_json::Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&Message::request(Id::Num(id), method, params))?;
-        loop {
-            let buf = self
-                .reader
-                .fill_buf()
-                .context("reading from the vx engine")?;
-            if buf.is_empty() {
-                let status = self.child.wait().ok();
-                return Err(anyhow!(
-                    "the vx engine exited unexpectedly{}",
-                    status.map(|s| format!(" ({s})")).unwrap_or_default()
-                ));
-            }
-            let n = buf.len();
-            let frames = self.framer.push(buf);
-            self.reader.consume(n);
-            for f in frames {
-                let Frame::Line(line) = f else { continue };
-                match Message::decode(&line) {
-                    Ok(Message::Notification { method, params })
-                        if method == methods::RUN_EVENT =>
-                    {
-                        if let Ok(e) = serde_json::from_value::<RunEvent>(params) {
-                            on_event(e);
-                        }
-                    }
-                    Ok(Message::Response {
-                        id: Some(Id::Num(rid)),
-                        result,
-                    }) if rid == id => {
-                        return result.map_err(|e| rpc_error(&e));
-                    }
-                    Ok(Message::Response {
-                        id: None,
-                        result: Err(e),
-                    }) => {
-                        return Err(anyhow!("protocol error from the vx engine: {}", e.message));
-                    }
-                    _ => {}
-                }
-            }
-            render::flush();
-        }
-    }
-
-    /// Forwards SIGINT/SIGTERM/SIGHUP to the engine as `run.cancel`; a
-    /// second signal exits at once (the engine then sees its stdin close and
-    /// stops every task).
-    fn forward_signals(&self) -> Result<SignalWatch> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-        let caught = Arc::new(Mutex::new(None));
-        let c2 = caught.clone();
-        let stdin = self.stdin.clone();
-        std::thread::spawn(move || {
-            for sig in signals.forever() {
-                let sig = if sig == SIGHUP { SIGTERM } else { sig };
-                let first = c2
-                    .lock()
-                    .map(|mut c| c.replace(sig).is_none())
-                    .unwrap_or(true);
-                if !first {
-                    std::process::exit(128 + sig);
-                }
-                if let Ok(mut g) = stdin.lock()
-                    && let Some(w) = g.as_mut()
-                {
-                    let m =
-                        Message::notification(methods::RUN_CANCEL, RunCancelParams { signal: sig });
-                    let _ = w.write_all(&m.encode());
-                    let _ = w.flush();
-                }
-            }
-        });
-        Ok(SignalWatch { caught })
-    }
-
-    /// Closes the engine's stdin and reaps it.
-    fn finish(mut self) {
-        if let Ok(mut g) = self.stdin.lock() {
-            g.take();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 fn rpc_error(e: &RpcError) -> anyhow::Error {

@@ -300,3 +300,29 @@ pub fn dot(plan: &Plan) -> String {
     s.push_str("}\n");
     s
 }
+
+pub fn daemon_status(s: &vx_proto::DaemonStatus) {
+    println!(
+        "daemon:      running (pid {}, vxd {}, protocol {})",
+        s.pid, s.version, s.protocol
+    );
+    println!("workspace:   {}", s.root);
+    println!("socket:      {}", s.socket);
+    println!(
+        "uptime:      {} (idle {}, exits after {} idle)",
+        duration(s.uptime_ms),
+        duration(s.idle_ms),
+        duration(s.idle_timeout_ms)
+    );
+    println!("projects:    {} ({} tasks)", s.projects, s.tasks);
+    println!(
+        "files:       {} indexed, {} watches, {} full rescans",
+        s.files_indexed, s.watches, s.rescans
+    );
+    println!("memory:      {}", bytes(s.rss_bytes));
+    println!(
+        "runs served: {} ({} connections now)",
+        s.runs_served, s.connections
+    );
+    println!("log:         {}", s.log_file);
+}

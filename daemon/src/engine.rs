@@ -12,6 +12,7 @@ use crate::exec::{self, Outcome, Spawn};
 use crate::globs::Patterns;
 use crate::graph::{self, SelectArgs, Selection, TaskGraph};
 use crate::hash::{self, FileIndex, FileMeta, KeyParts, TaskPatterns};
+use crate::state::Hot;
 use crate::workspace::{self, Project, Workspace};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use vx_proto::{
 pub struct EngineError {
     pub code: i64,
     pub message: String,
+    pub data: Option<serde_json::Value>,
 }
 
 impl EngineError {
@@ -36,7 +38,13 @@ impl EngineError {
         Self {
             code,
             message: message.into(),
+            data: None,
         }
+    }
+
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
     }
 }
 
@@ -104,27 +112,173 @@ pub fn load_workspace(cwd: &Path) -> Result<Workspace, EngineError> {
     Ok(workspace::load(&root)?)
 }
 
-/// The files of the workspace, partitioned by owning project.
-struct Snapshot {
+/// The workspace model and its task graph, with the per-project lookups
+/// walks need. Built once per config state (the daemon keeps it).
+pub struct Model {
+    pub ws: Workspace,
+    pub graph: TaskGraph,
+    by_dir: HashMap<String, usize>,
+    /// Root-relative dirs of nested projects, per project (walk fences).
+    fences: Vec<HashSet<String>>,
+    /// The same, project-relative (for output walks).
+    rel_fences: Vec<HashSet<String>>,
+}
+
+impl Model {
+    /// Loads the workspace at `root` and builds its task graph.
+    pub fn load(root: &Path) -> Result<Model, EngineError> {
+        let ws = workspace::load(root)?;
+        let graph = TaskGraph::build(&ws)?;
+        Ok(Model::new(ws, graph))
+    }
+
+    fn new(ws: Workspace, graph: TaskGraph) -> Model {
+        let by_dir: HashMap<String, usize> = ws
+            .projects
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.dir.clone(), i))
+            .collect();
+        // Each project's dir fences every ancestor project (and the root project).
+        let mut fences: Vec<HashSet<String>> = vec![HashSet::new(); ws.projects.len()];
+        for q in &ws.projects {
+            if q.dir == "." {
+                continue;
+            }
+            let mut cur = q.dir.as_str();
+            while let Some(i) = cur.rfind('/') {
+                cur = &cur[..i];
+                if let Some(&p) = by_dir.get(cur) {
+                    fences[p].insert(q.dir.clone());
+                }
+            }
+            if let Some(&p) = by_dir.get(".") {
+                fences[p].insert(q.dir.clone());
+            }
+        }
+        let rel_fences = ws
+            .projects
+            .iter()
+            .zip(&fences)
+            .map(|(p, fs)| {
+                fs.iter()
+                    .filter_map(|f| {
+                        if p.dir == "." {
+                            Some(f.clone())
+                        } else {
+                            f.strip_prefix(p.dir.as_str())
+                                .and_then(|r| r.strip_prefix('/'))
+                                .map(str::to_string)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Model {
+            ws,
+            graph,
+            by_dir,
+            fences,
+            rel_fences,
+        }
+    }
+
+    /// The project owning a root-relative path (`None`: no project, a loose file).
+    pub fn owner_of(&self, rel: &str) -> Option<usize> {
+        let mut cur = rel;
+        if let Some(&p) = self.by_dir.get(cur) {
+            return Some(p);
+        }
+        while let Some(i) = cur.rfind('/') {
+            cur = &cur[..i];
+            if let Some(&p) = self.by_dir.get(cur) {
+                return Some(p);
+            }
+        }
+        self.by_dir.get(".").copied()
+    }
+
+    /// All project dirs except the root project's: the fence of a loose walk.
+    fn all_project_dirs(&self) -> HashSet<String> {
+        self.ws
+            .projects
+            .iter()
+            .filter(|p| p.dir != ".")
+            .map(|p| p.dir.clone())
+            .collect()
+    }
+}
+
+/// The files of the workspace, partitioned by owning project. Cheap to
+/// clone: each project's list is shared until it is re-walked.
+#[derive(Clone, Default)]
+pub struct Snapshot {
     /// Files per project (same order as `Workspace::projects`).
-    by_project: Vec<Vec<FileMeta>>,
+    by_project: Vec<Arc<Vec<FileMeta>>>,
     /// Files that belong to no project.
-    loose: Vec<FileMeta>,
+    loose: Arc<Vec<FileMeta>>,
+}
+
+impl Snapshot {
+    /// One parallel walk of the whole workspace.
+    pub fn scan(model: &Model, skip: &[PathBuf]) -> Snapshot {
+        let root = &model.ws.root;
+        let files = hash::walk(root, root, &HashSet::new(), skip);
+        let mut by_project = vec![Vec::new(); model.ws.projects.len()];
+        let mut loose = Vec::new();
+        for f in files {
+            match model.owner_of(&f.path) {
+                Some(p) => by_project[p].push(f),
+                None => loose.push(f),
+            }
+        }
+        Snapshot {
+            by_project: by_project.into_iter().map(Arc::new).collect(),
+            loose: Arc::new(loose),
+        }
+    }
+
+    /// Re-walks one project (or, for `None`, the files outside every project).
+    pub fn refresh(&mut self, model: &Model, project: Option<usize>, skip: &[PathBuf]) {
+        let root = &model.ws.root;
+        match project {
+            Some(p) => {
+                let dir = model.ws.abs_dir(&model.ws.projects[p]);
+                self.by_project[p] = Arc::new(hash::walk(root, &dir, &model.fences[p], skip));
+            }
+            None => {
+                self.loose = Arc::new(hash::walk(root, root, &model.all_project_dirs(), skip));
+            }
+        }
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.by_project.iter().map(|v| v.len()).sum::<usize>() + self.loose.len()
+    }
+
+    /// Every file, for differential checks.
+    pub fn all_files(&self) -> Vec<FileMeta> {
+        let mut v: Vec<FileMeta> = self
+            .by_project
+            .iter()
+            .flat_map(|p| p.iter().cloned())
+            .chain(self.loose.iter().cloned())
+            .collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
 }
 
 /// Everything a run shares between its tasks.
 struct Shared {
-    ws: Workspace,
-    graph: TaskGraph,
+    model: Arc<Model>,
     store: Arc<Store>,
-    index: FileIndex,
+    index: Arc<FileIndex>,
     snapshot: RwLock<Snapshot>,
     /// Projects written to since the snapshot (their files must be re-walked).
     dirty: Mutex<HashSet<usize>>,
-    /// Root-relative dirs of nested projects, per project (for walks).
-    fences: Vec<HashSet<String>>,
-    /// The same, project-relative (for output walks).
-    rel_fences: Vec<HashSet<String>>,
+    /// Whether the store belongs to this run (closed at its end) or to the daemon.
+    owns_store: bool,
     /// Compiled patterns per graph node (selected nodes only).
     patterns: HashMap<usize, TaskPatterns>,
     global_inputs: Patterns,
@@ -143,12 +297,12 @@ impl Shared {
     }
 
     fn project_abs(&self, p: usize) -> PathBuf {
-        self.ws.abs_dir(&self.ws.projects[p])
+        self.model.ws.abs_dir(&self.model.ws.projects[p])
     }
 
     /// Project-relative fence for output walks.
     fn rel_fence(&self, p: usize) -> HashSet<String> {
-        self.rel_fences[p].clone()
+        self.model.rel_fences[p].clone()
     }
 
     fn refresh_if_dirty(&self, p: usize) {
@@ -156,10 +310,8 @@ impl Shared {
         if !was_dirty {
             return;
         }
-        let dir = self.project_abs(p);
-        let files = hash::walk(&self.ws.root, &dir, &self.fences[p], &self.cache_skip);
         if let Ok(mut s) = self.snapshot.write() {
-            s.by_project[p] = files;
+            s.refresh(&self.model, Some(p), &self.cache_skip);
         }
     }
 
@@ -172,16 +324,16 @@ impl Shared {
     /// Computes (and memoises) the key of graph node `n`. Its dependencies'
     /// keys must already be known.
     fn key_of(&self, n: usize) -> Result<(String, KeyParts), EngineError> {
-        let node = &self.graph.nodes[n];
+        let node = &self.model.graph.nodes[n];
         self.refresh_if_dirty(node.project);
-        let project = &self.ws.projects[node.project];
+        let project = &self.model.ws.projects[node.project];
         let mut upstream = Vec::new();
         {
             let keys = self
                 .keys
                 .lock()
                 .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "key map poisoned"))?;
-            for d in self.graph.deps(n) {
+            for d in self.model.graph.deps(n) {
                 match keys.get(&d) {
                     Some(k) => upstream.push(k.clone()),
                     None => {
@@ -189,7 +341,7 @@ impl Shared {
                             codes::INTERNAL_ERROR,
                             format!(
                                 "key of {} needed before it was computed",
-                                self.graph.nodes[d].id
+                                self.model.graph.nodes[d].id
                             ),
                         ));
                     }
@@ -221,7 +373,12 @@ impl Shared {
             );
             if !pats.root_inputs.is_empty() || !self.global_inputs.is_empty() {
                 let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-                for f in snap.by_project.iter().flatten().chain(snap.loose.iter()) {
+                for f in snap
+                    .by_project
+                    .iter()
+                    .flat_map(|v| v.iter())
+                    .chain(snap.loose.iter())
+                {
                     if (pats.root_inputs.matches(&f.path) || self.global_inputs.matches(&f.path))
                         && seen.insert(f.path.as_str())
                     {
@@ -233,7 +390,7 @@ impl Shared {
             inputs = files
                 .into_iter()
                 .map(|f| {
-                    let h = self.index.hash(&self.ws.root, f);
+                    let h = self.index.hash(&self.model.ws.root, f);
                     (
                         f.path.clone(),
                         blake3::Hash::from_bytes(h).to_hex().to_string(),
@@ -241,7 +398,7 @@ impl Shared {
                 })
                 .collect();
         }
-        let mut env_pats = self.ws.global.env.clone();
+        let mut env_pats = self.model.ws.global.env.clone();
         env_pats.extend(node.def.env.iter().cloned());
         let env = hash::keyed_env(&env_pats, &self.params.env);
         #[derive(serde::Serialize)]
@@ -251,7 +408,7 @@ impl Shared {
         }
         let config = serde_json::to_string(&ConfigView {
             task: &node.def,
-            global: &self.ws.global,
+            global: &self.model.ws.global,
         })
         .unwrap_or_default();
         let parts = KeyParts {
@@ -272,8 +429,8 @@ impl Shared {
 
     /// The environment of a task's process.
     fn task_env(&self, n: usize) -> Vec<(String, String)> {
-        let node = &self.graph.nodes[n];
-        let project = &self.ws.projects[node.project];
+        let node = &self.model.graph.nodes[n];
+        let project = &self.model.ws.projects[node.project];
         let client = &self.params.env;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for k in ENV_ALLOWLIST {
@@ -281,14 +438,14 @@ impl Shared {
                 env.insert(k.to_string(), v.clone());
             }
         }
-        let mut pass = self.ws.global.pass_env.clone();
+        let mut pass = self.model.ws.global.pass_env.clone();
         pass.extend(node.def.pass_env.iter().cloned());
         for (k, v) in hash::keyed_env(&pass, client) {
             if let Some(v) = v {
                 env.insert(k, v);
             }
         }
-        let mut keyed = self.ws.global.env.clone();
+        let mut keyed = self.model.ws.global.env.clone();
         keyed.extend(node.def.env.iter().cloned());
         for (k, v) in hash::keyed_env(&keyed, client) {
             if let Some(v) = v {
@@ -298,8 +455,8 @@ impl Shared {
         for (k, v) in &node.def.define {
             env.insert(k.clone(), v.clone());
         }
-        let proj_bin = self.ws.abs_dir(project).join("node_modules/.bin");
-        let root_bin = self.ws.root.join("node_modules/.bin");
+        let proj_bin = self.model.ws.abs_dir(project).join("node_modules/.bin");
+        let root_bin = self.model.ws.root.join("node_modules/.bin");
         let path = env
             .get("PATH")
             .cloned()
@@ -320,13 +477,13 @@ impl Shared {
         env.insert("VX_RUN_TASK".into(), node.id.clone());
         env.insert(
             "VX_RUN_WORKSPACE".into(),
-            self.ws.root.to_string_lossy().into_owned(),
+            self.model.ws.root.to_string_lossy().into_owned(),
         );
         env.into_iter().collect()
     }
 
     fn command_line(&self, n: usize) -> String {
-        let node = &self.graph.nodes[n];
+        let node = &self.model.graph.nodes[n];
         let mut cmd = node.def.command.clone().unwrap_or_default();
         if self.requested.contains(&n) && !self.params.args.is_empty() {
             for a in &self.params.args {
@@ -337,12 +494,24 @@ impl Shared {
         cmd
     }
 
+    /// End of a run: the no-daemon path closes its store; the daemon's
+    /// stays open (its writes are flushed).
+    fn finish_store(&self) -> Result<(), EngineError> {
+        self.store.save_file_index(self.index.take_updates());
+        if self.owns_store {
+            self.store.close()?;
+        } else {
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
     fn cache_read(&self, n: usize) -> bool {
         self.cache_enabled(n) && !self.params.force
     }
 
     fn cache_enabled(&self, n: usize) -> bool {
-        let d = &self.graph.nodes[n].def;
+        let d = &self.model.graph.nodes[n].def;
         d.cache && d.command.is_some() && !d.persistent && !d.interactive && !self.params.no_cache
     }
 }
@@ -389,6 +558,7 @@ impl Timing {
 fn prepare(
     params: RunParams,
     events: Option<Events>,
+    hot: Option<&Hot>,
 ) -> Result<(Arc<Shared>, Selection), EngineError> {
     let mut timing = Timing::new(&params.env);
     let cwd = PathBuf::from(&params.cwd);
@@ -398,13 +568,30 @@ fn prepare(
             "cwd must be absolute",
         ));
     }
-    let ws = load_workspace(&cwd)?;
-    timing.stage("load");
-    let graph = TaskGraph::build(&ws)?;
-    timing.stage("graph");
+    let root = workspace::find_root(&cwd)?;
+    let (model, hot_parts) = match hot {
+        Some(hot) => {
+            if root != hot.root {
+                return Err(wrong_workspace(&cwd, &root, hot));
+            }
+            let (model, snapshot) = hot.sync()?;
+            timing.stage("sync");
+            (model, Some((hot.store()?, hot.index.clone(), snapshot)))
+        }
+        None => {
+            let model = Arc::new(Model::load(&root)?);
+            timing.stage("load");
+            (model, None)
+        }
+    };
+    let owns_store = hot.is_none();
+    let ws = &model.ws;
+    let graph = &model.graph;
+    // Selection errors (unknown task, bad filter) come before the cache is
+    // opened: bad input changes nothing.
     let selection = graph::select(
-        &ws,
-        &graph,
+        ws,
+        graph,
         &SelectArgs {
             cwd: &cwd,
             tasks: &params.tasks,
@@ -414,21 +601,6 @@ fn prepare(
         },
     )?;
     timing.stage("select");
-    let cdir = cache_dir(&ws);
-    let ev = events.clone();
-    let store = Store::open(&cdir, Duration::from_secs(600), &mut || {
-        if let Some(tx) = &ev {
-            let _ = tx.send(RunEvent::Warning {
-                message: format!(
-                    "waiting for another vx process using the cache at {}",
-                    cdir.display()
-                ),
-            });
-        }
-    })?;
-    timing.stage("cache open");
-    let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
-    timing.stage("index load");
     let cfg = |e: crate::globs::GlobError| EngineError::new(codes::CONFIG_ERROR, e.to_string());
     // Compile each distinct pattern list once (most tasks share theirs).
     let compile = |list: &[String]| Patterns::new(list).map_err(cfg);
@@ -454,53 +626,23 @@ fn prepare(
     }
     let global_inputs = Patterns::new(&ws.global.inputs).map_err(cfg)?;
     timing.stage("patterns");
-    // Nested-project fences: each project's dir is a fence of every
-    // ancestor project (and of the root project).
-    let by_dir: HashMap<&str, usize> = ws
-        .projects
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.dir.as_str(), i))
-        .collect();
-    let mut fences: Vec<HashSet<String>> = vec![HashSet::new(); ws.projects.len()];
-    for q in &ws.projects {
-        if q.dir == "." {
-            continue;
+    let (store, index, snapshot) = match hot_parts {
+        Some((store, index, snapshot)) => (store, index, Some(snapshot)),
+        None => {
+            let (store, index) = open_cold(&model, &events)?;
+            timing.stage("cache open");
+            (store, index, None)
         }
-        let mut cur = q.dir.as_str();
-        while let Some(i) = cur.rfind('/') {
-            cur = &cur[..i];
-            if let Some(&p) = by_dir.get(cur) {
-                fences[p].insert(q.dir.clone());
-            }
+    };
+    let cache_skip = vec![cache_dir(ws)];
+    let snapshot = match snapshot {
+        Some(s) => s,
+        None => {
+            let s = Snapshot::scan(&model, &cache_skip);
+            timing.stage("walk");
+            s
         }
-        if let Some(&p) = by_dir.get(".") {
-            fences[p].insert(q.dir.clone());
-        }
-    }
-    let rel_fences: Vec<HashSet<String>> = ws
-        .projects
-        .iter()
-        .zip(&fences)
-        .map(|(p, fs)| {
-            fs.iter()
-                .filter_map(|f| {
-                    if p.dir == "." {
-                        Some(f.clone())
-                    } else {
-                        f.strip_prefix(p.dir.as_str())
-                            .and_then(|r| r.strip_prefix('/'))
-                            .map(str::to_string)
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let cache_skip = vec![cdir.clone()];
-    let files = hash::walk(&ws.root, &ws.root, &HashSet::new(), &cache_skip);
-    timing.stage("walk");
-    let snapshot = partition(&ws, files);
-    timing.stage("partition");
+    };
     // Warm the index for the projects this run touches, on all cores.
     {
         let involved: HashSet<usize> = selection
@@ -523,68 +665,60 @@ fn prepare(
         index.hash_all(&ws.root, &to_hash);
     }
     timing.stage("hash");
+    let requested = selection.requested.clone();
     let shared = Shared {
-        graph,
-        store: Arc::new(store),
+        model: model.clone(),
+        store,
         index,
         snapshot: RwLock::new(snapshot),
         dirty: Mutex::new(HashSet::new()),
-        fences,
-        rel_fences,
+        owns_store,
         patterns,
         global_inputs,
         keys: Mutex::new(HashMap::new()),
-        requested: selection.requested.clone(),
+        requested,
         params,
         events,
         cache_skip,
-        ws,
     };
     Ok((Arc::new(shared), selection))
 }
 
-fn partition(ws: &Workspace, files: Vec<FileMeta>) -> Snapshot {
-    let dirs: HashMap<&str, usize> = ws
-        .projects
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.dir.as_str(), i))
-        .collect();
-    let root_project = dirs.get(".").copied();
-    let mut by_project = vec![Vec::new(); ws.projects.len()];
-    let mut loose = Vec::new();
-    for f in files {
-        let mut owner = None;
-        let mut cur = f.path.as_str();
-        while let Some(i) = cur.rfind('/') {
-            cur = &cur[..i];
-            if let Some(&p) = dirs.get(cur) {
-                owner = Some(p);
-                break;
-            }
+/// The no-daemon path opens the store and loads the file index per run.
+fn open_cold(
+    model: &Model,
+    events: &Option<Events>,
+) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
+    let cdir = cache_dir(&model.ws);
+    let ev = events.clone();
+    let store = Store::open(&cdir, Duration::from_secs(600), &mut || {
+        if let Some(tx) = &ev {
+            let _ = tx.send(RunEvent::Warning {
+                    message: format!(
+                        "waiting for another vx process using the cache at {} (is a daemon running? `vx daemon stop`)",
+                        cdir.display()
+                    ),
+                });
         }
-        match owner.or(root_project) {
-            Some(p) => by_project[p].push(f),
-            None => loose.push(f),
-        }
-    }
-    Snapshot { by_project, loose }
+    })?;
+    let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
+    Ok((Arc::new(store), Arc::new(index)))
 }
 
 /// Plans a run: every selected task with its key and predicted cache status.
-pub async fn plan(params: RunParams) -> Result<Plan, EngineError> {
-    tokio::task::spawn_blocking(move || plan_blocking(params))
+pub async fn plan(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
+    tokio::task::spawn_blocking(move || plan_blocking(params, hot.as_deref()))
         .await
         .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("plan panicked: {e}")))?
 }
 
-fn plan_blocking(params: RunParams) -> Result<Plan, EngineError> {
-    let (sh, sel) = prepare(params, None)?;
+fn plan_blocking(params: RunParams, hot: Option<&Hot>) -> Result<Plan, EngineError> {
+    let (sh, sel) = prepare(params, None, hot)?;
     let mut tasks = Vec::with_capacity(sel.nodes.len());
     for &n in &sel.nodes {
         let (key, _) = sh.key_of(n)?;
-        let node = &sh.graph.nodes[n];
-        let project: &Project = &sh.ws.projects[node.project];
+        let node = &sh.model.graph.nodes[n];
+        let project: &Project = &sh.model.ws.projects[node.project];
         let prediction = if node.def.command.is_none() {
             Prediction::Group
         } else if !sh.cache_enabled(n) {
@@ -595,9 +729,10 @@ fn plan_blocking(params: RunParams) -> Result<Plan, EngineError> {
             Prediction::Miss
         };
         let mut deps: Vec<String> = sh
+            .model
             .graph
             .deps(n)
-            .map(|d| sh.graph.nodes[d].id.clone())
+            .map(|d| sh.model.graph.nodes[d].id.clone())
             .collect();
         deps.sort();
         tasks.push(PlannedTask {
@@ -614,9 +749,9 @@ fn plan_blocking(params: RunParams) -> Result<Plan, EngineError> {
             outputs: node.def.outputs.clone(),
         });
     }
-    sh.store.close()?;
+    sh.finish_store()?;
     Ok(Plan {
-        root: sh.ws.root.to_string_lossy().into_owned(),
+        root: sh.model.ws.root.to_string_lossy().into_owned(),
         tasks,
     })
 }
@@ -635,6 +770,7 @@ pub async fn run(
     params: RunParams,
     events: Events,
     mut cancel: watch::Receiver<Option<i32>>,
+    hot: Option<Arc<Hot>>,
 ) -> Result<RunSummary, EngineError> {
     let started_at = now_ms();
     let t0 = Instant::now();
@@ -642,19 +778,20 @@ pub async fn run(
     let concurrency_param = params.concurrency;
     let continue_mode = params.continue_mode;
     let ev = events.clone();
-    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev)))
+    let hot2 = hot.clone();
+    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev), hot2.as_deref()))
         .await
         .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("prepare panicked: {e}")))??;
     let mut timing = Timing::new(&sh.params.env);
     let concurrency = concurrency_param
-        .or(sh.ws.defaults.concurrency)
+        .or(sh.model.ws.defaults.concurrency)
         .unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
         })
         .max(1);
-    let root = sh.ws.root.to_string_lossy().into_owned();
+    let root = sh.model.ws.root.to_string_lossy().into_owned();
     if let Some(base) = &sel.nothing_affected {
         let _ = events.send(RunEvent::Warning {
             message: format!("nothing affected since {base}"),
@@ -666,7 +803,8 @@ pub async fn run(
     let deps: Vec<Vec<usize>> = nodes
         .iter()
         .map(|&g| {
-            sh.graph
+            sh.model
+                .graph
                 .deps(g)
                 .filter_map(|d| local_of.get(&d).copied())
                 .collect()
@@ -684,7 +822,7 @@ pub async fn run(
         root: root.clone(),
         tasks: nodes
             .iter()
-            .filter(|&&g| sh.graph.nodes[g].def.command.is_some())
+            .filter(|&&g| sh.model.graph.nodes[g].def.command.is_some())
             .count(),
         concurrency,
     });
@@ -713,7 +851,7 @@ pub async fn run(
                 break;
             };
             let g = nodes[i];
-            let node = &sh.graph.nodes[g];
+            let node = &sh.model.graph.nodes[g];
             let blocked = deps[i].iter().find_map(|&d| failed_root[d].clone());
             let skip_reason = if cancelled.is_some() || stopping {
                 Some(None)
@@ -778,7 +916,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         sh2.emit(RunEvent::Warning {
-                            message: format!("{}: {}", sh2.graph.nodes[g].id, e.message),
+                            message: format!("{}: {}", sh2.model.graph.nodes[g].id, e.message),
                         });
                         let mut res = base_result(&sh2, g);
                         res.status = TaskStatus::Failed;
@@ -840,14 +978,18 @@ pub async fn run(
     }
     // Whatever never became ready (cannot happen on a DAG) is reported skipped.
     for i in 0..n {
-        if deps_left[i] > 0 && sh.graph.nodes[nodes[i]].def.command.is_some() {
+        if deps_left[i] > 0 && sh.model.graph.nodes[nodes[i]].def.command.is_some() {
             results.push(skipped(&sh, nodes[i], None));
         }
     }
     timing.stage("schedule");
-    sh.store.save_file_index(sh.index.take_updates());
     let sh2 = sh.clone();
-    let close = tokio::task::spawn_blocking(move || sh2.store.close()).await;
+    let close = tokio::task::spawn_blocking(move || sh2.finish_store()).await;
+    if let Some(hot) = &hot {
+        hot.runs_served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hot.touch();
+    }
     timing.stage("close");
     if let Ok(Err(e)) = close {
         let _ = events.send(RunEvent::Warning {
@@ -928,10 +1070,10 @@ fn transitive_dependent_counts(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -
 }
 
 fn base_result(sh: &Shared, g: usize) -> TaskResult {
-    let node = &sh.graph.nodes[g];
+    let node = &sh.model.graph.nodes[g];
     TaskResult {
         id: node.id.clone(),
-        project: sh.ws.projects[node.project].name.clone(),
+        project: sh.model.ws.projects[node.project].name.clone(),
         task: node.name.clone(),
         status: TaskStatus::Skipped,
         cache: CacheSource::Miss,
@@ -962,7 +1104,7 @@ fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u
     let Some((m, stamps)) = sh.store.get(key)? else {
         return Ok(None);
     };
-    let node = &sh.graph.nodes[g];
+    let node = &sh.model.graph.nodes[g];
     let p = node.project;
     let dir = sh.project_abs(p);
     let pats = &sh.patterns[&g];
@@ -1025,7 +1167,7 @@ async fn run_task(
     tainted: bool,
     cancel: watch::Receiver<Option<i32>>,
 ) -> Result<TaskResult, EngineError> {
-    let node = &sh.graph.nodes[g];
+    let node = &sh.model.graph.nodes[g];
     let id = node.id.clone();
     let logs = sh.params.output_logs;
     let sh2 = sh.clone();
@@ -1069,7 +1211,7 @@ async fn run_task(
     let timeout = node
         .def
         .timeout_ms
-        .or(sh.ws.defaults.timeout_ms)
+        .or(sh.model.ws.defaults.timeout_ms)
         .map(Duration::from_millis);
     let spec = Spawn {
         command: command.clone(),
@@ -1205,7 +1347,7 @@ async fn run_task(
 
 /// Stores a successful execution: output blobs, the log, then the entry.
 fn save(sh: &Shared, g: usize, key: &str, log: &[u8], duration_ms: u64) -> Result<(), EngineError> {
-    let node = &sh.graph.nodes[g];
+    let node = &sh.model.graph.nodes[g];
     let dir = sh.project_abs(node.project);
     let fence = sh.rel_fence(node.project);
     let files = cache::collect_outputs(&dir, &sh.patterns[&g].outputs, &fence);
@@ -1225,10 +1367,38 @@ fn save(sh: &Shared, g: usize, key: &str, log: &[u8], duration_ms: u64) -> Resul
     Ok(())
 }
 
+fn wrong_workspace(cwd: &Path, root: &Path, hot: &Hot) -> EngineError {
+    EngineError::new(
+        codes::WRONG_WORKSPACE,
+        format!(
+            "{} belongs to the workspace at {}, not this daemon's ({})",
+            cwd.display(),
+            root.display(),
+            hot.root.display()
+        ),
+    )
+    .with_data(serde_json::json!({ "root": root }))
+}
+
 /// `cache.stats` for the workspace containing `cwd`.
-pub fn cache_stats(cwd: &Path) -> Result<vx_proto::CacheStats, EngineError> {
+pub fn cache_stats(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheStats, EngineError> {
     let ws = load_workspace(cwd)?;
     let dir = cache_dir(&ws);
+    let stats = |store: &Store| -> Result<vx_proto::CacheStats, EngineError> {
+        let (entries, blobs, blob_bytes) = store.stats()?;
+        Ok(vx_proto::CacheStats {
+            dir: dir.to_string_lossy().into_owned(),
+            entries,
+            blobs,
+            blob_bytes,
+        })
+    };
+    if let Some(hot) = hot {
+        if ws.root != hot.root {
+            return Err(wrong_workspace(cwd, &ws.root, hot));
+        }
+        return stats(hot.store()?.as_ref());
+    }
     if !dir.join("index.redb").exists() {
         return Ok(vx_proto::CacheStats {
             dir: dir.to_string_lossy().into_owned(),
@@ -1238,20 +1408,21 @@ pub fn cache_stats(cwd: &Path) -> Result<vx_proto::CacheStats, EngineError> {
         });
     }
     let store = Store::open(&dir, Duration::from_secs(30), &mut || {})?;
-    let (entries, blobs, blob_bytes) = store.stats()?;
+    let r = stats(&store);
     store.close()?;
-    Ok(vx_proto::CacheStats {
-        dir: dir.to_string_lossy().into_owned(),
-        entries,
-        blobs,
-        blob_bytes,
-    })
+    r
 }
 
 /// `cache.clean` for the workspace containing `cwd`.
-pub fn cache_clean(cwd: &Path) -> Result<vx_proto::CacheCleaned, EngineError> {
+pub fn cache_clean(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheCleaned, EngineError> {
     let ws = load_workspace(cwd)?;
     let dir = cache_dir(&ws);
+    if let Some(hot) = hot {
+        if ws.root != hot.root {
+            return Err(wrong_workspace(cwd, &ws.root, hot));
+        }
+        hot.close_store();
+    }
     let (entries, freed_bytes) = cache::clean(&dir)?;
     Ok(vx_proto::CacheCleaned {
         dir: dir.to_string_lossy().into_owned(),

@@ -7,6 +7,10 @@
 //! After the shell exits, whatever is left in its group is killed, so a
 //! task never leaves an orphan behind.
 //!
+//! A guard process (`vxd --guard`, started on first use) holds the list of
+//! live task groups; if the engine dies without cleaning up (even
+//! `kill -9`), the guard sees its pipe close and SIGKILLs every listed group.
+//!
 //! Never: decides what runs or in which order (`engine`), or touches the cache.
 
 use std::path::PathBuf;
@@ -61,6 +65,85 @@ impl Outcome {
     }
 }
 
+/// The guard process's stdin: `+pgid` / `-pgid` lines.
+static GUARD: std::sync::OnceLock<std::sync::Mutex<Option<std::process::ChildStdin>>> =
+    std::sync::OnceLock::new();
+
+fn guard_send(line: String) {
+    let g = GUARD.get_or_init(|| std::sync::Mutex::new(spawn_guard()));
+    if let Ok(mut g) = g.lock()
+        && let Some(stdin) = g.as_mut()
+    {
+        use std::io::Write;
+        if stdin.write_all(line.as_bytes()).is_err() {
+            *g = None;
+        }
+    }
+}
+
+fn spawn_guard() -> Option<std::process::ChildStdin> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--guard")
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; the guard leaves the terminal's
+    // session so a Ctrl-C aimed at vx does not kill it before it can act.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(mut c) => {
+            let stdin = c.stdin.take();
+            // Reap it whenever it exits.
+            std::thread::spawn(move || {
+                let _ = c.wait();
+            });
+            stdin
+        }
+        Err(e) => {
+            tracing::warn!("cannot start the process-group guard: {e}");
+            None
+        }
+    }
+}
+
+/// The guard's main loop: remember groups, kill them all when the engine's
+/// end of the pipe closes.
+pub fn guard_main() {
+    use std::io::BufRead;
+    let mut groups = std::collections::HashSet::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (op, num) = line.split_at(line.len().min(1));
+        if let Ok(pgid) = num.trim().parse::<i32>() {
+            match op {
+                "+" => {
+                    groups.insert(pgid);
+                }
+                "-" => {
+                    groups.remove(&pgid);
+                }
+                _ => {}
+            }
+        }
+    }
+    for pgid in groups {
+        if pgid > 0 {
+            // SAFETY: sending a signal to a process group the engine created.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Kills a process group when dropped (unless disarmed).
 struct GroupGuard {
     pgid: i32,
@@ -86,6 +169,9 @@ impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
             self.signal(libc::SIGKILL);
+        }
+        if self.pgid > 0 {
+            guard_send(format!("-{}\n", self.pgid));
         }
     }
 }
@@ -150,6 +236,9 @@ pub async fn run(
         pgid: child.id().map(|p| p as i32).unwrap_or(0),
         armed: true,
     };
+    if guard.pgid > 0 {
+        guard_send(format!("+{}\n", guard.pgid));
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {

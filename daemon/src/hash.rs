@@ -147,6 +147,82 @@ pub fn walk(
     files
 }
 
+/// Every directory under `dir` (inclusive) that a walk would enter: not
+/// ignored, not `.git`/`.vx`/`node_modules`. The daemon watches these.
+pub fn walk_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let walker = ignore::WalkBuilder::new(dir)
+        .hidden(false)
+        .git_ignore(true)
+        .git_exclude(true)
+        .git_global(false)
+        .require_git(false)
+        .parents(true)
+        .ignore(false)
+        .follow_links(false)
+        .filter_entry(|e| {
+            let name = e.file_name().to_string_lossy();
+            !(e.depth() > 0
+                && e.file_type().is_some_and(|t| t.is_dir())
+                && ALWAYS_SKIPPED.contains(&name.as_ref()))
+        })
+        .build();
+    for e in walker.flatten() {
+        if e.file_type().is_some_and(|t| t.is_dir()) {
+            out.push(e.into_path());
+        }
+    }
+    out
+}
+
+/// Whether the (non-ignored) tree under `dir` holds a file with one of `names`.
+pub fn walk_files_named(dir: &Path, names: &[&str]) -> bool {
+    ignore::WalkBuilder::new(dir)
+        .hidden(false)
+        .git_ignore(true)
+        .require_git(false)
+        .parents(true)
+        .ignore(false)
+        .filter_entry(|e| {
+            let name = e.file_name().to_string_lossy();
+            !(e.depth() > 0 && ALWAYS_SKIPPED.contains(&name.as_ref()))
+        })
+        .build()
+        .flatten()
+        .any(|e| {
+            e.file_type().is_some_and(|t| t.is_file())
+                && names.contains(&e.file_name().to_string_lossy().as_ref())
+        })
+}
+
+/// Whether a walk of the parent directory would enter `dir` (it is not
+/// ignored and not one of the always-skipped names).
+pub fn is_walked_dir(dir: &Path) -> bool {
+    let Some(parent) = dir.parent() else {
+        return true;
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if ALWAYS_SKIPPED.contains(&name.as_str()) {
+        return false;
+    }
+    ignore::WalkBuilder::new(parent)
+        .hidden(false)
+        .git_ignore(true)
+        .git_exclude(true)
+        .git_global(false)
+        .require_git(false)
+        .parents(true)
+        .ignore(false)
+        .follow_links(false)
+        .max_depth(Some(1))
+        .build()
+        .flatten()
+        .any(|e| e.depth() == 1 && e.path() == dir)
+}
+
 /// A persisted file-index record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {

@@ -2,7 +2,8 @@
 //!
 //! The modules follow the pipeline; each owns one concept (see its doc
 //! comment and `docs/ARCHITECTURE.md`): `workspace` → `graph` → `hash` →
-//! `cache` → `exec`, orchestrated by `engine`, exposed by `server`.
+//! `cache` → `exec`, orchestrated by `engine`, kept hot by `state` (daemon),
+//! exposed by `server`.
 
 pub mod cache;
 pub mod engine;
@@ -11,4 +12,5 @@ pub mod globs;
 pub mod graph;
 pub mod hash;
 pub mod server;
+pub mod state;
 pub mod workspace;

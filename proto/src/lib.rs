@@ -9,6 +9,7 @@
 
 pub mod framing;
 pub mod methods;
+pub mod paths;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -89,6 +90,9 @@ pub mod codes {
     pub const GIT_ERROR: i64 = -32007;
     /// Any other user-facing error (bad flag value, unreadable file, ...).
     pub const USER_ERROR: i64 = -32008;
+    /// The request's `cwd` belongs to another workspace than this daemon's;
+    /// `data.root` names the right one.
+    pub const WRONG_WORKSPACE: i64 = -32009;
 }
 
 /// One JSON-RPC 2.0 message: a request (has `id` and `method`), a

@@ -22,6 +22,8 @@ pub const CACHE_STATS: &str = "cache.stats";
 pub const CACHE_CLEAN: &str = "cache.clean";
 /// `daemon.shutdown` — stop the engine after answering.
 pub const SHUTDOWN: &str = "daemon.shutdown";
+/// `daemon.status` — what a long-lived daemon holds and has done.
+pub const STATUS: &str = "daemon.status";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloParams {
@@ -38,6 +40,33 @@ pub struct HelloResult {
     pub pid: u32,
     /// `"stdio"` for the no-daemon path, `"daemon"` for a long-lived vxd.
     pub mode: String,
+    /// The workspace root a daemon serves (`None` on the stdio path).
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+/// The result of `daemon.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub protocol: u32,
+    pub root: String,
+    pub socket: String,
+    pub uptime_ms: u64,
+    /// Milliseconds since the last request; the daemon exits after `idle_timeout_ms`.
+    pub idle_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub projects: usize,
+    pub tasks: usize,
+    pub files_indexed: usize,
+    pub watches: usize,
+    pub rss_bytes: u64,
+    pub runs_served: u64,
+    pub connections: usize,
+    /// Full rescans since start (watcher overflow, errors, branch switches).
+    pub rescans: u64,
+    pub log_file: String,
 }
 
 /// What to do after a task fails.

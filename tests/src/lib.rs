@@ -43,9 +43,36 @@ pub fn vxd_bin() -> PathBuf {
     bin_dir().join("vxd")
 }
 
-/// A fixture workspace in a temp dir.
+/// Whether the end-to-end suite drives the daemon (`VX_E2E_DAEMON=1`) or
+/// the no-daemon path (the default).
+pub fn daemon_mode() -> bool {
+    std::env::var("VX_E2E_DAEMON").is_ok_and(|v| v == "1")
+}
+
+/// A fixture workspace in a temp dir. Each has its own runtime dir (so its
+/// daemon socket is private to the test); a daemon it started is stopped
+/// when it is dropped.
 pub struct Ws {
     pub dir: tempfile::TempDir,
+    pub runtime: tempfile::TempDir,
+}
+
+impl Drop for Ws {
+    fn drop(&mut self) {
+        let sockets = std::fs::read_dir(self.runtime.path().join("vx"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "sock"))
+            })
+            .unwrap_or(false);
+        if sockets && self.root().exists() {
+            let _ = self
+                .cmd(".", &["daemon", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// The outcome of one `vx` invocation.
@@ -117,7 +144,11 @@ impl Ws {
             .prefix("vx-e2e-")
             .tempdir()
             .expect("tempdir");
-        let ws = Ws { dir };
+        let runtime = tempfile::Builder::new()
+            .prefix("vx-rt-")
+            .tempdir()
+            .expect("tempdir");
+        let ws = Ws { dir, runtime };
         for (p, c) in files {
             ws.write(p, c);
         }
@@ -161,6 +192,8 @@ impl Ws {
             .env("HOME", self.root())
             .env("NO_COLOR", "1")
             .env("VX_DAEMON_BIN", vxd_bin())
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("VX_DAEMON", if daemon_mode() { "1" } else { "0" })
             .stdin(Stdio::null());
         c
     }
@@ -242,7 +275,7 @@ impl Ws {
                 }
             }
         }
-        walk(&self.path(".vx"), self.root(), &mut out);
+        walk(&self.path(".vx/cache"), self.root(), &mut out);
         out.sort();
         out
     }

@@ -5,11 +5,17 @@
 //! `run.event` notifications, cancellation (`run.cancel`, a signal, or the
 //! peer going away) and converting engine errors to stable error codes.
 //! Only this module knows JSON-RPC; a panic in a handler fails that request,
-//! not the server.
+//! not the server. `daemon` (the submodule) owns the long-lived daemon's
+//! lifecycle: socket, locks, idle exit, guard.
+
+pub mod daemon;
 
 use crate::engine;
+use crate::state::Hot;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use vx_proto::framing::{Frame, LineFramer};
@@ -19,9 +25,45 @@ use vx_proto::{
 };
 
 /// How this server was started (reported by `daemon.hello`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Stdio,
+    Daemon,
+}
+
+/// What a long-lived daemon reports about itself.
+pub struct DaemonInfo {
+    pub socket: PathBuf,
+    pub log_file: PathBuf,
+    pub idle_timeout: Duration,
+    pub connections: AtomicUsize,
+    /// The version `daemon.hello` reports (overridable for tests with
+    /// `VX_DAEMON_VERSION_OVERRIDE`, to exercise the replace path).
+    pub version: String,
+}
+
+/// Everything a connection's handlers can reach.
+pub struct Ctx {
+    pub mode: Mode,
+    pub hot: Option<Arc<Hot>>,
+    pub daemon: Option<Arc<DaemonInfo>>,
+}
+
+impl Ctx {
+    pub fn stdio() -> Arc<Ctx> {
+        Arc::new(Ctx {
+            mode: Mode::Stdio,
+            hot: None,
+            daemon: None,
+        })
+    }
+
+    fn version(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.version.clone())
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+    }
 }
 
 #[derive(Default)]
@@ -36,17 +78,20 @@ fn parse<T: serde::de::DeserializeOwned>(params: serde_json::Value) -> Result<T,
 }
 
 fn engine_err(e: engine::EngineError) -> RpcError {
-    RpcError::new(e.code, e.message)
+    let mut r = RpcError::new(e.code, e.message);
+    r.data = e.data;
+    r
 }
 
 /// Serves one connection until the peer closes it and every run it started
-/// has finished. `signals` delivers SIGINT/SIGTERM/SIGHUP numbers.
+/// has finished. `signals` delivers SIGINT/SIGTERM/SIGHUP numbers. Returns
+/// whether the peer asked the server to shut down.
 pub async fn serve<R, W>(
     reader: R,
     writer: W,
-    mode: Mode,
+    ctx: Arc<Ctx>,
     mut signals: mpsc::UnboundedReceiver<i32>,
-) -> anyhow::Result<()>
+) -> anyhow::Result<bool>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -114,7 +159,10 @@ where
                                 shutdown = true;
                                 continue;
                             }
-                            dispatch(&mut tasks, &state, &out_tx, mode, id, method, params);
+                            if let Some(hot) = &ctx.hot {
+                                hot.touch();
+                            }
+                            dispatch(&mut tasks, &state, &out_tx, &ctx, id, method, params);
                         }
                     }
                 }
@@ -133,14 +181,14 @@ where
     }
     drop(out_tx);
     let _ = writer_task.await;
-    Ok(())
+    Ok(shutdown)
 }
 
 fn dispatch(
     tasks: &mut tokio::task::JoinSet<()>,
     state: &Arc<Mutex<State>>,
     out: &mpsc::UnboundedSender<Message>,
-    mode: Mode,
+    ctx: &Arc<Ctx>,
     id: Id,
     method: String,
     params: serde_json::Value,
@@ -165,11 +213,13 @@ fn dispatch(
                     id,
                     HelloResult {
                         protocol: PROTOCOL_VERSION,
-                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        version: ctx.version(),
                         pid: std::process::id(),
-                        mode: match mode {
+                        mode: match ctx.mode {
                             Mode::Stdio => "stdio".into(),
+                            Mode::Daemon => "daemon".into(),
                         },
+                        root: ctx.hot.as_ref().map(|h| h.root.to_string_lossy().into_owned()),
                     },
                 )
             }
@@ -189,12 +239,14 @@ fn dispatch(
     }
     let out = out.clone();
     let state = state.clone();
+    let ctx = ctx.clone();
     tasks.spawn(async move {
         let id2 = id.clone();
         let out2 = out.clone();
         // The handler runs in its own task so that a panic fails this
         // request only.
-        let handle = tokio::spawn(async move { handle(&state, &out2, &method, params).await });
+        let handle =
+            tokio::spawn(async move { handle(&ctx, &state, &out2, &method, params).await });
         let reply = match handle.await {
             Ok(Ok(v)) => Message::ok(id2, v),
             Ok(Err(e)) => Message::err(Some(id2), e),
@@ -211,6 +263,7 @@ fn dispatch(
 }
 
 async fn handle(
+    ctx: &Arc<Ctx>,
     state: &Arc<Mutex<State>>,
     out: &mpsc::UnboundedSender<Message>,
     method: &str,
@@ -233,25 +286,26 @@ async fn handle(
                     let _ = out2.send(Message::notification(methods::RUN_EVENT, e));
                 }
             });
-            let r = engine::run(p, ev_tx, cancel_rx).await;
+            let r = engine::run(p, ev_tx, cancel_rx, ctx.hot.clone()).await;
             let _ = forward.await;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::RUN_PLAN => {
             let p: RunParams = parse(params)?;
             to_value(serde_json::to_value(
-                engine::plan(p).await.map_err(engine_err)?,
+                engine::plan(p, ctx.hot.clone()).await.map_err(engine_err)?,
             ))
         }
         methods::CACHE_STATS | methods::CACHE_CLEAN => {
             let p: CacheParams = parse(params)?;
             let cwd = PathBuf::from(p.cwd);
             let stats = method == methods::CACHE_STATS;
+            let hot = ctx.hot.clone();
             let r = tokio::task::spawn_blocking(move || {
                 if stats {
-                    engine::cache_stats(&cwd).map(serde_json::to_value)
+                    engine::cache_stats(&cwd, hot.as_deref()).map(serde_json::to_value)
                 } else {
-                    engine::cache_clean(&cwd).map(serde_json::to_value)
+                    engine::cache_clean(&cwd, hot.as_deref()).map(serde_json::to_value)
                 }
             })
             .await
@@ -271,6 +325,13 @@ async fn handle(
             }
             Ok(serde_json::json!({}))
         }
+        methods::STATUS => match (&ctx.hot, &ctx.daemon) {
+            (Some(hot), Some(d)) => to_value(serde_json::to_value(daemon::status(hot, d))),
+            _ => Err(RpcError::new(
+                codes::METHOD_NOT_FOUND,
+                "daemon.status is only served by a daemon (this is the no-daemon engine)",
+            )),
+        },
         other => Err(RpcError::new(
             codes::METHOD_NOT_FOUND,
             format!("unknown method `{other}`"),

@@ -1,0 +1,459 @@
+//! `state` — the daemon's hot state for one workspace.
+//!
+//! Owns: the workspace model and task graph (rebuilt only when a config or
+//! manifest changes), the file snapshot (every non-ignored file with its
+//! stat, per project), the file index, the open cache store, and the
+//! `notify` watcher that keeps them current. The watcher is a hint; the
+//! truth is a rescan: before answering, [`Hot::sync`] writes a cookie file
+//! and waits for its event, so every write made before the request is seen;
+//! a queue overflow, a watcher error or a missed cookie triggers a full
+//! rescan, never a guess. Projects whose files changed are re-walked with
+//! the same walk the no-daemon path uses, so hot and cold snapshots agree.
+//!
+//! Never: executes tasks or speaks JSON-RPC. Every client of the daemon
+//! (socket RPC now; HTTP, MCP and worker links later) goes through this one
+//! copy of the state.
+
+use crate::cache::Store;
+use crate::engine::{EngineError, Model, Snapshot};
+use crate::hash::{self, FileIndex};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+use vx_proto::codes;
+
+/// File names whose change means the workspace model must be reloaded.
+const CONFIG_NAMES: &[&str] = &[
+    "vx.toml",
+    "package.json",
+    "turbo.json",
+    "pnpm-workspace.yaml",
+    ".gitignore",
+];
+
+/// More changed paths than this between two requests: rescan everything.
+const MAX_DIRTY_PATHS: usize = 20_000;
+
+/// How long a request waits for its cookie before falling back to a rescan.
+const COOKIE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Dirty {
+    /// Rescan every file (overflow, watcher error, missed cookie, start).
+    all: bool,
+    /// Reload the workspace model (a config or manifest changed).
+    model: bool,
+    paths: HashSet<PathBuf>,
+}
+
+#[derive(Default)]
+struct Inner {
+    model: Option<Arc<Model>>,
+    snapshot: Option<Snapshot>,
+}
+
+/// The hot state of one workspace.
+pub struct Hot {
+    pub root: PathBuf,
+    pub started: Instant,
+    pub runs_served: AtomicU64,
+    pub rescans: AtomicU64,
+    pub watches: AtomicUsize,
+    pub root_gone: AtomicBool,
+    pub index: Arc<FileIndex>,
+    last_activity: Mutex<Instant>,
+    store: Mutex<Option<Arc<Store>>>,
+    inner: Mutex<Inner>,
+    dirty: Arc<Mutex<Dirty>>,
+    cookies: Arc<Mutex<HashMap<PathBuf, mpsc::Sender<()>>>>,
+    cookie_seq: AtomicU64,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// Directories currently watched.
+    watched: Mutex<HashSet<PathBuf>>,
+    /// Absolute project directories of the current model (to notice a
+    /// project directory being removed or moved away).
+    project_dirs: Mutex<Vec<PathBuf>>,
+}
+
+fn cache_dir_of(root: &Path) -> PathBuf {
+    root.join(".vx").join("cache")
+}
+
+impl Hot {
+    /// Creates the state and starts the watcher. The first [`Hot::sync`]
+    /// does the initial load and walk.
+    pub fn start(root: &Path) -> anyhow::Result<Arc<Hot>> {
+        let cookie_dir = root.join(".vx").join("cookies");
+        std::fs::create_dir_all(&cookie_dir)?;
+        // Open the store and load the persisted file index, so a restarted
+        // daemon re-reads only files whose stat changed. A store that cannot
+        // be opened now is retried on first use.
+        let store = Store::open(&cache_dir_of(root), Duration::from_secs(5), &mut || {}).ok();
+        let index = store
+            .as_ref()
+            .and_then(|s| s.load_file_index().ok())
+            .map(FileIndex::from_records)
+            .unwrap_or_default();
+        let hot = Arc::new(Hot {
+            root: root.to_path_buf(),
+            started: Instant::now(),
+            runs_served: AtomicU64::new(0),
+            rescans: AtomicU64::new(0),
+            watches: AtomicUsize::new(0),
+            root_gone: AtomicBool::new(false),
+            index: Arc::new(index),
+            last_activity: Mutex::new(Instant::now()),
+            store: Mutex::new(store.map(Arc::new)),
+            inner: Mutex::new(Inner::default()),
+            dirty: Arc::new(Mutex::new(Dirty {
+                all: true,
+                model: true,
+                paths: HashSet::new(),
+            })),
+            cookies: Arc::new(Mutex::new(HashMap::new())),
+            cookie_seq: AtomicU64::new(0),
+            watcher: Mutex::new(None),
+            watched: Mutex::new(HashSet::new()),
+            project_dirs: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+        let watcher = notify::recommended_watcher(move |ev| {
+            let _ = tx.send(ev);
+        })?;
+        if let Ok(mut w) = hot.watcher.lock() {
+            *w = Some(watcher);
+        }
+        hot.watch_dir(root);
+        hot.watch_dir(&cookie_dir);
+        let weak = Arc::downgrade(&hot);
+        std::thread::Builder::new()
+            .name("vx-watch".into())
+            .spawn(move || {
+                while let Ok(ev) = rx.recv() {
+                    let Some(hot) = weak.upgrade() else { break };
+                    hot.on_event(ev);
+                }
+            })?;
+        Ok(hot)
+    }
+
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_activity.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_activity
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// The cache store, opened on first use and kept open.
+    pub fn store(&self) -> Result<Arc<Store>, EngineError> {
+        let mut g = self
+            .store
+            .lock()
+            .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "store lock poisoned"))?;
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let dir = self.cache_dir();
+        let s = Arc::new(Store::open(&dir, Duration::from_secs(30), &mut || {
+            tracing::warn!(
+                "waiting for another process using the cache at {}",
+                dir.display()
+            );
+        })?);
+        *g = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Closes the store (before `cache clean`, and at exit).
+    pub fn close_store(&self) {
+        let s = self.store.lock().ok().and_then(|mut g| g.take());
+        if let Some(s) = s {
+            let _ = s.close();
+        }
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|i| i.model.as_ref().map(|m| crate::engine::cache_dir(&m.ws)))
+            .unwrap_or_else(|| cache_dir_of(&self.root))
+    }
+
+    /// Counts for `daemon.status`.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.inner.lock();
+        let (projects, tasks) = inner
+            .as_ref()
+            .ok()
+            .and_then(|i| {
+                i.model
+                    .as_ref()
+                    .map(|m| (m.ws.projects.len(), m.graph.nodes.len()))
+            })
+            .unwrap_or((0, 0));
+        let files = inner
+            .as_ref()
+            .ok()
+            .and_then(|i| i.snapshot.as_ref().map(|s| s.file_count()))
+            .unwrap_or(0);
+        (projects, tasks, files)
+    }
+
+    fn watch_dir(&self, dir: &Path) {
+        let Ok(mut w) = self.watcher.lock() else {
+            return;
+        };
+        let Some(w) = w.as_mut() else { return };
+        if let Ok(mut watched) = self.watched.lock()
+            && !watched.contains(dir)
+        {
+            match w.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir.to_path_buf());
+                    self.watches.store(watched.len(), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch {}: {e}; falling back to a rescan",
+                        dir.display()
+                    );
+                    if let Ok(mut d) = self.dirty.lock() {
+                        d.all = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Watches every non-ignored directory under `dir` (inclusive). A
+    /// directory that is itself ignored (a new `dist/`) is not watched.
+    fn watch_tree(&self, dir: &Path) {
+        if dir != self.root && !hash::is_walked_dir(dir) {
+            return;
+        }
+        for d in hash::walk_dirs(dir) {
+            self.watch_dir(&d);
+        }
+    }
+
+    fn on_event(&self, ev: notify::Result<notify::Event>) {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!("watcher error ({e}); the next request rescans");
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.all = true;
+                }
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            tracing::info!("watcher queue overflow; the next request rescans");
+            if let Ok(mut d) = self.dirty.lock() {
+                d.all = true;
+            }
+        }
+        // Reads (ours included: hashing opens files) change nothing.
+        if let EventKind::Access(kind) = ev.kind
+            && !matches!(
+                kind,
+                notify::event::AccessKind::Close(notify::event::AccessMode::Write)
+            )
+        {
+            return;
+        }
+        let dotvx = self.root.join(".vx");
+        let dotgit = self.root.join(".git");
+        for p in &ev.paths {
+            if p.starts_with(&dotvx) {
+                if let Ok(mut c) = self.cookies.lock()
+                    && let Some(tx) = c.remove(p)
+                {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            if p.starts_with(&dotgit) {
+                continue;
+            }
+            if p == &self.root && matches!(ev.kind, EventKind::Remove(_)) {
+                self.root_gone.store(true, Ordering::Relaxed);
+            }
+            let structural = matches!(
+                ev.kind,
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
+            let mut model_changed = false;
+            if structural {
+                if p.is_dir() {
+                    // A directory appeared (created or moved in): watch it,
+                    // and reload the model if it brings a project config.
+                    self.watch_tree(p);
+                    model_changed = hash::walk_files_named(p, CONFIG_NAMES);
+                } else if !p.exists()
+                    && let Ok(dirs) = self.project_dirs.lock()
+                {
+                    // Something went away: if a project lived there, reload.
+                    model_changed = dirs.iter().any(|d| d.starts_with(p));
+                }
+            }
+            if let Ok(mut d) = self.dirty.lock() {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if model_changed || CONFIG_NAMES.contains(&name) {
+                    tracing::debug!("config change: {} ({:?})", p.display(), ev.kind);
+                    d.model = true;
+                }
+                if d.paths.len() < MAX_DIRTY_PATHS {
+                    d.paths.insert(p.clone());
+                } else {
+                    d.all = true;
+                }
+            }
+        }
+        if !self.root.exists() {
+            self.root_gone.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until the watcher has delivered every event caused before now.
+    fn cookie_barrier(&self) {
+        let n = self.cookie_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join(".vx")
+            .join("cookies")
+            .join(format!("{}-{n}", std::process::id()));
+        let (tx, rx) = mpsc::channel();
+        if let Ok(mut c) = self.cookies.lock() {
+            c.insert(path.clone(), tx);
+        }
+        let ok = std::fs::write(&path, b"").is_ok() && rx.recv_timeout(COOKIE_TIMEOUT).is_ok();
+        if let Ok(mut c) = self.cookies.lock() {
+            c.remove(&path);
+        }
+        let _ = std::fs::remove_file(&path);
+        if !ok {
+            tracing::warn!("the watcher did not deliver a cookie in time; rescanning");
+            if let Ok(mut d) = self.dirty.lock() {
+                d.all = true;
+            }
+        }
+    }
+
+    /// Brings the model and the snapshot up to date with the disk and
+    /// returns them. Blocking; call from a blocking thread.
+    pub fn sync(&self) -> Result<(Arc<Model>, Snapshot), EngineError> {
+        self.touch();
+        self.cookie_barrier();
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "state lock poisoned"))?;
+        let dirty = {
+            let mut d = self
+                .dirty
+                .lock()
+                .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "dirty lock poisoned"))?;
+            std::mem::take(&mut *d)
+        };
+        let mut rescan = dirty.all || inner.snapshot.is_none();
+        if inner.snapshot.is_some() && (dirty.all || dirty.model) {
+            tracing::info!(
+                overflow_or_error = dirty.all,
+                config_changed = dirty.model,
+                "full rescan"
+            );
+        }
+        if dirty.model || inner.model.is_none() {
+            // A config changed: reload. An error leaves no model, so the
+            // next request tries again (and reports the same error).
+            inner.model = None;
+            let model = match Model::load(&self.root) {
+                Ok(m) => Arc::new(m),
+                Err(e) => {
+                    // Keep the dirty state for the next attempt.
+                    if let Ok(mut d) = self.dirty.lock() {
+                        d.model = true;
+                        d.all = true;
+                    }
+                    return Err(e);
+                }
+            };
+            if let Ok(mut dirs) = self.project_dirs.lock() {
+                *dirs = model
+                    .ws
+                    .projects
+                    .iter()
+                    .map(|p| model.ws.abs_dir(p))
+                    .collect();
+            }
+            inner.model = Some(model);
+            rescan = true;
+        }
+        let model = inner
+            .model
+            .clone()
+            .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no model"))?;
+        let cache_skip = vec![crate::engine::cache_dir(&model.ws)];
+        if rescan {
+            if inner.snapshot.is_some() {
+                self.rescans.fetch_add(1, Ordering::Relaxed);
+            }
+            let snap = Snapshot::scan(&model, &cache_skip);
+            inner.snapshot = Some(snap);
+            drop(inner);
+            self.watch_tree(&self.root.clone());
+            let inner = self
+                .inner
+                .lock()
+                .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "state lock poisoned"))?;
+            let snap = inner
+                .snapshot
+                .clone()
+                .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
+            return Ok((model, snap));
+        }
+        if let Some(snap) = inner.snapshot.as_mut() {
+            let mut projects: HashSet<Option<usize>> = HashSet::new();
+            for p in &dirty.paths {
+                if let Ok(rel) = p.strip_prefix(&self.root) {
+                    let rel = rel.to_string_lossy().replace('\\', "/");
+                    projects.insert(model.owner_of(&rel));
+                }
+            }
+            for p in projects {
+                snap.refresh(&model, p, &cache_skip);
+            }
+        }
+        let snap = inner
+            .snapshot
+            .clone()
+            .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
+        Ok((model, snap))
+    }
+
+    /// Persists what the file index learned (after a run).
+    pub fn persist_index(&self) {
+        if let Ok(store) = self.store() {
+            store.save_file_index(self.index.take_updates());
+        }
+    }
+}
+
+impl Drop for Hot {
+    fn drop(&mut self) {
+        self.close_store();
+    }
+}

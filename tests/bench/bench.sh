@@ -1,0 +1,388 @@
+#!/usr/bin/env bash
+# vx against its peers, side by side, in ONE run on ONE generated workspace shape.
+#
+#   tests/bench/bench.sh [--packages N] [-n RUNS] [--keep DIR] [--runners LIST] [--timing]
+#
+#   --packages N   packages in the gen-workspace.py workspace (default 1000; the default
+#                  shape has 3 tasks per package, so 3,000 tasks)
+#   -n RUNS        timed runs per repeated scenario (default 5), after 1 untimed warm-up
+#   --keep DIR     create the workspaces in DIR (must not exist or be empty) and keep them;
+#                  default: a temporary directory, deleted at the end
+#   --runners LIST comma list from: vx, turbo, nx (default vx,turbo). Missing peers are
+#                  skipped with a note. nx is opt-in: it is slow at 1,000 packages.
+#   --timing       also set VX_TIMING=1 on vx's timed runs and print the median of each
+#                  engine stage per scenario (stage lines go to stderr; cost is negligible,
+#                  but the headline figures in docs/benchmarks.md are taken without it)
+#
+# Scenarios (rows), each measured for every runner (columns):
+#   cold            caches + dist/ removed (untimed), ONE timed run
+#   fully cached    outputs intact; 1 warm-up, RUNS timed runs
+#   outputs deleted rm -rf packages/*/dist before every run (untimed) -> restored from cache
+#   leaf edited     a unique line appended to the leaf package's source (bench-meta.json)
+#                   before every run (untimed): that package's 3 tasks re-execute
+#   leaf edited, npm shim   the same with ../shared/bench/shim first on PATH
+# "cold" and the shim row put ../shared/bench/shim/npm first on PATH for every runner:
+# Turborepo runs every task through `npm run`, and real npm costs ~0.5 s CPU per task
+# here (a cold turbo run through real npm takes > 10 minutes at 1,000 packages). vx and
+# nx run the script with `sh -c` themselves, so the shim changes nothing for them.
+#
+# Each runner gets its OWN copy of the workspace (gen-workspace.py is generated once per
+# runner; its output is byte-identical for the same arguments, and a fresh `git init`
+# keeps git's index valid, which turbo's hashing relies on), so caches and outputs never
+# interfere. Within a scenario the runners are interleaved run by run (vx, turbo, vx,
+# turbo, ...) so that background load hits every column alike.
+#
+# Per run: wall = monotonic clock from spawn to reap; cpu = user+sys of the process and
+# every descendant it waited for (os.wait4 rusage; vx's engine `vxd --stdio` is its
+# child, so it is included); peak = ru_maxrss (largest single process among those).
+# stdout+stderr of timed runs go to a file, parsed for cache hits.
+#
+# Adding a runner (e.g. the vx daemon): add an entry to RUNNERS in the Python below
+# (command, env, what "cold" deletes, how to read hits from its output).
+#
+# Needs bash, python3, git, the release binaries (cargo build --release -p vx -p vxd) and,
+# for peers, `bash ../shared/bench/setup-peers.sh` (installs turbo + nx into its tools/).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BENCH="${BENCH:-$ROOT/../shared/bench}"
+[ -f "$BENCH/env.sh" ] || { echo "bench kit not found at $BENCH (set BENCH=/path/to/shared/bench)" >&2; exit 2; }
+BENCH="$(cd "$BENCH" && pwd)"
+# shellcheck source=/dev/null
+source "$BENCH/env.sh"
+VX_BIN="${VX_BIN:-$ROOT/target/release/vx}"
+
+PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,turbo TIMING=
+BENCH_ARGV="tests/bench/bench.sh${*:+ $*}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --packages) PACKAGES=$2; shift 2 ;;
+    --packages=*) PACKAGES=${1#*=}; shift ;;
+    -n) RUNS=$2; shift 2 ;;
+    --keep) KEEP=$2; shift 2 ;;
+    --keep=*) KEEP=${1#*=}; shift ;;
+    --runners) RUNNERS=$2; shift 2 ;;
+    --runners=*) RUNNERS=${1#*=}; shift ;;
+    --timing) TIMING=1; shift ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -x "$VX_BIN" ] || { echo "no vx binary at $VX_BIN: cargo build --release -p vx -p vxd (or set VX_BIN)" >&2; exit 2; }
+if [ -n "$KEEP" ]; then
+  mkdir -p "$KEEP"
+  [ -z "$(ls -A "$KEEP")" ] || { echo "--keep $KEEP: directory is not empty" >&2; exit 2; }
+  WORK="$(cd "$KEEP" && pwd)"
+else
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/vx-bench.XXXXXX")"
+  trap 'rm -rf "$WORK"' EXIT
+fi
+
+export BENCH VX_BIN PACKAGES RUNS WORK RUNNERS TIMING KEEP
+export BENCH_ARGV
+python3 - <<'PY'
+import glob, hashlib, json, os, platform, re, shutil, statistics, subprocess, sys, time
+
+BENCH, VX_BIN, WORK = os.environ["BENCH"], os.environ["VX_BIN"], os.environ["WORK"]
+PACKAGES, RUNS = int(os.environ["PACKAGES"]), int(os.environ["RUNS"])
+TIMING = bool(os.environ.get("TIMING"))
+WANT = [r for r in os.environ["RUNNERS"].split(",") if r]
+TURBO_BIN, NX_BIN = os.environ["TURBO_BIN"], os.environ["NX_BIN"]
+SHIM = os.path.join(BENCH, "shim")
+TASKS = ["build", "test", "lint"]
+notes = []
+failures = []
+
+
+def sh_out(cmd, cwd=None, env=None):
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        return "? (%s)" % e
+
+
+def rm(ws, *patterns):
+    for p in patterns:
+        for path in glob.glob(os.path.join(ws, p)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+
+
+def first_version(text):
+    m = re.search(r"Local:\s*v?([\d.]+)", text) or re.search(r"(\d+\.\d+\.\d+)", text)
+    return m.group(1) if m else text[:30]
+
+
+# ---- runners: one column each. To add one (e.g. "vx-daemon"), add an entry. ----------
+# cmd      argv, run in the runner's workspace copy
+# env      extra environment
+# cold     globs (relative to the workspace) deleted, besides packages/*/dist, for "cold"
+# hits     regex with (cached, total) groups, searched in the run's stdout+stderr
+# after    called after each scenario (untimed), e.g. to stop a daemon that started
+# setup    called once on the fresh workspace copy
+# version  string for the header
+def turbo_after(ws):
+    st = sh_out([TURBO_BIN, "daemon", "status"], cwd=ws)
+    if "not running" not in st:
+        notes.append("turbo daemon was running after a scenario; stopped it")
+        sh_out([TURBO_BIN, "daemon", "stop"], cwd=ws)
+
+
+def nx_setup(ws):
+    os.symlink(os.path.join(BENCH, "tools", "node_modules"), os.path.join(ws, "node_modules"))
+
+
+def nx_env(ws):
+    d = os.path.join(BENCH, ".nxtmp", "vxb" + hashlib.sha1(ws.encode()).hexdigest()[:10])
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return {"NX_DAEMON": "false", "NX_SOCKET_DIR": d}
+
+
+RUNNERS = {
+    "vx": dict(
+        cmd=[VX_BIN, "run", *TASKS, "--no-daemon", "--output-logs=none"],
+        env={"VX_DAEMON": "0", **({"VX_TIMING": "1"} if TIMING else {})},
+        cold=[".vx"],
+        hits=r"Tasks:\s+(?P<total>\d+) total · (?P<cached>\d+) cached",
+        available=lambda: os.access(VX_BIN, os.X_OK),
+        version=lambda: sh_out([VX_BIN, "--version"]),
+    ),
+    "turbo": dict(
+        cmd=[TURBO_BIN, "run", *TASKS, "--concurrency=10", "--output-logs=none"],
+        env={},
+        cold=[".turbo", "packages/*/.turbo", "node_modules/.cache/turbo"],
+        hits=r"Cached:\s+(?P<cached>\d+) cached, (?P<total>\d+) total",
+        available=lambda: os.access(TURBO_BIN, os.X_OK),
+        version=lambda: "turbo " + first_version(sh_out([TURBO_BIN, "--version"])),
+        after=turbo_after,
+    ),
+    "nx": dict(
+        cmd=[NX_BIN, "run-many", "-t", *TASKS, "--parallel=10"],
+        env="nx",  # per workspace, see nx_env
+        cold=[".nx"],
+        hits=r"Cache:\s+(?P<cached>\d+)/(?P<total>\d+) hit",
+        available=lambda: os.access(NX_BIN, os.X_OK),
+        version=lambda: "nx " + first_version(sh_out([NX_BIN, "--version"], cwd=BENCH + "/tools", env=dict(os.environ, NX_DAEMON="false"))),
+        setup=nx_setup,
+        after=lambda ws: sh_out([NX_BIN, "daemon", "--stop"], cwd=ws, env=dict(os.environ, **nx_env(ws))),
+    ),
+}
+
+runners = []
+for name in WANT:
+    if name not in RUNNERS:
+        sys.exit("unknown runner %r (known: %s)" % (name, ", ".join(RUNNERS)))
+    r = dict(RUNNERS[name], name=name)
+    if not r["available"]():
+        print("note: %s is not installed, skipped (bash %s/setup-peers.sh installs it)" % (name, BENCH), flush=True)
+        continue
+    runners.append(r)
+if not runners or runners[0]["name"] != "vx":
+    sys.exit("vx must be the first runner")
+if "nx" not in WANT:
+    notes.append("nx not measured (opt-in: --runners vx,turbo,nx; ~3 extra minutes at 1,000 packages)")
+
+# ---- workspaces: one fresh copy per runner -------------------------------------------
+print("generating %d-package workspaces in %s ..." % (PACKAGES, WORK), flush=True)
+for r in runners:
+    ws = os.path.join(WORK, r["name"])
+    subprocess.run([sys.executable, os.path.join(BENCH, "gen-workspace.py"), ws, "--packages", str(PACKAGES)],
+                   check=True, stdout=subprocess.DEVNULL)
+    r["ws"] = ws
+    extra = nx_env(ws) if r["env"] == "nx" else r["env"]
+    r["env_note"] = ["%s=%s " % kv for kv in sorted(extra.items()) if kv[0] != "NX_SOCKET_DIR"]
+    env = dict(os.environ)
+    env.update(extra)
+    r["env"] = env
+    if r.get("setup"):
+        r["setup"](ws)
+    r["ver"] = r["version"]()
+meta = json.load(open(os.path.join(runners[0]["ws"], "bench-meta.json")))
+NTASKS = meta["tasks"]
+logf = os.path.join(WORK, "last-run.log")
+
+
+# ---- one run -------------------------------------------------------------------------
+def run(r, shim, timed=True):
+    env = r["env"]
+    if shim:
+        env = dict(env, PATH=SHIM + os.pathsep + env["PATH"])
+    with open(logf, "wb") as out:
+        t0 = time.perf_counter_ns()
+        p = subprocess.Popen(r["cmd"], cwd=r["ws"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = (time.perf_counter_ns() - t0) / 1e9
+    text = open(logf, encoding="utf-8", errors="replace").read()
+    m = re.search(r["hits"], text)
+    hits = (int(m.group("cached")), int(m.group("total"))) if m else None
+    stages = {}
+    for name, ms in re.findall(r"vx timing: (.+?)\s+([\d.]+) ms", text):
+        stages[name] = stages.get(name, 0.0) + float(ms)
+    return dict(wall=wall, cpu=ru.ru_utime + ru.ru_stime, peak=ru.ru_maxrss / 1024.0,
+                code=os.waitstatus_to_exitcode(status), hits=hits, stages=stages, text=text)
+
+
+def drop_outputs(r):
+    rm(r["ws"], "packages/*/dist")
+
+
+def clear_all(r):
+    rm(r["ws"], "packages/*/dist", *r["cold"])
+
+
+def touch_leaf(r):
+    with open(os.path.join(r["ws"], meta["leaf"]["touch"]), "a") as f:
+        f.write("// bench edit %d\n" % time.time_ns())
+
+
+# key, label, prep before every run (untimed), warm-ups, timed runs, npm shim on PATH
+SCENARIOS = [
+    ("cold", "cold (1 run)", clear_all, 0, 1, True),
+    ("cached", "fully cached", None, 1, RUNS, False),
+    ("outputs", "outputs deleted", drop_outputs, 1, RUNS, False),
+    ("leaf", "one leaf edited", touch_leaf, 1, RUNS, False),
+    ("leaf-shim", "one leaf edited, npm shim", touch_leaf, 1, RUNS, True),
+]
+EXPECT_HITS = {"cold": 0, "cached": NTASKS, "outputs": NTASKS, "leaf": NTASKS - 3, "leaf-shim": NTASKS - 3}
+
+
+def vx_json_sanity(r):
+    out = subprocess.run(r["cmd"][:-1] + ["--json"], cwd=r["ws"], env=r["env"], capture_output=True, text=True).stdout
+    last = out.strip().splitlines()[-1] if out.strip() else "{}"
+    try:
+        counts = json.loads(last)["summary"]["counts"]
+    except Exception:  # noqa: BLE001
+        counts = None
+    ok = bool(counts) and counts.get("cached") == NTASKS and counts.get("total") == NTASKS and counts.get("executed") == 0
+    return ok, counts
+
+
+# ---- header ----------------------------------------------------------------------------
+cpu_model = "?"
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        cpu_model = line.split(":", 1)[1].strip()
+        break
+print("vx bench  %s" % time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+print("command   %s" % os.environ.get("BENCH_ARGV", ""))
+print("machine   %s cores (nproc), %s, %s %s" % (os.cpu_count(), cpu_model, platform.system(), platform.release()))
+print("runners   %s" % "; ".join("%s = %s" % (r["name"], r["ver"]) for r in runners))
+for r in runners:
+    print("  %-6s %s%s" % (r["name"], " ".join(r["env_note"]), " ".join(r["cmd"])))
+print("workspace gen-workspace.py --packages %d: %d packages, %d layers, %d edges, %d tasks; leaf %s"
+      % (PACKAGES, meta["packages"], meta["layers"], meta["edges"], NTASKS, meta["leaf"]["name"]))
+print("runs      cold: 1; others: 1 warm-up + %d timed, median (min-max); runners interleaved per run" % RUNS)
+print(flush=True)
+
+# ---- measure ---------------------------------------------------------------------------
+results = {}  # (scenario key, runner name) -> list of run dicts
+t_start = time.monotonic()
+for key, label, prep, warm, n, shim in SCENARIOS:
+    for i in range(warm + n):
+        for r in runners:
+            if prep:
+                prep(r)
+            res = run(r, shim)
+            if i >= warm:
+                results.setdefault((key, r["name"]), []).append(res)
+            if res["code"] != 0:
+                failures.append("%s / %s: exit code %d\n%s" % (label, r["name"], res["code"], res["text"][-2000:]))
+    for r in runners:
+        if r.get("after"):
+            r["after"](r["ws"])
+        rows = results[(key, r["name"])]
+        walls = sorted(x["wall"] for x in rows)
+        print("  %-26s %-6s median %7.3f s  (%.3f-%.3f)  cpu %.3f s  hits %s"
+              % (label, r["name"], statistics.median(walls), walls[0], walls[-1],
+                 statistics.median(x["cpu"] for x in rows),
+                 "%d/%d" % rows[-1]["hits"] if rows[-1]["hits"] else "?"), flush=True)
+    if key == "cached":
+        ok, counts = vx_json_sanity(runners[0])
+        print("  sanity: vx --json after the cached runs: counts %s -> %s"
+              % (counts, "OK, all %d cached" % NTASKS if ok else "NOT all cached"), flush=True)
+        if not ok:
+            failures.append("vx --json after the cached runs: %s (expected %d cached, 0 executed)" % (counts, NTASKS))
+    if key == "outputs":
+        for r in runners:
+            missing = [p for p in glob.glob(os.path.join(r["ws"], "packages", "*"))
+                       if not os.path.isfile(os.path.join(p, "dist", "out.txt"))]
+            if missing:
+                failures.append("%s: %d packages without dist/out.txt after 'outputs deleted'" % (r["name"], len(missing)))
+    for r in runners:
+        for x in results[(key, r["name"])]:
+            if x["hits"] is None:
+                failures.append("%s / %s: no cache summary found in the output" % (label, r["name"]))
+                break
+            if x["hits"][0] != EXPECT_HITS[key]:
+                failures.append("%s / %s: %d/%d cached, expected %d" % (label, r["name"], x["hits"][0], x["hits"][1], EXPECT_HITS[key]))
+                break
+elapsed = time.monotonic() - t_start
+
+# ---- table -----------------------------------------------------------------------------
+def med(rows, k):
+    return statistics.median(x[k] for x in rows)
+
+
+def cell(rows):
+    return "%.3f s · cpu %.2f s" % (med(rows, "wall"), med(rows, "cpu"))
+
+
+peers = [r for r in runners if r["name"] != "vx"]
+head = ["scenario"] + [r["name"] + " (median wall · cpu)" for r in runners] + ["%s/vx" % r["name"] for r in peers]
+table = []
+for key, label, *_ in SCENARIOS:
+    vxw = med(results[(key, "vx")], "wall")
+    table.append([label] + [cell(results[(key, r["name"])]) for r in runners]
+                 + ["%.1fx" % (med(results[(key, r["name"])], "wall") / vxw) for r in peers])
+widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]
+fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+print()
+print(fmt(head))
+print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for row in table:
+    print(fmt(row))
+
+print()
+print("details (wall median / min / max, cpu median, peak RSS median, cache hits of the last run)")
+for key, label, *_ in SCENARIOS:
+    for r in runners:
+        rows = results[(key, r["name"])]
+        walls = [x["wall"] for x in rows]
+        h = rows[-1]["hits"]
+        print("  %-26s %-6s %7.3f  min %.3f  max %.3f  cpu %6.3f s  peak %6.1f MiB  hits %-11s runs %d"
+              % (label, r["name"], statistics.median(walls), min(walls), max(walls), med(rows, "cpu"),
+                 med(rows, "peak"), "%d/%d" % h if h else "?", len(rows)))
+
+if TIMING:
+    print()
+    print("vx stage timings (VX_TIMING=1), median ms per scenario")
+    names = []
+    for key, *_ in SCENARIOS:
+        for x in results[(key, "vx")]:
+            names += [s for s in x["stages"] if s not in names]
+    print("  %-26s" % "scenario" + "".join("%11s" % s[:10] for s in names))
+    for key, label, *_ in SCENARIOS:
+        rows = results[(key, "vx")]
+        print("  %-26s" % label + "".join(
+            "%11.1f" % statistics.median(x["stages"].get(s, 0.0) for x in rows) for s in names))
+
+print()
+print("notes:")
+print("  - cold and 'npm shim' rows: %s/npm first on PATH (turbo runs each task via `npm run`;"
+      " the shim runs the script with sh -c). Other turbo rows use real npm; fully cached /"
+      " outputs deleted start no task, so npm is not involved there." % SHIM)
+print("  - vx: no daemon (--no-daemon, VX_DAEMON=0), default concurrency (CPU count);"
+      " turbo: --concurrency=10 as in run-peers.sh.")
+for n in dict.fromkeys(notes):
+    print("  - " + n)
+print("  - measuring took %.0f s; workspaces in %s%s" % (elapsed, WORK, "" if os.environ.get("KEEP") else " (deleted on exit)"))
+if failures:
+    print()
+    print("SANITY FAILURES:")
+    for f in failures:
+        print("  - " + f)
+    sys.exit(1)
+print("sanity: all runs exited 0; cache hits as expected in every scenario")
+PY
