@@ -279,6 +279,8 @@ struct Shared {
     dirty: Mutex<HashSet<usize>>,
     /// Whether the store belongs to this run (closed at its end) or to the daemon.
     owns_store: bool,
+    /// The daemon's state, when this run is served by a daemon.
+    hot: Option<Arc<Hot>>,
     /// Compiled patterns per graph node (selected nodes only).
     patterns: HashMap<usize, TaskPatterns>,
     global_inputs: Patterns,
@@ -558,8 +560,9 @@ impl Timing {
 fn prepare(
     params: RunParams,
     events: Option<Events>,
-    hot: Option<&Hot>,
+    hot_arc: Option<Arc<Hot>>,
 ) -> Result<(Arc<Shared>, Selection), EngineError> {
+    let hot = hot_arc.as_deref();
     let mut timing = Timing::new(&params.env);
     let cwd = PathBuf::from(&params.cwd);
     if !cwd.is_absolute() {
@@ -673,6 +676,7 @@ fn prepare(
         snapshot: RwLock::new(snapshot),
         dirty: Mutex::new(HashSet::new()),
         owns_store,
+        hot: hot_arc,
         patterns,
         global_inputs,
         keys: Mutex::new(HashMap::new()),
@@ -707,12 +711,12 @@ fn open_cold(
 
 /// Plans a run: every selected task with its key and predicted cache status.
 pub async fn plan(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
-    tokio::task::spawn_blocking(move || plan_blocking(params, hot.as_deref()))
+    tokio::task::spawn_blocking(move || plan_blocking(params, hot))
         .await
         .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("plan panicked: {e}")))?
 }
 
-fn plan_blocking(params: RunParams, hot: Option<&Hot>) -> Result<Plan, EngineError> {
+fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
     let (sh, sel) = prepare(params, None, hot)?;
     let mut tasks = Vec::with_capacity(sel.nodes.len());
     for &n in &sel.nodes {
@@ -779,7 +783,7 @@ pub async fn run(
     let continue_mode = params.continue_mode;
     let ev = events.clone();
     let hot2 = hot.clone();
-    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev), hot2.as_deref()))
+    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev), hot2))
         .await
         .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("prepare panicked: {e}")))??;
     let mut timing = Timing::new(&sh.params.env);
@@ -1167,9 +1171,7 @@ async fn run_task(
     tainted: bool,
     cancel: watch::Receiver<Option<i32>>,
 ) -> Result<TaskResult, EngineError> {
-    let node = &sh.model.graph.nodes[g];
-    let id = node.id.clone();
-    let logs = sh.params.output_logs;
+    let id = sh.model.graph.nodes[g].id.clone();
     let sh2 = sh.clone();
     let (key, hit) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
         let (key, _parts) = sh2.key_of(g)?;
@@ -1182,27 +1184,138 @@ async fn run_task(
     })
     .await
     .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
-    {
-        if let Some((r, log)) = hit {
-            if logs == OutputLogs::Full {
-                sh.emit(RunEvent::TaskCacheHit {
-                    id: id.clone(),
-                    key: key.clone(),
-                    source: r.cache,
-                });
-                for line in String::from_utf8_lossy(&log).lines() {
-                    sh.emit(RunEvent::TaskOutput {
-                        id: id.clone(),
-                        stream: Stream::Stdout,
-                        line: line.to_string(),
-                        replay: true,
-                    });
+    if let Some((r, log)) = hit {
+        replay(sh, &id, &key, &r, &log);
+        return Ok(r);
+    }
+    let Some(hot) = sh.hot.clone() else {
+        return execute(sh, g, &key, tainted, cancel).await.map(|(r, _)| r);
+    };
+    // The daemon: a task with this key already executing for another run
+    // is joined, not run again.
+    let (entry, executor) = hot.attach(&key);
+    let detach = {
+        let entry = entry.clone();
+        let mut my_cancel = cancel.clone();
+        tokio::spawn(async move {
+            if my_cancel.wait_for(|c| c.is_some()).await.is_ok() {
+                let sig = (*my_cancel.borrow()).unwrap_or(libc::SIGTERM);
+                entry.detach(sig);
+            }
+        })
+    };
+    let result = if executor {
+        let lock = hot.task_lock(&id);
+        let _serialized = lock.lock().await;
+        let r = execute(sh, g, &key, tainted, entry.cancel_receiver()).await;
+        // Let joiners see the entry we saved before they look for it.
+        let _ = sh.store.flush();
+        let finished = match &r {
+            Ok((res, log)) => crate::state::Finished {
+                result: res.clone(),
+                log: log.clone(),
+            },
+            Err(e) => {
+                let mut res = base_result(sh, g);
+                res.status = TaskStatus::Failed;
+                res.error = Some(e.message.clone());
+                crate::state::Finished {
+                    result: res,
+                    log: Vec::new(),
                 }
             }
+        };
+        hot.finish(&key, &entry, Arc::new(finished));
+        r.map(|(res, _)| res)
+    } else {
+        join(sh, g, &key, &entry, cancel).await
+    };
+    detach.abort();
+    result
+}
+
+/// Waits for another run's execution of the same key and takes its outcome.
+async fn join(
+    sh: &Arc<Shared>,
+    g: usize,
+    key: &str,
+    entry: &Arc<crate::state::Inflight>,
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Result<TaskResult, EngineError> {
+    let id = sh.model.graph.nodes[g].id.clone();
+    let mut done = entry.done_receiver();
+    let finished = tokio::select! {
+        r = done.wait_for(|d| d.is_some()) => r.ok().and_then(|v| v.clone()),
+        _ = cancel.wait_for(|c| c.is_some()) => None,
+    };
+    let Some(fin) = finished else {
+        let mut r = base_result(sh, g);
+        r.key = Some(key.to_string());
+        r.status = TaskStatus::Aborted;
+        r.error = Some("cancelled while waiting for the same task in another run".into());
+        return Ok(r);
+    };
+    if fin.result.status == TaskStatus::Success && sh.cache_read(g) {
+        let sh2 = sh.clone();
+        let k2 = key.to_string();
+        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2))
+            .await
+            .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
+        if let Some((r, log)) = hit {
+            replay(sh, &id, key, &r, &log);
             return Ok(r);
         }
     }
-    // Execute.
+    if wants_live(sh.params.output_logs)
+        || (sh.params.output_logs == OutputLogs::ErrorsOnly
+            && fin.result.status != TaskStatus::Success)
+    {
+        for line in String::from_utf8_lossy(&fin.log).lines() {
+            sh.emit(RunEvent::TaskOutput {
+                id: id.clone(),
+                stream: Stream::Stdout,
+                line: line.to_string(),
+                replay: true,
+            });
+        }
+    }
+    let mut r = fin.result.clone();
+    r.attempts = 0;
+    Ok(r)
+}
+
+/// Emits a cache hit's header and stored log.
+fn replay(sh: &Shared, id: &str, key: &str, r: &TaskResult, log: &[u8]) {
+    if sh.params.output_logs == OutputLogs::Full {
+        sh.emit(RunEvent::TaskCacheHit {
+            id: id.to_string(),
+            key: key.to_string(),
+            source: r.cache,
+        });
+        for line in String::from_utf8_lossy(log).lines() {
+            sh.emit(RunEvent::TaskOutput {
+                id: id.to_string(),
+                stream: Stream::Stdout,
+                line: line.to_string(),
+                replay: true,
+            });
+        }
+    }
+}
+
+/// Executes a task (with retries) and saves a successful result. Returns
+/// the result and the task's log.
+async fn execute(
+    sh: &Arc<Shared>,
+    g: usize,
+    key: &str,
+    tainted: bool,
+    cancel: watch::Receiver<Option<i32>>,
+) -> Result<(TaskResult, Vec<u8>), EngineError> {
+    let node = &sh.model.graph.nodes[g];
+    let id = node.id.clone();
+    let logs = sh.params.output_logs;
+    let key = key.to_string();
     let p = node.project;
     let dir = sh.project_abs(p);
     let write = sh.cache_enabled(g) && !tainted;
@@ -1330,8 +1443,9 @@ async fn run_task(
     if r.status == TaskStatus::Success && write {
         let sh2 = sh.clone();
         let k2 = key.clone();
+        let log2 = log.clone();
         let saved =
-            tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log, duration_ms)).await;
+            tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log2, duration_ms)).await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => sh.emit(RunEvent::Warning {
@@ -1342,7 +1456,7 @@ async fn run_task(
             }),
         }
     }
-    Ok(r)
+    Ok((r, log))
 }
 
 /// Stores a successful execution: output blobs, the log, then the entry.

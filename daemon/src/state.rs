@@ -55,6 +55,38 @@ struct Inner {
     snapshot: Option<Snapshot>,
 }
 
+/// A finished execution, handed to every run that joined it.
+pub struct Finished {
+    pub result: vx_proto::TaskResult,
+    pub log: Vec<u8>,
+}
+
+/// One task execution in flight, shared by every run that needs its key.
+pub struct Inflight {
+    done: tokio::sync::watch::Sender<Option<Arc<Finished>>>,
+    cancel: tokio::sync::watch::Sender<Option<i32>>,
+    attached: AtomicUsize,
+}
+
+impl Inflight {
+    pub fn done_receiver(&self) -> tokio::sync::watch::Receiver<Option<Arc<Finished>>> {
+        self.done.subscribe()
+    }
+
+    /// What the execution listens to: fires only when every attached run
+    /// has been cancelled.
+    pub fn cancel_receiver(&self) -> tokio::sync::watch::Receiver<Option<i32>> {
+        self.cancel.subscribe()
+    }
+
+    /// A run attached to this execution was cancelled.
+    pub fn detach(&self, sig: i32) {
+        if self.attached.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.cancel.send_replace(Some(sig));
+        }
+    }
+}
+
 /// The hot state of one workspace.
 pub struct Hot {
     pub root: PathBuf,
@@ -76,6 +108,11 @@ pub struct Hot {
     /// Absolute project directories of the current model (to notice a
     /// project directory being removed or moved away).
     project_dirs: Mutex<Vec<PathBuf>>,
+    /// Executions in flight, by task key (joined by concurrent runs).
+    inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    /// One lock per task id: runs that would write the same outputs with
+    /// different keys take turns.
+    task_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn cache_dir_of(root: &Path) -> PathBuf {
@@ -118,6 +155,8 @@ impl Hot {
             watcher: Mutex::new(None),
             watched: Mutex::new(HashSet::new()),
             project_dirs: Mutex::new(Vec::new()),
+            inflight: Mutex::new(HashMap::new()),
+            task_locks: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let watcher = notify::recommended_watcher(move |ev| {
@@ -442,6 +481,44 @@ impl Hot {
             .clone()
             .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
         Ok((model, snap))
+    }
+
+    /// Attaches a run to the execution of `key`: returns the entry and
+    /// whether this run must execute it (`true`) or join it (`false`).
+    pub fn attach(&self, key: &str) -> (Arc<Inflight>, bool) {
+        let mut m = match self.inflight.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(e) = m.get(key) {
+            e.attached.fetch_add(1, Ordering::AcqRel);
+            return (e.clone(), false);
+        }
+        let e = Arc::new(Inflight {
+            done: tokio::sync::watch::channel(None).0,
+            cancel: tokio::sync::watch::channel(None).0,
+            attached: AtomicUsize::new(1),
+        });
+        m.insert(key.to_string(), e.clone());
+        (e, true)
+    }
+
+    /// Publishes an execution's outcome and retires the entry.
+    pub fn finish(&self, key: &str, entry: &Arc<Inflight>, finished: Arc<Finished>) {
+        if let Ok(mut m) = self.inflight.lock()
+            && m.get(key).is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            m.remove(key);
+        }
+        entry.done.send_replace(Some(finished));
+    }
+
+    pub fn task_lock(&self, task_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = match self.task_locks.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(task_id.to_string()).or_default().clone()
     }
 
     /// Persists what the file index learned (after a run).

@@ -226,6 +226,18 @@ impl Ws {
         Self::finish(c.output().expect("run vx"))
     }
 
+    /// `vx <args>` at the root with the daemon enabled.
+    pub fn vx_daemon(&self, args: &[&str]) -> Run {
+        self.vx_in(".", args, &[("VX_DAEMON", "1")])
+    }
+
+    /// `vx daemon status --json`.
+    pub fn daemon_status(&self) -> Value {
+        let r = self.vx(&["daemon", "status", "--json"]);
+        serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("status: {e}: {}{}", r.stdout, r.stderr))
+    }
+
     /// `vx run <args> --json` at the root.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_env(args, &[])
