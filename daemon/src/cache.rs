@@ -168,7 +168,14 @@ impl Store {
             }
         };
         let db = Arc::new(db);
-        {
+        // Create the tables once (a write transaction costs an fsync; most
+        // opens find them already there).
+        let exists = db.begin_read().ok().is_some_and(|r| {
+            r.open_table(ENTRIES).is_ok()
+                && r.open_table(STAMPS).is_ok()
+                && r.open_table(FILES).is_ok()
+        });
+        if !exists {
             let tx = db.begin_write().map_err(db_err)?;
             tx.open_table(ENTRIES).map_err(dberr)?;
             tx.open_table(STAMPS).map_err(dberr)?;
@@ -413,6 +420,14 @@ impl Store {
             }
         }
         Ok((entries, blobs, bytes))
+    }
+}
+
+impl Drop for Store {
+    /// The last holder of a store flushes it and releases the index (and
+    /// its file lock, so another process can open it).
+    fn drop(&mut self) {
+        let _ = self.close();
     }
 }
 

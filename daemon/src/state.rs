@@ -97,7 +97,9 @@ pub struct Hot {
     pub root_gone: AtomicBool,
     pub index: Arc<FileIndex>,
     last_activity: Mutex<Instant>,
-    store: Mutex<Option<Arc<Store>>>,
+    /// The open store while some request uses it; it closes when the last
+    /// user drops it, so a no-daemon run can use the cache between requests.
+    store: Mutex<std::sync::Weak<Store>>,
     inner: Mutex<Inner>,
     dirty: Arc<Mutex<Dirty>>,
     cookies: Arc<Mutex<HashMap<PathBuf, mpsc::Sender<()>>>>,
@@ -128,9 +130,8 @@ impl Hot {
         // Open the store and load the persisted file index, so a restarted
         // daemon re-reads only files whose stat changed. A store that cannot
         // be opened now is retried on first use.
-        let store = Store::open(&cache_dir_of(root), Duration::from_secs(5), &mut || {}).ok();
-        let index = store
-            .as_ref()
+        let index = Store::open(&cache_dir_of(root), Duration::from_secs(5), &mut || {})
+            .ok()
             .and_then(|s| s.load_file_index().ok())
             .map(FileIndex::from_records)
             .unwrap_or_default();
@@ -143,7 +144,7 @@ impl Hot {
             root_gone: AtomicBool::new(false),
             index: Arc::new(index),
             last_activity: Mutex::new(Instant::now()),
-            store: Mutex::new(store.map(Arc::new)),
+            store: Mutex::new(std::sync::Weak::new()),
             inner: Mutex::new(Inner::default()),
             dirty: Arc::new(Mutex::new(Dirty {
                 all: true,
@@ -192,29 +193,30 @@ impl Hot {
             .unwrap_or_default()
     }
 
-    /// The cache store, opened on first use and kept open.
+    /// The cache store: shared by the requests that use it at the same
+    /// time, closed when the last of them is done.
     pub fn store(&self) -> Result<Arc<Store>, EngineError> {
         let mut g = self
             .store
             .lock()
             .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "store lock poisoned"))?;
-        if let Some(s) = g.as_ref() {
-            return Ok(s.clone());
+        if let Some(s) = g.upgrade() {
+            return Ok(s);
         }
         let dir = self.cache_dir();
-        let s = Arc::new(Store::open(&dir, Duration::from_secs(30), &mut || {
+        let s = Arc::new(Store::open(&dir, Duration::from_secs(600), &mut || {
             tracing::warn!(
                 "waiting for another process using the cache at {}",
                 dir.display()
             );
         })?);
-        *g = Some(s.clone());
+        *g = Arc::downgrade(&s);
         Ok(s)
     }
 
-    /// Closes the store (before `cache clean`, and at exit).
+    /// Closes the store now if it is open (before `cache clean`, and at exit).
     pub fn close_store(&self) {
-        let s = self.store.lock().ok().and_then(|mut g| g.take());
+        let s = self.store.lock().ok().and_then(|g| g.upgrade());
         if let Some(s) = s {
             let _ = s.close();
         }
@@ -272,6 +274,37 @@ impl Hot {
                 }
             }
         }
+    }
+
+    /// Drops the watches of `dir` and everything under it.
+    fn unwatch_tree(&self, dir: &Path) {
+        let Ok(mut watched) = self.watched.lock() else {
+            return;
+        };
+        // Every watched tree's root is watched itself: a path that is not
+        // (a deleted file) has nothing under it to drop.
+        if !watched.contains(dir) {
+            return;
+        }
+        let gone: Vec<PathBuf> = watched
+            .iter()
+            .filter(|w| w.starts_with(dir))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        if let Ok(mut w) = self.watcher.lock()
+            && let Some(w) = w.as_mut()
+        {
+            for g in &gone {
+                let _ = w.unwatch(g);
+            }
+        }
+        for g in gone {
+            watched.remove(&g);
+        }
+        self.watches.store(watched.len(), Ordering::Relaxed);
     }
 
     /// Watches every non-ignored directory under `dir` (inclusive). A
@@ -341,11 +374,14 @@ impl Hot {
                     // and reload the model if it brings a project config.
                     self.watch_tree(p);
                     model_changed = hash::walk_files_named(p, CONFIG_NAMES);
-                } else if !p.exists()
-                    && let Ok(dirs) = self.project_dirs.lock()
-                {
-                    // Something went away: if a project lived there, reload.
-                    model_changed = dirs.iter().any(|d| d.starts_with(p));
+                } else if !p.exists() {
+                    // Something went away (deleted, or moved: its watches now
+                    // follow the moved inode and would report wrong paths).
+                    self.unwatch_tree(p);
+                    if let Ok(dirs) = self.project_dirs.lock() {
+                        // If a project lived there, reload.
+                        model_changed = dirs.iter().any(|d| d.starts_with(p));
+                    }
                 }
             }
             if let Ok(mut d) = self.dirty.lock() {

@@ -182,7 +182,7 @@ for name in WANT:
 if not runners or runners[0]["name"] != "vx":
     sys.exit("vx must be the first runner")
 if "nx" not in WANT:
-    notes.append("nx not measured (opt-in: --runners vx,turbo,nx; ~3 extra minutes at 1,000 packages)")
+    notes.append("nx not measured (opt-in: --runners vx,turbo,nx; about 4 extra minutes at 1,000 packages)")
 
 # ---- workspaces: one fresh copy per runner -------------------------------------------
 print("generating %d-package workspaces in %s ..." % (PACKAGES, WORK), flush=True)
@@ -268,7 +268,12 @@ for line in open("/proc/cpuinfo"):
 print("vx bench  %s" % time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 print("command   %s" % os.environ.get("BENCH_ARGV", ""))
 print("machine   %s cores (nproc), %s, %s %s" % (os.cpu_count(), cpu_model, platform.system(), platform.release()))
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(VX_BIN))))
+rev = sh_out(["git", "-C", root, "rev-parse", "--short", "HEAD"])
+dirty = sh_out(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"])
 print("runners   %s" % "; ".join("%s = %s" % (r["name"], r["ver"]) for r in runners))
+print("vx tree   %s at %s%s (binary built %s)" % (root, rev, " + uncommitted changes" if dirty else "",
+      time.strftime("%Y-%m-%d %H:%M", time.gmtime(os.path.getmtime(os.path.realpath(VX_BIN))))))
 for r in runners:
     print("  %-6s %s%s" % (r["name"], " ".join(r["env_note"]), " ".join(r["cmd"])))
 print("workspace gen-workspace.py --packages %d: %d packages, %d layers, %d edges, %d tasks; leaf %s"

@@ -1,0 +1,381 @@
+//! Differential property test: after every random file-system mutation, the
+//! daemon's task keys (hot state: watcher, cookie barrier, incremental
+//! re-walks) must equal a fresh no-daemon computation of the same plan.
+//!
+//! `VX_DIFF_CASES` sets the number of mutation steps (default 1,000);
+//! `VX_DIFF_SEED` replays one seed.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use vx_tests::{Ws, vxd_bin};
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn word(&mut self) -> String {
+        const W: &[&str] = &[
+            "alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta",
+        ];
+        W[self.below(W.len())].to_string()
+    }
+}
+
+/// A JSON-RPC line connection (to the daemon socket or a `vxd --stdio`).
+struct Rpc {
+    reader: BufReader<Box<dyn std::io::Read + Send>>,
+    writer: Box<dyn Write + Send>,
+    next: i64,
+    _child: Option<std::process::Child>,
+}
+
+impl Rpc {
+    fn new(
+        reader: Box<dyn std::io::Read + Send>,
+        writer: Box<dyn Write + Send>,
+        child: Option<std::process::Child>,
+    ) -> Rpc {
+        let mut r = Rpc {
+            reader: BufReader::new(reader),
+            writer,
+            next: 1,
+            _child: child,
+        };
+        r.call(
+            "daemon.hello",
+            json!({"protocol": 1, "client_version": env!("CARGO_PKG_VERSION")}),
+        )
+        .expect("hello");
+        r
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        let id = self.next;
+        self.next += 1;
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.writer
+            .write_all(format!("{msg}\n").as_bytes())
+            .unwrap();
+        self.writer.flush().unwrap();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.reader.read_line(&mut line).unwrap() > 0,
+                "connection closed"
+            );
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
+            }
+        }
+    }
+
+    /// task id → key (or the error message when planning fails).
+    fn keys(&mut self, root: &Path) -> Result<BTreeMap<String, String>, String> {
+        let params = json!({"cwd": root, "tasks": ["build", "test"], "all": true, "env": {"PATH": "/usr/bin:/bin"}});
+        match self.call("run.plan", params) {
+            Ok(plan) => Ok(plan["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["id"].as_str().unwrap().to_string(),
+                        t["key"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()),
+            Err(e) => Err(e["message"].as_str().unwrap_or("").to_string()),
+        }
+    }
+}
+
+fn fixture() -> Ws {
+    let task = |extra: &str| {
+        format!(
+            "[tasks.build]\ncommand = \"true\"\ninputs = [\"src/**\", \"!src/**/*.tmp\"{extra}]\noutputs = [\"dist/**\"]\n\
+             [tasks.test]\ncommand = \"true\"\ndepends_on = [\"build\"]\ninputs = [\"**\"]\noutputs = []\n"
+        )
+    };
+    Ws::new(&[
+        (
+            "vx.toml",
+            "[workspace]\nmembers = [\"libs/*\", \"apps/*\", \"libs/a/nested\"]\nglobal_inputs = [\"shared/**\"]\n",
+        ),
+        (".gitignore", "dist\n*.log\n"),
+        ("shared/config.json", "{}\n"),
+        ("libs/a/vx.toml", &task("")),
+        ("libs/a/src/x.js", "x\n"),
+        ("libs/a/nested/vx.toml", &task("")),
+        ("libs/a/nested/src/n.js", "n\n"),
+        (
+            "libs/b/vx.toml",
+            &format!("[project]\ndeps = [\"a\"]\n{}", task(", \"README.md\"")),
+        ),
+        ("libs/b/src/y.js", "y\n"),
+        ("libs/b/README.md", "b\n"),
+        (
+            "apps/web/vx.toml",
+            &format!("[project]\ndeps = [\"b\", \"nested\"]\n{}", task("")),
+        ),
+        ("apps/web/src/main.js", "main\n"),
+        ("apps/web/src/deep/er/file.js", "deep\n"),
+    ])
+}
+
+/// Every regular file under `dir` (skipping `.vx`), relative to `root`.
+fn files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == ".vx") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = files(root)
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.retain(|d| !d.as_os_str().is_empty());
+    out
+}
+
+const PLACES: &[&str] = &[
+    "libs/a/src",
+    "libs/a/nested/src",
+    "libs/b/src",
+    "libs/b",
+    "apps/web/src",
+    "apps/web/src/deep",
+    "shared",
+    "libs/a/dist",
+    "apps/web",
+    ".",
+];
+
+/// Applies one random mutation; returns a description.
+fn mutate(root: &Path, rng: &mut Rng) -> String {
+    let all = files(root);
+    let pick = |rng: &mut Rng| all[rng.below(all.len())].clone();
+    let write = |p: &Path, s: &str| {
+        if let Some(parent) = root.join(p).parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(root.join(p), s).unwrap();
+    };
+    let is_config = |p: &Path| p.file_name().is_some_and(|n| n == "vx.toml");
+    match rng.below(11) {
+        0 | 1 => {
+            let dir = PLACES[rng.below(PLACES.len())];
+            let ext = ["js", "tmp", "log", "md"][rng.below(4)];
+            let p = Path::new(dir).join(format!("{}{}.{ext}", rng.word(), rng.below(50)));
+            write(&p, &rng.word());
+            format!("create {}", p.display())
+        }
+        2 | 3 => {
+            let p = pick(rng);
+            if is_config(&p) {
+                return "skip".into();
+            }
+            // Same size, different bytes half of the time (the racy case).
+            let old = std::fs::read(root.join(&p)).unwrap_or_default();
+            let new: Vec<u8> = if rng.below(2) == 0 && !old.is_empty() {
+                old.iter()
+                    .map(|b| if *b == b'z' { b'a' } else { b'z' })
+                    .collect()
+            } else {
+                format!("{}\n", rng.word()).into_bytes()
+            };
+            std::fs::write(root.join(&p), new).unwrap();
+            format!("edit {}", p.display())
+        }
+        4 => {
+            let p = pick(rng);
+            if is_config(&p) || p == Path::new(".gitignore") {
+                return "skip".into();
+            }
+            std::fs::remove_file(root.join(&p)).unwrap();
+            format!("delete {}", p.display())
+        }
+        5 => {
+            let p = pick(rng);
+            if is_config(&p) {
+                return "skip".into();
+            }
+            let to = Path::new(PLACES[rng.below(PLACES.len())]).join(format!(
+                "mv{}-{}",
+                rng.below(100),
+                p.file_name().unwrap().to_string_lossy()
+            ));
+            std::fs::create_dir_all(root.join(&to).parent().unwrap()).unwrap();
+            std::fs::rename(root.join(&p), root.join(&to)).unwrap();
+            format!("rename {} -> {}", p.display(), to.display())
+        }
+        6 => {
+            // Move a whole directory (not a project root).
+            let ds: Vec<PathBuf> = dirs(root)
+                .into_iter()
+                .filter(|d| {
+                    !root.join(d).join("vx.toml").exists()
+                        && d != Path::new("libs")
+                        && d != Path::new("apps")
+                })
+                .collect();
+            if ds.is_empty() {
+                return "skip".into();
+            }
+            let d = &ds[rng.below(ds.len())];
+            let to =
+                Path::new(PLACES[rng.below(PLACES.len())]).join(format!("moved{}", rng.below(100)));
+            if to.starts_with(d) || root.join(&to).exists() {
+                return "skip".into();
+            }
+            std::fs::create_dir_all(root.join(&to).parent().unwrap()).unwrap();
+            std::fs::rename(root.join(d), root.join(&to)).unwrap();
+            format!("move dir {} -> {}", d.display(), to.display())
+        }
+        7 => {
+            // A mass change, like a branch switch or `git stash`: many files
+            // rewritten, deleted and created at once.
+            let mut n = 0;
+            for f in &all {
+                if is_config(f) || f == Path::new(".gitignore") {
+                    continue;
+                }
+                match rng.below(3) {
+                    0 => std::fs::write(root.join(f), rng.word()).unwrap(),
+                    1 => std::fs::remove_file(root.join(f)).unwrap(),
+                    _ => {}
+                }
+                n += 1;
+            }
+            for i in 0..20 {
+                let p = Path::new(PLACES[rng.below(PLACES.len())])
+                    .join(format!("mass{i}-{}.js", rng.below(1000)));
+                write(&p, &rng.word());
+            }
+            format!("mass change over {n} files")
+        }
+        8 => {
+            let lines = [
+                "dist\n*.log\n",
+                "dist\n*.log\n*.md\n",
+                "dist\n",
+                "dist\n*.log\nmoved*\n",
+            ];
+            let g = lines[rng.below(lines.len())];
+            std::fs::write(root.join(".gitignore"), g).unwrap();
+            format!("gitignore = {g:?}")
+        }
+        9 => {
+            // Make a new project appear, or an extra one disappear.
+            let p = root.join("libs/extra");
+            if p.exists() {
+                std::fs::remove_dir_all(&p).unwrap();
+                "remove project libs/extra".into()
+            } else {
+                write(Path::new("libs/extra/src/e.js"), "e\n");
+                write(
+                    Path::new("libs/extra/vx.toml"),
+                    "[tasks.build]\ncommand = \"true\"\ninputs = [\"src/**\"]\noutputs = []\n",
+                );
+                "add project libs/extra".into()
+            }
+        }
+        _ => {
+            let p = pick(rng);
+            let f = std::fs::File::options()
+                .append(true)
+                .open(root.join(&p))
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now()).unwrap();
+            format!("touch {}", p.display())
+        }
+    }
+}
+
+#[test]
+fn hot_keys_equal_cold_keys_under_random_mutations() {
+    let total: usize = std::env::var("VX_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let steps_per_seed = 50;
+    let seeds: Vec<u64> = match std::env::var("VX_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => (1..=total.div_ceil(steps_per_seed) as u64).collect(),
+    };
+    let mut cases = 0;
+    for seed in seeds {
+        let ws = fixture();
+        let root = std::fs::canonicalize(ws.root()).unwrap();
+        assert_eq!(ws.vx(&["daemon", "start"]).code, 0);
+        let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
+        let s = UnixStream::connect(&socket).unwrap();
+        let mut hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+        let mut child = Command::new(vxd_bin())
+            .arg("--stdio")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut cold = Rpc::new(Box::new(stdout), Box::new(stdin), Some(child));
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut history = Vec::new();
+        for step in 0..steps_per_seed {
+            history.push(mutate(&root, &mut rng));
+            let h = hot.keys(&root);
+            let c = cold.keys(&root);
+            if h != c {
+                panic!(
+                    "seed {seed}, step {step}: daemon and no-daemon keys differ\nmutations:\n  {}\ndaemon:    {h:?}\nno-daemon: {c:?}",
+                    history.join("\n  ")
+                );
+            }
+            cases += 1;
+        }
+        assert_eq!(ws.daemon_status()["running"], true);
+    }
+    assert!(cases >= total.min(1000), "only {cases} cases ran");
+    eprintln!("{cases} differential cases passed");
+}
