@@ -318,6 +318,9 @@ impl Conn {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        // It is gone once it has released its liveness lock.
+        let _gone = FileLock::acquire(&paths.live_lock, Duration::from_secs(15))
+            .map_err(|_| anyhow!("the daemon did not exit within 15 s"))?;
         Ok(())
     }
 

@@ -353,6 +353,12 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
             LogsArg::None => OutputLogs::None,
         },
         env,
+        // The terminal view shows what happened; machines get every task.
+        detail: if args.json || args.summarize.is_some() {
+            vx_proto::Detail::All
+        } else {
+            vx_proto::Detail::Changes
+        },
     };
     let conn = conn::connect(cwd, no_daemon)?;
     if args.dry.is_some() || args.graph.is_some() {
@@ -375,7 +381,8 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         return Ok(0);
     }
     let signals = conn.forward_signals()?;
-    let mut ui = render::Ui::new(args.json);
+    let progress = matches!(args.output_logs, LogsArg::Full | LogsArg::NewOnly);
+    let mut ui = render::Ui::new(args.json, progress);
     let result = call_following(conn, methods::RUN_START, &params, &mut |e| ui.event(e));
     let caught = signals.caught();
     let v = match result {

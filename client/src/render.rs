@@ -50,6 +50,8 @@ fn duration(ms: u64) -> String {
 
 pub struct Ui {
     json: bool,
+    /// Whether per-task progress lines are shown (`full`, `new-only`).
+    progress: bool,
     colour: bool,
     err_colour: bool,
     colours: HashMap<String, &'static str>,
@@ -57,9 +59,10 @@ pub struct Ui {
 }
 
 impl Ui {
-    pub fn new(json: bool) -> Self {
+    pub fn new(json: bool, progress: bool) -> Self {
         Ui {
             json,
+            progress,
             colour: !json && colour_enabled(std::io::stdout().is_terminal()),
             err_colour: colour_enabled(std::io::stderr().is_terminal()),
             colours: HashMap::new(),
@@ -98,6 +101,7 @@ impl Ui {
         }
         match e {
             RunEvent::RunStarted { .. } => {}
+            RunEvent::TaskStarted { .. } if !self.progress => {}
             RunEvent::TaskStarted { id, key, .. } => {
                 let p = self.prefix(&id);
                 let msg = match key {

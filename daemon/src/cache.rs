@@ -89,6 +89,9 @@ pub struct Manifest {
 /// Output stats (size, mtime, inode) as last written by vx on this machine.
 pub type Stamps = BTreeMap<String, (u64, i64, u64)>;
 
+/// An entry as read from the index: its manifest and (if known) its stamps.
+pub type Entry = Arc<(Manifest, Option<Stamps>)>;
+
 enum Op {
     Put {
         key: String,
@@ -110,6 +113,9 @@ enum Op {
 pub struct Store {
     dir: PathBuf,
     db: Arc<redb::Database>,
+    /// Entries read or written through this store, kept in memory (this
+    /// process is the index's only writer while it holds it open).
+    memo: Mutex<std::collections::HashMap<String, Entry>>,
     writer: Mutex<Option<mpsc::Sender<Op>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -191,6 +197,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             db,
+            memo: Mutex::new(std::collections::HashMap::new()),
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -233,7 +240,10 @@ impl Store {
     }
 
     /// The manifest and stamps for `key`, if any. An undecodable entry is a miss.
-    pub fn get(&self, key: &str) -> Result<Option<(Manifest, Option<Stamps>)>, CacheError> {
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, CacheError> {
+        if let Some(hit) = self.memo.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(Some(hit));
+        }
         let tx = self.db.begin_read().map_err(dberr)?;
         let entries = tx.open_table(ENTRIES).map_err(dberr)?;
         let Some(v) = entries.get(key).map_err(dberr)? else {
@@ -251,7 +261,11 @@ impl Store {
             .get(key)
             .map_err(dberr)?
             .and_then(|v| serde_json::from_slice::<Stamps>(v.value()).ok());
-        Ok(Some((m, st)))
+        let hit = Arc::new((m, st));
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.insert(key.to_string(), hit.clone());
+        }
+        Ok(Some(hit))
     }
 
     pub fn load_file_index(&self) -> Result<Vec<(String, Record)>, CacheError> {
@@ -275,6 +289,9 @@ impl Store {
 
     /// Queues an entry; it is committed after its blobs (already durable).
     pub fn put_entry(&self, m: &Manifest, stamps: &Stamps) {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.insert(m.key.clone(), Arc::new((m.clone(), Some(stamps.clone()))));
+        }
         let manifest = serde_json::to_vec(m).unwrap_or_default();
         let stamps = serde_json::to_vec(stamps).unwrap_or_default();
         self.send(Op::Put {
@@ -285,6 +302,14 @@ impl Store {
     }
 
     pub fn put_stamps(&self, key: &str, stamps: &Stamps) {
+        if let Ok(mut memo) = self.memo.lock()
+            && let Some(e) = memo.get(key).cloned()
+        {
+            memo.insert(
+                key.to_string(),
+                Arc::new((e.0.clone(), Some(stamps.clone()))),
+            );
+        }
         self.send(Op::Stamps {
             key: key.to_string(),
             stamps: serde_json::to_vec(stamps).unwrap_or_default(),
@@ -292,6 +317,9 @@ impl Store {
     }
 
     pub fn drop_entry(&self, key: &str) {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.remove(key);
+        }
         self.send(Op::Drop {
             key: key.to_string(),
         });
@@ -436,6 +464,8 @@ fn db_err(e: redb::TransactionError) -> CacheError {
 }
 
 fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
+    // Whether a non-durable commit has happened since the last durable one.
+    let mut nondurable = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -450,7 +480,19 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
             if writes.is_empty() {
                 return Ok(());
             }
-            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+            // Stamps and file-index records are hints (losing them costs a
+            // re-check, never a wrong hit): a batch of only those skips the
+            // fsync. Entries always commit durably, and so does a flush,
+            // which also makes earlier non-durable commits durable.
+            let hints_only = writes
+                .iter()
+                .all(|o| matches!(o, Op::Stamps { .. } | Op::Files(_)))
+                && !batch.iter().any(|o| matches!(o, Op::Flush(_)));
+            if hints_only {
+                let _ = tx.set_durability(redb::Durability::None);
+            }
+            nondurable = hints_only;
             {
                 let mut entries = tx.open_table(ENTRIES).map_err(|e| e.to_string())?;
                 let mut stamps = tx.open_table(STAMPS).map_err(|e| e.to_string())?;
@@ -783,6 +825,10 @@ mod tests {
         };
         s.put_entry(&m, &Stamps::new());
         s.flush().unwrap();
+        assert_eq!(s.get(&m.key).unwrap().unwrap().0, m);
+        // and from disk, past the memo
+        let s2_memo = s.memo.lock().unwrap().remove(&m.key);
+        assert!(s2_memo.is_some());
         assert_eq!(s.get(&m.key).unwrap().unwrap().0, m);
         s.drop_entry(&m.key);
         s.flush().unwrap();

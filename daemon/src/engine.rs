@@ -100,10 +100,12 @@ fn now_ms() -> u64 {
 
 /// The cache directory of a workspace.
 pub fn cache_dir(ws: &Workspace) -> PathBuf {
-    ws.defaults
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
+    ws.defaults.cache_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("VX_CACHE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(|d| ws.root.join(d))
+            .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
+    })
 }
 
 /// Loads the workspace that contains `cwd`.
@@ -112,11 +114,20 @@ pub fn load_workspace(cwd: &Path) -> Result<Workspace, EngineError> {
     Ok(workspace::load(&root)?)
 }
 
+type PatternLists = (Vec<String>, Vec<String>, Vec<String>);
+
 /// The workspace model and its task graph, with the per-project lookups
 /// walks need. Built once per config state (the daemon keeps it).
 pub struct Model {
     pub ws: Workspace,
     pub graph: TaskGraph,
+    /// Canonical JSON of each task's resolved config (folded into its key),
+    /// with the key fold's state after its per-task constant parts.
+    config_json: Vec<std::sync::OnceLock<(Arc<str>, blake3::Hasher)>>,
+    /// Compiled patterns by (inputs, root inputs, outputs) lists.
+    patterns: Mutex<HashMap<PatternLists, Arc<TaskPatterns>>>,
+    /// The same, per graph node.
+    node_patterns: Vec<std::sync::OnceLock<Arc<TaskPatterns>>>,
     by_dir: HashMap<String, usize>,
     /// Root-relative dirs of nested projects, per project (walk fences).
     fences: Vec<HashSet<String>>,
@@ -175,12 +186,69 @@ impl Model {
             })
             .collect();
         Model {
+            config_json: (0..graph.nodes.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            patterns: Mutex::new(HashMap::new()),
+            node_patterns: (0..graph.nodes.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             ws,
             graph,
             by_dir,
             fences,
             rel_fences,
         }
+    }
+
+    /// The canonical JSON of node `n`'s resolved config and the global
+    /// config, and the key fold's prefix state for the node.
+    pub fn config_json(&self, n: usize) -> &(Arc<str>, blake3::Hasher) {
+        self.config_json[n].get_or_init(|| {
+            #[derive(serde::Serialize)]
+            struct ConfigView<'a> {
+                task: &'a crate::workspace::TaskDef,
+                global: &'a crate::workspace::GlobalConfig,
+            }
+            let node = &self.graph.nodes[n];
+            let json: Arc<str> = serde_json::to_string(&ConfigView {
+                task: &node.def,
+                global: &self.ws.global,
+            })
+            .unwrap_or_default()
+            .into();
+            let prefix =
+                KeyParts::prefix(&node.id, &json, node.def.command.as_deref().unwrap_or(""));
+            (json, prefix)
+        })
+    }
+
+    /// The compiled patterns of node `n` (compiled once per distinct list).
+    fn patterns_of(&self, n: usize) -> Result<Arc<TaskPatterns>, EngineError> {
+        if let Some(tp) = self.node_patterns[n].get() {
+            return Ok(tp.clone());
+        }
+        let d = &self.graph.nodes[n].def;
+        let k = (d.inputs.clone(), d.root_inputs.clone(), d.outputs.clone());
+        let cached = self.patterns.lock().ok().and_then(|m| m.get(&k).cloned());
+        let tp = match cached {
+            Some(tp) => tp,
+            None => {
+                let cfg = |e: crate::globs::GlobError| {
+                    EngineError::new(codes::CONFIG_ERROR, e.to_string())
+                };
+                let tp = Arc::new(TaskPatterns {
+                    inputs: Patterns::new(&d.inputs).map_err(cfg)?,
+                    root_inputs: Patterns::new(&d.root_inputs).map_err(cfg)?,
+                    outputs: Patterns::new(&d.outputs).map_err(cfg)?,
+                });
+                if let Ok(mut m) = self.patterns.lock() {
+                    m.insert(k, tp.clone());
+                }
+                tp
+            }
+        };
+        Ok(self.node_patterns[n].get_or_init(|| tp).clone())
     }
 
     /// The project owning a root-relative path (`None`: no project, a loose file).
@@ -244,7 +312,8 @@ impl Snapshot {
         match project {
             Some(p) => {
                 let dir = model.ws.abs_dir(&model.ws.projects[p]);
-                self.by_project[p] = Arc::new(hash::walk(root, &dir, &model.fences[p], skip));
+                self.by_project[p] =
+                    Arc::new(hash::walk_serial(root, &dir, &model.fences[p], skip));
             }
             None => {
                 self.loose = Arc::new(hash::walk(root, root, &model.all_project_dirs(), skip));
@@ -282,7 +351,7 @@ struct Shared {
     /// The daemon's state, when this run is served by a daemon.
     hot: Option<Arc<Hot>>,
     /// Compiled patterns per graph node (selected nodes only).
-    patterns: HashMap<usize, TaskPatterns>,
+    patterns: HashMap<usize, Arc<TaskPatterns>>,
     global_inputs: Patterns,
     keys: Mutex<HashMap<usize, String>>,
     params: RunParams,
@@ -328,7 +397,6 @@ impl Shared {
     fn key_of(&self, n: usize) -> Result<(String, KeyParts), EngineError> {
         let node = &self.model.graph.nodes[n];
         self.refresh_if_dirty(node.project);
-        let project = &self.model.ws.projects[node.project];
         let mut upstream = Vec::new();
         {
             let keys = self
@@ -356,40 +424,77 @@ impl Shared {
         } else {
             Vec::new()
         };
-        let mut inputs = Vec::new();
-        if node.def.command.is_some() {
-            let pats = self
-                .patterns
-                .get(&n)
-                .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "patterns missing"))?;
-            let snap = self
-                .snapshot
-                .read()
-                .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "snapshot poisoned"))?;
-            let mut files: Vec<&FileMeta> = hash::select_inputs(
-                &project.dir,
-                snap.by_project[node.project].iter(),
-                &[],
-                pats,
-                &Patterns::default(),
-            );
-            if !pats.root_inputs.is_empty() || !self.global_inputs.is_empty() {
-                let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-                for f in snap
-                    .by_project
-                    .iter()
-                    .flat_map(|v| v.iter())
-                    .chain(snap.loose.iter())
+        let inputs = if node.def.command.is_some() {
+            self.inputs_of(n)?
+        } else {
+            Arc::new(Vec::new())
+        };
+        let mut env_pats = self.model.ws.global.env.clone();
+        env_pats.extend(node.def.env.iter().cloned());
+        let env = hash::keyed_env(&env_pats, &self.params.env);
+        let parts = KeyParts {
+            task: node.id.clone(),
+            config: self.model.config_json(n).0.clone(),
+            command: node.def.command.clone().unwrap_or_default(),
+            args,
+            env,
+            upstream,
+            inputs,
+        };
+        let key = parts.fold_from(&self.model.config_json(n).1);
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(n, key.clone());
+        }
+        Ok((key, parts))
+    }
+
+    /// A task's input files with their content hashes. Under the daemon the
+    /// list is memoised for as long as the snapshot lists it was computed
+    /// from are unchanged (they are replaced whenever a file in them changes).
+    fn inputs_of(&self, n: usize) -> Result<Arc<Vec<(String, String)>>, EngineError> {
+        let node = &self.model.graph.nodes[n];
+        let project = &self.model.ws.projects[node.project];
+        let pats = self
+            .patterns
+            .get(&n)
+            .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "patterns missing"))?;
+        let snap = self
+            .snapshot
+            .read()
+            .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "snapshot poisoned"))?;
+        let global = !pats.root_inputs.is_empty() || !self.global_inputs.is_empty();
+        let files_list = snap.by_project[node.project].clone();
+        if let Some(hot) = &self.hot
+            && !global
+            && let Some(memo) = hot.inputs_memo(&self.model, n, &files_list)
+        {
+            return Ok(memo);
+        }
+        let mut files: Vec<&FileMeta> = hash::select_inputs(
+            &project.dir,
+            files_list.iter(),
+            &[],
+            pats,
+            &Patterns::default(),
+        );
+        if global {
+            let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            for f in snap
+                .by_project
+                .iter()
+                .flat_map(|v| v.iter())
+                .chain(snap.loose.iter())
+            {
+                if (pats.root_inputs.matches(&f.path) || self.global_inputs.matches(&f.path))
+                    && seen.insert(f.path.as_str())
                 {
-                    if (pats.root_inputs.matches(&f.path) || self.global_inputs.matches(&f.path))
-                        && seen.insert(f.path.as_str())
-                    {
-                        files.push(f);
-                    }
+                    files.push(f);
                 }
-                files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
             }
-            inputs = files
+            files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        }
+        let inputs: Arc<Vec<(String, String)>> = Arc::new(
+            files
                 .into_iter()
                 .map(|f| {
                     let h = self.index.hash(&self.model.ws.root, f);
@@ -398,35 +503,14 @@ impl Shared {
                         blake3::Hash::from_bytes(h).to_hex().to_string(),
                     )
                 })
-                .collect();
+                .collect(),
+        );
+        if let Some(hot) = &self.hot
+            && !global
+        {
+            hot.set_inputs_memo(&self.model, n, files_list, inputs.clone());
         }
-        let mut env_pats = self.model.ws.global.env.clone();
-        env_pats.extend(node.def.env.iter().cloned());
-        let env = hash::keyed_env(&env_pats, &self.params.env);
-        #[derive(serde::Serialize)]
-        struct ConfigView<'a> {
-            task: &'a crate::workspace::TaskDef,
-            global: &'a crate::workspace::GlobalConfig,
-        }
-        let config = serde_json::to_string(&ConfigView {
-            task: &node.def,
-            global: &self.model.ws.global,
-        })
-        .unwrap_or_default();
-        let parts = KeyParts {
-            task: node.id.clone(),
-            config,
-            command: node.def.command.clone().unwrap_or_default(),
-            args,
-            env,
-            upstream,
-            inputs,
-        };
-        let key = parts.fold();
-        if let Ok(mut k) = self.keys.lock() {
-            k.insert(n, key.clone());
-        }
-        Ok((key, parts))
+        Ok(inputs)
     }
 
     /// The environment of a task's process.
@@ -548,10 +632,11 @@ impl Timing {
     }
     fn stage(&mut self, name: &str) {
         if self.on {
-            eprintln!(
-                "vx timing: {name:<14} {:>8.2} ms",
-                self.last.elapsed().as_secs_f64() * 1000.0
-            );
+            let ms = self.last.elapsed().as_secs_f64() * 1000.0;
+            // The no-daemon engine's stderr is the user's terminal; a
+            // daemon's goes to its log.
+            eprintln!("vx timing: {name:<14} {ms:>8.2} ms");
+            tracing::info!("timing: {name:<14} {ms:>8.2} ms");
         }
         self.last = Instant::now();
     }
@@ -605,27 +690,9 @@ fn prepare(
     )?;
     timing.stage("select");
     let cfg = |e: crate::globs::GlobError| EngineError::new(codes::CONFIG_ERROR, e.to_string());
-    // Compile each distinct pattern list once (most tasks share theirs).
-    let compile = |list: &[String]| Patterns::new(list).map_err(cfg);
-    let mut patterns = HashMap::new();
-    type PatternLists = (Vec<String>, Vec<String>, Vec<String>);
-    let mut memo: HashMap<PatternLists, TaskPatterns> = HashMap::new();
+    let mut patterns = HashMap::with_capacity(selection.nodes.len());
     for &n in &selection.nodes {
-        let d = &graph.nodes[n].def;
-        let k = (d.inputs.clone(), d.root_inputs.clone(), d.outputs.clone());
-        let tp = match memo.get(&k) {
-            Some(tp) => tp.clone(),
-            None => {
-                let tp = TaskPatterns {
-                    inputs: compile(&d.inputs)?,
-                    root_inputs: compile(&d.root_inputs)?,
-                    outputs: compile(&d.outputs)?,
-                };
-                memo.insert(k, tp.clone());
-                tp
-            }
-        };
-        patterns.insert(n, tp);
+        patterns.insert(n, model.patterns_of(n)?);
     }
     let global_inputs = Patterns::new(&ws.global.inputs).map_err(cfg)?;
     timing.stage("patterns");
@@ -654,7 +721,15 @@ fn prepare(
             .map(|&n| graph.nodes[n].project)
             .collect();
         let mut to_hash: Vec<&FileMeta> = Vec::new();
+        let mut warmed = Vec::new();
         for &p in &involved {
+            // The daemon re-warms only lists that changed since it last did.
+            if let Some(hot) = hot {
+                if hot.warmed(&model, p, &snapshot.by_project[p]) {
+                    continue;
+                }
+                warmed.push((p, snapshot.by_project[p].clone()));
+            }
             to_hash.extend(snapshot.by_project[p].iter());
         }
         if !global_inputs.is_empty() {
@@ -666,6 +741,9 @@ fn prepare(
             );
         }
         index.hash_all(&ws.root, &to_hash);
+        if let Some(hot) = hot {
+            hot.set_warmed(&model, warmed);
+        }
     }
     timing.stage("hash");
     let requested = selection.requested.clone();
@@ -780,6 +858,7 @@ pub async fn run(
     let t0 = Instant::now();
     let run_id = format!("{:x}-{:x}", started_at, std::process::id());
     let concurrency_param = params.concurrency;
+    let detail = params.detail;
     let continue_mode = params.continue_mode;
     let ev = events.clone();
     let hot2 = hot.clone();
@@ -848,6 +927,8 @@ pub async fn run(
     let mut completed = 0usize;
     let mut error: Option<EngineError> = None;
 
+    // Results ready to be recorded without a spawned task (inline hits).
+    let mut immediate: std::collections::VecDeque<Done> = std::collections::VecDeque::new();
     while completed < n {
         // Dispatch.
         while running.len() < concurrency {
@@ -884,29 +965,50 @@ pub async fn run(
                 .any(|&d| tainted[d] || failed_root[d].is_some());
             if node.def.command.is_none() {
                 // A group task: a key (for its dependents), nothing to run.
-                let sh2 = sh.clone();
-                match tokio::task::spawn_blocking(move || sh2.key_of(g)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => error = Some(e),
-                    Err(e) => error = Some(EngineError::new(codes::INTERNAL_ERROR, e.to_string())),
-                }
-                tainted[i] = is_tainted;
-                completed += 1;
-                for &d in &dependents[i] {
-                    deps_left[d] -= 1;
-                    if deps_left[d] == 0 {
-                        ready.push((priority[d], std::cmp::Reverse(d)));
-                    }
-                }
-                if error.is_some() {
+                if let Err(e) = sh.key_of(g) {
+                    error = Some(e);
                     stopping = true;
                 }
+                immediate.push_back(Done {
+                    local: i,
+                    result: None,
+                    failed: false,
+                    tainted: is_tainted,
+                });
                 continue;
             }
+            // The fast path: key and an in-place hit, inline.
+            let key = match probe(&sh, g) {
+                Ok((_, Some(r))) => {
+                    immediate.push_back(Done {
+                        local: i,
+                        result: Some(r),
+                        failed: false,
+                        tainted: is_tainted,
+                    });
+                    continue;
+                }
+                Ok((key, None)) => key,
+                Err(e) => {
+                    sh.emit(RunEvent::Warning {
+                        message: format!("{}: {}", node.id, e.message),
+                    });
+                    let mut res = base_result(&sh, g);
+                    res.status = TaskStatus::Failed;
+                    res.error = Some(e.message);
+                    immediate.push_back(Done {
+                        local: i,
+                        result: Some(res),
+                        failed: true,
+                        tainted: is_tainted,
+                    });
+                    continue;
+                }
+            };
             let sh2 = sh.clone();
             let rx = task_cancel_rx.clone();
             running.spawn(async move {
-                let r = run_task(&sh2, g, is_tainted, rx).await;
+                let r = run_task(&sh2, g, key, is_tainted, rx).await;
                 match r {
                     Ok(result) => {
                         let failed =
@@ -935,49 +1037,64 @@ pub async fn run(
                 }
             });
         }
-        if running.is_empty() {
-            if ready.is_empty() {
-                break; // nothing can progress (should not happen on a DAG)
-            }
-            continue;
-        }
-        tokio::select! {
-            joined = running.join_next() => {
-                let Some(joined) = joined else { continue };
-                let done = match joined {
-                    Ok(d) => d,
-                    Err(e) => {
-                        error = Some(EngineError::new(codes::INTERNAL_ERROR, format!("a task panicked: {e}")));
-                        stopping = true;
-                        continue;
+        let done = match immediate.pop_front() {
+            Some(d) => d,
+            None => {
+                if running.is_empty() {
+                    if ready.is_empty() {
+                        break; // nothing can progress (cannot happen on a DAG)
                     }
-                };
-                let i = done.local;
-                completed += 1;
-                tainted[i] = done.tainted;
-                if let Some(r) = done.result {
-                    if done.failed {
-                        failed_root[i] = Some(r.id.clone());
-                        if continue_mode == ContinueMode::Never {
-                            stopping = true;
+                    continue;
+                }
+                tokio::select! {
+                    joined = running.join_next() => {
+                        let Some(joined) = joined else { continue };
+                        match joined {
+                            Ok(d) => d,
+                            Err(e) => {
+                                error = Some(EngineError::new(codes::INTERNAL_ERROR, format!("a task panicked: {e}")));
+                                stopping = true;
+                                continue;
+                            }
                         }
                     }
-                    let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
-                    results.push(r);
-                }
-                for &d in &dependents[i] {
-                    deps_left[d] -= 1;
-                    if deps_left[d] == 0 {
-                        ready.push((priority[d], std::cmp::Reverse(d)));
+                    r = cancel.changed(), if cancelled.is_none() => {
+                        let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
+                        cancelled = Some(sig);
+                        stopping = true;
+                        let _ = task_cancel_tx.send(Some(sig));
+                        continue;
                     }
                 }
             }
-            r = cancel.changed(), if cancelled.is_none() => {
-                let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
-                cancelled = Some(sig);
-                stopping = true;
-                let _ = task_cancel_tx.send(Some(sig));
+        };
+        let i = done.local;
+        completed += 1;
+        tainted[i] = done.tainted;
+        if let Some(r) = done.result {
+            if done.failed {
+                failed_root[i] = Some(r.id.clone());
+                if continue_mode == ContinueMode::Never {
+                    stopping = true;
+                }
             }
+            if detail == vx_proto::Detail::All || r.status != TaskStatus::Cached {
+                let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
+            }
+            results.push(r);
+        }
+        for &d in &dependents[i] {
+            deps_left[d] -= 1;
+            if deps_left[d] == 0 {
+                ready.push((priority[d], std::cmp::Reverse(d)));
+            }
+        }
+        // A cancel that arrives while only inline work remains.
+        if cancelled.is_none() && cancel.has_changed().unwrap_or(false) {
+            let sig = (*cancel.borrow_and_update()).unwrap_or(libc::SIGTERM);
+            cancelled = Some(sig);
+            stopping = true;
+            let _ = task_cancel_tx.send(Some(sig));
         }
     }
     // Whatever never became ready (cannot happen on a DAG) is reported skipped.
@@ -1022,6 +1139,9 @@ pub async fn run(
     }
     let ok =
         counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
+    if detail == vx_proto::Detail::Changes {
+        results.retain(|r| r.status != TaskStatus::Cached);
+    }
     let exit_code = match cancelled {
         Some(sig) => 128 + sig,
         None if ok => 0,
@@ -1103,11 +1223,24 @@ fn skipped(sh: &Shared, g: usize, by: Option<String>) -> TaskResult {
 }
 
 /// Tries the cache; returns `Some(result)` on a usable hit.
-fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u8>)>, EngineError> {
+/// What the cache says about a task's key.
+enum Hit {
+    /// Served: outputs are in place; the log, when it is to be replayed.
+    Served(TaskResult, Vec<u8>),
+    /// An entry exists but its outputs must be restored (not allowed here).
+    NeedsRestore,
+    Miss,
+}
+
+/// Tries the cache. Restores outputs only when `allow_restore`; reads the
+/// log only when it will be replayed. A corrupt blob drops the entry and
+/// is a miss.
+fn try_hit(sh: &Shared, g: usize, key: &str, allow_restore: bool) -> Result<Hit, EngineError> {
     let t0 = Instant::now();
-    let Some((m, stamps)) = sh.store.get(key)? else {
-        return Ok(None);
+    let Some(entry) = sh.store.get(key)? else {
+        return Ok(Hit::Miss);
     };
+    let (m, stamps) = (&entry.0, &entry.1);
     let node = &sh.model.graph.nodes[g];
     let p = node.project;
     let dir = sh.project_abs(p);
@@ -1123,22 +1256,48 @@ fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u
         });
         sh.store.drop_entry(key);
     };
-    let log = match sh.store.read_verified(&m.log) {
-        Ok(l) => l,
-        Err(CacheError::Corrupt(_)) => {
-            corrupt("log");
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let on_disk = cache::collect_outputs(&dir, &pats.outputs, &fence);
-    let up_to_date = stamps
+    // Under the daemon, outputs verified since the last change in their
+    // project need no look at the disk.
+    let bases = pats.outputs.base_dirs();
+    let known_ok = sh
+        .hot
         .as_ref()
-        .is_some_and(|s| cache::outputs_up_to_date(&m, s, &on_disk));
+        .is_some_and(|h| bases.is_some() && h.outputs_known_ok(&sh.model, g, key));
+    let up_to_date = known_ok || {
+        if let (Some(hot), Some(bases)) = (&sh.hot, &bases) {
+            hot.watch_outputs(&dir, bases);
+        }
+        let on_disk = cache::collect_outputs(&dir, &pats.outputs, &fence);
+        let ok = stamps
+            .as_ref()
+            .is_some_and(|s| cache::outputs_up_to_date(m, s, &on_disk));
+        if ok
+            && bases.is_some()
+            && let Some(hot) = &sh.hot
+        {
+            hot.set_outputs_ok(&sh.model, g, key);
+        }
+        ok
+    };
+    if !up_to_date && !allow_restore {
+        return Ok(Hit::NeedsRestore);
+    }
+    let log = if sh.params.output_logs == OutputLogs::Full {
+        match sh.store.read_verified(&m.log) {
+            Ok(l) => l,
+            Err(CacheError::Corrupt(_)) => {
+                corrupt("log");
+                return Ok(Hit::Miss);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        Vec::new()
+    };
     let source = if up_to_date {
         CacheSource::UpToDate
     } else {
-        match cache::restore(&sh.store, &m, &dir, &pats.outputs, &fence) {
+        match cache::restore(&sh.store, m, &dir, &pats.outputs, &fence) {
             Ok(st) => {
                 sh.store.put_stamps(key, &st);
                 sh.mark_dirty(p);
@@ -1146,7 +1305,7 @@ fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u
             }
             Err(CacheError::Corrupt(what)) => {
                 corrupt(&format!("blob {}", &what[..what.len().min(12)]));
-                return Ok(None);
+                return Ok(Hit::Miss);
             }
             Err(e) => return Err(e.into()),
         }
@@ -1157,34 +1316,53 @@ fn try_hit(sh: &Shared, g: usize, key: &str) -> Result<Option<(TaskResult, Vec<u
     r.key = Some(key.to_string());
     r.exit_code = Some(m.exit_code);
     r.duration_ms = t0.elapsed().as_millis() as u64;
-    Ok(Some((r, log)))
+    Ok(Hit::Served(r, log))
+}
+
+/// The scheduler's inline fast path: the key, and a hit whose outputs are
+/// already in place, without leaving the scheduler's thread. Anything that
+/// writes files or runs a process goes to [`run_task`].
+fn probe(sh: &Shared, g: usize) -> Result<(String, Option<TaskResult>), EngineError> {
+    let (key, _) = sh.key_of(g)?;
+    if !sh.cache_read(g) {
+        return Ok((key, None));
+    }
+    match try_hit(sh, g, &key, false)? {
+        Hit::Served(r, log) => {
+            replay(sh, &r.id, &key, &r, &log);
+            Ok((key, Some(r)))
+        }
+        Hit::NeedsRestore | Hit::Miss => Ok((key, None)),
+    }
 }
 
 fn wants_live(logs: OutputLogs) -> bool {
     matches!(logs, OutputLogs::Full | OutputLogs::NewOnly)
 }
 
-/// Runs one task: key, cache, execute, save.
+/// Runs one task whose key is known and whose outputs were not already in
+/// place: restore from the cache, or execute (joining an execution of the
+/// same key in another run, under the daemon).
 async fn run_task(
     sh: &Arc<Shared>,
     g: usize,
+    key: String,
     tainted: bool,
     cancel: watch::Receiver<Option<i32>>,
 ) -> Result<TaskResult, EngineError> {
     let id = sh.model.graph.nodes[g].id.clone();
     let sh2 = sh.clone();
-    let (key, hit) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-        let (key, _parts) = sh2.key_of(g)?;
-        let hit = if sh2.cache_read(g) {
-            try_hit(&sh2, g, &key)?
+    let k2 = key.clone();
+    let hit = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+        if sh2.cache_read(g) {
+            try_hit(&sh2, g, &k2, true)
         } else {
-            None
-        };
-        Ok((key, hit))
+            Ok(Hit::Miss)
+        }
     })
     .await
     .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
-    if let Some((r, log)) = hit {
+    if let Hit::Served(r, log) = hit {
         replay(sh, &id, &key, &r, &log);
         return Ok(r);
     }
@@ -1209,7 +1387,9 @@ async fn run_task(
         let _serialized = lock.lock().await;
         let r = execute(sh, g, &key, tainted, entry.cancel_receiver()).await;
         // Let joiners see the entry we saved before they look for it.
-        let _ = sh.store.flush();
+        if entry.has_joiners() {
+            let _ = sh.store.flush();
+        }
         let finished = match &r {
             Ok((res, log)) => crate::state::Finished {
                 result: res.clone(),
@@ -1258,10 +1438,10 @@ async fn join(
     if fin.result.status == TaskStatus::Success && sh.cache_read(g) {
         let sh2 = sh.clone();
         let k2 = key.to_string();
-        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2))
+        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2, true))
             .await
             .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, e.to_string()))??;
-        if let Some((r, log)) = hit {
+        if let Hit::Served(r, log) = hit {
             replay(sh, &id, key, &r, &log);
             return Ok(r);
         }

@@ -77,72 +77,130 @@ pub fn walk(
     fence: &HashSet<String>,
     skip: &[std::path::PathBuf],
 ) -> Vec<FileMeta> {
-    let out = Mutex::new(Vec::new());
-    let root_owned = root.to_path_buf();
-    let walker = ignore::WalkBuilder::new(dir)
-        .hidden(false)
+    walk_with(root, dir, fence, skip, false)
+}
+
+/// A walk on the calling thread only: for one small project, starting
+/// walker threads costs more than the walk.
+pub fn walk_serial(
+    root: &Path,
+    dir: &Path,
+    fence: &HashSet<String>,
+    skip: &[std::path::PathBuf],
+) -> Vec<FileMeta> {
+    walk_with(root, dir, fence, skip, true)
+}
+
+fn builder(dir: &Path) -> ignore::WalkBuilder {
+    let mut b = ignore::WalkBuilder::new(dir);
+    b.hidden(false)
         .git_ignore(true)
         .git_exclude(true)
         .git_global(false)
         .require_git(false)
         .parents(true)
         .ignore(false)
-        .follow_links(false)
-        .threads(walk_threads())
-        .build_parallel();
-    let fence = &fence;
-    let skip = &skip;
-    struct Flush<'a>(&'a Mutex<Vec<FileMeta>>, Vec<FileMeta>);
-    impl Drop for Flush<'_> {
-        fn drop(&mut self) {
-            if let Ok(mut g) = self.0.lock() {
-                g.append(&mut self.1);
+        .follow_links(false);
+    b
+}
+
+enum Visit {
+    Skip,
+    Continue,
+    File(FileMeta),
+}
+
+fn visit(
+    entry: Result<ignore::DirEntry, ignore::Error>,
+    root: &Path,
+    fence: &HashSet<String>,
+    skip: &[std::path::PathBuf],
+) -> Visit {
+    let Ok(entry) = entry else {
+        return Visit::Continue;
+    };
+    let Some(ft) = entry.file_type() else {
+        return Visit::Continue;
+    };
+    let path = entry.path();
+    let rel = match path.strip_prefix(root) {
+        Ok(r) => r.to_string_lossy().replace('\\', "/"),
+        Err(_) => return Visit::Continue,
+    };
+    if ft.is_dir() {
+        let name = entry.file_name().to_string_lossy();
+        if entry.depth() > 0
+            && (ALWAYS_SKIPPED.contains(&name.as_ref())
+                || fence.contains(&rel)
+                || skip.iter().any(|s| s == path))
+        {
+            return Visit::Skip;
+        }
+        return Visit::Continue;
+    }
+    let symlink = ft.is_symlink();
+    let md = if symlink {
+        fs::symlink_metadata(path)
+    } else {
+        entry.metadata().map_err(std::io::Error::other)
+    };
+    match md {
+        Ok(md) => Visit::File(FileMeta {
+            path: rel,
+            stat: FileStat::of(&md),
+            symlink,
+        }),
+        Err(_) => Visit::Continue,
+    }
+}
+
+fn walk_with(
+    root: &Path,
+    dir: &Path,
+    fence: &HashSet<String>,
+    skip: &[std::path::PathBuf],
+    serial: bool,
+) -> Vec<FileMeta> {
+    let mut files = Vec::new();
+    if serial {
+        let (root2, fence2, skip2) = (root.to_path_buf(), fence.clone(), skip.to_vec());
+        let walker = builder(dir)
+            .filter_entry(move |e| {
+                !(e.file_type().is_some_and(|t| t.is_dir())
+                    && matches!(visit(Ok(e.clone()), &root2, &fence2, &skip2), Visit::Skip))
+            })
+            .build();
+        for entry in walker {
+            if let Visit::File(f) = visit(entry, root, fence, skip) {
+                files.push(f);
             }
         }
-    }
-    walker.run(|| {
-        let root = root_owned.clone();
-        let mut flush = Flush(&out, Vec::new());
-        Box::new(move |entry| {
-            let Ok(entry) = entry else {
-                return ignore::WalkState::Continue;
-            };
-            let Some(ft) = entry.file_type() else {
-                return ignore::WalkState::Continue;
-            };
-            let path = entry.path();
-            let rel = match path.strip_prefix(&root) {
-                Ok(r) => r.to_string_lossy().replace('\\', "/"),
-                Err(_) => return ignore::WalkState::Continue,
-            };
-            if ft.is_dir() {
-                let name = entry.file_name().to_string_lossy();
-                if entry.depth() > 0
-                    && (ALWAYS_SKIPPED.contains(&name.as_ref())
-                        || fence.contains(&rel)
-                        || skip.iter().any(|s| s == path))
-                {
-                    return ignore::WalkState::Skip;
+    } else {
+        struct Flush<'a>(&'a Mutex<Vec<FileMeta>>, Vec<FileMeta>);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut g) = self.0.lock() {
+                    g.append(&mut self.1);
                 }
-                return ignore::WalkState::Continue;
             }
-            let symlink = ft.is_symlink();
-            let md = if symlink {
-                fs::symlink_metadata(path)
-            } else {
-                entry.metadata().map_err(std::io::Error::other)
-            };
-            if let Ok(md) = md {
-                flush.1.push(FileMeta {
-                    path: rel,
-                    stat: FileStat::of(&md),
-                    symlink,
-                });
-            }
-            ignore::WalkState::Continue
-        })
-    });
-    let mut files = out.into_inner().unwrap_or_default();
+        }
+        let out = Mutex::new(Vec::new());
+        builder(dir)
+            .threads(walk_threads())
+            .build_parallel()
+            .run(|| {
+                let mut flush = Flush(&out, Vec::new());
+                Box::new(move |entry| match visit(entry, root, fence, skip) {
+                    Visit::Skip => ignore::WalkState::Skip,
+                    Visit::Continue => ignore::WalkState::Continue,
+                    Visit::File(f) => {
+                        flush.1.push(f);
+                        ignore::WalkState::Continue
+                    }
+                })
+            });
+        files = out.into_inner().unwrap_or_default();
+    }
     files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     files
 }
@@ -368,7 +426,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
 pub struct KeyParts {
     pub task: String,
     /// Canonical JSON of the resolved task config and the global config.
-    pub config: String,
+    pub config: std::sync::Arc<str>,
     pub command: String,
     pub args: Vec<String>,
     /// Keyed env names with their values (`None` = unset), sorted by name.
@@ -376,7 +434,7 @@ pub struct KeyParts {
     /// Keys of the direct upstream tasks, sorted.
     pub upstream: Vec<String>,
     /// (root-relative path, blake3 hex of its content), sorted by path.
-    pub inputs: Vec<(String, String)>,
+    pub inputs: std::sync::Arc<Vec<(String, String)>>,
 }
 
 fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
@@ -393,15 +451,28 @@ impl KeyParts {
     /// The task key: 64 hex digits of blake3 over the labelled,
     /// length-prefixed fold documented in `docs/caching.md`.
     pub fn fold(&self) -> String {
+        self.fold_from(&Self::prefix(&self.task, &self.config, &self.command))
+    }
+
+    /// The fold's state after its per-task constant parts (version, task,
+    /// config, command): computed once per task and reused by [`KeyParts::fold_from`].
+    pub fn prefix(task: &str, config: &str, command: &str) -> blake3::Hasher {
         let mut h = blake3::Hasher::new();
         label(&mut h, "version", 1);
         put(&mut h, CACHE_VERSION.as_bytes());
         label(&mut h, "task", 1);
-        put(&mut h, self.task.as_bytes());
+        put(&mut h, task.as_bytes());
         label(&mut h, "config", 1);
-        put(&mut h, self.config.as_bytes());
+        put(&mut h, config.as_bytes());
         label(&mut h, "command", 1);
-        put(&mut h, self.command.as_bytes());
+        put(&mut h, command.as_bytes());
+        h
+    }
+
+    /// The key, continuing from `prefix` (which must be
+    /// `KeyParts::prefix(&self.task, &self.config, &self.command)`).
+    pub fn fold_from(&self, prefix: &blake3::Hasher) -> String {
+        let mut h = prefix.clone();
         label(&mut h, "args", self.args.len());
         for a in &self.args {
             put(&mut h, a.as_bytes());
@@ -424,7 +495,7 @@ impl KeyParts {
             put(&mut h, k.as_bytes());
         }
         label(&mut h, "inputs", self.inputs.len());
-        for (p, d) in &self.inputs {
+        for (p, d) in self.inputs.iter() {
             put(&mut h, p.as_bytes());
             put(&mut h, d.as_bytes());
         }
@@ -530,7 +601,7 @@ mod tests {
             args: vec![],
             env: vec![("X".into(), None)],
             upstream: vec![],
-            inputs: vec![("a/src/x".into(), "00".into())],
+            inputs: std::sync::Arc::new(vec![("a/src/x".into(), "00".into())]),
         }
     }
 

@@ -79,10 +79,42 @@ impl Inflight {
         self.cancel.subscribe()
     }
 
+    /// Whether another run is waiting for this execution.
+    pub fn has_joiners(&self) -> bool {
+        self.attached.load(Ordering::Acquire) > 1
+    }
+
     /// A run attached to this execution was cancelled.
     pub fn detach(&self, sig: i32) {
         if self.attached.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.cancel.send_replace(Some(sig));
+        }
+    }
+}
+
+type FileList = Arc<Vec<crate::hash::FileMeta>>;
+type InputList = Arc<Vec<(String, String)>>;
+
+#[derive(Default)]
+struct InputsMemo {
+    /// The model the entries belong to (held, so its address is not reused).
+    model: Option<Arc<Model>>,
+    /// Graph node → (the project file list it was computed from, the inputs).
+    by_node: HashMap<usize, (FileList, InputList)>,
+    /// Project → the file list whose hashes were last warmed.
+    warmed: HashMap<usize, FileList>,
+    /// Graph node → the key whose outputs were verified on disk since the
+    /// last change the watcher reported in the node's project.
+    outputs_ok: HashMap<usize, String>,
+}
+
+impl InputsMemo {
+    fn for_model(&mut self, model: &Arc<Model>) {
+        if !self.model.as_ref().is_some_and(|m| Arc::ptr_eq(m, model)) {
+            self.model = Some(model.clone());
+            self.by_node.clear();
+            self.warmed.clear();
+            self.outputs_ok.clear();
         }
     }
 }
@@ -97,9 +129,9 @@ pub struct Hot {
     pub root_gone: AtomicBool,
     pub index: Arc<FileIndex>,
     last_activity: Mutex<Instant>,
-    /// The open store while some request uses it; it closes when the last
-    /// user drops it, so a no-daemon run can use the cache between requests.
-    store: Mutex<std::sync::Weak<Store>>,
+    /// The store, opened on first use and kept open (its index is cached in
+    /// memory); closed for `cache clean` and at exit.
+    store: Mutex<Option<Arc<Store>>>,
     inner: Mutex<Inner>,
     dirty: Arc<Mutex<Dirty>>,
     cookies: Arc<Mutex<HashMap<PathBuf, mpsc::Sender<()>>>>,
@@ -112,13 +144,19 @@ pub struct Hot {
     project_dirs: Mutex<Vec<PathBuf>>,
     /// Executions in flight, by task key (joined by concurrent runs).
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    /// Memoised input lists per graph node of the current model: valid while
+    /// the model and the project's file list are the very same objects.
+    inputs_memo: Mutex<InputsMemo>,
     /// One lock per task id: runs that would write the same outputs with
     /// different keys take turns.
     task_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn cache_dir_of(root: &Path) -> PathBuf {
-    root.join(".vx").join("cache")
+    std::env::var_os("VX_CACHE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join(".vx").join("cache"))
 }
 
 impl Hot {
@@ -144,7 +182,7 @@ impl Hot {
             root_gone: AtomicBool::new(false),
             index: Arc::new(index),
             last_activity: Mutex::new(Instant::now()),
-            store: Mutex::new(std::sync::Weak::new()),
+            store: Mutex::new(None),
             inner: Mutex::new(Inner::default()),
             dirty: Arc::new(Mutex::new(Dirty {
                 all: true,
@@ -157,6 +195,7 @@ impl Hot {
             watched: Mutex::new(HashSet::new()),
             project_dirs: Mutex::new(Vec::new()),
             inflight: Mutex::new(HashMap::new()),
+            inputs_memo: Mutex::new(InputsMemo::default()),
             task_locks: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -193,15 +232,14 @@ impl Hot {
             .unwrap_or_default()
     }
 
-    /// The cache store: shared by the requests that use it at the same
-    /// time, closed when the last of them is done.
+    /// The cache store, opened on first use and kept open.
     pub fn store(&self) -> Result<Arc<Store>, EngineError> {
         let mut g = self
             .store
             .lock()
             .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "store lock poisoned"))?;
-        if let Some(s) = g.upgrade() {
-            return Ok(s);
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
         }
         let dir = self.cache_dir();
         let s = Arc::new(Store::open(&dir, Duration::from_secs(600), &mut || {
@@ -210,13 +248,13 @@ impl Hot {
                 dir.display()
             );
         })?);
-        *g = Arc::downgrade(&s);
+        *g = Some(s.clone());
         Ok(s)
     }
 
     /// Closes the store now if it is open (before `cache clean`, and at exit).
     pub fn close_store(&self) {
-        let s = self.store.lock().ok().and_then(|g| g.upgrade());
+        let s = self.store.lock().ok().and_then(|mut g| g.take());
         if let Some(s) = s {
             let _ = s.close();
         }
@@ -250,7 +288,7 @@ impl Hot {
         (projects, tasks, files)
     }
 
-    fn watch_dir(&self, dir: &Path) {
+    pub fn watch_dir(&self, dir: &Path) {
         let Ok(mut w) = self.watcher.lock() else {
             return;
         };
@@ -488,6 +526,9 @@ impl Hot {
             }
             let snap = Snapshot::scan(&model, &cache_skip);
             inner.snapshot = Some(snap);
+            if let Ok(mut m) = self.inputs_memo.lock() {
+                m.outputs_ok.clear();
+            }
             drop(inner);
             self.watch_tree(&self.root.clone());
             let inner = self
@@ -507,6 +548,11 @@ impl Hot {
                     let rel = rel.to_string_lossy().replace('\\', "/");
                     projects.insert(model.owner_of(&rel));
                 }
+            }
+            if let Ok(mut m) = self.inputs_memo.lock() {
+                let nodes = &model.graph.nodes;
+                m.outputs_ok
+                    .retain(|n, _| !projects.contains(&Some(nodes[*n].project)));
             }
             for p in projects {
                 snap.refresh(&model, p, &cache_skip);
@@ -555,6 +601,97 @@ impl Hot {
             Err(p) => p.into_inner(),
         };
         m.entry(task_id.to_string()).or_default().clone()
+    }
+
+    /// The memoised inputs of node `n`, if `files` is the list they were computed from.
+    pub fn inputs_memo(&self, model: &Arc<Model>, n: usize, files: &FileList) -> Option<InputList> {
+        let m = self.inputs_memo.lock().ok()?;
+        if !m.model.as_ref().is_some_and(|mm| Arc::ptr_eq(mm, model)) {
+            return None;
+        }
+        let (f, inputs) = m.by_node.get(&n)?;
+        Arc::ptr_eq(f, files).then(|| inputs.clone())
+    }
+
+    pub fn set_inputs_memo(
+        &self,
+        model: &Arc<Model>,
+        n: usize,
+        files: FileList,
+        inputs: InputList,
+    ) {
+        let Ok(mut m) = self.inputs_memo.lock() else {
+            return;
+        };
+        m.for_model(model);
+        m.by_node.insert(n, (files, inputs));
+    }
+
+    /// Whether project `p`'s file list is the one whose hashes were last warmed.
+    pub fn warmed(&self, model: &Arc<Model>, p: usize, files: &FileList) -> bool {
+        let Ok(m) = self.inputs_memo.lock() else {
+            return false;
+        };
+        m.model.as_ref().is_some_and(|mm| Arc::ptr_eq(mm, model))
+            && m.warmed.get(&p).is_some_and(|f| Arc::ptr_eq(f, files))
+    }
+
+    pub fn set_warmed(&self, model: &Arc<Model>, lists: Vec<(usize, FileList)>) {
+        let Ok(mut m) = self.inputs_memo.lock() else {
+            return;
+        };
+        m.for_model(model);
+        m.warmed.extend(lists);
+    }
+
+    /// Whether node `n`'s outputs for `key` were verified and nothing in its
+    /// project changed since.
+    pub fn outputs_known_ok(&self, model: &Arc<Model>, n: usize, key: &str) -> bool {
+        let Ok(m) = self.inputs_memo.lock() else {
+            return false;
+        };
+        m.model.as_ref().is_some_and(|mm| Arc::ptr_eq(mm, model))
+            && m.outputs_ok.get(&n).is_some_and(|k| k == key)
+    }
+
+    /// Records that node `n`'s outputs match `key` on disk. Call only after
+    /// [`Hot::watch_outputs`] and then the check, so no change can slip between.
+    pub fn set_outputs_ok(&self, model: &Arc<Model>, n: usize, key: &str) {
+        let Ok(mut m) = self.inputs_memo.lock() else {
+            return;
+        };
+        m.for_model(model);
+        m.outputs_ok.insert(n, key.to_string());
+    }
+
+    /// Watches the directories that hold a task's outputs (they are usually
+    /// ignored, so not watched otherwise): every directory from the project
+    /// down to each output base, and everything below the bases.
+    pub fn watch_outputs(&self, project_dir: &Path, bases: &[String]) {
+        for base in bases {
+            let mut cur = project_dir.to_path_buf();
+            for comp in base.split('/') {
+                if !cur.is_dir() {
+                    break;
+                }
+                self.watch_dir(&cur);
+                cur.push(comp);
+            }
+            let mut stack = vec![cur];
+            while let Some(d) = stack.pop() {
+                if !d.is_dir() {
+                    continue;
+                }
+                self.watch_dir(&d);
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push(e.path());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Persists what the file index learned (after a run).

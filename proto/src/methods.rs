@@ -97,6 +97,19 @@ pub enum OutputLogs {
     None,
 }
 
+/// How much per-task detail `run.start` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Detail {
+    /// A `task_finished` event and a summary row for every task.
+    #[default]
+    All,
+    /// Only for tasks that did not come from the cache (executed, failed,
+    /// skipped, aborted); `counts` still cover every task. For renderers
+    /// that only show what happened.
+    Changes,
+}
+
 /// Parameters of `run.start` and `run.plan`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RunParams {
@@ -130,6 +143,8 @@ pub struct RunParams {
     pub no_cache: bool,
     #[serde(default)]
     pub output_logs: OutputLogs,
+    #[serde(default)]
+    pub detail: Detail,
     /// The client's environment: the engine resolves task env and keyed env
     /// values from it, never from its own.
     #[serde(default)]

@@ -350,8 +350,10 @@ fn hot_keys_equal_cold_keys_under_random_mutations() {
         let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
         let s = UnixStream::connect(&socket).unwrap();
         let mut hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+        // The cold engine keeps its own cache: the daemon holds the default one.
         let mut child = Command::new(vxd_bin())
             .arg("--stdio")
+            .env("VX_CACHE_DIR", ".vx/cold-cache")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

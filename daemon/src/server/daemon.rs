@@ -145,7 +145,16 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
     );
     let paths = daemon_paths(&root).map_err(|e| anyhow::anyhow!(e))?;
     private_dir(&paths.dir)?;
-    let Some(_live) = take_live_lock(&paths.live_lock)? else {
+    // A daemon that is shutting down still holds the lock for a moment.
+    let mut live = None;
+    for _ in 0..250 {
+        live = take_live_lock(&paths.live_lock)?;
+        if live.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(_live) = live else {
         tracing::info!("another daemon already serves {}", root.display());
         return Ok(());
     };
