@@ -524,21 +524,14 @@ impl Hot {
             if inner.snapshot.is_some() {
                 self.rescans.fetch_add(1, Ordering::Relaxed);
             }
+            // Watch first, then scan: a change made during the scan is then
+            // either in the scan or reported for the next request.
+            self.watch_tree(&self.root.clone());
             let snap = Snapshot::scan(&model, &cache_skip);
-            inner.snapshot = Some(snap);
+            inner.snapshot = Some(snap.clone());
             if let Ok(mut m) = self.inputs_memo.lock() {
                 m.outputs_ok.clear();
             }
-            drop(inner);
-            self.watch_tree(&self.root.clone());
-            let inner = self
-                .inner
-                .lock()
-                .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "state lock poisoned"))?;
-            let snap = inner
-                .snapshot
-                .clone()
-                .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
             return Ok((model, snap));
         }
         if let Some(snap) = inner.snapshot.as_mut() {

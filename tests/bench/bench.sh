@@ -52,7 +52,7 @@ BENCH="$(cd "$BENCH" && pwd)"
 source "$BENCH/env.sh"
 VX_BIN="${VX_BIN:-$ROOT/target/release/vx}"
 
-PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,turbo TIMING=
+PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,vx-daemon,turbo TIMING=
 BENCH_ARGV="tests/bench/bench.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -130,6 +130,23 @@ def turbo_after(ws):
         sh_out([TURBO_BIN, "daemon", "stop"], cwd=ws)
 
 
+def vx_daemon_after(ws):
+    """Records the daemon's RSS, then stops it (each scenario starts fresh)."""
+    env = dict(os.environ, XDG_RUNTIME_DIR=os.path.join(os.environ["WORK"], "xdg"))
+    os.makedirs(env["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
+    st = sh_out([VX_BIN, "daemon", "status", "--json"], cwd=ws, env=env)
+    try:
+        info = json.loads(st)
+        if info.get("running"):
+            daemon_rss.append(info["rss_bytes"])
+    except ValueError:
+        pass
+    sh_out([VX_BIN, "daemon", "stop"], cwd=ws, env=env)
+
+
+daemon_rss = []
+
+
 def nx_setup(ws):
     os.symlink(os.path.join(BENCH, "tools", "node_modules"), os.path.join(ws, "node_modules"))
 
@@ -148,6 +165,15 @@ RUNNERS = {
         hits=r"Tasks:\s+(?P<total>\d+) total · (?P<cached>\d+) cached",
         available=lambda: os.access(VX_BIN, os.X_OK),
         version=lambda: sh_out([VX_BIN, "--version"]),
+    ),
+    "vx-daemon": dict(
+        cmd=[VX_BIN, "run", *TASKS, "--output-logs=none"],
+        env={"VX_DAEMON": "1", "XDG_RUNTIME_DIR": os.path.join(os.environ["WORK"], "xdg")},
+        cold=[".vx"],
+        hits=r"Tasks:\s+(?P<total>\d+) total · (?P<cached>\d+) cached",
+        available=lambda: os.access(VX_BIN, os.X_OK),
+        version=lambda: sh_out([VX_BIN, "--version"]) + " (daemon)",
+        after=vx_daemon_after,
     ),
     "turbo": dict(
         cmd=[TURBO_BIN, "run", *TASKS, "--concurrency=10", "--output-logs=none"],
@@ -374,6 +400,8 @@ if TIMING:
             "%11.1f" % statistics.median(x["stages"].get(s, 0.0) for x in rows) for s in names))
 
 print()
+if daemon_rss:
+    print("vx daemon RSS after each scenario: max %.1f MiB, median %.1f MiB" % (max(daemon_rss) / 2**20, statistics.median(daemon_rss) / 2**20))
 print("notes:")
 print("  - cold and 'npm shim' rows: %s/npm first on PATH (turbo runs each task via `npm run`;"
       " the shim runs the script with sh -c). Other turbo rows use real npm; fully cached /"
