@@ -394,7 +394,7 @@ impl Shared {
 
     /// Computes (and memoises) the key of graph node `n`. Its dependencies'
     /// keys must already be known.
-    fn key_of(&self, n: usize) -> Result<(String, KeyParts), EngineError> {
+    fn key_of(&self, n: usize) -> Result<String, EngineError> {
         let node = &self.model.graph.nodes[n];
         self.refresh_if_dirty(node.project);
         let mut upstream = Vec::new();
@@ -429,23 +429,42 @@ impl Shared {
         } else {
             Arc::new(Vec::new())
         };
-        let mut env_pats = self.model.ws.global.env.clone();
-        env_pats.extend(node.def.env.iter().cloned());
-        let env = hash::keyed_env(&env_pats, &self.params.env);
-        let parts = KeyParts {
-            task: node.id.clone(),
-            config: self.model.config_json(n).0.clone(),
-            command: node.def.command.clone().unwrap_or_default(),
-            args,
-            env,
-            upstream,
-            inputs,
+        let env = if self.model.ws.global.env.is_empty() {
+            hash::keyed_env(&node.def.env, &self.params.env)
+        } else {
+            let mut env_pats = self.model.ws.global.env.clone();
+            env_pats.extend(node.def.env.iter().cloned());
+            hash::keyed_env(&env_pats, &self.params.env)
         };
-        let key = parts.fold_from(&self.model.config_json(n).1);
+        // Under the daemon, a key whose every varying part is unchanged (the
+        // same input list object, upstream keys, env values and args) is reused.
+        let memo = self
+            .hot
+            .as_ref()
+            .and_then(|h| h.key_memo(&self.model, n, &inputs, &upstream, &env, &args));
+        let key = match memo {
+            Some(k) => k,
+            None => {
+                let parts = KeyParts {
+                    task: node.id.clone(),
+                    config: self.model.config_json(n).0.clone(),
+                    command: node.def.command.clone().unwrap_or_default(),
+                    args,
+                    env,
+                    upstream,
+                    inputs,
+                };
+                let key = parts.fold_from(&self.model.config_json(n).1);
+                if let Some(h) = &self.hot {
+                    h.set_key_memo(&self.model, n, parts, &key);
+                }
+                key
+            }
+        };
         if let Ok(mut k) = self.keys.lock() {
             k.insert(n, key.clone());
         }
-        Ok((key, parts))
+        Ok(key)
     }
 
     /// A task's input files with their content hashes. Under the daemon the
@@ -798,7 +817,7 @@ fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, Engin
     let (sh, sel) = prepare(params, None, hot)?;
     let mut tasks = Vec::with_capacity(sel.nodes.len());
     for &n in &sel.nodes {
-        let (key, _) = sh.key_of(n)?;
+        let key = sh.key_of(n)?;
         let node = &sh.model.graph.nodes[n];
         let project: &Project = &sh.model.ws.projects[node.project];
         let prediction = if node.def.command.is_none() {
@@ -1258,7 +1277,7 @@ fn try_hit(sh: &Shared, g: usize, key: &str, allow_restore: bool) -> Result<Hit,
     };
     // Under the daemon, outputs verified since the last change in their
     // project need no look at the disk.
-    let bases = pats.outputs.base_dirs();
+    let bases = pats.outputs.bases();
     let known_ok = sh
         .hot
         .as_ref()
@@ -1323,7 +1342,7 @@ fn try_hit(sh: &Shared, g: usize, key: &str, allow_restore: bool) -> Result<Hit,
 /// already in place, without leaving the scheduler's thread. Anything that
 /// writes files or runs a process goes to [`run_task`].
 fn probe(sh: &Shared, g: usize) -> Result<(String, Option<TaskResult>), EngineError> {
-    let (key, _) = sh.key_of(g)?;
+    let key = sh.key_of(g)?;
     if !sh.cache_read(g) {
         return Ok((key, None));
     }

@@ -31,6 +31,8 @@ struct Rule {
 pub struct Patterns {
     rules: Vec<Rule>,
     sources: Vec<String>,
+    /// See [`Patterns::base_dirs`]; computed once.
+    bases: Option<Vec<String>>,
 }
 
 /// Whether a pattern contains glob syntax.
@@ -93,7 +95,13 @@ impl Patterns {
             });
             sources.push(raw.to_string());
         }
-        Ok(Self { rules, sources })
+        let mut p = Self {
+            rules,
+            sources,
+            bases: None,
+        };
+        p.bases = p.compute_base_dirs();
+        Ok(p)
     }
 
     /// The patterns as written.
@@ -121,6 +129,15 @@ impl Patterns {
     /// when some include pattern can match anywhere. Used to walk only
     /// `dist/` for `dist/**` instead of the whole project.
     pub fn base_dirs(&self) -> Option<Vec<String>> {
+        self.bases.clone()
+    }
+
+    /// The directory bases of the include patterns, without allocating.
+    pub fn bases(&self) -> Option<&[String]> {
+        self.bases.as_deref()
+    }
+
+    fn compute_base_dirs(&self) -> Option<Vec<String>> {
         let mut out = Vec::new();
         for (r, src) in self.rules.iter().zip(&self.sources) {
             if r.negated {

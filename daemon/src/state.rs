@@ -106,6 +106,8 @@ struct InputsMemo {
     /// Graph node → the key whose outputs were verified on disk since the
     /// last change the watcher reported in the node's project.
     outputs_ok: HashMap<usize, String>,
+    /// Graph node → the parts its last key was folded from, and the key.
+    keys: HashMap<usize, (crate::hash::KeyParts, String)>,
 }
 
 impl InputsMemo {
@@ -115,6 +117,7 @@ impl InputsMemo {
             self.by_node.clear();
             self.warmed.clear();
             self.outputs_ok.clear();
+            self.keys.clear();
         }
     }
 }
@@ -635,6 +638,40 @@ impl Hot {
         };
         m.for_model(model);
         m.warmed.extend(lists);
+    }
+
+    /// The memoised key of node `n`, if every varying part equals the parts
+    /// it was folded from (the input list compared by identity).
+    pub fn key_memo(
+        &self,
+        model: &Arc<Model>,
+        n: usize,
+        inputs: &InputList,
+        upstream: &[String],
+        env: &[(String, Option<String>)],
+        args: &[String],
+    ) -> Option<String> {
+        let m = self.inputs_memo.lock().ok()?;
+        if !m.model.as_ref().is_some_and(|mm| Arc::ptr_eq(mm, model)) {
+            return None;
+        }
+        let (p, key) = m.keys.get(&n)?;
+        (Arc::ptr_eq(&p.inputs, inputs) && p.upstream == upstream && p.env == env && p.args == args)
+            .then(|| key.clone())
+    }
+
+    pub fn set_key_memo(
+        &self,
+        model: &Arc<Model>,
+        n: usize,
+        parts: crate::hash::KeyParts,
+        key: &str,
+    ) {
+        let Ok(mut m) = self.inputs_memo.lock() else {
+            return;
+        };
+        m.for_model(model);
+        m.keys.insert(n, (parts, key.to_string()));
     }
 
     /// Whether node `n`'s outputs for `key` were verified and nothing in its
