@@ -209,15 +209,7 @@ fn walk_with(
 /// ignored, not `.git`/`.vx`/`node_modules`. The daemon watches these.
 pub fn walk_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let walker = ignore::WalkBuilder::new(dir)
-        .hidden(false)
-        .git_ignore(true)
-        .git_exclude(true)
-        .git_global(false)
-        .require_git(false)
-        .parents(true)
-        .ignore(false)
-        .follow_links(false)
+    let walker = builder(dir)
         .filter_entry(|e| {
             let name = e.file_name().to_string_lossy();
             !(e.depth() > 0
@@ -235,12 +227,7 @@ pub fn walk_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// Whether the (non-ignored) tree under `dir` holds a file with one of `names`.
 pub fn walk_files_named(dir: &Path, names: &[&str]) -> bool {
-    ignore::WalkBuilder::new(dir)
-        .hidden(false)
-        .git_ignore(true)
-        .require_git(false)
-        .parents(true)
-        .ignore(false)
+    builder(dir)
         .filter_entry(|e| {
             let name = e.file_name().to_string_lossy();
             !(e.depth() > 0 && ALWAYS_SKIPPED.contains(&name.as_ref()))
@@ -266,15 +253,7 @@ pub fn is_walked_dir(dir: &Path) -> bool {
     if ALWAYS_SKIPPED.contains(&name.as_str()) {
         return false;
     }
-    ignore::WalkBuilder::new(parent)
-        .hidden(false)
-        .git_ignore(true)
-        .git_exclude(true)
-        .git_global(false)
-        .require_git(false)
-        .parents(true)
-        .ignore(false)
-        .follow_links(false)
+    builder(parent)
         .max_depth(Some(1))
         .build()
         .flatten()
