@@ -273,16 +273,6 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
                 Ok(0)
             }
         },
-        DaemonCmd::Start => {
-            let c = Conn::daemon(&root)?;
-            println!(
-                "daemon running for {} (pid {})",
-                root.display(),
-                c.hello.pid
-            );
-            c.finish();
-            Ok(0)
-        }
         DaemonCmd::Stop => match Conn::existing(&paths) {
             Err(_) => {
                 println!("no daemon is running for {}", root.display());
@@ -295,8 +285,10 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
                 Ok(0)
             }
         },
-        DaemonCmd::Restart => {
-            if let Ok(c) = Conn::existing(&paths) {
+        DaemonCmd::Start | DaemonCmd::Restart => {
+            if matches!(action, DaemonCmd::Restart)
+                && let Ok(c) = Conn::existing(&paths)
+            {
                 c.shutdown_daemon(&paths)?;
             }
             let c = Conn::daemon(&root)?;

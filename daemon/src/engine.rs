@@ -324,18 +324,6 @@ impl Snapshot {
     pub fn file_count(&self) -> usize {
         self.by_project.iter().map(|v| v.len()).sum::<usize>() + self.loose.len()
     }
-
-    /// Every file, for differential checks.
-    pub fn all_files(&self) -> Vec<FileMeta> {
-        let mut v: Vec<FileMeta> = self
-            .by_project
-            .iter()
-            .flat_map(|p| p.iter().cloned())
-            .chain(self.loose.iter().cloned())
-            .collect();
-        v.sort_by(|a, b| a.path.cmp(&b.path));
-        v
-    }
 }
 
 /// Everything a run shares between its tasks.
@@ -489,13 +477,7 @@ impl Shared {
         {
             return Ok(memo);
         }
-        let mut files: Vec<&FileMeta> = hash::select_inputs(
-            &project.dir,
-            files_list.iter(),
-            &[],
-            pats,
-            &Patterns::default(),
-        );
+        let mut files: Vec<&FileMeta> = hash::select_inputs(&project.dir, files_list.iter(), pats);
         if global {
             let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
             for f in snap

@@ -526,46 +526,26 @@ pub struct TaskPatterns {
     pub outputs: Patterns,
 }
 
-/// Picks a task's input files: project files matching `inputs` and not its
-/// own `outputs`, plus root files matching `root_inputs` or the global inputs.
+/// Picks a task's input files among its project's files: those matching
+/// `inputs` and not its own `outputs`. (Root-relative inputs and the global
+/// inputs are added by the caller, which holds the whole snapshot.)
 pub fn select_inputs<'a>(
     project_dir: &str,
     project_files: impl Iterator<Item = &'a FileMeta>,
-    all_files: &'a [FileMeta],
     pats: &TaskPatterns,
-    global: &Patterns,
 ) -> Vec<&'a FileMeta> {
-    let mut out: Vec<&FileMeta> = Vec::new();
-    for f in project_files {
-        let rel = if project_dir == "." {
-            f.path.as_str()
-        } else {
-            match f
-                .path
-                .strip_prefix(project_dir)
-                .and_then(|r| r.strip_prefix('/'))
-            {
-                Some(r) => r,
-                None => continue,
-            }
-        };
-        if pats.inputs.matches(rel) && !pats.outputs.matches(rel) {
-            out.push(f);
-        }
-    }
-    if !pats.root_inputs.is_empty() || !global.is_empty() {
-        let seen: HashSet<&str> = out.iter().map(|f| f.path.as_str()).collect();
-        let extra: Vec<&FileMeta> = all_files
-            .iter()
-            .filter(|f| {
-                !seen.contains(f.path.as_str())
-                    && (pats.root_inputs.matches(&f.path) || global.matches(&f.path))
-            })
-            .collect();
-        out.extend(extra);
-        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    }
-    out
+    project_files
+        .filter(|f| {
+            let rel = if project_dir == "." {
+                Some(f.path.as_str())
+            } else {
+                f.path
+                    .strip_prefix(project_dir)
+                    .and_then(|r| r.strip_prefix('/'))
+            };
+            rel.is_some_and(|rel| pats.inputs.matches(rel) && !pats.outputs.matches(rel))
+        })
+        .collect()
 }
 
 #[cfg(test)]
