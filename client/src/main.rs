@@ -351,6 +351,9 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         } else {
             vx_proto::Detail::Changes
         },
+        argv: std::env::args().collect(),
+        profile: None,
+        report: None,
     };
     let conn = conn::connect(cwd, no_daemon)?;
     if args.dry.is_some() || args.graph.is_some() {

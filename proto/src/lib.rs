@@ -8,6 +8,7 @@
 //! [`Message::decode`] turns a line into a message; the caller owns the socket.
 
 pub mod framing;
+pub mod history;
 pub mod methods;
 pub mod paths;
 

@@ -149,6 +149,15 @@ pub struct RunParams {
     /// values from it, never from its own.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The client's command line, recorded in the run history.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// `--profile=FILE` (absolute): write a Chrome trace of the run there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// `--report[=FILE]` (absolute): write a markdown summary there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 /// How a task ended.
