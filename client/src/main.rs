@@ -37,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// Run tasks (and their dependencies) across the workspace.
     Run(RunArgs),
+    /// Run tasks, then re-run the ones whose inputs change, until Ctrl-C.
+    Watch(WatchArgs),
     /// Inspect or clear the local cache.
     Cache {
         #[command(subcommand)]
@@ -153,6 +155,15 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+struct WatchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Quiet time after the last change before a cycle starts, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    debounce: u64,
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match real_main(cli) {
@@ -171,6 +182,7 @@ fn real_main(cli: Cli) -> Result<i32> {
     let no_daemon = cli.no_daemon;
     match cli.command {
         Cmd::Run(args) => run(args, &cwd, no_daemon),
+        Cmd::Watch(args) => watch(args, &cwd, no_daemon),
         Cmd::Cache { action } => {
             let conn = conn::connect(&cwd, no_daemon)?;
             let params = CacheParams { cwd: cwd_s };
@@ -320,41 +332,7 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     if args.concurrency == Some(0) {
         return Err(anyhow!("--concurrency must be at least 1"));
     }
-    let env: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let params = RunParams {
-        cwd: cwd.to_string_lossy().into_owned(),
-        tasks: args.tasks.clone(),
-        filters: args.filter.clone(),
-        all: args.all,
-        affected: args.affected.clone(),
-        args: args.args.clone(),
-        concurrency: args.concurrency,
-        continue_mode: match args.continue_mode {
-            None | Some(ContinueArg::DepsOk) => ContinueMode::DepsOk,
-            Some(ContinueArg::Never) => ContinueMode::Never,
-            Some(ContinueArg::Always) => ContinueMode::Always,
-        },
-        force: args.force,
-        no_cache: args.no_cache,
-        output_logs: match args.output_logs {
-            LogsArg::Full => OutputLogs::Full,
-            LogsArg::ErrorsOnly => OutputLogs::ErrorsOnly,
-            LogsArg::NewOnly => OutputLogs::NewOnly,
-            LogsArg::None => OutputLogs::None,
-        },
-        env,
-        // The terminal view shows what happened; machines get every task.
-        detail: if args.json || args.summarize.is_some() {
-            vx_proto::Detail::All
-        } else {
-            vx_proto::Detail::Changes
-        },
-        argv: std::env::args().collect(),
-        profile: None,
-        report: None,
-    };
+    let params = run_params(&args, cwd);
     let conn = conn::connect(cwd, no_daemon)?;
     if args.dry.is_some() || args.graph.is_some() {
         let (conn, v) = call_following(conn, methods::RUN_PLAN, &params, &mut |_| {})?;
@@ -412,6 +390,89 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         }
     }
     Ok(caught.map(|s| 128 + s).unwrap_or(summary.exit_code))
+}
+
+/// The engine parameters of `vx run` / `vx watch`.
+fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    RunParams {
+        cwd: cwd.to_string_lossy().into_owned(),
+        tasks: args.tasks.clone(),
+        filters: args.filter.clone(),
+        all: args.all,
+        affected: args.affected.clone(),
+        args: args.args.clone(),
+        concurrency: args.concurrency,
+        continue_mode: match args.continue_mode {
+            None | Some(ContinueArg::DepsOk) => ContinueMode::DepsOk,
+            Some(ContinueArg::Never) => ContinueMode::Never,
+            Some(ContinueArg::Always) => ContinueMode::Always,
+        },
+        force: args.force,
+        no_cache: args.no_cache,
+        output_logs: match args.output_logs {
+            LogsArg::Full => OutputLogs::Full,
+            LogsArg::ErrorsOnly => OutputLogs::ErrorsOnly,
+            LogsArg::NewOnly => OutputLogs::NewOnly,
+            LogsArg::None => OutputLogs::None,
+        },
+        env,
+        // The terminal view shows what happened; machines get every task.
+        detail: if args.json || args.summarize.is_some() {
+            vx_proto::Detail::All
+        } else {
+            vx_proto::Detail::Changes
+        },
+        argv: std::env::args().collect(),
+        profile: None,
+        report: None,
+    }
+}
+
+/// `vx watch`: a dev loop served by the daemon's watcher.
+fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
+    let r = &args.run;
+    if r.dry.is_some() || r.graph.is_some() || r.summarize.is_some() {
+        return Err(anyhow!(
+            "vx watch does not take --dry, --graph or --summarize (use `vx run`)"
+        ));
+    }
+    if r.concurrency == Some(0) {
+        return Err(anyhow!("--concurrency must be at least 1"));
+    }
+    let mut run = run_params(r, cwd);
+    // Each cycle reports only what changed.
+    run.detail = vx_proto::Detail::Changes;
+    let params = vx_proto::WatchParams {
+        run,
+        debounce_ms: Some(args.debounce),
+    };
+    let conn = conn::connect(cwd, no_daemon)?;
+    let signals = conn.forward_signals()?;
+    let progress = matches!(r.output_logs, LogsArg::Full | LogsArg::NewOnly);
+    let mut ui = render::Ui::new(r.json, progress);
+    ui.watching = true;
+    let result = call_following(conn, methods::WATCH_START, &params, &mut |e| ui.event(e));
+    let caught = signals.caught();
+    match result {
+        Ok((conn, v)) => {
+            conn.finish();
+            let s: vx_proto::WatchSummary = serde_json::from_value(v)?;
+            if !r.json {
+                eprintln!("vx watch: stopped after {} cycles", s.cycles);
+            }
+            Ok(s.exit_code)
+        }
+        Err(e) => {
+            if caught.is_some() {
+                eprintln!("vx watch: stopped");
+                return Ok(0);
+            }
+            Err(e)
+        }
+    }
 }
 
 fn rpc_error(e: &RpcError) -> anyhow::Error {

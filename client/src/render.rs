@@ -56,6 +56,13 @@ pub struct Ui {
     err_colour: bool,
     colours: HashMap<String, &'static str>,
     out: std::io::BufWriter<std::io::Stdout>,
+    /// `vx watch`: cycles are announced, and only cycles that did something
+    /// print a summary.
+    pub watching: bool,
+    /// A `settled` summary was printed (persistent tasks keep running).
+    settled: bool,
+    /// The current watch cycle's header, printed before its first news.
+    pending_header: Option<String>,
 }
 
 impl Ui {
@@ -67,6 +74,9 @@ impl Ui {
             err_colour: colour_enabled(std::io::stderr().is_terminal()),
             colours: HashMap::new(),
             out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            watching: false,
+            settled: false,
+            pending_header: None,
         }
     }
 
@@ -99,8 +109,64 @@ impl Ui {
             }
             return;
         }
+        let news = matches!(
+            e,
+            RunEvent::TaskStarted { .. }
+                | RunEvent::TaskFinished { .. }
+                | RunEvent::TaskReady { .. }
+                | RunEvent::Warning { .. }
+                | RunEvent::TaskRetry { .. }
+        );
+        if news && let Some(h) = self.pending_header.take() {
+            let h = self.dim(&h);
+            let _ = writeln!(self.out, "{h}");
+        }
         match e {
             RunEvent::RunStarted { .. } => {}
+            RunEvent::WatchCycle { cycle, changes } => {
+                let head = if cycle == 1 {
+                    "vx watch: initial run".to_string()
+                } else {
+                    let mut shown: Vec<&str> = changes.iter().take(3).map(|c| c.as_str()).collect();
+                    if changes.len() > 3 {
+                        shown.push("…");
+                    }
+                    format!("vx watch: cycle {cycle} ({} changed)", shown.join(", "))
+                };
+                if cycle == 1 {
+                    let h = self.dim(&head);
+                    let _ = writeln!(self.out, "{h}");
+                } else {
+                    self.pending_header = Some(head);
+                }
+            }
+            RunEvent::Settled { summary } => {
+                if self.watching {
+                    // Cycles where nothing ran stay silent.
+                    if self.pending_header.is_none() {
+                        self.pending_header = None;
+                        self.summary(&summary);
+                        let msg = self.dim("vx watch: watching for changes (Ctrl-C to stop)");
+                        let _ = writeln!(self.out, "{msg}");
+                    }
+                    self.pending_header = None;
+                } else {
+                    self.summary(&summary);
+                    self.settled = true;
+                    let msg = self.dim(&format!(
+                        "{} persistent task{} running (Ctrl-C to stop)",
+                        summary.counts.running,
+                        if summary.counts.running == 1 { "" } else { "s" }
+                    ));
+                    let _ = writeln!(self.out, "{msg}");
+                }
+                let _ = self.out.flush();
+            }
+            RunEvent::TaskReady { id } => {
+                let p = self.prefix(&id);
+                let msg = self.dim("ready");
+                let _ = writeln!(self.out, "{p} {msg}");
+            }
             RunEvent::TaskStarted { .. } if !self.progress => {}
             RunEvent::TaskStarted { id, key, .. } => {
                 let p = self.prefix(&id);
@@ -173,6 +239,26 @@ impl Ui {
             let _ = self.out.flush();
             return;
         }
+        if self.settled {
+            // The summary was printed when the run settled; say how it ended.
+            let failed: Vec<&str> = s
+                .tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Failed)
+                .map(|t| t.id.as_str())
+                .collect();
+            let _ = writeln!(
+                self.out,
+                "  Done:  {}",
+                if failed.is_empty() {
+                    format!("after {}", duration(s.duration_ms))
+                } else {
+                    format!("{} failed", failed.join(", "))
+                }
+            );
+            let _ = self.out.flush();
+            return;
+        }
         let c = &s.counts;
         let mut parts = vec![
             format!("{} total", c.total),
@@ -187,6 +273,9 @@ impl Ui {
         }
         if c.aborted > 0 {
             parts.push(format!("{} aborted", c.aborted));
+        }
+        if c.running > 0 {
+            parts.push(format!("{} running", c.running));
         }
         let _ = writeln!(self.out);
         let _ = writeln!(self.out, " Tasks:  {}", parts.join(" · "));

@@ -12,6 +12,7 @@ use crate::exec::{self, Outcome, Spawn};
 use crate::globs::Patterns;
 use crate::graph::{self, SelectArgs, Selection, TaskGraph};
 use crate::hash::{self, FileIndex, FileMeta, KeyParts, TaskPatterns};
+use crate::persist;
 use crate::state::Hot;
 use crate::workspace::{self, Project, Workspace};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -845,15 +846,94 @@ struct Done {
     result: Option<TaskResult>,
     failed: bool,
     tainted: bool,
+    /// A persistent task that is ready (its dependents may start).
+    proc: Option<persist::Proc>,
+    /// Nothing happened (a watch cycle found the task unchanged): no events,
+    /// and not listed when only changes are reported.
+    quiet: bool,
+}
+
+impl Done {
+    fn new(local: usize, result: Option<TaskResult>, failed: bool, tainted: bool) -> Done {
+        Done {
+            local,
+            result,
+            failed,
+            tainted,
+            proc: None,
+            quiet: false,
+        }
+    }
 }
 
 /// Executes a run. Events stream into `events`; `cancel` carrying a signal
-/// number stops it.
+/// number stops it. Requested persistent tasks (and the persistent tasks
+/// they depend on) keep running after a [`RunEvent::Settled`] event until
+/// one of them exits or the run is cancelled.
 pub async fn run(
+    params: RunParams,
+    events: Events,
+    cancel: watch::Receiver<Option<i32>>,
+    hot: Option<Arc<Hot>>,
+) -> Result<RunSummary, EngineError> {
+    run_in(params, events, cancel, hot, None).await
+}
+
+/// What a watch session carries from one cycle to the next.
+#[derive(Default)]
+pub struct Session {
+    /// Per task id: the key it last ran (or was served) with, and whether
+    /// that ended well. A task whose key is unchanged is not run again.
+    pub last: Mutex<HashMap<String, (String, bool)>>,
+    /// Running persistent tasks by id.
+    pub procs: Mutex<HashMap<String, persist::Proc>>,
+}
+
+impl Session {
+    fn last_of(&self, id: &str) -> Option<(String, bool)> {
+        self.last.lock().ok().and_then(|l| l.get(id).cloned())
+    }
+
+    fn take_proc(&self, id: &str) -> Option<persist::Proc> {
+        self.procs.lock().ok().and_then(|mut p| p.remove(id))
+    }
+
+    /// Stops every persistent task of the session.
+    pub async fn stop_all(&self) {
+        let procs: Vec<persist::Proc> = self
+            .procs
+            .lock()
+            .map(|mut p| p.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        futures_join_all(procs.into_iter().map(|p| p.stop())).await;
+    }
+}
+
+/// Awaits every future (they run concurrently).
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// [`run`], as one cycle of a watch session when `session` is given:
+/// unchanged tasks are not run again and persistent tasks live in the
+/// session (restarted only when their key changed).
+pub async fn run_in(
     params: RunParams,
     events: Events,
     mut cancel: watch::Receiver<Option<i32>>,
     hot: Option<Arc<Hot>>,
+    session: Option<Arc<Session>>,
 ) -> Result<RunSummary, EngineError> {
     let started_at = now_ms();
     let t0 = Instant::now();
@@ -930,6 +1010,10 @@ pub async fn run(
 
     // Results ready to be recorded without a spawned task (inline hits).
     let mut immediate: std::collections::VecDeque<Done> = std::collections::VecDeque::new();
+    // Persistent tasks that became ready, by local index.
+    let mut procs: Vec<(usize, persist::Proc)> = Vec::new();
+    // Results that are not news (hits, unchanged in a watch cycle).
+    let mut quiet: HashSet<String> = HashSet::new();
     while completed < n {
         // Dispatch.
         while running.len() < concurrency {
@@ -970,23 +1054,68 @@ pub async fn run(
                     error = Some(e);
                     stopping = true;
                 }
-                immediate.push_back(Done {
-                    local: i,
-                    result: None,
-                    failed: false,
-                    tainted: is_tainted,
-                });
+                immediate.push_back(Done::new(i, None, false, is_tainted));
                 continue;
+            }
+            if node.def.persistent {
+                match sh.key_of(g) {
+                    Ok(key) => {
+                        let old = session.as_ref().and_then(|s| s.take_proc(&node.id));
+                        if let Some(p) = old.as_ref()
+                            && p.key == key
+                            && p.exited().is_none()
+                        {
+                            // A watch cycle: still running with the same key.
+                            let mut res = base_result(&sh, g);
+                            res.status = TaskStatus::Running;
+                            res.cache = CacheSource::Disabled;
+                            let mut d = Done::new(i, Some(res), false, is_tainted);
+                            d.proc = old;
+                            d.quiet = true;
+                            immediate.push_back(d);
+                            continue;
+                        }
+                        let sh2 = sh.clone();
+                        let rx = task_cancel_rx.clone();
+                        running.spawn(async move {
+                            start_persistent(&sh2, i, g, key, old, is_tainted, rx).await
+                        });
+                    }
+                    Err(e) => {
+                        let mut res = base_result(&sh, g);
+                        res.status = TaskStatus::Failed;
+                        res.error = Some(e.message);
+                        immediate.push_back(Done::new(i, Some(res), true, is_tainted));
+                    }
+                }
+                continue;
+            }
+            // A watch cycle does not run again what did not change.
+            if let Some(s) = &session {
+                let key = sh.key_of(g);
+                if let Ok(key) = &key
+                    && let Some((last, ok)) = s.last_of(&node.id)
+                    && &last == key
+                {
+                    let mut res = base_result(&sh, g);
+                    res.key = Some(key.clone());
+                    if ok {
+                        res.status = TaskStatus::Cached;
+                        res.cache = CacheSource::UpToDate;
+                    } else {
+                        res.status = TaskStatus::Failed;
+                        res.error = Some("failed, and nothing it depends on changed since".into());
+                    }
+                    let mut d = Done::new(i, Some(res), !ok, is_tainted);
+                    d.quiet = true;
+                    immediate.push_back(d);
+                    continue;
+                }
             }
             // The fast path: key and an in-place hit, inline.
             let key = match probe(&sh, g) {
                 Ok((_, Some(r))) => {
-                    immediate.push_back(Done {
-                        local: i,
-                        result: Some(r),
-                        failed: false,
-                        tainted: is_tainted,
-                    });
+                    immediate.push_back(Done::new(i, Some(r), false, is_tainted));
                     continue;
                 }
                 Ok((key, None)) => key,
@@ -997,12 +1126,7 @@ pub async fn run(
                     let mut res = base_result(&sh, g);
                     res.status = TaskStatus::Failed;
                     res.error = Some(e.message);
-                    immediate.push_back(Done {
-                        local: i,
-                        result: Some(res),
-                        failed: true,
-                        tainted: is_tainted,
-                    });
+                    immediate.push_back(Done::new(i, Some(res), true, is_tainted));
                     continue;
                 }
             };
@@ -1014,12 +1138,7 @@ pub async fn run(
                     Ok(result) => {
                         let failed =
                             matches!(result.status, TaskStatus::Failed | TaskStatus::Aborted);
-                        Done {
-                            local: i,
-                            result: Some(result),
-                            failed,
-                            tainted: is_tainted,
-                        }
+                        Done::new(i, Some(result), failed, is_tainted)
                     }
                     Err(e) => {
                         sh2.emit(RunEvent::Warning {
@@ -1028,12 +1147,7 @@ pub async fn run(
                         let mut res = base_result(&sh2, g);
                         res.status = TaskStatus::Failed;
                         res.error = Some(e.message);
-                        Done {
-                            local: i,
-                            result: Some(res),
-                            failed: true,
-                            tainted: is_tainted,
-                        }
+                        Done::new(i, Some(res), true, is_tainted)
                     }
                 }
             });
@@ -1072,6 +1186,12 @@ pub async fn run(
         let i = done.local;
         completed += 1;
         tainted[i] = done.tainted;
+        if let Some(p) = done.proc {
+            if !done.quiet {
+                let _ = events.send(RunEvent::TaskReady { id: p.id.clone() });
+            }
+            procs.push((i, p));
+        }
         if let Some(r) = done.result {
             if done.failed {
                 failed_root[i] = Some(r.id.clone());
@@ -1079,8 +1199,12 @@ pub async fn run(
                     stopping = true;
                 }
             }
-            if detail == vx_proto::Detail::All || r.status != TaskStatus::Cached {
+            let shown = !done.quiet && (r.status != TaskStatus::Cached);
+            if detail == vx_proto::Detail::All || shown {
                 let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
+            }
+            if !shown {
+                quiet.insert(r.id.clone());
             }
             results.push(r);
         }
@@ -1119,46 +1243,300 @@ pub async fn run(
         });
     }
     if let Some(e) = error {
+        let all: Vec<persist::Proc> = procs.into_iter().map(|(_, p)| p).collect();
+        futures_join_all(all.into_iter().map(|p| p.stop())).await;
         return Err(e);
     }
     results.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut counts = RunCounts {
-        total: results.len(),
-        ..Default::default()
+    let mut head = Head {
+        run_id,
+        started_at,
+        t0,
+        root,
+        detail,
     };
-    for r in &results {
-        match r.status {
-            TaskStatus::Success => counts.executed += 1,
-            TaskStatus::Cached => counts.cached += 1,
-            TaskStatus::Failed => {
-                counts.executed += 1;
-                counts.failed += 1
+    if let Some(s) = &session {
+        // The session keeps the persistent tasks and remembers what ran.
+        if let Ok(mut last) = s.last.lock() {
+            for r in &results {
+                if let Some(k) = &r.key {
+                    match r.status {
+                        TaskStatus::Success | TaskStatus::Cached | TaskStatus::Running => {
+                            last.insert(r.id.clone(), (k.clone(), true));
+                        }
+                        TaskStatus::Failed => {
+                            last.insert(r.id.clone(), (k.clone(), false));
+                        }
+                        TaskStatus::Skipped | TaskStatus::Aborted => {
+                            last.remove(&r.id);
+                        }
+                    }
+                }
             }
-            TaskStatus::Skipped => counts.skipped += 1,
-            TaskStatus::Aborted => counts.aborted += 1,
+        }
+        if cancelled.is_some() {
+            futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
+        } else if let Ok(mut map) = s.procs.lock() {
+            for (_, p) in procs {
+                map.insert(p.id.clone(), p);
+            }
+        }
+        return Ok(head.summary(results, cancelled, &quiet));
+    }
+    if let Some(sig) = cancelled {
+        futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
+        for r in results.iter_mut() {
+            if r.status == TaskStatus::Running {
+                r.status = TaskStatus::Aborted;
+            }
+        }
+        return Ok(head.summary(results, Some(sig), &quiet));
+    }
+    // Keep the requested persistent tasks and the persistent tasks they
+    // depend on; stop the others.
+    let mut keep = vec![false; n];
+    let mut stack: Vec<usize> = (0..n)
+        .filter(|&i| {
+            sh.requested.contains(&nodes[i]) && sh.model.graph.nodes[nodes[i]].def.persistent
+        })
+        .collect();
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut keep[i], true) {
+            continue;
+        }
+        for &d in &deps[i] {
+            if sh.model.graph.nodes[nodes[d]].def.persistent {
+                stack.push(d);
+            }
         }
     }
-    let ok =
-        counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
-    if detail == vx_proto::Detail::Changes {
-        results.retain(|r| r.status != TaskStatus::Cached);
+    let (kept, others): (Vec<_>, Vec<_>) = procs.into_iter().partition(|(i, _)| keep[*i]);
+    let stopped: HashSet<String> = others.iter().map(|(_, p)| p.id.clone()).collect();
+    futures_join_all(others.into_iter().map(|(_, p)| p.stop())).await;
+    for r in results.iter_mut() {
+        if stopped.contains(&r.id) {
+            r.status = TaskStatus::Success;
+        }
     }
-    let exit_code = match cancelled {
-        Some(sig) => 128 + sig,
-        None if ok => 0,
-        None => 1,
+    if kept.is_empty() {
+        return Ok(head.summary(results, None, &quiet));
+    }
+    let settled = head.summary(results.clone(), None, &quiet);
+    let _ = events.send(RunEvent::Settled { summary: settled });
+    // Wait until one kept task exits, or the run is cancelled.
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, Outcome)>();
+    let mut kept: Vec<persist::Proc> = kept.into_iter().map(|(_, p)| p).collect();
+    let mut waiters = Vec::new();
+    for p in kept.iter() {
+        let mut rx = p.exit_receiver();
+        let tx = exit_tx.clone();
+        let id = p.id.clone();
+        waiters.push(tokio::spawn(async move {
+            if let Ok(o) = rx.wait_for(|o| o.is_some()).await
+                && let Some(o) = o.clone()
+            {
+                let _ = tx.send((id, o));
+            }
+        }));
+    }
+    drop(exit_tx);
+    let ended = tokio::select! {
+        e = exit_rx.recv() => e.map(Ok),
+        r = cancel.changed() => {
+            let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
+            Some(Err(sig))
+        }
     };
-    Ok(RunSummary {
-        run_id,
-        ok,
-        exit_code,
-        started_at,
-        ended_at: now_ms(),
-        duration_ms: t0.elapsed().as_millis() as u64,
-        counts,
-        tasks: results,
-        root,
-    })
+    for w in waiters {
+        w.abort();
+    }
+    let exited_id = match &ended {
+        Some(Ok((id, _))) => Some(id.clone()),
+        _ => None,
+    };
+    let rest: Vec<persist::Proc> = kept
+        .drain(..)
+        .filter(|p| Some(&p.id) != exited_id.as_ref())
+        .collect();
+    futures_join_all(rest.into_iter().map(|p| p.stop())).await;
+    head.t0 = t0;
+    match ended {
+        Some(Err(sig)) => {
+            for r in results.iter_mut() {
+                if r.status == TaskStatus::Running {
+                    r.status = TaskStatus::Success;
+                }
+            }
+            Ok(head.summary(results, Some(sig), &quiet))
+        }
+        Some(Ok((id, outcome))) => {
+            for r in results.iter_mut() {
+                if r.status != TaskStatus::Running {
+                    continue;
+                }
+                r.status = TaskStatus::Success;
+                if r.id == id {
+                    r.exit_code = outcome.exit_code();
+                    if outcome != Outcome::Exited(0) {
+                        r.status = TaskStatus::Failed;
+                        r.error = Some(match outcome.exit_code() {
+                            Some(c) => format!("exited with {c}"),
+                            None => "exited".to_string(),
+                        });
+                    }
+                }
+            }
+            let _ = events.send(RunEvent::Warning {
+                message: format!(
+                    "{id} exited{}; stopping the other persistent tasks",
+                    match outcome.exit_code() {
+                        Some(c) => format!(" with {c}"),
+                        None => String::new(),
+                    }
+                ),
+            });
+            Ok(head.summary(results, None, &quiet))
+        }
+        None => Ok(head.summary(results, None, &quiet)),
+    }
+}
+
+/// What a run's summary is made of besides its task results.
+struct Head {
+    run_id: String,
+    started_at: u64,
+    t0: Instant,
+    root: String,
+    detail: vx_proto::Detail,
+}
+
+impl Head {
+    fn summary(
+        &mut self,
+        mut results: Vec<TaskResult>,
+        cancelled: Option<i32>,
+        quiet: &HashSet<String>,
+    ) -> RunSummary {
+        let mut counts = RunCounts {
+            total: results.len(),
+            ..Default::default()
+        };
+        for r in &results {
+            match r.status {
+                TaskStatus::Success => counts.executed += 1,
+                TaskStatus::Cached => counts.cached += 1,
+                TaskStatus::Failed => {
+                    counts.executed += 1;
+                    counts.failed += 1
+                }
+                TaskStatus::Skipped => counts.skipped += 1,
+                TaskStatus::Aborted => counts.aborted += 1,
+                TaskStatus::Running => counts.running += 1,
+            }
+        }
+        let ok =
+            counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
+        if self.detail == vx_proto::Detail::Changes {
+            results.retain(|r| r.status != TaskStatus::Cached && !quiet.contains(&r.id));
+        }
+        let exit_code = match cancelled {
+            Some(sig) => 128 + sig,
+            None if ok => 0,
+            None => 1,
+        };
+        RunSummary {
+            run_id: self.run_id.clone(),
+            ok,
+            exit_code,
+            started_at: self.started_at,
+            ended_at: now_ms(),
+            duration_ms: self.t0.elapsed().as_millis() as u64,
+            counts,
+            tasks: results,
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// Starts a persistent task (stopping the session's previous process of it
+/// first) and reports when it is ready, or why it is not.
+async fn start_persistent(
+    sh: &Arc<Shared>,
+    i: usize,
+    g: usize,
+    key: String,
+    old: Option<persist::Proc>,
+    tainted: bool,
+    cancel: watch::Receiver<Option<i32>>,
+) -> Done {
+    let node = &sh.model.graph.nodes[g];
+    let id = node.id.clone();
+    if let Some(old) = old {
+        if old.exited().is_none() {
+            sh.emit(RunEvent::Warning {
+                message: format!("restarting {id}: its inputs changed"),
+            });
+        }
+        old.stop().await;
+    }
+    let command = sh.command_line(g);
+    let spec = Spawn {
+        command: command.clone(),
+        dir: sh.project_abs(node.project),
+        env: sh.task_env(g),
+        timeout: None,
+        keep_stdin: true,
+    };
+    let ready_when = node
+        .def
+        .ready_when
+        .as_deref()
+        .and_then(|r| regex::Regex::new(r).ok());
+    let ready_timeout = node
+        .def
+        .timeout_ms
+        .or(sh.model.ws.defaults.timeout_ms)
+        .map(Duration::from_millis);
+    sh.emit(RunEvent::TaskStarted {
+        id: id.clone(),
+        key: None,
+        command,
+    });
+    let t0 = Instant::now();
+    let started = persist::start(
+        spec,
+        id.clone(),
+        key.clone(),
+        ready_when,
+        ready_timeout,
+        sh.events.clone(),
+        cancel,
+    )
+    .await;
+    let mut res = base_result(sh, g);
+    res.key = Some(key);
+    res.cache = CacheSource::Disabled;
+    res.attempts = 1;
+    res.duration_ms = t0.elapsed().as_millis() as u64;
+    match started {
+        Ok(p) => {
+            res.status = TaskStatus::Running;
+            let mut d = Done::new(i, Some(res), false, tainted);
+            d.proc = Some(p);
+            d
+        }
+        Err(e) => {
+            res.exit_code = e.outcome.as_ref().and_then(|o| o.exit_code());
+            if e.cancelled.is_some() {
+                res.status = TaskStatus::Aborted;
+                res.error = Some("cancelled".into());
+            } else {
+                res.status = TaskStatus::Failed;
+                res.error = Some(e.error);
+            }
+            Done::new(i, Some(res), true, tainted)
+        }
+    }
 }
 
 /// For each node, how many nodes transitively depend on it.
@@ -1512,6 +1890,7 @@ async fn execute(
         dir: dir.clone(),
         env: sh.task_env(g),
         timeout,
+        keep_stdin: false,
     };
     sh.emit(RunEvent::TaskStarted {
         id: id.clone(),

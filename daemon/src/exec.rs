@@ -40,6 +40,10 @@ pub struct Spawn {
     pub dir: PathBuf,
     pub env: Vec<(String, String)>,
     pub timeout: Option<Duration>,
+    /// Give the process a stdin pipe that stays open (persistent tasks: a
+    /// dev server that reads stdin must not see EOF); otherwise stdin is
+    /// `/dev/null`.
+    pub keep_stdin: bool,
 }
 
 /// How a process ended.
@@ -207,7 +211,17 @@ fn reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
 /// then KILL).
 pub async fn run(
     spec: &Spawn,
+    on_line: impl FnMut(Stream, String),
+    cancel: watch::Receiver<Option<i32>>,
+) -> Outcome {
+    run_observed(spec, on_line, |_| {}, cancel).await
+}
+
+/// [`run`], calling `on_spawn` with the process id once the process exists.
+pub async fn run_observed(
+    spec: &Spawn,
     mut on_line: impl FnMut(Stream, String),
+    on_spawn: impl FnOnce(u32),
     mut cancel: watch::Receiver<Option<i32>>,
 ) -> Outcome {
     if let Some(sig) = *cancel.borrow() {
@@ -220,7 +234,11 @@ pub async fn run(
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
-        .stdin(Stdio::null())
+        .stdin(if spec.keep_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
@@ -239,6 +257,9 @@ pub async fn run(
     if guard.pgid > 0 {
         guard_send(format!("+{}\n", guard.pgid));
     }
+    // Held (never written) until the process ends.
+    let _stdin = child.stdin.take();
+    on_spawn(guard.pgid as u32);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -338,6 +359,7 @@ mod tests {
             dir: std::env::temp_dir(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             timeout: None,
+            keep_stdin: false,
         }
     }
 

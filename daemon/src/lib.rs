@@ -11,6 +11,8 @@ pub mod exec;
 pub mod globs;
 pub mod graph;
 pub mod hash;
+pub mod persist;
 pub mod server;
 pub mod state;
+pub mod watch;
 pub mod workspace;

@@ -153,7 +153,15 @@ pub struct Hot {
     /// One lock per task id: runs that would write the same outputs with
     /// different keys take turns.
     task_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// A counter bumped on every batch of changes the watcher reports
+    /// (never for vx's own `.vx` files or `.git`): what watch loops wait on.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The most recent changed paths with the counter value they came with.
+    change_log: Mutex<std::collections::VecDeque<(u64, PathBuf)>>,
 }
+
+/// How many changed paths [`Hot`] remembers for watch clients.
+const CHANGE_LOG: usize = 256;
 
 fn cache_dir_of(root: &Path) -> PathBuf {
     std::env::var_os("VX_CACHE_DIR")
@@ -200,6 +208,8 @@ impl Hot {
             inflight: Mutex::new(HashMap::new()),
             inputs_memo: Mutex::new(InputsMemo::default()),
             task_locks: Mutex::new(HashMap::new()),
+            changes: tokio::sync::watch::channel(0).0,
+            change_log: Mutex::new(std::collections::VecDeque::new()),
         });
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let watcher = notify::recommended_watcher(move |ev| {
@@ -387,6 +397,7 @@ impl Hot {
         }
         let dotvx = self.root.join(".vx");
         let dotgit = self.root.join(".git");
+        let mut changed = false;
         for p in &ev.paths {
             if p.starts_with(&dotvx) {
                 if let Ok(mut c) = self.cookies.lock()
@@ -398,6 +409,14 @@ impl Hot {
             }
             if p.starts_with(&dotgit) {
                 continue;
+            }
+            if let Ok(mut log) = self.change_log.lock() {
+                let seq = *self.changes.borrow() + 1;
+                if log.len() >= CHANGE_LOG {
+                    log.pop_front();
+                }
+                log.push_back((seq, p.clone()));
+                changed = true;
             }
             if p == &self.root && matches!(ev.kind, EventKind::Remove(_)) {
                 self.root_gone.store(true, Ordering::Relaxed);
@@ -441,6 +460,38 @@ impl Hot {
         if !self.root.exists() {
             self.root_gone.store(true, Ordering::Relaxed);
         }
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A receiver whose value changes whenever the watcher reports changes.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The changed paths reported after counter value `seen` (oldest first,
+    /// deduplicated, workspace-relative, at most `limit`).
+    pub fn changes_since(&self, seen: u64, limit: usize) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Ok(log) = self.change_log.lock() {
+            for (seq, p) in log.iter() {
+                if *seq <= seen {
+                    continue;
+                }
+                let rel = p
+                    .strip_prefix(&self.root)
+                    .map(|r| r.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| p.to_string_lossy().into_owned());
+                if !out.contains(&rel) {
+                    out.push(rel);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Waits until the watcher has delivered every event caused before now.

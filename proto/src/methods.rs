@@ -24,6 +24,10 @@ pub const CACHE_CLEAN: &str = "cache.clean";
 pub const SHUTDOWN: &str = "daemon.shutdown";
 /// `daemon.status` — what a long-lived daemon holds and has done.
 pub const STATUS: &str = "daemon.status";
+/// `watch.start` — a dev loop: an initial run, then a cycle per batch of
+/// changes. `run.event` notifications stream until `run.cancel`; the
+/// response ([`WatchSummary`]) comes when the loop stops.
+pub const WATCH_START: &str = "watch.start";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloParams {
@@ -174,6 +178,8 @@ pub enum TaskStatus {
     Skipped,
     /// Killed because the run was cancelled.
     Aborted,
+    /// A persistent task that is ready and still running.
+    Running,
 }
 
 /// Where a task's result came from.
@@ -220,6 +226,9 @@ pub struct RunCounts {
     pub failed: usize,
     pub skipped: usize,
     pub aborted: usize,
+    /// Persistent tasks still running when the summary was made.
+    #[serde(default)]
+    pub running: usize,
 }
 
 /// The result of `run.start`.
@@ -289,6 +298,43 @@ pub enum RunEvent {
     Warning {
         message: String,
     },
+    /// A persistent task is ready (its `ready_when` line appeared, or it
+    /// started and has no `ready_when`): its dependents may start.
+    TaskReady {
+        id: String,
+    },
+    /// Every task that will finish has finished. In `run.start`, the
+    /// persistent tasks listed in `summary` as `running` keep going (their
+    /// output keeps streaming) until one exits or the run is cancelled; the
+    /// response follows then. In `watch.start`, the end of a cycle.
+    Settled {
+        summary: RunSummary,
+    },
+    /// `watch.start`: a cycle begins. `changes` are the changed paths
+    /// (workspace-relative, at most 20) that triggered it; empty for the
+    /// initial run.
+    WatchCycle {
+        cycle: u64,
+        changes: Vec<String>,
+    },
+}
+
+/// Parameters of `watch.start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct WatchParams {
+    /// What each cycle runs (the same as `run.start`'s parameters).
+    pub run: RunParams,
+    /// Quiet time after the last change before a cycle starts (default 100 ms).
+    #[serde(default)]
+    pub debounce_ms: Option<u64>,
+}
+
+/// The result of `watch.start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchSummary {
+    pub cycles: u64,
+    /// The exit code the client should use (0 when stopped by a signal).
+    pub exit_code: i32,
 }
 
 /// The predicted cache status in a plan.

@@ -290,6 +290,42 @@ async fn handle(
             let _ = forward.await;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
+        methods::WATCH_START => {
+            let p: vx_proto::WatchParams = parse(params)?;
+            let (cancel_tx, cancel_rx) = watch::channel(None);
+            if let Ok(mut s) = state.lock() {
+                s.cancels.push(cancel_tx);
+            }
+            // The daemon's watcher serves every watch client; the no-daemon
+            // engine starts a private one for this loop.
+            let hot = match &ctx.hot {
+                Some(h) => h.clone(),
+                None => {
+                    let cwd = PathBuf::from(&p.run.cwd);
+                    let root =
+                        tokio::task::spawn_blocking(move || crate::workspace::find_root(&cwd))
+                            .await
+                            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
+                            .map_err(|e| engine_err(e.into()))?;
+                    Hot::start(&root).map_err(|e| {
+                        RpcError::new(
+                            codes::INTERNAL_ERROR,
+                            format!("cannot watch {}: {e:#}", root.display()),
+                        )
+                    })?
+                }
+            };
+            let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+            let out2 = out.clone();
+            let forward = tokio::spawn(async move {
+                while let Some(e) = ev_rx.recv().await {
+                    let _ = out2.send(Message::notification(methods::RUN_EVENT, e));
+                }
+            });
+            let r = crate::watch::run(p, ev_tx, cancel_rx, hot).await;
+            let _ = forward.await;
+            to_value(serde_json::to_value(r.map_err(engine_err)?))
+        }
         methods::RUN_PLAN => {
             let p: RunParams = parse(params)?;
             to_value(serde_json::to_value(

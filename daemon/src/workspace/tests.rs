@@ -568,6 +568,10 @@ fn task_rule_violations() {
             "[tasks.p]\ncommand = \"x\"\npersistent = true\nretries = 1\n",
             "cannot set `retries`",
         ),
+        (
+            "[tasks.p]\ncommand = \"x\"\npersistent = true\nready_when = \"up(\"\n",
+            "not a valid regular expression",
+        ),
         ("[tasks.\"a#b\"]\ncommand = \"x\"\n", "may not contain `#`"),
         ("[tasks.\"^a\"]\ncommand = \"x\"\n", "may not start with"),
         (

@@ -379,6 +379,19 @@ fn task(
         if r.get_ref().is_empty() {
             return Err(src.err_span(r.span(), format!("{} is empty", what("ready_when"))));
         }
+        if let Err(e) = regex::Regex::new(r.get_ref()) {
+            let first = e.to_string();
+            let detail = first.lines().last().unwrap_or("invalid").trim().to_string();
+            return Err(src
+                .err_span(
+                    r.span(),
+                    format!(
+                        "{} is not a valid regular expression: {detail}",
+                        what("ready_when")
+                    ),
+                )
+                .with_hint("ready_when is a regex matched against each output line, e.g. \"listening on|ready\""));
+        }
         def.ready_when = Some(r.into_inner());
     }
 
