@@ -43,7 +43,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn filter() -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_env("VX_LOG").unwrap_or_else(|_| "warn".into())
+    tracing_subscriber::EnvFilter::try_from_env("VX_LOG")
+        .unwrap_or_else(|_| "warn,notify=error".into())
 }
 
 fn stdio() -> anyhow::Result<()> {
