@@ -229,6 +229,13 @@ fn call_following(
 ) -> Result<(Conn, serde_json::Value)> {
     match conn.call_raw(method, params, &mut *on_event)? {
         Ok(v) => Ok((conn, v)),
+        Err(e) if e.code == codes::NEEDS_TERMINAL => {
+            // An interactive task gets this terminal: the foreground engine.
+            conn.finish();
+            let mut conn = Conn::stdio()?;
+            let v = conn.call(method, params, on_event)?;
+            Ok((conn, v))
+        }
         Err(e) if e.code == codes::WRONG_WORKSPACE => {
             let root = e
                 .data
@@ -424,6 +431,10 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
             vx_proto::Detail::All
         } else {
             vx_proto::Detail::Changes
+        },
+        tty: {
+            use std::io::IsTerminal;
+            std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !args.json
         },
         argv: std::env::args().collect(),
         profile: None,

@@ -176,6 +176,8 @@ impl Ui {
                 };
                 let msg = self.dim(&msg);
                 let _ = writeln!(self.out, "{p} {msg}");
+                // Before the task may take the terminal.
+                let _ = self.out.flush();
             }
             RunEvent::TaskCacheHit { id, key, source } => {
                 let p = self.prefix(&id);

@@ -594,6 +594,16 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether node `n` is an interactive task that gets the client's
+    /// terminal: the client has one and the task is the only one requested
+    /// (everything else in the run is its dependencies, finished first).
+    fn gets_terminal(&self, n: usize) -> bool {
+        self.params.tty
+            && self.model.graph.nodes[n].def.interactive
+            && self.requested.len() == 1
+            && self.requested.contains(&n)
+    }
+
     fn cache_read(&self, n: usize) -> bool {
         self.cache_enabled(n) && !self.params.force
     }
@@ -749,6 +759,22 @@ fn prepare(
     }
     timing.stage("hash");
     let requested = selection.requested.clone();
+    // A daemon has no terminal to give an interactive task: the client
+    // runs such a run with the foreground engine instead.
+    if hot.is_some()
+        && params.tty
+        && requested.len() == 1
+        && requested.iter().all(|&n| graph.nodes[n].def.interactive)
+    {
+        // Let the foreground engine open the cache (reopened on next use).
+        if let Some(h) = hot {
+            h.close_store();
+        }
+        return Err(EngineError::new(
+            codes::NEEDS_TERMINAL,
+            "an interactive task needs the terminal; run it with the no-daemon engine",
+        ));
+    }
     let shared = Shared {
         model: model.clone(),
         store,
@@ -1486,6 +1512,7 @@ async fn start_persistent(
         env: sh.task_env(g),
         timeout: None,
         keep_stdin: true,
+        tty: false,
     };
     let ready_when = node
         .def
@@ -1891,7 +1918,15 @@ async fn execute(
         env: sh.task_env(g),
         timeout,
         keep_stdin: false,
+        tty: sh.gets_terminal(g),
     };
+    if node.def.interactive && !spec.tty {
+        sh.emit(RunEvent::Warning {
+            message: format!(
+                "{id} is interactive but does not run alone on a terminal; its stdin is closed"
+            ),
+        });
+    }
     sh.emit(RunEvent::TaskStarted {
         id: id.clone(),
         key: Some(key.clone()),

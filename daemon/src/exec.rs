@@ -44,6 +44,10 @@ pub struct Spawn {
     /// dev server that reads stdin must not see EOF); otherwise stdin is
     /// `/dev/null`.
     pub keep_stdin: bool,
+    /// Give the process the controlling terminal (`/dev/tty` as stdin,
+    /// stdout and stderr, in the foreground process group): an interactive
+    /// task. Its output is not captured.
+    pub tty: bool,
 }
 
 /// How a process ended.
@@ -227,6 +231,9 @@ pub async fn run_observed(
     if let Some(sig) = *cancel.borrow() {
         return Outcome::Cancelled(sig);
     }
+    if spec.tty {
+        return run_tty(spec, on_spawn, cancel).await;
+    }
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -326,6 +333,100 @@ pub async fn run_observed(
     }
 }
 
+/// An interactive task: the terminal as its stdio, in the engine's own
+/// (foreground) process group so it can read the keyboard; Ctrl-C reaches it
+/// directly. Stopped by signalling the process itself.
+async fn run_tty(
+    spec: &Spawn,
+    on_spawn: impl FnOnce(u32),
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Outcome {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+    };
+    let (i, o, e) = match (open(), open(), open()) {
+        (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            return Outcome::SpawnFailed(format!("cannot open the terminal: {err}"));
+        }
+    };
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .current_dir(&spec.dir)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::from(i))
+        .stdout(Stdio::from(o))
+        .stderr(Stdio::from(e))
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::SpawnFailed(format!(
+                "cannot start /bin/sh in {}: {e}",
+                spec.dir.display()
+            ));
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    on_spawn(pid);
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep_until = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+    let status = tokio::select! {
+        st = child.wait() => st,
+        _ = &mut sleep_until => {
+            stop_pid(&mut child, pid).await;
+            return Outcome::TimedOut;
+        }
+        r = cancel.changed() => {
+            let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
+            stop_pid(&mut child, pid).await;
+            return Outcome::Cancelled(sig);
+        }
+    };
+    match status {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (st.code(), st.signal()) {
+                (Some(c), _) => Outcome::Exited(c),
+                (None, Some(s)) => Outcome::Signalled(s),
+                _ => Outcome::Exited(1),
+            }
+        }
+        Err(e) => Outcome::SpawnFailed(format!("waiting for the task failed: {e}")),
+    }
+}
+
+/// TERM one process, the grace, then KILL; reaps it.
+async fn stop_pid(child: &mut tokio::process::Child, pid: u32) {
+    let signal = |sig: i32| {
+        if pid > 0 {
+            // SAFETY: signalling the child we spawned (not yet reaped).
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    };
+    signal(libc::SIGTERM);
+    if tokio::time::timeout(kill_grace(), child.wait())
+        .await
+        .is_err()
+    {
+        signal(libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
 /// TERM the group, wait the grace (still forwarding output), then KILL.
 async fn terminate(
     child: &mut tokio::process::Child,
@@ -360,6 +461,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             timeout: None,
             keep_stdin: false,
+            tty: false,
         }
     }
 

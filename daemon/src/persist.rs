@@ -288,6 +288,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             timeout: None,
             keep_stdin: true,
+            tty: false,
         }
     }
 

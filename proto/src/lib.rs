@@ -94,6 +94,9 @@ pub mod codes {
     /// The request's `cwd` belongs to another workspace than this daemon's;
     /// `data.root` names the right one.
     pub const WRONG_WORKSPACE: i64 = -32009;
+    /// The run would give an interactive task the client's terminal, which a
+    /// daemon does not have: the client runs it with the no-daemon engine.
+    pub const NEEDS_TERMINAL: i64 = -32010;
 }
 
 /// One JSON-RPC 2.0 message: a request (has `id` and `method`), a

@@ -153,6 +153,10 @@ pub struct RunParams {
     /// values from it, never from its own.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Whether the client's stdin and stdout are a terminal: an interactive
+    /// task that runs alone then gets it.
+    #[serde(default)]
+    pub tty: bool,
     /// The client's command line, recorded in the run history.
     #[serde(default)]
     pub argv: Vec<String>,

@@ -413,3 +413,92 @@ fn ctrl_c_stops_a_kept_dev_server() {
     assert_eq!(st.code(), Some(130));
     assert_no_processes(ws.root());
 }
+
+/// Runs `vx <args>` in a pseudo-terminal (python's `pty`), typing `input`.
+fn in_pty(ws: &Ws, args: &[&str], input: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let script = r#"
+import os, pty, signal, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+def give_up(*_):
+    os.kill(pid, signal.SIGKILL)
+    sys.stdout.write("timed out")
+    sys.exit(99)
+signal.signal(signal.SIGALRM, give_up)
+signal.alarm(60)
+time.sleep(0.5)
+os.write(fd, os.environ["VX_TEST_INPUT"].encode())
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut c = ws.cmd(".", &[]);
+    let prog = c.get_program().to_owned();
+    let mut py = std::process::Command::new("python3");
+    py.arg("-c").arg(script).arg(prog).args(args);
+    py.current_dir(ws.root());
+    py.env_clear();
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            py.env(k, v);
+        }
+    }
+    for (k, v) in env {
+        py.env(k, v);
+    }
+    py.env("VX_TEST_INPUT", input);
+    c.stdin(Stdio::null());
+    let out = py.output().expect("python3 with pty");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn an_interactive_task_run_alone_gets_the_terminal() {
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"app\"]\n"),
+        (
+            "app/vx.toml",
+            concat!(
+                "[project]\nname = \"app\"\n",
+                "[tasks.login]\n",
+                "command = \"printf 'name? '; read name; echo \\\"hello $name\\\" > greeting.txt\"\n",
+                "interactive = true\n",
+                "depends_on = [\"prep\"]\n",
+                "[tasks.prep]\ncommand = \"echo prepared\"\n",
+            ),
+        ),
+    ]);
+    // Through the daemon too: it hands the run to the foreground engine.
+    for daemon in ["0", "1"] {
+        let _ = std::fs::remove_file(ws.path("app/greeting.txt"));
+        let (code, out) = in_pty(
+            &ws,
+            &["run", "app#login"],
+            "bob\n",
+            &[("VX_DAEMON", daemon)],
+        );
+        assert_eq!(code, 0, "VX_DAEMON={daemon}: {out}");
+        assert_eq!(ws.read("app/greeting.txt"), "hello bob\n", "{out}");
+    }
+    // Without a terminal its stdin is closed, with a warning.
+    let r = ws.vx(&["run", "app#login"]);
+    assert!(
+        r.stderr.contains("is interactive but does not run alone"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ws.read("app/greeting.txt"), "hello \n");
+}
