@@ -1267,4 +1267,206 @@ mod tests {
         let on_disk = collect_outputs(&proj, &pats, &fence);
         assert!(!outputs_up_to_date(&m, &stamps, &on_disk));
     }
+
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+
+    /// Puts an entry whose outputs are `dist/<name>` files with the given bytes.
+    fn put(s: &Store, key: char, outputs: &[(&str, &[u8])], log: &[u8], created_at: u64) -> Manifest {
+        let outputs = outputs
+            .iter()
+            .map(|(name, bytes)| OutputFile {
+                path: format!("dist/{name}"),
+                mode: 0o644,
+                digest: s.put_bytes(bytes).unwrap(),
+            })
+            .collect();
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: key.to_string().repeat(64),
+            task: format!("p#{key}"),
+            outputs,
+            log: s.put_bytes(log).unwrap(),
+            exit_code: 0,
+            duration_ms: 0,
+            created_at,
+        };
+        s.put_entry(&m, &Stamps::new());
+        m
+    }
+
+    fn has_blob(s: &Store, bytes: &[u8]) -> bool {
+        s.blob_path(&digest_of(bytes).hash).exists()
+    }
+
+    /// Reopens the store from disk (no memo, no pending blobs), like a new process.
+    fn reopen(d: &Path, s: Store) -> Store {
+        s.close().unwrap();
+        drop(s);
+        store(d)
+    }
+
+    /// Every entry left restores byte-identical into a fresh project dir.
+    fn assert_restores(s: &Store, d: &Path, ms: &[&Manifest], contents: &[&[(&str, &[u8])]]) {
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        for (m, files) in ms.iter().zip(contents) {
+            let got = s.get(&m.key).unwrap().expect("entry kept");
+            let proj = d.join(format!("restore-{}", &m.key[..1]));
+            restore(s, &got.0, &proj, &pats, &HashSet::new()).unwrap();
+            for (name, bytes) in *files {
+                assert_eq!(fs::read(proj.join("dist").join(name)).unwrap(), *bytes);
+            }
+            assert_eq!(s.read_verified(&got.0.log).unwrap().len() as u64, got.0.log.size_bytes);
+        }
+    }
+
+    #[test]
+    fn prune_by_age_keeps_recently_accessed_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let old = put(&s, 'a', &[("a", b"AAAA")], b"log-a", now - 10 * DAY);
+        let fresh = put(&s, 'b', &[("b", b"BBBB")], b"log-b", now);
+        let served = put(&s, 'c', &[("c", b"CCCC")], b"log-c", now - 10 * DAY);
+        let s = reopen(d.path(), s);
+        // Served long after it was created: its access time is now.
+        assert!(s.get(&served.key).unwrap().is_some());
+        let s = reopen(d.path(), s); // the access time survives a restart
+        let p = s.prune(None, Some(Duration::from_millis(5 * DAY))).unwrap();
+        assert_eq!((p.removed, p.kept), (1, 2));
+        assert_eq!(p.entries[0].key, old.key);
+        assert_eq!(p.freed_bytes, 4 + 5);
+        assert_eq!(p.kept_bytes, 2 * (4 + 5));
+        assert!(s.get(&old.key).unwrap().is_none());
+        assert!(!has_blob(&s, b"AAAA") && !has_blob(&s, b"log-a"));
+        assert!(has_blob(&s, b"BBBB") && has_blob(&s, b"CCCC"));
+        assert_restores(
+            &s,
+            d.path(),
+            &[&fresh, &served],
+            &[&[("b", b"BBBB")], &[("c", b"CCCC")]],
+        );
+        assert_eq!(s.stats().unwrap(), (2, 4, 2 * (4 + 5)));
+    }
+
+    #[test]
+    fn prune_by_size_drops_least_recently_accessed_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let (a, b, c) = (vec![b'a'; 1000], vec![b'b'; 1000], vec![b'c'; 1000]);
+        let oldest = put(&s, 'a', &[("a", &a)], b"log-a", now - 3 * DAY);
+        let middle = put(&s, 'b', &[("b", &b)], b"log-b", now - 2 * DAY);
+        let newest = put(&s, 'c', &[("c", &c)], b"log-c", now - DAY);
+        // The oldest is served now: it becomes the most recently used.
+        s.touch(&oldest.key);
+        let s = reopen(d.path(), s);
+        let dry = s.prune_dry_run(Some(2100), None).unwrap();
+        assert_eq!(dry.entries.len(), 1);
+        assert_eq!(s.stats().unwrap().0, 3, "a dry run removes nothing");
+        let p = s.prune(Some(2100), None).unwrap();
+        assert_eq!(p, dry);
+        assert_eq!(p.entries[0].key, middle.key);
+        assert_eq!(p.entries[0].bytes, 1005);
+        assert_eq!((p.removed, p.kept, p.freed_bytes, p.kept_bytes), (1, 2, 1005, 2010));
+        assert!(!has_blob(&s, &b));
+        // Next the least recently used is `newest` (served a day ago).
+        let p = s.prune_dry_run(Some(1500), None).unwrap();
+        assert_eq!(p.entries[0].key, newest.key);
+        // (restoring serves both: their access times are now)
+        assert_restores(
+            &s,
+            d.path(),
+            &[&oldest, &newest],
+            &[&[("a", &a)], &[("c", &c)]],
+        );
+        assert_eq!(s.prune(Some(0), None).unwrap().removed, 2);
+        assert_eq!(s.stats().unwrap(), (0, 0, 0));
+    }
+
+    #[test]
+    fn prune_keeps_a_blob_while_one_entry_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let shared: &[u8] = b"shared output bytes";
+        let old = put(&s, 'a', &[("x", shared), ("own", b"a-only")], b"log-a", now - 10 * DAY);
+        let new = put(&s, 'b', &[("x", shared)], b"log-b", now);
+        let p = s.prune(None, Some(Duration::from_millis(DAY))).unwrap();
+        assert_eq!(p.entries[0].key, old.key);
+        assert_eq!(p.freed_bytes, 6 + 5, "only a's own output and log go");
+        assert!(has_blob(&s, shared) && !has_blob(&s, b"a-only"));
+        assert_restores(&s, d.path(), &[&new], &[&[("x", shared)]]);
+        // Size: dropping `new` frees the shared blob too.
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!(p.freed_bytes, shared.len() as u64 + 5);
+        assert!(!has_blob(&s, shared));
+    }
+
+    #[test]
+    fn prune_after_a_crash_sweeps_unreferenced_blobs_and_old_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let gone = put(&s, 'a', &[("a", b"AAAA")], b"log-a", now);
+        let kept = put(&s, 'b', &[("b", b"BBBB")], b"log-b", now);
+        // A prune that committed the index and died before deleting blobs.
+        s.drop_entry(&gone.key);
+        let tmp = d.path().join("cache/tmp");
+        fs::write(tmp.join("old"), b"12345678").unwrap();
+        let f = fs::File::options().write(true).open(tmp.join("old")).unwrap();
+        f.set_modified(std::time::SystemTime::now() - GRACE - Duration::from_secs(1))
+            .unwrap();
+        fs::write(tmp.join("young"), b"123").unwrap();
+        let s = reopen(d.path(), s);
+        assert!(has_blob(&s, b"AAAA"));
+        let p = s.prune(None, None).unwrap();
+        assert_eq!((p.removed, p.kept), (0, 1));
+        assert_eq!(p.freed_bytes, 4 + 5 + 8);
+        assert!(!has_blob(&s, b"AAAA") && !has_blob(&s, b"log-a"));
+        assert!(!tmp.join("old").exists() && tmp.join("young").exists());
+        assert_restores(&s, d.path(), &[&kept], &[&[("b", b"BBBB")]]);
+    }
+
+    #[test]
+    fn prune_never_deletes_a_blob_whose_entry_is_not_queued_yet() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        // A save in flight: its outputs are stored, its entry not yet put.
+        let out = s.put_bytes(b"in flight").unwrap();
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!(p.freed_bytes, 0);
+        assert!(has_blob(&s, b"in flight"));
+        let m = put(&s, 'a', &[("o", b"in flight")], b"log", now_ms());
+        assert_eq!(m.outputs[0].digest, out);
+        // Named by an entry now: size pressure may drop both.
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!((p.removed, p.freed_bytes), (1, 9 + 3));
+        assert!(!has_blob(&s, b"in flight"));
+    }
+
+    #[test]
+    fn touch_writes_at_most_once_an_hour() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let m = put(&s, 'a', &[], b"log", now_ms() - 2 * TOUCH_EVERY_MS);
+        s.flush().unwrap();
+        let read = |s: &Store| {
+            let tx = s.db.begin_read().unwrap();
+            let t = tx.open_table(ACCESS).unwrap();
+            t.get(m.key.as_str()).unwrap().map(|v| v.value())
+        };
+        assert_eq!(read(&s), None, "a new entry's access time is its creation");
+        s.get(&m.key).unwrap();
+        s.flush().unwrap();
+        let first = read(&s).expect("touched");
+        std::thread::sleep(Duration::from_millis(5));
+        s.get(&m.key).unwrap();
+        s.touch(&m.key);
+        s.flush().unwrap();
+        assert_eq!(read(&s), Some(first), "a second hit within the hour writes nothing");
+        s.drop_entry(&m.key);
+        s.touch(&m.key);
+        s.flush().unwrap();
+        assert_eq!(read(&s), None, "no access row outlives its entry");
+    }
 }
