@@ -152,6 +152,30 @@ pub struct Pruned {
     pub entries: Vec<PrunedEntry>,
 }
 
+impl Pruned {
+    /// The `cache.prune` result for the store at `dir`.
+    pub fn into_proto(self, dir: String, dry_run: bool) -> vx_proto::CachePruned {
+        vx_proto::CachePruned {
+            dir,
+            removed: self.removed,
+            kept: self.kept,
+            freed_bytes: self.freed_bytes,
+            kept_bytes: self.kept_bytes,
+            dry_run,
+            entries: self
+                .entries
+                .into_iter()
+                .map(|e| vx_proto::PrunedEntry {
+                    key: e.key,
+                    task: e.task,
+                    accessed_at: e.accessed_at,
+                    bytes: e.bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One entry removed by a prune.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunedEntry {
