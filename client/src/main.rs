@@ -594,7 +594,17 @@ mod tests {
         assert_eq!(parse_size("1.5G"), Ok(1_500_000_000));
         assert_eq!(parse_size("3 KiB"), Ok(3072));
         assert_eq!(parse_size("0"), Ok(0));
-        for bad in ["abc", "", "-1", "1.", ".5G", "5X", "1e3", "5GG", "99999999999T"] {
+        for bad in [
+            "abc",
+            "",
+            "-1",
+            "1.",
+            ".5G",
+            "5X",
+            "1e3",
+            "5GG",
+            "99999999999T",
+        ] {
             assert_eq!(
                 parse_size(bad),
                 Err(format!("expected a size like 500MB or 2GiB, got `{bad}`")),

@@ -1295,7 +1295,13 @@ mod tests {
     const DAY: u64 = 24 * 60 * 60 * 1000;
 
     /// Puts an entry whose outputs are `dist/<name>` files with the given bytes.
-    fn put(s: &Store, key: char, outputs: &[(&str, &[u8])], log: &[u8], created_at: u64) -> Manifest {
+    fn put(
+        s: &Store,
+        key: char,
+        outputs: &[(&str, &[u8])],
+        log: &[u8],
+        created_at: u64,
+    ) -> Manifest {
         let outputs = outputs
             .iter()
             .map(|(name, bytes)| OutputFile {
@@ -1339,7 +1345,10 @@ mod tests {
             for (name, bytes) in *files {
                 assert_eq!(fs::read(proj.join("dist").join(name)).unwrap(), *bytes);
             }
-            assert_eq!(s.read_verified(&got.0.log).unwrap().len() as u64, got.0.log.size_bytes);
+            assert_eq!(
+                s.read_verified(&got.0.log).unwrap().len() as u64,
+                got.0.log.size_bytes
+            );
         }
     }
 
@@ -1391,7 +1400,10 @@ mod tests {
         assert_eq!(p, dry);
         assert_eq!(p.entries[0].key, middle.key);
         assert_eq!(p.entries[0].bytes, 1005);
-        assert_eq!((p.removed, p.kept, p.freed_bytes, p.kept_bytes), (1, 2, 1005, 2010));
+        assert_eq!(
+            (p.removed, p.kept, p.freed_bytes, p.kept_bytes),
+            (1, 2, 1005, 2010)
+        );
         assert!(!has_blob(&s, &b));
         // Next the least recently used is `newest` (served a day ago).
         let p = s.prune_dry_run(Some(1500), None).unwrap();
@@ -1413,7 +1425,13 @@ mod tests {
         let s = store(d.path());
         let now = now_ms();
         let shared: &[u8] = b"shared output bytes";
-        let old = put(&s, 'a', &[("x", shared), ("own", b"a-only")], b"log-a", now - 10 * DAY);
+        let old = put(
+            &s,
+            'a',
+            &[("x", shared), ("own", b"a-only")],
+            b"log-a",
+            now - 10 * DAY,
+        );
         let new = put(&s, 'b', &[("x", shared)], b"log-b", now);
         let p = s.prune(None, Some(Duration::from_millis(DAY))).unwrap();
         assert_eq!(p.entries[0].key, old.key);
@@ -1437,7 +1455,10 @@ mod tests {
         s.drop_entry(&gone.key);
         let tmp = d.path().join("cache/tmp");
         fs::write(tmp.join("old"), b"12345678").unwrap();
-        let f = fs::File::options().write(true).open(tmp.join("old")).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(tmp.join("old"))
+            .unwrap();
         f.set_modified(std::time::SystemTime::now() - GRACE - Duration::from_secs(1))
             .unwrap();
         fs::write(tmp.join("young"), b"123").unwrap();
@@ -1487,7 +1508,11 @@ mod tests {
         s.get(&m.key).unwrap();
         s.touch(&m.key);
         s.flush().unwrap();
-        assert_eq!(read(&s), Some(first), "a second hit within the hour writes nothing");
+        assert_eq!(
+            read(&s),
+            Some(first),
+            "a second hit within the hour writes nothing"
+        );
         s.drop_entry(&m.key);
         s.touch(&m.key);
         s.flush().unwrap();
