@@ -381,11 +381,11 @@ impl Store {
     /// most once an hour. [`Store::get`] already calls this for every entry
     /// it finds.
     pub fn touch(&self, key: &str) {
-        if let Ok(mut memo) = self.memo.lock() {
-            if let Some(m) = memo.get_mut(key) {
-                self.touch_memo(key, m);
-                return;
-            }
+        if let Ok(mut memo) = self.memo.lock()
+            && let Some(m) = memo.get_mut(key)
+        {
+            self.touch_memo(key, m);
+            return;
         }
         // Not read through this store: record it unconditionally.
         self.send(Op::Touch {
