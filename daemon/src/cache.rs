@@ -196,8 +196,10 @@ pub struct Store {
     /// process is the index's only writer while it holds it open).
     memo: Mutex<std::collections::HashMap<String, Memo>>,
     /// Blob hashes put by this store and not yet named by a queued entry,
-    /// with when they were put: [`Store::prune`] never deletes them.
-    pending: Mutex<std::collections::HashMap<String, Instant>>,
+    /// with when they were last put and how many puts await their entry
+    /// (two saves in flight may put the same bytes): [`Store::prune`] never
+    /// deletes them.
+    pending: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
     /// Held shared while a blob is installed (or found present) and while an
     /// entry is queued; held exclusively by [`Store::prune`] from reading the
     /// index to deleting blobs, so a prune cannot delete a blob that a save
@@ -447,7 +449,12 @@ impl Store {
         // its blobs no longer need the pending guard.
         if let Ok(mut p) = self.pending.lock() {
             for d in m.outputs.iter().map(|o| &o.digest).chain([&m.log]) {
-                p.remove(&d.hash);
+                if let Some((_, n)) = p.get_mut(&d.hash) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.remove(&d.hash);
+                    }
+                }
             }
         }
     }
@@ -566,7 +573,8 @@ impl Store {
     /// is queued (or [`GRACE`] passes). Called with `gc` held shared.
     fn mark_pending(&self, d: &Digest) {
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(d.hash.clone(), Instant::now());
+            let e = p.entry(d.hash.clone()).or_insert((Instant::now(), 0));
+            *e = (Instant::now(), e.1 + 1);
         }
     }
 
@@ -691,7 +699,7 @@ impl Store {
         let on_disk = self.blob_sizes();
         let pending: HashSet<String> = match self.pending.lock() {
             Ok(mut p) => {
-                p.retain(|_, t| t.elapsed() < GRACE);
+                p.retain(|_, (t, _)| t.elapsed() < GRACE);
                 p.keys().cloned().collect()
             }
             Err(_) => HashSet::new(),
@@ -1476,17 +1484,42 @@ mod tests {
     fn prune_never_deletes_a_blob_whose_entry_is_not_queued_yet() {
         let d = tempfile::tempdir().unwrap();
         let s = store(d.path());
-        // A save in flight: its outputs are stored, its entry not yet put.
+        let entry = |key: char, out: &Digest, log: Digest| {
+            let m = Manifest {
+                version: MANIFEST_VERSION,
+                key: key.to_string().repeat(64),
+                task: format!("p#{key}"),
+                outputs: vec![OutputFile {
+                    path: "dist/o".into(),
+                    mode: 0o644,
+                    digest: out.clone(),
+                }],
+                log,
+                exit_code: 0,
+                duration_ms: 0,
+                created_at: now_ms(),
+            };
+            s.put_entry(&m, &Stamps::new());
+        };
+        // Save X in flight: its blobs are stored, its entry not yet queued.
         let out = s.put_bytes(b"in flight").unwrap();
+        let log_x = s.put_bytes(b"log").unwrap();
         let p = s.prune(Some(0), None).unwrap();
-        assert_eq!(p.freed_bytes, 0);
-        assert!(has_blob(&s, b"in flight"));
-        let m = put(&s, 'a', &[("o", b"in flight")], b"log", now_ms());
-        assert_eq!(m.outputs[0].digest, out);
-        // Named by an entry now: size pressure may drop both.
+        assert_eq!((p.removed, p.freed_bytes), (0, 0));
+        assert!(has_blob(&s, b"in flight") && has_blob(&s, b"log"));
+        // Save Y stores the same output bytes; then X queues its entry.
+        assert_eq!(s.put_bytes(b"in flight").unwrap(), out);
+        entry('x', &out, log_x);
         let p = s.prune(Some(0), None).unwrap();
-        assert_eq!((p.removed, p.freed_bytes), (1, 9 + 3));
+        assert_eq!((p.removed, p.freed_bytes), (1, 3), "only X's log goes");
+        assert!(has_blob(&s, b"in flight"), "Y's output stays");
+        // Y queues its entry: named by an entry now, size pressure drops it.
+        let log_y = s.put_bytes(b"log-y").unwrap();
+        entry('y', &out, log_y);
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!((p.removed, p.freed_bytes), (1, 9 + 5));
         assert!(!has_blob(&s, b"in flight"));
+        assert_eq!(s.stats().unwrap(), (0, 0, 0));
     }
 
     #[test]
