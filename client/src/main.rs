@@ -83,6 +83,22 @@ enum CacheCmd {
     },
     /// Delete the local cache.
     Clean,
+    /// Drop least recently used entries by age and/or size, then the blobs
+    /// no remaining entry names.
+    Prune {
+        /// Keep at most this much: `500MB`, `2GiB`, `1.5G`, `100k` or bytes.
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+        /// Drop entries not used within this long: `30d`, `12h`, `90m`, `2w`, `3600s`.
+        #[arg(long, value_name = "DURATION")]
+        max_age: Option<String>,
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -183,6 +199,43 @@ fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
         Cmd::Run(args) => run(args, &cwd, no_daemon),
         Cmd::Watch(args) => watch(args, &cwd, no_daemon),
+        Cmd::Cache {
+            action:
+                CacheCmd::Prune {
+                    max_size,
+                    max_age,
+                    dry_run,
+                    json,
+                },
+        } => {
+            let max_size = max_size
+                .map(|s| parse_size(&s).map_err(|e| anyhow!("--max-size: {e}")))
+                .transpose()?;
+            let max_age_ms = max_age
+                .map(|s| parse_duration_ms(&s).map_err(|e| anyhow!("--max-age: {e}")))
+                .transpose()?;
+            if max_size.is_none() && max_age_ms.is_none() {
+                return Err(anyhow!(
+                    "vx cache prune needs --max-size SIZE, --max-age DURATION or both"
+                ));
+            }
+            let params = vx_proto::CachePruneParams {
+                cwd: cwd_s,
+                max_size,
+                max_age_ms,
+                dry_run,
+            };
+            let conn = conn::connect(&cwd, no_daemon)?;
+            let (conn, v) = call_following(conn, methods::CACHE_PRUNE, &params, &mut |_| {})?;
+            conn.finish();
+            let p: vx_proto::CachePruned = serde_json::from_value(v)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                render_pruned(&p);
+            }
+            Ok(0)
+        }
         Cmd::Cache { action } => {
             let conn = conn::connect(&cwd, no_daemon)?;
             let params = CacheParams { cwd: cwd_s };
@@ -200,6 +253,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                         println!("blobs:   {} ({})", s.blobs, render::bytes(s.blob_bytes));
                     }
                 }
+                CacheCmd::Prune { .. } => unreachable!("handled above"),
                 CacheCmd::Clean => {
                     let (conn, v) =
                         call_following(conn, methods::CACHE_CLEAN, &params, &mut |_| {})?;
@@ -217,6 +271,112 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Cmd::Daemon { action } => daemon_cmd(action, &cwd),
     }
+}
+
+fn render_pruned(p: &vx_proto::CachePruned) {
+    if p.dry_run {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for e in &p.entries {
+            let task = if e.task.is_empty() { "?" } else { &e.task };
+            println!(
+                "would remove {task} {}  last used {} ago  {}",
+                &e.key[..e.key.len().min(12)],
+                age(now.saturating_sub(e.accessed_at)),
+                render::bytes(e.bytes)
+            );
+        }
+        println!(
+            "would remove {} entries and free {}; {} entries ({}) would stay in {}",
+            p.removed,
+            render::bytes(p.freed_bytes),
+            p.kept,
+            render::bytes(p.kept_bytes),
+            p.dir
+        );
+    } else {
+        println!(
+            "pruned {} entries, freed {}; kept {} entries ({}) in {}",
+            p.removed,
+            render::bytes(p.freed_bytes),
+            p.kept,
+            render::bytes(p.kept_bytes),
+            p.dir
+        );
+    }
+}
+
+/// A coarse age: `3d`, `5h`, `12m`, `40s`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// A number with an optional fraction, then a unit: the parts of `1.5G`.
+fn split_number(s: &str) -> Option<(f64, &str)> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return None;
+    }
+    let v: f64 = num.parse().ok()?;
+    v.is_finite().then_some((v, unit.trim()))
+}
+
+/// `500MB`, `2GiB`, `1.5G`, `100k`, `4096`: k/M/G/T are powers of 1000,
+/// Ki/Mi/Gi/Ti powers of 1024; a trailing `B` and case are optional.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("expected a size like 500MB or 2GiB, got `{s}`");
+    let (v, unit) = split_number(s).ok_or_else(bad)?;
+    let unit = unit.to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let n = (v * mult).round();
+    if n >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(n as u64)
+}
+
+/// `30d`, `12h`, `90m`, `2w`, `3600s`, `500ms` → milliseconds. A unit is required.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let bad = || format!("expected a duration like 30d, 12h, 90m, 2w or 3600s, got `{s}`");
+    let (v, unit) = split_number(s).ok_or_else(bad)?;
+    let mult: f64 = match unit {
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3600e3,
+        "d" => 86400e3,
+        "w" => 7.0 * 86400e3,
+        _ => return Err(bad()),
+    };
+    let n = (v * mult).round();
+    if n >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(n as u64)
 }
 
 /// Makes a call; when the daemon says the directory belongs to another
@@ -490,5 +650,51 @@ fn rpc_error(e: &RpcError) -> anyhow::Error {
     match e.code {
         codes::INTERNAL_ERROR => anyhow!("internal error in the vx engine: {}", e.message),
         _ => anyhow!("{}", e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("100k"), Ok(100_000));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_size("3 KiB"), Ok(3072));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in [
+            "abc",
+            "",
+            "-1",
+            "1.",
+            ".5G",
+            "5X",
+            "1e3",
+            "5GG",
+            "99999999999T",
+        ] {
+            assert_eq!(
+                parse_size(bad),
+                Err(format!("expected a size like 500MB or 2GiB, got `{bad}`")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(12 * 3_600_000));
+        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
+        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration_ms("3600s"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("1.5d"), Ok(129_600_000));
+        for bad in ["30", "abc", "d", "5y", "-3d", ""] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,15 +4,17 @@
 //! Layout under the cache dir (default `<root>/.vx/cache`):
 //! `cas/<2 hex>/<64 hex>` blobs named by the blake3 of their bytes, and
 //! `index.redb` with the tables `entries` (task key → manifest), `stamps`
-//! (task key → stat of the outputs as last written on this machine) and
-//! `files` (the persisted file index of `hash`).
+//! (task key → stat of the outputs as last written on this machine),
+//! `access` (task key → unix ms it was last served, a hint for
+//! [`Store::prune`]) and `files` (the persisted file index of `hash`).
 //!
 //! Invariants: a blob is written to a temp file, fsynced and renamed before
 //! any entry naming it is committed; every blob read is verified against its
 //! digest, and a mismatch is reported as [`CacheError::Corrupt`] (the caller
 //! treats it as a miss and drops the entry); restore copies bytes, never
 //! hard-links a blob into the tree. Only one writer thread commits to the
-//! index. This module never spawns a process and never decides what runs.
+//! index. Pruning commits the removal of entries before it deletes any
+//! blob, so a crash leaves unreferenced blobs, never a dangling entry. This module never spawns a process and never decides what runs.
 
 use crate::globs::Patterns;
 use crate::hash::{FileStat, Record};
@@ -24,13 +26,29 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use vx_proto::Digest;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const STAMPS: TableDefinition<&str, &[u8]> = TableDefinition::new("stamps");
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+
+/// An entry's recorded access time is refreshed only when it is older than
+/// this, so a repeat fully cached run writes nothing.
+const TOUCH_EVERY_MS: u64 = 60 * 60 * 1000;
+
+/// Blobs put but not yet named by a committed entry, and temp files, are
+/// left alone by [`Store::prune`] for this long.
+const GRACE: Duration = Duration::from_secs(60 * 60);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Version of the manifest encoding; a manifest of another version is a miss.
 const MANIFEST_VERSION: u32 = 1;
@@ -105,8 +123,69 @@ enum Op {
     Drop {
         key: String,
     },
+    /// Records when an entry was last served (a hint, like stamps).
+    Touch {
+        key: String,
+        at: u64,
+    },
     Files(Vec<(String, Record)>),
     Flush(mpsc::Sender<Result<(), String>>),
+}
+
+/// A memoised entry and the access time last recorded for it.
+struct Memo {
+    entry: Entry,
+    accessed: u64,
+}
+
+/// What [`Store::prune`] removed (or, on a dry run, would remove) and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Entries removed (or that would be).
+    pub removed: u64,
+    pub kept: u64,
+    /// Bytes of blob and stale temp files deleted (or that would be).
+    pub freed_bytes: u64,
+    /// Bytes of the blobs that stay.
+    pub kept_bytes: u64,
+    /// The removed entries, least recently accessed first.
+    pub entries: Vec<PrunedEntry>,
+}
+
+impl Pruned {
+    /// The `cache.prune` result for the store at `dir`.
+    pub fn into_proto(self, dir: String, dry_run: bool) -> vx_proto::CachePruned {
+        vx_proto::CachePruned {
+            dir,
+            removed: self.removed,
+            kept: self.kept,
+            freed_bytes: self.freed_bytes,
+            kept_bytes: self.kept_bytes,
+            dry_run,
+            entries: self
+                .entries
+                .into_iter()
+                .map(|e| vx_proto::PrunedEntry {
+                    key: e.key,
+                    task: e.task,
+                    accessed_at: e.accessed_at,
+                    bytes: e.bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One entry removed by a prune.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunedEntry {
+    pub key: String,
+    /// The task id (empty for an undecodable entry).
+    pub task: String,
+    /// Unix ms of the last recorded access (or creation).
+    pub accessed_at: u64,
+    /// Bytes of the blobs it names (shared blobs counted in full).
+    pub bytes: u64,
 }
 
 /// The local store.
@@ -115,7 +194,17 @@ pub struct Store {
     db: Arc<redb::Database>,
     /// Entries read or written through this store, kept in memory (this
     /// process is the index's only writer while it holds it open).
-    memo: Mutex<std::collections::HashMap<String, Entry>>,
+    memo: Mutex<std::collections::HashMap<String, Memo>>,
+    /// Blob hashes put by this store and not yet named by a queued entry,
+    /// with when they were last put and how many puts await their entry
+    /// (two saves in flight may put the same bytes): [`Store::prune`] never
+    /// deletes them.
+    pending: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+    /// Held shared while a blob is installed (or found present) and while an
+    /// entry is queued; held exclusively by [`Store::prune`] from reading the
+    /// index to deleting blobs, so a prune cannot delete a blob that a save
+    /// in flight is about to name.
+    gc: RwLock<()>,
     writer: Mutex<Option<mpsc::Sender<Op>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -180,12 +269,14 @@ impl Store {
             r.open_table(ENTRIES).is_ok()
                 && r.open_table(STAMPS).is_ok()
                 && r.open_table(FILES).is_ok()
+                && r.open_table(ACCESS).is_ok()
         });
         if !exists {
             let tx = db.begin_write().map_err(db_err)?;
             tx.open_table(ENTRIES).map_err(dberr)?;
             tx.open_table(STAMPS).map_err(dberr)?;
             tx.open_table(FILES).map_err(dberr)?;
+            tx.open_table(ACCESS).map_err(dberr)?;
             tx.commit().map_err(dberr)?;
         }
         let (tx, rx) = mpsc::channel::<Op>();
@@ -198,6 +289,8 @@ impl Store {
             dir: dir.to_path_buf(),
             db,
             memo: Mutex::new(std::collections::HashMap::new()),
+            pending: Mutex::new(std::collections::HashMap::new()),
+            gc: RwLock::new(()),
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -239,9 +332,14 @@ impl Store {
         r
     }
 
-    /// The manifest and stamps for `key`, if any. An undecodable entry is a miss.
+    /// The manifest and stamps for `key`, if any. An undecodable entry is a
+    /// miss. A found entry counts as accessed (see [`Store::touch`]).
     pub fn get(&self, key: &str) -> Result<Option<Entry>, CacheError> {
-        if let Some(hit) = self.memo.lock().ok().and_then(|m| m.get(key).cloned()) {
+        if let Ok(mut memo) = self.memo.lock()
+            && let Some(m) = memo.get_mut(key)
+        {
+            let hit = m.entry.clone();
+            self.touch_memo(key, m);
             return Ok(Some(hit));
         }
         let tx = self.db.begin_read().map_err(dberr)?;
@@ -261,11 +359,52 @@ impl Store {
             .get(key)
             .map_err(dberr)?
             .and_then(|v| serde_json::from_slice::<Stamps>(v.value()).ok());
+        let accessed = match tx.open_table(ACCESS) {
+            Ok(t) => t.get(key).map_err(dberr)?.map(|v| v.value()),
+            Err(_) => None,
+        }
+        .unwrap_or(m.created_at);
         let hit = Arc::new((m, st));
         if let Ok(mut memo) = self.memo.lock() {
-            memo.insert(key.to_string(), hit.clone());
+            let mut m = Memo {
+                entry: hit.clone(),
+                accessed,
+            };
+            self.touch_memo(key, &mut m);
+            memo.insert(key.to_string(), m);
         }
         Ok(Some(hit))
+    }
+
+    /// Records that the entry `key` was served now, for [`Store::prune`]'s
+    /// least-recently-used order. Costs a map look-up: the write is queued to
+    /// the writer thread (as a hint, without an fsync) and only when the
+    /// recorded time is more than an hour old, so each entry is written at
+    /// most once an hour. [`Store::get`] already calls this for every entry
+    /// it finds.
+    pub fn touch(&self, key: &str) {
+        if let Ok(mut memo) = self.memo.lock()
+            && let Some(m) = memo.get_mut(key)
+        {
+            self.touch_memo(key, m);
+            return;
+        }
+        // Not read through this store: record it unconditionally.
+        self.send(Op::Touch {
+            key: key.to_string(),
+            at: now_ms(),
+        });
+    }
+
+    fn touch_memo(&self, key: &str, m: &mut Memo) {
+        let now = now_ms();
+        if now.saturating_sub(m.accessed) >= TOUCH_EVERY_MS {
+            m.accessed = now;
+            self.send(Op::Touch {
+                key: key.to_string(),
+                at: now,
+            });
+        }
     }
 
     pub fn load_file_index(&self) -> Result<Vec<(String, Record)>, CacheError> {
@@ -289,8 +428,15 @@ impl Store {
 
     /// Queues an entry; it is committed after its blobs (already durable).
     pub fn put_entry(&self, m: &Manifest, stamps: &Stamps) {
+        let _gc = self.gc.read();
         if let Ok(mut memo) = self.memo.lock() {
-            memo.insert(m.key.clone(), Arc::new((m.clone(), Some(stamps.clone()))));
+            memo.insert(
+                m.key.clone(),
+                Memo {
+                    entry: Arc::new((m.clone(), Some(stamps.clone()))),
+                    accessed: m.created_at,
+                },
+            );
         }
         let manifest = serde_json::to_vec(m).unwrap_or_default();
         let stamps = serde_json::to_vec(stamps).unwrap_or_default();
@@ -299,16 +445,25 @@ impl Store {
             manifest,
             stamps,
         });
+        // Queued before any prune can read the index (which flushes first):
+        // its blobs no longer need the pending guard.
+        if let Ok(mut p) = self.pending.lock() {
+            for d in m.outputs.iter().map(|o| &o.digest).chain([&m.log]) {
+                if let Some((_, n)) = p.get_mut(&d.hash) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.remove(&d.hash);
+                    }
+                }
+            }
+        }
     }
 
     pub fn put_stamps(&self, key: &str, stamps: &Stamps) {
         if let Ok(mut memo) = self.memo.lock()
-            && let Some(e) = memo.get(key).cloned()
+            && let Some(m) = memo.get_mut(key)
         {
-            memo.insert(
-                key.to_string(),
-                Arc::new((e.0.clone(), Some(stamps.clone()))),
-            );
+            m.entry = Arc::new((m.entry.0.clone(), Some(stamps.clone())));
         }
         self.send(Op::Stamps {
             key: key.to_string(),
@@ -341,8 +496,12 @@ impl Store {
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, CacheError> {
         let d = digest_of(bytes);
         let dest = self.blob_path(&d.hash);
-        if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
-            return Ok(d);
+        {
+            let _gc = self.gc.read();
+            if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
+                self.mark_pending(&d);
+                return Ok(d);
+            }
         }
         let tmp = self.tmp_path();
         let r = (|| {
@@ -351,8 +510,16 @@ impl Store {
             f.sync_data()?;
             Ok::<_, std::io::Error>(())
         })();
-        r.map_err(io(&tmp))?;
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(CacheError::Io {
+                path: tmp,
+                source: e,
+            });
+        }
+        let _gc = self.gc.read();
         self.install(&tmp, &dest)?;
+        self.mark_pending(&d);
         Ok(d)
     }
 
@@ -391,12 +558,24 @@ impl Store {
             }
         };
         let dest = self.blob_path(&d.hash);
+        let _gc = self.gc.read();
         if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
             let _ = fs::remove_file(&tmp);
+            self.mark_pending(&d);
             return Ok(d);
         }
         self.install(&tmp, &dest)?;
+        self.mark_pending(&d);
         Ok(d)
+    }
+
+    /// Guards a blob just put from [`Store::prune`] until an entry naming it
+    /// is queued (or [`GRACE`] passes). Called with `gc` held shared.
+    fn mark_pending(&self, d: &Digest) {
+        if let Ok(mut p) = self.pending.lock() {
+            let e = p.entry(d.hash.clone()).or_insert((Instant::now(), 0));
+            *e = (Instant::now(), e.1 + 1);
+        }
     }
 
     fn install(&self, tmp: &Path, dest: &Path) -> Result<(), CacheError> {
@@ -424,6 +603,234 @@ impl Store {
             return Err(CacheError::Corrupt(d.hash.clone()));
         }
         Ok(bytes)
+    }
+
+    /// Prunes the store: (1) drops entries not accessed within `max_age`;
+    /// (2) while the blobs still referenced (plus unreferenced ones too young
+    /// to delete) exceed `max_size` bytes, drops the least recently accessed
+    /// entries; (3) deletes every blob no remaining entry names, and temp
+    /// files older than an hour. The removal of entries is committed
+    /// durably before any blob is deleted, so a crash in between leaves only
+    /// unreferenced blobs, which the next prune sweeps. Safe while runs use
+    /// this store: a blob put by a save whose entry is not queued yet is
+    /// never deleted.
+    pub fn prune(
+        &self,
+        max_size: Option<u64>,
+        max_age: Option<Duration>,
+    ) -> Result<Pruned, CacheError> {
+        self.prune_with(max_size, max_age, false)
+    }
+
+    /// What [`Store::prune`] would remove, without removing anything.
+    pub fn prune_dry_run(
+        &self,
+        max_size: Option<u64>,
+        max_age: Option<Duration>,
+    ) -> Result<Pruned, CacheError> {
+        self.prune_with(max_size, max_age, true)
+    }
+
+    fn prune_with(
+        &self,
+        max_size: Option<u64>,
+        max_age: Option<Duration>,
+        dry_run: bool,
+    ) -> Result<Pruned, CacheError> {
+        struct Row {
+            key: String,
+            task: String,
+            accessed: u64,
+            blobs: Vec<String>,
+            /// Undecodable or of another version: always removed.
+            bad: bool,
+        }
+        // Saves wait from here until the blobs are gone (see `gc`).
+        let _gc = self
+            .gc
+            .write()
+            .map_err(|_| CacheError::Db("cache gc lock poisoned".into()))?;
+        self.flush()?;
+        let now = now_ms();
+        let mut rows = Vec::new();
+        {
+            let tx = self.db.begin_read().map_err(dberr)?;
+            let entries = tx.open_table(ENTRIES).map_err(dberr)?;
+            let access = tx.open_table(ACCESS).map_err(dberr)?;
+            for row in entries.iter().map_err(dberr)? {
+                let (k, v) = row.map_err(dberr)?;
+                let key = k.value().to_string();
+                let row = match serde_json::from_slice::<Manifest>(v.value()) {
+                    Ok(m) if m.version == MANIFEST_VERSION && m.key == key => {
+                        let accessed = access
+                            .get(key.as_str())
+                            .map_err(dberr)?
+                            .map(|v| v.value())
+                            .unwrap_or(m.created_at);
+                        let mut blobs: Vec<String> = m
+                            .outputs
+                            .iter()
+                            .map(|o| &o.digest)
+                            .chain([&m.log])
+                            .map(|d| d.hash.clone())
+                            .collect();
+                        blobs.sort();
+                        blobs.dedup();
+                        Row {
+                            key,
+                            task: m.task,
+                            accessed,
+                            blobs,
+                            bad: false,
+                        }
+                    }
+                    _ => Row {
+                        key,
+                        task: String::new(),
+                        accessed: 0,
+                        blobs: Vec::new(),
+                        bad: true,
+                    },
+                };
+                rows.push(row);
+            }
+        }
+        rows.sort_by(|a, b| (a.accessed, &a.key).cmp(&(b.accessed, &b.key)));
+        let on_disk = self.blob_sizes();
+        let pending: HashSet<String> = match self.pending.lock() {
+            Ok(mut p) => {
+                p.retain(|_, (t, _)| t.elapsed() < GRACE);
+                p.keys().cloned().collect()
+            }
+            Err(_) => HashSet::new(),
+        };
+        let size_of = |h: &str| on_disk.get(h).copied().unwrap_or(0);
+
+        // Decide, least recently accessed first.
+        let cutoff = max_age.map(|a| now.saturating_sub(a.as_millis() as u64));
+        let mut refs: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let (mut gone, mut kept): (Vec<&Row>, Vec<&Row>) = (Vec::new(), Vec::new());
+        for r in &rows {
+            if r.bad || cutoff.is_some_and(|c| r.accessed < c) {
+                gone.push(r);
+            } else {
+                kept.push(r);
+                for h in &r.blobs {
+                    *refs.entry(h.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut kept_bytes: u64 = on_disk
+            .iter()
+            .filter(|(h, _)| refs.contains_key(h.as_str()) || pending.contains(*h))
+            .map(|(_, n)| n)
+            .sum();
+        if let Some(max) = max_size {
+            let mut n = 0;
+            while kept_bytes > max && n < kept.len() {
+                let r = kept[n];
+                n += 1;
+                for h in &r.blobs {
+                    if let Some(c) = refs.get_mut(h.as_str()) {
+                        *c -= 1;
+                        if *c == 0 {
+                            refs.remove(h.as_str());
+                            if !pending.contains(h) {
+                                kept_bytes -= size_of(h);
+                            }
+                        }
+                    }
+                }
+                gone.push(r);
+            }
+            kept.drain(..n);
+        }
+        let doomed: Vec<(&String, u64)> = on_disk
+            .iter()
+            .filter(|(h, _)| !refs.contains_key(h.as_str()) && !pending.contains(*h))
+            .map(|(h, n)| (h, *n))
+            .collect();
+        let stale_tmp = self.stale_temp_files();
+        let freed_bytes = doomed.iter().map(|(_, n)| n).sum::<u64>()
+            + stale_tmp.iter().map(|(_, n)| n).sum::<u64>();
+        let pruned = Pruned {
+            removed: gone.len() as u64,
+            kept: kept.len() as u64,
+            freed_bytes,
+            kept_bytes,
+            entries: gone
+                .iter()
+                .map(|r| PrunedEntry {
+                    key: r.key.clone(),
+                    task: r.task.clone(),
+                    accessed_at: r.accessed,
+                    bytes: r.blobs.iter().map(|h| size_of(h)).sum(),
+                })
+                .collect(),
+        };
+        if dry_run {
+            return Ok(pruned);
+        }
+        // The index first, durably: from here no entry names a doomed blob.
+        for r in &gone {
+            self.drop_entry(&r.key);
+        }
+        self.flush()?;
+        if let Ok(mut memo) = self.memo.lock() {
+            for r in &gone {
+                memo.remove(&r.key);
+            }
+        }
+        // Then the files. One that is already gone was freed all the same.
+        for (h, _) in &doomed {
+            let p = self.blob_path(h);
+            if let Err(e) = fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(CacheError::Io { path: p, source: e });
+            }
+        }
+        for (p, _) in &stale_tmp {
+            let _ = fs::remove_file(p);
+        }
+        Ok(pruned)
+    }
+
+    /// Every blob file under `cas/` (named by a valid hash) and its size.
+    fn blob_sizes(&self) -> std::collections::HashMap<String, u64> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(rd) = fs::read_dir(self.dir.join("cas")) else {
+            return out;
+        };
+        for sub in rd.flatten() {
+            let Ok(rd2) = fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in rd2.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if valid_hex(&name)
+                    && let Ok(m) = f.metadata()
+                    && m.is_file()
+                {
+                    out.insert(name, m.len());
+                }
+            }
+        }
+        out
+    }
+
+    /// Files under `tmp/` not modified for an hour: left by a crash.
+    fn stale_temp_files(&self) -> Vec<(PathBuf, u64)> {
+        let Ok(rd) = fs::read_dir(self.dir.join("tmp")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|f| {
+                let m = f.metadata().ok()?;
+                let age = m.modified().ok()?.elapsed().unwrap_or_default();
+                (m.is_file() && age >= GRACE).then(|| (f.path(), m.len()))
+            })
+            .collect()
     }
 
     /// Entry count, blob count and blob bytes.
@@ -487,7 +894,7 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
             // which also makes earlier non-durable commits durable.
             let hints_only = writes
                 .iter()
-                .all(|o| matches!(o, Op::Stamps { .. } | Op::Files(_)))
+                .all(|o| matches!(o, Op::Stamps { .. } | Op::Touch { .. } | Op::Files(_)))
                 && !batch.iter().any(|o| matches!(o, Op::Flush(_)));
             if hints_only {
                 let _ = tx.set_durability(redb::Durability::None);
@@ -497,6 +904,7 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
                 let mut entries = tx.open_table(ENTRIES).map_err(|e| e.to_string())?;
                 let mut stamps = tx.open_table(STAMPS).map_err(|e| e.to_string())?;
                 let mut files = tx.open_table(FILES).map_err(|e| e.to_string())?;
+                let mut access = tx.open_table(ACCESS).map_err(|e| e.to_string())?;
                 for op in writes {
                     match op {
                         Op::Put {
@@ -510,6 +918,8 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
                             stamps
                                 .insert(key.as_str(), st.as_slice())
                                 .map_err(|e| e.to_string())?;
+                            // A fresh entry's access time is its creation.
+                            access.remove(key.as_str()).map_err(|e| e.to_string())?;
                         }
                         Op::Stamps { key, stamps: st } => {
                             stamps
@@ -519,6 +929,19 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
                         Op::Drop { key } => {
                             entries.remove(key.as_str()).map_err(|e| e.to_string())?;
                             stamps.remove(key.as_str()).map_err(|e| e.to_string())?;
+                            access.remove(key.as_str()).map_err(|e| e.to_string())?;
+                        }
+                        Op::Touch { key, at } => {
+                            // Only for an entry that (still) exists.
+                            if entries
+                                .get(key.as_str())
+                                .map_err(|e| e.to_string())?
+                                .is_some()
+                            {
+                                access
+                                    .insert(key.as_str(), *at)
+                                    .map_err(|e| e.to_string())?;
+                            }
                         }
                         Op::Files(updates) => {
                             for (p, r) in updates {
@@ -875,5 +1298,257 @@ mod tests {
         fs::write(proj.join("dist/extra"), "x").unwrap();
         let on_disk = collect_outputs(&proj, &pats, &fence);
         assert!(!outputs_up_to_date(&m, &stamps, &on_disk));
+    }
+
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+
+    /// Puts an entry whose outputs are `dist/<name>` files with the given bytes.
+    fn put(
+        s: &Store,
+        key: char,
+        outputs: &[(&str, &[u8])],
+        log: &[u8],
+        created_at: u64,
+    ) -> Manifest {
+        let outputs = outputs
+            .iter()
+            .map(|(name, bytes)| OutputFile {
+                path: format!("dist/{name}"),
+                mode: 0o644,
+                digest: s.put_bytes(bytes).unwrap(),
+            })
+            .collect();
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: key.to_string().repeat(64),
+            task: format!("p#{key}"),
+            outputs,
+            log: s.put_bytes(log).unwrap(),
+            exit_code: 0,
+            duration_ms: 0,
+            created_at,
+        };
+        s.put_entry(&m, &Stamps::new());
+        m
+    }
+
+    fn has_blob(s: &Store, bytes: &[u8]) -> bool {
+        s.blob_path(&digest_of(bytes).hash).exists()
+    }
+
+    /// Reopens the store from disk (no memo, no pending blobs), like a new process.
+    fn reopen(d: &Path, s: Store) -> Store {
+        s.close().unwrap();
+        drop(s);
+        store(d)
+    }
+
+    /// Every entry left restores byte-identical into a fresh project dir.
+    fn assert_restores(s: &Store, d: &Path, ms: &[&Manifest], contents: &[&[(&str, &[u8])]]) {
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        for (m, files) in ms.iter().zip(contents) {
+            let got = s.get(&m.key).unwrap().expect("entry kept");
+            let proj = d.join(format!("restore-{}", &m.key[..1]));
+            restore(s, &got.0, &proj, &pats, &HashSet::new()).unwrap();
+            for (name, bytes) in *files {
+                assert_eq!(fs::read(proj.join("dist").join(name)).unwrap(), *bytes);
+            }
+            assert_eq!(
+                s.read_verified(&got.0.log).unwrap().len() as u64,
+                got.0.log.size_bytes
+            );
+        }
+    }
+
+    #[test]
+    fn prune_by_age_keeps_recently_accessed_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let old = put(&s, 'a', &[("a", b"AAAA")], b"log-a", now - 10 * DAY);
+        let fresh = put(&s, 'b', &[("b", b"BBBB")], b"log-b", now);
+        let served = put(&s, 'c', &[("c", b"CCCC")], b"log-c", now - 10 * DAY);
+        let s = reopen(d.path(), s);
+        // Served long after it was created: its access time is now.
+        assert!(s.get(&served.key).unwrap().is_some());
+        let s = reopen(d.path(), s); // the access time survives a restart
+        let p = s.prune(None, Some(Duration::from_millis(5 * DAY))).unwrap();
+        assert_eq!((p.removed, p.kept), (1, 2));
+        assert_eq!(p.entries[0].key, old.key);
+        assert_eq!(p.freed_bytes, 4 + 5);
+        assert_eq!(p.kept_bytes, 2 * (4 + 5));
+        assert!(s.get(&old.key).unwrap().is_none());
+        assert!(!has_blob(&s, b"AAAA") && !has_blob(&s, b"log-a"));
+        assert!(has_blob(&s, b"BBBB") && has_blob(&s, b"CCCC"));
+        assert_restores(
+            &s,
+            d.path(),
+            &[&fresh, &served],
+            &[&[("b", b"BBBB")], &[("c", b"CCCC")]],
+        );
+        assert_eq!(s.stats().unwrap(), (2, 4, 2 * (4 + 5)));
+    }
+
+    #[test]
+    fn prune_by_size_drops_least_recently_accessed_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let (a, b, c) = (vec![b'a'; 1000], vec![b'b'; 1000], vec![b'c'; 1000]);
+        let oldest = put(&s, 'a', &[("a", &a)], b"log-a", now - 3 * DAY);
+        let middle = put(&s, 'b', &[("b", &b)], b"log-b", now - 2 * DAY);
+        let newest = put(&s, 'c', &[("c", &c)], b"log-c", now - DAY);
+        // The oldest is served now: it becomes the most recently used.
+        s.touch(&oldest.key);
+        let s = reopen(d.path(), s);
+        let dry = s.prune_dry_run(Some(2100), None).unwrap();
+        assert_eq!(dry.entries.len(), 1);
+        assert_eq!(s.stats().unwrap().0, 3, "a dry run removes nothing");
+        let p = s.prune(Some(2100), None).unwrap();
+        assert_eq!(p, dry);
+        assert_eq!(p.entries[0].key, middle.key);
+        assert_eq!(p.entries[0].bytes, 1005);
+        assert_eq!(
+            (p.removed, p.kept, p.freed_bytes, p.kept_bytes),
+            (1, 2, 1005, 2010)
+        );
+        assert!(!has_blob(&s, &b));
+        // Next the least recently used is `newest` (served a day ago).
+        let p = s.prune_dry_run(Some(1500), None).unwrap();
+        assert_eq!(p.entries[0].key, newest.key);
+        // (restoring serves both: their access times are now)
+        assert_restores(
+            &s,
+            d.path(),
+            &[&oldest, &newest],
+            &[&[("a", &a)], &[("c", &c)]],
+        );
+        assert_eq!(s.prune(Some(0), None).unwrap().removed, 2);
+        assert_eq!(s.stats().unwrap(), (0, 0, 0));
+    }
+
+    #[test]
+    fn prune_keeps_a_blob_while_one_entry_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let shared: &[u8] = b"shared output bytes";
+        let old = put(
+            &s,
+            'a',
+            &[("x", shared), ("own", b"a-only")],
+            b"log-a",
+            now - 10 * DAY,
+        );
+        let new = put(&s, 'b', &[("x", shared)], b"log-b", now);
+        let p = s.prune(None, Some(Duration::from_millis(DAY))).unwrap();
+        assert_eq!(p.entries[0].key, old.key);
+        assert_eq!(p.freed_bytes, 6 + 5, "only a's own output and log go");
+        assert!(has_blob(&s, shared) && !has_blob(&s, b"a-only"));
+        assert_restores(&s, d.path(), &[&new], &[&[("x", shared)]]);
+        // Size: dropping `new` frees the shared blob too.
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!(p.freed_bytes, shared.len() as u64 + 5);
+        assert!(!has_blob(&s, shared));
+    }
+
+    #[test]
+    fn prune_after_a_crash_sweeps_unreferenced_blobs_and_old_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let now = now_ms();
+        let gone = put(&s, 'a', &[("a", b"AAAA")], b"log-a", now);
+        let kept = put(&s, 'b', &[("b", b"BBBB")], b"log-b", now);
+        // A prune that committed the index and died before deleting blobs.
+        s.drop_entry(&gone.key);
+        let tmp = d.path().join("cache/tmp");
+        fs::write(tmp.join("old"), b"12345678").unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(tmp.join("old"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - GRACE - Duration::from_secs(1))
+            .unwrap();
+        fs::write(tmp.join("young"), b"123").unwrap();
+        let s = reopen(d.path(), s);
+        assert!(has_blob(&s, b"AAAA"));
+        let p = s.prune(None, None).unwrap();
+        assert_eq!((p.removed, p.kept), (0, 1));
+        assert_eq!(p.freed_bytes, 4 + 5 + 8);
+        assert!(!has_blob(&s, b"AAAA") && !has_blob(&s, b"log-a"));
+        assert!(!tmp.join("old").exists() && tmp.join("young").exists());
+        assert_restores(&s, d.path(), &[&kept], &[&[("b", b"BBBB")]]);
+    }
+
+    #[test]
+    fn prune_never_deletes_a_blob_whose_entry_is_not_queued_yet() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let entry = |key: char, out: &Digest, log: Digest| {
+            let m = Manifest {
+                version: MANIFEST_VERSION,
+                key: key.to_string().repeat(64),
+                task: format!("p#{key}"),
+                outputs: vec![OutputFile {
+                    path: "dist/o".into(),
+                    mode: 0o644,
+                    digest: out.clone(),
+                }],
+                log,
+                exit_code: 0,
+                duration_ms: 0,
+                created_at: now_ms(),
+            };
+            s.put_entry(&m, &Stamps::new());
+        };
+        // Save X in flight: its blobs are stored, its entry not yet queued.
+        let out = s.put_bytes(b"in flight").unwrap();
+        let log_x = s.put_bytes(b"log").unwrap();
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!((p.removed, p.freed_bytes), (0, 0));
+        assert!(has_blob(&s, b"in flight") && has_blob(&s, b"log"));
+        // Save Y stores the same output bytes; then X queues its entry.
+        assert_eq!(s.put_bytes(b"in flight").unwrap(), out);
+        entry('x', &out, log_x);
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!((p.removed, p.freed_bytes), (1, 3), "only X's log goes");
+        assert!(has_blob(&s, b"in flight"), "Y's output stays");
+        // Y queues its entry: named by an entry now, size pressure drops it.
+        let log_y = s.put_bytes(b"log-y").unwrap();
+        entry('y', &out, log_y);
+        let p = s.prune(Some(0), None).unwrap();
+        assert_eq!((p.removed, p.freed_bytes), (1, 9 + 5));
+        assert!(!has_blob(&s, b"in flight"));
+        assert_eq!(s.stats().unwrap(), (0, 0, 0));
+    }
+
+    #[test]
+    fn touch_writes_at_most_once_an_hour() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let m = put(&s, 'a', &[], b"log", now_ms() - 2 * TOUCH_EVERY_MS);
+        s.flush().unwrap();
+        let read = |s: &Store| {
+            let tx = s.db.begin_read().unwrap();
+            let t = tx.open_table(ACCESS).unwrap();
+            t.get(m.key.as_str()).unwrap().map(|v| v.value())
+        };
+        assert_eq!(read(&s), None, "a new entry's access time is its creation");
+        s.get(&m.key).unwrap();
+        s.flush().unwrap();
+        let first = read(&s).expect("touched");
+        std::thread::sleep(Duration::from_millis(5));
+        s.get(&m.key).unwrap();
+        s.touch(&m.key);
+        s.flush().unwrap();
+        assert_eq!(
+            read(&s),
+            Some(first),
+            "a second hit within the hour writes nothing"
+        );
+        s.drop_entry(&m.key);
+        s.touch(&m.key);
+        s.flush().unwrap();
+        assert_eq!(read(&s), None, "no access row outlives its entry");
     }
 }

@@ -2140,6 +2140,40 @@ pub fn cache_clean(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheClean
     })
 }
 
+/// `cache.prune` for the workspace containing `cwd` (through the daemon's
+/// open store when there is one).
+pub fn cache_prune(
+    p: &vx_proto::CachePruneParams,
+    hot: Option<&Hot>,
+) -> Result<vx_proto::CachePruned, EngineError> {
+    let cwd = Path::new(&p.cwd);
+    let ws = load_workspace(cwd)?;
+    let dir = cache_dir(&ws);
+    let dir_s = dir.to_string_lossy().into_owned();
+    let max_age = p.max_age_ms.map(Duration::from_millis);
+    let prune = |store: &Store| -> Result<vx_proto::CachePruned, EngineError> {
+        let r = if p.dry_run {
+            store.prune_dry_run(p.max_size, max_age)?
+        } else {
+            store.prune(p.max_size, max_age)?
+        };
+        Ok(r.into_proto(dir_s.clone(), p.dry_run))
+    };
+    if let Some(hot) = hot {
+        if ws.root != hot.root {
+            return Err(wrong_workspace(cwd, &ws.root, hot));
+        }
+        return prune(hot.store()?.as_ref());
+    }
+    if !dir.join("index.redb").exists() {
+        return Ok(cache::Pruned::default().into_proto(dir_s, p.dry_run));
+    }
+    let store = Store::open(&dir, Duration::from_secs(30), &mut || {})?;
+    let r = prune(&store);
+    store.close()?;
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,8 @@ pub const STATUS: &str = "daemon.status";
 /// changes. `run.event` notifications stream until `run.cancel`; the
 /// response ([`WatchSummary`]) comes when the loop stops.
 pub const WATCH_START: &str = "watch.start";
+/// `cache.prune` — drop least recently used entries by age and size, then unreferenced blobs.
+pub const CACHE_PRUNE: &str = "cache.prune";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloParams {
@@ -403,4 +405,49 @@ pub struct CacheCleaned {
     pub dir: String,
     pub entries: u64,
     pub freed_bytes: u64,
+}
+
+/// Parameters of `cache.prune`. Without either limit only unreferenced
+/// blobs and stale temp files are removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CachePruneParams {
+    pub cwd: String,
+    /// Drop least recently used entries until the blobs take at most this many bytes.
+    #[serde(default)]
+    pub max_size: Option<u64>,
+    /// Drop entries not served (or created) within this many milliseconds.
+    #[serde(default)]
+    pub max_age_ms: Option<u64>,
+    /// Report what would go; remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The result of `cache.prune`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachePruned {
+    pub dir: String,
+    /// Entries removed (with `dry_run`: that would be).
+    pub removed: u64,
+    pub kept: u64,
+    /// Bytes of blobs and stale temp files deleted (or that would be).
+    pub freed_bytes: u64,
+    pub kept_bytes: u64,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The removed entries, least recently used first.
+    #[serde(default)]
+    pub entries: Vec<PrunedEntry>,
+}
+
+/// One entry removed by `cache.prune`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrunedEntry {
+    pub key: String,
+    /// `project#task` (empty for an undecodable entry).
+    pub task: String,
+    /// Unix ms the entry was last served (or created).
+    pub accessed_at: u64,
+    /// Bytes of the blobs it names (a blob shared with another entry counts in full).
+    pub bytes: u64,
 }

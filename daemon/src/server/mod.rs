@@ -348,6 +348,14 @@ async fn handle(
             .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
             to_value(r.map_err(engine_err)?)
         }
+        methods::CACHE_PRUNE => {
+            let p: vx_proto::CachePruneParams = parse(params)?;
+            let hot = ctx.hot.clone();
+            let r = tokio::task::spawn_blocking(move || engine::cache_prune(&p, hot.as_deref()))
+                .await
+                .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
+            to_value(serde_json::to_value(r.map_err(engine_err)?))
+        }
         methods::RUN_CANCEL => {
             let p: RunCancelParams = parse(params)?;
             if let Ok(s) = state.lock() {
