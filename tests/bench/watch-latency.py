@@ -106,12 +106,13 @@ def measure(name, cmd, prime, cwd, env, touch, stamp, edits, settle_s):
             time.sleep(0.4)
         return lat
     finally:
-        os.killpg(p.pid, signal.SIGINT)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def pct(xs, q):
