@@ -20,6 +20,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use vx_proto::Stream;
 
+pub use crate::procstat::{Sampler, Usage};
+
 /// Grace between SIGTERM and SIGKILL.
 pub fn kill_grace() -> Duration {
     std::env::var("VX_KILL_GRACE_MS")
@@ -224,15 +226,26 @@ pub async fn run(
 /// [`run`], calling `on_spawn` with the process id once the process exists.
 pub async fn run_observed(
     spec: &Spawn,
+    on_line: impl FnMut(Stream, String),
+    on_spawn: impl FnOnce(u32),
+    cancel: watch::Receiver<Option<i32>>,
+) -> Outcome {
+    run_measured(spec, on_line, on_spawn, cancel).await.0
+}
+
+/// [`run_observed`], also sampling the process group's CPU time and memory
+/// (every 100 ms, see `procstat`).
+pub async fn run_measured(
+    spec: &Spawn,
     mut on_line: impl FnMut(Stream, String),
     on_spawn: impl FnOnce(u32),
     mut cancel: watch::Receiver<Option<i32>>,
-) -> Outcome {
+) -> (Outcome, Usage) {
     if let Some(sig) = *cancel.borrow() {
-        return Outcome::Cancelled(sig);
+        return (Outcome::Cancelled(sig), Usage::default());
     }
     if spec.tty {
-        return run_tty(spec, on_spawn, cancel).await;
+        return (run_tty(spec, on_spawn, cancel).await, Usage::default());
     }
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
@@ -251,10 +264,13 @@ pub async fn run_observed(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::SpawnFailed(format!(
-                "cannot start /bin/sh in {}: {e}",
-                spec.dir.display()
-            ));
+            return (
+                Outcome::SpawnFailed(format!(
+                    "cannot start /bin/sh in {}: {e}",
+                    spec.dir.display()
+                )),
+                Usage::default(),
+            );
         }
     };
     let mut guard = GroupGuard {
@@ -285,11 +301,18 @@ pub async fn run_observed(
     };
     tokio::pin!(sleep_until);
     let mut stop: Option<Outcome> = None;
+    let mut sampler = Sampler::new();
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(30),
+        Duration::from_millis(100),
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let status = loop {
         tokio::select! {
             biased;
             Some((s, l)) = rx.recv() => on_line(s, l),
             st = child.wait() => break st,
+            _ = ticks.tick() => sampler.sample(guard.pgid),
             _ = &mut sleep_until, if stop.is_none() => {
                 stop = Some(Outcome::TimedOut);
                 break terminate(&mut child, &guard, libc::SIGTERM, &mut rx, &mut on_line).await;
@@ -317,10 +340,11 @@ pub async fn run_observed(
     for r in readers {
         r.abort();
     }
+    let usage = sampler.usage();
     if let Some(o) = stop {
-        return o;
+        return (o, usage);
     }
-    match status {
+    let outcome = match status {
         Ok(st) => {
             use std::os::unix::process::ExitStatusExt;
             match (st.code(), st.signal()) {
@@ -330,7 +354,8 @@ pub async fn run_observed(
             }
         }
         Err(e) => Outcome::SpawnFailed(format!("waiting for the task failed: {e}")),
-    }
+    };
+    (outcome, usage)
 }
 
 /// An interactive task: the terminal as its stdio, in the engine's own
