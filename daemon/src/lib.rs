@@ -11,6 +11,7 @@ pub mod exec;
 pub mod globs;
 pub mod graph;
 pub mod hash;
+pub mod history;
 pub mod server;
 pub mod state;
 pub mod workspace;
