@@ -12,6 +12,7 @@ pub mod globs;
 pub mod graph;
 pub mod hash;
 pub mod history;
+pub mod inspect;
 pub mod profile;
 pub mod server;
 pub mod state;
