@@ -159,20 +159,27 @@ fn print_runs(runs: &[RunBrief]) {
         .iter()
         .map(|r| r.run_id.len())
         .max()
-        .unwrap_or(6)
-        .max(6);
+        .unwrap_or(3)
+        .max(3);
+    let counts: Vec<String> = runs.iter().map(|r| counts_line(&r.counts)).collect();
+    let c_w = counts
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     println!(
-        "{:<id_w$}  {:>8}  {:<6}  {:>8}  {:<40}  COMMAND",
+        "{:<id_w$}  {:>8}  {:<6}  {:>8}  {:<c_w$}  COMMAND",
         "RUN", "WHEN", "RESULT", "TIME", "TASKS"
     );
-    for r in runs {
+    for (r, c) in runs.iter().zip(&counts) {
         println!(
-            "{:<id_w$}  {:>8}  {:<6}  {:>8}  {:<40}  {}",
+            "{:<id_w$}  {:>8}  {:<6}  {:>8}  {:<c_w$}  {}",
             r.run_id,
             ago(r.started_at),
             if r.ok { "ok" } else { "failed" },
             render::duration(r.duration_ms),
-            counts_line(&r.counts),
+            c,
             command_line(&r.argv, &r.requested)
         );
     }
@@ -217,7 +224,7 @@ fn print_task(th: &TaskHistory) {
         "WHEN", "RUN", "STATUS", "CACHE", "TIME", "KEY"
     );
     for r in &th.rows {
-        println!(
+        let line = format!(
             "{:>8}  {:<id_w$}  {:<8}  {:<10}  {:>8}  {:<12}  {}",
             ago(r.started_at),
             r.run_id,
@@ -227,6 +234,7 @@ fn print_task(th: &TaskHistory) {
             r.task.key.as_deref().map(short).unwrap_or("-"),
             note(&r.task)
         );
+        println!("{}", line.trim_end());
     }
 }
 
@@ -288,7 +296,7 @@ pub fn last(
             TaskStatus::Skipped => "-",
             TaskStatus::Aborted => "!",
         };
-        println!(
+        let line = format!(
             "{mark} {:<w$}  {:<8}  {:<10}  {:>8}  {}",
             t.id,
             status_word(t.status),
@@ -296,6 +304,7 @@ pub fn last(
             render::duration(t.duration_ms),
             note(t)
         );
+        println!("{}", line.trim_end());
     }
     println!();
     println!(" Tasks:  {}", counts_line(&run.counts));

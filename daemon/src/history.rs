@@ -906,7 +906,7 @@ pub fn advice(task: &str, changes: &[Change]) -> Vec<String> {
         let name = c.name.as_deref().unwrap_or("?");
         out.push(match c.kind {
             ChangeKind::Changed => format!(
-                "file {name} changed; if it is not an input of {task}, narrow `inputs` (or exclude it with `!{name}`)"
+                "file {name} changed; if it is not an input of {task}, narrow `inputs` (or exclude it with a `!` pattern)"
             ),
             ChangeKind::Added => format!(
                 "file {name} is a new input; if it should not affect {task}, narrow `inputs`"

@@ -79,7 +79,7 @@ fn record(id: &str, started_at: u64, tasks: Vec<TaskRun>) -> RunRecord {
     }
 }
 
-fn fingerprint(task: &str, key: &str, main_hash: &str, foo: &str) -> Fingerprint {
+fn fingerprint(task: &str, key: &str, main_hash: &str, foo_value: &str) -> Fingerprint {
     Fingerprint {
         key: key.into(),
         task: task.into(),
@@ -87,7 +87,10 @@ fn fingerprint(task: &str, key: &str, main_hash: &str, foo: &str) -> Fingerprint
             ("packages/app/src/main.txt".into(), main_hash.into()),
             ("packages/app/vx.toml".into(), "cfgfile".into()),
         ],
-        env: vec![("FOO".into(), foo.into()), ("HOME".into(), "h".into())],
+        env: vec![
+            ("FOO".into(), foo_value.into()),
+            ("HOME".into(), "h".into()),
+        ],
         config: "config".into(),
         command: "mkdir -p dist && ...".into(),
         upstream: vec![("lib#build".into(), "libkey".into())],

@@ -321,7 +321,7 @@ async fn handle(
             let hot = ctx.hot.clone();
             let daemon = ctx.daemon.clone();
             let method = method.to_string();
-            let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
+            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
                 let hot = hot.as_deref();
                 let r = match method.as_str() {
                     methods::HISTORY_RUNS => {
@@ -343,8 +343,7 @@ async fn handle(
                     .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
             })
             .await
-            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-            r
+            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
         }
         methods::RUN_CANCEL => {
             let p: RunCancelParams = parse(params)?;
