@@ -44,6 +44,9 @@ pub const FILE_NAME: &str = "history.redb";
 pub const DEFAULT_MAX_RUNS: usize = 200;
 /// Days a run is kept by default (`VX_HISTORY_MAX_AGE_DAYS`).
 pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
+/// Fingerprints kept per task: those of its newest distinct keys (`why`
+/// compares the newest two); older ones go even while runs name them.
+pub const FINGERPRINTS_PER_TASK: usize = 4;
 /// The window `vx history TASK` and `vx info` compute statistics over.
 pub const DEFAULT_WINDOW: usize = 50;
 /// The duration assumed for a task when no task has any history.
@@ -164,6 +167,43 @@ pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
     Some(sorted[idx])
 }
 
+/// Files smaller than this are never compacted.
+const COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// Compacts the file when it is big and mostly free pages (redb does not
+/// give freed pages back; a history that keeps dropping old runs grows
+/// to several times its live size). Only at open, when nothing else
+/// holds a transaction; a failure only costs disk space.
+fn compact_if_sparse(db: &mut redb::Database, path: &Path) {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len < COMPACT_MIN_BYTES {
+        return;
+    }
+    let live = db.begin_write().ok().and_then(|tx| {
+        let live = tx
+            .stats()
+            .ok()
+            .map(|s| s.stored_bytes() + s.metadata_bytes());
+        let _ = tx.abort();
+        live
+    });
+    let Some(live) = live else { return };
+    if live.saturating_mul(2) > len {
+        return;
+    }
+    let start = Instant::now();
+    match db.compact() {
+        Ok(_) => tracing::info!(
+            "compacted {} ({} MiB live of {} MiB) in {:?}",
+            path.display(),
+            live >> 20,
+            len >> 20,
+            start.elapsed()
+        ),
+        Err(e) => tracing::warn!("could not compact {}: {e}", path.display()),
+    }
+}
+
 /// The run history of one cache directory.
 pub struct History {
     path: PathBuf,
@@ -226,6 +266,8 @@ impl History {
             // InvalidData).
             Err(e) => return Err(corrupt(e.to_string())),
         };
+        let mut db = db;
+        compact_if_sparse(&mut db, &path);
         let ident = std::fs::metadata(&path)
             .map(|m| (m.dev(), m.ino()))
             .unwrap_or((0, 0));
@@ -339,7 +381,8 @@ impl History {
 
             let mut seen = HashSet::new();
             let mut task_ids = Vec::with_capacity(run.tasks.len());
-            let mut keys = HashSet::new();
+            // Key → the task whose row names it (keys include the task id).
+            let mut keys: HashMap<&str, &str> = HashMap::new();
             for task in &run.tasks {
                 if !seen.insert(task.id.as_str()) {
                     tracing::debug!(
@@ -359,7 +402,7 @@ impl History {
                 t.rows
                     .insert((task.id.as_str(), seq), encode(&row)?.as_slice())?;
                 if let Some(key) = &task.key {
-                    keys.insert(key.as_str());
+                    keys.insert(key.as_str(), task.id.as_str());
                     let (f, o) = t
                         .outcomes
                         .get((task.id.as_str(), key.as_str()))?
@@ -373,14 +416,19 @@ impl History {
                     t.refs.insert(key.as_str(), n + 1)?;
                 }
             }
+            let mut prune = Vec::new();
             for fp in fingerprints {
-                if !keys.contains(fp.key.as_str()) {
+                let Some(owner) = keys.get(fp.key.as_str()) else {
                     tracing::debug!("fingerprint {} names no row of run {}", fp.key, run.run_id);
                     continue;
-                }
+                };
                 if t.fps.get(fp.key.as_str())?.is_none() {
                     t.fps.insert(fp.key.as_str(), encode(fp)?.as_slice())?;
+                    prune.push(*owner);
                 }
+            }
+            for task in prune {
+                t.prune_fingerprints(task, FINGERPRINTS_PER_TASK)?;
             }
             let mut head = run.clone();
             head.tasks = Vec::new();
@@ -671,7 +719,7 @@ impl History {
             ] {
                 if fp.is_none() {
                     report.advice.push(format!(
-                        "no fingerprint is recorded for key {} (run {r}): {task_id} was only ever restored from the cache with that key, so what went into it is unknown",
+                        "no fingerprint is stored for key {} (run {r}): {task_id} was only ever restored from the cache with that key (or the key is older than the {FINGERPRINTS_PER_TASK} newest kept), so what went into it is unknown",
                         short(k)
                     ));
                 }
@@ -703,6 +751,41 @@ struct Tables<'a, 't> {
 }
 
 impl Tables<'_, '_> {
+    /// Drops the fingerprints of `task` other than those of its `keep`
+    /// newest distinct keys.
+    fn prune_fingerprints(&mut self, task: &str, keep: usize) -> Result<(), HistoryError> {
+        let mut newest: Vec<String> = Vec::new();
+        for item in self.rows.range((task, 0u64)..=(task, u64::MAX))?.rev() {
+            let (_, v) = item?;
+            let Ok(row) = decode::<TaskRunRow>(v.value()) else {
+                continue;
+            };
+            if let Some(k) = row.task.key
+                && !newest.contains(&k)
+            {
+                newest.push(k);
+                if newest.len() >= keep {
+                    break;
+                }
+            }
+        }
+        let mut stale = Vec::new();
+        for item in self.outcomes.range((task, "")..)? {
+            let (k, _) = item?;
+            let (t, key) = k.value();
+            if t != task {
+                break;
+            }
+            if !newest.iter().any(|n| n == key) {
+                stale.push(key.to_string());
+            }
+        }
+        for k in stale {
+            self.fps.remove(k.as_str())?;
+        }
+        Ok(())
+    }
+
     /// Removes run `seq`, its rows, its outcome counts and key references;
     /// fingerprints no retained row references go with it.
     fn drop_run(&mut self, seq: u64, touched: &mut HashSet<String>) -> Result<(), HistoryError> {
@@ -1243,6 +1326,58 @@ mod tests {
     }
 
     #[test]
+    fn only_the_newest_fingerprints_of_a_task_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let t0 = now_ms();
+        let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let r = run(
+                &format!("r{i}"),
+                t0 + i as u64,
+                vec![
+                    task("a#b", TaskStatus::Success, CacheSource::Miss, Some(key), 5),
+                    task(
+                        "c#d",
+                        TaskStatus::Success,
+                        CacheSource::Miss,
+                        Some(&format!("c{i}")),
+                        5,
+                    ),
+                ],
+            );
+            h.record(
+                &r,
+                &[
+                    fp("a#b", key, &[], &[]),
+                    fp("c#d", &format!("c{i}"), &[], &[]),
+                ],
+            )
+            .unwrap();
+        }
+        let kept: Vec<bool> = keys
+            .iter()
+            .map(|k| h.fingerprint(k).unwrap().is_some())
+            .collect();
+        assert_eq!(kept, [false, false, false, true, true, true, true]);
+        assert!(h.fingerprint("c6").unwrap().is_some() && h.fingerprint("c2").unwrap().is_none());
+        // A key that comes back counts as new again.
+        let r = run(
+            "again",
+            t0 + 100,
+            vec![task(
+                "a#b",
+                TaskStatus::Cached,
+                CacheSource::Local,
+                Some("k3"),
+                1,
+            )],
+        );
+        h.record(&r, &[]).unwrap();
+        assert!(h.why("a#b").unwrap().compared);
+    }
+
+    #[test]
     fn percentiles() {
         assert_eq!(percentile(&[], 0.5), None);
         assert_eq!(percentile(&[7], 0.99), Some(7));
@@ -1575,5 +1710,116 @@ mod tests {
         let b = shared(&dir).unwrap();
         assert!(!Arc::ptr_eq(&a, &b));
         assert!(b.run(None).unwrap().is_none());
+    }
+}
+/// A size and speed probe (1,000 tasks × 250 runs), not a test: run with
+/// `cargo test --release -p vxd --lib perf_probe -- --ignored --nocapture`.
+#[cfg(test)]
+mod perf_probe {
+    use super::*;
+    use vx_proto::RunCounts;
+    #[test]
+    #[ignore]
+    fn probe() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path()).unwrap();
+        let n = 1000;
+        let t0 = now_ms();
+        let start = Instant::now();
+        let mut rec_max = Duration::ZERO;
+        for r in 0..250u64 {
+            let tasks: Vec<TaskRun> = (0..n)
+                .map(|i| TaskRun {
+                    id: format!("p{i}#build"),
+                    status: TaskStatus::Success,
+                    cache: if (i + r) % 3 == 0 {
+                        CacheSource::Miss
+                    } else {
+                        CacheSource::Local
+                    },
+                    key: Some(format!("{:064x}", i * 1000 + (r / 5))),
+                    exit_code: Some(0),
+                    attempts: 1,
+                    duration_ms: 100 + i,
+                    start_ms: 0,
+                    end_ms: 100,
+                    slot: Some(0),
+                    cpu_ms: None,
+                    peak_rss_bytes: None,
+                    blocked_by: None,
+                    error: None,
+                    persistent: false,
+                })
+                .collect();
+            let fps: Vec<Fingerprint> = tasks
+                .iter()
+                .filter(|t| t.cache == CacheSource::Miss)
+                .map(|t| Fingerprint {
+                    key: t.key.clone().unwrap(),
+                    task: t.id.clone(),
+                    files: (0..20)
+                        .map(|f| (format!("src/f{f}.ts"), format!("{:064x}", f)))
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            let run = RunRecord {
+                run_id: format!("r{r}"),
+                argv: vec![],
+                requested: vec![],
+                started_at: t0 + r,
+                ended_at: t0 + r,
+                duration_ms: 1,
+                exit_code: 0,
+                ok: true,
+                concurrency: 2,
+                counts: RunCounts::default(),
+                tasks,
+            };
+            let s = Instant::now();
+            h.record(&run, &fps).unwrap();
+            rec_max = rec_max.max(s.elapsed());
+        }
+        eprintln!(
+            "250 runs x {n} tasks recorded in {:?} (max {:?})",
+            start.elapsed(),
+            rec_max
+        );
+        let ids: Vec<String> = (0..n).map(|i| format!("p{i}#build")).collect();
+        let s = Instant::now();
+        let st = h.stats(&ids, 50).unwrap();
+        eprintln!("stats cold {:?} ({} tasks)", s.elapsed(), st.len());
+        let s = Instant::now();
+        h.stats(&ids, 50).unwrap();
+        eprintln!("stats memo {:?}", s.elapsed());
+        let s = Instant::now();
+        h.run(None).unwrap();
+        eprintln!("run(None) {:?}", s.elapsed());
+        let s = Instant::now();
+        h.why("p7#build").unwrap();
+        eprintln!("why {:?}", s.elapsed());
+        eprintln!(
+            "file {} MiB",
+            std::fs::metadata(h.path()).unwrap().len() >> 20
+        );
+        let tx = h.db.begin_write().unwrap();
+        let st = tx.stats().unwrap();
+        eprintln!(
+            "stored {} MiB, metadata {} MiB, fragmented {} MiB",
+            st.stored_bytes() >> 20,
+            st.metadata_bytes() >> 20,
+            st.fragmented_bytes() >> 20
+        );
+        tx.abort().unwrap();
+        let path = h.path().to_path_buf();
+        drop(h);
+        let s = Instant::now();
+        let h = History::open(path.parent().unwrap()).unwrap();
+        eprintln!(
+            "reopen (compacts) in {:?}: file {} MiB",
+            s.elapsed(),
+            std::fs::metadata(&path).unwrap().len() >> 20
+        );
+        drop(h);
     }
 }
