@@ -173,7 +173,7 @@ pub fn runs(p: HistoryRunsParams, hot: Option<&Hot>) -> Result<RunList, EngineEr
     let ws = workspace(cwd, hot)?;
     let h = open(&ws, hot)?.ok_or_else(|| no_runs(&ws))?;
     let runs = h
-        .runs(p.limit.unwrap_or(DEFAULT_LIMIT))
+        .runs(p.limit.unwrap_or(DEFAULT_LIMIT).max(1))
         .map_err(history_err)?;
     if runs.is_empty() {
         return Err(no_runs(&ws));
@@ -213,7 +213,7 @@ pub fn task(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<TaskHistory, Engi
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
     let rows = h
-        .task_runs(&id, p.limit.unwrap_or(DEFAULT_LIMIT))
+        .task_runs(&id, p.limit.unwrap_or(DEFAULT_LIMIT).max(1))
         .map_err(history_err)?;
     if rows.is_empty() {
         return Err(history_err(HistoryError::NoTaskRuns(id)));

@@ -366,6 +366,14 @@ fn a_running_daemon_serves_the_history() {
     assert_eq!(v["runs"].as_array().unwrap().len(), 3);
     let v = json(&ws, ".", &["why", "app#build", "--json"]);
     assert_eq!(v["previous_key"], "appkey1");
+    // The daemon holds the file: the no-daemon engine says so, clearly.
+    let r = ws.vx(&["--no-daemon", "history"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("in use by another vx process") && r.stderr.contains("--no-daemon"),
+        "{}",
+        r.stderr
+    );
     // `vx cache clean` deletes the history with the cache; the daemon
     // notices and starts an empty one.
     let r = ws.vx_daemon(&["cache", "clean"]);
