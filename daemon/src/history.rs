@@ -204,6 +204,13 @@ fn compact_if_sparse(db: &mut redb::Database, path: &Path) {
     }
 }
 
+/// Memoised statistics by (task, window); `generation` counts commits.
+#[derive(Default)]
+struct Memo {
+    generation: u64,
+    stats: HashMap<(String, usize), TaskStats>,
+}
+
 /// The run history of one cache directory.
 pub struct History {
     path: PathBuf,
@@ -211,7 +218,7 @@ pub struct History {
     max_runs: usize,
     max_age: Duration,
     /// Statistics by (task, window), dropped for every task a write touches.
-    memo: Mutex<HashMap<(String, usize), TaskStats>>,
+    memo: Mutex<Memo>,
     /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
     ident: (u64, u64),
 }
@@ -304,7 +311,7 @@ impl History {
             db,
             max_runs: max_runs.max(1),
             max_age: Duration::from_secs(days.saturating_mul(86_400)),
-            memo: Mutex::new(HashMap::new()),
+            memo: Mutex::new(Memo::default()),
             ident,
         })
     }
@@ -463,7 +470,8 @@ impl History {
         }
         tx.commit()?;
         if let Ok(mut memo) = self.memo.lock() {
-            memo.retain(|(task, _), _| !touched.contains(task));
+            memo.generation += 1;
+            memo.stats.retain(|(task, _), _| !touched.contains(task));
         }
         Ok(())
     }
@@ -599,15 +607,21 @@ impl History {
     ) -> Result<HashMap<String, TaskStats>, HistoryError> {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
-        if let Ok(memo) = self.memo.lock() {
-            for id in task_ids {
-                match memo.get(&(id.clone(), window)) {
-                    Some(s) => {
-                        out.insert(id.clone(), s.clone());
+        // Computed values are memoised only if no write committed meanwhile.
+        let mut generation = None;
+        match self.memo.lock() {
+            Ok(memo) => {
+                generation = Some(memo.generation);
+                for id in task_ids {
+                    match memo.stats.get(&(id.clone(), window)) {
+                        Some(s) => {
+                            out.insert(id.clone(), s.clone());
+                        }
+                        None => missing.push(id),
                     }
-                    None => missing.push(id),
                 }
             }
+            Err(_) => missing.extend(task_ids),
         }
         if missing.is_empty() {
             return Ok(out);
@@ -621,9 +635,11 @@ impl History {
                 fresh.push((id.clone(), s));
             }
         }
-        if let Ok(mut memo) = self.memo.lock() {
+        if let Ok(mut memo) = self.memo.lock()
+            && Some(memo.generation) == generation
+        {
             for (id, s) in &fresh {
-                memo.insert((id.clone(), window), s.clone());
+                memo.stats.insert((id.clone(), window), s.clone());
             }
         }
         out.extend(fresh);
