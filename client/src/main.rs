@@ -6,6 +6,7 @@
 //! comes back. It holds no engine logic and never links `vxd`.
 
 mod conn;
+mod history;
 mod render;
 
 use conn::Conn;
@@ -48,6 +49,45 @@ enum Cmd {
     Daemon {
         #[command(subcommand)]
         action: DaemonCmd,
+    },
+    /// Recent runs; with a task (`project#task` or a task of the current
+    /// project), its recent rows and statistics.
+    History {
+        #[arg(value_name = "TASK")]
+        task: Option<String>,
+        /// How many runs (or rows), newest first.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the summary of a recorded run (default: the latest).
+    Last {
+        /// A run id, or a unique prefix of one.
+        #[arg(value_name = "RUN_ID")]
+        run_id: Option<String>,
+        /// The latest failed run.
+        #[arg(long, conflicts_with = "run_id")]
+        failed: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a task's key changed: its last two distinct keys, part by part.
+    Why {
+        /// `project#task`, or a task of the current project.
+        #[arg(value_name = "TASK")]
+        task: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The workspace, its cache, history and daemon at a glance.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -270,6 +310,14 @@ fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Daemon { action } => daemon_cmd(action, &cwd),
+        Cmd::History { task, limit, json } => history::history(&cwd, no_daemon, task, limit, json),
+        Cmd::Last {
+            run_id,
+            failed,
+            json,
+        } => history::last(&cwd, no_daemon, run_id, failed, json),
+        Cmd::Why { task, json } => history::why(&cwd, no_daemon, task, json),
+        Cmd::Info { json } => history::info(&cwd, no_daemon, json),
     }
 }
 

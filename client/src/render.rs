@@ -38,7 +38,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-fn duration(ms: u64) -> String {
+pub fn duration(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {

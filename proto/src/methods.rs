@@ -30,6 +30,16 @@ pub const STATUS: &str = "daemon.status";
 pub const WATCH_START: &str = "watch.start";
 /// `cache.prune` — drop least recently used entries by age and size, then unreferenced blobs.
 pub const CACHE_PRUNE: &str = "cache.prune";
+/// `history.runs` — recent recorded runs, newest first (`vx history`).
+pub const HISTORY_RUNS: &str = "history.runs";
+/// `history.run` — one recorded run (`vx last`).
+pub const HISTORY_RUN: &str = "history.run";
+/// `history.task` — one task's recorded rows and statistics (`vx history TASK`).
+pub const HISTORY_TASK: &str = "history.task";
+/// `history.why` — why a task's key changed (`vx why`).
+pub const HISTORY_WHY: &str = "history.why";
+/// `workspace.info` — versions, counts, cache, history, daemon (`vx info`).
+pub const WORKSPACE_INFO: &str = "workspace.info";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloParams {

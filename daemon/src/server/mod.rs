@@ -11,6 +11,7 @@
 pub mod daemon;
 
 use crate::engine;
+use crate::inspect;
 use crate::state::Hot;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -355,6 +356,38 @@ async fn handle(
                 .await
                 .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
+        }
+        methods::HISTORY_RUNS
+        | methods::HISTORY_RUN
+        | methods::HISTORY_TASK
+        | methods::HISTORY_WHY
+        | methods::WORKSPACE_INFO => {
+            let hot = ctx.hot.clone();
+            let daemon = ctx.daemon.clone();
+            let method = method.to_string();
+            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
+                let hot = hot.as_deref();
+                let r = match method.as_str() {
+                    methods::HISTORY_RUNS => {
+                        inspect::runs(parse(params)?, hot).map(serde_json::to_value)
+                    }
+                    methods::HISTORY_RUN => {
+                        inspect::run(parse(params)?, hot).map(serde_json::to_value)
+                    }
+                    methods::HISTORY_TASK => {
+                        inspect::task(parse(params)?, hot).map(serde_json::to_value)
+                    }
+                    methods::HISTORY_WHY => {
+                        inspect::why(parse(params)?, hot).map(serde_json::to_value)
+                    }
+                    _ => inspect::info(parse(params)?, hot, daemon.as_deref())
+                        .map(serde_json::to_value),
+                };
+                r.map_err(engine_err)?
+                    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
+            })
+            .await
+            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
         }
         methods::RUN_CANCEL => {
             let p: RunCancelParams = parse(params)?;

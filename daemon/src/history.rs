@@ -1,0 +1,1841 @@
+//! `history` — the run history: every recorded run, the fingerprints behind
+//! the keys of executed tasks, and what is derived from them (per-task
+//! statistics and failure modes, `vx why` diffs, critical-path priorities).
+//!
+//! Owns `<cache_dir>/history.redb`, its own redb file beside the cache index
+//! (so a broken history never costs the cache). One write transaction per
+//! recorded run applies retention too. Never runs tasks, computes keys or
+//! speaks JSON-RPC; a failure here must never fail a run (callers degrade
+//! with a warning). `docs/history.md` documents every definition.
+//!
+//! Tables:
+//! - `runs`: seq → the run without its rows, plus its task ids (JSON);
+//! - `run_ids`: run id → seq (lookups by id and by prefix);
+//! - `task_rows`: (task id, seq) → [`TaskRunRow`] (JSON) — the per-task index;
+//! - `outcomes`: (task id, key) → (failed rows, ok rows), over all retained runs;
+//! - `key_refs`: key → rows referencing it (fingerprint garbage collection);
+//! - `fingerprints`: key → [`Fingerprint`] (JSON), written once per key;
+//! - `meta`: `next_seq`.
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vx_proto::history::{
+    Change, ChangeKind, Component, FailureMode, Fingerprint, RunBrief, RunRecord, TaskRun,
+    TaskRunRow, TaskStats, WhyReport,
+};
+use vx_proto::{CacheSource, TaskStatus};
+
+const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+const RUN_IDS: TableDefinition<&str, u64> = TableDefinition::new("run_ids");
+const TASK_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("task_rows");
+const OUTCOMES: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("outcomes");
+const KEY_REFS: TableDefinition<&str, u64> = TableDefinition::new("key_refs");
+const FINGERPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fingerprints");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The history file's name inside the cache directory.
+pub const FILE_NAME: &str = "history.redb";
+/// Runs kept by default (`VX_HISTORY_MAX_RUNS`).
+pub const DEFAULT_MAX_RUNS: usize = 200;
+/// Days a run is kept by default (`VX_HISTORY_MAX_AGE_DAYS`).
+pub const DEFAULT_MAX_AGE_DAYS: u64 = 30;
+/// Fingerprints kept per task: those of its newest distinct keys (`why`
+/// compares the newest two); older ones go even while runs name them.
+pub const FINGERPRINTS_PER_TASK: usize = 4;
+/// The window `vx history TASK` and `vx info` compute statistics over.
+pub const DEFAULT_WINDOW: usize = 50;
+/// The duration assumed for a task when no task has any history.
+pub const DEFAULT_DURATION_MS: u64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Another process holds the file (the daemon, or a concurrent run).
+    #[error("the run history {0} is in use by another vx process")]
+    Locked(PathBuf),
+    /// The file is damaged or not a history file.
+    #[error("the run history {path} is unreadable ({message}); delete it to start a new one")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("run history: {0}")]
+    Db(String),
+    #[error("no recorded run matches `{0}`")]
+    NoSuchRun(String),
+    #[error("`{prefix}` matches several runs: {}", matches.join(", "))]
+    AmbiguousRun {
+        prefix: String,
+        matches: Vec<String>,
+    },
+    #[error("no recorded runs of {0}")]
+    NoTaskRuns(String),
+}
+
+impl HistoryError {
+    /// The file exists but cannot be read as a history (as opposed to held
+    /// by another process, which passes).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, HistoryError::Corrupt { .. })
+    }
+
+    pub fn is_locked(&self) -> bool {
+        matches!(self, HistoryError::Locked(_))
+    }
+}
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for HistoryError {
+            fn from(e: $t) -> Self {
+                HistoryError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::TransactionError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::Error
+);
+
+impl From<redb::TableError> for HistoryError {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            redb::TableError::TableTypeMismatch { .. } | redb::TableError::TableIsMultimap(_) => {
+                HistoryError::Corrupt {
+                    path: PathBuf::from(FILE_NAME),
+                    message: e.to_string(),
+                }
+            }
+            e => HistoryError::Db(e.to_string()),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HistoryError> {
+    serde_json::from_slice(bytes).map_err(|e| HistoryError::Corrupt {
+        path: PathBuf::from(FILE_NAME),
+        message: format!("a stored record does not decode: {e}"),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, HistoryError> {
+    serde_json::to_vec(v).map_err(|e| HistoryError::Db(e.to_string()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A run as stored: the record without its rows (they live in `task_rows`)
+/// and the ids of those rows.
+#[derive(Serialize, Deserialize)]
+struct StoredRun {
+    head: RunRecord,
+    task_ids: Vec<String>,
+}
+
+/// Whether a row counts as a good outcome for the mixed-outcome rule: it
+/// executed successfully or came from the cache.
+fn row_ok(t: &TaskRun) -> bool {
+    matches!(t.status, TaskStatus::Success | TaskStatus::Cached)
+        || matches!(t.cache, CacheSource::Local | CacheSource::UpToDate)
+}
+
+fn row_hit(t: &TaskRun) -> bool {
+    matches!(t.cache, CacheSource::Local | CacheSource::UpToDate)
+}
+
+/// The `q` percentile of ascending `sorted`: `sorted[min(n-1, floor(q*n))]`.
+pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len();
+    let idx = ((q * n as f64).floor() as usize).min(n - 1);
+    Some(sorted[idx])
+}
+
+/// Files smaller than this are never compacted.
+const COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// Compacts the file when it is big and mostly free pages (redb does not
+/// give freed pages back; a history that keeps dropping old runs grows
+/// to several times its live size). Only at open, when nothing else
+/// holds a transaction; a failure only costs disk space.
+fn compact_if_sparse(db: &mut redb::Database, path: &Path) {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len < COMPACT_MIN_BYTES {
+        return;
+    }
+    let live = db.begin_write().ok().and_then(|tx| {
+        let live = tx
+            .stats()
+            .ok()
+            .map(|s| s.stored_bytes() + s.metadata_bytes());
+        let _ = tx.abort();
+        live
+    });
+    let Some(live) = live else { return };
+    if live.saturating_mul(2) > len {
+        return;
+    }
+    let start = Instant::now();
+    match db.compact() {
+        Ok(_) => tracing::info!(
+            "compacted {} ({} MiB live of {} MiB) in {:?}",
+            path.display(),
+            live >> 20,
+            len >> 20,
+            start.elapsed()
+        ),
+        Err(e) => tracing::warn!("could not compact {}: {e}", path.display()),
+    }
+}
+
+/// Memoised statistics by (task, window); `generation` counts commits.
+#[derive(Default)]
+struct Memo {
+    generation: u64,
+    stats: HashMap<(String, usize), TaskStats>,
+}
+
+/// The run history of one cache directory.
+pub struct History {
+    path: PathBuf,
+    db: redb::Database,
+    max_runs: usize,
+    max_age: Duration,
+    /// Statistics by (task, window), dropped for every task a write touches.
+    memo: Mutex<Memo>,
+    /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
+    ident: (u64, u64),
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("path", &self.path)
+            .field("max_runs", &self.max_runs)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!("ignoring {name}={v:?}: not a whole number");
+            None
+        }
+    }
+}
+
+impl History {
+    /// Opens (or creates) `<cache_dir>/history.redb`. Retention comes from
+    /// `VX_HISTORY_MAX_RUNS` (default 200) and `VX_HISTORY_MAX_AGE_DAYS`
+    /// (default 30). A file held by another process gives
+    /// [`HistoryError::Locked`]; a damaged one [`HistoryError::Corrupt`].
+    pub fn open(cache_dir: &Path) -> Result<History, HistoryError> {
+        std::fs::create_dir_all(cache_dir).map_err(|source| HistoryError::Io {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?;
+        let path = cache_dir.join(FILE_NAME);
+        let corrupt = |message: String| HistoryError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        let db = match redb::Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(HistoryError::Locked(path));
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))
+                if source.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(HistoryError::Io { path, source });
+            }
+            // A foreign or damaged file (redb reports a bad magic number as
+            // InvalidData).
+            Err(e) => return Err(corrupt(e.to_string())),
+        };
+        let mut db = db;
+        compact_if_sparse(&mut db, &path);
+        let ident = std::fs::metadata(&path)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((0, 0));
+        let exists = db.begin_read().ok().is_some_and(|r| {
+            r.open_table(RUNS).is_ok()
+                && r.open_table(RUN_IDS).is_ok()
+                && r.open_table(TASK_ROWS).is_ok()
+                && r.open_table(OUTCOMES).is_ok()
+                && r.open_table(KEY_REFS).is_ok()
+                && r.open_table(FINGERPRINTS).is_ok()
+                && r.open_table(META).is_ok()
+        });
+        if !exists {
+            let tx = db.begin_write()?;
+            let fix = |e: HistoryError| match e {
+                HistoryError::Corrupt { message, .. } => corrupt(message),
+                e => e,
+            };
+            tx.open_table(RUNS).map_err(|e| fix(e.into()))?;
+            tx.open_table(RUN_IDS).map_err(|e| fix(e.into()))?;
+            tx.open_table(TASK_ROWS).map_err(|e| fix(e.into()))?;
+            tx.open_table(OUTCOMES).map_err(|e| fix(e.into()))?;
+            tx.open_table(KEY_REFS).map_err(|e| fix(e.into()))?;
+            tx.open_table(FINGERPRINTS).map_err(|e| fix(e.into()))?;
+            tx.open_table(META).map_err(|e| fix(e.into()))?;
+            tx.commit()?;
+        }
+        let max_runs = env_number("VX_HISTORY_MAX_RUNS")
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MAX_RUNS);
+        let days = env_number("VX_HISTORY_MAX_AGE_DAYS").unwrap_or(DEFAULT_MAX_AGE_DAYS);
+        Ok(History {
+            path,
+            db,
+            max_runs: max_runs.max(1),
+            max_age: Duration::from_secs(days.saturating_mul(86_400)),
+            memo: Mutex::new(Memo::default()),
+            ident,
+        })
+    }
+
+    /// [`History::open`], retrying while another process holds the file,
+    /// for up to `wait`.
+    pub fn open_wait(cache_dir: &Path, wait: Duration) -> Result<History, HistoryError> {
+        let start = Instant::now();
+        loop {
+            match History::open(cache_dir) {
+                Err(HistoryError::Locked(_)) if start.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Keeps the newest `max_runs` runs (at least 1) that are younger than
+    /// `max_age`; the newest run is always kept.
+    pub fn with_retention(mut self, max_runs: usize, max_age: Duration) -> History {
+        self.max_runs = max_runs.max(1);
+        self.max_age = max_age;
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file on disk is still the one this handle has open (a
+    /// `vx cache clean` deletes the cache directory).
+    pub fn is_current(&self) -> bool {
+        std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.ident)
+            .unwrap_or(false)
+    }
+
+    /// Records one run and the fingerprints of the keys it executed, and
+    /// applies retention, in one write transaction. A fingerprint is stored
+    /// only if some row of the run has its key and it is not stored yet.
+    pub fn record(
+        &self,
+        run: &RunRecord,
+        fingerprints: &[Fingerprint],
+    ) -> Result<(), HistoryError> {
+        let mut touched: HashSet<String> = HashSet::new();
+        let tx = self.db.begin_write()?;
+        {
+            let mut runs = tx.open_table(RUNS)?;
+            let mut ids = tx.open_table(RUN_IDS)?;
+            let mut rows = tx.open_table(TASK_ROWS)?;
+            let mut outcomes = tx.open_table(OUTCOMES)?;
+            let mut refs = tx.open_table(KEY_REFS)?;
+            let mut fps = tx.open_table(FINGERPRINTS)?;
+            let mut meta = tx.open_table(META)?;
+            let mut t = Tables {
+                runs: &mut runs,
+                ids: &mut ids,
+                rows: &mut rows,
+                outcomes: &mut outcomes,
+                refs: &mut refs,
+                fps: &mut fps,
+            };
+            // Recording the same run id twice replaces the first.
+            let old = t.ids.get(run.run_id.as_str())?.map(|g| g.value());
+            if let Some(old) = old {
+                t.drop_run(old, &mut touched)?;
+            }
+            let next = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
+            let last = t.runs.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            let seq = next.max(last);
+            meta.insert("next_seq", seq + 1)?;
+
+            let mut seen = HashSet::new();
+            let mut task_ids = Vec::with_capacity(run.tasks.len());
+            // Key → the task whose row names it (keys include the task id).
+            let mut keys: HashMap<&str, &str> = HashMap::new();
+            for task in &run.tasks {
+                if !seen.insert(task.id.as_str()) {
+                    tracing::debug!(
+                        "run {} lists {} twice; keeping the first",
+                        run.run_id,
+                        task.id
+                    );
+                    continue;
+                }
+                task_ids.push(task.id.clone());
+                touched.insert(task.id.clone());
+                let row = TaskRunRow {
+                    run_id: run.run_id.clone(),
+                    started_at: run.started_at,
+                    task: task.clone(),
+                };
+                t.rows
+                    .insert((task.id.as_str(), seq), encode(&row)?.as_slice())?;
+                if let Some(key) = &task.key {
+                    keys.insert(key.as_str(), task.id.as_str());
+                    let (f, o) = t
+                        .outcomes
+                        .get((task.id.as_str(), key.as_str()))?
+                        .map(|g| g.value())
+                        .unwrap_or((0, 0));
+                    let failed = u64::from(task.status == TaskStatus::Failed);
+                    let ok = u64::from(row_ok(task));
+                    t.outcomes
+                        .insert((task.id.as_str(), key.as_str()), (f + failed, o + ok))?;
+                    let n = t.refs.get(key.as_str())?.map(|g| g.value()).unwrap_or(0);
+                    t.refs.insert(key.as_str(), n + 1)?;
+                }
+            }
+            let mut prune = Vec::new();
+            for fp in fingerprints {
+                let Some(owner) = keys.get(fp.key.as_str()) else {
+                    tracing::debug!("fingerprint {} names no row of run {}", fp.key, run.run_id);
+                    continue;
+                };
+                if t.fps.get(fp.key.as_str())?.is_none() {
+                    t.fps.insert(fp.key.as_str(), encode(fp)?.as_slice())?;
+                    prune.push(*owner);
+                }
+            }
+            for task in prune {
+                t.prune_fingerprints(task, FINGERPRINTS_PER_TASK)?;
+            }
+            let mut head = run.clone();
+            head.tasks = Vec::new();
+            let stored = StoredRun { head, task_ids };
+            t.runs.insert(seq, encode(&stored)?.as_slice())?;
+            t.ids.insert(run.run_id.as_str(), seq)?;
+
+            // Retention: the oldest runs beyond `max_runs`, and runs older
+            // than `max_age`; never the run just recorded.
+            let cutoff = now_ms().saturating_sub(self.max_age.as_millis() as u64);
+            loop {
+                let len = t.runs.len()?;
+                let Some((first, started)) = t.runs.first()?.map(|(k, v)| {
+                    (
+                        k.value(),
+                        decode::<StoredRun>(v.value()).map(|s| s.head.started_at),
+                    )
+                }) else {
+                    break;
+                };
+                if first == seq {
+                    break;
+                }
+                // An undecodable run is dropped as if it were old.
+                let old = started.map(|s| s < cutoff).unwrap_or(true);
+                if len as usize > self.max_runs || old {
+                    t.drop_run(first, &mut touched)?;
+                } else {
+                    break;
+                }
+            }
+        }
+        tx.commit()?;
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.generation += 1;
+            memo.stats.retain(|(task, _), _| !touched.contains(task));
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` runs, newest first, without their rows.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunBrief>, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
+        let mut out = Vec::new();
+        for item in runs.iter()?.rev().take(limit) {
+            let (_, v) = item?;
+            let s: StoredRun = decode(v.value())?;
+            out.push(RunBrief::from(&s.head));
+        }
+        Ok(out)
+    }
+
+    /// How many runs are retained, and how many of them started at or after
+    /// `since` (Unix milliseconds).
+    pub fn run_counts(&self, since: u64) -> Result<(u64, u64), HistoryError> {
+        let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
+        let total = runs.len()?;
+        let mut recent = 0;
+        for item in runs.iter()?.rev() {
+            let (_, v) = item?;
+            let s: StoredRun = decode(v.value())?;
+            if s.head.started_at < since {
+                break;
+            }
+            recent += 1;
+        }
+        Ok((total, recent))
+    }
+
+    /// One run with its rows: `None` = the latest; otherwise a run id or a
+    /// unique prefix of one. `Ok(None)` when no run is recorded at all.
+    pub fn run(&self, id: Option<&str>) -> Result<Option<RunRecord>, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
+        let rows = tx.open_table(TASK_ROWS)?;
+        let seq = match id {
+            None => match runs.last()? {
+                Some((k, _)) => k.value(),
+                None => return Ok(None),
+            },
+            Some(id) => {
+                let ids = tx.open_table(RUN_IDS)?;
+                if let Some(seq) = ids.get(id)?.map(|g| g.value()) {
+                    seq
+                } else {
+                    let mut matches = Vec::new();
+                    for item in ids.range(id..)? {
+                        let (k, v) = item?;
+                        if !k.value().starts_with(id) {
+                            break;
+                        }
+                        matches.push((k.value().to_string(), v.value()));
+                    }
+                    match matches.len() {
+                        0 => return Err(HistoryError::NoSuchRun(id.to_string())),
+                        1 => matches[0].1,
+                        _ => {
+                            return Err(HistoryError::AmbiguousRun {
+                                prefix: id.to_string(),
+                                matches: matches.into_iter().map(|m| m.0).collect(),
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        let Some(v) = runs.get(seq)? else {
+            return Err(HistoryError::NoSuchRun(id.unwrap_or_default().to_string()));
+        };
+        let stored: StoredRun = decode(v.value())?;
+        load_run(&rows, seq, stored).map(Some)
+    }
+
+    /// The newest run that did not succeed.
+    pub fn last_failed(&self) -> Result<Option<RunRecord>, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
+        let rows = tx.open_table(TASK_ROWS)?;
+        for item in runs.iter()?.rev() {
+            let (k, v) = item?;
+            let stored: StoredRun = decode(v.value())?;
+            if !stored.head.ok {
+                return load_run(&rows, k.value(), stored).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// A task's newest `limit` rows, newest first.
+    pub fn task_runs(&self, task_id: &str, limit: usize) -> Result<Vec<TaskRunRow>, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let rows = tx.open_table(TASK_ROWS)?;
+        let mut out = Vec::new();
+        for item in rows
+            .range((task_id, 0u64)..=(task_id, u64::MAX))?
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = item?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every task id with at least one retained row, sorted.
+    pub fn task_ids(&self) -> Result<Vec<String>, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let rows = tx.open_table(TASK_ROWS)?;
+        let mut out: Vec<String> = Vec::new();
+        for item in rows.iter()? {
+            let (k, _) = item?;
+            let (task, _) = k.value();
+            if out.last().map(String::as_str) != Some(task) {
+                out.push(task.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Statistics of each task over its newest `window` rows (see
+    /// `docs/history.md`). Tasks without rows are absent. Memoised until a
+    /// write touches the task.
+    pub fn stats(
+        &self,
+        task_ids: &[String],
+        window: usize,
+    ) -> Result<HashMap<String, TaskStats>, HistoryError> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        // Computed values are memoised only if no write committed meanwhile.
+        let mut generation = None;
+        match self.memo.lock() {
+            Ok(memo) => {
+                generation = Some(memo.generation);
+                for id in task_ids {
+                    match memo.stats.get(&(id.clone(), window)) {
+                        Some(s) => {
+                            out.insert(id.clone(), s.clone());
+                        }
+                        None => missing.push(id),
+                    }
+                }
+            }
+            Err(_) => missing.extend(task_ids),
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let tx = self.db.begin_read()?;
+        let rows = tx.open_table(TASK_ROWS)?;
+        let outcomes = tx.open_table(OUTCOMES)?;
+        let mut fresh = Vec::new();
+        for id in missing {
+            if let Some(s) = task_stats(&rows, &outcomes, id, window)? {
+                fresh.push((id.clone(), s));
+            }
+        }
+        if let Ok(mut memo) = self.memo.lock()
+            && Some(memo.generation) == generation
+        {
+            for (id, s) in &fresh {
+                memo.stats.insert((id.clone(), window), s.clone());
+            }
+        }
+        out.extend(fresh);
+        Ok(out)
+    }
+
+    /// The p50 duration of each task's executed, successful runs (over the
+    /// newest `window` of them); tasks without one are absent. What the
+    /// scheduler feeds to [`critical_path`].
+    pub fn durations(
+        &self,
+        task_ids: &[String],
+        window: usize,
+    ) -> Result<HashMap<String, u64>, HistoryError> {
+        Ok(self
+            .stats(task_ids, window)?
+            .into_iter()
+            .filter_map(|(id, s)| s.p50_ms.map(|p| (id, p)))
+            .collect())
+    }
+
+    /// The stored fingerprint of `key`.
+    pub fn fingerprint(&self, key: &str) -> Result<Option<Fingerprint>, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let fps = tx.open_table(FINGERPRINTS)?;
+        fps.get(key)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Why `task_id`'s key changed: its two newest distinct recorded keys,
+    /// their fingerprints compared part by part, and what to do.
+    pub fn why(&self, task_id: &str) -> Result<WhyReport, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let rows = tx.open_table(TASK_ROWS)?;
+        let fps = tx.open_table(FINGERPRINTS)?;
+        let mut total = 0usize;
+        let mut newest: Option<(String, String)> = None;
+        let mut previous: Option<(String, String)> = None;
+        let mut same_key_rows = 0usize;
+        for item in rows.range((task_id, 0u64)..=(task_id, u64::MAX))?.rev() {
+            let (_, v) = item?;
+            total += 1;
+            let row: TaskRunRow = decode(v.value())?;
+            let Some(key) = row.task.key else { continue };
+            match &newest {
+                None => {
+                    newest = Some((key, row.run_id));
+                    same_key_rows = 1;
+                }
+                Some((k, _)) if *k == key => same_key_rows += 1,
+                Some(_) => {
+                    previous = Some((key, row.run_id));
+                    break;
+                }
+            }
+        }
+        if total == 0 {
+            return Err(HistoryError::NoTaskRuns(task_id.to_string()));
+        }
+        let mut report = WhyReport {
+            task: task_id.to_string(),
+            key: newest.as_ref().map(|n| n.0.clone()),
+            run_id: newest.as_ref().map(|n| n.1.clone()),
+            previous_key: previous.as_ref().map(|p| p.0.clone()),
+            previous_run_id: previous.as_ref().map(|p| p.1.clone()),
+            compared: false,
+            changes: Vec::new(),
+            advice: Vec::new(),
+        };
+        let Some((key, run_id)) = newest else {
+            report.advice.push(format!(
+                "none of the {total} recorded runs of {task_id} computed a key (it was skipped, or it is a group task); there is nothing to compare"
+            ));
+            return Ok(report);
+        };
+        let Some((prev_key, prev_run)) = previous else {
+            report.advice.push(format!(
+                "{task_id} has had the same key ({}) in all {same_key_rows} recorded runs that computed one: nothing it depends on changed",
+                short(&key)
+            ));
+            report.advice.push(
+                "if it executed anyway, its cache entry was missing: the cache was cleaned, the run used --force or --no-cache, or caching is off for the task".to_string(),
+            );
+            return Ok(report);
+        };
+        let load = |k: &str| -> Result<Option<Fingerprint>, HistoryError> {
+            fps.get(k)?.map(|v| decode(v.value())).transpose()
+        };
+        let (new_fp, old_fp) = (load(&key)?, load(&prev_key)?);
+        let (Some(new_fp), Some(old_fp)) = (new_fp, old_fp) else {
+            for (k, r, fp) in [
+                (&key, &run_id, load(&key)?),
+                (&prev_key, &prev_run, load(&prev_key)?),
+            ] {
+                if fp.is_none() {
+                    report.advice.push(format!(
+                        "no fingerprint is stored for key {} (run {r}): {task_id} was only ever restored from the cache with that key (or the key is older than the {FINGERPRINTS_PER_TASK} newest kept), so what went into it is unknown",
+                        short(k)
+                    ));
+                }
+            }
+            report.advice.push(format!(
+                "run `vx run {task_id} --force` to execute it and record its fingerprint"
+            ));
+            return Ok(report);
+        };
+        report.compared = true;
+        report.changes = diff(&old_fp, &new_fp);
+        report.advice = advice(task_id, &report.changes);
+        Ok(report)
+    }
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+/// The mutable tables of one write transaction.
+struct Tables<'a, 't> {
+    runs: &'a mut redb::Table<'t, u64, &'static [u8]>,
+    ids: &'a mut redb::Table<'t, &'static str, u64>,
+    rows: &'a mut redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    outcomes: &'a mut redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
+    refs: &'a mut redb::Table<'t, &'static str, u64>,
+    fps: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl Tables<'_, '_> {
+    /// Drops the fingerprints of `task` other than those of its `keep`
+    /// newest distinct keys.
+    fn prune_fingerprints(&mut self, task: &str, keep: usize) -> Result<(), HistoryError> {
+        let mut newest: Vec<String> = Vec::new();
+        for item in self.rows.range((task, 0u64)..=(task, u64::MAX))?.rev() {
+            let (_, v) = item?;
+            let Ok(row) = decode::<TaskRunRow>(v.value()) else {
+                continue;
+            };
+            if let Some(k) = row.task.key
+                && !newest.contains(&k)
+            {
+                newest.push(k);
+                if newest.len() >= keep {
+                    break;
+                }
+            }
+        }
+        let mut stale = Vec::new();
+        for item in self.outcomes.range((task, "")..)? {
+            let (k, _) = item?;
+            let (t, key) = k.value();
+            if t != task {
+                break;
+            }
+            if !newest.iter().any(|n| n == key) {
+                stale.push(key.to_string());
+            }
+        }
+        for k in stale {
+            self.fps.remove(k.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Removes run `seq`, its rows, its outcome counts and key references;
+    /// fingerprints no retained row references go with it.
+    fn drop_run(&mut self, seq: u64, touched: &mut HashSet<String>) -> Result<(), HistoryError> {
+        let stored = match self.runs.remove(seq)? {
+            Some(v) => decode::<StoredRun>(v.value()).ok(),
+            None => return Ok(()),
+        };
+        let Some(stored) = stored else {
+            tracing::warn!("dropping an undecodable run (seq {seq}) from the history");
+            return Ok(());
+        };
+        self.ids.remove(stored.head.run_id.as_str())?;
+        for id in &stored.task_ids {
+            touched.insert(id.clone());
+            let row = match self.rows.remove((id.as_str(), seq))? {
+                Some(v) => decode::<TaskRunRow>(v.value()).ok(),
+                None => None,
+            };
+            let Some(row) = row else { continue };
+            let Some(key) = &row.task.key else { continue };
+            let counts = self
+                .outcomes
+                .get((id.as_str(), key.as_str()))?
+                .map(|g| g.value());
+            if let Some((f, o)) = counts {
+                let failed = u64::from(row.task.status == TaskStatus::Failed);
+                let ok = u64::from(row_ok(&row.task));
+                let (f, o) = (f.saturating_sub(failed), o.saturating_sub(ok));
+                // (0, 0) cannot make a key mixed: forget it.
+                if (f, o) == (0, 0) {
+                    self.outcomes.remove((id.as_str(), key.as_str()))?;
+                } else {
+                    self.outcomes.insert((id.as_str(), key.as_str()), (f, o))?;
+                }
+            }
+            let n = self.refs.get(key.as_str())?.map(|g| g.value()).unwrap_or(0);
+            if n <= 1 {
+                self.refs.remove(key.as_str())?;
+                self.fps.remove(key.as_str())?;
+            } else {
+                self.refs.insert(key.as_str(), n - 1)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn load_run(
+    rows: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    seq: u64,
+    stored: StoredRun,
+) -> Result<RunRecord, HistoryError> {
+    let mut run = stored.head;
+    for id in &stored.task_ids {
+        if let Some(v) = rows.get((id.as_str(), seq))? {
+            let row: TaskRunRow = decode(v.value())?;
+            run.tasks.push(row.task);
+        }
+    }
+    run.tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(run)
+}
+
+fn task_stats(
+    rows: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    outcomes: &redb::ReadOnlyTable<(&'static str, &'static str), (u64, u64)>,
+    id: &str,
+    window: usize,
+) -> Result<Option<TaskStats>, HistoryError> {
+    let mut total = 0u64;
+    let (mut successes, mut hits, mut executed, mut failures, mut retried) = (0, 0, 0, 0, 0);
+    let mut durations = Vec::new();
+    for item in rows.range((id, 0u64)..=(id, u64::MAX))?.rev() {
+        if total as usize >= window && durations.len() >= window {
+            break;
+        }
+        let (_, v) = item?;
+        let row: TaskRunRow = decode(v.value())?;
+        let t = &row.task;
+        let is_executed = matches!(t.cache, CacheSource::Miss | CacheSource::Disabled);
+        if (total as usize) < window {
+            total += 1;
+            successes += u64::from(t.status == TaskStatus::Success);
+            hits += u64::from(row_hit(t));
+            executed += u64::from(is_executed);
+            failures += u64::from(t.status == TaskStatus::Failed);
+            retried += u64::from(t.attempts > 1);
+        }
+        if durations.len() < window && is_executed && t.status == TaskStatus::Success {
+            durations.push(t.duration_ms);
+        }
+    }
+    if total == 0 {
+        return Ok(None);
+    }
+    let mut mixed = 0u64;
+    for item in outcomes.range((id, "")..)? {
+        let (k, v) = item?;
+        if k.value().0 != id {
+            break;
+        }
+        let (f, o) = v.value();
+        if f > 0 && o > 0 {
+            mixed += 1;
+        }
+    }
+    durations.sort_unstable();
+    Ok(Some(TaskStats {
+        total,
+        successes,
+        hits,
+        executed,
+        failures,
+        retried,
+        p50_ms: percentile(&durations, 0.5),
+        p99_ms: percentile(&durations, 0.99),
+        success_rate: successes as f64 / total as f64,
+        hit_rate: hits as f64 / total as f64,
+        failure_mode: classify(total, failures, retried, mixed),
+        mixed_outcome_keys: mixed,
+    }))
+}
+
+/// The failure mode: flaky when a row was retried, or when it failed and
+/// some key both failed and succeeded; flaky with failures in fewer than a
+/// fifth of the rows is recoverable, otherwise fatal.
+pub fn classify(total: u64, failures: u64, retried: u64, mixed_keys: u64) -> FailureMode {
+    let flaky = retried > 0 || (failures > 0 && mixed_keys > 0);
+    if !flaky {
+        FailureMode::Stable
+    } else if (failures as f64) < total as f64 / 5.0 {
+        FailureMode::FlakyRecoverable
+    } else {
+        FailureMode::FlakyFatal
+    }
+}
+
+fn diff_pairs(
+    component: Component,
+    old: &[(String, String)],
+    new: &[(String, String)],
+    out: &mut Vec<Change>,
+) {
+    let old: BTreeMap<&str, &str> = old.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let new: BTreeMap<&str, &str> = new.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let names: BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
+    for name in names {
+        let kind = match (old.get(name), new.get(name)) {
+            (None, Some(_)) => ChangeKind::Added,
+            (Some(_), None) => ChangeKind::Removed,
+            (Some(a), Some(b)) if a != b => ChangeKind::Changed,
+            _ => continue,
+        };
+        out.push(Change {
+            component,
+            name: Some(name.to_string()),
+            kind,
+        });
+    }
+}
+
+/// The differences from `old` to `new`, sorted by component and name.
+pub fn diff(old: &Fingerprint, new: &Fingerprint) -> Vec<Change> {
+    let mut out = Vec::new();
+    diff_pairs(Component::File, &old.files, &new.files, &mut out);
+    diff_pairs(Component::Env, &old.env, &new.env, &mut out);
+    let whole = |component, changed: bool, out: &mut Vec<Change>| {
+        if changed {
+            out.push(Change {
+                component,
+                name: None,
+                kind: ChangeKind::Changed,
+            });
+        }
+    };
+    whole(Component::Config, old.config != new.config, &mut out);
+    whole(Component::Command, old.command != new.command, &mut out);
+    diff_pairs(Component::Upstream, &old.upstream, &new.upstream, &mut out);
+    whole(Component::Args, old.args != new.args, &mut out);
+    out.sort_by(|a, b| (a.component, &a.name).cmp(&(b.component, &b.name)));
+    out
+}
+
+/// How many file changes get their own advice line.
+const FILE_ADVICE: usize = 5;
+
+/// What to do about each change, one sentence per line.
+pub fn advice(task: &str, changes: &[Change]) -> Vec<String> {
+    let mut out = Vec::new();
+    if changes.is_empty() {
+        out.push(format!(
+            "the recorded parts of {task}'s two keys are identical; the key changed through something the fingerprint does not cover (a vx upgrade, or the key format)"
+        ));
+        return out;
+    }
+    let files: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.component == Component::File)
+        .collect();
+    for c in files.iter().take(FILE_ADVICE) {
+        let name = c.name.as_deref().unwrap_or("?");
+        out.push(match c.kind {
+            ChangeKind::Changed => format!(
+                "file {name} changed; if it is not an input of {task}, narrow `inputs` (or exclude it with a `!` pattern)"
+            ),
+            ChangeKind::Added => format!(
+                "file {name} is a new input; if it should not affect {task}, narrow `inputs`"
+            ),
+            ChangeKind::Removed => format!(
+                "file {name} is no longer an input (deleted, or no longer matched by `inputs`)"
+            ),
+        });
+    }
+    if files.len() > FILE_ADVICE {
+        out.push(format!(
+            "... and {} more input files changed",
+            files.len() - FILE_ADVICE
+        ));
+    }
+    for c in changes.iter().filter(|c| c.component != Component::File) {
+        let name = c.name.as_deref().unwrap_or("?");
+        out.push(match (c.component, c.kind) {
+            (Component::Env, ChangeKind::Changed) => format!(
+                "the value of {name} changed; if it should not affect the build, remove it from `env` in vx.toml (or list it in `pass_env`, which passes it without keying it)"
+            ),
+            (Component::Env, ChangeKind::Added) => {
+                format!("{name} is newly keyed (it was added to `env`, or matches a new pattern)")
+            }
+            (Component::Env, ChangeKind::Removed) => {
+                format!("{name} is no longer keyed (it was removed from `env`)")
+            }
+            (Component::Config, _) => format!(
+                "{task}'s configuration changed (its vx.toml, package.json or turbo.json entry: inputs, outputs, env, dependencies or options)"
+            ),
+            (Component::Command, _) => format!("{task}'s command changed"),
+            (Component::Upstream, ChangeKind::Changed) => {
+                format!("{name}'s key changed; run `vx why {name}` to see why")
+            }
+            (Component::Upstream, ChangeKind::Added) => format!("{task} now depends on {name}"),
+            (Component::Upstream, ChangeKind::Removed) => {
+                format!("{task} no longer depends on {name}")
+            }
+            (Component::Args, _) => {
+                "the arguments after `--` changed; they are part of the key of the requested tasks"
+                    .to_string()
+            }
+            (Component::File, _) => continue,
+        });
+    }
+    out
+}
+
+/// Estimated critical-path priorities (`docs/history.md`): `own[n]` is the
+/// p50 of task `n` when known; unknown tasks take the median of the known
+/// ones (1000 ms when none is known). `ECP(n) = own(n) + max ECP(d)` over
+/// the dependents `d` of `n` (0 when it has none), computed from the sinks
+/// back; a node on a cycle (never reached) gets its own duration.
+pub fn critical_path(
+    deps: &[Vec<usize>],
+    dependents: &[Vec<usize>],
+    own: &[Option<u64>],
+) -> Vec<u64> {
+    let n = own.len();
+    let mut known: Vec<u64> = own.iter().flatten().copied().collect();
+    known.sort_unstable();
+    let median = known
+        .get(known.len() / 2)
+        .copied()
+        .unwrap_or(DEFAULT_DURATION_MS);
+    let own_of = |i: usize| own[i].unwrap_or(median);
+    let mut ecp: Vec<Option<u64>> = vec![None; n];
+    let mut remaining: Vec<usize> = (0..n)
+        .map(|i| {
+            dependents
+                .get(i)
+                .map_or(0, |d| d.iter().filter(|&&x| x < n).count())
+        })
+        .collect();
+    let mut ready: Vec<usize> = (0..n).filter(|&i| remaining[i] == 0).collect();
+    while let Some(i) = ready.pop() {
+        let longest = dependents
+            .get(i)
+            .into_iter()
+            .flatten()
+            .filter_map(|&d| ecp.get(d).copied().flatten())
+            .max()
+            .unwrap_or(0);
+        ecp[i] = Some(own_of(i).saturating_add(longest));
+        for &d in deps.get(i).into_iter().flatten() {
+            if d < n && remaining[d] > 0 {
+                remaining[d] -= 1;
+                if remaining[d] == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+    }
+    (0..n)
+        .map(|i| ecp[i].unwrap_or_else(|| own_of(i)))
+        .collect()
+}
+
+/// A process-wide registry of open histories, one per cache directory: the
+/// daemon keeps its history open for its life (redb allows one open handle
+/// per file, per process). A handle whose file was deleted (`vx cache
+/// clean`) is replaced on the next call.
+pub fn shared(cache_dir: &Path) -> Result<Arc<History>, HistoryError> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<History>>>> = OnceLock::new();
+    let reg = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut reg = reg
+        .lock()
+        .map_err(|_| HistoryError::Db("the history registry is poisoned".into()))?;
+    if let Some(h) = reg.get(cache_dir) {
+        if h.is_current() {
+            return Ok(h.clone());
+        }
+        reg.remove(cache_dir);
+    }
+    let h = Arc::new(History::open_wait(cache_dir, Duration::from_secs(2))?);
+    reg.insert(cache_dir.to_path_buf(), h.clone());
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vx_proto::RunCounts;
+
+    fn task(
+        id: &str,
+        status: TaskStatus,
+        cache: CacheSource,
+        key: Option<&str>,
+        ms: u64,
+    ) -> TaskRun {
+        TaskRun {
+            id: id.into(),
+            status,
+            cache,
+            key: key.map(str::to_string),
+            exit_code: match status {
+                TaskStatus::Failed => Some(1),
+                TaskStatus::Success => Some(0),
+                _ => None,
+            },
+            attempts: 1,
+            duration_ms: ms,
+            start_ms: 0,
+            end_ms: ms,
+            slot: Some(0),
+            cpu_ms: None,
+            peak_rss_bytes: None,
+            blocked_by: None,
+            error: None,
+            persistent: false,
+        }
+    }
+
+    fn run(id: &str, started_at: u64, tasks: Vec<TaskRun>) -> RunRecord {
+        let ok = tasks.iter().all(|t| t.status != TaskStatus::Failed);
+        RunRecord {
+            run_id: id.into(),
+            argv: vec!["vx".into(), "run".into(), "build".into()],
+            requested: vec!["build".into()],
+            started_at,
+            ended_at: started_at + 100,
+            duration_ms: 100,
+            exit_code: if ok { 0 } else { 1 },
+            ok,
+            concurrency: 2,
+            counts: RunCounts {
+                total: tasks.len(),
+                ..Default::default()
+            },
+            tasks,
+        }
+    }
+
+    fn fp(task: &str, key: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Fingerprint {
+        Fingerprint {
+            key: key.into(),
+            task: task.into(),
+            files: files
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            config: "cfg".into(),
+            command: "make".into(),
+            upstream: vec![],
+            args: "none".into(),
+        }
+    }
+
+    fn open(d: &Path) -> History {
+        History::open(d)
+            .unwrap()
+            .with_retention(200, Duration::from_secs(30 * 86_400))
+    }
+
+    #[test]
+    fn record_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        assert!(h.run(None).unwrap().is_none());
+        let t0 = now_ms();
+        let r1 = run(
+            "run-aaa",
+            t0,
+            vec![
+                task(
+                    "lib#build",
+                    TaskStatus::Success,
+                    CacheSource::Miss,
+                    Some("k1"),
+                    30,
+                ),
+                task(
+                    "app#build",
+                    TaskStatus::Failed,
+                    CacheSource::Miss,
+                    Some("k2"),
+                    10,
+                ),
+            ],
+        );
+        h.record(&r1, &[fp("lib#build", "k1", &[], &[])]).unwrap();
+        let r2 = run(
+            "run-bbb",
+            t0 + 1000,
+            vec![task(
+                "lib#build",
+                TaskStatus::Cached,
+                CacheSource::Local,
+                Some("k1"),
+                1,
+            )],
+        );
+        h.record(&r2, &[]).unwrap();
+
+        let mut sorted = r1.clone();
+        sorted.tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(h.run(Some("run-aaa")).unwrap().unwrap(), sorted);
+        assert_eq!(h.run(None).unwrap().unwrap(), r2);
+        assert_eq!(h.run(Some("run-b")).unwrap().unwrap().run_id, "run-bbb");
+        assert!(matches!(
+            h.run(Some("run-")),
+            Err(HistoryError::AmbiguousRun { .. })
+        ));
+        assert!(matches!(
+            h.run(Some("nope")),
+            Err(HistoryError::NoSuchRun(_))
+        ));
+        assert_eq!(h.last_failed().unwrap().unwrap().run_id, "run-aaa");
+        let briefs = h.runs(10).unwrap();
+        assert_eq!(
+            briefs.iter().map(|b| b.run_id.as_str()).collect::<Vec<_>>(),
+            ["run-bbb", "run-aaa"]
+        );
+        let rows = h.task_runs("lib#build", 10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].run_id, "run-bbb");
+        assert_eq!(rows[1].task.duration_ms, 30);
+        assert_eq!(h.task_ids().unwrap(), ["app#build", "lib#build"]);
+        assert!(h.fingerprint("k1").unwrap().is_some());
+        assert_eq!(h.run_counts(t0 + 500).unwrap(), (2, 1));
+
+        // Reopening sees the same data.
+        drop(h);
+        let h = open(d.path());
+        assert_eq!(h.runs(10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn retention_drops_old_runs_and_orphaned_fingerprints() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path()).with_retention(2, Duration::from_secs(86_400));
+        let t0 = now_ms();
+        // Too old: dropped by age as soon as another run is recorded.
+        let old = run(
+            "r0",
+            t0 - 2 * 86_400_000,
+            vec![task(
+                "a#b",
+                TaskStatus::Success,
+                CacheSource::Miss,
+                Some("k0"),
+                5,
+            )],
+        );
+        h.record(&old, &[fp("a#b", "k0", &[], &[])]).unwrap();
+        assert_eq!(
+            h.runs(10).unwrap().len(),
+            1,
+            "the newest run is always kept"
+        );
+        for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
+            let r = run(
+                &format!("r{}", i + 1),
+                t0 + i as u64,
+                vec![task(
+                    "a#b",
+                    TaskStatus::Success,
+                    CacheSource::Miss,
+                    Some(key),
+                    5,
+                )],
+            );
+            h.record(&r, &[fp("a#b", key, &[], &[])]).unwrap();
+        }
+        let ids: Vec<String> = h.runs(10).unwrap().into_iter().map(|b| b.run_id).collect();
+        assert_eq!(ids, ["r3", "r2"]);
+        assert!(h.fingerprint("k0").unwrap().is_none());
+        assert!(h.fingerprint("k1").unwrap().is_none());
+        assert!(h.fingerprint("k2").unwrap().is_some());
+        assert!(h.fingerprint("k3").unwrap().is_some());
+        assert_eq!(h.task_runs("a#b", 10).unwrap().len(), 2);
+        assert!(matches!(h.run(Some("r1")), Err(HistoryError::NoSuchRun(_))));
+
+        // A fingerprint shared by a retained run survives.
+        let r = run(
+            "r4",
+            t0 + 10,
+            vec![task(
+                "a#b",
+                TaskStatus::Cached,
+                CacheSource::Local,
+                Some("k3"),
+                1,
+            )],
+        );
+        h.record(&r, &[]).unwrap();
+        assert!(h.fingerprint("k2").unwrap().is_none());
+        assert!(h.fingerprint("k3").unwrap().is_some());
+    }
+
+    #[test]
+    fn only_the_newest_fingerprints_of_a_task_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let t0 = now_ms();
+        let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let r = run(
+                &format!("r{i}"),
+                t0 + i as u64,
+                vec![
+                    task("a#b", TaskStatus::Success, CacheSource::Miss, Some(key), 5),
+                    task(
+                        "c#d",
+                        TaskStatus::Success,
+                        CacheSource::Miss,
+                        Some(&format!("c{i}")),
+                        5,
+                    ),
+                ],
+            );
+            h.record(
+                &r,
+                &[
+                    fp("a#b", key, &[], &[]),
+                    fp("c#d", &format!("c{i}"), &[], &[]),
+                ],
+            )
+            .unwrap();
+        }
+        let kept: Vec<bool> = keys
+            .iter()
+            .map(|k| h.fingerprint(k).unwrap().is_some())
+            .collect();
+        assert_eq!(kept, [false, false, false, true, true, true, true]);
+        assert!(h.fingerprint("c6").unwrap().is_some() && h.fingerprint("c2").unwrap().is_none());
+        // A key that comes back counts as new again.
+        let r = run(
+            "again",
+            t0 + 100,
+            vec![task(
+                "a#b",
+                TaskStatus::Cached,
+                CacheSource::Local,
+                Some("k3"),
+                1,
+            )],
+        );
+        h.record(&r, &[]).unwrap();
+        assert!(h.why("a#b").unwrap().compared);
+    }
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(percentile(&[7], 0.99), Some(7));
+        assert_eq!(percentile(&[1, 2, 3, 4], 0.5), Some(3));
+        assert_eq!(percentile(&[1, 2, 3, 4], 0.99), Some(4));
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), Some(51));
+        assert_eq!(percentile(&v, 0.99), Some(100));
+    }
+
+    fn record_rows(h: &History, rows: Vec<TaskRun>) {
+        let t0 = now_ms();
+        for (i, t) in rows.into_iter().enumerate() {
+            h.record(&run(&format!("r{i:03}"), t0 + i as u64, vec![t]), &[])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn stats_and_failure_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        // stable: executes and hits, never fails.
+        let mut rows = Vec::new();
+        for i in 0..6u64 {
+            rows.push(task(
+                "a#stable",
+                TaskStatus::Success,
+                CacheSource::Miss,
+                Some(&format!("s{i}")),
+                100 + i,
+            ));
+            rows.push(task(
+                "a#stable",
+                TaskStatus::Cached,
+                CacheSource::Local,
+                Some(&format!("s{i}")),
+                1,
+            ));
+        }
+        // recoverable: one retried success among ten.
+        for i in 0..10u64 {
+            let mut t = task(
+                "a#retry",
+                TaskStatus::Success,
+                CacheSource::Miss,
+                Some(&format!("r{i}")),
+                50,
+            );
+            if i == 3 {
+                t.attempts = 2;
+            }
+            rows.push(t);
+        }
+        // fatal: the same key fails and succeeds, often.
+        for i in 0..6 {
+            let status = if i % 2 == 0 {
+                TaskStatus::Failed
+            } else {
+                TaskStatus::Success
+            };
+            rows.push(task("a#fatal", status, CacheSource::Miss, Some("same"), 20));
+        }
+        // failing but deterministic: different keys fail, none succeeds → stable.
+        for i in 0..3 {
+            rows.push(task(
+                "a#broken",
+                TaskStatus::Failed,
+                CacheSource::Miss,
+                Some(&format!("b{i}")),
+                5,
+            ));
+        }
+        record_rows(&h, rows);
+        let ids: Vec<String> = ["a#stable", "a#retry", "a#fatal", "a#broken", "a#none"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let s = h.stats(&ids, 50).unwrap();
+        assert!(!s.contains_key("a#none"));
+        let st = &s["a#stable"];
+        assert_eq!(
+            (st.total, st.successes, st.hits, st.executed, st.failures),
+            (12, 6, 6, 6, 0)
+        );
+        assert_eq!(st.failure_mode, FailureMode::Stable);
+        assert_eq!(st.p50_ms, Some(103));
+        assert_eq!(st.p99_ms, Some(105));
+        assert!((st.hit_rate - 0.5).abs() < 1e-9);
+        assert_eq!(s["a#retry"].retried, 1);
+        assert_eq!(s["a#retry"].failure_mode, FailureMode::FlakyRecoverable);
+        assert_eq!(s["a#fatal"].mixed_outcome_keys, 1);
+        assert_eq!(s["a#fatal"].failure_mode, FailureMode::FlakyFatal);
+        assert_eq!(s["a#broken"].failure_mode, FailureMode::Stable);
+        assert_eq!(s["a#broken"].p50_ms, None);
+
+        // The window counts only the newest rows; durations take the newest
+        // `window` executed successes.
+        let w = h.stats(&ids[..1], 2).unwrap();
+        assert_eq!(w["a#stable"].total, 2);
+        assert_eq!(w["a#stable"].p50_ms, Some(105));
+        let durs = h.durations(&ids, 50).unwrap();
+        assert_eq!(durs.get("a#stable"), Some(&103));
+        assert!(!durs.contains_key("a#broken"));
+
+        // The memo is dropped for a task a new run touches.
+        h.record(
+            &run(
+                "zzz",
+                now_ms() + 10_000,
+                vec![task(
+                    "a#broken",
+                    TaskStatus::Success,
+                    CacheSource::Miss,
+                    Some("b2"),
+                    7,
+                )],
+            ),
+            &[],
+        )
+        .unwrap();
+        let s = h.stats(&ids, 50).unwrap();
+        assert_eq!(s["a#broken"].total, 4);
+        assert_eq!(s["a#broken"].mixed_outcome_keys, 1);
+        assert_eq!(s["a#broken"].failure_mode, FailureMode::FlakyFatal);
+        assert_eq!(s["a#stable"].total, 12);
+    }
+
+    #[test]
+    fn classify_rules() {
+        assert_eq!(classify(10, 0, 0, 0), FailureMode::Stable);
+        assert_eq!(classify(10, 3, 0, 0), FailureMode::Stable);
+        assert_eq!(classify(10, 1, 0, 1), FailureMode::FlakyRecoverable);
+        assert_eq!(classify(10, 2, 0, 1), FailureMode::FlakyFatal);
+        assert_eq!(classify(10, 0, 1, 0), FailureMode::FlakyRecoverable);
+    }
+
+    #[test]
+    fn why_names_the_changed_parts() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let t0 = now_ms();
+        let id = "app#build";
+        let mut old = fp(
+            id,
+            "k1",
+            &[("src/a.ts", "h1"), ("src/b.ts", "h2")],
+            &[("FOO", "x"), ("BAR", "y")],
+        );
+        old.upstream = vec![("lib#build".into(), "u1".into())];
+        let mut new = fp(
+            id,
+            "k2",
+            &[("src/a.ts", "h1b"), ("src/c.ts", "h3")],
+            &[("FOO", "x2"), ("BAR", "y")],
+        );
+        new.upstream = vec![("lib#build".into(), "u2".into())];
+        new.command = "make all".into();
+        h.record(
+            &run(
+                "r1",
+                t0,
+                vec![task(
+                    id,
+                    TaskStatus::Success,
+                    CacheSource::Miss,
+                    Some("k1"),
+                    5,
+                )],
+            ),
+            &[old],
+        )
+        .unwrap();
+        // A hit with the same key in between does not count as a change.
+        h.record(
+            &run(
+                "r2",
+                t0 + 1,
+                vec![task(
+                    id,
+                    TaskStatus::Cached,
+                    CacheSource::Local,
+                    Some("k1"),
+                    1,
+                )],
+            ),
+            &[],
+        )
+        .unwrap();
+        h.record(
+            &run(
+                "r3",
+                t0 + 2,
+                vec![task(
+                    id,
+                    TaskStatus::Success,
+                    CacheSource::Miss,
+                    Some("k2"),
+                    5,
+                )],
+            ),
+            &[new],
+        )
+        .unwrap();
+        let w = h.why(id).unwrap();
+        assert!(w.compared);
+        assert_eq!(w.key.as_deref(), Some("k2"));
+        assert_eq!(w.previous_key.as_deref(), Some("k1"));
+        assert_eq!(w.previous_run_id.as_deref(), Some("r2"));
+        let got: Vec<(Component, Option<&str>, ChangeKind)> = w
+            .changes
+            .iter()
+            .map(|c| (c.component, c.name.as_deref(), c.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Component::File, Some("src/a.ts"), ChangeKind::Changed),
+                (Component::File, Some("src/b.ts"), ChangeKind::Removed),
+                (Component::File, Some("src/c.ts"), ChangeKind::Added),
+                (Component::Env, Some("FOO"), ChangeKind::Changed),
+                (Component::Command, None, ChangeKind::Changed),
+                (Component::Upstream, Some("lib#build"), ChangeKind::Changed),
+            ]
+        );
+        let advice = w.advice.join("\n");
+        assert!(advice.contains("the value of FOO changed"), "{advice}");
+        assert!(advice.contains("vx why lib#build"), "{advice}");
+        assert!(advice.contains("src/a.ts"), "{advice}");
+
+        // Same key throughout; and a key only ever restored.
+        h.record(
+            &run(
+                "r4",
+                t0 + 3,
+                vec![task(
+                    "x#t",
+                    TaskStatus::Success,
+                    CacheSource::Miss,
+                    Some("s"),
+                    5,
+                )],
+            ),
+            &[],
+        )
+        .unwrap();
+        let w = h.why("x#t").unwrap();
+        assert!(!w.compared && w.previous_key.is_none());
+        assert!(w.advice[0].contains("same key"));
+        h.record(
+            &run(
+                "r5",
+                t0 + 4,
+                vec![task(
+                    "x#t",
+                    TaskStatus::Cached,
+                    CacheSource::Local,
+                    Some("s2"),
+                    1,
+                )],
+            ),
+            &[],
+        )
+        .unwrap();
+        let w = h.why("x#t").unwrap();
+        assert!(!w.compared);
+        assert!(
+            w.advice.iter().any(|a| a.contains("only ever restored")),
+            "{:?}",
+            w.advice
+        );
+        assert!(matches!(h.why("nope#x"), Err(HistoryError::NoTaskRuns(_))));
+    }
+
+    #[test]
+    fn critical_path_priorities() {
+        // 0 → 1 → 2 (2 depends on 1 depends on 0), 3 depends on 0.
+        let deps = vec![vec![], vec![0], vec![1], vec![0]];
+        let mut dependents = vec![Vec::new(); 4];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        let own = [Some(10), Some(100), Some(1000), None];
+        // median of [10, 100, 1000] = 100 for node 3.
+        assert_eq!(
+            critical_path(&deps, &dependents, &own),
+            vec![1110, 1100, 1000, 100]
+        );
+        // Nothing known: 1000 ms each.
+        assert_eq!(
+            critical_path(&deps, &dependents, &[None; 4]),
+            vec![3000, 2000, 1000, 1000]
+        );
+        // A cycle does not hang; its nodes get their own duration.
+        let deps = vec![vec![1], vec![0]];
+        let dependents = vec![vec![1], vec![0]];
+        assert_eq!(
+            critical_path(&deps, &dependents, &[Some(5), Some(7)]),
+            vec![5, 7]
+        );
+        assert!(critical_path(&[], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn corrupt_and_locked_are_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let e = History::open(d.path()).unwrap_err();
+        assert!(e.is_locked(), "{e}");
+        drop(h);
+        std::fs::write(
+            d.path().join(FILE_NAME),
+            b"this is not a redb file at all, not at all",
+        )
+        .unwrap();
+        let e = History::open(d.path()).unwrap_err();
+        assert!(e.is_corrupt(), "{e}");
+    }
+
+    #[test]
+    fn shared_handle_follows_a_deleted_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let a = shared(&dir).unwrap();
+        assert!(Arc::ptr_eq(&a, &shared(&dir).unwrap()));
+        a.record(&run("r1", now_ms(), vec![]), &[]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let b = shared(&dir).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(b.run(None).unwrap().is_none());
+    }
+}
+/// A size and speed probe (1,000 tasks × 250 runs), not a test: run with
+/// `cargo test --release -p vxd --lib perf_probe -- --ignored --nocapture`.
+#[cfg(test)]
+mod perf_probe {
+    use super::*;
+    use vx_proto::RunCounts;
+    #[test]
+    #[ignore]
+    fn probe() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path()).unwrap();
+        let n = 1000;
+        let t0 = now_ms();
+        let start = Instant::now();
+        let mut rec_max = Duration::ZERO;
+        for r in 0..250u64 {
+            let tasks: Vec<TaskRun> = (0..n)
+                .map(|i| TaskRun {
+                    id: format!("p{i}#build"),
+                    status: TaskStatus::Success,
+                    cache: if (i + r) % 3 == 0 {
+                        CacheSource::Miss
+                    } else {
+                        CacheSource::Local
+                    },
+                    key: Some(format!("{:064x}", i * 1000 + (r / 5))),
+                    exit_code: Some(0),
+                    attempts: 1,
+                    duration_ms: 100 + i,
+                    start_ms: 0,
+                    end_ms: 100,
+                    slot: Some(0),
+                    cpu_ms: None,
+                    peak_rss_bytes: None,
+                    blocked_by: None,
+                    error: None,
+                    persistent: false,
+                })
+                .collect();
+            let fps: Vec<Fingerprint> = tasks
+                .iter()
+                .filter(|t| t.cache == CacheSource::Miss)
+                .map(|t| Fingerprint {
+                    key: t.key.clone().unwrap(),
+                    task: t.id.clone(),
+                    files: (0..20)
+                        .map(|f| (format!("src/f{f}.ts"), format!("{:064x}", f)))
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            let run = RunRecord {
+                run_id: format!("r{r}"),
+                argv: vec![],
+                requested: vec![],
+                started_at: t0 + r,
+                ended_at: t0 + r,
+                duration_ms: 1,
+                exit_code: 0,
+                ok: true,
+                concurrency: 2,
+                counts: RunCounts::default(),
+                tasks,
+            };
+            let s = Instant::now();
+            h.record(&run, &fps).unwrap();
+            rec_max = rec_max.max(s.elapsed());
+        }
+        eprintln!(
+            "250 runs x {n} tasks recorded in {:?} (max {:?})",
+            start.elapsed(),
+            rec_max
+        );
+        let ids: Vec<String> = (0..n).map(|i| format!("p{i}#build")).collect();
+        let s = Instant::now();
+        let st = h.stats(&ids, 50).unwrap();
+        eprintln!("stats cold {:?} ({} tasks)", s.elapsed(), st.len());
+        let s = Instant::now();
+        h.stats(&ids, 50).unwrap();
+        eprintln!("stats memo {:?}", s.elapsed());
+        let s = Instant::now();
+        h.run(None).unwrap();
+        eprintln!("run(None) {:?}", s.elapsed());
+        let s = Instant::now();
+        h.why("p7#build").unwrap();
+        eprintln!("why {:?}", s.elapsed());
+        eprintln!(
+            "file {} MiB",
+            std::fs::metadata(h.path()).unwrap().len() >> 20
+        );
+        let tx = h.db.begin_write().unwrap();
+        let st = tx.stats().unwrap();
+        eprintln!(
+            "stored {} MiB, metadata {} MiB, fragmented {} MiB",
+            st.stored_bytes() >> 20,
+            st.metadata_bytes() >> 20,
+            st.fragmented_bytes() >> 20
+        );
+        tx.abort().unwrap();
+        let path = h.path().to_path_buf();
+        drop(h);
+        let s = Instant::now();
+        let h = History::open(path.parent().unwrap()).unwrap();
+        eprintln!(
+            "reopen (compacts) in {:?}: file {} MiB",
+            s.elapsed(),
+            std::fs::metadata(&path).unwrap().len() >> 20
+        );
+        drop(h);
+    }
+}
