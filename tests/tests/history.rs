@@ -61,6 +61,7 @@ fn record(id: &str, started_at: u64, tasks: Vec<TaskRun>) -> RunRecord {
             }
             TaskStatus::Skipped => counts.skipped += 1,
             TaskStatus::Aborted => counts.aborted += 1,
+            TaskStatus::Running => counts.running += 1,
         }
     }
     let ok = counts.failed == 0;
