@@ -303,6 +303,7 @@ mod tests {
                 failed: 1,
                 skipped: 1,
                 aborted: 0,
+                running: 0,
             },
             tasks: vec![
                 t("a#build", Some(0), 0, 400, TaskStatus::Success),
