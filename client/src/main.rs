@@ -206,6 +206,14 @@ struct RunArgs {
     /// Print the task graph as Graphviz DOT (to FILE when given) and run nothing.
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     graph: Option<String>,
+    /// Write a Chrome trace of the run (one lane per concurrency slot) to FILE;
+    /// open it in Perfetto (ui.perfetto.dev) or chrome://tracing.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Write a markdown summary of the run (for CI job summaries) to FILE;
+    /// default: $GITHUB_STEP_SUMMARY (appended) when set, else .vx/report.md.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    report: Option<String>,
     /// Arguments after `--` are passed to the requested tasks (and keyed).
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -645,17 +653,37 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
             std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !args.json
         },
         argv: std::env::args().collect(),
-        profile: None,
-        report: None,
+        profile: args
+            .profile
+            .as_ref()
+            .map(|p| cwd.join(p).to_string_lossy().into_owned()),
+        report: args.report.as_ref().map(|r| {
+            if !r.is_empty() {
+                return cwd.join(r).to_string_lossy().into_owned();
+            }
+            match std::env::var("GITHUB_STEP_SUMMARY") {
+                Ok(p) if !p.is_empty() => p,
+                _ => conn::guess_root(cwd)
+                    .unwrap_or_else(|| cwd.to_path_buf())
+                    .join(".vx/report.md")
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        }),
     }
 }
 
 /// `vx watch`: a dev loop served by the daemon's watcher.
 fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     let r = &args.run;
-    if r.dry.is_some() || r.graph.is_some() || r.summarize.is_some() {
+    if r.dry.is_some()
+        || r.graph.is_some()
+        || r.summarize.is_some()
+        || r.profile.is_some()
+        || r.report.is_some()
+    {
         return Err(anyhow!(
-            "vx watch does not take --dry, --graph or --summarize (use `vx run`)"
+            "vx watch does not take --dry, --graph, --summarize, --profile or --report (use `vx run`)"
         ));
     }
     if r.concurrency == Some(0) {

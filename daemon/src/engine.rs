@@ -12,6 +12,7 @@ use crate::exec::{self, Outcome, Spawn};
 use crate::globs::Patterns;
 use crate::graph::{self, SelectArgs, Selection, TaskGraph};
 use crate::hash::{self, FileIndex, FileMeta, KeyParts, TaskPatterns};
+use crate::history::{self, History};
 use crate::persist;
 use crate::state::Hot;
 use crate::workspace::{self, Project, Workspace};
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
+use vx_proto::history::{Fingerprint, RunRecord, TaskRun};
 use vx_proto::{
     CacheSource, ContinueMode, OutputLogs, Plan, PlannedTask, Prediction, RunCounts, RunEvent,
     RunParams, RunSummary, Stream, TaskResult, TaskStatus, codes,
@@ -347,6 +349,10 @@ struct Shared {
     requested: HashSet<usize>,
     events: Option<Events>,
     cache_skip: Vec<PathBuf>,
+    /// CPU time and memory of executed tasks, by graph node.
+    usage: Mutex<HashMap<usize, exec::Usage>>,
+    /// Fingerprints of executed tasks (for the run history).
+    fingerprints: Mutex<Vec<Fingerprint>>,
 }
 
 impl Shared {
@@ -454,6 +460,61 @@ impl Shared {
             k.insert(n, key.clone());
         }
         Ok(key)
+    }
+
+    /// The parts behind node `n`'s key, for the run history: file hashes,
+    /// hashed env values, the config hash, upstream ids with their keys and
+    /// the hashed args. Values that may be secret are never stored plain.
+    fn fingerprint(&self, n: usize, key: &str) -> Fingerprint {
+        let node = &self.model.graph.nodes[n];
+        let hash_str = |s: &str| blake3::hash(s.as_bytes()).to_hex().to_string();
+        let files = if node.def.command.is_some() {
+            self.inputs_of(n).map(|i| (*i).clone()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut env_pats = self.model.ws.global.env.clone();
+        env_pats.extend(node.def.env.iter().cloned());
+        let env = hash::keyed_env(&env_pats, &self.params.env)
+            .into_iter()
+            .map(|(k, v)| {
+                let h = match v {
+                    Some(v) => hash_str(&format!("{k}={v}")),
+                    None => "unset".to_string(),
+                };
+                (k, h)
+            })
+            .collect();
+        let mut upstream: Vec<(String, String)> = {
+            let keys = self.keys.lock().ok();
+            self.model
+                .graph
+                .deps(n)
+                .map(|d| {
+                    let k = keys
+                        .as_ref()
+                        .and_then(|k| k.get(&d).cloned())
+                        .unwrap_or_default();
+                    (self.model.graph.nodes[d].id.clone(), k)
+                })
+                .collect()
+        };
+        upstream.sort();
+        let args: &[String] = if self.requested.contains(&n) {
+            &self.params.args
+        } else {
+            &[]
+        };
+        Fingerprint {
+            key: key.to_string(),
+            task: node.id.clone(),
+            files,
+            env,
+            config: hash_str(&self.model.config_json(n).0),
+            command: node.def.command.clone().unwrap_or_default(),
+            upstream,
+            args: hash_str(&serde_json::to_string(args).unwrap_or_default()),
+        }
     }
 
     /// A task's input files with their content hashes. Under the daemon the
@@ -769,6 +830,7 @@ fn prepare(
         // Let the foreground engine open the cache (reopened on next use).
         if let Some(h) = hot {
             h.close_store();
+            history::release(&h.cache_dir());
         }
         return Err(EngineError::new(
             codes::NEEDS_TERMINAL,
@@ -790,6 +852,8 @@ fn prepare(
         params,
         events,
         cache_skip,
+        usage: Mutex::new(HashMap::new()),
+        fingerprints: Mutex::new(Vec::new()),
     };
     Ok((Arc::new(shared), selection))
 }
@@ -969,9 +1033,13 @@ pub async fn run_in(
     let continue_mode = params.continue_mode;
     let ev = events.clone();
     let hot2 = hot.clone();
-    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(ev), hot2))
-        .await
-        .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("prepare panicked: {e}")))??;
+    let (sh, sel, history) = tokio::task::spawn_blocking(move || {
+        let (sh, sel) = prepare(params, Some(ev), hot2)?;
+        let history = open_history(&sh);
+        Ok::<_, EngineError>((sh, sel, history))
+    })
+    .await
+    .map_err(|e| EngineError::new(codes::INTERNAL_ERROR, format!("prepare panicked: {e}")))??;
     let mut timing = Timing::new(&sh.params.env);
     let concurrency = concurrency_param
         .or(sh.model.ws.defaults.concurrency)
@@ -1006,7 +1074,7 @@ pub async fn run_in(
             dependents[d].push(i);
         }
     }
-    let priority = transitive_dependent_counts(&deps, &dependents);
+    let priority = priorities(&sh, &nodes, &deps, &dependents, history.as_deref());
     let _ = events.send(RunEvent::RunStarted {
         run_id: run_id.clone(),
         root: root.clone(),
@@ -1028,6 +1096,7 @@ pub async fn run_in(
         }
     }
     let mut running = tokio::task::JoinSet::new();
+    let mut lanes = Lanes::new(n, concurrency);
     let (task_cancel_tx, task_cancel_rx) = watch::channel::<Option<i32>>(None);
     let mut stopping = false;
     let mut cancelled: Option<i32> = None;
@@ -1048,6 +1117,7 @@ pub async fn run_in(
             };
             let g = nodes[i];
             let node = &sh.model.graph.nodes[g];
+            lanes.start[i] = t0.elapsed().as_millis() as u64;
             let blocked = deps[i].iter().find_map(|&d| failed_root[d].clone());
             let skip_reason = if cancelled.is_some() || stopping {
                 Some(None)
@@ -1059,6 +1129,7 @@ pub async fn run_in(
             if let Some(by) = skip_reason {
                 // Skipped: never started.
                 failed_root[i] = Some(by.clone().unwrap_or_else(|| node.id.clone()));
+                lanes.end[i] = lanes.start[i];
                 if node.def.command.is_some() {
                     results.push(skipped(&sh, g, by));
                 }
@@ -1103,6 +1174,7 @@ pub async fn run_in(
                         }
                         let sh2 = sh.clone();
                         let rx = task_cancel_rx.clone();
+                        lanes.take_slot(i);
                         running.spawn(async move {
                             start_persistent(&sh2, i, g, key, old, is_tainted, rx).await
                         });
@@ -1158,6 +1230,7 @@ pub async fn run_in(
             };
             let sh2 = sh.clone();
             let rx = task_cancel_rx.clone();
+            lanes.take_slot(i);
             running.spawn(async move {
                 let r = run_task(&sh2, g, key, is_tainted, rx).await;
                 match r {
@@ -1212,6 +1285,7 @@ pub async fn run_in(
         let i = done.local;
         completed += 1;
         tainted[i] = done.tainted;
+        lanes.finish(i, t0.elapsed().as_millis() as u64);
         if let Some(p) = done.proc {
             if !done.quiet {
                 let _ = events.send(RunEvent::TaskReady { id: p.id.clone() });
@@ -1280,6 +1354,10 @@ pub async fn run_in(
         t0,
         root,
         detail,
+        concurrency,
+        history,
+        watch_cycle: session.is_some(),
+        nodes: nodes.clone(),
     };
     if let Some(s) = &session {
         // The session keeps the persistent tasks and remembers what ran.
@@ -1307,7 +1385,7 @@ pub async fn run_in(
                 map.insert(p.id.clone(), p);
             }
         }
-        return Ok(head.summary(results, cancelled, &quiet));
+        return Ok(head.finish(&sh, results, cancelled, &quiet, &lanes).await);
     }
     if let Some(sig) = cancelled {
         futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
@@ -1316,7 +1394,7 @@ pub async fn run_in(
                 r.status = TaskStatus::Aborted;
             }
         }
-        return Ok(head.summary(results, Some(sig), &quiet));
+        return Ok(head.finish(&sh, results, Some(sig), &quiet, &lanes).await);
     }
     // Keep the requested persistent tasks and the persistent tasks they
     // depend on; stop the others.
@@ -1345,7 +1423,7 @@ pub async fn run_in(
         }
     }
     if kept.is_empty() {
-        return Ok(head.summary(results, None, &quiet));
+        return Ok(head.finish(&sh, results, None, &quiet, &lanes).await);
     }
     let settled = head.summary(results.clone(), None, &quiet);
     let _ = events.send(RunEvent::Settled { summary: settled });
@@ -1393,7 +1471,7 @@ pub async fn run_in(
                     r.status = TaskStatus::Success;
                 }
             }
-            Ok(head.summary(results, Some(sig), &quiet))
+            Ok(head.finish(&sh, results, Some(sig), &quiet, &lanes).await)
         }
         Some(Ok((id, outcome))) => {
             for r in results.iter_mut() {
@@ -1421,10 +1499,120 @@ pub async fn run_in(
                     }
                 ),
             });
-            Ok(head.summary(results, None, &quiet))
+            Ok(head.finish(&sh, results, None, &quiet, &lanes).await)
         }
-        None => Ok(head.summary(results, None, &quiet)),
+        None => Ok(head.finish(&sh, results, None, &quiet, &lanes).await),
     }
+}
+
+/// Per local task: when it started and ended (ms since the run started) and
+/// the concurrency lane it held.
+struct Lanes {
+    start: Vec<u64>,
+    end: Vec<u64>,
+    slot: Vec<Option<u32>>,
+    free: BinaryHeap<std::cmp::Reverse<u32>>,
+}
+
+impl Lanes {
+    fn new(n: usize, concurrency: usize) -> Lanes {
+        Lanes {
+            start: vec![0; n],
+            end: vec![0; n],
+            slot: vec![None; n],
+            free: (0..concurrency as u32).map(std::cmp::Reverse).collect(),
+        }
+    }
+
+    fn take_slot(&mut self, i: usize) {
+        self.slot[i] = self.free.pop().map(|std::cmp::Reverse(s)| s);
+    }
+
+    fn finish(&mut self, i: usize, now: u64) {
+        self.end[i] = now;
+        if let Some(s) = self.slot[i] {
+            self.free.push(std::cmp::Reverse(s));
+        }
+    }
+}
+
+/// The run history of this workspace, if it can be used. A history that
+/// cannot be opened costs a warning, never the run.
+fn open_history(sh: &Shared) -> Option<Arc<History>> {
+    let dir = match &sh.hot {
+        Some(h) => h.cache_dir(),
+        None => cache_dir(&sh.model.ws),
+    };
+    match history::shared(&dir) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            let what = if e.is_locked() {
+                "is in use by another vx process".to_string()
+            } else {
+                format!("cannot be used ({e})")
+            };
+            sh.emit(RunEvent::Warning {
+                message: format!(
+                    "the run history {what}: tasks are scheduled in structural order and this run is not recorded"
+                ),
+            });
+            None
+        }
+    }
+}
+
+/// Scheduling priorities of the selected tasks: with history, the expected
+/// remaining critical path (own p50 + the longest path through its
+/// dependents; unknown durations take the workspace median) with the
+/// transitive-dependent count breaking ties; without, that count alone.
+/// `VX_SCHEDULE=structural` forces the structural order.
+fn priorities(
+    sh: &Shared,
+    nodes: &[usize],
+    deps: &[Vec<usize>],
+    dependents: &[Vec<usize>],
+    history: Option<&History>,
+) -> Vec<usize> {
+    let structural = transitive_dependent_counts(deps, dependents);
+    let forced = sh.params.env.get("VX_SCHEDULE").map(String::as_str) == Some("structural");
+    let Some(h) = history.filter(|_| !forced) else {
+        return structural;
+    };
+    let graph = &sh.model.graph;
+    let ids: Vec<String> = nodes
+        .iter()
+        .filter(|&&g| graph.nodes[g].def.command.is_some())
+        .map(|&g| graph.nodes[g].id.clone())
+        .collect();
+    let durations = match h.durations(&ids, history::DEFAULT_WINDOW) {
+        Ok(d) if !d.is_empty() => d,
+        Ok(_) => return structural,
+        Err(e) => {
+            sh.emit(RunEvent::Warning {
+                message: format!(
+                    "the run history cannot be read ({e}); tasks are scheduled in structural order"
+                ),
+            });
+            return structural;
+        }
+    };
+    let own: Vec<Option<u64>> = nodes
+        .iter()
+        .map(|&g| {
+            let node = &graph.nodes[g];
+            if node.def.command.is_none() {
+                Some(0)
+            } else {
+                durations.get(&node.id).copied()
+            }
+        })
+        .collect();
+    let ecp = history::critical_path(deps, dependents, &own);
+    const LOW: usize = (1 << 20) - 1;
+    ecp.iter()
+        .zip(&structural)
+        .map(|(&e, &b)| ((e as usize).min(usize::MAX >> 21) << 20) | b.min(LOW))
+        .collect()
 }
 
 /// What a run's summary is made of besides its task results.
@@ -1434,9 +1622,181 @@ struct Head {
     t0: Instant,
     root: String,
     detail: vx_proto::Detail,
+    concurrency: usize,
+    history: Option<Arc<History>>,
+    /// A watch cycle: recorded only when something ran.
+    watch_cycle: bool,
+    /// Graph node of each local task index.
+    nodes: Vec<usize>,
 }
 
 impl Head {
+    /// The final summary: records the run in the history and writes the
+    /// requested profile and report.
+    async fn finish(
+        &mut self,
+        sh: &Arc<Shared>,
+        results: Vec<TaskResult>,
+        cancelled: Option<i32>,
+        quiet: &HashSet<String>,
+        lanes: &Lanes,
+    ) -> RunSummary {
+        let record = self.record(sh, &results, cancelled, quiet, lanes);
+        let summary = self.summary(results, cancelled, quiet);
+        let Some(mut record) = record else {
+            return summary;
+        };
+        record.ended_at = summary.ended_at;
+        record.duration_ms = summary.duration_ms;
+        record.exit_code = summary.exit_code;
+        record.ok = summary.ok;
+        record.counts = summary.counts;
+        let fps: Vec<Fingerprint> = sh
+            .fingerprints
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        // The profile and report are written before the client hears the end.
+        if let Some(path) = &sh.params.profile {
+            let trace = crate::profile::chrome_trace(&record);
+            if let Some(dir) = Path::new(path).parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = std::fs::write(path, serde_json::to_vec(&trace).unwrap_or_default()) {
+                sh.emit(RunEvent::Warning {
+                    message: format!("cannot write the profile to {path}: {e}"),
+                });
+            }
+        }
+        if let Some(path) = &sh.params.report {
+            let ids: Vec<String> = record.tasks.iter().map(|t| t.id.clone()).collect();
+            let stats = self
+                .history
+                .as_ref()
+                .and_then(|h| h.stats(&ids, history::DEFAULT_WINDOW).ok());
+            let md = crate::profile::markdown_report(&record, stats.as_ref());
+            // A CI job summary file collects every step's report.
+            let append = sh.params.env.get("GITHUB_STEP_SUMMARY") == Some(path);
+            if let Some(dir) = Path::new(path).parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, md.as_bytes()));
+            if let Err(e) = written {
+                sh.emit(RunEvent::Warning {
+                    message: format!("cannot write the report to {path}: {e}"),
+                });
+            }
+        }
+        if let Some(h) = self.history.clone() {
+            let events = sh.events.clone();
+            let job = move || {
+                if let Err(e) = h.record(&record, &fps) {
+                    tracing::warn!("run {} not recorded: {e}", record.run_id);
+                    if let Some(tx) = events {
+                        let _ = tx.send(RunEvent::Warning {
+                            message: format!("this run was not recorded in the history: {e}"),
+                        });
+                    }
+                }
+            };
+            if sh.hot.is_some() {
+                // The daemon records after answering.
+                tokio::task::spawn_blocking(job);
+            } else {
+                let _ = tokio::task::spawn_blocking(job).await;
+            }
+        }
+        summary
+    }
+
+    /// The history record of a run (its totals are filled in by `finish`).
+    fn record(
+        &self,
+        sh: &Shared,
+        results: &[TaskResult],
+        cancelled: Option<i32>,
+        quiet: &HashSet<String>,
+        lanes: &Lanes,
+    ) -> Option<RunRecord> {
+        self.history.as_ref()?;
+        if self.watch_cycle
+            && cancelled.is_none()
+            && results
+                .iter()
+                .all(|r| quiet.contains(&r.id) || r.status == TaskStatus::Cached)
+        {
+            return None;
+        }
+        let graph = &sh.model.graph;
+        let local: HashMap<usize, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (g, i))
+            .collect();
+        let now = self.t0.elapsed().as_millis() as u64;
+        let usage = sh.usage.lock().ok();
+        let mut tasks: Vec<TaskRun> = results
+            .iter()
+            .map(|r| {
+                let g = graph.get(&r.id);
+                let i = g.and_then(|g| local.get(&g).copied());
+                let (start, end, slot) = match i {
+                    Some(i) => (
+                        lanes.start[i],
+                        if lanes.end[i] < lanes.start[i]
+                            || g.is_some_and(|g| graph.nodes[g].def.persistent)
+                        {
+                            now
+                        } else {
+                            lanes.end[i]
+                        },
+                        lanes.slot[i],
+                    ),
+                    None => (0, 0, None),
+                };
+                let u = g.and_then(|g| usage.as_ref().and_then(|u| u.get(&g).copied()));
+                TaskRun {
+                    id: r.id.clone(),
+                    status: r.status,
+                    cache: r.cache,
+                    key: r.key.clone(),
+                    exit_code: r.exit_code,
+                    attempts: r.attempts,
+                    duration_ms: r.duration_ms,
+                    start_ms: start,
+                    end_ms: end,
+                    slot,
+                    cpu_ms: u.and_then(|u| u.cpu_ms),
+                    peak_rss_bytes: u.and_then(|u| u.peak_rss_bytes),
+                    blocked_by: r.blocked_by.clone(),
+                    error: r.error.clone(),
+                    persistent: g.is_some_and(|g| graph.nodes[g].def.persistent),
+                }
+            })
+            .collect();
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(RunRecord {
+            run_id: self.run_id.clone(),
+            argv: sh.params.argv.clone(),
+            requested: sh.params.tasks.clone(),
+            started_at: self.started_at,
+            ended_at: 0,
+            duration_ms: 0,
+            exit_code: 0,
+            ok: false,
+            concurrency: self.concurrency,
+            counts: RunCounts::default(),
+            tasks,
+        })
+    }
+
     fn summary(
         &mut self,
         mut results: Vec<TaskResult>,
@@ -1935,6 +2295,7 @@ async fn execute(
     let attempts_total = node.def.retries + 1;
     let t0 = Instant::now();
     let mut attempt = 0;
+    let mut usage = exec::Usage::default();
     let (outcome, log) = loop {
         attempt += 1;
         if write && !sh.patterns[&g].outputs.is_empty() {
@@ -1945,7 +2306,7 @@ async fn execute(
         }
         let mut log: Vec<u8> = Vec::new();
         let mut buffered: Vec<(Stream, String)> = Vec::new();
-        let outcome = exec::run(
+        let (outcome, used) = exec::run_measured(
             &spec,
             |stream, line| {
                 log.extend_from_slice(line.as_bytes());
@@ -1961,9 +2322,12 @@ async fn execute(
                     buffered.push((stream, line));
                 }
             },
+            |_| {},
             cancel.clone(),
         )
         .await;
+        usage.cpu_ms = sum_opt(usage.cpu_ms, used.cpu_ms);
+        usage.peak_rss_bytes = usage.peak_rss_bytes.max(used.peak_rss_bytes);
         let ok = outcome == Outcome::Exited(0);
         if !ok && logs == OutputLogs::ErrorsOnly {
             for (stream, line) in buffered {
@@ -1994,6 +2358,13 @@ async fn execute(
         break (outcome, log);
     };
     let duration_ms = t0.elapsed().as_millis() as u64;
+    if let Ok(mut u) = sh.usage.lock() {
+        u.insert(g, usage);
+    }
+    let fp = sh.fingerprint(g, &key);
+    if let Ok(mut f) = sh.fingerprints.lock() {
+        f.push(fp);
+    }
     sh.mark_dirty(p);
     let mut r = base_result(sh, g);
     r.key = Some(key.clone());
@@ -2052,6 +2423,13 @@ async fn execute(
         }
     }
     Ok((r, log))
+}
+
+fn sum_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
 }
 
 /// Stores a successful execution: output blobs, the log, then the entry.

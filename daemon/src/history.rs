@@ -1108,10 +1108,22 @@ pub fn critical_path(
 /// daemon keeps its history open for its life (redb allows one open handle
 /// per file, per process). A handle whose file was deleted (`vx cache
 /// clean`) is replaced on the next call.
-pub fn shared(cache_dir: &Path) -> Result<Arc<History>, HistoryError> {
+fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<History>>> {
     static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<History>>>> = OnceLock::new();
-    let reg = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut reg = reg
+    OPEN.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Forgets the shared handle of `cache_dir`, so that another process can
+/// open the file once the last user of the handle is done (the daemon
+/// handing a run to the foreground engine).
+pub fn release(cache_dir: &Path) {
+    if let Ok(mut reg) = registry().lock() {
+        reg.remove(cache_dir);
+    }
+}
+
+pub fn shared(cache_dir: &Path) -> Result<Arc<History>, HistoryError> {
+    let mut reg = registry()
         .lock()
         .map_err(|_| HistoryError::Db("the history registry is poisoned".into()))?;
     if let Some(h) = reg.get(cache_dir) {
