@@ -1695,7 +1695,9 @@ impl Head {
         }
         if let Some(h) = self.history.clone() {
             let events = sh.events.clone();
+            let pending = h.announce();
             let job = move || {
+                let _pending = pending;
                 if let Err(e) = h.record(&record, &fps) {
                     tracing::warn!("run {} not recorded: {e}", record.run_id);
                     if let Some(tx) = events {

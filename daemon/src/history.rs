@@ -221,6 +221,22 @@ pub struct History {
     memo: Mutex<Memo>,
     /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
     ident: (u64, u64),
+    /// Records announced but not yet committed (the daemon records after
+    /// answering); readers wait for them, so a `vx why` right after a run
+    /// sees it.
+    pending: (Mutex<usize>, std::sync::Condvar),
+}
+
+/// A record in flight; dropping it (after `record`) lets readers go on.
+pub struct Pending(Arc<History>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Ok(mut n) = self.0.pending.0.lock() {
+            *n = n.saturating_sub(1);
+        }
+        self.0.pending.1.notify_all();
+    }
 }
 
 impl std::fmt::Debug for History {
@@ -313,7 +329,23 @@ impl History {
             max_age: Duration::from_secs(days.saturating_mul(86_400)),
             memo: Mutex::new(Memo::default()),
             ident,
+            pending: (Mutex::new(0), std::sync::Condvar::new()),
         })
+    }
+
+    /// Announces a record that will be written soon (see [`History::settle`]).
+    pub fn announce(self: &Arc<Self>) -> Pending {
+        if let Ok(mut n) = self.pending.0.lock() {
+            *n += 1;
+        }
+        Pending(self.clone())
+    }
+
+    /// Waits (at most `timeout`) until every announced record is written.
+    pub fn settle(&self, timeout: Duration) {
+        if let Ok(n) = self.pending.0.lock() {
+            let _ = self.pending.1.wait_timeout_while(n, timeout, |n| *n > 0);
+        }
     }
 
     /// [`History::open`], retrying while another process holds the file,

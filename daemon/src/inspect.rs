@@ -80,7 +80,10 @@ fn no_runs(ws: &Workspace) -> EngineError {
 fn open(ws: &Workspace, hot: Option<&Hot>) -> Result<Option<Arc<History>>, EngineError> {
     let dir = engine::cache_dir(ws);
     if hot.is_some() {
-        return history::shared(&dir).map(Some).map_err(history_err);
+        let h = history::shared(&dir).map_err(history_err)?;
+        // A run that just answered may still be writing its record.
+        h.settle(Duration::from_secs(10));
+        return Ok(Some(h));
     }
     if !dir.join(history::FILE_NAME).exists() {
         return Ok(None);

@@ -1,12 +1,8 @@
 //! `vx history`, `vx last`, `vx why` and `vx info` end to end, through the
-//! real binaries.
-//!
-//! SEEDED HISTORY: the engine does not record runs yet on this branch, so
-//! every test here writes `.vx/cache/history.redb` through the `vxd`
-//! library (`seed`) before driving `vx`. Once the engine records runs, the
-//! tests marked `// SEEDED → real runs` should produce their history with
-//! `ws.run(...)` instead (edit a file / change an env value between runs);
-//! `no_history_yet_is_a_clear_error` then needs `vx run` to leave a run.
+//! real binaries, on histories seeded through the `vxd` library (`seed`):
+//! the read side with exact, known contents (stats, flaky modes, why diffs,
+//! errors). `recorded.rs` drives the same commands on runs the engine
+//! recorded itself.
 
 use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
