@@ -1539,6 +1539,9 @@ impl Lanes {
 /// The run history of this workspace, if it can be used. A history that
 /// cannot be opened costs a warning, never the run.
 fn open_history(sh: &Shared) -> Option<Arc<History>> {
+    if sh.params.env.get("VX_HISTORY").map(String::as_str) == Some("0") {
+        return None;
+    }
     let dir = match &sh.hot {
         Some(h) => h.cache_dir(),
         None => cache_dir(&sh.model.ws),
@@ -1559,6 +1562,37 @@ fn open_history(sh: &Shared) -> Option<Arc<History>> {
             None
         }
     }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the daemon's history-recording thread.
+fn recorder(job: Job) {
+    static TX: std::sync::OnceLock<Mutex<Option<std::sync::mpsc::Sender<Job>>>> =
+        std::sync::OnceLock::new();
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("vx-history".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        Mutex::new(spawned.ok().map(|_| tx))
+    });
+    let job = match tx.lock() {
+        Ok(g) => match g.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => job,
+        },
+        Err(_) => job,
+    };
+    // No recording thread: record here.
+    job();
 }
 
 /// Scheduling priorities of the selected tasks: with history, the expected
@@ -1694,11 +1728,23 @@ impl Head {
             }
         }
         if let Some(h) = self.history.clone() {
-            let events = sh.events.clone();
+            // Under the daemon the record is written after the answer: the
+            // job must not hold the run's event channel (the answer waits
+            // for it to close), so a failure only reaches the log there.
+            let events = if sh.hot.is_some() {
+                None
+            } else {
+                sh.events.clone()
+            };
             let pending = h.announce();
+            let daemon = sh.hot.is_some();
             let job = move || {
                 let _pending = pending;
-                if let Err(e) = h.record(&record, &fps) {
+                let t = Instant::now();
+                // The no-daemon engine exits soon: its record is durable.
+                let r = h.record_with(&record, &fps, !daemon);
+                tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
+                if let Err(e) = r {
                     tracing::warn!("run {} not recorded: {e}", record.run_id);
                     if let Some(tx) = events {
                         let _ = tx.send(RunEvent::Warning {
@@ -1708,8 +1754,9 @@ impl Head {
                 }
             };
             if sh.hot.is_some() {
-                // The daemon records after answering.
-                tokio::task::spawn_blocking(job);
+                // The daemon records after answering, on one long-lived
+                // thread (records stay in order; one allocator arena).
+                recorder(Box::new(job));
             } else {
                 let _ = tokio::task::spawn_blocking(job).await;
             }

@@ -37,6 +37,15 @@ const OUTCOMES: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new
 const KEY_REFS: TableDefinition<&str, u64> = TableDefinition::new("key_refs");
 const FINGERPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fingerprints");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Task id → durations (ms) of its newest executed successful runs, oldest
+/// first, at most [`DEFAULT_WINDOW`]: what the scheduler reads, kept apart so
+/// it never scans rows.
+const DURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("durations");
+/// The history's page cache: it is read little, and a daemon keeps it open.
+const CACHE_BYTES: usize = 8 << 20;
+/// Every this many records, a commit is made durable (fsync); the others
+/// are not (a crash loses at most those runs, never consistency).
+const DURABLE_EVERY: u64 = 16;
 
 /// The history file's name inside the cache directory.
 pub const FILE_NAME: &str = "history.redb";
@@ -148,6 +157,13 @@ struct StoredRun {
 
 /// Whether a row counts as a good outcome for the mixed-outcome rule: it
 /// executed successfully or came from the cache.
+/// The median of the newest `window` durations (oldest first in `list`).
+fn p50_of(list: &[u64], window: usize) -> Option<u64> {
+    let mut w: Vec<u64> = list[list.len().saturating_sub(window)..].to_vec();
+    w.sort_unstable();
+    percentile(&w, 0.5)
+}
+
 fn row_ok(t: &TaskRun) -> bool {
     matches!(t.status, TaskStatus::Success | TaskStatus::Cached)
         || matches!(t.cache, CacheSource::Local | CacheSource::UpToDate)
@@ -219,12 +235,48 @@ pub struct History {
     max_age: Duration,
     /// Statistics by (task, window), dropped for every task a write touches.
     memo: Mutex<Memo>,
+    /// p50 of the newest executed successful durations, by task (`None`:
+    /// none recorded); updated by `record`, so scheduling reads no file.
+    p50_memo: Mutex<HashMap<String, Option<u64>>>,
+    /// Records since the last durable commit.
+    since_durable: std::sync::atomic::AtomicU64,
     /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
     ident: (u64, u64),
     /// Records announced but not yet committed (the daemon records after
     /// answering); readers wait for them, so a `vx why` right after a run
     /// sees it.
     pending: (Mutex<usize>, std::sync::Condvar),
+}
+
+impl History {
+    /// Makes the non-durable commits since the last durable one durable.
+    pub fn flush(&self) {
+        let n = self
+            .since_durable
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        if !n.is_multiple_of(DURABLE_EVERY)
+            && let Ok(tx) = self.db.begin_write()
+        {
+            let _ = tx.commit();
+        }
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Flushes and forgets every shared handle (the daemon, on its way out).
+pub fn close_all() {
+    let all: Vec<Arc<History>> = registry()
+        .lock()
+        .map(|mut r| r.drain().map(|(_, h)| h).collect())
+        .unwrap_or_default();
+    for h in all {
+        h.flush();
+    }
 }
 
 /// A record in flight; dropping it (after `record`) lets readers go on.
@@ -275,7 +327,10 @@ impl History {
             path: path.clone(),
             message,
         };
-        let db = match redb::Database::create(&path) {
+        let db = match redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(HistoryError::Locked(path));
@@ -328,6 +383,8 @@ impl History {
             max_runs: max_runs.max(1),
             max_age: Duration::from_secs(days.saturating_mul(86_400)),
             memo: Mutex::new(Memo::default()),
+            p50_memo: Mutex::new(HashMap::new()),
+            since_durable: std::sync::atomic::AtomicU64::new(0),
             ident,
             pending: (Mutex::new(0), std::sync::Condvar::new()),
         })
@@ -390,8 +447,47 @@ impl History {
         run: &RunRecord,
         fingerprints: &[Fingerprint],
     ) -> Result<(), HistoryError> {
+        self.record_with(run, fingerprints, false)
+    }
+
+    /// [`History::record`]; `durable` forces an fsync'd commit (a process
+    /// about to exit). Otherwise every [`DURABLE_EVERY`]th commit is durable
+    /// and the rest are made durable by the next one or when the handle
+    /// is dropped.
+    pub fn record_with(
+        &self,
+        run: &RunRecord,
+        fingerprints: &[Fingerprint],
+        durable: bool,
+    ) -> Result<(), HistoryError> {
         let mut touched: HashSet<String> = HashSet::new();
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        let n = self
+            .since_durable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !durable && n % DURABLE_EVERY != DURABLE_EVERY - 1 {
+            let _ = tx.set_durability(redb::Durability::None);
+        }
+        let mut p50s: Vec<(String, Option<u64>)> = Vec::new();
+        {
+            let mut durations = tx.open_table(DURATIONS)?;
+            for task in &run.tasks {
+                let executed = matches!(task.cache, CacheSource::Miss | CacheSource::Disabled);
+                if !(executed && task.status == TaskStatus::Success && !task.persistent) {
+                    continue;
+                }
+                let mut list: Vec<u64> = durations
+                    .get(task.id.as_str())?
+                    .and_then(|v| serde_json::from_slice(v.value()).ok())
+                    .unwrap_or_default();
+                list.push(task.duration_ms);
+                if list.len() > DEFAULT_WINDOW {
+                    list.drain(..list.len() - DEFAULT_WINDOW);
+                }
+                durations.insert(task.id.as_str(), encode(&list)?.as_slice())?;
+                p50s.push((task.id.clone(), p50_of(&list, DEFAULT_WINDOW)));
+            }
+        }
         {
             let mut runs = tx.open_table(RUNS)?;
             let mut ids = tx.open_table(RUN_IDS)?;
@@ -504,6 +600,9 @@ impl History {
         if let Ok(mut memo) = self.memo.lock() {
             memo.generation += 1;
             memo.stats.retain(|(task, _), _| !touched.contains(task));
+        }
+        if let Ok(mut m) = self.p50_memo.lock() {
+            m.extend(p50s);
         }
         Ok(())
     }
@@ -686,11 +785,48 @@ impl History {
         task_ids: &[String],
         window: usize,
     ) -> Result<HashMap<String, u64>, HistoryError> {
-        Ok(self
-            .stats(task_ids, window)?
-            .into_iter()
-            .filter_map(|(id, s)| s.p50_ms.map(|p| (id, p)))
-            .collect())
+        let mut out = HashMap::new();
+        let mut memo = if window == DEFAULT_WINDOW {
+            self.p50_memo.lock().ok()
+        } else {
+            None
+        };
+        let mut missing = Vec::new();
+        for id in task_ids {
+            match memo.as_ref().and_then(|m| m.get(id)) {
+                Some(Some(p)) => {
+                    out.insert(id.clone(), *p);
+                }
+                Some(None) => {}
+                None => missing.push(id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(DURATIONS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        for id in missing {
+            let list: Vec<u64> = match &table {
+                Some(t) => t
+                    .get(id.as_str())?
+                    .and_then(|v| serde_json::from_slice(v.value()).ok())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let p = p50_of(&list, window);
+            if let Some(p) = p {
+                out.insert(id.clone(), p);
+            }
+            if let Some(m) = memo.as_mut() {
+                m.insert(id.clone(), p);
+            }
+        }
+        Ok(out)
     }
 
     /// The stored fingerprint of `key`.
@@ -1454,6 +1590,43 @@ mod tests {
             h.record(&run(&format!("r{i:03}"), t0 + i as u64, vec![t]), &[])
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn durations_count_executed_successes_only_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let h = open(d.path());
+            let ms = [100u64, 300, 200];
+            for (i, &m) in ms.iter().enumerate() {
+                let rows = vec![
+                    task("a#b", TaskStatus::Success, CacheSource::Miss, Some("k"), m),
+                    task("c#d", TaskStatus::Cached, CacheSource::Local, Some("k2"), 5),
+                ];
+                h.record(&run(&format!("r{i}"), 1000 + i as u64, rows), &[])
+                    .unwrap();
+            }
+            // A failure and a hit do not move the median.
+            let rows = vec![task(
+                "a#b",
+                TaskStatus::Failed,
+                CacheSource::Miss,
+                Some("k"),
+                9000,
+            )];
+            h.record(&run("r9", 2000, rows), &[]).unwrap();
+            let ids = vec!["a#b".to_string(), "c#d".to_string()];
+            let d1 = h.durations(&ids, DEFAULT_WINDOW).unwrap();
+            assert_eq!(d1.get("a#b"), Some(&200));
+            assert_eq!(d1.get("c#d"), None);
+        }
+        let h = open(d.path());
+        let d2 = h.durations(&["a#b".to_string()], DEFAULT_WINDOW).unwrap();
+        assert_eq!(d2.get("a#b"), Some(&200));
+        assert_eq!(
+            h.durations(&["a#b".to_string()], 1).unwrap().get("a#b"),
+            Some(&200)
+        );
     }
 
     #[test]

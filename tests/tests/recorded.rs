@@ -204,3 +204,19 @@ fn history_orders_ready_tasks_by_critical_path() {
     let forced = first_started(&[("VX_SCHEDULE", "structural")]);
     assert!(forced == "w#s1" || forced == "w#s2", "{forced}");
 }
+
+/// The daemon writes most records without an fsync; stopping it makes them
+/// durable, so a later no-daemon reader sees every run.
+#[test]
+fn runs_recorded_by_a_daemon_survive_its_stop() {
+    let ws = app();
+    for i in 0..3 {
+        ws.write("app/src/main.txt", &format!("v{i}\n"));
+        let r = ws.vx_in(".", &["run", "build"], &[("VX_DAEMON", "1")]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    }
+    let r = ws.vx_in(".", &["daemon", "stop"], &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let list = json(&ws, &["history", "--json"], &[("VX_DAEMON", "0")]);
+    assert_eq!(list["runs"].as_array().map(|r| r.len()), Some(3), "{list}");
+}

@@ -276,5 +276,6 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
     }
     hot.persist_index();
     hot.close_store();
+    crate::history::close_all();
     Ok(())
 }
