@@ -1546,7 +1546,14 @@ fn open_history(sh: &Shared) -> Option<Arc<History>> {
         Some(h) => h.cache_dir(),
         None => cache_dir(&sh.model.ws),
     };
-    match history::shared(&dir) {
+    // The daemon keeps one handle for its life; the foreground engine opens
+    // its own and drops it at the end of the run (redb then closes the file
+    // cleanly; a file left open would be repaired — scanned — on next open).
+    let opened = match &sh.hot {
+        Some(_) => history::shared(&dir),
+        None => History::open_for_run(&dir, Duration::from_secs(2)).map(Arc::new),
+    };
+    match opened {
         Ok(h) => Some(h),
         Err(e) => {
             let what = if e.is_locked() {

@@ -318,6 +318,26 @@ impl History {
     /// (default 30). A file held by another process gives
     /// [`HistoryError::Locked`]; a damaged one [`HistoryError::Corrupt`].
     pub fn open(cache_dir: &Path) -> Result<History, HistoryError> {
+        Self::open_opts(cache_dir, true)
+    }
+
+    /// [`History::open`] without the compaction check (which reads the
+    /// whole file's statistics): for a run that only appends. Space freed by
+    /// retention is reused, so the file stays bounded without compaction;
+    /// the daemon and `vx history`/`vx info` compact.
+    pub fn open_for_run(cache_dir: &Path, wait: Duration) -> Result<History, HistoryError> {
+        let start = Instant::now();
+        loop {
+            match Self::open_opts(cache_dir, false) {
+                Err(HistoryError::Locked(_)) if start.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_opts(cache_dir: &Path, compact: bool) -> Result<History, HistoryError> {
         std::fs::create_dir_all(cache_dir).map_err(|source| HistoryError::Io {
             path: cache_dir.to_path_buf(),
             source,
@@ -345,7 +365,9 @@ impl History {
             Err(e) => return Err(corrupt(e.to_string())),
         };
         let mut db = db;
-        compact_if_sparse(&mut db, &path);
+        if compact {
+            compact_if_sparse(&mut db, &path);
+        }
         let ident = std::fs::metadata(&path)
             .map(|m| (m.dev(), m.ino()))
             .unwrap_or((0, 0));
