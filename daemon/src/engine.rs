@@ -1743,10 +1743,24 @@ impl Head {
             } else {
                 sh.events.clone()
             };
-            let pending = h.announce();
+            let pending = h.announce(&record);
             let daemon = sh.hot.is_some();
+            let idle = sh.hot.as_ref().map(Arc::downgrade);
             let job = move || {
                 let _pending = pending;
+                // Under the daemon, write when it has been idle a moment, so
+                // that back-to-back runs do not compete with their records
+                // (at most 2 s later; readers wait for it).
+                if let Some(hot) = idle {
+                    let t = Instant::now();
+                    while let Some(h) = hot.upgrade()
+                        && h.idle_for() < Duration::from_millis(50)
+                        && t.elapsed() < Duration::from_secs(2)
+                    {
+                        drop(h);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 let t = Instant::now();
                 // The no-daemon engine exits soon: its record is durable.
                 let r = h.record_with(&record, &fps, !daemon);

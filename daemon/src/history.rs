@@ -157,6 +157,13 @@ struct StoredRun {
 
 /// Whether a row counts as a good outcome for the mixed-outcome rule: it
 /// executed successfully or came from the cache.
+/// Whether a row's duration counts for scheduling: executed and successful.
+fn counts_as_duration(t: &TaskRun) -> bool {
+    matches!(t.cache, CacheSource::Miss | CacheSource::Disabled)
+        && t.status == TaskStatus::Success
+        && !t.persistent
+}
+
 /// The median of the newest `window` durations (oldest first in `list`).
 fn p50_of(list: &[u64], window: usize) -> Option<u64> {
     let mut w: Vec<u64> = list[list.len().saturating_sub(window)..].to_vec();
@@ -235,9 +242,10 @@ pub struct History {
     max_age: Duration,
     /// Statistics by (task, window), dropped for every task a write touches.
     memo: Mutex<Memo>,
-    /// p50 of the newest executed successful durations, by task (`None`:
-    /// none recorded); updated by `record`, so scheduling reads no file.
-    p50_memo: Mutex<HashMap<String, Option<u64>>>,
+    /// The newest executed successful durations by task, as in the
+    /// `durations` table (plus announced runs not yet written), so
+    /// scheduling reads no file.
+    lists: Mutex<HashMap<String, Vec<u64>>>,
     /// Records since the last durable commit.
     since_durable: std::sync::atomic::AtomicU64,
     /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
@@ -275,6 +283,8 @@ pub fn close_all() {
         .map(|mut r| r.drain().map(|(_, h)| h).collect())
         .unwrap_or_default();
     for h in all {
+        // Records queued by the last runs are written first.
+        h.settle(Duration::from_secs(5));
         h.flush();
     }
 }
@@ -405,7 +415,7 @@ impl History {
             max_runs: max_runs.max(1),
             max_age: Duration::from_secs(days.saturating_mul(86_400)),
             memo: Mutex::new(Memo::default()),
-            p50_memo: Mutex::new(HashMap::new()),
+            lists: Mutex::new(HashMap::new()),
             since_durable: std::sync::atomic::AtomicU64::new(0),
             ident,
             pending: (Mutex::new(0), std::sync::Condvar::new()),
@@ -413,9 +423,30 @@ impl History {
     }
 
     /// Announces a record that will be written soon (see [`History::settle`]).
-    pub fn announce(self: &Arc<Self>) -> Pending {
+    /// The run's durations count for scheduling at once.
+    pub fn announce(self: &Arc<Self>, run: &RunRecord) -> Pending {
         if let Ok(mut n) = self.pending.0.lock() {
             *n += 1;
+        }
+        let executed: Vec<&TaskRun> = run.tasks.iter().filter(|t| counts_as_duration(t)).collect();
+        if !executed.is_empty() {
+            let table = self.db.begin_read().ok();
+            let table = table.as_ref().and_then(|tx| tx.open_table(DURATIONS).ok());
+            if let Ok(mut memo) = self.lists.lock() {
+                for t in executed {
+                    let list = memo.entry(t.id.clone()).or_insert_with(|| {
+                        table
+                            .as_ref()
+                            .and_then(|tb| tb.get(t.id.as_str()).ok().flatten())
+                            .and_then(|v| serde_json::from_slice(v.value()).ok())
+                            .unwrap_or_default()
+                    });
+                    list.push(t.duration_ms);
+                    if list.len() > DEFAULT_WINDOW {
+                        list.drain(..list.len() - DEFAULT_WINDOW);
+                    }
+                }
+            }
         }
         Pending(self.clone())
     }
@@ -490,12 +521,11 @@ impl History {
         if !durable && n % DURABLE_EVERY != DURABLE_EVERY - 1 {
             let _ = tx.set_durability(redb::Durability::None);
         }
-        let mut p50s: Vec<(String, Option<u64>)> = Vec::new();
+        let mut p50s: Vec<(String, Vec<u64>)> = Vec::new();
         {
             let mut durations = tx.open_table(DURATIONS)?;
             for task in &run.tasks {
-                let executed = matches!(task.cache, CacheSource::Miss | CacheSource::Disabled);
-                if !(executed && task.status == TaskStatus::Success && !task.persistent) {
+                if !counts_as_duration(task) {
                     continue;
                 }
                 let mut list: Vec<u64> = durations
@@ -507,7 +537,7 @@ impl History {
                     list.drain(..list.len() - DEFAULT_WINDOW);
                 }
                 durations.insert(task.id.as_str(), encode(&list)?.as_slice())?;
-                p50s.push((task.id.clone(), p50_of(&list, DEFAULT_WINDOW)));
+                p50s.push((task.id.clone(), list));
             }
         }
         {
@@ -623,7 +653,7 @@ impl History {
             memo.generation += 1;
             memo.stats.retain(|(task, _), _| !touched.contains(task));
         }
-        if let Ok(mut m) = self.p50_memo.lock() {
+        if let Ok(mut m) = self.lists.lock() {
             m.extend(p50s);
         }
         Ok(())
@@ -808,18 +838,15 @@ impl History {
         window: usize,
     ) -> Result<HashMap<String, u64>, HistoryError> {
         let mut out = HashMap::new();
-        let mut memo = if window == DEFAULT_WINDOW {
-            self.p50_memo.lock().ok()
-        } else {
-            None
-        };
+        let mut memo = self.lists.lock().ok();
         let mut missing = Vec::new();
         for id in task_ids {
             match memo.as_ref().and_then(|m| m.get(id)) {
-                Some(Some(p)) => {
-                    out.insert(id.clone(), *p);
+                Some(list) => {
+                    if let Some(p) = p50_of(list, window) {
+                        out.insert(id.clone(), p);
+                    }
                 }
-                Some(None) => {}
                 None => missing.push(id),
             }
         }
@@ -840,12 +867,11 @@ impl History {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
-            let p = p50_of(&list, window);
-            if let Some(p) = p {
+            if let Some(p) = p50_of(&list, window) {
                 out.insert(id.clone(), p);
             }
             if let Some(m) = memo.as_mut() {
-                m.insert(id.clone(), p);
+                m.insert(id.clone(), list);
             }
         }
         Ok(out)
