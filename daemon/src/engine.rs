@@ -1619,6 +1619,25 @@ fn priorities(
     let Some(h) = history.filter(|_| !forced) else {
         return structural;
     };
+    // The same selection under the same durations orders the same: a repeat
+    // run under the daemon reuses the last ordering.
+    let memo_key = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (Arc::as_ptr(&sh.model) as usize).hash(&mut hasher);
+        nodes.hash(&mut hasher);
+        deps.hash(&mut hasher);
+        (hasher.finish(), h.lists_generation())
+    };
+    type Memo = Option<((u64, u64), Arc<Vec<usize>>)>;
+    static MEMO: Mutex<Memo> = Mutex::new(None);
+    if sh.hot.is_some()
+        && let Ok(m) = MEMO.lock()
+        && let Some((k, v)) = m.as_ref()
+        && *k == memo_key
+    {
+        return (**v).clone();
+    }
     let graph = &sh.model.graph;
     let ids: Vec<String> = nodes
         .iter()
@@ -1650,10 +1669,17 @@ fn priorities(
         .collect();
     let ecp = history::critical_path(deps, dependents, &own);
     const LOW: usize = (1 << 20) - 1;
-    ecp.iter()
+    let out: Vec<usize> = ecp
+        .iter()
         .zip(&structural)
         .map(|(&e, &b)| ((e as usize).min(usize::MAX >> 21) << 20) | b.min(LOW))
-        .collect()
+        .collect();
+    if sh.hot.is_some()
+        && let Ok(mut m) = MEMO.lock()
+    {
+        *m = Some((memo_key, Arc::new(out.clone())));
+    }
+    out
 }
 
 /// What a run's summary is made of besides its task results.

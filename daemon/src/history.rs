@@ -246,6 +246,8 @@ pub struct History {
     /// `durations` table (plus announced runs not yet written), so
     /// scheduling reads no file.
     lists: Mutex<HashMap<String, Vec<u64>>>,
+    /// Bumped whenever a list in `lists` changes.
+    lists_gen: std::sync::atomic::AtomicU64,
     /// Records since the last durable commit.
     since_durable: std::sync::atomic::AtomicU64,
     /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
@@ -416,6 +418,7 @@ impl History {
             max_age: Duration::from_secs(days.saturating_mul(86_400)),
             memo: Mutex::new(Memo::default()),
             lists: Mutex::new(HashMap::new()),
+            lists_gen: std::sync::atomic::AtomicU64::new(0),
             since_durable: std::sync::atomic::AtomicU64::new(0),
             ident,
             pending: (Mutex::new(0), std::sync::Condvar::new()),
@@ -447,8 +450,15 @@ impl History {
                     }
                 }
             }
+            self.lists_gen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Pending(self.clone())
+    }
+
+    /// Changes whenever the durations scheduling reads may have changed.
+    pub fn lists_generation(&self) -> u64 {
+        self.lists_gen.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits (at most `timeout`) until every announced record is written.
@@ -653,8 +663,12 @@ impl History {
             memo.generation += 1;
             memo.stats.retain(|(task, _), _| !touched.contains(task));
         }
-        if let Ok(mut m) = self.lists.lock() {
-            m.extend(p50s);
+        if !p50s.is_empty() {
+            if let Ok(mut m) = self.lists.lock() {
+                m.extend(p50s);
+            }
+            self.lists_gen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
