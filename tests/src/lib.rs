@@ -27,7 +27,14 @@ pub fn bin_dir() -> &'static Path {
         }
         let st = cmd
             .env("CARGO_TARGET_DIR", &target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            // The runtime value: a target dir shared between checkouts may
+            // hold a test binary compiled elsewhere.
+            .current_dir(
+                std::env::var_os("CARGO_MANIFEST_DIR")
+                    .map(PathBuf::from)
+                    .filter(|d| d.is_dir())
+                    .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+            )
             .status()
             .expect("run cargo build");
         assert!(st.success(), "building vx and vxd failed");
