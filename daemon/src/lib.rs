@@ -2,7 +2,9 @@
 //!
 //! The modules follow the pipeline; each owns one concept (see its doc
 //! comment and `docs/ARCHITECTURE.md`): `workspace` → `graph` → `hash` →
-//! `cache` → `exec`, orchestrated by `engine`, kept hot by `state` (daemon),
+//! `cache` → `exec` (+ `procstat`, `persist` for long-running tasks),
+//! orchestrated by `engine`, kept hot by `state` (daemon), looped by `watch`,
+//! remembered by `history` (read back by `inspect`, rendered by `profile`),
 //! exposed by `server`.
 
 pub mod cache;
