@@ -1425,7 +1425,7 @@ pub async fn run_in(
     if kept.is_empty() {
         return Ok(head.finish(&sh, results, None, &quiet, &lanes).await);
     }
-    let settled = head.summary(results.clone(), None, &quiet);
+    let settled = head.summary(&results, None, &quiet);
     let _ = events.send(RunEvent::Settled { summary: settled });
     // Wait until one kept task exits, or the run is cancelled.
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, Outcome)>();
@@ -1682,6 +1682,89 @@ fn priorities(
     out
 }
 
+/// What a run's history record is built from (after the answer, under the
+/// daemon).
+struct RecordInput {
+    run_id: String,
+    started_at: u64,
+    concurrency: usize,
+    nodes: Vec<usize>,
+    /// Milliseconds since the run started, at its end.
+    now_ms: u64,
+    results: Vec<TaskResult>,
+    start: Vec<u64>,
+    end: Vec<u64>,
+    slot: Vec<Option<u32>>,
+    summary: RunSummary,
+    /// Not the run's `Shared`: it holds the event channel, which must close
+    /// when the run answers.
+    model: Arc<Model>,
+    usage: HashMap<usize, exec::Usage>,
+    argv: Vec<String>,
+    requested: Vec<String>,
+}
+
+/// The history record of a run: one row per task with its lane, times and
+/// usage.
+fn build_record(inp: RecordInput) -> RunRecord {
+    let graph = &inp.model.graph;
+    let local: HashMap<usize, usize> = inp.nodes.iter().enumerate().map(|(i, &g)| (g, i)).collect();
+    let usage = &inp.usage;
+    let mut tasks: Vec<TaskRun> = inp
+        .results
+        .into_iter()
+        .map(|r| {
+            let g = graph.get(&r.id);
+            let persistent = g.is_some_and(|g| graph.nodes[g].def.persistent);
+            let (start, end, slot) = match g.and_then(|g| local.get(&g).copied()) {
+                Some(i) => (
+                    inp.start[i],
+                    if inp.end[i] < inp.start[i] || persistent {
+                        inp.now_ms
+                    } else {
+                        inp.end[i]
+                    },
+                    inp.slot[i],
+                ),
+                None => (0, 0, None),
+            };
+            let u = g.and_then(|g| usage.get(&g).copied());
+            TaskRun {
+                id: r.id,
+                status: r.status,
+                cache: r.cache,
+                key: r.key,
+                exit_code: r.exit_code,
+                attempts: r.attempts,
+                duration_ms: r.duration_ms,
+                start_ms: start,
+                end_ms: end,
+                slot,
+                cpu_ms: u.and_then(|u| u.cpu_ms),
+                peak_rss_bytes: u.and_then(|u| u.peak_rss_bytes),
+                blocked_by: r.blocked_by,
+                error: r.error,
+                persistent,
+            }
+        })
+        .collect();
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    let s = inp.summary;
+    RunRecord {
+        run_id: inp.run_id,
+        argv: inp.argv,
+        requested: inp.requested,
+        started_at: inp.started_at,
+        ended_at: s.ended_at,
+        duration_ms: s.duration_ms,
+        exit_code: s.exit_code,
+        ok: s.ok,
+        concurrency: inp.concurrency,
+        counts: s.counts,
+        tasks,
+    }
+}
+
 /// What a run's summary is made of besides its task results.
 struct Head {
     run_id: String,
@@ -1708,24 +1791,119 @@ impl Head {
         quiet: &HashSet<String>,
         lanes: &Lanes,
     ) -> RunSummary {
-        let record = self.record(sh, &results, cancelled, quiet, lanes);
-        let summary = self.summary(results, cancelled, quiet);
-        let Some(mut record) = record else {
+        let summary = self.summary(&results, cancelled, quiet);
+        let Some(h) = self.history.clone() else {
             return summary;
         };
-        record.ended_at = summary.ended_at;
-        record.duration_ms = summary.duration_ms;
-        record.exit_code = summary.exit_code;
-        record.ok = summary.ok;
-        record.counts = summary.counts;
+        // A watch cycle that ran nothing is not worth a record.
+        if self.watch_cycle
+            && cancelled.is_none()
+            && results
+                .iter()
+                .all(|r| quiet.contains(&r.id) || r.status == TaskStatus::Cached)
+        {
+            return summary;
+        }
+        let graph = &sh.model.graph;
+        let executed: Vec<(String, u64)> = results
+            .iter()
+            .filter(|r| {
+                matches!(r.cache, CacheSource::Miss | CacheSource::Disabled)
+                    && r.status == TaskStatus::Success
+                    && !graph
+                        .get(&r.id)
+                        .is_some_and(|g| graph.nodes[g].def.persistent)
+            })
+            .map(|r| (r.id.clone(), r.duration_ms))
+            .collect();
+        let input = RecordInput {
+            run_id: self.run_id.clone(),
+            started_at: self.started_at,
+            concurrency: self.concurrency,
+            nodes: self.nodes.clone(),
+            now_ms: self.t0.elapsed().as_millis() as u64,
+            results,
+            start: lanes.start.clone(),
+            end: lanes.end.clone(),
+            slot: lanes.slot.clone(),
+            summary: summary.clone(),
+            model: sh.model.clone(),
+            usage: sh
+                .usage
+                .lock()
+                .map(|mut u| std::mem::take(&mut *u))
+                .unwrap_or_default(),
+            argv: sh.params.argv.clone(),
+            requested: sh.params.tasks.clone(),
+        };
         let fps: Vec<Fingerprint> = sh
             .fingerprints
             .lock()
             .map(|mut f| std::mem::take(&mut *f))
             .unwrap_or_default();
-        // The profile and report are written before the client hears the end.
+        // The profile and report are written before the client hears the end;
+        // otherwise the daemon builds the record after answering.
+        let mut input = Some(input);
+        let mut built = None;
+        if (sh.params.profile.is_some() || sh.params.report.is_some())
+            && let Some(inp) = input.take()
+        {
+            let record = build_record(inp);
+            self.write_profile_and_report(sh, &record);
+            built = Some(record);
+        }
+        let daemon = sh.hot.is_some();
+        // Under the daemon the record is written after the answer: the job
+        // must not hold the run's event channel (the answer waits for it to
+        // close), so a failure only reaches the log there.
+        let events = if daemon { None } else { sh.events.clone() };
+        let pending = h.announce(&executed);
+        let idle = sh.hot.as_ref().map(Arc::downgrade);
+        let job = move || {
+            let _pending = pending;
+            let record = match (built, input) {
+                (Some(r), _) => r,
+                (None, Some(inp)) => build_record(inp),
+                (None, None) => return,
+            };
+            // Under the daemon, write when it has been idle a moment, so that
+            // back-to-back runs do not compete with their records (at most
+            // 2 s later; readers wait for it).
+            if let Some(hot) = idle {
+                let t = Instant::now();
+                while let Some(h) = hot.upgrade()
+                    && h.idle_for() < Duration::from_millis(50)
+                    && t.elapsed() < Duration::from_secs(2)
+                {
+                    drop(h);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let t = Instant::now();
+            // The no-daemon engine exits soon: its record is durable.
+            let r = h.record_with(&record, &fps, !daemon);
+            tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
+            if let Err(e) = r {
+                tracing::warn!("run {} not recorded: {e}", record.run_id);
+                if let Some(tx) = events {
+                    let _ = tx.send(RunEvent::Warning {
+                        message: format!("this run was not recorded in the history: {e}"),
+                    });
+                }
+            }
+        };
+        if daemon {
+            // One long-lived thread: records stay in order; one allocator arena.
+            recorder(Box::new(job));
+        } else {
+            let _ = tokio::task::spawn_blocking(job).await;
+        }
+        summary
+    }
+
+    fn write_profile_and_report(&self, sh: &Shared, record: &RunRecord) {
         if let Some(path) = &sh.params.profile {
-            let trace = crate::profile::chrome_trace(&record);
+            let trace = crate::profile::chrome_trace(record);
             if let Some(dir) = Path::new(path).parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -1741,7 +1919,7 @@ impl Head {
                 .history
                 .as_ref()
                 .and_then(|h| h.stats(&ids, history::DEFAULT_WINDOW).ok());
-            let md = crate::profile::markdown_report(&record, stats.as_ref());
+            let md = crate::profile::markdown_report(record, stats.as_ref());
             // A CI job summary file collects every step's report.
             let append = sh.params.env.get("GITHUB_STEP_SUMMARY") == Some(path);
             if let Some(dir) = Path::new(path).parent() {
@@ -1760,150 +1938,26 @@ impl Head {
                 });
             }
         }
-        if let Some(h) = self.history.clone() {
-            // Under the daemon the record is written after the answer: the
-            // job must not hold the run's event channel (the answer waits
-            // for it to close), so a failure only reaches the log there.
-            let events = if sh.hot.is_some() {
-                None
-            } else {
-                sh.events.clone()
-            };
-            let pending = h.announce(&record);
-            let daemon = sh.hot.is_some();
-            let idle = sh.hot.as_ref().map(Arc::downgrade);
-            let job = move || {
-                let _pending = pending;
-                // Under the daemon, write when it has been idle a moment, so
-                // that back-to-back runs do not compete with their records
-                // (at most 2 s later; readers wait for it).
-                if let Some(hot) = idle {
-                    let t = Instant::now();
-                    while let Some(h) = hot.upgrade()
-                        && h.idle_for() < Duration::from_millis(50)
-                        && t.elapsed() < Duration::from_secs(2)
-                    {
-                        drop(h);
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-                let t = Instant::now();
-                // The no-daemon engine exits soon: its record is durable.
-                let r = h.record_with(&record, &fps, !daemon);
-                tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
-                if let Err(e) = r {
-                    tracing::warn!("run {} not recorded: {e}", record.run_id);
-                    if let Some(tx) = events {
-                        let _ = tx.send(RunEvent::Warning {
-                            message: format!("this run was not recorded in the history: {e}"),
-                        });
-                    }
-                }
-            };
-            if sh.hot.is_some() {
-                // The daemon records after answering, on one long-lived
-                // thread (records stay in order; one allocator arena).
-                recorder(Box::new(job));
-            } else {
-                let _ = tokio::task::spawn_blocking(job).await;
-            }
-        }
-        summary
     }
-
-    /// The history record of a run (its totals are filled in by `finish`).
-    fn record(
-        &self,
-        sh: &Shared,
-        results: &[TaskResult],
-        cancelled: Option<i32>,
-        quiet: &HashSet<String>,
-        lanes: &Lanes,
-    ) -> Option<RunRecord> {
-        self.history.as_ref()?;
-        if self.watch_cycle
-            && cancelled.is_none()
-            && results
-                .iter()
-                .all(|r| quiet.contains(&r.id) || r.status == TaskStatus::Cached)
-        {
-            return None;
-        }
-        let graph = &sh.model.graph;
-        let local: HashMap<usize, usize> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, &g)| (g, i))
-            .collect();
-        let now = self.t0.elapsed().as_millis() as u64;
-        let usage = sh.usage.lock().ok();
-        let mut tasks: Vec<TaskRun> = results
-            .iter()
-            .map(|r| {
-                let g = graph.get(&r.id);
-                let i = g.and_then(|g| local.get(&g).copied());
-                let (start, end, slot) = match i {
-                    Some(i) => (
-                        lanes.start[i],
-                        if lanes.end[i] < lanes.start[i]
-                            || g.is_some_and(|g| graph.nodes[g].def.persistent)
-                        {
-                            now
-                        } else {
-                            lanes.end[i]
-                        },
-                        lanes.slot[i],
-                    ),
-                    None => (0, 0, None),
-                };
-                let u = g.and_then(|g| usage.as_ref().and_then(|u| u.get(&g).copied()));
-                TaskRun {
-                    id: r.id.clone(),
-                    status: r.status,
-                    cache: r.cache,
-                    key: r.key.clone(),
-                    exit_code: r.exit_code,
-                    attempts: r.attempts,
-                    duration_ms: r.duration_ms,
-                    start_ms: start,
-                    end_ms: end,
-                    slot,
-                    cpu_ms: u.and_then(|u| u.cpu_ms),
-                    peak_rss_bytes: u.and_then(|u| u.peak_rss_bytes),
-                    blocked_by: r.blocked_by.clone(),
-                    error: r.error.clone(),
-                    persistent: g.is_some_and(|g| graph.nodes[g].def.persistent),
-                }
-            })
-            .collect();
-        tasks.sort_by(|a, b| a.id.cmp(&b.id));
-        Some(RunRecord {
-            run_id: self.run_id.clone(),
-            argv: sh.params.argv.clone(),
-            requested: sh.params.tasks.clone(),
-            started_at: self.started_at,
-            ended_at: 0,
-            duration_ms: 0,
-            exit_code: 0,
-            ok: false,
-            concurrency: self.concurrency,
-            counts: RunCounts::default(),
-            tasks,
-        })
-    }
-
     fn summary(
         &mut self,
-        mut results: Vec<TaskResult>,
+        all: &[TaskResult],
         cancelled: Option<i32>,
         quiet: &HashSet<String>,
     ) -> RunSummary {
+        let mut results: Vec<TaskResult> = if self.detail == vx_proto::Detail::Changes {
+            all.iter()
+                .filter(|r| r.status != TaskStatus::Cached && !quiet.contains(&r.id))
+                .cloned()
+                .collect()
+        } else {
+            all.to_vec()
+        };
         let mut counts = RunCounts {
-            total: results.len(),
+            total: all.len(),
             ..Default::default()
         };
-        for r in &results {
+        for r in all {
             match r.status {
                 TaskStatus::Success => counts.executed += 1,
                 TaskStatus::Cached => counts.cached += 1,
@@ -1918,9 +1972,7 @@ impl Head {
         }
         let ok =
             counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
-        if self.detail == vx_proto::Detail::Changes {
-            results.retain(|r| r.status != TaskStatus::Cached && !quiet.contains(&r.id));
-        }
+        results.shrink_to_fit();
         let exit_code = match cancelled {
             Some(sig) => 128 + sig,
             None if ok => 0,

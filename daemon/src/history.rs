@@ -427,24 +427,25 @@ impl History {
 
     /// Announces a record that will be written soon (see [`History::settle`]).
     /// The run's durations count for scheduling at once.
-    pub fn announce(self: &Arc<Self>, run: &RunRecord) -> Pending {
+    /// `executed`: (task id, duration) of the run's executed successful
+    /// tasks (see `counts_as_duration`).
+    pub fn announce(self: &Arc<Self>, executed: &[(String, u64)]) -> Pending {
         if let Ok(mut n) = self.pending.0.lock() {
             *n += 1;
         }
-        let executed: Vec<&TaskRun> = run.tasks.iter().filter(|t| counts_as_duration(t)).collect();
         if !executed.is_empty() {
             let table = self.db.begin_read().ok();
             let table = table.as_ref().and_then(|tx| tx.open_table(DURATIONS).ok());
             if let Ok(mut memo) = self.lists.lock() {
-                for t in executed {
-                    let list = memo.entry(t.id.clone()).or_insert_with(|| {
+                for (id, ms) in executed {
+                    let list = memo.entry(id.clone()).or_insert_with(|| {
                         table
                             .as_ref()
-                            .and_then(|tb| tb.get(t.id.as_str()).ok().flatten())
+                            .and_then(|tb| tb.get(id.as_str()).ok().flatten())
                             .and_then(|v| serde_json::from_slice(v.value()).ok())
                             .unwrap_or_default()
                     });
-                    list.push(t.duration_ms);
+                    list.push(*ms);
                     if list.len() > DEFAULT_WINDOW {
                         list.drain(..list.len() - DEFAULT_WINDOW);
                     }
