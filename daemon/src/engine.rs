@@ -1188,12 +1188,15 @@ pub async fn run_in(
                 }
                 continue;
             }
-            // A watch cycle does not run again what did not change.
+            // A watch cycle does not run again what did not change. A cached
+            // task that succeeded goes through the cache instead, so its
+            // outputs are restored if they were deleted meanwhile.
             if let Some(s) = &session {
                 let key = sh.key_of(g);
                 if let Ok(key) = &key
                     && let Some((last, ok)) = s.last_of(&node.id)
                     && &last == key
+                    && (!ok || !sh.cache_read(g))
                 {
                     let mut res = base_result(&sh, g);
                     res.key = Some(key.clone());

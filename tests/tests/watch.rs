@@ -220,6 +220,14 @@ fn editing_a_leaf_reruns_only_the_affected_tasks() {
     let (ids, _) = w.next_starts();
     assert_eq!(ids, vec!["app#build", "lib#build"]);
     assert_eq!(ws.read("lib/dist/a.txt"), "two\n");
+    // Deleted outputs come back from the cache (nothing runs).
+    std::fs::remove_dir_all(ws.path("lib/dist")).expect("rm dist");
+    let t = Instant::now();
+    while !ws.exists("lib/dist/a.txt") {
+        assert!(t.elapsed() < WAIT, "lib/dist was not restored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ws.read("lib/dist/a.txt"), "two\n");
     // A failing edit keeps watching; fixing it runs again.
     ws.write(
         "other/vx.toml",
