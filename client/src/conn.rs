@@ -88,10 +88,17 @@ pub fn guess_root(cwd: &Path) -> Option<PathBuf> {
     fallback
 }
 
+type SharedWriter = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+
+/// The newest connection's writer: where a forwarded signal goes, so a
+/// request re-sent to another engine (a WRONG_WORKSPACE redirect, an
+/// interactive run handed to the foreground engine) can still be cancelled.
+static ACTIVE: Mutex<Option<SharedWriter>> = Mutex::new(None);
+
 /// An open JSON-RPC connection to an engine.
 pub struct Conn {
     child: Option<Child>,
-    writer: Arc<Mutex<Option<Box<dyn Write + Send>>>>,
+    writer: SharedWriter,
     reader: BufReader<Box<dyn Read + Send>>,
     framer: LineFramer,
     next_id: i64,
@@ -194,6 +201,9 @@ impl Conn {
             client_version: VERSION.to_string(),
         };
         conn.hello = serde_json::from_value(conn.call(methods::HELLO, &hello, |_| {})?)?;
+        if let Ok(mut a) = ACTIVE.lock() {
+            *a = Some(conn.writer.clone());
+        }
         Ok(conn)
     }
 
@@ -409,7 +419,6 @@ impl Conn {
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         let caught = Arc::new(Mutex::new(None));
         let c2 = caught.clone();
-        let writer = self.writer.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
                 let sig = if sig == SIGHUP { SIGTERM } else { sig };
@@ -420,7 +429,9 @@ impl Conn {
                 if !first {
                     std::process::exit(128 + sig);
                 }
-                if let Ok(mut g) = writer.lock()
+                let writer = ACTIVE.lock().ok().and_then(|a| a.clone());
+                if let Some(writer) = writer
+                    && let Ok(mut g) = writer.lock()
                     && let Some(w) = g.as_mut()
                 {
                     let m =
