@@ -143,6 +143,7 @@ pub fn history(
                 cwd: cwd_s,
                 task,
                 limit: Some(limit),
+                run_id: None,
             };
             let th: TaskHistory = call(cwd, no_daemon, methods::HISTORY_TASK, &params)?;
             if json {
@@ -329,11 +330,18 @@ pub fn last(
 }
 
 /// `vx why TASK`.
-pub fn why(cwd: &Path, no_daemon: bool, task: String, json: bool) -> Result<i32> {
+pub fn why(
+    cwd: &Path,
+    no_daemon: bool,
+    task: String,
+    run: Option<String>,
+    json: bool,
+) -> Result<i32> {
     let params = HistoryTaskParams {
         cwd: cwd.to_string_lossy().into_owned(),
         task,
         limit: None,
+        run_id: run,
     };
     let w: WhyReport = call(cwd, no_daemon, methods::HISTORY_WHY, &params)?;
     if json {

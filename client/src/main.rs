@@ -79,6 +79,10 @@ enum Cmd {
         /// `project#task`, or a task of the current project.
         #[arg(value_name = "TASK")]
         task: String,
+        /// Explain the key the task had in this recorded run (a unique
+        /// prefix of its id) instead of the newest one.
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -324,7 +328,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             failed,
             json,
         } => history::last(&cwd, no_daemon, run_id, failed, json),
-        Cmd::Why { task, json } => history::why(&cwd, no_daemon, task, json),
+        Cmd::Why { task, run, json } => history::why(&cwd, no_daemon, task, run, json),
         Cmd::Info { json } => history::info(&cwd, no_daemon, json),
     }
 }

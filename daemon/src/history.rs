@@ -707,6 +707,31 @@ impl History {
 
     /// One run with its rows: `None` = the latest; otherwise a run id or a
     /// unique prefix of one. `Ok(None)` when no run is recorded at all.
+    /// The sequence number of a run id or unique prefix.
+    fn seq_of(&self, id: &str) -> Result<u64, HistoryError> {
+        let tx = self.db.begin_read()?;
+        let ids = tx.open_table(RUN_IDS)?;
+        if let Some(seq) = ids.get(id)?.map(|g| g.value()) {
+            return Ok(seq);
+        }
+        let mut matches = Vec::new();
+        for item in ids.range(id..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(id) {
+                break;
+            }
+            matches.push((k.value().to_string(), v.value()));
+        }
+        match matches.len() {
+            0 => Err(HistoryError::NoSuchRun(id.to_string())),
+            1 => Ok(matches[0].1),
+            _ => Err(HistoryError::AmbiguousRun {
+                prefix: id.to_string(),
+                matches: matches.into_iter().map(|m| m.0).collect(),
+            }),
+        }
+    }
+
     pub fn run(&self, id: Option<&str>) -> Result<Option<RunRecord>, HistoryError> {
         let tx = self.db.begin_read()?;
         let runs = tx.open_table(RUNS)?;
@@ -902,6 +927,16 @@ impl History {
     /// Why `task_id`'s key changed: its two newest distinct recorded keys,
     /// their fingerprints compared part by part, and what to do.
     pub fn why(&self, task_id: &str) -> Result<WhyReport, HistoryError> {
+        self.why_at(task_id, None)
+    }
+
+    /// [`History::why`] as of run `run_id` (a unique prefix works): the key
+    /// the task had in that run against the distinct key before it.
+    pub fn why_at(&self, task_id: &str, run_id: Option<&str>) -> Result<WhyReport, HistoryError> {
+        let upto = match run_id {
+            Some(id) => self.seq_of(id)?,
+            None => u64::MAX,
+        };
         let tx = self.db.begin_read()?;
         let rows = tx.open_table(TASK_ROWS)?;
         let fps = tx.open_table(FINGERPRINTS)?;
@@ -909,7 +944,7 @@ impl History {
         let mut newest: Option<(String, String)> = None;
         let mut previous: Option<(String, String)> = None;
         let mut same_key_rows = 0usize;
-        for item in rows.range((task_id, 0u64)..=(task_id, u64::MAX))?.rev() {
+        for item in rows.range((task_id, 0u64)..=(task_id, upto))?.rev() {
             let (_, v) = item?;
             total += 1;
             let row: TaskRunRow = decode(v.value())?;
@@ -1653,6 +1688,46 @@ mod tests {
             h.record(&run(&format!("r{i:03}"), t0 + i as u64, vec![t]), &[])
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn why_at_an_older_run_compares_the_keys_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let fp = |key: &str, hash: &str| Fingerprint {
+            key: key.into(),
+            task: "a#b".into(),
+            files: vec![("a/src.txt".into(), hash.into())],
+            ..Default::default()
+        };
+        for (i, (key, hash)) in [("k1", "h1"), ("k2", "h2"), ("k3", "h3")]
+            .iter()
+            .enumerate()
+        {
+            let rows = vec![task(
+                "a#b",
+                TaskStatus::Success,
+                CacheSource::Miss,
+                Some(key),
+                10,
+            )];
+            h.record(
+                &run(&format!("run{i}"), now_ms() + i as u64, rows),
+                &[fp(key, hash)],
+            )
+            .unwrap();
+        }
+        let latest = h.why("a#b").unwrap();
+        assert_eq!(latest.key.as_deref(), Some("k3"));
+        assert_eq!(latest.previous_key.as_deref(), Some("k2"));
+        let older = h.why_at("a#b", Some("run1")).unwrap();
+        assert_eq!(older.key.as_deref(), Some("k2"));
+        assert_eq!(older.previous_key.as_deref(), Some("k1"));
+        assert!(older.compared);
+        assert!(matches!(
+            h.why_at("a#b", Some("nope")),
+            Err(HistoryError::NoSuchRun(_))
+        ));
     }
 
     #[test]

@@ -239,7 +239,7 @@ pub fn why(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<WhyReport, EngineE
     let h = open(&ws, hot)?;
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
-    h.why(&id).map_err(history_err)
+    h.why_at(&id, p.run_id.as_deref()).map_err(history_err)
 }
 
 /// `workspace.info` (`vx info`). History problems are reported in the

@@ -271,6 +271,10 @@ pub struct HistoryTaskParams {
     /// How many rows, newest first (default 20; `history.task` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// `history.why` only: explain the key the task had in this run (a
+    /// unique prefix works) instead of the newest one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// The result of `history.task`.

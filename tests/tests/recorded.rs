@@ -59,6 +59,20 @@ fn why_names_the_edited_file_and_the_changed_env_name() {
     // The runs are listed, newest first, and the last one replays.
     let list = json(&ws, &["history", "--json"], &[]);
     assert_eq!(list["runs"].as_array().map(|r| r.len()), Some(2), "{list}");
+    // A third change; `--run` still explains the second run's key.
+    ws.write("app/src/other.txt", "different\n");
+    let r = ws.run_env(&["build"], &[("FOO", "2")]);
+    assert_eq!(r.executed(), vec!["app#build"]);
+    let newest = json(&ws, &["why", "app#build", "--json"], &[]);
+    assert!(newest.to_string().contains("app/src/other.txt"), "{newest}");
+    assert!(!newest.to_string().contains("main.txt"), "{newest}");
+    let second = list["runs"][0]["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    let at = json(&ws, &["why", "app#build", "--run", &second, "--json"], &[]);
+    assert!(at.to_string().contains("app/src/main.txt"), "{at}");
+    assert!(!at.to_string().contains("other.txt"), "{at}");
     let last = json(&ws, &["last", "--json"], &[]);
     assert_eq!(last["tasks"][0]["id"], "app#build");
     assert_eq!(last["tasks"][0]["status"], "success");
