@@ -424,13 +424,7 @@ impl Shared {
         } else {
             Arc::new(Vec::new())
         };
-        let env = if self.model.ws.global.env.is_empty() {
-            hash::keyed_env(&node.def.env, &self.params.env)
-        } else {
-            let mut env_pats = self.model.ws.global.env.clone();
-            env_pats.extend(node.def.env.iter().cloned());
-            hash::keyed_env(&env_pats, &self.params.env)
-        };
+        let env = self.keyed_env(n);
         // Under the daemon, a key whose every varying part is unchanged (the
         // same input list object, upstream keys, env values and args) is reused.
         let memo = self
@@ -462,6 +456,19 @@ impl Shared {
         Ok(key)
     }
 
+    /// Node `n`'s keyed env (the workspace's names, then the task's) with
+    /// the client's values.
+    fn keyed_env(&self, n: usize) -> Vec<(String, Option<String>)> {
+        let node = &self.model.graph.nodes[n];
+        if self.model.ws.global.env.is_empty() {
+            hash::keyed_env(&node.def.env, &self.params.env)
+        } else {
+            let mut env_pats = self.model.ws.global.env.clone();
+            env_pats.extend(node.def.env.iter().cloned());
+            hash::keyed_env(&env_pats, &self.params.env)
+        }
+    }
+
     /// The parts behind node `n`'s key, for the run history: file hashes,
     /// hashed env values, the config hash, upstream ids with their keys and
     /// the hashed args. Values that may be secret are never stored plain.
@@ -473,9 +480,8 @@ impl Shared {
         } else {
             Vec::new()
         };
-        let mut env_pats = self.model.ws.global.env.clone();
-        env_pats.extend(node.def.env.iter().cloned());
-        let env = hash::keyed_env(&env_pats, &self.params.env)
+        let env = self
+            .keyed_env(n)
             .into_iter()
             .map(|(k, v)| {
                 let h = match v {
@@ -1306,7 +1312,9 @@ pub async fn run_in(
             if detail == vx_proto::Detail::All || shown {
                 let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
             }
-            if !shown {
+            // Cached results are left out by status; only other quiet ones
+            // need naming (no per-hit clone on a repeat run).
+            if done.quiet && r.status != TaskStatus::Cached {
                 quiet.insert(r.id.clone());
             }
             results.push(r);
@@ -2618,10 +2626,29 @@ fn wrong_workspace(cwd: &Path, root: &Path, hot: &Hot) -> EngineError {
     .with_data(serde_json::json!({ "root": root }))
 }
 
+/// The workspace containing `cwd` for a request; under a daemon it must be
+/// the daemon's (else `WRONG_WORKSPACE`, naming the right root).
+pub fn request_workspace(cwd: &Path, hot: Option<&Hot>) -> Result<Workspace, EngineError> {
+    let ws = load_workspace(cwd)?;
+    if let Some(hot) = hot
+        && ws.root != hot.root
+    {
+        return Err(wrong_workspace(cwd, &ws.root, hot));
+    }
+    Ok(ws)
+}
+
 /// `cache.stats` for the workspace containing `cwd`.
 pub fn cache_stats(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheStats, EngineError> {
-    let ws = load_workspace(cwd)?;
-    let dir = cache_dir(&ws);
+    cache_stats_of(&request_workspace(cwd, hot)?, hot)
+}
+
+/// `cache.stats` of a workspace already loaded (and checked against `hot`).
+pub fn cache_stats_of(
+    ws: &Workspace,
+    hot: Option<&Hot>,
+) -> Result<vx_proto::CacheStats, EngineError> {
+    let dir = cache_dir(ws);
     let stats = |store: &Store| -> Result<vx_proto::CacheStats, EngineError> {
         let (entries, blobs, blob_bytes) = store.stats()?;
         Ok(vx_proto::CacheStats {
@@ -2632,9 +2659,6 @@ pub fn cache_stats(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheStats
         })
     };
     if let Some(hot) = hot {
-        if ws.root != hot.root {
-            return Err(wrong_workspace(cwd, &ws.root, hot));
-        }
         return stats(hot.store()?.as_ref());
     }
     if !dir.join("index.redb").exists() {
@@ -2653,12 +2677,9 @@ pub fn cache_stats(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheStats
 
 /// `cache.clean` for the workspace containing `cwd`.
 pub fn cache_clean(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheCleaned, EngineError> {
-    let ws = load_workspace(cwd)?;
+    let ws = request_workspace(cwd, hot)?;
     let dir = cache_dir(&ws);
     if let Some(hot) = hot {
-        if ws.root != hot.root {
-            return Err(wrong_workspace(cwd, &ws.root, hot));
-        }
         hot.close_store();
     }
     let (entries, freed_bytes) = cache::clean(&dir)?;
@@ -2675,8 +2696,7 @@ pub fn cache_prune(
     p: &vx_proto::CachePruneParams,
     hot: Option<&Hot>,
 ) -> Result<vx_proto::CachePruned, EngineError> {
-    let cwd = Path::new(&p.cwd);
-    let ws = load_workspace(cwd)?;
+    let ws = request_workspace(Path::new(&p.cwd), hot)?;
     let dir = cache_dir(&ws);
     let dir_s = dir.to_string_lossy().into_owned();
     let max_age = p.max_age_ms.map(Duration::from_millis);
@@ -2689,9 +2709,6 @@ pub fn cache_prune(
         Ok(r.into_proto(dir_s.clone(), p.dry_run))
     };
     if let Some(hot) = hot {
-        if ws.root != hot.root {
-            return Err(wrong_workspace(cwd, &ws.root, hot));
-        }
         return prune(hot.store()?.as_ref());
     }
     if !dir.join("index.redb").exists() {

@@ -344,18 +344,7 @@ pub async fn run_measured(
     if let Some(o) = stop {
         return (o, usage);
     }
-    let outcome = match status {
-        Ok(st) => {
-            use std::os::unix::process::ExitStatusExt;
-            match (st.code(), st.signal()) {
-                (Some(c), _) => Outcome::Exited(c),
-                (None, Some(s)) => Outcome::Signalled(s),
-                _ => Outcome::Exited(1),
-            }
-        }
-        Err(e) => Outcome::SpawnFailed(format!("waiting for the task failed: {e}")),
-    };
-    (outcome, usage)
+    (outcome_of(status), usage)
 }
 
 /// An interactive task: the terminal as its stdio, in the engine's own
@@ -419,6 +408,11 @@ async fn run_tty(
             return Outcome::Cancelled(sig);
         }
     };
+    outcome_of(status)
+}
+
+/// How a reaped shell ended.
+fn outcome_of(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
     match status {
         Ok(st) => {
             use std::os::unix::process::ExitStatusExt;

@@ -741,31 +741,7 @@ impl History {
                 Some((k, _)) => k.value(),
                 None => return Ok(None),
             },
-            Some(id) => {
-                let ids = tx.open_table(RUN_IDS)?;
-                if let Some(seq) = ids.get(id)?.map(|g| g.value()) {
-                    seq
-                } else {
-                    let mut matches = Vec::new();
-                    for item in ids.range(id..)? {
-                        let (k, v) = item?;
-                        if !k.value().starts_with(id) {
-                            break;
-                        }
-                        matches.push((k.value().to_string(), v.value()));
-                    }
-                    match matches.len() {
-                        0 => return Err(HistoryError::NoSuchRun(id.to_string())),
-                        1 => matches[0].1,
-                        _ => {
-                            return Err(HistoryError::AmbiguousRun {
-                                prefix: id.to_string(),
-                                matches: matches.into_iter().map(|m| m.0).collect(),
-                            });
-                        }
-                    }
-                }
-            }
+            Some(id) => self.seq_of(id)?,
         };
         let Some(v) = runs.get(seq)? else {
             return Err(HistoryError::NoSuchRun(id.unwrap_or_default().to_string()));

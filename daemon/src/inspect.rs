@@ -40,30 +40,6 @@ fn history_err(e: HistoryError) -> EngineError {
     EngineError::new(code, msg)
 }
 
-fn wrong_workspace(cwd: &Path, root: &Path, hot: &Hot) -> EngineError {
-    EngineError::new(
-        codes::WRONG_WORKSPACE,
-        format!(
-            "{} belongs to the workspace at {}, not this daemon's ({})",
-            cwd.display(),
-            root.display(),
-            hot.root.display()
-        ),
-    )
-    .with_data(serde_json::json!({ "root": root }))
-}
-
-/// The workspace containing `cwd`; under a daemon, it must be the daemon's.
-fn workspace(cwd: &Path, hot: Option<&Hot>) -> Result<Workspace, EngineError> {
-    let ws = engine::load_workspace(cwd)?;
-    if let Some(hot) = hot
-        && ws.root != hot.root
-    {
-        return Err(wrong_workspace(cwd, &ws.root, hot));
-    }
-    Ok(ws)
-}
-
 fn no_runs(ws: &Workspace) -> EngineError {
     EngineError::new(
         codes::NOT_FOUND,
@@ -173,7 +149,7 @@ fn resolve_task(
 /// `history.runs`.
 pub fn runs(p: HistoryRunsParams, hot: Option<&Hot>) -> Result<RunList, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = workspace(cwd, hot)?;
+    let ws = engine::request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?.ok_or_else(|| no_runs(&ws))?;
     let runs = h
         .runs(p.limit.unwrap_or(DEFAULT_LIMIT).max(1))
@@ -190,7 +166,7 @@ pub fn runs(p: HistoryRunsParams, hot: Option<&Hot>) -> Result<RunList, EngineEr
 /// `history.run` (`vx last`).
 pub fn run(p: HistoryRunParams, hot: Option<&Hot>) -> Result<RunRecord, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = workspace(cwd, hot)?;
+    let ws = engine::request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?.ok_or_else(|| no_runs(&ws))?;
     let found = match (&p.run_id, p.failed) {
         (Some(id), _) => h.run(Some(id)),
@@ -211,7 +187,7 @@ pub fn run(p: HistoryRunParams, hot: Option<&Hot>) -> Result<RunRecord, EngineEr
 /// `history.task` (`vx history TASK`).
 pub fn task(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<TaskHistory, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = workspace(cwd, hot)?;
+    let ws = engine::request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?;
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
@@ -235,7 +211,7 @@ pub fn task(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<TaskHistory, Engi
 /// `history.why` (`vx why`).
 pub fn why(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<WhyReport, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = workspace(cwd, hot)?;
+    let ws = engine::request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?;
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
@@ -250,8 +226,8 @@ pub fn info(
     daemon: Option<&DaemonInfo>,
 ) -> Result<WorkspaceInfo, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = workspace(cwd, hot)?;
-    let cache = engine::cache_stats(cwd, hot)?;
+    let ws = engine::request_workspace(cwd, hot)?;
+    let cache = engine::cache_stats_of(&ws, hot)?;
     let dir = engine::cache_dir(&ws);
     let mut history_runs = 0;
     let mut runs_last_24h = 0;

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use vx_tests::Ws;
+use vx_tests::{Ws, processes_in};
 
 fn sleeper() -> Ws {
     Ws::new(&[
@@ -35,30 +35,6 @@ fn wait_for(path: &Path) -> i32 {
 fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only probes.
     unsafe { libc::killpg(pgid, 0) == 0 }
-}
-
-/// Processes whose working directory is inside `root`.
-fn processes_in(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(root)
-        {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            out.push(format!(
-                "{name}: {}",
-                String::from_utf8_lossy(&cmd).replace('\0', " ")
-            ));
-        }
-    }
-    out
 }
 
 fn assert_all_gone(ws: &Ws, pgid: i32) {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vx_tests::Ws;
+use vx_tests::{Ws, processes_in};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -120,30 +120,6 @@ fn started(evs: &[Value]) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-/// Processes whose working directory is inside `root`.
-fn processes_in(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(root)
-        {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            out.push(format!(
-                "{name}: {}",
-                String::from_utf8_lossy(&cmd).replace('\0', " ")
-            ));
-        }
-    }
-    out
 }
 
 fn assert_no_processes(root: &Path) {
