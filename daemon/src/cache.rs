@@ -6,16 +6,31 @@
 //! `index.redb` with the tables `entries` (task key → manifest), `stamps`
 //! (task key → stat of the outputs as last written on this machine),
 //! `access` (task key → unix ms it was last served, a hint for
-//! [`Store::prune`]) and `files` (the persisted file index of `hash`).
+//! [`Store::prune`]) and `files` (the persisted file index of `hash`);
+//! `tmp/<pid>-<n>` temp files, `.gitignore`, `index.redb.broken-<unix s>`
+//! (a damaged index moved aside; at most one is kept) and the history's
+//! `history.redb` (owned by `history`). [`clean`] and [`Store::prune`]
+//! delete only names of this layout, never a directory wholesale: a cache
+//! dir that holds anything else keeps it.
 //!
 //! Invariants: a blob is written to a temp file, fsynced and renamed before
 //! any entry naming it is committed; every blob read is verified against its
 //! digest, and a mismatch is reported as [`CacheError::Corrupt`] (the caller
-//! treats it as a miss and drops the entry); restore copies bytes, never
-//! hard-links a blob into the tree. Only one writer thread commits to the
-//! index. Pruning commits the removal of entries before it deletes any
-//! blob, so a crash leaves unreferenced blobs, never a dangling entry. This module never spawns a process and never decides what runs.
+//! treats it as a miss and drops the entry) and deletes the bad blob, and a
+//! save over an existing blob replaces it, so a re-run repairs it; restore
+//! copies bytes, never hard-links a blob into the tree. A symlink output is
+//! stored as a symlink (its link text, digested) and restored as one, and
+//! only when it stays inside the project. Every write into a project
+//! (wipe, restore) and every read of an output (capture) goes through
+//! [`crate::fsx::Confined`]: never through a symlinked directory, never
+//! outside the project. A damaged index (a redb error or panic at open) is
+//! moved aside and replaced by an empty one with one warning. Only one
+//! writer thread commits to the index. Pruning commits the removal of
+//! entries before it deletes any blob, so a crash leaves unreferenced blobs,
+//! never a dangling entry. This module never spawns a process and never
+//! decides what runs.
 
+use crate::fsx::Confined;
 use crate::globs::Patterns;
 use crate::hash::{FileStat, Record};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -23,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,7 +66,9 @@ fn now_ms() -> u64 {
 }
 
 /// Version of the manifest encoding; a manifest of another version is a miss.
-const MANIFEST_VERSION: u32 = 1;
+/// 2: symlink outputs are stored as links (version 1 stored their targets'
+/// bytes).
+pub const MANIFEST_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -67,6 +84,14 @@ pub enum CacheError {
     Corrupt(String),
     #[error("the cache at {0} is in use by another vx process (waited {1} s)")]
     Locked(PathBuf, u64),
+    /// An entry (or outputs) vx refuses to restore or store, e.g. a symlink
+    /// pointing outside the project: a miss, never a wrong hit.
+    #[error("{0}")]
+    Refused(String),
+    /// A confined write or read was refused (a symlinked directory on the
+    /// way, a path leaving the project) or failed.
+    #[error(transparent)]
+    Fs(#[from] crate::fsx::FsxError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -80,13 +105,36 @@ fn dberr<E: std::fmt::Display>(e: E) -> CacheError {
     CacheError::Db(e.to_string())
 }
 
-/// One output file of an entry.
+/// What an output is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// A regular file: `digest` names a blob of its bytes.
+    #[default]
+    File,
+    /// A symlink: `link` is its link text and `digest` that text's digest
+    /// (no blob); restored as a link.
+    Symlink,
+}
+
+/// One output of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
     /// Project-relative path.
     pub path: String,
     pub mode: u32,
     pub digest: Digest,
+    #[serde(default)]
+    pub kind: OutputKind,
+    /// The link text of a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl OutputFile {
+    fn is_link(&self) -> bool {
+        self.kind == OutputKind::Symlink
+    }
 }
 
 /// What a cache entry records about one successful task execution.
@@ -192,6 +240,8 @@ pub struct PrunedEntry {
 pub struct Store {
     dir: PathBuf,
     db: Arc<redb::Database>,
+    /// In memory only: nothing is kept (see [`Store::ephemeral`]).
+    ephemeral: bool,
     /// Entries read or written through this store, kept in memory (this
     /// process is the index's only writer while it holds it open).
     memo: Mutex<std::collections::HashMap<String, Memo>>,
@@ -220,23 +270,197 @@ fn valid_hex(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The index file's name in the cache dir.
+const INDEX_FILE: &str = "index.redb";
+/// What vx writes to `<cache dir>/.gitignore`.
+const GITIGNORE: &str = "*\n";
+
+/// Why the index could not be opened.
+enum Opened {
+    Locked,
+    Io(std::io::Error),
+    Damaged(String),
+}
+
+fn create_tables(db: &redb::Database) -> Result<(), String> {
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    tx.open_table(ENTRIES).map_err(|e| e.to_string())?;
+    tx.open_table(STAMPS).map_err(|e| e.to_string())?;
+    tx.open_table(FILES).map_err(|e| e.to_string())?;
+    tx.open_table(ACCESS).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// Reads every row of `t` once (damage shows here, not in the middle of a run).
+pub(crate) fn read_through<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    t: TableDefinition<K, V>,
+) -> Result<(), String> {
+    match tx.open_table(t) {
+        Ok(table) => {
+            for row in table.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                let _ = (k.value(), v.value());
+            }
+            Ok(())
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Opens the index and reads it through, turning redb's errors and panics
+/// on a damaged file into [`Opened::Damaged`]; creates missing tables.
+fn open_checked(path: &Path) -> Result<redb::Database, Opened> {
+    let r = quietly(|| {
+        let db = match redb::Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(Opened::Locked),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(Opened::Io(e));
+            }
+            Err(e) => return Err(Opened::Damaged(e.to_string())),
+        };
+        let tx = db
+            .begin_read()
+            .map_err(|e| Opened::Damaged(e.to_string()))?;
+        let mut missing = false;
+        for r in [
+            read_through(&tx, ENTRIES),
+            read_through(&tx, STAMPS),
+            read_through(&tx, FILES),
+        ] {
+            r.map_err(Opened::Damaged)?;
+        }
+        read_through(&tx, ACCESS).map_err(Opened::Damaged)?;
+        for exists in [
+            tx.open_table(ENTRIES).is_ok(),
+            tx.open_table(STAMPS).is_ok(),
+            tx.open_table(FILES).is_ok(),
+            tx.open_table(ACCESS).is_ok(),
+        ] {
+            missing |= !exists;
+        }
+        drop(tx);
+        // Create the tables once (a write transaction costs an fsync; most
+        // opens find them already there).
+        if missing {
+            create_tables(&db).map_err(Opened::Damaged)?;
+        }
+        Ok(db)
+    });
+    match r {
+        Ok(r) => r,
+        Err(panic) => Err(Opened::Damaged(format!(
+            "the index reader panicked: {panic}"
+        ))),
+    }
+}
+
+/// Moves a damaged redb file aside as `<name>.broken-<unix s>`, removing
+/// older `<name>.broken-*` files first (at most one is kept); returns the
+/// new path.
+pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!("{name}.broken-");
+    if let Some(dir) = path.parent()
+        && let Ok(rd) = fs::read_dir(dir)
+    {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix)
+                && e.file_type().is_ok_and(|t| t.is_file())
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = path.with_file_name(format!("{prefix}{secs}"));
+    fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
+std::thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic (redb panics on some damaged files) and
+/// keeping the panic hook quiet for it on this thread; the panic's message
+/// on failure.
+pub fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                prev(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// Warnings about a cache dir (a damaged index moved aside) waiting for the
+/// next run to show them.
+static NOTICES: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+fn push_notice(dir: &Path, msg: String) {
+    if let Ok(mut n) = NOTICES.lock() {
+        n.push((dir.to_path_buf(), msg));
+    }
+}
+
+/// Takes the warnings queued for the cache at `dir` (each is shown once).
+pub fn take_notice(dir: &Path) -> Vec<String> {
+    let Ok(mut n) = NOTICES.lock() else {
+        return Vec::new();
+    };
+    let (mine, rest): (Vec<_>, Vec<_>) = n.drain(..).partition(|(d, _)| d == dir);
+    *n = rest;
+    mine.into_iter().map(|(_, m)| m).collect()
+}
+
 impl Store {
     /// Opens (or creates) the store. If another process holds the index,
-    /// waits up to `wait` and calls `on_wait` once.
+    /// waits up to `wait` and calls `on_wait` once. A damaged index (redb
+    /// reports an error or panics while opening or reading it through) is
+    /// moved aside as `index.redb.broken-<unix s>` (older ones are removed)
+    /// and replaced by an empty one; the warning for that is queued for
+    /// [`take_notice`].
     pub fn open(dir: &Path, wait: Duration, on_wait: &mut dyn FnMut()) -> Result<Self, CacheError> {
         fs::create_dir_all(dir.join("cas")).map_err(io(dir))?;
         fs::create_dir_all(dir.join("tmp")).map_err(io(dir))?;
         let ignore = dir.join(".gitignore");
-        if !ignore.exists() {
-            let _ = fs::write(&ignore, "*\n");
+        if fs::symlink_metadata(&ignore).is_err() {
+            let _ = fs::write(&ignore, GITIGNORE);
         }
-        let path = dir.join("index.redb");
+        let path = dir.join(INDEX_FILE);
         let start = Instant::now();
         let mut warned = false;
+        let mut moved = false;
         let db = loop {
-            match redb::Database::create(&path) {
+            match open_checked(&path) {
                 Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(Opened::Locked) => {
                     if start.elapsed() > wait {
                         return Err(CacheError::Locked(dir.to_path_buf(), wait.as_secs()));
                     }
@@ -246,39 +470,50 @@ impl Store {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
-                    return Err(CacheError::Io { path, source: e });
-                }
-                Err(e) => {
-                    // A damaged or foreign index: the cache is only a cache.
-                    // Move it aside and start empty rather than refusing to run.
-                    tracing::warn!(
-                        "cache index {} unusable ({e}); starting a new one",
-                        path.display()
+                Err(Opened::Io(e)) => return Err(CacheError::Io { path, source: e }),
+                Err(Opened::Damaged(why)) if !moved => {
+                    // The cache is only a cache: move the damaged index
+                    // aside and start empty rather than refusing to run.
+                    let aside = move_aside(&path).map_err(io(&path))?;
+                    let msg = format!(
+                        "the cache index {} is damaged ({why}); moved it aside to {} and started an empty one: this run is a cold run",
+                        path.display(),
+                        aside.display()
                     );
-                    let aside = dir.join(format!("index.redb.broken-{}", std::process::id()));
-                    fs::rename(&path, &aside).map_err(io(&path))?;
-                    break redb::Database::create(&path).map_err(dberr)?;
+                    // The next run shows it as a warning; the daemon's log
+                    // keeps it too.
+                    tracing::info!("{msg}");
+                    push_notice(dir, msg);
+                    moved = true;
+                }
+                Err(Opened::Damaged(why)) => {
+                    return Err(CacheError::Db(format!(
+                        "cannot create a new cache index at {}: {why}",
+                        path.display()
+                    )));
                 }
             }
         };
+        Self::with_db(dir, db, false)
+    }
+
+    /// A store that keeps nothing: an in-memory index and no blob writes
+    /// (every put fails). For a run whose cache directory cannot be used.
+    pub fn ephemeral(dir: &Path) -> Result<Self, CacheError> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(dberr)?;
+        create_tables(&db).map_err(CacheError::Db)?;
+        Self::with_db(dir, db, true)
+    }
+
+    /// Whether this is an [`Store::ephemeral`] store.
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
+    fn with_db(dir: &Path, db: redb::Database, ephemeral: bool) -> Result<Self, CacheError> {
         let db = Arc::new(db);
-        // Create the tables once (a write transaction costs an fsync; most
-        // opens find them already there).
-        let exists = db.begin_read().ok().is_some_and(|r| {
-            r.open_table(ENTRIES).is_ok()
-                && r.open_table(STAMPS).is_ok()
-                && r.open_table(FILES).is_ok()
-                && r.open_table(ACCESS).is_ok()
-        });
-        if !exists {
-            let tx = db.begin_write().map_err(db_err)?;
-            tx.open_table(ENTRIES).map_err(dberr)?;
-            tx.open_table(STAMPS).map_err(dberr)?;
-            tx.open_table(FILES).map_err(dberr)?;
-            tx.open_table(ACCESS).map_err(dberr)?;
-            tx.commit().map_err(dberr)?;
-        }
         let (tx, rx) = mpsc::channel::<Op>();
         let wdb = db.clone();
         let thread = std::thread::Builder::new()
@@ -288,6 +523,7 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             db,
+            ephemeral,
             memo: Mutex::new(std::collections::HashMap::new()),
             pending: Mutex::new(std::collections::HashMap::new()),
             gc: RwLock::new(()),
@@ -492,13 +728,27 @@ impl Store {
             .join(format!("{}-{n}", std::process::id()))
     }
 
-    /// Stores bytes durably; returns their digest.
+    fn refuse_ephemeral(&self) -> Result<(), CacheError> {
+        if self.ephemeral {
+            return Err(CacheError::Db(format!(
+                "the cache at {} is not in use for this run",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores bytes durably; returns their digest. A blob already there is
+    /// kept only when its bytes verify (a corrupt one is replaced).
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, CacheError> {
+        self.refuse_ephemeral()?;
         let d = digest_of(bytes);
         let dest = self.blob_path(&d.hash);
         {
             let _gc = self.gc.read();
-            if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
+            if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes)
+                && fs::read(&dest).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == d.hash)
+            {
                 self.mark_pending(&d);
                 return Ok(d);
             }
@@ -518,16 +768,25 @@ impl Store {
             });
         }
         let _gc = self.gc.read();
-        self.install(&tmp, &dest)?;
+        self.install(&tmp, &dest, true)?;
         self.mark_pending(&d);
         Ok(d)
     }
 
     /// Stores a file's bytes durably (streamed); returns their digest.
     pub fn put_file(&self, src: &Path) -> Result<Digest, CacheError> {
+        let mut input = fs::File::open(src).map_err(io(src))?;
+        self.put_reader(&mut input, src)
+    }
+
+    /// Stores the bytes of `input` (named `what` in errors) durably; returns
+    /// their digest. The new bytes replace a blob already there (which may
+    /// be corrupt: a save repairs it), without the directory fsync a new
+    /// blob needs.
+    pub fn put_reader(&self, input: &mut dyn Read, what: &Path) -> Result<Digest, CacheError> {
+        self.refuse_ephemeral()?;
         let tmp = self.tmp_path();
         let r = (|| {
-            let mut input = fs::File::open(src)?;
             let mut out = fs::File::create(&tmp)?;
             let mut h = blake3::Hasher::new();
             let mut buf = vec![0u8; 64 * 1024];
@@ -552,19 +811,15 @@ impl Store {
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(CacheError::Io {
-                    path: src.to_path_buf(),
+                    path: what.to_path_buf(),
                     source: e,
                 });
             }
         };
         let dest = self.blob_path(&d.hash);
         let _gc = self.gc.read();
-        if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes) {
-            let _ = fs::remove_file(&tmp);
-            self.mark_pending(&d);
-            return Ok(d);
-        }
-        self.install(&tmp, &dest)?;
+        let existed = fs::symlink_metadata(&dest).is_ok();
+        self.install(&tmp, &dest, !existed)?;
         self.mark_pending(&d);
         Ok(d)
     }
@@ -578,13 +833,21 @@ impl Store {
         }
     }
 
-    fn install(&self, tmp: &Path, dest: &Path) -> Result<(), CacheError> {
+    /// Renames a durable temp file into place; `sync_dir` makes the rename
+    /// itself durable (not needed when it replaces a blob of the same name).
+    fn install(&self, tmp: &Path, dest: &Path, sync_dir: bool) -> Result<(), CacheError> {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        fs::rename(tmp, dest).map_err(io(dest))?;
-        // Make the rename itself durable.
-        if let Some(parent) = dest.parent()
+        if let Err(e) = fs::rename(tmp, dest) {
+            let _ = fs::remove_file(tmp);
+            return Err(CacheError::Io {
+                path: dest.to_path_buf(),
+                source: e,
+            });
+        }
+        if sync_dir
+            && let Some(parent) = dest.parent()
             && let Ok(d) = fs::File::open(parent)
         {
             let _ = d.sync_all();
@@ -592,15 +855,29 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a blob and verifies it against its digest.
+    /// Reads a blob and verifies it against its digest. A blob whose bytes
+    /// do not match its name is deleted (unless it was replaced meanwhile),
+    /// so the next save of those bytes writes them afresh.
     pub fn read_verified(&self, d: &Digest) -> Result<Vec<u8>, CacheError> {
         if !valid_hex(&d.hash) {
             return Err(CacheError::Corrupt(d.hash.clone()));
         }
-        let bytes =
-            fs::read(self.blob_path(&d.hash)).map_err(|_| CacheError::Corrupt(d.hash.clone()))?;
-        if bytes.len() as u64 != d.size_bytes || blake3::hash(&bytes).to_hex().as_str() != d.hash {
-            return Err(CacheError::Corrupt(d.hash.clone()));
+        let path = self.blob_path(&d.hash);
+        let corrupt = || CacheError::Corrupt(d.hash.clone());
+        let mut f = fs::File::open(&path).map_err(|_| corrupt())?;
+        let ino = f.metadata().map(|m| m.ino()).ok();
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(|_| corrupt())?;
+        if blake3::hash(&bytes).to_hex().as_str() != d.hash {
+            // The name is the hash: these bytes are wrong for every entry.
+            if ino.is_some() && fs::symlink_metadata(&path).ok().map(|m| m.ino()) == ino {
+                tracing::info!("deleting corrupt cache blob {}", path.display());
+                let _ = fs::remove_file(&path);
+            }
+            return Err(corrupt());
+        }
+        if bytes.len() as u64 != d.size_bytes {
+            return Err(corrupt());
         }
         Ok(bytes)
     }
@@ -670,6 +947,7 @@ impl Store {
                         let mut blobs: Vec<String> = m
                             .outputs
                             .iter()
+                            .filter(|o| !o.is_link())
                             .map(|o| &o.digest)
                             .chain([&m.log])
                             .map(|d| d.hash.clone())
@@ -796,40 +1074,22 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Every blob file under `cas/` (named by a valid hash) and its size.
+    /// Every blob file under `cas/` (`cas/<2 hex>/<64 hex>`, regular files
+    /// only) and its size.
     fn blob_sizes(&self) -> std::collections::HashMap<String, u64> {
-        let mut out = std::collections::HashMap::new();
-        let Ok(rd) = fs::read_dir(self.dir.join("cas")) else {
-            return out;
-        };
-        for sub in rd.flatten() {
-            let Ok(rd2) = fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for f in rd2.flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if valid_hex(&name)
-                    && let Ok(m) = f.metadata()
-                    && m.is_file()
-                {
-                    out.insert(name, m.len());
-                }
-            }
-        }
-        out
+        blob_files(&self.dir)
+            .into_iter()
+            .map(|(h, _, n)| (h, n))
+            .collect()
     }
 
-    /// Files under `tmp/` not modified for an hour: left by a crash.
+    /// Files under `tmp/` named like vx's temp files and not modified for an
+    /// hour: left by a crash.
     fn stale_temp_files(&self) -> Vec<(PathBuf, u64)> {
-        let Ok(rd) = fs::read_dir(self.dir.join("tmp")) else {
-            return Vec::new();
-        };
-        rd.flatten()
-            .filter_map(|f| {
-                let m = f.metadata().ok()?;
-                let age = m.modified().ok()?.elapsed().unwrap_or_default();
-                (m.is_file() && age >= GRACE).then(|| (f.path(), m.len()))
-            })
+        temp_files(&self.dir)
+            .into_iter()
+            .filter(|(_, _, age)| *age >= GRACE)
+            .map(|(p, n, _)| (p, n))
             .collect()
     }
 
@@ -841,21 +1101,67 @@ impl Store {
             .map_err(dberr)?
             .len()
             .map_err(dberr)?;
-        let (mut blobs, mut bytes) = (0, 0);
-        if let Ok(rd) = fs::read_dir(self.dir.join("cas")) {
-            for sub in rd.flatten() {
-                if let Ok(rd2) = fs::read_dir(sub.path()) {
-                    for f in rd2.flatten() {
-                        if let Ok(m) = f.metadata() {
-                            blobs += 1;
-                            bytes += m.len();
-                        }
-                    }
-                }
+        let blobs = self.blob_sizes();
+        Ok((entries, blobs.len() as u64, blobs.values().sum()))
+    }
+}
+
+/// The blobs of the layout under `dir`: (hash, path, size) of each regular
+/// file `cas/<2 hex>/<64 hex>` whose directory is its hash's first two
+/// characters. Never follows a link.
+fn blob_files(dir: &Path) -> Vec<(String, PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir.join("cas")) else {
+        return out;
+    };
+    for sub in rd.flatten() {
+        let sub_name = sub.file_name().to_string_lossy().into_owned();
+        if sub_name.len() != 2
+            || !sub_name.bytes().all(|b| b.is_ascii_hexdigit())
+            || !sub.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let Ok(rd2) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for f in rd2.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if valid_hex(&name)
+                && name.starts_with(&sub_name)
+                && let Ok(m) = f.metadata()
+                && m.is_file()
+            {
+                out.push((name, f.path(), m.len()));
             }
         }
-        Ok((entries, blobs, bytes))
     }
+    out
+}
+
+/// Whether `name` is one of vx's temp file names in `tmp/` (`<pid>-<n>`).
+fn is_temp_name(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+/// vx's temp files under `dir/tmp`: (path, size, age). Never follows a link.
+fn temp_files(dir: &Path) -> Vec<(PathBuf, u64, Duration)> {
+    let Ok(rd) = fs::read_dir(dir.join("tmp")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|f| is_temp_name(&f.file_name().to_string_lossy()))
+        .filter_map(|f| {
+            let m = f.metadata().ok()?;
+            let age = m.modified().ok()?.elapsed().unwrap_or_default();
+            m.is_file().then(|| (f.path(), m.len(), age))
+        })
+        .collect()
 }
 
 impl Drop for Store {
@@ -864,10 +1170,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.close();
     }
-}
-
-fn db_err(e: redb::TransactionError) -> CacheError {
-    CacheError::Db(e.to_string())
 }
 
 fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
@@ -970,29 +1272,41 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
     }
 }
 
-/// One output file on disk.
+/// One output on disk: a regular file or a symlink (of any target).
 #[derive(Debug, Clone)]
 pub struct OnDisk {
     /// Project-relative path.
     pub rel: String,
     pub abs: PathBuf,
     pub stat: FileStat,
+    /// A symlink (captured and restored as a link, never followed).
+    pub link: bool,
 }
 
-/// Finds the files the output patterns select under `project` (not
-/// gitignore-filtered). `fence` holds project-relative directories of
-/// nested projects, which are never entered.
+/// Finds the outputs the patterns select under `project` (not
+/// gitignore-filtered): regular files and symlinks, never looking through a
+/// symlinked directory (a base directory reached through one selects
+/// nothing; [`wipe_outputs`] and [`restore`] refuse it). `fence` holds
+/// project-relative directories of nested projects, which are never entered.
 pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>) -> Vec<OnDisk> {
     let mut out = Vec::new();
     if pats.is_empty() {
         return out;
     }
     let bases = pats.base_dirs().unwrap_or_else(|| vec![String::new()]);
+    let confined = Confined::open(project).ok();
     let mut seen = HashSet::new();
     for base in bases {
         let start = if base.is_empty() {
             project.to_path_buf()
         } else {
+            // A base that is not a plain path below the project, or that is
+            // reached through a symlinked directory, selects nothing.
+            let Some(c) = &confined else { continue };
+            match c.first_symlink(&base, false) {
+                Ok(None) => {}
+                _ => continue,
+            }
             project.join(&base)
         };
         let Ok(md) = fs::symlink_metadata(&start) else {
@@ -1009,22 +1323,13 @@ pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>)
 }
 
 fn push_file(abs: &Path, rel: String, md: &fs::Metadata, out: &mut Vec<OnDisk>) {
-    if md.file_type().is_symlink() {
-        // A link is captured as its target's bytes; a link to a directory or
-        // a dangling link is not an output file.
-        match fs::metadata(abs) {
-            Ok(t) if t.is_file() => out.push(OnDisk {
-                rel,
-                abs: abs.to_path_buf(),
-                stat: FileStat::of(md),
-            }),
-            _ => {}
-        }
-    } else if md.is_file() {
+    let link = md.file_type().is_symlink();
+    if link || md.is_file() {
         out.push(OnDisk {
             rel,
             abs: abs.to_path_buf(),
             stat: FileStat::of(md),
+            link,
         });
     }
 }
@@ -1062,38 +1367,57 @@ fn walk_outputs(
     }
 }
 
-/// Deletes the files the output patterns select, and the directories that
-/// became empty because of it. Symlinks are unlinked, never followed.
+/// Refuses output bases vx could only write through a symlinked directory
+/// (`dist -> /elsewhere` for `dist/**`) or that leave the project: the
+/// error names the link. A base that is itself a selected symlink (a
+/// literal pattern naming a link) is an output like any other.
+fn check_bases(c: &Confined, pats: &Patterns) -> Result<(), CacheError> {
+    for base in pats.bases().unwrap_or_default() {
+        if base.is_empty() {
+            continue;
+        }
+        if let Some(link) = c.first_symlink(base, !pats.matches(base))? {
+            return Err(crate::fsx::FsxError::Symlink(link).into());
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the outputs the patterns select (a symlink is unlinked, never
+/// followed), and the directories that became empty because of it. Every
+/// deletion is confined to `project`; an output base reached through a
+/// symlinked directory is refused with an error naming it.
 pub fn wipe_outputs(
     project: &Path,
     pats: &Patterns,
     fence: &HashSet<String>,
 ) -> Result<(), CacheError> {
-    let files = collect_outputs(project, pats, fence);
+    if pats.is_empty() {
+        return Ok(());
+    }
+    let c = match Confined::open(project) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    check_bases(&c, pats)?;
+    wipe_confined(&c, &collect_outputs(project, pats, fence))
+}
+
+fn wipe_confined(c: &Confined, files: &[OnDisk]) -> Result<(), CacheError> {
     let mut dirs = HashSet::new();
-    for f in &files {
-        fs::remove_file(&f.abs)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(io(&f.abs))?;
-        let mut p = f.abs.parent();
-        while let Some(d) = p {
-            if d == project {
-                break;
-            }
-            dirs.insert(d.to_path_buf());
-            p = d.parent();
+    for f in files {
+        c.remove_file(&f.rel)?;
+        let mut d = f.rel.as_str();
+        while let Some((parent, _)) = d.rsplit_once('/') {
+            dirs.insert(parent.to_string());
+            d = parent;
         }
     }
-    let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mut dirs: Vec<String> = dirs.into_iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
     for d in dirs {
-        let _ = fs::remove_dir(&d); // fails (and stays) when not empty
+        c.remove_dir_if_empty(&d); // fails (and stays) when not empty
     }
     Ok(())
 }
@@ -1107,40 +1431,83 @@ pub fn stamps_of(files: &[OnDisk]) -> Stamps {
 }
 
 /// Whether the outputs on disk are exactly what vx last wrote for this
-/// entry on this machine: same set of files, each with its recorded size,
-/// mtime and inode.
+/// entry on this machine: same set of files and links, each with its
+/// recorded size, mtime and inode.
 pub fn outputs_up_to_date(m: &Manifest, stamps: &Stamps, on_disk: &[OnDisk]) -> bool {
     if on_disk.len() != m.outputs.len() || stamps.len() != m.outputs.len() {
         return false;
     }
     on_disk.iter().zip(&m.outputs).all(|(d, o)| {
         d.rel == o.path
+            && d.link == o.is_link()
             && d.stat.size == o.digest.size_bytes
             && stamps.get(&d.rel) == Some(&(d.stat.size, d.stat.mtime_ns, d.stat.ino))
     })
 }
 
-/// Captures the outputs of a successful run into blobs; returns the manifest
-/// files and their on-disk stamps.
-pub fn capture(store: &Store, files: &[OnDisk]) -> Result<Vec<OutputFile>, CacheError> {
+/// Why a symlink output at `rel` with link text `target` may not be cached
+/// or restored, if it may not.
+fn link_refusal(rel: &str, target: &str) -> Option<String> {
+    (!crate::fsx::link_stays_inside(rel, target)).then(|| {
+        format!("output {rel} is a symlink to {target:?}, outside the project; vx never restores such a link")
+    })
+}
+
+/// Captures the outputs of a successful run under `project` into blobs;
+/// returns the manifest entries. A regular file is read through a confined,
+/// non-following open (a file swapped for a link meanwhile is refused, never
+/// read through); a symlink is stored as its link text. A link pointing
+/// outside the project is refused ([`CacheError::Refused`]: the result is
+/// not cached).
+pub fn capture(
+    store: &Store,
+    project: &Path,
+    files: &[OnDisk],
+) -> Result<Vec<OutputFile>, CacheError> {
+    let c = Confined::open(project)?;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
-        let digest = store.put_file(&f.abs)?;
-        let mode = fs::metadata(&f.abs)
-            .map(|m| m.mode() & 0o7777)
-            .unwrap_or(0o644);
+        if f.link {
+            let raw = c.read_link(&f.rel)?;
+            let Ok(target) = String::from_utf8(raw) else {
+                return Err(CacheError::Refused(format!(
+                    "output {} is a symlink whose target is not UTF-8",
+                    f.rel
+                )));
+            };
+            if let Some(why) = link_refusal(&f.rel, &target) {
+                return Err(CacheError::Refused(why));
+            }
+            out.push(OutputFile {
+                path: f.rel.clone(),
+                mode: 0o777,
+                digest: digest_of(target.as_bytes()),
+                kind: OutputKind::Symlink,
+                link: Some(target),
+            });
+            continue;
+        }
+        let mut file = c.open_read(&f.rel)?;
+        let mode = file.metadata().map(|m| m.mode() & 0o7777).unwrap_or(0o644);
+        let digest = store.put_reader(&mut file, &f.abs)?;
         out.push(OutputFile {
             path: f.rel.clone(),
             mode,
             digest,
+            kind: OutputKind::File,
+            link: None,
         });
     }
     Ok(out)
 }
 
-/// Restores an entry's outputs into `project`: wipes the current outputs,
-/// then writes each verified blob to a temp sibling and renames it in.
-/// Returns the stamps of the written files.
+/// Restores an entry's outputs into `project`: checks everything first
+/// (every blob verified, every link's text against its digest and inside
+/// the project, no output base behind a symlinked directory), then wipes
+/// the current outputs and writes each file (temp sibling + rename) or link,
+/// all confined to `project`. Returns the stamps of what it wrote.
+/// [`CacheError::Corrupt`] and [`CacheError::Refused`] leave the tree as it
+/// was (the caller treats them as a miss).
 pub fn restore(
     store: &Store,
     m: &Manifest,
@@ -1150,65 +1517,145 @@ pub fn restore(
 ) -> Result<Stamps, CacheError> {
     // Verify every blob before touching the tree, so a corrupt entry leaves
     // the outputs as they were (the task then re-runs and wipes them itself).
-    let mut blobs = Vec::with_capacity(m.outputs.len());
+    let mut contents = Vec::with_capacity(m.outputs.len());
     for o in &m.outputs {
-        if o.path.split('/').any(|c| c == ".." || c.is_empty()) {
+        if crate::fsx::components(&o.path).is_none() {
             return Err(CacheError::Corrupt(format!(
                 "entry {} names {}",
                 m.key, o.path
             )));
         }
-        blobs.push(store.read_verified(&o.digest)?);
+        if o.is_link() {
+            let Some(target) = o.link.as_deref() else {
+                return Err(CacheError::Corrupt(format!(
+                    "entry {} link {}",
+                    m.key, o.path
+                )));
+            };
+            if digest_of(target.as_bytes()) != o.digest {
+                return Err(CacheError::Corrupt(format!(
+                    "entry {} link {}",
+                    m.key, o.path
+                )));
+            }
+            if let Some(why) = link_refusal(&o.path, target) {
+                return Err(CacheError::Refused(why));
+            }
+            contents.push(Vec::new());
+        } else {
+            contents.push(store.read_verified(&o.digest)?);
+        }
     }
-    wipe_outputs(project, pats, fence)?;
+    fs::create_dir_all(project).map_err(io(project))?;
+    let c = Confined::open(project)?;
+    check_bases(&c, pats)?;
+    wipe_confined(&c, &collect_outputs(project, pats, fence))?;
     let mut stamps = Stamps::new();
-    for (o, bytes) in m.outputs.iter().zip(blobs) {
-        let dest = project.join(&o.path);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
+    for (o, bytes) in m.outputs.iter().zip(contents) {
+        match o.link.as_deref() {
+            Some(target) if o.is_link() => c.write_symlink(&o.path, target)?,
+            _ => c.write_file(&o.path, &bytes, o.mode)?,
         }
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".vx-tmp-{}-{name}", std::process::id()));
-        let r = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.set_permissions(fs::Permissions::from_mode(o.mode & 0o7777))?;
-            drop(f);
-            fs::rename(&tmp, &dest)
-        })();
-        if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
-            return Err(CacheError::Io {
-                path: dest,
-                source: e,
-            });
-        }
-        let md = fs::symlink_metadata(&dest).map_err(io(&dest))?;
-        let st = FileStat::of(&md);
+        let st = c.lstat(&o.path)?.ok_or_else(|| CacheError::Io {
+            path: project.join(&o.path),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
         stamps.insert(o.path.clone(), (st.size, st.mtime_ns, st.ino));
     }
     Ok(stamps)
 }
 
-/// Deletes the whole store; returns the entry count and bytes freed.
+/// Deletes the store's own files under `dir` — blobs, temp files, the index
+/// (and a moved-aside one), the history, the `.gitignore` vx wrote — and
+/// then each of its directories only if that left it empty: never a
+/// directory wholesale, so anything else in `dir` stays. Returns the entry
+/// count and blob bytes freed.
 pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
-    if !dir.exists() {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok((0, 0));
     }
-    let (entries, bytes) = match Store::open(dir, Duration::from_secs(30), &mut || {}) {
-        Ok(s) => {
-            let (e, _, b) = s.stats()?;
-            s.close()?;
-            (e, b)
+    let (entries, bytes) = if dir.join(INDEX_FILE).exists() {
+        match Store::open(dir, Duration::from_secs(30), &mut || {}) {
+            Ok(s) => {
+                let (e, _, b) = s.stats()?;
+                s.close()?;
+                drop(s);
+                (e, b)
+            }
+            Err(CacheError::Locked(p, s)) => return Err(CacheError::Locked(p, s)),
+            Err(_) => (0, blob_files(dir).iter().map(|(_, _, n)| n).sum()),
         }
-        Err(CacheError::Locked(p, s)) => return Err(CacheError::Locked(p, s)),
-        Err(_) => (0, 0),
+    } else {
+        (0, blob_files(dir).iter().map(|(_, _, n)| n).sum())
     };
-    fs::remove_dir_all(dir).map_err(io(dir))?;
+    let rm = |p: &Path| match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CacheError::Io {
+            path: p.to_path_buf(),
+            source: e,
+        }),
+    };
+    for (_, p, _) in blob_files(dir) {
+        rm(&p)?;
+    }
+    for (p, _, _) in temp_files(dir) {
+        rm(&p)?;
+    }
+    if let Ok(rd) = fs::read_dir(dir.join("cas")) {
+        for sub in rd.flatten() {
+            let name = sub.file_name().to_string_lossy().into_owned();
+            if name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let _ = fs::remove_dir(sub.path());
+            }
+        }
+    }
+    for sub in ["cas", "tmp"] {
+        let _ = fs::remove_dir(dir.join(sub)); // stays when not empty
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = ["index.redb", "history.redb"].contains(&name.as_str())
+                || name.starts_with("index.redb.broken-")
+                || name.starts_with("history.redb.broken-");
+            if ours && e.file_type().is_ok_and(|t| t.is_file()) {
+                rm(&e.path())?;
+            }
+        }
+    }
+    let ignore = dir.join(".gitignore");
+    if fs::read(&ignore).is_ok_and(|b| b == GITIGNORE.as_bytes()) {
+        rm(&ignore)?;
+    }
+    let _ = fs::remove_dir(dir); // stays when not empty
     Ok((entries, bytes))
+}
+
+/// A named way to damage a redb file (for tests).
+#[cfg(test)]
+pub(crate) type Damage = (&'static str, fn(&Path));
+
+/// Ways to damage a redb file: zeroed pages in the middle, truncation,
+/// garbage (for the tests of the index and the history).
+#[cfg(test)]
+pub(crate) fn damages() -> Vec<Damage> {
+    vec![
+        ("zeroed pages", |p| {
+            let mut b = fs::read(p).unwrap();
+            let end = b.len().min(3 * 4096);
+            b[4096..end].fill(0);
+            fs::write(p, b).unwrap();
+        }),
+        ("truncated", |p| {
+            let b = fs::read(p).unwrap();
+            fs::write(p, &b[..b.len() / 3]).unwrap();
+        }),
+        ("garbage", |p| {
+            let b: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + 3) as u8).collect();
+            fs::write(p, b).unwrap();
+        }),
+    ]
 }
 
 #[cfg(test)]
@@ -1227,7 +1674,8 @@ mod tests {
         assert_eq!(s.read_verified(&dg).unwrap(), b"hello");
         fs::write(s.blob_path(&dg.hash), b"jello").unwrap();
         assert!(matches!(s.read_verified(&dg), Err(CacheError::Corrupt(_))));
-        fs::remove_file(s.blob_path(&dg.hash)).unwrap();
+        // The corrupt blob was deleted; a missing one is corrupt too.
+        assert!(!s.blob_path(&dg.hash).exists());
         assert!(matches!(s.read_verified(&dg), Err(CacheError::Corrupt(_))));
     }
 
@@ -1269,7 +1717,7 @@ mod tests {
         let pats = Patterns::new(&["dist/**"]).unwrap();
         let fence = HashSet::new();
         let files = collect_outputs(&proj, &pats, &fence);
-        let outputs = capture(&s, &files).unwrap();
+        let outputs = capture(&s, &proj, &files).unwrap();
         let m = Manifest {
             version: MANIFEST_VERSION,
             key: "a".repeat(64),
@@ -1316,6 +1764,8 @@ mod tests {
                 path: format!("dist/{name}"),
                 mode: 0o644,
                 digest: s.put_bytes(bytes).unwrap(),
+                kind: OutputKind::File,
+                link: None,
             })
             .collect();
         let m = Manifest {
@@ -1462,21 +1912,21 @@ mod tests {
         // A prune that committed the index and died before deleting blobs.
         s.drop_entry(&gone.key);
         let tmp = d.path().join("cache/tmp");
-        fs::write(tmp.join("old"), b"12345678").unwrap();
+        fs::write(tmp.join("1-1"), b"12345678").unwrap();
         let f = fs::File::options()
             .write(true)
-            .open(tmp.join("old"))
+            .open(tmp.join("1-1"))
             .unwrap();
         f.set_modified(std::time::SystemTime::now() - GRACE - Duration::from_secs(1))
             .unwrap();
-        fs::write(tmp.join("young"), b"123").unwrap();
+        fs::write(tmp.join("1-2"), b"123").unwrap();
         let s = reopen(d.path(), s);
         assert!(has_blob(&s, b"AAAA"));
         let p = s.prune(None, None).unwrap();
         assert_eq!((p.removed, p.kept), (0, 1));
         assert_eq!(p.freed_bytes, 4 + 5 + 8);
         assert!(!has_blob(&s, b"AAAA") && !has_blob(&s, b"log-a"));
-        assert!(!tmp.join("old").exists() && tmp.join("young").exists());
+        assert!(!tmp.join("1-1").exists() && tmp.join("1-2").exists());
         assert_restores(&s, d.path(), &[&kept], &[&[("b", b"BBBB")]]);
     }
 
@@ -1493,6 +1943,8 @@ mod tests {
                     path: "dist/o".into(),
                     mode: 0o644,
                     digest: out.clone(),
+                    kind: OutputKind::File,
+                    link: None,
                 }],
                 log,
                 exit_code: 0,
@@ -1550,5 +2002,297 @@ mod tests {
         s.touch(&m.key);
         s.flush().unwrap();
         assert_eq!(read(&s), None, "no access row outlives its entry");
+    }
+
+    fn manifest(key: char, outputs: Vec<OutputFile>, log: Digest) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            key: key.to_string().repeat(64),
+            task: "p#build".into(),
+            outputs,
+            log,
+            exit_code: 0,
+            duration_ms: 0,
+            created_at: now_ms(),
+        }
+    }
+
+    /// A project `p/` beside `elsewhere/x.txt`, and a store.
+    fn project_with_outside(d: &Path) -> (Store, PathBuf, PathBuf) {
+        let s = store(d);
+        let proj = d.join("p");
+        let elsewhere = d.join("elsewhere");
+        fs::create_dir_all(&proj).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        fs::write(elsewhere.join("x.txt"), "OUTSIDE").unwrap();
+        (s, proj, elsewhere)
+    }
+
+    #[test]
+    fn restore_and_wipe_never_write_through_a_symlinked_output_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, proj, elsewhere) = project_with_outside(d.path());
+        // The entry was made with a real dist/.
+        fs::create_dir_all(proj.join("dist")).unwrap();
+        fs::write(proj.join("dist/x.txt"), "CACHED").unwrap();
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        let fence = HashSet::new();
+        let files = collect_outputs(&proj, &pats, &fence);
+        let m = manifest(
+            'a',
+            capture(&s, &proj, &files).unwrap(),
+            s.put_bytes(b"").unwrap(),
+        );
+        // Now dist is a link to a directory outside the project.
+        fs::remove_dir_all(proj.join("dist")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, proj.join("dist")).unwrap();
+        let e = restore(&s, &m, &proj, &pats, &fence).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("dist is a symlink; vx never writes through symlinks"),
+            "{e}"
+        );
+        let e = wipe_outputs(&proj, &pats, &fence).unwrap_err();
+        assert!(e.to_string().contains("is a symlink"), "{e}");
+        assert_eq!(
+            fs::read_to_string(elsewhere.join("x.txt")).unwrap(),
+            "OUTSIDE"
+        );
+        assert!(collect_outputs(&proj, &pats, &fence).is_empty());
+        // A manifest naming a path through the link (no base to check) is
+        // refused at the write.
+        let any = Patterns::new(&["**/*.txt"]).unwrap();
+        assert!(restore(&s, &m, &proj, &any, &fence).is_err());
+        assert_eq!(
+            fs::read_to_string(elsewhere.join("x.txt")).unwrap(),
+            "OUTSIDE"
+        );
+    }
+
+    #[test]
+    fn symlink_outputs_are_stored_and_restored_as_links() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, proj, _elsewhere) = project_with_outside(d.path());
+        fs::create_dir_all(proj.join("dist")).unwrap();
+        fs::write(proj.join("dist/real.txt"), "REAL").unwrap();
+        std::os::unix::fs::symlink("real.txt", proj.join("dist/link.txt")).unwrap();
+        std::os::unix::fs::symlink("../src", proj.join("dist/dirlink")).unwrap();
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        let fence = HashSet::new();
+        let files = collect_outputs(&proj, &pats, &fence);
+        let outputs = capture(&s, &proj, &files).unwrap();
+        let link = outputs.iter().find(|o| o.path == "dist/link.txt").unwrap();
+        assert_eq!(link.kind, OutputKind::Symlink);
+        assert_eq!(link.link.as_deref(), Some("real.txt"));
+        assert_eq!(link.digest, digest_of(b"real.txt"));
+        // No blob holds the target's bytes twice: only real.txt's.
+        assert!(
+            outputs
+                .iter()
+                .any(|o| o.path == "dist/dirlink" && o.is_link())
+        );
+        let m = manifest('b', outputs, s.put_bytes(b"").unwrap());
+        fs::remove_dir_all(proj.join("dist")).unwrap();
+        let stamps = restore(&s, &m, &proj, &pats, &fence).unwrap();
+        let md = fs::symlink_metadata(proj.join("dist/link.txt")).unwrap();
+        assert!(md.file_type().is_symlink());
+        assert_eq!(
+            fs::read_link(proj.join("dist/link.txt")).unwrap(),
+            Path::new("real.txt")
+        );
+        assert_eq!(
+            fs::read_link(proj.join("dist/dirlink")).unwrap(),
+            Path::new("../src")
+        );
+        assert_eq!(
+            fs::read_to_string(proj.join("dist/link.txt")).unwrap(),
+            "REAL"
+        );
+        let on_disk = collect_outputs(&proj, &pats, &fence);
+        assert!(outputs_up_to_date(&m, &stamps, &on_disk));
+    }
+
+    #[test]
+    fn symlinks_pointing_outside_are_neither_cached_nor_restored() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, proj, elsewhere) = project_with_outside(d.path());
+        fs::create_dir_all(proj.join("dist")).unwrap();
+        for target in ["../../elsewhere/x.txt", "/etc/passwd"] {
+            let l = proj.join("dist/leak");
+            let _ = fs::remove_file(&l);
+            std::os::unix::fs::symlink(target, &l).unwrap();
+            let pats = Patterns::new(&["dist/**"]).unwrap();
+            let files = collect_outputs(&proj, &pats, &HashSet::new());
+            let e = capture(&s, &proj, &files).unwrap_err();
+            assert!(matches!(e, CacheError::Refused(_)), "{e}");
+            // Nothing of the target got into the store.
+            assert!(!has_blob(&s, b"OUTSIDE"));
+        }
+        // A manifest from elsewhere naming such a link: refused before any write.
+        let target = "../../elsewhere/x.txt".to_string();
+        let m = manifest(
+            'c',
+            vec![OutputFile {
+                path: "dist/leak".into(),
+                mode: 0o777,
+                digest: digest_of(target.as_bytes()),
+                kind: OutputKind::Symlink,
+                link: Some(target),
+            }],
+            s.put_bytes(b"").unwrap(),
+        );
+        fs::remove_file(proj.join("dist/leak")).unwrap();
+        fs::write(proj.join("dist/keep"), "K").unwrap();
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        let e = restore(&s, &m, &proj, &pats, &HashSet::new()).unwrap_err();
+        assert!(matches!(e, CacheError::Refused(_)), "{e}");
+        assert!(
+            proj.join("dist/keep").exists(),
+            "a refused restore wipes nothing"
+        );
+        assert_eq!(
+            fs::read_to_string(elsewhere.join("x.txt")).unwrap(),
+            "OUTSIDE"
+        );
+    }
+
+    #[test]
+    fn a_same_size_corrupt_blob_is_deleted_on_read_and_replaced_on_save() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        // put_file over a corrupt blob replaces it.
+        let src = d.path().join("src.txt");
+        fs::write(&src, "hello").unwrap();
+        let dg = s.put_file(&src).unwrap();
+        fs::write(s.blob_path(&dg.hash), "jello").unwrap();
+        assert_eq!(s.put_file(&src).unwrap(), dg);
+        assert_eq!(s.read_verified(&dg).unwrap(), b"hello");
+        // put_bytes over a corrupt blob replaces it.
+        fs::write(s.blob_path(&dg.hash), "jello").unwrap();
+        assert_eq!(s.put_bytes(b"hello").unwrap(), dg);
+        assert_eq!(s.read_verified(&dg).unwrap(), b"hello");
+        // A read that finds it corrupt deletes it.
+        fs::write(s.blob_path(&dg.hash), "jello").unwrap();
+        assert!(matches!(s.read_verified(&dg), Err(CacheError::Corrupt(_))));
+        assert!(!s.blob_path(&dg.hash).exists());
+    }
+
+    #[test]
+    fn a_damaged_index_is_moved_aside_and_rebuilt_empty_once() {
+        for (what, damage) in damages() {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().join("cache");
+            let s = store(d.path());
+            let m = put(&s, 'a', &[("o", b"out")], b"log", now_ms());
+            s.save_file_index(vec![]);
+            s.close().unwrap();
+            drop(s);
+            // An older moved-aside file is cleaned up: at most one is kept.
+            fs::write(dir.join("index.redb.broken-1"), "old").unwrap();
+            damage(&dir.join("index.redb"));
+            let s = Store::open(&dir, Duration::from_secs(1), &mut || {})
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(s.get(&m.key).unwrap().is_none(), "{what}");
+            assert_eq!(s.stats().unwrap().0, 0, "{what}");
+            let notices = take_notice(&dir);
+            assert_eq!(notices.len(), 1, "{what}: {notices:?}");
+            assert!(notices[0].contains("damaged"), "{what}: {}", notices[0]);
+            assert!(take_notice(&dir).is_empty());
+            let broken: Vec<_> = fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("index.redb.broken-")
+                })
+                .collect();
+            assert_eq!(broken.len(), 1, "{what}");
+            assert!(!dir.join("index.redb.broken-1").exists(), "{what}");
+            // The new index works and survives a reopen.
+            put(&s, 'b', &[("o", b"out2")], b"log", now_ms());
+            let s = reopen(d.path(), s);
+            assert_eq!(s.stats().unwrap().0, 1, "{what}");
+            assert!(take_notice(&dir).is_empty(), "{what}");
+        }
+    }
+
+    #[test]
+    fn clean_deletes_only_the_store_layout() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        // The user's files, some with names like vx's.
+        fs::create_dir_all(dir.join("tmp")).unwrap();
+        fs::create_dir_all(dir.join("cas/zz")).unwrap();
+        fs::create_dir_all(dir.join("docs")).unwrap();
+        let users = [
+            "notes.txt",
+            "docs/a.md",
+            "tmp/draft.txt",
+            "cas/zz/mine",
+            "index.redb.bak",
+        ];
+        for f in users {
+            fs::write(dir.join(f), f).unwrap();
+        }
+        let s = store(d.path());
+        put(&s, 'a', &[("o", b"out")], b"log", now_ms());
+        s.close().unwrap();
+        drop(s);
+        fs::write(dir.join("tmp/123-4"), "stale vx temp").unwrap();
+        let (entries, bytes) = clean(&dir).unwrap();
+        assert_eq!(entries, 1);
+        assert!(bytes > 0);
+        for f in users {
+            assert_eq!(fs::read_to_string(dir.join(f)).unwrap(), f, "{f} kept");
+        }
+        for f in ["index.redb", "tmp/123-4", ".gitignore"] {
+            assert!(!dir.join(f).exists(), "{f} removed");
+        }
+        assert!(blob_files(&dir).is_empty());
+        // A cache dir holding only vx's files goes entirely.
+        let s = store(d.path());
+        s.close().unwrap();
+        drop(s);
+        let only = d.path().join("only");
+        fs::create_dir_all(&only).unwrap();
+        let s = Store::open(&only, Duration::from_secs(1), &mut || {}).unwrap();
+        put(&s, 'b', &[("o", b"x")], b"l", now_ms());
+        s.close().unwrap();
+        drop(s);
+        clean(&only).unwrap();
+        assert!(!only.exists());
+    }
+
+    #[test]
+    fn prune_never_deletes_files_vx_did_not_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let s = store(d.path());
+        fs::write(dir.join("tmp/notes.txt"), "mine").unwrap();
+        fs::create_dir_all(dir.join("cas/zz")).unwrap();
+        fs::write(dir.join("cas/zz/mine"), "mine").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3 * 3600);
+        for f in ["tmp/notes.txt", "cas/zz/mine"] {
+            fs::File::options()
+                .write(true)
+                .open(dir.join(f))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        s.prune(Some(0), Some(Duration::ZERO)).unwrap();
+        assert!(dir.join("tmp/notes.txt").exists());
+        assert!(dir.join("cas/zz/mine").exists());
+    }
+
+    #[test]
+    fn an_ephemeral_store_keeps_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::ephemeral(&d.path().join("ro")).unwrap();
+        assert!(s.is_ephemeral());
+        assert!(s.put_bytes(b"x").is_err());
+        assert!(s.get(&"a".repeat(64)).unwrap().is_none());
+        assert!(!d.path().join("ro").exists());
     }
 }

@@ -722,7 +722,7 @@ impl Timing {
 }
 
 fn prepare(
-    params: RunParams,
+    mut params: RunParams,
     events: Option<Events>,
     hot_arc: Option<Arc<Hot>>,
 ) -> Result<(Arc<Shared>, Selection), EngineError> {
@@ -743,7 +743,11 @@ fn prepare(
             }
             let (model, snapshot) = hot.sync()?;
             timing.stage("sync");
-            (model, Some((hot.store()?, hot.index.clone(), snapshot)))
+            let store = match hot.store() {
+                Ok(s) => s,
+                Err(e) => uncached(&cache_dir(&model.ws), &e.message, params.no_cache, &events)?,
+            };
+            (model, Some((store, hot.index.clone(), snapshot)))
         }
         None => {
             let model = Arc::new(Model::load(&root)?);
@@ -778,11 +782,21 @@ fn prepare(
     let (store, index, snapshot) = match hot_parts {
         Some((store, index, snapshot)) => (store, index, Some(snapshot)),
         None => {
-            let (store, index) = open_cold(&model, &events)?;
+            let (store, index) = open_cold(&model, &events, params.no_cache)?;
             timing.stage("cache open");
             (store, index, None)
         }
     };
+    // A damaged index moved aside, or a cache that cannot be used: said
+    // once, and the run goes on (cold, or uncached).
+    for message in cache::take_notice(&cache_dir(ws)) {
+        if let Some(tx) = &events {
+            let _ = tx.send(RunEvent::Warning { message });
+        }
+    }
+    if store.is_ephemeral() {
+        params.no_cache = true;
+    }
     let cache_skip = vec![cache_dir(ws)];
     let snapshot = match snapshot {
         Some(s) => s,
@@ -868,10 +882,11 @@ fn prepare(
 fn open_cold(
     model: &Model,
     events: &Option<Events>,
+    no_cache: bool,
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
     let ev = events.clone();
-    let store = Store::open(&cdir, Duration::from_secs(600), &mut || {
+    let opened = Store::open(&cdir, Duration::from_secs(600), &mut || {
         if let Some(tx) = &ev {
             let _ = tx.send(RunEvent::Warning {
                     message: format!(
@@ -880,9 +895,37 @@ fn open_cold(
                     ),
                 });
         }
-    })?;
+    });
+    let store = match opened {
+        Ok(s) => s,
+        Err(e @ CacheError::Locked(..)) => return Err(e.into()),
+        Err(e) => {
+            let store = uncached(&cdir, &e.to_string(), no_cache, events)?;
+            return Ok((store, Arc::new(FileIndex::default())));
+        }
+    };
     let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
     Ok((Arc::new(store), Arc::new(index)))
+}
+
+/// The store of a run whose cache cannot be opened (a directory that is not
+/// writable, say): one that keeps nothing, so the run goes on uncached, with
+/// a warning (none under `--no-cache`, which asked for exactly that).
+fn uncached(
+    dir: &Path,
+    why: &str,
+    no_cache: bool,
+    events: &Option<Events>,
+) -> Result<Arc<Store>, EngineError> {
+    if !no_cache && let Some(tx) = events {
+        let _ = tx.send(RunEvent::Warning {
+            message: format!(
+                "the cache at {} cannot be used ({why}): running without it (nothing is restored or saved)",
+                dir.display()
+            ),
+        });
+    }
+    Ok(Arc::new(Store::ephemeral(dir)?))
 }
 
 /// Plans a run: every selected task with its key and predicted cache status.
@@ -2232,6 +2275,16 @@ fn try_hit(sh: &Shared, g: usize, key: &str, allow_restore: bool) -> Result<Hit,
                 corrupt(&format!("blob {}", &what[..what.len().min(12)]));
                 return Ok(Hit::Miss);
             }
+            Err(CacheError::Refused(why)) => {
+                sh.emit(RunEvent::Warning {
+                    message: format!(
+                        "{}: not restored from the cache: {why}; running the task",
+                        node.id
+                    ),
+                });
+                sh.store.drop_entry(key);
+                return Ok(Hit::Miss);
+            }
             Err(e) => return Err(e.into()),
         }
     };
@@ -2597,10 +2650,10 @@ fn save(sh: &Shared, g: usize, key: &str, log: &[u8], duration_ms: u64) -> Resul
     let dir = sh.project_abs(node.project);
     let fence = sh.rel_fence(node.project);
     let files = cache::collect_outputs(&dir, &sh.patterns[&g].outputs, &fence);
-    let outputs = cache::capture(&sh.store, &files)?;
+    let outputs = cache::capture(&sh.store, &dir, &files)?;
     let log = sh.store.put_bytes(log)?;
     let m = Manifest {
-        version: 1,
+        version: cache::MANIFEST_VERSION,
         key: key.to_string(),
         task: node.id.clone(),
         outputs,

@@ -67,7 +67,7 @@ pub enum HistoryError {
     #[error("the run history {0} is in use by another vx process")]
     Locked(PathBuf),
     /// The file is damaged or not a history file.
-    #[error("the run history {path} is unreadable ({message}); delete it to start a new one")]
+    #[error("the run history {path} is damaged ({message})")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot access {path}: {source}")]
     Io {
@@ -349,11 +349,37 @@ impl History {
         }
     }
 
+    /// Opens the file and reads it through once, so that damage redb only
+    /// notices on reading (or panics on) shows here, never in the middle of
+    /// recording. A damaged file (an error or a panic in redb) is moved
+    /// aside as `history.redb.broken-<unix s>` (older ones removed) and
+    /// reported as [`HistoryError::Corrupt`]: this run is not recorded, the
+    /// next open starts a new history, and no handle to the damaged file is
+    /// ever kept (the daemon's shared one included).
     fn open_opts(cache_dir: &Path, compact: bool) -> Result<History, HistoryError> {
         std::fs::create_dir_all(cache_dir).map_err(|source| HistoryError::Io {
             path: cache_dir.to_path_buf(),
             source,
         })?;
+        let path = cache_dir.join(FILE_NAME);
+        let damage = match crate::cache::quietly(|| Self::open_checked(cache_dir, compact)) {
+            Ok(Err(HistoryError::Corrupt { message, .. })) => message,
+            Ok(r) => return r,
+            Err(panic) => format!("the history reader panicked: {panic}"),
+        };
+        let message = match crate::cache::move_aside(&path) {
+            Ok(aside) => format!(
+                "{damage}; moved it aside to {}: the next run starts a new history",
+                aside.display()
+            ),
+            Err(e) => format!("{damage}; could not move it aside: {e}"),
+        };
+        // The run shows the warning; the daemon's log keeps it too.
+        tracing::info!("run history {}: {message}", path.display());
+        Err(HistoryError::Corrupt { path, message })
+    }
+
+    fn open_checked(cache_dir: &Path, compact: bool) -> Result<History, HistoryError> {
         let path = cache_dir.join(FILE_NAME);
         let corrupt = |message: String| HistoryError::Corrupt {
             path: path.clone(),
@@ -368,7 +394,10 @@ impl History {
                 return Err(HistoryError::Locked(path));
             }
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))
-                if source.kind() != std::io::ErrorKind::InvalidData =>
+                if !matches!(
+                    source.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
             {
                 return Err(HistoryError::Io { path, source });
             }
@@ -377,6 +406,22 @@ impl History {
             Err(e) => return Err(corrupt(e.to_string())),
         };
         let mut db = db;
+        {
+            use crate::cache::read_through;
+            let tx = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
+            for r in [
+                read_through(&tx, RUNS),
+                read_through(&tx, RUN_IDS),
+                read_through(&tx, TASK_ROWS),
+                read_through(&tx, OUTCOMES),
+                read_through(&tx, KEY_REFS),
+                read_through(&tx, FINGERPRINTS),
+                read_through(&tx, META),
+                read_through(&tx, DURATIONS),
+            ] {
+                r.map_err(&corrupt)?;
+            }
+        }
         if compact {
             compact_if_sparse(&mut db, &path);
         }
@@ -2044,6 +2089,39 @@ mod tests {
         .unwrap();
         let e = History::open(d.path()).unwrap_err();
         assert!(e.is_corrupt(), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_history_is_moved_aside_once_and_never_kept_open() {
+        for (what, damage) in crate::cache::damages() {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().join("cache");
+            {
+                let h = shared(&dir).unwrap();
+                h.record(&run("r1", now_ms(), vec![]), &[]).unwrap();
+                release(&dir);
+            }
+            std::fs::write(dir.join("history.redb.broken-1"), "old").unwrap();
+            damage(&dir.join(FILE_NAME));
+            // The daemon's handle: one error, nothing kept, then a new history.
+            let e = shared(&dir).unwrap_err();
+            assert!(e.is_corrupt(), "{what}: {e}");
+            assert!(e.to_string().contains("moved it aside"), "{what}: {e}");
+            let h = shared(&dir).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(h.run(None).unwrap().is_none(), "{what}");
+            h.record(&run("r2", now_ms(), vec![]), &[]).unwrap();
+            let broken: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("history.redb.broken-")
+                })
+                .collect();
+            assert_eq!(broken.len(), 1, "{what}");
+            release(&dir);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod engine;
 pub mod exec;
+pub mod fsx;
 pub mod globs;
 pub mod graph;
 pub mod hash;
