@@ -13,6 +13,14 @@
 //! Never: executes tasks or speaks JSON-RPC. Every client of the daemon
 //! (socket RPC now; HTTP, MCP and worker links later) goes through this one
 //! copy of the state.
+//!
+//! Locks. Every `Mutex` of [`Hot`] is a leaf — held for a short section that
+//! takes no other lock — with one exception: `inner`, which [`Hot::sync`]
+//! holds while it reloads and re-walks, and under which it takes leaf locks
+//! one at a time. No code takes `inner` while holding another lock, so no
+//! cycle can form. The watcher and the set of watched directories are one
+//! lock ([`Watches`]): two locks taken in opposite orders by `watch_dir` and
+//! `unwatch_tree` once deadlocked the daemon (issue 9, item 8).
 
 use crate::cache::Store;
 use crate::engine::{EngineError, Model, Snapshot};
@@ -47,6 +55,13 @@ struct Dirty {
     /// Reload the workspace model (a config or manifest changed).
     model: bool,
     paths: HashSet<PathBuf>,
+}
+
+/// The `notify` watcher and the directories it watches, behind one lock.
+#[derive(Default)]
+struct Watches {
+    watcher: Option<notify::RecommendedWatcher>,
+    dirs: HashSet<PathBuf>,
 }
 
 #[derive(Default)]
@@ -131,6 +146,8 @@ pub struct Hot {
     pub watches: AtomicUsize,
     pub root_gone: AtomicBool,
     pub index: Arc<FileIndex>,
+    /// Projects, tasks and files as of the last sync (for `daemon.status`).
+    counts: [AtomicUsize; 3],
     last_activity: Mutex<Instant>,
     /// The store, opened on first use and kept open (its index is cached in
     /// memory); closed for `cache clean` and at exit.
@@ -139,9 +156,8 @@ pub struct Hot {
     dirty: Arc<Mutex<Dirty>>,
     cookies: Arc<Mutex<HashMap<PathBuf, mpsc::Sender<()>>>>,
     cookie_seq: AtomicU64,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    /// Directories currently watched.
-    watched: Mutex<HashSet<PathBuf>>,
+    /// The watcher and the directories currently watched (one leaf lock).
+    watches_lock: Mutex<Watches>,
     /// Absolute project directories of the current model (to notice a
     /// project directory being removed or moved away).
     project_dirs: Mutex<Vec<PathBuf>>,
@@ -192,6 +208,7 @@ impl Hot {
             watches: AtomicUsize::new(0),
             root_gone: AtomicBool::new(false),
             index: Arc::new(index),
+            counts: Default::default(),
             last_activity: Mutex::new(Instant::now()),
             store: Mutex::new(None),
             inner: Mutex::new(Inner::default()),
@@ -202,8 +219,7 @@ impl Hot {
             })),
             cookies: Arc::new(Mutex::new(HashMap::new())),
             cookie_seq: AtomicU64::new(0),
-            watcher: Mutex::new(None),
-            watched: Mutex::new(HashSet::new()),
+            watches_lock: Mutex::new(Watches::default()),
             project_dirs: Mutex::new(Vec::new()),
             inflight: Mutex::new(HashMap::new()),
             inputs_memo: Mutex::new(InputsMemo::default()),
@@ -215,8 +231,8 @@ impl Hot {
         let watcher = notify::recommended_watcher(move |ev| {
             let _ = tx.send(ev);
         })?;
-        if let Ok(mut w) = hot.watcher.lock() {
-            *w = Some(watcher);
+        if let Ok(mut w) = hot.watches_lock.lock() {
+            w.watcher = Some(watcher);
         }
         hot.watch_dir(root);
         hot.watch_dir(&cookie_dir);
@@ -281,81 +297,86 @@ impl Hot {
             .unwrap_or_else(|| cache_dir_of(&self.root))
     }
 
-    /// Counts for `daemon.status`.
+    /// Counts for `daemon.status`, as of the last [`Hot::sync`]. Never
+    /// takes `inner`: status answers even while a long rescan holds it.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let inner = self.inner.lock();
+        let c = &self.counts;
+        (
+            c[0].load(Ordering::Relaxed),
+            c[1].load(Ordering::Relaxed),
+            c[2].load(Ordering::Relaxed),
+        )
+    }
+
+    fn set_counts(&self, inner: &Inner) {
         let (projects, tasks) = inner
+            .model
             .as_ref()
-            .ok()
-            .and_then(|i| {
-                i.model
-                    .as_ref()
-                    .map(|m| (m.ws.projects.len(), m.graph.nodes.len()))
-            })
+            .map(|m| (m.ws.projects.len(), m.graph.nodes.len()))
             .unwrap_or((0, 0));
-        let files = inner
-            .as_ref()
-            .ok()
-            .and_then(|i| i.snapshot.as_ref().map(|s| s.file_count()))
-            .unwrap_or(0);
-        (projects, tasks, files)
+        let files = inner.snapshot.as_ref().map_or(0, |s| s.file_count());
+        for (c, v) in self.counts.iter().zip([projects, tasks, files]) {
+            c.store(v, Ordering::Relaxed);
+        }
     }
 
     pub fn watch_dir(&self, dir: &Path) {
-        let Ok(mut w) = self.watcher.lock() else {
-            return;
-        };
-        let Some(w) = w.as_mut() else { return };
-        if let Ok(mut watched) = self.watched.lock()
-            && !watched.contains(dir)
-        {
-            match w.watch(dir, RecursiveMode::NonRecursive) {
+        let failed = {
+            let Ok(mut guard) = self.watches_lock.lock() else {
+                return;
+            };
+            let w = &mut *guard;
+            let Some(watcher) = w.watcher.as_mut() else {
+                return;
+            };
+            if w.dirs.contains(dir) {
+                return;
+            }
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    watched.insert(dir.to_path_buf());
-                    self.watches.store(watched.len(), Ordering::Relaxed);
+                    w.dirs.insert(dir.to_path_buf());
+                    self.watches.store(w.dirs.len(), Ordering::Relaxed);
+                    None
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {}: {e}; falling back to a rescan",
-                        dir.display()
-                    );
-                    if let Ok(mut d) = self.dirty.lock() {
-                        d.all = true;
-                    }
-                }
+                Err(e) => Some(e),
+            }
+        };
+        // Reported with the watch lock released: leaf locks never nest.
+        if let Some(e) = failed {
+            tracing::warn!(
+                "cannot watch {}: {e}; falling back to a rescan",
+                dir.display()
+            );
+            if let Ok(mut d) = self.dirty.lock() {
+                d.all = true;
             }
         }
     }
 
     /// Drops the watches of `dir` and everything under it.
     fn unwatch_tree(&self, dir: &Path) {
-        let Ok(mut watched) = self.watched.lock() else {
+        let Ok(mut guard) = self.watches_lock.lock() else {
             return;
         };
+        let w = &mut *guard;
         // Every watched tree's root is watched itself: a path that is not
         // (a deleted file) has nothing under it to drop.
-        if !watched.contains(dir) {
+        if !w.dirs.contains(dir) {
             return;
         }
-        let gone: Vec<PathBuf> = watched
+        let gone: Vec<PathBuf> = w
+            .dirs
             .iter()
-            .filter(|w| w.starts_with(dir))
+            .filter(|d| d.starts_with(dir))
             .cloned()
             .collect();
-        if gone.is_empty() {
-            return;
-        }
-        if let Ok(mut w) = self.watcher.lock()
-            && let Some(w) = w.as_mut()
-        {
-            for g in &gone {
-                let _ = w.unwatch(g);
-            }
-        }
         for g in gone {
-            watched.remove(&g);
+            if let Some(watcher) = w.watcher.as_mut() {
+                let _ = watcher.unwatch(&g);
+            }
+            w.dirs.remove(&g);
         }
-        self.watches.store(watched.len(), Ordering::Relaxed);
+        self.watches.store(w.dirs.len(), Ordering::Relaxed);
     }
 
     /// Watches every non-ignored directory under `dir` (inclusive). A
@@ -410,8 +431,8 @@ impl Hot {
             if p.starts_with(&dotgit) {
                 continue;
             }
+            let seq = *self.changes.borrow() + 1;
             if let Ok(mut log) = self.change_log.lock() {
-                let seq = *self.changes.borrow() + 1;
                 if log.len() >= CHANGE_LOG {
                     log.pop_front();
                 }
@@ -583,6 +604,7 @@ impl Hot {
             self.watch_tree(&self.root.clone());
             let snap = Snapshot::scan(&model, &cache_skip);
             inner.snapshot = Some(snap.clone());
+            self.set_counts(&inner);
             if let Ok(mut m) = self.inputs_memo.lock() {
                 m.outputs_ok.clear();
             }
@@ -609,6 +631,7 @@ impl Hot {
             .snapshot
             .clone()
             .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
+        self.set_counts(&inner);
         Ok((model, snap))
     }
 
