@@ -85,7 +85,7 @@ fn concurrent_forced_runs_with_outputs_deleted_never_hang_the_daemon() {
                     _ => format!("packages/{p}/dist/z"),
                 };
                 let _ = std::fs::remove_dir_all(ws.path(&target));
-                if i % 7 == 0 {
+                if i.is_multiple_of(7) {
                     let _ = std::fs::write(
                         ws.path(&format!("packages/{p}/src/s.txt")),
                         format!("{p} {i}\n"),
@@ -99,12 +99,19 @@ fn concurrent_forced_runs_with_outputs_deleted_never_hang_the_daemon() {
 
     const CLIENTS: usize = 4;
     const RUNS_PER_CLIENT: usize = 6;
+    // Bounded by the iteration count; on a slow machine no new run starts
+    // after this budget, so the test stays well within CI's time.
+    const BUDGET: Duration = Duration::from_secs(15);
+    let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let ws = ws.clone();
             std::thread::spawn(move || {
                 let mut hung = 0;
                 for i in 0..RUNS_PER_CLIENT {
+                    if started.elapsed() > BUDGET {
+                        break;
+                    }
                     // Forced runs execute and rewrite outputs; plain runs
                     // check outputs on disk (watching their directories)
                     // while the vandal removes them.
