@@ -57,6 +57,27 @@ struct Dirty {
     paths: HashSet<PathBuf>,
 }
 
+/// A project reached through a symlinked directory (see `Hot::linked`).
+struct LinkedProject {
+    project: usize,
+    dir: String,
+    real: Option<String>,
+}
+
+/// `rel` moved from under `from` to under `to` (root-relative, `/`-separated).
+fn rebase(rel: &str, from: &str, to: &str) -> Option<String> {
+    if rel == from {
+        return Some(to.to_string());
+    }
+    let rest = rel.strip_prefix(from)?.strip_prefix('/')?;
+    Some(format!("{to}/{rest}"))
+}
+
+/// Whether one of two root-relative paths is the other or under it.
+fn overlaps(a: &str, b: &str) -> bool {
+    Path::new(a).starts_with(b) || Path::new(b).starts_with(a)
+}
+
 /// The `notify` watcher and the directories it watches, behind one lock.
 #[derive(Default)]
 struct Watches {
@@ -161,6 +182,11 @@ pub struct Hot {
     /// Absolute project directories of the current model (to notice a
     /// project directory being removed or moved away).
     project_dirs: Mutex<Vec<PathBuf>>,
+    /// Projects reached through a symlinked directory: (project, its
+    /// root-relative dir, the root-relative real dir if inside the
+    /// workspace). Their watches are added through the link, and a change
+    /// reported under either path re-walks both owners.
+    linked: Mutex<Vec<LinkedProject>>,
     /// Executions in flight, by task key (joined by concurrent runs).
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
     /// Memoised input lists per graph node of the current model: valid while
@@ -221,6 +247,7 @@ impl Hot {
             cookie_seq: AtomicU64::new(0),
             watches_lock: Mutex::new(Watches::default()),
             project_dirs: Mutex::new(Vec::new()),
+            linked: Mutex::new(Vec::new()),
             inflight: Mutex::new(HashMap::new()),
             inputs_memo: Mutex::new(InputsMemo::default()),
             task_locks: Mutex::new(HashMap::new()),
@@ -453,7 +480,12 @@ impl Hot {
                 if p.is_dir() {
                     // A directory appeared (created or moved in): watch it,
                     // and reload the model if it brings a project config.
-                    self.watch_tree(p);
+                    // A symlink to one is not watched through the link here
+                    // (that would re-label its target's watches): the next
+                    // sync watches link targets and linked members.
+                    if !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+                        self.watch_tree(p);
+                    }
                     model_changed = hash::walk_files_named(p, CONFIG_NAMES);
                 } else if !p.exists() {
                     // Something went away (deleted, or moved: its watches now
@@ -587,6 +619,29 @@ impl Hot {
                     .map(|p| model.ws.abs_dir(p))
                     .collect();
             }
+            let real_root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+            let linked: Vec<LinkedProject> = model
+                .ws
+                .projects
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| hash::through_link(&self.root, &p.dir))
+                .map(|(i, p)| LinkedProject {
+                    project: i,
+                    dir: p.dir.clone(),
+                    real: std::fs::canonicalize(model.ws.abs_dir(p))
+                        .ok()
+                        .and_then(|r| {
+                            r.strip_prefix(&real_root)
+                                .ok()
+                                .and_then(|r| r.to_str())
+                                .map(str::to_string)
+                        }),
+                })
+                .collect();
+            if let Ok(mut l) = self.linked.lock() {
+                *l = linked;
+            }
             inner.model = Some(model);
             rescan = true;
         }
@@ -602,7 +657,15 @@ impl Hot {
             // Watch first, then scan: a change made during the scan is then
             // either in the scan or reported for the next request.
             self.watch_tree(&self.root.clone());
+            // Linked members are watched through their link (inotify
+            // follows it), so their events carry their workspace paths.
+            for dir in self.linked_dirs() {
+                for d in hash::walk_dirs(&self.root.join(&dir)) {
+                    self.watch_dir(&d);
+                }
+            }
             let snap = Snapshot::scan(&model, &cache_skip);
+            self.watch_link_targets(&snap);
             inner.snapshot = Some(snap.clone());
             self.set_counts(&inner);
             if let Ok(mut m) = self.inputs_memo.lock() {
@@ -612,10 +675,50 @@ impl Hot {
         }
         if let Some(snap) = inner.snapshot.as_mut() {
             let mut projects: HashSet<Option<usize>> = HashSet::new();
-            for p in &dirty.paths {
-                if let Ok(rel) = p.strip_prefix(&self.root) {
-                    let rel = rel.to_string_lossy().replace('\\', "/");
-                    projects.insert(model.owner_of(&rel));
+            let rels: Vec<String> = dirty
+                .paths
+                .iter()
+                .filter_map(|p| p.strip_prefix(&self.root).ok())
+                .map(|rel| rel.to_string_lossy().replace('\\', "/"))
+                .collect();
+            let linked: Vec<(usize, String, Option<String>)> = self
+                .linked
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .map(|l| (l.project, l.dir.clone(), l.real.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let targets: Vec<(Option<usize>, String)> = if rels.is_empty() {
+                Vec::new()
+            } else {
+                snap.link_targets()
+                    .into_iter()
+                    .map(|(p, t)| (p, t.to_string()))
+                    .collect()
+            };
+            for rel in &rels {
+                projects.insert(model.owner_of(rel));
+                // A symlink into the workspace is hashed by its target: a
+                // change at or above the target re-walks the link's owner.
+                for (owner, t) in &targets {
+                    if overlaps(rel, t) {
+                        projects.insert(*owner);
+                    }
+                }
+                // One inode watched under two paths reports under one of
+                // them: a linked member and its real directory are the same
+                // files, so either path re-walks both owners.
+                for (p, dir, real) in &linked {
+                    let Some(real) = real else { continue };
+                    if let Some(r) = rebase(rel, real, dir) {
+                        projects.insert(Some(*p));
+                        projects.insert(model.owner_of(&r));
+                    }
+                    if let Some(r) = rebase(rel, dir, real) {
+                        projects.insert(model.owner_of(&r));
+                    }
                 }
             }
             if let Ok(mut m) = self.inputs_memo.lock() {
@@ -623,8 +726,12 @@ impl Hot {
                 m.outputs_ok
                     .retain(|n, _| !projects.contains(&Some(nodes[*n].project)));
             }
+            let refreshed = !projects.is_empty();
             for p in projects {
                 snap.refresh(&model, p, &cache_skip);
+            }
+            if refreshed {
+                self.watch_link_targets(snap);
             }
         }
         let snap = inner
@@ -633,6 +740,37 @@ impl Hot {
             .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
         self.set_counts(&inner);
         Ok((model, snap))
+    }
+
+    /// Root-relative dirs of the members reached through a symlink.
+    fn linked_dirs(&self) -> Vec<String> {
+        self.linked
+            .lock()
+            .map(|l| l.iter().map(|l| l.dir.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn is_watched(&self, dir: &Path) -> bool {
+        self.watches_lock.lock().is_ok_and(|w| w.dirs.contains(dir))
+    }
+
+    /// Watches what symlinks into the workspace point at (possibly an
+    /// ignored directory, not watched otherwise): a file's directory, a
+    /// directory's whole tree. An edit of a target then re-walks the
+    /// link's owner (see [`Hot::sync`]).
+    fn watch_link_targets(&self, snap: &Snapshot) {
+        for (_, t) in snap.link_targets() {
+            let abs = self.root.join(t);
+            if abs.is_dir() {
+                if !self.is_watched(&abs) {
+                    for d in hash::walk_dirs(&abs) {
+                        self.watch_dir(&d);
+                    }
+                }
+            } else if let Some(parent) = abs.parent() {
+                self.watch_dir(parent);
+            }
+        }
     }
 
     /// Attaches a run to the execution of `key`: returns the entry and
