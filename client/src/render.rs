@@ -360,6 +360,11 @@ pub fn plan_text(plan: &Plan) {
             t.command.as_deref().unwrap_or("-")
         );
     }
+    for t in &plan.tasks {
+        for w in &t.warnings {
+            let _ = writeln!(out, "warning: {}: {w}", t.id);
+        }
+    }
     let _ = out.flush();
 }
 

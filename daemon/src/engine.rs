@@ -303,6 +303,15 @@ impl Snapshot {
                 None => loose.push(f),
             }
         }
+        // A member reached through a symlinked directory: the walk above
+        // does not follow links, so walk it on its own, through the link
+        // (its paths stay under the member's workspace path).
+        for (p, proj) in model.ws.projects.iter().enumerate() {
+            if hash::through_link(root, &proj.dir) {
+                let dir = model.ws.abs_dir(proj);
+                by_project[p] = hash::walk(root, &dir, &model.fences[p], skip);
+            }
+        }
         Snapshot {
             by_project: by_project.into_iter().map(Arc::new).collect(),
             loose: Arc::new(loose),
@@ -326,6 +335,23 @@ impl Snapshot {
 
     pub fn file_count(&self) -> usize {
         self.by_project.iter().map(|v| v.len()).sum::<usize>() + self.loose.len()
+    }
+
+    /// Every symlink into the workspace: (owning project, root-relative
+    /// target). A change at or under a target must re-walk the owner.
+    pub fn link_targets(&self) -> Vec<(Option<usize>, &str)> {
+        let owned = self
+            .by_project
+            .iter()
+            .enumerate()
+            .flat_map(|(p, v)| v.iter().map(move |f| (Some(p), f)));
+        owned
+            .chain(self.loose.iter().map(|f| (None, f)))
+            .filter_map(|(p, f)| match &f.link {
+                hash::Link::File(t) | hash::Link::Dir(t) => Some((p, t.as_str())),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -562,6 +588,19 @@ impl Shared {
             }
             files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         }
+        // A name vx cannot key is refused, never dropped or merged.
+        if let Some(f) = files.iter().find(|f| f.non_utf8) {
+            return Err(EngineError::new(
+                codes::CONFIG_ERROR,
+                format!(
+                    "{}: {}",
+                    node.id,
+                    hash::NonUtf8 {
+                        escaped: f.path.clone()
+                    }
+                ),
+            ));
+        }
         let inputs: Arc<Vec<(String, String)>> = Arc::new(
             files
                 .into_iter()
@@ -580,6 +619,38 @@ impl Shared {
             hot.set_inputs_memo(&self.model, n, files_list, inputs.clone());
         }
         Ok(inputs)
+    }
+
+    /// What `--dry` flags about node `n`'s inputs: each symlink to a path
+    /// outside the workspace (hashed by its link text, so an edit of its
+    /// target is not seen).
+    fn input_warnings(&self, n: usize) -> Result<Vec<String>, EngineError> {
+        let inputs = self.inputs_of(n)?;
+        let snap = self
+            .snapshot
+            .read()
+            .map_err(|_| EngineError::new(codes::INTERNAL_ERROR, "snapshot poisoned"))?;
+        let names: HashSet<&str> = inputs.iter().map(|(p, _)| p.as_str()).collect();
+        let root = &self.model.ws.root;
+        let mut out: Vec<String> = snap
+            .by_project
+            .iter()
+            .flat_map(|v| v.iter())
+            .chain(snap.loose.iter())
+            .filter(|f| f.link == hash::Link::Outside && names.contains(f.path.as_str()))
+            .map(|f| {
+                let target = std::fs::read_link(root.join(&f.path))
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                format!(
+                    "input {} is a symlink to {target}, outside the workspace: it is keyed by its link text, so edits of its target do not invalidate the cache",
+                    f.path
+                )
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// The environment of a task's process.
@@ -970,6 +1041,7 @@ fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, Engin
             requested: sel.requested.contains(&n),
             inputs: node.def.inputs.clone(),
             outputs: node.def.outputs.clone(),
+            warnings: sh.input_warnings(n)?,
         });
     }
     sh.finish_store()?;

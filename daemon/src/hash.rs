@@ -5,6 +5,10 @@
 //! the content) that lets a run skip re-reading unchanged files, resolving a
 //! task's input set, and folding a task key. The key fold is specified in
 //! `docs/caching.md`; change both together and bump [`CACHE_VERSION`].
+//! Also what a symlink found by the walk stands for ([`Link`]: hashed by
+//! its target's content when the target is inside the workspace, by its
+//! link text otherwise) and the one rule for file names that are not UTF-8
+//! ([`utf8_rel`]: vx refuses them, naming the path escaped).
 //!
 //! Never: decides what runs (`graph`), writes outside memory (the index is
 //! persisted by the caller through `cache`), or spawns a process.
@@ -48,13 +52,86 @@ impl FileStat {
     }
 }
 
+/// What a symlink found by a walk points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Not a symlink.
+    No,
+    /// A symlink to a file inside the workspace (root-relative real path):
+    /// hashed by that file's content; [`FileMeta::stat`] is the target's.
+    File(String),
+    /// A symlink to a directory inside the workspace (root-relative real
+    /// path): hashed by the tree under it.
+    Dir(String),
+    /// A symlink to a path outside the workspace: hashed by its link text,
+    /// so an edit of the target is not seen (`--dry` flags it).
+    Outside,
+    /// A symlink whose target does not exist: hashed by its link text.
+    Dangling,
+}
+
 /// One file found by a walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
-    /// Root-relative, `/`-separated.
+    /// Root-relative, `/`-separated. For a name that is not valid UTF-8
+    /// (see `non_utf8`), the path with every invalid byte escaped as `\xNN`.
     pub path: String,
     pub stat: FileStat,
-    pub symlink: bool,
+    pub link: Link,
+    /// The path is not valid UTF-8: vx refuses it as an input.
+    pub non_utf8: bool,
+}
+
+/// A root-relative path that is not valid UTF-8 (shown escaped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "file name is not valid UTF-8: {escaped} — vx refuses such names; rename it or add it to .gitignore"
+)]
+pub struct NonUtf8 {
+    /// The path with each invalid byte written as `\xNN`.
+    pub escaped: String,
+}
+
+/// `path` as text, or the error naming it escaped. The one rule for file
+/// names in keys, manifests and archives: vx handles UTF-8 names only and
+/// refuses the others loudly (never a lossy conversion, which would merge
+/// distinct names).
+pub fn utf8_rel(path: &Path) -> Result<&str, NonUtf8> {
+    path.to_str().ok_or_else(|| NonUtf8 {
+        escaped: escape_path(path),
+    })
+}
+
+/// `path` with every byte that is not part of valid UTF-8 written as `\xNN`
+/// (and a literal backslash doubled, so the escape is unambiguous).
+pub fn escape_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Whether the project directory `dir` (root-relative) is reached through
+/// a symlink: some component of it, below the root, is a link. Such a
+/// project is not entered by the walk of the root (it never follows links)
+/// and is walked on its own, through the link.
+pub fn through_link(root: &Path, dir: &str) -> bool {
+    if dir == "." {
+        return false;
+    }
+    let mut cur = root.to_path_buf();
+    for comp in dir.split('/') {
+        cur.push(comp);
+        if fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
 }
 
 fn walk_threads() -> usize {
@@ -110,9 +187,45 @@ enum Visit {
     File(FileMeta),
 }
 
+/// The workspace root as the walk sees it and resolved (for link targets).
+#[derive(Clone)]
+struct Roots {
+    root: std::path::PathBuf,
+    real: std::path::PathBuf,
+}
+
+impl Roots {
+    fn new(root: &Path) -> Self {
+        Roots {
+            root: root.to_path_buf(),
+            real: fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+        }
+    }
+}
+
+/// What the symlink at `path` stands for (see [`Link`]).
+fn classify_link(path: &Path, roots: &Roots) -> (Link, Option<fs::Metadata>) {
+    let Ok(real) = fs::canonicalize(path) else {
+        return (Link::Dangling, None);
+    };
+    let Ok(rel) = real.strip_prefix(&roots.real) else {
+        return (Link::Outside, None);
+    };
+    let Some(rel) = rel.to_str() else {
+        // A target with a name vx cannot key: treat it like a far target.
+        return (Link::Outside, None);
+    };
+    let rel = if rel.is_empty() { "." } else { rel }.to_string();
+    match fs::metadata(&real) {
+        Ok(md) if md.is_dir() => (Link::Dir(rel), None),
+        Ok(md) => (Link::File(rel), Some(md)),
+        Err(_) => (Link::Dangling, None),
+    }
+}
+
 fn visit(
     entry: Result<ignore::DirEntry, ignore::Error>,
-    root: &Path,
+    roots: &Roots,
     fence: &HashSet<String>,
     skip: &[std::path::PathBuf],
 ) -> Visit {
@@ -123,8 +236,11 @@ fn visit(
         return Visit::Continue;
     };
     let path = entry.path();
-    let rel = match path.strip_prefix(root) {
-        Ok(r) => r.to_string_lossy().replace('\\', "/"),
+    let (rel, non_utf8) = match path.strip_prefix(&roots.root) {
+        Ok(r) => match utf8_rel(r) {
+            Ok(r) => (r.to_string(), false),
+            Err(e) => (e.escaped, true),
+        },
         Err(_) => return Visit::Continue,
     };
     if ft.is_dir() {
@@ -138,17 +254,34 @@ fn visit(
         }
         return Visit::Continue;
     }
-    let symlink = ft.is_symlink();
-    let md = if symlink {
-        fs::symlink_metadata(path)
+    let (link, md) = if ft.is_symlink() {
+        // The walk's own start, reached through a link (a linked project):
+        // the walker descends into it; it is not a file.
+        if entry.depth() == 0 {
+            return Visit::Continue;
+        }
+        // A link to a nested project's directory is that project (walked
+        // on its own, through the link), not a file of this walk.
+        if fence.contains(&rel) {
+            return Visit::Continue;
+        }
+        let (link, target_md) = classify_link(path, roots);
+        // A link to a file is keyed on its target's stat (so an edit of the
+        // target is seen); any other link on its own.
+        let md = match target_md {
+            Some(md) => Ok(md),
+            None => fs::symlink_metadata(path),
+        };
+        (link, md)
     } else {
-        entry.metadata().map_err(std::io::Error::other)
+        (Link::No, entry.metadata().map_err(std::io::Error::other))
     };
     match md {
         Ok(md) => Visit::File(FileMeta {
             path: rel,
             stat: FileStat::of(&md),
-            symlink,
+            link,
+            non_utf8,
         }),
         Err(_) => Visit::Continue,
     }
@@ -162,16 +295,17 @@ fn walk_with(
     serial: bool,
 ) -> Vec<FileMeta> {
     let mut files = Vec::new();
+    let roots = Roots::new(root);
     if serial {
-        let (root2, fence2, skip2) = (root.to_path_buf(), fence.clone(), skip.to_vec());
+        let (roots2, fence2, skip2) = (roots.clone(), fence.clone(), skip.to_vec());
         let walker = builder(dir)
             .filter_entry(move |e| {
                 !(e.file_type().is_some_and(|t| t.is_dir())
-                    && matches!(visit(Ok(e.clone()), &root2, &fence2, &skip2), Visit::Skip))
+                    && matches!(visit(Ok(e.clone()), &roots2, &fence2, &skip2), Visit::Skip))
             })
             .build();
         for entry in walker {
-            if let Visit::File(f) = visit(entry, root, fence, skip) {
+            if let Visit::File(f) = visit(entry, &roots, fence, skip) {
                 files.push(f);
             }
         }
@@ -190,7 +324,8 @@ fn walk_with(
             .build_parallel()
             .run(|| {
                 let mut flush = Flush(&out, Vec::new());
-                Box::new(move |entry| match visit(entry, root, fence, skip) {
+                let roots = &roots;
+                Box::new(move |entry| match visit(entry, roots, fence, skip) {
                     Visit::Skip => ignore::WalkState::Skip,
                     Visit::Continue => ignore::WalkState::Continue,
                     Visit::File(f) => {
@@ -329,8 +464,19 @@ impl FileIndex {
 
     /// The content hash of `f`, read from disk unless the index already
     /// knows this exact stat. Unreadable files hash as their error text, so
-    /// that a permission change still changes the key.
+    /// that a permission change still changes the key. A symlink into the
+    /// workspace hashes as its target's content (a directory: its tree); any
+    /// other symlink as its link text.
     pub fn hash(&self, root: &Path, f: &FileMeta) -> [u8; 32] {
+        if f.non_utf8 {
+            // Never read: its name is refused as an input (see `utf8_rel`).
+            return *blake3::hash(b"non-utf8 name").as_bytes();
+        }
+        if let Link::Dir(target) = &f.link {
+            // No stat covers a tree: hashed from its files each time (each
+            // of those memoised on its own stat).
+            return self.tree_hash(root, target);
+        }
         if let Ok(map) = self.records.read()
             && let Some(r) = map.get(&f.path)
             && r.stat == f.stat
@@ -338,21 +484,13 @@ impl FileIndex {
             return r.hash;
         }
         let abs = root.join(&f.path);
-        let hash = if f.symlink {
-            match fs::read_link(&abs) {
-                Ok(t) => {
-                    let mut h = blake3::Hasher::new();
-                    h.update(b"symlink\0");
-                    h.update(t.to_string_lossy().as_bytes());
-                    *h.finalize().as_bytes()
-                }
-                Err(e) => *blake3::hash(format!("unreadable: {e}").as_bytes()).as_bytes(),
-            }
-        } else {
-            match hash_file(&abs) {
+        let hash = match &f.link {
+            Link::Outside | Link::Dangling => link_text_hash(&abs),
+            // `File` reads through the link: its target's content.
+            _ => match hash_file(&abs) {
                 Ok(h) => h,
                 Err(e) => *blake3::hash(format!("unreadable: {}", e.kind()).as_bytes()).as_bytes(),
-            }
+            },
         };
         if now_ns() - f.stat.mtime_ns > RACY_NS {
             let rec = Record { stat: f.stat, hash };
@@ -364,6 +502,37 @@ impl FileIndex {
             }
         }
         hash
+    }
+
+    /// The hash of the tree under `target` (a root-relative directory): its
+    /// walked files in path order, each as (path under `target`, hash).
+    /// Directory links inside it hash by their link text (no recursion, so
+    /// a link cycle cannot loop).
+    fn tree_hash(&self, root: &Path, target: &str) -> [u8; 32] {
+        let dir = if target == "." {
+            root.to_path_buf()
+        } else {
+            root.join(target)
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"symlink-dir\0");
+        for f in walk_serial(root, &dir, &HashSet::new(), &[]) {
+            let rel = if target == "." {
+                f.path.as_str()
+            } else {
+                f.path
+                    .strip_prefix(target)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .unwrap_or(&f.path)
+            };
+            let fh = match f.link {
+                Link::Dir(_) => link_text_hash(&root.join(&f.path)),
+                _ => self.hash(root, &f),
+            };
+            put(&mut h, rel.as_bytes());
+            put(&mut h, &fh);
+        }
+        *h.finalize().as_bytes()
     }
 
     /// Hashes many files on all cores (warming the index).
@@ -381,6 +550,20 @@ impl FileIndex {
                 });
             }
         });
+    }
+}
+
+/// A symlink hashed by its link text: `blake3("symlink\0" + target)`.
+fn link_text_hash(abs: &Path) -> [u8; 32] {
+    use std::os::unix::ffi::OsStrExt;
+    match fs::read_link(abs) {
+        Ok(t) => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"symlink\0");
+            h.update(t.as_os_str().as_bytes());
+            *h.finalize().as_bytes()
+        }
+        Err(e) => *blake3::hash(format!("unreadable: {e}").as_bytes()).as_bytes(),
     }
 }
 
@@ -647,5 +830,117 @@ mod tests {
             .map(|f| f.path)
             .collect();
         assert_eq!(files, vec![".gitignore", "a/src/x.js"]);
+    }
+
+    fn paths(files: &[FileMeta]) -> Vec<&str> {
+        files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_project_reached_through_a_symlink_is_walked_through_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("ws");
+        fs::create_dir_all(root.join("packages")).unwrap();
+        fs::create_dir_all(d.path().join("other/b/src")).unwrap();
+        fs::write(d.path().join("other/b/src/x.js"), "x").unwrap();
+        std::os::unix::fs::symlink("../../other/b", root.join("packages/b")).unwrap();
+        assert!(through_link(&root, "packages/b"));
+        assert!(!through_link(&root, "packages"));
+        assert!(!through_link(&root, "."));
+        let dir = root.join("packages/b");
+        let none = HashSet::new();
+        assert_eq!(
+            paths(&walk_serial(&root, &dir, &none, &[])),
+            vec!["packages/b/src/x.js"]
+        );
+        assert_eq!(
+            paths(&walk(&root, &dir, &none, &[])),
+            vec!["packages/b/src/x.js"]
+        );
+        // The walk of the root does not enter it; fenced, the link itself
+        // is not a file either.
+        let fence: HashSet<String> = ["packages/b".to_string()].into();
+        assert!(walk(&root, &root, &fence, &[]).is_empty());
+    }
+
+    #[test]
+    fn symlinks_hash_by_target_content_inside_and_link_text_outside() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("ws");
+        fs::create_dir_all(root.join("a/src")).unwrap();
+        fs::create_dir_all(root.join("shared/lib")).unwrap();
+        fs::write(root.join("shared/t.txt"), "one").unwrap();
+        fs::write(root.join("shared/lib/l.txt"), "lib").unwrap();
+        fs::write(d.path().join("far.txt"), "far").unwrap();
+        let ln = |t: &str, l: &str| std::os::unix::fs::symlink(t, root.join(l)).unwrap();
+        ln("../../shared/t.txt", "a/src/file");
+        ln("../../shared/lib", "a/src/dir");
+        ln("../../../far.txt", "a/src/outside");
+        ln("../../nope", "a/src/dangling");
+        let walk_a = || walk(&root, &root.join("a"), &HashSet::new(), &[]);
+        let files = walk_a();
+        let by = |p: &str| files.iter().find(|f| f.path == p).unwrap().clone();
+        assert_eq!(by("a/src/file").link, Link::File("shared/t.txt".into()));
+        assert_eq!(by("a/src/dir").link, Link::Dir("shared/lib".into()));
+        assert_eq!(by("a/src/outside").link, Link::Outside);
+        assert_eq!(by("a/src/dangling").link, Link::Dangling);
+        let idx = FileIndex::default();
+        assert_eq!(
+            idx.hash(&root, &by("a/src/file")),
+            *blake3::hash(b"one").as_bytes()
+        );
+        let dir_before = idx.hash(&root, &by("a/src/dir"));
+        let outside_before = idx.hash(&root, &by("a/src/outside"));
+        // Edit both targets (a size change, so the stat differs).
+        fs::write(root.join("shared/t.txt"), "two!").unwrap();
+        fs::write(root.join("shared/lib/l.txt"), "lib2").unwrap();
+        fs::write(d.path().join("far.txt"), "far, edited").unwrap();
+        let files = walk_a();
+        let by = |p: &str| files.iter().find(|f| f.path == p).unwrap().clone();
+        assert_eq!(
+            idx.hash(&root, &by("a/src/file")),
+            *blake3::hash(b"two!").as_bytes()
+        );
+        assert_ne!(idx.hash(&root, &by("a/src/dir")), dir_before);
+        // Outside the workspace: the link text only (the risk `--dry` flags).
+        assert_eq!(idx.hash(&root, &by("a/src/outside")), outside_before);
+    }
+
+    #[test]
+    fn non_utf8_names_are_flagged_and_escaped() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("src")).unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"\xff.js");
+        fs::write(root.join("src").join(bad), "x").unwrap();
+        fs::write(root.join("src/ok.js"), "x").unwrap();
+        let files = walk(root, root, &HashSet::new(), &[]);
+        let flagged: Vec<(&str, bool)> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.non_utf8))
+            .collect();
+        assert_eq!(flagged, vec![("src/\\xff.js", true), ("src/ok.js", false)]);
+        let e = utf8_rel(Path::new(std::ffi::OsStr::from_bytes(b"a/\xff\xfe.js"))).unwrap_err();
+        assert!(e.to_string().contains("a/\\xff\\xfe.js"), "{e}");
+    }
+
+    #[test]
+    fn escape_path_cases() {
+        use std::os::unix::ffi::OsStrExt;
+        let cases: &[(&[u8], &str)] = &[
+            (b"plain/ok.js", "plain/ok.js"),
+            (b"caf\xc3\xa9", "caf\u{e9}"),
+            (b"\xff", "\\xff"),
+            (b"a\\xff", "a\\\\xff"),
+            (b"x\xc3", "x\\xc3"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                escape_path(Path::new(std::ffi::OsStr::from_bytes(raw))),
+                *want,
+                "{raw:?}"
+            );
+        }
     }
 }

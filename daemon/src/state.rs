@@ -13,6 +13,14 @@
 //! Never: executes tasks or speaks JSON-RPC. Every client of the daemon
 //! (socket RPC now; HTTP, MCP and worker links later) goes through this one
 //! copy of the state.
+//!
+//! Locks. Every `Mutex` of [`Hot`] is a leaf — held for a short section that
+//! takes no other lock — with one exception: `inner`, which [`Hot::sync`]
+//! holds while it reloads and re-walks, and under which it takes leaf locks
+//! one at a time. No code takes `inner` while holding another lock, so no
+//! cycle can form. The watcher and the set of watched directories are one
+//! lock ([`Watches`]): two locks taken in opposite orders by `watch_dir` and
+//! `unwatch_tree` once deadlocked the daemon (issue 9, item 8).
 
 use crate::cache::Store;
 use crate::engine::{EngineError, Model, Snapshot};
@@ -47,6 +55,34 @@ struct Dirty {
     /// Reload the workspace model (a config or manifest changed).
     model: bool,
     paths: HashSet<PathBuf>,
+}
+
+/// A project reached through a symlinked directory (see `Hot::linked`).
+struct LinkedProject {
+    project: usize,
+    dir: String,
+    real: Option<String>,
+}
+
+/// `rel` moved from under `from` to under `to` (root-relative, `/`-separated).
+fn rebase(rel: &str, from: &str, to: &str) -> Option<String> {
+    if rel == from {
+        return Some(to.to_string());
+    }
+    let rest = rel.strip_prefix(from)?.strip_prefix('/')?;
+    Some(format!("{to}/{rest}"))
+}
+
+/// Whether one of two root-relative paths is the other or under it.
+fn overlaps(a: &str, b: &str) -> bool {
+    Path::new(a).starts_with(b) || Path::new(b).starts_with(a)
+}
+
+/// The `notify` watcher and the directories it watches, behind one lock.
+#[derive(Default)]
+struct Watches {
+    watcher: Option<notify::RecommendedWatcher>,
+    dirs: HashSet<PathBuf>,
 }
 
 #[derive(Default)]
@@ -131,6 +167,8 @@ pub struct Hot {
     pub watches: AtomicUsize,
     pub root_gone: AtomicBool,
     pub index: Arc<FileIndex>,
+    /// Projects, tasks and files as of the last sync (for `daemon.status`).
+    counts: [AtomicUsize; 3],
     last_activity: Mutex<Instant>,
     /// The store, opened on first use and kept open (its index is cached in
     /// memory); closed for `cache clean` and at exit.
@@ -139,12 +177,16 @@ pub struct Hot {
     dirty: Arc<Mutex<Dirty>>,
     cookies: Arc<Mutex<HashMap<PathBuf, mpsc::Sender<()>>>>,
     cookie_seq: AtomicU64,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    /// Directories currently watched.
-    watched: Mutex<HashSet<PathBuf>>,
+    /// The watcher and the directories currently watched (one leaf lock).
+    watches_lock: Mutex<Watches>,
     /// Absolute project directories of the current model (to notice a
     /// project directory being removed or moved away).
     project_dirs: Mutex<Vec<PathBuf>>,
+    /// Projects reached through a symlinked directory: (project, its
+    /// root-relative dir, the root-relative real dir if inside the
+    /// workspace). Their watches are added through the link, and a change
+    /// reported under either path re-walks both owners.
+    linked: Mutex<Vec<LinkedProject>>,
     /// Executions in flight, by task key (joined by concurrent runs).
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
     /// Memoised input lists per graph node of the current model: valid while
@@ -192,6 +234,7 @@ impl Hot {
             watches: AtomicUsize::new(0),
             root_gone: AtomicBool::new(false),
             index: Arc::new(index),
+            counts: Default::default(),
             last_activity: Mutex::new(Instant::now()),
             store: Mutex::new(None),
             inner: Mutex::new(Inner::default()),
@@ -202,9 +245,9 @@ impl Hot {
             })),
             cookies: Arc::new(Mutex::new(HashMap::new())),
             cookie_seq: AtomicU64::new(0),
-            watcher: Mutex::new(None),
-            watched: Mutex::new(HashSet::new()),
+            watches_lock: Mutex::new(Watches::default()),
             project_dirs: Mutex::new(Vec::new()),
+            linked: Mutex::new(Vec::new()),
             inflight: Mutex::new(HashMap::new()),
             inputs_memo: Mutex::new(InputsMemo::default()),
             task_locks: Mutex::new(HashMap::new()),
@@ -215,8 +258,8 @@ impl Hot {
         let watcher = notify::recommended_watcher(move |ev| {
             let _ = tx.send(ev);
         })?;
-        if let Ok(mut w) = hot.watcher.lock() {
-            *w = Some(watcher);
+        if let Ok(mut w) = hot.watches_lock.lock() {
+            w.watcher = Some(watcher);
         }
         hot.watch_dir(root);
         hot.watch_dir(&cookie_dir);
@@ -281,81 +324,86 @@ impl Hot {
             .unwrap_or_else(|| cache_dir_of(&self.root))
     }
 
-    /// Counts for `daemon.status`.
+    /// Counts for `daemon.status`, as of the last [`Hot::sync`]. Never
+    /// takes `inner`: status answers even while a long rescan holds it.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let inner = self.inner.lock();
+        let c = &self.counts;
+        (
+            c[0].load(Ordering::Relaxed),
+            c[1].load(Ordering::Relaxed),
+            c[2].load(Ordering::Relaxed),
+        )
+    }
+
+    fn set_counts(&self, inner: &Inner) {
         let (projects, tasks) = inner
+            .model
             .as_ref()
-            .ok()
-            .and_then(|i| {
-                i.model
-                    .as_ref()
-                    .map(|m| (m.ws.projects.len(), m.graph.nodes.len()))
-            })
+            .map(|m| (m.ws.projects.len(), m.graph.nodes.len()))
             .unwrap_or((0, 0));
-        let files = inner
-            .as_ref()
-            .ok()
-            .and_then(|i| i.snapshot.as_ref().map(|s| s.file_count()))
-            .unwrap_or(0);
-        (projects, tasks, files)
+        let files = inner.snapshot.as_ref().map_or(0, |s| s.file_count());
+        for (c, v) in self.counts.iter().zip([projects, tasks, files]) {
+            c.store(v, Ordering::Relaxed);
+        }
     }
 
     pub fn watch_dir(&self, dir: &Path) {
-        let Ok(mut w) = self.watcher.lock() else {
-            return;
-        };
-        let Some(w) = w.as_mut() else { return };
-        if let Ok(mut watched) = self.watched.lock()
-            && !watched.contains(dir)
-        {
-            match w.watch(dir, RecursiveMode::NonRecursive) {
+        let failed = {
+            let Ok(mut guard) = self.watches_lock.lock() else {
+                return;
+            };
+            let w = &mut *guard;
+            let Some(watcher) = w.watcher.as_mut() else {
+                return;
+            };
+            if w.dirs.contains(dir) {
+                return;
+            }
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    watched.insert(dir.to_path_buf());
-                    self.watches.store(watched.len(), Ordering::Relaxed);
+                    w.dirs.insert(dir.to_path_buf());
+                    self.watches.store(w.dirs.len(), Ordering::Relaxed);
+                    None
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {}: {e}; falling back to a rescan",
-                        dir.display()
-                    );
-                    if let Ok(mut d) = self.dirty.lock() {
-                        d.all = true;
-                    }
-                }
+                Err(e) => Some(e),
+            }
+        };
+        // Reported with the watch lock released: leaf locks never nest.
+        if let Some(e) = failed {
+            tracing::warn!(
+                "cannot watch {}: {e}; falling back to a rescan",
+                dir.display()
+            );
+            if let Ok(mut d) = self.dirty.lock() {
+                d.all = true;
             }
         }
     }
 
     /// Drops the watches of `dir` and everything under it.
     fn unwatch_tree(&self, dir: &Path) {
-        let Ok(mut watched) = self.watched.lock() else {
+        let Ok(mut guard) = self.watches_lock.lock() else {
             return;
         };
+        let w = &mut *guard;
         // Every watched tree's root is watched itself: a path that is not
         // (a deleted file) has nothing under it to drop.
-        if !watched.contains(dir) {
+        if !w.dirs.contains(dir) {
             return;
         }
-        let gone: Vec<PathBuf> = watched
+        let gone: Vec<PathBuf> = w
+            .dirs
             .iter()
-            .filter(|w| w.starts_with(dir))
+            .filter(|d| d.starts_with(dir))
             .cloned()
             .collect();
-        if gone.is_empty() {
-            return;
-        }
-        if let Ok(mut w) = self.watcher.lock()
-            && let Some(w) = w.as_mut()
-        {
-            for g in &gone {
-                let _ = w.unwatch(g);
-            }
-        }
         for g in gone {
-            watched.remove(&g);
+            if let Some(watcher) = w.watcher.as_mut() {
+                let _ = watcher.unwatch(&g);
+            }
+            w.dirs.remove(&g);
         }
-        self.watches.store(watched.len(), Ordering::Relaxed);
+        self.watches.store(w.dirs.len(), Ordering::Relaxed);
     }
 
     /// Watches every non-ignored directory under `dir` (inclusive). A
@@ -410,8 +458,8 @@ impl Hot {
             if p.starts_with(&dotgit) {
                 continue;
             }
+            let seq = *self.changes.borrow() + 1;
             if let Ok(mut log) = self.change_log.lock() {
-                let seq = *self.changes.borrow() + 1;
                 if log.len() >= CHANGE_LOG {
                     log.pop_front();
                 }
@@ -432,7 +480,12 @@ impl Hot {
                 if p.is_dir() {
                     // A directory appeared (created or moved in): watch it,
                     // and reload the model if it brings a project config.
-                    self.watch_tree(p);
+                    // A symlink to one is not watched through the link here
+                    // (that would re-label its target's watches): the next
+                    // sync watches link targets and linked members.
+                    if !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+                        self.watch_tree(p);
+                    }
                     model_changed = hash::walk_files_named(p, CONFIG_NAMES);
                 } else if !p.exists() {
                     // Something went away (deleted, or moved: its watches now
@@ -566,6 +619,29 @@ impl Hot {
                     .map(|p| model.ws.abs_dir(p))
                     .collect();
             }
+            let real_root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+            let linked: Vec<LinkedProject> = model
+                .ws
+                .projects
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| hash::through_link(&self.root, &p.dir))
+                .map(|(i, p)| LinkedProject {
+                    project: i,
+                    dir: p.dir.clone(),
+                    real: std::fs::canonicalize(model.ws.abs_dir(p))
+                        .ok()
+                        .and_then(|r| {
+                            r.strip_prefix(&real_root)
+                                .ok()
+                                .and_then(|r| r.to_str())
+                                .map(str::to_string)
+                        }),
+                })
+                .collect();
+            if let Ok(mut l) = self.linked.lock() {
+                *l = linked;
+            }
             inner.model = Some(model);
             rescan = true;
         }
@@ -581,8 +657,17 @@ impl Hot {
             // Watch first, then scan: a change made during the scan is then
             // either in the scan or reported for the next request.
             self.watch_tree(&self.root.clone());
+            // Linked members are watched through their link (inotify
+            // follows it), so their events carry their workspace paths.
+            for dir in self.linked_dirs() {
+                for d in hash::walk_dirs(&self.root.join(&dir)) {
+                    self.watch_dir(&d);
+                }
+            }
             let snap = Snapshot::scan(&model, &cache_skip);
+            self.watch_link_targets(&snap);
             inner.snapshot = Some(snap.clone());
+            self.set_counts(&inner);
             if let Ok(mut m) = self.inputs_memo.lock() {
                 m.outputs_ok.clear();
             }
@@ -590,10 +675,50 @@ impl Hot {
         }
         if let Some(snap) = inner.snapshot.as_mut() {
             let mut projects: HashSet<Option<usize>> = HashSet::new();
-            for p in &dirty.paths {
-                if let Ok(rel) = p.strip_prefix(&self.root) {
-                    let rel = rel.to_string_lossy().replace('\\', "/");
-                    projects.insert(model.owner_of(&rel));
+            let rels: Vec<String> = dirty
+                .paths
+                .iter()
+                .filter_map(|p| p.strip_prefix(&self.root).ok())
+                .map(|rel| rel.to_string_lossy().replace('\\', "/"))
+                .collect();
+            let linked: Vec<(usize, String, Option<String>)> = self
+                .linked
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .map(|l| (l.project, l.dir.clone(), l.real.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let targets: Vec<(Option<usize>, String)> = if rels.is_empty() {
+                Vec::new()
+            } else {
+                snap.link_targets()
+                    .into_iter()
+                    .map(|(p, t)| (p, t.to_string()))
+                    .collect()
+            };
+            for rel in &rels {
+                projects.insert(model.owner_of(rel));
+                // A symlink into the workspace is hashed by its target: a
+                // change at or above the target re-walks the link's owner.
+                for (owner, t) in &targets {
+                    if overlaps(rel, t) {
+                        projects.insert(*owner);
+                    }
+                }
+                // One inode watched under two paths reports under one of
+                // them: a linked member and its real directory are the same
+                // files, so either path re-walks both owners.
+                for (p, dir, real) in &linked {
+                    let Some(real) = real else { continue };
+                    if let Some(r) = rebase(rel, real, dir) {
+                        projects.insert(Some(*p));
+                        projects.insert(model.owner_of(&r));
+                    }
+                    if let Some(r) = rebase(rel, dir, real) {
+                        projects.insert(model.owner_of(&r));
+                    }
                 }
             }
             if let Ok(mut m) = self.inputs_memo.lock() {
@@ -601,15 +726,51 @@ impl Hot {
                 m.outputs_ok
                     .retain(|n, _| !projects.contains(&Some(nodes[*n].project)));
             }
+            let refreshed = !projects.is_empty();
             for p in projects {
                 snap.refresh(&model, p, &cache_skip);
+            }
+            if refreshed {
+                self.watch_link_targets(snap);
             }
         }
         let snap = inner
             .snapshot
             .clone()
             .ok_or_else(|| EngineError::new(codes::INTERNAL_ERROR, "no snapshot"))?;
+        self.set_counts(&inner);
         Ok((model, snap))
+    }
+
+    /// Root-relative dirs of the members reached through a symlink.
+    fn linked_dirs(&self) -> Vec<String> {
+        self.linked
+            .lock()
+            .map(|l| l.iter().map(|l| l.dir.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn is_watched(&self, dir: &Path) -> bool {
+        self.watches_lock.lock().is_ok_and(|w| w.dirs.contains(dir))
+    }
+
+    /// Watches what symlinks into the workspace point at (possibly an
+    /// ignored directory, not watched otherwise): a file's directory, a
+    /// directory's whole tree. An edit of a target then re-walks the
+    /// link's owner (see [`Hot::sync`]).
+    fn watch_link_targets(&self, snap: &Snapshot) {
+        for (_, t) in snap.link_targets() {
+            let abs = self.root.join(t);
+            if abs.is_dir() {
+                if !self.is_watched(&abs) {
+                    for d in hash::walk_dirs(&abs) {
+                        self.watch_dir(&d);
+                    }
+                }
+            } else if let Some(parent) = abs.parent() {
+                self.watch_dir(parent);
+            }
+        }
     }
 
     /// Attaches a run to the execution of `key`: returns the entry and

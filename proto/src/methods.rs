@@ -381,6 +381,11 @@ pub struct PlannedTask {
     pub requested: bool,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// Risks in how the task is keyed, one sentence each (e.g. an input
+    /// that is a symlink to a path outside the workspace, hashed by its link
+    /// text only). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The result of `run.plan`.
