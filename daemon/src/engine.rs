@@ -419,11 +419,9 @@ impl Shared {
         } else {
             Vec::new()
         };
-        let inputs = if node.def.command.is_some() {
-            self.inputs_of(n)?
-        } else {
-            Arc::new(Vec::new())
-        };
+        // A task without a command (a group task, a turbo transit node) is
+        // keyed by its project's inputs too, so its dependents see them.
+        let inputs = self.inputs_of(n)?;
         let env = self.keyed_env(n);
         // Under the daemon, a key whose every varying part is unchanged (the
         // same input list object, upstream keys, env values and args) is reused.
@@ -475,11 +473,7 @@ impl Shared {
     fn fingerprint(&self, n: usize, key: &str) -> Fingerprint {
         let node = &self.model.graph.nodes[n];
         let hash_str = |s: &str| blake3::hash(s.as_bytes()).to_hex().to_string();
-        let files = if node.def.command.is_some() {
-            self.inputs_of(n).map(|i| (*i).clone()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let files = self.inputs_of(n).map(|i| (*i).clone()).unwrap_or_default();
         let env = self
             .keyed_env(n)
             .into_iter()

@@ -347,7 +347,10 @@ impl RawTask {
         }
     }
 
-    fn to_def(&self, script: &str) -> TaskDef {
+    /// The task definition; `script: None` makes a no-op node (a package
+    /// without the script: turbo's transit node), which is still keyed by
+    /// the package's inputs and its upstream keys, and executes nothing.
+    fn to_def(&self, script: Option<&str>) -> TaskDef {
         let strip = |v: &Option<Vec<String>>| -> Vec<String> {
             let mut out: Vec<String> = Vec::new();
             for x in v.iter().flatten() {
@@ -358,8 +361,8 @@ impl RawTask {
             out
         };
         let mut def = TaskDef {
-            command: Some(script.to_string()),
-            npm_script: true,
+            command: script.map(str::to_string),
+            npm_script: script.is_some(),
             description: self.description.clone(),
             depends_on: strip(&self.depends_on),
             outputs: strip(&self.outputs),
@@ -388,13 +391,22 @@ impl RawTask {
                 }
             }
         }
+        if script.is_none() {
+            // Nothing runs: nothing to keep alive, nothing to give a terminal.
+            def.persistent = false;
+            def.interactive = false;
+        }
         def.cache = self.cache.unwrap_or(true) && !def.persistent && !def.interactive;
         def
     }
 }
 
 /// The tasks of package `name` (its scripts, the root config, and its own
-/// turbo.json): only tasks with a script are defined.
+/// turbo.json). Every task the configs name is defined, as in turbo: one
+/// without a script in this package is a no-op node (`command: None`) that
+/// still takes part in keys, so a transit node like
+/// `"topo": {"dependsOn": ["^topo"]}` carries its package's sources to the
+/// tasks that depend on it.
 pub(crate) fn package_tasks(
     root: &TurboRoot,
     name: &str,
@@ -415,9 +427,7 @@ pub(crate) fn package_tasks(
     }
     let mut out = BTreeMap::new();
     for t in names {
-        let Some(script) = scripts.get(t) else {
-            continue;
-        };
+        let script = scripts.get(t).map(String::as_str);
         let mut def = root.tasks.get(t).cloned().unwrap_or_default();
         if let Some(o) = root.tasks.get(&format!("{prefix}{t}")) {
             def = def.merged(o);
@@ -435,17 +445,19 @@ pub(crate) fn has_root_tasks(root: &TurboRoot) -> bool {
     root.tasks.keys().any(|k| k.starts_with("//#"))
 }
 
-/// Root-project tasks (`//#task`), commands from the root package.json.
+/// Root-project tasks (`//#task`), commands from the root package.json (a
+/// task without a script is a no-op node, as in packages).
 pub(crate) fn root_tasks(
     root: &TurboRoot,
     scripts: &BTreeMap<String, String>,
 ) -> BTreeMap<String, TaskDef> {
     let mut out = BTreeMap::new();
     for (k, t) in &root.tasks {
-        if let Some(name) = k.strip_prefix("//#")
-            && let Some(script) = scripts.get(name)
-        {
-            out.insert(name.to_string(), t.to_def(script));
+        if let Some(name) = k.strip_prefix("//#") {
+            out.insert(
+                name.to_string(),
+                t.to_def(scripts.get(name).map(String::as_str)),
+            );
         }
     }
     out
