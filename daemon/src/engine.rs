@@ -102,11 +102,16 @@ fn now_ms() -> u64 {
 }
 
 /// The cache directory of a workspace.
+/// (`VX_CACHE_DIR` is resolved and vetted by `workspace::load`, as here.)
 pub fn cache_dir(ws: &Workspace) -> PathBuf {
     ws.defaults.cache_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("VX_CACHE_DIR")
+        std::env::var_os(workspace::CACHE_ENV)
             .filter(|d| !d.is_empty())
-            .map(|d| ws.root.join(d))
+            .and_then(|d| {
+                let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+                workspace::resolve_cache_dir(&ws.root, Path::new(&d), home.as_deref().map(Path::new))
+                    .ok()
+            })
             .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
     })
 }

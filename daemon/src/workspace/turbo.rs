@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::check::{self, ProjectRef};
+use super::guard::{self, Overlap};
 use super::text::{Src, json_error, strip_jsonc};
 use super::{ConfigError, GlobalConfig, TaskDef};
 use crate::globs::Patterns;
@@ -308,6 +309,14 @@ fn check_task(
         }
         check::env_name(n, true).map_err(|e| src.err_near(n, n, e))?;
     }
+    // Outputs are deleted before a task runs: they may not select its
+    // sources or the package's config (checked again once merged).
+    let def = t.to_def(Some(""));
+    if let Err(o) = guard::check_outputs(&def.inputs, t.inputs.is_some(), &def.outputs) {
+        return Err(src
+            .err_near(&o.output, "outputs", o.message(&what("outputs")))
+            .with_hint(o.hint()));
+    }
     Ok(())
 }
 
@@ -406,13 +415,14 @@ impl RawTask {
 /// without a script in this package is a no-op node (`command: None`) that
 /// still takes part in keys, so a transit node like
 /// `"topo": {"dependsOn": ["^topo"]}` carries its package's sources to the
-/// tasks that depend on it.
+/// tasks that depend on it. Err: a task whose merged outputs overlap its
+/// inputs or the package's config (see `guard`).
 pub(crate) fn package_tasks(
     root: &TurboRoot,
     name: &str,
     own: Option<&TurboPackage>,
     scripts: &BTreeMap<String, String>,
-) -> BTreeMap<String, TaskDef> {
+) -> Result<BTreeMap<String, TaskDef>, (String, Overlap)> {
     let prefix = format!("{name}#");
     let mut names: BTreeSet<&str> = BTreeSet::new();
     for k in root.tasks.keys() {
@@ -435,9 +445,14 @@ pub(crate) fn package_tasks(
         if let Some(o) = own.and_then(|p| p.tasks.get(t)) {
             def = def.merged(o);
         }
-        out.insert(t.to_string(), def.to_def(script));
+        let merged = def.to_def(script);
+        if merged.command.is_some() {
+            guard::check_outputs(&merged.inputs, def.inputs.is_some(), &merged.outputs)
+                .map_err(|o| (t.to_string(), o))?;
+        }
+        out.insert(t.to_string(), merged);
     }
-    out
+    Ok(out)
 }
 
 /// Whether the root config defines root (`//#task`) tasks.
