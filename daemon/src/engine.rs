@@ -109,8 +109,12 @@ pub fn cache_dir(ws: &Workspace) -> PathBuf {
             .filter(|d| !d.is_empty())
             .and_then(|d| {
                 let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
-                workspace::resolve_cache_dir(&ws.root, Path::new(&d), home.as_deref().map(Path::new))
-                    .ok()
+                workspace::resolve_cache_dir(
+                    &ws.root,
+                    Path::new(&d),
+                    home.as_deref().map(Path::new),
+                )
+                .ok()
             })
             .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
     })

@@ -48,12 +48,12 @@ impl Overlap {
             OverlapWith::Everything => format!(
                 "`{o}` in {what} selects every file of the project, its sources and config included: {tail}"
             ),
-            OverlapWith::Config(f) => format!(
-                "`{o}` in {what} selects `{f}`, the project's own config: {tail}"
-            ),
-            OverlapWith::Input(i) => format!(
-                "`{o}` in {what} overlaps the input pattern `{i}`: {tail}"
-            ),
+            OverlapWith::Config(f) => {
+                format!("`{o}` in {what} selects `{f}`, the project's own config: {tail}")
+            }
+            OverlapWith::Input(i) => {
+                format!("`{o}` in {what} overlaps the input pattern `{i}`: {tail}")
+            }
         }
     }
 
@@ -176,7 +176,13 @@ fn probes(p: &str) -> Vec<String> {
         let parts: Vec<String> = comps
             .iter()
             .filter(|c| keep_globstar || **c != "**")
-            .map(|c| if *c == "**" { "x".to_string() } else { concrete(c) })
+            .map(|c| {
+                if *c == "**" {
+                    "x".to_string()
+                } else {
+                    concrete(c)
+                }
+            })
             .collect();
         let path = if parts.is_empty() {
             "x".to_string()
@@ -409,26 +415,77 @@ mod tests {
     fn output_overlap_table() {
         // (inputs, inputs declared, outputs, expected: None ok / Some(culprit, with))
         use OverlapWith::*;
-        let cases: &[(&[&str], bool, &[&str], Option<(&str, OverlapWith)>)] = &[
-            (&["src/**"], true, &["src/**"], Some(("src/**", Input("src/**".into())))),
-            (&["src/*.js"], true, &["src/*.js"], Some(("src/*.js", Input("src/*.js".into())))),
-            (&["src"], true, &["src/out.js"], Some(("src/out.js", Input("src".into())))),
-            (&["src/**"], true, &["src/gen/**"], Some(("src/gen/**", Input("src/**".into())))),
+        type Case<'a> = (
+            &'a [&'a str],
+            bool,
+            &'a [&'a str],
+            Option<(&'a str, OverlapWith)>,
+        );
+        let cases: &[Case] = &[
+            (
+                &["src/**"],
+                true,
+                &["src/**"],
+                Some(("src/**", Input("src/**".into()))),
+            ),
+            (
+                &["src/*.js"],
+                true,
+                &["src/*.js"],
+                Some(("src/*.js", Input("src/*.js".into()))),
+            ),
+            (
+                &["src"],
+                true,
+                &["src/out.js"],
+                Some(("src/out.js", Input("src".into()))),
+            ),
+            (
+                &["src/**"],
+                true,
+                &["src/gen/**"],
+                Some(("src/gen/**", Input("src/**".into()))),
+            ),
             (&["src/**", "!src/gen/**"], true, &["src/gen/**"], None),
             (&["src/**"], true, &["**"], Some(("**", Everything))),
             (&["**"], false, &["**"], Some(("**", Everything))),
             (&["**"], false, &["**/*"], Some(("**/*", Everything))),
             (&["**"], false, &["*"], Some(("*", Config("vx.toml")))),
-            (&["**"], false, &["*.json"], Some(("*.json", Config("package.json")))),
-            (&["**"], false, &["dist", "vx.toml"], Some(("vx.toml", Config("vx.toml")))),
+            (
+                &["**"],
+                false,
+                &["*.json"],
+                Some(("*.json", Config("package.json"))),
+            ),
+            (
+                &["**"],
+                false,
+                &["dist", "vx.toml"],
+                Some(("vx.toml", Config("vx.toml"))),
+            ),
             (&["**"], true, &["dist/**"], None),
-            (&["**", "!README.md"], true, &[".next/**", "!.next/cache/**"], None),
+            (
+                &["**", "!README.md"],
+                true,
+                &[".next/**", "!.next/cache/**"],
+                None,
+            ),
             (&["**"], false, &["dist/**", "*.tsbuildinfo"], None),
             (&["src/**/*.ts"], true, &["src/**/*.js"], None),
             (&["src/**"], true, &["dist/**", "types/**"], None),
             (&["src/**", "tsconfig.json"], true, &["dist/**"], None),
-            (&["src/**"], true, &["{src,lib}/**"], Some(("{src,lib}/**", Input("src/**".into())))),
-            (&["lib/**"], true, &["{src,lib}/**"], Some(("{src,lib}/**", Input("lib/**".into())))),
+            (
+                &["src/**"],
+                true,
+                &["{src,lib}/**"],
+                Some(("{src,lib}/**", Input("src/**".into()))),
+            ),
+            (
+                &["lib/**"],
+                true,
+                &["{src,lib}/**"],
+                Some(("{src,lib}/**", Input("lib/**".into()))),
+            ),
             (&["**/*.ts"], true, &["**/*.d.ts"], None),
             (&["src/**"], true, &[], None),
         ];
@@ -447,7 +504,10 @@ mod tests {
         assert_eq!(probes("src/**"), vec!["src", "src/x", "src/x/x"]);
         assert_eq!(probes("src/*.{js,ts}"), vec!["src/x.js"]);
         assert_eq!(probes("dist"), vec!["dist", "dist/x"]);
-        assert_eq!(probes("a/[bc]?/**/*.d.ts"), vec!["a/bx/x.d.ts", "a/bx/x/x.d.ts"]);
+        assert_eq!(
+            probes("a/[bc]?/**/*.d.ts"),
+            vec!["a/bx/x.d.ts", "a/bx/x/x.d.ts"]
+        );
     }
 
     #[test]
@@ -457,10 +517,19 @@ mod tests {
         std::fs::create_dir_all(root.join("packages/a/src")).unwrap();
         let home = t.path().canonicalize().unwrap().join("home/me");
         let projects = [
-            ProjectDir { name: "//", dir: "." },
-            ProjectDir { name: "a", dir: "packages/a" },
+            ProjectDir {
+                name: "//",
+                dir: ".",
+            },
+            ProjectDir {
+                name: "a",
+                dir: "packages/a",
+            },
         ];
-        let no_root_project = [ProjectDir { name: "a", dir: "packages/a" }];
+        let no_root_project = [ProjectDir {
+            name: "a",
+            dir: "packages/a",
+        }];
         let cases: &[(&str, bool, Option<&str>)] = &[
             ("/", true, Some("filesystem root")),
             (".", true, Some("is the workspace root")),
@@ -472,7 +541,11 @@ mod tests {
             ("packages", true, Some("contains project `a`")),
             ("packages", false, Some("contains project `a`")),
             ("packages/a", true, Some("contains project `a`")),
-            ("packages/a/src", true, Some("inside the sources of project `a`")),
+            (
+                "packages/a/src",
+                true,
+                Some("inside the sources of project `a`"),
+            ),
             ("packages/a/node_modules/.cache/vx", true, None),
             ("cache", true, Some("inside the sources of project `//`")),
             ("cache", false, None),

@@ -601,11 +601,7 @@ const CACHE_HINT: &str = "give the cache a directory of its own: leave it unset 
 /// absolute: relative to the workspace root, `~` and `~/...` under `$HOME`.
 /// Err: `~user` forms (not expanded: they would make a directory named `~...`),
 /// or `~` without `$HOME`.
-pub fn resolve_cache_dir(
-    root: &Path,
-    d: &Path,
-    home: Option<&Path>,
-) -> Result<PathBuf, String> {
+pub fn resolve_cache_dir(root: &Path, d: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
     let mut comps = d.components();
     if let Some(std::path::Component::Normal(first)) = comps.clone().next()
         && first.as_encoded_bytes().starts_with(b"~")

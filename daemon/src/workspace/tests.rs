@@ -816,7 +816,10 @@ fn outputs_overlapping_sources_or_config_are_refused() {
         assert_eq!(e.file.as_deref(), Some(Path::new("p/vx.toml")), "{e}");
         assert!(e.message.contains(msg), "{e}\nlacks {msg}");
         assert_eq!(e.line, Some(*line), "{e}");
-        assert!(e.message.contains("deletes a task's outputs before it runs"));
+        assert!(
+            e.message
+                .contains("deletes a task's outputs before it runs")
+        );
         assert!(e.hint.is_some());
     }
     // A generator writing next to its sources says so.
@@ -836,7 +839,10 @@ fn outputs_overlapping_sources_or_config_are_refused() {
             "turbo.json",
             r#"{"tasks": {"build": {"inputs": ["$TURBO_DEFAULT$", "!README.md"], "outputs": [".next/**", "!.next/cache/**", "dist/**", "*.tsbuildinfo"]}}}"#,
         ),
-        ("p/package.json", r#"{"name": "p", "scripts": {"build": "b"}}"#),
+        (
+            "p/package.json",
+            r#"{"name": "p", "scripts": {"build": "b"}}"#,
+        ),
     ]);
     load(t.path()).unwrap();
     let e = err(&[
@@ -847,7 +853,10 @@ fn outputs_overlapping_sources_or_config_are_refused() {
         ),
     ]);
     assert_eq!(e.file.as_deref(), Some(Path::new("turbo.json")), "{e}");
-    assert!(e.message.contains("overlaps the input pattern `src/**`"), "{e}");
+    assert!(
+        e.message.contains("overlaps the input pattern `src/**`"),
+        "{e}"
+    );
     assert_eq!(e.line, Some(2), "{e}");
     // Overlap that only appears once a package's turbo.json is merged.
     let e = err(&[
@@ -856,14 +865,20 @@ fn outputs_overlapping_sources_or_config_are_refused() {
             "turbo.json",
             r#"{"tasks": {"fmt": {"inputs": ["src/**"], "outputs": ["dist/**"]}}}"#,
         ),
-        ("p/package.json", r#"{"name": "p", "scripts": {"fmt": "f"}}"#),
+        (
+            "p/package.json",
+            r#"{"name": "p", "scripts": {"fmt": "f"}}"#,
+        ),
         (
             "p/turbo.json",
             r#"{"extends": ["//"], "tasks": {"fmt": {"outputs": ["src/**"]}}}"#,
         ),
     ]);
     assert_eq!(e.file.as_deref(), Some(Path::new("p/turbo.json")), "{e}");
-    assert!(e.message.contains("overlaps the input pattern `src/**`"), "{e}");
+    assert!(
+        e.message.contains("overlaps the input pattern `src/**`"),
+        "{e}"
+    );
 }
 
 #[test]
