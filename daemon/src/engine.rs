@@ -102,11 +102,20 @@ fn now_ms() -> u64 {
 }
 
 /// The cache directory of a workspace.
+/// (`VX_CACHE_DIR` is resolved and vetted by `workspace::load`, as here.)
 pub fn cache_dir(ws: &Workspace) -> PathBuf {
     ws.defaults.cache_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("VX_CACHE_DIR")
+        std::env::var_os(workspace::CACHE_ENV)
             .filter(|d| !d.is_empty())
-            .map(|d| ws.root.join(d))
+            .and_then(|d| {
+                let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+                workspace::resolve_cache_dir(
+                    &ws.root,
+                    Path::new(&d),
+                    home.as_deref().map(Path::new),
+                )
+                .ok()
+            })
             .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
     })
 }
@@ -445,11 +454,9 @@ impl Shared {
         } else {
             Vec::new()
         };
-        let inputs = if node.def.command.is_some() {
-            self.inputs_of(n)?
-        } else {
-            Arc::new(Vec::new())
-        };
+        // A task without a command (a group task, a turbo transit node) is
+        // keyed by its project's inputs too, so its dependents see them.
+        let inputs = self.inputs_of(n)?;
         let env = self.keyed_env(n);
         // Under the daemon, a key whose every varying part is unchanged (the
         // same input list object, upstream keys, env values and args) is reused.
@@ -501,11 +508,7 @@ impl Shared {
     fn fingerprint(&self, n: usize, key: &str) -> Fingerprint {
         let node = &self.model.graph.nodes[n];
         let hash_str = |s: &str| blake3::hash(s.as_bytes()).to_hex().to_string();
-        let files = if node.def.command.is_some() {
-            self.inputs_of(n).map(|i| (*i).clone()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let files = self.inputs_of(n).map(|i| (*i).clone()).unwrap_or_default();
         let env = self
             .keyed_env(n)
             .into_iter()

@@ -641,6 +641,13 @@ pub fn changed_files(root: &Path, base: &str) -> Result<(String, BTreeSet<String
         base.to_string()
     };
     let base = base.strip_suffix("...HEAD").unwrap_or(&base).to_string();
+    if base.starts_with('-') {
+        // git would read it as an option (`--output=...` writes a file).
+        return Err(gerr(
+            codes::USER_ERROR,
+            format!("--affected takes a git ref, and `{base}` starts with `-`"),
+        ));
+    }
     if base.contains("..") || base.starts_with('^') {
         return Err(gerr(
             codes::USER_ERROR,

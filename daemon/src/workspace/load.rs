@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::check::{self, ProjectRef};
+use super::guard;
 use super::members::MemberGlobs;
 use super::npm::{self, LocalPackage, PackageJson};
 use super::text::{Src, did_you_mean, find_key, find_quoted, strip_jsonc, toml_error};
@@ -20,9 +21,27 @@ fn io_error(path: &Path, e: &std::io::Error) -> ConfigError {
     ConfigError::new(format!("cannot read {}: {e}", path.display()))
 }
 
+/// A config file's bytes as text; invalid UTF-8 is an error at the line and
+/// column of the first bad byte.
+fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let bad = bytes.get(good).copied().unwrap_or_default();
+        // The prefix is valid UTF-8 by construction.
+        let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let (line, col) = super::text::line_col(before, before.len());
+        ConfigError::in_file(
+            path,
+            format!("invalid UTF-8 (byte 0x{bad:02x}): config files must be UTF-8 text"),
+        )
+        .at(line, col)
+    })
+}
+
 fn read_abs(path: &Path) -> Result<Option<String>, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
+    match std::fs::read(path) {
+        Ok(b) => utf8(path, b).map(Some),
         Err(e)
             if matches!(
                 e.kind(),
@@ -84,8 +103,10 @@ fn candidate_globs(dir: &Path) -> Result<Option<Vec<String>>, ConfigError> {
 
 /// A `turbo.json` that is not a package config (no `extends`).
 fn is_root_turbo(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // Unreadable as text: still a candidate, so `load` reports it.
+        Err(e) => return e.kind() == std::io::ErrorKind::InvalidData,
     };
     match serde_json::from_str::<serde_json::Value>(&strip_jsonc(&text)) {
         Ok(v) => v.get("extends").is_none(),
@@ -504,15 +525,55 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
     // Defaults and global config.
     let mut defaults = Defaults::default();
     let mut global = GlobalConfig::default();
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    let dirs: Vec<guard::ProjectDir<'_>> = projects
+        .iter()
+        .map(|p| guard::ProjectDir {
+            name: &p.name,
+            dir: &p.dir,
+        })
+        .collect();
     if let Some(w) = &ws {
         defaults.concurrency = w.concurrency;
         defaults.timeout_ms = w.timeout_ms;
-        defaults.cache_dir = w.cache_dir.as_deref().map(|d| absolute_dir(&root, d));
+        if let Some(d) = &w.cache_dir {
+            let here = |msg: String| match &root_vx {
+                Some(v) => v.src.err(msg).at_opt(w.cache_dir_pos),
+                None => ConfigError::in_file(VX, msg),
+            };
+            let abs = resolve_cache_dir(&root, Path::new(d), home.as_deref())
+                .map_err(|m| here(format!("`cache_dir = {d:?}`: {m}")).with_hint(CACHE_HINT))?;
+            if let Some(why) = guard::cache_dir_problem(&root, &abs, home.as_deref(), &dirs) {
+                return Err(here(format!(
+                    "`cache_dir = {d:?}` is refused: {why}, and `vx cache clean` deletes the cache directory"
+                ))
+                .with_hint(CACHE_HINT));
+            }
+            defaults.cache_dir = Some(abs);
+        }
         global = w.global.clone();
     } else if let Some(t) = &turbo_root {
         defaults.concurrency = t.concurrency;
         global = t.global.clone();
     }
+
+    if defaults.cache_dir.is_none()
+        && let Some(v) = std::env::var_os(CACHE_ENV).filter(|v| !v.is_empty())
+    {
+        let shown = Path::new(&v).display().to_string();
+        let abs = resolve_cache_dir(&root, Path::new(&v), home.as_deref()).map_err(|m| {
+            ConfigError::new(format!("{CACHE_ENV}={shown}: {m}")).with_hint(CACHE_HINT)
+        })?;
+        if let Some(why) = guard::cache_dir_problem(&root, &abs, home.as_deref(), &dirs) {
+            return Err(ConfigError::new(format!(
+                "{CACHE_ENV}={shown} is refused: {why}, and `vx cache clean` deletes the cache directory"
+            ))
+            .with_hint(CACHE_HINT));
+        }
+    }
+    drop(dirs);
 
     Ok(Workspace {
         root,
@@ -530,18 +591,38 @@ fn find_line_starting(text: &str, prefix: &str) -> Option<(usize, usize)> {
         .map(|i| (i + 1, 1))
 }
 
-fn absolute_dir(root: &Path, d: &str) -> PathBuf {
-    if let Some(rest) = d.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
+/// The environment variable that sets the cache directory when the config
+/// does not.
+pub const CACHE_ENV: &str = "VX_CACHE_DIR";
+
+const CACHE_HINT: &str = "give the cache a directory of its own: leave it unset (the default is `.vx/cache` in the workspace), or name one outside the workspace such as `~/.cache/vx/<name>`";
+
+/// A configured cache directory (`cache_dir` or `VX_CACHE_DIR`) made
+/// absolute: relative to the workspace root, `~` and `~/...` under `$HOME`.
+/// Err: `~user` forms (not expanded: they would make a directory named `~...`),
+/// or `~` without `$HOME`.
+pub fn resolve_cache_dir(root: &Path, d: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
+    let mut comps = d.components();
+    if let Some(std::path::Component::Normal(first)) = comps.clone().next()
+        && first.as_encoded_bytes().starts_with(b"~")
     {
-        return PathBuf::from(home).join(rest);
+        if first != "~" {
+            return Err(format!(
+                "`{}` is not expanded; write the home directory's path",
+                first.to_string_lossy()
+            ));
+        }
+        comps.next();
+        let Some(home) = home else {
+            return Err("`~` needs $HOME, which is not set".to_string());
+        };
+        return Ok(home.join(comps.as_path()));
     }
-    let p = Path::new(d);
-    if p.is_absolute() {
-        p.to_path_buf()
+    Ok(if d.is_absolute() {
+        d.to_path_buf()
     } else {
-        root.join(p)
-    }
+        root.join(d)
+    })
 }
 
 /// The manifests of one member directory.
@@ -679,16 +760,24 @@ fn member_draft(
                 .as_ref()
                 .map(|(_, p)| p.scripts.clone())
                 .unwrap_or_default();
+            let config_file = match &own {
+                Some(_) => rel_join(dir, TURBO),
+                None => pkg_file.clone().unwrap_or_else(|| rel_join(dir, PKG)),
+            };
             let tasks = turbo::package_tasks(
                 troot,
                 pkg_name.as_deref().unwrap_or(&name),
                 own.as_ref(),
                 &scripts,
-            );
-            let config_file = match &own {
-                Some(_) => rel_join(dir, TURBO),
-                None => pkg_file.clone().unwrap_or_else(|| rel_join(dir, PKG)),
-            };
+            )
+            .map_err(|(task, o)| {
+                let file = if own.is_some() { &config_file } else { TURBO };
+                ConfigError::in_file(
+                    file,
+                    o.message(&format!("`outputs` of task `{task}` (merged for `{name}`)")),
+                )
+                .with_hint(o.hint())
+            })?;
             let own = own.unwrap_or_default();
             (tasks, own.tags, config_file, Vec::new(), own.refs)
         }

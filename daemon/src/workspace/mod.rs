@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 mod check;
 mod error;
+mod guard;
 mod load;
 mod members;
 mod npm;
@@ -26,7 +27,7 @@ mod turbo;
 mod vxtoml;
 
 pub use error::ConfigError;
-pub use load::{find_root, load};
+pub use load::{CACHE_ENV, find_root, load, resolve_cache_dir};
 
 /// Where the tasks of the workspace came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -335,8 +335,19 @@ fn turbo_tasks_overrides_and_root_tasks() {
     assert_eq!(ui.tasks["build"].outputs, vec!["dist/**", "types/**"]);
     assert_eq!(ui.tasks["build"].inputs, vec!["src/**"]);
     assert!(ui.tasks["lint"].cache);
-    assert!(!ui.tasks.contains_key("test"), "no script, no task");
-    assert!(ws.project("cfg").unwrap().tasks.is_empty());
+    // No script: a no-op node (turbo's transit node), keyed but executing nothing.
+    let noop = &ui.tasks["test"];
+    assert_eq!(noop.command, None);
+    assert!(!noop.npm_script);
+    assert_eq!(noop.depends_on, vec!["build", "//#format"]);
+    let dev = &ui.tasks["dev"];
+    assert!(dev.command.is_none() && !dev.persistent, "{dev:?}");
+    let cfg = ws.project("cfg").unwrap();
+    assert_eq!(
+        cfg.tasks.keys().collect::<Vec<_>>(),
+        vec!["build", "dev", "test"]
+    );
+    assert!(cfg.tasks.values().all(|t| t.command.is_none()));
     let root = ws.project("//").unwrap();
     assert_eq!(root.dir, ".");
     assert_eq!(root.tasks.keys().collect::<Vec<_>>(), vec!["format"]);
@@ -752,4 +763,162 @@ fn loads_many_packages_fast() {
     assert_eq!(ws.project("p10").unwrap().deps, vec!["p9"]);
     // Generous bound for debug builds on slow CI.
     assert!(took.as_millis() < 3000, "took {took:?}");
+}
+
+// ---------------------------------------------------------------- trust (issue 9)
+
+#[test]
+fn invalid_utf8_names_file_line_and_column() {
+    let t = tree(&[("vx.toml", "[workspace]\nmembers = [\"p/*\"]\n")]);
+    fs::create_dir_all(t.path().join("p/a")).unwrap();
+    fs::write(
+        t.path().join("p/a/vx.toml"),
+        b"[tasks.build]\ncommand = \"echo h\xe9llo\"\n",
+    )
+    .unwrap();
+    let e = load(t.path()).unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(Path::new("p/a/vx.toml")), "{e}");
+    assert_eq!((e.line, e.column), (Some(2), Some(18)), "{e}");
+    assert!(e.message.contains("invalid UTF-8 (byte 0xe9)"), "{e}");
+
+    let t = tree(&[("package.json", r#"{"workspaces": []}"#)]);
+    fs::write(t.path().join("turbo.json"), b"{\n  \"tasks\": {\xff}\n}").unwrap();
+    let e = load(&find_root(t.path()).unwrap()).unwrap_err();
+    assert_eq!(e.file.as_deref(), Some(Path::new("turbo.json")), "{e}");
+    assert_eq!((e.line, e.column), (Some(2), Some(13)), "{e}");
+}
+
+#[test]
+fn outputs_overlapping_sources_or_config_are_refused() {
+    // (vx.toml task body, message part, line)
+    let cases: &[(&str, &str, usize)] = &[
+        (
+            "command = \"fmt\"\ninputs = [\"src/**\"]\noutputs = [\"src/**\"]\n",
+            "`src/**` in `outputs` of task `t` overlaps the input pattern `src/**`",
+            4,
+        ),
+        (
+            "command = \"gen\"\noutputs = [\"**\"]\n",
+            "`**` in `outputs` of task `t` selects every file of the project",
+            3,
+        ),
+        (
+            "command = \"gen\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\",\n  \"*.toml\"]\n",
+            "`*.toml` in `outputs` of task `t` selects `vx.toml`",
+            5,
+        ),
+    ];
+    for (body, msg, line) in cases {
+        let e = err(&[
+            ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+            ("p/vx.toml", &format!("[tasks.t]\n{body}")),
+        ]);
+        assert_eq!(e.file.as_deref(), Some(Path::new("p/vx.toml")), "{e}");
+        assert!(e.message.contains(msg), "{e}\nlacks {msg}");
+        assert_eq!(e.line, Some(*line), "{e}");
+        assert!(
+            e.message
+                .contains("deletes a task's outputs before it runs")
+        );
+        assert!(e.hint.is_some());
+    }
+    // A generator writing next to its sources says so.
+    let t = tree(&[
+        ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+        (
+            "p/vx.toml",
+            "[tasks.t]\ncommand = \"gen\"\ninputs = [\"src/**\", \"!src/gen/**\"]\noutputs = [\"src/gen/**\"]\n",
+        ),
+    ]);
+    load(t.path()).unwrap();
+
+    // turbo: the usual patterns load; overlap is refused at its line.
+    let t = tree(&[
+        ("package.json", r#"{"workspaces": ["p"]}"#),
+        (
+            "turbo.json",
+            r#"{"tasks": {"build": {"inputs": ["$TURBO_DEFAULT$", "!README.md"], "outputs": [".next/**", "!.next/cache/**", "dist/**", "*.tsbuildinfo"]}}}"#,
+        ),
+        (
+            "p/package.json",
+            r#"{"name": "p", "scripts": {"build": "b"}}"#,
+        ),
+    ]);
+    load(t.path()).unwrap();
+    let e = err(&[
+        ("package.json", r#"{"workspaces": ["p"]}"#),
+        (
+            "turbo.json",
+            "{\"tasks\": {\n  \"fmt\": {\"inputs\": [\"src/**\"],\n    \"outputs\": [\"src/**\"]}}}",
+        ),
+    ]);
+    assert_eq!(e.file.as_deref(), Some(Path::new("turbo.json")), "{e}");
+    assert!(
+        e.message.contains("overlaps the input pattern `src/**`"),
+        "{e}"
+    );
+    assert_eq!(e.line, Some(2), "{e}");
+    // Overlap that only appears once a package's turbo.json is merged.
+    let e = err(&[
+        ("package.json", r#"{"workspaces": ["p"]}"#),
+        (
+            "turbo.json",
+            r#"{"tasks": {"fmt": {"inputs": ["src/**"], "outputs": ["dist/**"]}}}"#,
+        ),
+        (
+            "p/package.json",
+            r#"{"name": "p", "scripts": {"fmt": "f"}}"#,
+        ),
+        (
+            "p/turbo.json",
+            r#"{"extends": ["//"], "tasks": {"fmt": {"outputs": ["src/**"]}}}"#,
+        ),
+    ]);
+    assert_eq!(e.file.as_deref(), Some(Path::new("p/turbo.json")), "{e}");
+    assert!(
+        e.message.contains("overlaps the input pattern `src/**`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn dangerous_cache_dirs_are_refused_at_their_line() {
+    let cases: &[(&str, &str)] = &[
+        (".", "is the workspace root"),
+        ("./", "is the workspace root"),
+        ("..", "contains the workspace"),
+        ("/", "is the filesystem root"),
+        ("~/", "is your home directory"),
+        ("~", "is your home directory"),
+        ("packages", "contains project `a`"),
+        ("packages/a/src", "inside the sources of project `a`"),
+        ("~bob/cache", "`~bob` is not expanded"),
+    ];
+    for (d, msg) in cases {
+        let e = err(&[
+            (
+                "vx.toml",
+                &format!("[workspace]\nmembers = [\"packages/*\"]\ncache_dir = {d:?}\n"),
+            ),
+            ("packages/a/vx.toml", "[tasks.b]\ncommand = \"true\"\n"),
+        ]);
+        assert_eq!(e.file.as_deref(), Some(Path::new("vx.toml")), "{d}: {e}");
+        assert_eq!((e.line, e.column), (Some(3), Some(13)), "{d}: {e}");
+        assert!(e.message.contains(msg), "{d}: {e}\nlacks {msg}");
+        assert!(e.hint.as_deref().unwrap().contains(".vx/cache"), "{e}");
+    }
+    for ok in [".vx/cache", "build-cache", "node_modules/.cache/vx"] {
+        let t = tree(&[
+            (
+                "vx.toml",
+                &format!("[workspace]\nmembers = [\"packages/*\"]\ncache_dir = {ok:?}\n"),
+            ),
+            ("packages/a/vx.toml", "[tasks.b]\ncommand = \"true\"\n"),
+        ]);
+        let ws = load(t.path()).unwrap();
+        assert_eq!(
+            ws.defaults.cache_dir,
+            Some(t.path().canonicalize().unwrap().join(ok))
+        );
+    }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::check::{self, ProjectRef};
+use super::guard::{self, Overlap};
 use super::text::{Src, json_error, strip_jsonc};
 use super::{ConfigError, GlobalConfig, TaskDef};
 use crate::globs::Patterns;
@@ -308,6 +309,14 @@ fn check_task(
         }
         check::env_name(n, true).map_err(|e| src.err_near(n, n, e))?;
     }
+    // Outputs are deleted before a task runs: they may not select its
+    // sources or the package's config (checked again once merged).
+    let def = t.to_def(Some(""));
+    if let Err(o) = guard::check_outputs(&def.inputs, t.inputs.is_some(), &def.outputs) {
+        return Err(src
+            .err_near(&o.output, "outputs", o.message(&what("outputs")))
+            .with_hint(o.hint()));
+    }
     Ok(())
 }
 
@@ -347,7 +356,10 @@ impl RawTask {
         }
     }
 
-    fn to_def(&self, script: &str) -> TaskDef {
+    /// The task definition; `script: None` makes a no-op node (a package
+    /// without the script: turbo's transit node), which is still keyed by
+    /// the package's inputs and its upstream keys, and executes nothing.
+    fn to_def(&self, script: Option<&str>) -> TaskDef {
         let strip = |v: &Option<Vec<String>>| -> Vec<String> {
             let mut out: Vec<String> = Vec::new();
             for x in v.iter().flatten() {
@@ -358,8 +370,8 @@ impl RawTask {
             out
         };
         let mut def = TaskDef {
-            command: Some(script.to_string()),
-            npm_script: true,
+            command: script.map(str::to_string),
+            npm_script: script.is_some(),
             description: self.description.clone(),
             depends_on: strip(&self.depends_on),
             outputs: strip(&self.outputs),
@@ -388,19 +400,29 @@ impl RawTask {
                 }
             }
         }
+        if script.is_none() {
+            // Nothing runs: nothing to keep alive, nothing to give a terminal.
+            def.persistent = false;
+            def.interactive = false;
+        }
         def.cache = self.cache.unwrap_or(true) && !def.persistent && !def.interactive;
         def
     }
 }
 
 /// The tasks of package `name` (its scripts, the root config, and its own
-/// turbo.json): only tasks with a script are defined.
+/// turbo.json). Every task the configs name is defined, as in turbo: one
+/// without a script in this package is a no-op node (`command: None`) that
+/// still takes part in keys, so a transit node like
+/// `"topo": {"dependsOn": ["^topo"]}` carries its package's sources to the
+/// tasks that depend on it. Err: a task whose merged outputs overlap its
+/// inputs or the package's config (see `guard`).
 pub(crate) fn package_tasks(
     root: &TurboRoot,
     name: &str,
     own: Option<&TurboPackage>,
     scripts: &BTreeMap<String, String>,
-) -> BTreeMap<String, TaskDef> {
+) -> Result<BTreeMap<String, TaskDef>, (String, Overlap)> {
     let prefix = format!("{name}#");
     let mut names: BTreeSet<&str> = BTreeSet::new();
     for k in root.tasks.keys() {
@@ -415,9 +437,7 @@ pub(crate) fn package_tasks(
     }
     let mut out = BTreeMap::new();
     for t in names {
-        let Some(script) = scripts.get(t) else {
-            continue;
-        };
+        let script = scripts.get(t).map(String::as_str);
         let mut def = root.tasks.get(t).cloned().unwrap_or_default();
         if let Some(o) = root.tasks.get(&format!("{prefix}{t}")) {
             def = def.merged(o);
@@ -425,9 +445,14 @@ pub(crate) fn package_tasks(
         if let Some(o) = own.and_then(|p| p.tasks.get(t)) {
             def = def.merged(o);
         }
-        out.insert(t.to_string(), def.to_def(script));
+        let merged = def.to_def(script);
+        if merged.command.is_some() {
+            guard::check_outputs(&merged.inputs, def.inputs.is_some(), &merged.outputs)
+                .map_err(|o| (t.to_string(), o))?;
+        }
+        out.insert(t.to_string(), merged);
     }
-    out
+    Ok(out)
 }
 
 /// Whether the root config defines root (`//#task`) tasks.
@@ -435,17 +460,19 @@ pub(crate) fn has_root_tasks(root: &TurboRoot) -> bool {
     root.tasks.keys().any(|k| k.starts_with("//#"))
 }
 
-/// Root-project tasks (`//#task`), commands from the root package.json.
+/// Root-project tasks (`//#task`), commands from the root package.json (a
+/// task without a script is a no-op node, as in packages).
 pub(crate) fn root_tasks(
     root: &TurboRoot,
     scripts: &BTreeMap<String, String>,
 ) -> BTreeMap<String, TaskDef> {
     let mut out = BTreeMap::new();
     for (k, t) in &root.tasks {
-        if let Some(name) = k.strip_prefix("//#")
-            && let Some(script) = scripts.get(name)
-        {
-            out.insert(name.to_string(), t.to_def(script));
+        if let Some(name) = k.strip_prefix("//#") {
+            out.insert(
+                name.to_string(),
+                t.to_def(scripts.get(name).map(String::as_str)),
+            );
         }
     }
     out

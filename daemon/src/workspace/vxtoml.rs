@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::check::{self, ProjectRef};
+use super::guard;
 use super::text::{Src, toml_error};
 use super::{ConfigError, GlobalConfig, TaskDef};
 use crate::globs::Patterns;
@@ -80,6 +81,8 @@ pub(crate) struct WorkspaceSection {
     pub concurrency: Option<usize>,
     pub timeout_ms: Option<u64>,
     pub cache_dir: Option<String>,
+    /// Position of the `cache_dir` value, for refusals.
+    pub cache_dir_pos: Option<(usize, usize)>,
     pub global: GlobalConfig,
 }
 
@@ -219,6 +222,7 @@ fn workspace_section(src: &Src, ws: RawWorkspace) -> Result<WorkspaceSection, Co
         if d.get_ref().trim().is_empty() {
             return Err(src.err_span(d.span(), "`cache_dir` may not be empty"));
         }
+        out.cache_dir_pos = Some(pos(src, d.span().start));
         out.cache_dir = Some(d.into_inner());
     }
     let gi = plain(ws.global_inputs).unwrap_or_default();
@@ -345,9 +349,25 @@ fn task(
         check_globs(src, &list, &what("inputs"))?;
         def.inputs = values(Some(list));
     }
+    let mut output_offsets = Vec::new();
     if let Some(list) = plain(t.outputs) {
         check_globs(src, &list, &what("outputs"))?;
+        output_offsets = list.clone();
         def.outputs = values(Some(list));
+    }
+    // Outputs are deleted before the task runs: they may not select its
+    // sources or the project's config.
+    if let Err(o) = guard::check_outputs(&def.inputs, inputs_set, &def.outputs) {
+        let off = output_offsets
+            .iter()
+            .find(|(g, _)| *g == o.output)
+            .map(|(_, off)| *off);
+        let msg = o.message(&what("outputs"));
+        let err = match off {
+            Some(off) => src.err_at(off, msg),
+            None => src.err_near(name, "outputs", msg),
+        };
+        return Err(err.with_hint(o.hint()));
     }
     let env = plain(t.env).unwrap_or_default();
     check_env(src, &env, true)?;
