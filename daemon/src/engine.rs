@@ -1055,6 +1055,9 @@ pub async fn run_in(
                 .unwrap_or(2)
         })
         .max(1);
+    if concurrency > vx_proto::MAX_CONCURRENCY {
+        return Err(concurrency_error(concurrency));
+    }
     let root = sh.model.ws.root.to_string_lossy().into_owned();
     if let Some(base) = &sel.nothing_affected {
         let _ = events.send(RunEvent::Warning {
@@ -2032,6 +2035,7 @@ async fn start_persistent(
         timeout: None,
         keep_stdin: true,
         tty: false,
+        kill_grace: Some(exec::kill_grace_in(&sh.params.env)),
     };
     let ready_when = node
         .def
@@ -2438,6 +2442,7 @@ async fn execute(
         timeout,
         keep_stdin: false,
         tty: sh.gets_terminal(g),
+        kill_grace: Some(exec::kill_grace_in(&sh.params.env)),
     };
     if node.def.interactive && !spec.tty {
         sh.emit(RunEvent::Warning {
@@ -2624,6 +2629,18 @@ fn wrong_workspace(cwd: &Path, root: &Path, hot: &Hot) -> EngineError {
         ),
     )
     .with_data(serde_json::json!({ "root": root }))
+}
+
+/// A concurrency above [`vx_proto::MAX_CONCURRENCY`] (a flag, a request
+/// or a config): refused before anything is allocated for it.
+pub fn concurrency_error(n: usize) -> EngineError {
+    EngineError::new(
+        codes::USER_ERROR,
+        format!(
+            "concurrency {n} is too large: at most {} tasks can run at once",
+            vx_proto::MAX_CONCURRENCY
+        ),
+    )
 }
 
 /// The workspace containing `cwd` for a request; under a daemon it must be

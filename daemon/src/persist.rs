@@ -289,6 +289,7 @@ mod tests {
             timeout: None,
             keep_stdin: true,
             tty: false,
+            kill_grace: None,
         }
     }
 
