@@ -69,7 +69,33 @@ impl From<CacheError> for EngineError {
     }
 }
 
-pub type Events = mpsc::UnboundedSender<RunEvent>;
+/// Where a run's events go: called synchronously, in order, for each event.
+/// The server hands in its connection's bounded outbox, so an event is
+/// queued (or, for output lines a slow client cannot take, counted) the
+/// moment it happens: nothing piles up between the engine and the client.
+#[derive(Clone)]
+pub struct Events(Arc<dyn Fn(RunEvent) + Send + Sync>);
+
+impl Events {
+    pub fn new(f: impl Fn(RunEvent) + Send + Sync + 'static) -> Events {
+        Events(Arc::new(f))
+    }
+
+    /// Delivers one event (never fails; the `Result` keeps channel-style
+    /// call sites).
+    pub fn send(&self, e: RunEvent) -> Result<(), std::convert::Infallible> {
+        (self.0)(e);
+        Ok(())
+    }
+}
+
+impl From<mpsc::UnboundedSender<RunEvent>> for Events {
+    fn from(tx: mpsc::UnboundedSender<RunEvent>) -> Events {
+        Events::new(move |e| {
+            let _ = tx.send(e);
+        })
+    }
+}
 
 /// Env names every task gets from the client's environment.
 const ENV_ALLOWLIST: &[&str] = &[

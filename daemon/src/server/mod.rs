@@ -461,16 +461,10 @@ async fn handle(
             if let Ok(mut s) = state.lock() {
                 s.add_run(cancel_tx, &p.env);
             }
-            // The engine's events are drained at once into the bounded outbox.
-            let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+            // Each event goes straight into the bounded outbox.
             let out2 = out.clone();
-            let forward = tokio::spawn(async move {
-                while let Some(e) = ev_rx.recv().await {
-                    out2.send_event(e);
-                }
-            });
-            let r = engine::run(p, ev_tx, cancel_rx, ctx.hot.clone()).await;
-            let _ = forward.await;
+            let events = engine::Events::new(move |e| out2.send_event(e));
+            let r = engine::run(p, events, cancel_rx, ctx.hot.clone()).await;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::WATCH_START => {
@@ -501,15 +495,9 @@ async fn handle(
                     })?
                 }
             };
-            let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
             let out2 = out.clone();
-            let forward = tokio::spawn(async move {
-                while let Some(e) = ev_rx.recv().await {
-                    out2.send_event(e);
-                }
-            });
-            let r = crate::watch::run(p, ev_tx, cancel_rx, hot).await;
-            let _ = forward.await;
+            let events = engine::Events::new(move |e| out2.send_event(e));
+            let r = crate::watch::run(p, events, cancel_rx, hot).await;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::RUN_PLAN => {

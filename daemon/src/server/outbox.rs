@@ -26,6 +26,21 @@ pub const HARD_LIMIT: usize = 64 << 20;
 /// Most bytes the writer takes at once.
 const BATCH: usize = 1 << 20;
 
+/// A `run.event` notification line, serialised straight from the event
+/// (the same bytes as `Message::notification(RUN_EVENT, e).encode()`,
+/// without the intermediate JSON tree).
+fn encode_event(e: &RunEvent) -> Vec<u8> {
+    let mut b = Vec::with_capacity(128);
+    b.extend_from_slice(br#"{"jsonrpc":"2.0","method":""#);
+    b.extend_from_slice(methods::RUN_EVENT.as_bytes());
+    b.extend_from_slice(br#"","params":"#);
+    if serde_json::to_writer(&mut b, e).is_err() {
+        return Message::notification(methods::RUN_EVENT, e).encode();
+    }
+    b.extend_from_slice(b"}\n");
+    b
+}
+
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Vec<u8>>,
@@ -70,13 +85,21 @@ impl Outbox {
         self.push(m.encode(), false);
     }
 
-    /// Queues a run event; `task_output` lines may be dropped.
+    /// Queues a run event; `task_output` lines may be dropped. A line that
+    /// will be dropped is not even encoded, so a queue that is full drains
+    /// the engine's events as fast as they come.
     pub fn send_event(&self, e: RunEvent) {
         let droppable = matches!(e, RunEvent::TaskOutput { .. });
-        self.push(
-            Message::notification(methods::RUN_EVENT, e).encode(),
-            droppable,
-        );
+        if droppable && let Ok(mut q) = self.q.lock() {
+            if q.closed {
+                return;
+            }
+            if q.dropping && q.bytes > self.soft / 2 {
+                q.dropped += 1;
+                return;
+            }
+        }
+        self.push(encode_event(&e), droppable);
     }
 
     fn push(&self, bytes: Vec<u8>, droppable: bool) {
@@ -269,6 +292,24 @@ mod tests {
         dead.changed().await.unwrap();
         assert!(*dead.borrow());
         assert_eq!(o.queued(), (0, 0), "its queue is freed");
+    }
+
+    #[test]
+    fn events_encode_like_messages() {
+        for e in [
+            line(1),
+            RunEvent::EventsDropped { count: 3 },
+            RunEvent::Warning {
+                message: "a \"quoted\" ✓ line\n".into(),
+            },
+        ] {
+            let fast: serde_json::Value = serde_json::from_slice(&encode_event(&e)).unwrap();
+            let slow: serde_json::Value =
+                serde_json::from_slice(&Message::notification(methods::RUN_EVENT, &e).encode())
+                    .unwrap();
+            assert_eq!(fast, slow);
+            assert!(encode_event(&e).ends_with(b"}\n"));
+        }
     }
 
     #[tokio::test]
