@@ -273,6 +273,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             }
             let params = vx_proto::CachePruneParams {
                 cwd: cwd_s,
+                env: cache_env(),
                 max_size,
                 max_age_ms,
                 dry_run,
@@ -290,7 +291,10 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Cmd::Cache { action } => {
             let conn = conn::connect(&cwd, no_daemon)?;
-            let params = CacheParams { cwd: cwd_s };
+            let params = CacheParams {
+                cwd: cwd_s,
+                env: cache_env(),
+            };
             match action {
                 CacheCmd::Stats { json } => {
                     let (conn, v) =
@@ -437,6 +441,15 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok(n as u64)
+}
+
+/// The client's cache-related environment, sent with `cache.*` requests:
+/// the engine decides which cache a request means from it, never from its own.
+fn cache_env() -> BTreeMap<String, String> {
+    std::env::var("VX_CACHE_DIR")
+        .ok()
+        .map(|v| BTreeMap::from([("VX_CACHE_DIR".to_string(), v)]))
+        .unwrap_or_default()
 }
 
 /// Makes a call; when the daemon says the directory belongs to another

@@ -223,6 +223,13 @@ impl Ui {
                     let _ = writeln!(self.out, "{p} {msg}");
                 }
             }
+            RunEvent::EventsDropped { count } => {
+                let _ = self.out.flush();
+                eprintln!(
+                    "vx: warning: {count} output line{} not shown: this terminal did not keep up (the full logs are in the cache)",
+                    if count == 1 { " was" } else { "s were" }
+                );
+            }
             RunEvent::Warning { message } => {
                 let _ = self.out.flush();
                 if self.err_colour {

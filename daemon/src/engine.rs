@@ -69,7 +69,33 @@ impl From<CacheError> for EngineError {
     }
 }
 
-pub type Events = mpsc::UnboundedSender<RunEvent>;
+/// Where a run's events go: called synchronously, in order, for each event.
+/// The server hands in its connection's bounded outbox, so an event is
+/// queued (or, for output lines a slow client cannot take, counted) the
+/// moment it happens: nothing piles up between the engine and the client.
+#[derive(Clone)]
+pub struct Events(Arc<dyn Fn(RunEvent) + Send + Sync>);
+
+impl Events {
+    pub fn new(f: impl Fn(RunEvent) + Send + Sync + 'static) -> Events {
+        Events(Arc::new(f))
+    }
+
+    /// Delivers one event (never fails; the `Result` keeps channel-style
+    /// call sites).
+    pub fn send(&self, e: RunEvent) -> Result<(), std::convert::Infallible> {
+        (self.0)(e);
+        Ok(())
+    }
+}
+
+impl From<mpsc::UnboundedSender<RunEvent>> for Events {
+    fn from(tx: mpsc::UnboundedSender<RunEvent>) -> Events {
+        Events::new(move |e| {
+            let _ = tx.send(e);
+        })
+    }
+}
 
 /// Env names every task gets from the client's environment.
 const ENV_ALLOWLIST: &[&str] = &[
@@ -1173,6 +1199,9 @@ pub async fn run_in(
                 .unwrap_or(2)
         })
         .max(1);
+    if concurrency > vx_proto::MAX_CONCURRENCY {
+        return Err(concurrency_error(concurrency));
+    }
     let root = sh.model.ws.root.to_string_lossy().into_owned();
     if let Some(base) = &sel.nothing_affected {
         let _ = events.send(RunEvent::Warning {
@@ -2150,6 +2179,7 @@ async fn start_persistent(
         timeout: None,
         keep_stdin: true,
         tty: false,
+        kill_grace: Some(exec::kill_grace_in(&sh.params.env)),
     };
     let ready_when = node
         .def
@@ -2566,6 +2596,7 @@ async fn execute(
         timeout,
         keep_stdin: false,
         tty: sh.gets_terminal(g),
+        kill_grace: Some(exec::kill_grace_in(&sh.params.env)),
     };
     if node.def.interactive && !spec.tty {
         sh.emit(RunEvent::Warning {
@@ -2752,6 +2783,18 @@ fn wrong_workspace(cwd: &Path, root: &Path, hot: &Hot) -> EngineError {
         ),
     )
     .with_data(serde_json::json!({ "root": root }))
+}
+
+/// A concurrency above [`vx_proto::MAX_CONCURRENCY`] (a flag, a request
+/// or a config): refused before anything is allocated for it.
+pub fn concurrency_error(n: usize) -> EngineError {
+    EngineError::new(
+        codes::USER_ERROR,
+        format!(
+            "concurrency {n} is too large: at most {} tasks can run at once",
+            vx_proto::MAX_CONCURRENCY
+        ),
+    )
 }
 
 /// The workspace containing `cwd` for a request; under a daemon it must be

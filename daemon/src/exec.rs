@@ -22,14 +22,23 @@ use vx_proto::Stream;
 
 pub use crate::procstat::{Sampler, Usage};
 
-/// Grace between SIGTERM and SIGKILL.
-pub fn kill_grace() -> Duration {
-    std::env::var("VX_KILL_GRACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+/// Grace between SIGTERM and SIGKILL unless the client says otherwise.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The grace between SIGTERM and SIGKILL a client asks for with
+/// `VX_KILL_GRACE_MS` in its environment (the request's env, never the
+/// engine's own: a daemon serves clients with different environments).
+pub fn kill_grace_in(env: &std::collections::BTreeMap<String, String>) -> Duration {
+    env.get("VX_KILL_GRACE_MS")
+        .and_then(|v| v.trim().parse().ok())
         .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(2))
+        .unwrap_or(DEFAULT_KILL_GRACE)
 }
+
+/// The longest output line passed on whole (1 MiB). A longer line is cut
+/// there and ends with a marker naming its full length, so memory per line
+/// is bounded and no line disappears without notice.
+pub const MAX_OUTPUT_LINE: usize = 1 << 20;
 
 /// How long output is still read after the shell exited (a grandchild may
 /// hold the pipes open).
@@ -50,6 +59,15 @@ pub struct Spawn {
     /// stdout and stderr, in the foreground process group): an interactive
     /// task. Its output is not captured.
     pub tty: bool,
+    /// Grace between SIGTERM and SIGKILL when stopping it (`None`:
+    /// [`DEFAULT_KILL_GRACE`]); see [`kill_grace_in`].
+    pub kill_grace: Option<Duration>,
+}
+
+impl Spawn {
+    fn grace(&self) -> Duration {
+        self.kill_grace.unwrap_or(DEFAULT_KILL_GRACE)
+    }
 }
 
 /// How a process ended.
@@ -186,29 +204,70 @@ impl Drop for GroupGuard {
     }
 }
 
+/// One finished output line: `kept` are its first bytes (at most `max`),
+/// `total` its full length without the newline.
+fn output_line(kept: &mut Vec<u8>, total: usize) -> String {
+    if total > kept.len() {
+        let head = String::from_utf8_lossy(kept);
+        let line = format!("{head}… [line truncated: {total} bytes]");
+        *kept = Vec::new();
+        return line;
+    }
+    while kept.last() == Some(&b'\r') {
+        kept.pop();
+    }
+    let line = String::from_utf8_lossy(kept).into_owned();
+    if kept.capacity() > 64 * 1024 {
+        *kept = Vec::new();
+    } else {
+        kept.clear();
+    }
+    line
+}
+
+/// Reads lines of at most `max` bytes (see [`MAX_OUTPUT_LINE`]): the rest
+/// of a longer line is counted, not kept.
+async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
+    r: R,
+    max: usize,
+    mut emit: impl FnMut(String) -> bool,
+) {
+    let mut r = BufReader::with_capacity(64 * 1024, r);
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Ok(buf) = r.fill_buf().await {
+        if buf.is_empty() {
+            if total > 0 {
+                emit(output_line(&mut kept, total));
+            }
+            break;
+        }
+        let (chunk, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], true),
+            None => (buf, false),
+        };
+        let room = max.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        total += chunk.len();
+        let used = chunk.len() + usize::from(newline);
+        r.consume(used);
+        if newline {
+            let line = output_line(&mut kept, total);
+            total = 0;
+            if !emit(line) {
+                break;
+            }
+        }
+    }
+}
+
 fn reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     r: R,
     stream: Stream,
     tx: mpsc::UnboundedSender<(Stream, String)>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut r = BufReader::new(r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if tx.send((stream, line)).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        read_lines(r, MAX_OUTPUT_LINE, |line| tx.send((stream, line)).is_ok()).await;
     })
 }
 
@@ -315,12 +374,12 @@ pub async fn run_measured(
             _ = ticks.tick() => sampler.sample(guard.pgid),
             _ = &mut sleep_until, if stop.is_none() => {
                 stop = Some(Outcome::TimedOut);
-                break terminate(&mut child, &guard, libc::SIGTERM, &mut rx, &mut on_line).await;
+                break terminate(&mut child, &guard, libc::SIGTERM, spec.grace(), &mut rx, &mut on_line).await;
             }
             r = cancel.changed(), if stop.is_none() => {
                 let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
                 stop = Some(Outcome::Cancelled(sig));
-                break terminate(&mut child, &guard, libc::SIGTERM, &mut rx, &mut on_line).await;
+                break terminate(&mut child, &guard, libc::SIGTERM, spec.grace(), &mut rx, &mut on_line).await;
             }
         }
     };
@@ -399,12 +458,12 @@ async fn run_tty(
     let status = tokio::select! {
         st = child.wait() => st,
         _ = &mut sleep_until => {
-            stop_pid(&mut child, pid).await;
+            stop_pid(&mut child, pid, spec.grace()).await;
             return Outcome::TimedOut;
         }
         r = cancel.changed() => {
             let sig = match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM };
-            stop_pid(&mut child, pid).await;
+            stop_pid(&mut child, pid, spec.grace()).await;
             return Outcome::Cancelled(sig);
         }
     };
@@ -427,7 +486,7 @@ fn outcome_of(status: std::io::Result<std::process::ExitStatus>) -> Outcome {
 }
 
 /// TERM one process, the grace, then KILL; reaps it.
-async fn stop_pid(child: &mut tokio::process::Child, pid: u32) {
+async fn stop_pid(child: &mut tokio::process::Child, pid: u32, grace: Duration) {
     let signal = |sig: i32| {
         if pid > 0 {
             // SAFETY: signalling the child we spawned (not yet reaped).
@@ -437,10 +496,7 @@ async fn stop_pid(child: &mut tokio::process::Child, pid: u32) {
         }
     };
     signal(libc::SIGTERM);
-    if tokio::time::timeout(kill_grace(), child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
         signal(libc::SIGKILL);
         let _ = child.wait().await;
     }
@@ -451,11 +507,12 @@ async fn terminate(
     child: &mut tokio::process::Child,
     guard: &GroupGuard,
     sig: i32,
+    grace: Duration,
     rx: &mut mpsc::UnboundedReceiver<(Stream, String)>,
     on_line: &mut impl FnMut(Stream, String),
 ) -> std::io::Result<std::process::ExitStatus> {
     guard.signal(sig);
-    let grace = tokio::time::sleep(kill_grace());
+    let grace = tokio::time::sleep(grace);
     tokio::pin!(grace);
     loop {
         tokio::select! {
@@ -481,6 +538,7 @@ mod tests {
             timeout: None,
             keep_stdin: false,
             tty: false,
+            kill_grace: None,
         }
     }
 
@@ -516,6 +574,56 @@ mod tests {
         s.timeout = Some(Duration::from_millis(200));
         let o = run(&s, |_, _| {}, rx).await;
         assert_eq!(o, Outcome::TimedOut);
+    }
+
+    /// A line longer than the cap is cut with a marker naming its length;
+    /// the lines around it are untouched (no line is dropped).
+    #[tokio::test]
+    async fn long_lines_are_truncated_with_a_marker() {
+        let cases: &[(&[u8], &[&str])] = &[
+            (b"short\nline\r\n", &["short", "line"]),
+            (
+                b"0123456789abc\nok\n",
+                &["0123456789… [line truncated: 13 bytes]", "ok"],
+            ),
+            (b"0123456789\n", &["0123456789"]),
+            (
+                b"no newline at the end",
+                &["no newline… [line truncated: 21 bytes]"],
+            ),
+            (b"", &[]),
+        ];
+        for (input, want) in cases {
+            let mut got = Vec::new();
+            read_lines(*input, 10, |l| {
+                got.push(l);
+                true
+            })
+            .await;
+            assert_eq!(got, *want, "input {:?}", String::from_utf8_lossy(input));
+        }
+        // Through a real process, with the real cap.
+        let (_tx, rx) = watch::channel(None);
+        let mut lines = Vec::new();
+        let n = MAX_OUTPUT_LINE + 5000;
+        let o = run(
+            &spec(&format!(
+                "head -c {n} /dev/zero | tr '\\0' x; echo; echo after"
+            )),
+            |_, l| lines.push(l),
+            rx,
+        )
+        .await;
+        assert_eq!(o, Outcome::Exited(0));
+        assert_eq!(
+            lines.len(),
+            2,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert!(lines[0].ends_with(&format!("… [line truncated: {n} bytes]")));
+        assert!(lines[0].len() < MAX_OUTPUT_LINE + 100);
+        assert_eq!(lines[1], "after");
     }
 
     #[tokio::test]

@@ -1,12 +1,23 @@
 //! `vxd` — the vx engine binary.
 //!
 //! - `vxd --stdio`: serve one client over stdin/stdout (the no-daemon path).
+//!   It never outlives its client: it exits when its stdin closes, on
+//!   SIGINT/SIGTERM/SIGHUP (after cancelling its runs), and — Linux — when
+//!   its parent dies (`PR_SET_PDEATHSIG`).
 //! - `vxd --daemon --root DIR`: the long-lived per-workspace daemon on its
-//!   Unix socket (started by `vx`; see `docs/protocol.md`).
+//!   Unix socket (started by `vx`; see `docs/protocol.md`). Its stderr and
+//!   panics go to `.vx/daemon.log`; the per-client variables
+//!   (`VX_CACHE_DIR`, `VX_KILL_GRACE_MS`) of whichever client started it are
+//!   removed from its environment: each request carries its client's.
 //! - `vxd --guard`: the process-group guard the engine starts for itself.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use tokio::signal::unix::{SignalKind, signal};
+
+/// Variables that belong to a client's request, never to a daemon: the
+/// daemon drops the values it inherited from the client that started it.
+const CLIENT_SCOPED_ENV: &[&str] = &["VX_CACHE_DIR", "VX_KILL_GRACE_MS"];
 
 fn usage() -> ! {
     eprintln!(
@@ -47,7 +58,25 @@ fn filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| "warn,notify=error".into())
 }
 
+/// Asks the kernel to SIGTERM this process when its parent (the client)
+/// dies, and exits at once if the parent is already gone.
+fn die_with_parent() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getppid and prctl(PR_SET_PDEATHSIG) have no preconditions.
+        let parent = unsafe { libc::getppid() };
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        }
+        // The parent died before the request took effect.
+        if unsafe { libc::getppid() } != parent {
+            std::process::exit(1);
+        }
+    }
+}
+
 fn stdio() -> anyhow::Result<()> {
+    die_with_parent();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter())
@@ -84,8 +113,24 @@ fn stdio() -> anyhow::Result<()> {
 }
 
 fn daemon(root: PathBuf) -> anyhow::Result<()> {
+    for name in CLIENT_SCOPED_ENV {
+        // SAFETY: no other thread exists yet (the runtime starts below).
+        unsafe { std::env::remove_var(name) };
+    }
     let root = std::fs::canonicalize(&root)?;
     let (log_path, log) = vxd::server::daemon::open_log(&root)?;
+    // Anything written to stderr (a library's message, an abort) lands in
+    // the log instead of /dev/null.
+    // SAFETY: dup2 onto fd 2 with a descriptor we own.
+    unsafe {
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    // A panic anywhere (a handler, a blocking task, a thread) is logged with
+    // its location and backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let bt = std::backtrace::Backtrace::force_capture();
+        tracing::error!("{info}\n{bt}");
+    }));
     tracing_subscriber::fmt()
         .with_writer(std::sync::Mutex::new(log))
         .with_ansi(false)

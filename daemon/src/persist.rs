@@ -14,7 +14,7 @@
 use crate::exec::{self, Outcome, Spawn};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use vx_proto::{RunEvent, Stream};
 
 /// After this long without readiness a notice is printed (`VX_READY_NOTICE_MS`).
@@ -136,7 +136,7 @@ pub async fn start(
     key: String,
     ready_when: Option<regex::Regex>,
     ready_timeout: Option<Duration>,
-    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    events: Option<crate::engine::Events>,
     mut cancel: watch::Receiver<Option<i32>>,
 ) -> Result<Proc, NotReady> {
     let (stop_tx, stop_rx) = watch::channel(None);
@@ -289,6 +289,7 @@ mod tests {
             timeout: None,
             keep_stdin: true,
             tty: false,
+            kill_grace: None,
         }
     }
 

@@ -32,12 +32,16 @@ pub struct Digest {
     pub size_bytes: u64,
 }
 
-/// A request id: JSON-RPC allows numbers and strings.
+/// A request id: JSON-RPC allows numbers, strings and (discouraged, but
+/// valid) `null`. A request whose `id` is `null` is still a request: it is
+/// answered with `"id": null`. Only a message without an `id` member is a
+/// notification.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Id {
     Num(i64),
     Str(String),
+    Null,
 }
 
 /// A JSON-RPC error object. `code` is one of [`codes`].
@@ -94,9 +98,13 @@ pub mod codes {
     /// The request's `cwd` belongs to another workspace than this daemon's;
     /// `data.root` names the right one.
     pub const WRONG_WORKSPACE: i64 = -32009;
-    /// The run would give an interactive task the client's terminal, which a
-    /// daemon does not have: the client runs it with the no-daemon engine.
+    /// The request must be served by the no-daemon engine: the run would
+    /// give an interactive task the client's terminal, which a daemon does
+    /// not have, or the client's `VX_CACHE_DIR` names another cache than the
+    /// daemon's. The client re-sends it to `vxd --stdio`.
     pub const NEEDS_TERMINAL: i64 = -32010;
+    /// [`NEEDS_TERMINAL`] under the name that says what the client does.
+    pub const NEEDS_NO_DAEMON: i64 = NEEDS_TERMINAL;
 }
 
 /// One JSON-RPC 2.0 message: a request (has `id` and `method`), a
@@ -165,23 +173,26 @@ impl Message {
 
     /// Parses one line (without its newline). A line that is not JSON gives a
     /// `PARSE_ERROR`, JSON that is not a JSON-RPC 2.0 message an
-    /// `INVALID_REQUEST`; both are meant to be answered with [`Message::err`]
-    /// and an id of `None`, after which the connection goes on.
+    /// `INVALID_REQUEST` (a batch — a JSON array — too: batches are not
+    /// supported); both are meant to be answered with [`Message::err`] and an
+    /// id of `None`, after which the connection goes on. `"id": null` makes a
+    /// request ([`Id::Null`]), not a notification.
     pub fn decode(line: &[u8]) -> Result<Message, RpcError> {
-        let env: Envelope = match serde_json::from_slice::<Value>(line) {
-            Err(e) => {
-                return Err(RpcError::new(
-                    codes::PARSE_ERROR,
-                    format!("parse error: {e}"),
-                ));
-            }
-            Ok(v) => serde_json::from_value(v).map_err(|e| {
-                RpcError::new(
-                    codes::INVALID_REQUEST,
-                    format!("not a JSON-RPC 2.0 message: {e}"),
-                )
-            })?,
-        };
+        let v = serde_json::from_slice::<Value>(line)
+            .map_err(|e| RpcError::new(codes::PARSE_ERROR, format!("parse error: {e}")))?;
+        if v.is_array() {
+            return Err(RpcError::new(
+                codes::INVALID_REQUEST,
+                "batch requests are not supported: send one JSON-RPC request per line",
+            ));
+        }
+        let has_id = v.as_object().is_some_and(|o| o.contains_key("id"));
+        let env: Envelope = serde_json::from_value(v).map_err(|e| {
+            RpcError::new(
+                codes::INVALID_REQUEST,
+                format!("not a JSON-RPC 2.0 message: {e}"),
+            )
+        })?;
         if env.jsonrpc != JSONRPC {
             return Err(RpcError::new(
                 codes::INVALID_REQUEST,
@@ -189,11 +200,17 @@ impl Message {
             ));
         }
         let id = match env.id {
-            None | Some(Value::Null) => None,
+            // `Option<Value>` reads `null` as absent: tell them apart here.
+            None | Some(Value::Null) => has_id.then_some(Id::Null),
             Some(v) => Some(serde_json::from_value::<Id>(v).map_err(|_| {
-                RpcError::new(codes::INVALID_REQUEST, "id must be a number or a string")
+                RpcError::new(
+                    codes::INVALID_REQUEST,
+                    "id must be a number, a string or null",
+                )
             })?),
         };
+        // A response's `"id": null` means "unknown request" (as before).
+        let id_of_response = |id: Option<Id>| id.filter(|i| *i != Id::Null);
         match (env.method, id, env.result, env.error) {
             (Some(method), Some(id), None, None) => Ok(Message::Request {
                 id,
@@ -205,11 +222,11 @@ impl Message {
                 params: env.params.unwrap_or(Value::Null),
             }),
             (None, id, Some(result), None) => Ok(Message::Response {
-                id,
+                id: id_of_response(id),
                 result: Ok(result),
             }),
             (None, id, None, Some(error)) => Ok(Message::Response {
-                id,
+                id: id_of_response(id),
                 result: Err(error),
             }),
             _ => Err(RpcError::new(
@@ -306,5 +323,45 @@ mod tests {
                 .code,
             codes::INVALID_REQUEST
         );
+    }
+
+    #[test]
+    fn null_id_is_a_request_and_is_answered_with_null() {
+        let m =
+            Message::decode(br#"{"jsonrpc":"2.0","id":null,"method":"daemon.status"}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Request {
+                id: Id::Null,
+                method: "daemon.status".into(),
+                params: Value::Null
+            }
+        );
+        let reply = Message::ok(Id::Null, json!({}));
+        let v: Value = serde_json::from_slice(&reply.encode()).unwrap();
+        assert_eq!(v["id"], Value::Null);
+        assert!(v.as_object().unwrap().contains_key("id"));
+        // Without an `id` member it stays a notification.
+        assert!(matches!(
+            Message::decode(br#"{"jsonrpc":"2.0","method":"run.cancel"}"#).unwrap(),
+            Message::Notification { .. }
+        ));
+        // A response with `"id": null` answers no known request.
+        assert!(matches!(
+            Message::decode(br#"{"jsonrpc":"2.0","id":null,"result":1}"#).unwrap(),
+            Message::Response { id: None, .. }
+        ));
+    }
+
+    #[test]
+    fn batches_get_a_clear_error() {
+        for batch in [&b"[]"[..], br#"[{"jsonrpc":"2.0","id":1,"method":"m"}]"#] {
+            let e = Message::decode(batch).unwrap_err();
+            assert_eq!(e.code, codes::INVALID_REQUEST);
+            assert!(
+                e.message.contains("batch requests are not supported"),
+                "{e}"
+            );
+        }
     }
 }

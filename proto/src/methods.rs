@@ -126,6 +126,11 @@ pub enum Detail {
     Changes,
 }
 
+/// The largest accepted concurrency (`--concurrency`, `concurrency` in a
+/// config): the engine refuses more, so no caller can make it allocate
+/// per-lane state for billions of lanes.
+pub const MAX_CONCURRENCY: usize = 1024;
+
 /// Parameters of `run.start` and `run.plan`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RunParams {
@@ -146,7 +151,8 @@ pub struct RunParams {
     /// Arguments after `--`, forwarded to requested tasks and keyed.
     #[serde(default)]
     pub args: Vec<String>,
-    /// `--concurrency N`; `None` = the CPU count.
+    /// `--concurrency N`; `None` = the CPU count. At most
+    /// [`MAX_CONCURRENCY`]: a larger value is refused.
     #[serde(default)]
     pub concurrency: Option<usize>,
     #[serde(default, rename = "continue")]
@@ -326,6 +332,14 @@ pub enum RunEvent {
     Settled {
         summary: RunSummary,
     },
+    /// This connection did not read its events fast enough: `count`
+    /// `task_output` events were not sent to it (its queue is bounded).
+    /// Sent once the connection has room again, in the place of the gap;
+    /// every other event and the response are always delivered. The full
+    /// logs are in the cache as usual.
+    EventsDropped {
+        count: u64,
+    },
     /// `watch.start`: a cycle begins. `changes` are the changed paths
     /// (workspace-relative, at most 20) that triggered it; empty for the
     /// initial run.
@@ -405,6 +419,10 @@ pub struct RunCancelParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct CacheParams {
     pub cwd: String,
+    /// The client's cache-related environment (`VX_CACHE_DIR`): which cache
+    /// it means is the client's choice, never the engine's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,6 +445,9 @@ pub struct CacheCleaned {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct CachePruneParams {
     pub cwd: String,
+    /// As in [`CacheParams`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// Drop least recently used entries until the blobs take at most this many bytes.
     #[serde(default)]
     pub max_size: Option<u64>,

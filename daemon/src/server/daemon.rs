@@ -270,7 +270,8 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
             let _ = s.send(libc::SIGTERM);
         }
     }
-    let deadline = tokio::time::Instant::now() + crate::exec::kill_grace() + Duration::from_secs(2);
+    let deadline =
+        tokio::time::Instant::now() + crate::exec::DEFAULT_KILL_GRACE + Duration::from_secs(2);
     while info.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
