@@ -39,6 +39,11 @@ use std::path::Path;
 use tempfile::TempDir;
 use vx_tests::{Run, Ws, daemon_mode};
 
+/// `VX_PROP_KEEP=1` keeps each case's directory (to look at `.vx/daemon.log`).
+fn keep() -> bool {
+    std::env::var_os("VX_PROP_KEEP").is_some()
+}
+
 /// xorshift64*: deterministic, dependency-free (as in differential.rs).
 struct Rng(u64);
 
@@ -292,6 +297,7 @@ impl Case {
         let mut rng = Rng::new(seed);
         let dir = tempfile::Builder::new()
             .prefix("vx-prop-")
+            .disable_cleanup(keep())
             .tempdir()
             .expect("tempdir");
         let case_root = std::fs::canonicalize(dir.path()).expect("canonicalize");
@@ -309,6 +315,7 @@ impl Case {
         let ws = Ws {
             dir: tempfile::Builder::new()
                 .prefix("ws-")
+                .disable_cleanup(keep())
                 .tempdir_in(&case_root)
                 .expect("tempdir"),
             runtime: tempfile::Builder::new()
@@ -686,12 +693,17 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         seed,
         property,
         text: format!(
-            "seed {seed} (replay: VX_PROP_SEED={seed}{}), step {step}, property `{property}`:\n{detail}\n\
+            "seed {seed} (replay: VX_PROP_SEED={seed}{}), step {step}, property `{property}`{}:\n{detail}\n\
              case at the start:\n{setup}steps:\n  {}\n",
             if daemon_mode() {
                 " VX_E2E_DAEMON=1"
             } else {
                 ""
+            },
+            if keep() {
+                format!(" (kept: {})", case.root().display())
+            } else {
+                String::new()
             },
             case.history.join("\n  ")
         ),
