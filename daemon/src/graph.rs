@@ -746,3 +746,63 @@ pub fn project_relative<'a>(ws: &Workspace, p: &Project, f: &'a str) -> Option<&
         f.strip_prefix(&p.dir).and_then(|r| r.strip_prefix('/'))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affected_refuses_option_like_refs() {
+        // Refused before git is asked (the directory does not exist).
+        for bad in ["-x", "--output=/tmp/pwned", "-"] {
+            let e = changed_files(Path::new("/nonexistent/vx"), bad).unwrap_err();
+            assert_eq!(e.code, codes::USER_ERROR, "{bad}");
+            assert!(e.message.contains("starts with `-`"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn turbo_transit_nodes_carry_edges() {
+        let t = tempfile::tempdir().unwrap();
+        let files: &[(&str, &str)] = &[
+            ("package.json", r#"{"workspaces": ["p/*"]}"#),
+            (
+                "turbo.json",
+                r#"{"tasks": {"topo": {"dependsOn": ["^topo"]}, "typecheck": {"dependsOn": ["^topo", "^build"]}, "build": {"dependsOn": ["^build"]}}}"#,
+            ),
+            ("p/a/package.json", r#"{"name": "a"}"#),
+            (
+                "p/b/package.json",
+                r#"{"name": "b", "dependencies": {"a": "*"}}"#,
+            ),
+            (
+                "p/c/package.json",
+                r#"{"name": "c", "dependencies": {"b": "*"}, "scripts": {"typecheck": "tsc"}}"#,
+            ),
+        ];
+        for (p, c) in files {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, c).unwrap();
+        }
+        let ws = crate::workspace::load(t.path()).unwrap();
+        let g = TaskGraph::build(&ws).unwrap();
+        let deps = |id: &str| -> Vec<&str> {
+            let mut v: Vec<&str> = g
+                .deps(g.get(id).unwrap())
+                .map(|d| g.nodes[d].id.as_str())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(deps("c#typecheck"), vec!["b#build", "b#topo"]);
+        assert_eq!(deps("b#topo"), vec!["a#topo"]);
+        assert!(g.nodes[g.get("a#topo").unwrap()].def.command.is_none());
+        let closure: Vec<&str> = g
+            .closure([g.get("c#typecheck").unwrap()])
+            .into_iter()
+            .map(|n| g.nodes[n].id.as_str())
+            .collect();
+        assert!(closure.contains(&"a#topo") && closure.contains(&"a#build"));
+    }
+}

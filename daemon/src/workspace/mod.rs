@@ -6,7 +6,9 @@
 //! zero-config Turborepo repos (`turbo.json` + `package.json` scripts), and
 //! turning local package dependencies into project dependencies. Every
 //! config error names the file, the line where the format has one, the field
-//! and a did-you-mean.
+//! and a did-you-mean. Refuses configs that would make vx destroy files
+//! (`guard`): outputs that select sources or config, cache directories that
+//! `vx cache clean` must never remove.
 //!
 //! Never: builds the task graph (that is `graph`), reads source files for
 //! hashing (`hash`), touches the cache, or spawns a process.
@@ -71,7 +73,8 @@ pub struct GlobalConfig {
 pub struct Defaults {
     pub concurrency: Option<usize>,
     pub timeout_ms: Option<u64>,
-    /// Absolute cache directory, when configured (default `<root>/.vx/cache`).
+    /// Absolute cache directory, when configured (default `<root>/.vx/cache`);
+    /// never `/`, the root or a parent of it, `$HOME` or a project's sources.
     pub cache_dir: Option<PathBuf>,
 }
 
