@@ -28,7 +28,8 @@
 //!
 //! `VX_PROP_CASES` sets the number of cases (default 16), `VX_PROP_STEPS` the
 //! runs per case (default 6); `VX_PROP_SEED` replays one case;
-//! `VX_PROP_KEEP=1` keeps the case directories. Runs in both modes (`VX_E2E_DAEMON=1`: the workspace's
+//! `VX_PROP_KEEP=1` keeps the case directories; `VX_PROP_ALL=1` goes on
+//! after a violation to report every one a case finds. Runs in both modes (`VX_E2E_DAEMON=1`: the workspace's
 //! runs go through the daemon; the fresh reference runs never do).
 
 use std::collections::BTreeMap;
@@ -686,10 +687,15 @@ struct Stats {
 }
 
 /// Runs one case; `Err` holds the first property it violates.
-fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
+/// With `VX_PROP_ALL=1` a case goes on after a violation (each later step
+/// is still checked against its own starting point), to survey every bug a
+/// case finds rather than the first.
+fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
+    let all = std::env::var_os("VX_PROP_ALL").is_some();
+    let mut failures = Vec::new();
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut case = Case::new(seed);
-    let initial_outside = case.outside();
+    let mut initial_outside = case.outside();
     let setup = case.describe();
     let fail = |case: &Case, step: usize, property: &'static str, detail: String| Failure {
         seed,
@@ -710,6 +716,16 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             case.history.join("\n  ")
         ),
     };
+    macro_rules! violated {
+        ($f:expr) => {{
+            failures.push($f);
+            if !all {
+                return failures;
+            }
+            initial_outside = case.outside();
+            continue;
+        }};
+    }
     for step in 0..steps {
         if step > 0 {
             let muts = if rng.chance(35) { 0 } else { 1 + rng.below(2) };
@@ -761,7 +777,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         ));
         let out = diff(&initial_outside, &case.outside(), &|_, _, _| false);
         if !out.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "outside-untouched",
@@ -778,7 +794,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
                     if e1 == e2 && *b == upper(a))
         });
         if !src.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "sources-kept",
@@ -789,7 +805,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             ));
         }
         if let Some(p) = refusal_problem(&r) {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "refusal-explained",
@@ -814,7 +830,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         let fr = fresh.run_env(&case.tasks(), &[("VX_DAEMON", "0")]);
         let out = diff(&initial_outside, &case.outside(), &|_, _, _| false);
         if !out.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "outside-untouched",
@@ -825,7 +841,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             ));
         }
         if fr.code != 0 {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "hit-equals-fresh",
@@ -843,7 +859,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             &|_, _, _| false,
         );
         if !d.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "hit-equals-fresh",
@@ -858,7 +874,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         stats.compared += 1;
         stats.hits += r.cached().len();
     }
-    Ok(())
+    failures
 }
 
 #[test]
@@ -882,7 +898,7 @@ fn vx_never_writes_outside_loses_sources_or_serves_a_wrong_hit() {
     let mut failures: Vec<Failure> = Vec::new();
     let mut stats = Stats::default();
     for &seed in &seeds {
-        if let Err(f) = run_case(seed, steps, &mut stats) {
+        for f in run_case(seed, steps, &mut stats) {
             eprintln!("{}", f.text);
             failures.push(f);
         }
@@ -908,7 +924,10 @@ fn vx_never_writes_outside_loses_sources_or_serves_a_wrong_hit() {
     if !failures.is_empty() {
         let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
         for f in &failures {
-            by.entry(f.property).or_default().push(f.seed);
+            let seeds = by.entry(f.property).or_default();
+            if !seeds.contains(&f.seed) {
+                seeds.push(f.seed);
+            }
         }
         panic!(
             "{} of {} cases violate a property (seeds by property: {by:?}); the first:\n{}",
