@@ -9,9 +9,11 @@
 //!   everything there keeps its kind, bytes, link text, mode and mtime, and no
 //!   entry appears or disappears.
 //! - **`sources-kept`**: nothing but a task's own output area changes: every
-//!   file, symlink and directory outside the projects' `dist` directories
-//!   (sources, config files, `shared/`) is as it was before the invocation,
-//!   except what a task changes itself (the in-place formatter's files).
+//!   file, symlink and directory outside the projects' output directories
+//!   (`dist`, `chk`) — sources, config files, `shared/` — is as it was before
+//!   the invocation, except what a task changes itself (the in-place
+//!   formatter's files). So vx never deletes what it did not create, and never
+//!   writes into another project through a symlinked output directory.
 //! - **`hit-equals-fresh`**: after a run that reports cache hits, the tree
 //!   equals the tree a fresh run (a copy of the workspace taken before the run,
 //!   without `.vx`: an empty cache, no daemon) leaves: file kinds, bytes, exec
@@ -22,15 +24,28 @@
 //!   the project): a non-zero exit is accepted when it says why, and the other
 //!   properties still hold for it.
 //!
-//! Task commands are deterministic, read only their declared inputs, always
-//! exit 0 and never write through a symlink themselves (`rm -rf dist` first),
-//! so every violation is vx's doing.
+//! A case: 1–3 projects, each one shape (`inputs`/`outputs` as below; at most
+//! one project per case overlaps), sources with symlinks into `shared/` (a
+//! file and a directory), out of the workspace, within the project and into
+//! another project, sometimes non-UTF-8 names (two of which collide after a
+//! lossy conversion), `dist` sometimes a symlink out of the workspace or into
+//! another project; tasks that copy their sources (symlinks as symlinks) and
+//! make symlink outputs; a group task `topo` (`^topo`) and a `check` task that
+//! depends only on it (the transit-node pattern). Between runs: edits, new
+//! and deleted sources, edits of symlink targets, deleted outputs, `dist` or
+//! `dist/out.txt` replaced by a symlink, or nothing (so runs hit the cache).
+//!
+//! Task commands are deterministic, read only their declared inputs (and,
+//! through `^build`/`^topo`, their dependency's files), always exit 0 and
+//! never write through a symlink themselves (`rm -rf dist` first), so every
+//! violation is vx's doing.
 //!
 //! `VX_PROP_CASES` sets the number of cases (default 16), `VX_PROP_STEPS` the
 //! runs per case (default 6); `VX_PROP_SEED` replays one case;
-//! `VX_PROP_KEEP=1` keeps the case directories; `VX_PROP_ALL=1` goes on
-//! after a violation to report every one a case finds. Runs in both modes (`VX_E2E_DAEMON=1`: the workspace's
-//! runs go through the daemon; the fresh reference runs never do).
+//! `VX_PROP_KEEP=1` keeps the case directories; `VX_PROP_ALL=1` goes on after
+//! a violation to report every one a case finds. Runs in both modes
+//! (`VX_E2E_DAEMON=1`: the workspace's runs go through the daemon; the fresh
+//! reference runs never do).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
