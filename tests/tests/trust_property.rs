@@ -814,7 +814,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
                 step,
                 "sources-kept",
                 format!(
-                    "vx run changed files outside the tasks' dist directories (before / after):\n  {}",
+                    "vx run changed files outside the tasks' output directories (before / after):\n  {}",
                     src.join("\n  ")
                 ),
             ));
