@@ -9,9 +9,11 @@
 //!   everything there keeps its kind, bytes, link text, mode and mtime, and no
 //!   entry appears or disappears.
 //! - **`sources-kept`**: nothing but a task's own output area changes: every
-//!   file, symlink and directory outside the projects' `dist` directories
-//!   (sources, config files, `shared/`) is as it was before the invocation,
-//!   except what a task changes itself (the in-place formatter's files).
+//!   file, symlink and directory outside the projects' output directories
+//!   (`dist`, `chk`) — sources, config files, `shared/` — is as it was before
+//!   the invocation, except what a task changes itself (the in-place
+//!   formatter's files). So vx never deletes what it did not create, and never
+//!   writes into another project through a symlinked output directory.
 //! - **`hit-equals-fresh`**: after a run that reports cache hits, the tree
 //!   equals the tree a fresh run (a copy of the workspace taken before the run,
 //!   without `.vx`: an empty cache, no daemon) leaves: file kinds, bytes, exec
@@ -22,14 +24,28 @@
 //!   the project): a non-zero exit is accepted when it says why, and the other
 //!   properties still hold for it.
 //!
-//! Task commands are deterministic, read only their declared inputs, always
-//! exit 0 and never write through a symlink themselves (`rm -rf dist` first),
-//! so every violation is vx's doing.
+//! A case: 1–3 projects, each one shape (`inputs`/`outputs` as below; at most
+//! one project per case overlaps), sources with symlinks into `shared/` (a
+//! file and a directory), out of the workspace, within the project and into
+//! another project, sometimes non-UTF-8 names (two of which collide after a
+//! lossy conversion), `dist` sometimes a symlink out of the workspace or into
+//! another project; tasks that copy their sources (symlinks as symlinks) and
+//! make symlink outputs; a group task `topo` (`^topo`) and a `check` task that
+//! depends only on it (the transit-node pattern). Between runs: edits, new
+//! and deleted sources, edits of symlink targets, deleted outputs, `dist` or
+//! `dist/out.txt` replaced by a symlink, or nothing (so runs hit the cache).
+//!
+//! Task commands are deterministic, read only their declared inputs (and,
+//! through `^build`/`^topo`, their dependency's files), always exit 0 and
+//! never write through a symlink themselves (`rm -rf dist` first), so every
+//! violation is vx's doing.
 //!
 //! `VX_PROP_CASES` sets the number of cases (default 16), `VX_PROP_STEPS` the
 //! runs per case (default 6); `VX_PROP_SEED` replays one case;
-//! `VX_PROP_KEEP=1` keeps the case directories. Runs in both modes (`VX_E2E_DAEMON=1`: the workspace's
-//! runs go through the daemon; the fresh reference runs never do).
+//! `VX_PROP_KEEP=1` keeps the case directories; `VX_PROP_ALL=1` goes on after
+//! a violation to report every one a case finds. Runs in both modes
+//! (`VX_E2E_DAEMON=1`: the workspace's runs go through the daemon; the fresh
+//! reference runs never do).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -686,10 +702,15 @@ struct Stats {
 }
 
 /// Runs one case; `Err` holds the first property it violates.
-fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
+/// With `VX_PROP_ALL=1` a case goes on after a violation (each later step
+/// is still checked against its own starting point), to survey every bug a
+/// case finds rather than the first.
+fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
+    let all = std::env::var_os("VX_PROP_ALL").is_some();
+    let mut failures = Vec::new();
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut case = Case::new(seed);
-    let initial_outside = case.outside();
+    let mut initial_outside = case.outside();
     let setup = case.describe();
     let fail = |case: &Case, step: usize, property: &'static str, detail: String| Failure {
         seed,
@@ -710,6 +731,16 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             case.history.join("\n  ")
         ),
     };
+    macro_rules! violated {
+        ($f:expr) => {{
+            failures.push($f);
+            if !all {
+                return failures;
+            }
+            initial_outside = case.outside();
+            continue;
+        }};
+    }
     for step in 0..steps {
         if step > 0 {
             let muts = if rng.chance(35) { 0 } else { 1 + rng.below(2) };
@@ -761,7 +792,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         ));
         let out = diff(&initial_outside, &case.outside(), &|_, _, _| false);
         if !out.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "outside-untouched",
@@ -778,18 +809,18 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
                     if e1 == e2 && *b == upper(a))
         });
         if !src.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "sources-kept",
                 format!(
-                    "vx run changed files outside the tasks' dist directories (before / after):\n  {}",
+                    "vx run changed files outside the tasks' output directories (before / after):\n  {}",
                     src.join("\n  ")
                 ),
             ));
         }
         if let Some(p) = refusal_problem(&r) {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "refusal-explained",
@@ -814,7 +845,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         let fr = fresh.run_env(&case.tasks(), &[("VX_DAEMON", "0")]);
         let out = diff(&initial_outside, &case.outside(), &|_, _, _| false);
         if !out.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "outside-untouched",
@@ -825,7 +856,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             ));
         }
         if fr.code != 0 {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "hit-equals-fresh",
@@ -843,7 +874,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
             &|_, _, _| false,
         );
         if !d.is_empty() {
-            return Err(fail(
+            violated!(fail(
                 &case,
                 step,
                 "hit-equals-fresh",
@@ -858,7 +889,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Result<(), Failure> {
         stats.compared += 1;
         stats.hits += r.cached().len();
     }
-    Ok(())
+    failures
 }
 
 #[test]
@@ -882,7 +913,7 @@ fn vx_never_writes_outside_loses_sources_or_serves_a_wrong_hit() {
     let mut failures: Vec<Failure> = Vec::new();
     let mut stats = Stats::default();
     for &seed in &seeds {
-        if let Err(f) = run_case(seed, steps, &mut stats) {
+        for f in run_case(seed, steps, &mut stats) {
             eprintln!("{}", f.text);
             failures.push(f);
         }
@@ -908,7 +939,10 @@ fn vx_never_writes_outside_loses_sources_or_serves_a_wrong_hit() {
     if !failures.is_empty() {
         let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
         for f in &failures {
-            by.entry(f.property).or_default().push(f.seed);
+            let seeds = by.entry(f.property).or_default();
+            if !seeds.contains(&f.seed) {
+                seeds.push(f.seed);
+            }
         }
         panic!(
             "{} of {} cases violate a property (seeds by property: {by:?}); the first:\n{}",
