@@ -2,8 +2,10 @@
 //!
 //! Owns: spawning `sh -c <command>` in the project directory with an
 //! isolated environment, in its own process group; streaming its output
-//! lines; timeouts; and stopping the whole group (TERM, a grace period,
-//! then KILL) on timeout, cancellation or when the future is dropped.
+//! lines (each at most [`MAX_OUTPUT_LINE`] bytes: a longer one is cut with a
+//! visible marker, never dropped); timeouts; and stopping the whole group
+//! (TERM, the spawn's grace period — the client's `VX_KILL_GRACE_MS` — then
+//! KILL) on timeout, cancellation or when the future is dropped.
 //! After the shell exits, whatever is left in its group is killed, so a
 //! task never leaves an orphan behind.
 //!

@@ -145,6 +145,13 @@ fn a_client_that_never_reads_neither_stalls_the_run_nor_grows_memory() {
             LINES as u64,
             "every line is sent or counted"
         );
+        // Memory is given back once the run is over and its queue drained.
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss(pid);
+        assert!(
+            after < baseline + BOUND / 2,
+            "the daemon kept {after} bytes after the run (baseline {baseline})"
+        );
     } else {
         let mut child = Command::new(vxd_bin())
             .arg("--stdio")

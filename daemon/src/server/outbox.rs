@@ -50,6 +50,8 @@ struct Queue {
     dropped: u64,
     /// Dropping until the queue drains to `SOFT_LIMIT / 2`.
     dropping: bool,
+    /// The queue held more than `SOFT_LIMIT / 2` since it was last empty.
+    was_large: bool,
     /// No more messages: the writer failed, the peer is gone, or closed.
     closed: bool,
 }
@@ -139,6 +141,9 @@ impl Outbox {
         }
         q.bytes += bytes.len();
         q.items.push_back(bytes);
+        if q.bytes > self.soft / 2 {
+            q.was_large = true;
+        }
         drop(q);
         self.wake.notify_one();
     }
@@ -193,9 +198,20 @@ impl Outbox {
         }
     }
 
+    /// Accounts for `n` written bytes; a queue that was large and is now
+    /// empty gives its memory back to the system.
     fn written(&self, n: usize) {
-        if let Ok(mut q) = self.q.lock() {
+        let drained = self.q.lock().is_ok_and(|mut q| {
             q.bytes = q.bytes.saturating_sub(n);
+            let drained = q.bytes == 0 && q.was_large;
+            if drained {
+                q.was_large = false;
+                q.items = VecDeque::new();
+            }
+            drained
+        });
+        if drained {
+            tokio::task::spawn_blocking(super::give_memory_back);
         }
     }
 
