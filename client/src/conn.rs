@@ -949,3 +949,61 @@ pub fn stdio_instead(nr: &NotResponding) -> Result<Conn> {
     c.instead_of_daemon = true;
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_holders_from_proc_locks() {
+        let text = "\
+1: POSIX  ADVISORY  WRITE 77 00:2d:99 0 EOF
+2: FLOCK  ADVISORY  WRITE 4242 00:2d:1234 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 5151 00:2d:1234 0 EOF
+3: FLOCK  ADVISORY  WRITE 6161 08:01:1234 0 EOF
+";
+        // (file id, holder): waiters (`->`) and POSIX locks are not holders.
+        let cases = [
+            ("00:2d:1234", Some(4242)),
+            ("08:01:1234", Some(6161)),
+            ("00:2d:99", None),
+            ("00:2d:5", None),
+        ];
+        for (id, want) in cases {
+            assert_eq!(find_lock_holder(text, id), want, "{id}");
+        }
+        assert_eq!(proc_locks_id(0x2d, 1234), "00:2d:1234");
+        assert_eq!(proc_locks_id(0x801, 7), "08:01:7");
+    }
+
+    #[test]
+    fn the_holder_of_a_real_flock_is_this_process() {
+        let dir = std::env::temp_dir().join(format!("vx-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("x.live");
+        let lock = FileLock::try_acquire(&path).expect("open").expect("lock");
+        assert_eq!(lock_holder(&path), Some(std::process::id()));
+        drop(lock);
+        assert_eq!(lock_holder(&path), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_vxd_daemon_is_ever_signalled() {
+        assert!(!is_daemon_process(std::process::id()));
+        assert!(!is_daemon_process(0));
+        assert!(!is_daemon_process(u32::MAX));
+    }
+
+    #[test]
+    fn not_responding_names_the_pid() {
+        assert_eq!(
+            NotResponding { pid: Some(42) }.to_string(),
+            "the daemon (pid 42) is not responding"
+        );
+        assert_eq!(
+            NotResponding { pid: None }.to_string(),
+            "the daemon is not responding"
+        );
+    }
+}
