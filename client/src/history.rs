@@ -18,9 +18,15 @@ fn connect(cwd: &Path, no_daemon: bool) -> Result<Conn> {
     if !no_daemon
         && let Some(root) = conn::guess_root(cwd)
         && let Ok(paths) = vx_proto::paths::daemon_paths(&root)
-        && let Ok(c) = Conn::existing(&paths)
     {
-        return Ok(c);
+        match Conn::existing(&paths) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if let Some(nr) = e.downcast_ref::<conn::NotResponding>() {
+                    return conn::stdio_instead(nr);
+                }
+            }
+        }
     }
     Conn::stdio()
 }

@@ -105,8 +105,13 @@ enum DaemonCmd {
     },
     /// Start the daemon (if it is not running).
     Start,
-    /// Stop the daemon.
-    Stop,
+    /// Stop the daemon: ask it, then SIGTERM, then SIGKILL if it does not
+    /// answer or exit in time.
+    Stop {
+        /// Do not ask: SIGTERM, then SIGKILL (for a daemon that hangs).
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop the daemon and start a new one.
     Restart,
     /// Print the daemon's log (`.vx/daemon.log`).
@@ -479,10 +484,15 @@ fn call_following(
             conn.finish();
             let mut conn = match Conn::daemon(&root) {
                 Ok(c) => c,
-                Err(err) => {
-                    eprintln!("vx: warning: not using the daemon ({err:#}); running without it");
-                    Conn::stdio()?
-                }
+                Err(err) => match err.downcast_ref::<conn::NotResponding>() {
+                    Some(nr) => conn::stdio_instead(nr)?,
+                    None => {
+                        eprintln!(
+                            "vx: warning: not using the daemon ({err:#}); running without it"
+                        );
+                        Conn::stdio()?
+                    }
+                },
             };
             let v = conn.call(method, params, on_event)?;
             Ok((conn, v))
@@ -500,7 +510,18 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
     let paths = vx_proto::paths::daemon_paths(&root).map_err(|e| anyhow!(e))?;
     match action {
         DaemonCmd::Status { json } => match Conn::existing(&paths) {
-            Err(_) => {
+            Err(e) => {
+                if let Some(nr) = e.downcast_ref::<conn::NotResponding>() {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"running": true, "responding": false, "pid": nr.pid, "root": root, "socket": paths.socket})
+                        );
+                    } else {
+                        eprintln!("vx: {nr}; run `vx daemon stop --force`");
+                    }
+                    return Ok(1);
+                }
                 if json {
                     println!(
                         "{}",
@@ -525,23 +546,19 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
                 Ok(0)
             }
         },
-        DaemonCmd::Stop => match Conn::existing(&paths) {
-            Err(_) => {
+        DaemonCmd::Stop { force } => match conn::stop_daemon(&paths, force)? {
+            None => {
                 println!("no daemon is running for {}", root.display());
                 Ok(0)
             }
-            Ok(c) => {
-                let pid = c.hello.pid;
-                c.shutdown_daemon(&paths)?;
+            Some(pid) => {
                 println!("stopped the daemon (pid {pid})");
                 Ok(0)
             }
         },
         DaemonCmd::Start | DaemonCmd::Restart => {
-            if matches!(action, DaemonCmd::Restart)
-                && let Ok(c) = Conn::existing(&paths)
-            {
-                c.shutdown_daemon(&paths)?;
+            if matches!(action, DaemonCmd::Restart) {
+                conn::stop_daemon(&paths, false)?;
             }
             let c = Conn::daemon(&root)?;
             println!(
@@ -572,8 +589,9 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     if args.concurrency == Some(0) {
         return Err(anyhow!("--concurrency must be at least 1"));
     }
-    let params = run_params(&args, cwd);
+    let mut params = run_params(&args, cwd);
     let conn = conn::connect(cwd, no_daemon)?;
+    without_held_cache(&conn, &mut params);
     if args.dry.is_some() || args.graph.is_some() {
         let (conn, v) = call_following(conn, methods::RUN_PLAN, &params, &mut |_| {})?;
         conn.finish();
@@ -630,6 +648,15 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         }
     }
     Ok(caught.map(|s| 128 + s).unwrap_or(summary.exit_code))
+}
+
+/// A foreground engine standing in for a daemon that does not respond
+/// cannot open the cache the daemon holds: the run goes without it.
+fn without_held_cache(conn: &Conn, params: &mut RunParams) {
+    if conn.instead_of_daemon && !params.no_cache {
+        params.no_cache = true;
+        eprintln!("vx: running without the cache this time (the daemon holds it)");
+    }
 }
 
 /// The engine parameters of `vx run` / `vx watch`.
@@ -713,7 +740,9 @@ fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         run,
         debounce_ms: Some(args.debounce),
     };
+    let mut params = params;
     let conn = conn::connect(cwd, no_daemon)?;
+    without_held_cache(&conn, &mut params.run);
     let signals = conn.forward_signals()?;
     let progress = matches!(r.output_logs, LogsArg::Full | LogsArg::NewOnly);
     let mut ui = render::Ui::new(r.json, progress);

@@ -109,9 +109,12 @@ impl Ui {
             }
             return;
         }
+        // What makes a watch cycle worth its header: something ran, was
+        // restored, failed or warned.
         let news = matches!(
             e,
             RunEvent::TaskStarted { .. }
+                | RunEvent::TaskCacheHit { .. }
                 | RunEvent::TaskFinished { .. }
                 | RunEvent::TaskReady { .. }
                 | RunEvent::Warning { .. }

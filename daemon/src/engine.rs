@@ -825,6 +825,7 @@ fn prepare(
     mut params: RunParams,
     events: Option<Events>,
     hot_arc: Option<Arc<Hot>>,
+    cancel: Option<watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Shared>, Selection), EngineError> {
     let hot = hot_arc.as_deref();
     let mut timing = Timing::new(&params.env);
@@ -882,7 +883,7 @@ fn prepare(
     let (store, index, snapshot) = match hot_parts {
         Some((store, index, snapshot)) => (store, index, Some(snapshot)),
         None => {
-            let (store, index) = open_cold(&model, &events, params.no_cache)?;
+            let (store, index) = open_cold(&model, &params, &events, cancel.as_ref())?;
             timing.stage("cache open");
             (store, index, None)
         }
@@ -981,32 +982,139 @@ fn prepare(
 /// The no-daemon path opens the store and loads the file index per run.
 fn open_cold(
     model: &Model,
+    params: &RunParams,
     events: &Option<Events>,
-    no_cache: bool,
+    cancel: Option<&watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
-    let ev = events.clone();
-    let opened = Store::open(&cdir, Duration::from_secs(600), &mut || {
-        if let Some(tx) = &ev {
-            let _ = tx.send(RunEvent::Warning {
-                    message: format!(
-                        "waiting for another vx process using the cache at {} (is a daemon running? `vx daemon stop`)",
-                        cdir.display()
-                    ),
-                });
-        }
-    });
-    let store = match opened {
-        Ok(s) => s,
-        Err(e @ CacheError::Locked(..)) => return Err(e.into()),
-        Err(e) => {
-            let store = uncached(&cdir, &e.to_string(), no_cache, events)?;
+    let store = match open_store_waiting(&cdir, &model.ws.root, params, events, cancel)? {
+        Opened::Store(s) => s,
+        Opened::Unusable(why) => {
+            let store = uncached(&cdir, &why, params.no_cache, events)?;
             return Ok((store, Arc::new(FileIndex::default())));
         }
     };
     let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
     Ok((Arc::new(store), Arc::new(index)))
 }
+
+/// What [`open_store_waiting`] found: the store, or why it cannot be used
+/// (a run then goes on uncached).
+enum Opened {
+    Store(Store),
+    Unusable(String),
+}
+
+/// Default bound on waiting for a cache held by another foreground run.
+const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// Default bound when this workspace's daemon is alive: it holds the cache
+/// for its whole life, so only one that is stopping would let go.
+const CACHE_LOCK_WAIT_DAEMON: Duration = Duration::from_secs(3);
+
+/// Whether a daemon holds this workspace's liveness lock.
+fn workspace_daemon_alive(root: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(paths) = vx_proto::paths::daemon_paths(root) else {
+        return false;
+    };
+    let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&paths.live_lock)
+    else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released at once (and on close).
+    unsafe {
+        if libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
+            libc::flock(f.as_raw_fd(), libc::LOCK_UN);
+            return false;
+        }
+    }
+    true
+}
+
+/// Opens the store for a foreground run. When another vx process holds it,
+/// says what it waits for, and gives up when the run is cancelled or after
+/// a bound (`VX_CACHE_LOCK_TIMEOUT_MS` in the client's environment; else
+/// [`CACHE_LOCK_WAIT_DAEMON`] beside a live daemon, [`CACHE_LOCK_WAIT`]
+/// otherwise). A `--no-cache` run never waits: it gets a scratch store.
+fn open_store_waiting(
+    cdir: &Path,
+    root: &Path,
+    params: &RunParams,
+    events: &Option<Events>,
+    cancel: Option<&watch::Receiver<Option<i32>>>,
+) -> Result<Opened, EngineError> {
+    let start = Instant::now();
+    let mut limit: Option<(Duration, bool)> = None;
+    loop {
+        match Store::open(cdir, Duration::ZERO, &mut || {}) {
+            Ok(s) => return Ok(Opened::Store(s)),
+            Err(CacheError::Locked(..)) => {}
+            Err(e) => return Ok(Opened::Unusable(e.to_string())),
+        }
+        if params.no_cache {
+            // Neither read nor written: no reason to wait for the holder.
+            return Ok(Opened::Unusable("in use by another vx process".into()));
+        }
+        let (bound, daemon) = *limit.get_or_insert_with(|| {
+            let daemon = workspace_daemon_alive(root);
+            let bound = params
+                .env
+                .get("VX_CACHE_LOCK_TIMEOUT_MS")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(if daemon {
+                    CACHE_LOCK_WAIT_DAEMON
+                } else {
+                    CACHE_LOCK_WAIT
+                });
+            let holder = if daemon {
+                "this workspace's daemon holds it; stop it with `vx daemon stop`, or run through it"
+            } else {
+                "another vx process holds it"
+            };
+            if let Some(tx) = events {
+                let _ = tx.send(RunEvent::Warning {
+                    message: format!(
+                        "waiting up to {} s for the cache at {} ({holder})",
+                        bound.as_secs_f64().ceil(),
+                        cdir.display()
+                    ),
+                });
+            }
+            (bound, daemon)
+        });
+        if let Some(c) = cancel
+            && c.borrow().is_some()
+        {
+            return Err(EngineError::new(
+                codes::CANCELLED,
+                format!(
+                    "cancelled while waiting for the cache at {}",
+                    cdir.display()
+                ),
+            ));
+        }
+        if start.elapsed() >= bound {
+            let holder = if daemon {
+                "this workspace's daemon holds it: stop it with `vx daemon stop`, or run through it"
+            } else {
+                "another vx process holds it; set VX_CACHE_LOCK_TIMEOUT_MS to wait longer"
+            };
+            return Err(EngineError::new(
+                codes::CACHE_ERROR,
+                format!(
+                    "the cache at {} is in use (gave up after {:.1} s): {holder}",
+                    cdir.display(),
+                    start.elapsed().as_secs_f64()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 
 /// The store of a run whose cache cannot be opened (a directory that is not
 /// writable, say): one that keeps nothing, so the run goes on uncached, with
@@ -1036,7 +1144,7 @@ pub async fn plan(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, Engi
 }
 
 fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
-    let (sh, sel) = prepare(params, None, hot)?;
+    let (sh, sel) = prepare(params, None, hot, None)?;
     let mut tasks = Vec::with_capacity(sel.nodes.len());
     for &n in &sel.nodes {
         let key = sh.key_of(n)?;
@@ -1183,8 +1291,9 @@ pub async fn run_in(
     let continue_mode = params.continue_mode;
     let ev = events.clone();
     let hot2 = hot.clone();
+    let cancel2 = cancel.clone();
     let (sh, sel, history) = tokio::task::spawn_blocking(move || {
-        let (sh, sel) = prepare(params, Some(ev), hot2)?;
+        let (sh, sel) = prepare(params, Some(ev), hot2, Some(cancel2))?;
         let history = open_history(&sh);
         Ok::<_, EngineError>((sh, sel, history))
     })
@@ -1343,31 +1452,50 @@ pub async fn run_in(
             }
             // A watch cycle does not run again what did not change. A cached
             // task that succeeded goes through the cache instead, so its
-            // outputs are restored if they were deleted meanwhile.
+            // outputs are restored if they were deleted meanwhile; when they
+            // are in place it is not news (its log is not replayed).
+            let mut unchanged_key = None;
             if let Some(s) = &session {
                 let key = sh.key_of(g);
                 if let Ok(key) = &key
                     && let Some((last, ok)) = s.last_of(&node.id)
                     && &last == key
-                    && (!ok || !sh.cache_read(g))
                 {
-                    let mut res = base_result(&sh, g);
-                    res.key = Some(key.clone());
-                    if ok {
-                        res.status = TaskStatus::Cached;
-                        res.cache = CacheSource::UpToDate;
+                    if ok && sh.cache_read(g) {
+                        match try_hit(&sh, g, key, false) {
+                            Ok(Hit::Served(r, _)) => {
+                                let mut d = Done::new(i, Some(r), false, is_tainted);
+                                d.quiet = true;
+                                immediate.push_back(d);
+                                continue;
+                            }
+                            // To restore (or run): the usual way, below.
+                            Ok(_) | Err(_) => unchanged_key = Some(key.clone()),
+                        }
                     } else {
-                        res.status = TaskStatus::Failed;
-                        res.error = Some("failed, and nothing it depends on changed since".into());
+                        let mut res = base_result(&sh, g);
+                        res.key = Some(key.clone());
+                        if ok {
+                            res.status = TaskStatus::Cached;
+                            res.cache = CacheSource::UpToDate;
+                        } else {
+                            res.status = TaskStatus::Failed;
+                            res.error =
+                                Some("failed, and nothing it depends on changed since".into());
+                        }
+                        let mut d = Done::new(i, Some(res), !ok, is_tainted);
+                        d.quiet = true;
+                        immediate.push_back(d);
+                        continue;
                     }
-                    let mut d = Done::new(i, Some(res), !ok, is_tainted);
-                    d.quiet = true;
-                    immediate.push_back(d);
-                    continue;
                 }
             }
             // The fast path: key and an in-place hit, inline.
-            let key = match probe(&sh, g) {
+            let probed = match unchanged_key {
+                Some(key) => Ok((key, None)),
+                None => probe(&sh, g),
+            };
+            let key = match probed {
                 Ok((_, Some(r))) => {
                     immediate.push_back(Done::new(i, Some(r), false, is_tainted));
                     continue;
@@ -1862,6 +1990,46 @@ struct RecordInput {
     requested: Vec<String>,
 }
 
+/// The client's argv as the history keeps it: the args forwarded after
+/// `--` (tokens, paths, anything) are replaced by one placeholder naming
+/// their hash, the hash the fingerprints hold (`docs/history.md`: args are
+/// only ever kept hashed).
+fn redacted_argv(argv: &[String], args: &[String]) -> Vec<String> {
+    if args.is_empty() {
+        return argv.to_vec();
+    }
+    let hash = blake3::hash(serde_json::to_string(args).unwrap_or_default().as_bytes()).to_hex();
+    let placeholder = format!(
+        "<{} arg{} hashed {}>",
+        args.len(),
+        if args.len() == 1 { "" } else { "s" },
+        &hash[..12]
+    );
+    // `vx run TASK -- ARGS…`: the args are the tail after a `--`.
+    if let Some(t) = argv.len().checked_sub(args.len())
+        && t > 0
+        && argv[t - 1] == "--"
+        && argv[t..] == *args
+    {
+        let mut v = argv[..t].to_vec();
+        v.push(placeholder);
+        return v;
+    }
+    // Any other shape: nothing after a `--`, and no element equal to an arg.
+    let mut v = Vec::with_capacity(argv.len());
+    for a in argv {
+        if a == "--" {
+            v.push(a.clone());
+            break;
+        }
+        if !args.contains(a) {
+            v.push(a.clone());
+        }
+    }
+    v.push(placeholder);
+    v
+}
+
 /// The history record of a run: one row per task with its lane, times and
 /// usage.
 fn build_record(inp: RecordInput) -> RunRecord {
@@ -1991,7 +2159,7 @@ impl Head {
                 .lock()
                 .map(|mut u| std::mem::take(&mut *u))
                 .unwrap_or_default(),
-            argv: sh.params.argv.clone(),
+            argv: redacted_argv(&sh.params.argv, &sh.params.args),
             requested: sh.params.tasks.clone(),
         };
         let fps: Vec<Fingerprint> = sh
@@ -2916,6 +3084,46 @@ mod tests {
         assert_eq!(
             transitive_dependent_counts(&deps, &dependents),
             vec![3, 1, 0, 0]
+        );
+    }
+
+    #[test]
+    fn forwarded_args_never_reach_the_recorded_argv() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (argv, args, what must remain before the placeholder)
+        let cases: &[(&[&str], &[&str], &[&str])] = &[
+            (
+                &["vx", "run", "test", "--", "--token=secret"],
+                &["--token=secret"],
+                &["vx", "run", "test", "--"],
+            ),
+            (
+                &["vx", "run", "-F", "a", "test", "--", "x", "secret"],
+                &["x", "secret"],
+                &["vx", "run", "-F", "a", "test", "--"],
+            ),
+            // Not the expected tail: cut at `--`, drop any arg seen before it.
+            (
+                &["vx", "secret", "run", "--", "secret", "more"],
+                &["secret"],
+                &["vx", "run", "--"],
+            ),
+            (&["vx", "run", "t"], &["secret"], &["vx", "run", "t"]),
+        ];
+        for (argv, args, kept) in cases {
+            let out = redacted_argv(&v(argv), &v(args));
+            assert_eq!(&out[..out.len() - 1], &v(kept)[..], "{argv:?}");
+            let last = out.last().map(String::as_str).unwrap_or_default();
+            assert!(last.starts_with('<') && last.contains("hashed"), "{out:?}");
+            assert!(!out.iter().any(|o| o.contains("secret")), "{out:?}");
+        }
+        // No args: the argv as it was.
+        let argv = v(&["vx", "run", "build"]);
+        assert_eq!(redacted_argv(&argv, &[]), argv);
+        // The same args give the same placeholder (comparable across runs).
+        assert_eq!(
+            redacted_argv(&v(&["vx", "--", "a"]), &v(&["a"])),
+            redacted_argv(&v(&["vx", "--", "a"]), &v(&["a"]))
         );
     }
 }

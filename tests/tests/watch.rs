@@ -505,3 +505,69 @@ fn an_interactive_task_run_alone_gets_the_terminal() {
     );
     assert_eq!(ws.read("app/greeting.txt"), "hello \n");
 }
+
+#[test]
+fn a_watch_cycle_replays_no_log_of_a_task_that_did_not_change() {
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"lib\", \"other\"]\n"),
+        (
+            "lib/vx.toml",
+            "[project]\nname = \"lib\"\n[tasks.build]\ncommand = \"mkdir -p dist && cp src/a.txt dist/a.txt && echo lib-log-line\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+        ),
+        ("lib/src/a.txt", "one\n"),
+        ("lib/notes.md", "notes\n"),
+        (
+            "other/vx.toml",
+            "[project]\nname = \"other\"\n[tasks.build]\ncommand = \"echo other-log-line\"\ninputs = [\"src/**\"]\n",
+        ),
+        ("other/src/x.txt", "x\n"),
+    ]);
+    // Cached already: the initial cycle is a hit (its log is replayed once).
+    assert_eq!(ws.run(&["build"]).code, 0);
+    let mut w = Watch::start(&ws, &["build"], &[]);
+    let first = w.cycle();
+    assert!(
+        first
+            .iter()
+            .any(|e| e["type"] == "task_output" && e["line"] == "lib-log-line"),
+        "{first:?}"
+    );
+    let about_lib = |evs: &[Value]| -> Vec<Value> {
+        evs.iter()
+            .filter(|e| {
+                e["id"] == "lib#build"
+                    && matches!(
+                        e["type"].as_str(),
+                        Some("task_output" | "task_cache_hit" | "task_started")
+                    )
+            })
+            .cloned()
+            .collect()
+    };
+    // An edit that affects nothing, then one that affects only `other`:
+    // no cycle says anything about lib#build.
+    ws.write("lib/notes.md", "more notes\n");
+    std::thread::sleep(Duration::from_millis(300));
+    ws.write("other/src/x.txt", "y\n");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "other#build never re-ran");
+        let evs = w.cycle();
+        assert_eq!(about_lib(&evs), Vec::<Value>::new(), "{evs:?}");
+        if started(&evs) == vec!["other#build"] {
+            break;
+        }
+        assert!(started(&evs).is_empty(), "{evs:?}");
+    }
+    // Deleted outputs are restored, and that is news: its cycle says so.
+    std::fs::remove_dir_all(ws.path("lib/dist")).expect("rm dist");
+    let evs = w.next_touching("lib#build");
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "task_cache_hit" && e["id"] == "lib#build"),
+        "{evs:?}"
+    );
+    assert_eq!(ws.read("lib/dist/a.txt"), "one\n");
+    assert_eq!(w.interrupt(), 0);
+    assert_no_processes(ws.root());
+}
