@@ -1115,7 +1115,6 @@ fn open_store_waiting(
     }
 }
 
-
 /// The store of a run whose cache cannot be opened (a directory that is not
 /// writable, say): one that keeps nothing, so the run goes on uncached, with
 /// a warning (none under `--no-cache`, which asked for exactly that).
