@@ -886,7 +886,7 @@ fn open_cold(
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
     let ev = events.clone();
-    let opened = Store::open(&cdir, Duration::from_secs(600), &mut || {
+    let opened = Store::open_loaded(&cdir, Duration::from_secs(600), &mut || {
         if let Some(tx) = &ev {
             let _ = tx.send(RunEvent::Warning {
                     message: format!(
@@ -896,7 +896,7 @@ fn open_cold(
                 });
         }
     });
-    let store = match opened {
+    let (store, files) = match opened {
         Ok(s) => s,
         Err(e @ CacheError::Locked(..)) => return Err(e.into()),
         Err(e) => {
@@ -904,7 +904,7 @@ fn open_cold(
             return Ok((store, Arc::new(FileIndex::default())));
         }
     };
-    let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
+    let index = FileIndex::from_records(files);
     Ok((Arc::new(store), Arc::new(index)))
 }
 
