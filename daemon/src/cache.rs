@@ -322,6 +322,26 @@ fn read_file_index(
     Ok(out)
 }
 
+/// Reads the first and the last row of `t` (its root and both edges).
+pub(crate) fn read_ends<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    t: TableDefinition<K, V>,
+) -> Result<(), String> {
+    match tx.open_table(t) {
+        Ok(table) => {
+            table.len().map_err(|e| e.to_string())?;
+            for row in [table.first(), table.last()] {
+                if let Some((k, v)) = row.map_err(|e| e.to_string())? {
+                    let _ = (k.value(), v.value());
+                }
+            }
+            Ok(())
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Opens the index and reads it through, turning redb's errors and panics
 /// on a damaged file into [`Opened::Damaged`]; creates missing tables.
 fn open_checked(path: &Path) -> Result<(redb::Database, Vec<(String, Record)>), Opened> {
