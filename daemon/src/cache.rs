@@ -309,9 +309,42 @@ pub(crate) fn read_through<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
+fn read_file_index(
+    t: &redb::ReadOnlyTable<&str, &[u8]>,
+) -> Result<Vec<(String, Record)>, redb::StorageError> {
+    let mut out = Vec::with_capacity(t.len()? as usize);
+    for row in t.iter()? {
+        let (k, v) = row?;
+        if let Some(r) = Record::decode(v.value()) {
+            out.push((k.value().to_string(), r));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the first and the last row of `t` (its root and both edges).
+pub(crate) fn read_ends<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    t: TableDefinition<K, V>,
+) -> Result<(), String> {
+    match tx.open_table(t) {
+        Ok(table) => {
+            table.len().map_err(|e| e.to_string())?;
+            for row in [table.first(), table.last()] {
+                if let Some((k, v)) = row.map_err(|e| e.to_string())? {
+                    let _ = (k.value(), v.value());
+                }
+            }
+            Ok(())
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Opens the index and reads it through, turning redb's errors and panics
 /// on a damaged file into [`Opened::Damaged`]; creates missing tables.
-fn open_checked(path: &Path) -> Result<redb::Database, Opened> {
+fn open_checked(path: &Path) -> Result<(redb::Database, Vec<(String, Record)>), Opened> {
     let r = quietly(|| {
         let db = match redb::Database::create(path) {
             Ok(db) => db,
@@ -333,11 +366,17 @@ fn open_checked(path: &Path) -> Result<redb::Database, Opened> {
         for r in [
             read_through(&tx, ENTRIES),
             read_through(&tx, STAMPS),
-            read_through(&tx, FILES),
+            read_through(&tx, ACCESS),
         ] {
             r.map_err(Opened::Damaged)?;
         }
-        read_through(&tx, ACCESS).map_err(Opened::Damaged)?;
+        // The file index is read through by decoding it (the caller that
+        // wants it gets it without a second pass).
+        let files = match tx.open_table(FILES) {
+            Ok(t) => read_file_index(&t).map_err(|e| Opened::Damaged(e.to_string()))?,
+            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+            Err(e) => return Err(Opened::Damaged(e.to_string())),
+        };
         for exists in [
             tx.open_table(ENTRIES).is_ok(),
             tx.open_table(STAMPS).is_ok(),
@@ -352,7 +391,7 @@ fn open_checked(path: &Path) -> Result<redb::Database, Opened> {
         if missing {
             create_tables(&db).map_err(Opened::Damaged)?;
         }
-        Ok(db)
+        Ok((db, files))
     });
     match r {
         Ok(r) => r,
@@ -447,6 +486,16 @@ impl Store {
     /// and replaced by an empty one; the warning for that is queued for
     /// [`take_notice`].
     pub fn open(dir: &Path, wait: Duration, on_wait: &mut dyn FnMut()) -> Result<Self, CacheError> {
+        Self::open_loaded(dir, wait, on_wait).map(|(s, _)| s)
+    }
+
+    /// [`Store::open`], also returning the persisted file index (read while
+    /// the open reads the index through, so it costs no second pass).
+    pub fn open_loaded(
+        dir: &Path,
+        wait: Duration,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<(Self, Vec<(String, Record)>), CacheError> {
         fs::create_dir_all(dir.join("cas")).map_err(io(dir))?;
         fs::create_dir_all(dir.join("tmp")).map_err(io(dir))?;
         let ignore = dir.join(".gitignore");
@@ -459,7 +508,7 @@ impl Store {
         let mut moved = false;
         let db = loop {
             match open_checked(&path) {
-                Ok(db) => break db,
+                Ok(opened) => break opened,
                 Err(Opened::Locked) => {
                     if start.elapsed() > wait {
                         return Err(CacheError::Locked(dir.to_path_buf(), wait.as_secs()));
@@ -494,7 +543,8 @@ impl Store {
                 }
             }
         };
-        Self::with_db(dir, db, false)
+        let (db, files) = db;
+        Ok((Self::with_db(dir, db, false)?, files))
     }
 
     /// A store that keeps nothing: an in-memory index and no blob writes
@@ -646,14 +696,7 @@ impl Store {
     pub fn load_file_index(&self) -> Result<Vec<(String, Record)>, CacheError> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let t = tx.open_table(FILES).map_err(dberr)?;
-        let mut out = Vec::with_capacity(t.len().map_err(dberr)? as usize);
-        for row in t.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            if let Some(r) = Record::decode(v.value()) {
-                out.push((k.value().to_string(), r));
-            }
-        }
-        Ok(out)
+        read_file_index(&t).map_err(dberr)
     }
 
     pub fn save_file_index(&self, updates: Vec<(String, Record)>) {

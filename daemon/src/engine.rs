@@ -987,21 +987,21 @@ fn open_cold(
     cancel: Option<&watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
-    let store = match open_store_waiting(&cdir, &model.ws.root, params, events, cancel)? {
-        Opened::Store(s) => s,
+    let (store, files) = match open_store_waiting(&cdir, &model.ws.root, params, events, cancel)? {
+        Opened::Store(s, files) => (s, files),
         Opened::Unusable(why) => {
             let store = uncached(&cdir, &why, params.no_cache, events)?;
             return Ok((store, Arc::new(FileIndex::default())));
         }
     };
-    let index = FileIndex::from_records(store.load_file_index().unwrap_or_default());
+    let index = FileIndex::from_records(files);
     Ok((Arc::new(store), Arc::new(index)))
 }
 
 /// What [`open_store_waiting`] found: the store, or why it cannot be used
 /// (a run then goes on uncached).
 enum Opened {
-    Store(Store),
+    Store(Store, Vec<(String, hash::Record)>),
     Unusable(String),
 }
 
@@ -1048,8 +1048,8 @@ fn open_store_waiting(
     let start = Instant::now();
     let mut limit: Option<(Duration, bool)> = None;
     loop {
-        match Store::open(cdir, Duration::ZERO, &mut || {}) {
-            Ok(s) => return Ok(Opened::Store(s)),
+        match Store::open_loaded(cdir, Duration::ZERO, &mut || {}) {
+            Ok((s, files)) => return Ok(Opened::Store(s, files)),
             Err(CacheError::Locked(..)) => {}
             Err(e) => return Ok(Opened::Unusable(e.to_string())),
         }
