@@ -348,7 +348,9 @@ impl Snapshot {
         owned
             .chain(self.loose.iter().map(|f| (None, f)))
             .filter_map(|(p, f)| match &f.link {
-                hash::Link::File(t) | hash::Link::Dir(t) => Some((p, t.as_str())),
+                hash::Link::File(t) | hash::Link::Dir(t) | hash::Link::Dangling(Some(t)) => {
+                    Some((p, t.as_str()))
+                }
                 _ => None,
             })
             .collect()

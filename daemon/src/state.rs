@@ -767,7 +767,11 @@ impl Hot {
                         self.watch_dir(&d);
                     }
                 }
-            } else if let Some(parent) = abs.parent() {
+            } else if let Some(parent) = abs.parent()
+                && parent.is_dir()
+            {
+                // (A dangling link's missing parent: its creation is seen
+                // by the watch above it, when that is watched.)
                 self.watch_dir(parent);
             }
         }
