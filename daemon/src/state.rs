@@ -953,3 +953,82 @@ impl Drop for Hot {
         self.close_store();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebase_moves_paths_between_a_link_and_its_target() {
+        let cases: &[(&str, &str, &str, Option<&str>)] = &[
+            (
+                "vendor/b/src/x",
+                "vendor/b",
+                "packages/b",
+                Some("packages/b/src/x"),
+            ),
+            ("vendor/b", "vendor/b", "packages/b", Some("packages/b")),
+            ("vendor/bc/x", "vendor/b", "packages/b", None),
+            ("other/x", "vendor/b", "packages/b", None),
+        ];
+        for (rel, from, to, want) in cases {
+            assert_eq!(rebase(rel, from, to).as_deref(), *want, "{rel} {from} {to}");
+        }
+    }
+
+    #[test]
+    fn overlaps_is_component_wise_both_ways() {
+        let cases = [
+            ("shared/lib/x.txt", "shared/lib", true),
+            ("shared", "shared/lib", true),
+            ("shared/lib", "shared/lib", true),
+            ("shared/library", "shared/lib", false),
+            ("other", "shared/lib", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(overlaps(a, b), want, "{a} {b}");
+        }
+    }
+
+    /// The watcher and its watched set are one lock: adding and dropping
+    /// watches from many threads at once (the daemon's watch thread drops a
+    /// removed tree while runs watch output dirs) cannot deadlock.
+    #[test]
+    fn concurrent_watch_and_unwatch_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        for i in 0..20 {
+            std::fs::create_dir_all(root.join(format!("t/d{i}/e"))).unwrap();
+        }
+        let hot = Hot::start(&root).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let threads: Vec<_> = (0..4)
+            .map(|k| {
+                let (hot, root, tx) = (hot.clone(), root.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for round in 0..50 {
+                        for i in 0..20 {
+                            let dir = root.join(format!("t/d{i}"));
+                            if (round + k) % 2 == 0 {
+                                hot.watch_dir(&dir);
+                                hot.watch_dir(&dir.join("e"));
+                            } else {
+                                hot.unwatch_tree(&dir);
+                            }
+                        }
+                    }
+                    let _ = tx.send(());
+                })
+            })
+            .collect();
+        for _ in 0..4 {
+            assert!(
+                rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+                "watch/unwatch deadlocked"
+            );
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
