@@ -410,8 +410,25 @@ impl Shared {
     }
 
     fn mark_dirty(&self, p: usize) {
+        // A symlink into project `p` is keyed by its target: its owner must
+        // be re-walked too (the target may be new, or have a new stat).
+        let dir = self.model.ws.projects[p].dir.as_str();
+        let owners: Vec<usize> = self
+            .snapshot
+            .read()
+            .map(|s| {
+                s.link_targets()
+                    .into_iter()
+                    .filter(|(_, t)| {
+                        dir == "." || Path::new(t).starts_with(dir) || Path::new(dir).starts_with(t)
+                    })
+                    .filter_map(|(o, _)| o)
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Ok(mut d) = self.dirty.lock() {
             d.insert(p);
+            d.extend(owners);
         }
     }
 

@@ -424,6 +424,7 @@ impl Hot {
                 tracing::warn!("watcher error ({e}); the next request rescans");
                 if let Ok(mut d) = self.dirty.lock() {
                     d.all = true;
+                    d.model = true;
                 }
                 return;
             }
@@ -432,6 +433,7 @@ impl Hot {
             tracing::info!("watcher queue overflow; the next request rescans");
             if let Ok(mut d) = self.dirty.lock() {
                 d.all = true;
+                d.model = true;
             }
         }
         // Reads (ours included: hashing opens files) change nothing.
@@ -567,7 +569,9 @@ impl Hot {
         if !ok {
             tracing::warn!("the watcher did not deliver a cookie in time; rescanning");
             if let Ok(mut d) = self.dirty.lock() {
+                // Events may be lost, a config change among them: reload too.
                 d.all = true;
+                d.model = true;
             }
         }
     }
