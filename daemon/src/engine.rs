@@ -288,6 +288,26 @@ pub struct Snapshot {
     by_project: Vec<Arc<Vec<FileMeta>>>,
     /// Files that belong to no project.
     loose: Arc<Vec<FileMeta>>,
+    /// The in-workspace targets of the symlinks among them, per project
+    /// (same order) and for the loose files: kept beside the lists so
+    /// finding a link's owner never scans every file.
+    links: Vec<Arc<Vec<String>>>,
+    loose_links: Arc<Vec<String>>,
+}
+
+/// The root-relative targets of the symlinks into the workspace in `files`.
+fn links_of(files: &[FileMeta]) -> Arc<Vec<String>> {
+    Arc::new(
+        files
+            .iter()
+            .filter_map(|f| match &f.link {
+                hash::Link::File(t) | hash::Link::Dir(t) | hash::Link::Dangling(Some(t)) => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 impl Snapshot {
@@ -313,6 +333,8 @@ impl Snapshot {
             }
         }
         Snapshot {
+            links: by_project.iter().map(|v| links_of(v)).collect(),
+            loose_links: links_of(&loose),
             by_project: by_project.into_iter().map(Arc::new).collect(),
             loose: Arc::new(loose),
         }
@@ -326,9 +348,13 @@ impl Snapshot {
                 let dir = model.ws.abs_dir(&model.ws.projects[p]);
                 self.by_project[p] =
                     Arc::new(hash::walk_serial(root, &dir, &model.fences[p], skip));
+                if let Some(l) = self.links.get_mut(p) {
+                    *l = links_of(&self.by_project[p]);
+                }
             }
             None => {
                 self.loose = Arc::new(hash::walk(root, root, &model.all_project_dirs(), skip));
+                self.loose_links = links_of(&self.loose);
             }
         }
     }
@@ -340,19 +366,11 @@ impl Snapshot {
     /// Every symlink into the workspace: (owning project, root-relative
     /// target). A change at or under a target must re-walk the owner.
     pub fn link_targets(&self) -> Vec<(Option<usize>, &str)> {
-        let owned = self
-            .by_project
+        self.links
             .iter()
             .enumerate()
-            .flat_map(|(p, v)| v.iter().map(move |f| (Some(p), f)));
-        owned
-            .chain(self.loose.iter().map(|f| (None, f)))
-            .filter_map(|(p, f)| match &f.link {
-                hash::Link::File(t) | hash::Link::Dir(t) | hash::Link::Dangling(Some(t)) => {
-                    Some((p, t.as_str()))
-                }
-                _ => None,
-            })
+            .flat_map(|(p, v)| v.iter().map(move |t| (Some(p), t.as_str())))
+            .chain(self.loose_links.iter().map(|t| (None, t.as_str())))
             .collect()
     }
 }
