@@ -600,6 +600,14 @@ impl Hot {
                 "full rescan"
             );
         }
+        if rescan || dirty.model || inner.model.is_none() {
+            // Watch first, then load and scan: a change made meanwhile (a
+            // new project's config, say) is then either in the load and the
+            // scan or reported for the next request. (Loading first left a
+            // window in which a new directory was neither loaded nor
+            // watched.)
+            self.watch_tree(&self.root.clone());
+        }
         if dirty.model || inner.model.is_none() {
             // A config changed: reload. An error leaves no model, so the
             // next request tries again (and reports the same error).
@@ -658,9 +666,7 @@ impl Hot {
             if inner.snapshot.is_some() {
                 self.rescans.fetch_add(1, Ordering::Relaxed);
             }
-            // Watch first, then scan: a change made during the scan is then
-            // either in the scan or reported for the next request.
-            self.watch_tree(&self.root.clone());
+            // (The tree was watched above, before the load.)
             // Linked members are watched through their link (inotify
             // follows it), so their events carry their workspace paths.
             for dir in self.linked_dirs() {
