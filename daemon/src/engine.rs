@@ -323,6 +323,26 @@ pub struct Snapshot {
     by_project: Vec<Arc<Vec<FileMeta>>>,
     /// Files that belong to no project.
     loose: Arc<Vec<FileMeta>>,
+    /// The in-workspace targets of the symlinks among them, per project
+    /// (same order) and for the loose files: kept beside the lists so
+    /// finding a link's owner never scans every file.
+    links: Vec<Arc<Vec<String>>>,
+    loose_links: Arc<Vec<String>>,
+}
+
+/// The root-relative targets of the symlinks into the workspace in `files`.
+fn links_of(files: &[FileMeta]) -> Arc<Vec<String>> {
+    Arc::new(
+        files
+            .iter()
+            .filter_map(|f| match &f.link {
+                hash::Link::File(t) | hash::Link::Dir(t) | hash::Link::Dangling(Some(t)) => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 impl Snapshot {
@@ -348,6 +368,8 @@ impl Snapshot {
             }
         }
         Snapshot {
+            links: by_project.iter().map(|v| links_of(v)).collect(),
+            loose_links: links_of(&loose),
             by_project: by_project.into_iter().map(Arc::new).collect(),
             loose: Arc::new(loose),
         }
@@ -361,9 +383,13 @@ impl Snapshot {
                 let dir = model.ws.abs_dir(&model.ws.projects[p]);
                 self.by_project[p] =
                     Arc::new(hash::walk_serial(root, &dir, &model.fences[p], skip));
+                if let Some(l) = self.links.get_mut(p) {
+                    *l = links_of(&self.by_project[p]);
+                }
             }
             None => {
                 self.loose = Arc::new(hash::walk(root, root, &model.all_project_dirs(), skip));
+                self.loose_links = links_of(&self.loose);
             }
         }
     }
@@ -375,17 +401,11 @@ impl Snapshot {
     /// Every symlink into the workspace: (owning project, root-relative
     /// target). A change at or under a target must re-walk the owner.
     pub fn link_targets(&self) -> Vec<(Option<usize>, &str)> {
-        let owned = self
-            .by_project
+        self.links
             .iter()
             .enumerate()
-            .flat_map(|(p, v)| v.iter().map(move |f| (Some(p), f)));
-        owned
-            .chain(self.loose.iter().map(|f| (None, f)))
-            .filter_map(|(p, f)| match &f.link {
-                hash::Link::File(t) | hash::Link::Dir(t) => Some((p, t.as_str())),
-                _ => None,
-            })
+            .flat_map(|(p, v)| v.iter().map(move |t| (Some(p), t.as_str())))
+            .chain(self.loose_links.iter().map(|t| (None, t.as_str())))
             .collect()
     }
 }
@@ -443,8 +463,25 @@ impl Shared {
     }
 
     fn mark_dirty(&self, p: usize) {
+        // A symlink into project `p` is keyed by its target: its owner must
+        // be re-walked too (the target may be new, or have a new stat).
+        let dir = self.model.ws.projects[p].dir.as_str();
+        let owners: Vec<usize> = self
+            .snapshot
+            .read()
+            .map(|s| {
+                s.link_targets()
+                    .into_iter()
+                    .filter(|(_, t)| {
+                        dir == "." || Path::new(t).starts_with(dir) || Path::new(dir).starts_with(t)
+                    })
+                    .filter_map(|(o, _)| o)
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Ok(mut d) = self.dirty.lock() {
             d.insert(p);
+            d.extend(owners);
         }
     }
 

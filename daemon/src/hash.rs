@@ -66,8 +66,10 @@ pub enum Link {
     /// A symlink to a path outside the workspace: hashed by its link text,
     /// so an edit of the target is not seen (`--dry` flags it).
     Outside,
-    /// A symlink whose target does not exist: hashed by its link text.
-    Dangling,
+    /// A symlink whose target does not exist: hashed by its link text. With
+    /// the root-relative path it names, if that lies inside the workspace
+    /// (the daemon re-walks the link's owner when something appears there).
+    Dangling(Option<String>),
 }
 
 /// One file found by a walk.
@@ -206,7 +208,7 @@ impl Roots {
 /// What the symlink at `path` stands for (see [`Link`]).
 fn classify_link(path: &Path, roots: &Roots) -> (Link, Option<fs::Metadata>) {
     let Ok(real) = fs::canonicalize(path) else {
-        return (Link::Dangling, None);
+        return (Link::Dangling(lexical_target(path, roots)), None);
     };
     let Ok(rel) = real.strip_prefix(&roots.real) else {
         return (Link::Outside, None);
@@ -219,8 +221,34 @@ fn classify_link(path: &Path, roots: &Roots) -> (Link, Option<fs::Metadata>) {
     match fs::metadata(&real) {
         Ok(md) if md.is_dir() => (Link::Dir(rel), None),
         Ok(md) => (Link::File(rel), Some(md)),
-        Err(_) => (Link::Dangling, None),
+        Err(_) => (Link::Dangling(lexical_target(path, roots)), None),
     }
+}
+
+/// The root-relative path a dangling link names, resolved lexically from
+/// its directory, if it stays inside the workspace.
+fn lexical_target(path: &Path, roots: &Roots) -> Option<String> {
+    let text = fs::read_link(path).ok()?;
+    let base = path.parent()?.strip_prefix(&roots.root).ok()?;
+    let mut out: Vec<&str> = base
+        .to_str()?
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    if text.is_absolute() {
+        let rel = text.strip_prefix(&roots.real).ok()?;
+        return rel.to_str().map(str::to_string);
+    }
+    for comp in text.to_str()?.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join("/"))
 }
 
 fn visit(
@@ -485,7 +513,7 @@ impl FileIndex {
         }
         let abs = root.join(&f.path);
         let hash = match &f.link {
-            Link::Outside | Link::Dangling => link_text_hash(&abs),
+            Link::Outside | Link::Dangling(_) => link_text_hash(&abs),
             // `File` reads through the link: its target's content.
             _ => match hash_file(&abs) {
                 Ok(h) => h,
@@ -883,7 +911,10 @@ mod tests {
         assert_eq!(by("a/src/file").link, Link::File("shared/t.txt".into()));
         assert_eq!(by("a/src/dir").link, Link::Dir("shared/lib".into()));
         assert_eq!(by("a/src/outside").link, Link::Outside);
-        assert_eq!(by("a/src/dangling").link, Link::Dangling);
+        assert_eq!(
+            by("a/src/dangling").link,
+            Link::Dangling(Some("nope".into()))
+        );
         let idx = FileIndex::default();
         assert_eq!(
             idx.hash(&root, &by("a/src/file")),

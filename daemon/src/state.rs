@@ -424,6 +424,7 @@ impl Hot {
                 tracing::warn!("watcher error ({e}); the next request rescans");
                 if let Ok(mut d) = self.dirty.lock() {
                     d.all = true;
+                    d.model = true;
                 }
                 return;
             }
@@ -432,6 +433,7 @@ impl Hot {
             tracing::info!("watcher queue overflow; the next request rescans");
             if let Ok(mut d) = self.dirty.lock() {
                 d.all = true;
+                d.model = true;
             }
         }
         // Reads (ours included: hashing opens files) change nothing.
@@ -567,7 +569,9 @@ impl Hot {
         if !ok {
             tracing::warn!("the watcher did not deliver a cookie in time; rescanning");
             if let Ok(mut d) = self.dirty.lock() {
+                // Events may be lost, a config change among them: reload too.
                 d.all = true;
+                d.model = true;
             }
         }
     }
@@ -595,6 +599,14 @@ impl Hot {
                 config_changed = dirty.model,
                 "full rescan"
             );
+        }
+        if rescan || dirty.model || inner.model.is_none() {
+            // Watch first, then load and scan: a change made meanwhile (a
+            // new project's config, say) is then either in the load and the
+            // scan or reported for the next request. (Loading first left a
+            // window in which a new directory was neither loaded nor
+            // watched.)
+            self.watch_tree(&self.root.clone());
         }
         if dirty.model || inner.model.is_none() {
             // A config changed: reload. An error leaves no model, so the
@@ -654,9 +666,7 @@ impl Hot {
             if inner.snapshot.is_some() {
                 self.rescans.fetch_add(1, Ordering::Relaxed);
             }
-            // Watch first, then scan: a change made during the scan is then
-            // either in the scan or reported for the next request.
-            self.watch_tree(&self.root.clone());
+            // (The tree was watched above, before the load.)
             // Linked members are watched through their link (inotify
             // follows it), so their events carry their workspace paths.
             for dir in self.linked_dirs() {
@@ -767,7 +777,11 @@ impl Hot {
                         self.watch_dir(&d);
                     }
                 }
-            } else if let Some(parent) = abs.parent() {
+            } else if let Some(parent) = abs.parent()
+                && parent.is_dir()
+            {
+                // (A dangling link's missing parent: its creation is seen
+                // by the watch above it, when that is watched.)
                 self.watch_dir(parent);
             }
         }
@@ -947,5 +961,84 @@ impl Hot {
 impl Drop for Hot {
     fn drop(&mut self) {
         self.close_store();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebase_moves_paths_between_a_link_and_its_target() {
+        let cases: &[(&str, &str, &str, Option<&str>)] = &[
+            (
+                "vendor/b/src/x",
+                "vendor/b",
+                "packages/b",
+                Some("packages/b/src/x"),
+            ),
+            ("vendor/b", "vendor/b", "packages/b", Some("packages/b")),
+            ("vendor/bc/x", "vendor/b", "packages/b", None),
+            ("other/x", "vendor/b", "packages/b", None),
+        ];
+        for (rel, from, to, want) in cases {
+            assert_eq!(rebase(rel, from, to).as_deref(), *want, "{rel} {from} {to}");
+        }
+    }
+
+    #[test]
+    fn overlaps_is_component_wise_both_ways() {
+        let cases = [
+            ("shared/lib/x.txt", "shared/lib", true),
+            ("shared", "shared/lib", true),
+            ("shared/lib", "shared/lib", true),
+            ("shared/library", "shared/lib", false),
+            ("other", "shared/lib", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(overlaps(a, b), want, "{a} {b}");
+        }
+    }
+
+    /// The watcher and its watched set are one lock: adding and dropping
+    /// watches from many threads at once (the daemon's watch thread drops a
+    /// removed tree while runs watch output dirs) cannot deadlock.
+    #[test]
+    fn concurrent_watch_and_unwatch_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        for i in 0..20 {
+            std::fs::create_dir_all(root.join(format!("t/d{i}/e"))).unwrap();
+        }
+        let hot = Hot::start(&root).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let threads: Vec<_> = (0..4)
+            .map(|k| {
+                let (hot, root, tx) = (hot.clone(), root.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for round in 0..50 {
+                        for i in 0..20 {
+                            let dir = root.join(format!("t/d{i}"));
+                            if (round + k) % 2 == 0 {
+                                hot.watch_dir(&dir);
+                                hot.watch_dir(&dir.join("e"));
+                            } else {
+                                hot.unwatch_tree(&dir);
+                            }
+                        }
+                    }
+                    let _ = tx.send(());
+                })
+            })
+            .collect();
+        for _ in 0..4 {
+            assert!(
+                rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+                "watch/unwatch deadlocked"
+            );
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

@@ -153,3 +153,35 @@ fn an_input_whose_name_is_not_utf8_is_refused_by_name() {
     std::fs::write(ws.path("packages/a/junk").join(name), "x\n").unwrap();
     assert_ran(&ws, "a#build", "an ignored non-UTF-8 name is not an input");
 }
+
+#[test]
+fn a_link_to_a_dependencys_output_is_keyed_by_what_the_dependency_wrote() {
+    // a's input is a link to b's output, missing until b#build runs: a's
+    // key must see the file b wrote (so the next run is all hits).
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+        (
+            "packages/b/vx.toml",
+            "[tasks.build]\ncommand = \"mkdir -p dist && cat src/* > dist/gen.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+        ),
+        ("packages/b/src/s.txt", "generated-1\n"),
+        (
+            "packages/a/vx.toml",
+            "[project]\ndeps = [\"b\"]\n\n[tasks.build]\ncommand = \"mkdir -p dist && cat src/* > dist/out.txt\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+        ),
+        ("packages/a/src/main.txt", "main\n"),
+    ]);
+    symlink("../../b/dist/gen.txt", ws.path("packages/a/src/gen.txt")).unwrap();
+    let r = ws.run(&["build"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.executed(), vec!["a#build", "b#build"]);
+    assert!(ws.read("packages/a/dist/out.txt").contains("generated-1"));
+    let r = ws.run(&["build"]);
+    assert_eq!(r.cached(), vec!["a#build", "b#build"], "{}", r.stdout);
+    ws.write("packages/b/src/s.txt", "generated-2\n");
+    let r = ws.run(&["build"]);
+    assert_eq!(r.executed(), vec!["a#build", "b#build"], "{}", r.stdout);
+    assert!(ws.read("packages/a/dist/out.txt").contains("generated-2"));
+    let r = ws.run(&["build"]);
+    assert_eq!(r.cached(), vec!["a#build", "b#build"], "{}", r.stdout);
+}
