@@ -205,11 +205,13 @@ pub struct Hot {
 /// How many changed paths [`Hot`] remembers for watch clients.
 const CHANGE_LOG: usize = 256;
 
-fn cache_dir_of(root: &Path) -> PathBuf {
-    std::env::var_os("VX_CACHE_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|d| root.join(d))
-        .unwrap_or_else(|| root.join(".vx").join("cache"))
+/// The cache directory the workspace's config names (validated: a refused
+/// directory is never opened, so never created). `None` while the config does
+/// not load; the daemon then opens no store until it does.
+fn cache_dir_of(root: &Path) -> Option<PathBuf> {
+    crate::workspace::load(root)
+        .ok()
+        .map(|ws| crate::engine::cache_dir(&ws))
 }
 
 impl Hot {
@@ -221,8 +223,8 @@ impl Hot {
         // Open the store and load the persisted file index, so a restarted
         // daemon re-reads only files whose stat changed. A store that cannot
         // be opened now is retried on first use.
-        let index = Store::open(&cache_dir_of(root), Duration::from_secs(5), &mut || {})
-            .ok()
+        let index = cache_dir_of(root)
+            .and_then(|dir| Store::open(&dir, Duration::from_secs(5), &mut || {}).ok())
             .and_then(|s| s.load_file_index().ok())
             .map(FileIndex::from_records)
             .unwrap_or_default();
@@ -321,7 +323,8 @@ impl Hot {
             .lock()
             .ok()
             .and_then(|i| i.model.as_ref().map(|m| crate::engine::cache_dir(&m.ws)))
-            .unwrap_or_else(|| cache_dir_of(&self.root))
+            .or_else(|| cache_dir_of(&self.root))
+            .unwrap_or_else(|| self.root.join(".vx").join("cache"))
     }
 
     /// Counts for `daemon.status`, as of the last [`Hot::sync`]. Never

@@ -267,6 +267,14 @@ fn cache_dir_inside_a_project_is_refused() {
         &[],
         &["vx.toml:3:13:", "inside the sources of project `a`"],
     );
+    // Refused means never opened, so never created: not even by a daemon's
+    // start-up (which preloads the file index from the configured cache).
+    for name in ["index.redb", "cas", "tmp", ".gitignore"] {
+        assert!(
+            !ws.exists(&format!("ws/packages/a/src/{name}")),
+            "a refused cache dir got {name}"
+        );
+    }
 }
 
 #[test]
@@ -278,8 +286,8 @@ fn vx_cache_dir_parent_is_refused_and_clean_deletes_nothing() {
         &["VX_CACHE_DIR=.. is refused", "contains the workspace"],
     );
     // A fresh workspace: a daemon keeps the environment it was started with.
-    // (`/` is covered by the unit tables only: the daemon's startup opens
-    // its store before the config is loaded, see the report on state.rs.)
+    // (`/` is covered by the unit tables only: a regression there would
+    // write to the machine's root.)
     let ws = nested(None);
     refuses_cache_dir(
         &ws,
