@@ -1025,7 +1025,7 @@ fn open_cold(
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
     let (store, files) = match open_store_waiting(&cdir, &model.ws.root, params, events, cancel)? {
-        Opened::Store(s, files) => (s, files),
+        Opened::Store(opened) => *opened,
         Opened::Unusable(why) => {
             let store = uncached(&cdir, &why, params.no_cache, events)?;
             return Ok((store, Arc::new(FileIndex::default())));
@@ -1038,7 +1038,7 @@ fn open_cold(
 /// What [`open_store_waiting`] found: the store, or why it cannot be used
 /// (a run then goes on uncached).
 enum Opened {
-    Store(Store, Vec<(String, hash::Record)>),
+    Store(Box<(Store, Vec<(String, hash::Record)>)>),
     Unusable(String),
 }
 
@@ -1086,7 +1086,7 @@ fn open_store_waiting(
     let mut limit: Option<(Duration, bool)> = None;
     loop {
         match Store::open_loaded(cdir, Duration::ZERO, &mut || {}) {
-            Ok((s, files)) => return Ok(Opened::Store(s, files)),
+            Ok(opened) => return Ok(Opened::Store(Box::new(opened))),
             Err(CacheError::Locked(..)) => {}
             Err(e) => return Ok(Opened::Unusable(e.to_string())),
         }

@@ -731,7 +731,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
     let mut failures = Vec::new();
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut case = Case::new(seed);
-    let mut initial_outside = case.outside();
+    let mut initial_outside;
     let setup = case.describe();
     let fail = |case: &Case, step: usize, property: &'static str, detail: String| Failure {
         seed,
@@ -758,7 +758,6 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
             if !all {
                 return failures;
             }
-            initial_outside = case.outside();
             continue;
         }};
     }
