@@ -1905,7 +1905,12 @@ fn recorder(job: Job) {
             .name("vx-history".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    job();
+                    // History never fails a run, nor the daemon: a record
+                    // that panics (a file damaged after it was opened) is
+                    // lost, and this thread goes on with the next one.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("recording a run in the history panicked; that run is not recorded");
+                    }
                 }
             });
         Mutex::new(spawned.ok().map(|_| tx))

@@ -268,6 +268,8 @@ fn a_killed_client_takes_its_stdio_engine_along_even_while_it_waits() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let mut client = ws
         .cmd("packages/p", &["--no-daemon", "run", "gen", "--force"])
+        // Beside a live daemon the wait gives up after 3 s by default.
+        .env("VX_CACHE_LOCK_TIMEOUT_MS", "60000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -276,7 +278,7 @@ fn a_killed_client_takes_its_stdio_engine_along_even_while_it_waits() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("waiting for") {
+            if l.contains("waiting up to") {
                 let _ = tx.send(());
             }
         }
