@@ -1909,7 +1909,9 @@ fn recorder(job: Job) {
                     // that panics (a file damaged after it was opened) is
                     // lost, and this thread goes on with the next one.
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        tracing::error!("recording a run in the history panicked; that run is not recorded");
+                        tracing::error!(
+                            "recording a run in the history panicked; that run is not recorded"
+                        );
                     }
                 }
             });
