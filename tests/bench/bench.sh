@@ -8,7 +8,9 @@
 #   -n RUNS        timed runs per repeated scenario (default 5), after 1 untimed warm-up
 #   --keep DIR     create the workspaces in DIR (must not exist or be empty) and keep them;
 #                  default: a temporary directory, deleted at the end
-#   --runners LIST comma list from: vx, turbo, nx (default vx,turbo). Missing peers are
+#   --runners LIST comma list from: vx, vx-daemon, vx-base, vx-base-daemon, turbo, nx
+#                  (default vx,turbo; vx-base* measure VX_BASE_BIN, another commit's
+#                  release vx, for before/after figures in one run). Missing peers are
 #                  skipped with a note. nx is opt-in: it is slow at 1,000 packages.
 #   --timing       also set VX_TIMING=1 on vx's timed runs and print the median of each
 #                  engine stage per scenario (stage lines go to stderr; cost is negligible,
@@ -130,18 +132,24 @@ def turbo_after(ws):
         sh_out([TURBO_BIN, "daemon", "stop"], cwd=ws)
 
 
-def vx_daemon_after(ws):
+def vx_daemon_after(ws, bin=None):
     """Records the daemon's RSS, then stops it (each scenario starts fresh)."""
+    bin = bin or VX_BIN
     env = dict(os.environ, XDG_RUNTIME_DIR=os.path.join(os.environ["WORK"], "xdg"))
     os.makedirs(env["XDG_RUNTIME_DIR"], mode=0o700, exist_ok=True)
-    st = sh_out([VX_BIN, "daemon", "status", "--json"], cwd=ws, env=env)
+    st = sh_out([bin, "daemon", "status", "--json"], cwd=ws, env=env)
     try:
         info = json.loads(st)
-        if info.get("running"):
+        if info.get("running") and bin == VX_BIN:
             daemon_rss.append(info["rss_bytes"])
     except ValueError:
         pass
-    sh_out([VX_BIN, "daemon", "stop"], cwd=ws, env=env)
+    sh_out([bin, "daemon", "stop"], cwd=ws, env=env)
+
+
+# A baseline build of vx (VX_BASE_BIN: another commit's target/release/vx), measured
+# in the same run as the current one: before/after figures side by side.
+VX_BASE_BIN = os.environ.get("VX_BASE_BIN", "")
 
 
 daemon_rss = []
@@ -174,6 +182,23 @@ RUNNERS = {
         available=lambda: os.access(VX_BIN, os.X_OK),
         version=lambda: sh_out([VX_BIN, "--version"]) + " (daemon)",
         after=vx_daemon_after,
+    ),
+    "vx-base": dict(
+        cmd=[VX_BASE_BIN, "run", *TASKS, "--no-daemon", "--output-logs=none"],
+        env={"VX_DAEMON": "0"},
+        cold=[".vx"],
+        hits=r"Tasks:\s+(?P<total>\d+) total · (?P<cached>\d+) cached",
+        available=lambda: bool(VX_BASE_BIN) and os.access(VX_BASE_BIN, os.X_OK),
+        version=lambda: sh_out([VX_BASE_BIN, "--version"]) + " (baseline)",
+    ),
+    "vx-base-daemon": dict(
+        cmd=[VX_BASE_BIN, "run", *TASKS, "--output-logs=none"],
+        env={"VX_DAEMON": "1", "XDG_RUNTIME_DIR": os.path.join(os.environ["WORK"], "xdg")},
+        cold=[".vx"],
+        hits=r"Tasks:\s+(?P<total>\d+) total · (?P<cached>\d+) cached",
+        available=lambda: bool(VX_BASE_BIN) and os.access(VX_BASE_BIN, os.X_OK),
+        version=lambda: sh_out([VX_BASE_BIN, "--version"]) + " (baseline, daemon)",
+        after=lambda ws: vx_daemon_after(ws, VX_BASE_BIN),
     ),
     "turbo": dict(
         cmd=[TURBO_BIN, "run", *TASKS, "--concurrency=10", "--output-logs=none"],
