@@ -1324,6 +1324,10 @@ pub struct OnDisk {
     pub stat: FileStat,
     /// A symlink (captured and restored as a link, never followed).
     pub link: bool,
+    /// Its name is not UTF-8 (`rel` is escaped, see `hash::escape_path`):
+    /// vx can neither key, store nor wipe it, so such a result is never
+    /// cached (capture refuses it by name).
+    pub non_utf8: bool,
 }
 
 /// Finds the outputs the patterns select under `project` (not
@@ -1356,16 +1360,16 @@ pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>)
             continue;
         };
         if md.is_dir() {
-            walk_outputs(&start, &base, pats, fence, &mut out, &mut seen);
+            walk_outputs(&start, &base, pats, fence, &mut out, &mut seen, false);
         } else if pats.matches(&base) && seen.insert(base.clone()) {
-            push_file(&start, base, &md, &mut out);
+            push_file(&start, base, &md, &mut out, false);
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     out
 }
 
-fn push_file(abs: &Path, rel: String, md: &fs::Metadata, out: &mut Vec<OnDisk>) {
+fn push_file(abs: &Path, rel: String, md: &fs::Metadata, out: &mut Vec<OnDisk>, non_utf8: bool) {
     let link = md.file_type().is_symlink();
     if link || md.is_file() {
         out.push(OnDisk {
@@ -1373,6 +1377,7 @@ fn push_file(abs: &Path, rel: String, md: &fs::Metadata, out: &mut Vec<OnDisk>) 
             abs: abs.to_path_buf(),
             stat: FileStat::of(md),
             link,
+            non_utf8,
         });
     }
 }
@@ -1384,10 +1389,15 @@ fn walk_outputs(
     fence: &HashSet<String>,
     out: &mut Vec<OnDisk>,
     seen: &mut HashSet<String>,
+    non_utf8: bool,
 ) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+        let file_name = e.file_name();
+        let (name, bad) = match file_name.to_str() {
+            Some(n) => (n.to_owned(), non_utf8),
+            None => (crate::hash::escape_path(Path::new(&file_name)), true),
+        };
         let rel = if rel_dir.is_empty() {
             name.clone()
         } else {
@@ -1403,9 +1413,9 @@ fn walk_outputs(
             if fence.contains(&rel) {
                 continue;
             }
-            walk_outputs(&e.path(), &rel, pats, fence, out, seen);
+            walk_outputs(&e.path(), &rel, pats, fence, out, seen, bad);
         } else if pats.matches(&rel) && seen.insert(rel.clone()) {
-            push_file(&e.path(), rel, &md, out);
+            push_file(&e.path(), rel, &md, out, bad);
         }
     }
 }
@@ -1449,7 +1459,8 @@ pub fn wipe_outputs(
 
 fn wipe_confined(c: &Confined, files: &[OnDisk]) -> Result<(), CacheError> {
     let mut dirs = HashSet::new();
-    for f in files {
+    // A name vx cannot address exactly (not UTF-8) is left alone.
+    for f in files.iter().filter(|f| !f.non_utf8) {
         c.remove_file(&f.rel)?;
         let mut d = f.rel.as_str();
         while let Some((parent, _)) = d.rsplit_once('/') {
@@ -1507,6 +1518,12 @@ pub fn capture(
     project: &Path,
     files: &[OnDisk],
 ) -> Result<Vec<OutputFile>, CacheError> {
+    if let Some(f) = files.iter().find(|f| f.non_utf8) {
+        return Err(CacheError::Refused(format!(
+            "output name is not valid UTF-8: {} — vx refuses such names (it could not restore them exactly); rename it",
+            f.rel
+        )));
+    }
     let c = Confined::open(project)?;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
@@ -2110,6 +2127,39 @@ mod tests {
             fs::read_to_string(elsewhere.join("x.txt")).unwrap(),
             "OUTSIDE"
         );
+    }
+
+    #[test]
+    fn non_utf8_output_names_are_refused_by_name_and_never_wiped() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let (s, proj, _elsewhere) = project_with_outside(d.path());
+        fs::create_dir_all(proj.join("dist")).unwrap();
+        let bad = proj
+            .join("dist")
+            .join(std::ffi::OsStr::from_bytes(b"\xff.txt"));
+        let bad2 = proj
+            .join("dist")
+            .join(std::ffi::OsStr::from_bytes(b"\xfe.txt"));
+        fs::write(&bad, "a").unwrap();
+        fs::write(&bad2, "b").unwrap();
+        fs::write(proj.join("dist/ok.txt"), "ok").unwrap();
+        let pats = Patterns::new(&["dist/**"]).unwrap();
+        let fence = HashSet::new();
+        let files = collect_outputs(&proj, &pats, &fence);
+        // Two such names stay two entries (never merged by a lossy name).
+        assert_eq!(files.iter().filter(|f| f.non_utf8).count(), 2);
+        let err = capture(&s, &proj, &files).unwrap_err().to_string();
+        assert!(
+            err.contains("not valid UTF-8") && err.contains("dist/\\x"),
+            "{err}"
+        );
+        wipe_outputs(&proj, &pats, &fence).unwrap();
+        assert!(
+            bad.exists() && bad2.exists(),
+            "vx never touches a name it cannot address"
+        );
+        assert!(!proj.join("dist/ok.txt").exists());
     }
 
     #[test]
