@@ -1,7 +1,8 @@
 //! `hash` — the file index and task keys.
 //!
-//! Owns: walking the workspace (honouring `.gitignore`, never `.git`, `.vx`
-//! or `node_modules`), the file index (path → size, mtime, inode, blake3 of
+//! Owns: walking the workspace (honouring git's ignore files from the
+//! repository holding the workspace down, see [`ignore_boundary`]; never
+//! `.git`, `.vx` or `node_modules`), the file index (path → size, mtime, inode, blake3 of
 //! the content) that lets a run skip re-reading unchanged files, resolving a
 //! task's input set, and folding a task key. The key fold is specified in
 //! `docs/caching.md`; change both together and bump [`CACHE_VERSION`].
@@ -11,7 +12,9 @@
 //! ([`utf8_rel`]: vx refuses them, naming the path escaped).
 //!
 //! Never: decides what runs (`graph`), writes outside memory (the index is
-//! persisted by the caller through `cache`), or spawns a process.
+//! persisted by the caller through `cache`), spawns a process, or applies
+//! an ignore file from above the boundary (a `~/.gitignore` of `*` would
+//! hide every input).
 
 use crate::globs::Patterns;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -170,17 +173,102 @@ pub fn walk_serial(
     walk_with(root, dir, fence, skip, true)
 }
 
-fn builder(dir: &Path) -> ignore::WalkBuilder {
+/// A walker of `dir` (absolute, lexically inside the workspace `root`).
+///
+/// Ignore files are git's, bounded by [`ignore_boundary`]: the walker reads
+/// `.gitignore` (and a `.git`'s `info/exclude`) in `dir` and below itself;
+/// those of the directories between `dir` and the boundary are added here,
+/// each anchored at its own directory. Nothing above the boundary applies
+/// (a `~/.gitignore` of `*` in a dotfiles repo must not hide a workspace's
+/// files: git would not apply it to another repository either).
+fn builder(root: &Path, dir: &Path) -> ignore::WalkBuilder {
     let mut b = ignore::WalkBuilder::new(dir);
     b.hidden(false)
         .git_ignore(true)
         .git_exclude(true)
         .git_global(false)
         .require_git(false)
-        .parents(true)
+        .parents(false)
         .ignore(false)
         .follow_links(false);
+    for (anchor, file) in ancestor_ignores(root, dir) {
+        // `add_ignore` anchors the file's patterns at the builder's current
+        // directory when it is called (a pinned behaviour of the `ignore`
+        // crate, covered by `ancestor_ignore_files_stop_at_the_boundary`).
+        b.current_dir(&anchor);
+        if let Some(e) = b.add_ignore(&file) {
+            tracing::debug!("ignore file {}: {e}", file.display());
+        }
+    }
     b
+}
+
+/// The directory above which no ignore file applies to the workspace at
+/// `root` (absolute, as loaded: canonical), with the git directory whose
+/// `info/exclude` applies: the root of the git repository holding `root`
+/// (the nearest ancestor-or-self with a `.git` directory or file), or
+/// `root` itself when it is in no repository.
+fn ignore_boundary(root: &Path) -> (std::path::PathBuf, Option<std::path::PathBuf>) {
+    for d in root.ancestors() {
+        let dot_git = d.join(".git");
+        match fs::metadata(&dot_git) {
+            Ok(md) if md.is_dir() => return (d.to_path_buf(), Some(dot_git)),
+            Ok(md) if md.is_file() => return (d.to_path_buf(), git_common_dir(&dot_git)),
+            _ => {}
+        }
+    }
+    (root.to_path_buf(), None)
+}
+
+/// The common git directory named by a `.git` file (a linked worktree's or
+/// a submodule's `gitdir: <path>`, then its `commondir` if any): where
+/// `info/exclude` lives.
+fn git_common_dir(dot_git: &Path) -> Option<std::path::PathBuf> {
+    let text = fs::read_to_string(dot_git).ok()?;
+    let gitdir = text.lines().next()?.strip_prefix("gitdir: ")?.trim_end();
+    let gitdir = dot_git.parent()?.join(gitdir);
+    match fs::read_to_string(gitdir.join("commondir")) {
+        Ok(c) => Some(gitdir.join(c.lines().next()?.trim_end())),
+        Err(_) => Some(gitdir),
+    }
+}
+
+/// The ignore files a walk of `dir` must add itself, lowest precedence
+/// first, each with the directory its patterns are anchored at: the
+/// repository's `info/exclude`, then the `.gitignore` of each directory
+/// from the boundary down to `dir`'s parent (a nearer file wins, as in
+/// git). The exclude is added even when `dir` is the repository root,
+/// where the walker reads it too (the same rules twice match alike): the
+/// walker resolves a `.git` file's relative `gitdir:` against the process's
+/// working directory and skips a submodule's; [`git_common_dir`] does not.
+/// Directories are taken lexically (a member reached through a symlinked
+/// directory sees the ignore files of the directories it is reached
+/// through, as git sees the workspace).
+fn ancestor_ignores(root: &Path, dir: &Path) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    if !dir.starts_with(root) {
+        return Vec::new();
+    }
+    let (boundary, git_dir) = ignore_boundary(root);
+    let mut out = Vec::new();
+    if let Some(g) = git_dir {
+        let exclude = g.join("info/exclude");
+        if exclude.is_file() {
+            out.push((boundary.clone(), exclude));
+        }
+    }
+    // `dir`'s ancestors up to the boundary, nearest first.
+    let above: Vec<&Path> = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|a| a.starts_with(&boundary))
+        .collect();
+    for a in above.into_iter().rev() {
+        let gi = a.join(".gitignore");
+        if gi.is_file() {
+            out.push((a.to_path_buf(), gi));
+        }
+    }
+    out
 }
 
 enum Visit {
@@ -282,6 +370,11 @@ fn visit(
         }
         return Visit::Continue;
     }
+    // A `.git` file (a linked worktree's or a submodule's pointer to its
+    // git directory) is git's, never content.
+    if entry.file_name() == ".git" {
+        return Visit::Continue;
+    }
     let (link, md) = if ft.is_symlink() {
         // The walk's own start, reached through a link (a linked project):
         // the walker descends into it; it is not a file.
@@ -326,7 +419,7 @@ fn walk_with(
     let roots = Roots::new(root);
     if serial {
         let (roots2, fence2, skip2) = (roots.clone(), fence.clone(), skip.to_vec());
-        let walker = builder(dir)
+        let walker = builder(root, dir)
             .filter_entry(move |e| {
                 !(e.file_type().is_some_and(|t| t.is_dir())
                     && matches!(visit(Ok(e.clone()), &roots2, &fence2, &skip2), Visit::Skip))
@@ -347,7 +440,7 @@ fn walk_with(
             }
         }
         let out = Mutex::new(Vec::new());
-        builder(dir)
+        builder(root, dir)
             .threads(walk_threads())
             .build_parallel()
             .run(|| {
@@ -370,9 +463,10 @@ fn walk_with(
 
 /// Every directory under `dir` (inclusive) that a walk would enter: not
 /// ignored, not `.git`/`.vx`/`node_modules`. The daemon watches these.
-pub fn walk_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
+/// `root` is the workspace root (see [`builder`] for the ignore files).
+pub fn walk_dirs(root: &Path, dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let walker = builder(dir)
+    let walker = builder(root, dir)
         .filter_entry(|e| {
             let name = e.file_name().to_string_lossy();
             !(e.depth() > 0
@@ -389,8 +483,8 @@ pub fn walk_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Whether the (non-ignored) tree under `dir` holds a file with one of `names`.
-pub fn walk_files_named(dir: &Path, names: &[&str]) -> bool {
-    builder(dir)
+pub fn walk_files_named(root: &Path, dir: &Path, names: &[&str]) -> bool {
+    builder(root, dir)
         .filter_entry(|e| {
             let name = e.file_name().to_string_lossy();
             !(e.depth() > 0 && ALWAYS_SKIPPED.contains(&name.as_ref()))
@@ -405,7 +499,7 @@ pub fn walk_files_named(dir: &Path, names: &[&str]) -> bool {
 
 /// Whether a walk of the parent directory would enter `dir` (it is not
 /// ignored and not one of the always-skipped names).
-pub fn is_walked_dir(dir: &Path) -> bool {
+pub fn is_walked_dir(root: &Path, dir: &Path) -> bool {
     let Some(parent) = dir.parent() else {
         return true;
     };
@@ -416,7 +510,7 @@ pub fn is_walked_dir(dir: &Path) -> bool {
     if ALWAYS_SKIPPED.contains(&name.as_str()) {
         return false;
     }
-    builder(parent)
+    builder(root, parent)
         .max_depth(Some(1))
         .build()
         .flatten()
@@ -862,6 +956,207 @@ mod tests {
 
     fn paths(files: &[FileMeta]) -> Vec<&str> {
         files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    /// Which ignore files a walk reads: git's, up to the boundary (the
+    /// repository holding the workspace, else the workspace root).
+    #[test]
+    fn ancestor_ignore_files_stop_at_the_boundary() {
+        struct Case {
+            name: &'static str,
+            /// Files under the temp dir (`@link` content: a symlink to it).
+            files: &'static [(&'static str, &'static str)],
+            /// The workspace root and the walked directory, temp-relative.
+            root: &'static str,
+            dir: &'static str,
+            /// Root-relative files the walk of `dir` finds.
+            want: &'static [&'static str],
+        }
+        const HEAD: &str = "ref: refs/heads/main\n";
+        let cases = [
+            Case {
+                name: "an ignore-all file above a git root does not apply",
+                files: &[
+                    (".gitignore", "*\n"),
+                    ("ws/.git/HEAD", HEAD),
+                    ("ws/a/src/x.js", "x"),
+                ],
+                root: "ws",
+                dir: "ws/a",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "... nor one above a workspace in no repository",
+                files: &[(".gitignore", "*\n"), ("ws/a/src/x.js", "x")],
+                root: "ws",
+                dir: "ws/a",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "... nor one above a workspace walked from its root",
+                files: &[(".gitignore", "*\n"), ("ws/a/src/x.js", "x")],
+                root: "ws",
+                dir: "ws",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "one in the repository above the workspace applies, anchored there",
+                files: &[
+                    (".git/HEAD", HEAD),
+                    (".gitignore", "*.gen\n/ws/a/top.txt\n/a/src/x.js\n"),
+                    ("ws/a/src/x.js", "x"),
+                    ("ws/a/src/y.gen", "y"),
+                    ("ws/a/top.txt", "t"),
+                ],
+                root: "ws",
+                dir: "ws/a",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "an anchored pattern in packages/ is anchored at packages/",
+                files: &[
+                    ("ws/.git/HEAD", HEAD),
+                    ("ws/packages/.gitignore", "/dist\n/a/gen\n*.log\n"),
+                    ("ws/packages/a/dist/o.js", "o"),
+                    ("ws/packages/a/gen/g.js", "g"),
+                    ("ws/packages/a/src/x.js", "x"),
+                    ("ws/packages/a/x.log", "l"),
+                ],
+                root: "ws",
+                dir: "ws/packages/a",
+                want: &["packages/a/dist/o.js", "packages/a/src/x.js"],
+            },
+            Case {
+                name: "a nearer file wins over a farther one",
+                files: &[
+                    ("ws/.git/HEAD", HEAD),
+                    ("ws/.gitignore", "*.gen\n"),
+                    ("ws/packages/.gitignore", "!keep.gen\n"),
+                    ("ws/packages/a/.gitignore", "!also.gen\n"),
+                    ("ws/packages/a/keep.gen", "k"),
+                    ("ws/packages/a/also.gen", "a"),
+                    ("ws/packages/a/drop.gen", "d"),
+                ],
+                root: "ws",
+                dir: "ws/packages/a",
+                want: &[
+                    "packages/a/.gitignore",
+                    "packages/a/also.gen",
+                    "packages/a/keep.gen",
+                ],
+            },
+            Case {
+                name: "the repository's info/exclude applies below its root",
+                files: &[
+                    ("ws/.git/info/exclude", "*.tmp\n"),
+                    ("ws/a/src/x.js", "x"),
+                    ("ws/a/src/t.tmp", "t"),
+                ],
+                root: "ws",
+                dir: "ws/a",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "... and at its root",
+                files: &[
+                    ("ws/.git/info/exclude", "*.tmp\n"),
+                    ("ws/a/src/x.js", "x"),
+                    ("ws/a/src/t.tmp", "t"),
+                ],
+                root: "ws",
+                dir: "ws",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "... and above the workspace",
+                files: &[
+                    (".git/info/exclude", "/ws/a/src/t.tmp\n"),
+                    ("ws/a/src/x.js", "x"),
+                    ("ws/a/src/t.tmp", "t"),
+                ],
+                root: "ws",
+                dir: "ws/a",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "a linked worktree's exclude is its common dir's",
+                files: &[
+                    ("ws/.git", "gitdir: ../gd/worktrees/wt\n"),
+                    ("gd/worktrees/wt/commondir", "../..\n"),
+                    ("gd/info/exclude", "*.tmp\n"),
+                    ("ws/a/src/x.js", "x"),
+                    ("ws/a/src/t.tmp", "t"),
+                ],
+                root: "ws",
+                dir: "ws/a",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "a submodule's exclude is in its superproject's git dir",
+                files: &[
+                    ("ws/.git", "gitdir: ../gd/modules/ws\n"),
+                    ("gd/modules/ws/info/exclude", "*.tmp\n"),
+                    ("ws/a/src/x.js", "x"),
+                    ("ws/a/src/t.tmp", "t"),
+                ],
+                root: "ws",
+                dir: "ws",
+                want: &["a/src/x.js"],
+            },
+            Case {
+                name: "a linked member sees the workspace's files, not its target's parents'",
+                files: &[
+                    ("ws/.git/HEAD", HEAD),
+                    ("ws/.gitignore", "*.gen\n"),
+                    ("ws/packages/b", "@../../other/b"),
+                    ("other/.gitignore", "*\n"),
+                    ("other/b/src/x.js", "x"),
+                    ("other/b/src/y.gen", "y"),
+                ],
+                root: "ws",
+                dir: "ws/packages/b",
+                want: &["packages/b/src/x.js"],
+            },
+        ];
+        for c in cases {
+            let t = tempfile::tempdir().unwrap();
+            let t = t.path();
+            for (p, content) in c.files {
+                let p = t.join(p);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                match content.strip_prefix('@') {
+                    Some(target) => std::os::unix::fs::symlink(target, &p).unwrap(),
+                    None => fs::write(&p, content).unwrap(),
+                }
+            }
+            let (root, dir) = (t.join(c.root), t.join(c.dir));
+            let none = HashSet::new();
+            assert_eq!(paths(&walk(&root, &dir, &none, &[])), c.want, "{}", c.name);
+            assert_eq!(
+                paths(&walk_serial(&root, &dir, &none, &[])),
+                c.want,
+                "{} (serial)",
+                c.name
+            );
+            // The daemon's watches follow the same rules.
+            let dirs = walk_dirs(&root, &dir);
+            for f in c.want {
+                let parent = root.join(f);
+                let parent = parent.parent().unwrap();
+                assert!(dirs.iter().any(|d| d == parent), "{}: {dirs:?}", c.name);
+                assert!(is_walked_dir(&root, parent), "{}: {f}", c.name);
+            }
+            if !through_link(&root, c.dir.strip_prefix("ws/").unwrap_or(".")) {
+                // A project's walk agrees with the walk of the root.
+                let prefix = c.dir.strip_prefix("ws/").map(|d| format!("{d}/"));
+                let whole = walk(&root, &root, &none, &[]);
+                let under: Vec<&str> = paths(&whole)
+                    .into_iter()
+                    .filter(|p| prefix.as_deref().is_none_or(|d| p.starts_with(d)))
+                    .collect();
+                assert_eq!(under, c.want, "{} (walk of the root)", c.name);
+            }
+        }
     }
 
     #[test]

@@ -412,10 +412,10 @@ impl Hot {
     /// Watches every non-ignored directory under `dir` (inclusive). A
     /// directory that is itself ignored (a new `dist/`) is not watched.
     fn watch_tree(&self, dir: &Path) {
-        if dir != self.root && !hash::is_walked_dir(dir) {
+        if dir != self.root && !hash::is_walked_dir(&self.root, dir) {
             return;
         }
-        for d in hash::walk_dirs(dir) {
+        for d in hash::walk_dirs(&self.root, dir) {
             self.watch_dir(&d);
         }
     }
@@ -491,7 +491,7 @@ impl Hot {
                     if !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
                         self.watch_tree(p);
                     }
-                    model_changed = hash::walk_files_named(p, CONFIG_NAMES);
+                    model_changed = hash::walk_files_named(&self.root, p, CONFIG_NAMES);
                 } else if !p.exists() {
                     // Something went away (deleted, or moved: its watches now
                     // follow the moved inode and would report wrong paths).
@@ -673,7 +673,7 @@ impl Hot {
             // Linked members are watched through their link (inotify
             // follows it), so their events carry their workspace paths.
             for dir in self.linked_dirs() {
-                for d in hash::walk_dirs(&self.root.join(&dir)) {
+                for d in hash::walk_dirs(&self.root, &self.root.join(&dir)) {
                     self.watch_dir(&d);
                 }
             }
@@ -776,7 +776,7 @@ impl Hot {
             let abs = self.root.join(t);
             if abs.is_dir() {
                 if !self.is_watched(&abs) {
-                    for d in hash::walk_dirs(&abs) {
+                    for d in hash::walk_dirs(&self.root, &abs) {
                         self.watch_dir(&d);
                     }
                 }
