@@ -50,18 +50,102 @@ pub fn vxd_bin() -> PathBuf {
     bin_dir().join("vxd")
 }
 
-/// Whether the end-to-end suite drives the daemon (`VX_E2E_DAEMON=1`) or
-/// the no-daemon path (the default).
+/// How a test's `vx` commands reach the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `VX_DAEMON=0`: every `vx` runs its own foreground engine.
+    NoDaemon,
+    /// `VX_DAEMON=1`: `vx` starts (or reuses) the workspace's daemon.
+    Daemon,
+}
+
+thread_local! {
+    /// The mode of the test running on this thread, set by the test fns
+    /// [`vx_test!`] generates. Per thread, not per process: libtest runs
+    /// tests in parallel threads, so a process-wide setting (an env var)
+    /// would leak between a test's two variants.
+    static MODE: std::cell::Cell<Option<Mode>> = const { std::cell::Cell::new(None) };
+}
+
+/// The mode of the current test: the one its [`vx_test!`] variant set, or,
+/// for a plain `#[test]` (the files that drive a fixed mode themselves),
+/// `Daemon` if `VX_E2E_DAEMON=1` and `NoDaemon` otherwise.
+pub fn mode() -> Mode {
+    MODE.with(|m| m.get()).unwrap_or_else(|| {
+        if std::env::var("VX_E2E_DAEMON").is_ok_and(|v| v == "1") {
+            Mode::Daemon
+        } else {
+            Mode::NoDaemon
+        }
+    })
+}
+
+/// Whether the current test drives the daemon (see [`mode`]).
 pub fn daemon_mode() -> bool {
-    std::env::var("VX_E2E_DAEMON").is_ok_and(|v| v == "1")
+    mode() == Mode::Daemon
+}
+
+/// Runs `body` with [`mode`] set to `mode` on this thread (restored after,
+/// even if `body` panics). Used by [`vx_test!`].
+#[doc(hidden)]
+pub fn in_mode(mode: Mode, body: impl FnOnce()) {
+    struct Restore(Option<Mode>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MODE.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(MODE.with(|m| m.replace(Some(mode))));
+    body();
+}
+
+/// Declares an end-to-end test that runs in both modes, as two tests named
+/// `<name>::no_daemon` and `<name>::daemon` (ripgrep's `rgtest!` idea):
+///
+/// ```ignore
+/// // What the test checks (a plain comment: doc comments on a macro call warn).
+/// vx_test!(first_run_then_hit, || {
+///     let ws = vx_tests::basic();
+///     assert_eq!(ws.run(&["build"]).code, 0);
+/// });
+/// ```
+///
+/// The body sees its variant's mode through [`mode`] / [`daemon_mode`], and
+/// every [`Ws`] it creates keeps that mode for all its commands (also those
+/// made from threads the body spawns). The body is a closure so rustfmt
+/// formats it; it must not capture anything. It is expanded inside a module
+/// named after the test that glob-imports the test file's items.
+#[macro_export]
+macro_rules! vx_test {
+    ($name:ident, $body:expr $(,)?) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            const VX_TEST_BODY: fn() = $body;
+
+            #[test]
+            fn no_daemon() {
+                $crate::in_mode($crate::Mode::NoDaemon, VX_TEST_BODY);
+            }
+
+            #[test]
+            fn daemon() {
+                $crate::in_mode($crate::Mode::Daemon, VX_TEST_BODY);
+            }
+        }
+    };
 }
 
 /// A fixture workspace in a temp dir. Each has its own runtime dir (so its
 /// daemon socket is private to the test); a daemon it started is stopped
-/// when it is dropped.
+/// when it is dropped. It runs `vx` in the [`mode`] of the test that
+/// created it.
 pub struct Ws {
     pub dir: tempfile::TempDir,
     pub runtime: tempfile::TempDir,
+    /// How its `vx` commands run: the test's [`mode`] when it was created.
+    pub mode: Mode,
 }
 
 impl Drop for Ws {
@@ -155,7 +239,11 @@ impl Ws {
             .prefix("vx-rt-")
             .tempdir()
             .expect("tempdir");
-        let ws = Ws { dir, runtime };
+        let ws = Ws {
+            dir,
+            runtime,
+            mode: mode(),
+        };
         for (p, c) in files {
             ws.write(p, c);
         }
@@ -186,7 +274,8 @@ impl Ws {
         self.path(rel).exists()
     }
 
-    /// A `vx` command in `subdir` with a clean, deterministic environment.
+    /// A `vx` command in `subdir` with a clean, deterministic environment,
+    /// in this workspace's [`mode`](Ws::mode) (`VX_DAEMON=0` or `1`).
     pub fn cmd(&self, subdir: &str, args: &[&str]) -> Command {
         let mut c = Command::new(vx_bin());
         c.args(args)
@@ -200,7 +289,13 @@ impl Ws {
             .env("NO_COLOR", "1")
             .env("VX_DAEMON_BIN", vxd_bin())
             .env("XDG_RUNTIME_DIR", self.runtime.path())
-            .env("VX_DAEMON", if daemon_mode() { "1" } else { "0" })
+            .env(
+                "VX_DAEMON",
+                match self.mode {
+                    Mode::NoDaemon => "0",
+                    Mode::Daemon => "1",
+                },
+            )
             .stdin(Stdio::null());
         c
     }
@@ -359,4 +454,34 @@ pub fn processes_in(root: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_mode_sets_the_threads_mode_and_restores_it() {
+        let outer = mode();
+        in_mode(Mode::Daemon, || {
+            assert!(daemon_mode());
+            in_mode(Mode::NoDaemon, || assert_eq!(mode(), Mode::NoDaemon));
+            assert_eq!(mode(), Mode::Daemon);
+            // Another thread has its own (default) mode.
+            let theirs = std::thread::spawn(mode).join().unwrap();
+            assert_eq!(theirs, outer);
+        });
+        assert_eq!(mode(), outer);
+        let panicked = std::panic::catch_unwind(|| in_mode(Mode::Daemon, || panic!("body")));
+        assert!(panicked.is_err());
+        assert_eq!(mode(), outer, "restored after a panicking body");
+    }
+
+    #[test]
+    fn a_workspace_takes_the_mode_of_the_test_creating_it() {
+        in_mode(Mode::Daemon, || assert_eq!(Ws::new(&[]).mode, Mode::Daemon));
+        in_mode(Mode::NoDaemon, || {
+            assert_eq!(Ws::new(&[]).mode, Mode::NoDaemon)
+        });
+    }
 }

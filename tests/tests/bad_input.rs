@@ -1,7 +1,7 @@
 //! Bad input: one clear error naming the file (and line), exit 1, nothing
 //! runs and the cache is untouched.
 
-use vx_tests::{Ws, basic};
+use vx_tests::{Ws, basic, vx_test};
 
 /// Breaks a working (and cached) workspace with `edit`, then checks that
 /// `vx run build` fails with a message containing every `expect` string,
@@ -32,8 +32,7 @@ fn check(edit: &[(&str, &str)], args: &[&str], expect: &[&str]) {
     assert_eq!(ws.cache_listing(), cache_before, "the cache changed");
 }
 
-#[test]
-fn unknown_field_names_file_line_and_suggestion() {
+vx_test!(unknown_field_names_file_line_and_suggestion, || {
     check(
         &[(
             "packages/lib/vx.toml",
@@ -42,19 +41,17 @@ fn unknown_field_names_file_line_and_suggestion() {
         &["build"],
         &["packages/lib/vx.toml:3", "outptus", "outputs"],
     );
-}
+});
 
-#[test]
-fn malformed_toml() {
+vx_test!(malformed_toml, || {
     check(
         &[("packages/app/vx.toml", "[tasks.build\ncommand = 1\n")],
         &["build"],
         &["packages/app/vx.toml:1"],
     );
-}
+});
 
-#[test]
-fn malformed_json_manifest() {
+vx_test!(malformed_json_manifest, || {
     check(
         &[(
             "packages/lib/package.json",
@@ -63,10 +60,9 @@ fn malformed_json_manifest() {
         &["build"],
         &["packages/lib/package.json:4"],
     );
-}
+});
 
-#[test]
-fn bad_glob() {
+vx_test!(bad_glob, || {
     check(
         &[(
             "packages/lib/vx.toml",
@@ -75,15 +71,13 @@ fn bad_glob() {
         &["build"],
         &["packages/lib/vx.toml", "src/["],
     );
-}
+});
 
-#[test]
-fn unknown_task_has_a_suggestion() {
+vx_test!(unknown_task_has_a_suggestion, || {
     check(&[], &["biuld"], &["biuld", "did you mean `build`"]);
-}
+});
 
-#[test]
-fn unknown_dependency_task() {
+vx_test!(unknown_dependency_task, || {
     check(
         &[(
             "packages/lib/vx.toml",
@@ -92,10 +86,9 @@ fn unknown_dependency_task() {
         &["build"],
         &["packages/lib/vx.toml", "codegne", "codegen"],
     );
-}
+});
 
-#[test]
-fn duplicate_project_names() {
+vx_test!(duplicate_project_names, || {
     check(
         &[(
             "packages/lib2/vx.toml",
@@ -104,10 +97,9 @@ fn duplicate_project_names() {
         &["build"],
         &["lib", "packages/lib", "packages/lib2"],
     );
-}
+});
 
-#[test]
-fn package_cycle_shows_its_path() {
+vx_test!(package_cycle_shows_its_path, || {
     check(
         &[(
             "packages/lib/vx.toml",
@@ -116,10 +108,9 @@ fn package_cycle_shows_its_path() {
         &["build"],
         &["cycle", "app", "lib"],
     );
-}
+});
 
-#[test]
-fn task_cycle_shows_its_path() {
+vx_test!(task_cycle_shows_its_path, || {
     check(
         &[(
             "packages/lib/vx.toml",
@@ -128,12 +119,11 @@ fn task_cycle_shows_its_path() {
         &["build"],
         &["cycle", "lib#build", "lib#gen"],
     );
-}
+});
 
-#[test]
-fn no_workspace_at_all() {
+vx_test!(no_workspace_at_all, || {
     let ws = Ws::new(&[("empty/.keep", "")]);
     let r = ws.vx_in("empty", &["run", "build"], &[]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no workspace"), "{}", r.stderr);
-}
+});

@@ -2,9 +2,9 @@
 //! hits), outputs never overlap sources or config (no lost files), the cache
 //! directory can never be the workspace or a home (no `vx cache clean`
 //! disaster), unreadable configs and option-like refs are refused clearly.
-//! Every test passes in both modes (`VX_E2E_DAEMON=1` or not).
+//! Every test runs in both modes (`vx_test!`: `::no_daemon` and `::daemon`).
 
-use vx_tests::Ws;
+use vx_tests::{Ws, vx_test};
 
 // ---------------------------------------------------------------------------
 // Item 0: tasks without a command are nodes like any other.
@@ -104,24 +104,24 @@ fn transit_node_carries_dependency_sources(ws: &Ws) {
     assert_eq!(r.cached(), vec!["b#typecheck"]);
 }
 
-#[test]
-fn turbo_transit_node_carries_dependency_sources() {
+vx_test!(turbo_transit_node_carries_dependency_sources, || {
     transit_node_carries_dependency_sources(&turbo_topo());
-}
+});
 
-#[test]
-fn vx_group_task_carries_its_project_sources() {
+vx_test!(vx_group_task_carries_its_project_sources, || {
     transit_node_carries_dependency_sources(&vx_topo());
-}
+});
 
-#[test]
-fn turbo_task_without_any_script_runs_nothing_and_succeeds() {
-    let ws = turbo_topo();
-    let r = ws.run(&["topo"]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.executed().is_empty(), "{}", r.summary());
-    assert_eq!(r.summary()["counts"]["failed"], 0, "{}", r.summary());
-}
+vx_test!(
+    turbo_task_without_any_script_runs_nothing_and_succeeds,
+    || {
+        let ws = turbo_topo();
+        let r = ws.run(&["topo"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.executed().is_empty(), "{}", r.summary());
+        assert_eq!(r.summary()["counts"]["failed"], 0, "{}", r.summary());
+    }
+);
 
 // ---------------------------------------------------------------------------
 // Item 2: outputs never select sources or config.
@@ -150,23 +150,24 @@ fn refused_and_nothing_lost(ws: &Ws, expect: &[&str]) {
     }
 }
 
-#[test]
-fn in_place_formatter_outputs_overlapping_inputs_are_a_config_error() {
-    let ws = one_project(
-        "command = \"sed -i s/a/A/ src/*.js && touch ran\"\ninputs = [\"src/**\"]\noutputs = [\"src/**\"]\n",
-    );
-    refused_and_nothing_lost(
-        &ws,
-        &[
-            "p/vx.toml:4:",
-            "`src/**` in `outputs` of task `t` overlaps the input pattern `src/**`",
-            "formatter",
-        ],
-    );
-}
+vx_test!(
+    in_place_formatter_outputs_overlapping_inputs_are_a_config_error,
+    || {
+        let ws = one_project(
+            "command = \"sed -i s/a/A/ src/*.js && touch ran\"\ninputs = [\"src/**\"]\noutputs = [\"src/**\"]\n",
+        );
+        refused_and_nothing_lost(
+            &ws,
+            &[
+                "p/vx.toml:4:",
+                "`src/**` in `outputs` of task `t` overlaps the input pattern `src/**`",
+                "formatter",
+            ],
+        );
+    }
+);
 
-#[test]
-fn outputs_of_everything_are_a_config_error() {
+vx_test!(outputs_of_everything_are_a_config_error, || {
     let ws = one_project("command = \"touch ran\"\noutputs = [\"**\"]\n");
     refused_and_nothing_lost(
         &ws,
@@ -177,7 +178,7 @@ fn outputs_of_everything_are_a_config_error() {
     );
     let ws = one_project("command = \"touch ran\"\noutputs = [\"*.toml\", \"dist/**\"]\n");
     refused_and_nothing_lost(&ws, &["p/vx.toml:3:", "selects `vx.toml`"]);
-}
+});
 
 // ---------------------------------------------------------------------------
 // Item 1: a cache directory that `vx cache clean` could turn into data loss
@@ -230,8 +231,7 @@ fn refuses_cache_dir(ws: &Ws, env: &[(&str, &str)], expect: &[&str]) {
     }
 }
 
-#[test]
-fn cache_dir_dot_is_refused_and_clean_deletes_nothing() {
+vx_test!(cache_dir_dot_is_refused_and_clean_deletes_nothing, || {
     let ws = nested(Some("."));
     refuses_cache_dir(
         &ws,
@@ -242,10 +242,9 @@ fn cache_dir_dot_is_refused_and_clean_deletes_nothing() {
             "is the workspace root",
         ],
     );
-}
+});
 
-#[test]
-fn cache_dir_home_is_refused_and_clean_deletes_nothing() {
+vx_test!(cache_dir_home_is_refused_and_clean_deletes_nothing, || {
     // $HOME is the directory holding the workspace.
     let ws = nested(Some("~/"));
     refuses_cache_dir(
@@ -257,10 +256,9 @@ fn cache_dir_home_is_refused_and_clean_deletes_nothing() {
             "contains the workspace",
         ],
     );
-}
+});
 
-#[test]
-fn cache_dir_inside_a_project_is_refused() {
+vx_test!(cache_dir_inside_a_project_is_refused, || {
     let ws = nested(Some("packages/a/src"));
     refuses_cache_dir(
         &ws,
@@ -275,32 +273,33 @@ fn cache_dir_inside_a_project_is_refused() {
             "a refused cache dir got {name}"
         );
     }
-}
+});
 
-#[test]
-fn vx_cache_dir_parent_is_refused_and_clean_deletes_nothing() {
-    let ws = nested(None);
-    refuses_cache_dir(
-        &ws,
-        &[("VX_CACHE_DIR", "..")],
-        &["VX_CACHE_DIR=.. is refused", "contains the workspace"],
-    );
-    // A fresh workspace: a daemon keeps the environment it was started with.
-    // (`/` is covered by the unit tables only: a regression there would
-    // write to the machine's root.)
-    let ws = nested(None);
-    refuses_cache_dir(
-        &ws,
-        &[("VX_CACHE_DIR", "packages/a/src")],
-        &[
-            "VX_CACHE_DIR=packages/a/src is refused",
-            "inside the sources of project `a`",
-        ],
-    );
-}
+vx_test!(
+    vx_cache_dir_parent_is_refused_and_clean_deletes_nothing,
+    || {
+        let ws = nested(None);
+        refuses_cache_dir(
+            &ws,
+            &[("VX_CACHE_DIR", "..")],
+            &["VX_CACHE_DIR=.. is refused", "contains the workspace"],
+        );
+        // A fresh workspace: a daemon keeps the environment it was started with.
+        // (`/` is covered by the unit tables only: a regression there would
+        // write to the machine's root.)
+        let ws = nested(None);
+        refuses_cache_dir(
+            &ws,
+            &[("VX_CACHE_DIR", "packages/a/src")],
+            &[
+                "VX_CACHE_DIR=packages/a/src is refused",
+                "inside the sources of project `a`",
+            ],
+        );
+    }
+);
 
-#[test]
-fn a_cache_dir_of_its_own_is_fine() {
+vx_test!(a_cache_dir_of_its_own_is_fine, || {
     let ws = nested(Some("build-cache"));
     let r = ws.vx_in("ws", &["run", "build"], &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -309,13 +308,12 @@ fn a_cache_dir_of_its_own_is_fine() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(!ws.exists("ws/build-cache"));
     intact(&ws);
-}
+});
 
 // ---------------------------------------------------------------------------
 // Item 13: unreadable configs and option-like refs.
 
-#[test]
-fn invalid_utf8_config_names_file_line_and_column() {
+vx_test!(invalid_utf8_config_names_file_line_and_column, || {
     let ws = one_project("command = \"true\"\n");
     std::fs::write(
         ws.path("p/vx.toml"),
@@ -330,10 +328,9 @@ fn invalid_utf8_config_names_file_line_and_column() {
         "{}",
         r.stderr
     );
-}
+});
 
-#[test]
-fn affected_refuses_a_ref_that_looks_like_an_option() {
+vx_test!(affected_refuses_a_ref_that_looks_like_an_option, || {
     let ws = vx_tests::basic();
     ws.write(".gitignore", "dist\n.vx\n");
     ws.git(&["init", "-q", "-b", "main"]);
@@ -352,4 +349,4 @@ fn affected_refuses_a_ref_that_looks_like_an_option() {
         assert!(!ws.exists("pwned"), "git wrote a file");
         assert!(!ws.exists("packages/lib/dist"), "a task ran");
     }
-}
+});

@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
 use vx_proto::history::{Fingerprint, RunRecord, TaskRun};
 use vx_proto::{CacheSource, RunCounts, TaskStatus};
-use vx_tests::{Ws, basic};
+use vx_tests::{Ws, basic, vx_test};
 use vxd::history::History;
 
 fn now_ms() -> u64 {
@@ -157,8 +157,7 @@ fn json(ws: &Ws, dir: &str, args: &[&str]) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
 }
 
-#[test]
-fn no_history_yet_is_a_clear_error() {
+vx_test!(no_history_yet_is_a_clear_error, || {
     let ws = basic();
     for args in [
         &["history"][..],
@@ -176,10 +175,9 @@ fn no_history_yet_is_a_clear_error() {
     }
     // Reading never creates the history file.
     assert!(!ws.exists(".vx/cache/history.redb"));
-}
+});
 
-#[test]
-fn history_lists_runs_and_task_rows() {
+vx_test!(history_lists_runs_and_task_rows, || {
     let ws = basic();
     seed(&ws);
     let v = json(&ws, ".", &["history", "--json"]);
@@ -231,10 +229,9 @@ fn history_lists_runs_and_task_rows() {
         "{}",
         r.stderr
     );
-}
+});
 
-#[test]
-fn last_replays_a_recorded_run() {
+vx_test!(last_replays_a_recorded_run, || {
     let ws = basic();
     seed(&ws);
     let v = json(&ws, ".", &["last", "--json"]);
@@ -264,10 +261,9 @@ fn last_replays_a_recorded_run() {
         "{}",
         r.stderr
     );
-}
+});
 
-#[test]
-fn why_names_the_edited_file_and_the_changed_env() {
+vx_test!(why_names_the_edited_file_and_the_changed_env, || {
     let ws = basic();
     seed(&ws);
     let r = ws.vx(&["why", "app#build"]);
@@ -322,10 +318,9 @@ fn why_names_the_edited_file_and_the_changed_env() {
     let r = ws.vx(&["why", "build"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("name one"), "{}", r.stderr);
-}
+});
 
-#[test]
-fn info_reports_counts_history_and_flaky_tasks() {
+vx_test!(info_reports_counts_history_and_flaky_tasks, || {
     let ws = basic();
     seed(&ws);
     let v = json(&ws, ".", &["info", "--json"]);
@@ -347,11 +342,10 @@ fn info_reports_counts_history_and_flaky_tasks() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("projects  2 (3 tasks)"), "{}", r.stdout);
     assert!(r.stdout.contains("app#test (flaky-fatal"), "{}", r.stdout);
-}
+});
 
-/// The same requests answered by a daemon that keeps the history open.
-#[test]
-fn a_running_daemon_serves_the_history() {
+// The same requests answered by a daemon that keeps the history open.
+vx_test!(a_running_daemon_serves_the_history, || {
     let ws = basic();
     seed(&ws);
     let r = ws.vx_daemon(&["daemon", "start"]);
@@ -378,4 +372,4 @@ fn a_running_daemon_serves_the_history() {
     let r = ws.vx(&["history"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no runs recorded yet"), "{}", r.stderr);
-}
+});

@@ -2,7 +2,7 @@
 //! (`docs/history.md`): never verbatim in `history.redb`, in the recorded
 //! argv, or in what `vx history` / `vx last` print. Both daemon modes.
 
-use vx_tests::{Ws, daemon_mode};
+use vx_tests::{Ws, daemon_mode, vx_test};
 
 const SECRET: &str = "s3cr3t-t0ken-value";
 
@@ -12,8 +12,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-#[test]
-fn forwarded_args_are_never_recorded_verbatim() {
+vx_test!(forwarded_args_are_never_recorded_verbatim, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\"]\n"),
         ("a/vx.toml", "[tasks.test]\ncommand = \"echo testing\"\n"),
@@ -57,4 +56,4 @@ fn forwarded_args_are_never_recorded_verbatim() {
     assert!(contains(&bytes, "a#test"), "the record is not in the file");
     assert!(!contains(&bytes, SECRET), "the secret is in history.redb");
     assert!(!contains(&bytes, "plain-arg"), "an arg is in history.redb");
-}
+});

@@ -6,7 +6,7 @@
 //! change). Each test runs in both suite modes (no daemon /
 //! `VX_E2E_DAEMON=1`).
 
-use vx_tests::Ws;
+use vx_tests::{Ws, vx_test};
 
 const BUILD: &str = r#"[tasks.build]
 command = "mkdir -p dist && cat src/* > dist/out.txt"
@@ -36,93 +36,99 @@ fn run(ws: &Ws) -> vx_tests::Run {
     r
 }
 
-#[test]
-fn an_ignore_file_above_the_boundary_does_not_hide_inputs() {
-    for git in [true, false] {
-        let ws = below_ignore_all(git);
+vx_test!(
+    an_ignore_file_above_the_boundary_does_not_hide_inputs,
+    || {
+        for git in [true, false] {
+            let ws = below_ignore_all(git);
+            let r = run(&ws);
+            assert_eq!(r.executed(), vec!["a#build"], "first run (git: {git})");
+            let r = run(&ws);
+            assert_eq!(r.cached(), vec!["a#build"], "unchanged (git: {git})");
+            ws.write("ws/packages/a/src/x.txt", "two\n");
+            let r = run(&ws);
+            assert_eq!(
+                r.executed(),
+                vec!["a#build"],
+                "an edited source reruns (git: {git}): {}",
+                r.stdout
+            );
+            assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "two\n");
+            // A new source file is an input too.
+            ws.write("ws/packages/a/src/y.txt", "three\n");
+            let r = run(&ws);
+            assert_eq!(
+                r.executed(),
+                vec!["a#build"],
+                "a new source reruns (git: {git})"
+            );
+            assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "two\nthree\n");
+        }
+    }
+);
+
+vx_test!(
+    an_ignore_file_inside_the_repository_above_the_workspace_still_applies,
+    || {
+        // The repository root is the temp dir; the workspace is `ws/` in it.
+        // `ws/../.gitignore` is inside the repository: it applies.
+        let ws = Ws::new(&[
+            (".git/HEAD", "ref: refs/heads/main\n"),
+            (".gitignore", "*.gen\n"),
+            ("ws/vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+            ("ws/packages/a/vx.toml", BUILD),
+            ("ws/packages/a/src/x.txt", "one\n"),
+        ]);
         let r = run(&ws);
-        assert_eq!(r.executed(), vec!["a#build"], "first run (git: {git})");
-        let r = run(&ws);
-        assert_eq!(r.cached(), vec!["a#build"], "unchanged (git: {git})");
-        ws.write("ws/packages/a/src/x.txt", "two\n");
+        assert_eq!(r.executed(), vec!["a#build"], "first run");
+        ws.write("ws/packages/a/src/noise.gen", "ignored\n");
         let r = run(&ws);
         assert_eq!(
-            r.executed(),
+            r.cached(),
             vec!["a#build"],
-            "an edited source reruns (git: {git}): {}",
+            "an ignored file is no input: {}",
             r.stdout
         );
-        assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "two\n");
-        // A new source file is an input too.
-        ws.write("ws/packages/a/src/y.txt", "three\n");
+        ws.write("ws/packages/a/src/x.txt", "two\n");
+        let r = run(&ws);
+        assert_eq!(r.executed(), vec!["a#build"], "an edited source reruns");
+    }
+);
+
+vx_test!(
+    an_ignore_file_between_the_workspace_root_and_a_project_applies_when_it_changes,
+    || {
+        // `packages/.gitignore` is above project `a` (the walk of `a` adds it
+        // itself) and inside the workspace: the daemon sees it change.
+        let ws = below_ignore_all(true);
+        assert_eq!(run(&ws).executed(), vec!["a#build"], "first run");
+        ws.write("ws/packages/a/src/n.gen", "gen-1\n");
+        assert_eq!(run(&ws).executed(), vec!["a#build"], "a new input");
+        ws.write("ws/packages/.gitignore", "*.gen\n");
+        let r = run(&ws);
+        assert_eq!(
+            r.cached(),
+            vec!["a#build"],
+            "n.gen ignored: the first key again: {}",
+            r.stdout
+        );
+        assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "one\n");
+        ws.write("ws/packages/a/src/n.gen", "gen-2\n");
+        let r = run(&ws);
+        assert_eq!(
+            r.cached(),
+            vec!["a#build"],
+            "an ignored file is no input: {}",
+            r.stdout
+        );
+        std::fs::remove_file(ws.path("ws/packages/.gitignore")).unwrap();
         let r = run(&ws);
         assert_eq!(
             r.executed(),
             vec!["a#build"],
-            "a new source reruns (git: {git})"
+            "n.gen is an input again: {}",
+            r.stdout
         );
-        assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "two\nthree\n");
+        assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "gen-2\none\n");
     }
-}
-
-#[test]
-fn an_ignore_file_inside_the_repository_above_the_workspace_still_applies() {
-    // The repository root is the temp dir; the workspace is `ws/` in it.
-    // `ws/../.gitignore` is inside the repository: it applies.
-    let ws = Ws::new(&[
-        (".git/HEAD", "ref: refs/heads/main\n"),
-        (".gitignore", "*.gen\n"),
-        ("ws/vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
-        ("ws/packages/a/vx.toml", BUILD),
-        ("ws/packages/a/src/x.txt", "one\n"),
-    ]);
-    let r = run(&ws);
-    assert_eq!(r.executed(), vec!["a#build"], "first run");
-    ws.write("ws/packages/a/src/noise.gen", "ignored\n");
-    let r = run(&ws);
-    assert_eq!(
-        r.cached(),
-        vec!["a#build"],
-        "an ignored file is no input: {}",
-        r.stdout
-    );
-    ws.write("ws/packages/a/src/x.txt", "two\n");
-    let r = run(&ws);
-    assert_eq!(r.executed(), vec!["a#build"], "an edited source reruns");
-}
-
-#[test]
-fn an_ignore_file_between_the_workspace_root_and_a_project_applies_when_it_changes() {
-    // `packages/.gitignore` is above project `a` (the walk of `a` adds it
-    // itself) and inside the workspace: the daemon sees it change.
-    let ws = below_ignore_all(true);
-    assert_eq!(run(&ws).executed(), vec!["a#build"], "first run");
-    ws.write("ws/packages/a/src/n.gen", "gen-1\n");
-    assert_eq!(run(&ws).executed(), vec!["a#build"], "a new input");
-    ws.write("ws/packages/.gitignore", "*.gen\n");
-    let r = run(&ws);
-    assert_eq!(
-        r.cached(),
-        vec!["a#build"],
-        "n.gen ignored: the first key again: {}",
-        r.stdout
-    );
-    assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "one\n");
-    ws.write("ws/packages/a/src/n.gen", "gen-2\n");
-    let r = run(&ws);
-    assert_eq!(
-        r.cached(),
-        vec!["a#build"],
-        "an ignored file is no input: {}",
-        r.stdout
-    );
-    std::fs::remove_file(ws.path("ws/packages/.gitignore")).unwrap();
-    let r = run(&ws);
-    assert_eq!(
-        r.executed(),
-        vec!["a#build"],
-        "n.gen is an input again: {}",
-        r.stdout
-    );
-    assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "gen-2\none\n");
-}
+);

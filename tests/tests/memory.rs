@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vx_tests::{Ws, daemon_mode, processes_in, vxd_bin};
+use vx_tests::{Ws, daemon_mode, processes_in, vx_test, vxd_bin};
 
 /// Lines the noisy task prints (about 5 MB of output; as events, far more).
 const LINES: usize = 200_000;
@@ -79,126 +79,127 @@ fn run_start(ws: &Ws, id: i64, task: &str, extra: Value) -> Vec<u8> {
 
 const BOUND: u64 = 64 << 20;
 
-/// A raw client sends `run.start` for a task printing 200k lines and never
-/// reads a byte. The run still finishes and is cached, the engine keeps
-/// answering other clients, and its memory stays within baseline + 64 MiB
-/// (before the bounded outbox it grew by hundreds of MB and kept them).
-#[test]
-fn a_client_that_never_reads_neither_stalls_the_run_nor_grows_memory() {
-    let ws = noisy();
-    if daemon_mode() {
-        let r = ws.vx_daemon(&["daemon", "start"]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        let st = ws.daemon_status();
-        let pid = st["pid"].as_u64().unwrap() as u32;
-        let socket = st["socket"].as_str().unwrap().to_string();
-        // Warm up like a real first request would.
-        let r = ws.vx_daemon(&["cache", "stats", "--json"]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        let baseline = rss(pid);
-        let mut s = UnixStream::connect(&socket).unwrap();
-        s.write_all(&hello(1)).unwrap();
-        s.write_all(&run_start(&ws, 2, "gen", json!({}))).unwrap();
-        // Never read `s`. The run still finishes and saves its entry.
-        let mut peak = 0;
-        wait_until("the unread run to finish", Duration::from_secs(120), || {
+// A raw client sends `run.start` for a task printing 200k lines and never
+// reads a byte. The run still finishes and is cached, the engine keeps
+// answering other clients, and its memory stays within baseline + 64 MiB
+// (before the bounded outbox it grew by hundreds of MB and kept them).
+vx_test!(
+    a_client_that_never_reads_neither_stalls_the_run_nor_grows_memory,
+    || {
+        let ws = noisy();
+        if daemon_mode() {
+            let r = ws.vx_daemon(&["daemon", "start"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            let st = ws.daemon_status();
+            let pid = st["pid"].as_u64().unwrap() as u32;
+            let socket = st["socket"].as_str().unwrap().to_string();
+            // Warm up like a real first request would.
+            let r = ws.vx_daemon(&["cache", "stats", "--json"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            let baseline = rss(pid);
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.write_all(&hello(1)).unwrap();
+            s.write_all(&run_start(&ws, 2, "gen", json!({}))).unwrap();
+            // Never read `s`. The run still finishes and saves its entry.
+            let mut peak = 0;
+            wait_until("the unread run to finish", Duration::from_secs(120), || {
+                peak = peak.max(rss(pid));
+                ws.exists("packages/p/out/done") && {
+                    let r = ws.vx_daemon(&["cache", "stats", "--json"]);
+                    serde_json::from_str::<Value>(&r.stdout)
+                        .is_ok_and(|v| v["entries"].as_u64().unwrap_or(0) >= 1)
+                }
+            });
             peak = peak.max(rss(pid));
-            ws.exists("packages/p/out/done") && {
-                let r = ws.vx_daemon(&["cache", "stats", "--json"]);
-                serde_json::from_str::<Value>(&r.stdout)
-                    .is_ok_and(|v| v["entries"].as_u64().unwrap_or(0) >= 1)
+            assert!(
+                peak < baseline + BOUND,
+                "daemon RSS grew from {baseline} to {peak} bytes for an unread run"
+            );
+            // Another client is served, and the result is a hit.
+            let st = ws.daemon_status();
+            assert_eq!(st["pid"].as_u64().unwrap() as u32, pid);
+            let r = ws.vx_daemon(&["run", "--json", "--output-logs=none", "p#gen"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.cached(), vec!["p#gen"]);
+            // Once it reads, the client gets what was kept: a notice counting the
+            // dropped lines, then the response.
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut reader = BufReader::new(s);
+            let (mut dropped, mut shown) = (0u64, 0u64);
+            loop {
+                let mut l = String::new();
+                reader.read_line(&mut l).unwrap();
+                let v: Value = serde_json::from_str(&l).unwrap();
+                match v["params"]["type"].as_str() {
+                    Some("events_dropped") => dropped += v["params"]["count"].as_u64().unwrap(),
+                    Some("task_output") => shown += 1,
+                    _ => {}
+                }
+                if v["id"] == 2 {
+                    assert_eq!(v["result"]["ok"], true, "{v}");
+                    break;
+                }
             }
-        });
-        peak = peak.max(rss(pid));
-        assert!(
-            peak < baseline + BOUND,
-            "daemon RSS grew from {baseline} to {peak} bytes for an unread run"
-        );
-        // Another client is served, and the result is a hit.
-        let st = ws.daemon_status();
-        assert_eq!(st["pid"].as_u64().unwrap() as u32, pid);
-        let r = ws.vx_daemon(&["run", "--json", "--output-logs=none", "p#gen"]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(r.cached(), vec!["p#gen"]);
-        // Once it reads, the client gets what was kept: a notice counting the
-        // dropped lines, then the response.
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut reader = BufReader::new(s);
-        let (mut dropped, mut shown) = (0u64, 0u64);
-        loop {
-            let mut l = String::new();
-            reader.read_line(&mut l).unwrap();
-            let v: Value = serde_json::from_str(&l).unwrap();
-            match v["params"]["type"].as_str() {
-                Some("events_dropped") => dropped += v["params"]["count"].as_u64().unwrap(),
-                Some("task_output") => shown += 1,
-                _ => {}
+            assert!(dropped > 0, "no events_dropped notice");
+            assert_eq!(
+                dropped + shown,
+                LINES as u64,
+                "every line is sent or counted"
+            );
+            // Memory is given back once the run is over and its queue drained.
+            std::thread::sleep(Duration::from_millis(500));
+            let after = rss(pid);
+            assert!(
+                after < baseline + BOUND / 2,
+                "the daemon kept {after} bytes after the run (baseline {baseline})"
+            );
+        } else {
+            let mut child = Command::new(vxd_bin())
+                .arg("--stdio")
+                .current_dir(ws.root())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let mut stdin = child.stdin.take().unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            stdin.write_all(&hello(1)).unwrap();
+            let mut first = [0u8; 1];
+            stdout.read_exact(&mut first).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            let baseline = rss(pid);
+            stdin
+                .write_all(&run_start(&ws, 2, "gen", json!({})))
+                .unwrap();
+            let mut peak = 0;
+            wait_until("the unread run to finish", Duration::from_secs(120), || {
+                peak = peak.max(rss(pid));
+                ws.exists("packages/p/out/done")
+            });
+            // Give it time to save and queue the rest.
+            for _ in 0..20 {
+                peak = peak.max(rss(pid));
+                std::thread::sleep(Duration::from_millis(100));
             }
-            if v["id"] == 2 {
-                assert_eq!(v["result"]["ok"], true, "{v}");
-                break;
-            }
+            assert!(
+                peak < baseline + BOUND,
+                "vxd --stdio RSS grew from {baseline} to {peak} bytes for an unread run"
+            );
+            drop(stdin);
+            drop(stdout);
+            let _ = child.wait();
+            let r = ws.run(&["--output-logs=none", "p#gen"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.cached(), vec!["p#gen"]);
         }
-        assert!(dropped > 0, "no events_dropped notice");
-        assert_eq!(
-            dropped + shown,
-            LINES as u64,
-            "every line is sent or counted"
-        );
-        // Memory is given back once the run is over and its queue drained.
-        std::thread::sleep(Duration::from_millis(500));
-        let after = rss(pid);
-        assert!(
-            after < baseline + BOUND / 2,
-            "the daemon kept {after} bytes after the run (baseline {baseline})"
-        );
-    } else {
-        let mut child = Command::new(vxd_bin())
-            .arg("--stdio")
-            .current_dir(ws.root())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let mut stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        stdin.write_all(&hello(1)).unwrap();
-        let mut first = [0u8; 1];
-        stdout.read_exact(&mut first).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        let baseline = rss(pid);
-        stdin
-            .write_all(&run_start(&ws, 2, "gen", json!({})))
-            .unwrap();
-        let mut peak = 0;
-        wait_until("the unread run to finish", Duration::from_secs(120), || {
-            peak = peak.max(rss(pid));
-            ws.exists("packages/p/out/done")
-        });
-        // Give it time to save and queue the rest.
-        for _ in 0..20 {
-            peak = peak.max(rss(pid));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            peak < baseline + BOUND,
-            "vxd --stdio RSS grew from {baseline} to {peak} bytes for an unread run"
-        );
-        drop(stdin);
-        drop(stdout);
-        let _ = child.wait();
-        let r = ws.run(&["--output-logs=none", "p#gen"]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(r.cached(), vec!["p#gen"]);
     }
-}
+);
 
-/// `--concurrency 4294967295` used to allocate 16 GiB; now any caller is
-/// refused with a clear error (the flag, a raw request, the config).
-#[test]
-fn huge_concurrency_is_refused_with_a_clear_error() {
+// `--concurrency 4294967295` used to allocate 16 GiB; now any caller is
+// refused with a clear error (the flag, a raw request, the config).
+vx_test!(huge_concurrency_is_refused_with_a_clear_error, || {
     let ws = noisy();
     let r = ws.vx(&["run", "p#gen", "--concurrency", "4294967295"]);
     assert_ne!(r.code, 0);
@@ -248,7 +249,7 @@ fn huge_concurrency_is_refused_with_a_clear_error() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("too large"), "{}", r.stderr);
     assert!(!ws.exists("packages/p/out/done"), "nothing ran");
-}
+});
 
 fn stdio_engines_in(ws: &Ws) -> Vec<String> {
     processes_in(ws.root())
@@ -257,50 +258,51 @@ fn stdio_engines_in(ws: &Ws) -> Vec<String> {
         .collect()
 }
 
-/// A foreground run beside a live daemon waits for the cache lock; killing
-/// its client (`kill -9`) used to leave `vxd --stdio` waiting for up to
-/// 600 s. Now it goes with its client (stdin EOF, PR_SET_PDEATHSIG).
-#[test]
-fn a_killed_client_takes_its_stdio_engine_along_even_while_it_waits() {
-    let ws = noisy();
-    // A daemon holds the store.
-    let r = ws.vx_daemon(&["run", "--json", "--output-logs=none", "p#gen"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let mut client = ws
-        .cmd("packages/p", &["--no-daemon", "run", "gen", "--force"])
-        // Beside a live daemon the wait gives up after 3 s by default.
-        .env("VX_CACHE_LOCK_TIMEOUT_MS", "60000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = client.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("waiting up to") {
-                let _ = tx.send(());
+// A foreground run beside a live daemon waits for the cache lock; killing
+// its client (`kill -9`) used to leave `vxd --stdio` waiting for up to
+// 600 s. Now it goes with its client (stdin EOF, PR_SET_PDEATHSIG).
+vx_test!(
+    a_killed_client_takes_its_stdio_engine_along_even_while_it_waits,
+    || {
+        let ws = noisy();
+        // A daemon holds the store.
+        let r = ws.vx_daemon(&["run", "--json", "--output-logs=none", "p#gen"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let mut client = ws
+            .cmd("packages/p", &["--no-daemon", "run", "gen", "--force"])
+            // Beside a live daemon the wait gives up after 3 s by default.
+            .env("VX_CACHE_LOCK_TIMEOUT_MS", "60000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = client.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if l.contains("waiting up to") {
+                    let _ = tx.send(());
+                }
             }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the foreground engine waits for the daemon's cache lock");
-    assert!(!stdio_engines_in(&ws).is_empty());
-    // SAFETY: killing the client we spawned.
-    unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
-    let _ = client.wait();
-    wait_until(
-        "vxd --stdio to exit after its client was killed",
-        Duration::from_secs(8),
-        || stdio_engines_in(&ws).is_empty(),
-    );
-}
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the foreground engine waits for the daemon's cache lock");
+        assert!(!stdio_engines_in(&ws).is_empty());
+        // SAFETY: killing the client we spawned.
+        unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
+        let _ = client.wait();
+        wait_until(
+            "vxd --stdio to exit after its client was killed",
+            Duration::from_secs(8),
+            || stdio_engines_in(&ws).is_empty(),
+        );
+    }
+);
 
-/// SIGTERM to `vxd --stdio` cancels its runs and ends it promptly, even
-/// while a run waits (here: for the cache lock the daemon holds), and a task
-/// it started is gone with it.
-#[test]
-fn sigterm_ends_the_stdio_engine_promptly() {
+// SIGTERM to `vxd --stdio` cancels its runs and ends it promptly, even
+// while a run waits (here: for the cache lock the daemon holds), and a task
+// it started is gone with it.
+vx_test!(sigterm_ends_the_stdio_engine_promptly, || {
     let ws = noisy();
     for waiting_on_lock in [false, true] {
         if waiting_on_lock {
@@ -357,4 +359,4 @@ fn sigterm_ends_the_stdio_engine_promptly() {
         });
         drop(stdin);
     }
-}
+});

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use vx_tests::{basic, vxd_bin};
+use vx_tests::{basic, vx_test, vxd_bin};
 
 struct Engine {
     child: std::process::Child,
@@ -47,8 +47,7 @@ impl Engine {
     }
 }
 
-#[test]
-fn garbage_lines_get_errors_and_the_connection_survives() {
+vx_test!(garbage_lines_get_errors_and_the_connection_survives, || {
     let ws = basic();
     let mut e = Engine::start(ws.root());
     e.send_raw(b"this is not json\n");
@@ -79,10 +78,9 @@ fn garbage_lines_get_errors_and_the_connection_survives() {
     assert_eq!(e.recv()["error"]["code"], -32602);
     drop(e.child.stdin.take());
     assert!(e.child.wait().unwrap().success());
-}
+});
 
-#[test]
-fn wrong_protocol_version_is_refused() {
+vx_test!(wrong_protocol_version_is_refused, || {
     let ws = basic();
     let mut e = Engine::start(ws.root());
     let hello = json!({"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"protocol":999,"client_version":"x"}});
@@ -90,10 +88,9 @@ fn wrong_protocol_version_is_refused() {
     let v = e.recv();
     assert_eq!(v["error"]["code"], -32005);
     assert_eq!(v["error"]["data"]["protocol"], 1);
-}
+});
 
-#[test]
-fn run_start_streams_events_then_answers() {
+vx_test!(run_start_streams_events_then_answers, || {
     let ws = basic();
     let mut e = Engine::start(ws.root());
     let hello = json!({"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"protocol":1,"client_version":"t"}});
@@ -121,10 +118,10 @@ fn run_start_streams_events_then_answers() {
     e.send_raw(format!("{run}\n").as_bytes());
     let (resp, _) = e.until(3);
     assert_eq!(resp["error"]["code"], -32001, "{resp}");
-}
+});
 
 /// A connection to the engine of the current test mode: the daemon's socket
-/// with `VX_E2E_DAEMON=1`, else `vxd --stdio`.
+/// in a `::daemon` variant, else `vxd --stdio`.
 struct Peer {
     w: Box<dyn Write>,
     r: BufReader<Box<dyn std::io::Read>>,
@@ -174,10 +171,9 @@ impl Peer {
     }
 }
 
-/// JSON-RPC 2.0: a request whose id is `null` is a request (answered with
-/// `"id": null`); a batch (a JSON array) gets one clear error.
-#[test]
-fn null_id_is_answered_and_batches_get_a_clear_error() {
+// JSON-RPC 2.0: a request whose id is `null` is a request (answered with
+// `"id": null`); a batch (a JSON array) gets one clear error.
+vx_test!(null_id_is_answered_and_batches_get_a_clear_error, || {
     let ws = basic();
     let mut p = Peer::open(&ws);
     p.send(json!({"jsonrpc":"2.0","id":null,"method":"cache.stats","params":{"cwd": ws.root()}}));
@@ -202,122 +198,125 @@ fn null_id_is_answered_and_batches_get_a_clear_error() {
     // The connection goes on.
     p.send(json!({"jsonrpc":"2.0","id":9,"method":"cache.stats","params":{"cwd": ws.root()}}));
     assert_eq!(p.recv()["id"], 9);
-}
+});
 
-/// Every method that takes a `cwd` refuses a relative one (it used to be
-/// resolved against the engine's own directory, `/` for a daemon), naming
-/// the field; a concurrency over the cap is refused by every run method.
-#[test]
-fn relative_cwd_and_huge_concurrency_are_refused_for_every_method() {
-    let ws = basic();
-    let mut p = Peer::open(&ws);
-    let cases = [
-        ("cache.stats", json!({"cwd": "."}), "`cwd`"),
-        ("cache.clean", json!({"cwd": "packages"}), "`cwd`"),
-        ("cache.prune", json!({"cwd": "", "max_size": 1}), "`cwd`"),
-        (
-            "run.start",
-            json!({"cwd": "packages/lib", "tasks": ["build"]}),
-            "`cwd`",
-        ),
-        ("run.plan", json!({"cwd": "x", "tasks": ["build"]}), "`cwd`"),
-        (
-            "watch.start",
-            json!({"run": {"cwd": "x", "tasks": ["build"]}}),
-            "`run.cwd`",
-        ),
-        ("history.runs", json!({"cwd": "."}), "`cwd`"),
-        (
-            "history.task",
-            json!({"cwd": ".", "task": "build"}),
-            "`cwd`",
-        ),
-        ("workspace.info", json!({"cwd": "relative/dir"}), "`cwd`"),
-    ];
-    for (i, (method, params, field)) in cases.iter().enumerate() {
-        p.send(json!({"jsonrpc":"2.0","id":i,"method":method,"params":params}));
-        let v = p.recv();
-        assert_eq!(v["error"]["code"], -32602, "{method}: {v}");
-        let msg = v["error"]["message"].as_str().unwrap();
-        assert!(
-            msg.contains(field) && msg.contains("absolute"),
-            "{method}: {msg}"
-        );
-    }
-    assert!(!ws.exists("packages/lib/dist"), "nothing ran");
-    let root = ws.root().to_string_lossy().into_owned();
-    let huge = json!(4_294_967_295u64);
-    let cases = [
-        (
-            "run.start",
-            json!({"cwd": root, "tasks": ["build"], "concurrency": huge}),
-        ),
-        (
-            "run.plan",
-            json!({"cwd": root, "tasks": ["build"], "concurrency": huge}),
-        ),
-        (
-            "watch.start",
-            json!({"run": {"cwd": root, "tasks": ["build"], "concurrency": huge}}),
-        ),
-    ];
-    for (i, (method, params)) in cases.iter().enumerate() {
-        p.send(json!({"jsonrpc":"2.0","id":100 + i,"method":method,"params":params}));
-        let v = p.recv();
-        assert_eq!(v["id"], 100 + i);
-        assert_eq!(v["error"]["code"], -32008, "{method}: {v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("at most 1024")
-        );
-    }
-    assert!(!ws.exists("packages/lib/dist"), "nothing ran");
-}
-
-/// An output line over 64 MiB used to vanish (the client's framer dropped
-/// the event); now every line is cut at 1 MiB with a visible marker.
-#[test]
-fn a_huge_output_line_is_truncated_with_a_marker_not_dropped() {
-    let n = (64 << 20) + 100;
-    let ws = vx_tests::Ws::new(&[
-        ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
-        (
-            "packages/p/vx.toml",
-            &format!(
-                "[tasks.big]\ncommand = \"echo before; head -c {n} /dev/zero | tr '\\\\0' x; echo; echo after\"\ninputs = []\n"
+// Every method that takes a `cwd` refuses a relative one (it used to be
+// resolved against the engine's own directory, `/` for a daemon), naming
+// the field; a concurrency over the cap is refused by every run method.
+vx_test!(
+    relative_cwd_and_huge_concurrency_are_refused_for_every_method,
+    || {
+        let ws = basic();
+        let mut p = Peer::open(&ws);
+        let cases = [
+            ("cache.stats", json!({"cwd": "."}), "`cwd`"),
+            ("cache.clean", json!({"cwd": "packages"}), "`cwd`"),
+            ("cache.prune", json!({"cwd": "", "max_size": 1}), "`cwd`"),
+            (
+                "run.start",
+                json!({"cwd": "packages/lib", "tasks": ["build"]}),
+                "`cwd`",
             ),
-        ),
-    ]);
-    let r = ws.run(&["p#big"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let lines: Vec<&str> = r
-        .events
-        .iter()
-        .filter(|e| e["type"] == "task_output")
-        .filter_map(|e| e["line"].as_str())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        3,
-        "{:?}",
-        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
-    );
-    assert_eq!(lines[0], "before");
-    assert!(
-        lines[1].ends_with(&format!("… [line truncated: {n} bytes]")),
-        "{}",
-        &lines[1][lines[1].len().saturating_sub(60)..]
-    );
-    assert!(lines[1].len() <= (1 << 20) + 64);
-    assert_eq!(lines[2], "after");
-}
+            ("run.plan", json!({"cwd": "x", "tasks": ["build"]}), "`cwd`"),
+            (
+                "watch.start",
+                json!({"run": {"cwd": "x", "tasks": ["build"]}}),
+                "`run.cwd`",
+            ),
+            ("history.runs", json!({"cwd": "."}), "`cwd`"),
+            (
+                "history.task",
+                json!({"cwd": ".", "task": "build"}),
+                "`cwd`",
+            ),
+            ("workspace.info", json!({"cwd": "relative/dir"}), "`cwd`"),
+        ];
+        for (i, (method, params, field)) in cases.iter().enumerate() {
+            p.send(json!({"jsonrpc":"2.0","id":i,"method":method,"params":params}));
+            let v = p.recv();
+            assert_eq!(v["error"]["code"], -32602, "{method}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(
+                msg.contains(field) && msg.contains("absolute"),
+                "{method}: {msg}"
+            );
+        }
+        assert!(!ws.exists("packages/lib/dist"), "nothing ran");
+        let root = ws.root().to_string_lossy().into_owned();
+        let huge = json!(4_294_967_295u64);
+        let cases = [
+            (
+                "run.start",
+                json!({"cwd": root, "tasks": ["build"], "concurrency": huge}),
+            ),
+            (
+                "run.plan",
+                json!({"cwd": root, "tasks": ["build"], "concurrency": huge}),
+            ),
+            (
+                "watch.start",
+                json!({"run": {"cwd": root, "tasks": ["build"], "concurrency": huge}}),
+            ),
+        ];
+        for (i, (method, params)) in cases.iter().enumerate() {
+            p.send(json!({"jsonrpc":"2.0","id":100 + i,"method":method,"params":params}));
+            let v = p.recv();
+            assert_eq!(v["id"], 100 + i);
+            assert_eq!(v["error"]["code"], -32008, "{method}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("at most 1024")
+            );
+        }
+        assert!(!ws.exists("packages/lib/dist"), "nothing ran");
+    }
+);
 
-/// `VX_CACHE_DIR` and `VX_KILL_GRACE_MS` are the client's: a daemon started
-/// by a client with other values (or none) does not impose its own.
-#[test]
-fn cache_dir_and_kill_grace_come_from_the_client_env() {
+// An output line over 64 MiB used to vanish (the client's framer dropped
+// the event); now every line is cut at 1 MiB with a visible marker.
+vx_test!(
+    a_huge_output_line_is_truncated_with_a_marker_not_dropped,
+    || {
+        let n = (64 << 20) + 100;
+        let ws = vx_tests::Ws::new(&[
+            ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+            (
+                "packages/p/vx.toml",
+                &format!(
+                    "[tasks.big]\ncommand = \"echo before; head -c {n} /dev/zero | tr '\\\\0' x; echo; echo after\"\ninputs = []\n"
+                ),
+            ),
+        ]);
+        let r = ws.run(&["p#big"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let lines: Vec<&str> = r
+            .events
+            .iter()
+            .filter(|e| e["type"] == "task_output")
+            .filter_map(|e| e["line"].as_str())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            3,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], "before");
+        assert!(
+            lines[1].ends_with(&format!("… [line truncated: {n} bytes]")),
+            "{}",
+            &lines[1][lines[1].len().saturating_sub(60)..]
+        );
+        assert!(lines[1].len() <= (1 << 20) + 64);
+        assert_eq!(lines[2], "after");
+    }
+);
+
+// `VX_CACHE_DIR` and `VX_KILL_GRACE_MS` are the client's: a daemon started
+// by a client with other values (or none) does not impose its own.
+vx_test!(cache_dir_and_kill_grace_come_from_the_client_env, || {
     let ws = basic();
     // The first client starts the daemon with values of its own.
     let r = ws.vx_in(
@@ -373,12 +372,11 @@ fn cache_dir_and_kill_grace_come_from_the_client_env() {
         t.elapsed()
     );
     assert_eq!(st.code(), Some(130));
-}
+});
 
-/// A panic in the daemon reaches `.vx/daemon.log` (its stderr used to go to
-/// /dev/null), and the daemon goes on serving.
-#[test]
-fn daemon_panics_reach_the_log() {
+// A panic in the daemon reaches `.vx/daemon.log` (its stderr used to go to
+// /dev/null), and the daemon goes on serving.
+vx_test!(daemon_panics_reach_the_log, || {
     let ws = basic();
     let r = ws.vx_in(
         ".",
@@ -413,4 +411,4 @@ fn daemon_panics_reach_the_log() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(call(3, "daemon.status")["result"]["pid"], st["pid"]);
-}
+});

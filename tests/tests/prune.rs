@@ -1,9 +1,9 @@
 //! `vx cache prune` end to end: frees space by least recent use, keeps every
-//! remaining entry restorable, and works through the daemon
-//! (`VX_E2E_DAEMON=1`) as well as without it.
+//! remaining entry restorable, and works through the daemon (the `::daemon`
+//! variants) as well as without it.
 
 use serde_json::Value;
-use vx_tests::Ws;
+use vx_tests::{Ws, vx_test};
 
 /// Three independent cached tasks whose outputs are 50 KB (`b`), 200 KB
 /// (`c`) and 1 KB (`a`).
@@ -50,77 +50,78 @@ fn build_in_order(ws: &Ws) {
     }
 }
 
-#[test]
-fn prune_by_size_drops_least_recently_used_and_keeps_the_rest_restorable() {
-    let ws = sized();
-    build_in_order(&ws);
-    let outputs: Vec<Vec<u8>> = ["a", "b", "c"]
-        .iter()
-        .map(|p| std::fs::read(ws.path(&format!("{p}/dist/out.bin"))).unwrap())
-        .collect();
-    assert_eq!(outputs[2].len(), 200_000);
-    let before = stats(&ws);
-    assert_eq!(before["entries"], 3);
-    let total = before["blob_bytes"].as_u64().unwrap();
-    assert!(total > 251_000, "{before}");
+vx_test!(
+    prune_by_size_drops_least_recently_used_and_keeps_the_rest_restorable,
+    || {
+        let ws = sized();
+        build_in_order(&ws);
+        let outputs: Vec<Vec<u8>> = ["a", "b", "c"]
+            .iter()
+            .map(|p| std::fs::read(ws.path(&format!("{p}/dist/out.bin"))).unwrap())
+            .collect();
+        assert_eq!(outputs[2].len(), 200_000);
+        let before = stats(&ws);
+        assert_eq!(before["entries"], 3);
+        let total = before["blob_bytes"].as_u64().unwrap();
+        assert!(total > 251_000, "{before}");
 
-    // A dry run lists what would go and changes nothing. 210 kB fits `c`
-    // and `a` but not `b` too: the least recently used (`b`) goes, not the
-    // largest (`c`).
-    let dry = prune(&ws, &["--max-size", "210kB", "--dry-run"]);
-    assert_eq!(dry["dry_run"], true);
-    assert_eq!(dry["removed"], 1, "{dry}");
-    assert_eq!(dry["entries"][0]["task"], "b#build", "{dry}");
-    assert_eq!(stats(&ws), before);
-    let text = ws.vx(&["cache", "prune", "--max-size", "210kB", "--dry-run"]);
-    assert!(
-        text.stdout.contains("would remove b#build"),
-        "{}",
-        text.stdout
-    );
-
-    let p = prune(&ws, &["--max-size", "210kB"]);
-    assert_eq!(
-        (p["removed"].as_u64(), p["kept"].as_u64()),
-        (Some(1), Some(2))
-    );
-    let freed = p["freed_bytes"].as_u64().unwrap();
-    assert!(freed >= 50_000, "{p}");
-    assert!(p["kept_bytes"].as_u64().unwrap() <= 210_000, "{p}");
-    let after = stats(&ws);
-    assert_eq!(after["entries"], 2);
-    assert_eq!(after["blob_bytes"].as_u64().unwrap(), total - freed);
-    assert_eq!(after["blob_bytes"], p["kept_bytes"]);
-
-    // Every kept entry restores byte-identical without executing; the
-    // pruned one executes again.
-    for p in ["a", "b", "c"] {
-        std::fs::remove_dir_all(ws.path(&format!("{p}/dist"))).unwrap();
-    }
-    let r = ws.run(&["build"]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(r.executed(), vec!["b#build"]);
-    assert_eq!(r.cached(), vec!["a#build", "c#build"]);
-    assert_eq!(r.task("a#build")["cache"], "local");
-    assert_eq!(r.task("c#build")["cache"], "local");
-    for (p, bytes) in ["a", "b", "c"].iter().zip(&outputs) {
-        assert_eq!(
-            &std::fs::read(ws.path(&format!("{p}/dist/out.bin"))).unwrap(),
-            bytes,
-            "{p}"
+        // A dry run lists what would go and changes nothing. 210 kB fits `c`
+        // and `a` but not `b` too: the least recently used (`b`) goes, not the
+        // largest (`c`).
+        let dry = prune(&ws, &["--max-size", "210kB", "--dry-run"]);
+        assert_eq!(dry["dry_run"], true);
+        assert_eq!(dry["removed"], 1, "{dry}");
+        assert_eq!(dry["entries"][0]["task"], "b#build", "{dry}");
+        assert_eq!(stats(&ws), before);
+        let text = ws.vx(&["cache", "prune", "--max-size", "210kB", "--dry-run"]);
+        assert!(
+            text.stdout.contains("would remove b#build"),
+            "{}",
+            text.stdout
         );
-    }
-    // b's entry is back; a third run executes nothing.
-    assert_eq!(stats(&ws)["entries"], 3);
-    assert!(ws.run(&["build"]).executed().is_empty());
-    if vx_tests::daemon_mode() {
-        // All of the above went through one daemon holding the store open.
-        assert!(ws.daemon_status()["runs_served"].as_u64().unwrap() >= 5);
-    }
-}
 
-#[test]
-fn prune_by_age() {
+        let p = prune(&ws, &["--max-size", "210kB"]);
+        assert_eq!(
+            (p["removed"].as_u64(), p["kept"].as_u64()),
+            (Some(1), Some(2))
+        );
+        let freed = p["freed_bytes"].as_u64().unwrap();
+        assert!(freed >= 50_000, "{p}");
+        assert!(p["kept_bytes"].as_u64().unwrap() <= 210_000, "{p}");
+        let after = stats(&ws);
+        assert_eq!(after["entries"], 2);
+        assert_eq!(after["blob_bytes"].as_u64().unwrap(), total - freed);
+        assert_eq!(after["blob_bytes"], p["kept_bytes"]);
+
+        // Every kept entry restores byte-identical without executing; the
+        // pruned one executes again.
+        for p in ["a", "b", "c"] {
+            std::fs::remove_dir_all(ws.path(&format!("{p}/dist"))).unwrap();
+        }
+        let r = ws.run(&["build"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        assert_eq!(r.executed(), vec!["b#build"]);
+        assert_eq!(r.cached(), vec!["a#build", "c#build"]);
+        assert_eq!(r.task("a#build")["cache"], "local");
+        assert_eq!(r.task("c#build")["cache"], "local");
+        for (p, bytes) in ["a", "b", "c"].iter().zip(&outputs) {
+            assert_eq!(
+                &std::fs::read(ws.path(&format!("{p}/dist/out.bin"))).unwrap(),
+                bytes,
+                "{p}"
+            );
+        }
+        // b's entry is back; a third run executes nothing.
+        assert_eq!(stats(&ws)["entries"], 3);
+        assert!(ws.run(&["build"]).executed().is_empty());
+        if vx_tests::daemon_mode() {
+            // All of the above went through one daemon holding the store open.
+            assert!(ws.daemon_status()["runs_served"].as_u64().unwrap() >= 5);
+        }
+    }
+);
+
+vx_test!(prune_by_age, || {
     let ws = sized();
     build_in_order(&ws);
     let p = prune(&ws, &["--max-age", "1d"]);
@@ -139,10 +140,9 @@ fn prune_by_age() {
     );
     let r = ws.run(&["build"]);
     assert_eq!(r.executed(), vec!["a#build", "b#build", "c#build"]);
-}
+});
 
-#[test]
-fn prune_rejects_bad_arguments() {
+vx_test!(prune_rejects_bad_arguments, || {
     let ws = sized();
     let r = ws.vx(&["cache", "prune"]);
     assert_ne!(r.code, 0);
@@ -168,4 +168,4 @@ fn prune_rejects_bad_arguments() {
         (p["removed"].as_u64(), p["kept"].as_u64()),
         (Some(0), Some(0))
     );
-}
+});

@@ -4,7 +4,7 @@
 //! seeded histories.)
 
 use serde_json::Value;
-use vx_tests::Ws;
+use vx_tests::{Ws, vx_test};
 
 fn json(ws: &Ws, args: &[&str], env: &[(&str, &str)]) -> Value {
     let r = ws.vx_in(".", args, env);
@@ -29,8 +29,7 @@ fn app() -> Ws {
     ])
 }
 
-#[test]
-fn why_names_the_edited_file_and_the_changed_env_name() {
+vx_test!(why_names_the_edited_file_and_the_changed_env_name, || {
     let ws = app();
     let r = ws.run_env(&["build"], &[("FOO", "1")]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -82,10 +81,9 @@ fn why_names_the_edited_file_and_the_changed_env_name() {
             .is_some_and(|a| a.iter().any(|x| x == "build")),
         "{last}"
     );
-}
+});
 
-#[test]
-fn a_task_that_needs_a_retry_is_flaky_recoverable() {
+vx_test!(a_task_that_needs_a_retry_is_flaky_recoverable, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"app\"]\n"),
         (
@@ -117,10 +115,9 @@ fn a_task_that_needs_a_retry_is_flaky_recoverable() {
             .is_some_and(|f| f.iter().any(|t| t["task"] == "app#test")),
         "{info}"
     );
-}
+});
 
-#[test]
-fn profile_is_a_chrome_trace_and_report_is_markdown() {
+vx_test!(profile_is_a_chrome_trace_and_report_is_markdown, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\", \"b\"]\n"),
         ("a/vx.toml", "[tasks.build]\ncommand = \"sleep 0.2\"\n"),
@@ -171,13 +168,12 @@ fn profile_is_a_chrome_trace_and_report_is_markdown() {
     assert!(md.starts_with("## "), "{md}");
     assert!(md.contains("b#lint"), "{md}");
     assert!(md.contains('|'), "a table: {md}");
-}
+});
 
-/// A long chain beside short tasks that have more dependents: the structural
-/// order starts the short ones first; with history, the chain's head (the
-/// longest remaining path) goes first.
-#[test]
-fn history_orders_ready_tasks_by_critical_path() {
+// A long chain beside short tasks that have more dependents: the structural
+// order starts the short ones first; with history, the chain's head (the
+// longest remaining path) goes first.
+vx_test!(history_orders_ready_tasks_by_critical_path, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"w\"]\n"),
         (
@@ -217,12 +213,11 @@ fn history_orders_ready_tasks_by_critical_path() {
     // The structural order can be forced.
     let forced = first_started(&[("VX_SCHEDULE", "structural")]);
     assert!(forced == "w#s1" || forced == "w#s2", "{forced}");
-}
+});
 
-/// The daemon writes most records without an fsync; stopping it makes them
-/// durable, so a later no-daemon reader sees every run.
-#[test]
-fn runs_recorded_by_a_daemon_survive_its_stop() {
+// The daemon writes most records without an fsync; stopping it makes them
+// durable, so a later no-daemon reader sees every run.
+vx_test!(runs_recorded_by_a_daemon_survive_its_stop, || {
     let ws = app();
     for i in 0..3 {
         ws.write("app/src/main.txt", &format!("v{i}\n"));
@@ -233,4 +228,4 @@ fn runs_recorded_by_a_daemon_survive_its_stop() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let list = json(&ws, &["history", "--json"], &[("VX_DAEMON", "0")]);
     assert_eq!(list["runs"].as_array().map(|r| r.len()), Some(3), "{list}");
-}
+});

@@ -1,9 +1,20 @@
-//! `vx run` end to end on fixture workspaces (no daemon).
+//! `vx run` end to end on fixture workspaces (each test in both modes).
 
-use vx_tests::{Ws, basic};
+use vx_tests::{Mode, Ws, basic, vx_test};
 
-#[test]
-fn first_run_executes_everything_second_nothing() {
+// The harness itself: each variant's workspace runs `vx` in that variant's
+// mode, also from a thread the test spawns, and only the daemon variant
+// leaves a daemon behind.
+vx_test!(each_variant_runs_in_its_own_mode, || {
+    let ws = basic();
+    assert_eq!(ws.mode, vx_tests::mode());
+    let r = std::thread::scope(|s| s.spawn(|| ws.run(&["build"])).join().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let running = ws.daemon_status()["running"] == true;
+    assert_eq!(running, ws.mode == Mode::Daemon, "{}", ws.daemon_status());
+});
+
+vx_test!(first_run_executes_everything_second_nothing, || {
     let ws = basic();
     let r = ws.run(&["build", "test"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -22,10 +33,9 @@ fn first_run_executes_everything_second_nothing() {
     assert_eq!(r.cached(), vec!["app#build", "app#test", "lib#build"]);
     // outputs were intact: nothing restored
     assert_eq!(r.task("lib#build")["cache"], "up-to-date");
-}
+});
 
-#[test]
-fn hits_replay_their_log() {
+vx_test!(hits_replay_their_log, || {
     let ws = basic();
     ws.vx(&["run", "build"]);
     let r = ws.vx(&["run", "build"]);
@@ -34,35 +44,35 @@ fn hits_replay_their_log() {
     assert!(r.stdout.contains("cache hit"), "{}", r.stdout);
     let r = ws.vx(&["run", "build", "--output-logs=new-only"]);
     assert!(!r.stdout.contains("built lib"), "{}", r.stdout);
-}
+});
 
-#[test]
-fn deleted_outputs_are_restored_byte_identical_without_executing() {
-    let ws = basic();
-    assert_eq!(ws.run(&["build"]).code, 0);
-    let before = ws.read("packages/app/dist/app.txt");
-    std::fs::remove_dir_all(ws.path("packages/app/dist")).unwrap();
-    std::fs::remove_dir_all(ws.path("packages/lib/dist")).unwrap();
-    let r = ws.run(&["build"]);
-    assert_eq!(r.code, 0);
-    assert!(r.executed().is_empty(), "{:?}", r.executed());
-    assert_eq!(r.task("app#build")["cache"], "local");
-    assert_eq!(ws.read("packages/app/dist/app.txt"), before);
-    assert_eq!(ws.read("packages/lib/dist/out.txt"), "lib-a\nlib-b\n");
-}
+vx_test!(
+    deleted_outputs_are_restored_byte_identical_without_executing,
+    || {
+        let ws = basic();
+        assert_eq!(ws.run(&["build"]).code, 0);
+        let before = ws.read("packages/app/dist/app.txt");
+        std::fs::remove_dir_all(ws.path("packages/app/dist")).unwrap();
+        std::fs::remove_dir_all(ws.path("packages/lib/dist")).unwrap();
+        let r = ws.run(&["build"]);
+        assert_eq!(r.code, 0);
+        assert!(r.executed().is_empty(), "{:?}", r.executed());
+        assert_eq!(r.task("app#build")["cache"], "local");
+        assert_eq!(ws.read("packages/app/dist/app.txt"), before);
+        assert_eq!(ws.read("packages/lib/dist/out.txt"), "lib-a\nlib-b\n");
+    }
+);
 
-#[test]
-fn stray_output_files_are_removed_on_restore() {
+vx_test!(stray_output_files_are_removed_on_restore, || {
     let ws = basic();
     ws.run(&["build"]);
     ws.write("packages/lib/dist/stray.txt", "x");
     let r = ws.run(&["build"]);
     assert_eq!(r.task("lib#build")["cache"], "local");
     assert!(!ws.exists("packages/lib/dist/stray.txt"));
-}
+});
 
-#[test]
-fn edited_input_reruns_that_task_and_its_dependents() {
+vx_test!(edited_input_reruns_that_task_and_its_dependents, || {
     let ws = basic();
     ws.run(&["build", "test"]);
     ws.write("packages/app/src/main.txt", "app-main-2\n");
@@ -82,10 +92,9 @@ fn edited_input_reruns_that_task_and_its_dependents() {
         ws.run(&["build"]).executed(),
         vec!["app#build", "lib#build"]
     );
-}
+});
 
-#[test]
-fn negated_input_glob_is_honoured() {
+vx_test!(negated_input_glob_is_honoured, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
         (
@@ -105,10 +114,9 @@ outputs = ["dist/**"]
     assert!(r.executed().is_empty(), "a negated input re-ran the task");
     ws.write("p/src/a.js", "a2");
     assert_eq!(ws.run(&["build"]).executed(), vec!["p#build"]);
-}
+});
 
-#[test]
-fn keyed_env_var_change_reruns_what_it_should() {
+vx_test!(keyed_env_var_change_reruns_what_it_should, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\", \"b\"]\n"),
         (
@@ -144,10 +152,9 @@ fn keyed_env_var_change_reruns_what_it_should() {
         ws.run_env(&["build"], &[("OTHER", "x")]).executed(),
         Vec::<String>::new()
     );
-}
+});
 
-#[test]
-fn env_is_isolated_and_defined_values_arrive() {
+vx_test!(env_is_isolated_and_defined_values_arrive, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\"]\n"),
         (
@@ -167,10 +174,9 @@ fn env_is_isolated_and_defined_values_arrive() {
         "{}",
         r.stdout
     );
-}
+});
 
-#[test]
-fn failing_task_skips_its_dependents_and_exits_1() {
+vx_test!(failing_task_skips_its_dependents_and_exits_1, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"*\"]\n"),
         (
@@ -198,10 +204,9 @@ fn failing_task_skips_its_dependents_and_exits_1() {
     let r = ws.vx(&["run", "build"]);
     assert!(r.stdout.contains("lib:build │ boom"), "{}", r.stdout);
     assert!(r.stdout.contains("Failed:"), "{}", r.stdout);
-}
+});
 
-#[test]
-fn failures_are_never_cached() {
+vx_test!(failures_are_never_cached, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\"]\n"),
         (
@@ -212,10 +217,9 @@ fn failures_are_never_cached() {
     ws.run(&["build"]);
     ws.run(&["build"]);
     assert_eq!(ws.read("count"), "run\nrun\n");
-}
+});
 
-#[test]
-fn retries_and_timeouts() {
+vx_test!(retries_and_timeouts, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"a\"]\n"),
         (
@@ -241,10 +245,9 @@ timeout = "200ms"
             .unwrap()
             .contains("timed out")
     );
-}
+});
 
-#[test]
-fn corrupted_blob_is_a_miss() {
+vx_test!(corrupted_blob_is_a_miss, || {
     let ws = basic();
     ws.run(&["build"]);
     // corrupt every blob in the store
@@ -280,10 +283,9 @@ fn corrupted_blob_is_a_miss() {
     std::fs::remove_dir_all(ws.path("packages/lib/dist")).unwrap();
     let r = ws.run(&["build"]);
     assert!(r.executed().is_empty(), "{:?}", r.executed());
-}
+});
 
-#[test]
-fn missing_blob_is_a_miss() {
+vx_test!(missing_blob_is_a_miss, || {
     let ws = basic();
     ws.run(&["build"]);
     std::fs::remove_dir_all(ws.path(".vx/cache/cas")).unwrap();
@@ -291,10 +293,9 @@ fn missing_blob_is_a_miss() {
     let r = ws.run(&["build"]);
     assert_eq!(r.code, 0);
     assert!(r.executed().contains(&"lib#build".to_string()));
-}
+});
 
-#[test]
-fn force_and_no_cache() {
+vx_test!(force_and_no_cache, || {
     let ws = basic();
     ws.run(&["build"]);
     let r = ws.run(&["build", "--force"]);
@@ -302,10 +303,9 @@ fn force_and_no_cache() {
     let r = ws.run(&["build", "--no-cache"]);
     assert_eq!(r.executed(), vec!["app#build", "lib#build"]);
     assert!(ws.run(&["build"]).executed().is_empty());
-}
+});
 
-#[test]
-fn keys_do_not_depend_on_the_checkout_path() {
+vx_test!(keys_do_not_depend_on_the_checkout_path, || {
     let a = basic();
     let b = basic();
     let ka = a.run(&["build"]);
@@ -313,10 +313,9 @@ fn keys_do_not_depend_on_the_checkout_path() {
     assert_ne!(a.root(), b.root());
     assert_eq!(ka.task("app#build")["key"], kb.task("app#build")["key"]);
     assert_eq!(ka.task("lib#build")["key"], kb.task("lib#build")["key"]);
-}
+});
 
-#[test]
-fn forwarded_args_reach_requested_tasks_and_are_keyed() {
+vx_test!(forwarded_args_reach_requested_tasks_and_are_keyed, || {
     let ws = basic();
     let r = ws.vx(&["run", "--json", "app#test", "--", "--flag", "two words"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -341,20 +340,18 @@ fn forwarded_args_reach_requested_tasks_and_are_keyed() {
         .filter_map(|e| e["id"].as_str())
         .collect();
     assert_eq!(executed, vec!["app#test"]);
-}
+});
 
-#[test]
-fn scope_follows_the_current_directory() {
+vx_test!(scope_follows_the_current_directory, || {
     let ws = basic();
     let r = ws.vx_in("packages/lib", &["run", "--json", "build"], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.executed(), vec!["lib#build"]);
     let r = ws.vx_in("packages/app/src", &["run", "--json", "test"], &[]);
     assert_eq!(r.executed(), vec!["app#build", "app#test"]);
-}
+});
 
-#[test]
-fn filters_select_projects() {
+vx_test!(filters_select_projects, || {
     let ws = basic();
     assert_eq!(
         ws.run(&["build", "--filter", "lib"]).executed(),
@@ -370,10 +367,9 @@ fn filters_select_projects() {
     let r = ws.run(&["build", "--filter", "nope"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("matched no project"), "{}", r.stderr);
-}
+});
 
-#[test]
-fn dry_run_predicts_and_runs_nothing() {
+vx_test!(dry_run_predicts_and_runs_nothing, || {
     let ws = basic();
     let r = ws.vx(&["run", "build", "--dry=json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -400,10 +396,9 @@ fn dry_run_predicts_and_runs_nothing() {
         "{}",
         r.stdout
     );
-}
+});
 
-#[test]
-fn summarize_writes_a_json_summary() {
+vx_test!(summarize_writes_a_json_summary, || {
     let ws = basic();
     let r = ws.vx(&["run", "build", "--summarize=out/summary.json"]);
     assert_eq!(r.code, 0);
@@ -414,10 +409,9 @@ fn summarize_writes_a_json_summary() {
             assert!(t.get(f).is_some(), "{f} missing in {t}");
         }
     }
-}
+});
 
-#[test]
-fn cache_stats_and_clean() {
+vx_test!(cache_stats_and_clean, || {
     let ws = basic();
     ws.run(&["build"]);
     let r = ws.vx(&["cache", "stats", "--json"]);
@@ -432,10 +426,9 @@ fn cache_stats_and_clean() {
         ws.run(&["build"]).executed(),
         vec!["app#build", "lib#build"]
     );
-}
+});
 
-#[test]
-fn affected_runs_only_changed_tasks_and_dependents() {
+vx_test!(affected_runs_only_changed_tasks_and_dependents, || {
     let ws = basic();
     ws.write(".gitignore", "dist\n.vx\n");
     ws.git(&["init", "-q", "-b", "main"]);
@@ -461,4 +454,4 @@ fn affected_runs_only_changed_tasks_and_dependents() {
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, vec!["app#build", "lib#build"]);
-}
+});

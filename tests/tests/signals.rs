@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use vx_tests::{Ws, processes_in};
+use vx_tests::{Ws, processes_in, vx_test};
 
 fn sleeper() -> Ws {
     Ws::new(&[
@@ -87,18 +87,15 @@ fn interrupt_with(sig: i32, expect: i32) {
     assert_all_gone(&ws, pgid);
 }
 
-#[test]
-fn sigint_kills_the_whole_task_group_and_exits_130() {
+vx_test!(sigint_kills_the_whole_task_group_and_exits_130, || {
     interrupt_with(libc::SIGINT, 130);
-}
+});
 
-#[test]
-fn sigterm_exits_143() {
+vx_test!(sigterm_exits_143, || {
     interrupt_with(libc::SIGTERM, 143);
-}
+});
 
-#[test]
-fn a_killed_client_leaves_no_orphans() {
+vx_test!(a_killed_client_leaves_no_orphans, || {
     let ws = sleeper();
     let mut child = ws
         .cmd(".", &["run", "serve"])
@@ -110,4 +107,4 @@ fn a_killed_client_leaves_no_orphans() {
     child.kill().unwrap(); // SIGKILL: the client cannot clean up; the engine must.
     child.wait().unwrap();
     assert_all_gone(&ws, pgid);
-}
+});

@@ -1,5 +1,5 @@
 //! The cache store's writes and its damaged state, end to end (both modes:
-//! the no-daemon path by default, the daemon with `VX_E2E_DAEMON=1`):
+//! each test's `::no_daemon` and `::daemon` variants):
 //! vx never writes through a symlinked output directory or outside the
 //! project, stores symlink outputs as links (and never one pointing
 //! outside), `vx cache clean` deletes only what vx created, a damaged
@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use vx_tests::{Run, Ws, daemon_mode};
+use vx_tests::{Run, Ws, daemon_mode, vx_test};
 
 fn warnings(r: &Run) -> Vec<String> {
     r.events
@@ -93,44 +93,45 @@ fn daemon_still_up(ws: &Ws) {
     }
 }
 
-#[test]
-fn restore_and_wipe_never_write_through_a_symlinked_output_dir() {
-    let ws = one_task("mkdir -p dist && echo built > dist/x.txt");
-    ok(&ws.run(&["build"]));
-    // dist becomes a link to a directory outside the workspace.
-    let elsewhere = tempfile::tempdir().unwrap();
-    std::fs::write(elsewhere.path().join("x.txt"), "OUTSIDE\n").unwrap();
-    std::fs::write(elsewhere.path().join("keep.txt"), "KEEP\n").unwrap();
-    let before = tree(elsewhere.path());
-    std::fs::remove_dir_all(ws.path("packages/a/dist")).unwrap();
-    symlink(elsewhere.path(), ws.path("packages/a/dist")).unwrap();
-    // A cache hit (restore), then --force (wipe before exec), twice each.
-    for args in [
-        &["build"][..],
-        &["build"],
-        &["build", "--force"],
-        &["build", "--force"],
-    ] {
-        let r = ws.run(args);
-        assert_ne!(r.code, 0, "{args:?}: {}\n{}", r.stdout, r.stderr);
-        let all = format!("{}{}", r.stdout, r.stderr);
+vx_test!(
+    restore_and_wipe_never_write_through_a_symlinked_output_dir,
+    || {
+        let ws = one_task("mkdir -p dist && echo built > dist/x.txt");
+        ok(&ws.run(&["build"]));
+        // dist becomes a link to a directory outside the workspace.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("x.txt"), "OUTSIDE\n").unwrap();
+        std::fs::write(elsewhere.path().join("keep.txt"), "KEEP\n").unwrap();
+        let before = tree(elsewhere.path());
+        std::fs::remove_dir_all(ws.path("packages/a/dist")).unwrap();
+        symlink(elsewhere.path(), ws.path("packages/a/dist")).unwrap();
+        // A cache hit (restore), then --force (wipe before exec), twice each.
+        for args in [
+            &["build"][..],
+            &["build"],
+            &["build", "--force"],
+            &["build", "--force"],
+        ] {
+            let r = ws.run(args);
+            assert_ne!(r.code, 0, "{args:?}: {}\n{}", r.stdout, r.stderr);
+            let all = format!("{}{}", r.stdout, r.stderr);
+            assert!(
+                all.contains("packages/a/dist is a symlink; vx never writes through symlinks"),
+                "{args:?}: {all}"
+            );
+            assert_eq!(tree(elsewhere.path()), before, "{args:?}: wrote outside");
+        }
         assert!(
-            all.contains("packages/a/dist is a symlink; vx never writes through symlinks"),
-            "{args:?}: {all}"
+            std::fs::symlink_metadata(ws.path("packages/a/dist"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
         );
-        assert_eq!(tree(elsewhere.path()), before, "{args:?}: wrote outside");
+        daemon_still_up(&ws);
     }
-    assert!(
-        std::fs::symlink_metadata(ws.path("packages/a/dist"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
-    daemon_still_up(&ws);
-}
+);
 
-#[test]
-fn symlink_outputs_are_restored_as_links() {
+vx_test!(symlink_outputs_are_restored_as_links, || {
     let ws = one_task(
         "mkdir -p dist/sub && echo real > dist/real.txt && ln -sf real.txt dist/link.txt && ln -sfn ../src dist/sub/srclink",
     );
@@ -151,40 +152,41 @@ fn symlink_outputs_are_restored_as_links() {
     // The next run finds the restored links up to date.
     let r = ws.run(&["build"]);
     assert_eq!(r.cached(), vec!["a#build"]);
-}
+});
 
-#[test]
-fn a_symlink_output_pointing_outside_is_never_cached_and_never_read() {
-    let secret = tempfile::tempdir().unwrap();
-    let secret_file = secret.path().join("secret.txt");
-    std::fs::write(&secret_file, "TOP-SECRET-BYTES\n").unwrap();
-    let ws = one_task(&format!(
-        "mkdir -p dist && echo ok > dist/ok.txt && ln -sf {} dist/leak",
-        secret_file.display()
-    ));
-    for _ in 0..2 {
-        let r = ws.run(&["build"]);
-        ok(&r);
-        // Not cached: it executes every time, with a warning naming the link.
-        assert_eq!(r.executed(), vec!["a#build"]);
-        let w = warnings(&r);
-        assert!(
-            w.iter()
-                .any(|m| m.contains("not cached") && m.contains("dist/leak")),
-            "{w:?}"
-        );
+vx_test!(
+    a_symlink_output_pointing_outside_is_never_cached_and_never_read,
+    || {
+        let secret = tempfile::tempdir().unwrap();
+        let secret_file = secret.path().join("secret.txt");
+        std::fs::write(&secret_file, "TOP-SECRET-BYTES\n").unwrap();
+        let ws = one_task(&format!(
+            "mkdir -p dist && echo ok > dist/ok.txt && ln -sf {} dist/leak",
+            secret_file.display()
+        ));
+        for _ in 0..2 {
+            let r = ws.run(&["build"]);
+            ok(&r);
+            // Not cached: it executes every time, with a warning naming the link.
+            assert_eq!(r.executed(), vec!["a#build"]);
+            let w = warnings(&r);
+            assert!(
+                w.iter()
+                    .any(|m| m.contains("not cached") && m.contains("dist/leak")),
+                "{w:?}"
+            );
+        }
+        for (f, _) in ws.cache_listing() {
+            let bytes = std::fs::read(ws.path(&f)).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("TOP-SECRET-BYTES"),
+                "{f} holds the link target's bytes"
+            );
+        }
     }
-    for (f, _) in ws.cache_listing() {
-        let bytes = std::fs::read(ws.path(&f)).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains("TOP-SECRET-BYTES"),
-            "{f} holds the link target's bytes"
-        );
-    }
-}
+);
 
-#[test]
-fn cache_clean_deletes_only_what_vx_created() {
+vx_test!(cache_clean_deletes_only_what_vx_created, || {
     let cache = tempfile::tempdir().unwrap();
     let users: &[(&str, &str)] = &[
         ("notes.txt", "mine\n"),
@@ -217,7 +219,7 @@ fn cache_clean_deletes_only_what_vx_created() {
     let r = ws.run(&["build"]);
     ok(&r);
     daemon_still_up(&ws);
-}
+});
 
 /// Zeroes two 4 KiB pages in the middle of a redb file.
 fn zero_pages(p: &Path) {
@@ -232,8 +234,7 @@ fn garbage(p: &Path) {
     std::fs::write(p, b).unwrap();
 }
 
-#[test]
-fn a_damaged_index_costs_one_warning_and_a_cold_run() {
+vx_test!(a_damaged_index_costs_one_warning_and_a_cold_run, || {
     for (what, damage) in [("zeroed", zero_pages as fn(&Path)), ("garbage", garbage)] {
         let ws = one_task("mkdir -p dist && echo built > dist/x.txt");
         ok(&ws.run(&["build"]));
@@ -263,10 +264,9 @@ fn a_damaged_index_costs_one_warning_and_a_cold_run() {
         ok(&ws.run(&["build"]));
         daemon_still_up(&ws);
     }
-}
+});
 
-#[test]
-fn a_damaged_history_never_fails_a_run() {
+vx_test!(a_damaged_history_never_fails_a_run, || {
     for (what, damage) in [("zeroed", zero_pages as fn(&Path)), ("garbage", garbage)] {
         let ws = one_task("mkdir -p dist && echo built > dist/x.txt");
         ok(&ws.run(&["build"]));
@@ -287,47 +287,48 @@ fn a_damaged_history_never_fails_a_run() {
         ok(&r);
         daemon_still_up(&ws);
     }
-}
+});
 
-#[test]
-fn a_same_size_corrupt_blob_is_replaced_by_the_next_save() {
-    let ws = one_task("mkdir -p dist && echo built-output > dist/x.txt");
-    ok(&ws.run(&["build"]));
-    let good = std::fs::read(ws.path("packages/a/dist/x.txt")).unwrap();
-    // Corrupt the output's blob with bytes of the same size.
-    let blob = ws
-        .cache_listing()
-        .into_iter()
-        .map(|(f, _)| ws.path(&f))
-        .find(|p| p.to_string_lossy().contains("/cas/") && std::fs::read(p).unwrap() == good)
-        .expect("the output's blob");
-    let mut bad = good.clone();
-    bad.iter_mut().for_each(|b| *b = b'X');
-    std::fs::write(&blob, &bad).unwrap();
-    // A miss with a warning, and a re-execution.
-    std::fs::remove_dir_all(ws.path("packages/a/dist")).unwrap();
-    let r = ws.run(&["build"]);
-    ok(&r);
-    assert_eq!(r.executed(), vec!["a#build"]);
-    assert!(
-        warnings(&r).iter().any(|m| m.contains("corrupt")),
-        "{:?}",
-        warnings(&r)
-    );
-    // Then a hit with the right bytes and no warning.
-    std::fs::remove_dir_all(ws.path("packages/a/dist")).unwrap();
-    let r = ws.run(&["build"]);
-    ok(&r);
-    assert_eq!(r.cached(), vec!["a#build"]);
-    assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
-    assert_eq!(
-        std::fs::read(ws.path("packages/a/dist/x.txt")).unwrap(),
-        good
-    );
-}
+vx_test!(
+    a_same_size_corrupt_blob_is_replaced_by_the_next_save,
+    || {
+        let ws = one_task("mkdir -p dist && echo built-output > dist/x.txt");
+        ok(&ws.run(&["build"]));
+        let good = std::fs::read(ws.path("packages/a/dist/x.txt")).unwrap();
+        // Corrupt the output's blob with bytes of the same size.
+        let blob = ws
+            .cache_listing()
+            .into_iter()
+            .map(|(f, _)| ws.path(&f))
+            .find(|p| p.to_string_lossy().contains("/cas/") && std::fs::read(p).unwrap() == good)
+            .expect("the output's blob");
+        let mut bad = good.clone();
+        bad.iter_mut().for_each(|b| *b = b'X');
+        std::fs::write(&blob, &bad).unwrap();
+        // A miss with a warning, and a re-execution.
+        std::fs::remove_dir_all(ws.path("packages/a/dist")).unwrap();
+        let r = ws.run(&["build"]);
+        ok(&r);
+        assert_eq!(r.executed(), vec!["a#build"]);
+        assert!(
+            warnings(&r).iter().any(|m| m.contains("corrupt")),
+            "{:?}",
+            warnings(&r)
+        );
+        // Then a hit with the right bytes and no warning.
+        std::fs::remove_dir_all(ws.path("packages/a/dist")).unwrap();
+        let r = ws.run(&["build"]);
+        ok(&r);
+        assert_eq!(r.cached(), vec!["a#build"]);
+        assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+        assert_eq!(
+            std::fs::read(ws.path("packages/a/dist/x.txt")).unwrap(),
+            good
+        );
+    }
+);
 
-#[test]
-fn an_unusable_cache_dir_still_runs_uncached() {
+vx_test!(an_unusable_cache_dir_still_runs_uncached, || {
     // A cache dir that cannot be created (its parent is a regular file):
     // unusable for root as much as for anyone.
     let outside = tempfile::tempdir().unwrap();
@@ -356,10 +357,9 @@ fn an_unusable_cache_dir_still_runs_uncached() {
     }
     assert_eq!(ws.read("packages/a/dist/x.txt"), "built\n");
     daemon_still_up(&ws);
-}
+});
 
-#[test]
-fn a_read_only_cache_dir_still_runs_with_no_cache() {
+vx_test!(a_read_only_cache_dir_still_runs_with_no_cache, || {
     // Permissions do not bind root; this case needs an ordinary user.
     if unsafe { libc::geteuid() } == 0 {
         return;
@@ -384,4 +384,4 @@ fn a_read_only_cache_dir_still_runs_with_no_cache() {
     }
     ok(&r);
     ok(&r2);
-}
+});

@@ -3,11 +3,11 @@
 //! the target reruns the task), a member reached through a symlinked
 //! directory has its files keyed, a symlink out of the workspace is flagged
 //! by `--dry`, and a file name that is not UTF-8 is refused by name. Each
-//! test runs in both suite modes (no daemon / `VX_E2E_DAEMON=1`).
+//! test runs in both modes (`::no_daemon` / `::daemon`).
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
-use vx_tests::Ws;
+use vx_tests::{Ws, vx_test};
 
 const BUILD: &str = r#"[tasks.build]
 command = "mkdir -p dist && cat src/* src/lib/* 2>/dev/null > dist/out.txt; echo built"
@@ -37,75 +37,78 @@ fn assert_cached(ws: &Ws, id: &str, why: &str) {
     assert_eq!(r.cached(), vec![id.to_string()], "{why}: {}", r.stdout);
 }
 
-#[test]
-fn editing_the_target_of_a_symlinked_input_reruns_the_task() {
-    // (link inside the project, its target inside the workspace, the file
-    // to edit): a file link and a directory link.
-    let cases = [
-        (
-            "packages/a/src/cfg.txt",
-            "../../../shared/cfg.txt",
-            "shared/cfg.txt",
-        ),
-        (
-            "packages/a/src/lib",
-            "../../../shared/lib",
-            "shared/lib/x.txt",
-        ),
-    ];
-    for (link, target, edit) in cases {
-        let ws = ws_with_a();
-        symlink(target, ws.path(link)).unwrap();
-        assert_ran(&ws, "a#build", "first run");
-        assert_cached(&ws, "a#build", "nothing changed");
-        ws.write(edit, "edited, longer than before\n");
-        assert_ran(
-            &ws,
-            "a#build",
-            &format!("{edit} (the target of {link}) was edited"),
-        );
-        assert!(
-            ws.read("packages/a/dist/out.txt").contains("edited"),
-            "the task saw the edit"
-        );
-        assert_cached(&ws, "a#build", "nothing changed since");
+vx_test!(
+    editing_the_target_of_a_symlinked_input_reruns_the_task,
+    || {
+        // (link inside the project, its target inside the workspace, the file
+        // to edit): a file link and a directory link.
+        let cases = [
+            (
+                "packages/a/src/cfg.txt",
+                "../../../shared/cfg.txt",
+                "shared/cfg.txt",
+            ),
+            (
+                "packages/a/src/lib",
+                "../../../shared/lib",
+                "shared/lib/x.txt",
+            ),
+        ];
+        for (link, target, edit) in cases {
+            let ws = ws_with_a();
+            symlink(target, ws.path(link)).unwrap();
+            assert_ran(&ws, "a#build", "first run");
+            assert_cached(&ws, "a#build", "nothing changed");
+            ws.write(edit, "edited, longer than before\n");
+            assert_ran(
+                &ws,
+                "a#build",
+                &format!("{edit} (the target of {link}) was edited"),
+            );
+            assert!(
+                ws.read("packages/a/dist/out.txt").contains("edited"),
+                "the task saw the edit"
+            );
+            assert_cached(&ws, "a#build", "nothing changed since");
+        }
     }
-}
+);
 
-#[test]
-fn a_member_reached_through_a_symlinked_directory_is_keyed_by_its_files() {
-    // The member's real directory outside the workspace, and inside it (in
-    // a directory the member globs do not match).
-    for inside in [false, true] {
-        let ws = Ws::new(&[("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n")]);
-        let outside = tempfile::tempdir().unwrap();
-        let real = if inside {
-            ws.path("vendor/b")
-        } else {
-            outside.path().join("b")
-        };
-        std::fs::create_dir_all(real.join("src")).unwrap();
-        std::fs::write(real.join("vx.toml"), BUILD).unwrap();
-        std::fs::write(real.join("src/x.txt"), "x-1\n").unwrap();
-        std::fs::create_dir_all(ws.path("packages")).unwrap();
-        symlink(&real, ws.path("packages/b")).unwrap();
-        assert_ran(&ws, "b#build", "first run");
-        assert_cached(&ws, "b#build", "nothing changed");
-        std::fs::write(real.join("src/x.txt"), "x-2, edited\n").unwrap();
-        assert_ran(
-            &ws,
-            "b#build",
-            &format!("an edit in the linked member (inside: {inside})"),
-        );
-        // A new file in it counts too.
-        std::fs::write(real.join("src/y.txt"), "y\n").unwrap();
-        assert_ran(&ws, "b#build", "a new file in the linked member");
-        assert_cached(&ws, "b#build", "nothing changed since");
+vx_test!(
+    a_member_reached_through_a_symlinked_directory_is_keyed_by_its_files,
+    || {
+        // The member's real directory outside the workspace, and inside it (in
+        // a directory the member globs do not match).
+        for inside in [false, true] {
+            let ws = Ws::new(&[("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n")]);
+            let outside = tempfile::tempdir().unwrap();
+            let real = if inside {
+                ws.path("vendor/b")
+            } else {
+                outside.path().join("b")
+            };
+            std::fs::create_dir_all(real.join("src")).unwrap();
+            std::fs::write(real.join("vx.toml"), BUILD).unwrap();
+            std::fs::write(real.join("src/x.txt"), "x-1\n").unwrap();
+            std::fs::create_dir_all(ws.path("packages")).unwrap();
+            symlink(&real, ws.path("packages/b")).unwrap();
+            assert_ran(&ws, "b#build", "first run");
+            assert_cached(&ws, "b#build", "nothing changed");
+            std::fs::write(real.join("src/x.txt"), "x-2, edited\n").unwrap();
+            assert_ran(
+                &ws,
+                "b#build",
+                &format!("an edit in the linked member (inside: {inside})"),
+            );
+            // A new file in it counts too.
+            std::fs::write(real.join("src/y.txt"), "y\n").unwrap();
+            assert_ran(&ws, "b#build", "a new file in the linked member");
+            assert_cached(&ws, "b#build", "nothing changed since");
+        }
     }
-}
+);
 
-#[test]
-fn a_symlink_out_of_the_workspace_is_flagged_by_dry() {
+vx_test!(a_symlink_out_of_the_workspace_is_flagged_by_dry, || {
     let ws = ws_with_a();
     let outside = tempfile::tempdir().unwrap();
     let far = outside.path().join("far.txt");
@@ -130,10 +133,9 @@ fn a_symlink_out_of_the_workspace_is_flagged_by_dry() {
     // A dangling link is keyed by its text and runs.
     symlink("nowhere", ws.path("packages/a/src/dangling")).unwrap();
     assert_ran(&ws, "a#build", "a dangling link is an input like any other");
-}
+});
 
-#[test]
-fn an_input_whose_name_is_not_utf8_is_refused_by_name() {
+vx_test!(an_input_whose_name_is_not_utf8_is_refused_by_name, || {
     let ws = ws_with_a();
     let name = std::ffi::OsStr::from_bytes(b"bad\xff.txt");
     std::fs::write(ws.path("packages/a/src").join(name), "x\n").unwrap();
@@ -152,36 +154,38 @@ fn an_input_whose_name_is_not_utf8_is_refused_by_name() {
     std::fs::create_dir_all(ws.path("packages/a/junk")).unwrap();
     std::fs::write(ws.path("packages/a/junk").join(name), "x\n").unwrap();
     assert_ran(&ws, "a#build", "an ignored non-UTF-8 name is not an input");
-}
+});
 
-#[test]
-fn a_link_to_a_dependencys_output_is_keyed_by_what_the_dependency_wrote() {
-    // a's input is a link to b's output, missing until b#build runs: a's
-    // key must see the file b wrote (so the next run is all hits).
-    let ws = Ws::new(&[
-        ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
-        (
-            "packages/b/vx.toml",
-            "[tasks.build]\ncommand = \"mkdir -p dist && cat src/* > dist/gen.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
-        ),
-        ("packages/b/src/s.txt", "generated-1\n"),
-        (
-            "packages/a/vx.toml",
-            "[project]\ndeps = [\"b\"]\n\n[tasks.build]\ncommand = \"mkdir -p dist && cat src/* > dist/out.txt\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
-        ),
-        ("packages/a/src/main.txt", "main\n"),
-    ]);
-    symlink("../../b/dist/gen.txt", ws.path("packages/a/src/gen.txt")).unwrap();
-    let r = ws.run(&["build"]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(r.executed(), vec!["a#build", "b#build"]);
-    assert!(ws.read("packages/a/dist/out.txt").contains("generated-1"));
-    let r = ws.run(&["build"]);
-    assert_eq!(r.cached(), vec!["a#build", "b#build"], "{}", r.stdout);
-    ws.write("packages/b/src/s.txt", "generated-2\n");
-    let r = ws.run(&["build"]);
-    assert_eq!(r.executed(), vec!["a#build", "b#build"], "{}", r.stdout);
-    assert!(ws.read("packages/a/dist/out.txt").contains("generated-2"));
-    let r = ws.run(&["build"]);
-    assert_eq!(r.cached(), vec!["a#build", "b#build"], "{}", r.stdout);
-}
+vx_test!(
+    a_link_to_a_dependencys_output_is_keyed_by_what_the_dependency_wrote,
+    || {
+        // a's input is a link to b's output, missing until b#build runs: a's
+        // key must see the file b wrote (so the next run is all hits).
+        let ws = Ws::new(&[
+            ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+            (
+                "packages/b/vx.toml",
+                "[tasks.build]\ncommand = \"mkdir -p dist && cat src/* > dist/gen.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+            ),
+            ("packages/b/src/s.txt", "generated-1\n"),
+            (
+                "packages/a/vx.toml",
+                "[project]\ndeps = [\"b\"]\n\n[tasks.build]\ncommand = \"mkdir -p dist && cat src/* > dist/out.txt\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+            ),
+            ("packages/a/src/main.txt", "main\n"),
+        ]);
+        symlink("../../b/dist/gen.txt", ws.path("packages/a/src/gen.txt")).unwrap();
+        let r = ws.run(&["build"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        assert_eq!(r.executed(), vec!["a#build", "b#build"]);
+        assert!(ws.read("packages/a/dist/out.txt").contains("generated-1"));
+        let r = ws.run(&["build"]);
+        assert_eq!(r.cached(), vec!["a#build", "b#build"], "{}", r.stdout);
+        ws.write("packages/b/src/s.txt", "generated-2\n");
+        let r = ws.run(&["build"]);
+        assert_eq!(r.executed(), vec!["a#build", "b#build"], "{}", r.stdout);
+        assert!(ws.read("packages/a/dist/out.txt").contains("generated-2"));
+        let r = ws.run(&["build"]);
+        assert_eq!(r.cached(), vec!["a#build", "b#build"], "{}", r.stdout);
+    }
+);

@@ -43,8 +43,8 @@
 //! `VX_PROP_CASES` sets the number of cases (default 16), `VX_PROP_STEPS` the
 //! runs per case (default 6); `VX_PROP_SEED` replays one case;
 //! `VX_PROP_KEEP=1` keeps the case directories; `VX_PROP_ALL=1` goes on after
-//! a violation to report every one a case finds. Runs in both modes
-//! (`VX_E2E_DAEMON=1`: the workspace's runs go through the daemon; the fresh
+//! a violation to report every one a case finds. Runs in both modes (in the
+//! `::daemon` variant the workspace's runs go through the daemon; the fresh
 //! reference runs never do).
 
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 use tempfile::TempDir;
-use vx_tests::{Run, Ws, daemon_mode};
+use vx_tests::{Run, Ws, daemon_mode, vx_test};
 
 /// `VX_PROP_KEEP=1` keeps each case's directory (to look at `.vx/daemon.log`).
 fn keep() -> bool {
@@ -339,6 +339,7 @@ impl Case {
                 .prefix("vx-rt-")
                 .tempdir()
                 .expect("tempdir"),
+            mode: vx_tests::mode(),
         };
         let root = ws.root().to_path_buf();
         ws.write("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n");
@@ -740,9 +741,9 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
             "seed {seed} (replay: VX_PROP_SEED={seed}{}), step {step}, property `{property}`{}:\n{detail}\n\
              case at the start:\n{setup}steps:\n  {}\n",
             if daemon_mode() {
-                " VX_E2E_DAEMON=1"
+                ", the ::daemon variant"
             } else {
-                ""
+                ", the ::no_daemon variant"
             },
             if keep() {
                 format!(" (kept: {})", case.root().display())
@@ -795,6 +796,7 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
                 .prefix("vx-rt-")
                 .tempdir()
                 .expect("tempdir"),
+            mode: vx_tests::Mode::NoDaemon,
         };
         copy_tree(case.root(), fresh.root(), true);
 
@@ -915,63 +917,65 @@ fn run_case(seed: u64, steps: usize, stats: &mut Stats) -> Vec<Failure> {
     failures
 }
 
-#[test]
-fn vx_never_writes_outside_loses_sources_or_serves_a_wrong_hit() {
-    let cases: u64 = std::env::var("VX_PROP_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
-    let steps: usize = std::env::var("VX_PROP_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let seeds: Vec<u64> = match std::env::var("VX_PROP_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => (1..=cases).collect(),
-    };
-    let t0 = std::time::Instant::now();
-    let mut failures: Vec<Failure> = Vec::new();
-    let mut stats = Stats::default();
-    for &seed in &seeds {
-        for f in run_case(seed, steps, &mut stats) {
-            eprintln!("{}", f.text);
-            failures.push(f);
-        }
-    }
-    eprintln!(
-        "{} trust cases ({} steps; {} runs with {} cache hits compared with a fresh run; {} refusals) in {:.1}s, {} failed",
-        seeds.len(),
-        stats.steps,
-        stats.compared,
-        stats.hits,
-        stats.refusals,
-        t0.elapsed().as_secs_f64(),
-        failures.len()
-    );
-    // Not vacuous: a vx refusing everything would pass the rest.
-    assert!(
-        seeds.len() < 8
-            || steps < 4
-            || !failures.is_empty()
-            || (stats.compared > 0 && stats.hits > 0),
-        "no step compared a run holding cache hits with a fresh run"
-    );
-    if !failures.is_empty() {
-        let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for f in &failures {
-            let seeds = by.entry(f.property).or_default();
-            if !seeds.contains(&f.seed) {
-                seeds.push(f.seed);
+vx_test!(
+    vx_never_writes_outside_loses_sources_or_serves_a_wrong_hit,
+    || {
+        let cases: u64 = std::env::var("VX_PROP_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32);
+        let steps: usize = std::env::var("VX_PROP_STEPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6);
+        let seeds: Vec<u64> = match std::env::var("VX_PROP_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(s) => vec![s],
+            None => (1..=cases).collect(),
+        };
+        let t0 = std::time::Instant::now();
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut stats = Stats::default();
+        for &seed in &seeds {
+            for f in run_case(seed, steps, &mut stats) {
+                eprintln!("{}", f.text);
+                failures.push(f);
             }
         }
-        panic!(
-            "{} of {} cases violate a property (seeds by property: {by:?}); the first:\n{}",
-            failures.len(),
+        eprintln!(
+            "{} trust cases ({} steps; {} runs with {} cache hits compared with a fresh run; {} refusals) in {:.1}s, {} failed",
             seeds.len(),
-            failures[0].text
+            stats.steps,
+            stats.compared,
+            stats.hits,
+            stats.refusals,
+            t0.elapsed().as_secs_f64(),
+            failures.len()
         );
+        // Not vacuous: a vx refusing everything would pass the rest.
+        assert!(
+            seeds.len() < 8
+                || steps < 4
+                || !failures.is_empty()
+                || (stats.compared > 0 && stats.hits > 0),
+            "no step compared a run holding cache hits with a fresh run"
+        );
+        if !failures.is_empty() {
+            let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+            for f in &failures {
+                let seeds = by.entry(f.property).or_default();
+                if !seeds.contains(&f.seed) {
+                    seeds.push(f.seed);
+                }
+            }
+            panic!(
+                "{} of {} cases violate a property (seeds by property: {by:?}); the first:\n{}",
+                failures.len(),
+                seeds.len(),
+                failures[0].text
+            );
+        }
     }
-}
+);

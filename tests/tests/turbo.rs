@@ -1,6 +1,6 @@
 //! Zero-config Turborepo repos: `turbo.json` + `package.json` scripts run unchanged.
 
-use vx_tests::Ws;
+use vx_tests::{Ws, vx_test};
 
 fn turbo_repo() -> Ws {
     Ws::new(&[
@@ -53,8 +53,7 @@ fn turbo_repo() -> Ws {
     ])
 }
 
-#[test]
-fn a_turbo_repo_runs_unchanged() {
+vx_test!(a_turbo_repo_runs_unchanged, || {
     let ws = turbo_repo();
     #[cfg(unix)]
     {
@@ -98,14 +97,13 @@ fn a_turbo_repo_runs_unchanged() {
     // globalEnv is keyed into every task
     let r = ws.run_env(&["build"], &[("GLOBAL_MODE", "x")]);
     assert_eq!(r.executed(), vec!["@acme/app#build", "@acme/lib#build"]);
-}
+});
 
-#[test]
-fn root_tasks_and_uncached_tasks() {
+vx_test!(root_tasks_and_uncached_tasks, || {
     let ws = turbo_repo();
     let r = ws.run(&["//#check"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.executed(), vec!["//#check"]);
     assert_eq!(r.task("//#check")["cache"], "disabled");
     assert_eq!(ws.run(&["//#check"]).executed(), vec!["//#check"]);
-}
+});

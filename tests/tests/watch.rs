@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vx_tests::{Ws, processes_in};
+use vx_tests::{Ws, processes_in, vx_test};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -179,8 +179,7 @@ fn chain() -> Ws {
     ])
 }
 
-#[test]
-fn editing_a_leaf_reruns_only_the_affected_tasks() {
+vx_test!(editing_a_leaf_reruns_only_the_affected_tasks, || {
     let ws = chain();
     let mut w = Watch::start(&ws, &["build"], &[]);
     let first = w.cycle();
@@ -225,7 +224,7 @@ fn editing_a_leaf_reruns_only_the_affected_tasks() {
     assert_eq!(ids, vec!["other#build"]);
     assert_eq!(w.interrupt(), 0);
     assert_no_processes(ws.root());
-}
+});
 
 fn dev_ws() -> Ws {
     Ws::new(&[
@@ -252,53 +251,54 @@ fn dev_ws() -> Ws {
     ])
 }
 
-#[test]
-fn dev_server_restarts_when_its_input_changes_and_not_otherwise() {
-    let ws = dev_ws();
-    let mut w = Watch::start(&ws, &["smoke"], &[]);
-    let first = w.cycle();
-    let order: Vec<String> = first
-        .iter()
-        .filter_map(|e| match e["type"].as_str() {
-            Some("task_ready") => Some(format!("ready {}", e["id"].as_str().unwrap_or(""))),
-            Some("task_started") => Some(format!("start {}", e["id"].as_str().unwrap_or(""))),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        order,
-        vec!["start app#dev", "ready app#dev", "start app#smoke"],
-        "the dependent starts only after the server is ready"
-    );
-    let pid1 = read_pid(&ws, "app/dev.pid");
-    assert!(pid_alive(pid1));
-    // An unrelated file: the server keeps running.
-    ws.write("app/unrelated.txt", "changed\n");
-    std::thread::sleep(Duration::from_millis(300));
-    // The smoke test's own input: it re-runs against the same server.
-    ws.write("app/smoke.txt", "s2\n");
-    let (ids, _) = w.next_starts();
-    assert_eq!(ids, vec!["app#smoke"]);
-    assert_eq!(read_pid(&ws, "app/dev.pid"), pid1);
-    assert!(pid_alive(pid1));
-    // The server's input: it is restarted, then its dependent runs again.
-    std::fs::remove_file(ws.path("app/dev.pid")).expect("rm pid");
-    ws.write("app/server.js", "v2\n");
-    let (ids, _) = w.next_starts();
-    assert_eq!(ids, vec!["app#dev", "app#smoke"]);
-    let pid2 = read_pid(&ws, "app/dev.pid");
-    assert_ne!(pid1, pid2);
-    let t = Instant::now();
-    while pid_alive(pid1) && t.elapsed() < WAIT {
-        std::thread::sleep(Duration::from_millis(20));
+vx_test!(
+    dev_server_restarts_when_its_input_changes_and_not_otherwise,
+    || {
+        let ws = dev_ws();
+        let mut w = Watch::start(&ws, &["smoke"], &[]);
+        let first = w.cycle();
+        let order: Vec<String> = first
+            .iter()
+            .filter_map(|e| match e["type"].as_str() {
+                Some("task_ready") => Some(format!("ready {}", e["id"].as_str().unwrap_or(""))),
+                Some("task_started") => Some(format!("start {}", e["id"].as_str().unwrap_or(""))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec!["start app#dev", "ready app#dev", "start app#smoke"],
+            "the dependent starts only after the server is ready"
+        );
+        let pid1 = read_pid(&ws, "app/dev.pid");
+        assert!(pid_alive(pid1));
+        // An unrelated file: the server keeps running.
+        ws.write("app/unrelated.txt", "changed\n");
+        std::thread::sleep(Duration::from_millis(300));
+        // The smoke test's own input: it re-runs against the same server.
+        ws.write("app/smoke.txt", "s2\n");
+        let (ids, _) = w.next_starts();
+        assert_eq!(ids, vec!["app#smoke"]);
+        assert_eq!(read_pid(&ws, "app/dev.pid"), pid1);
+        assert!(pid_alive(pid1));
+        // The server's input: it is restarted, then its dependent runs again.
+        std::fs::remove_file(ws.path("app/dev.pid")).expect("rm pid");
+        ws.write("app/server.js", "v2\n");
+        let (ids, _) = w.next_starts();
+        assert_eq!(ids, vec!["app#dev", "app#smoke"]);
+        let pid2 = read_pid(&ws, "app/dev.pid");
+        assert_ne!(pid1, pid2);
+        let t = Instant::now();
+        while pid_alive(pid1) && t.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!pid_alive(pid1), "the old server was stopped");
+        assert_eq!(w.interrupt(), 0);
+        assert_no_processes(ws.root());
     }
-    assert!(!pid_alive(pid1), "the old server was stopped");
-    assert_eq!(w.interrupt(), 0);
-    assert_no_processes(ws.root());
-}
+);
 
-#[test]
-fn two_watch_clients_share_one_daemon() {
+vx_test!(two_watch_clients_share_one_daemon, || {
     let ws = chain();
     let env = [("VX_DAEMON", "1")];
     let mut a = Watch::start(&ws, &["build", "--filter", "lib"], &env);
@@ -323,10 +323,9 @@ fn two_watch_clients_share_one_daemon() {
     assert_eq!(a.interrupt(), 0);
     assert_eq!(b.interrupt(), 0);
     assert_eq!(ws.read("lib/dist/a.txt"), "three\n");
-}
+});
 
-#[test]
-fn run_keeps_a_requested_persistent_task_until_it_exits() {
+vx_test!(run_keeps_a_requested_persistent_task_until_it_exits, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"app\"]\n"),
         (
@@ -389,10 +388,9 @@ fn run_keeps_a_requested_persistent_task_until_it_exits() {
         r.stdout
     );
     assert_no_processes(ws.root());
-}
+});
 
-#[test]
-fn ctrl_c_stops_a_kept_dev_server() {
+vx_test!(ctrl_c_stops_a_kept_dev_server, || {
     let ws = dev_ws();
     let mut c = ws.cmd(".", &["run", "--json", "dev"]);
     let mut child = c.stdout(Stdio::piped()).spawn().expect("spawn");
@@ -415,7 +413,7 @@ fn ctrl_c_stops_a_kept_dev_server() {
     let st = child.wait().expect("wait");
     assert_eq!(st.code(), Some(130));
     assert_no_processes(ws.root());
-}
+});
 
 /// Runs `vx <args>` in a pseudo-terminal (python's `pty`), typing `input`.
 fn in_pty(ws: &Ws, args: &[&str], input: &str, env: &[(&str, &str)]) -> (i32, String) {
@@ -468,8 +466,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
     )
 }
 
-#[test]
-fn an_interactive_task_run_alone_gets_the_terminal() {
+vx_test!(an_interactive_task_run_alone_gets_the_terminal, || {
     let ws = Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"app\"]\n"),
         (
@@ -504,70 +501,72 @@ fn an_interactive_task_run_alone_gets_the_terminal() {
         r.stderr
     );
     assert_eq!(ws.read("app/greeting.txt"), "hello \n");
-}
+});
 
-#[test]
-fn a_watch_cycle_replays_no_log_of_a_task_that_did_not_change() {
-    let ws = Ws::new(&[
-        ("vx.toml", "[workspace]\nmembers = [\"lib\", \"other\"]\n"),
-        (
-            "lib/vx.toml",
-            "[project]\nname = \"lib\"\n[tasks.build]\ncommand = \"mkdir -p dist && cp src/a.txt dist/a.txt && echo lib-log-line\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
-        ),
-        ("lib/src/a.txt", "one\n"),
-        ("lib/notes.md", "notes\n"),
-        (
-            "other/vx.toml",
-            "[project]\nname = \"other\"\n[tasks.build]\ncommand = \"echo other-log-line\"\ninputs = [\"src/**\"]\n",
-        ),
-        ("other/src/x.txt", "x\n"),
-    ]);
-    // Cached already: the initial cycle is a hit (its log is replayed once).
-    assert_eq!(ws.run(&["build"]).code, 0);
-    let mut w = Watch::start(&ws, &["build"], &[]);
-    let first = w.cycle();
-    assert!(
-        first
-            .iter()
-            .any(|e| e["type"] == "task_output" && e["line"] == "lib-log-line"),
-        "{first:?}"
-    );
-    let about_lib = |evs: &[Value]| -> Vec<Value> {
-        evs.iter()
-            .filter(|e| {
-                e["id"] == "lib#build"
-                    && matches!(
-                        e["type"].as_str(),
-                        Some("task_output" | "task_cache_hit" | "task_started")
-                    )
-            })
-            .cloned()
-            .collect()
-    };
-    // An edit that affects nothing, then one that affects only `other`:
-    // no cycle says anything about lib#build.
-    ws.write("lib/notes.md", "more notes\n");
-    std::thread::sleep(Duration::from_millis(300));
-    ws.write("other/src/x.txt", "y\n");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "other#build never re-ran");
-        let evs = w.cycle();
-        assert_eq!(about_lib(&evs), Vec::<Value>::new(), "{evs:?}");
-        if started(&evs) == vec!["other#build"] {
-            break;
+vx_test!(
+    a_watch_cycle_replays_no_log_of_a_task_that_did_not_change,
+    || {
+        let ws = Ws::new(&[
+            ("vx.toml", "[workspace]\nmembers = [\"lib\", \"other\"]\n"),
+            (
+                "lib/vx.toml",
+                "[project]\nname = \"lib\"\n[tasks.build]\ncommand = \"mkdir -p dist && cp src/a.txt dist/a.txt && echo lib-log-line\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+            ),
+            ("lib/src/a.txt", "one\n"),
+            ("lib/notes.md", "notes\n"),
+            (
+                "other/vx.toml",
+                "[project]\nname = \"other\"\n[tasks.build]\ncommand = \"echo other-log-line\"\ninputs = [\"src/**\"]\n",
+            ),
+            ("other/src/x.txt", "x\n"),
+        ]);
+        // Cached already: the initial cycle is a hit (its log is replayed once).
+        assert_eq!(ws.run(&["build"]).code, 0);
+        let mut w = Watch::start(&ws, &["build"], &[]);
+        let first = w.cycle();
+        assert!(
+            first
+                .iter()
+                .any(|e| e["type"] == "task_output" && e["line"] == "lib-log-line"),
+            "{first:?}"
+        );
+        let about_lib = |evs: &[Value]| -> Vec<Value> {
+            evs.iter()
+                .filter(|e| {
+                    e["id"] == "lib#build"
+                        && matches!(
+                            e["type"].as_str(),
+                            Some("task_output" | "task_cache_hit" | "task_started")
+                        )
+                })
+                .cloned()
+                .collect()
+        };
+        // An edit that affects nothing, then one that affects only `other`:
+        // no cycle says anything about lib#build.
+        ws.write("lib/notes.md", "more notes\n");
+        std::thread::sleep(Duration::from_millis(300));
+        ws.write("other/src/x.txt", "y\n");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "other#build never re-ran");
+            let evs = w.cycle();
+            assert_eq!(about_lib(&evs), Vec::<Value>::new(), "{evs:?}");
+            if started(&evs) == vec!["other#build"] {
+                break;
+            }
+            assert!(started(&evs).is_empty(), "{evs:?}");
         }
-        assert!(started(&evs).is_empty(), "{evs:?}");
+        // Deleted outputs are restored, and that is news: its cycle says so.
+        std::fs::remove_dir_all(ws.path("lib/dist")).expect("rm dist");
+        let evs = w.next_touching("lib#build");
+        assert!(
+            evs.iter()
+                .any(|e| e["type"] == "task_cache_hit" && e["id"] == "lib#build"),
+            "{evs:?}"
+        );
+        assert_eq!(ws.read("lib/dist/a.txt"), "one\n");
+        assert_eq!(w.interrupt(), 0);
+        assert_no_processes(ws.root());
     }
-    // Deleted outputs are restored, and that is news: its cycle says so.
-    std::fs::remove_dir_all(ws.path("lib/dist")).expect("rm dist");
-    let evs = w.next_touching("lib#build");
-    assert!(
-        evs.iter()
-            .any(|e| e["type"] == "task_cache_hit" && e["id"] == "lib#build"),
-        "{evs:?}"
-    );
-    assert_eq!(ws.read("lib/dist/a.txt"), "one\n");
-    assert_eq!(w.interrupt(), 0);
-    assert_no_processes(ws.root());
-}
+);

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vx_tests::{Ws, processes_in};
+use vx_tests::{Ws, processes_in, vx_test};
 
 /// How long any client here may take before the watchdog kills it.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -248,8 +248,7 @@ fn no_engine_left(ws: &Ws) {
     }
 }
 
-#[test]
-fn a_stopped_daemon_is_reported_bypassed_and_stopped() {
+vx_test!(a_stopped_daemon_is_reported_bypassed_and_stopped, || {
     let ws = ws();
     let pid = daemon_holding_the_cache(&ws);
     let _stopped = Stopped::new(pid);
@@ -290,10 +289,9 @@ fn a_stopped_daemon_is_reported_bypassed_and_stopped() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("not responding"), "{err}");
     assert_ne!(ws.daemon_status()["pid"].as_i64(), Some(i64::from(pid)));
-}
+});
 
-#[test]
-fn daemon_stop_force_kills_a_stopped_daemon() {
+vx_test!(daemon_stop_force_kills_a_stopped_daemon, || {
     let ws = ws();
     let pid = start_daemon(&ws);
     let _stopped = Stopped::new(pid);
@@ -308,67 +306,73 @@ fn daemon_stop_force_kills_a_stopped_daemon() {
     let (code, out, _, _) = vx(&ws, &["daemon", "stop"], &[]);
     assert_eq!(code, 0);
     assert!(out.contains("no daemon is running"), "{out}");
-}
+});
 
-#[test]
-fn a_second_ctrl_c_exits_while_the_daemon_does_not_answer() {
-    let ws = ws();
-    start_daemon(&ws);
-    let mut c = ws.cmd(".", &["run", "a#serve"]);
-    c.env("VX_DAEMON", "1");
-    let client = Client::start(c);
-    let pgid = wait_for_file(&ws.path("pgid"));
-    let pid = ws.daemon_status()["pid"].as_i64().expect("pid") as i32;
-    let stopped = Stopped::new(pid);
-    client.signal(libc::SIGINT);
-    std::thread::sleep(Duration::from_millis(300));
-    client.signal(libc::SIGINT);
-    let (code, _, err, took) = client.finish(Duration::from_secs(10));
-    assert_eq!(code, 130, "{err}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    // Once it runs again, the daemon sees the client gone and stops its task.
-    drop(stopped);
-    let t = Instant::now();
-    while group_alive(pgid) {
-        assert!(t.elapsed() < LIMIT, "the task's group {pgid} survived");
-        std::thread::sleep(Duration::from_millis(50));
+vx_test!(
+    a_second_ctrl_c_exits_while_the_daemon_does_not_answer,
+    || {
+        let ws = ws();
+        start_daemon(&ws);
+        let mut c = ws.cmd(".", &["run", "a#serve"]);
+        c.env("VX_DAEMON", "1");
+        let client = Client::start(c);
+        let pgid = wait_for_file(&ws.path("pgid"));
+        let pid = ws.daemon_status()["pid"].as_i64().expect("pid") as i32;
+        let stopped = Stopped::new(pid);
+        client.signal(libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(300));
+        client.signal(libc::SIGINT);
+        let (code, _, err, took) = client.finish(Duration::from_secs(10));
+        assert_eq!(code, 130, "{err}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        // Once it runs again, the daemon sees the client gone and stops its task.
+        drop(stopped);
+        let t = Instant::now();
+        while group_alive(pgid) {
+            assert!(t.elapsed() < LIMIT, "the task's group {pgid} survived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-}
+);
 
-#[test]
-fn a_foreground_run_beside_a_daemon_stops_on_the_first_ctrl_c() {
-    let ws = ws();
-    daemon_holding_the_cache(&ws);
-    // It would wait a minute for the cache the daemon holds.
-    let mut c = ws.cmd(".", &["--no-daemon", "run", "build"]);
-    c.env("VX_CACHE_LOCK_TIMEOUT_MS", "60000");
-    let mut client = Client::start(c);
-    client.wait_stderr("waiting up to 60 s for the cache");
-    client.wait_stderr("vx daemon stop");
-    client.signal(libc::SIGINT);
-    let (code, _, err, took) = client.finish(Duration::from_secs(10));
-    assert_eq!(code, 130, "{err}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    no_engine_left(&ws);
-}
+vx_test!(
+    a_foreground_run_beside_a_daemon_stops_on_the_first_ctrl_c,
+    || {
+        let ws = ws();
+        daemon_holding_the_cache(&ws);
+        // It would wait a minute for the cache the daemon holds.
+        let mut c = ws.cmd(".", &["--no-daemon", "run", "build"]);
+        c.env("VX_CACHE_LOCK_TIMEOUT_MS", "60000");
+        let mut client = Client::start(c);
+        client.wait_stderr("waiting up to 60 s for the cache");
+        client.wait_stderr("vx daemon stop");
+        client.signal(libc::SIGINT);
+        let (code, _, err, took) = client.finish(Duration::from_secs(10));
+        assert_eq!(code, 130, "{err}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        no_engine_left(&ws);
+    }
+);
 
-#[test]
-fn a_foreground_run_beside_a_daemon_gives_up_with_a_clear_error() {
-    let ws = ws();
-    daemon_holding_the_cache(&ws);
-    let (code, _, err, took) = vx(&ws, &["--no-daemon", "run", "build"], &[]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("is in use"), "{err}");
-    assert!(err.contains("`vx daemon stop`"), "{err}");
-    assert!(took < Duration::from_secs(15), "took {took:?}");
-    no_engine_left(&ws);
-    // `--no-cache` does not need the cache: it runs at once.
-    std::fs::remove_dir_all(ws.path("a/dist")).expect("rm dist");
-    let (code, _, err, took) = vx(&ws, &["--no-daemon", "run", "--no-cache", "build"], &[]);
-    assert_eq!(code, 0, "{err}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert_eq!(ws.read("a/dist/out.txt"), "hello\n");
-}
+vx_test!(
+    a_foreground_run_beside_a_daemon_gives_up_with_a_clear_error,
+    || {
+        let ws = ws();
+        daemon_holding_the_cache(&ws);
+        let (code, _, err, took) = vx(&ws, &["--no-daemon", "run", "build"], &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("is in use"), "{err}");
+        assert!(err.contains("`vx daemon stop`"), "{err}");
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+        no_engine_left(&ws);
+        // `--no-cache` does not need the cache: it runs at once.
+        std::fs::remove_dir_all(ws.path("a/dist")).expect("rm dist");
+        let (code, _, err, took) = vx(&ws, &["--no-daemon", "run", "--no-cache", "build"], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert_eq!(ws.read("a/dist/out.txt"), "hello\n");
+    }
+);
 
 /// A foreground engine that answers the hello, then ignores everything
 /// (SIGTERM and SIGINT included), like an engine stuck where it cannot be
@@ -381,28 +385,30 @@ printf '%s\n' '{"jsonrpc":"2.0","id":1,"result":{"protocol":1,"version":"0","pid
 exec sleep 1000
 "#;
 
-#[test]
-fn a_second_signal_stops_a_deaf_foreground_engine_and_exits_130() {
-    use std::os::unix::fs::PermissionsExt;
-    for second in [libc::SIGINT, libc::SIGTERM] {
-        let ws = ws();
-        let bin = ws.path("deaf-vxd");
-        std::fs::write(&bin, DEAF_ENGINE).expect("write the fake engine");
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let pid_file = ws.path("deaf.pid");
-        let mut c = ws.cmd(".", &["--no-daemon", "run", "build"]);
-        c.env("VX_DAEMON_BIN", &bin).env("DEAF_PID_FILE", &pid_file);
-        let client = Client::start(c);
-        let engine = wait_for_file(&pid_file);
-        // Let it answer the hello and receive the run.
-        std::thread::sleep(Duration::from_millis(300));
-        client.signal(libc::SIGINT);
-        std::thread::sleep(Duration::from_millis(300));
-        client.signal(second);
-        let (code, _, err, took) = client.finish(Duration::from_secs(10));
-        assert_eq!(code, 130, "second signal {second}: {err}");
-        assert!(took < Duration::from_secs(5), "took {took:?}");
-        wait_gone(engine);
-        no_engine_left(&ws);
+vx_test!(
+    a_second_signal_stops_a_deaf_foreground_engine_and_exits_130,
+    || {
+        use std::os::unix::fs::PermissionsExt;
+        for second in [libc::SIGINT, libc::SIGTERM] {
+            let ws = ws();
+            let bin = ws.path("deaf-vxd");
+            std::fs::write(&bin, DEAF_ENGINE).expect("write the fake engine");
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            let pid_file = ws.path("deaf.pid");
+            let mut c = ws.cmd(".", &["--no-daemon", "run", "build"]);
+            c.env("VX_DAEMON_BIN", &bin).env("DEAF_PID_FILE", &pid_file);
+            let client = Client::start(c);
+            let engine = wait_for_file(&pid_file);
+            // Let it answer the hello and receive the run.
+            std::thread::sleep(Duration::from_millis(300));
+            client.signal(libc::SIGINT);
+            std::thread::sleep(Duration::from_millis(300));
+            client.signal(second);
+            let (code, _, err, took) = client.finish(Duration::from_secs(10));
+            assert_eq!(code, 130, "second signal {second}: {err}");
+            assert!(took < Duration::from_secs(5), "took {took:?}");
+            wait_gone(engine);
+            no_engine_left(&ws);
+        }
     }
-}
+);
