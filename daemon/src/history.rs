@@ -1628,6 +1628,40 @@ mod tests {
     }
 
     #[test]
+    fn retention_comes_from_the_request_env() {
+        let env = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        const RUNS: &str = vx_proto::knobs::HISTORY_MAX_RUNS.name;
+        const DAYS: &str = vx_proto::knobs::HISTORY_MAX_AGE_DAYS.name;
+        let day = Duration::from_secs(86_400);
+        type Case<'a> = (&'a [(&'a str, &'a str)], usize, Duration);
+        let cases: &[Case] = &[
+            (&[], DEFAULT_MAX_RUNS, day * DEFAULT_MAX_AGE_DAYS as u32),
+            (&[(RUNS, " 5 ")], 5, day * 30),
+            (&[(RUNS, "0")], 1, day * 30),
+            (&[(RUNS, "many")], DEFAULT_MAX_RUNS, day * 30),
+            (&[(DAYS, "2")], DEFAULT_MAX_RUNS, day * 2),
+        ];
+        for (pairs, runs, age) in cases {
+            let keep = Retention::from_env(&env(pairs));
+            assert_eq!((keep.max_runs, keep.max_age), (*runs, *age), "{pairs:?}");
+        }
+        // A run's retention applies to its own record, whatever the handle's.
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let keep = Retention::from_env(&env(&[(RUNS, "2")]));
+        for i in 0..4u64 {
+            let r = run(&format!("r{i}"), now_ms() + i, vec![]);
+            h.record_kept(&r, &[], false, keep).unwrap();
+        }
+        assert_eq!(h.runs(10).unwrap().len(), 2);
+    }
+
+    #[test]
     fn retention_drops_old_runs_and_orphaned_fingerprints() {
         let d = tempfile::tempdir().unwrap();
         let h = open(d.path()).with_retention(2, Duration::from_secs(86_400));
