@@ -957,6 +957,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hello_default_is_the_tables() {
+        let ms = DEFAULT_HELLO_TIMEOUT.as_millis().to_string();
+        assert_eq!(knobs::HELLO_TIMEOUT_MS.default, ms);
+    }
+
+    #[test]
     fn lock_holders_from_proc_locks() {
         let text = "\
 1: POSIX  ADVISORY  WRITE 77 00:2d:99 0 EOF

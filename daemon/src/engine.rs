@@ -1042,7 +1042,7 @@ enum Opened {
 }
 
 /// Default bound on waiting for a cache held by another foreground run.
-const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Default bound when this workspace's daemon is alive: it holds the cache
 /// for its whole life, so only one that is stopping would let go.
 const CACHE_LOCK_WAIT_DAEMON: Duration = Duration::from_secs(3);
