@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vx_proto::framing::{Frame, LineFramer};
+use vx_proto::knobs;
 use vx_proto::paths::{DaemonPaths, daemon_paths};
 use vx_proto::{
     HelloParams, HelloResult, Id, Message, PROTOCOL_VERSION, RpcError, RunCancelParams, RunEvent,
@@ -33,7 +34,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Where the engine binary is: `VX_DAEMON_BIN`, else next to this
 /// executable, else `vxd` on PATH.
 pub fn vxd_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("VX_DAEMON_BIN") {
+    if let Some(p) = knobs::DAEMON_BIN.get_process_os() {
         return PathBuf::from(p);
     }
     if let Ok(exe) = std::env::current_exe() {
@@ -52,8 +53,8 @@ pub fn daemon_wanted(no_daemon_flag: bool) -> bool {
         return false;
     }
     let truthy = |v: &str| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
-    match std::env::var("VX_DAEMON") {
-        Ok(v) if !v.is_empty() => truthy(&v),
+    match knobs::DAEMON.get_process() {
+        Some(v) => truthy(&v),
         _ => !std::env::var("CI").is_ok_and(|v| truthy(&v)),
     }
 }
@@ -126,9 +127,9 @@ const CHILD_GRACE: Duration = Duration::from_millis(1000);
 /// How long a daemon has to answer `daemon.hello`: `VX_HELLO_TIMEOUT_MS`,
 /// else 3 s.
 pub fn hello_timeout() -> Duration {
-    std::env::var("VX_HELLO_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
+    knobs::HELLO_TIMEOUT_MS
+        .get_process()
+        .and_then(|v| knobs::parse_number(&v))
         .filter(|&ms| ms > 0)
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_HELLO_TIMEOUT)
@@ -569,8 +570,9 @@ impl Conn {
             .spawn()
             .with_context(|| {
                 format!(
-                    "cannot start the vx engine `{}` (set VX_DAEMON_BIN or put vxd next to vx)",
-                    bin.display()
+                    "cannot start the vx engine `{}` (set {} or put vxd next to vx)",
+                    bin.display(),
+                    knobs::DAEMON_BIN.name
                 )
             })?;
         let stdin = child
@@ -953,6 +955,12 @@ pub fn stdio_instead(nr: &NotResponding) -> Result<Conn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hello_default_is_the_tables() {
+        let ms = DEFAULT_HELLO_TIMEOUT.as_millis().to_string();
+        assert_eq!(knobs::HELLO_TIMEOUT_MS.default, ms);
+    }
 
     #[test]
     fn lock_holders_from_proc_locks() {

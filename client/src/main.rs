@@ -451,9 +451,10 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
 /// The client's cache-related environment, sent with `cache.*` requests:
 /// the engine decides which cache a request means from it, never from its own.
 fn cache_env() -> BTreeMap<String, String> {
-    std::env::var("VX_CACHE_DIR")
+    let k = vx_proto::knobs::CACHE_DIR;
+    std::env::var(k.name)
         .ok()
-        .map(|v| BTreeMap::from([("VX_CACHE_DIR".to_string(), v)]))
+        .map(|v| BTreeMap::from([(k.name.to_string(), v)]))
         .unwrap_or_default()
 }
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use vx_proto::history::{Fingerprint, RunRecord, TaskRun};
+use vx_proto::knobs;
 use vx_proto::{
     CacheSource, ContinueMode, OutputLogs, Plan, PlannedTask, Prediction, RunCounts, RunEvent,
     RunParams, RunSummary, Stream, TaskResult, TaskStatus, codes,
@@ -131,8 +132,8 @@ fn now_ms() -> u64 {
 /// (`VX_CACHE_DIR` is resolved and vetted by `workspace::load`, as here.)
 pub fn cache_dir(ws: &Workspace) -> PathBuf {
     ws.defaults.cache_dir.clone().unwrap_or_else(|| {
-        std::env::var_os(workspace::CACHE_ENV)
-            .filter(|d| !d.is_empty())
+        knobs::CACHE_DIR
+            .inherited_os()
             .and_then(|d| {
                 let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
                 workspace::resolve_cache_dir(
@@ -766,9 +767,9 @@ impl Shared {
             }
             env.insert("npm_lifecycle_event".into(), node.name.clone());
         }
-        env.insert("VX_RUN_TASK".into(), node.id.clone());
+        env.insert(knobs::RUN_TASK.name.into(), node.id.clone());
         env.insert(
-            "VX_RUN_WORKSPACE".into(),
+            knobs::RUN_WORKSPACE.name.into(),
             self.model.ws.root.to_string_lossy().into_owned(),
         );
         env.into_iter().collect()
@@ -840,9 +841,7 @@ struct Timing {
 impl Timing {
     fn new(env: &BTreeMap<String, String>) -> Self {
         Timing {
-            on: env
-                .get("VX_TIMING")
-                .is_some_and(|v| !v.is_empty() && v != "0"),
+            on: knobs::TIMING.on(env),
             last: Instant::now(),
         }
     }
@@ -1043,7 +1042,7 @@ enum Opened {
 }
 
 /// Default bound on waiting for a cache held by another foreground run.
-const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Default bound when this workspace's daemon is alive: it holds the cache
 /// for its whole life, so only one that is stopping would let go.
 const CACHE_LOCK_WAIT_DAEMON: Duration = Duration::from_secs(3);
@@ -1096,11 +1095,8 @@ fn open_store_waiting(
         }
         let (bound, daemon) = *limit.get_or_insert_with(|| {
             let daemon = workspace_daemon_alive(root);
-            let bound = params
-                .env
-                .get("VX_CACHE_LOCK_TIMEOUT_MS")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_millis)
+            let bound = knobs::CACHE_LOCK_TIMEOUT_MS
+                .millis(&params.env)
                 .unwrap_or(if daemon {
                     CACHE_LOCK_WAIT_DAEMON
                 } else {
@@ -1136,8 +1132,10 @@ fn open_store_waiting(
         if start.elapsed() >= bound {
             let holder = if daemon {
                 "this workspace's daemon holds it: stop it with `vx daemon stop`, or run through it"
+                    .to_string()
             } else {
-                "another vx process holds it; set VX_CACHE_LOCK_TIMEOUT_MS to wait longer"
+                let k = knobs::CACHE_LOCK_TIMEOUT_MS.name;
+                format!("another vx process holds it; set {k} to wait longer")
             };
             return Err(EngineError::new(
                 codes::CACHE_ERROR,
@@ -1861,7 +1859,7 @@ impl Lanes {
 /// The run history of this workspace, if it can be used. A history that
 /// cannot be opened costs a warning, never the run.
 fn open_history(sh: &Shared) -> Option<Arc<History>> {
-    if sh.params.env.get("VX_HISTORY").map(String::as_str) == Some("0") {
+    if knobs::HISTORY.off(&sh.params.env) {
         return None;
     }
     let dir = match &sh.hot {
@@ -1944,7 +1942,7 @@ fn priorities(
     history: Option<&History>,
 ) -> Vec<usize> {
     let structural = transitive_dependent_counts(deps, dependents);
-    let forced = sh.params.env.get("VX_SCHEDULE").map(String::as_str) == Some("structural");
+    let forced = knobs::SCHEDULE.is(&sh.params.env, "structural");
     let Some(h) = history.filter(|_| !forced) else {
         return structural;
     };
@@ -2227,6 +2225,7 @@ impl Head {
         // close), so a failure only reaches the log there.
         let events = if daemon { None } else { sh.events.clone() };
         let pending = h.announce(&executed);
+        let keep = history::Retention::from_env(&sh.params.env);
         let idle = sh.hot.as_ref().map(Arc::downgrade);
         let job = move || {
             let _pending = pending;
@@ -2250,7 +2249,7 @@ impl Head {
             }
             let t = Instant::now();
             // The no-daemon engine exits soon: its record is durable.
-            let r = h.record_with(&record, &fps, !daemon);
+            let r = h.record_kept(&record, &fps, !daemon, keep);
             tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
             if let Err(e) = r {
                 tracing::warn!("run {} not recorded: {e}", record.run_id);
@@ -2414,6 +2413,9 @@ async fn start_persistent(
         key.clone(),
         ready_when,
         ready_timeout,
+        knobs::READY_NOTICE_MS
+            .millis(&sh.params.env)
+            .unwrap_or(persist::DEFAULT_READY_NOTICE),
         sh.events.clone(),
         cancel,
     )

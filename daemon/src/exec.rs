@@ -31,9 +31,8 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 /// `VX_KILL_GRACE_MS` in its environment (the request's env, never the
 /// engine's own: a daemon serves clients with different environments).
 pub fn kill_grace_in(env: &std::collections::BTreeMap<String, String>) -> Duration {
-    env.get("VX_KILL_GRACE_MS")
-        .and_then(|v| v.trim().parse().ok())
-        .map(Duration::from_millis)
+    vx_proto::knobs::KILL_GRACE_MS
+        .millis(env)
         .unwrap_or(DEFAULT_KILL_GRACE)
 }
 

@@ -140,8 +140,8 @@ pub fn through_link(root: &Path, dir: &str) -> bool {
 }
 
 fn walk_threads() -> usize {
-    std::env::var("VX_WALK_THREADS")
-        .ok()
+    vx_proto::knobs::WALK_THREADS
+        .get_process()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
             std::thread::available_parallelism()

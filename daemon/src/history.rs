@@ -313,21 +313,40 @@ impl std::fmt::Debug for History {
     }
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    match v.trim().parse::<u64>() {
-        Ok(n) => Some(n),
-        Err(_) => {
-            tracing::warn!("ignoring {name}={v:?}: not a whole number");
-            None
+/// How many runs, and how old, a recorded run leaves in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_runs: usize,
+    pub max_age: Duration,
+}
+
+impl Retention {
+    /// The retention a run asks for: `VX_HISTORY_MAX_RUNS` and
+    /// `VX_HISTORY_MAX_AGE_DAYS` from its request's environment (never the
+    /// engine's own), else the defaults.
+    pub fn from_env(env: &std::collections::BTreeMap<String, String>) -> Retention {
+        let number = |k: vx_proto::knobs::Knob| {
+            let v = k.get(env)?;
+            let n = vx_proto::knobs::parse_number(v);
+            if n.is_none() {
+                tracing::warn!("ignoring {}={v:?}: not a whole number", k.name);
+            }
+            n
+        };
+        let max_runs = number(vx_proto::knobs::HISTORY_MAX_RUNS)
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MAX_RUNS);
+        let days = number(vx_proto::knobs::HISTORY_MAX_AGE_DAYS).unwrap_or(DEFAULT_MAX_AGE_DAYS);
+        Retention {
+            max_runs: max_runs.max(1),
+            max_age: Duration::from_secs(days.saturating_mul(86_400)),
         }
     }
 }
 
 impl History {
-    /// Opens (or creates) `<cache_dir>/history.redb`. Retention comes from
-    /// `VX_HISTORY_MAX_RUNS` (default 200) and `VX_HISTORY_MAX_AGE_DAYS`
-    /// (default 30). A file held by another process gives
+    /// Opens (or creates) `<cache_dir>/history.redb`, with the default
+    /// retention (a run's own comes with [`History::record_kept`]). A file held by another process gives
     /// [`HistoryError::Locked`]; a damaged one [`HistoryError::Corrupt`].
     pub fn open(cache_dir: &Path) -> Result<History, HistoryError> {
         Self::open_opts(cache_dir, true)
@@ -470,15 +489,12 @@ impl History {
             tx.open_table(META).map_err(|e| fix(e.into()))?;
             tx.commit()?;
         }
-        let max_runs = env_number("VX_HISTORY_MAX_RUNS")
-            .map(|n| n as usize)
-            .unwrap_or(DEFAULT_MAX_RUNS);
-        let days = env_number("VX_HISTORY_MAX_AGE_DAYS").unwrap_or(DEFAULT_MAX_AGE_DAYS);
+        let keep = Retention::from_env(&Default::default());
         Ok(History {
             path,
             db,
-            max_runs: max_runs.max(1),
-            max_age: Duration::from_secs(days.saturating_mul(86_400)),
+            max_runs: keep.max_runs,
+            max_age: keep.max_age,
             memo: Mutex::new(Memo::default()),
             lists: Mutex::new(HashMap::new()),
             lists_gen: std::sync::atomic::AtomicU64::new(0),
@@ -586,6 +602,22 @@ impl History {
         run: &RunRecord,
         fingerprints: &[Fingerprint],
         durable: bool,
+    ) -> Result<(), HistoryError> {
+        let keep = Retention {
+            max_runs: self.max_runs,
+            max_age: self.max_age,
+        };
+        self.record_kept(run, fingerprints, durable, keep)
+    }
+
+    /// [`History::record_with`] with the retention the recorded run asked
+    /// for ([`Retention::from_env`] of its request).
+    pub fn record_kept(
+        &self,
+        run: &RunRecord,
+        fingerprints: &[Fingerprint],
+        durable: bool,
+        keep: Retention,
     ) -> Result<(), HistoryError> {
         let mut touched: HashSet<String> = HashSet::new();
         let mut tx = self.db.begin_write()?;
@@ -699,7 +731,7 @@ impl History {
 
             // Retention: the oldest runs beyond `max_runs`, and runs older
             // than `max_age`; never the run just recorded.
-            let cutoff = now_ms().saturating_sub(self.max_age.as_millis() as u64);
+            let cutoff = now_ms().saturating_sub(keep.max_age.as_millis() as u64);
             loop {
                 let len = t.runs.len()?;
                 let Some((first, started)) = t.runs.first()?.map(|(k, v)| {
@@ -715,7 +747,7 @@ impl History {
                 }
                 // An undecodable run is dropped as if it were old.
                 let old = started.map(|s| s < cutoff).unwrap_or(true);
-                if len as usize > self.max_runs || old {
+                if len as usize > keep.max_runs.max(1) || old {
                     t.drop_run(first, &mut touched)?;
                 } else {
                     break;
@@ -1592,6 +1624,40 @@ mod tests {
         // Reopening sees the same data.
         drop(h);
         let h = open(d.path());
+        assert_eq!(h.runs(10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn retention_comes_from_the_request_env() {
+        let env = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        const RUNS: &str = vx_proto::knobs::HISTORY_MAX_RUNS.name;
+        const DAYS: &str = vx_proto::knobs::HISTORY_MAX_AGE_DAYS.name;
+        let day = Duration::from_secs(86_400);
+        type Case<'a> = (&'a [(&'a str, &'a str)], usize, Duration);
+        let cases: &[Case] = &[
+            (&[], DEFAULT_MAX_RUNS, day * DEFAULT_MAX_AGE_DAYS as u32),
+            (&[(RUNS, " 5 ")], 5, day * 30),
+            (&[(RUNS, "0")], 1, day * 30),
+            (&[(RUNS, "many")], DEFAULT_MAX_RUNS, day * 30),
+            (&[(DAYS, "2")], DEFAULT_MAX_RUNS, day * 2),
+        ];
+        for (pairs, runs, age) in cases {
+            let keep = Retention::from_env(&env(pairs));
+            assert_eq!((keep.max_runs, keep.max_age), (*runs, *age), "{pairs:?}");
+        }
+        // A run's retention applies to its own record, whatever the handle's.
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path());
+        let keep = Retention::from_env(&env(&[(RUNS, "2")]));
+        for i in 0..4u64 {
+            let r = run(&format!("r{i}"), now_ms() + i, vec![]);
+            h.record_kept(&r, &[], false, keep).unwrap();
+        }
         assert_eq!(h.runs(10).unwrap().len(), 2);
     }
 

@@ -6,18 +6,15 @@
 //!   its parent dies (`PR_SET_PDEATHSIG`).
 //! - `vxd --daemon --root DIR`: the long-lived per-workspace daemon on its
 //!   Unix socket (started by `vx`; see `docs/protocol.md`). Its stderr and
-//!   panics go to `.vx/daemon.log`; the per-client variables
-//!   (`VX_CACHE_DIR`, `VX_KILL_GRACE_MS`) of whichever client started it are
-//!   removed from its environment: each request carries its client's.
+//!   panics go to `.vx/daemon.log`; the run knobs (`vx_proto::knobs`,
+//!   scope `Run`: `VX_CACHE_DIR`, `VX_KILL_GRACE_MS`, …) of whichever client
+//!   started it are removed from its environment: each request carries its
+//!   client's.
 //! - `vxd --guard`: the process-group guard the engine starts for itself.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use tokio::signal::unix::{SignalKind, signal};
-
-/// Variables that belong to a client's request, never to a daemon: the
-/// daemon drops the values it inherited from the client that started it.
-const CLIENT_SCOPED_ENV: &[&str] = &["VX_CACHE_DIR", "VX_KILL_GRACE_MS"];
 
 fn usage() -> ! {
     eprintln!(
@@ -54,7 +51,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn filter() -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_env("VX_LOG")
+    tracing_subscriber::EnvFilter::try_from_env(vx_proto::knobs::LOG.name)
         .unwrap_or_else(|_| "warn,notify=error".into())
 }
 
@@ -113,7 +110,10 @@ fn stdio() -> anyhow::Result<()> {
 }
 
 fn daemon(root: PathBuf) -> anyhow::Result<()> {
-    for name in CLIENT_SCOPED_ENV {
+    // Run knobs belong to a client's request, never to a daemon: drop the
+    // values inherited from the client that started it.
+    for knob in vx_proto::knobs::run_knobs() {
+        let name = knob.name;
         // SAFETY: no other thread exists yet (the runtime starts below).
         unsafe { std::env::remove_var(name) };
     }
@@ -135,7 +135,8 @@ fn daemon(root: PathBuf) -> anyhow::Result<()> {
         .with_writer(std::sync::Mutex::new(log))
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VX_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env(vx_proto::knobs::LOG.name)
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()

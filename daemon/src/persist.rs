@@ -17,14 +17,10 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use vx_proto::{RunEvent, Stream};
 
-/// After this long without readiness a notice is printed (`VX_READY_NOTICE_MS`).
-fn notice_after() -> Duration {
-    std::env::var("VX_READY_NOTICE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(10))
-}
+/// After this long without readiness a notice is printed, unless the run's
+/// request says otherwise (`VX_READY_NOTICE_MS`, read by the engine from the
+/// request's environment and passed to [`start`]).
+pub const DEFAULT_READY_NOTICE: Duration = Duration::from_secs(10);
 
 /// A running persistent task.
 pub struct Proc {
@@ -129,13 +125,16 @@ pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Starts a persistent task and waits until it is ready, exits, times out
 /// (`ready_timeout`), or `cancel` fires. Its output lines stream into
-/// `events` for as long as it runs.
+/// `events` for as long as it runs; after `notice_after` without readiness,
+/// a notice says it is still waiting.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     spec: Spawn,
     id: String,
     key: String,
     ready_when: Option<regex::Regex>,
     ready_timeout: Option<Duration>,
+    notice_after: Duration,
     events: Option<crate::engine::Events>,
     mut cancel: watch::Receiver<Option<i32>>,
 ) -> Result<Proc, NotReady> {
@@ -204,7 +203,7 @@ pub async fn start(
         }
     };
     tokio::pin!(timeout);
-    let notice = tokio::time::sleep(notice_after());
+    let notice = tokio::time::sleep(notice_after);
     tokio::pin!(notice);
     let mut noticed = false;
     let mut ready_rx = ready_rx;
@@ -318,6 +317,7 @@ mod tests {
             "k".into(),
             re,
             Some(Duration::from_secs(10)),
+            DEFAULT_READY_NOTICE,
             None,
             never(),
         )
@@ -337,6 +337,7 @@ mod tests {
             "k".into(),
             re,
             None,
+            DEFAULT_READY_NOTICE,
             None,
             never(),
         )
@@ -355,6 +356,7 @@ mod tests {
             "k".into(),
             re,
             Some(Duration::from_millis(200)),
+            DEFAULT_READY_NOTICE,
             None,
             never(),
         )
@@ -372,6 +374,7 @@ mod tests {
             "k".into(),
             None,
             None,
+            DEFAULT_READY_NOTICE,
             None,
             never(),
         )

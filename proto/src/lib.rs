@@ -9,6 +9,7 @@
 
 pub mod framing;
 pub mod history;
+pub mod knobs;
 pub mod methods;
 pub mod paths;
 

@@ -42,8 +42,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 fn idle_timeout() -> Duration {
-    std::env::var("VX_DAEMON_IDLE_TIMEOUT")
-        .ok()
+    vx_proto::knobs::DAEMON_IDLE_TIMEOUT
+        .get_process()
         .and_then(|v| parse_duration(&v))
         .unwrap_or(DEFAULT_IDLE)
 }
@@ -174,8 +174,9 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
         log_file,
         idle_timeout: idle,
         connections: Default::default(),
-        version: std::env::var("VX_DAEMON_VERSION_OVERRIDE")
-            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
+        version: vx_proto::knobs::DAEMON_VERSION_OVERRIDE
+            .get_process()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
     });
     let ctx = Arc::new(Ctx {
         mode: Mode::Daemon,

@@ -411,10 +411,10 @@ async fn check_cache_env(
     cwd: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<(), RpcError> {
-    let (Some(hot), Some(dir)) = (hot, env.get("VX_CACHE_DIR").filter(|d| !d.is_empty())) else {
+    let (Some(hot), Some(dir)) = (hot, vx_proto::knobs::CACHE_DIR.get(env)) else {
         return Ok(());
     };
-    let (hot, cwd, dir) = (hot.clone(), PathBuf::from(cwd), dir.clone());
+    let (hot, cwd, dir) = (hot.clone(), PathBuf::from(cwd), dir.to_owned());
     let foreign = tokio::task::spawn_blocking(move || {
         // A config that does not load is reported by the request itself.
         let ws = engine::load_workspace(&cwd).ok()?;
@@ -432,7 +432,8 @@ async fn check_cache_env(
         Some((wanted, mine)) => Err(RpcError::new(
             codes::NEEDS_NO_DAEMON,
             format!(
-                "VX_CACHE_DIR names the cache {} but this daemon serves {}: use the no-daemon engine",
+                "{} names the cache {} but this daemon serves {}: use the no-daemon engine",
+                vx_proto::knobs::CACHE_DIR.name,
                 wanted.display(),
                 mine.display()
             ),
@@ -588,7 +589,7 @@ async fn handle(
         },
         // Lets the end-to-end tests check that a panic reaches the log
         // (only when the engine was started with VX_TEST_HOOKS=1).
-        "test.panic" if std::env::var("VX_TEST_HOOKS").is_ok_and(|v| v == "1") => {
+        "test.panic" if vx_proto::knobs::TEST_HOOKS.get_process().as_deref() == Some("1") => {
             panic!("test.panic requested")
         }
         other => Err(RpcError::new(

@@ -560,7 +560,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
     }
 
     if defaults.cache_dir.is_none()
-        && let Some(v) = std::env::var_os(CACHE_ENV).filter(|v| !v.is_empty())
+        && let Some(v) = vx_proto::knobs::CACHE_DIR.inherited_os()
     {
         let shown = Path::new(&v).display().to_string();
         let abs = resolve_cache_dir(&root, Path::new(&v), home.as_deref()).map_err(|m| {
@@ -593,7 +593,7 @@ fn find_line_starting(text: &str, prefix: &str) -> Option<(usize, usize)> {
 
 /// The environment variable that sets the cache directory when the config
 /// does not.
-pub const CACHE_ENV: &str = "VX_CACHE_DIR";
+pub const CACHE_ENV: &str = vx_proto::knobs::CACHE_DIR.name;
 
 const CACHE_HINT: &str = "give the cache a directory of its own: leave it unset (the default is `.vx/cache` in the workspace), or name one outside the workspace such as `~/.cache/vx/<name>`";
 
