@@ -3,8 +3,7 @@
 //! the workspace), never one above it. A dotfiles repo in `$HOME` whose
 //! `~/.gitignore` is `*` must not make every input of a workspace below it
 //! ignored (every key would then ignore every edit: a wrong hit on each
-//! change). Each test runs in both suite modes (no daemon /
-//! `VX_E2E_DAEMON=1`).
+//! change). Each test runs in both modes (`vx_test!`).
 
 use vx_tests::{Ws, vx_test};
 
