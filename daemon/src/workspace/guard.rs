@@ -8,7 +8,9 @@
 //! Never: reads file contents, deletes or creates anything (it only asks the
 //! filesystem to canonicalise paths that already exist).
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use crate::globs::{Patterns, is_literal};
 
@@ -212,6 +214,32 @@ fn one(p: &str) -> Option<Patterns> {
 /// (`**`, `**/*.ts`) are left out: outputs are subtracted from such inputs
 /// (the usual `inputs = ["**"]`, `outputs = ["dist/**"]`).
 pub(crate) fn check_outputs(
+    inputs: &[String],
+    inputs_declared: bool,
+    outputs: &[String],
+) -> Result<(), Overlap> {
+    // A turbo repo checks the same few definitions once per package (3,000
+    // times at 1,000 packages), and each check compiles glob sets: answer
+    // repeats from a small memo (cleared when it grows, so a long-lived
+    // daemon reloading edited configs keeps it bounded).
+    type Memo = HashMap<(Vec<String>, bool, Vec<String>), Result<(), Overlap>>;
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    let key = (inputs.to_vec(), inputs_declared, outputs.to_vec());
+    let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return hit;
+    }
+    let result = check_outputs_uncached(inputs, inputs_declared, outputs);
+    if let Ok(mut m) = memo.lock() {
+        if m.len() >= 1024 {
+            m.clear();
+        }
+        m.insert(key, result.clone());
+    }
+    result
+}
+
+fn check_outputs_uncached(
     inputs: &[String],
     inputs_declared: bool,
     outputs: &[String],
