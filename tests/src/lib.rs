@@ -456,6 +456,38 @@ pub fn processes_in(root: &Path) -> Vec<String> {
     out
 }
 
+/// xorshift64*: a deterministic, dependency-free generator for the
+/// randomised tests (`differential.rs`, `trust_property.rs`), so a seed
+/// replays a case exactly.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A number in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// True with probability `pct` percent.
+    pub fn chance(&mut self, pct: usize) -> bool {
+        self.below(100) < pct
+    }
+    /// One of a few short words.
+    pub fn word(&mut self) -> &'static str {
+        const W: &[&str] = &[
+            "alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta",
+        ];
+        W[self.below(W.len())]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

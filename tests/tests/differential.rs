@@ -11,28 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use vx_tests::{Ws, vxd_bin};
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn word(&mut self) -> String {
-        const W: &[&str] = &[
-            "alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta",
-        ];
-        W[self.below(W.len())].to_string()
-    }
-}
+use vx_tests::{Rng, Ws, vxd_bin};
 
 /// A JSON-RPC line connection (to the daemon socket or a `vxd --stdio`).
 struct Rpc {
@@ -204,7 +183,7 @@ fn mutate(root: &Path, rng: &mut Rng) -> String {
             let dir = PLACES[rng.below(PLACES.len())];
             let ext = ["js", "tmp", "log", "md"][rng.below(4)];
             let p = Path::new(dir).join(format!("{}{}.{ext}", rng.word(), rng.below(50)));
-            write(&p, &rng.word());
+            write(&p, rng.word());
             format!("create {}", p.display())
         }
         2 | 3 => {
@@ -291,7 +270,7 @@ fn mutate(root: &Path, rng: &mut Rng) -> String {
             for i in 0..20 {
                 let p = Path::new(PLACES[rng.below(PLACES.len())])
                     .join(format!("mass{i}-{}.js", rng.below(1000)));
-                write(&p, &rng.word());
+                write(&p, rng.word());
             }
             format!("mass change over {n} files")
         }
@@ -398,7 +377,7 @@ fn hot_keys_equal_cold_keys_under_random_mutations() {
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut cold = Rpc::new(Box::new(stdout), Box::new(stdin), Some(child));
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut history = Vec::new();
         for step in 0..steps_per_seed {
             history.push(mutate(&root, &mut rng));

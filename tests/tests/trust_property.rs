@@ -54,39 +54,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 use tempfile::TempDir;
-use vx_tests::{Run, Ws, daemon_mode, vx_test};
+use vx_tests::{Rng, Run, Ws, daemon_mode, vx_test};
 
 /// `VX_PROP_KEEP=1` keeps each case's directory (to look at `.vx/daemon.log`).
 fn keep() -> bool {
     std::env::var_os("VX_PROP_KEEP").is_some()
 }
 
-/// xorshift64*: deterministic, dependency-free (as in differential.rs).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    /// True with probability `pct` percent.
-    fn chance(&mut self, pct: usize) -> bool {
-        self.below(100) < pct
-    }
-    fn word(&mut self) -> String {
-        const W: &[&str] = &[
-            "alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta",
-        ];
-        format!("{} {}\n", W[self.below(W.len())], self.below(1000))
-    }
+/// A line of content: a word and a number.
+fn line(rng: &mut Rng) -> String {
+    format!("{} {}\n", rng.word(), rng.below(1000))
 }
 
 /// One entry of a tree, not following symlinks.
@@ -378,7 +355,7 @@ impl Case {
                 if rng.chance(40) || (files == 0 && *nm == b"a.txt") {
                     let mut rel = format!("{base}/src/").into_bytes();
                     rel.extend_from_slice(nm);
-                    write_bytes(&root, &rel, rng.word().as_bytes());
+                    write_bytes(&root, &rel, line(&mut rng).as_bytes());
                     files += 1;
                 }
             }
@@ -563,7 +540,7 @@ impl Case {
                 {
                     return "skip".into();
                 }
-                let w = rng.word();
+                let w = line(rng);
                 write_bytes(&root, &p, w.as_bytes());
                 format!("edit {} = {w:?}", show(&p))
             }
@@ -574,7 +551,7 @@ impl Case {
                     return "skip".into();
                 }
                 rel.extend_from_slice(nm);
-                let w = rng.word();
+                let w = line(rng);
                 write_bytes(&root, &rel, w.as_bytes());
                 format!("write {} = {w:?}", show(&rel))
             }
@@ -587,7 +564,7 @@ impl Case {
             }
             4 | 10 | 11 => {
                 let f = ["shared/s.txt", "shared/dir/d1.txt"][rng.below(2)];
-                let w = rng.word();
+                let w = line(rng);
                 ws_write(&root, f, &w);
                 format!("edit {f} (a symlink target) = {w:?}")
             }
