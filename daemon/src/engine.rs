@@ -1073,7 +1073,8 @@ fn workspace_daemon_alive(root: &Path) -> bool {
 /// says what it waits for, and gives up when the run is cancelled or after
 /// a bound (`VX_CACHE_LOCK_TIMEOUT_MS` in the client's environment; else
 /// [`CACHE_LOCK_WAIT_DAEMON`] beside a live daemon, [`CACHE_LOCK_WAIT`]
-/// otherwise). A `--no-cache` run never waits: it gets a scratch store.
+/// otherwise). A `--no-cache` run never waits: it runs on an uncached
+/// store ([`uncached`]).
 fn open_store_waiting(
     cdir: &Path,
     root: &Path,
@@ -1082,7 +1083,7 @@ fn open_store_waiting(
     cancel: Option<&watch::Receiver<Option<i32>>>,
 ) -> Result<Opened, EngineError> {
     let start = Instant::now();
-    let mut limit: Option<(Duration, bool)> = None;
+    let mut limit: Option<(Duration, String)> = None;
     loop {
         match Store::open_loaded(cdir, Duration::ZERO, &mut || {}) {
             Ok(opened) => return Ok(Opened::Store(Box::new(opened))),
@@ -1093,7 +1094,7 @@ fn open_store_waiting(
             // Neither read nor written: no reason to wait for the holder.
             return Ok(Opened::Unusable("in use by another vx process".into()));
         }
-        let (bound, daemon) = *limit.get_or_insert_with(|| {
+        let (bound, holder) = limit.get_or_insert_with(|| {
             let daemon = workspace_daemon_alive(root);
             let bound = knobs::CACHE_LOCK_TIMEOUT_MS
                 .millis(&params.env)
@@ -1103,9 +1104,11 @@ fn open_store_waiting(
                     CACHE_LOCK_WAIT
                 });
             let holder = if daemon {
-                "this workspace's daemon holds it; stop it with `vx daemon stop`, or run through it"
+                "this workspace's daemon holds it: stop it with `vx daemon stop`, or run through it"
+                    .to_string()
             } else {
-                "another vx process holds it"
+                let k = knobs::CACHE_LOCK_TIMEOUT_MS.name;
+                format!("another vx process holds it; set {k} to wait longer")
             };
             if let Some(tx) = events {
                 let _ = tx.send(RunEvent::Warning {
@@ -1116,7 +1119,7 @@ fn open_store_waiting(
                     ),
                 });
             }
-            (bound, daemon)
+            (bound, holder)
         });
         if let Some(c) = cancel
             && c.borrow().is_some()
@@ -1129,14 +1132,7 @@ fn open_store_waiting(
                 ),
             ));
         }
-        if start.elapsed() >= bound {
-            let holder = if daemon {
-                "this workspace's daemon holds it: stop it with `vx daemon stop`, or run through it"
-                    .to_string()
-            } else {
-                let k = knobs::CACHE_LOCK_TIMEOUT_MS.name;
-                format!("another vx process holds it; set {k} to wait longer")
-            };
+        if start.elapsed() >= *bound {
             return Err(EngineError::new(
                 codes::CACHE_ERROR,
                 format!(
