@@ -1,22 +1,23 @@
 //! `inspect` — the read-only requests about a workspace's past and state:
-//! `history.runs`, `history.run`, `history.task`, `history.why` and
-//! `workspace.info`.
+//! `history.runs`, `history.run`, `history.task`, `history.why`,
+//! `workspace.info` and `cache.stats`.
 //!
-//! Owns: finding the request's workspace from its `cwd` (and refusing
-//! another workspace under a daemon), resolving a task name the way `vx run`
-//! does, opening the history (the daemon keeps its handle; the no-daemon
-//! engine opens it per request), and turning history errors into stable
-//! error codes. Never writes the history, runs a task or speaks JSON-RPC.
+//! Owns: resolving a task name the way `vx run` does, opening the history
+//! (the daemon keeps its handle; the no-daemon engine opens it per
+//! request), the cache's counts, and turning history errors into error
+//! kinds. The request's workspace comes from `state::request_workspace`
+//! (another workspace is refused under a daemon). Never writes the
+//! history or the cache, runs a task, or knows a transport or its codes.
 
-use crate::engine::{self, EngineError};
+use crate::cache::Store;
+use crate::error::{EngineError, ErrorKind};
 use crate::history::{self, DEFAULT_WINDOW, History, HistoryError};
-use crate::server::DaemonInfo;
-use crate::state::Hot;
+use crate::model::cache_dir;
+use crate::state::{Hot, request_workspace};
 use crate::workspace::Workspace;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use vx_proto::codes;
 use vx_proto::history::{
     DaemonBrief, FailureMode, FlakyTask, HistoryRunParams, HistoryRunsParams, HistoryTaskParams,
     InfoParams, RunList, RunRecord, TaskHistory, WhyReport, WorkspaceInfo,
@@ -25,13 +26,20 @@ use vx_proto::history::{
 /// Rows and runs listed when the client asks for no particular number.
 const DEFAULT_LIMIT: usize = 20;
 
+/// What a daemon says about itself in `workspace.info`.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonFacts<'a> {
+    pub socket: &'a Path,
+    pub version: &'a str,
+}
+
 fn history_err(e: HistoryError) -> EngineError {
     let code = match &e {
         HistoryError::NoSuchRun(_)
         | HistoryError::AmbiguousRun { .. }
-        | HistoryError::NoTaskRuns(_) => codes::NOT_FOUND,
-        HistoryError::Locked(_) => codes::USER_ERROR,
-        _ => codes::CACHE_ERROR,
+        | HistoryError::NoTaskRuns(_) => ErrorKind::NotFound,
+        HistoryError::Locked(_) => ErrorKind::User,
+        _ => ErrorKind::Cache,
     };
     let mut msg = e.to_string();
     if e.is_locked() {
@@ -42,7 +50,7 @@ fn history_err(e: HistoryError) -> EngineError {
 
 fn no_runs(ws: &Workspace) -> EngineError {
     EngineError::new(
-        codes::NOT_FOUND,
+        ErrorKind::NotFound,
         format!(
             "no runs recorded yet in {}; run `vx run <task>` first",
             ws.root.display()
@@ -54,7 +62,7 @@ fn no_runs(ws: &Workspace) -> EngineError {
 /// opened for this request; `None` when no history file exists yet (the
 /// no-daemon path never creates one just to read it).
 fn open(ws: &Workspace, hot: Option<&Hot>) -> Result<Option<Arc<History>>, EngineError> {
-    let dir = engine::cache_dir(ws);
+    let dir = cache_dir(ws);
     if hot.is_some() {
         let h = history::shared(&dir).map_err(history_err)?;
         // A run that just answered may still be writing its record.
@@ -94,7 +102,7 @@ fn unknown_task(ws: &Workspace, name: &str) -> EngineError {
     } else {
         format!("; did you mean {}?", near.join(", "))
     };
-    EngineError::new(codes::NOT_FOUND, format!("unknown task `{name}`{hint}"))
+    EngineError::new(ErrorKind::NotFound, format!("unknown task `{name}`{hint}"))
         .with_data(serde_json::json!({ "near": near }))
 }
 
@@ -135,7 +143,7 @@ fn resolve_task(
         [] => Err(unknown_task(ws, name)),
         [one] => Ok(format!("{one}#{name}")),
         many => Err(EngineError::new(
-            codes::USER_ERROR,
+            ErrorKind::User,
             format!(
                 "`{name}` is declared by {} projects ({}); name one, e.g. `vx why {}#{name}`",
                 many.len(),
@@ -149,7 +157,7 @@ fn resolve_task(
 /// `history.runs`.
 pub fn runs(p: HistoryRunsParams, hot: Option<&Hot>) -> Result<RunList, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = engine::request_workspace(cwd, hot)?;
+    let ws = request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?.ok_or_else(|| no_runs(&ws))?;
     let runs = h
         .runs(p.limit.unwrap_or(DEFAULT_LIMIT).max(1))
@@ -166,14 +174,14 @@ pub fn runs(p: HistoryRunsParams, hot: Option<&Hot>) -> Result<RunList, EngineEr
 /// `history.run` (`vx last`).
 pub fn run(p: HistoryRunParams, hot: Option<&Hot>) -> Result<RunRecord, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = engine::request_workspace(cwd, hot)?;
+    let ws = request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?.ok_or_else(|| no_runs(&ws))?;
     let found = match (&p.run_id, p.failed) {
         (Some(id), _) => h.run(Some(id)),
         (None, true) => match h.last_failed() {
             Ok(None) if h.run(None).ok().flatten().is_some() => {
                 return Err(EngineError::new(
-                    codes::NOT_FOUND,
+                    ErrorKind::NotFound,
                     "no failed run is recorded (every retained run succeeded)",
                 ));
             }
@@ -187,7 +195,7 @@ pub fn run(p: HistoryRunParams, hot: Option<&Hot>) -> Result<RunRecord, EngineEr
 /// `history.task` (`vx history TASK`).
 pub fn task(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<TaskHistory, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = engine::request_workspace(cwd, hot)?;
+    let ws = request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?;
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
@@ -211,7 +219,7 @@ pub fn task(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<TaskHistory, Engi
 /// `history.why` (`vx why`).
 pub fn why(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<WhyReport, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = engine::request_workspace(cwd, hot)?;
+    let ws = request_workspace(cwd, hot)?;
     let h = open(&ws, hot)?;
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
@@ -223,12 +231,12 @@ pub fn why(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<WhyReport, EngineE
 pub fn info(
     p: InfoParams,
     hot: Option<&Hot>,
-    daemon: Option<&DaemonInfo>,
+    daemon: Option<DaemonFacts<'_>>,
 ) -> Result<WorkspaceInfo, EngineError> {
     let cwd = Path::new(&p.cwd);
-    let ws = engine::request_workspace(cwd, hot)?;
-    let cache = engine::cache_stats_of(&ws, hot)?;
-    let dir = engine::cache_dir(&ws);
+    let ws = request_workspace(cwd, hot)?;
+    let cache = cache_stats_of(&ws, hot)?;
+    let dir = cache_dir(&ws);
     let mut history_runs = 0;
     let mut runs_last_24h = 0;
     let mut history_error = None;
@@ -276,7 +284,7 @@ pub fn info(
     };
     Ok(WorkspaceInfo {
         version: daemon
-            .map(|d| d.version.clone())
+            .map(|d| d.version.to_string())
             .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         root: ws.root.to_string_lossy().into_owned(),
         projects: ws.projects.len(),
@@ -296,4 +304,36 @@ pub fn info(
         }),
         socket,
     })
+}
+
+/// `cache.stats` of a workspace already loaded (and checked against `hot`).
+pub fn cache_stats_of(
+    ws: &Workspace,
+    hot: Option<&Hot>,
+) -> Result<vx_proto::CacheStats, EngineError> {
+    let dir = cache_dir(ws);
+    let stats = |store: &Store| -> Result<vx_proto::CacheStats, EngineError> {
+        let (entries, blobs, blob_bytes) = store.stats()?;
+        Ok(vx_proto::CacheStats {
+            dir: dir.to_string_lossy().into_owned(),
+            entries,
+            blobs,
+            blob_bytes,
+        })
+    };
+    if let Some(hot) = hot {
+        return stats(hot.store()?.as_ref());
+    }
+    if !dir.join("index.redb").exists() {
+        return Ok(vx_proto::CacheStats {
+            dir: dir.to_string_lossy().into_owned(),
+            entries: 0,
+            blobs: 0,
+            blob_bytes: 0,
+        });
+    }
+    let store = Store::open(&dir, Duration::from_secs(30), &mut || {})?;
+    let r = stats(&store);
+    store.close()?;
+    r
 }

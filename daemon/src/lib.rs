@@ -2,13 +2,17 @@
 //!
 //! The modules follow the pipeline; each owns one concept (see its doc
 //! comment and `docs/ARCHITECTURE.md`): `workspace` → `graph` → `hash` →
-//! `cache` → `exec` (+ `procstat`, `persist` for long-running tasks),
-//! orchestrated by `engine`, kept hot by `state` (daemon), looped by `watch`,
+//! `cache` → `exec` (+ `procstat`, `persist` for long-running tasks);
+//! `model` is the loaded workspace and its files, `error` and `sink` what
+//! every stage fails with and emits into; kept hot by `state` (daemon),
 //! remembered by `history` (read back by `inspect`, rendered by `profile`),
-//! exposed by `server`.
+//! orchestrated by `engine` (its `Engine` façade; `engine::watch` loops it),
+//! exposed by `server`. Module edges only point down this list's layers
+//! (`docs/ARCHITECTURE.md`, "Layering"): no import circles.
 
 pub mod cache;
 pub mod engine;
+pub mod error;
 pub mod exec;
 pub mod fsx;
 pub mod globs;
@@ -16,12 +20,15 @@ pub mod graph;
 pub mod hash;
 pub mod history;
 pub mod inspect;
+pub mod model;
 pub mod persist;
 pub mod procstat;
 pub mod profile;
 pub mod server;
+pub mod sink;
 pub mod state;
-pub mod watch;
+/// `vx watch`'s loop lives in the engine (it drives the engine's runs).
+pub use engine::watch;
 pub mod workspace;
 
 #[cfg(test)]

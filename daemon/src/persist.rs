@@ -135,7 +135,7 @@ pub async fn start(
     ready_when: Option<regex::Regex>,
     ready_timeout: Option<Duration>,
     notice_after: Duration,
-    events: Option<crate::engine::Events>,
+    events: Option<crate::sink::Events>,
     mut cancel: watch::Receiver<Option<i32>>,
 ) -> Result<Proc, NotReady> {
     let (stop_tx, stop_rx) = watch::channel(None);

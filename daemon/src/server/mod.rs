@@ -15,10 +15,10 @@
 //! locks, idle exit, guard.
 
 pub mod daemon;
+mod error_codes;
 pub mod outbox;
 
-use crate::engine;
-use crate::inspect;
+use crate::engine::{self, Engine};
 use crate::state::Hot;
 use outbox::Outbox;
 use std::collections::BTreeMap;
@@ -97,9 +97,7 @@ fn parse<T: serde::de::DeserializeOwned>(params: serde_json::Value) -> Result<T,
 }
 
 fn engine_err(e: engine::EngineError) -> RpcError {
-    let mut r = RpcError::new(e.code, e.message);
-    r.data = e.data;
-    r
+    error_codes::rpc_error(e)
 }
 
 /// How long past its runs' kill grace the stdio engine lets cancelled runs
@@ -465,7 +463,7 @@ async fn handle(
             // Each event goes straight into the bounded outbox.
             let out2 = out.clone();
             let events = engine::Events::new(move |e| out2.send_event(e));
-            let r = engine::run(p, events, cancel_rx, ctx.hot.clone()).await;
+            let r = Engine::new(ctx.hot.clone()).run(p, events, cancel_rx).await;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::WATCH_START => {
@@ -477,28 +475,11 @@ async fn handle(
             if let Ok(mut s) = state.lock() {
                 s.add_run(cancel_tx, &p.run.env);
             }
-            // The daemon's watcher serves every watch client; the no-daemon
-            // engine starts a private one for this loop.
-            let hot = match &ctx.hot {
-                Some(h) => h.clone(),
-                None => {
-                    let cwd = PathBuf::from(&p.run.cwd);
-                    let root =
-                        tokio::task::spawn_blocking(move || crate::workspace::find_root(&cwd))
-                            .await
-                            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
-                            .map_err(|e| engine_err(e.into()))?;
-                    Hot::start(&root).map_err(|e| {
-                        RpcError::new(
-                            codes::INTERNAL_ERROR,
-                            format!("cannot watch {}: {e:#}", root.display()),
-                        )
-                    })?
-                }
-            };
             let out2 = out.clone();
             let events = engine::Events::new(move |e| out2.send_event(e));
-            let r = crate::watch::run(p, events, cancel_rx, hot).await;
+            let r = Engine::new(ctx.hot.clone())
+                .watch(p, events, cancel_rx)
+                .await;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::RUN_PLAN => {
@@ -506,7 +487,10 @@ async fn handle(
             check_concurrency(p.concurrency)?;
             check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
             to_value(serde_json::to_value(
-                engine::plan(p, ctx.hot.clone()).await.map_err(engine_err)?,
+                Engine::new(ctx.hot.clone())
+                    .plan(p)
+                    .await
+                    .map_err(engine_err)?,
             ))
         }
         methods::CACHE_STATS | methods::CACHE_CLEAN => {
@@ -514,12 +498,12 @@ async fn handle(
             check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
             let cwd = PathBuf::from(p.cwd);
             let stats = method == methods::CACHE_STATS;
-            let hot = ctx.hot.clone();
+            let engine = Engine::new(ctx.hot.clone());
             let r = tokio::task::spawn_blocking(move || {
                 if stats {
-                    engine::cache_stats(&cwd, hot.as_deref()).map(serde_json::to_value)
+                    engine.cache_stats(&cwd).map(serde_json::to_value)
                 } else {
-                    engine::cache_clean(&cwd, hot.as_deref()).map(serde_json::to_value)
+                    engine.cache_clean(&cwd).map(serde_json::to_value)
                 }
             })
             .await
@@ -529,8 +513,8 @@ async fn handle(
         methods::CACHE_PRUNE => {
             let p: vx_proto::CachePruneParams = parse(params)?;
             check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
-            let hot = ctx.hot.clone();
-            let r = tokio::task::spawn_blocking(move || engine::cache_prune(&p, hot.as_deref()))
+            let engine = Engine::new(ctx.hot.clone());
+            let r = tokio::task::spawn_blocking(move || engine.cache_prune(&p))
                 .await
                 .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
             to_value(serde_json::to_value(r.map_err(engine_err)?))
@@ -540,26 +524,32 @@ async fn handle(
         | methods::HISTORY_TASK
         | methods::HISTORY_WHY
         | methods::WORKSPACE_INFO => {
-            let hot = ctx.hot.clone();
+            let engine = Engine::new(ctx.hot.clone());
             let daemon = ctx.daemon.clone();
             let method = method.to_string();
             tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
-                let hot = hot.as_deref();
                 let r = match method.as_str() {
-                    methods::HISTORY_RUNS => {
-                        inspect::runs(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    methods::HISTORY_RUN => {
-                        inspect::run(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    methods::HISTORY_TASK => {
-                        inspect::task(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    methods::HISTORY_WHY => {
-                        inspect::why(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    _ => inspect::info(parse(params)?, hot, daemon.as_deref())
+                    methods::HISTORY_RUNS => engine
+                        .history_runs(parse(params)?)
                         .map(serde_json::to_value),
+                    methods::HISTORY_RUN => {
+                        engine.history_run(parse(params)?).map(serde_json::to_value)
+                    }
+                    methods::HISTORY_TASK => engine
+                        .history_task(parse(params)?)
+                        .map(serde_json::to_value),
+                    methods::HISTORY_WHY => {
+                        engine.history_why(parse(params)?).map(serde_json::to_value)
+                    }
+                    _ => {
+                        let facts = daemon.as_deref().map(|d| crate::inspect::DaemonFacts {
+                            socket: &d.socket,
+                            version: &d.version,
+                        });
+                        engine
+                            .workspace_info(parse(params)?, facts)
+                            .map(serde_json::to_value)
+                    }
                 };
                 r.map_err(engine_err)?
                     .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))

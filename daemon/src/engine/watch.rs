@@ -1,4 +1,4 @@
-//! `watch` — the dev loop behind `vx watch`.
+//! `engine::watch` — the dev loop behind `vx watch`.
 //!
 //! Owns: one watch client's cycle loop — an initial run, then waiting for
 //! the daemon's watcher ([`Hot`]) to report changes, debouncing them, and
@@ -9,9 +9,9 @@
 //! session is stopped. Any number of watch clients share the one watcher.
 //!
 //! Never: watches files itself (`state` does), or decides what a cycle runs
-//! (`engine`).
+//! (the engine's other stages).
 
-use crate::engine::{self, EngineError, Events, Session};
+use super::{EngineError, Events, Session, run_in};
 use crate::state::Hot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ pub async fn run(
             cycle,
             changes: std::mem::take(&mut pending),
         });
-        let r = engine::run_in(
+        let r = run_in(
             params.run.clone(),
             events.clone(),
             cancel.clone(),

@@ -1,0 +1,287 @@
+//! `engine::keys` — the cache key of each selected task.
+//!
+//! Owns: a task's input files with their content hashes (memoised under
+//! the daemon while their project's file list is the same object), its
+//! keyed environment, the key fold (memoised under the daemon while every
+//! varying part is unchanged), the fingerprint the history keeps of a key,
+//! the `--dry` input warnings, and re-walking the projects a task wrote to
+//! before a dependent is keyed.
+//! Never: reads or writes the cache, or runs anything; a key depends only
+//! on files, env values, config, upstream keys and args.
+
+use super::prepare::Shared;
+use crate::error::{EngineError, ErrorKind};
+use crate::hash::{self, FileMeta, KeyParts};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use vx_proto::history::Fingerprint;
+
+impl Shared {
+    pub(super) fn refresh_if_dirty(&self, p: usize) {
+        let was_dirty = self.dirty.lock().map(|mut d| d.remove(&p)).unwrap_or(false);
+        if !was_dirty {
+            return;
+        }
+        if let Ok(mut s) = self.snapshot.write() {
+            s.refresh(&self.model, Some(p), &self.cache_skip);
+        }
+    }
+
+    pub(super) fn mark_dirty(&self, p: usize) {
+        // A symlink into project `p` is keyed by its target: its owner must
+        // be re-walked too (the target may be new, or have a new stat).
+        let dir = self.model.ws.projects[p].dir.as_str();
+        let owners: Vec<usize> = self
+            .snapshot
+            .read()
+            .map(|s| {
+                s.link_targets()
+                    .into_iter()
+                    .filter(|(_, t)| {
+                        dir == "." || Path::new(t).starts_with(dir) || Path::new(dir).starts_with(t)
+                    })
+                    .filter_map(|(o, _)| o)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(p);
+            d.extend(owners);
+        }
+    }
+
+    /// Computes (and memoises) the key of graph node `n`. Its dependencies'
+    /// keys must already be known.
+    pub(super) fn key_of(&self, n: usize) -> Result<String, EngineError> {
+        let node = &self.model.graph.nodes[n];
+        self.refresh_if_dirty(node.project);
+        let mut upstream = Vec::new();
+        {
+            let keys = self
+                .keys
+                .lock()
+                .map_err(|_| EngineError::new(ErrorKind::Internal, "key map poisoned"))?;
+            for d in self.model.graph.deps(n) {
+                match keys.get(&d) {
+                    Some(k) => upstream.push(k.clone()),
+                    None => {
+                        return Err(EngineError::new(
+                            ErrorKind::Internal,
+                            format!(
+                                "key of {} needed before it was computed",
+                                self.model.graph.nodes[d].id
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        upstream.sort();
+        let args = if self.requested.contains(&n) {
+            self.params.args.clone()
+        } else {
+            Vec::new()
+        };
+        // A task without a command (a group task, a turbo transit node) is
+        // keyed by its project's inputs too, so its dependents see them.
+        let inputs = self.inputs_of(n)?;
+        let env = self.keyed_env(n);
+        // Under the daemon, a key whose every varying part is unchanged (the
+        // same input list object, upstream keys, env values and args) is reused.
+        let memo = self
+            .hot
+            .as_ref()
+            .and_then(|h| h.key_memo(&self.model, n, &inputs, &upstream, &env, &args));
+        let key = match memo {
+            Some(k) => k,
+            None => {
+                let parts = KeyParts {
+                    task: node.id.clone(),
+                    config: self.model.config_json(n).0.clone(),
+                    command: node.def.command.clone().unwrap_or_default(),
+                    args,
+                    env,
+                    upstream,
+                    inputs,
+                };
+                let key = parts.fold_from(&self.model.config_json(n).1);
+                if let Some(h) = &self.hot {
+                    h.set_key_memo(&self.model, n, parts, &key);
+                }
+                key
+            }
+        };
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(n, key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Node `n`'s keyed env (the workspace's names, then the task's) with
+    /// the client's values.
+    pub(super) fn keyed_env(&self, n: usize) -> Vec<(String, Option<String>)> {
+        let node = &self.model.graph.nodes[n];
+        if self.model.ws.global.env.is_empty() {
+            hash::keyed_env(&node.def.env, &self.params.env)
+        } else {
+            let mut env_pats = self.model.ws.global.env.clone();
+            env_pats.extend(node.def.env.iter().cloned());
+            hash::keyed_env(&env_pats, &self.params.env)
+        }
+    }
+
+    /// The parts behind node `n`'s key, for the run history: file hashes,
+    /// hashed env values, the config hash, upstream ids with their keys and
+    /// the hashed args. Values that may be secret are never stored plain.
+    pub(super) fn fingerprint(&self, n: usize, key: &str) -> Fingerprint {
+        let node = &self.model.graph.nodes[n];
+        let hash_str = |s: &str| blake3::hash(s.as_bytes()).to_hex().to_string();
+        let files = self.inputs_of(n).map(|i| (*i).clone()).unwrap_or_default();
+        let env = self
+            .keyed_env(n)
+            .into_iter()
+            .map(|(k, v)| {
+                let h = match v {
+                    Some(v) => hash_str(&format!("{k}={v}")),
+                    None => "unset".to_string(),
+                };
+                (k, h)
+            })
+            .collect();
+        let mut upstream: Vec<(String, String)> = {
+            let keys = self.keys.lock().ok();
+            self.model
+                .graph
+                .deps(n)
+                .map(|d| {
+                    let k = keys
+                        .as_ref()
+                        .and_then(|k| k.get(&d).cloned())
+                        .unwrap_or_default();
+                    (self.model.graph.nodes[d].id.clone(), k)
+                })
+                .collect()
+        };
+        upstream.sort();
+        let args: &[String] = if self.requested.contains(&n) {
+            &self.params.args
+        } else {
+            &[]
+        };
+        Fingerprint {
+            key: key.to_string(),
+            task: node.id.clone(),
+            files,
+            env,
+            config: hash_str(&self.model.config_json(n).0),
+            command: node.def.command.clone().unwrap_or_default(),
+            upstream,
+            args: hash_str(&serde_json::to_string(args).unwrap_or_default()),
+        }
+    }
+
+    /// A task's input files with their content hashes. Under the daemon the
+    /// list is memoised for as long as the snapshot lists it was computed
+    /// from are unchanged (they are replaced whenever a file in them changes).
+    pub(super) fn inputs_of(&self, n: usize) -> Result<Arc<Vec<(String, String)>>, EngineError> {
+        let node = &self.model.graph.nodes[n];
+        let project = &self.model.ws.projects[node.project];
+        let pats = self
+            .patterns
+            .get(&n)
+            .ok_or_else(|| EngineError::new(ErrorKind::Internal, "patterns missing"))?;
+        let snap = self
+            .snapshot
+            .read()
+            .map_err(|_| EngineError::new(ErrorKind::Internal, "snapshot poisoned"))?;
+        let global = !pats.root_inputs.is_empty() || !self.global_inputs.is_empty();
+        let files_list = snap.by_project[node.project].clone();
+        if let Some(hot) = &self.hot
+            && !global
+            && let Some(memo) = hot.inputs_memo(&self.model, n, &files_list)
+        {
+            return Ok(memo);
+        }
+        let mut files: Vec<&FileMeta> = hash::select_inputs(&project.dir, files_list.iter(), pats);
+        if global {
+            let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            for f in snap
+                .by_project
+                .iter()
+                .flat_map(|v| v.iter())
+                .chain(snap.loose.iter())
+            {
+                if (pats.root_inputs.matches(&f.path) || self.global_inputs.matches(&f.path))
+                    && seen.insert(f.path.as_str())
+                {
+                    files.push(f);
+                }
+            }
+            files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        }
+        // A name vx cannot key is refused, never dropped or merged.
+        if let Some(f) = files.iter().find(|f| f.non_utf8) {
+            return Err(EngineError::new(
+                ErrorKind::Config,
+                format!(
+                    "{}: {}",
+                    node.id,
+                    hash::NonUtf8 {
+                        escaped: f.path.clone()
+                    }
+                ),
+            ));
+        }
+        let inputs: Arc<Vec<(String, String)>> = Arc::new(
+            files
+                .into_iter()
+                .map(|f| {
+                    let h = self.index.hash(&self.model.ws.root, f);
+                    (
+                        f.path.clone(),
+                        blake3::Hash::from_bytes(h).to_hex().to_string(),
+                    )
+                })
+                .collect(),
+        );
+        if let Some(hot) = &self.hot
+            && !global
+        {
+            hot.set_inputs_memo(&self.model, n, files_list, inputs.clone());
+        }
+        Ok(inputs)
+    }
+
+    /// What `--dry` flags about node `n`'s inputs: each symlink to a path
+    /// outside the workspace (hashed by its link text, so an edit of its
+    /// target is not seen).
+    pub(super) fn input_warnings(&self, n: usize) -> Result<Vec<String>, EngineError> {
+        let inputs = self.inputs_of(n)?;
+        let snap = self
+            .snapshot
+            .read()
+            .map_err(|_| EngineError::new(ErrorKind::Internal, "snapshot poisoned"))?;
+        let names: HashSet<&str> = inputs.iter().map(|(p, _)| p.as_str()).collect();
+        let root = &self.model.ws.root;
+        let mut out: Vec<String> = snap
+            .by_project
+            .iter()
+            .flat_map(|v| v.iter())
+            .chain(snap.loose.iter())
+            .filter(|f| f.link == hash::Link::Outside && names.contains(f.path.as_str()))
+            .map(|f| {
+                let target = std::fs::read_link(root.join(&f.path))
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                format!(
+                    "input {} is a symlink to {target}, outside the workspace: it is keyed by its link text, so edits of its target do not invalidate the cache",
+                    f.path
+                )
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}

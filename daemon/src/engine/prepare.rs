@@ -1,0 +1,448 @@
+//! `engine::prepare` — everything a run or a plan needs before its first task.
+//!
+//! Owns: loading (or, under the daemon, syncing) the model, the selection,
+//! compiled patterns, opening the store (through [`super::store`]), the file
+//! walk and warming the file index for the projects involved; the run's
+//! shared context [`Shared`] with each task's process environment and
+//! command line and the cache policy per task; `plan` (every selected task
+//! with its key and predicted cache status).
+//! Never: starts a process, restores or saves outputs, or orders tasks.
+
+use super::store::{open_cold, uncached};
+use crate::cache::{self, Store};
+use crate::error::{EngineError, ErrorKind};
+use crate::exec;
+use crate::globs::Patterns;
+use crate::graph::{self, SelectArgs, Selection};
+use crate::hash::{self, FileIndex, FileMeta, TaskPatterns};
+use crate::history;
+use crate::model::{Model, Snapshot, cache_dir};
+use crate::sink::Events;
+use crate::state::{Hot, wrong_workspace};
+use crate::workspace::{self, Project};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::watch;
+use vx_proto::history::Fingerprint;
+use vx_proto::knobs;
+use vx_proto::{Plan, PlannedTask, Prediction, RunEvent, RunParams};
+
+/// Env names every task gets from the client's environment.
+const ENV_ALLOWLIST: &[&str] = &[
+    "PATH",
+    "HOME",
+    "SHELL",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "COLORTERM",
+    "FORCE_COLOR",
+    "NO_COLOR",
+    "CI",
+    "NODE_OPTIONS",
+    "COREPACK_HOME",
+    "PNPM_HOME",
+];
+
+/// Everything a run shares between its tasks.
+pub(super) struct Shared {
+    pub(super) model: Arc<Model>,
+    pub(super) store: Arc<Store>,
+    pub(super) index: Arc<FileIndex>,
+    pub(super) snapshot: RwLock<Snapshot>,
+    /// Projects written to since the snapshot (their files must be re-walked).
+    pub(super) dirty: Mutex<HashSet<usize>>,
+    /// Whether the store belongs to this run (closed at its end) or to the daemon.
+    pub(super) owns_store: bool,
+    /// The daemon's state, when this run is served by a daemon.
+    pub(super) hot: Option<Arc<Hot>>,
+    /// Compiled patterns per graph node (selected nodes only).
+    pub(super) patterns: HashMap<usize, Arc<TaskPatterns>>,
+    pub(super) global_inputs: Patterns,
+    pub(super) keys: Mutex<HashMap<usize, String>>,
+    pub(super) params: RunParams,
+    pub(super) requested: HashSet<usize>,
+    pub(super) events: Option<Events>,
+    pub(super) cache_skip: Vec<PathBuf>,
+    /// CPU time and memory of executed tasks, by graph node.
+    pub(super) usage: Mutex<HashMap<usize, exec::Usage>>,
+    /// Fingerprints of executed tasks (for the run history).
+    pub(super) fingerprints: Mutex<Vec<Fingerprint>>,
+}
+
+impl Shared {
+    pub(super) fn emit(&self, e: RunEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    pub(super) fn project_abs(&self, p: usize) -> PathBuf {
+        self.model.ws.abs_dir(&self.model.ws.projects[p])
+    }
+
+    /// Project-relative fence for output walks.
+    pub(super) fn rel_fence(&self, p: usize) -> HashSet<String> {
+        self.model.rel_fences[p].clone()
+    }
+
+    /// The environment of a task's process.
+    pub(super) fn task_env(&self, n: usize) -> Vec<(String, String)> {
+        let node = &self.model.graph.nodes[n];
+        let project = &self.model.ws.projects[node.project];
+        let client = &self.params.env;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for k in ENV_ALLOWLIST {
+            if let Some(v) = client.get(*k) {
+                env.insert(k.to_string(), v.clone());
+            }
+        }
+        let mut pass = self.model.ws.global.pass_env.clone();
+        pass.extend(node.def.pass_env.iter().cloned());
+        for (k, v) in hash::keyed_env(&pass, client) {
+            if let Some(v) = v {
+                env.insert(k, v);
+            }
+        }
+        let mut keyed = self.model.ws.global.env.clone();
+        keyed.extend(node.def.env.iter().cloned());
+        for (k, v) in hash::keyed_env(&keyed, client) {
+            if let Some(v) = v {
+                env.insert(k, v);
+            }
+        }
+        for (k, v) in &node.def.define {
+            env.insert(k.clone(), v.clone());
+        }
+        let proj_bin = self.model.ws.abs_dir(project).join("node_modules/.bin");
+        let root_bin = self.model.ws.root.join("node_modules/.bin");
+        let path = env
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let mut prefix = Vec::new();
+        if project.dir != "." {
+            prefix.push(proj_bin.to_string_lossy().into_owned());
+        }
+        prefix.push(root_bin.to_string_lossy().into_owned());
+        env.insert("PATH".into(), format!("{}:{path}", prefix.join(":")));
+        if node.def.npm_script {
+            env.insert("npm_package_name".into(), project.name.clone());
+            if let Some(v) = &project.version {
+                env.insert("npm_package_version".into(), v.clone());
+            }
+            env.insert("npm_lifecycle_event".into(), node.name.clone());
+        }
+        env.insert(knobs::RUN_TASK.name.into(), node.id.clone());
+        env.insert(
+            knobs::RUN_WORKSPACE.name.into(),
+            self.model.ws.root.to_string_lossy().into_owned(),
+        );
+        env.into_iter().collect()
+    }
+
+    pub(super) fn command_line(&self, n: usize) -> String {
+        let node = &self.model.graph.nodes[n];
+        let mut cmd = node.def.command.clone().unwrap_or_default();
+        if self.requested.contains(&n) && !self.params.args.is_empty() {
+            for a in &self.params.args {
+                cmd.push(' ');
+                cmd.push_str(&shell_quote(a));
+            }
+        }
+        cmd
+    }
+
+    /// End of a run: the no-daemon path closes its store; the daemon's
+    /// stays open (its writes are flushed).
+    pub(super) fn finish_store(&self) -> Result<(), EngineError> {
+        self.store.save_file_index(self.index.take_updates());
+        if self.owns_store {
+            self.store.close()?;
+        } else {
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether node `n` is an interactive task that gets the client's
+    /// terminal: the client has one and the task is the only one requested
+    /// (everything else in the run is its dependencies, finished first).
+    pub(super) fn gets_terminal(&self, n: usize) -> bool {
+        self.params.tty
+            && self.model.graph.nodes[n].def.interactive
+            && self.requested.len() == 1
+            && self.requested.contains(&n)
+    }
+
+    pub(super) fn cache_read(&self, n: usize) -> bool {
+        self.cache_enabled(n) && !self.params.force
+    }
+
+    pub(super) fn cache_enabled(&self, n: usize) -> bool {
+        let d = &self.model.graph.nodes[n].def;
+        d.cache && d.command.is_some() && !d.persistent && !d.interactive && !self.params.no_cache
+    }
+}
+
+/// Quotes an argument for `sh` unless it is plainly safe.
+pub fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=./:,@%+".contains(&b))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// Stage timings on stderr when `VX_TIMING` is set (for profiling).
+pub(super) struct Timing {
+    on: bool,
+    last: Instant,
+}
+
+impl Timing {
+    pub(super) fn new(env: &BTreeMap<String, String>) -> Self {
+        Timing {
+            on: knobs::TIMING.on(env),
+            last: Instant::now(),
+        }
+    }
+    pub(super) fn stage(&mut self, name: &str) {
+        if self.on {
+            let ms = self.last.elapsed().as_secs_f64() * 1000.0;
+            // The no-daemon engine's stderr is the user's terminal; a
+            // daemon's goes to its log.
+            eprintln!("vx timing: {name:<14} {ms:>8.2} ms");
+            tracing::info!("timing: {name:<14} {ms:>8.2} ms");
+        }
+        self.last = Instant::now();
+    }
+}
+
+/// Loads, selects and prepares everything a run or a plan needs.
+pub(super) fn prepare(
+    mut params: RunParams,
+    events: Option<Events>,
+    hot_arc: Option<Arc<Hot>>,
+    cancel: Option<watch::Receiver<Option<i32>>>,
+) -> Result<(Arc<Shared>, Selection), EngineError> {
+    let hot = hot_arc.as_deref();
+    let mut timing = Timing::new(&params.env);
+    let cwd = PathBuf::from(&params.cwd);
+    if !cwd.is_absolute() {
+        return Err(EngineError::new(
+            ErrorKind::InvalidParams,
+            "cwd must be absolute",
+        ));
+    }
+    let root = workspace::find_root(&cwd)?;
+    let (model, hot_parts) = match hot {
+        Some(hot) => {
+            if root != hot.root {
+                return Err(wrong_workspace(&cwd, &root, hot));
+            }
+            let (model, snapshot) = hot.sync()?;
+            timing.stage("sync");
+            let store = match hot.store() {
+                Ok(s) => s,
+                Err(e) => uncached(&cache_dir(&model.ws), &e.message, params.no_cache, &events)?,
+            };
+            (model, Some((store, hot.index.clone(), snapshot)))
+        }
+        None => {
+            let model = Arc::new(Model::load(&root)?);
+            timing.stage("load");
+            (model, None)
+        }
+    };
+    let owns_store = hot.is_none();
+    let ws = &model.ws;
+    let graph = &model.graph;
+    // Selection errors (unknown task, bad filter) come before the cache is
+    // opened: bad input changes nothing.
+    let selection = graph::select(
+        ws,
+        graph,
+        &SelectArgs {
+            cwd: &cwd,
+            tasks: &params.tasks,
+            filters: &params.filters,
+            all: params.all,
+            affected: params.affected.as_deref(),
+        },
+    )?;
+    timing.stage("select");
+    let cfg = |e: crate::globs::GlobError| EngineError::new(ErrorKind::Config, e.to_string());
+    let mut patterns = HashMap::with_capacity(selection.nodes.len());
+    for &n in &selection.nodes {
+        patterns.insert(n, model.patterns_of(n)?);
+    }
+    let global_inputs = Patterns::new(&ws.global.inputs).map_err(cfg)?;
+    timing.stage("patterns");
+    let (store, index, snapshot) = match hot_parts {
+        Some((store, index, snapshot)) => (store, index, Some(snapshot)),
+        None => {
+            let (store, index) = open_cold(&model, &params, &events, cancel.as_ref())?;
+            timing.stage("cache open");
+            (store, index, None)
+        }
+    };
+    // A damaged index moved aside, or a cache that cannot be used: said
+    // once, and the run goes on (cold, or uncached).
+    for message in cache::take_notice(&cache_dir(ws)) {
+        if let Some(tx) = &events {
+            let _ = tx.send(RunEvent::Warning { message });
+        }
+    }
+    if store.is_ephemeral() {
+        params.no_cache = true;
+    }
+    let cache_skip = vec![cache_dir(ws)];
+    let snapshot = match snapshot {
+        Some(s) => s,
+        None => {
+            let s = Snapshot::scan(&model, &cache_skip);
+            timing.stage("walk");
+            s
+        }
+    };
+    // Warm the index for the projects this run touches, on all cores.
+    {
+        let involved: HashSet<usize> = selection
+            .nodes
+            .iter()
+            .map(|&n| graph.nodes[n].project)
+            .collect();
+        let mut to_hash: Vec<&FileMeta> = Vec::new();
+        let mut warmed = Vec::new();
+        for &p in &involved {
+            // The daemon re-warms only lists that changed since it last did.
+            if let Some(hot) = hot {
+                if hot.warmed(&model, p, &snapshot.by_project[p]) {
+                    continue;
+                }
+                warmed.push((p, snapshot.by_project[p].clone()));
+            }
+            to_hash.extend(snapshot.by_project[p].iter());
+        }
+        if !global_inputs.is_empty() {
+            to_hash.extend(
+                snapshot
+                    .loose
+                    .iter()
+                    .filter(|f| global_inputs.matches(&f.path)),
+            );
+        }
+        index.hash_all(&ws.root, &to_hash);
+        if let Some(hot) = hot {
+            hot.set_warmed(&model, warmed);
+        }
+    }
+    timing.stage("hash");
+    let requested = selection.requested.clone();
+    // A daemon has no terminal to give an interactive task: the client
+    // runs such a run with the foreground engine instead.
+    if hot.is_some()
+        && params.tty
+        && requested.len() == 1
+        && requested.iter().all(|&n| graph.nodes[n].def.interactive)
+    {
+        // Let the foreground engine open the cache (reopened on next use).
+        if let Some(h) = hot {
+            h.close_store();
+            history::release(&h.cache_dir());
+        }
+        return Err(EngineError::new(
+            ErrorKind::NeedsTerminal,
+            "an interactive task needs the terminal; run it with the no-daemon engine",
+        ));
+    }
+    let shared = Shared {
+        model: model.clone(),
+        store,
+        index,
+        snapshot: RwLock::new(snapshot),
+        dirty: Mutex::new(HashSet::new()),
+        owns_store,
+        hot: hot_arc,
+        patterns,
+        global_inputs,
+        keys: Mutex::new(HashMap::new()),
+        requested,
+        params,
+        events,
+        cache_skip,
+        usage: Mutex::new(HashMap::new()),
+        fingerprints: Mutex::new(Vec::new()),
+    };
+    Ok((Arc::new(shared), selection))
+}
+
+pub(super) fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
+    let (sh, sel) = prepare(params, None, hot, None)?;
+    let mut tasks = Vec::with_capacity(sel.nodes.len());
+    for &n in &sel.nodes {
+        let key = sh.key_of(n)?;
+        let node = &sh.model.graph.nodes[n];
+        let project: &Project = &sh.model.ws.projects[node.project];
+        let prediction = if node.def.command.is_none() {
+            Prediction::Group
+        } else if !sh.cache_enabled(n) {
+            Prediction::Uncached
+        } else if sh.cache_read(n) && matches!(sh.store.get(&key), Ok(Some(_))) {
+            Prediction::Hit
+        } else {
+            Prediction::Miss
+        };
+        let mut deps: Vec<String> = sh
+            .model
+            .graph
+            .deps(n)
+            .map(|d| sh.model.graph.nodes[d].id.clone())
+            .collect();
+        deps.sort();
+        tasks.push(PlannedTask {
+            id: node.id.clone(),
+            project: project.name.clone(),
+            task: node.name.clone(),
+            dir: project.dir.clone(),
+            command: node.def.command.as_ref().map(|_| sh.command_line(n)),
+            key: Some(key),
+            prediction,
+            deps,
+            requested: sel.requested.contains(&n),
+            inputs: node.def.inputs.clone(),
+            outputs: node.def.outputs.clone(),
+            warnings: sh.input_warnings(n)?,
+        });
+    }
+    sh.finish_store()?;
+    Ok(Plan {
+        root: sh.model.ws.root.to_string_lossy().into_owned(),
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("--watch"), "--watch");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

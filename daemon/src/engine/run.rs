@@ -1,0 +1,581 @@
+//! `engine::run` — the driver of one run (or one watch cycle).
+//!
+//! Owns: the loop that feeds the [`Scheduler`] and carries out its
+//! decisions — a group task's key, a persistent task's start, a watch
+//! cycle's unchanged task, the inline fast path ([`super::task::probe`]), or a
+//! spawned [`super::task::run_task`] — and delivers outcomes back to it, with the
+//! run's events, cancellation (a signal stops starting tasks and is passed
+//! to running ones) and, at the end, the summary (with [`super::record`]) and the
+//! persistent tasks kept (with [`super::persistent`]). A watch [`Session`] carries
+//! keys and persistent processes from one cycle to the next.
+//! Never: decides the order or what a failure stops (the scheduler does),
+//! and never does a task's work itself.
+
+use super::persistent::{self, start_persistent};
+use super::prepare::{Shared, Timing, prepare};
+use super::priority::priorities;
+use super::record::{Head, open_history};
+use super::schedule::{Scheduler, Step};
+use super::task::{Hit, base_result, probe, run_task, skipped, try_hit};
+use super::{concurrency_error, now_ms};
+use crate::error::{EngineError, ErrorKind};
+use crate::persist;
+use crate::sink::Events;
+use crate::state::Hot;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+use vx_proto::{CacheSource, RunEvent, RunParams, RunSummary, TaskResult, TaskStatus};
+
+/// What one task's future reports to the scheduler.
+pub(super) struct Done {
+    pub(super) local: usize,
+    pub(super) result: Option<TaskResult>,
+    pub(super) failed: bool,
+    pub(super) tainted: bool,
+    /// A persistent task that is ready (its dependents may start).
+    pub(super) proc: Option<persist::Proc>,
+    /// Nothing happened (a watch cycle found the task unchanged): no events,
+    /// and not listed when only changes are reported.
+    pub(super) quiet: bool,
+}
+
+impl Done {
+    pub(super) fn new(
+        local: usize,
+        result: Option<TaskResult>,
+        failed: bool,
+        tainted: bool,
+    ) -> Done {
+        Done {
+            local,
+            result,
+            failed,
+            tainted,
+            proc: None,
+            quiet: false,
+        }
+    }
+}
+
+/// What a watch session carries from one cycle to the next.
+#[derive(Default)]
+pub struct Session {
+    /// Per task id: the key it last ran (or was served) with, and whether
+    /// that ended well. A task whose key is unchanged is not run again.
+    pub last: Mutex<HashMap<String, (String, bool)>>,
+    /// Running persistent tasks by id.
+    pub procs: Mutex<HashMap<String, persist::Proc>>,
+}
+
+impl Session {
+    pub(super) fn last_of(&self, id: &str) -> Option<(String, bool)> {
+        self.last.lock().ok().and_then(|l| l.get(id).cloned())
+    }
+
+    pub(super) fn take_proc(&self, id: &str) -> Option<persist::Proc> {
+        self.procs.lock().ok().and_then(|mut p| p.remove(id))
+    }
+
+    /// Remembers what a cycle ran: keys of what ended well or failed; a
+    /// skipped or aborted task is forgotten (it runs next time).
+    fn remember(&self, results: &[vx_proto::TaskResult]) {
+        if let Ok(mut last) = self.last.lock() {
+            for r in results {
+                if let Some(k) = &r.key {
+                    match r.status {
+                        TaskStatus::Success | TaskStatus::Cached | TaskStatus::Running => {
+                            last.insert(r.id.clone(), (k.clone(), true));
+                        }
+                        TaskStatus::Failed => {
+                            last.insert(r.id.clone(), (k.clone(), false));
+                        }
+                        TaskStatus::Skipped | TaskStatus::Aborted => {
+                            last.remove(&r.id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every persistent task of the session.
+    pub async fn stop_all(&self) {
+        let procs: Vec<persist::Proc> = self
+            .procs
+            .lock()
+            .map(|mut p| p.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        futures_join_all(procs.into_iter().map(|p| p.stop())).await;
+    }
+}
+
+/// Awaits every future (they run concurrently).
+pub(super) async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// [`super::run`], as one cycle of a watch session when `session` is given:
+/// unchanged tasks are not run again and persistent tasks live in the
+/// session (restarted only when their key changed).
+pub async fn run_in(
+    params: RunParams,
+    events: Events,
+    mut cancel: watch::Receiver<Option<i32>>,
+    hot: Option<Arc<Hot>>,
+    session: Option<Arc<Session>>,
+) -> Result<RunSummary, EngineError> {
+    let started_at = now_ms();
+    let t0 = Instant::now();
+    let run_id = format!("{:x}-{:x}", started_at, std::process::id());
+    let concurrency_param = params.concurrency;
+    let detail = params.detail;
+    let continue_mode = params.continue_mode;
+    let ev = events.clone();
+    let hot2 = hot.clone();
+    let cancel2 = cancel.clone();
+    let (sh, sel, history) = tokio::task::spawn_blocking(move || {
+        let (sh, sel) = prepare(params, Some(ev), hot2, Some(cancel2))?;
+        let history = open_history(&sh);
+        Ok::<_, EngineError>((sh, sel, history))
+    })
+    .await
+    .map_err(|e| EngineError::new(ErrorKind::Internal, format!("prepare panicked: {e}")))??;
+    let mut timing = Timing::new(&sh.params.env);
+    let concurrency = concurrency_param
+        .or(sh.model.ws.defaults.concurrency)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+        .max(1);
+    if concurrency > vx_proto::MAX_CONCURRENCY {
+        return Err(concurrency_error(concurrency));
+    }
+    let root = sh.model.ws.root.to_string_lossy().into_owned();
+    if let Some(base) = &sel.nothing_affected {
+        let _ = events.send(RunEvent::Warning {
+            message: format!("nothing affected since {base}"),
+        });
+    }
+    let nodes = sel.nodes.clone();
+    let n = nodes.len();
+    let local_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &g)| (g, i)).collect();
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|&g| {
+            sh.model
+                .graph
+                .deps(g)
+                .filter_map(|d| local_of.get(&d).copied())
+                .collect()
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let priority = priorities(&sh, &nodes, &deps, &dependents, history.as_deref());
+    let _ = events.send(RunEvent::RunStarted {
+        run_id: run_id.clone(),
+        root: root.clone(),
+        tasks: nodes
+            .iter()
+            .filter(|&&g| sh.model.graph.nodes[g].def.command.is_some())
+            .count(),
+        concurrency,
+    });
+    let (task_cancel_tx, task_cancel_rx) = watch::channel::<Option<i32>>(None);
+    let mut d = Driver {
+        cancelled: None,
+        task_cancel_tx,
+        sched: Scheduler::new(deps, dependents, priority, concurrency, continue_mode),
+        sh: sh.clone(),
+        nodes,
+        session: session.clone(),
+        t0,
+        task_cancel: task_cancel_rx,
+        running: tokio::task::JoinSet::new(),
+        immediate: VecDeque::new(),
+        results: Vec::new(),
+        procs: Vec::new(),
+        quiet: HashSet::new(),
+        error: None,
+    };
+    while !d.sched.is_complete() {
+        d.dispatch();
+        let done = match d.immediate.pop_front() {
+            Some(done) => done,
+            None => {
+                if d.running.is_empty() {
+                    if d.sched.nothing_ready() {
+                        break; // nothing can progress (cannot happen on a DAG)
+                    }
+                    continue;
+                }
+                let next = tokio::select! {
+                    joined = d.running.join_next() => match joined {
+                        None => Next::Nothing,
+                        Some(Ok(done)) => Next::Done(done),
+                        Some(Err(e)) => Next::Panicked(e.to_string()),
+                    },
+                    r = cancel.changed(), if d.cancelled.is_none() => {
+                        Next::Cancel(match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM })
+                    }
+                };
+                match next {
+                    Next::Done(done) => done,
+                    Next::Nothing => continue,
+                    Next::Panicked(e) => {
+                        d.error = Some(EngineError::new(
+                            ErrorKind::Internal,
+                            format!("a task panicked: {e}"),
+                        ));
+                        d.sched.lost();
+                        d.sched.stop();
+                        continue;
+                    }
+                    Next::Cancel(sig) => {
+                        d.cancel(sig);
+                        continue;
+                    }
+                }
+            }
+        };
+        d.collect(done, &events, detail);
+        // A cancel that arrives while only inline work remains.
+        if d.cancelled.is_none() && cancel.has_changed().unwrap_or(false) {
+            let sig = (*cancel.borrow_and_update()).unwrap_or(libc::SIGTERM);
+            d.cancel(sig);
+        }
+    }
+    // Whatever never became ready (cannot happen on a DAG) is reported skipped.
+    let never: Vec<usize> = d.sched.never_ready().collect();
+    for i in never {
+        let g = d.nodes[i];
+        if sh.model.graph.nodes[g].def.command.is_some() {
+            d.results.push(skipped(&sh, g, None));
+        }
+    }
+    timing.stage("schedule");
+    let sh2 = sh.clone();
+    let close = tokio::task::spawn_blocking(move || sh2.finish_store()).await;
+    if let Some(hot) = &hot {
+        hot.runs_served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hot.touch();
+    }
+    timing.stage("close");
+    if let Ok(Err(e)) = close {
+        let _ = events.send(RunEvent::Warning {
+            message: format!("the cache index could not be written: {e}"),
+        });
+    }
+    let Driver {
+        sched,
+        nodes,
+        mut results,
+        procs,
+        quiet,
+        error,
+        cancelled,
+        ..
+    } = d;
+    if let Some(e) = error {
+        let all: Vec<persist::Proc> = procs.into_iter().map(|(_, p)| p).collect();
+        futures_join_all(all.into_iter().map(|p| p.stop())).await;
+        return Err(e);
+    }
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut head = Head {
+        run_id,
+        started_at,
+        t0,
+        root,
+        detail,
+        concurrency,
+        history,
+        watch_cycle: session.is_some(),
+        nodes: nodes.clone(),
+    };
+    let lanes = sched.lanes();
+    if let Some(s) = &session {
+        // The session keeps the persistent tasks and remembers what ran.
+        s.remember(&results);
+        if cancelled.is_some() {
+            futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
+        } else if let Ok(mut map) = s.procs.lock() {
+            for (_, p) in procs {
+                map.insert(p.id.clone(), p);
+            }
+        }
+        return Ok(head.finish(&sh, results, cancelled, &quiet, lanes).await);
+    }
+    if let Some(sig) = cancelled {
+        futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
+        for r in results.iter_mut() {
+            if r.status == TaskStatus::Running {
+                r.status = TaskStatus::Aborted;
+            }
+        }
+        return Ok(head.finish(&sh, results, Some(sig), &quiet, lanes).await);
+    }
+    let (results, cancelled) = persistent::hold(
+        &sh,
+        &mut head,
+        &sched,
+        &nodes,
+        results,
+        procs,
+        &quiet,
+        &events,
+        &mut cancel,
+    )
+    .await;
+    Ok(head.finish(&sh, results, cancelled, &quiet, lanes).await)
+}
+
+/// What the driver waits for when nothing is ready inline (a value on
+/// the stack, moved once: not worth a box per task).
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Done(Done),
+    /// A spawned task's future panicked.
+    Panicked(String),
+    Cancel(i32),
+    Nothing,
+}
+
+/// One run's moving parts between the scheduler's decisions and the tasks.
+struct Driver {
+    sched: Scheduler,
+    sh: Arc<Shared>,
+    /// Graph node of each local task index.
+    nodes: Vec<usize>,
+    session: Option<Arc<Session>>,
+    t0: Instant,
+    /// What started tasks listen to for the run's cancellation.
+    task_cancel: watch::Receiver<Option<i32>>,
+    task_cancel_tx: watch::Sender<Option<i32>>,
+    /// The signal the run was cancelled with.
+    cancelled: Option<i32>,
+    running: tokio::task::JoinSet<Done>,
+    /// Outcomes ready without a spawned task (inline hits, groups).
+    immediate: VecDeque<Done>,
+    results: Vec<vx_proto::TaskResult>,
+    /// Persistent tasks that became ready, by local index.
+    procs: Vec<(usize, persist::Proc)>,
+    /// Results that are not news (hits, unchanged in a watch cycle).
+    quiet: HashSet<String>,
+    error: Option<EngineError>,
+}
+
+impl Driver {
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    /// The run is cancelled: start nothing more, pass the signal on.
+    fn cancel(&mut self, sig: i32) {
+        self.cancelled = Some(sig);
+        self.sched.stop();
+        let _ = self.task_cancel_tx.send(Some(sig));
+    }
+
+    /// Carries out the scheduler's decisions while it has any.
+    fn dispatch(&mut self) {
+        while let Some(step) = self.sched.next(self.now()) {
+            match step {
+                Step::Skip {
+                    task: i,
+                    blocked_by,
+                } => {
+                    let g = self.nodes[i];
+                    if self.sh.model.graph.nodes[g].def.command.is_some() {
+                        let by =
+                            blocked_by.map(|r| self.sh.model.graph.nodes[self.nodes[r]].id.clone());
+                        self.results.push(skipped(&self.sh, g, by));
+                    }
+                }
+                Step::Start { task: i, tainted } => self.start(i, tainted),
+            }
+        }
+    }
+
+    /// Starts task `i`: inline when its outcome is known at once, else as a
+    /// spawned future that holds a lane.
+    fn start(&mut self, i: usize, is_tainted: bool) {
+        let sh = &self.sh;
+        let g = self.nodes[i];
+        let node = &sh.model.graph.nodes[g];
+        if node.def.command.is_none() {
+            // A group task: a key (for its dependents), nothing to run.
+            if let Err(e) = sh.key_of(g) {
+                self.error = Some(e);
+                self.sched.stop();
+            }
+            self.immediate
+                .push_back(Done::new(i, None, false, is_tainted));
+            return;
+        }
+        if node.def.persistent {
+            match sh.key_of(g) {
+                Ok(key) => {
+                    let old = self.session.as_ref().and_then(|s| s.take_proc(&node.id));
+                    if let Some(p) = old.as_ref()
+                        && p.key == key
+                        && p.exited().is_none()
+                    {
+                        // A watch cycle: still running with the same key.
+                        let mut res = base_result(sh, g);
+                        res.status = TaskStatus::Running;
+                        res.cache = CacheSource::Disabled;
+                        let mut d = Done::new(i, Some(res), false, is_tainted);
+                        d.proc = old;
+                        d.quiet = true;
+                        self.immediate.push_back(d);
+                        return;
+                    }
+                    let sh2 = sh.clone();
+                    let rx = self.task_cancel.clone();
+                    self.sched.spawned(i);
+                    self.running.spawn(async move {
+                        start_persistent(&sh2, i, g, key, old, is_tainted, rx).await
+                    });
+                }
+                Err(e) => {
+                    let mut res = base_result(sh, g);
+                    res.status = TaskStatus::Failed;
+                    res.error = Some(e.message);
+                    self.immediate
+                        .push_back(Done::new(i, Some(res), true, is_tainted));
+                }
+            }
+            return;
+        }
+        // A watch cycle does not run again what did not change. A cached
+        // task that succeeded goes through the cache instead, so its
+        // outputs are restored if they were deleted meanwhile; when they
+        // are in place it is not news (its log is not replayed).
+        let mut unchanged_key = None;
+        if let Some(s) = &self.session {
+            let key = sh.key_of(g);
+            if let Ok(key) = &key
+                && let Some((last, ok)) = s.last_of(&node.id)
+                && &last == key
+            {
+                if ok && sh.cache_read(g) {
+                    match try_hit(sh, g, key, false) {
+                        Ok(Hit::Served(r, _)) => {
+                            let mut d = Done::new(i, Some(r), false, is_tainted);
+                            d.quiet = true;
+                            self.immediate.push_back(d);
+                            return;
+                        }
+                        // To restore (or run): the usual way, below.
+                        Ok(_) | Err(_) => unchanged_key = Some(key.clone()),
+                    }
+                } else {
+                    let mut res = base_result(sh, g);
+                    res.key = Some(key.clone());
+                    if ok {
+                        res.status = TaskStatus::Cached;
+                        res.cache = CacheSource::UpToDate;
+                    } else {
+                        res.status = TaskStatus::Failed;
+                        res.error = Some("failed, and nothing it depends on changed since".into());
+                    }
+                    let mut d = Done::new(i, Some(res), !ok, is_tainted);
+                    d.quiet = true;
+                    self.immediate.push_back(d);
+                    return;
+                }
+            }
+        }
+        // The fast path: key and an in-place hit, inline.
+        let probed = match unchanged_key {
+            Some(key) => Ok((key, None)),
+            None => probe(sh, g),
+        };
+        let key = match probed {
+            Ok((_, Some(r))) => {
+                self.immediate
+                    .push_back(Done::new(i, Some(r), false, is_tainted));
+                return;
+            }
+            Ok((key, None)) => key,
+            Err(e) => {
+                sh.emit(RunEvent::Warning {
+                    message: format!("{}: {}", node.id, e.message),
+                });
+                let mut res = base_result(sh, g);
+                res.status = TaskStatus::Failed;
+                res.error = Some(e.message);
+                self.immediate
+                    .push_back(Done::new(i, Some(res), true, is_tainted));
+                return;
+            }
+        };
+        let sh2 = sh.clone();
+        let rx = self.task_cancel.clone();
+        self.sched.spawned(i);
+        self.running.spawn(async move {
+            let r = run_task(&sh2, g, key, is_tainted, rx).await;
+            match r {
+                Ok(result) => {
+                    let failed = matches!(result.status, TaskStatus::Failed | TaskStatus::Aborted);
+                    Done::new(i, Some(result), failed, is_tainted)
+                }
+                Err(e) => {
+                    sh2.emit(RunEvent::Warning {
+                        message: format!("{}: {}", sh2.model.graph.nodes[g].id, e.message),
+                    });
+                    let mut res = base_result(&sh2, g);
+                    res.status = TaskStatus::Failed;
+                    res.error = Some(e.message);
+                    Done::new(i, Some(res), true, is_tainted)
+                }
+            }
+        });
+    }
+
+    /// Hands one outcome to the scheduler and reports it.
+    fn collect(&mut self, done: Done, events: &Events, detail: vx_proto::Detail) {
+        let i = done.local;
+        let now = self.now();
+        self.sched.finished(i, done.failed, done.tainted, now);
+        if let Some(p) = done.proc {
+            if !done.quiet {
+                let _ = events.send(RunEvent::TaskReady { id: p.id.clone() });
+            }
+            self.procs.push((i, p));
+        }
+        if let Some(r) = done.result {
+            let shown = !done.quiet && (r.status != TaskStatus::Cached);
+            if detail == vx_proto::Detail::All || shown {
+                let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
+            }
+            // Cached results are left out by status; only other quiet ones
+            // need naming (no per-hit clone on a repeat run).
+            if done.quiet && r.status != TaskStatus::Cached {
+                self.quiet.insert(r.id.clone());
+            }
+            self.results.push(r);
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! `engine::task` — one task whose key is known: hit, restore, execute,
+//! save, replay.
+//!
+//! Owns: asking the cache about a key (outputs in place, to restore, or a
+//! miss; a corrupt or refused entry is dropped and the task runs), the
+//! inline fast path ([`probe`]), restoring outputs, joining another run's
+//! execution of the same key under the daemon, executing with retries and
+//! the output-log policy, saving a successful result, and replaying a hit's
+//! log.
+//! Never: decides which task runs next or whether a failure stops the run
+//! (that is [`super::schedule`]), and never caches a tainted result.
+
+use super::now_ms;
+use super::prepare::Shared;
+use crate::cache::{self, CacheError, Manifest};
+use crate::error::{EngineError, ErrorKind};
+use crate::exec::{self, Outcome, Spawn};
+use crate::state::{Finished, Inflight};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use vx_proto::{CacheSource, OutputLogs, RunEvent, Stream, TaskResult, TaskStatus};
+
+pub(super) fn base_result(sh: &Shared, g: usize) -> TaskResult {
+    let node = &sh.model.graph.nodes[g];
+    TaskResult {
+        id: node.id.clone(),
+        project: sh.model.ws.projects[node.project].name.clone(),
+        task: node.name.clone(),
+        status: TaskStatus::Skipped,
+        cache: CacheSource::Miss,
+        key: sh.keys.lock().ok().and_then(|k| k.get(&g).cloned()),
+        exit_code: None,
+        duration_ms: 0,
+        attempts: 0,
+        blocked_by: None,
+        error: None,
+    }
+}
+
+pub(super) fn skipped(sh: &Shared, g: usize, by: Option<String>) -> TaskResult {
+    let mut r = base_result(sh, g);
+    r.status = TaskStatus::Skipped;
+    r.cache = if sh.cache_enabled(g) {
+        CacheSource::Miss
+    } else {
+        CacheSource::Disabled
+    };
+    r.blocked_by = by;
+    r
+}
+
+/// Tries the cache; returns `Some(result)` on a usable hit.
+/// What the cache says about a task's key.
+pub(super) enum Hit {
+    /// Served: outputs are in place; the log, when it is to be replayed.
+    Served(TaskResult, Vec<u8>),
+    /// An entry exists but its outputs must be restored (not allowed here).
+    NeedsRestore,
+    Miss,
+}
+
+/// Tries the cache. Restores outputs only when `allow_restore`; reads the
+/// log only when it will be replayed. A corrupt blob drops the entry and
+/// is a miss.
+pub(super) fn try_hit(
+    sh: &Shared,
+    g: usize,
+    key: &str,
+    allow_restore: bool,
+) -> Result<Hit, EngineError> {
+    let t0 = Instant::now();
+    let Some(entry) = sh.store.get(key)? else {
+        return Ok(Hit::Miss);
+    };
+    let (m, stamps) = (&entry.0, &entry.1);
+    let node = &sh.model.graph.nodes[g];
+    let p = node.project;
+    let dir = sh.project_abs(p);
+    let pats = &sh.patterns[&g];
+    let fence = sh.rel_fence(p);
+    let corrupt = |what: &str| {
+        sh.emit(RunEvent::Warning {
+            message: format!(
+                "{}: cache entry {} is corrupt ({what}); dropping it and running the task",
+                node.id,
+                &key[..12]
+            ),
+        });
+        sh.store.drop_entry(key);
+    };
+    // Under the daemon, outputs verified since the last change in their
+    // project need no look at the disk.
+    let bases = pats.outputs.bases();
+    let known_ok = sh
+        .hot
+        .as_ref()
+        .is_some_and(|h| bases.is_some() && h.outputs_known_ok(&sh.model, g, key));
+    let up_to_date = known_ok || {
+        if let (Some(hot), Some(bases)) = (&sh.hot, &bases) {
+            hot.watch_outputs(&dir, bases);
+        }
+        let on_disk = cache::collect_outputs(&dir, &pats.outputs, &fence);
+        let ok = stamps
+            .as_ref()
+            .is_some_and(|s| cache::outputs_up_to_date(m, s, &on_disk));
+        if ok
+            && bases.is_some()
+            && let Some(hot) = &sh.hot
+        {
+            hot.set_outputs_ok(&sh.model, g, key);
+        }
+        ok
+    };
+    if !up_to_date && !allow_restore {
+        return Ok(Hit::NeedsRestore);
+    }
+    let log = if sh.params.output_logs == OutputLogs::Full {
+        match sh.store.read_verified(&m.log) {
+            Ok(l) => l,
+            Err(CacheError::Corrupt(_)) => {
+                corrupt("log");
+                return Ok(Hit::Miss);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        Vec::new()
+    };
+    let source = if up_to_date {
+        CacheSource::UpToDate
+    } else {
+        match cache::restore(&sh.store, m, &dir, &pats.outputs, &fence) {
+            Ok(st) => {
+                sh.store.put_stamps(key, &st);
+                sh.mark_dirty(p);
+                CacheSource::Local
+            }
+            Err(CacheError::Corrupt(what)) => {
+                corrupt(&format!("blob {}", &what[..what.len().min(12)]));
+                return Ok(Hit::Miss);
+            }
+            Err(CacheError::Refused(why)) => {
+                sh.emit(RunEvent::Warning {
+                    message: format!(
+                        "{}: not restored from the cache: {why}; running the task",
+                        node.id
+                    ),
+                });
+                sh.store.drop_entry(key);
+                return Ok(Hit::Miss);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut r = base_result(sh, g);
+    r.status = TaskStatus::Cached;
+    r.cache = source;
+    r.key = Some(key.to_string());
+    r.exit_code = Some(m.exit_code);
+    r.duration_ms = t0.elapsed().as_millis() as u64;
+    Ok(Hit::Served(r, log))
+}
+
+/// The scheduler's inline fast path: the key, and a hit whose outputs are
+/// already in place, without leaving the scheduler's thread. Anything that
+/// writes files or runs a process goes to [`run_task`].
+pub(super) fn probe(sh: &Shared, g: usize) -> Result<(String, Option<TaskResult>), EngineError> {
+    let key = sh.key_of(g)?;
+    if !sh.cache_read(g) {
+        return Ok((key, None));
+    }
+    match try_hit(sh, g, &key, false)? {
+        Hit::Served(r, log) => {
+            replay(sh, &r.id, &key, &r, &log);
+            Ok((key, Some(r)))
+        }
+        Hit::NeedsRestore | Hit::Miss => Ok((key, None)),
+    }
+}
+
+pub(super) fn wants_live(logs: OutputLogs) -> bool {
+    matches!(logs, OutputLogs::Full | OutputLogs::NewOnly)
+}
+
+/// Runs one task whose key is known and whose outputs were not already in
+/// place: restore from the cache, or execute (joining an execution of the
+/// same key in another run, under the daemon).
+pub(super) async fn run_task(
+    sh: &Arc<Shared>,
+    g: usize,
+    key: String,
+    tainted: bool,
+    cancel: watch::Receiver<Option<i32>>,
+) -> Result<TaskResult, EngineError> {
+    let id = sh.model.graph.nodes[g].id.clone();
+    let sh2 = sh.clone();
+    let k2 = key.clone();
+    let hit = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+        if sh2.cache_read(g) {
+            try_hit(&sh2, g, &k2, true)
+        } else {
+            Ok(Hit::Miss)
+        }
+    })
+    .await
+    .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
+    if let Hit::Served(r, log) = hit {
+        replay(sh, &id, &key, &r, &log);
+        return Ok(r);
+    }
+    let Some(hot) = sh.hot.clone() else {
+        return execute(sh, g, &key, tainted, cancel).await.map(|(r, _)| r);
+    };
+    // The daemon: a task with this key already executing for another run
+    // is joined, not run again.
+    let (entry, executor) = hot.attach(&key);
+    let detach = {
+        let entry = entry.clone();
+        let mut my_cancel = cancel.clone();
+        tokio::spawn(async move {
+            if my_cancel.wait_for(|c| c.is_some()).await.is_ok() {
+                let sig = (*my_cancel.borrow()).unwrap_or(libc::SIGTERM);
+                entry.detach(sig);
+            }
+        })
+    };
+    let result = if executor {
+        let lock = hot.task_lock(&id);
+        let _serialized = lock.lock().await;
+        let r = execute(sh, g, &key, tainted, entry.cancel_receiver()).await;
+        // Let joiners see the entry we saved before they look for it.
+        if entry.has_joiners() {
+            let _ = sh.store.flush();
+        }
+        let finished = match &r {
+            Ok((res, log)) => Finished {
+                result: res.clone(),
+                log: log.clone(),
+            },
+            Err(e) => {
+                let mut res = base_result(sh, g);
+                res.status = TaskStatus::Failed;
+                res.error = Some(e.message.clone());
+                Finished {
+                    result: res,
+                    log: Vec::new(),
+                }
+            }
+        };
+        hot.finish(&key, &entry, Arc::new(finished));
+        r.map(|(res, _)| res)
+    } else {
+        join(sh, g, &key, &entry, cancel).await
+    };
+    detach.abort();
+    result
+}
+
+/// Waits for another run's execution of the same key and takes its outcome.
+pub(super) async fn join(
+    sh: &Arc<Shared>,
+    g: usize,
+    key: &str,
+    entry: &Arc<Inflight>,
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Result<TaskResult, EngineError> {
+    let id = sh.model.graph.nodes[g].id.clone();
+    let mut done = entry.done_receiver();
+    let finished = tokio::select! {
+        r = done.wait_for(|d| d.is_some()) => r.ok().and_then(|v| v.clone()),
+        _ = cancel.wait_for(|c| c.is_some()) => None,
+    };
+    let Some(fin) = finished else {
+        let mut r = base_result(sh, g);
+        r.key = Some(key.to_string());
+        r.status = TaskStatus::Aborted;
+        r.error = Some("cancelled while waiting for the same task in another run".into());
+        return Ok(r);
+    };
+    if fin.result.status == TaskStatus::Success && sh.cache_read(g) {
+        let sh2 = sh.clone();
+        let k2 = key.to_string();
+        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2, true))
+            .await
+            .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
+        if let Hit::Served(r, log) = hit {
+            replay(sh, &id, key, &r, &log);
+            return Ok(r);
+        }
+    }
+    if wants_live(sh.params.output_logs)
+        || (sh.params.output_logs == OutputLogs::ErrorsOnly
+            && fin.result.status != TaskStatus::Success)
+    {
+        for line in String::from_utf8_lossy(&fin.log).lines() {
+            sh.emit(RunEvent::TaskOutput {
+                id: id.clone(),
+                stream: Stream::Stdout,
+                line: line.to_string(),
+                replay: true,
+            });
+        }
+    }
+    let mut r = fin.result.clone();
+    r.attempts = 0;
+    Ok(r)
+}
+
+/// Emits a cache hit's header and stored log.
+pub(super) fn replay(sh: &Shared, id: &str, key: &str, r: &TaskResult, log: &[u8]) {
+    if sh.params.output_logs == OutputLogs::Full {
+        sh.emit(RunEvent::TaskCacheHit {
+            id: id.to_string(),
+            key: key.to_string(),
+            source: r.cache,
+        });
+        for line in String::from_utf8_lossy(log).lines() {
+            sh.emit(RunEvent::TaskOutput {
+                id: id.to_string(),
+                stream: Stream::Stdout,
+                line: line.to_string(),
+                replay: true,
+            });
+        }
+    }
+}
+
+/// Executes a task (with retries) and saves a successful result. Returns
+/// the result and the task's log.
+pub(super) async fn execute(
+    sh: &Arc<Shared>,
+    g: usize,
+    key: &str,
+    tainted: bool,
+    cancel: watch::Receiver<Option<i32>>,
+) -> Result<(TaskResult, Vec<u8>), EngineError> {
+    let node = &sh.model.graph.nodes[g];
+    let id = node.id.clone();
+    let logs = sh.params.output_logs;
+    let key = key.to_string();
+    let p = node.project;
+    let dir = sh.project_abs(p);
+    let write = sh.cache_enabled(g) && !tainted;
+    let fence = sh.rel_fence(p);
+    let command = sh.command_line(g);
+    let timeout = node
+        .def
+        .timeout_ms
+        .or(sh.model.ws.defaults.timeout_ms)
+        .map(Duration::from_millis);
+    let spec = Spawn {
+        command: command.clone(),
+        dir: dir.clone(),
+        env: sh.task_env(g),
+        timeout,
+        keep_stdin: false,
+        tty: sh.gets_terminal(g),
+        kill_grace: Some(exec::kill_grace_in(&sh.params.env)),
+    };
+    if node.def.interactive && !spec.tty {
+        sh.emit(RunEvent::Warning {
+            message: format!(
+                "{id} is interactive but does not run alone on a terminal; its stdin is closed"
+            ),
+        });
+    }
+    sh.emit(RunEvent::TaskStarted {
+        id: id.clone(),
+        key: Some(key.clone()),
+        command: command.clone(),
+    });
+    let attempts_total = node.def.retries + 1;
+    let t0 = Instant::now();
+    let mut attempt = 0;
+    let mut usage = exec::Usage::default();
+    let (outcome, log) = loop {
+        attempt += 1;
+        if write && !sh.patterns[&g].outputs.is_empty() {
+            let (d2, pats, f2) = (dir.clone(), sh.patterns[&g].outputs.clone(), fence.clone());
+            tokio::task::spawn_blocking(move || cache::wipe_outputs(&d2, &pats, &f2))
+                .await
+                .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
+        }
+        let mut log: Vec<u8> = Vec::new();
+        let mut buffered: Vec<(Stream, String)> = Vec::new();
+        let (outcome, used) = exec::run_measured(
+            &spec,
+            |stream, line| {
+                log.extend_from_slice(line.as_bytes());
+                log.push(b'\n');
+                if wants_live(logs) {
+                    sh.emit(RunEvent::TaskOutput {
+                        id: id.clone(),
+                        stream,
+                        line,
+                        replay: false,
+                    });
+                } else if logs == OutputLogs::ErrorsOnly {
+                    buffered.push((stream, line));
+                }
+            },
+            |_| {},
+            cancel.clone(),
+        )
+        .await;
+        usage.cpu_ms = sum_opt(usage.cpu_ms, used.cpu_ms);
+        usage.peak_rss_bytes = usage.peak_rss_bytes.max(used.peak_rss_bytes);
+        let ok = outcome == Outcome::Exited(0);
+        if !ok && logs == OutputLogs::ErrorsOnly {
+            for (stream, line) in buffered {
+                sh.emit(RunEvent::TaskOutput {
+                    id: id.clone(),
+                    stream,
+                    line,
+                    replay: false,
+                });
+            }
+        }
+        let retryable =
+            !ok && !matches!(outcome, Outcome::Cancelled(_)) && attempt < attempts_total;
+        if retryable {
+            let reason = match &outcome {
+                Outcome::TimedOut => "a timeout".to_string(),
+                Outcome::SpawnFailed(e) => e.clone(),
+                o => format!("exit {}", o.exit_code().unwrap_or(1)),
+            };
+            sh.emit(RunEvent::TaskRetry {
+                id: id.clone(),
+                attempt: attempt + 1,
+                of: attempts_total,
+                reason,
+            });
+            continue;
+        }
+        break (outcome, log);
+    };
+    let duration_ms = t0.elapsed().as_millis() as u64;
+    if let Ok(mut u) = sh.usage.lock() {
+        u.insert(g, usage);
+    }
+    let fp = sh.fingerprint(g, &key);
+    if let Ok(mut f) = sh.fingerprints.lock() {
+        f.push(fp);
+    }
+    sh.mark_dirty(p);
+    let mut r = base_result(sh, g);
+    r.key = Some(key.clone());
+    r.attempts = attempt;
+    r.duration_ms = duration_ms;
+    r.exit_code = outcome.exit_code();
+    r.cache = if sh.cache_enabled(g) {
+        CacheSource::Miss
+    } else {
+        CacheSource::Disabled
+    };
+    match &outcome {
+        Outcome::Exited(0) => r.status = TaskStatus::Success,
+        Outcome::Cancelled(_) => {
+            r.status = TaskStatus::Aborted;
+            r.error = Some("cancelled".into());
+        }
+        Outcome::TimedOut => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(format!(
+                "timed out after {} ms",
+                timeout.map(|t| t.as_millis()).unwrap_or(0)
+            ));
+        }
+        Outcome::SpawnFailed(e) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(e.clone());
+        }
+        Outcome::Signalled(s) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(format!("killed by signal {s}"));
+        }
+        Outcome::Exited(c) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(match c {
+                126 => "exit 126: the command is not executable".into(),
+                127 => "exit 127: command not found (is it installed and on PATH?)".into(),
+                _ => format!("exit {c}"),
+            });
+        }
+    }
+    if r.status == TaskStatus::Success && write {
+        let sh2 = sh.clone();
+        let k2 = key.clone();
+        let log2 = log.clone();
+        let saved =
+            tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log2, duration_ms)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => sh.emit(RunEvent::Warning {
+                message: format!("{id}: result not cached: {e}"),
+            }),
+            Err(e) => sh.emit(RunEvent::Warning {
+                message: format!("{id}: result not cached: {e}"),
+            }),
+        }
+    }
+    Ok((r, log))
+}
+
+pub(super) fn sum_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
+}
+
+/// Stores a successful execution: output blobs, the log, then the entry.
+pub(super) fn save(
+    sh: &Shared,
+    g: usize,
+    key: &str,
+    log: &[u8],
+    duration_ms: u64,
+) -> Result<(), EngineError> {
+    let node = &sh.model.graph.nodes[g];
+    let dir = sh.project_abs(node.project);
+    let fence = sh.rel_fence(node.project);
+    let files = cache::collect_outputs(&dir, &sh.patterns[&g].outputs, &fence);
+    let outputs = cache::capture(&sh.store, &dir, &files)?;
+    let log = sh.store.put_bytes(log)?;
+    let m = Manifest {
+        version: cache::MANIFEST_VERSION,
+        key: key.to_string(),
+        task: node.id.clone(),
+        outputs,
+        log,
+        exit_code: 0,
+        duration_ms,
+        created_at: now_ms(),
+    };
+    sh.store.put_entry(&m, &cache::stamps_of(&files));
+    Ok(())
+}

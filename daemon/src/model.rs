@@ -1,0 +1,302 @@
+//! `model` — the loaded workspace and its files: what every stage reads.
+//!
+//! Owns: [`Model`] (the workspace, its task graph and the per-project
+//! lookups walks need: owners, fences, compiled patterns, each task's
+//! canonical config), [`Snapshot`] (every non-ignored file with its stat,
+//! per project, and the symlinks among them), where a workspace's cache
+//! lives ([`cache_dir`]) and loading a workspace from a `cwd`.
+//! Never: hashes file contents, opens the cache, runs anything, or holds
+//! state between requests (the daemon's `state` keeps a model; the
+//! foreground engine builds one per run).
+
+use crate::error::{EngineError, ErrorKind};
+use crate::globs::Patterns;
+use crate::graph::TaskGraph;
+use crate::hash::{self, FileMeta, KeyParts, TaskPatterns};
+use crate::workspace::{self, Workspace};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use vx_proto::knobs;
+
+/// The cache directory of a workspace.
+/// (`VX_CACHE_DIR` is resolved and vetted by `workspace::load`, as here.)
+pub fn cache_dir(ws: &Workspace) -> PathBuf {
+    ws.defaults.cache_dir.clone().unwrap_or_else(|| {
+        knobs::CACHE_DIR
+            .inherited_os()
+            .and_then(|d| {
+                let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+                workspace::resolve_cache_dir(
+                    &ws.root,
+                    Path::new(&d),
+                    home.as_deref().map(Path::new),
+                )
+                .ok()
+            })
+            .unwrap_or_else(|| ws.root.join(".vx").join("cache"))
+    })
+}
+
+/// Loads the workspace that contains `cwd`.
+pub fn load_workspace(cwd: &Path) -> Result<Workspace, EngineError> {
+    let root = workspace::find_root(cwd)?;
+    Ok(workspace::load(&root)?)
+}
+
+type PatternLists = (Vec<String>, Vec<String>, Vec<String>);
+
+/// The workspace model and its task graph, with the per-project lookups
+/// walks need. Built once per config state (the daemon keeps it).
+pub struct Model {
+    pub ws: Workspace,
+    pub graph: TaskGraph,
+    /// Canonical JSON of each task's resolved config (folded into its key),
+    /// with the key fold's state after its per-task constant parts.
+    config_json: Vec<std::sync::OnceLock<(Arc<str>, blake3::Hasher)>>,
+    /// Compiled patterns by (inputs, root inputs, outputs) lists.
+    patterns: Mutex<HashMap<PatternLists, Arc<TaskPatterns>>>,
+    /// The same, per graph node.
+    node_patterns: Vec<std::sync::OnceLock<Arc<TaskPatterns>>>,
+    by_dir: HashMap<String, usize>,
+    /// Root-relative dirs of nested projects, per project (walk fences).
+    fences: Vec<HashSet<String>>,
+    /// The same, project-relative (for output walks).
+    pub(crate) rel_fences: Vec<HashSet<String>>,
+}
+
+impl Model {
+    /// Loads the workspace at `root` and builds its task graph.
+    pub fn load(root: &Path) -> Result<Model, EngineError> {
+        let ws = workspace::load(root)?;
+        let graph = TaskGraph::build(&ws)?;
+        Ok(Model::new(ws, graph))
+    }
+
+    fn new(ws: Workspace, graph: TaskGraph) -> Model {
+        let by_dir: HashMap<String, usize> = ws
+            .projects
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.dir.clone(), i))
+            .collect();
+        // Each project's dir fences every ancestor project (and the root project).
+        let mut fences: Vec<HashSet<String>> = vec![HashSet::new(); ws.projects.len()];
+        for q in &ws.projects {
+            if q.dir == "." {
+                continue;
+            }
+            let mut cur = q.dir.as_str();
+            while let Some(i) = cur.rfind('/') {
+                cur = &cur[..i];
+                if let Some(&p) = by_dir.get(cur) {
+                    fences[p].insert(q.dir.clone());
+                }
+            }
+            if let Some(&p) = by_dir.get(".") {
+                fences[p].insert(q.dir.clone());
+            }
+        }
+        let rel_fences = ws
+            .projects
+            .iter()
+            .zip(&fences)
+            .map(|(p, fs)| {
+                fs.iter()
+                    .filter_map(|f| {
+                        if p.dir == "." {
+                            Some(f.clone())
+                        } else {
+                            f.strip_prefix(p.dir.as_str())
+                                .and_then(|r| r.strip_prefix('/'))
+                                .map(str::to_string)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Model {
+            config_json: (0..graph.nodes.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            patterns: Mutex::new(HashMap::new()),
+            node_patterns: (0..graph.nodes.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            ws,
+            graph,
+            by_dir,
+            fences,
+            rel_fences,
+        }
+    }
+
+    /// The canonical JSON of node `n`'s resolved config and the global
+    /// config, and the key fold's prefix state for the node.
+    pub fn config_json(&self, n: usize) -> &(Arc<str>, blake3::Hasher) {
+        self.config_json[n].get_or_init(|| {
+            #[derive(serde::Serialize)]
+            struct ConfigView<'a> {
+                task: &'a crate::workspace::TaskDef,
+                global: &'a crate::workspace::GlobalConfig,
+            }
+            let node = &self.graph.nodes[n];
+            let json: Arc<str> = serde_json::to_string(&ConfigView {
+                task: &node.def,
+                global: &self.ws.global,
+            })
+            .unwrap_or_default()
+            .into();
+            let prefix =
+                KeyParts::prefix(&node.id, &json, node.def.command.as_deref().unwrap_or(""));
+            (json, prefix)
+        })
+    }
+
+    /// The compiled patterns of node `n` (compiled once per distinct list).
+    pub(crate) fn patterns_of(&self, n: usize) -> Result<Arc<TaskPatterns>, EngineError> {
+        if let Some(tp) = self.node_patterns[n].get() {
+            return Ok(tp.clone());
+        }
+        let d = &self.graph.nodes[n].def;
+        let k = (d.inputs.clone(), d.root_inputs.clone(), d.outputs.clone());
+        let cached = self.patterns.lock().ok().and_then(|m| m.get(&k).cloned());
+        let tp = match cached {
+            Some(tp) => tp,
+            None => {
+                let cfg =
+                    |e: crate::globs::GlobError| EngineError::new(ErrorKind::Config, e.to_string());
+                let tp = Arc::new(TaskPatterns {
+                    inputs: Patterns::new(&d.inputs).map_err(cfg)?,
+                    root_inputs: Patterns::new(&d.root_inputs).map_err(cfg)?,
+                    outputs: Patterns::new(&d.outputs).map_err(cfg)?,
+                });
+                if let Ok(mut m) = self.patterns.lock() {
+                    m.insert(k, tp.clone());
+                }
+                tp
+            }
+        };
+        Ok(self.node_patterns[n].get_or_init(|| tp).clone())
+    }
+
+    /// The project owning a root-relative path (`None`: no project, a loose file).
+    pub fn owner_of(&self, rel: &str) -> Option<usize> {
+        let mut cur = rel;
+        if let Some(&p) = self.by_dir.get(cur) {
+            return Some(p);
+        }
+        while let Some(i) = cur.rfind('/') {
+            cur = &cur[..i];
+            if let Some(&p) = self.by_dir.get(cur) {
+                return Some(p);
+            }
+        }
+        self.by_dir.get(".").copied()
+    }
+
+    /// All project dirs except the root project's: the fence of a loose walk.
+    pub(crate) fn all_project_dirs(&self) -> HashSet<String> {
+        self.ws
+            .projects
+            .iter()
+            .filter(|p| p.dir != ".")
+            .map(|p| p.dir.clone())
+            .collect()
+    }
+}
+
+/// The files of the workspace, partitioned by owning project. Cheap to
+/// clone: each project's list is shared until it is re-walked.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    /// Files per project (same order as `Workspace::projects`).
+    pub(crate) by_project: Vec<Arc<Vec<FileMeta>>>,
+    /// Files that belong to no project.
+    pub(crate) loose: Arc<Vec<FileMeta>>,
+    /// The in-workspace targets of the symlinks among them, per project
+    /// (same order) and for the loose files: kept beside the lists so
+    /// finding a link's owner never scans every file.
+    links: Vec<Arc<Vec<String>>>,
+    loose_links: Arc<Vec<String>>,
+}
+
+/// The root-relative targets of the symlinks into the workspace in `files`.
+fn links_of(files: &[FileMeta]) -> Arc<Vec<String>> {
+    Arc::new(
+        files
+            .iter()
+            .filter_map(|f| match &f.link {
+                hash::Link::File(t) | hash::Link::Dir(t) | hash::Link::Dangling(Some(t)) => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+impl Snapshot {
+    /// One parallel walk of the whole workspace.
+    pub fn scan(model: &Model, skip: &[PathBuf]) -> Snapshot {
+        let root = &model.ws.root;
+        let files = hash::walk(root, root, &HashSet::new(), skip);
+        let mut by_project = vec![Vec::new(); model.ws.projects.len()];
+        let mut loose = Vec::new();
+        for f in files {
+            match model.owner_of(&f.path) {
+                Some(p) => by_project[p].push(f),
+                None => loose.push(f),
+            }
+        }
+        // A member reached through a symlinked directory: the walk above
+        // does not follow links, so walk it on its own, through the link
+        // (its paths stay under the member's workspace path).
+        for (p, proj) in model.ws.projects.iter().enumerate() {
+            if hash::through_link(root, &proj.dir) {
+                let dir = model.ws.abs_dir(proj);
+                by_project[p] = hash::walk(root, &dir, &model.fences[p], skip);
+            }
+        }
+        Snapshot {
+            links: by_project.iter().map(|v| links_of(v)).collect(),
+            loose_links: links_of(&loose),
+            by_project: by_project.into_iter().map(Arc::new).collect(),
+            loose: Arc::new(loose),
+        }
+    }
+
+    /// Re-walks one project (or, for `None`, the files outside every project).
+    pub fn refresh(&mut self, model: &Model, project: Option<usize>, skip: &[PathBuf]) {
+        let root = &model.ws.root;
+        match project {
+            Some(p) => {
+                let dir = model.ws.abs_dir(&model.ws.projects[p]);
+                self.by_project[p] =
+                    Arc::new(hash::walk_serial(root, &dir, &model.fences[p], skip));
+                if let Some(l) = self.links.get_mut(p) {
+                    *l = links_of(&self.by_project[p]);
+                }
+            }
+            None => {
+                self.loose = Arc::new(hash::walk(root, root, &model.all_project_dirs(), skip));
+                self.loose_links = links_of(&self.loose);
+            }
+        }
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.by_project.iter().map(|v| v.len()).sum::<usize>() + self.loose.len()
+    }
+
+    /// Every symlink into the workspace: (owning project, root-relative
+    /// target). A change at or under a target must re-walk the owner.
+    pub fn link_targets(&self) -> Vec<(Option<usize>, &str)> {
+        self.links
+            .iter()
+            .enumerate()
+            .flat_map(|(p, v)| v.iter().map(move |t| (Some(p), t.as_str())))
+            .chain(self.loose_links.iter().map(|t| (None, t.as_str())))
+            .collect()
+    }
+}
