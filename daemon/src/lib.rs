@@ -69,3 +69,174 @@ mod knob_defaults {
         }
     }
 }
+
+/// The module edges form a DAG, and each module uses only the modules its
+/// row allows (`docs/ARCHITECTURE.md`, "Layering"). A new edge is added to
+/// the table on purpose — and the table is checked for cycles — never by
+/// accident.
+#[cfg(test)]
+mod layering {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Module → the crate modules it may name (`crate::x`), lowest first.
+    const ALLOWED: &[(&str, &[&str])] = &[
+        ("fsx", &[]),
+        ("globs", &[]),
+        ("procstat", &[]),
+        ("profile", &[]),
+        ("sink", &[]),
+        ("hash", &["globs"]),
+        ("exec", &["procstat"]),
+        ("workspace", &["globs", "hash"]),
+        ("cache", &["fsx", "globs", "hash"]),
+        ("graph", &["globs", "workspace"]),
+        ("history", &["cache"]),
+        ("persist", &["exec", "sink"]),
+        ("error", &["cache", "globs", "graph", "workspace"]),
+        ("model", &["error", "globs", "graph", "hash", "workspace"]),
+        ("state", &["cache", "error", "hash", "model", "workspace"]),
+        (
+            "inspect",
+            &["cache", "error", "history", "model", "state", "workspace"],
+        ),
+        (
+            "engine",
+            &[
+                "cache",
+                "error",
+                "exec",
+                "globs",
+                "graph",
+                "hash",
+                "history",
+                "inspect",
+                "model",
+                "persist",
+                "profile",
+                "sink",
+                "state",
+                "workspace",
+            ],
+        ),
+        (
+            "server",
+            &[
+                "engine",
+                "error",
+                "exec",
+                "history",
+                "inspect",
+                "state",
+                "workspace",
+            ],
+        ),
+    ];
+
+    /// The crate modules a source text names: `crate::x` and
+    /// `crate::{x, y::z}` (comments included: a doc link is an edge too).
+    fn named(text: &str) -> BTreeSet<String> {
+        let ident = |s: &str| -> String {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let mut out = BTreeSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                // Top-level names of the group.
+                let mut depth = 0;
+                let mut start = true;
+                for (j, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => start = true,
+                        c if start && !c.is_whitespace() => {
+                            start = false;
+                            out.insert(ident(&group[j..]));
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                out.insert(ident(rest));
+            }
+        }
+        out.retain(|m| !m.is_empty());
+        out
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn module_edges_follow_the_layering_and_form_a_dag() {
+        let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut bad = Vec::new();
+        for f in &files {
+            let rel = f.strip_prefix(&src).unwrap();
+            let top = rel.components().next().unwrap().as_os_str();
+            let module = top.to_str().unwrap().trim_end_matches(".rs");
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let Some(may) = allowed.get(module) else {
+                bad.push(format!("{module}: not in the layering table"));
+                continue;
+            };
+            let text = std::fs::read_to_string(f).unwrap();
+            for m in named(&text) {
+                if m != module && !may.contains(&m.as_str()) {
+                    bad.push(format!("{}: uses crate::{m}", rel.display()));
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "edges outside the layering:\n{}",
+            bad.join("\n")
+        );
+        // The table is a DAG: every module's uses come before it.
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        for (m, uses) in ALLOWED {
+            for u in *uses {
+                assert!(seen.contains(u), "{m} uses {u}, which is not below it");
+            }
+            seen.insert(m);
+        }
+    }
+
+    #[test]
+    fn named_modules_are_read_from_paths_and_groups() {
+        let cases: &[(&str, &[&str])] = &[
+            ("use crate::cache::Store;", &["cache"]),
+            (
+                "use crate::{cache, graph::{self, X}, hash};",
+                &["cache", "graph", "hash"],
+            ),
+            (
+                "x = crate::model::cache_dir(&ws); // [`crate::sink::Events`]",
+                &["model", "sink"],
+            ),
+            ("no edges here", &[]),
+        ];
+        for (text, want) in cases {
+            let got: Vec<String> = named(text).into_iter().collect();
+            assert_eq!(got, want.to_vec(), "{text}");
+        }
+    }
+}

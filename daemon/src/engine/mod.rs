@@ -5,20 +5,20 @@
 //! modules, in stages that each own one thing (each says so, and what it
 //! must never do):
 //!
-//! - [`prepare`]: load/sync, select, patterns, open the store, walk, warm
+//! - `prepare`: load/sync, select, patterns, open the store, walk, warm
 //!   hashes; the run's shared context; `plan`.
-//! - [`keys`]: input lists, keyed env, the key fold, fingerprints.
-//! - [`priority`]: the order ready tasks prefer (critical path or structural).
-//! - [`schedule`]: the scheduler, a state machine with no processes and no I/O.
-//! - [`run`]: the driver loop that carries out the scheduler's decisions.
-//! - [`task`]: one task's hit / restore / execute / save / replay.
-//! - [`persistent`]: persistent tasks' start, and what a run keeps running.
-//! - [`record`]: the summary, the history record, `--profile`/`--report`.
-//! - [`store`]: opening the foreground engine's cache store; `cache.clean`
+//! - `keys`: input lists, keyed env, the key fold, fingerprints.
+//! - `priority`: the order ready tasks prefer (critical path or structural).
+//! - `schedule`: the scheduler, a state machine with no processes and no I/O.
+//! - `run`: the driver loop that carries out the scheduler's decisions.
+//! - `task`: one task's hit / restore / execute / save / replay.
+//! - `persistent`: persistent tasks' start, and what a run keeps running.
+//! - `record`: the summary, the history record, `--profile`/`--report`.
+//! - `store`: opening the foreground engine's cache store; `cache.clean`
 //!   and `cache.prune`.
 //! - [`watch`]: one `vx watch` client's cycle loop.
 //!
-//! It emits [`RunEvent`]s into an [`Events`] sink and fails with an
+//! It emits [`vx_proto::RunEvent`]s into an [`Events`] sink and fails with an
 //! [`EngineError`] of some [`ErrorKind`]. Never: knows about JSON-RPC,
 //! sockets or protocol error codes (that is `server`), and never reads the
 //! daemon's own environment for a run's settings (they come with the

@@ -1,26 +1,32 @@
 //! `state` — the daemon's hot state for one workspace.
 //!
-//! Owns: the workspace model and task graph (rebuilt only when a config or
-//! manifest changes), the file snapshot (every non-ignored file with its
-//! stat, per project), the file index, the open cache store, and the
-//! `notify` watcher that keeps them current. The watcher is a hint; the
+//! Owns ([`Hot`]): the workspace model and task graph (rebuilt only when a
+//! config or manifest changes), the file snapshot (every non-ignored file
+//! with its stat, per project), the file index, the open cache store, and
+//! bringing them up to date ([`Hot::sync`]); which workspace a request may
+//! touch ([`request_workspace`]). Its parts, each a submodule: `watcher`
+//! (the `notify` watcher, the cookie barrier and the change feed), `memo`
+//! (what is remembered between runs to skip work) and `inflight`
+//! (executions shared between concurrent runs). The watcher is a hint; the
 //! truth is a rescan: before answering, [`Hot::sync`] writes a cookie file
 //! and waits for its event, so every write made before the request is seen;
 //! a queue overflow, a watcher error or a missed cookie triggers a full
 //! rescan, never a guess. Projects whose files changed are re-walked with
 //! the same walk the no-daemon path uses, so hot and cold snapshots agree.
 //!
-//! Never: executes tasks or speaks JSON-RPC. Every client of the daemon
-//! (socket RPC now; HTTP, MCP and worker links later) goes through this one
-//! copy of the state.
+//! Never: executes tasks, uses the engine (it sits below it: the model it
+//! keeps is `crate::model`'s), or speaks JSON-RPC. Every client of the
+//! daemon (socket RPC now; HTTP, MCP and worker links later) goes through
+//! this one copy of the state.
 //!
 //! Locks. Every `Mutex` of [`Hot`] is a leaf — held for a short section that
 //! takes no other lock — with one exception: `inner`, which [`Hot::sync`]
 //! holds while it reloads and re-walks, and under which it takes leaf locks
 //! one at a time. No code takes `inner` while holding another lock, so no
 //! cycle can form. The watcher and the set of watched directories are one
-//! lock ([`Watches`]): two locks taken in opposite orders by `watch_dir` and
-//! `unwatch_tree` once deadlocked the daemon (issue 9, item 8).
+//! lock (`watcher::Watches`): two locks taken in opposite orders by
+//! `watch_dir` and `unwatch_tree` once deadlocked the daemon (issue 9,
+//! item 8).
 
 mod inflight;
 mod memo;
