@@ -19,6 +19,7 @@ use super::schedule::{Scheduler, Step};
 use super::task::{Hit, base_result, probe, run_task, skipped, try_hit};
 use super::{concurrency_error, now_ms};
 use crate::error::{EngineError, ErrorKind};
+use crate::history::History;
 use crate::persist;
 use crate::sink::Events;
 use crate::state::Hot;
@@ -26,7 +27,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
-use vx_proto::{CacheSource, RunEvent, RunParams, RunSummary, TaskResult, TaskStatus};
+use vx_proto::{
+    CacheSource, ContinueMode, RunEvent, RunParams, RunSummary, TaskResult, TaskStatus,
+};
 
 /// What one task's future reports to the scheduler.
 pub(super) struct Done {
@@ -140,12 +143,10 @@ pub async fn run_in(
     let started_at = now_ms();
     let t0 = Instant::now();
     let run_id = format!("{:x}-{:x}", started_at, std::process::id());
+    let (detail, continue_mode) = (params.detail, params.continue_mode);
     let concurrency_param = params.concurrency;
-    let detail = params.detail;
-    let continue_mode = params.continue_mode;
     let ev = events.clone();
-    let hot2 = hot.clone();
-    let cancel2 = cancel.clone();
+    let (hot2, cancel2) = (hot.clone(), cancel.clone());
     let (sh, sel, history) = tokio::task::spawn_blocking(move || {
         let (sh, sel) = prepare(params, Some(ev), hot2, Some(cancel2))?;
         let history = open_history(&sh);
@@ -154,43 +155,15 @@ pub async fn run_in(
     .await
     .map_err(|e| EngineError::new(ErrorKind::Internal, format!("prepare panicked: {e}")))??;
     let mut timing = Timing::new(&sh.params.env);
-    let concurrency = concurrency_param
-        .or(sh.model.ws.defaults.concurrency)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-        .max(1);
-    if concurrency > vx_proto::MAX_CONCURRENCY {
-        return Err(concurrency_error(concurrency));
-    }
-    let root = sh.model.ws.root.to_string_lossy().into_owned();
+    let concurrency = concurrency_of(&sh, concurrency_param)?;
     if let Some(base) = &sel.nothing_affected {
         let _ = events.send(RunEvent::Warning {
             message: format!("nothing affected since {base}"),
         });
     }
     let nodes = sel.nodes.clone();
-    let n = nodes.len();
-    let local_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &g)| (g, i)).collect();
-    let deps: Vec<Vec<usize>> = nodes
-        .iter()
-        .map(|&g| {
-            sh.model
-                .graph
-                .deps(g)
-                .filter_map(|d| local_of.get(&d).copied())
-                .collect()
-        })
-        .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            dependents[d].push(i);
-        }
-    }
-    let priority = priorities(&sh, &nodes, &deps, &dependents, history.as_deref());
+    let sched = scheduler_of(&sh, &nodes, history.as_deref(), concurrency, continue_mode);
+    let root = sh.model.ws.root.to_string_lossy().into_owned();
     let _ = events.send(RunEvent::RunStarted {
         run_id: run_id.clone(),
         root: root.clone(),
@@ -200,78 +173,8 @@ pub async fn run_in(
             .count(),
         concurrency,
     });
-    let (task_cancel_tx, task_cancel_rx) = watch::channel::<Option<i32>>(None);
-    let mut d = Driver {
-        cancelled: None,
-        task_cancel_tx,
-        sched: Scheduler::new(deps, dependents, priority, concurrency, continue_mode),
-        sh: sh.clone(),
-        nodes,
-        session: session.clone(),
-        t0,
-        task_cancel: task_cancel_rx,
-        running: tokio::task::JoinSet::new(),
-        immediate: VecDeque::new(),
-        results: Vec::new(),
-        procs: Vec::new(),
-        quiet: HashSet::new(),
-        error: None,
-    };
-    while !d.sched.is_complete() {
-        d.dispatch();
-        let done = match d.immediate.pop_front() {
-            Some(done) => done,
-            None => {
-                if d.running.is_empty() {
-                    if d.sched.nothing_ready() {
-                        break; // nothing can progress (cannot happen on a DAG)
-                    }
-                    continue;
-                }
-                let next = tokio::select! {
-                    joined = d.running.join_next() => match joined {
-                        None => Next::Nothing,
-                        Some(Ok(done)) => Next::Done(done),
-                        Some(Err(e)) => Next::Panicked(e.to_string()),
-                    },
-                    r = cancel.changed(), if d.cancelled.is_none() => {
-                        Next::Cancel(match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM })
-                    }
-                };
-                match next {
-                    Next::Done(done) => done,
-                    Next::Nothing => continue,
-                    Next::Panicked(e) => {
-                        d.error = Some(EngineError::new(
-                            ErrorKind::Internal,
-                            format!("a task panicked: {e}"),
-                        ));
-                        d.sched.lost();
-                        d.sched.stop();
-                        continue;
-                    }
-                    Next::Cancel(sig) => {
-                        d.cancel(sig);
-                        continue;
-                    }
-                }
-            }
-        };
-        d.collect(done, &events, detail);
-        // A cancel that arrives while only inline work remains.
-        if d.cancelled.is_none() && cancel.has_changed().unwrap_or(false) {
-            let sig = (*cancel.borrow_and_update()).unwrap_or(libc::SIGTERM);
-            d.cancel(sig);
-        }
-    }
-    // Whatever never became ready (cannot happen on a DAG) is reported skipped.
-    let never: Vec<usize> = d.sched.never_ready().collect();
-    for i in never {
-        let g = d.nodes[i];
-        if sh.model.graph.nodes[g].def.command.is_some() {
-            d.results.push(skipped(&sh, g, None));
-        }
-    }
+    let mut d = Driver::new(sched, sh.clone(), nodes, session.clone(), t0);
+    d.drive(&mut cancel, &events, detail).await;
     timing.stage("schedule");
     let sh2 = sh.clone();
     let close = tokio::task::spawn_blocking(move || sh2.finish_store()).await;
@@ -286,23 +189,7 @@ pub async fn run_in(
             message: format!("the cache index could not be written: {e}"),
         });
     }
-    let Driver {
-        sched,
-        nodes,
-        mut results,
-        procs,
-        quiet,
-        error,
-        cancelled,
-        ..
-    } = d;
-    if let Some(e) = error {
-        let all: Vec<persist::Proc> = procs.into_iter().map(|(_, p)| p).collect();
-        futures_join_all(all.into_iter().map(|p| p.stop())).await;
-        return Err(e);
-    }
-    results.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut head = Head {
+    let head = Head {
         run_id,
         started_at,
         t0,
@@ -311,43 +198,56 @@ pub async fn run_in(
         concurrency,
         history,
         watch_cycle: session.is_some(),
-        nodes: nodes.clone(),
+        nodes: d.nodes.clone(),
     };
-    let lanes = sched.lanes();
-    if let Some(s) = &session {
-        // The session keeps the persistent tasks and remembers what ran.
-        s.remember(&results);
-        if cancelled.is_some() {
-            futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
-        } else if let Ok(mut map) = s.procs.lock() {
-            for (_, p) in procs {
-                map.insert(p.id.clone(), p);
-            }
-        }
-        return Ok(head.finish(&sh, results, cancelled, &quiet, lanes).await);
+    d.conclude(head, &events, &mut cancel).await
+}
+
+/// The run's concurrency: the request's, else the config's, else the
+/// machine's; above [`vx_proto::MAX_CONCURRENCY`] it is refused.
+fn concurrency_of(sh: &Shared, requested: Option<usize>) -> Result<usize, EngineError> {
+    let concurrency = requested
+        .or(sh.model.ws.defaults.concurrency)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+        .max(1);
+    if concurrency > vx_proto::MAX_CONCURRENCY {
+        return Err(concurrency_error(concurrency));
     }
-    if let Some(sig) = cancelled {
-        futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
-        for r in results.iter_mut() {
-            if r.status == TaskStatus::Running {
-                r.status = TaskStatus::Aborted;
-            }
+    Ok(concurrency)
+}
+
+/// The scheduler over the selected graph nodes `nodes` (local index =
+/// position), with their edges within the selection and their priorities.
+fn scheduler_of(
+    sh: &Shared,
+    nodes: &[usize],
+    history: Option<&History>,
+    concurrency: usize,
+    continue_mode: ContinueMode,
+) -> Scheduler {
+    let local_of: HashMap<usize, usize> = nodes.iter().enumerate().map(|(i, &g)| (g, i)).collect();
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|&g| {
+            sh.model
+                .graph
+                .deps(g)
+                .filter_map(|d| local_of.get(&d).copied())
+                .collect()
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
         }
-        return Ok(head.finish(&sh, results, Some(sig), &quiet, lanes).await);
     }
-    let (results, cancelled) = persistent::hold(
-        &sh,
-        &mut head,
-        &sched,
-        &nodes,
-        results,
-        procs,
-        &quiet,
-        &events,
-        &mut cancel,
-    )
-    .await;
-    Ok(head.finish(&sh, results, cancelled, &quiet, lanes).await)
+    let priority = priorities(sh, nodes, &deps, &dependents, history);
+    Scheduler::new(deps, dependents, priority, concurrency, continue_mode)
 }
 
 /// What the driver waits for when nothing is ready inline (a value on
@@ -386,6 +286,155 @@ struct Driver {
 }
 
 impl Driver {
+    fn new(
+        sched: Scheduler,
+        sh: Arc<Shared>,
+        nodes: Vec<usize>,
+        session: Option<Arc<Session>>,
+        t0: Instant,
+    ) -> Driver {
+        let (task_cancel_tx, task_cancel) = watch::channel::<Option<i32>>(None);
+        Driver {
+            sched,
+            sh,
+            nodes,
+            session,
+            t0,
+            task_cancel,
+            task_cancel_tx,
+            cancelled: None,
+            running: tokio::task::JoinSet::new(),
+            immediate: VecDeque::new(),
+            results: Vec::new(),
+            procs: Vec::new(),
+            quiet: HashSet::new(),
+            error: None,
+        }
+    }
+
+    /// The loop: carry out the scheduler's decisions, wait for an outcome
+    /// (inline ones first) or a cancel, hand it back; until every task is
+    /// done. What never became ready (cannot happen on a DAG) is reported
+    /// skipped.
+    async fn drive(
+        &mut self,
+        cancel: &mut watch::Receiver<Option<i32>>,
+        events: &Events,
+        detail: vx_proto::Detail,
+    ) {
+        while !self.sched.is_complete() {
+            self.dispatch();
+            let done = match self.immediate.pop_front() {
+                Some(done) => done,
+                None => {
+                    if self.running.is_empty() {
+                        if self.sched.nothing_ready() {
+                            break; // nothing can progress (cannot happen on a DAG)
+                        }
+                        continue;
+                    }
+                    let next = tokio::select! {
+                        joined = self.running.join_next() => match joined {
+                            None => Next::Nothing,
+                            Some(Ok(done)) => Next::Done(done),
+                            Some(Err(e)) => Next::Panicked(e.to_string()),
+                        },
+                        r = cancel.changed(), if self.cancelled.is_none() => {
+                            Next::Cancel(match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM })
+                        }
+                    };
+                    match next {
+                        Next::Done(done) => done,
+                        Next::Nothing => continue,
+                        Next::Panicked(e) => {
+                            self.error = Some(EngineError::new(
+                                ErrorKind::Internal,
+                                format!("a task panicked: {e}"),
+                            ));
+                            self.sched.lost();
+                            self.sched.stop();
+                            continue;
+                        }
+                        Next::Cancel(sig) => {
+                            self.cancel(sig);
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.collect(done, events, detail);
+            // A cancel that arrives while only inline work remains.
+            if self.cancelled.is_none() && cancel.has_changed().unwrap_or(false) {
+                let sig = (*cancel.borrow_and_update()).unwrap_or(libc::SIGTERM);
+                self.cancel(sig);
+            }
+        }
+        let never: Vec<usize> = self.sched.never_ready().collect();
+        for i in never {
+            let g = self.nodes[i];
+            if self.sh.model.graph.nodes[g].def.command.is_some() {
+                self.results.push(skipped(&self.sh, g, None));
+            }
+        }
+    }
+
+    /// After the loop: an internal error stops every persistent task; a
+    /// watch cycle leaves its persistent tasks to the session; a cancelled
+    /// run stops them; otherwise the run holds the persistent tasks it
+    /// keeps. Then the summary, recorded.
+    async fn conclude(
+        self,
+        mut head: Head,
+        events: &Events,
+        cancel: &mut watch::Receiver<Option<i32>>,
+    ) -> Result<RunSummary, EngineError> {
+        let Driver {
+            sched,
+            sh,
+            nodes,
+            session,
+            mut results,
+            procs,
+            quiet,
+            error,
+            cancelled,
+            ..
+        } = self;
+        if let Some(e) = error {
+            let all: Vec<persist::Proc> = procs.into_iter().map(|(_, p)| p).collect();
+            futures_join_all(all.into_iter().map(|p| p.stop())).await;
+            return Err(e);
+        }
+        results.sort_by(|a, b| a.id.cmp(&b.id));
+        let lanes = sched.lanes();
+        if let Some(s) = &session {
+            // The session keeps the persistent tasks and remembers what ran.
+            s.remember(&results);
+            if cancelled.is_some() {
+                futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
+            } else if let Ok(mut map) = s.procs.lock() {
+                for (_, p) in procs {
+                    map.insert(p.id.clone(), p);
+                }
+            }
+            return Ok(head.finish(&sh, results, cancelled, &quiet, lanes).await);
+        }
+        if let Some(sig) = cancelled {
+            futures_join_all(procs.into_iter().map(|(_, p)| p.stop())).await;
+            for r in results.iter_mut() {
+                if r.status == TaskStatus::Running {
+                    r.status = TaskStatus::Aborted;
+                }
+            }
+            return Ok(head.finish(&sh, results, Some(sig), &quiet, lanes).await);
+        }
+        let (results, cancelled) = persistent::hold(
+            &sh, &mut head, &sched, &nodes, results, procs, &quiet, events, cancel,
+        )
+        .await;
+        Ok(head.finish(&sh, results, cancelled, &quiet, lanes).await)
+    }
+
     fn now(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64
     }
