@@ -1,0 +1,348 @@
+//! The house rules, checked: which crate may link what (on the resolved,
+//! transitive dependency graph) and which engine module may use which (on
+//! the module edges read from `daemon/src`). docs/ARCHITECTURE.md states the
+//! same rules as absences; this file is what keeps them true.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `cargo metadata` of the workspace, with the resolved graph.
+fn metadata() -> serde_json::Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(repo())
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+}
+
+/// Package name → names of the packages it links (normal dependencies only,
+/// not dev or build), closed transitively.
+fn linked_closure(meta: &serde_json::Value) -> BTreeMap<String, BTreeSet<String>> {
+    let name_of: BTreeMap<&str, &str> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let mut direct: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for node in meta["resolve"]["nodes"].as_array().expect("resolve.nodes") {
+        let me = name_of[node["id"].as_str().unwrap()].to_string();
+        let deps = direct.entry(me).or_default();
+        for d in node["deps"].as_array().unwrap() {
+            let normal = d["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            if normal {
+                deps.insert(name_of[d["pkg"].as_str().unwrap()].to_string());
+            }
+        }
+    }
+    let mut closed = BTreeMap::new();
+    for start in direct.keys() {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![start.clone()];
+        while let Some(p) = todo.pop() {
+            for d in direct.get(&p).into_iter().flatten() {
+                if seen.insert(d.clone()) {
+                    todo.push(d.clone());
+                }
+            }
+        }
+        closed.insert(start.clone(), seen);
+    }
+    closed
+}
+
+/// Crates that are transports or exporters: they live in their own crates or
+/// behind features, never in what the engine links.
+const TRANSPORTS: &[&str] = &[
+    "axum",
+    "hyper",
+    "tonic",
+    "rmcp",
+    "object_store",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry-otlp",
+    "reqwest",
+];
+
+#[test]
+fn crates_link_only_what_they_may() {
+    let meta = metadata();
+    let linked = linked_closure(&meta);
+    let of = |p: &str| {
+        linked
+            .get(p)
+            .unwrap_or_else(|| panic!("package {p} is in the workspace"))
+    };
+    // (package, crate it must never link, why)
+    let rules: &[(&str, &str, &str)] = &[
+        (
+            "vx",
+            "vxd",
+            "the client talks to the engine only over the wire",
+        ),
+        ("vx", "tokio", "the client stays thin and tokio-free"),
+        ("vx", "redb", "the client never opens the engine's stores"),
+        ("vx-proto", "tokio", "the contract is plain data"),
+        ("vx-proto", "vxd", "the contract depends on nothing of ours"),
+        ("vx-proto", "vx", "the contract depends on nothing of ours"),
+    ];
+    let mut broken = Vec::new();
+    for (pkg, never, why) in rules {
+        if of(pkg).contains(*never) {
+            broken.push(format!("{pkg} links {never} ({why})"));
+        }
+    }
+    for t in TRANSPORTS {
+        if of("vxd").contains(*t) {
+            broken.push(format!(
+                "the engine (vxd) links the transport crate {t}: put it in its own crate or behind a feature"
+            ));
+        }
+    }
+    assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
+}
+
+/// The top-level module of `daemon/src` a file belongs to (`engine/keys.rs`
+/// → `engine`); `None` for the crate roots.
+fn module_of(rel: &Path) -> Option<String> {
+    let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+    let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
+    (name != "lib" && name != "main").then_some(name)
+}
+
+/// The top-level modules a source file names through `crate::…`, including
+/// grouped imports (`use crate::{a, b::c}`). Comments are skipped.
+fn crate_refs(src: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in src.lines() {
+        let code = match line.find("//") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                // Top-level names of the group: split on commas at depth 0.
+                let mut depth = 0;
+                let mut item = String::new();
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            push_head(&item, &mut out);
+                            item.clear();
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    item.push(c);
+                }
+                push_head(&item, &mut out);
+            } else {
+                push_head(rest, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn push_head(path: &str, out: &mut BTreeSet<String>) {
+    let head: String = path
+        .trim()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    if !head.is_empty() && head != "self" {
+        out.insert(head);
+    }
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read daemon/src").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Module → modules it uses, across daemon/src.
+fn module_edges() -> BTreeMap<String, BTreeSet<String>> {
+    let src = repo().join("daemon/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).expect("under daemon/src");
+        let Some(me) = module_of(rel) else { continue };
+        let text = std::fs::read_to_string(&f).expect("read source");
+        let uses = edges.entry(me.clone()).or_default();
+        for m in crate_refs(&text) {
+            if m != me {
+                uses.insert(m);
+            }
+        }
+    }
+    edges
+}
+
+/// A cycle in the module graph, if there is one (as a path a → … → a).
+fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_string(), 1);
+        stack.push(n.to_string());
+        for m in edges.get(n).into_iter().flatten() {
+            match state.get(m.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let at = stack.iter().position(|s| s == m).unwrap_or(0);
+                    let mut cyc = stack[at..].to_vec();
+                    cyc.push(m.clone());
+                    return Some(cyc);
+                }
+                0 => {
+                    if let Some(c) = visit(m, edges, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(n.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in edges.keys() {
+        if state.get(n.as_str()).copied().unwrap_or(0) == 0 {
+            let mut stack = Vec::new();
+            if let Some(c) = visit(n, edges, &mut state, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn engine_modules_form_a_dag() {
+    let edges = module_edges();
+    if let Some(cycle) = find_cycle(&edges) {
+        panic!(
+            "the modules of daemon/src have an import circle: {}",
+            cycle.join(" → ")
+        );
+    }
+}
+
+/// Modules that are the engine's foundations: they know nothing of runs,
+/// the daemon or any transport.
+const FOUNDATIONS: &[&str] = &[
+    "fsx",
+    "globs",
+    "hash",
+    "workspace",
+    "graph",
+    "cache",
+    "exec",
+    "procstat",
+];
+
+#[test]
+fn module_rules_hold() {
+    let edges = module_edges();
+    let mut broken = Vec::new();
+    for (m, uses) in &edges {
+        if m != "server" && uses.contains("server") {
+            broken.push(format!(
+                "{m} uses server: only the crate roots start servers"
+            ));
+        }
+        if FOUNDATIONS.contains(&m.as_str()) {
+            for higher in ["engine", "state", "server", "watch", "history", "inspect"] {
+                if uses.contains(higher) {
+                    broken.push(format!("foundation {m} uses {higher}"));
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "module rules broken:\n{}",
+        broken.join("\n")
+    );
+}
+
+/// Only the transport edge knows JSON-RPC: error codes and `RpcError` appear
+/// nowhere else in the engine.
+#[test]
+fn only_the_edge_knows_json_rpc() {
+    let src = repo().join("daemon/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).expect("under daemon/src");
+        if rel.starts_with("server") || module_of(rel).is_none() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("codes::") || code.contains("RpcError") {
+                found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "JSON-RPC codes outside daemon/src/server:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_reference_parser_reads_grouped_imports() {
+    let cases: &[(&str, &[&str])] = &[
+        ("use crate::engine::Model;", &["engine"]),
+        (
+            "use crate::{cache::{self, Store}, hash};",
+            &["cache", "hash"],
+        ),
+        ("let x = crate::fsx::open(p); // crate::server", &["fsx"]),
+        ("use crate::{self as me};", &[]),
+    ];
+    for (src, want) in cases {
+        let got: Vec<String> = crate_refs(src).into_iter().collect();
+        assert_eq!(got, *want, "{src}");
+    }
+}
