@@ -1,12 +1,13 @@
 //! `error` — the engine's one error type and the kinds of failure it names.
 //!
 //! Owns: [`EngineError`] (a kind, a message, optional structured data) and
-//! [`ErrorKind`], and the conversions from the pipeline modules' errors.
+//! [`ErrorKind`], and the conversions from the pipeline modules' errors
+//! (`graph` converts its own: it names its failures by kind).
 //! Never: knows a protocol code. Only the transport edge maps a kind to a
 //! code (`server::codes`), so a new transport chooses its own mapping and
 //! the engine never changes for it.
 
-use crate::{cache, globs, graph, workspace};
+use crate::{cache, globs, workspace};
 
 /// What kind of failure ended a request. Stable: clients and transports
 /// map these, never the messages.
@@ -68,23 +69,6 @@ impl EngineError {
 impl From<workspace::ConfigError> for EngineError {
     fn from(e: workspace::ConfigError) -> Self {
         EngineError::new(ErrorKind::Config, e.to_string())
-    }
-}
-
-impl From<graph::GraphError> for EngineError {
-    fn from(e: graph::GraphError) -> Self {
-        // `graph` still names its failures by protocol code; read back here
-        // (and only here) into kinds.
-        use vx_proto::codes;
-        let kind = match e.code {
-            codes::CONFIG_ERROR => ErrorKind::Config,
-            codes::CYCLE => ErrorKind::Cycle,
-            codes::NOT_FOUND => ErrorKind::NotFound,
-            codes::GIT_ERROR => ErrorKind::Git,
-            codes::USER_ERROR => ErrorKind::User,
-            _ => ErrorKind::Internal,
-        };
-        EngineError::new(kind, e.message)
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! Never: reads file contents for hashing, touches the cache, or spawns a task.
 
+use crate::error::{EngineError, ErrorKind};
 use crate::globs::Patterns;
 use crate::workspace::{ConfigKind, Project, TaskDef, Workspace};
 use petgraph::Direction;
@@ -15,19 +16,24 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::process::Command;
-use vx_proto::codes;
 
-/// A graph or selection error, with the stable protocol code it maps to.
+/// A graph or selection error and the kind of failure it is.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct GraphError {
-    pub code: i64,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
-fn gerr(code: i64, message: impl Into<String>) -> GraphError {
+impl From<GraphError> for EngineError {
+    fn from(e: GraphError) -> Self {
+        EngineError::new(e.kind, e.message)
+    }
+}
+
+fn gerr(kind: ErrorKind, message: impl Into<String>) -> GraphError {
     GraphError {
-        code,
+        kind,
         message: message.into(),
     }
 }
@@ -109,7 +115,7 @@ impl TaskGraph {
                             continue;
                         }
                         return Err(gerr(
-                            codes::CONFIG_ERROR,
+                            ErrorKind::Config,
                             format!(
                                 "{}: no project declares a task `{name}`{}",
                                 here(),
@@ -143,7 +149,7 @@ impl TaskGraph {
                                     did_you_mean(name, p.map(|s| s.as_str()))
                                 )
                             };
-                            return Err(gerr(codes::CONFIG_ERROR, msg));
+                            return Err(gerr(ErrorKind::Config, msg));
                         }
                     }
                 } else {
@@ -152,7 +158,7 @@ impl TaskGraph {
                         None if lenient => {}
                         None => {
                             return Err(gerr(
-                                codes::CONFIG_ERROR,
+                                ErrorKind::Config,
                                 format!(
                                     "{}: project `{}` has no task `{form}`{}",
                                     here(),
@@ -225,7 +231,7 @@ impl TaskGraph {
                         .collect();
                     cycle.push(self.nodes[next.index()].id.as_str());
                     return Err(gerr(
-                        codes::CYCLE,
+                        ErrorKind::Cycle,
                         format!("task dependency cycle: {}", cycle.join(" → ")),
                     ));
                 }
@@ -234,7 +240,7 @@ impl TaskGraph {
                 cur = next;
             }
         }
-        Err(gerr(codes::CYCLE, "task dependency cycle"))
+        Err(gerr(ErrorKind::Cycle, "task dependency cycle"))
     }
 
     /// Every node reachable from `start` through dependency edges (inclusive).
@@ -315,7 +321,7 @@ pub struct SelectArgs<'a> {
 /// Resolves the requested tasks of a run.
 pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Selection, GraphError> {
     if args.tasks.is_empty() {
-        return Err(gerr(codes::USER_ERROR, "no task given: try `vx run build`"));
+        return Err(gerr(ErrorKind::User, "no task given: try `vx run build`"));
     }
     let scope = project_scope(ws, args)?;
     let mut requested: HashSet<usize> = HashSet::new();
@@ -329,7 +335,7 @@ pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Select
                 None => {
                     let hint = did_you_mean(t, g.nodes.iter().map(|n| n.id.as_str()));
                     return Err(gerr(
-                        codes::NOT_FOUND,
+                        ErrorKind::NotFound,
                         format!("no task `{t}` in the workspace{hint}"),
                     ));
                 }
@@ -357,7 +363,7 @@ pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Select
             format!("none of the {} projects in scope declares", scope.len())
         };
         return Err(gerr(
-            codes::NOT_FOUND,
+            ErrorKind::NotFound,
             format!("{scope_desc} task `{}`{hint}", missing.join("`, `")),
         ));
     }
@@ -450,13 +456,13 @@ pub fn filter_projects(
             None => (false, body),
         };
         if body.is_empty() {
-            return Err(gerr(codes::USER_ERROR, format!("empty filter `{f}`")));
+            return Err(gerr(ErrorKind::User, format!("empty filter `{f}`")));
         }
         let matched = match_projects(ws, cwd, body)?;
         if matched.is_empty() {
             let hint = did_you_mean(body, ws.projects.iter().map(|p| p.name.as_str()));
             return Err(gerr(
-                codes::NOT_FOUND,
+                ErrorKind::NotFound,
                 format!("filter `{f}` matched no project{hint}"),
             ));
         }
@@ -496,7 +502,7 @@ fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, G
             Ok(r) => r.to_string_lossy().replace('\\', "/"),
             Err(_) => {
                 return Err(gerr(
-                    codes::USER_ERROR,
+                    ErrorKind::User,
                     format!("filter `{pat}` points outside the workspace"),
                 ));
             }
@@ -505,10 +511,7 @@ fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, G
         let pats = if rel == "." {
             None
         } else {
-            Some(
-                Patterns::new(&[rel.as_str()])
-                    .map_err(|e| gerr(codes::USER_ERROR, e.to_string()))?,
-            )
+            Some(Patterns::new(&[rel.as_str()]).map_err(|e| gerr(ErrorKind::User, e.to_string()))?)
         };
         return Ok(ws
             .projects
@@ -526,7 +529,7 @@ fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, G
         .build()
         .map_err(|e| {
             gerr(
-                codes::USER_ERROR,
+                ErrorKind::User,
                 format!("invalid filter `{pat}`: {}", e.kind()),
             )
         })?
@@ -606,10 +609,10 @@ fn git(root: &Path, args: &[&str]) -> Result<String, GraphError> {
         .arg(root)
         .args(args)
         .output()
-        .map_err(|e| gerr(codes::GIT_ERROR, format!("--affected needs git: {e}")))?;
+        .map_err(|e| gerr(ErrorKind::Git, format!("--affected needs git: {e}")))?;
     if !out.status.success() {
         return Err(gerr(
-            codes::GIT_ERROR,
+            ErrorKind::Git,
             format!(
                 "git {} failed: {}",
                 args.join(" "),
@@ -644,13 +647,13 @@ pub fn changed_files(root: &Path, base: &str) -> Result<(String, BTreeSet<String
     if base.starts_with('-') {
         // git would read it as an option (`--output=...` writes a file).
         return Err(gerr(
-            codes::USER_ERROR,
+            ErrorKind::User,
             format!("--affected takes a git ref, and `{base}` starts with `-`"),
         ));
     }
     if base.contains("..") || base.starts_with('^') {
         return Err(gerr(
-            codes::USER_ERROR,
+            ErrorKind::User,
             format!("--affected takes one ref, not a range: `{base}`"),
         ));
     }
@@ -700,19 +703,19 @@ fn affected_nodes(
         return Ok((0..g.nodes.len()).collect());
     }
     let global =
-        Patterns::new(&ws.global.inputs).map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+        Patterns::new(&ws.global.inputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
     if changed.iter().any(|f| global.matches(f)) {
         return Ok((0..g.nodes.len()).collect());
     }
     let mut seeds = Vec::new();
     for (ni, node) in g.nodes.iter().enumerate() {
         let p: &Project = &ws.projects[node.project];
-        let inputs = Patterns::new(&node.def.inputs)
-            .map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
-        let outputs = Patterns::new(&node.def.outputs)
-            .map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+        let inputs =
+            Patterns::new(&node.def.inputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
+        let outputs =
+            Patterns::new(&node.def.outputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
         let root_inputs = Patterns::new(&node.def.root_inputs)
-            .map_err(|e| gerr(codes::CONFIG_ERROR, e.to_string()))?;
+            .map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
         let hit = changed.iter().any(|f| {
             if root_inputs.matches(f) || *f == p.config_file {
                 return true;
@@ -756,7 +759,7 @@ mod tests {
         // Refused before git is asked (the directory does not exist).
         for bad in ["-x", "--output=/tmp/pwned", "-"] {
             let e = changed_files(Path::new("/nonexistent/vx"), bad).unwrap_err();
-            assert_eq!(e.code, codes::USER_ERROR, "{bad}");
+            assert_eq!(e.kind, ErrorKind::User, "{bad}");
             assert!(e.message.contains("starts with `-`"), "{bad}: {e}");
         }
     }

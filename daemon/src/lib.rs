@@ -90,10 +90,10 @@ mod layering {
         ("exec", &["procstat"]),
         ("workspace", &["globs", "hash"]),
         ("cache", &["fsx", "globs", "hash"]),
-        ("graph", &["globs", "workspace"]),
         ("history", &["cache"]),
         ("persist", &["exec", "sink"]),
-        ("error", &["cache", "globs", "graph", "workspace"]),
+        ("error", &["cache", "globs", "workspace"]),
+        ("graph", &["error", "globs", "workspace"]),
         ("model", &["error", "globs", "graph", "hash", "workspace"]),
         ("state", &["cache", "error", "hash", "model", "workspace"]),
         (

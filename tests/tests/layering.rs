@@ -1,7 +1,9 @@
 //! The house rules, checked: which crate may link what (on the resolved,
-//! transitive dependency graph) and which engine module may use which (on
-//! the module edges read from `daemon/src`). docs/ARCHITECTURE.md states the
-//! same rules as absences; this file is what keeps them true.
+//! transitive dependency graph), and that only the transport edge knows
+//! JSON-RPC codes. Which engine module may use which is checked next to the
+//! code (`daemon/src/lib.rs`, `layering`: the allowed edges, a DAG).
+//! docs/ARCHITECTURE.md states the same rules as absences; these tests keep
+//! them true.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -130,56 +132,6 @@ fn module_of(rel: &Path) -> Option<String> {
     (name != "lib" && name != "main").then_some(name)
 }
 
-/// The top-level modules a source file names through `crate::…`, including
-/// grouped imports (`use crate::{a, b::c}`). Comments are skipped.
-fn crate_refs(src: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for line in src.lines() {
-        let code = match line.find("//") {
-            Some(i) => &line[..i],
-            None => line,
-        };
-        let mut rest = code;
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // Top-level names of the group: split on commas at depth 0.
-                let mut depth = 0;
-                let mut item = String::new();
-                for c in group.chars() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => {
-                            push_head(&item, &mut out);
-                            item.clear();
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    item.push(c);
-                }
-                push_head(&item, &mut out);
-            } else {
-                push_head(rest, &mut out);
-            }
-        }
-    }
-    out
-}
-
-fn push_head(path: &str, out: &mut BTreeSet<String>) {
-    let head: String = path
-        .trim()
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .collect();
-    if !head.is_empty() && head != "self" {
-        out.insert(head);
-    }
-}
-
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("read daemon/src").flatten() {
         let p = e.path();
@@ -189,117 +141,6 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
-}
-
-/// Module → modules it uses, across daemon/src.
-fn module_edges() -> BTreeMap<String, BTreeSet<String>> {
-    let src = repo().join("daemon/src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for f in files {
-        let rel = f.strip_prefix(&src).expect("under daemon/src");
-        let Some(me) = module_of(rel) else { continue };
-        let text = std::fs::read_to_string(&f).expect("read source");
-        let uses = edges.entry(me.clone()).or_default();
-        for m in crate_refs(&text) {
-            if m != me {
-                uses.insert(m);
-            }
-        }
-    }
-    edges
-}
-
-/// A cycle in the module graph, if there is one (as a path a → … → a).
-fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn visit(
-        n: &str,
-        edges: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut BTreeMap<String, u8>,
-        stack: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        state.insert(n.to_string(), 1);
-        stack.push(n.to_string());
-        for m in edges.get(n).into_iter().flatten() {
-            match state.get(m.as_str()).copied().unwrap_or(0) {
-                1 => {
-                    let at = stack.iter().position(|s| s == m).unwrap_or(0);
-                    let mut cyc = stack[at..].to_vec();
-                    cyc.push(m.clone());
-                    return Some(cyc);
-                }
-                0 => {
-                    if let Some(c) = visit(m, edges, state, stack) {
-                        return Some(c);
-                    }
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state.insert(n.to_string(), 2);
-        None
-    }
-    let mut state = BTreeMap::new();
-    for n in edges.keys() {
-        if state.get(n.as_str()).copied().unwrap_or(0) == 0 {
-            let mut stack = Vec::new();
-            if let Some(c) = visit(n, edges, &mut state, &mut stack) {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
-#[test]
-fn engine_modules_form_a_dag() {
-    let edges = module_edges();
-    if let Some(cycle) = find_cycle(&edges) {
-        panic!(
-            "the modules of daemon/src have an import circle: {}",
-            cycle.join(" → ")
-        );
-    }
-}
-
-/// Modules that are the engine's foundations: they know nothing of runs,
-/// the daemon or any transport.
-const FOUNDATIONS: &[&str] = &[
-    "fsx",
-    "globs",
-    "hash",
-    "workspace",
-    "graph",
-    "cache",
-    "exec",
-    "procstat",
-];
-
-#[test]
-fn module_rules_hold() {
-    let edges = module_edges();
-    let mut broken = Vec::new();
-    for (m, uses) in &edges {
-        if m != "server" && uses.contains("server") {
-            broken.push(format!(
-                "{m} uses server: only the crate roots start servers"
-            ));
-        }
-        if FOUNDATIONS.contains(&m.as_str()) {
-            for higher in ["engine", "state", "server", "watch", "history", "inspect"] {
-                if uses.contains(higher) {
-                    broken.push(format!("foundation {m} uses {higher}"));
-                }
-            }
-        }
-    }
-    assert!(
-        broken.is_empty(),
-        "module rules broken:\n{}",
-        broken.join("\n")
-    );
 }
 
 /// Only the transport edge knows JSON-RPC: error codes and `RpcError` appear
@@ -328,21 +169,4 @@ fn only_the_edge_knows_json_rpc() {
         "JSON-RPC codes outside daemon/src/server:\n{}",
         found.join("\n")
     );
-}
-
-#[test]
-fn the_reference_parser_reads_grouped_imports() {
-    let cases: &[(&str, &[&str])] = &[
-        ("use crate::engine::Model;", &["engine"]),
-        (
-            "use crate::{cache::{self, Store}, hash};",
-            &["cache", "hash"],
-        ),
-        ("let x = crate::fsx::open(p); // crate::server", &["fsx"]),
-        ("use crate::{self as me};", &[]),
-    ];
-    for (src, want) in cases {
-        let got: Vec<String> = crate_refs(src).into_iter().collect();
-        assert_eq!(got, *want, "{src}");
-    }
 }
