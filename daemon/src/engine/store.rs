@@ -41,7 +41,7 @@ pub(super) fn open_cold(
 
 /// What [`open_store_waiting`] found: the store, or why it cannot be used
 /// (a run then goes on uncached).
-pub(super) enum Opened {
+enum Opened {
     Store(Box<(Store, Vec<(String, hash::Record)>)>),
     Unusable(String),
 }
@@ -53,7 +53,7 @@ pub(crate) const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
 const CACHE_LOCK_WAIT_DAEMON: Duration = Duration::from_secs(3);
 
 /// Whether a daemon holds this workspace's liveness lock.
-pub(super) fn workspace_daemon_alive(root: &Path) -> bool {
+fn workspace_daemon_alive(root: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(paths) = vx_proto::paths::daemon_paths(root) else {
         return false;
@@ -80,7 +80,7 @@ pub(super) fn workspace_daemon_alive(root: &Path) -> bool {
 /// [`CACHE_LOCK_WAIT_DAEMON`] beside a live daemon, [`CACHE_LOCK_WAIT`]
 /// otherwise). A `--no-cache` run never waits: it runs on an uncached
 /// store ([`uncached`]).
-pub(super) fn open_store_waiting(
+fn open_store_waiting(
     cdir: &Path,
     root: &Path,
     params: &RunParams,
