@@ -355,3 +355,28 @@ fn protocol_md_is_generated_from_the_catalogue() {
         "docs/protocol.md's catalogue differs from vx_proto::catalogue; rerun with VX_BLESS=1 to rewrite it. Expected:\n{want}"
     );
 }
+
+/// The schemas are the daemon's: the client links neither schemars nor the
+/// router's dependencies (resolved for `vx` alone, transitively).
+#[test]
+fn the_client_links_no_schema_code() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "-p", "vx", "-e", "normal", "--prefix", "none"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("vx-proto"), "{tree}");
+    for banned in ["schemars ", "tokio ", "tokio-util ", "serde_path_to_error "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(banned)),
+            "the client pulls in {banned}:\n{tree}"
+        );
+    }
+}
