@@ -10,8 +10,9 @@
 //! and `docs/protocol.md` is generated from it, so a method cannot exist on
 //! one side only or go undocumented.
 //!
-//! Registering one more method is one line in [`visit`] (plus its handler
-//! in `vxd`).
+//! Registering one more method: declare its type with `method!` (here or in
+//! another file of this crate: `crate::catalogue::method!`), add one line to
+//! [`visit`], and register its handler in `vxd`'s `server/handlers.rs`.
 //!
 //! Never: I/O, or knowledge of how a method is served.
 
