@@ -30,6 +30,11 @@
 //! never a dangling entry. This module never spawns a process and never
 //! decides what runs.
 
+mod share;
+
+pub use share::RunLease;
+pub(crate) use share::unshared;
+
 use crate::fsx::Confined;
 use crate::globs::Patterns;
 use crate::hash::{FileStat, Record};
@@ -49,6 +54,11 @@ const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const STAMPS: TableDefinition<&str, &[u8]> = TableDefinition::new("stamps");
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+/// `generation`: bumped by every commit that adds, drops or re-stamps an
+/// entry, in any process, so a process that memoises entries knows when
+/// another one changed the index.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const GENERATION: &str = "generation";
 
 /// An entry's recorded access time is refreshed only when it is older than
 /// this, so a repeat fully cached run writes nothing.
@@ -64,6 +74,11 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// How long an open waits for an index held by a process that does not
+/// share it (an older vx holding it exclusively, or one moving a damaged
+/// index aside) before it gives up (`VX_CACHE_LOCK_TIMEOUT_MS`).
+pub const OPEN_WAIT: Duration = Duration::from_secs(3);
 
 /// Version of the manifest encoding; a manifest of another version is a miss.
 /// 2: symlink outputs are stored as links (version 1 stored their targets'
@@ -82,8 +97,13 @@ pub enum CacheError {
     Db(String),
     #[error("corrupt cache blob {0}")]
     Corrupt(String),
-    #[error("the cache at {0} is in use by another vx process (waited {1} s)")]
+    /// Held exclusively by a vx process that does not share it (an older
+    /// vx, or one moving a damaged index aside).
+    #[error("the cache at {0} is held by another vx process that does not share it (waited {1} s)")]
     Locked(PathBuf, u64),
+    /// `cache clean` gave up waiting for runs in progress.
+    #[error("{0}")]
+    Busy(String),
     /// An entry (or outputs) vx refuses to restore or store, e.g. a symlink
     /// pointing outside the project: a miss, never a wrong hit.
     #[error("{0}")]
@@ -242,9 +262,12 @@ pub struct Store {
     db: Arc<redb::Database>,
     /// In memory only: nothing is kept (see [`Store::ephemeral`]).
     ephemeral: bool,
-    /// Entries read or written through this store, kept in memory (this
-    /// process is the index's only writer while it holds it open).
+    /// Entries read or written through this store, kept in memory; dropped
+    /// by [`Store::refresh`] when another process changed the index.
     memo: Mutex<std::collections::HashMap<String, Memo>>,
+    /// The index's `generation` as this store last knew it (its own
+    /// commits advance it; another process's make the file's differ).
+    seen: Arc<std::sync::atomic::AtomicU64>,
     /// Blob hashes put by this store and not yet named by a queued entry,
     /// with when they were last put and how many puts await their entry
     /// (two saves in flight may put the same bytes): [`Store::prune`] never
@@ -288,6 +311,7 @@ fn create_tables(db: &redb::Database) -> Result<(), String> {
     tx.open_table(STAMPS).map_err(|e| e.to_string())?;
     tx.open_table(FILES).map_err(|e| e.to_string())?;
     tx.open_table(ACCESS).map_err(|e| e.to_string())?;
+    tx.open_table(META).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())
 }
 
@@ -342,13 +366,35 @@ pub(crate) fn read_ends<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
+/// Opens a redb file in the mode every vx process shares it in: any number
+/// of processes read and write it at once (one write transaction at a time,
+/// across processes; readers never wait). See docs/ARCHITECTURE.md, "The
+/// store", for why this mode.
+pub(crate) fn open_shared(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    open_shared_with(path, redb::Builder::new())
+}
+
+/// [`open_shared`] with the caller's builder settings (a cache size).
+pub(crate) fn open_shared_with(
+    path: &Path,
+    mut b: redb::Builder,
+) -> Result<redb::Database, redb::DatabaseError> {
+    b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+        .create(path)
+}
+
 /// Opens the index and reads it through, turning redb's errors and panics
 /// on a damaged file into [`Opened::Damaged`]; creates missing tables.
 fn open_checked(path: &Path) -> Result<(redb::Database, Vec<(String, Record)>), Opened> {
     let r = quietly(|| {
-        let db = match redb::Database::create(path) {
+        let db = match open_shared(path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(Opened::Locked),
+            // Held exclusively by a vx that does not share it (before
+            // multi-writer), or for a moment by one moving it aside.
+            Err(
+                redb::DatabaseError::DatabaseAlreadyOpen
+                | redb::DatabaseError::LockProtocolMismatch,
+            ) => return Err(Opened::Locked),
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
                 if !matches!(
                     e.kind(),
@@ -367,6 +413,7 @@ fn open_checked(path: &Path) -> Result<(redb::Database, Vec<(String, Record)>), 
             read_through(&tx, ENTRIES),
             read_through(&tx, STAMPS),
             read_through(&tx, ACCESS),
+            read_through(&tx, META),
         ] {
             r.map_err(Opened::Damaged)?;
         }
@@ -382,6 +429,7 @@ fn open_checked(path: &Path) -> Result<(redb::Database, Vec<(String, Record)>), 
             tx.open_table(STAMPS).is_ok(),
             tx.open_table(FILES).is_ok(),
             tx.open_table(ACCESS).is_ok(),
+            tx.open_table(META).is_ok(),
         ] {
             missing |= !exists;
         }
@@ -522,7 +570,15 @@ impl Store {
                 Err(Opened::Io(e)) => return Err(CacheError::Io { path, source: e }),
                 Err(Opened::Damaged(why)) if !moved => {
                     // The cache is only a cache: move the damaged index
-                    // aside and start empty rather than refusing to run.
+                    // aside and start empty rather than refusing to run;
+                    // but never a file another process has open (it may be
+                    // writing it): then this process goes on without it.
+                    let Some(_held) = share::unshared(&path) else {
+                        return Err(CacheError::Db(format!(
+                            "the cache index {} is damaged ({why}) and another vx process has it open: left in place",
+                            path.display()
+                        )));
+                    };
                     let aside = move_aside(&path).map_err(io(&path))?;
                     let msg = format!(
                         "the cache index {} is damaged ({why}); moved it aside to {} and started an empty one: this run is a cold run",
@@ -564,17 +620,21 @@ impl Store {
 
     fn with_db(dir: &Path, db: redb::Database, ephemeral: bool) -> Result<Self, CacheError> {
         let db = Arc::new(db);
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(
+            generation_of(&db).unwrap_or(0),
+        ));
         let (tx, rx) = mpsc::channel::<Op>();
-        let wdb = db.clone();
+        let (wdb, wseen) = (db.clone(), seen.clone());
         let thread = std::thread::Builder::new()
             .name("vx-cache-writer".into())
-            .spawn(move || writer_loop(wdb, rx))
+            .spawn(move || writer_loop(wdb, wseen, rx))
             .map_err(io(dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             db,
             ephemeral,
             memo: Mutex::new(std::collections::HashMap::new()),
+            seen,
             pending: Mutex::new(std::collections::HashMap::new()),
             gc: RwLock::new(()),
             writer: Mutex::new(Some(tx)),
@@ -584,6 +644,34 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Forgets the memoised entries when another process changed the index
+    /// since this store last looked (a foreground run beside the daemon
+    /// stored, dropped or re-stamped entries, or cleaned the cache): the
+    /// next reads see the file. One small read; the daemon calls it before
+    /// each run.
+    pub fn refresh(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(now) = generation_of(&self.db) else {
+            return;
+        };
+        if now != self.seen.load(Ordering::Acquire) {
+            if let Ok(mut memo) = self.memo.lock() {
+                memo.clear();
+            }
+            self.seen.store(now, Ordering::Release);
+        }
+    }
+
+    /// This run's hold on the cache directory, which `cache clean` (any
+    /// process) waits for; `None` for an ephemeral store or when the lock
+    /// file cannot be made. Waits while a clean is under way.
+    pub fn run_lease(&self) -> Option<RunLease> {
+        if self.ephemeral {
+            return None;
+        }
+        share::run_lease(&self.dir)
     }
 
     fn send(&self, op: Op) {
@@ -789,8 +877,10 @@ impl Store {
         let dest = self.blob_path(&d.hash);
         {
             let _gc = self.gc.read();
+            let _shared = share::gc_lock(&self.dir, false);
             if fs::metadata(&dest).is_ok_and(|m| m.len() == d.size_bytes)
                 && fs::read(&dest).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == d.hash)
+                && refresh_mtime(&dest)
             {
                 self.mark_pending(&d);
                 return Ok(d);
@@ -811,6 +901,7 @@ impl Store {
             });
         }
         let _gc = self.gc.read();
+        let _shared = share::gc_lock(&self.dir, false);
         self.install(&tmp, &dest, true)?;
         self.mark_pending(&d);
         Ok(d)
@@ -861,6 +952,7 @@ impl Store {
         };
         let dest = self.blob_path(&d.hash);
         let _gc = self.gc.read();
+        let _shared = share::gc_lock(&self.dir, false);
         let existed = fs::symlink_metadata(&dest).is_ok();
         self.install(&tmp, &dest, !existed)?;
         self.mark_pending(&d);
@@ -965,11 +1057,16 @@ impl Store {
             /// Undecodable or of another version: always removed.
             bad: bool,
         }
-        // Saves wait from here until the blobs are gone (see `gc`).
+        // Saves wait from here until the blobs are gone (see `gc`); those of
+        // other processes too, where they find a blob present or install one
+        // (`gc.lock`).
         let _gc = self
             .gc
             .write()
             .map_err(|_| CacheError::Db("cache gc lock poisoned".into()))?;
+        let _exclusive = (!dry_run)
+            .then(|| share::gc_lock(&self.dir, true))
+            .flatten();
         self.flush()?;
         let now = now_ms();
         let mut rows = Vec::new();
@@ -1018,13 +1115,30 @@ impl Store {
         }
         rows.sort_by(|a, b| (a.accessed, &a.key).cmp(&(b.accessed, &b.key)));
         let on_disk = self.blob_sizes();
-        let pending: HashSet<String> = match self.pending.lock() {
+        let mut pending: HashSet<String> = match self.pending.lock() {
             Ok(mut p) => {
                 p.retain(|_, (t, _)| t.elapsed() < GRACE);
                 p.keys().cloned().collect()
             }
             Err(_) => HashSet::new(),
         };
+        // A blob no entry names that was written (or found present and
+        // refreshed) within GRACE may belong to a save in flight in another
+        // process, whose entry is not committed yet: kept, like our own.
+        let named: HashSet<&str> = rows
+            .iter()
+            .flat_map(|r| r.blobs.iter().map(String::as_str))
+            .collect();
+        for h in on_disk.keys() {
+            if !named.contains(h.as_str())
+                && !pending.contains(h)
+                && fs::metadata(self.blob_path(h))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < GRACE)
+            {
+                pending.insert(h.clone());
+            }
+        }
         let size_of = |h: &str| on_disk.get(h).copied().unwrap_or(0);
 
         // Decide, least recently accessed first.
@@ -1136,6 +1250,32 @@ impl Store {
             .collect()
     }
 
+    /// Empties the index in place, in one durable commit that every process
+    /// with it open sees at its next read (their memos go with the
+    /// generation): what `cache clean` does to an index another process
+    /// has open.
+    pub fn clear(&self) -> Result<(), CacheError> {
+        self.flush()?;
+        let tx = self.db.begin_write().map_err(dberr)?;
+        for t in [ENTRIES, STAMPS, FILES] {
+            tx.delete_table(t).map_err(dberr)?;
+            tx.open_table(t).map_err(dberr)?;
+        }
+        tx.delete_table(ACCESS).map_err(dberr)?;
+        tx.open_table(ACCESS).map_err(dberr)?;
+        {
+            let mut meta = tx.open_table(META).map_err(dberr)?;
+            let old = meta.get(GENERATION).map_err(dberr)?.map(|v| v.value());
+            meta.insert(GENERATION, old.unwrap_or(0) + 1)
+                .map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)?;
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.clear();
+        }
+        Ok(())
+    }
+
     /// Entry count, blob count and blob bytes.
     pub fn stats(&self) -> Result<(u64, u64, u64), CacheError> {
         let tx = self.db.begin_read().map_err(dberr)?;
@@ -1215,9 +1355,33 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
-    // Whether a non-durable commit has happened since the last durable one.
-    let mut nondurable = false;
+/// The index's `generation` (see [`META`]); `None` when it cannot be read.
+fn generation_of(db: &redb::Database) -> Option<u64> {
+    let tx = db.begin_read().ok()?;
+    match tx.open_table(META) {
+        Ok(t) => Some(t.get(GENERATION).ok()?.map(|v| v.value()).unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// Sets a blob's mtime to now: a blob found present for a save counts as
+/// freshly written for [`Store::prune`]'s grace. False when it cannot be
+/// done (the caller then writes the blob afresh).
+fn refresh_mtime(path: &Path) -> bool {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .is_ok()
+}
+
+fn writer_loop(
+    db: Arc<redb::Database>,
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    rx: mpsc::Receiver<Op>,
+) {
+    use std::sync::atomic::Ordering;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -1232,20 +1396,28 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
             if writes.is_empty() {
                 return Ok(());
             }
-            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-            // Stamps and file-index records are hints (losing them costs a
-            // re-check, never a wrong hit): a batch of only those skips the
-            // fsync. Entries always commit durably, and so does a flush,
-            // which also makes earlier non-durable commits durable.
-            let hints_only = writes
+            // Every commit is durable: a commit another process can read
+            // must be on disk first (redb refuses non-durable commits in a
+            // shared file). A batch groups what queued meanwhile.
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            // Entries, drops and stamps change what a memo holds: bump the
+            // generation (one more row in the same commit).
+            let bump = writes
                 .iter()
-                .all(|o| matches!(o, Op::Stamps { .. } | Op::Touch { .. } | Op::Files(_)))
-                && !batch.iter().any(|o| matches!(o, Op::Flush(_)));
-            if hints_only {
-                let _ = tx.set_durability(redb::Durability::None);
-            }
-            nondurable = hints_only;
+                .any(|o| matches!(o, Op::Put { .. } | Op::Stamps { .. } | Op::Drop { .. }));
+            let mut bumped = None;
             {
+                if bump {
+                    let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+                    let old = meta
+                        .get(GENERATION)
+                        .map_err(|e| e.to_string())?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    meta.insert(GENERATION, old + 1)
+                        .map_err(|e| e.to_string())?;
+                    bumped = Some(old);
+                }
                 let mut entries = tx.open_table(ENTRIES).map_err(|e| e.to_string())?;
                 let mut stamps = tx.open_table(STAMPS).map_err(|e| e.to_string())?;
                 let mut files = tx.open_table(FILES).map_err(|e| e.to_string())?;
@@ -1299,7 +1471,14 @@ fn writer_loop(db: Arc<redb::Database>, rx: mpsc::Receiver<Op>) {
                     }
                 }
             }
-            tx.commit().map_err(|e| e.to_string())
+            tx.commit().map_err(|e| e.to_string())?;
+            // Our own commit keeps our memo valid; if another process had
+            // committed before it, `seen` stays behind and the next
+            // `refresh` drops the memo.
+            if let Some(old) = bumped {
+                let _ = seen.compare_exchange(old, old + 1, Ordering::AcqRel, Ordering::Acquire);
+            }
+            Ok(())
         })();
         if let Err(e) = &result {
             tracing::error!("cache index commit failed: {e}");
@@ -1625,16 +1804,37 @@ pub fn restore(
     Ok(stamps)
 }
 
+/// How long `cache clean` waits for runs in progress (in any process) to
+/// end before it gives up.
+pub const CLEAN_WAIT: Duration = Duration::from_secs(30);
+
 /// Deletes the store's own files under `dir` — blobs, temp files, the index
-/// (and a moved-aside one), the history, the `.gitignore` vx wrote — and
-/// then each of its directories only if that left it empty: never a
-/// directory wholesale, so anything else in `dir` stays. Returns the entry
-/// count and blob bytes freed.
+/// (and a moved-aside one), the history, the `.gitignore` and lock files vx
+/// wrote — and then each of its directories only if that left it empty:
+/// never a directory wholesale, so anything else in `dir` stays. Returns the
+/// entry count and blob bytes freed.
+///
+/// Beside other processes: it first waits (at most [`CLEAN_WAIT`], then
+/// fails with [`CacheError::Busy`]) until no run in any process holds a
+/// [`RunLease`], and holds off new runs until it is done, so it never pulls
+/// a blob out from under a run. The index and the history are deleted only
+/// when no other process has them open; one that is open (the workspace's
+/// daemon keeps both open) is emptied in place instead, in one commit that
+/// the holder sees at its next read, so the daemon's next run starts from
+/// an empty cache and history.
 pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
     if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok((0, 0));
     }
-    let (entries, bytes) = if dir.join(INDEX_FILE).exists() {
+    let _runs = share::runs_exclusive(dir, CLEAN_WAIT).map_err(|()| {
+        CacheError::Busy(format!(
+            "runs in progress still use the cache at {} after {} s: try again when they finish",
+            dir.display(),
+            CLEAN_WAIT.as_secs()
+        ))
+    })?;
+    let index = dir.join(INDEX_FILE);
+    let (entries, bytes) = if index.exists() {
         match Store::open(dir, Duration::from_secs(30), &mut || {}) {
             Ok(s) => {
                 let (e, _, b) = s.stats()?;
@@ -1656,6 +1856,30 @@ pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
             source: e,
         }),
     };
+    // The index and the history: deleted when nobody else has them open
+    // (held while deleting, so nobody opens them meanwhile), else emptied.
+    let mut kept_open = false;
+    if index.exists() {
+        match share::unshared(&index) {
+            Some(_held) => rm(&index)?,
+            None => {
+                kept_open = true;
+                let s = Store::open(dir, Duration::from_secs(30), &mut || {})?;
+                s.clear()?;
+                s.close()?;
+            }
+        }
+    }
+    let history = dir.join(crate::history::FILE_NAME);
+    if history.exists() {
+        match share::unshared(&history) {
+            Some(_held) => rm(&history)?,
+            None => {
+                kept_open = true;
+                crate::history::clear_in_place(dir).map_err(|e| CacheError::Db(e.to_string()))?;
+            }
+        }
+    }
     for (_, p, _) in blob_files(dir) {
         rm(&p)?;
     }
@@ -1670,13 +1894,17 @@ pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
             }
         }
     }
+    if kept_open {
+        // Another process works in this directory: its layout stays.
+        return Ok((entries, bytes));
+    }
     for sub in ["cas", "tmp"] {
         let _ = fs::remove_dir(dir.join(sub)); // stays when not empty
     }
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours = ["index.redb", "history.redb"].contains(&name.as_str())
+            let ours = [share::GC_LOCK, share::RUNS_LOCK].contains(&name.as_str())
                 || name.starts_with("index.redb.broken-")
                 || name.starts_with("history.redb.broken-");
             if ours && e.file_type().is_ok_and(|t| t.is_file()) {
@@ -1962,6 +2190,109 @@ mod tests {
         assert!(!has_blob(&s, shared));
     }
 
+    /// Two handles on one directory stand for two processes (the daemon's
+    /// long-lived store and a foreground run's).
+    #[test]
+    fn two_handles_share_the_index_both_ways_and_memos_follow() {
+        let d = tempfile::tempdir().unwrap();
+        let daemon = store(d.path());
+        let fg = store(d.path());
+        let now = now_ms();
+        // The daemon stores; the other handle hits at once.
+        let a = put(&daemon, 'a', &[("a", b"AAAA")], b"log-a", now);
+        daemon.flush().unwrap();
+        assert_eq!(fg.get(&a.key).unwrap().unwrap().0, a);
+        assert_restores(&fg, d.path(), &[&a], &[&[("a", b"AAAA")]]);
+        // The foreground stores; the daemon sees it (no memo of it yet).
+        let b = put(&fg, 'b', &[("b", b"BBBB")], b"log-b", now);
+        fg.flush().unwrap();
+        assert_eq!(daemon.get(&b.key).unwrap().unwrap().0, b);
+        // The foreground drops an entry the daemon memoised: the daemon's
+        // memo serves it until its next refresh, then the file wins.
+        fg.drop_entry(&a.key);
+        fg.flush().unwrap();
+        assert!(daemon.get(&a.key).unwrap().is_some(), "memoised");
+        daemon.refresh();
+        assert!(daemon.get(&a.key).unwrap().is_none());
+        assert!(daemon.get(&b.key).unwrap().is_some());
+        // Its own commits keep its memo (no needless drops).
+        let c = put(&daemon, 'c', &[("c", b"CCCC")], b"log-c", now);
+        daemon.flush().unwrap();
+        daemon.refresh();
+        assert_eq!(
+            daemon.memo.lock().unwrap().len(),
+            2,
+            "b and c stay memoised"
+        );
+        assert_eq!(daemon.get(&c.key).unwrap().unwrap().0, c);
+    }
+
+    #[test]
+    fn two_writers_at_once_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s1 = store(d.path());
+        let s2 = store(d.path());
+        let now = now_ms();
+        let keys = ['a', 'b', 'c', 'd', 'e', 'f', '0', '1', '2', '3', '4', '5'];
+        std::thread::scope(|t| {
+            for (i, s) in [&s1, &s2].into_iter().enumerate() {
+                let keys = &keys;
+                t.spawn(move || {
+                    for k in keys.iter().skip(i).step_by(2) {
+                        let body = format!("out-{k}");
+                        put(s, *k, &[("x", body.as_bytes())], b"log", now);
+                        s.flush().unwrap();
+                    }
+                });
+            }
+        });
+        let s3 = store(d.path());
+        for k in keys {
+            let key = k.to_string().repeat(64);
+            let e = s3.get(&key).unwrap().expect("every entry of both writers");
+            assert_eq!(e.0.key, key);
+        }
+        assert_eq!(s3.stats().unwrap().0, keys.len() as u64);
+    }
+
+    #[test]
+    fn clean_beside_an_open_handle_empties_in_place_and_waits_for_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let daemon = store(d.path());
+        let a = put(&daemon, 'a', &[("a", b"AAAA")], b"log-a", now_ms());
+        daemon.flush().unwrap();
+        assert!(daemon.get(&a.key).unwrap().is_some());
+        let dir = d.path().join("cache");
+        // A run in progress (any process) holds clean off.
+        let lease = daemon.run_lease().unwrap();
+        let t = Instant::now();
+        let waiting = std::thread::spawn({
+            let dir = dir.clone();
+            move || clean(&dir).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "clean waits for the run");
+        assert!(has_blob(&daemon, b"AAAA"));
+        drop(lease);
+        let (entries, _) = waiting.join().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert_eq!(entries, 1);
+        // The index the daemon holds was emptied, not deleted.
+        assert!(dir.join(INDEX_FILE).exists());
+        assert!(!has_blob(&daemon, b"AAAA"));
+        daemon.refresh();
+        assert!(daemon.get(&a.key).unwrap().is_none());
+        // It keeps working: a new entry is seen by a fresh handle.
+        let b = put(&daemon, 'b', &[("b", b"BBBB")], b"log-b", now_ms());
+        daemon.flush().unwrap();
+        assert_eq!(store(d.path()).get(&b.key).unwrap().unwrap().0, b);
+        // Without another holder, clean deletes everything as before.
+        daemon.close().unwrap();
+        drop(daemon);
+        clean(&dir).unwrap();
+        assert!(!dir.exists());
+    }
+
     #[test]
     fn prune_after_a_crash_sweeps_unreferenced_blobs_and_old_temp_files() {
         let d = tempfile::tempdir().unwrap();
@@ -1982,6 +2313,26 @@ mod tests {
         fs::write(tmp.join("1-2"), b"123").unwrap();
         let s = reopen(d.path(), s);
         assert!(has_blob(&s, b"AAAA"));
+        // Unreferenced blobs younger than GRACE may be a save in flight in
+        // another process: kept. These were left long ago.
+        let p = s.prune(None, None).unwrap();
+        assert_eq!((p.removed, p.kept, p.freed_bytes), (0, 1, 8));
+        assert!(has_blob(&s, b"AAAA"));
+        for b in [&b"AAAA"[..], b"log-a"] {
+            let f = fs::File::options()
+                .write(true)
+                .open(s.blob_path(&digest_of(b).hash))
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now() - GRACE - Duration::from_secs(1))
+                .unwrap();
+        }
+        fs::write(tmp.join("1-1"), b"12345678").unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(tmp.join("1-1"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - GRACE - Duration::from_secs(1))
+            .unwrap();
         let p = s.prune(None, None).unwrap();
         assert_eq!((p.removed, p.kept), (0, 1));
         assert_eq!(p.freed_bytes, 4 + 5 + 8);

@@ -421,6 +421,8 @@ struct Shared {
     dirty: Mutex<HashSet<usize>>,
     /// Whether the store belongs to this run (closed at its end) or to the daemon.
     owns_store: bool,
+    /// This run's hold on the cache directory (`cache clean` waits for it).
+    _lease: Option<cache::RunLease>,
     /// The daemon's state, when this run is served by a daemon.
     hot: Option<Arc<Hot>>,
     /// Compiled patterns per graph node (selected nodes only).
@@ -861,7 +863,6 @@ fn prepare(
     mut params: RunParams,
     events: Option<Events>,
     hot_arc: Option<Arc<Hot>>,
-    cancel: Option<watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Shared>, Selection), EngineError> {
     let hot = hot_arc.as_deref();
     let mut timing = Timing::new(&params.env);
@@ -919,11 +920,12 @@ fn prepare(
     let (store, index, snapshot) = match hot_parts {
         Some((store, index, snapshot)) => (store, index, Some(snapshot)),
         None => {
-            let (store, index) = open_cold(&model, &params, &events, cancel.as_ref())?;
+            let (store, index) = open_cold(&model, &params, &events)?;
             timing.stage("cache open");
             (store, index, None)
         }
     };
+    let lease = store.run_lease();
     // A damaged index moved aside, or a cache that cannot be used: said
     // once, and the run goes on (cold, or uncached).
     for message in cache::take_notice(&cache_dir(ws)) {
@@ -1001,6 +1003,7 @@ fn prepare(
         snapshot: RwLock::new(snapshot),
         dirty: Mutex::new(HashSet::new()),
         owns_store,
+        _lease: lease,
         hot: hot_arc,
         patterns,
         global_inputs,
@@ -1016,134 +1019,28 @@ fn prepare(
 }
 
 /// The no-daemon path opens the store and loads the file index per run.
+/// The store is shared with every other vx process (a live daemon
+/// included), so this never waits for one; a store that cannot be opened
+/// (held by a vx that does not share it, unwritable, damaged and open
+/// elsewhere) makes an uncached run, with a warning.
 fn open_cold(
     model: &Model,
     params: &RunParams,
     events: &Option<Events>,
-    cancel: Option<&watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
-    let (store, files) = match open_store_waiting(&cdir, &model.ws.root, params, events, cancel)? {
-        Opened::Store(opened) => *opened,
-        Opened::Unusable(why) => {
-            let store = uncached(&cdir, &why, params.no_cache, events)?;
+    let wait = knobs::CACHE_LOCK_TIMEOUT_MS
+        .millis(&params.env)
+        .unwrap_or(cache::OPEN_WAIT);
+    let (store, files) = match Store::open_loaded(&cdir, wait, &mut || {}) {
+        Ok(opened) => opened,
+        Err(e) => {
+            let store = uncached(&cdir, &e.to_string(), params.no_cache, events)?;
             return Ok((store, Arc::new(FileIndex::default())));
         }
     };
     let index = FileIndex::from_records(files);
     Ok((Arc::new(store), Arc::new(index)))
-}
-
-/// What [`open_store_waiting`] found: the store, or why it cannot be used
-/// (a run then goes on uncached).
-enum Opened {
-    Store(Box<(Store, Vec<(String, hash::Record)>)>),
-    Unusable(String),
-}
-
-/// Default bound on waiting for a cache held by another foreground run.
-pub(crate) const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
-/// Default bound when this workspace's daemon is alive: it holds the cache
-/// for its whole life, so only one that is stopping would let go.
-const CACHE_LOCK_WAIT_DAEMON: Duration = Duration::from_secs(3);
-
-/// Whether a daemon holds this workspace's liveness lock.
-fn workspace_daemon_alive(root: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(paths) = vx_proto::paths::daemon_paths(root) else {
-        return false;
-    };
-    let Ok(f) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&paths.live_lock)
-    else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor we own; released at once (and on close).
-    unsafe {
-        if libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
-            libc::flock(f.as_raw_fd(), libc::LOCK_UN);
-            return false;
-        }
-    }
-    true
-}
-
-/// Opens the store for a foreground run. When another vx process holds it,
-/// says what it waits for, and gives up when the run is cancelled or after
-/// a bound (`VX_CACHE_LOCK_TIMEOUT_MS` in the client's environment; else
-/// [`CACHE_LOCK_WAIT_DAEMON`] beside a live daemon, [`CACHE_LOCK_WAIT`]
-/// otherwise). A `--no-cache` run never waits: it runs on an uncached
-/// store ([`uncached`]).
-fn open_store_waiting(
-    cdir: &Path,
-    root: &Path,
-    params: &RunParams,
-    events: &Option<Events>,
-    cancel: Option<&watch::Receiver<Option<i32>>>,
-) -> Result<Opened, EngineError> {
-    let start = Instant::now();
-    let mut limit: Option<(Duration, String)> = None;
-    loop {
-        match Store::open_loaded(cdir, Duration::ZERO, &mut || {}) {
-            Ok(opened) => return Ok(Opened::Store(Box::new(opened))),
-            Err(CacheError::Locked(..)) => {}
-            Err(e) => return Ok(Opened::Unusable(e.to_string())),
-        }
-        if params.no_cache {
-            // Neither read nor written: no reason to wait for the holder.
-            return Ok(Opened::Unusable("in use by another vx process".into()));
-        }
-        let (bound, holder) = limit.get_or_insert_with(|| {
-            let daemon = workspace_daemon_alive(root);
-            let bound = knobs::CACHE_LOCK_TIMEOUT_MS
-                .millis(&params.env)
-                .unwrap_or(if daemon {
-                    CACHE_LOCK_WAIT_DAEMON
-                } else {
-                    CACHE_LOCK_WAIT
-                });
-            let holder = if daemon {
-                "this workspace's daemon holds it: stop it with `vx daemon stop`, or run through it"
-                    .to_string()
-            } else {
-                let k = knobs::CACHE_LOCK_TIMEOUT_MS.name;
-                format!("another vx process holds it; set {k} to wait longer")
-            };
-            if let Some(tx) = events {
-                let _ = tx.send(RunEvent::Warning {
-                    message: format!(
-                        "waiting up to {} s for the cache at {} ({holder})",
-                        bound.as_secs_f64().ceil(),
-                        cdir.display()
-                    ),
-                });
-            }
-            (bound, holder)
-        });
-        if let Some(c) = cancel
-            && c.borrow().is_some()
-        {
-            return Err(EngineError::new(
-                codes::CANCELLED,
-                format!(
-                    "cancelled while waiting for the cache at {}",
-                    cdir.display()
-                ),
-            ));
-        }
-        if start.elapsed() >= *bound {
-            return Err(EngineError::new(
-                codes::CACHE_ERROR,
-                format!(
-                    "the cache at {} is in use (gave up after {:.1} s): {holder}",
-                    cdir.display(),
-                    start.elapsed().as_secs_f64()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// The store of a run whose cache cannot be opened (a directory that is not
@@ -1174,7 +1071,7 @@ pub async fn plan(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, Engi
 }
 
 fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
-    let (sh, sel) = prepare(params, None, hot, None)?;
+    let (sh, sel) = prepare(params, None, hot)?;
     let mut tasks = Vec::with_capacity(sel.nodes.len());
     for &n in &sel.nodes {
         let key = sh.key_of(n)?;
@@ -1321,9 +1218,8 @@ pub async fn run_in(
     let continue_mode = params.continue_mode;
     let ev = events.clone();
     let hot2 = hot.clone();
-    let cancel2 = cancel.clone();
     let (sh, sel, history) = tokio::task::spawn_blocking(move || {
-        let (sh, sel) = prepare(params, Some(ev), hot2, Some(cancel2))?;
+        let (sh, sel) = prepare(params, Some(ev), hot2)?;
         let history = open_history(&sh);
         Ok::<_, EngineError>((sh, sel, history))
     })
@@ -2244,8 +2140,7 @@ impl Head {
                 }
             }
             let t = Instant::now();
-            // The no-daemon engine exits soon: its record is durable.
-            let r = h.record_kept(&record, &fps, !daemon, keep);
+            let r = h.record_kept(&record, &fps, keep);
             tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
             if let Err(e) = r {
                 tracing::warn!("run {} not recorded: {e}", record.run_id);
@@ -3061,6 +2956,9 @@ pub fn cache_clean(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheClean
     let dir = cache_dir(&ws);
     if let Some(hot) = hot {
         hot.close_store();
+        // Its history handle goes too: `clean` deletes the file when no
+        // other process has it open (else it empties it in place).
+        history::release(&dir);
     }
     let (entries, freed_bytes) = cache::clean(&dir)?;
     Ok(vx_proto::CacheCleaned {

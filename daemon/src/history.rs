@@ -43,9 +43,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("durations");
 /// The history's page cache: it is read little, and a daemon keeps it open.
 const CACHE_BYTES: usize = 8 << 20;
-/// Every this many records, a commit is made durable (fsync); the others
-/// are not (a crash loses at most those runs, never consistency).
-const DURABLE_EVERY: u64 = 16;
+/// The `meta` row bumped by every commit, in any process: a handle whose
+/// memos were computed at another generation drops them.
+const GENERATION: &str = "generation";
 
 /// The history file's name inside the cache directory.
 pub const FILE_NAME: &str = "history.redb";
@@ -248,8 +248,9 @@ pub struct History {
     lists: Mutex<HashMap<String, Vec<u64>>>,
     /// Bumped whenever a list in `lists` changes.
     lists_gen: std::sync::atomic::AtomicU64,
-    /// Records since the last durable commit.
-    since_durable: std::sync::atomic::AtomicU64,
+    /// The file's [`GENERATION`] as this handle last knew it (its own
+    /// commits advance it; another process's make the file's differ).
+    seen: std::sync::atomic::AtomicU64,
     /// (dev, ino) of the file when opened: a `vx cache clean` replaces it.
     ident: (u64, u64),
     /// Records announced but not yet committed (the daemon records after
@@ -259,35 +260,109 @@ pub struct History {
 }
 
 impl History {
-    /// Makes the non-durable commits since the last durable one durable.
-    pub fn flush(&self) {
-        let n = self
-            .since_durable
-            .swap(0, std::sync::atomic::Ordering::Relaxed);
-        if !n.is_multiple_of(DURABLE_EVERY)
-            && let Ok(tx) = self.db.begin_write()
-        {
-            let _ = tx.commit();
+    /// The file's generation; `None` when it cannot be read.
+    fn file_generation(&self) -> Option<u64> {
+        let tx = self.db.begin_read().ok()?;
+        let meta = tx.open_table(META).ok()?;
+        Some(meta.get(GENERATION).ok()?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Drops the memoised statistics and duration lists when another
+    /// process wrote the file since this handle last looked (a foreground
+    /// run beside the daemon recorded a run, or `cache clean` emptied it).
+    fn sync(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(now) = self.file_generation() else {
+            return;
+        };
+        if now != self.seen.load(Ordering::Acquire) {
+            self.forget();
+            self.seen.store(now, Ordering::Release);
         }
     }
-}
 
-impl Drop for History {
-    fn drop(&mut self) {
-        self.flush();
+    fn forget(&self) {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.generation += 1;
+            memo.stats.clear();
+        }
+        if let Ok(mut m) = self.lists.lock() {
+            m.clear();
+        }
+        self.lists_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bumps the generation inside `tx`; returns the one it replaced.
+    fn bump(tx: &redb::WriteTransaction) -> Result<u64, HistoryError> {
+        let mut meta = tx.open_table(META)?;
+        let old = meta.get(GENERATION)?.map(|v| v.value()).unwrap_or(0);
+        meta.insert(GENERATION, old + 1)?;
+        Ok(old)
+    }
+
+    /// After a commit that bumped the generation from `old`: our memos stay
+    /// valid only if nobody else had committed before it.
+    fn committed(&self, old: u64) {
+        use std::sync::atomic::Ordering;
+        if self
+            .seen
+            .compare_exchange(old, old + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.forget();
+            self.seen.store(old + 1, Ordering::Release);
+        }
+    }
+
+    /// Empties the history in one commit (its `next_seq` and generation
+    /// go on): what `cache clean` does to a file another process has open.
+    pub fn clear(&self) -> Result<(), HistoryError> {
+        let tx = self.db.begin_write()?;
+        tx.delete_table(RUNS)?;
+        tx.open_table(RUNS)?;
+        tx.delete_table(RUN_IDS)?;
+        tx.open_table(RUN_IDS)?;
+        tx.delete_table(TASK_ROWS)?;
+        tx.open_table(TASK_ROWS)?;
+        tx.delete_table(OUTCOMES)?;
+        tx.open_table(OUTCOMES)?;
+        tx.delete_table(KEY_REFS)?;
+        tx.open_table(KEY_REFS)?;
+        tx.delete_table(FINGERPRINTS)?;
+        tx.open_table(FINGERPRINTS)?;
+        tx.delete_table(DURATIONS)?;
+        tx.open_table(DURATIONS)?;
+        let old = Self::bump(&tx)?;
+        tx.commit()?;
+        self.committed(old);
+        self.forget();
+        Ok(())
     }
 }
 
-/// Flushes and forgets every shared handle (the daemon, on its way out).
+/// Empties `<cache_dir>/history.redb` in place (see [`History::clear`]),
+/// through this process's shared handle when it has one.
+pub fn clear_in_place(cache_dir: &Path) -> Result<(), HistoryError> {
+    let held = registry()
+        .lock()
+        .ok()
+        .and_then(|r| r.get(cache_dir).cloned());
+    match held {
+        Some(h) => h.clear(),
+        None => History::open_wait(cache_dir, Duration::from_secs(2))?.clear(),
+    }
+}
+
+/// Forgets every shared handle (the daemon, on its way out), once the
+/// records queued by the last runs are written.
 pub fn close_all() {
     let all: Vec<Arc<History>> = registry()
         .lock()
         .map(|mut r| r.drain().map(|(_, h)| h).collect())
         .unwrap_or_default();
     for h in all {
-        // Records queued by the last runs are written first.
         h.settle(Duration::from_secs(5));
-        h.flush();
     }
 }
 
@@ -386,6 +461,12 @@ impl History {
             Ok(r) => return r,
             Err(panic) => format!("the history reader panicked: {panic}"),
         };
+        // Never a file another process has open (it may be writing it).
+        let Some(_held) = crate::cache::unshared(&path) else {
+            let message = format!("{damage}; another vx process has it open: left in place");
+            tracing::info!("run history {}: {message}", path.display());
+            return Err(HistoryError::Corrupt { path, message });
+        };
         let message = match crate::cache::move_aside(&path) {
             Ok(aside) => format!(
                 "{damage}; moved it aside to {}: the next run starts a new history",
@@ -404,12 +485,16 @@ impl History {
             path: path.clone(),
             message,
         };
-        let db = match redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-        {
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(CACHE_BYTES);
+        let db = match crate::cache::open_shared_with(&path, builder) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            // Held exclusively by a vx that does not share it (before
+            // multi-writer), or for a moment by one moving it aside.
+            Err(
+                redb::DatabaseError::DatabaseAlreadyOpen
+                | redb::DatabaseError::LockProtocolMismatch,
+            ) => {
                 return Err(HistoryError::Locked(path));
             }
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))
@@ -490,7 +575,7 @@ impl History {
             tx.commit()?;
         }
         let keep = Retention::from_env(&Default::default());
-        Ok(History {
+        let h = History {
             path,
             db,
             max_runs: keep.max_runs,
@@ -498,10 +583,14 @@ impl History {
             memo: Mutex::new(Memo::default()),
             lists: Mutex::new(HashMap::new()),
             lists_gen: std::sync::atomic::AtomicU64::new(0),
-            since_durable: std::sync::atomic::AtomicU64::new(0),
+            seen: std::sync::atomic::AtomicU64::new(0),
             ident,
             pending: (Mutex::new(0), std::sync::Condvar::new()),
-        })
+        };
+        if let Some(g) = h.file_generation() {
+            h.seen.store(g, std::sync::atomic::Ordering::Release);
+        }
+        Ok(h)
     }
 
     /// Announces a record that will be written soon (see [`History::settle`]).
@@ -590,24 +679,22 @@ impl History {
         run: &RunRecord,
         fingerprints: &[Fingerprint],
     ) -> Result<(), HistoryError> {
-        self.record_with(run, fingerprints, false)
+        self.record_with(run, fingerprints)
     }
 
-    /// [`History::record`]; `durable` forces an fsync'd commit (a process
-    /// about to exit). Otherwise every [`DURABLE_EVERY`]th commit is durable
-    /// and the rest are made durable by the next one or when the handle
-    /// is dropped.
+    /// [`History::record`] with this handle's retention. Every commit is
+    /// durable: another process may read it at once (redb refuses a
+    /// non-durable commit in a shared file).
     pub fn record_with(
         &self,
         run: &RunRecord,
         fingerprints: &[Fingerprint],
-        durable: bool,
     ) -> Result<(), HistoryError> {
         let keep = Retention {
             max_runs: self.max_runs,
             max_age: self.max_age,
         };
-        self.record_kept(run, fingerprints, durable, keep)
+        self.record_kept(run, fingerprints, keep)
     }
 
     /// [`History::record_with`] with the retention the recorded run asked
@@ -616,17 +703,11 @@ impl History {
         &self,
         run: &RunRecord,
         fingerprints: &[Fingerprint],
-        durable: bool,
         keep: Retention,
     ) -> Result<(), HistoryError> {
         let mut touched: HashSet<String> = HashSet::new();
-        let mut tx = self.db.begin_write()?;
-        let n = self
-            .since_durable
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !durable && n % DURABLE_EVERY != DURABLE_EVERY - 1 {
-            let _ = tx.set_durability(redb::Durability::None);
-        }
+        let tx = self.db.begin_write()?;
+        let old_generation = Self::bump(&tx)?;
         let mut p50s: Vec<(String, Vec<u64>)> = Vec::new();
         {
             let mut durations = tx.open_table(DURATIONS)?;
@@ -755,6 +836,7 @@ impl History {
             }
         }
         tx.commit()?;
+        self.committed(old_generation);
         if let Ok(mut memo) = self.memo.lock() {
             memo.generation += 1;
             memo.stats.retain(|(task, _), _| !touched.contains(task));
@@ -899,6 +981,7 @@ impl History {
         task_ids: &[String],
         window: usize,
     ) -> Result<HashMap<String, TaskStats>, HistoryError> {
+        self.sync();
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         // Computed values are memoised only if no write committed meanwhile.
@@ -948,6 +1031,7 @@ impl History {
         task_ids: &[String],
         window: usize,
     ) -> Result<HashMap<String, u64>, HistoryError> {
+        self.sync();
         let mut out = HashMap::new();
         let mut memo = self.lists.lock().ok();
         let mut missing = Vec::new();
@@ -1656,7 +1740,7 @@ mod tests {
         let keep = Retention::from_env(&env(&[(RUNS, "2")]));
         for i in 0..4u64 {
             let r = run(&format!("r{i}"), now_ms() + i, vec![]);
-            h.record_kept(&r, &[], false, keep).unwrap();
+            h.record_kept(&r, &[], keep).unwrap();
         }
         assert_eq!(h.runs(10).unwrap().len(), 2);
     }
@@ -2159,13 +2243,54 @@ mod tests {
         assert!(critical_path(&[], &[], &[]).is_empty());
     }
 
+    /// Two handles stand for two processes (the daemon's and a foreground
+    /// run's): each sees the other's records, and memos follow.
+    #[test]
+    fn two_handles_share_the_history_and_memos_follow() {
+        let d = tempfile::tempdir().unwrap();
+        let daemon = open(d.path());
+        let fg = open(d.path());
+        let t0 = now_ms();
+        let ok = |ms| {
+            task(
+                "a#build",
+                TaskStatus::Success,
+                CacheSource::Miss,
+                Some("k1"),
+                ms,
+            )
+        };
+        daemon.record(&run("r1", t0, vec![ok(100)]), &[]).unwrap();
+        let ids = vec!["a#build".to_string()];
+        assert_eq!(daemon.durations(&ids, 50).unwrap()["a#build"], 100);
+        assert_eq!(daemon.stats(&ids, 50).unwrap()["a#build"].total, 1);
+        // The foreground run records twice; the daemon's memos go.
+        fg.record(&run("r2", t0 + 1_000, vec![ok(300)]), &[])
+            .unwrap();
+        fg.record(&run("r3", t0 + 2_000, vec![ok(300)]), &[])
+            .unwrap();
+        assert_eq!(daemon.stats(&ids, 50).unwrap()["a#build"].total, 3);
+        assert_eq!(daemon.durations(&ids, 50).unwrap()["a#build"], 300);
+        assert_eq!(daemon.runs(10).unwrap().len(), 3);
+        // A clean through either handle empties it for both.
+        fg.clear().unwrap();
+        assert!(daemon.runs(10).unwrap().is_empty());
+        assert!(daemon.stats(&ids, 50).unwrap().is_empty());
+        assert!(daemon.durations(&ids, 50).unwrap().is_empty());
+    }
+
     #[test]
     fn corrupt_and_locked_are_told_apart() {
         let d = tempfile::tempdir().unwrap();
         let h = open(d.path());
+        // Handles share the file (as processes do)...
+        let h2 = History::open(d.path()).unwrap();
+        drop((h, h2));
+        // ...unless one holds it exclusively (a vx before multi-writer).
+        let old = redb::Database::create(d.path().join(FILE_NAME)).unwrap();
         let e = History::open(d.path()).unwrap_err();
         assert!(e.is_locked(), "{e}");
-        drop(h);
+        drop(old);
         std::fs::write(
             d.path().join(FILE_NAME),
             b"this is not a redb file at all, not at all",
