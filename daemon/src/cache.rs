@@ -1817,11 +1817,11 @@ pub const CLEAN_WAIT: Duration = Duration::from_secs(30);
 /// Beside other processes: it first waits (at most [`CLEAN_WAIT`], then
 /// fails with [`CacheError::Busy`]) until no run in any process holds a
 /// [`RunLease`], and holds off new runs until it is done, so it never pulls
-/// a blob out from under a run. The index and the history are deleted only
-/// when no other process has them open; one that is open (the workspace's
-/// daemon keeps both open) is emptied in place instead, in one commit that
-/// the holder sees at its next read, so the daemon's next run starts from
-/// an empty cache and history.
+/// a blob out from under a run. The index is deleted only when no other
+/// process has it open; one that is open (a live daemon keeps it open) is
+/// emptied in place instead, in one commit that the holder sees at its next
+/// read, so the daemon's next run starts from an empty cache. The history
+/// is deleted either way (see below).
 pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
     if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok((0, 0));
@@ -1870,16 +1870,10 @@ pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
             }
         }
     }
-    let history = dir.join(crate::history::FILE_NAME);
-    if history.exists() {
-        match share::unshared(&history) {
-            Some(_held) => rm(&history)?,
-            None => {
-                kept_open = true;
-                crate::history::clear_in_place(dir).map_err(|e| CacheError::Db(e.to_string()))?;
-            }
-        }
-    }
+    // The history is deleted even when open elsewhere: a daemon's handle
+    // notices that its file is gone and opens a new one at its next use
+    // (`history::shared`), and a foreground one lives for one command.
+    rm(&dir.join(crate::history::FILE_NAME))?;
     for (_, p, _) in blob_files(dir) {
         rm(&p)?;
     }

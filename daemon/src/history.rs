@@ -269,7 +269,7 @@ impl History {
 
     /// Drops the memoised statistics and duration lists when another
     /// process wrote the file since this handle last looked (a foreground
-    /// run beside the daemon recorded a run, or `cache clean` emptied it).
+    /// run beside the daemon recorded a run).
     fn sync(&self) {
         use std::sync::atomic::Ordering;
         let Some(now) = self.file_generation() else {
@@ -313,44 +313,6 @@ impl History {
             self.forget();
             self.seen.store(old + 1, Ordering::Release);
         }
-    }
-
-    /// Empties the history in one commit (its `next_seq` and generation
-    /// go on): what `cache clean` does to a file another process has open.
-    pub fn clear(&self) -> Result<(), HistoryError> {
-        let tx = self.db.begin_write()?;
-        tx.delete_table(RUNS)?;
-        tx.open_table(RUNS)?;
-        tx.delete_table(RUN_IDS)?;
-        tx.open_table(RUN_IDS)?;
-        tx.delete_table(TASK_ROWS)?;
-        tx.open_table(TASK_ROWS)?;
-        tx.delete_table(OUTCOMES)?;
-        tx.open_table(OUTCOMES)?;
-        tx.delete_table(KEY_REFS)?;
-        tx.open_table(KEY_REFS)?;
-        tx.delete_table(FINGERPRINTS)?;
-        tx.open_table(FINGERPRINTS)?;
-        tx.delete_table(DURATIONS)?;
-        tx.open_table(DURATIONS)?;
-        let old = Self::bump(&tx)?;
-        tx.commit()?;
-        self.committed(old);
-        self.forget();
-        Ok(())
-    }
-}
-
-/// Empties `<cache_dir>/history.redb` in place (see [`History::clear`]),
-/// through this process's shared handle when it has one.
-pub fn clear_in_place(cache_dir: &Path) -> Result<(), HistoryError> {
-    let held = registry()
-        .lock()
-        .ok()
-        .and_then(|r| r.get(cache_dir).cloned());
-    match held {
-        Some(h) => h.clear(),
-        None => History::open_wait(cache_dir, Duration::from_secs(2))?.clear(),
     }
 }
 
@@ -2272,11 +2234,6 @@ mod tests {
         assert_eq!(daemon.stats(&ids, 50).unwrap()["a#build"].total, 3);
         assert_eq!(daemon.durations(&ids, 50).unwrap()["a#build"], 300);
         assert_eq!(daemon.runs(10).unwrap().len(), 3);
-        // A clean through either handle empties it for both.
-        fg.clear().unwrap();
-        assert!(daemon.runs(10).unwrap().is_empty());
-        assert!(daemon.stats(&ids, 50).unwrap().is_empty());
-        assert!(daemon.durations(&ids, 50).unwrap().is_empty());
     }
 
     #[test]
