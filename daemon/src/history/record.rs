@@ -188,8 +188,6 @@ impl History {
     }
 }
 
-/// Whether a row counts as a good outcome for the mixed-outcome rule: it
-/// executed successfully or came from the cache.
 /// Whether a row's duration counts for scheduling: executed and successful.
 pub(super) fn counts_as_duration(t: &TaskRun) -> bool {
     matches!(t.cache, CacheSource::Miss | CacheSource::Disabled)
@@ -197,6 +195,8 @@ pub(super) fn counts_as_duration(t: &TaskRun) -> bool {
         && !t.persistent
 }
 
+/// Whether a row counts as a good outcome for the mixed-outcome rule: it
+/// executed successfully or came from the cache.
 pub(super) fn row_ok(t: &TaskRun) -> bool {
     matches!(t.status, TaskStatus::Success | TaskStatus::Cached)
         || matches!(t.cache, CacheSource::Local | CacheSource::UpToDate)
