@@ -47,10 +47,7 @@ mod knob_defaults {
                 knobs::READY_NOTICE_MS,
                 ms(crate::persist::DEFAULT_READY_NOTICE),
             ),
-            (
-                knobs::CACHE_LOCK_TIMEOUT_MS,
-                ms(crate::engine::CACHE_LOCK_WAIT),
-            ),
+            (knobs::CACHE_LOCK_TIMEOUT_MS, ms(crate::cache::OPEN_WAIT)),
             (
                 knobs::HISTORY_MAX_RUNS,
                 crate::history::DEFAULT_MAX_RUNS.to_string(),

@@ -101,8 +101,8 @@ knobs! {
         "engine log filter (`tracing` syntax; the daemon's default is `info`, into `.vx/daemon.log`)";
     CACHE_DIR = "VX_CACHE_DIR", Kind::Path, ".vx/cache", Run,
         "cache directory relative to the workspace root, `~/…` or absolute (`[workspace] cache_dir` wins); refused like `cache_dir` when it is `/`, the workspace, `$HOME`, a parent of them, or holds/is inside a project. A daemon serving another cache hands the command to the no-daemon engine";
-    CACHE_LOCK_TIMEOUT_MS = "VX_CACHE_LOCK_TIMEOUT_MS", Kind::Millis, "60000", Run,
-        "how long a foreground run waits for a cache another vx process holds (3000 beside this workspace's live daemon)";
+    CACHE_LOCK_TIMEOUT_MS = "VX_CACHE_LOCK_TIMEOUT_MS", Kind::Millis, "3000", Run,
+        "how long a foreground run waits for a cache held by a vx process that does not share it (an older vx) before it runs uncached; vx processes of this version share the cache and never wait";
     KILL_GRACE_MS = "VX_KILL_GRACE_MS", Kind::Millis, "2000", Run,
         "grace between SIGTERM and SIGKILL when a task is stopped";
     READY_NOTICE_MS = "VX_READY_NOTICE_MS", Kind::Millis, "10000", Run,

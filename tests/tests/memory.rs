@@ -258,50 +258,40 @@ fn stdio_engines_in(ws: &Ws) -> Vec<String> {
         .collect()
 }
 
-// A foreground run beside a live daemon waits for the cache lock; killing
-// its client (`kill -9`) used to leave `vxd --stdio` waiting for up to
-// 600 s. Now it goes with its client (stdin EOF, PR_SET_PDEATHSIG).
+// A foreground run beside a live daemon shares its cache and runs at once;
+// killing its client (`kill -9`) takes `vxd --stdio` along (stdin EOF,
+// PR_SET_PDEATHSIG), task and all. (It once waited for the daemon's cache
+// lock, up to 600 s, and outlived its client there.)
 vx_test!(
-    a_killed_client_takes_its_stdio_engine_along_even_while_it_waits,
+    a_killed_client_takes_its_stdio_engine_along_beside_a_daemon,
     || {
         let ws = noisy();
         // A daemon holds the store.
         let r = ws.vx_daemon(&["run", "--json", "--output-logs=none", "p#gen"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let mut client = ws
-            .cmd("packages/p", &["--no-daemon", "run", "gen", "--force"])
-            // Beside a live daemon the wait gives up after 3 s by default.
-            .env("VX_CACHE_LOCK_TIMEOUT_MS", "60000")
+            .cmd("packages/p", &["--no-daemon", "run", "slow"])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let err = client.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                if l.contains("waiting up to") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("the foreground engine waits for the daemon's cache lock");
+        wait_until(
+            "the foreground engine to start its task beside the daemon",
+            Duration::from_secs(30),
+            || ws.exists("packages/p/started"),
+        );
         assert!(!stdio_engines_in(&ws).is_empty());
         // SAFETY: killing the client we spawned.
         unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
         let _ = client.wait();
         wait_until(
-            "vxd --stdio to exit after its client was killed",
+            "vxd --stdio and its task to exit after its client was killed",
             Duration::from_secs(8),
             || stdio_engines_in(&ws).is_empty(),
         );
     }
 );
 
-// SIGTERM to `vxd --stdio` cancels its runs and ends it promptly, even
-// while a run waits (here: for the cache lock the daemon holds), and a task
-// it started is gone with it.
 vx_test!(sigterm_ends_the_stdio_engine_promptly, || {
     let ws = noisy();
     for waiting_on_lock in [false, true] {

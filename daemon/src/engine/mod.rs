@@ -57,8 +57,6 @@ pub use crate::sink::Events;
 pub use crate::state::request_workspace;
 pub use prepare::shell_quote;
 pub use run::{Session, run_in};
-#[cfg(test)]
-pub(crate) use store::CACHE_LOCK_WAIT;
 pub use store::{cache_clean, cache_prune};
 
 /// The engine as its callers see it: every request a transport serves.

@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use tokio::sync::watch;
 use vx_proto::history::Fingerprint;
 use vx_proto::knobs;
 use vx_proto::{Plan, PlannedTask, Prediction, RunEvent, RunParams};
@@ -62,6 +61,8 @@ pub(super) struct Shared {
     pub(super) dirty: Mutex<HashSet<usize>>,
     /// Whether the store belongs to this run (closed at its end) or to the daemon.
     pub(super) owns_store: bool,
+    /// This run's hold on the cache directory (`cache clean` waits for it).
+    pub(super) _lease: Option<crate::cache::RunLease>,
     /// The daemon's state, when this run is served by a daemon.
     pub(super) hot: Option<Arc<Hot>>,
     /// Compiled patterns per graph node (selected nodes only).
@@ -235,7 +236,6 @@ pub(super) fn prepare(
     mut params: RunParams,
     events: Option<Events>,
     hot_arc: Option<Arc<Hot>>,
-    cancel: Option<watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Shared>, Selection), EngineError> {
     let hot = hot_arc.as_deref();
     let mut timing = Timing::new(&params.env);
@@ -293,11 +293,12 @@ pub(super) fn prepare(
     let (store, index, snapshot) = match hot_parts {
         Some((store, index, snapshot)) => (store, index, Some(snapshot)),
         None => {
-            let (store, index) = open_cold(&model, &params, &events, cancel.as_ref())?;
+            let (store, index) = open_cold(&model, &params, &events)?;
             timing.stage("cache open");
             (store, index, None)
         }
     };
+    let lease = store.run_lease();
     // A damaged index moved aside, or a cache that cannot be used: said
     // once, and the run goes on (cold, or uncached).
     for message in cache::take_notice(&cache_dir(ws)) {
@@ -375,6 +376,7 @@ pub(super) fn prepare(
         snapshot: RwLock::new(snapshot),
         dirty: Mutex::new(HashSet::new()),
         owns_store,
+        _lease: lease,
         hot: hot_arc,
         patterns,
         global_inputs,
@@ -390,7 +392,7 @@ pub(super) fn prepare(
 }
 
 pub(super) fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
-    let (sh, sel) = prepare(params, None, hot, None)?;
+    let (sh, sel) = prepare(params, None, hot)?;
     let mut tasks = Vec::with_capacity(sel.nodes.len());
     for &n in &sel.nodes {
         let key = sh.key_of(n)?;

@@ -335,7 +335,7 @@ impl Head {
             }
             let t = Instant::now();
             // The no-daemon engine exits soon: its record is durable.
-            let r = h.record_kept(&record, &fps, !daemon, keep);
+            let r = h.record_kept(&record, &fps, keep);
             tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
             if let Err(e) = r {
                 tracing::warn!("run {} not recorded: {e}", record.run_id);

@@ -146,9 +146,9 @@ pub async fn run_in(
     let (detail, continue_mode) = (params.detail, params.continue_mode);
     let concurrency_param = params.concurrency;
     let ev = events.clone();
-    let (hot2, cancel2) = (hot.clone(), cancel.clone());
+    let hot2 = hot.clone();
     let (sh, sel, history) = tokio::task::spawn_blocking(move || {
-        let (sh, sel) = prepare(params, Some(ev), hot2, Some(cancel2))?;
+        let (sh, sel) = prepare(params, Some(ev), hot2)?;
         let history = open_history(&sh);
         Ok::<_, EngineError>((sh, sel, history))
     })

@@ -1,154 +1,47 @@
 //! `engine::store` — opening the cache store for a foreground run, and the
 //! `cache.clean` / `cache.prune` requests.
 //!
-//! Owns: the foreground engine's store (waiting, bounded and
-//! interruptibly, for a cache another vx process holds; an uncached store
-//! when the cache cannot be used) and cleaning or pruning a workspace's
+//! Owns: the foreground engine's store (opened shared with every other vx
+//! process, a live daemon included; an uncached store when the cache cannot
+//! be used) and cleaning or pruning a workspace's
 //! cache (through the daemon's open store when there is one).
 //! Never: keys, schedules or runs tasks.
 
-use crate::cache::{self, CacheError, Store};
-use crate::error::{EngineError, ErrorKind};
-use crate::hash::{self, FileIndex};
+use crate::cache::{self, Store};
+use crate::error::EngineError;
+use crate::hash::FileIndex;
 use crate::model::{Model, cache_dir};
 use crate::sink::Events;
 use crate::state::{Hot, request_workspace};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Duration;
 use vx_proto::knobs;
 use vx_proto::{RunEvent, RunParams};
 
 /// The no-daemon path opens the store and loads the file index per run.
+/// The store is shared with every other vx process (a live daemon
+/// included), so this never waits for one; a store that cannot be opened
+/// (held by a vx that does not share it, unwritable, damaged and open
+/// elsewhere) makes an uncached run, with a warning.
 pub(super) fn open_cold(
     model: &Model,
     params: &RunParams,
     events: &Option<Events>,
-    cancel: Option<&watch::Receiver<Option<i32>>>,
 ) -> Result<(Arc<Store>, Arc<FileIndex>), EngineError> {
     let cdir = cache_dir(&model.ws);
-    let (store, files) = match open_store_waiting(&cdir, &model.ws.root, params, events, cancel)? {
-        Opened::Store(opened) => *opened,
-        Opened::Unusable(why) => {
-            let store = uncached(&cdir, &why, params.no_cache, events)?;
+    let wait = knobs::CACHE_LOCK_TIMEOUT_MS
+        .millis(&params.env)
+        .unwrap_or(cache::OPEN_WAIT);
+    let (store, files) = match Store::open_loaded(&cdir, wait, &mut || {}) {
+        Ok(opened) => opened,
+        Err(e) => {
+            let store = uncached(&cdir, &e.to_string(), params.no_cache, events)?;
             return Ok((store, Arc::new(FileIndex::default())));
         }
     };
     let index = FileIndex::from_records(files);
     Ok((Arc::new(store), Arc::new(index)))
-}
-
-/// What [`open_store_waiting`] found: the store, or why it cannot be used
-/// (a run then goes on uncached).
-enum Opened {
-    Store(Box<(Store, Vec<(String, hash::Record)>)>),
-    Unusable(String),
-}
-
-/// Default bound on waiting for a cache held by another foreground run.
-pub(crate) const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
-/// Default bound when this workspace's daemon is alive: it holds the cache
-/// for its whole life, so only one that is stopping would let go.
-const CACHE_LOCK_WAIT_DAEMON: Duration = Duration::from_secs(3);
-
-/// Whether a daemon holds this workspace's liveness lock.
-fn workspace_daemon_alive(root: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(paths) = vx_proto::paths::daemon_paths(root) else {
-        return false;
-    };
-    let Ok(f) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&paths.live_lock)
-    else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor we own; released at once (and on close).
-    unsafe {
-        if libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
-            libc::flock(f.as_raw_fd(), libc::LOCK_UN);
-            return false;
-        }
-    }
-    true
-}
-
-/// Opens the store for a foreground run. When another vx process holds it,
-/// says what it waits for, and gives up when the run is cancelled or after
-/// a bound (`VX_CACHE_LOCK_TIMEOUT_MS` in the client's environment; else
-/// [`CACHE_LOCK_WAIT_DAEMON`] beside a live daemon, [`CACHE_LOCK_WAIT`]
-/// otherwise). A `--no-cache` run never waits: it runs on an uncached
-/// store ([`uncached`]).
-fn open_store_waiting(
-    cdir: &Path,
-    root: &Path,
-    params: &RunParams,
-    events: &Option<Events>,
-    cancel: Option<&watch::Receiver<Option<i32>>>,
-) -> Result<Opened, EngineError> {
-    let start = Instant::now();
-    let mut limit: Option<(Duration, String)> = None;
-    loop {
-        match Store::open_loaded(cdir, Duration::ZERO, &mut || {}) {
-            Ok(opened) => return Ok(Opened::Store(Box::new(opened))),
-            Err(CacheError::Locked(..)) => {}
-            Err(e) => return Ok(Opened::Unusable(e.to_string())),
-        }
-        if params.no_cache {
-            // Neither read nor written: no reason to wait for the holder.
-            return Ok(Opened::Unusable("in use by another vx process".into()));
-        }
-        let (bound, holder) = limit.get_or_insert_with(|| {
-            let daemon = workspace_daemon_alive(root);
-            let bound = knobs::CACHE_LOCK_TIMEOUT_MS
-                .millis(&params.env)
-                .unwrap_or(if daemon {
-                    CACHE_LOCK_WAIT_DAEMON
-                } else {
-                    CACHE_LOCK_WAIT
-                });
-            let holder = if daemon {
-                "this workspace's daemon holds it: stop it with `vx daemon stop`, or run through it"
-                    .to_string()
-            } else {
-                let k = knobs::CACHE_LOCK_TIMEOUT_MS.name;
-                format!("another vx process holds it; set {k} to wait longer")
-            };
-            if let Some(tx) = events {
-                let _ = tx.send(RunEvent::Warning {
-                    message: format!(
-                        "waiting up to {} s for the cache at {} ({holder})",
-                        bound.as_secs_f64().ceil(),
-                        cdir.display()
-                    ),
-                });
-            }
-            (bound, holder)
-        });
-        if let Some(c) = cancel
-            && c.borrow().is_some()
-        {
-            return Err(EngineError::new(
-                ErrorKind::Cancelled,
-                format!(
-                    "cancelled while waiting for the cache at {}",
-                    cdir.display()
-                ),
-            ));
-        }
-        if start.elapsed() >= *bound {
-            return Err(EngineError::new(
-                ErrorKind::Cache,
-                format!(
-                    "the cache at {} is in use (gave up after {:.1} s): {holder}",
-                    cdir.display(),
-                    start.elapsed().as_secs_f64()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// The store of a run whose cache cannot be opened (a directory that is not
@@ -177,6 +70,9 @@ pub fn cache_clean(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheClean
     let dir = cache_dir(&ws);
     if let Some(hot) = hot {
         hot.close_store();
+        // Its history handle goes too: `clean` deletes the file when no
+        // other process has it open (else it empties it in place).
+        crate::history::release(&dir);
     }
     let (entries, freed_bytes) = cache::clean(&dir)?;
     Ok(vx_proto::CacheCleaned {

@@ -187,6 +187,9 @@ impl Hot {
             .lock()
             .map_err(|_| EngineError::new(ErrorKind::Internal, "store lock poisoned"))?;
         if let Some(s) = g.as_ref() {
+            // Another process may have changed the index since (a
+            // foreground run, a prune, a clean): memoised entries go.
+            s.refresh();
             return Ok(s.clone());
         }
         let dir = self.cache_dir();

@@ -1,0 +1,205 @@
+//! `cache::outputs` — a task's outputs on disk: finding them (never
+//! through a symlinked directory or into a nested project), wiping them,
+//! their stamps and whether they are exactly what vx last wrote. Every
+//! deletion goes through [`crate::fsx::Confined`]. Never reads or writes the
+//! store.
+
+use super::*;
+
+/// One output on disk: a regular file or a symlink (of any target).
+#[derive(Debug, Clone)]
+pub struct OnDisk {
+    /// Project-relative path.
+    pub rel: String,
+    pub abs: PathBuf,
+    pub stat: FileStat,
+    /// A symlink (captured and restored as a link, never followed).
+    pub link: bool,
+    /// Its name is not UTF-8 (`rel` is escaped, see `hash::escape_path`):
+    /// vx can neither key, store nor wipe it, so such a result is never
+    /// cached (capture refuses it by name).
+    pub non_utf8: bool,
+}
+
+/// Finds the outputs the patterns select under `project` (not
+/// gitignore-filtered): regular files and symlinks, never looking through a
+/// symlinked directory (a base directory reached through one selects
+/// nothing; [`wipe_outputs`] and [`restore`] refuse it). `fence` holds
+/// project-relative directories of nested projects, which are never entered.
+pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>) -> Vec<OnDisk> {
+    let mut out = Vec::new();
+    if pats.is_empty() {
+        return out;
+    }
+    let bases = pats.base_dirs().unwrap_or_else(|| vec![String::new()]);
+    let confined = Confined::open(project).ok();
+    let mut seen = HashSet::new();
+    for base in bases {
+        let start = if base.is_empty() {
+            project.to_path_buf()
+        } else {
+            // A base that is not a plain path below the project, or that is
+            // reached through a symlinked directory, selects nothing.
+            let Some(c) = &confined else { continue };
+            match c.first_symlink(&base, false) {
+                Ok(None) => {}
+                _ => continue,
+            }
+            project.join(&base)
+        };
+        let Ok(md) = fs::symlink_metadata(&start) else {
+            continue;
+        };
+        if md.is_dir() {
+            walk_outputs(&start, &base, pats, fence, &mut out, &mut seen, false);
+        } else if pats.matches(&base) && seen.insert(base.clone()) {
+            push_file(&start, base, &md, &mut out, false);
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out
+}
+
+pub(super) fn push_file(
+    abs: &Path,
+    rel: String,
+    md: &fs::Metadata,
+    out: &mut Vec<OnDisk>,
+    non_utf8: bool,
+) {
+    let link = md.file_type().is_symlink();
+    if link || md.is_file() {
+        out.push(OnDisk {
+            rel,
+            abs: abs.to_path_buf(),
+            stat: FileStat::of(md),
+            link,
+            non_utf8,
+        });
+    }
+}
+
+pub(super) fn walk_outputs(
+    dir: &Path,
+    rel_dir: &str,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+    out: &mut Vec<OnDisk>,
+    seen: &mut HashSet<String>,
+    non_utf8: bool,
+) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let file_name = e.file_name();
+        let (name, bad) = match file_name.to_str() {
+            Some(n) => (n.to_owned(), non_utf8),
+            None => (crate::hash::escape_path(Path::new(&file_name)), true),
+        };
+        let rel = if rel_dir.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel_dir}/{name}")
+        };
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if md.is_dir() {
+            if rel_dir.is_empty() && (name == ".git" || name == ".vx" || name == "node_modules") {
+                continue;
+            }
+            if fence.contains(&rel) {
+                continue;
+            }
+            walk_outputs(&e.path(), &rel, pats, fence, out, seen, bad);
+        } else if pats.matches(&rel) && seen.insert(rel.clone()) {
+            push_file(&e.path(), rel, &md, out, bad);
+        }
+    }
+}
+
+/// Refuses output bases vx could only write through a symlinked directory
+/// (`dist -> /elsewhere` for `dist/**`) or that leave the project: the
+/// error names the link. A base that is itself a selected symlink (a
+/// literal pattern naming a link) is an output like any other.
+pub(super) fn check_bases(c: &Confined, pats: &Patterns) -> Result<(), CacheError> {
+    for base in pats.bases().unwrap_or_default() {
+        if base.is_empty() {
+            continue;
+        }
+        if let Some(link) = c.first_symlink(base, !pats.matches(base))? {
+            return Err(crate::fsx::FsxError::Symlink(link).into());
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the outputs the patterns select (a symlink is unlinked, never
+/// followed), and the directories that became empty because of it. Every
+/// deletion is confined to `project`; an output base reached through a
+/// symlinked directory is refused with an error naming it.
+pub fn wipe_outputs(
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+) -> Result<(), CacheError> {
+    if pats.is_empty() {
+        return Ok(());
+    }
+    let c = match Confined::open(project) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    check_bases(&c, pats)?;
+    wipe_confined(&c, &collect_outputs(project, pats, fence))
+}
+
+pub(super) fn wipe_confined(c: &Confined, files: &[OnDisk]) -> Result<(), CacheError> {
+    let mut dirs = HashSet::new();
+    // A name vx cannot address exactly (not UTF-8) is left alone.
+    for f in files.iter().filter(|f| !f.non_utf8) {
+        c.remove_file(&f.rel)?;
+        let mut d = f.rel.as_str();
+        while let Some((parent, _)) = d.rsplit_once('/') {
+            dirs.insert(parent.to_string());
+            d = parent;
+        }
+    }
+    let mut dirs: Vec<String> = dirs.into_iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    for d in dirs {
+        c.remove_dir_if_empty(&d); // fails (and stays) when not empty
+    }
+    Ok(())
+}
+
+/// Stamps for the files as they are on disk now.
+pub fn stamps_of(files: &[OnDisk]) -> Stamps {
+    files
+        .iter()
+        .map(|f| (f.rel.clone(), (f.stat.size, f.stat.mtime_ns, f.stat.ino)))
+        .collect()
+}
+
+/// Whether the outputs on disk are exactly what vx last wrote for this
+/// entry on this machine: same set of files and links, each with its
+/// recorded size, mtime and inode.
+pub fn outputs_up_to_date(m: &Manifest, stamps: &Stamps, on_disk: &[OnDisk]) -> bool {
+    if on_disk.len() != m.outputs.len() || stamps.len() != m.outputs.len() {
+        return false;
+    }
+    on_disk.iter().zip(&m.outputs).all(|(d, o)| {
+        d.rel == o.path
+            && d.link == o.is_link()
+            && d.stat.size == o.digest.size_bytes
+            && stamps.get(&d.rel) == Some(&(d.stat.size, d.stat.mtime_ns, d.stat.ino))
+    })
+}
+
+/// Why a symlink output at `rel` with link text `target` may not be cached
+/// or restored, if it may not.
+pub(super) fn link_refusal(rel: &str, target: &str) -> Option<String> {
+    (!crate::fsx::link_stays_inside(rel, target)).then(|| {
+        format!("output {rel} is a symlink to {target:?}, outside the project; vx never restores such a link")
+    })
+}

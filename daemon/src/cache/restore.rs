@@ -1,0 +1,70 @@
+//! `cache::restore` — an entry's outputs back into a project: every blob
+//! verified and every link checked before the tree is touched, then the
+//! current outputs wiped and each file or link written, all confined to the
+//! project. Never writes the index (the caller stores the returned stamps).
+
+use super::*;
+
+/// Restores an entry's outputs into `project`: checks everything first
+/// (every blob verified, every link's text against its digest and inside
+/// the project, no output base behind a symlinked directory), then wipes
+/// the current outputs and writes each file (temp sibling + rename) or link,
+/// all confined to `project`. Returns the stamps of what it wrote.
+/// [`CacheError::Corrupt`] and [`CacheError::Refused`] leave the tree as it
+/// was (the caller treats them as a miss).
+pub fn restore(
+    store: &Store,
+    m: &Manifest,
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+) -> Result<Stamps, CacheError> {
+    // Verify every blob before touching the tree, so a corrupt entry leaves
+    // the outputs as they were (the task then re-runs and wipes them itself).
+    let mut contents = Vec::with_capacity(m.outputs.len());
+    for o in &m.outputs {
+        if crate::fsx::components(&o.path).is_none() {
+            return Err(CacheError::Corrupt(format!(
+                "entry {} names {}",
+                m.key, o.path
+            )));
+        }
+        if o.is_link() {
+            let Some(target) = o.link.as_deref() else {
+                return Err(CacheError::Corrupt(format!(
+                    "entry {} link {}",
+                    m.key, o.path
+                )));
+            };
+            if digest_of(target.as_bytes()) != o.digest {
+                return Err(CacheError::Corrupt(format!(
+                    "entry {} link {}",
+                    m.key, o.path
+                )));
+            }
+            if let Some(why) = link_refusal(&o.path, target) {
+                return Err(CacheError::Refused(why));
+            }
+            contents.push(Vec::new());
+        } else {
+            contents.push(store.read_verified(&o.digest)?);
+        }
+    }
+    fs::create_dir_all(project).map_err(io(project))?;
+    let c = Confined::open(project)?;
+    check_bases(&c, pats)?;
+    wipe_confined(&c, &collect_outputs(project, pats, fence))?;
+    let mut stamps = Stamps::new();
+    for (o, bytes) in m.outputs.iter().zip(contents) {
+        match o.link.as_deref() {
+            Some(target) if o.is_link() => c.write_symlink(&o.path, target)?,
+            _ => c.write_file(&o.path, &bytes, o.mode)?,
+        }
+        let st = c.lstat(&o.path)?.ok_or_else(|| CacheError::Io {
+            path: project.join(&o.path),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        stamps.insert(o.path.clone(), (st.size, st.mtime_ns, st.ino));
+    }
+    Ok(stamps)
+}

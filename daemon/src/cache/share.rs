@@ -1,0 +1,148 @@
+//! `cache::share` — how several vx processes share one cache directory:
+//! the file locks beside redb's own.
+//!
+//! Owns three locks, none of which holds data: the whole-file probe of a
+//! redb file (no other process has it open, so it may be moved aside or
+//! deleted), `gc.lock` (a prune's sweep against a save finding a blob
+//! present) and `runs.lock` (a run in progress, any process, against a
+//! `cache clean`). Every lock is an open-file-description lock or a `flock`,
+//! released by the kernel when its holder dies, so a crash never wedges
+//! another process. Never reads or writes the index, the history or a blob.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The lock file a prune holds exclusively while it decides and deletes,
+/// and a save holds shared while it finds a blob present and refreshes it.
+pub(crate) const GC_LOCK: &str = "gc.lock";
+/// The lock file every run holds shared for its whole life, and
+/// `cache clean` exclusively.
+pub(crate) const RUNS_LOCK: &str = "runs.lock";
+
+/// A held lock on a file (released on drop, by closing it).
+#[derive(Debug)]
+pub struct Held(#[allow(dead_code)] File);
+
+/// Takes a whole-file write lock on `path` without waiting, when no other
+/// process has the file open through redb (each redb handle holds shared
+/// byte-range locks on it for its life). The lock is held until the
+/// returned file is dropped; renaming or deleting the file meanwhile is
+/// safe: nobody else can open it through redb until then. `None` when
+/// another process holds any lock on it (or it cannot be opened).
+pub(crate) fn unshared(path: &Path) -> Option<Held> {
+    let f = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    // SAFETY: an all-zero `flock` is a valid value of a plain C struct.
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = libc::F_WRLCK as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    lk.l_start = 0;
+    lk.l_len = 0; // to the end, however far it grows
+    // SAFETY: fcntl on a descriptor we own, with a valid `flock`.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut lk) };
+    (r == 0).then_some(Held(f))
+}
+
+fn lock_file(dir: &Path, name: &str) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(name))
+}
+
+fn flock(f: &File, op: libc::c_int) -> bool {
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return true;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
+/// `dir`'s `gc.lock`, shared (a save) or exclusive (a prune), waiting for
+/// it. `None` when the lock file cannot be made (a read-only cache dir):
+/// the caller goes on unlocked, as a single process would.
+pub(crate) fn gc_lock(dir: &Path, exclusive: bool) -> Option<Held> {
+    let f = lock_file(dir, GC_LOCK).ok()?;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    flock(&f, op).then_some(Held(f))
+}
+
+/// A run's hold on a cache directory: `cache clean` waits for every one
+/// (in any process) to end before it deletes anything.
+pub type RunLease = Held;
+
+/// Takes `dir`'s run lease (shared). Waits while a `cache clean` holds the
+/// directory; `None` when the lock file cannot be made.
+pub(crate) fn run_lease(dir: &Path) -> Option<RunLease> {
+    let f = lock_file(dir, RUNS_LOCK).ok()?;
+    flock(&f, libc::LOCK_SH).then_some(Held(f))
+}
+
+/// Takes `dir`'s run lock exclusively, once no run (in any process) holds
+/// a lease, waiting at most `wait`. `Ok(None)` when the lock file cannot
+/// be made; `Err` when runs still hold it after `wait`.
+pub(crate) fn runs_exclusive(dir: &Path, wait: Duration) -> Result<Option<Held>, ()> {
+    let Ok(f) = lock_file(dir, RUNS_LOCK) else {
+        return Ok(None);
+    };
+    let start = Instant::now();
+    loop {
+        if flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+            return Ok(Some(Held(f)));
+        }
+        if start.elapsed() >= wait {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redb_handle_makes_its_file_shared() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.redb");
+        let db = redb::Builder::new()
+            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+            .create(&p)
+            .unwrap();
+        assert!(unshared(&p).is_none(), "an open handle holds it");
+        drop(db);
+        let held = unshared(&p).expect("nobody holds it");
+        // While held, redb refuses to open it (the caller may move it).
+        let r = redb::Builder::new()
+            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+            .create(&p);
+        assert!(r.is_err());
+        drop(held);
+    }
+
+    #[test]
+    fn clean_waits_for_leases_and_runs_wait_for_clean() {
+        let d = tempfile::tempdir().unwrap();
+        let lease = run_lease(d.path()).unwrap();
+        assert!(runs_exclusive(d.path(), Duration::from_millis(50)).is_err());
+        drop(lease);
+        let ex = runs_exclusive(d.path(), Duration::from_millis(50))
+            .unwrap()
+            .unwrap();
+        let f = lock_file(d.path(), RUNS_LOCK).unwrap();
+        assert!(!flock(&f, libc::LOCK_SH | libc::LOCK_NB));
+        drop(ex);
+        assert!(flock(&f, libc::LOCK_SH | libc::LOCK_NB));
+    }
+}
