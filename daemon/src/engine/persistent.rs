@@ -9,8 +9,8 @@
 
 use super::prepare::Shared;
 use super::record::Head;
-use super::run::{Done, futures_join_all};
 use super::schedule::Scheduler;
+use super::task::Done;
 use super::task::base_result;
 use crate::exec::{self, Outcome, Spawn};
 use crate::persist;
@@ -232,4 +232,20 @@ pub(super) async fn hold(
         }
         None => (results, None),
     }
+}
+
+/// Awaits every future (they run concurrently).
+pub(super) async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
 }

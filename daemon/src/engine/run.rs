@@ -11,12 +11,12 @@
 //! Never: decides the order or what a failure stops (the scheduler does),
 //! and never does a task's work itself.
 
-use super::persistent::{self, start_persistent};
+use super::persistent::{self, futures_join_all, start_persistent};
 use super::prepare::{Shared, Timing, prepare};
 use super::priority::priorities;
 use super::record::{Head, open_history};
 use super::schedule::{Scheduler, Step};
-use super::task::{Hit, base_result, probe, run_task, skipped, try_hit};
+use super::task::{Done, Hit, base_result, probe, run_task, skipped, try_hit};
 use super::{concurrency_error, now_ms};
 use crate::error::{EngineError, ErrorKind};
 use crate::history::History;
@@ -27,40 +27,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
-use vx_proto::{
-    CacheSource, ContinueMode, RunEvent, RunParams, RunSummary, TaskResult, TaskStatus,
-};
-
-/// What one task's future reports to the scheduler.
-pub(super) struct Done {
-    pub(super) local: usize,
-    pub(super) result: Option<TaskResult>,
-    pub(super) failed: bool,
-    pub(super) tainted: bool,
-    /// A persistent task that is ready (its dependents may start).
-    pub(super) proc: Option<persist::Proc>,
-    /// Nothing happened (a watch cycle found the task unchanged): no events,
-    /// and not listed when only changes are reported.
-    pub(super) quiet: bool,
-}
-
-impl Done {
-    pub(super) fn new(
-        local: usize,
-        result: Option<TaskResult>,
-        failed: bool,
-        tainted: bool,
-    ) -> Done {
-        Done {
-            local,
-            result,
-            failed,
-            tainted,
-            proc: None,
-            quiet: false,
-        }
-    }
-}
+use vx_proto::{CacheSource, ContinueMode, RunEvent, RunParams, RunSummary, TaskStatus};
 
 /// What a watch session carries from one cycle to the next.
 #[derive(Default)]
@@ -112,22 +79,6 @@ impl Session {
             .unwrap_or_default();
         futures_join_all(procs.into_iter().map(|p| p.stop())).await;
     }
-}
-
-/// Awaits every future (they run concurrently).
-pub(super) async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// [`super::run`], as one cycle of a watch session when `session` is given:

@@ -6,7 +6,7 @@
 //! inline fast path ([`probe`]), restoring outputs, joining another run's
 //! execution of the same key under the daemon, executing with retries and
 //! the output-log policy, saving a successful result, and replaying a hit's
-//! log.
+//! log; [`Done`], what a task's outcome reports to the driver.
 //! Never: decides which task runs next or whether a failure stops the run
 //! (that is [`super::schedule`]), and never caches a tainted result.
 
@@ -15,6 +15,7 @@ use super::prepare::Shared;
 use crate::cache::{self, CacheError, Manifest};
 use crate::error::{EngineError, ErrorKind};
 use crate::exec::{self, Outcome, Spawn};
+use crate::persist;
 use crate::state::{Finished, Inflight};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -536,4 +537,35 @@ pub(super) fn save(
     };
     sh.store.put_entry(&m, &cache::stamps_of(&files));
     Ok(())
+}
+
+/// What one task's future reports to the scheduler.
+pub(super) struct Done {
+    pub(super) local: usize,
+    pub(super) result: Option<TaskResult>,
+    pub(super) failed: bool,
+    pub(super) tainted: bool,
+    /// A persistent task that is ready (its dependents may start).
+    pub(super) proc: Option<persist::Proc>,
+    /// Nothing happened (a watch cycle found the task unchanged): no events,
+    /// and not listed when only changes are reported.
+    pub(super) quiet: bool,
+}
+
+impl Done {
+    pub(super) fn new(
+        local: usize,
+        result: Option<TaskResult>,
+        failed: bool,
+        tainted: bool,
+    ) -> Done {
+        Done {
+            local,
+            result,
+            failed,
+            tainted,
+            proc: None,
+            quiet: false,
+        }
+    }
 }
