@@ -1315,7 +1315,7 @@ pub async fn run_in(
 ) -> Result<RunSummary, EngineError> {
     let started_at = now_ms();
     let t0 = Instant::now();
-    let run_id = format!("{:x}-{:x}", started_at, std::process::id());
+    let run_id = format!("{:x}-{:x}", unique_ms(started_at), std::process::id());
     let concurrency_param = params.concurrency;
     let detail = params.detail;
     let continue_mode = params.continue_mode;
@@ -2031,7 +2031,7 @@ struct RecordInput {
 /// `--` (tokens, paths, anything) are replaced by one placeholder naming
 /// their hash, the hash the fingerprints hold (`docs/history.md`: args are
 /// only ever kept hashed).
-fn redacted_argv(argv: &[String], args: &[String]) -> Vec<String> {
+pub(crate) fn redacted_argv(argv: &[String], args: &[String]) -> Vec<String> {
     if args.is_empty() {
         return argv.to_vec();
     }
@@ -3097,6 +3097,82 @@ pub fn cache_prune(
     let store = Store::open(&dir, Duration::from_secs(30), &mut || {})?;
     let r = prune(&store);
     store.close()?;
+    r
+}
+
+/// A run id's time part: `now`, or one past the previous id's when two
+/// runs of this process start in the same millisecond (the event bus and
+/// the history tell runs apart by id).
+fn unique_ms(now: u64) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// One requested task's key, part by part, and what the cache says about
+/// it (`task.explain` and `task.log`, in `query`).
+pub(crate) struct KeyReport {
+    /// The parts behind the key, secrets hashed (as the history keeps them).
+    pub fingerprint: Fingerprint,
+    /// The forwarded args folded into the key.
+    pub args: Vec<String>,
+    pub prediction: Prediction,
+    /// For a predicted hit: restored (`Local`) or already on disk (`UpToDate`).
+    pub source: Option<CacheSource>,
+}
+
+/// Computes the keys of `params`' selection exactly as a run does
+/// ([`prepare`], then every key in dependency order through
+/// [`Shared::key_of`]) and reports the requested tasks; `with` reads the
+/// store before it is closed. Runs nothing and writes nothing but what a
+/// plan writes (the file index).
+pub(crate) fn explain_keys<T>(
+    mut params: RunParams,
+    hot: Option<Arc<Hot>>,
+    with: impl FnOnce(&Store, &[KeyReport]) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    // A hit's log is not replayed: the check never reads it.
+    params.output_logs = OutputLogs::None;
+    let (sh, sel) = prepare(params, None, hot, None)?;
+    let reports = (|| {
+        let mut out = Vec::new();
+        for &n in &sel.nodes {
+            let key = sh.key_of(n)?;
+            if !sel.requested.contains(&n) {
+                continue;
+            }
+            let node = &sh.model.graph.nodes[n];
+            let (prediction, source) = if node.def.command.is_none() {
+                (Prediction::Group, None)
+            } else if !sh.cache_enabled(n) {
+                (Prediction::Uncached, None)
+            } else if !sh.cache_read(n) {
+                (Prediction::Miss, None)
+            } else {
+                match try_hit(&sh, n, &key, false)? {
+                    Hit::Served(..) => (Prediction::Hit, Some(CacheSource::UpToDate)),
+                    Hit::NeedsRestore => (Prediction::Hit, Some(CacheSource::Local)),
+                    Hit::Miss => (Prediction::Miss, None),
+                }
+            };
+            out.push(KeyReport {
+                fingerprint: sh.fingerprint(n, &key),
+                args: sh.params.args.clone(),
+                prediction,
+                source,
+            });
+        }
+        Ok(out)
+    })();
+    let r = reports.and_then(|reports| with(&sh.store, &reports));
+    sh.finish_store()?;
     r
 }
 

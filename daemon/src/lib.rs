@@ -7,6 +7,7 @@
 //! remembered by `history` (read back by `inspect`, rendered by `profile`),
 //! exposed by `server`.
 
+pub mod bus;
 pub mod cache;
 pub mod engine;
 pub mod exec;
@@ -19,6 +20,7 @@ pub mod inspect;
 pub mod persist;
 pub mod procstat;
 pub mod profile;
+pub mod query;
 pub mod server;
 pub mod state;
 pub mod watch;

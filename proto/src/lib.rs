@@ -10,6 +10,7 @@
 pub mod framing;
 pub mod history;
 pub mod knobs;
+pub mod live;
 pub mod methods;
 pub mod paths;
 
