@@ -246,6 +246,99 @@ pub fn log(p: TaskLogParams, hot: Option<Arc<Hot>>) -> Result<TaskLog, EngineErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn workspace() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let files = [
+            ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+            (
+                "packages/lib/vx.toml",
+                "[tasks.build]\ncommand = \"echo lib\"\ninputs = [\"src/**\"]\nenv = [\"MODE\"]\n",
+            ),
+            ("packages/lib/src/a.txt", "a\n"),
+            (
+                "packages/app/vx.toml",
+                "[project]\ndeps = [\"lib\"]\n\n[tasks.build]\ncommand = \"echo app\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\n",
+            ),
+            ("packages/app/src/m.txt", "m\n"),
+        ];
+        for (p, c) in files {
+            let p = d.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, c).unwrap();
+        }
+        d
+    }
+
+    /// Differential: the key `task.explain` reports is the key `run.plan`
+    /// computes for the same task, args and env (one key computation).
+    #[test]
+    fn explain_reports_the_plans_key() {
+        let ws = workspace();
+        let cwd = ws.path().to_string_lossy().into_owned();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = |mode: Option<&str>| -> BTreeMap<String, String> {
+            mode.map(|m| BTreeMap::from([("MODE".to_string(), m.to_string())]))
+                .unwrap_or_default()
+        };
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            ("lib#build", &[], None),
+            ("lib#build", &[], Some("prod")),
+            ("app#build", &[], Some("dev")),
+            ("app#build", &["--x", "y z"], None),
+        ];
+        for &(task, args, mode) in cases {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let plan = rt
+                .block_on(engine::plan(
+                    RunParams {
+                        cwd: cwd.clone(),
+                        tasks: vec![task.to_string()],
+                        args: args.clone(),
+                        env: env(mode),
+                        ..Default::default()
+                    },
+                    None,
+                ))
+                .unwrap();
+            let planned = plan.tasks.iter().find(|t| t.id == task).unwrap();
+            let x = explain(
+                ExplainParams {
+                    cwd: cwd.clone(),
+                    task: task.to_string(),
+                    args: args.clone(),
+                    env: env(mode),
+                },
+                None,
+            )
+            .unwrap();
+            assert_eq!(x.tasks.len(), 1);
+            let t = &x.tasks[0];
+            assert_eq!(
+                Some(&t.key),
+                planned.key.as_ref(),
+                "{task} {args:?} {mode:?}"
+            );
+            assert_eq!(t.args, args);
+            if task == "lib#build" {
+                assert_eq!(t.inputs[0].path, "packages/lib/src/a.txt");
+                assert_eq!(t.env[0].name, "MODE");
+                if let Some(m) = mode {
+                    assert!(
+                        !serde_json::to_string(t).unwrap().contains(m),
+                        "env values never shown raw"
+                    );
+                }
+            } else {
+                assert_eq!(t.upstream[0].id, "lib#build");
+            }
+        }
+    }
 
     #[test]
     fn the_tail_starts_at_a_line_and_says_it_was_cut() {

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use vx_proto::framing::{Frame, LineFramer};
 use vx_proto::{
     CacheParams, HelloParams, HelloResult, Id, Message, PROTOCOL_VERSION, RpcError,
-    RunCancelParams, RunParams, codes, methods,
+    RunCancelParams, RunParams, codes, live, live::RunKind, methods,
 };
 
 /// How this server was started (reported by `daemon.hello`).
@@ -255,6 +255,8 @@ where
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    // This connection's subscriptions end (their requests answer).
+    crate::bus::global().drop_connection(conn_of(&out));
     // Let running requests finish (cancelled runs stop their processes);
     // the stdio engine waits a bounded time for a client that is gone.
     let limit = STDIO_WIND_DOWN
@@ -355,8 +357,9 @@ fn dispatch(
         let out2 = out.clone();
         // The handler runs in its own task so that a panic fails this
         // request only; it is aborted if this request's task is.
+        let id = id.clone();
         let mut handle = AbortOnDrop(tokio::spawn(async move {
-            handle(&ctx, &state, &out2, &method, params).await
+            handle(&ctx, &state, &out2, &id, &method, params).await
         }));
         let reply = match (&mut handle.0).await {
             Ok(Ok(v)) => Message::ok(id2, v),
@@ -371,6 +374,11 @@ fn dispatch(
         };
         out.send(&reply);
     });
+}
+
+/// A connection's number on the bus: its outbox's address.
+fn conn_of(out: &Arc<Outbox>) -> usize {
+    Arc::as_ptr(out) as usize
 }
 
 /// `cwd` (or watch.start's `run.cwd`) must be absolute: a relative one would
@@ -445,6 +453,7 @@ async fn handle(
     ctx: &Arc<Ctx>,
     state: &Arc<Mutex<State>>,
     out: &Arc<Outbox>,
+    id: &Id,
     method: &str,
     params: serde_json::Value,
 ) -> Result<serde_json::Value, RpcError> {
@@ -462,10 +471,15 @@ async fn handle(
             if let Ok(mut s) = state.lock() {
                 s.add_run(cancel_tx, &p.env);
             }
-            // Each event goes straight into the bounded outbox.
-            let out2 = out.clone();
-            let events = engine::Events::new(move |e| out2.send_event(e));
+            // Each event goes to the bus, then straight into the bounded outbox.
+            let tee = Arc::new(crate::bus::global().tee(RunKind::Run, &p));
+            let (out2, tee2) = (out.clone(), tee.clone());
+            let events = engine::Events::new(move |e| {
+                tee2.publish(&e);
+                out2.send_event(e)
+            });
             let r = engine::run(p, events, cancel_rx, ctx.hot.clone()).await;
+            tee.finish(r.as_ref().map(Some).map_err(|e| e.message.as_str()));
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::WATCH_START => {
@@ -496,9 +510,14 @@ async fn handle(
                     })?
                 }
             };
-            let out2 = out.clone();
-            let events = engine::Events::new(move |e| out2.send_event(e));
+            let tee = Arc::new(crate::bus::global().tee(RunKind::Watch, &p.run));
+            let (out2, tee2) = (out.clone(), tee.clone());
+            let events = engine::Events::new(move |e| {
+                tee2.publish(&e);
+                out2.send_event(e)
+            });
             let r = crate::watch::run(p, events, cancel_rx, hot).await;
+            tee.finish(r.as_ref().map(|_| None).map_err(|e| e.message.as_str()));
             to_value(serde_json::to_value(r.map_err(engine_err)?))
         }
         methods::RUN_PLAN => {
@@ -560,6 +579,45 @@ async fn handle(
                     }
                     _ => inspect::info(parse(params)?, hot, daemon.as_deref())
                         .map(serde_json::to_value),
+                };
+                r.map_err(engine_err)?
+                    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
+            })
+            .await
+            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
+        }
+        live::EVENTS_SUBSCRIBE => {
+            let p: live::SubscribeParams = parse(params)?;
+            let queue: Arc<dyn crate::bus::Queue> = out.clone();
+            let mut sub = crate::bus::global().subscribe(id.clone(), conn_of(out), p, queue);
+            let ended = sub.ended().await;
+            to_value(serde_json::to_value(live::SubscribeResult {
+                ended,
+                delivered: sub.delivered(),
+            }))
+        }
+        live::EVENTS_UNSUBSCRIBE => {
+            let p: live::UnsubscribeParams = parse(params)?;
+            let found = crate::bus::global().unsubscribe(conn_of(out), &p.subscription);
+            to_value(serde_json::to_value(live::UnsubscribeResult { found }))
+        }
+        live::RUNS_ACTIVE => {
+            let _: live::RunsActiveParams = parse(params)?;
+            to_value(serde_json::to_value(crate::query::runs_active()))
+        }
+        live::GRAPH_GET | live::TASK_EXPLAIN | live::TASK_LOG => {
+            let hot = ctx.hot.clone();
+            let method = method.to_string();
+            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
+                let r = match method.as_str() {
+                    live::GRAPH_GET => {
+                        let p: RunParams = parse(params)?;
+                        crate::query::graph::get(&p, hot.as_deref()).map(serde_json::to_value)
+                    }
+                    live::TASK_EXPLAIN => {
+                        crate::query::task::explain(parse(params)?, hot).map(serde_json::to_value)
+                    }
+                    _ => crate::query::task::log(parse(params)?, hot).map(serde_json::to_value),
                 };
                 r.map_err(engine_err)?
                     .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
