@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use vx_proto::live::{
-    ActiveCounts, ActiveRun, ActiveState, ActiveTask, EVENTS_EVENT, EVENTS_RESYNC, RUN_FINISHED,
-    RUN_STARTED, ResyncParams, RunFinishedParams, RunKind, RunStartedParams, SubscribeParams,
-    SubscriptionEnd,
+    ActiveCounts, ActiveRun, ActiveState, ActiveTask, EVENTS_EVENT, EVENTS_RESYNC,
+    EVENTS_SUBSCRIBED, RUN_FINISHED, RUN_STARTED, ResyncParams, RunFinishedParams, RunKind,
+    RunStartedParams, SubscribeParams, SubscribedParams, SubscriptionEnd,
 };
 use vx_proto::{
     CacheSource, Detail, Id, Message, RunCounts, RunEvent, RunParams, RunSummary, TaskResult,
@@ -390,6 +390,19 @@ impl Bus {
             ended: tx,
             delivered: AtomicU64::new(0),
         });
+        // The acknowledgement is queued before the subscriber is listed, so
+        // it comes before any event.
+        let runs = self.active().into_iter().map(|r| r.run_id).collect();
+        sub.queue.force(
+            Message::notification(
+                EVENTS_SUBSCRIBED,
+                SubscribedParams {
+                    subscription: sub.id.clone(),
+                    runs,
+                },
+            )
+            .encode(),
+        );
         if let Ok(mut s) = self.subs.lock() {
             let mut v: Vec<Arc<Sub>> = s.iter().cloned().collect();
             v.push(sub.clone());
@@ -699,13 +712,17 @@ mod tests {
     }
 
     impl Lines {
+        /// Every message after the `events.subscribed` acknowledgement.
         fn messages(&self) -> Vec<serde_json::Value> {
-            self.lines
+            let all: Vec<serde_json::Value> = self
+                .lines
                 .lock()
                 .unwrap()
                 .iter()
                 .map(|l| serde_json::from_slice(l).unwrap())
-                .collect()
+                .collect();
+            assert_eq!(all[0]["method"], EVENTS_SUBSCRIBED, "acknowledged first");
+            all[1..].to_vec()
         }
     }
 

@@ -18,6 +18,10 @@ use std::collections::BTreeMap;
 pub const EVENTS_SUBSCRIBE: &str = "events.subscribe";
 /// `events.unsubscribe` — end a subscription of this connection.
 pub const EVENTS_UNSUBSCRIBE: &str = "events.unsubscribe";
+/// `events.subscribed` — notification: the subscription is in place (the
+/// first notification of every subscription); every run event published
+/// after it reaches the subscriber.
+pub const EVENTS_SUBSCRIBED: &str = "events.subscribed";
 /// `events.event` — notification: one event of a run, tagged.
 pub const EVENTS_EVENT: &str = "events.event";
 /// `run.started` — notification: a run (or a watch cycle) began.
@@ -142,6 +146,15 @@ pub struct BusEventParams {
     /// unless a filter is set.
     pub seq: u64,
     pub event: RunEvent,
+}
+
+/// The params of an `events.subscribed` notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedParams {
+    pub subscription: Id,
+    /// The runs in progress at that moment (their earlier events are not
+    /// replayed; `runs.active` tells their state).
+    pub runs: Vec<String>,
 }
 
 /// The params of an `events.resync` notification (the last one of its
