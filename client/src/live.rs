@@ -186,7 +186,7 @@ pub fn ps(cwd: &Path, no_daemon: bool, json: bool) -> Result<i32> {
         None
     };
     let active: RunsActive = match existing {
-        Some(c) => call(c, live::RUNS_ACTIVE, &live::RunsActiveParams {})?,
+        Some(c) => call(c, live::RUNS_ACTIVE, &serde_json::json!({}))?,
         None => {
             if !json {
                 eprintln!(

@@ -83,7 +83,6 @@ struct Sub {
     id: Id,
     /// The subscription id as JSON.
     id_json: String,
-    conn: usize,
     filter: SubscribeParams,
     queue: Arc<dyn Queue>,
     ended: watch::Sender<Option<SubscriptionEnd>>,
@@ -169,8 +168,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Resolves when the subscription ends (unsubscribe, resync, the
-    /// connection closing).
+    /// Resolves when the subscriber falls behind (its resync was sent).
     pub async fn ended(&mut self) -> SubscriptionEnd {
         match self.ended.wait_for(|e| e.is_some()).await {
             Ok(e) => e.unwrap_or(SubscriptionEnd::Disconnected),
@@ -371,12 +369,12 @@ impl Bus {
         }
     }
 
-    /// Adds a subscriber on connection `conn` (any number unique to it)
-    /// whose notifications go to `queue`; `id` is its request's id.
+    /// Adds a subscriber whose notifications go to `queue` (its
+    /// connection's); `id` is its request's id. It ends when the returned
+    /// [`Subscription`] is dropped, or when it falls behind.
     pub fn subscribe(
         self: &Arc<Self>,
         id: Id,
-        conn: usize,
         filter: SubscribeParams,
         queue: Arc<dyn Queue>,
     ) -> Subscription {
@@ -384,7 +382,6 @@ impl Bus {
         let sub = Arc::new(Sub {
             id_json: serde_json::to_string(&id).unwrap_or_else(|_| "null".into()),
             id,
-            conn,
             filter,
             queue,
             ended: tx,
@@ -414,35 +411,6 @@ impl Bus {
             sub,
             ended: rx,
         }
-    }
-
-    /// Ends the subscription `id` of connection `conn`; whether there was one.
-    pub fn unsubscribe(&self, conn: usize, id: &Id) -> bool {
-        let found: Vec<Arc<Sub>> = self
-            .subs
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .filter(|x| x.conn == conn && &x.id == id && x.live())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        for s in &found {
-            s.end(SubscriptionEnd::Unsubscribed);
-        }
-        !found.is_empty()
-    }
-
-    /// Ends every subscription of a connection that closed.
-    pub fn drop_connection(&self, conn: usize) {
-        let subs = self.subs.lock().map(|s| s.clone()).ok();
-        for s in subs.iter().flat_map(|v| v.iter()) {
-            if s.conn == conn {
-                s.end(SubscriptionEnd::Disconnected);
-            }
-        }
-        self.retain_subs(|s| s.conn != conn);
     }
 
     /// The runs in progress, oldest first (`runs.active`).
@@ -799,10 +767,9 @@ mod tests {
         let all = Arc::new(Lines::default());
         let one = Arc::new(Lines::default());
         let other_run = Arc::new(Lines::default());
-        let _a = bus.subscribe(Id::Num(1), 1, SubscribeParams::default(), all.clone());
+        let _a = bus.subscribe(Id::Num(1), SubscribeParams::default(), all.clone());
         let _b = bus.subscribe(
             Id::Num(2),
-            2,
             SubscribeParams {
                 task: Some("p#b".into()),
                 run_id: None,
@@ -811,7 +778,6 @@ mod tests {
         );
         let _c = bus.subscribe(
             Id::Str("x".into()),
-            3,
             SubscribeParams {
                 run_id: Some("other".into()),
                 task: None,
@@ -887,7 +853,7 @@ mod tests {
     fn a_full_subscriber_gets_one_resync_and_is_dropped() {
         let bus = Arc::new(Bus::new(4096));
         let q = Arc::new(Lines::default());
-        let mut sub = bus.subscribe(Id::Num(7), 1, SubscribeParams::default(), q.clone());
+        let mut sub = bus.subscribe(Id::Num(7), SubscribeParams::default(), q.clone());
         let tee = bus.tee(RunKind::Run, &params());
         tee.publish(&started("r1", 1));
         for i in 0..1000 {
@@ -954,7 +920,7 @@ mod tests {
     fn watch_cycles_are_runs() {
         let bus = Arc::new(Bus::new(1 << 20));
         let q = Arc::new(Lines::default());
-        let _s = bus.subscribe(Id::Num(1), 1, SubscribeParams::default(), q.clone());
+        let _s = bus.subscribe(Id::Num(1), SubscribeParams::default(), q.clone());
         let tee = bus.tee(RunKind::Watch, &params());
         for cycle in 1..=2 {
             tee.publish(&RunEvent::WatchCycle {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// One task's row in a recorded run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskRun {
     /// `project#task`.
     pub id: String,
@@ -47,6 +48,7 @@ pub struct TaskRun {
 
 /// One recorded run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunRecord {
     pub run_id: String,
     /// The client's command line (argv, program name first).
@@ -68,6 +70,7 @@ pub struct RunRecord {
 /// The parts behind one task key, as they were when the key was computed.
 /// Written when the task executed (a miss), keyed by the task key.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Fingerprint {
     pub key: String,
     /// `project#task`.
@@ -93,6 +96,7 @@ pub struct Fingerprint {
 
 /// How a task fails, from its recent history (`docs/history.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureMode {
     /// No retries, and no key that both failed and succeeded.
@@ -115,6 +119,7 @@ impl FailureMode {
 
 /// Statistics of one task over its most recent runs (the window).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskStats {
     /// Rows in the window.
     pub total: u64,
@@ -144,6 +149,7 @@ pub struct TaskStats {
 
 /// One line of `vx history` without a task: a recorded run, without its rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunBrief {
     pub run_id: String,
     pub argv: Vec<String>,
@@ -172,6 +178,7 @@ impl From<&RunRecord> for RunBrief {
 
 /// One recorded row of a task, with the run it belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskRunRow {
     pub run_id: String,
     /// The run's start (Unix milliseconds).
@@ -181,6 +188,7 @@ pub struct TaskRunRow {
 
 /// Which part of a key changed (`vx why`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Component {
     File,
@@ -192,6 +200,7 @@ pub enum Component {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ChangeKind {
     Added,
@@ -201,6 +210,7 @@ pub enum ChangeKind {
 
 /// One difference between two fingerprints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Change {
     pub component: Component,
     /// The file path, env name or upstream task id (`None` for config,
@@ -212,6 +222,7 @@ pub struct Change {
 
 /// Why a task's key changed between its last two distinct keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WhyReport {
     /// `project#task`.
     pub task: String,
@@ -235,6 +246,7 @@ pub struct WhyReport {
 
 /// Parameters of `history.runs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HistoryRunsParams {
     pub cwd: String,
     /// How many runs, newest first (default 20).
@@ -244,6 +256,7 @@ pub struct HistoryRunsParams {
 
 /// The result of `history.runs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunList {
     pub root: String,
     /// Newest first.
@@ -252,6 +265,7 @@ pub struct RunList {
 
 /// Parameters of `history.run` (`vx last`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HistoryRunParams {
     pub cwd: String,
     /// A run id or a unique prefix of one; `None` = the latest run.
@@ -264,6 +278,7 @@ pub struct HistoryRunParams {
 
 /// Parameters of `history.task` and `history.why`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HistoryTaskParams {
     pub cwd: String,
     /// `project#task`, or a bare task name resolved against the cwd's project.
@@ -279,6 +294,7 @@ pub struct HistoryTaskParams {
 
 /// The result of `history.task`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskHistory {
     /// The resolved `project#task`.
     pub task: String,
@@ -291,12 +307,14 @@ pub struct TaskHistory {
 
 /// Parameters of `workspace.info`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InfoParams {
     pub cwd: String,
 }
 
 /// A task whose history says it is flaky (`vx info`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FlakyTask {
     pub task: String,
     pub failure_mode: FailureMode,
@@ -307,6 +325,7 @@ pub struct FlakyTask {
 
 /// The daemon serving the workspace, when one answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DaemonBrief {
     pub pid: u32,
     pub uptime_ms: u64,
@@ -314,6 +333,7 @@ pub struct DaemonBrief {
 
 /// The result of `workspace.info` (`vx info`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WorkspaceInfo {
     /// The engine's version.
     pub version: String,

@@ -7,6 +7,7 @@
 //! It never does I/O: [`framing::LineFramer`] turns bytes into lines and
 //! [`Message::decode`] turns a line into a message; the caller owns the socket.
 
+pub mod catalogue;
 pub mod framing;
 pub mod history;
 pub mod knobs;
@@ -19,6 +20,19 @@ use serde_json::Value;
 
 pub use methods::*;
 
+/// With the `schema` feature, the bound every wire type meets
+/// (`schemars::JsonSchema`); without it, no bound at all.
+#[cfg(feature = "schema")]
+pub trait MaybeSchema: schemars::JsonSchema {}
+#[cfg(feature = "schema")]
+impl<T: schemars::JsonSchema> MaybeSchema for T {}
+/// With the `schema` feature, the bound every wire type meets
+/// (`schemars::JsonSchema`); without it, no bound at all.
+#[cfg(not(feature = "schema"))]
+pub trait MaybeSchema {}
+#[cfg(not(feature = "schema"))]
+impl<T> MaybeSchema for T {}
+
 /// Version of the wire protocol. Bumped on any incompatible change to a
 /// method, a parameter, a result or an event.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -29,6 +43,7 @@ pub const JSONRPC: &str = "2.0";
 /// A content digest as in the Bazel Remote Execution API: the blake3 hash of
 /// the bytes (lower-case hex) and their length.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Digest {
     pub hash: String,
     pub size_bytes: u64,
@@ -39,6 +54,7 @@ pub struct Digest {
 /// answered with `"id": null`. Only a message without an `id` member is a
 /// notification.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum Id {
     Num(i64),
@@ -48,6 +64,7 @@ pub enum Id {
 
 /// A JSON-RPC error object. `code` is one of [`codes`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[error("{message} (code {code})")]
 pub struct RpcError {
     pub code: i64,
@@ -107,6 +124,9 @@ pub mod codes {
     pub const NEEDS_TERMINAL: i64 = -32010;
     /// [`NEEDS_TERMINAL`] under the name that says what the client does.
     pub const NEEDS_NO_DAEMON: i64 = NEEDS_TERMINAL;
+    /// The caller's principal was not granted the scope the method needs
+    /// (`data.scope` names it).
+    pub const FORBIDDEN: i64 = -32011;
 }
 
 /// One JSON-RPC 2.0 message: a request (has `id` and `method`), a

@@ -14,10 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `events.subscribe` — stream every run's events (filtered by run and/or
-/// task) until `events.unsubscribe`, the connection closing, or a `resync`.
+/// task) until `$/cancel` (or `run.cancel`), the connection closing, or a
+/// `resync`.
 pub const EVENTS_SUBSCRIBE: &str = "events.subscribe";
-/// `events.unsubscribe` — end a subscription of this connection.
-pub const EVENTS_UNSUBSCRIBE: &str = "events.unsubscribe";
 /// `events.subscribed` — notification: the subscription is in place (the
 /// first notification of every subscription); every run event published
 /// after it reaches the subscriber.
@@ -42,6 +41,7 @@ pub const TASK_LOG: &str = "task.log";
 
 /// Parameters of `events.subscribe`. Both filters are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SubscribeParams {
     /// Only this run (its `run_id`, as in `run.started`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,10 +54,12 @@ pub struct SubscribeParams {
 
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum SubscriptionEnd {
-    /// `events.unsubscribe` (or a cancel of the request).
-    Unsubscribed,
+    /// `$/cancel` with its request id (or `run.cancel`), or the engine
+    /// shutting down.
+    Cancelled,
     /// The subscriber fell behind: it got one `events.resync` and was dropped.
     Resync,
     /// The connection closed (no response is sent then).
@@ -66,28 +68,16 @@ pub enum SubscriptionEnd {
 
 /// The result of `events.subscribe`, sent when the subscription ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SubscribeResult {
     pub ended: SubscriptionEnd,
     /// Notifications queued for this subscriber.
     pub delivered: u64,
 }
 
-/// Parameters of `events.unsubscribe`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnsubscribeParams {
-    /// The id of the `events.subscribe` request (on this connection).
-    pub subscription: Id,
-}
-
-/// The result of `events.unsubscribe`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnsubscribeResult {
-    /// Whether a live subscription with that id was found (and ended).
-    pub found: bool,
-}
-
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RunKind {
     /// `run.start` (`vx run`).
@@ -98,6 +88,7 @@ pub enum RunKind {
 
 /// The params of a `run.started` notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunStartedParams {
     /// The `events.subscribe` request this belongs to.
     pub subscription: Id,
@@ -116,6 +107,7 @@ pub struct RunStartedParams {
 
 /// The params of a `run.finished` notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunFinishedParams {
     pub subscription: Id,
     pub run_id: String,
@@ -138,6 +130,7 @@ pub struct RunFinishedParams {
 
 /// The params of an `events.event` notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BusEventParams {
     pub subscription: Id,
     pub run_id: String,
@@ -150,6 +143,7 @@ pub struct BusEventParams {
 
 /// The params of an `events.subscribed` notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SubscribedParams {
     pub subscription: Id,
     /// The runs in progress at that moment (their earlier events are not
@@ -160,18 +154,16 @@ pub struct SubscribedParams {
 /// The params of an `events.resync` notification (the last one of its
 /// subscription).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResyncParams {
     pub subscription: Id,
     /// Why (e.g. the subscriber's queue was full).
     pub reason: String,
 }
 
-/// Parameters of `runs.active` (none).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct RunsActiveParams {}
-
 /// The result of `runs.active`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunsActive {
     /// Oldest first.
     pub runs: Vec<ActiveRun>,
@@ -179,6 +171,7 @@ pub struct RunsActive {
 
 /// One run in progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ActiveRun {
     pub run_id: String,
     pub kind: RunKind,
@@ -197,6 +190,7 @@ pub struct ActiveRun {
 
 /// Task counts of a run in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ActiveCounts {
     /// Tasks with a command in the run.
     pub total: usize,
@@ -211,6 +205,7 @@ pub struct ActiveCounts {
 
 /// The state of a task in `runs.active`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ActiveState {
     /// Its process runs (or it waits for a persistent task's readiness).
@@ -221,6 +216,7 @@ pub enum ActiveState {
 
 /// One task of a run in progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ActiveTask {
     /// `project#task`.
     pub id: String,
@@ -240,6 +236,7 @@ pub struct ActiveTask {
 /// The result of `graph.get` (params: the selection fields of `run.start`:
 /// `cwd`, `tasks`, `filters`, `all`, `affected`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Graph {
     pub root: String,
     /// The projects that own a selected task, by name.
@@ -251,6 +248,7 @@ pub struct Graph {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GraphProject {
     pub name: String,
     /// Relative to the workspace root (`.` for the root project).
@@ -260,6 +258,7 @@ pub struct GraphProject {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GraphTask {
     /// `project#task`.
     pub id: String,
@@ -277,6 +276,7 @@ pub struct GraphTask {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GraphEdge {
     pub from: String,
     pub to: String,
@@ -284,6 +284,7 @@ pub struct GraphEdge {
 
 /// Parameters of `task.explain`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExplainParams {
     /// The client's working directory (absolute).
     pub cwd: String,
@@ -299,6 +300,7 @@ pub struct ExplainParams {
 
 /// The result of `task.explain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Explain {
     pub root: String,
     /// The requested task(s) (a bare name may select one per project).
@@ -307,6 +309,7 @@ pub struct Explain {
 
 /// One task's key, part by part.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskExplain {
     /// `project#task`.
     pub id: String,
@@ -344,18 +347,21 @@ pub struct TaskExplain {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InputFile {
     pub path: String,
     pub hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnvEntry {
     pub name: String,
     pub hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UpstreamKey {
     pub id: String,
     pub key: String,
@@ -368,6 +374,7 @@ pub const LOG_MAX_BYTES: u64 = 4 << 20;
 
 /// Parameters of `task.log`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskLogParams {
     pub cwd: String,
     /// `project#task`, or a task of the project at `cwd`.
@@ -389,6 +396,7 @@ pub struct TaskLogParams {
 
 /// Where `task.log` found the key whose log it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum LogSource {
     /// The task's current key (as `task.explain` reports it).
@@ -399,6 +407,7 @@ pub enum LogSource {
 
 /// The result of `task.log`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskLog {
     /// `project#task`.
     pub task: String,
@@ -414,4 +423,100 @@ pub struct TaskLog {
     /// The log (stdout and stderr interleaved, as stored; invalid UTF-8
     /// replaced).
     pub log: String,
+}
+
+/// The method and notification types of the catalogue
+/// (`vx_proto::catalogue::visit` lists them).
+pub mod method {
+    use super::*;
+    use crate::RunParams;
+    use crate::catalogue::{Empty, Notification, method};
+
+    method! {
+        /// Every run's events, whoever started it (optionally one run's, or
+        /// one task's): `events.subscribed` first, then per run
+        /// `run.started`, its `events.event`s in order and `run.finished`,
+        /// until `$/cancel` (or `run.cancel`) or the connection closes. A
+        /// subscriber that falls behind (2 MiB unread) gets one
+        /// `events.resync` and its subscription ends: it never slows a run.
+        EventsSubscribe = EVENTS_SUBSCRIBE; SubscribeParams => SubscribeResult; Stream, Read,
+        events: [EVENTS_SUBSCRIBED, RUN_STARTED, EVENTS_EVENT, RUN_FINISHED, EVENTS_RESYNC]
+    }
+    method! {
+        /// The runs of this engine process in progress (a daemon: every
+        /// client's), per task: state, start time, concurrency slot.
+        RunsActive = RUNS_ACTIVE; Empty => super::RunsActive; Query, Read
+    }
+    method! {
+        /// The projects, tasks and edges of a selection (`run.plan`'s
+        /// params), without computing keys.
+        GraphGet = GRAPH_GET; RunParams => Graph; Query, Read
+    }
+    method! {
+        /// A task's current key part by part (input files with hashes, env
+        /// names with hashed values, config, upstream keys, args), whether it
+        /// would hit and from where, and what changed since its last recorded key.
+        TaskExplain = TASK_EXPLAIN; ExplainParams => Explain; Query, Read
+    }
+    method! {
+        /// A task's stored log (its current key's, or the key it had in a
+        /// recorded run), at most `max_bytes` of its end.
+        TaskLog = TASK_LOG; TaskLogParams => super::TaskLog; Query, Read
+    }
+
+    /// Lists the live methods and notifications (called by
+    /// `catalogue::visit`, so they are part of the one catalogue).
+    pub(crate) fn visit(v: &mut impl crate::catalogue::Visit) {
+        v.method::<EventsSubscribe>();
+        v.method::<RunsActive>();
+        v.method::<GraphGet>();
+        v.method::<TaskExplain>();
+        v.method::<TaskLog>();
+        v.notification::<EventsSubscribed>();
+        v.notification::<RunStarted>();
+        v.notification::<EventsEvent>();
+        v.notification::<RunFinished>();
+        v.notification::<EventsResync>();
+    }
+
+    /// The `events.subscribed` notification.
+    #[derive(Debug, Clone, Copy)]
+    pub struct EventsSubscribed;
+    impl Notification for EventsSubscribed {
+        const NAME: &'static str = EVENTS_SUBSCRIBED;
+        type Params = SubscribedParams;
+        const DOC: &'static str = "The subscription is in place: every event published after it reaches the subscriber; `runs` are the runs already in progress.";
+    }
+    /// The `run.started` notification.
+    #[derive(Debug, Clone, Copy)]
+    pub struct RunStarted;
+    impl Notification for RunStarted {
+        const NAME: &'static str = RUN_STARTED;
+        type Params = RunStartedParams;
+        const DOC: &'static str = "A run (or a watch cycle) began: its id, kind, redacted argv, task count and concurrency.";
+    }
+    /// The `events.event` notification.
+    #[derive(Debug, Clone, Copy)]
+    pub struct EventsEvent;
+    impl Notification for EventsEvent {
+        const NAME: &'static str = EVENTS_EVENT;
+        type Params = BusEventParams;
+        const DOC: &'static str = "One event of a run (a `run.event` event), tagged with its run id and its position `seq` in the run.";
+    }
+    /// The `run.finished` notification.
+    #[derive(Debug, Clone, Copy)]
+    pub struct RunFinished;
+    impl Notification for RunFinished {
+        const NAME: &'static str = RUN_FINISHED;
+        type Params = RunFinishedParams;
+        const DOC: &'static str = "A run (or a watch cycle) ended: ok, exit code, counts, or why it ended without a summary.";
+    }
+    /// The `events.resync` notification.
+    #[derive(Debug, Clone, Copy)]
+    pub struct EventsResync;
+    impl Notification for EventsResync {
+        const NAME: &'static str = EVENTS_RESYNC;
+        type Params = ResyncParams;
+        const DOC: &'static str = "The subscriber fell behind: its subscription ends after this (call `runs.active`, subscribe again).";
+    }
 }

@@ -40,8 +40,13 @@ pub const HISTORY_TASK: &str = "history.task";
 pub const HISTORY_WHY: &str = "history.why";
 /// `workspace.info` — versions, counts, cache, history, daemon (`vx info`).
 pub const WORKSPACE_INFO: &str = "workspace.info";
+/// `daemon.methods` — the method catalogue, with JSON Schemas.
+pub const DAEMON_METHODS: &str = "daemon.methods";
+/// `$/cancel` — cancel one request of the connection by its id.
+pub const CANCEL: &str = "$/cancel";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HelloParams {
     pub protocol: u32,
     /// The client's binary version (`CARGO_PKG_VERSION`).
@@ -49,6 +54,7 @@ pub struct HelloParams {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HelloResult {
     pub protocol: u32,
     /// The engine's binary version.
@@ -63,6 +69,7 @@ pub struct HelloResult {
 
 /// The result of `daemon.status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DaemonStatus {
     pub pid: u32,
     pub version: String,
@@ -87,6 +94,7 @@ pub struct DaemonStatus {
 
 /// What to do after a task fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ContinueMode {
     /// Stop starting tasks; running ones finish; the rest are skipped.
@@ -100,6 +108,7 @@ pub enum ContinueMode {
 
 /// Which task logs the client shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputLogs {
     /// Live output of executed tasks and the replayed log of hits.
@@ -115,6 +124,7 @@ pub enum OutputLogs {
 
 /// How much per-task detail `run.start` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Detail {
     /// A `task_finished` event and a summary row for every task.
@@ -133,6 +143,7 @@ pub const MAX_CONCURRENCY: usize = 1024;
 
 /// Parameters of `run.start` and `run.plan`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunParams {
     /// The client's working directory (absolute). Decides the workspace and,
     /// outside its root, the default project scope.
@@ -188,6 +199,7 @@ pub struct RunParams {
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskStatus {
     /// Executed and exited 0.
@@ -206,6 +218,7 @@ pub enum TaskStatus {
 
 /// Where a task's result came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheSource {
     /// No usable entry: the task executed (or would).
@@ -220,6 +233,7 @@ pub enum CacheSource {
 
 /// The outcome of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskResult {
     /// `project#task`.
     pub id: String,
@@ -241,6 +255,7 @@ pub struct TaskResult {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunCounts {
     pub total: usize,
     pub cached: usize,
@@ -255,6 +270,7 @@ pub struct RunCounts {
 
 /// The result of `run.start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunSummary {
     pub run_id: String,
     pub ok: bool,
@@ -271,6 +287,7 @@ pub struct RunSummary {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Stream {
     Stdout,
@@ -279,6 +296,7 @@ pub enum Stream {
 
 /// A `run.event` notification's params.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunEvent {
     RunStarted {
@@ -351,6 +369,7 @@ pub enum RunEvent {
 
 /// Parameters of `watch.start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WatchParams {
     /// What each cycle runs (the same as `run.start`'s parameters).
     pub run: RunParams,
@@ -361,6 +380,7 @@ pub struct WatchParams {
 
 /// The result of `watch.start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WatchSummary {
     pub cycles: u64,
     /// The exit code the client should use (0 when stopped by a signal).
@@ -369,6 +389,7 @@ pub struct WatchSummary {
 
 /// The predicted cache status in a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Prediction {
     Hit,
@@ -380,6 +401,7 @@ pub enum Prediction {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PlannedTask {
     pub id: String,
     pub project: String,
@@ -404,12 +426,14 @@ pub struct PlannedTask {
 
 /// The result of `run.plan`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Plan {
     pub root: String,
     pub tasks: Vec<PlannedTask>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunCancelParams {
     /// The signal that caused the cancel (2 = SIGINT, 15 = SIGTERM); decides the exit code.
     pub signal: i32,
@@ -417,6 +441,7 @@ pub struct RunCancelParams {
 
 /// Parameters of `cache.stats` and `cache.clean`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CacheParams {
     pub cwd: String,
     /// The client's cache-related environment (`VX_CACHE_DIR`): which cache
@@ -426,6 +451,7 @@ pub struct CacheParams {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CacheStats {
     pub dir: String,
     pub entries: u64,
@@ -434,6 +460,7 @@ pub struct CacheStats {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CacheCleaned {
     pub dir: String,
     pub entries: u64,
@@ -443,6 +470,7 @@ pub struct CacheCleaned {
 /// Parameters of `cache.prune`. Without either limit only unreferenced
 /// blobs and stale temp files are removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CachePruneParams {
     pub cwd: String,
     /// As in [`CacheParams`].
@@ -461,6 +489,7 @@ pub struct CachePruneParams {
 
 /// The result of `cache.prune`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CachePruned {
     pub dir: String,
     /// Entries removed (with `dry_run`: that would be).
@@ -478,6 +507,7 @@ pub struct CachePruned {
 
 /// One entry removed by `cache.prune`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PrunedEntry {
     pub key: String,
     /// `project#task` (empty for an undecodable entry).

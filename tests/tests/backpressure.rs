@@ -86,7 +86,11 @@ fn check(r: &vx_tests::Run) {
         .iter()
         .filter(|e| e["type"] == "task_output")
         .count();
-    assert_eq!(outputs, TASKS * LINES, "the run's own client got every line");
+    assert_eq!(
+        outputs,
+        TASKS * LINES,
+        "the run's own client got every line"
+    );
 }
 
 // A client connects, subscribes to every event and never reads while a
@@ -96,77 +100,80 @@ fn check(r: &vx_tests::Run) {
 // afterwards, the subscriber finds one `events.resync` and its
 // subscription ended with `resync`. Only a daemon serves several clients:
 // the stdio engine's unread-client bound is `memory.rs`'s test.
-vx_test!(a_subscriber_that_never_reads_does_not_slow_or_grow_the_daemon, || {
-    if !daemon_mode() {
-        return;
-    }
-    let ws = generated();
-    let r = ws.vx_daemon(&["daemon", "start"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let st = ws.daemon_status();
-    let pid = st["pid"].as_u64().unwrap() as u32;
-    let socket = st["socket"].as_str().unwrap().to_string();
-    // Warm up: the first run loads and caches everything.
-    let r = ws.run(&["p#all", "--output-logs=none", "--concurrency", "8"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    // The usual figure: the larger peak of two runs without the subscriber
-    // (a daemon's peak creeps up over its first few runs).
-    let (base, first_peak, _) = measured_run(&ws, pid);
-    check(&base);
-    let (base, base_peak, base_took) = measured_run(&ws, pid);
-    check(&base);
-    let base_peak = base_peak.max(first_peak);
-    // The subscriber: hello, subscribe, then never a byte read.
-    let mut s = UnixStream::connect(&socket).unwrap();
-    s.write_all(&line(json!({"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"protocol":1,"client_version":"test"}})))
+vx_test!(
+    a_subscriber_that_never_reads_does_not_slow_or_grow_the_daemon,
+    || {
+        if !daemon_mode() {
+            return;
+        }
+        let ws = generated();
+        let r = ws.vx_daemon(&["daemon", "start"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let st = ws.daemon_status();
+        let pid = st["pid"].as_u64().unwrap() as u32;
+        let socket = st["socket"].as_str().unwrap().to_string();
+        // Warm up: the first run loads and caches everything.
+        let r = ws.run(&["p#all", "--output-logs=none", "--concurrency", "8"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        // The usual figure: the larger peak of two runs without the subscriber
+        // (a daemon's peak creeps up over its first few runs).
+        let (base, first_peak, _) = measured_run(&ws, pid);
+        check(&base);
+        let (base, base_peak, base_took) = measured_run(&ws, pid);
+        check(&base);
+        let base_peak = base_peak.max(first_peak);
+        // The subscriber: hello, subscribe, then never a byte read.
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.write_all(&line(json!({"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"protocol":1,"client_version":"test"}})))
         .unwrap();
-    s.write_all(&line(
-        json!({"jsonrpc":"2.0","id":2,"method":"events.subscribe","params":{}}),
-    ))
-    .unwrap();
-    // Let the subscription be in place before the run starts.
-    std::thread::sleep(Duration::from_millis(300));
-    let (with, with_peak, with_took) = measured_run(&ws, pid);
-    check(&with);
-    eprintln!(
-        "daemon peak RSS: {:.1} MiB without the subscriber ({:.1} s), {:.1} MiB with it ({:.1} s)",
-        base_peak as f64 / 1048576.0,
-        base_took.as_secs_f64(),
-        with_peak as f64 / 1048576.0,
-        with_took.as_secs_f64()
-    );
-    assert!(
-        with_peak < base_peak + SLACK,
-        "a subscriber that never reads grew the daemon: peak {with_peak} bytes vs {base_peak} without it"
-    );
-    // The daemon still answers, and shows no run in progress.
-    let active = ws.vx(&["ps", "--json"]);
-    assert_eq!(active.code, 0, "{}", active.stderr);
-    assert!(active.stdout.contains("\"runs\": []"), "{}", active.stdout);
-    // Now read what the subscriber was sent: one resync, then the end.
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(s);
-    let (mut resyncs, mut events, mut ended) = (0, 0, None);
-    loop {
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap() == 0 {
-            break;
-        }
-        let v: Value = serde_json::from_str(&l).unwrap();
-        match v["method"].as_str() {
-            Some("events.resync") => resyncs += 1,
-            Some("events.event") => {
-                assert_eq!(resyncs, 0, "no event after the resync");
-                events += 1;
+        s.write_all(&line(
+            json!({"jsonrpc":"2.0","id":2,"method":"events.subscribe","params":{}}),
+        ))
+        .unwrap();
+        // Let the subscription be in place before the run starts.
+        std::thread::sleep(Duration::from_millis(300));
+        let (with, with_peak, with_took) = measured_run(&ws, pid);
+        check(&with);
+        eprintln!(
+            "daemon peak RSS: {:.1} MiB without the subscriber ({:.1} s), {:.1} MiB with it ({:.1} s)",
+            base_peak as f64 / 1048576.0,
+            base_took.as_secs_f64(),
+            with_peak as f64 / 1048576.0,
+            with_took.as_secs_f64()
+        );
+        assert!(
+            with_peak < base_peak + SLACK,
+            "a subscriber that never reads grew the daemon: peak {with_peak} bytes vs {base_peak} without it"
+        );
+        // The daemon still answers, and shows no run in progress.
+        let active = ws.vx(&["ps", "--json"]);
+        assert_eq!(active.code, 0, "{}", active.stderr);
+        assert!(active.stdout.contains("\"runs\": []"), "{}", active.stdout);
+        // Now read what the subscriber was sent: one resync, then the end.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut reader = BufReader::new(s);
+        let (mut resyncs, mut events, mut ended) = (0, 0, None);
+        loop {
+            let mut l = String::new();
+            if reader.read_line(&mut l).unwrap() == 0 {
+                break;
             }
-            _ => {}
+            let v: Value = serde_json::from_str(&l).unwrap();
+            match v["method"].as_str() {
+                Some("events.resync") => resyncs += 1,
+                Some("events.event") => {
+                    assert_eq!(resyncs, 0, "no event after the resync");
+                    events += 1;
+                }
+                _ => {}
+            }
+            if v["id"] == 2 {
+                ended = Some(v["result"]["ended"].clone());
+                break;
+            }
         }
-        if v["id"] == 2 {
-            ended = Some(v["result"]["ended"].clone());
-            break;
-        }
+        assert_eq!(resyncs, 1);
+        assert!(events > 0 && events < TASKS * LINES, "{events}");
+        assert_eq!(ended, Some(json!("resync")));
     }
-    assert_eq!(resyncs, 1);
-    assert!(events > 0 && events < TASKS * LINES, "{events}");
-    assert_eq!(ended, Some(json!("resync")));
-});
+);

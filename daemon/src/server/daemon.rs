@@ -182,6 +182,7 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
         mode: Mode::Daemon,
         hot: Some(hot.clone()),
         daemon: Some(info.clone()),
+        cancel: Default::default(),
     });
     tracing::info!(pid = std::process::id(), socket = %paths.socket.display(), "vxd daemon serving {}", root.display());
     // Warm the state now so the first run is fast too.
@@ -266,6 +267,7 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
     {
         let _ = std::fs::remove_file(&paths.socket);
     }
+    ctx.cancel.cancel(libc::SIGTERM);
     if let Ok(v) = conn_signals.lock() {
         for s in v.iter() {
             let _ = s.send(libc::SIGTERM);

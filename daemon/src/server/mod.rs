@@ -1,38 +1,39 @@
 //! `server` — the JSON-RPC 2.0 edge of the engine.
 //!
-//! Owns: reading NDJSON requests from a byte stream, the `daemon.hello`
-//! handshake, dispatching methods to the engine, forwarding run events as
-//! `run.event` notifications, cancellation (`run.cancel`, a signal, or the
-//! peer going away) and converting engine errors to stable error codes.
-//! Only this module knows JSON-RPC; a panic in a handler fails that request,
-//! not the server. Every connection's outgoing messages go through a bounded
-//! [`outbox::Outbox`]: a peer that does not read never stalls a run or grows
-//! memory. Requests are checked at this edge before any engine work: a
-//! relative `cwd` and a concurrency above [`vx_proto::MAX_CONCURRENCY`] are
-//! refused. The stdio engine never outlives its client: it ends when its
+//! Owns: the NDJSON transport (reading requests from a byte stream — the
+//! Unix socket or stdio — and writing answers and `run.event`
+//! notifications), and the submodules that serve it: [`router`] (the one
+//! path every request of every transport takes: hello-first, scope check,
+//! params decoding, per-request cancellation, panic isolation, the idle
+//! timer, a tracing span, engine errors → stable codes, events tagged with
+//! their request id), `handlers` (one handler per catalogue method) and
+//! [`outbox`] (each connection's bounded outgoing queue: a peer that does
+//! not read never stalls a run or grows memory). Only this module knows
+//! JSON-RPC. The stdio engine never outlives its client: it ends when its
 //! stdin closes or on a signal, within a bounded time.
 //! `daemon` (the submodule) owns the long-lived daemon's lifecycle: socket,
 //! locks, idle exit, guard.
+//!
+//! Never: knows a method by name outside `handlers`, or runs blocking work
+//! on an async thread.
 
 pub mod daemon;
+mod handlers;
+mod live;
 pub mod outbox;
+pub mod router;
 
-use crate::engine;
-use crate::inspect;
 use crate::state::Hot;
 use outbox::Outbox;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use router::{Cancel, Principal, Router};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use vx_proto::framing::{Frame, LineFramer};
-use vx_proto::{
-    CacheParams, HelloParams, HelloResult, Id, Message, PROTOCOL_VERSION, RpcError,
-    RunCancelParams, RunParams, codes, live, live::RunKind, methods,
-};
+use vx_proto::{Id, Message, RpcError, RunEvent, codes};
 
 /// How this server was started (reported by `daemon.hello`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,9 @@ pub struct Ctx {
     pub mode: Mode,
     pub hot: Option<Arc<Hot>>,
     pub daemon: Option<Arc<DaemonInfo>>,
+    /// The engine's cancellation scope: every connection's is its child, so
+    /// a stopping daemon cancels every request.
+    pub cancel: Cancel,
 }
 
 impl Ctx {
@@ -65,6 +69,7 @@ impl Ctx {
             mode: Mode::Stdio,
             hot: None,
             daemon: None,
+            cancel: Cancel::new(),
         })
     }
 
@@ -74,32 +79,6 @@ impl Ctx {
             .map(|d| d.version.clone())
             .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
     }
-}
-
-#[derive(Default)]
-struct State {
-    hello: bool,
-    cancels: Vec<watch::Sender<Option<i32>>>,
-    /// The longest SIGTERM→SIGKILL grace a run of this connection asked for.
-    grace: Duration,
-}
-
-impl State {
-    fn add_run(&mut self, cancel: watch::Sender<Option<i32>>, env: &BTreeMap<String, String>) {
-        self.cancels.push(cancel);
-        self.grace = self.grace.max(crate::exec::kill_grace_in(env));
-    }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(params: serde_json::Value) -> Result<T, RpcError> {
-    serde_json::from_value(params)
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("invalid params: {e}")))
-}
-
-fn engine_err(e: engine::EngineError) -> RpcError {
-    let mut r = RpcError::new(e.code, e.message);
-    r.data = e.data;
-    r
 }
 
 /// How long past its runs' kill grace the stdio engine lets cancelled runs
@@ -144,12 +123,36 @@ pub fn give_memory_back() {
     }
 }
 
-/// Aborts a spawned task when dropped (a handler dies with its request).
+/// Aborts a spawned task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The connection's outbox is the router's event sink: each event becomes a
+/// `run.event` notification tagged with its request's id.
+impl router::Sink for Outbox {
+    fn event(&self, request: &Id, e: RunEvent) {
+        self.send_event(Some(request), e);
+    }
+    fn queue(self: Arc<Self>) -> Option<Arc<dyn crate::bus::Queue>> {
+        Some(self)
+    }
+}
+
+/// The router every connection of this process uses.
+fn the_router() -> &'static Router<Ctx> {
+    static ROUTER: OnceLock<Router<Ctx>> = OnceLock::new();
+    ROUTER.get_or_init(handlers::router)
+}
+
+fn reply(id: Id, r: router::Reply) -> Message {
+    match r {
+        Ok(v) => Message::ok(id, v),
+        Err(e) => Message::err(Some(id), e),
     }
 }
 
@@ -179,20 +182,19 @@ where
         tokio::spawn(async move { out.write_to(writer).await })
     };
     let mut dead = out.dead();
-    let state = Arc::new(Mutex::new(State::default()));
+    let router = the_router();
+    let conn = router.connect(
+        ctx.clone(),
+        Principal::local_user(),
+        out.clone(),
+        Some(&ctx.cancel),
+        true,
+    );
     let mut tasks = tokio::task::JoinSet::new();
     let mut framer = LineFramer::new();
     let mut reader = reader;
     let mut buf = vec![0u8; 64 * 1024];
-    let cancel_all = |state: &Arc<Mutex<State>>, sig: i32| {
-        if let Ok(s) = state.lock() {
-            for c in &s.cancels {
-                let _ = c.send(Some(sig));
-            }
-        }
-    };
     let stdio = ctx.mode == Mode::Stdio;
-    let mut shutdown = false;
     // Whether the client is gone (or the stdio engine was told to stop):
     // runs get a bounded time to wind down.
     let mut client_gone = false;
@@ -202,7 +204,7 @@ where
                 let n: usize = n.unwrap_or_default();
                 if n == 0 {
                     // The peer is gone: stop its runs (process groups are killed).
-                    cancel_all(&state, libc::SIGTERM);
+                    conn.cancel_all(libc::SIGTERM);
                     client_gone = true;
                     break;
                 }
@@ -218,28 +220,26 @@ where
                         Err(e) => out.send(&Message::err(None, e)),
                         Ok(Message::Response { .. }) => {}
                         Ok(Message::Notification { method, params }) => {
-                            if method == methods::RUN_CANCEL {
-                                let p: RunCancelParams = parse(params).unwrap_or_default();
-                                cancel_all(&state, if p.signal > 0 { p.signal } else { libc::SIGTERM });
-                            }
+                            router.notify(&conn, &method, params);
                         }
                         Ok(Message::Request { id, method, params }) => {
-                            if method == methods::SHUTDOWN {
-                                out.send(&Message::ok(id, serde_json::json!({})));
-                                shutdown = true;
-                                continue;
+                            match router.start(&conn, id.clone(), &method, params) {
+                                router::Started::Done(r) => out.send(&reply(id, r)),
+                                router::Started::Running(fut) => {
+                                    let out = out.clone();
+                                    tasks.spawn(async move {
+                                        let r = fut.await;
+                                        out.send(&reply(id, r));
+                                    });
+                                }
                             }
-                            if let Some(hot) = &ctx.hot {
-                                hot.touch();
-                            }
-                            dispatch(&mut tasks, &state, &out, &ctx, id, method, params);
                         }
                     }
                 }
-                if shutdown { break; }
+                if conn.shutdown_requested() { break; }
             }
             Some(sig) = signals.recv() => {
-                cancel_all(&state, sig);
+                conn.cancel_all(sig);
                 if stdio {
                     // The stdio engine belongs to one client: a signal (its
                     // client's Ctrl-C, a SIGTERM, the client dying) ends it.
@@ -248,23 +248,16 @@ where
                 }
             }
             Ok(()) = dead.changed() => {
-                cancel_all(&state, libc::SIGTERM);
+                conn.cancel_all(libc::SIGTERM);
                 client_gone = true;
                 break;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    // This connection's subscriptions end (their requests answer).
-    crate::bus::global().drop_connection(conn_of(&out));
     // Let running requests finish (cancelled runs stop their processes);
     // the stdio engine waits a bounded time for a client that is gone.
-    let limit = STDIO_WIND_DOWN
-        + state
-            .lock()
-            .map(|s| s.grace)
-            .unwrap_or_default()
-            .max(crate::exec::DEFAULT_KILL_GRACE);
+    let limit = STDIO_WIND_DOWN + conn.grace().max(crate::exec::DEFAULT_KILL_GRACE);
     let wind_down = async {
         if stdio && client_gone {
             tokio::time::sleep(limit).await
@@ -276,7 +269,7 @@ where
     loop {
         tokio::select! {
             r = tasks.join_next() => if r.is_none() { break },
-            Some(sig) = signals.recv() => cancel_all(&state, sig),
+            Some(sig) = signals.recv() => conn.cancel_all(sig),
             _ = &mut wind_down => {
                 tracing::warn!("runs did not stop within {limit:?} of the client going away: killing them");
                 tasks.abort_all();
@@ -293,366 +286,5 @@ where
         let _ = (&mut w.0).await;
     })
     .await;
-    Ok(shutdown)
-}
-
-fn dispatch(
-    tasks: &mut tokio::task::JoinSet<()>,
-    state: &Arc<Mutex<State>>,
-    out: &Arc<Outbox>,
-    ctx: &Arc<Ctx>,
-    id: Id,
-    method: String,
-    params: serde_json::Value,
-) {
-    let hello_done = state.lock().map(|s| s.hello).unwrap_or(false);
-    if method == methods::HELLO {
-        let reply = match parse::<HelloParams>(params) {
-            Err(e) => Message::err(Some(id), e),
-            Ok(p) if p.protocol != PROTOCOL_VERSION => Message::err(
-                Some(id),
-                RpcError::new(
-                    codes::PROTOCOL_MISMATCH,
-                    format!("protocol {} is not supported (this vxd speaks {PROTOCOL_VERSION})", p.protocol),
-                )
-                .with_data(serde_json::json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION")})),
-            ),
-            Ok(_) => {
-                if let Ok(mut s) = state.lock() {
-                    s.hello = true;
-                }
-                Message::ok(
-                    id,
-                    HelloResult {
-                        protocol: PROTOCOL_VERSION,
-                        version: ctx.version(),
-                        pid: std::process::id(),
-                        mode: match ctx.mode {
-                            Mode::Stdio => "stdio".into(),
-                            Mode::Daemon => "daemon".into(),
-                        },
-                        root: ctx.hot.as_ref().map(|h| h.root.to_string_lossy().into_owned()),
-                    },
-                )
-            }
-        };
-        out.send(&reply);
-        return;
-    }
-    if !hello_done {
-        out.send(&Message::err(
-            Some(id),
-            RpcError::new(
-                codes::PROTOCOL_MISMATCH,
-                "daemon.hello must be the first request",
-            ),
-        ));
-        return;
-    }
-    let out = out.clone();
-    let state = state.clone();
-    let ctx = ctx.clone();
-    tasks.spawn(async move {
-        let id2 = id.clone();
-        let out2 = out.clone();
-        // The handler runs in its own task so that a panic fails this
-        // request only; it is aborted if this request's task is.
-        let id = id.clone();
-        let mut handle = AbortOnDrop(tokio::spawn(async move {
-            handle(&ctx, &state, &out2, &id, &method, params).await
-        }));
-        let reply = match (&mut handle.0).await {
-            Ok(Ok(v)) => Message::ok(id2, v),
-            Ok(Err(e)) => Message::err(Some(id2), e),
-            Err(e) => Message::err(
-                Some(id2),
-                RpcError::new(
-                    codes::INTERNAL_ERROR,
-                    format!("internal error: the handler failed: {e}"),
-                ),
-            ),
-        };
-        out.send(&reply);
-    });
-}
-
-/// A connection's number on the bus: its outbox's address.
-fn conn_of(out: &Arc<Outbox>) -> usize {
-    Arc::as_ptr(out) as usize
-}
-
-/// `cwd` (or watch.start's `run.cwd`) must be absolute: a relative one would
-/// be resolved against the engine's own directory (`/` for a daemon).
-fn check_cwd(params: &serde_json::Value) -> Result<(), RpcError> {
-    let (field, cwd) = match (
-        params.get("cwd"),
-        params.get("run").and_then(|r| r.get("cwd")),
-    ) {
-        (Some(c), _) => ("cwd", c),
-        (None, Some(c)) => ("run.cwd", c),
-        (None, None) => return Ok(()),
-    };
-    match cwd.as_str() {
-        Some(c) if !Path::new(c).is_absolute() => Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            format!("invalid params: `{field}` must be an absolute path, got {c:?}"),
-        )
-        .with_data(serde_json::json!({ "field": field }))),
-        _ => Ok(()),
-    }
-}
-
-/// A concurrency the engine refuses, before it allocates anything for it.
-fn check_concurrency(n: Option<usize>) -> Result<(), RpcError> {
-    match n {
-        Some(n) if n > vx_proto::MAX_CONCURRENCY => Err(engine_err(engine::concurrency_error(n))),
-        _ => Ok(()),
-    }
-}
-
-/// Under a daemon: the client's `VX_CACHE_DIR` (from the request's env,
-/// never the daemon's own) names another cache than the daemon's store, so
-/// the request must be served by the no-daemon engine. A `cache_dir` in the
-/// config wins over the variable, as everywhere.
-async fn check_cache_env(
-    hot: Option<&Arc<Hot>>,
-    cwd: &str,
-    env: &BTreeMap<String, String>,
-) -> Result<(), RpcError> {
-    let (Some(hot), Some(dir)) = (hot, vx_proto::knobs::CACHE_DIR.get(env)) else {
-        return Ok(());
-    };
-    let (hot, cwd, dir) = (hot.clone(), PathBuf::from(cwd), dir.to_owned());
-    let foreign = tokio::task::spawn_blocking(move || {
-        // A config that does not load is reported by the request itself.
-        let ws = engine::load_workspace(&cwd).ok()?;
-        if ws.defaults.cache_dir.is_some() || ws.root != hot.root {
-            return None;
-        }
-        let wanted = ws.root.join(&dir);
-        let mine = hot.cache_dir();
-        (wanted != mine).then_some((wanted, mine))
-    })
-    .await
-    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-    match foreign {
-        None => Ok(()),
-        Some((wanted, mine)) => Err(RpcError::new(
-            codes::NEEDS_NO_DAEMON,
-            format!(
-                "{} names the cache {} but this daemon serves {}: use the no-daemon engine",
-                vx_proto::knobs::CACHE_DIR.name,
-                wanted.display(),
-                mine.display()
-            ),
-        )),
-    }
-}
-
-async fn handle(
-    ctx: &Arc<Ctx>,
-    state: &Arc<Mutex<State>>,
-    out: &Arc<Outbox>,
-    id: &Id,
-    method: &str,
-    params: serde_json::Value,
-) -> Result<serde_json::Value, RpcError> {
-    let to_value = |v: Result<serde_json::Value, serde_json::Error>| {
-        v.map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
-    };
-    check_cwd(&params)?;
-    match method {
-        methods::RUN_START => {
-            let p: RunParams = parse(params)?;
-            check_concurrency(p.concurrency)?;
-            check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
-            let _active = ActiveRun::start();
-            let (cancel_tx, cancel_rx) = watch::channel(None);
-            if let Ok(mut s) = state.lock() {
-                s.add_run(cancel_tx, &p.env);
-            }
-            // Each event goes to the bus, then straight into the bounded outbox.
-            let tee = Arc::new(crate::bus::global().tee(RunKind::Run, &p));
-            let (out2, tee2) = (out.clone(), tee.clone());
-            let events = engine::Events::new(move |e| {
-                tee2.publish(&e);
-                out2.send_event(e)
-            });
-            let r = engine::run(p, events, cancel_rx, ctx.hot.clone()).await;
-            tee.finish(r.as_ref().map(Some).map_err(|e| e.message.as_str()));
-            to_value(serde_json::to_value(r.map_err(engine_err)?))
-        }
-        methods::WATCH_START => {
-            let p: vx_proto::WatchParams = parse(params)?;
-            check_concurrency(p.run.concurrency)?;
-            check_cache_env(ctx.hot.as_ref(), &p.run.cwd, &p.run.env).await?;
-            let _active = ActiveRun::start();
-            let (cancel_tx, cancel_rx) = watch::channel(None);
-            if let Ok(mut s) = state.lock() {
-                s.add_run(cancel_tx, &p.run.env);
-            }
-            // The daemon's watcher serves every watch client; the no-daemon
-            // engine starts a private one for this loop.
-            let hot = match &ctx.hot {
-                Some(h) => h.clone(),
-                None => {
-                    let cwd = PathBuf::from(&p.run.cwd);
-                    let root =
-                        tokio::task::spawn_blocking(move || crate::workspace::find_root(&cwd))
-                            .await
-                            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
-                            .map_err(|e| engine_err(e.into()))?;
-                    Hot::start(&root).map_err(|e| {
-                        RpcError::new(
-                            codes::INTERNAL_ERROR,
-                            format!("cannot watch {}: {e:#}", root.display()),
-                        )
-                    })?
-                }
-            };
-            let tee = Arc::new(crate::bus::global().tee(RunKind::Watch, &p.run));
-            let (out2, tee2) = (out.clone(), tee.clone());
-            let events = engine::Events::new(move |e| {
-                tee2.publish(&e);
-                out2.send_event(e)
-            });
-            let r = crate::watch::run(p, events, cancel_rx, hot).await;
-            tee.finish(r.as_ref().map(|_| None).map_err(|e| e.message.as_str()));
-            to_value(serde_json::to_value(r.map_err(engine_err)?))
-        }
-        methods::RUN_PLAN => {
-            let p: RunParams = parse(params)?;
-            check_concurrency(p.concurrency)?;
-            check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
-            to_value(serde_json::to_value(
-                engine::plan(p, ctx.hot.clone()).await.map_err(engine_err)?,
-            ))
-        }
-        methods::CACHE_STATS | methods::CACHE_CLEAN => {
-            let p: CacheParams = parse(params)?;
-            check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
-            let cwd = PathBuf::from(p.cwd);
-            let stats = method == methods::CACHE_STATS;
-            let hot = ctx.hot.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                if stats {
-                    engine::cache_stats(&cwd, hot.as_deref()).map(serde_json::to_value)
-                } else {
-                    engine::cache_clean(&cwd, hot.as_deref()).map(serde_json::to_value)
-                }
-            })
-            .await
-            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-            to_value(r.map_err(engine_err)?)
-        }
-        methods::CACHE_PRUNE => {
-            let p: vx_proto::CachePruneParams = parse(params)?;
-            check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
-            let hot = ctx.hot.clone();
-            let r = tokio::task::spawn_blocking(move || engine::cache_prune(&p, hot.as_deref()))
-                .await
-                .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?;
-            to_value(serde_json::to_value(r.map_err(engine_err)?))
-        }
-        methods::HISTORY_RUNS
-        | methods::HISTORY_RUN
-        | methods::HISTORY_TASK
-        | methods::HISTORY_WHY
-        | methods::WORKSPACE_INFO => {
-            let hot = ctx.hot.clone();
-            let daemon = ctx.daemon.clone();
-            let method = method.to_string();
-            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
-                let hot = hot.as_deref();
-                let r = match method.as_str() {
-                    methods::HISTORY_RUNS => {
-                        inspect::runs(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    methods::HISTORY_RUN => {
-                        inspect::run(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    methods::HISTORY_TASK => {
-                        inspect::task(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    methods::HISTORY_WHY => {
-                        inspect::why(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    _ => inspect::info(parse(params)?, hot, daemon.as_deref())
-                        .map(serde_json::to_value),
-                };
-                r.map_err(engine_err)?
-                    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
-            })
-            .await
-            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
-        }
-        live::EVENTS_SUBSCRIBE => {
-            let p: live::SubscribeParams = parse(params)?;
-            let queue: Arc<dyn crate::bus::Queue> = out.clone();
-            let mut sub = crate::bus::global().subscribe(id.clone(), conn_of(out), p, queue);
-            let ended = sub.ended().await;
-            to_value(serde_json::to_value(live::SubscribeResult {
-                ended,
-                delivered: sub.delivered(),
-            }))
-        }
-        live::EVENTS_UNSUBSCRIBE => {
-            let p: live::UnsubscribeParams = parse(params)?;
-            let found = crate::bus::global().unsubscribe(conn_of(out), &p.subscription);
-            to_value(serde_json::to_value(live::UnsubscribeResult { found }))
-        }
-        live::RUNS_ACTIVE => {
-            let _: live::RunsActiveParams = parse(params)?;
-            to_value(serde_json::to_value(crate::query::runs_active()))
-        }
-        live::GRAPH_GET | live::TASK_EXPLAIN | live::TASK_LOG => {
-            let hot = ctx.hot.clone();
-            let method = method.to_string();
-            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, RpcError> {
-                let r = match method.as_str() {
-                    live::GRAPH_GET => {
-                        let p: RunParams = parse(params)?;
-                        crate::query::graph::get(&p, hot.as_deref()).map(serde_json::to_value)
-                    }
-                    live::TASK_EXPLAIN => {
-                        crate::query::task::explain(parse(params)?, hot).map(serde_json::to_value)
-                    }
-                    _ => crate::query::task::log(parse(params)?, hot).map(serde_json::to_value),
-                };
-                r.map_err(engine_err)?
-                    .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))
-            })
-            .await
-            .map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()))?
-        }
-        methods::RUN_CANCEL => {
-            let p: RunCancelParams = parse(params)?;
-            if let Ok(s) = state.lock() {
-                for c in &s.cancels {
-                    let _ = c.send(Some(if p.signal > 0 {
-                        p.signal
-                    } else {
-                        libc::SIGTERM
-                    }));
-                }
-            }
-            Ok(serde_json::json!({}))
-        }
-        methods::STATUS => match (&ctx.hot, &ctx.daemon) {
-            (Some(hot), Some(d)) => to_value(serde_json::to_value(daemon::status(hot, d))),
-            _ => Err(RpcError::new(
-                codes::METHOD_NOT_FOUND,
-                "daemon.status is only served by a daemon (this is the no-daemon engine)",
-            )),
-        },
-        // Lets the end-to-end tests check that a panic reaches the log
-        // (only when the engine was started with VX_TEST_HOOKS=1).
-        "test.panic" if vx_proto::knobs::TEST_HOOKS.get_process().as_deref() == Some("1") => {
-            panic!("test.panic requested")
-        }
-        other => Err(RpcError::new(
-            codes::METHOD_NOT_FOUND,
-            format!("unknown method `{other}`"),
-        )),
-    }
+    Ok(conn.shutdown_requested())
 }

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::{Notify, watch};
-use vx_proto::{Message, RunEvent, methods};
+use vx_proto::{Id, Message, RunEvent, methods};
 
 /// Queued bytes past which `task_output` events are dropped.
 pub const SOFT_LIMIT: usize = 8 << 20;
@@ -29,13 +29,35 @@ const BATCH: usize = 1 << 20;
 /// A `run.event` notification line, serialised straight from the event
 /// (the same bytes as `Message::notification(RUN_EVENT, e).encode()`,
 /// without the intermediate JSON tree).
-fn encode_event(e: &RunEvent) -> Vec<u8> {
+fn encode_event(request: Option<&Id>, e: &RunEvent) -> Vec<u8> {
+    let slow = || {
+        Message::notification(
+            methods::RUN_EVENT,
+            vx_proto::catalogue::RunEventParams {
+                request: request.cloned(),
+                event: e.clone(),
+            },
+        )
+        .encode()
+    };
     let mut b = Vec::with_capacity(128);
     b.extend_from_slice(br#"{"jsonrpc":"2.0","method":""#);
     b.extend_from_slice(methods::RUN_EVENT.as_bytes());
     b.extend_from_slice(br#"","params":"#);
     if serde_json::to_writer(&mut b, e).is_err() {
-        return Message::notification(methods::RUN_EVENT, e).encode();
+        return slow();
+    }
+    if let Some(id) = request {
+        // The event is a JSON object: the request id goes in as its last
+        // member (`RunEventParams`, without building a JSON tree).
+        if b.pop() != Some(b'}') {
+            return slow();
+        }
+        b.extend_from_slice(br#","request":"#);
+        if serde_json::to_writer(&mut b, id).is_err() {
+            return slow();
+        }
+        b.push(b'}');
     }
     b.extend_from_slice(b"}\n");
     b
@@ -90,7 +112,9 @@ impl Outbox {
     /// Queues a run event; `task_output` lines may be dropped. A line that
     /// will be dropped is not even encoded, so a queue that is full drains
     /// the engine's events as fast as they come.
-    pub fn send_event(&self, e: RunEvent) {
+    /// `request` is the id of the request that streams it (`None` only for
+    /// tests and connection-wide notices).
+    pub fn send_event(&self, request: Option<&Id>, e: RunEvent) {
         let droppable = matches!(e, RunEvent::TaskOutput { .. });
         if droppable && let Ok(mut q) = self.q.lock() {
             if q.closed {
@@ -101,7 +125,7 @@ impl Outbox {
                 return;
             }
         }
-        self.push(encode_event(&e), droppable);
+        self.push(encode_event(request, &e), droppable);
     }
 
     fn push(&self, bytes: Vec<u8>, droppable: bool) {
@@ -291,7 +315,7 @@ mod tests {
     async fn output_past_the_soft_limit_is_counted_and_reported_in_place() {
         let o = Outbox::with_limits(4096, 1 << 20);
         for i in 0..1000 {
-            o.send_event(line(i));
+            o.send_event(None, line(i));
         }
         let (_, bytes) = o.queued();
         assert!(bytes <= 4096, "{bytes}");
@@ -316,7 +340,7 @@ mod tests {
         let o = Outbox::with_limits(1024, 8192);
         let mut dead = o.dead();
         for i in 0..100_000 {
-            o.send_event(line(i));
+            o.send_event(None, line(i));
         }
         assert!(!*dead.borrow(), "output alone never kills a connection");
         for _ in 0..1000 {
@@ -341,12 +365,12 @@ mod tests {
                 message: "a \"quoted\" ✓ line\n".into(),
             },
         ] {
-            let fast: serde_json::Value = serde_json::from_slice(&encode_event(&e)).unwrap();
+            let fast: serde_json::Value = serde_json::from_slice(&encode_event(None, &e)).unwrap();
             let slow: serde_json::Value =
                 serde_json::from_slice(&Message::notification(methods::RUN_EVENT, &e).encode())
                     .unwrap();
             assert_eq!(fast, slow);
-            assert!(encode_event(&e).ends_with(b"}\n"));
+            assert!(encode_event(None, &e).ends_with(b"}\n"));
         }
     }
 
@@ -366,7 +390,7 @@ mod tests {
             all
         });
         for i in 0..200 {
-            o.send_event(line(i));
+            o.send_event(None, line(i));
             tokio::task::yield_now().await;
             // Keep the queue short, like a peer that keeps up.
             while o.queued().1 > 2048 {
