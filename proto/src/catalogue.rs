@@ -10,8 +10,9 @@
 //! and `docs/protocol.md` is generated from it, so a method cannot exist on
 //! one side only or go undocumented.
 //!
-//! Registering one more method is one line in [`visit`] (plus its handler
-//! in `vxd`).
+//! Registering one more method: declare its type with `method!` (here or in
+//! another file of this crate: `crate::catalogue::method!`), add one line to
+//! [`visit`], and register its handler in `vxd`'s `server/handlers.rs`.
 //!
 //! Never: I/O, or knowledge of how a method is served.
 
@@ -134,8 +135,9 @@ pub struct MethodInfo {
     #[serde(default)]
     pub notification: bool,
     pub doc: String,
-    /// The Rust type names of its params and result (for the docs).
+    /// The Rust type name of its params (for the docs).
     pub params_type: String,
+    /// The Rust type name of its result.
     pub result_type: String,
     /// JSON Schema (2020-12) of its params.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,6 +445,23 @@ pub fn markdown() -> String {
         ));
         s.push_str(&fields("Params", &n.params_type, n.params.as_ref()));
     }
+    let defs = definitions(&c);
+    if !defs.is_empty() {
+        s.push_str("\n#### Types\n\nThe named types the params, results and events refer to.\n");
+        for (name, schema) in defs {
+            s.push_str(&format!("\n##### `{name}`\n\n"));
+            let d = one_line(schema.get("description"));
+            if !d.is_empty() {
+                s.push_str(&format!("{d}\n\n"));
+            }
+            let body = shape(&schema);
+            if body.is_empty() {
+                s.push_str(&format!("{}.\n", type_of(&schema)));
+            } else {
+                s.push_str(&body);
+            }
+        }
+    }
     s
 }
 
@@ -454,40 +473,137 @@ fn anchor(name: &str) -> String {
         .to_lowercase()
 }
 
-/// A table of the top-level fields of a schema (when one is known).
+/// "Params: `T`" and what the schema says of `T`'s shape.
 fn fields(what: &str, ty: &str, schema: Option<&Value>) -> String {
-    let mut s = format!("\n{what}: `{ty}`");
+    let body = schema.map(shape).unwrap_or_default();
+    if body.is_empty() {
+        format!("\n{what}: `{ty}`.\n")
+    } else {
+        format!("\n{what}: `{ty}`\n\n{body}")
+    }
+}
+
+fn one_line(v: Option<&Value>) -> String {
+    v.and_then(Value::as_str)
+        .unwrap_or("")
+        .split("\n\n")
+        .next()
+        .unwrap_or("")
+        .replace('\n', " ")
+        .replace('|', "\\|")
+}
+
+/// The shape of a schema in markdown: a field table, and the variants of
+/// an enum (values, or tagged objects). Empty when there is nothing to say.
+fn shape(schema: &Value) -> String {
+    let mut s = String::new();
     let props = schema
-        .and_then(|v| v.get("properties"))
-        .and_then(Value::as_object);
-    let Some(props) = props.filter(|p| !p.is_empty()) else {
-        s.push_str(".\n");
-        return s;
-    };
-    let required: Vec<&str> = schema
-        .and_then(|v| v.get("required"))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    s.push_str("\n\n| field | type | required | description |\n| --- | --- | --- | --- |\n");
-    for (name, p) in props {
-        let desc = p
-            .get("description")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .replace('\n', " ")
-            .replace('|', "\\|");
-        s.push_str(&format!(
-            "| `{name}` | {} | {} | {desc} |\n",
-            type_of(p),
-            if required.contains(&name.as_str()) {
-                "yes"
-            } else {
-                "no"
-            }
-        ));
+        .get("properties")
+        .and_then(Value::as_object)
+        .filter(|p| !p.is_empty());
+    if let Some(props) = props {
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        s.push_str("| field | type | required | description |\n| --- | --- | --- | --- |\n");
+        for (name, p) in props {
+            s.push_str(&format!(
+                "| `{name}` | {} | {} | {} |\n",
+                type_of(p),
+                if required.contains(&name.as_str()) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                one_line(p.get("description"))
+            ));
+        }
+    }
+    let alts: Vec<&Value> = ["oneOf", "anyOf"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        let v: Vec<String> = values.iter().map(|v| format!("`{}`", plain(v))).collect();
+        s.push_str(&format!("One of {}.\n", v.join(", ")));
+    } else if !alts.is_empty() && alts.iter().all(|a| a.get("properties").is_some()) {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str("| variant | fields | description |\n| --- | --- | --- |\n");
+        for a in alts {
+            let props = a.get("properties").and_then(Value::as_object);
+            let tag = props.and_then(|p| {
+                p.iter()
+                    .find_map(|(k, v)| v.get("const").map(|c| format!("`{k}`: `{}`", plain(c))))
+            });
+            let others: Vec<String> = props
+                .map(|p| {
+                    p.iter()
+                        .filter(|(_, v)| v.get("const").is_none())
+                        .map(|(k, v)| format!("`{k}` ({})", type_of(v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                tag.unwrap_or_else(|| "—".into()),
+                others.join(", "),
+                one_line(a.get("description"))
+            ));
+        }
+    } else if !alts.is_empty() {
+        let v: Vec<String> = alts
+            .iter()
+            .map(|a| match a.get("const").or_else(|| a.get("enum")) {
+                Some(c) => {
+                    let d = one_line(a.get("description"));
+                    if d.is_empty() {
+                        format!("`{}`", plain(c))
+                    } else {
+                        format!("`{}` ({d})", plain(c))
+                    }
+                }
+                None => type_of(a),
+            })
+            .collect();
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(&format!("One of: {}.\n", v.join("; ")));
     }
     s
+}
+
+/// A JSON value as plain text (`"a"` → `a`, `["a"]` → `a`).
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(", "),
+        v => v.to_string(),
+    }
+}
+
+/// Every named type the schemas refer to (`$defs`), by name.
+fn definitions(c: &Catalogue) -> std::collections::BTreeMap<String, Value> {
+    let mut defs = std::collections::BTreeMap::new();
+    let schemas = c
+        .methods
+        .iter()
+        .flat_map(|m| [m.params.as_ref(), m.result.as_ref()])
+        .chain(c.notifications.iter().map(|n| n.params.as_ref()))
+        .flatten();
+    for s in schemas {
+        if let Some(d) = s.get("$defs").and_then(Value::as_object) {
+            for (k, v) in d {
+                defs.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    defs
 }
 
 /// A short type for a property schema: `string`, `integer | null`, `[RunEvent]`, ...

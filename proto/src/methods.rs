@@ -436,6 +436,8 @@ pub struct Plan {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunCancelParams {
     /// The signal that caused the cancel (2 = SIGINT, 15 = SIGTERM); decides the exit code.
+    /// Absent (or 0): SIGTERM.
+    #[serde(default)]
     pub signal: i32,
 }
 

@@ -143,8 +143,11 @@ impl router::Sink for Outbox {
     }
 }
 
-/// The router every connection of this process uses.
-fn the_router() -> &'static Router<Ctx> {
+/// The router every connection of this process uses, whatever its
+/// transport: an adapter makes a connection with [`Router::connect`] (its
+/// principal and event sink) and calls [`Router::call`] (or
+/// [`Router::start`]) per request, knowing no method.
+pub fn the_router() -> &'static Router<Ctx> {
     static ROUTER: OnceLock<Router<Ctx>> = OnceLock::new();
     ROUTER.get_or_init(handlers::router)
 }

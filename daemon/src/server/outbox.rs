@@ -371,6 +371,26 @@ mod tests {
                     .unwrap();
             assert_eq!(fast, slow);
             assert!(encode_event(None, &e).ends_with(b"}\n"));
+            // Tagged with its request: the same as `RunEventParams`.
+            for id in [Id::Num(7), Id::Str("r\"1".into()), Id::Null] {
+                let fast = encode_event(Some(&id), &e);
+                let slow = Message::notification(
+                    methods::RUN_EVENT,
+                    vx_proto::catalogue::RunEventParams {
+                        request: Some(id.clone()),
+                        event: e.clone(),
+                    },
+                )
+                .encode();
+                let fast_v: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+                let slow_v: serde_json::Value = serde_json::from_slice(&slow).unwrap();
+                assert_eq!(fast_v, slow_v);
+                assert_eq!(
+                    fast_v["params"]["request"],
+                    serde_json::to_value(&id).unwrap()
+                );
+                assert!(fast.ends_with(b"}\n"));
+            }
         }
     }
 

@@ -472,6 +472,11 @@ impl<S: App> Router<S> {
     }
 
     fn insert<M: Method>(&mut self, handler: Handler<S>) -> &mut Self {
+        assert!(
+            !self.entries.contains_key(M::NAME),
+            "{} has two handlers",
+            M::NAME
+        );
         self.entries.insert(
             M::NAME,
             Entry {
