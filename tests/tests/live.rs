@@ -364,3 +364,64 @@ outputs = []
     assert!(text.stdout.ends_with("line 5000\n"), "{}", text.stdout);
     assert!(text.stderr.contains("--max-bytes"), "{}", text.stderr);
 });
+
+// A subscription is a request like any other: `$/cancel` with its id ends
+// it (answered `cancelled`) and a neighbour request on the same connection
+// is unaffected. Over `vxd --stdio` too (it sees that connection's runs).
+vx_test!(cancel_ends_a_subscription, || {
+    use std::io::Write;
+    let ws = basic();
+    let mut engine = None;
+    let (mut w, r): (Box<dyn Write>, Box<dyn std::io::Read>) = if daemon_mode() {
+        let st = ws.vx_daemon(&["daemon", "start"]);
+        assert_eq!(st.code, 0, "{}", st.stderr);
+        let st = ws.daemon_status();
+        let s = std::os::unix::net::UnixStream::connect(st["socket"].as_str().unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        (Box::new(s.try_clone().unwrap()), Box::new(s))
+    } else {
+        let mut child = std::process::Command::new(vx_tests::vxd_bin())
+            .arg("--stdio")
+            .current_dir(ws.root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (w, r) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        engine = Some(child);
+        (Box::new(w), Box::new(r))
+    };
+    let mut r = BufReader::new(r);
+    let mut send = |v: Value| {
+        let mut b = serde_json::to_vec(&v).unwrap();
+        b.push(b'\n');
+        w.write_all(&b).unwrap();
+    };
+    let mut recv = || -> Value {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+    };
+    send(
+        serde_json::json!({"jsonrpc":"2.0","id":1,"method":"daemon.hello","params":{"protocol":1,"client_version":"t"}}),
+    );
+    assert_eq!(recv()["id"], 1);
+    send(serde_json::json!({"jsonrpc":"2.0","id":"sub","method":"events.subscribe","params":{}}));
+    let ack = recv();
+    assert_eq!(ack["method"], "events.subscribed", "{ack}");
+    assert_eq!(ack["params"]["subscription"], "sub");
+    send(serde_json::json!({"jsonrpc":"2.0","id":2,"method":"runs.active","params":{}}));
+    let active = recv();
+    assert_eq!(active["id"], 2, "{active}");
+    assert_eq!(active["result"]["runs"], serde_json::json!([]));
+    send(serde_json::json!({"jsonrpc":"2.0","method":"$/cancel","params":{"id":"sub"}}));
+    let end = recv();
+    assert_eq!(end["id"], "sub", "{end}");
+    assert_eq!(end["result"]["ended"], "cancelled");
+    drop(w);
+    if let Some(mut c) = engine {
+        // The stdio engine exits when its stdin closes.
+        assert!(c.wait().unwrap().success());
+    }
+});
