@@ -637,7 +637,9 @@ impl Tee {
     pub fn finish(&self, outcome: Result<Option<&RunSummary>, &str>) {
         if let Ok(mut st) = self.state.lock() {
             match outcome {
-                Ok(s) => self.end(&mut st, s, None),
+                Ok(Some(s)) => self.end(&mut st, Some(s), None),
+                // A watch session that stopped during a cycle.
+                Ok(None) => self.end(&mut st, None, Some("stopped during the cycle")),
                 Err(e) => self.end(&mut st, None, Some(e)),
             }
             st.phase = Phase::Before;
