@@ -501,9 +501,12 @@ impl Tee {
                 self.end(&mut st, None, Some("the cycle ended without a summary"));
                 st.phase = Phase::Before;
             }
+            RunEvent::WatchCycle { .. } => st.phase = Phase::Before,
             _ => {}
         }
-        if st.phase != Phase::Live {
+        // Between watch cycles (`Settled`), the session's persistent tasks
+        // keep printing: published under the last cycle's id.
+        if st.phase == Phase::Before {
             if matches!(e, RunEvent::WatchCycle { .. }) {
                 st.pending.clear();
             }
@@ -934,6 +937,13 @@ mod tests {
                 summary: summary(&format!("c{cycle}")),
             });
             assert_eq!(bus.active().len(), 1, "a settled watch is still listed");
+            // A persistent task's output between cycles.
+            tee.publish(&RunEvent::TaskOutput {
+                id: "p#srv".into(),
+                stream: vx_proto::Stream::Stdout,
+                line: "listening".into(),
+                replay: false,
+            });
         }
         tee.finish(Ok(None));
         assert!(bus.active().is_empty());
@@ -955,10 +965,12 @@ mod tests {
                 "events.event c1",
                 "events.event c1",
                 "run.finished c1",
+                "events.event c1",
                 "run.started c2",
                 "events.event c2",
                 "events.event c2",
-                "run.finished c2"
+                "run.finished c2",
+                "events.event c2"
             ]
         );
     }
