@@ -106,6 +106,11 @@ vx_test!(run_start_streams_events_then_answers, || {
             .iter()
             .all(|n| n["method"] == "run.event" && n.get("id").is_none())
     );
+    // Each event names the request that streams it.
+    assert!(
+        notes.iter().all(|n| n["params"]["request"] == 2),
+        "{notes:?}"
+    );
     let kinds: Vec<&str> = notes
         .iter()
         .filter_map(|n| n["params"]["type"].as_str())
