@@ -72,10 +72,16 @@ pub fn events(
         );
     }
     let mut stdout = std::io::stdout();
-    let mut done = false;
     let r = conn.call_notified(live::EVENTS_SUBSCRIBE, &params, |method, params| {
-        if done {
-            return;
+        // Following one run that is not in progress: nothing will come.
+        if method == live::EVENTS_SUBSCRIBED
+            && let Some(want) = &until_run
+            && !params["runs"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|id| id.as_str() == Some(want.as_str())))
+        {
+            eprintln!("vx: run {want} is not in progress (see `vx ps`, or `vx last {want}`)");
+            std::process::exit(1);
         }
         if json {
             let line = serde_json::json!({ "method": method, "params": params });
@@ -84,18 +90,15 @@ pub fn events(
             print_note(method, params.clone());
         }
         let _ = stdout.flush();
-        // Following one run: its end is the end.
+        // Following one run: its end is the end (closing the connection
+        // ends the subscription).
         if method == live::RUN_FINISHED
             && let Some(want) = &until_run
             && params["run_id"].as_str() == Some(want.as_str())
         {
-            done = true;
+            std::process::exit(0);
         }
     });
-    if done {
-        conn.finish();
-        return Ok(0);
-    }
     let r = r?.map_err(|e| crate::rpc_error(&e))?;
     conn.finish();
     let end: SubscribeResult = serde_json::from_value(r)?;

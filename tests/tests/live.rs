@@ -425,3 +425,53 @@ vx_test!(cancel_ends_a_subscription, || {
         assert!(c.wait().unwrap().success());
     }
 });
+
+// `vx events --run ID` follows one run and exits when it ends; a run that
+// is not in progress is said so at once.
+vx_test!(events_follows_one_run_to_its_end, || {
+    let ws = waiting();
+    if !daemon_mode() {
+        return; // `vx events` needs the daemon (checked above)
+    }
+    let none = ws.vx(&["events", "--run", "no-such-run"]);
+    assert_eq!(none.code, 1, "{}", none.stderr);
+    assert!(none.stderr.contains("not in progress"), "{}", none.stderr);
+    let mut run = ws
+        .cmd(".", &["run", "--json", "p#wait"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the task to start", Duration::from_secs(60), || {
+        ws.exists("packages/p/started")
+    });
+    let active = json(&ws.vx(&["ps", "--json"]));
+    let id = active["runs"][0]["run_id"].as_str().unwrap().to_string();
+    let mut follower = ws
+        .cmd(".", &["events", "--json", "--run", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&out.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["method"], "events.subscribed");
+    // Subscribed: let the run end.
+    ws.write("packages/p/go", "");
+    assert!(run.wait().unwrap().success());
+    let lines: Vec<Value> = out
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(
+        follower.wait().unwrap().success(),
+        "it exits when the run ends"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["method"], "run.finished", "{lines:#?}");
+    assert_eq!(last["params"]["run_id"], id.as_str());
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["params"]["event"]["type"] == "task_finished")
+    );
+});
