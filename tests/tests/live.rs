@@ -475,3 +475,50 @@ vx_test!(events_follows_one_run_to_its_end, || {
             .any(|v| v["params"]["event"]["type"] == "task_finished")
     );
 });
+
+// A `vx watch` session publishes each cycle as a run of kind `watch`:
+// `run.started`, its events, `run.finished`; a cycle after an edit is a
+// new run with a new id.
+vx_test!(watch_cycles_are_published_as_runs, || {
+    let ws = basic();
+    if !daemon_mode() {
+        return; // `vx events` needs the daemon (checked above)
+    }
+    let all = Follower::start(&ws, &[]);
+    let mut watch = ws
+        .cmd(".", &["watch", "--json", "--debounce", "50", "app#build"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = all.next_until(|v| v["method"] == "run.finished");
+    let started: Vec<&Value> = first
+        .iter()
+        .filter(|v| v["method"] == "run.started")
+        .collect();
+    assert_eq!(started.len(), 1, "{first:#?}");
+    assert_eq!(started[0]["params"]["kind"], "watch");
+    let id1 = started[0]["params"]["run_id"].clone();
+    assert_eq!(first.last().unwrap()["params"]["run_id"], id1);
+    assert_eq!(first.last().unwrap()["params"]["ok"], true);
+    ws.write("packages/app/src/main.txt", "edited\n");
+    let second = all.next_until(|v| v["method"] == "run.finished");
+    let s2 = second
+        .iter()
+        .find(|v| v["method"] == "run.started")
+        .expect("a second cycle");
+    assert_ne!(s2["params"]["run_id"], id1);
+    assert!(
+        second
+            .iter()
+            .any(|v| v["params"]["event"]["type"] == "watch_cycle")
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // The session is gone with its client.
+    wait_until(
+        "the watch to leave runs.active",
+        Duration::from_secs(30),
+        || json(&ws.vx(&["ps", "--json"]))["runs"] == serde_json::json!([]),
+    );
+});
