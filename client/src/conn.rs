@@ -758,6 +758,23 @@ impl Conn {
         params: &impl serde::Serialize,
         mut on_event: impl FnMut(RunEvent),
     ) -> Result<Result<serde_json::Value, RpcError>> {
+        self.call_notified(method, params, |m, params| {
+            if m == methods::RUN_EVENT
+                && let Ok(e) = serde_json::from_value::<RunEvent>(params)
+            {
+                on_event(e);
+            }
+        })
+    }
+
+    /// Like [`Conn::call_raw`], passing every notification (its method and
+    /// params) to `on_note`.
+    pub fn call_notified(
+        &mut self,
+        method: &str,
+        params: &impl serde::Serialize,
+        mut on_note: impl FnMut(&str, serde_json::Value),
+    ) -> Result<Result<serde_json::Value, RpcError>> {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&Message::request(Id::Num(id), method, params))?;
@@ -787,13 +804,7 @@ impl Conn {
             for f in frames {
                 let Frame::Line(line) = f else { continue };
                 match Message::decode(&line) {
-                    Ok(Message::Notification { method, params })
-                        if method == methods::RUN_EVENT =>
-                    {
-                        if let Ok(e) = serde_json::from_value::<RunEvent>(params) {
-                            on_event(e);
-                        }
-                    }
+                    Ok(Message::Notification { method, params }) => on_note(&method, params),
                     Ok(Message::Response {
                         id: Some(Id::Num(rid)),
                         result,

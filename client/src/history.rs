@@ -14,7 +14,7 @@ use vx_proto::history::{
 use vx_proto::{CacheSource, TaskStatus, methods};
 
 /// The workspace's running daemon, else the no-daemon engine.
-fn connect(cwd: &Path, no_daemon: bool) -> Result<Conn> {
+pub(crate) fn connect(cwd: &Path, no_daemon: bool) -> Result<Conn> {
     if !no_daemon
         && let Some(root) = conn::guess_root(cwd)
         && let Ok(paths) = vx_proto::paths::daemon_paths(&root)

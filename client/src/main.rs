@@ -7,6 +7,7 @@
 
 mod conn;
 mod history;
+mod live;
 mod render;
 
 use conn::Conn;
@@ -89,6 +90,68 @@ enum Cmd {
     },
     /// The workspace, its cache, history and daemon at a glance.
     Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow every run of the workspace's daemon (whoever started it)
+    /// until Ctrl-C.
+    Events {
+        /// Only this run (with it, stop when the run ends).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// Only events about this task (`project#task`).
+        #[arg(long, value_name = "TASK")]
+        task: Option<String>,
+        /// One JSON notification per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's runs in progress: each task's state, slot and time.
+    Ps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The projects, tasks and edges a run of these tasks would involve.
+    Graph {
+        #[arg(value_name = "TASK")]
+        tasks: Vec<String>,
+        /// Select projects, as `vx run --filter`.
+        #[arg(long, short = 'F', value_name = "PATTERN")]
+        filter: Vec<String>,
+        /// Every project that declares the tasks.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A task's current key part by part (input files, env names, config,
+    /// upstream keys, args), whether it would hit, and what changed since
+    /// its last recorded run.
+    Explain {
+        /// `project#task`, or a task of the current project.
+        #[arg(value_name = "TASK")]
+        task: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Arguments as `vx run TASK -- ARGS` would forward them (keyed).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// A task's stored log: for its current key, or from a recorded run.
+    Log {
+        /// `project#task`, or a task of the current project.
+        #[arg(value_name = "TASK")]
+        task: String,
+        /// The log of the key the task had in this recorded run (a unique prefix).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// Show at most the last N bytes (default 256 KiB, at most 4 MiB).
+        #[arg(long, value_name = "N")]
+        max_bytes: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -339,6 +402,21 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => history::last(&cwd, no_daemon, run_id, failed, json),
         Cmd::Why { task, run, json } => history::why(&cwd, no_daemon, task, run, json),
         Cmd::Info { json } => history::info(&cwd, no_daemon, json),
+        Cmd::Events { run, task, json } => live::events(&cwd, no_daemon, run, task, json),
+        Cmd::Ps { json } => live::ps(&cwd, no_daemon, json),
+        Cmd::Graph {
+            tasks,
+            filter,
+            all,
+            json,
+        } => live::graph(&cwd, no_daemon, tasks, filter, all, json),
+        Cmd::Explain { task, json, args } => live::explain(&cwd, no_daemon, task, args, json),
+        Cmd::Log {
+            task,
+            run,
+            max_bytes,
+            json,
+        } => live::log(&cwd, no_daemon, task, run, max_bytes, json),
     }
 }
 

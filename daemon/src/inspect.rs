@@ -33,7 +33,7 @@ pub struct DaemonFacts<'a> {
     pub version: &'a str,
 }
 
-fn history_err(e: HistoryError) -> EngineError {
+pub(crate) fn history_err(e: HistoryError) -> EngineError {
     let code = match &e {
         HistoryError::NoSuchRun(_)
         | HistoryError::AmbiguousRun { .. }
@@ -61,7 +61,7 @@ fn no_runs(ws: &Workspace) -> EngineError {
 /// The workspace's history: the daemon's long-lived handle, or a handle
 /// opened for this request; `None` when no history file exists yet (the
 /// no-daemon path never creates one just to read it).
-fn open(ws: &Workspace, hot: Option<&Hot>) -> Result<Option<Arc<History>>, EngineError> {
+pub(crate) fn open(ws: &Workspace, hot: Option<&Hot>) -> Result<Option<Arc<History>>, EngineError> {
     let dir = cache_dir(ws);
     if hot.is_some() {
         let h = history::shared(&dir).map_err(history_err)?;
@@ -109,7 +109,7 @@ fn unknown_task(ws: &Workspace, name: &str) -> EngineError {
 /// `project#task` for `name`: kept as is when it names a declared task (or
 /// one the history knows); a bare task name resolves to the cwd's project,
 /// else to the only project declaring it.
-fn resolve_task(
+pub(crate) fn resolve_task(
     ws: &Workspace,
     cwd: &Path,
     name: &str,

@@ -10,6 +10,7 @@
 //! exposed by `server`. Module edges only point down this list's layers
 //! (`docs/ARCHITECTURE.md`, "Layering"): no import circles.
 
+pub mod bus;
 pub mod cache;
 pub mod engine;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod model;
 pub mod persist;
 pub mod procstat;
 pub mod profile;
+pub mod query;
 pub mod server;
 pub mod sink;
 pub mod state;
@@ -116,14 +118,29 @@ mod layering {
                 "workspace",
             ],
         ),
+        ("bus", &["engine"]),
+        (
+            "query",
+            &[
+                "bus",
+                "engine",
+                "graph",
+                "history",
+                "inspect",
+                "state",
+                "workspace",
+            ],
+        ),
         (
             "server",
             &[
+                "bus",
                 "engine",
                 "error",
                 "exec",
                 "history",
                 "inspect",
+                "query",
                 "state",
                 "workspace",
             ],

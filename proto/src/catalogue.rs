@@ -305,6 +305,7 @@ pub fn visit(v: &mut impl Visit) {
     v.method::<DaemonMethods>();
     v.method::<DaemonShutdown>();
     v.notification::<RunEvent>();
+    crate::live::method::visit(v);
 }
 
 /// The JSON Schema of `T`, when the `schema` feature is on.

@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod framing;
 pub mod history;
 pub mod knobs;
+pub mod live;
 pub mod methods;
 pub mod paths;
 

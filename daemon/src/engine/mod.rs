@@ -24,6 +24,7 @@
 //! daemon's own environment for a run's settings (they come with the
 //! request).
 
+mod explain;
 mod keys;
 mod persistent;
 mod prepare;
@@ -55,7 +56,9 @@ pub use crate::inspect::cache_stats_of;
 pub use crate::model::{Model, Snapshot, cache_dir, load_workspace};
 pub use crate::sink::Events;
 pub use crate::state::request_workspace;
+pub(crate) use explain::{KeyReport, explain_keys};
 pub use prepare::shell_quote;
+pub(crate) use record::redacted_argv;
 pub use run::{Session, run_in};
 pub use store::{cache_clean, cache_prune};
 

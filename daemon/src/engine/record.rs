@@ -121,7 +121,7 @@ pub(super) struct RecordInput {
 /// `--` (tokens, paths, anything) are replaced by one placeholder naming
 /// their hash, the hash the fingerprints hold (`docs/history.md`: args are
 /// only ever kept hashed).
-pub(super) fn redacted_argv(argv: &[String], args: &[String]) -> Vec<String> {
+pub(crate) fn redacted_argv(argv: &[String], args: &[String]) -> Vec<String> {
     if args.is_empty() {
         return argv.to_vec();
     }

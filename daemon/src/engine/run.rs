@@ -93,7 +93,7 @@ pub async fn run_in(
 ) -> Result<RunSummary, EngineError> {
     let started_at = now_ms();
     let t0 = Instant::now();
-    let run_id = format!("{:x}-{:x}", started_at, std::process::id());
+    let run_id = format!("{:x}-{:x}", unique_ms(started_at), std::process::id());
     let (detail, continue_mode) = (params.detail, params.continue_mode);
     let concurrency_param = params.concurrency;
     let ev = events.clone();
@@ -576,6 +576,22 @@ impl Driver {
                 self.quiet.insert(r.id.clone());
             }
             self.results.push(r);
+        }
+    }
+}
+
+/// A run id's time part: `now`, or one past the previous id's when two
+/// runs of this process start in the same millisecond (the event bus and
+/// the history tell runs apart by id).
+fn unique_ms(now: u64) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
         }
     }
 }

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vx_proto::catalogue::{self as m, Empty, Method, Scope};
+use vx_proto::live::RunKind;
 use vx_proto::{HelloResult, PROTOCOL_VERSION, RpcError, codes};
 
 impl super::router::App for Ctx {
@@ -135,6 +136,7 @@ pub fn router() -> Router<Ctx> {
         });
         Ok(Engine::new(ctx.hot.clone()).workspace_info(p, facts)?)
     });
+    super::live::register(&mut r);
     // Lets the end-to-end tests check that a panic reaches the log and
     // fails only its request (only when the engine was started with
     // VX_TEST_HOOKS=1).
@@ -166,12 +168,14 @@ async fn run_start(call: Call<Ctx>, p: vx_proto::RunParams) -> Result<vx_proto::
     check_cache_env(ctx.hot.as_ref(), &p.cwd, &p.env).await?;
     let _active = ActiveRun::start();
     call.conn().note_grace(crate::exec::kill_grace_in(&p.env));
-    // Each event goes straight into the connection's bounded sink, tagged
-    // with this request's id.
-    let events = engine::Events::new(call.events());
-    Ok(Engine::new(ctx.hot.clone())
+    // Each event goes to the bus, then straight into the connection's
+    // bounded sink, tagged with this request's id.
+    let (tee, events) = super::live::tee(RunKind::Run, &p, call.events());
+    let r = Engine::new(ctx.hot.clone())
         .run(p, events, call.cancel().watch())
-        .await?)
+        .await;
+    tee.finish(r.as_ref().map(Some).map_err(|e| e.message.as_str()));
+    Ok(r?)
 }
 
 async fn watch_start(
@@ -184,10 +188,12 @@ async fn watch_start(
     let _active = ActiveRun::start();
     call.conn()
         .note_grace(crate::exec::kill_grace_in(&p.run.env));
-    let events = engine::Events::new(call.events());
-    Ok(Engine::new(ctx.hot.clone())
+    let (tee, events) = super::live::tee(RunKind::Watch, &p.run, call.events());
+    let r = Engine::new(ctx.hot.clone())
         .watch(p, events, call.cancel().watch())
-        .await?)
+        .await;
+    tee.finish(r.as_ref().map(|_| None).map_err(|e| e.message.as_str()));
+    Ok(r?)
 }
 
 /// `cwd` (or watch.start's `run.cwd`) must be absolute: a relative one would

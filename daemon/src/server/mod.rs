@@ -20,6 +20,7 @@
 pub mod daemon;
 mod error_codes;
 mod handlers;
+mod live;
 pub mod outbox;
 pub mod router;
 
@@ -137,6 +138,9 @@ impl<T> Drop for AbortOnDrop<T> {
 impl router::Sink for Outbox {
     fn event(&self, request: &Id, e: RunEvent) {
         self.send_event(Some(request), e);
+    }
+    fn queue(self: Arc<Self>) -> Option<Arc<dyn crate::bus::Queue>> {
+        Some(self)
     }
 }
 

@@ -172,6 +172,18 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Queues a message that is always delivered only while the queue then
+    /// holds at most `limit` bytes (a bus subscriber's bound); `false` when
+    /// it does not fit or the outbox is closed.
+    pub fn offer(&self, bytes: Vec<u8>, limit: usize) -> bool {
+        match self.q.lock() {
+            Ok(q) if !q.closed && q.bytes + bytes.len() <= limit => {}
+            _ => return false,
+        }
+        self.push(bytes, false);
+        true
+    }
+
     /// No more messages will be queued; the writer ends once the queue is
     /// empty.
     pub fn close(&self) {
@@ -264,6 +276,16 @@ impl Outbox {
     fn queued(&self) -> (usize, usize) {
         let q = self.q.lock().unwrap();
         (q.items.len(), q.bytes)
+    }
+}
+
+/// A bus subscriber's queue is its connection's outbox.
+impl crate::bus::Queue for Outbox {
+    fn offer(&self, line: Vec<u8>, limit: usize) -> bool {
+        Outbox::offer(self, line, limit)
+    }
+    fn force(&self, line: Vec<u8>) {
+        self.push(line, false);
     }
 }
 

@@ -83,6 +83,11 @@ impl Principal {
 /// that streams it. Must never block (the engine calls it in order, inline).
 pub trait Sink: Send + Sync + 'static {
     fn event(&self, request: &Id, e: RunEvent);
+    /// The connection's bounded queue, for an event-bus subscriber
+    /// (`events.subscribe`); `None` when the transport has none.
+    fn queue(self: Arc<Self>) -> Option<Arc<dyn crate::bus::Queue>> {
+        None
+    }
 }
 
 /// A cancellation scope: a [`CancellationToken`] and the signal number that
@@ -378,6 +383,11 @@ impl<S> Call<S> {
     /// This request's cancellation scope.
     pub fn cancel(&self) -> &Cancel {
         &self.cancel
+    }
+
+    /// The connection's queue for event-bus notifications (see [`Sink::queue`]).
+    pub fn queue(&self) -> Option<Arc<dyn crate::bus::Queue>> {
+        self.conn.sink.clone().queue()
     }
 
     /// The event sink of this request: every event is tagged with its id.
