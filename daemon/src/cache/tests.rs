@@ -785,3 +785,63 @@ fn an_ephemeral_store_keeps_nothing() {
     assert!(s.get(&"a".repeat(64)).unwrap().is_none());
     assert!(!d.path().join("ro").exists());
 }
+
+/// A speed probe, not a test: the cost of opening (and reading through) a
+/// 3,000-entry index in the shared mode vs redb's exclusive mode, and of
+/// 3,000 look-ups. Run with `cargo test -p vxd --lib open_probe -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn open_probe() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let log = s.put_bytes(b"log").unwrap();
+    let keys: Vec<String> = (0..3000).map(|i| format!("{i:064}")).collect();
+    for k in &keys {
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: k.clone(),
+            task: format!("p{k}#build"),
+            outputs: vec![],
+            log: log.clone(),
+            exit_code: 0,
+            duration_ms: 1,
+            created_at: now_ms(),
+        };
+        s.put_entry(&m, &Stamps::new());
+    }
+    s.close().unwrap();
+    drop(s);
+    let path = d.path().join("cache").join(INDEX_FILE);
+    for round in 0..3 {
+        let t = Instant::now();
+        let s = store(d.path());
+        let opened = t.elapsed();
+        let t = Instant::now();
+        for k in &keys {
+            assert!(s.get(k).unwrap().is_some());
+        }
+        let got = t.elapsed();
+        s.close().unwrap();
+        drop(s);
+        let t = Instant::now();
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        for t in [ENTRIES, STAMPS, FILES] {
+            read_through(&tx, t).unwrap();
+        }
+        drop(tx);
+        let exclusive_open = t.elapsed();
+        let t = Instant::now();
+        for k in &keys {
+            let tx = db.begin_read().unwrap();
+            let e = tx.open_table(ENTRIES).unwrap();
+            assert!(e.get(k.as_str()).unwrap().is_some());
+        }
+        let exclusive_gets = t.elapsed();
+        drop(db);
+        eprintln!(
+            "round {round}: shared open {opened:?}, 3000 gets {got:?}; exclusive open {exclusive_open:?}, 3000 gets (a read tx each) {exclusive_gets:?}"
+        );
+    }
+}
