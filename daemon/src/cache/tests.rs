@@ -786,9 +786,10 @@ fn an_ephemeral_store_keeps_nothing() {
     assert!(!d.path().join("ro").exists());
 }
 
-/// A speed probe, not a test: the cost of opening (and reading through) a
-/// 3,000-entry index in the shared mode vs redb's exclusive mode, and of
-/// 3,000 look-ups. Run with `cargo test -p vxd --lib open_probe -- --ignored
+/// A speed probe, not a test: the cost of opening and reading through a
+/// 3,000-entry index in the shared (multi-writer) mode vs redb's exclusive
+/// mode, and of 3,000 look-ups with a read transaction each (what
+/// `Store::get` did before it shared one) and in one. Run with `cargo test -p vxd --lib open_probe -- --ignored
 /// --nocapture`.
 #[test]
 #[ignore]
@@ -813,7 +814,42 @@ fn open_probe() {
     s.close().unwrap();
     drop(s);
     let path = d.path().join("cache").join(INDEX_FILE);
+    let raw = |db: redb::Database, what: &str, round: usize| {
+        let t = Instant::now();
+        let tx = db.begin_read().unwrap();
+        for t in [ENTRIES, STAMPS, FILES] {
+            read_through(&tx, t).unwrap();
+        }
+        read_through(&tx, ACCESS).unwrap();
+        drop(tx);
+        let read = t.elapsed();
+        let t = Instant::now();
+        for k in &keys {
+            let tx = db.begin_read().unwrap();
+            let e = tx.open_table(ENTRIES).unwrap();
+            assert!(e.get(k.as_str()).unwrap().is_some());
+        }
+        let each = t.elapsed();
+        let t = Instant::now();
+        let tx = db.begin_read().unwrap();
+        let e = tx.open_table(ENTRIES).unwrap();
+        for k in &keys {
+            assert!(e.get(k.as_str()).unwrap().is_some());
+        }
+        let one = t.elapsed();
+        eprintln!(
+            "round {round} {what}: read-through {read:?}, 3000 gets with a read tx each {each:?}, in one read tx {one:?}"
+        );
+    };
     for round in 0..3 {
+        let t = Instant::now();
+        let db = open_shared(&path).unwrap();
+        eprintln!("round {round} shared: open {:?}", t.elapsed());
+        raw(db, "shared", round);
+        let t = Instant::now();
+        let db = redb::Database::create(&path).unwrap();
+        eprintln!("round {round} exclusive: open {:?}", t.elapsed());
+        raw(db, "exclusive", round);
         let t = Instant::now();
         let s = store(d.path());
         let opened = t.elapsed();
@@ -821,27 +857,11 @@ fn open_probe() {
         for k in &keys {
             assert!(s.get(k).unwrap().is_some());
         }
-        let got = t.elapsed();
+        eprintln!(
+            "round {round} Store: open {opened:?}, 3000 gets {:?}",
+            t.elapsed()
+        );
         s.close().unwrap();
         drop(s);
-        let t = Instant::now();
-        let db = redb::Database::create(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        for t in [ENTRIES, STAMPS, FILES] {
-            read_through(&tx, t).unwrap();
-        }
-        drop(tx);
-        let exclusive_open = t.elapsed();
-        let t = Instant::now();
-        for k in &keys {
-            let tx = db.begin_read().unwrap();
-            let e = tx.open_table(ENTRIES).unwrap();
-            assert!(e.get(k.as_str()).unwrap().is_some());
-        }
-        let exclusive_gets = t.elapsed();
-        drop(db);
-        eprintln!(
-            "round {round}: shared open {opened:?}, 3000 gets {got:?}; exclusive open {exclusive_open:?}, 3000 gets (a read tx each) {exclusive_gets:?}"
-        );
     }
 }
