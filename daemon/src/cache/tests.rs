@@ -789,7 +789,10 @@ fn an_ephemeral_store_keeps_nothing() {
 /// A speed probe, not a test: the cost of opening and reading through a
 /// 3,000-entry index in the shared (multi-writer) mode vs redb's exclusive
 /// mode, and of 3,000 look-ups with a read transaction each (what
-/// `Store::get` did before it shared one) and in one. Run with `cargo test -p vxd --lib open_probe -- --ignored
+/// `Store::get` did before it shared one) and in one. Build redb without
+/// debug assertions (`--config 'profile.dev.package.redb.debug-assertions=false'`
+/// or `--release`): with them, every open walks all pages, and in the shared
+/// mode the first read transaction then reads them all again. Run with `cargo test -p vxd --lib open_probe -- --ignored
 /// --nocapture`.
 #[test]
 #[ignore]
