@@ -43,7 +43,7 @@ pub(crate) fn history_err(e: HistoryError) -> EngineError {
     };
     let mut msg = e.to_string();
     if e.is_locked() {
-        msg.push_str(" (the workspace's daemon keeps it open: run without --no-daemon)");
+        msg.push_str(" (held exclusively, by an older vx? stop its daemon with `vx daemon stop`)");
     }
     EngineError::new(code, msg)
 }

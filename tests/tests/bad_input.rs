@@ -9,6 +9,9 @@ use vx_tests::{Ws, basic, vx_test};
 fn check(edit: &[(&str, &str)], args: &[&str], expect: &[&str]) {
     let ws = basic();
     assert_eq!(ws.run(&["build"]).code, 0);
+    // A daemon writes the run's history record just after answering (a
+    // durable commit that grows the file): a reader waits for it.
+    assert_eq!(ws.vx(&["last"]).code, 0);
     let cache_before = ws.cache_listing();
     for (p, c) in edit {
         ws.write(p, c);

@@ -65,6 +65,8 @@ pub struct Store {
     /// Entries read or written through this store, kept in memory; dropped
     /// by [`Store::refresh`] when another process changed the index.
     pub(super) memo: Mutex<std::collections::HashMap<String, Memo>>,
+    /// The read transaction look-ups share (see [`Store::snapshot`]).
+    pub(super) snapshot: Mutex<Option<Arc<redb::ReadTransaction>>>,
     /// The index's `generation` as this store last knew it (its own
     /// commits advance it; another process's make the file's differ).
     pub(super) seen: Arc<std::sync::atomic::AtomicU64>,
@@ -422,6 +424,7 @@ impl Store {
             db,
             ephemeral,
             memo: Mutex::new(std::collections::HashMap::new()),
+            snapshot: Mutex::new(None),
             seen,
             pending: Mutex::new(std::collections::HashMap::new()),
             gc: RwLock::new(()),
@@ -441,6 +444,7 @@ impl Store {
     /// each run.
     pub fn refresh(&self) {
         use std::sync::atomic::Ordering;
+        self.forget_snapshot();
         let Some(now) = generation_of(&self.db) else {
             return;
         };
@@ -474,10 +478,13 @@ impl Store {
     pub fn flush(&self) -> Result<(), CacheError> {
         let (tx, rx) = mpsc::channel();
         self.send(Op::Flush(tx));
-        match rx.recv() {
+        let r = match rx.recv() {
             Ok(r) => r.map_err(CacheError::Db),
             Err(_) => Err(CacheError::Db("cache writer stopped".into())),
-        }
+        };
+        // The end of a daemon run (or a prune): look-ups start afresh.
+        self.forget_snapshot();
+        r
     }
 
     /// Flushes and stops the writer thread.
@@ -504,7 +511,7 @@ impl Store {
             self.touch_memo(key, m);
             return Ok(Some(hit));
         }
-        let tx = self.db.begin_read().map_err(dberr)?;
+        let tx = self.snapshot()?;
         let entries = tx.open_table(ENTRIES).map_err(dberr)?;
         let Some(v) = entries.get(key).map_err(dberr)? else {
             return Ok(None);
@@ -536,6 +543,32 @@ impl Store {
             memo.insert(key.to_string(), m);
         }
         Ok(Some(hit))
+    }
+
+    /// The read transaction look-ups share until the next flush, refresh or
+    /// drop (one per run, not one per task: a read transaction of a shared
+    /// file locks and reads the file's header). Entries this process puts
+    /// meanwhile are in the memo; other processes' show from the next run.
+    fn snapshot(&self) -> Result<Arc<redb::ReadTransaction>, CacheError> {
+        let mut g = self
+            .snapshot
+            .lock()
+            .map_err(|_| CacheError::Db("cache snapshot lock poisoned".into()))?;
+        if let Some(tx) = g.as_ref() {
+            return Ok(tx.clone());
+        }
+        let tx = Arc::new(self.db.begin_read().map_err(dberr)?);
+        *g = Some(tx.clone());
+        Ok(tx)
+    }
+
+    /// Lets go of the shared read transaction (the next look-up sees the
+    /// file as it is then; a held one would keep the pages it reads from
+    /// being reused by any process).
+    pub(super) fn forget_snapshot(&self) {
+        if let Ok(mut g) = self.snapshot.lock() {
+            g.take();
+        }
     }
 
     /// Records that the entry `key` was served now, for [`Store::prune`]'s
@@ -630,6 +663,7 @@ impl Store {
         if let Ok(mut memo) = self.memo.lock() {
             memo.remove(key);
         }
+        self.forget_snapshot();
         self.send(Op::Drop {
             key: key.to_string(),
         });
@@ -658,6 +692,7 @@ impl Store {
         if let Ok(mut memo) = self.memo.lock() {
             memo.clear();
         }
+        self.forget_snapshot();
         Ok(())
     }
 }

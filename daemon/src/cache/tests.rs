@@ -785,3 +785,86 @@ fn an_ephemeral_store_keeps_nothing() {
     assert!(s.get(&"a".repeat(64)).unwrap().is_none());
     assert!(!d.path().join("ro").exists());
 }
+
+/// A speed probe, not a test: the cost of opening and reading through a
+/// 3,000-entry index in the shared (multi-writer) mode vs redb's exclusive
+/// mode, and of 3,000 look-ups with a read transaction each (what
+/// `Store::get` did before it shared one) and in one. Build redb without
+/// debug assertions (`--config 'profile.dev.package.redb.debug-assertions=false'`
+/// or `--release`): with them, every open walks all pages, and in the shared
+/// mode the first read transaction then reads them all again. Run with `cargo test -p vxd --lib open_probe -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn open_probe() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let log = s.put_bytes(b"log").unwrap();
+    let keys: Vec<String> = (0..3000).map(|i| format!("{i:064}")).collect();
+    for k in &keys {
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: k.clone(),
+            task: format!("p{k}#build"),
+            outputs: vec![],
+            log: log.clone(),
+            exit_code: 0,
+            duration_ms: 1,
+            created_at: now_ms(),
+        };
+        s.put_entry(&m, &Stamps::new());
+    }
+    s.close().unwrap();
+    drop(s);
+    let path = d.path().join("cache").join(INDEX_FILE);
+    let raw = |db: redb::Database, what: &str, round: usize| {
+        let t = Instant::now();
+        let tx = db.begin_read().unwrap();
+        for t in [ENTRIES, STAMPS, FILES] {
+            read_through(&tx, t).unwrap();
+        }
+        read_through(&tx, ACCESS).unwrap();
+        drop(tx);
+        let read = t.elapsed();
+        let t = Instant::now();
+        for k in &keys {
+            let tx = db.begin_read().unwrap();
+            let e = tx.open_table(ENTRIES).unwrap();
+            assert!(e.get(k.as_str()).unwrap().is_some());
+        }
+        let each = t.elapsed();
+        let t = Instant::now();
+        let tx = db.begin_read().unwrap();
+        let e = tx.open_table(ENTRIES).unwrap();
+        for k in &keys {
+            assert!(e.get(k.as_str()).unwrap().is_some());
+        }
+        let one = t.elapsed();
+        eprintln!(
+            "round {round} {what}: read-through {read:?}, 3000 gets with a read tx each {each:?}, in one read tx {one:?}"
+        );
+    };
+    for round in 0..3 {
+        let t = Instant::now();
+        let db = open_shared(&path).unwrap();
+        eprintln!("round {round} shared: open {:?}", t.elapsed());
+        raw(db, "shared", round);
+        let t = Instant::now();
+        let db = redb::Database::create(&path).unwrap();
+        eprintln!("round {round} exclusive: open {:?}", t.elapsed());
+        raw(db, "exclusive", round);
+        let t = Instant::now();
+        let s = store(d.path());
+        let opened = t.elapsed();
+        let t = Instant::now();
+        for k in &keys {
+            assert!(s.get(k).unwrap().is_some());
+        }
+        eprintln!(
+            "round {round} Store: open {opened:?}, 3000 gets {:?}",
+            t.elapsed()
+        );
+        s.close().unwrap();
+        drop(s);
+    }
+}

@@ -70,8 +70,8 @@ pub fn cache_clean(cwd: &Path, hot: Option<&Hot>) -> Result<vx_proto::CacheClean
     let dir = cache_dir(&ws);
     if let Some(hot) = hot {
         hot.close_store();
-        // Its history handle goes too: `clean` deletes the file when no
-        // other process has it open (else it empties it in place).
+        // Its history handle goes too (`clean` deletes the file; the next
+        // use opens a new one).
         crate::history::release(&dir);
     }
     let (entries, freed_bytes) = cache::clean(&dir)?;
