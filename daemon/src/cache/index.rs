@@ -66,7 +66,7 @@ pub struct Store {
     /// by [`Store::refresh`] when another process changed the index.
     pub(super) memo: Mutex<std::collections::HashMap<String, Memo>>,
     /// The read transaction look-ups share (see [`Store::snapshot`]).
-    pub(super) snapshot: Mutex<Option<Arc<redb::ReadTransaction>>>,
+    pub(super) snapshot: Snapshot,
     /// The index's `generation` as this store last knew it (its own
     /// commits advance it; another process's make the file's differ).
     pub(super) seen: Arc<std::sync::atomic::AtomicU64>,
@@ -414,17 +414,18 @@ impl Store {
             generation_of(&db).unwrap_or(0),
         ));
         let (tx, rx) = mpsc::channel::<Op>();
-        let (wdb, wseen) = (db.clone(), seen.clone());
+        let snapshot: Snapshot = Arc::new(Mutex::new(None));
+        let (wdb, wseen, wsnap) = (db.clone(), seen.clone(), snapshot.clone());
         let thread = std::thread::Builder::new()
             .name("vx-cache-writer".into())
-            .spawn(move || writer_loop(wdb, wseen, rx))
+            .spawn(move || writer_loop(wdb, wseen, wsnap, rx))
             .map_err(io(dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             db,
             ephemeral,
             memo: Mutex::new(std::collections::HashMap::new()),
-            snapshot: Mutex::new(None),
+            snapshot,
             seen,
             pending: Mutex::new(std::collections::HashMap::new()),
             gc: RwLock::new(()),
@@ -545,8 +546,9 @@ impl Store {
         Ok(Some(hit))
     }
 
-    /// The read transaction look-ups share until the next flush, refresh or
-    /// drop (one per run, not one per task: a read transaction of a shared
+    /// The read transaction look-ups share until the next commit, flush,
+    /// refresh or drop (one per run, not one per task, when the run saves
+    /// nothing: a read transaction of a shared
     /// file locks and reads the file's header). Entries this process puts
     /// meanwhile are in the memo; other processes' show from the next run.
     fn snapshot(&self) -> Result<Arc<redb::ReadTransaction>, CacheError> {
@@ -715,9 +717,16 @@ pub(super) fn generation_of(db: &redb::Database) -> Option<u64> {
     }
 }
 
+/// The read transaction look-ups share, also held by the writer thread,
+/// which lets go of it after each commit: a read transaction keeps every
+/// page it can see from being reused, so one held across a run's commits
+/// would grow the file (and the memory redb caches it in) with every save.
+pub(super) type Snapshot = Arc<Mutex<Option<Arc<redb::ReadTransaction>>>>;
+
 pub(super) fn writer_loop(
     db: Arc<redb::Database>,
     seen: Arc<std::sync::atomic::AtomicU64>,
+    snapshot: Snapshot,
     rx: mpsc::Receiver<Op>,
 ) {
     use std::sync::atomic::Ordering;
@@ -811,6 +820,11 @@ pub(super) fn writer_loop(
                 }
             }
             tx.commit().map_err(|e| e.to_string())?;
+            // Look-ups start a fresh read transaction after a commit, so
+            // the pages this commit freed can be reused by the next one.
+            if let Ok(mut g) = snapshot.lock() {
+                g.take();
+            }
             // Our own commit keeps our memo valid; if another process had
             // committed before it, `seen` stays behind and the next
             // `refresh` drops the memo.
