@@ -274,20 +274,64 @@ pub fn completions(shell: clap_complete::Shell) {
 
 /// Writes `vx.1` and one page per visible subcommand (`vx-run.1`,
 /// `vx-cache-prune.1`, …) into `dir` (created if missing); returns the
-/// file names written.
+/// file names written. Each page is clap_mangen's (name, synopsis,
+/// description, options, subcommands, version) with the examples as an
+/// EXAMPLES section.
 pub fn man_pages(dir: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    clap_mangen::generate_to(command(), dir)
-        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    // Without the examples: clap_mangen would fill them into an EXTRA section.
+    let mut root = Cli::command().disable_help_subcommand(true);
+    root.build();
     let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".1") {
-            names.push(name);
+    for (path, cmd) in visible(&root) {
+        let man = clap_mangen::Man::new(cmd.clone())
+            .source(concat!("vx ", env!("CARGO_PKG_VERSION")))
+            .manual("vx manual");
+        let name = man.get_filename();
+        let mut page: Vec<u8> = Vec::new();
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        if cmd
+            .get_subcommands()
+            .any(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            man.render_subcommands_section(&mut page)?;
         }
+        if let Some((_, rows)) = EXAMPLES.iter().find(|(p, _)| *p == path.join(" ")) {
+            page.extend_from_slice(b".SH EXAMPLES\n");
+            for (line, what) in rows.iter() {
+                page.extend_from_slice(
+                    format!(
+                        ".TP\n\\fB{}\\fR\n{}\n",
+                        roff_escape(line),
+                        roff_escape(what)
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        if cmd.get_version().is_some() {
+            man.render_version_section(&mut page)?;
+        }
+        let file = dir.join(&name);
+        std::fs::write(&file, &page).with_context(|| format!("cannot write {}", file.display()))?;
+        names.push(name);
     }
     names.sort();
     Ok(names)
+}
+
+/// Text for a roff line: backslashes and hyphens escaped, and a leading
+/// `.` or `'` (a control character) neutralised.
+fn roff_escape(s: &str) -> String {
+    let mut out = s.replace('\\', "\\e").replace('-', "\\-");
+    if out.starts_with('.') || out.starts_with('\'') {
+        out.insert_str(0, "\\&");
+    }
+    out
 }
 
 /// Every visible command, depth first: (path words, command).

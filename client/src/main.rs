@@ -25,7 +25,7 @@ use vx_proto::{
 #[command(
     name = "vx",
     version,
-    about = "vx — a fast monorepo task runner with a trustworthy cache"
+    about = "A fast monorepo task runner with a trustworthy cache"
 )]
 struct Cli {
     /// Run the engine in the foreground for this command instead of using the
