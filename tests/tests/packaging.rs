@@ -126,6 +126,20 @@ vx_test!(completion_scripts, || {
                 std::fs::write(&f, &script).expect("write script");
                 let st = Command::new(bin).arg(flag).arg(&f).status().expect(bin);
                 assert!(st.success(), "{bin} {flag} rejects the {shell} script");
+                if shell == "fish" {
+                    // fish completes like bash: `vx ru` offers exactly `run`.
+                    let out = Command::new("fish")
+                        .arg("-c")
+                        .arg(format!("source '{}'; complete -C 'vx ru'", f.display()))
+                        .stdin(Stdio::null())
+                        .output()
+                        .expect("run fish");
+                    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter_map(|l| l.split('\t').next().map(str::to_string))
+                        .collect();
+                    assert_eq!(got, ["run"], "fish: vx ru<TAB>");
+                }
             } else {
                 println!("{bin} is not installed: the {shell} script is checked for content only");
             }
