@@ -5,6 +5,7 @@
 //! path), speaks JSON-RPC 2.0 to it through `vx-proto`, and renders what
 //! comes back. It holds no engine logic and never links `vxd`.
 
+mod cli;
 mod conn;
 mod history;
 mod live;
@@ -24,7 +25,7 @@ use vx_proto::{
 #[command(
     name = "vx",
     version,
-    about = "vx — a fast monorepo task runner with a trustworthy cache"
+    about = "A fast monorepo task runner with a trustworthy cache"
 )]
 struct Cli {
     /// Run the engine in the foreground for this command instead of using the
@@ -156,6 +157,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (vx.1, vx-run.1, ...) into DIR (for packagers).
+    #[command(name = "__man", hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print docs/cli.md's generated command reference (for its test).
+    #[command(name = "__cli-doc", hide = true)]
+    CliDoc,
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,7 +317,7 @@ struct WatchArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let code = match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -417,6 +433,20 @@ fn real_main(cli: Cli) -> Result<i32> {
             max_bytes,
             json,
         } => live::log(&cwd, no_daemon, task, run, max_bytes, json),
+        Cmd::Completions { shell } => {
+            cli::completions(shell);
+            Ok(0)
+        }
+        Cmd::Man { dir } => {
+            for name in cli::man_pages(&dir)? {
+                println!("{}", dir.join(name).display());
+            }
+            Ok(0)
+        }
+        Cmd::CliDoc => {
+            print!("{}", cli::markdown());
+            Ok(0)
+        }
     }
 }
 
