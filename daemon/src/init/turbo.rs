@@ -45,7 +45,7 @@ fn why_not(key: &str) -> &'static str {
         "futureFlags" | "experimentalSpaces" => "a turbo experiment with no vx counterpart",
         "boundaries" => "vx has no boundaries check",
         "outputLogs" | "outputMode" => {
-            "vx has no per-task log mode: every task's output is printed, prefixed"
+            "vx sets the log mode per run (`vx run --output-logs`), not per task"
         }
         "interruptible" => "vx restarts persistent tasks in `vx watch` when their key changes",
         "with" => "vx has no sidecar tasks: add a `depends_on`, or run the tasks together",
