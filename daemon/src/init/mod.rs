@@ -275,3 +275,6 @@ pub(crate) mod testutil {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

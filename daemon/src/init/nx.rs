@@ -717,3 +717,8 @@ fn dep_object(o: &Map<String, Value>) -> Result<Vec<String>, String> {
         Some(_) => Err("project patterns and tags are not translated: list the projects".into()),
     }
 }
+
+#[cfg(test)]
+pub(crate) fn rel_path_for_test(dir: &str, to: &str) -> String {
+    rel_path(dir, to)
+}

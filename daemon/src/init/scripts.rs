@@ -72,6 +72,22 @@ fn clean_dir(d: &str) -> String {
     d.trim_end_matches('/').to_string()
 }
 
+/// Collapses `x/..` and `.` components (lexically).
+fn normalize(p: &str) -> String {
+    let p = clean_dir(p);
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if out.last().is_some_and(|l| *l != "..") => {
+                out.pop();
+            }
+            _ => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
 fn dir_glob(d: &str) -> String {
     format!("{}/**", clean_dir(d))
 }
@@ -121,7 +137,7 @@ fn tsconfig(dir: &Path, file: &str) -> (Option<String>, bool) {
         let (o, n) = tsconfig(parent, ext);
         // outDir in an extended config is relative to that config.
         let rel = Path::new(ext).parent().unwrap_or(Path::new(""));
-        let o = o.map(|o| clean_dir(&rel.join(o).to_string_lossy()));
+        let o = o.map(|o| normalize(&rel.join(o).to_string_lossy()));
         return (o, n);
     }
     (out, no_emit)
