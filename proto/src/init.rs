@@ -81,6 +81,7 @@ pub struct InitItem {
 pub struct InitResult {
     /// Absolute repo root.
     pub root: String,
+    /// What was translated (as given, or detected).
     pub source: InitSource,
     /// Whether nothing was written.
     pub dry_run: bool,
