@@ -2,6 +2,7 @@
 //! into vx.toml files that run the same tasks; never overwriting without
 //! `--force`; `--dry-run` writing nothing; untranslated items reported.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use vx_tests::{Ws, vx_test};
 
@@ -67,6 +68,63 @@ fn executed(ws: &Ws, tasks: &[&str]) -> Vec<String> {
     r.executed()
 }
 
+/// Each runnable task of a plan → the runnable tasks it waits for,
+/// transitively (through group / no-op nodes). `deps` names the field with
+/// the dependency ids; `runnable` decides which nodes execute.
+fn closures(
+    tasks: &[serde_json::Value],
+    id: &str,
+    deps: &str,
+    runnable: &dyn Fn(&serde_json::Value) -> bool,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let by_id: BTreeMap<&str, &serde_json::Value> = tasks
+        .iter()
+        .filter_map(|t| t[id].as_str().map(|i| (i, t)))
+        .collect();
+    let mut out = BTreeMap::new();
+    for (i, t) in &by_id {
+        if !runnable(t) {
+            continue;
+        }
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&str> = t[deps]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .collect();
+        let mut reached = BTreeSet::new();
+        while let Some(d) = stack.pop() {
+            if !seen.insert(d.to_string()) {
+                continue;
+            }
+            let Some(n) = by_id.get(d) else { continue };
+            if runnable(n) {
+                reached.insert(d.to_string());
+            }
+            stack.extend(
+                n[deps]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str()),
+            );
+        }
+        out.insert(i.to_string(), reached);
+    }
+    out
+}
+
+/// `vx run --dry=json <task>`: runnable tasks and what each waits for.
+fn vx_plan(ws: &Ws, task: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let r = ws.vx(&["run", "--dry=json", task]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    closures(v["tasks"].as_array().unwrap(), "id", "deps", &|t| {
+        !t["command"].is_null()
+    })
+}
+
 fn init(ws: &Ws, args: &[&str]) -> vx_tests::Run {
     let mut a = vec!["init"];
     a.extend_from_slice(args);
@@ -78,6 +136,10 @@ vx_test!(turbo_repo_translates_to_the_same_tasks, || {
     let cases: &[&[&str]] = &[&["build"], &["test"], &["deploy"], &["//#fmt"]];
     let before: Vec<Vec<String>> = cases.iter().map(|c| executed(&ws, c)).collect();
     assert_eq!(before[0], vec!["lib#build", "web#build"]);
+    let plans: Vec<_> = ["build", "test", "deploy"]
+        .iter()
+        .map(|t| vx_plan(&ws, t))
+        .collect();
     let r = init(&ws, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     for f in [
@@ -99,9 +161,13 @@ vx_test!(turbo_repo_translates_to_the_same_tasks, || {
         r.stdout
     );
     let web = ws.read("apps/web/vx.toml");
-    assert!(web.contains("# from turbo.json \"build\", then turbo.json \"web#build\", then apps/web/turbo.json \"build\""), "{web}");
+    assert!(
+        web.contains("# from turbo.json \"web#build\", then apps/web/turbo.json \"build\""),
+        "{web}"
+    );
     assert!(web.contains("tags = [\"app\"]"), "{web}");
-    assert!(web.contains(r#"env = ["MODE", "WEB_URL"]"#), "{web}");
+    // `web#build` replaces `build` for web (as in turbo); web's turbo.json appends.
+    assert!(web.contains(r#"env = ["WEB_URL"]"#), "{web}");
     assert!(
         web.contains(r#"outputs = ["dist/**", ".next/**", "!.next/cache/**"]"#),
         "{web}"
@@ -111,6 +177,17 @@ vx_test!(turbo_repo_translates_to_the_same_tasks, || {
     std::fs::remove_file(ws.path("apps/web/turbo.json")).unwrap();
     let after: Vec<Vec<String>> = cases.iter().map(|c| executed(&ws, c)).collect();
     assert_eq!(before, after);
+    // The same edges: each task waits for the same tasks.
+    for (i, t) in ["build", "test", "deploy"].iter().enumerate() {
+        assert_eq!(plans[i], vx_plan(&ws, t), "vx run {t}: dependencies");
+    }
+    // mid has no build script: its no-op build still carries ^build.
+    assert!(plans[1]["mid#test"].contains("lib#build"), "{:?}", plans[1]);
+    assert!(
+        plans[2]["web#deploy"].contains("lib#build"),
+        "{:?}",
+        plans[2]
+    );
     // The same keys matter: cache:false stays uncached, env is keyed.
     let r = ws.run(&["deploy"]);
     assert_eq!(r.task("web#deploy")["cache"], "disabled");
@@ -207,7 +284,18 @@ fn compare_with_turbo(ws: &Ws) {
             .collect();
         turbo.sort();
         assert_eq!(turbo, executed(ws, &[task]), "turbo run {task}");
-        println!("turbo run {task} --dry=json agrees: {turbo:?}");
+        let edges = closures(
+            v["tasks"].as_array().unwrap(),
+            "taskId",
+            "dependencies",
+            &|t| t["command"] != "<NONEXISTENT>",
+        );
+        assert_eq!(
+            edges,
+            vx_plan(ws, task),
+            "turbo run {task}: dependencies\n{v:#}"
+        );
+        println!("turbo run {task} --dry=json agrees on tasks and dependencies: {edges:?}");
     }
 }
 

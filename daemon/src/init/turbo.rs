@@ -152,12 +152,12 @@ pub(crate) fn translate(root: &Path) -> Result<Translation, EngineError> {
             } else {
                 name.clone()
             };
-            if root_tasks.contains_key(&generic) {
-                from.push(format!("turbo.json \"{generic}\""));
-            }
             let specific = format!("{}#{name}", p.name);
             if p.name != "//" && root_tasks.contains_key(&specific) {
+                // replaces the generic entry for this package
                 from.push(format!("turbo.json \"{specific}\""));
+            } else if root_tasks.contains_key(&generic) {
+                from.push(format!("turbo.json \"{generic}\""));
             }
             if own_tasks.contains_key(name) {
                 from.push(format!("{own_file} \"{name}\""));
