@@ -125,6 +125,40 @@ fn vx_plan(ws: &Ws, task: &str) -> BTreeMap<String, BTreeSet<String>> {
     })
 }
 
+/// `vx run --dry=json <task>`: each runnable task's outputs, sorted.
+fn vx_outputs(ws: &Ws, task: &str) -> BTreeMap<String, Vec<String>> {
+    let r = ws.vx(&["run", "--dry=json", task]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    outputs_of(
+        v["tasks"].as_array().unwrap(),
+        "id",
+        &|t| t["outputs"].clone(),
+        &|t| !t["command"].is_null(),
+    )
+}
+
+fn outputs_of(
+    tasks: &[serde_json::Value],
+    id: &str,
+    outs: &dyn Fn(&serde_json::Value) -> serde_json::Value,
+    runnable: &dyn Fn(&serde_json::Value) -> bool,
+) -> BTreeMap<String, Vec<String>> {
+    tasks
+        .iter()
+        .filter(|t| runnable(t))
+        .map(|t| {
+            let mut o: Vec<String> = outs(t)
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            o.sort();
+            (t[id].as_str().unwrap_or_default().to_string(), o)
+        })
+        .collect()
+}
+
 fn init(ws: &Ws, args: &[&str]) -> vx_tests::Run {
     let mut a = vec!["init"];
     a.extend_from_slice(args);
@@ -295,7 +329,9 @@ fn compare_with_turbo(ws: &Ws) {
             vx_plan(ws, task),
             "turbo run {task}: dependencies\n{v:#}"
         );
-        println!("turbo run {task} --dry=json agrees on tasks and dependencies: {edges:?}");
+        println!(
+            "turbo run {task} --dry=json agrees on tasks, dependencies and outputs: {edges:?}"
+        );
     }
 }
 
