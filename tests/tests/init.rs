@@ -329,6 +329,17 @@ fn compare_with_turbo(ws: &Ws) {
             vx_plan(ws, task),
             "turbo run {task}: dependencies\n{v:#}"
         );
+        let outs = outputs_of(
+            v["tasks"].as_array().unwrap(),
+            "taskId",
+            &|t| t["resolvedTaskDefinition"]["outputs"].clone(),
+            &|t| t["command"] != "<NONEXISTENT>",
+        );
+        assert_eq!(
+            outs,
+            vx_outputs(ws, task),
+            "turbo run {task}: outputs\n{v:#}"
+        );
         println!(
             "turbo run {task} --dry=json agrees on tasks, dependencies and outputs: {edges:?}"
         );
