@@ -252,7 +252,7 @@ fn compare_with_turbo(ws: &Ws) {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("turbo").is_file()));
     if !found {
         println!(
-            "SKIP turbo comparison: `turbo` is not on PATH (bash /work/shared/bench/setup-peers.sh installs one)"
+            "SKIP turbo comparison: `turbo` is not on PATH (e.g. `npm install --prefix /tmp/t turbo@2` and put /tmp/t/node_modules/.bin on PATH)"
         );
         return;
     }
