@@ -55,6 +55,19 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "init",
+        &[
+            (
+                "vx init",
+                "write vx.toml from turbo.json, nx.json or package.json scripts",
+            ),
+            (
+                "vx init --from scripts --dry-run",
+                "show what it would write, from the scripts only",
+            ),
+        ],
+    ),
+    (
         "watch",
         &[
             (

@@ -8,6 +8,7 @@
 mod cli;
 mod conn;
 mod history;
+mod init;
 mod live;
 mod render;
 
@@ -42,6 +43,9 @@ enum Cmd {
     Run(RunArgs),
     /// Run tasks, then re-run the ones whose inputs change, until Ctrl-C.
     Watch(WatchArgs),
+    /// Write vx.toml files translated from turbo.json, nx.json + project.json
+    /// or package.json scripts.
+    Init(init::InitArgs),
     /// Inspect or clear the local cache.
     Cache {
         #[command(subcommand)]
@@ -335,6 +339,7 @@ fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
         Cmd::Run(args) => run(args, &cwd, no_daemon),
         Cmd::Watch(args) => watch(args, &cwd, no_daemon),
+        Cmd::Init(args) => init::init(args, &cwd),
         Cmd::Cache {
             action:
                 CacheCmd::Prune {

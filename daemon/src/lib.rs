@@ -20,6 +20,7 @@ pub mod globs;
 pub mod graph;
 pub mod hash;
 pub mod history;
+pub mod init;
 pub mod inspect;
 pub mod model;
 pub mod persist;
@@ -95,6 +96,7 @@ mod layering {
         ("graph", &["error", "globs", "workspace"]),
         ("model", &["error", "globs", "graph", "hash", "workspace"]),
         ("state", &["cache", "error", "hash", "model", "workspace"]),
+        ("init", &["error", "graph", "workspace"]),
         (
             "inspect",
             &["cache", "error", "history", "model", "state", "workspace"],
@@ -139,6 +141,7 @@ mod layering {
                 "error",
                 "exec",
                 "history",
+                "init",
                 "inspect",
                 "query",
                 "state",

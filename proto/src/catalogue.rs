@@ -306,6 +306,7 @@ pub fn visit(v: &mut impl Visit) {
     v.method::<DaemonShutdown>();
     v.notification::<RunEvent>();
     crate::live::method::visit(v);
+    v.method::<crate::init::method::WorkspaceInit>();
 }
 
 /// The JSON Schema of `T`, when the `schema` feature is on.

@@ -10,6 +10,7 @@
 pub mod catalogue;
 pub mod framing;
 pub mod history;
+pub mod init;
 pub mod knobs;
 pub mod live;
 pub mod methods;

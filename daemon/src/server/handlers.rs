@@ -137,6 +137,7 @@ pub fn router() -> Router<Ctx> {
         Ok(Engine::new(ctx.hot.clone()).workspace_info(p, facts)?)
     });
     super::live::register(&mut r);
+    r.blocking::<vx_proto::init::method::WorkspaceInit>(|_, p| Ok(crate::init::init(p)?));
     // Lets the end-to-end tests check that a panic reaches the log and
     // fails only its request (only when the engine was started with
     // VX_TEST_HOOKS=1).

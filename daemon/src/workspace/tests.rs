@@ -321,11 +321,15 @@ fn turbo_tasks_overrides_and_root_tasks() {
     let b = &web.tasks["build"];
     assert_eq!(b.command.as_deref(), Some("next build"));
     assert!(b.npm_script && b.cache);
-    assert_eq!(b.depends_on, vec!["^build"]);
-    assert_eq!(b.inputs, vec!["**", "!README.md"]);
-    assert_eq!(b.root_inputs, vec!["tsconfig.json"]);
+    // `web#build` replaces the generic `build` for web (as turbo 2.x does).
+    assert!(b.depends_on.is_empty());
+    assert_eq!(b.inputs, vec!["**"]);
+    assert!(b.root_inputs.is_empty());
     assert_eq!(b.outputs, vec![".next/**", "!.next/cache/**"]);
-    assert_eq!(b.env, vec!["API_URL"]);
+    assert!(b.env.is_empty());
+    let ub = &ws.project("ui").unwrap().tasks["build"];
+    assert_eq!(ub.depends_on, vec!["^build"]);
+    assert_eq!(ub.env, vec!["API_URL"]);
     assert!(!web.tasks["dev"].cache && web.tasks["dev"].persistent);
     assert_eq!(web.tasks["test"].pass_env, vec!["DISPLAY"]);
     assert_eq!(web.tasks["test"].inputs, vec!["**"]);

@@ -438,10 +438,12 @@ pub(crate) fn package_tasks(
     let mut out = BTreeMap::new();
     for t in names {
         let script = scripts.get(t).map(String::as_str);
-        let mut def = root.tasks.get(t).cloned().unwrap_or_default();
-        if let Some(o) = root.tasks.get(&format!("{prefix}{t}")) {
-            def = def.merged(o);
-        }
+        // A root `pkg#task` entry replaces the generic `task` for that
+        // package (turbo 2.x resolves it so: nothing is inherited).
+        let mut def = match root.tasks.get(&format!("{prefix}{t}")) {
+            Some(o) => o.clone(),
+            None => root.tasks.get(t).cloned().unwrap_or_default(),
+        };
         if let Some(o) = own.and_then(|p| p.tasks.get(t)) {
             def = def.merged(o);
         }
