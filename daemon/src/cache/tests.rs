@@ -893,3 +893,32 @@ fn look_ups_between_saves_do_not_grow_the_index() {
         .len();
     assert!(size < 4 << 20, "index.redb grew to {} KiB", size >> 10);
 }
+
+/// Stamps re-written as a restore goes (one per task, as they come) share
+/// commits: every commit of the shared file is durable, so one commit per
+/// stamp would cost a lock and two fsyncs per task. Each commit that writes
+/// stamps bumps the generation once, which counts them.
+#[test]
+fn stamps_written_one_by_one_share_commits() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let log = s.put_bytes(b"log").unwrap();
+    for i in 0..200u32 {
+        let mut m = manifest('a', Vec::new(), log.clone());
+        m.key = format!("{i:064}");
+        s.put_entry(&m, &Stamps::new());
+    }
+    s.flush().unwrap();
+    let before = index::generation_of(&s.db).unwrap_or(0);
+    for i in 0..200u32 {
+        s.put_stamps(&format!("{i:064}"), &Stamps::new());
+        // A restore's pace: a task's outputs between two stamps.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.flush().unwrap();
+    let commits = index::generation_of(&s.db).unwrap_or(0) - before;
+    assert!(
+        (1..=20).contains(&commits),
+        "200 stamps took {commits} commits"
+    );
+}
