@@ -156,6 +156,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the JSON Schema of `vx.toml` (for editors: see docs/config.md).
+    Schema,
 }
 
 #[derive(Subcommand, Debug)]
@@ -300,6 +302,10 @@ struct WatchArgs {
     debounce: u64,
 }
 
+/// The JSON Schema of `vx.toml`, generated from the engine's config types
+/// (kept equal to them by tests/tests/schema.rs).
+const VX_TOML_SCHEMA: &str = include_str!("../../docs/vx.schema.json");
+
 fn main() {
     let cli = Cli::parse();
     let code = match real_main(cli) {
@@ -402,6 +408,10 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => history::last(&cwd, no_daemon, run_id, failed, json),
         Cmd::Why { task, run, json } => history::why(&cwd, no_daemon, task, run, json),
         Cmd::Info { json } => history::info(&cwd, no_daemon, json),
+        Cmd::Schema => {
+            print!("{VX_TOML_SCHEMA}");
+            Ok(0)
+        }
         Cmd::Events { run, task, json } => live::events(&cwd, no_daemon, run, task, json),
         Cmd::Ps { json } => live::ps(&cwd, no_daemon, json),
         Cmd::Graph {

@@ -30,6 +30,7 @@ mod vxtoml;
 
 pub use error::ConfigError;
 pub use load::{CACHE_ENV, find_root, load, resolve_cache_dir};
+pub use vxtoml::{check_text, schema_json};
 
 /// Where the tasks of the workspace came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
