@@ -158,6 +158,15 @@ enum Cmd {
     },
     /// Print the JSON Schema of `vx.toml` (for editors: see docs/config.md).
     Schema,
+    /// The projects and their tasks.
+    Ls {
+        /// Only these projects, as `vx run --filter`.
+        #[arg(long, short = 'F', value_name = "PATTERN")]
+        filter: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -408,6 +417,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => history::last(&cwd, no_daemon, run_id, failed, json),
         Cmd::Why { task, run, json } => history::why(&cwd, no_daemon, task, run, json),
         Cmd::Info { json } => history::info(&cwd, no_daemon, json),
+        Cmd::Ls { filter, json } => live::ls(&cwd, no_daemon, filter, json),
         Cmd::Schema => {
             print!("{VX_TOML_SCHEMA}");
             Ok(0)
@@ -843,7 +853,10 @@ fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
             conn.finish();
             let s: vx_proto::WatchSummary = serde_json::from_value(v)?;
             if !r.json {
-                eprintln!("vx watch: stopped after {} cycles", s.cycles);
+                eprintln!(
+                    "vx watch: stopped after {}",
+                    render::plural(s.cycles as usize, "cycle")
+                );
             }
             Ok(s.exit_code)
         }

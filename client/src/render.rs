@@ -332,9 +332,10 @@ pub fn plan_text(plan: &Plan) {
         .count();
     let _ = writeln!(
         out,
-        "Plan: {} tasks ({} predicted cache hits) in {}",
-        runnable.len(),
+        "Plan: {} ({} predicted cache {}) in {}",
+        plural(runnable.len(), "task"),
         hits,
+        if hits == 1 { "hit" } else { "hits" },
         plan.root
     );
     let w = plan
@@ -424,7 +425,11 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
         duration(s.idle_ms),
         duration(s.idle_timeout_ms)
     );
-    println!("projects:    {} ({} tasks)", s.projects, s.tasks);
+    println!(
+        "projects:    {} ({})",
+        s.projects,
+        plural(s.tasks as usize, "task")
+    );
     println!(
         "files:       {} indexed, {} watches, {} full rescans",
         s.files_indexed, s.watches, s.rescans
@@ -435,4 +440,72 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
         s.runs_served, s.connections
     );
     println!("log:         {}", s.log_file);
+}
+
+/// `vx ls`: each project (by name) with its directory and tasks; with
+/// `json`, `{root, projects: [{name, dir, deps, tasks: [{name, command,
+/// cache, persistent, depends_on}]}]}`.
+pub fn ls(g: &vx_proto::live::Graph, json: bool) {
+    let tasks_of = |p: &str| -> Vec<&vx_proto::live::GraphTask> {
+        let mut ts: Vec<_> = g.tasks.iter().filter(|t| t.project == p).collect();
+        ts.sort_by(|a, b| a.task.cmp(&b.task));
+        ts
+    };
+    let deps_of = |id: &str| -> Vec<String> {
+        g.edges
+            .iter()
+            .filter(|e| e.from == id)
+            .map(|e| e.to.clone())
+            .collect()
+    };
+    let mut projects: Vec<&vx_proto::live::GraphProject> = g.projects.iter().collect();
+    projects.sort_by(|a, b| a.name.cmp(&b.name));
+    if json {
+        let v = serde_json::json!({
+            "root": g.root,
+            "projects": projects.iter().map(|p| {
+                let ts = tasks_of(&p.name);
+                serde_json::json!({
+                    "name": p.name,
+                    "dir": p.dir,
+                    "deps": p.deps,
+                    "tasks": ts.iter().map(|t| serde_json::json!({
+                        "name": t.task,
+                        "command": t.command,
+                        "cache": t.cache,
+                        "persistent": t.persistent,
+                        "depends_on": deps_of(&t.id),
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let n_tasks = g.tasks.len();
+    println!("{} in {}", plural(projects.len(), "project"), g.root);
+    for p in projects {
+        println!("{} ({})", p.name, p.dir);
+        let ts = tasks_of(&p.name);
+        let width = ts.iter().map(|t| t.task.len()).max().unwrap_or(0);
+        for t in ts {
+            let what = match &t.command {
+                Some(c) => c.clone(),
+                None => format!("(group: {})", deps_of(&t.id).join(", ")),
+            };
+            println!("  {:width$}  {what}", t.task);
+        }
+    }
+    if n_tasks == 0 {
+        println!("no tasks: add `[tasks.<name>]` with a `command` to a project's vx.toml");
+    }
+}
+
+/// `1 task`, `2 tasks`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
