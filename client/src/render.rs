@@ -425,11 +425,7 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
         duration(s.idle_ms),
         duration(s.idle_timeout_ms)
     );
-    println!(
-        "projects:    {} ({})",
-        s.projects,
-        plural(s.tasks as usize, "task")
-    );
+    println!("projects:    {} ({})", s.projects, plural(s.tasks, "task"));
     println!(
         "files:       {} indexed, {} watches, {} full rescans",
         s.files_indexed, s.watches, s.rescans
