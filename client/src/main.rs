@@ -320,7 +320,7 @@ fn main() {
     let code = match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vx: error: {e:#}");
+            eprintln!("{} {e:#}", render::error_prefix());
             1
         }
     };

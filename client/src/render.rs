@@ -63,6 +63,92 @@ pub struct Ui {
     settled: bool,
     /// The current watch cycle's header, printed before its first news.
     pending_header: Option<String>,
+    /// The progress line of a run on a terminal (never in pipes, `--json`
+    /// or `vx watch`); `None` when it is not shown.
+    progress_line: Option<Progress>,
+}
+
+/// The state behind the progress line: `[3/12] 2 cached · running: a#build, b#test`.
+#[derive(Default)]
+struct Progress {
+    total: usize,
+    done: usize,
+    hits: usize,
+    /// In start order.
+    running: Vec<String>,
+    /// Whether the line is on the screen (the cursor is at its end).
+    shown: bool,
+    /// When it was last drawn (output lines redraw it at most every 50 ms).
+    drawn_at: Option<std::time::Instant>,
+    /// The run settled or finished: the summary replaced the line.
+    over: bool,
+}
+
+impl Progress {
+    fn update(&mut self, e: &RunEvent) {
+        match e {
+            RunEvent::RunStarted { tasks, .. } => self.total = *tasks,
+            RunEvent::TaskStarted { id, .. } => {
+                if !self.running.contains(id) {
+                    self.running.push(id.clone());
+                }
+            }
+            RunEvent::TaskCacheHit { id, .. } => {
+                self.running.retain(|r| r != id);
+                self.done += 1;
+                self.hits += 1;
+            }
+            RunEvent::TaskFinished { result } => {
+                self.running.retain(|r| *r != result.id);
+                if result.status != TaskStatus::Cached {
+                    self.done += 1;
+                }
+            }
+            RunEvent::TaskReady { id } => self.running.retain(|r| r != id),
+            RunEvent::Settled { .. } => self.over = true,
+            _ => {}
+        }
+    }
+
+    /// The line, at most `width` characters.
+    fn line(&self, width: usize) -> String {
+        let mut s = format!(
+            "[{}/{}] {} cached",
+            self.done.min(self.total.max(self.done)),
+            self.total.max(self.done),
+            self.hits
+        );
+        if !self.running.is_empty() {
+            s.push_str(" · running: ");
+            let mut shown = 0;
+            for (i, id) in self.running.iter().enumerate() {
+                let more = self.running.len() - i;
+                // Leave room for ", … (+N)".
+                if s.chars().count() + id.len() + 12 > width && shown > 0 {
+                    s.push_str(&format!(" (+{more})"));
+                    break;
+                }
+                if shown > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(id);
+                shown += 1;
+            }
+        }
+        s.chars().take(width.saturating_sub(1)).collect()
+    }
+}
+
+/// The terminal's width (80 when it cannot be read).
+fn term_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize; a failure leaves it zeroed.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        ws.ws_col as usize
+    } else {
+        80
+    }
 }
 
 impl Ui {
@@ -77,7 +163,41 @@ impl Ui {
             watching: false,
             settled: false,
             pending_header: None,
+            progress_line: (!json && std::io::stdout().is_terminal()).then(Progress::default),
         }
+    }
+
+    /// Erases the progress line (before other output, and for the summary).
+    fn clear_progress(&mut self) {
+        if let Some(p) = &mut self.progress_line
+            && p.shown
+        {
+            let _ = write!(self.out, "\r\x1b[2K");
+            p.shown = false;
+        }
+    }
+
+    /// Draws the progress line (a run on a terminal, until it settles).
+    fn draw_progress(&mut self) {
+        if self.watching {
+            return;
+        }
+        let Some(p) = &mut self.progress_line else {
+            return;
+        };
+        if p.over || p.total == 0 {
+            return;
+        }
+        let line = p.line(term_width());
+        p.shown = true;
+        p.drawn_at = Some(std::time::Instant::now());
+        let line = if self.colour {
+            format!("\x1b[2m{line}\x1b[0m")
+        } else {
+            line
+        };
+        let _ = write!(self.out, "{line}");
+        let _ = self.out.flush();
     }
 
     fn prefix(&mut self, id: &str) -> String {
@@ -120,6 +240,26 @@ impl Ui {
                 | RunEvent::Warning { .. }
                 | RunEvent::TaskRetry { .. }
         );
+        self.clear_progress();
+        if let Some(p) = &mut self.progress_line {
+            p.update(&e);
+        }
+        let redraw = match &e {
+            RunEvent::Settled { .. } => false,
+            // A burst of output redraws the line at most every 50 ms.
+            RunEvent::TaskOutput { .. } => self.progress_line.as_ref().is_some_and(|p| {
+                p.drawn_at
+                    .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(50))
+            }),
+            _ => true,
+        };
+        self.event_lines(e, news);
+        if redraw {
+            self.draw_progress();
+        }
+    }
+
+    fn event_lines(&mut self, e: RunEvent, news: bool) {
         if news && let Some(h) = self.pending_header.take() {
             let h = self.dim(&h);
             let _ = writeln!(self.out, "{h}");
@@ -245,6 +385,10 @@ impl Ui {
     }
 
     pub fn summary(&mut self, s: &RunSummary) {
+        self.clear_progress();
+        if let Some(p) = &mut self.progress_line {
+            p.over = true;
+        }
         if self.json {
             let v = serde_json::json!({"type": "run_finished", "summary": s});
             let _ = writeln!(self.out, "{v}");
@@ -494,6 +638,15 @@ pub fn ls(g: &vx_proto::live::Graph, json: bool) {
     }
     if n_tasks == 0 {
         println!("no tasks: add `[tasks.<name>]` with a `command` to a project's vx.toml");
+    }
+}
+
+/// `vx: error:` — red on a terminal (stderr), plain under `NO_COLOR` or in a pipe.
+pub fn error_prefix() -> &'static str {
+    if colour_enabled(std::io::stderr().is_terminal()) {
+        "\x1b[1;31mvx: error:\x1b[0m"
+    } else {
+        "vx: error:"
     }
 }
 

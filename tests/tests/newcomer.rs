@@ -127,3 +127,130 @@ vx_test!(counts_are_pluralised, || {
     let r = ws.vx(&["ls"]);
     assert!(r.stdout.contains("3 projects"), "{}", r.stdout);
 });
+
+/// Runs `vx <args>` in a pseudo-terminal (python's `pty`); `unset` names
+/// env variables removed from the fixture's environment. Returns the code
+/// and everything the terminal received.
+fn in_pty(ws: &Ws, args: &[&str], unset: &[&str]) -> (i32, String) {
+    let script = r#"
+import os, pty, signal, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+def give_up(*_):
+    os.kill(pid, signal.SIGKILL)
+    sys.stdout.write("timed out")
+    sys.exit(99)
+signal.signal(signal.SIGALRM, give_up)
+signal.alarm(60)
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let c = ws.cmd(".", &[]);
+    let prog = c.get_program().to_owned();
+    let mut py = std::process::Command::new("python3");
+    py.arg("-c").arg(script).arg(prog).args(args);
+    py.current_dir(ws.root());
+    py.env_clear();
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v
+            && !unset.iter().any(|u| k == *u)
+        {
+            py.env(k, v);
+        }
+    }
+    let out = py.output().expect("python3 with pty");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn slow_pair() -> Ws {
+    Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"lib\", \"app\"]\n"),
+        (
+            "lib/vx.toml",
+            "[tasks.build]\ncommand = \"sleep 0.3; echo lib-built\"\n",
+        ),
+        (
+            "app/vx.toml",
+            "[project]\ndeps = [\"lib\"]\n[tasks.build]\ncommand = \"sleep 0.3; echo app-built\"\ndepends_on = [\"^build\"]\n",
+        ),
+    ])
+}
+
+const CLEAR: &str = "\r\x1b[2K";
+
+// On a terminal a run shows `[done/total] N cached · running: …`, erased
+// before every other line and replaced by the summary.
+vx_test!(progress_line_on_a_terminal_replaced_by_the_summary, || {
+    let ws = slow_pair();
+    let (code, out) = in_pty(&ws, &["run", "build"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("[0/2] 0 cached · running: lib#build"),
+        "no progress line:\n{out:?}"
+    );
+    assert!(
+        out.contains("[1/2] 0 cached · running: app#build"),
+        "{out:?}"
+    );
+    let summary = out.find("Tasks:").expect("a summary");
+    // The line is erased before the summary, and never drawn after it.
+    assert!(out[..summary].contains(CLEAR), "{out:?}");
+    assert!(!out[summary..].contains("/2]"), "{:?}", &out[summary..]);
+    // What the terminal shows: each line's text after its last erase. No
+    // task line shares its row with a progress line.
+    for line in out.split("\r\n") {
+        let shown = line.rsplit(CLEAR).next().unwrap_or(line);
+        if shown.contains("lib-built") || shown.contains("app-built") {
+            assert!(!shown.contains("/2]"), "{line:?}");
+        }
+    }
+    // A cached re-run counts its hits.
+    let (code, out) = in_pty(&ws, &["run", "build"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Tasks:"), "{out}");
+});
+
+vx_test!(progress_line_never_in_pipes_or_json, || {
+    let ws = slow_pair();
+    let r = ws.vx(&["run", "build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("\x1b[2K"), "{:?}", r.stdout);
+    assert!(!r.stdout.contains("/2]"), "{:?}", r.stdout);
+    let (code, out) = in_pty(&ws, &["run", "build", "--json", "--force"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("\x1b[2K"), "{out:?}");
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Result<Value, _> = serde_json::from_str(line.trim());
+        assert!(v.is_ok(), "not JSON in --json on a terminal: {line:?}");
+    }
+});
+
+// Errors are red on a terminal, plain with NO_COLOR (the fixtures' default)
+// and in pipes.
+vx_test!(errors_are_coloured_on_a_terminal_only, || {
+    let ws = three();
+    let (code, out) = in_pty(&ws, &["run", "nope"], &["NO_COLOR"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("\x1b[1;31mvx: error:\x1b[0m"), "{out:?}");
+    let (_, out) = in_pty(&ws, &["run", "nope"], &[]);
+    assert!(
+        out.contains("vx: error:") && !out.contains("\x1b[1;31m"),
+        "{out:?}"
+    );
+    let r = ws.vx_in(".", &["run", "nope"], &[]);
+    assert!(r.stderr.starts_with("vx: error:"), "{:?}", r.stderr);
+});
