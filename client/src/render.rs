@@ -88,10 +88,8 @@ impl Progress {
     fn update(&mut self, e: &RunEvent) {
         match e {
             RunEvent::RunStarted { tasks, .. } => self.total = *tasks,
-            RunEvent::TaskStarted { id, .. } => {
-                if !self.running.contains(id) {
-                    self.running.push(id.clone());
-                }
+            RunEvent::TaskStarted { id, .. } if !self.running.contains(id) => {
+                self.running.push(id.clone());
             }
             RunEvent::TaskCacheHit { id, .. } => {
                 self.running.retain(|r| r != id);
@@ -120,19 +118,17 @@ impl Progress {
         );
         if !self.running.is_empty() {
             s.push_str(" · running: ");
-            let mut shown = 0;
             for (i, id) in self.running.iter().enumerate() {
                 let more = self.running.len() - i;
-                // Leave room for ", … (+N)".
-                if s.chars().count() + id.len() + 12 > width && shown > 0 {
+                // Leave room for " (+N)".
+                if i > 0 && s.chars().count() + id.len() + 12 > width {
                     s.push_str(&format!(" (+{more})"));
                     break;
                 }
-                if shown > 0 {
+                if i > 0 {
                     s.push_str(", ");
                 }
                 s.push_str(id);
-                shown += 1;
             }
         }
         s.chars().take(width.saturating_sub(1)).collect()
@@ -656,5 +652,51 @@ pub fn plural(n: usize, word: &str) -> String {
         format!("1 {word}")
     } else {
         format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_counts_and_fits_the_width() {
+        let mut p = Progress::default();
+        p.update(&RunEvent::RunStarted {
+            run_id: "r".into(),
+            root: "/w".into(),
+            tasks: 12,
+            concurrency: 4,
+        });
+        for id in ["a#build", "b#build", "c#build", "d#build"] {
+            p.update(&RunEvent::TaskStarted {
+                id: id.into(),
+                key: None,
+                command: "true".into(),
+            });
+        }
+        p.update(&RunEvent::TaskCacheHit {
+            id: "a#build".into(),
+            key: "k".into(),
+            source: CacheSource::Local,
+        });
+        assert_eq!(
+            p.line(200),
+            "[1/12] 1 cached · running: b#build, c#build, d#build"
+        );
+        let short = p.line(40);
+        assert!(short.chars().count() < 40, "{short}");
+        assert!(
+            short.starts_with("[1/12] 1 cached · running: b#build"),
+            "{short}"
+        );
+        assert!(short.contains("(+"), "{short}");
+    }
+
+    #[test]
+    fn plural_counts() {
+        assert_eq!(plural(1, "task"), "1 task");
+        assert_eq!(plural(0, "run"), "0 runs");
+        assert_eq!(plural(2, "cycle"), "2 cycles");
     }
 }
