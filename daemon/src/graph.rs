@@ -325,6 +325,18 @@ pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Select
         return Err(no_task_given(ws, g, args));
     }
     let scope = project_scope(ws, args)?;
+    if scope.is_empty()
+        && let Some(range) = args
+            .filters
+            .iter()
+            .find(|f| git_range(f.trim_start_matches('!').trim_matches('.')).is_some())
+    {
+        // `--filter '[main]'` and nothing changed: nothing to run.
+        return Ok(Selection {
+            nothing_affected: Some(format!("{range} (no project changed)")),
+            ..Selection::default()
+        });
+    }
     let mut requested: HashSet<usize> = HashSet::new();
     let mut missing = Vec::new();
     for t in args.tasks {
@@ -562,7 +574,8 @@ pub fn filter_projects(
             return Err(gerr(ErrorKind::User, format!("empty filter `{f}`")));
         }
         let matched = match_projects(ws, cwd, body)?;
-        if matched.is_empty() {
+        // A git range that changed nothing selects nothing (not an error).
+        if matched.is_empty() && git_range(body).is_none() {
             let hint = did_you_mean(body, ws.projects.iter().map(|p| p.name.as_str()));
             return Err(gerr(
                 ErrorKind::NotFound,
@@ -589,7 +602,78 @@ pub fn filter_projects(
     Ok(include.difference(&exclude).copied().collect())
 }
 
+/// `[REF]` (turbo's git-range filter): the ref inside.
+fn git_range(pat: &str) -> Option<&str> {
+    pat.strip_prefix('[')?.strip_suffix(']')
+}
+
+/// The projects with a file changed since the merge base with `base` (all of
+/// them when a workspace-wide input changed).
+fn changed_projects(ws: &Workspace, base: &str) -> Result<Vec<usize>, GraphError> {
+    if base.is_empty() {
+        return Err(gerr(
+            ErrorKind::User,
+            "empty git range `[]`: write `[main]` or `[HEAD^1]`",
+        ));
+    }
+    let (_, changed) = changed_files(&ws.root, base)?;
+    let global =
+        Patterns::new(&ws.global.inputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
+    if changed
+        .iter()
+        .any(|f| GLOBAL_FILES.contains(&f.as_str()) || global.matches(f))
+    {
+        return Ok((0..ws.projects.len()).collect());
+    }
+    Ok(ws
+        .projects
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| changed.iter().any(|f| project_relative(ws, p, f).is_some()))
+        .map(|(i, _)| i)
+        .collect())
+}
+
 fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, GraphError> {
+    if let Some(base) = git_range(pat) {
+        return changed_projects(ws, base);
+    }
+    if let Some(tag) = pat.strip_prefix("tag:") {
+        let glob = globset::Glob::new(tag)
+            .map_err(|e| {
+                gerr(
+                    ErrorKind::User,
+                    format!("invalid filter `{pat}`: {}", e.kind()),
+                )
+            })?
+            .compile_matcher();
+        let found: Vec<usize> = ws
+            .projects
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.tags.iter().any(|t| glob.is_match(t)))
+            .map(|(i, _)| i)
+            .collect();
+        if found.is_empty() {
+            let tags: BTreeSet<&str> = ws
+                .projects
+                .iter()
+                .flat_map(|p| p.tags.iter().map(String::as_str))
+                .collect();
+            let known = if tags.is_empty() {
+                " (no project has tags: `[project] tags = [...]` in its vx.toml)".to_string()
+            } else {
+                let hint = did_you_mean(tag, tags.iter().copied());
+                let list: Vec<&str> = tags.iter().copied().collect();
+                format!("{hint}; the tags: {}", list.join(", "))
+            };
+            return Err(gerr(
+                ErrorKind::NotFound,
+                format!("filter `{pat}` matched no project{known}"),
+            ));
+        }
+        return Ok(found);
+    }
     if pat == "//" {
         return Ok(ws
             .projects

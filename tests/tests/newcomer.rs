@@ -254,3 +254,98 @@ vx_test!(errors_are_coloured_on_a_terminal_only, || {
     let r = ws.vx_in(".", &["run", "nope"], &[]);
     assert!(r.stderr.starts_with("vx: error:"), "{:?}", r.stderr);
 });
+
+fn tagged() -> Ws {
+    Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"pkgs/*\"]\n"),
+        (
+            "pkgs/core/vx.toml",
+            "[project]\ntags = [\"lib\"]\n[tasks.build]\ncommand = \"echo core\"\n",
+        ),
+        (
+            "pkgs/ui/vx.toml",
+            "[project]\ndeps = [\"core\"]\ntags = [\"lib\", \"frontend\"]\n[tasks.build]\ncommand = \"echo ui\"\ndepends_on = [\"^build\"]\n",
+        ),
+        (
+            "pkgs/web/vx.toml",
+            "[project]\ndeps = [\"ui\"]\ntags = [\"app\"]\n[tasks.build]\ncommand = \"echo web\"\ndepends_on = [\"^build\"]\n",
+        ),
+        ("pkgs/core/src.txt", "1\n"),
+        ("pkgs/ui/src.txt", "1\n"),
+        ("pkgs/web/src.txt", "1\n"),
+    ])
+}
+
+// docs/config.md says tags are for filters: `tag:NAME` (a glob) selects the
+// projects with that tag, and combines with `!` and `...`.
+vx_test!(tag_filters_select_by_tag, || {
+    let ws = tagged();
+    let ids = |r: &vx_tests::Run| {
+        let mut v: Vec<String> = r.summary()["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    let r = ws.run(&["build", "--filter", "tag:frontend"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(ids(&r), ["core#build", "ui#build"]);
+    let r = ws.run(&["build", "--filter", "tag:lib", "--filter", "!core"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.executed().contains(&"ui#build".to_string()));
+    assert!(!r.executed().contains(&"web#build".to_string()));
+    let r = ws.run(&["build", "--filter", "...tag:frontend", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed(), ["core#build", "ui#build", "web#build"]);
+    let r = ws.vx(&["run", "build", "--filter", "tag:fronted"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("matched no project (did you mean `frontend`?)"),
+        "{}",
+        r.stderr
+    );
+});
+
+// turbo's git-range filters: `[REF]` the projects changed since the merge
+// base with REF, `...[REF]` with their dependents.
+vx_test!(git_range_filters, || {
+    let ws = tagged();
+    ws.git(&["init", "-q", "-b", "main"]);
+    ws.git(&["add", "-A"]);
+    ws.git(&["commit", "-q", "-m", "init"]);
+    ws.write("pkgs/ui/src.txt", "2\n");
+    ws.git(&["commit", "-q", "-am", "ui"]);
+    let r = ws.vx(&["ls", "--json", "--filter", "[HEAD^1]"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON");
+    let names: Vec<&str> = v["projects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["ui"]);
+    let r = ws.run(&["build", "--filter", "...[HEAD^1]"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut requested: Vec<String> = r.summary()["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect();
+    requested.sort();
+    // ui and its dependent web (and core, a dependency of ui#build).
+    assert_eq!(requested, ["core#build", "ui#build", "web#build"]);
+    // Nothing changed since HEAD: nothing runs, and that is no error.
+    let r = ws.vx(&["run", "build", "--filter", "[HEAD]"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("nothing affected since [HEAD]"),
+        "{}",
+        r.stderr
+    );
+});
