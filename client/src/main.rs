@@ -40,6 +40,14 @@ enum Cmd {
     /// Run tasks (and their dependencies) across the workspace.
     Run(RunArgs),
     /// Run tasks, then re-run the ones whose inputs change, until Ctrl-C.
+    // `vx run`'s one-shot outputs are refused by `vx watch`: not in its help.
+    #[command(
+        mut_arg("dry", |a| a.hide(true)),
+        mut_arg("graph", |a| a.hide(true)),
+        mut_arg("summarize", |a| a.hide(true)),
+        mut_arg("profile", |a| a.hide(true)),
+        mut_arg("report", |a| a.hide(true))
+    )]
     Watch(WatchArgs),
     /// Inspect or clear the local cache.
     Cache {

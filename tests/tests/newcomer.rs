@@ -349,3 +349,29 @@ vx_test!(git_range_filters, || {
         r.stderr
     );
 });
+
+// `vx watch --help` lists no option that `vx watch` refuses.
+vx_test!(watch_help_lists_only_what_watch_takes, || {
+    let ws = three();
+    let r = ws.vx(&["watch", "--help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for refused in ["--dry", "--graph", "--summarize", "--profile", "--report"] {
+        assert!(!r.stdout.contains(refused), "{refused} in:\n{}", r.stdout);
+        let r = ws.vx(&["run", "--help"]);
+        assert!(r.stdout.contains(refused), "vx run --help lacks {refused}");
+    }
+    assert!(r.stdout.contains("--debounce"), "{}", r.stdout);
+    let r = ws.vx(&["watch", "build", "--dry"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("use `vx run`"), "{}", r.stderr);
+});
+
+// An ambiguous task name in `vx history` suggests a `project#task`, not
+// another verb.
+vx_test!(history_suggests_its_own_verb, || {
+    let ws = three();
+    let r = ws.vx(&["history", "build"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("e.g. `a#build`"), "{}", r.stderr);
+    assert!(!r.stderr.contains("vx why"), "{}", r.stderr);
+});
