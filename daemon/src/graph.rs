@@ -439,7 +439,16 @@ fn missing_task_message(
         let more = if owners.len() > 5 { ", …" } else { "" };
         format!(" (declared by {}{more})", shown.join(", "))
     };
-    format!("{scope_desc} task `{t}`{hint}")
+    format!("{scope_desc} task `{t}`{hint}{}", member_notes(ws))
+}
+
+/// The workspace's member notes, one `note:` line each.
+fn member_notes(ws: &Workspace) -> String {
+    ws.member_notes
+        .iter()
+        .take(5)
+        .map(|n| format!("\n  note: {n}"))
+        .collect()
 }
 
 /// `vx run` with no task: the error lists the tasks the workspace has.
@@ -454,7 +463,10 @@ fn no_task_given(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> GraphError
     if counts.is_empty() {
         return gerr(
             ErrorKind::User,
-            "no task given, and no project here declares a task (add `[tasks.<name>]` to a vx.toml)",
+            format!(
+                "no task given, and no project here declares a task (add `[tasks.<name>]` to a vx.toml){}",
+                member_notes(ws)
+            ),
         );
     }
     let list: Vec<String> = counts

@@ -375,3 +375,54 @@ vx_test!(history_suggests_its_own_verb, || {
     assert!(r.stderr.contains("e.g. `a#build`"), "{}", r.stderr);
     assert!(!r.stderr.contains("vx why"), "{}", r.stderr);
 });
+
+// A member glob that matches nothing, or a member directory without a
+// config, is explained when a task is not found.
+vx_test!(members_without_projects_are_explained, || {
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            "[workspace]\nmembers = [\"pkgs/*\", \"tools/*\"]\n",
+        ),
+        ("pkgs/a/vx.toml", "[tasks.build]\ncommand = \"true\"\n"),
+        ("pkgs/b/README.md", "no config here\n"),
+    ]);
+    let r = ws.vx(&["run", "test"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("note: member glob `tools/*` matches no directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("note: `pkgs/b` matches the member globs but has no vx.toml or package.json"),
+        "{}",
+        r.stderr
+    );
+});
+
+// A project's vx.toml with no workspace root above it: the unknown project
+// it names gets a hint towards a root `[workspace]`, not towards itself.
+vx_test!(missing_root_vx_toml_is_explained, || {
+    let ws = Ws::new(&[
+        (
+            "packages/app/vx.toml",
+            "[project]\ndeps = [\"lib\"]\n[tasks.build]\ncommand = \"true\"\n",
+        ),
+        (
+            "packages/lib/vx.toml",
+            "[tasks.build]\ncommand = \"true\"\n",
+        ),
+        ("package.json", "{}\n"),
+    ]);
+    let r = ws.vx_in("packages/app", &["run", "build"], &[]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("unknown project `lib`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("add a vx.toml with `[workspace]`"),
+        "{}",
+        r.stderr
+    );
+});

@@ -55,6 +55,10 @@ pub struct Workspace {
     pub defaults: Defaults,
     /// Every config or manifest file read, root-relative (for invalidation).
     pub config_files: Vec<String>,
+    /// Why a member glob gave no project: a glob that matches no directory,
+    /// a matched directory with no `vx.toml` or `package.json`. Shown when a
+    /// task is not found.
+    pub member_notes: Vec<String>,
 }
 
 /// Workspace-wide key contributions (`global_inputs`, turbo's
