@@ -294,7 +294,9 @@ struct RunArgs {
     /// Print the plan with predicted cache hits and run nothing (`--dry=json` for JSON).
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
     dry: Option<DryArg>,
-    /// Print the task graph as Graphviz DOT (to FILE when given) and run nothing.
+    /// Print the task graph as Graphviz DOT and run nothing; to FILE when
+    /// given, in its extension's format: .dot, .json, .html, or .png/.svg/.pdf
+    /// (rendered by Graphviz `dot`).
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     graph: Option<String>,
     /// Write a Chrome trace of the run (one lane per concurrency slot) to FILE;
@@ -704,11 +706,10 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         conn.finish();
         let plan: vx_proto::Plan = serde_json::from_value(v)?;
         if let Some(file) = &args.graph {
-            let dot = render::dot(&plan);
             if file.is_empty() {
-                print!("{dot}");
+                print!("{}", render::dot(&plan));
             } else {
-                std::fs::write(file, dot).with_context(|| format!("cannot write {file}"))?;
+                render::graph_file(file, &plan).map_err(|e| anyhow!(e))?;
                 eprintln!("vx: wrote the task graph to {file}");
             }
         } else if args.dry == Some(DryArg::Json) {

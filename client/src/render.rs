@@ -552,6 +552,111 @@ pub fn dot(plan: &Plan) -> String {
     s
 }
 
+/// `--graph=FILE`: the format follows the extension — `.dot`/`.gv` (or none)
+/// DOT, `.json` the plan, `.html` a page (an SVG when Graphviz `dot` is
+/// installed, else a list), `.png`/`.svg`/`.pdf`/`.jpg`/`.gif` rendered by `dot`.
+pub fn graph_file(file: &str, plan: &Plan) -> Result<(), String> {
+    let ext = std::path::Path::new(file)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bytes: Vec<u8> = match ext.as_str() {
+        "" | "dot" | "gv" => dot(plan).into_bytes(),
+        "json" => serde_json::to_vec_pretty(plan).map_err(|e| e.to_string())?,
+        "html" | "htm" => graph_html(plan).into_bytes(),
+        "png" | "svg" | "pdf" | "jpg" | "jpeg" | "gif" => {
+            run_dot(&ext, &dot(plan)).map_err(|e| format!("--graph={file}: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "--graph={file}: unknown format `.{other}`; use .dot, .json, .html, or .png/.svg/.pdf (rendered by Graphviz `dot`)"
+            ));
+        }
+    };
+    std::fs::write(file, bytes).map_err(|e| format!("cannot write {file}: {e}"))
+}
+
+/// Renders DOT with Graphviz: `dot -T<format>`.
+fn run_dot(format: &str, dot_text: &str) -> Result<Vec<u8>, String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("dot")
+        .arg(format!("-T{format}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "rendering .{format} needs Graphviz `dot`, which is not on PATH: install graphviz (e.g. `apt install graphviz`), or write .dot, .json or .html"
+                )
+            } else {
+                format!("cannot run Graphviz `dot`: {e}")
+            }
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(dot_text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("Graphviz `dot` failed: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "Graphviz `dot -T{format}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A self-contained page: the graph as SVG when `dot` is installed, and
+/// always the tasks with what they wait for, and the DOT source.
+fn graph_html(plan: &Plan) -> String {
+    let dot_text = dot(plan);
+    let mut s = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vx task graph</title></head><body>\n",
+    );
+    s.push_str(&format!(
+        "<h1>vx task graph</h1>\n<p>{}</p>\n",
+        html_escape(&plan.root)
+    ));
+    if let Ok(svg) = run_dot("svg", &dot_text) {
+        s.push_str(&String::from_utf8_lossy(&svg));
+    }
+    s.push_str("<ul>\n");
+    for t in &plan.tasks {
+        let pred = format!("{:?}", t.prediction).to_lowercase();
+        let deps = if t.deps.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " → {}",
+                t.deps
+                    .iter()
+                    .map(|d| html_escape(d))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        s.push_str(&format!(
+            "<li><code>{}</code> ({pred}){deps}</li>\n",
+            html_escape(&t.id)
+        ));
+    }
+    s.push_str("</ul>\n<details><summary>DOT</summary><pre>");
+    s.push_str(&html_escape(&dot_text));
+    s.push_str("</pre></details>\n</body></html>\n");
+    s
+}
+
 pub fn daemon_status(s: &vx_proto::DaemonStatus) {
     println!(
         "daemon:      running (pid {}, vxd {}, protocol {})",

@@ -426,3 +426,56 @@ vx_test!(missing_root_vx_toml_is_explained, || {
         r.stderr
     );
 });
+
+// `--graph=FILE` writes the format its extension names; an image needs
+// Graphviz `dot`, and without it the error says so and writes nothing.
+vx_test!(graph_file_formats, || {
+    let ws = basic();
+    let r = ws.vx(&["run", "build", "--graph=g.json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&ws.read("g.json")).expect("g.json is JSON");
+    assert_eq!(v["tasks"].as_array().map(Vec::len), Some(2));
+    let r = ws.vx(&["run", "build", "--graph=g.dot"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(ws.read("g.dot").starts_with("digraph vx {"));
+    let r = ws.vx(&["run", "build", "--graph=g.html"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let html = ws.read("g.html");
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    assert!(html.contains("<code>app#build</code>"), "{html}");
+    let r = ws.vx(&["run", "build", "--graph=g.txt"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("unknown format `.txt`"), "{}", r.stderr);
+
+    // No `dot` on PATH: a clear error, no file.
+    let bin = tempfile::tempdir().expect("tempdir");
+    let mut c = ws.cmd(".", &["run", "build", "--graph=g.png"]);
+    c.env("PATH", bin.path());
+    let out = c.output().expect("run vx");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("needs Graphviz `dot`"), "{err}");
+    assert!(!ws.exists("g.png"));
+
+    // A `dot` on PATH renders it (a stand-in that records its argument).
+    let fake = bin.path().join("dot");
+    std::fs::write(&fake, "#!/bin/sh\necho \"rendered $1\"\ncat\n").expect("write fake dot");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = ws.cmd(".", &["run", "build", "--graph=g.png"]);
+    c.env("PATH", path);
+    let out = c.output().expect("run vx");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = ws.read("g.png");
+    assert!(png.starts_with("rendered -Tpng\ndigraph vx {"), "{png}");
+});
