@@ -307,9 +307,13 @@ impl Ui {
                 let _ = writeln!(self.out, "{p} {msg}");
             }
             RunEvent::TaskStarted { .. } if !self.progress => {}
-            RunEvent::TaskStarted { id, key, .. } => {
+            RunEvent::TaskStarted {
+                id, key, uncached, ..
+            } => {
                 let p = self.prefix(&id);
+                // As the summary's `cache` column: `disabled` is no miss.
                 let msg = match key {
+                    Some(_) if uncached => "executing (cache disabled)".to_string(),
                     Some(k) => format!("cache miss, executing {}", &k[..k.len().min(16)]),
                     None => "executing".to_string(),
                 };
@@ -778,6 +782,7 @@ mod progress_tests {
                 id: id.into(),
                 key: None,
                 command: "true".into(),
+                uncached: false,
             });
         }
         p.update(&RunEvent::TaskCacheHit {

@@ -479,3 +479,44 @@ vx_test!(graph_file_formats, || {
     let png = ws.read("g.png");
     assert!(png.starts_with("rendered -Tpng\ndigraph vx {"), "{png}");
 });
+
+// An uncached task's start line says so, as the summary's `disabled` does;
+// a cacheable one says `cache miss`.
+vx_test!(uncached_label_matches_the_summary, || {
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+        (
+            "p/vx.toml",
+            "[tasks.fmt]\ncommand = \"echo fmt\"\ncache = false\n[tasks.build]\ncommand = \"echo build\"\ninputs = [\"**\"]\noutputs = []\n",
+        ),
+    ]);
+    let r = ws.vx(&["run", "fmt", "build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("p:fmt │ executing (cache disabled)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("p:build │ cache miss, executing"),
+        "{}",
+        r.stdout
+    );
+    let r = ws.run(&["fmt", "build", "--force"]);
+    assert_eq!(r.task("p#fmt")["cache"], "disabled");
+    let started: Vec<&Value> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "task_started")
+        .collect();
+    let fmt = started
+        .iter()
+        .find(|e| e["id"] == "p#fmt")
+        .expect("fmt started");
+    assert_eq!(fmt["uncached"], true);
+    let build = started
+        .iter()
+        .find(|e| e["id"] == "p#build")
+        .expect("build started");
+    assert!(build.get("uncached").is_none(), "{build}");
+});
