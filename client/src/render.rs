@@ -1,5 +1,7 @@
-//! Rendering: prefixed task lines, the summary, plans and DOT graphs.
-//! Colour only on a TTY, and never when `NO_COLOR` is set.
+//! Rendering: prefixed task lines, the progress line, the summary, plans,
+//! DOT graphs and their file formats, `vx ls`. Colour only on a TTY, and
+//! never when `NO_COLOR` is set; the progress line only when stdout is a
+//! terminal and never with `--json` or in `vx watch`.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
