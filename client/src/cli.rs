@@ -55,6 +55,20 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "ls",
+        &[
+            ("vx ls", "every project and its tasks"),
+            ("vx ls --filter web --json", "one project's tasks, as JSON"),
+        ],
+    ),
+    (
+        "schema",
+        &[(
+            "vx schema > vx.schema.json",
+            "the JSON Schema of vx.toml, for an editor",
+        )],
+    ),
+    (
         "init",
         &[
             (

@@ -195,7 +195,7 @@ fn print_runs(runs: &[RunBrief]) {
 
 /// One stats line: `12 runs · p50 1.20s · p99 3.40s · success 80% · ...`.
 pub fn stats_line(s: &TaskStats) -> String {
-    let mut parts = vec![format!("{} runs", s.total)];
+    let mut parts = vec![render::plural(s.total as usize, "run")];
     if let Some(p) = s.p50_ms {
         parts.push(format!("p50 {}", render::duration(p)));
     }
@@ -426,7 +426,11 @@ pub fn info(cwd: &Path, no_daemon: bool, json: bool) -> Result<i32> {
         env!("CARGO_PKG_VERSION")
     );
     println!("root      {}", i.root);
-    println!("projects  {} ({} tasks)", i.projects, i.tasks);
+    println!(
+        "projects  {} ({})",
+        i.projects,
+        render::plural(i.tasks, "task")
+    );
     println!(
         "cache     {} — {} entries, {} blobs, {}",
         i.cache_dir,
@@ -437,8 +441,10 @@ pub fn info(cwd: &Path, no_daemon: bool, json: bool) -> Result<i32> {
     match &i.history_error {
         Some(e) => println!("history   {} — unreadable: {e}", i.history_file),
         None => println!(
-            "history   {} — {} runs ({} in the last 24 h)",
-            i.history_file, i.history_runs, i.runs_last_24h
+            "history   {} — {} ({} in the last 24 h)",
+            i.history_file,
+            render::plural(i.history_runs as usize, "run"),
+            i.runs_last_24h
         ),
     }
     if i.flaky.is_empty() {

@@ -116,10 +116,10 @@ fn print_note(method: &str, params: serde_json::Value) {
         live::RUN_STARTED => {
             if let Ok(p) = serde_json::from_value::<RunStartedParams>(params) {
                 println!(
-                    "[{}] started: {} ({} tasks, concurrency {})",
+                    "[{}] started: {} ({}, concurrency {})",
                     p.run_id,
                     p.argv.join(" "),
-                    p.tasks,
+                    render::plural(p.tasks, "task"),
                     p.concurrency
                 );
             }
@@ -283,6 +283,23 @@ pub fn graph(
             println!("{} -> {}", t.id, deps.join(", "));
         }
     }
+    Ok(0)
+}
+
+/// `vx ls [--filter P] [--json]`: `graph.get` with no task lists every task.
+pub fn ls(cwd: &Path, no_daemon: bool, filters: Vec<String>, json: bool) -> Result<i32> {
+    let params = RunParams {
+        cwd: cwd.to_string_lossy().into_owned(),
+        filters,
+        env: client_env(),
+        ..Default::default()
+    };
+    let g: Graph = call(
+        crate::history::connect(cwd, no_daemon)?,
+        live::GRAPH_GET,
+        &params,
+    )?;
+    render::ls(&g, json);
     Ok(0)
 }
 

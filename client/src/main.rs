@@ -42,6 +42,14 @@ enum Cmd {
     /// Run tasks (and their dependencies) across the workspace.
     Run(RunArgs),
     /// Run tasks, then re-run the ones whose inputs change, until Ctrl-C.
+    // `vx run`'s one-shot outputs are refused by `vx watch`: not in its help.
+    #[command(
+        mut_arg("dry", |a| a.hide(true)),
+        mut_arg("graph", |a| a.hide(true)),
+        mut_arg("summarize", |a| a.hide(true)),
+        mut_arg("profile", |a| a.hide(true)),
+        mut_arg("report", |a| a.hide(true))
+    )]
     Watch(WatchArgs),
     /// Write vx.toml files translated from turbo.json, nx.json + project.json
     /// or package.json scripts.
@@ -157,6 +165,17 @@ enum Cmd {
         /// Show at most the last N bytes (default 256 KiB, at most 4 MiB).
         #[arg(long, value_name = "N")]
         max_bytes: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of `vx.toml` (for editors: see docs/config.md).
+    Schema,
+    /// The projects and their tasks.
+    Ls {
+        /// Only these projects, as `vx run --filter`.
+        #[arg(long, short = 'F', value_name = "PATTERN")]
+        filter: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -295,7 +314,9 @@ struct RunArgs {
     /// Print the plan with predicted cache hits and run nothing (`--dry=json` for JSON).
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
     dry: Option<DryArg>,
-    /// Print the task graph as Graphviz DOT (to FILE when given) and run nothing.
+    /// Print the task graph as Graphviz DOT and run nothing; to FILE when
+    /// given, in its extension's format: .dot, .json, .html, or .png/.svg/.pdf
+    /// (rendered by Graphviz `dot`).
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     graph: Option<String>,
     /// Write a Chrome trace of the run (one lane per concurrency slot) to FILE;
@@ -320,12 +341,16 @@ struct WatchArgs {
     debounce: u64,
 }
 
+/// The JSON Schema of `vx.toml`, generated from the engine's config types
+/// (kept equal to them by tests/tests/schema.rs).
+const VX_TOML_SCHEMA: &str = include_str!("../../docs/vx.schema.json");
+
 fn main() {
     let cli = cli::parse();
     let code = match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vx: error: {e:#}");
+            eprintln!("{} {e:#}", render::error_prefix());
             1
         }
     };
@@ -423,6 +448,11 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => history::last(&cwd, no_daemon, run_id, failed, json),
         Cmd::Why { task, run, json } => history::why(&cwd, no_daemon, task, run, json),
         Cmd::Info { json } => history::info(&cwd, no_daemon, json),
+        Cmd::Ls { filter, json } => live::ls(&cwd, no_daemon, filter, json),
+        Cmd::Schema => {
+            print!("{VX_TOML_SCHEMA}");
+            Ok(0)
+        }
         Cmd::Events { run, task, json } => live::events(&cwd, no_daemon, run, task, json),
         Cmd::Ps { json } => live::ps(&cwd, no_daemon, json),
         Cmd::Graph {
@@ -711,11 +741,10 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         conn.finish();
         let plan: vx_proto::Plan = serde_json::from_value(v)?;
         if let Some(file) = &args.graph {
-            let dot = render::dot(&plan);
             if file.is_empty() {
-                print!("{dot}");
+                print!("{}", render::dot(&plan));
             } else {
-                std::fs::write(file, dot).with_context(|| format!("cannot write {file}"))?;
+                render::graph_file(file, &plan).map_err(|e| anyhow!(e))?;
                 eprintln!("vx: wrote the task graph to {file}");
             }
         } else if args.dry == Some(DryArg::Json) {
@@ -868,7 +897,10 @@ fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
             conn.finish();
             let s: vx_proto::WatchSummary = serde_json::from_value(v)?;
             if !r.json {
-                eprintln!("vx watch: stopped after {} cycles", s.cycles);
+                eprintln!(
+                    "vx watch: stopped after {}",
+                    render::plural(s.cycles as usize, "cycle")
+                );
             }
             Ok(s.exit_code)
         }

@@ -1,5 +1,7 @@
-//! Rendering: prefixed task lines, the summary, plans and DOT graphs.
-//! Colour only on a TTY, and never when `NO_COLOR` is set.
+//! Rendering: prefixed task lines, the progress line, the summary, plans,
+//! DOT graphs and their file formats, `vx ls`. Colour only on a TTY, and
+//! never when `NO_COLOR` is set; the progress line only when stdout is a
+//! terminal and never with `--json` or in `vx watch`.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -63,6 +65,88 @@ pub struct Ui {
     settled: bool,
     /// The current watch cycle's header, printed before its first news.
     pending_header: Option<String>,
+    /// The progress line of a run on a terminal (never in pipes, `--json`
+    /// or `vx watch`); `None` when it is not shown.
+    progress_line: Option<Progress>,
+}
+
+/// The state behind the progress line: `[3/12] 2 cached · running: a#build, b#test`.
+#[derive(Default)]
+struct Progress {
+    total: usize,
+    done: usize,
+    hits: usize,
+    /// In start order.
+    running: Vec<String>,
+    /// Whether the line is on the screen (the cursor is at its end).
+    shown: bool,
+    /// When it was last drawn (output lines redraw it at most every 50 ms).
+    drawn_at: Option<std::time::Instant>,
+    /// The run settled or finished: the summary replaced the line.
+    over: bool,
+}
+
+impl Progress {
+    fn update(&mut self, e: &RunEvent) {
+        match e {
+            RunEvent::RunStarted { tasks, .. } => self.total = *tasks,
+            RunEvent::TaskStarted { id, .. } if !self.running.contains(id) => {
+                self.running.push(id.clone());
+            }
+            RunEvent::TaskCacheHit { id, .. } => {
+                self.running.retain(|r| r != id);
+                self.done += 1;
+                self.hits += 1;
+            }
+            RunEvent::TaskFinished { result } => {
+                self.running.retain(|r| *r != result.id);
+                if result.status != TaskStatus::Cached {
+                    self.done += 1;
+                }
+            }
+            RunEvent::TaskReady { id } => self.running.retain(|r| r != id),
+            RunEvent::Settled { .. } => self.over = true,
+            _ => {}
+        }
+    }
+
+    /// The line, at most `width` characters.
+    fn line(&self, width: usize) -> String {
+        let mut s = format!(
+            "[{}/{}] {} cached",
+            self.done.min(self.total.max(self.done)),
+            self.total.max(self.done),
+            self.hits
+        );
+        if !self.running.is_empty() {
+            s.push_str(" · running: ");
+            for (i, id) in self.running.iter().enumerate() {
+                let more = self.running.len() - i;
+                // Leave room for " (+N)".
+                if i > 0 && s.chars().count() + id.len() + 12 > width {
+                    s.push_str(&format!(" (+{more})"));
+                    break;
+                }
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(id);
+            }
+        }
+        s.chars().take(width.saturating_sub(1)).collect()
+    }
+}
+
+/// The terminal's width (80 when it cannot be read).
+fn term_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize; a failure leaves it zeroed.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        ws.ws_col as usize
+    } else {
+        80
+    }
 }
 
 impl Ui {
@@ -77,7 +161,41 @@ impl Ui {
             watching: false,
             settled: false,
             pending_header: None,
+            progress_line: (!json && std::io::stdout().is_terminal()).then(Progress::default),
         }
+    }
+
+    /// Erases the progress line (before other output, and for the summary).
+    fn clear_progress(&mut self) {
+        if let Some(p) = &mut self.progress_line
+            && p.shown
+        {
+            let _ = write!(self.out, "\r\x1b[2K");
+            p.shown = false;
+        }
+    }
+
+    /// Draws the progress line (a run on a terminal, until it settles).
+    fn draw_progress(&mut self) {
+        if self.watching {
+            return;
+        }
+        let Some(p) = &mut self.progress_line else {
+            return;
+        };
+        if p.over || p.total == 0 {
+            return;
+        }
+        let line = p.line(term_width());
+        p.shown = true;
+        p.drawn_at = Some(std::time::Instant::now());
+        let line = if self.colour {
+            format!("\x1b[2m{line}\x1b[0m")
+        } else {
+            line
+        };
+        let _ = write!(self.out, "{line}");
+        let _ = self.out.flush();
     }
 
     fn prefix(&mut self, id: &str) -> String {
@@ -120,6 +238,26 @@ impl Ui {
                 | RunEvent::Warning { .. }
                 | RunEvent::TaskRetry { .. }
         );
+        self.clear_progress();
+        if let Some(p) = &mut self.progress_line {
+            p.update(&e);
+        }
+        let redraw = match &e {
+            RunEvent::Settled { .. } => false,
+            // A burst of output redraws the line at most every 50 ms.
+            RunEvent::TaskOutput { .. } => self.progress_line.as_ref().is_some_and(|p| {
+                p.drawn_at
+                    .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(50))
+            }),
+            _ => true,
+        };
+        self.event_lines(e, news);
+        if redraw {
+            self.draw_progress();
+        }
+    }
+
+    fn event_lines(&mut self, e: RunEvent, news: bool) {
         if news && let Some(h) = self.pending_header.take() {
             let h = self.dim(&h);
             let _ = writeln!(self.out, "{h}");
@@ -171,9 +309,13 @@ impl Ui {
                 let _ = writeln!(self.out, "{p} {msg}");
             }
             RunEvent::TaskStarted { .. } if !self.progress => {}
-            RunEvent::TaskStarted { id, key, .. } => {
+            RunEvent::TaskStarted {
+                id, key, uncached, ..
+            } => {
                 let p = self.prefix(&id);
+                // As the summary's `cache` column: `disabled` is no miss.
                 let msg = match key {
+                    Some(_) if uncached => "executing (cache disabled)".to_string(),
                     Some(k) => format!("cache miss, executing {}", &k[..k.len().min(16)]),
                     None => "executing".to_string(),
                 };
@@ -245,6 +387,10 @@ impl Ui {
     }
 
     pub fn summary(&mut self, s: &RunSummary) {
+        self.clear_progress();
+        if let Some(p) = &mut self.progress_line {
+            p.over = true;
+        }
         if self.json {
             let v = serde_json::json!({"type": "run_finished", "summary": s});
             let _ = writeln!(self.out, "{v}");
@@ -332,9 +478,10 @@ pub fn plan_text(plan: &Plan) {
         .count();
     let _ = writeln!(
         out,
-        "Plan: {} tasks ({} predicted cache hits) in {}",
-        runnable.len(),
+        "Plan: {} ({} predicted cache {}) in {}",
+        plural(runnable.len(), "task"),
         hits,
+        if hits == 1 { "hit" } else { "hits" },
         plan.root
     );
     let w = plan
@@ -411,6 +558,111 @@ pub fn dot(plan: &Plan) -> String {
     s
 }
 
+/// `--graph=FILE`: the format follows the extension — `.dot`/`.gv` (or none)
+/// DOT, `.json` the plan, `.html` a page (an SVG when Graphviz `dot` is
+/// installed, else a list), `.png`/`.svg`/`.pdf`/`.jpg`/`.gif` rendered by `dot`.
+pub fn graph_file(file: &str, plan: &Plan) -> Result<(), String> {
+    let ext = std::path::Path::new(file)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bytes: Vec<u8> = match ext.as_str() {
+        "" | "dot" | "gv" => dot(plan).into_bytes(),
+        "json" => serde_json::to_vec_pretty(plan).map_err(|e| e.to_string())?,
+        "html" | "htm" => graph_html(plan).into_bytes(),
+        "png" | "svg" | "pdf" | "jpg" | "jpeg" | "gif" => {
+            run_dot(&ext, &dot(plan)).map_err(|e| format!("--graph={file}: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "--graph={file}: unknown format `.{other}`; use .dot, .json, .html, or .png/.svg/.pdf (rendered by Graphviz `dot`)"
+            ));
+        }
+    };
+    std::fs::write(file, bytes).map_err(|e| format!("cannot write {file}: {e}"))
+}
+
+/// Renders DOT with Graphviz: `dot -T<format>`.
+fn run_dot(format: &str, dot_text: &str) -> Result<Vec<u8>, String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("dot")
+        .arg(format!("-T{format}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "rendering .{format} needs Graphviz `dot`, which is not on PATH: install graphviz (e.g. `apt install graphviz`), or write .dot, .json or .html"
+                )
+            } else {
+                format!("cannot run Graphviz `dot`: {e}")
+            }
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(dot_text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("Graphviz `dot` failed: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "Graphviz `dot -T{format}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A self-contained page: the graph as SVG when `dot` is installed, and
+/// always the tasks with what they wait for, and the DOT source.
+fn graph_html(plan: &Plan) -> String {
+    let dot_text = dot(plan);
+    let mut s = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>vx task graph</title></head><body>\n",
+    );
+    s.push_str(&format!(
+        "<h1>vx task graph</h1>\n<p>{}</p>\n",
+        html_escape(&plan.root)
+    ));
+    if let Ok(svg) = run_dot("svg", &dot_text) {
+        s.push_str(&String::from_utf8_lossy(&svg));
+    }
+    s.push_str("<ul>\n");
+    for t in &plan.tasks {
+        let pred = format!("{:?}", t.prediction).to_lowercase();
+        let deps = if t.deps.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " → {}",
+                t.deps
+                    .iter()
+                    .map(|d| html_escape(d))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        s.push_str(&format!(
+            "<li><code>{}</code> ({pred}){deps}</li>\n",
+            html_escape(&t.id)
+        ));
+    }
+    s.push_str("</ul>\n<details><summary>DOT</summary><pre>");
+    s.push_str(&html_escape(&dot_text));
+    s.push_str("</pre></details>\n</body></html>\n");
+    s
+}
+
 pub fn daemon_status(s: &vx_proto::DaemonStatus) {
     println!(
         "daemon:      running (pid {}, vxd {}, protocol {})",
@@ -424,7 +676,7 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
         duration(s.idle_ms),
         duration(s.idle_timeout_ms)
     );
-    println!("projects:    {} ({} tasks)", s.projects, s.tasks);
+    println!("projects:    {} ({})", s.projects, plural(s.tasks, "task"));
     println!(
         "files:       {} indexed, {} watches, {} full rescans",
         s.files_indexed, s.watches, s.rescans
@@ -435,4 +687,128 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
         s.runs_served, s.connections
     );
     println!("log:         {}", s.log_file);
+}
+
+/// `vx ls`: each project (by name) with its directory and tasks; with
+/// `json`, `{root, projects: [{name, dir, deps, tasks: [{name, command,
+/// cache, persistent, depends_on}]}]}`.
+pub fn ls(g: &vx_proto::live::Graph, json: bool) {
+    let tasks_of = |p: &str| -> Vec<&vx_proto::live::GraphTask> {
+        let mut ts: Vec<_> = g.tasks.iter().filter(|t| t.project == p).collect();
+        ts.sort_by(|a, b| a.task.cmp(&b.task));
+        ts
+    };
+    let deps_of = |id: &str| -> Vec<String> {
+        g.edges
+            .iter()
+            .filter(|e| e.from == id)
+            .map(|e| e.to.clone())
+            .collect()
+    };
+    let mut projects: Vec<&vx_proto::live::GraphProject> = g.projects.iter().collect();
+    projects.sort_by(|a, b| a.name.cmp(&b.name));
+    if json {
+        let v = serde_json::json!({
+            "root": g.root,
+            "projects": projects.iter().map(|p| {
+                let ts = tasks_of(&p.name);
+                serde_json::json!({
+                    "name": p.name,
+                    "dir": p.dir,
+                    "deps": p.deps,
+                    "tasks": ts.iter().map(|t| serde_json::json!({
+                        "name": t.task,
+                        "command": t.command,
+                        "cache": t.cache,
+                        "persistent": t.persistent,
+                        "depends_on": deps_of(&t.id),
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let n_tasks = g.tasks.len();
+    println!("{} in {}", plural(projects.len(), "project"), g.root);
+    for p in projects {
+        println!("{} ({})", p.name, p.dir);
+        let ts = tasks_of(&p.name);
+        let width = ts.iter().map(|t| t.task.len()).max().unwrap_or(0);
+        for t in ts {
+            let what = match &t.command {
+                Some(c) => c.clone(),
+                None => format!("(group: {})", deps_of(&t.id).join(", ")),
+            };
+            println!("  {:width$}  {what}", t.task);
+        }
+    }
+    if n_tasks == 0 {
+        println!("no tasks: add `[tasks.<name>]` with a `command` to a project's vx.toml");
+    }
+}
+
+/// `vx: error:` — red on a terminal (stderr), plain under `NO_COLOR` or in a pipe.
+pub fn error_prefix() -> &'static str {
+    if colour_enabled(std::io::stderr().is_terminal()) {
+        "\x1b[1;31mvx: error:\x1b[0m"
+    } else {
+        "vx: error:"
+    }
+}
+
+/// `1 task`, `2 tasks`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_counts_and_fits_the_width() {
+        let mut p = Progress::default();
+        p.update(&RunEvent::RunStarted {
+            run_id: "r".into(),
+            root: "/w".into(),
+            tasks: 12,
+            concurrency: 4,
+        });
+        for id in ["a#build", "b#build", "c#build", "d#build"] {
+            p.update(&RunEvent::TaskStarted {
+                id: id.into(),
+                key: None,
+                command: "true".into(),
+                uncached: false,
+            });
+        }
+        p.update(&RunEvent::TaskCacheHit {
+            id: "a#build".into(),
+            key: "k".into(),
+            source: CacheSource::Local,
+        });
+        assert_eq!(
+            p.line(200),
+            "[1/12] 1 cached · running: b#build, c#build, d#build"
+        );
+        let short = p.line(40);
+        assert!(short.chars().count() < 40, "{short}");
+        assert!(
+            short.starts_with("[1/12] 1 cached · running: b#build"),
+            "{short}"
+        );
+        assert!(short.contains("(+"), "{short}");
+    }
+
+    #[test]
+    fn plural_counts() {
+        assert_eq!(plural(1, "task"), "1 task");
+        assert_eq!(plural(0, "run"), "0 runs");
+        assert_eq!(plural(2, "cycle"), "2 cycles");
+    }
 }

@@ -520,7 +520,9 @@ impl Tee {
 
     fn live_event(&self, st: &mut RunState, e: &RunEvent) {
         match e {
-            RunEvent::TaskStarted { id, key, command } => {
+            RunEvent::TaskStarted {
+                id, key, command, ..
+            } => {
                 let slot = st.take_slot();
                 // A persistent task restarted in a watch cycle frees its old one.
                 st.release(id, false);
@@ -727,6 +729,7 @@ mod tests {
             id: id.into(),
             key: Some("k".into()),
             command: "true".into(),
+            uncached: false,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::globs::Patterns;
 use crate::workspace::{ConfigKind, Project, TaskDef, Workspace};
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::process::Command;
 
@@ -61,6 +61,7 @@ pub struct TaskGraph {
 fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     let best = candidates
         .into_iter()
+        .filter(|c| *c != word)
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(s, _)| *s > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0));
@@ -321,9 +322,21 @@ pub struct SelectArgs<'a> {
 /// Resolves the requested tasks of a run.
 pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Selection, GraphError> {
     if args.tasks.is_empty() {
-        return Err(gerr(ErrorKind::User, "no task given: try `vx run build`"));
+        return Err(no_task_given(ws, g, args));
     }
     let scope = project_scope(ws, args)?;
+    if scope.is_empty()
+        && let Some(range) = args
+            .filters
+            .iter()
+            .find(|f| git_range(f.trim_start_matches('!').trim_matches('.')).is_some())
+    {
+        // `--filter '[main]'` and nothing changed: nothing to run.
+        return Ok(Selection {
+            nothing_affected: Some(format!("{range} (no project changed)")),
+            ..Selection::default()
+        });
+    }
     let mut requested: HashSet<usize> = HashSet::new();
     let mut missing = Vec::new();
     for t in args.tasks {
@@ -352,19 +365,22 @@ pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Select
             missing.push(t.clone());
         }
     }
-    if !missing.is_empty() {
-        let all: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
-        let hint = did_you_mean(&missing[0], all.iter().copied());
-        let scope_desc = if scope.len() == ws.projects.len() {
-            "no project declares".to_string()
-        } else if scope.len() == 1 {
-            format!("project `{}` does not declare", ws.projects[scope[0]].name)
-        } else {
-            format!("none of the {} projects in scope declares", scope.len())
-        };
+    // As turbo: a task some selected project lacks is skipped there, and a
+    // task name no project of the workspace declares is an error.
+    let declared = |t: &str| g.nodes.iter().any(|n| n.name == t);
+    let unknown: Vec<&String> = missing.iter().filter(|t| !declared(t)).collect();
+    if let Some(first) = unknown.first() {
         return Err(gerr(
             ErrorKind::NotFound,
-            format!("{scope_desc} task `{}`{hint}", missing.join("`, `")),
+            missing_task_message(ws, g, first, &scope, true),
+        ));
+    }
+    if requested.is_empty()
+        && let Some(first) = missing.first()
+    {
+        return Err(gerr(
+            ErrorKind::NotFound,
+            missing_task_message(ws, g, first, &scope, false),
         ));
     }
     let mut nothing_affected = None;
@@ -382,6 +398,117 @@ pub fn select(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> Result<Select
         nodes: order,
         requested,
         nothing_affected,
+    })
+}
+
+/// The error for a bare task name no project in scope declares: names the
+/// scope, the projects that do declare it, or a near name (never itself);
+/// `web:build` (the output prefix) points at `web#build`.
+fn missing_task_message(
+    ws: &Workspace,
+    g: &TaskGraph,
+    t: &str,
+    scope: &[usize],
+    nowhere: bool,
+) -> String {
+    if let Some((proj, name)) = t.split_once(':')
+        && g.get(&format!("{proj}#{name}")).is_some()
+    {
+        return format!(
+            "no task `{t}`: vx names a project's task `{proj}#{name}` (did you mean `{proj}#{name}`?)"
+        );
+    }
+    let scope_desc = if nowhere || scope.len() == ws.projects.len() {
+        "no project declares".to_string()
+    } else if scope.len() == 1 {
+        format!("project `{}` does not declare", ws.projects[scope[0]].name)
+    } else {
+        format!("none of the {} projects in scope declares", scope.len())
+    };
+    let owners: BTreeSet<&str> = g
+        .nodes
+        .iter()
+        .filter(|n| n.name == t)
+        .map(|n| ws.projects[n.project].name.as_str())
+        .collect();
+    let hint = if owners.is_empty() {
+        let all: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        did_you_mean(t, all.iter().copied())
+    } else {
+        let shown: Vec<&str> = owners.iter().take(5).copied().collect();
+        let more = if owners.len() > 5 { ", …" } else { "" };
+        format!(" (declared by {}{more})", shown.join(", "))
+    };
+    format!("{scope_desc} task `{t}`{hint}{}", member_notes(ws))
+}
+
+/// The workspace's member notes, one `note:` line each.
+fn member_notes(ws: &Workspace) -> String {
+    ws.member_notes
+        .iter()
+        .take(5)
+        .map(|n| format!("\n  note: {n}"))
+        .collect()
+}
+
+/// `vx run` with no task: the error lists the tasks the workspace has.
+fn no_task_given(ws: &Workspace, g: &TaskGraph, args: &SelectArgs) -> GraphError {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let scope = project_scope(ws, args).unwrap_or_else(|_| (0..ws.projects.len()).collect());
+    for n in &g.nodes {
+        if scope.contains(&n.project) {
+            *counts.entry(n.name.as_str()).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return gerr(
+            ErrorKind::User,
+            format!(
+                "no task given, and no project here declares a task (add `[tasks.<name>]` to a vx.toml){}",
+                member_notes(ws)
+            ),
+        );
+    }
+    let list: Vec<String> = counts
+        .iter()
+        .map(|(t, n)| {
+            if *n == 1 {
+                t.to_string()
+            } else {
+                format!("{t} ({n} projects)")
+            }
+        })
+        .collect();
+    let first = counts.keys().next().copied().unwrap_or("build");
+    gerr(
+        ErrorKind::User,
+        format!(
+            "no task given: try `vx run {first}`; the tasks here: {} (`vx ls` lists them by project)",
+            list.join(", ")
+        ),
+    )
+}
+
+/// `vx ls`: every task of the projects the filters select (all projects
+/// without filters), in a dependency-respecting order; nothing requested.
+pub fn select_listing(
+    ws: &Workspace,
+    g: &TaskGraph,
+    cwd: &Path,
+    filters: &[String],
+) -> Result<Selection, GraphError> {
+    let scope: BTreeSet<usize> = if filters.is_empty() {
+        (0..ws.projects.len()).collect()
+    } else {
+        filter_projects(ws, cwd, filters)?.into_iter().collect()
+    };
+    let set: BTreeSet<usize> = (0..g.nodes.len())
+        .filter(|&n| scope.contains(&g.nodes[n].project))
+        .collect();
+    Ok(Selection {
+        nodes: topo_order(g, &set),
+        requested: HashSet::new(),
+        nothing_affected: None,
     })
 }
 
@@ -459,7 +586,8 @@ pub fn filter_projects(
             return Err(gerr(ErrorKind::User, format!("empty filter `{f}`")));
         }
         let matched = match_projects(ws, cwd, body)?;
-        if matched.is_empty() {
+        // A git range that changed nothing selects nothing (not an error).
+        if matched.is_empty() && git_range(body).is_none() {
             let hint = did_you_mean(body, ws.projects.iter().map(|p| p.name.as_str()));
             return Err(gerr(
                 ErrorKind::NotFound,
@@ -486,7 +614,78 @@ pub fn filter_projects(
     Ok(include.difference(&exclude).copied().collect())
 }
 
+/// `[REF]` (turbo's git-range filter): the ref inside.
+fn git_range(pat: &str) -> Option<&str> {
+    pat.strip_prefix('[')?.strip_suffix(']')
+}
+
+/// The projects with a file changed since the merge base with `base` (all of
+/// them when a workspace-wide input changed).
+fn changed_projects(ws: &Workspace, base: &str) -> Result<Vec<usize>, GraphError> {
+    if base.is_empty() {
+        return Err(gerr(
+            ErrorKind::User,
+            "empty git range `[]`: write `[main]` or `[HEAD^1]`",
+        ));
+    }
+    let (_, changed) = changed_files(&ws.root, base)?;
+    let global =
+        Patterns::new(&ws.global.inputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
+    if changed
+        .iter()
+        .any(|f| GLOBAL_FILES.contains(&f.as_str()) || global.matches(f))
+    {
+        return Ok((0..ws.projects.len()).collect());
+    }
+    Ok(ws
+        .projects
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| changed.iter().any(|f| project_relative(ws, p, f).is_some()))
+        .map(|(i, _)| i)
+        .collect())
+}
+
 fn match_projects(ws: &Workspace, cwd: &Path, pat: &str) -> Result<Vec<usize>, GraphError> {
+    if let Some(base) = git_range(pat) {
+        return changed_projects(ws, base);
+    }
+    if let Some(tag) = pat.strip_prefix("tag:") {
+        let glob = globset::Glob::new(tag)
+            .map_err(|e| {
+                gerr(
+                    ErrorKind::User,
+                    format!("invalid filter `{pat}`: {}", e.kind()),
+                )
+            })?
+            .compile_matcher();
+        let found: Vec<usize> = ws
+            .projects
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.tags.iter().any(|t| glob.is_match(t)))
+            .map(|(i, _)| i)
+            .collect();
+        if found.is_empty() {
+            let tags: BTreeSet<&str> = ws
+                .projects
+                .iter()
+                .flat_map(|p| p.tags.iter().map(String::as_str))
+                .collect();
+            let known = if tags.is_empty() {
+                " (no project has tags: `[project] tags = [...]` in its vx.toml)".to_string()
+            } else {
+                let hint = did_you_mean(tag, tags.iter().copied());
+                let list: Vec<&str> = tags.iter().copied().collect();
+                format!("{hint}; the tags: {}", list.join(", "))
+            };
+            return Err(gerr(
+                ErrorKind::NotFound,
+                format!("filter `{pat}` matched no project{known}"),
+            ));
+        }
+        return Ok(found);
+    }
     if pat == "//" {
         return Ok(ws
             .projects

@@ -145,7 +145,7 @@ pub(crate) fn resolve_task(
         many => Err(EngineError::new(
             ErrorKind::User,
             format!(
-                "`{name}` is declared by {} projects ({}); name one, e.g. `vx why {}#{name}`",
+                "`{name}` is declared by {} projects ({}); name one, e.g. `{}#{name}`",
                 many.len(),
                 many.join(", "),
                 many[0]

@@ -309,6 +309,10 @@ pub enum RunEvent {
         id: String,
         key: Option<String>,
         command: String,
+        /// The task is not cached (its summary row says `cache: disabled`):
+        /// `cache = false`, persistent, interactive, a group, or `--no-cache`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        uncached: bool,
     },
     TaskOutput {
         id: String,

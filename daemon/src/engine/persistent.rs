@@ -67,6 +67,7 @@ pub(super) async fn start_persistent(
         id: id.clone(),
         key: None,
         command,
+        uncached: true,
     });
     let t0 = Instant::now();
     let started = persist::start(

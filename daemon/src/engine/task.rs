@@ -370,6 +370,7 @@ pub(super) async fn execute(
         id: id.clone(),
         key: Some(key.clone()),
         command: command.clone(),
+        uncached: !sh.cache_enabled(g),
     });
     let attempts_total = node.def.retries + 1;
     let t0 = Instant::now();

@@ -32,17 +32,22 @@ pub fn get(p: &RunParams, hot: Option<&Hot>) -> Result<Graph, EngineError> {
         None => Arc::new(Model::load(&workspace::find_root(&cwd)?)?),
     };
     let (ws, g) = (&model.ws, &model.graph);
-    let sel = graph::select(
-        ws,
-        g,
-        &SelectArgs {
-            cwd: &cwd,
-            tasks: &p.tasks,
-            filters: &p.filters,
-            all: p.all,
-            affected: p.affected.as_deref(),
-        },
-    )?;
+    // No task: every task (of the filtered projects), for `vx ls`.
+    let sel = if p.tasks.is_empty() {
+        graph::select_listing(ws, g, &cwd, &p.filters)?
+    } else {
+        graph::select(
+            ws,
+            g,
+            &SelectArgs {
+                cwd: &cwd,
+                tasks: &p.tasks,
+                filters: &p.filters,
+                all: p.all,
+                affected: p.affected.as_deref(),
+            },
+        )?
+    };
     let chosen: std::collections::HashSet<usize> = sel.nodes.iter().copied().collect();
     let mut projects = BTreeSet::new();
     let mut tasks = Vec::with_capacity(sel.nodes.len());

@@ -269,9 +269,22 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         }
     })?;
     let turbo_mode = kind == ConfigKind::Turbo;
+    // No `[workspace]` and no package-manager workspace: the root is the
+    // only project (a project's vx.toml with no workspace root above it).
+    let single_project = ws.is_none() && globs_src.is_none();
     let dirs = member_globs.expand(&root, &|_| true);
     let reads = read_members(&root, &dirs, turbo_mode);
 
+    let mut member_notes: Vec<String> = globs
+        .iter()
+        .filter(|g| !g.starts_with('!') && g.as_str() != ".")
+        .filter(|g| {
+            MemberGlobs::new(&[g.as_str()])
+                .map(|one| !dirs.iter().any(|d| one.selects(d)))
+                .unwrap_or(false)
+        })
+        .map(|g| format!("member glob `{g}` matches no directory"))
+        .collect();
     let mut drafts: Vec<Draft> = Vec::with_capacity(dirs.len() + 1);
     let mut root_is_member = false;
     for (dir, read) in dirs.iter().zip(reads) {
@@ -289,7 +302,17 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
                 turbo_root.as_ref(),
             )?
         } else {
-            let Some(r) = read? else { continue };
+            let Some(r) = read? else {
+                member_notes.push(format!(
+                    "`{dir}` matches the member globs but has no {} (so it is no project)",
+                    if turbo_mode {
+                        "package.json"
+                    } else {
+                        "vx.toml or package.json"
+                    }
+                ));
+                continue;
+            };
             for f in [
                 &r.pkg.as_ref().map(|p| &p.0),
                 &r.vx.as_ref().map(|v| &v.src),
@@ -415,6 +438,11 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         if r.name == "//" {
             hint =
                 Some("the root project `//` exists only when the root config defines tasks".into());
+        } else if hint.is_none() && single_project {
+            hint = Some(format!(
+                "no `[workspace]` above this file: vx took {} as a workspace of one project; add a vx.toml with `[workspace]` and `members = [...]` at the repository's root (or run `vx init` there)",
+                root.display()
+            ));
         }
         Err(ConfigError::in_file(
             &r.file,
@@ -582,6 +610,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         global,
         defaults,
         config_files: ld.files.into_iter().collect(),
+        member_notes,
     })
 }
 

@@ -31,6 +31,7 @@ mod vxtoml;
 pub use error::ConfigError;
 pub use load::{CACHE_ENV, find_root, load, resolve_cache_dir};
 pub(crate) use text::strip_jsonc;
+pub use vxtoml::{check_text, schema_json};
 
 /// Where the tasks of the workspace came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -55,6 +56,10 @@ pub struct Workspace {
     pub defaults: Defaults,
     /// Every config or manifest file read, root-relative (for invalidation).
     pub config_files: Vec<String>,
+    /// Why a member glob gave no project: a glob that matches no directory,
+    /// a matched directory with no `vx.toml` or `package.json`. Shown when a
+    /// task is not found.
+    pub member_notes: Vec<String>,
 }
 
 /// Workspace-wide key contributions (`global_inputs`, turbo's

@@ -12,53 +12,173 @@ use super::text::{Src, toml_error};
 use super::{ConfigError, GlobalConfig, TaskDef};
 use crate::globs::Patterns;
 
-#[derive(Deserialize)]
+// The raw types are also the source of the JSON Schema (`vx schema`,
+// docs/vx.schema.json): `Spanned` fields name their plain type with
+// `schemars(with)`, and the doc comments become the schema's descriptions.
+
+/// A `vx.toml`: the workspace root's (with `[workspace]`) or a project's.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "vx.toml")]
 struct RawFile {
+    /// Only in the root `vx.toml`: the members and workspace-wide settings.
+    #[schemars(with = "Option<RawWorkspace>")]
     workspace: Option<Spanned<RawWorkspace>>,
+    /// The project this file's directory is.
     project: Option<RawProject>,
+    /// The project's tasks, by name.
+    #[schemars(with = "Option<BTreeMap<String, RawTask>>")]
     tasks: Option<BTreeMap<String, Spanned<RawTask>>>,
 }
 
 type Strings = Option<Vec<Spanned<String>>>;
 
-#[derive(Deserialize)]
+/// A duration: milliseconds, or a string like `"30s"`, `"1500ms"`, `"2m"`.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+#[schemars(rename = "Duration")]
+enum DurationSchema {
+    Ms(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Workspace")]
 struct RawWorkspace {
+    /// Globs of the project directories (each with a `vx.toml`, or a `package.json` with scripts).
+    #[schemars(with = "Option<Vec<String>>")]
     members: Strings,
+    /// How many tasks run at once (default: the number of CPUs).
+    #[schemars(with = "Option<u64>", range(min = 1))]
     concurrency: Option<Spanned<i64>>,
+    /// Default timeout of every task.
+    #[schemars(with = "Option<DurationSchema>")]
     timeout: Option<Spanned<toml::Value>>,
+    /// The local cache directory (default `.vx/cache`).
+    #[schemars(with = "Option<String>")]
     cache_dir: Option<Spanned<String>>,
+    /// Root-relative globs whose files are keyed into every task.
+    #[schemars(with = "Option<Vec<String>>")]
     global_inputs: Strings,
+    /// Env names (`*` wildcards, `!` excludes) keyed into every task and passed to it.
+    #[schemars(with = "Option<Vec<String>>")]
     global_env: Strings,
+    /// Env names passed to every task, not keyed.
+    #[schemars(with = "Option<Vec<String>>")]
     global_pass_env: Strings,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Project")]
 struct RawProject {
+    /// The project's name (default: the directory's name).
+    #[schemars(with = "Option<String>")]
     name: Option<Spanned<String>>,
+    /// Names of the projects this one depends on.
+    #[schemars(with = "Option<Vec<String>>")]
     deps: Strings,
+    /// Tags, for `--filter tag:NAME`.
+    #[schemars(with = "Option<Vec<String>>")]
     tags: Strings,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Task")]
 struct RawTask {
+    /// The shell command (`sh -c`); without it the task is a group of its `depends_on`.
+    #[schemars(with = "Option<String>")]
     command: Option<Spanned<String>>,
+    /// One line for `vx ls` and the docs.
     description: Option<String>,
+    /// `task` (same project), `^task` (the project's dependencies), `project#task`.
+    #[schemars(with = "Option<Vec<String>>")]
     depends_on: Strings,
+    /// Project-relative globs keyed into the task (default: every file of the project).
+    #[schemars(with = "Option<Vec<String>>")]
     inputs: Strings,
+    /// Project-relative globs the task writes; cached and restored.
+    #[schemars(with = "Option<Vec<String>>")]
     outputs: Strings,
+    /// Env names keyed into the task and passed to it.
+    #[schemars(with = "Option<Vec<String>>")]
     env: Strings,
+    /// Env names passed to the task, not keyed.
+    #[schemars(with = "Option<Vec<String>>")]
     pass_env: Strings,
+    /// Env values set for the task (keyed).
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     define: Option<Spanned<BTreeMap<String, String>>>,
+    /// `false`: never read or write the cache for this task.
+    #[schemars(with = "Option<bool>")]
     cache: Option<Spanned<bool>>,
+    /// A long-running task (a server, a watcher): never cached, never "finished".
+    #[schemars(with = "Option<bool>")]
     persistent: Option<Spanned<bool>>,
+    /// A persistent task counts as ready once its output matches this regex.
+    #[schemars(with = "Option<String>")]
     ready_when: Option<Spanned<String>>,
+    /// The task reads the terminal (runs alone, with stdin).
+    #[schemars(with = "Option<bool>")]
     interactive: Option<Spanned<bool>>,
+    /// The task is killed after this long.
+    #[schemars(with = "Option<DurationSchema>")]
     timeout: Option<Spanned<toml::Value>>,
+    /// How many times a failed run is retried.
+    #[schemars(with = "Option<u64>", range(max = 100))]
     retries: Option<Spanned<i64>>,
+}
+
+/// The JSON Schema of `vx.toml`, pretty-printed (docs/vx.schema.json).
+pub fn schema_json() -> String {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<RawFile>();
+    let mut v = schema.to_value();
+    drop_null(&mut v);
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// TOML has no null: an optional key is just absent, so the schema's
+/// `Option` alternatives (`["string", "null"]`, `anyOf [X, null]`) become X.
+fn drop_null(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".to_string(), only);
+                }
+            }
+            if let Some(Value::Array(alts)) = map.get_mut("anyOf") {
+                alts.retain(|a| a.get("type").is_none_or(|t| t != "null"));
+                if alts.len() == 1
+                    && let Some(Value::Object(only)) = alts.pop()
+                {
+                    map.remove("anyOf");
+                    for (k, x) in only {
+                        map.entry(k).or_insert(x);
+                    }
+                }
+            }
+            map.values_mut().for_each(drop_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_null),
+        _ => {}
+    }
+}
+
+/// Parses and validates one `vx.toml` text on its own (no workspace: project
+/// references are not resolved). For tests and tools.
+pub fn check_text(file: &str, text: &str) -> Result<(), ConfigError> {
+    parse(Src::new(file, text)).map(|_| ())
 }
 
 /// A parsed, validated `vx.toml`.
