@@ -22,8 +22,8 @@
 #   outputs deleted rm -rf packages/*/dist before every run (untimed) -> restored from cache
 #   leaf edited     a unique line appended to the leaf package's source (bench-meta.json)
 #                   before every run (untimed): that package's 3 tasks re-execute
-#   leaf edited, npm shim   the same with ../shared/bench/shim first on PATH
-# "cold" and the shim row put ../shared/bench/shim/npm first on PATH for every runner:
+#   leaf edited, npm shim   the same with tests/bench/kit/shim first on PATH
+# "cold" and the shim row put tests/bench/kit/shim/npm first on PATH for every runner:
 # Turborepo runs every task through `npm run`, and real npm costs ~0.5 s CPU per task
 # here (a cold turbo run through real npm takes > 10 minutes at 1,000 packages). vx and
 # nx run the script with `sh -c` themselves, so the shim changes nothing for them.
@@ -43,12 +43,12 @@
 # (command, env, what "cold" deletes, how to read hits from its output).
 #
 # Needs bash, python3, git, the release binaries (cargo build --release -p vx -p vxd) and,
-# for peers, `bash ../shared/bench/setup-peers.sh` (installs turbo + nx into its tools/).
+# for peers, `bash tests/bench/kit/setup-peers.sh` (installs turbo + nx into its tools/).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-BENCH="${BENCH:-$ROOT/../shared/bench}"
-[ -f "$BENCH/env.sh" ] || { echo "bench kit not found at $BENCH (set BENCH=/path/to/shared/bench)" >&2; exit 2; }
+BENCH="${BENCH:-$ROOT/tests/bench/kit}"
+[ -f "$BENCH/env.sh" ] || { echo "bench kit not found at $BENCH (set BENCH=/path/to/a/bench/kit)" >&2; exit 2; }
 BENCH="$(cd "$BENCH" && pwd)"
 # shellcheck source=/dev/null
 source "$BENCH/env.sh"

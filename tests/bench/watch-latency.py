@@ -4,7 +4,7 @@
     tests/bench/watch-latency.py [--packages N] [--edits N] [--debounce MS] [--runners LIST]
 
 For every runner, on its own copy of the same generated workspace
-(../shared/bench/gen-workspace.py, default 1,000 packages / 3,000 tasks):
+(tests/bench/kit/gen-workspace.py, default 1,000 packages / 3,000 tasks):
 
   1. the leaf package's `build` script gets a prefix that appends the start time
      (`date +%s%N`) to a stamp file: identical bytes for every runner;
@@ -20,8 +20,8 @@ configured debounce (`--debounce`, passed to `vx watch --debounce`). Turbo's wat
 debounce is its own (not configurable); its figure is the raw latency.
 
 Needs python3, git, release binaries (cargo build --release -p vx -p vxd) and, for
-turbo, `bash ../shared/bench/setup-peers.sh`. Turbo runs scripts through npm; the
-bench puts ../shared/bench/shim first on PATH for every runner (see its README).
+turbo, `bash tests/bench/kit/setup-peers.sh`. Turbo runs scripts through npm; the
+bench puts tests/bench/kit/shim first on PATH for every runner (see its README).
 """
 
 import argparse
@@ -37,7 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-BENCH = os.environ.get("BENCH", os.path.join(ROOT, "..", "shared", "bench"))
+BENCH = os.environ.get("BENCH", os.path.join(ROOT, "tests", "bench", "kit"))
 VX = os.environ.get("VX_BIN", os.path.join(ROOT, "target", "release", "vx"))
 TURBO = os.path.join(BENCH, "tools", "node_modules", "@turbo", "linux-64", "bin", "turbo")
 
