@@ -793,12 +793,15 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     Ok(caught.map(|s| 128 + s).unwrap_or(summary.exit_code))
 }
 
-/// A foreground engine standing in for a daemon that does not respond
-/// cannot open the cache the daemon holds: the run goes without it.
+/// A foreground engine standing in for a daemon that does not respond runs
+/// without the cache: the store is shared, but a stopped daemon may be in the
+/// middle of a commit, and a writer of the shared index would wait for it.
 fn without_held_cache(conn: &Conn, params: &mut RunParams) {
     if conn.instead_of_daemon && !params.no_cache {
         params.no_cache = true;
-        eprintln!("vx: running without the cache this time (the daemon holds it)");
+        eprintln!(
+            "vx: running without the cache this time (the daemon that does not respond may be writing to it)"
+        );
     }
 }
 

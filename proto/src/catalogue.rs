@@ -316,6 +316,7 @@ fn schema_of<T: MaybeSchema>() -> Option<Value> {
 }
 
 #[cfg(not(feature = "schema"))]
+#[allow(clippy::extra_unused_type_parameters)] // the same signature as with the feature
 fn schema_of<T: MaybeSchema>() -> Option<Value> {
     None
 }
