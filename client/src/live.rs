@@ -253,19 +253,7 @@ pub fn graph(
     all: bool,
     json: bool,
 ) -> Result<i32> {
-    let params = RunParams {
-        cwd: cwd.to_string_lossy().into_owned(),
-        tasks,
-        filters,
-        all,
-        env: client_env(),
-        ..Default::default()
-    };
-    let g: Graph = call(
-        crate::history::connect(cwd, no_daemon)?,
-        live::GRAPH_GET,
-        &params,
-    )?;
+    let g = graph_of(cwd, no_daemon, tasks, filters, all)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&g)?);
         return Ok(0);
@@ -288,19 +276,32 @@ pub fn graph(
 
 /// `vx ls [--filter P] [--json]`: `graph.get` with no task lists every task.
 pub fn ls(cwd: &Path, no_daemon: bool, filters: Vec<String>, json: bool) -> Result<i32> {
+    let g = graph_of(cwd, no_daemon, Vec::new(), filters, false)?;
+    render::ls(&g, json);
+    Ok(0)
+}
+
+/// One `graph.get` for a selection (no task: every task, for `vx ls`).
+fn graph_of(
+    cwd: &Path,
+    no_daemon: bool,
+    tasks: Vec<String>,
+    filters: Vec<String>,
+    all: bool,
+) -> Result<Graph> {
     let params = RunParams {
         cwd: cwd.to_string_lossy().into_owned(),
+        tasks,
         filters,
+        all,
         env: client_env(),
         ..Default::default()
     };
-    let g: Graph = call(
+    call(
         crate::history::connect(cwd, no_daemon)?,
         live::GRAPH_GET,
         &params,
-    )?;
-    render::ls(&g, json);
-    Ok(0)
+    )
 }
 
 /// `vx explain TASK [--json] [-- ARGS]`.
