@@ -90,6 +90,10 @@ pub struct DaemonStatus {
     /// Full rescans since start (watcher overflow, errors, branch switches).
     pub rescans: u64,
     pub log_file: String,
+    /// What attaches to the daemon besides its socket, by name (`http` →
+    /// its URL); empty when nothing else is served.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub endpoints: std::collections::BTreeMap<String, String>,
 }
 
 /// What to do after a task fails.

@@ -82,6 +82,7 @@ pub fn status(hot: &Hot, d: &DaemonInfo) -> vx_proto::DaemonStatus {
         connections: d.connections.load(Ordering::Relaxed),
         rescans: hot.rescans.load(Ordering::Relaxed),
         log_file: d.log_file.to_string_lossy().into_owned(),
+        endpoints: d.endpoints.lock().map(|m| m.clone()).unwrap_or_default(),
     }
 }
 
@@ -134,8 +135,14 @@ pub fn open_log(root: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
     Ok((path, f))
 }
 
-/// Runs the daemon for `root` until it is idle, stopped, or its root is gone.
-pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
+/// Runs the daemon for `root` until it is idle, stopped, or its root is gone,
+/// with `attachments` (the transports of the `vxd` binary's other crates)
+/// started once it serves its socket and stopped with it.
+pub async fn run(
+    root: PathBuf,
+    log_file: PathBuf,
+    attachments: Vec<Box<dyn super::attach::Attachment>>,
+) -> anyhow::Result<()> {
     let found = crate::workspace::find_root(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
     anyhow::ensure!(
         found == root,
@@ -177,6 +184,7 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
         version: vx_proto::knobs::DAEMON_VERSION_OVERRIDE
             .get_process()
             .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+        endpoints: Default::default(),
     });
     let ctx = Arc::new(Ctx {
         mode: Mode::Daemon,
@@ -194,6 +202,11 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
+    let stopping = tokio_util::sync::CancellationToken::new();
+    super::attach::start_all(
+        &attachments,
+        &super::attach::Door::new(ctx.clone(), info.clone(), root.clone(), stopping.clone()),
+    );
     // SAFETY: getuid cannot fail.
     let my_uid = unsafe { libc::getuid() };
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<&'static str>();
@@ -268,6 +281,7 @@ pub async fn run(root: PathBuf, log_file: PathBuf) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&paths.socket);
     }
     ctx.cancel.cancel(libc::SIGTERM);
+    stopping.cancel();
     if let Ok(v) = conn_signals.lock() {
         for s in v.iter() {
             let _ = s.send(libc::SIGTERM);

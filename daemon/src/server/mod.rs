@@ -12,11 +12,13 @@
 //! JSON-RPC. The stdio engine never outlives its client: it ends when its
 //! stdin closes or on a signal, within a bounded time.
 //! `daemon` (the submodule) owns the long-lived daemon's lifecycle: socket,
-//! locks, idle exit, guard.
+//! locks, idle exit, guard; [`attach`] the seam where transports that live
+//! in their own crates (HTTP, MCP, gRPC, OpenTelemetry) attach to it.
 //!
 //! Never: knows a method by name outside `handlers`, or runs blocking work
 //! on an async thread.
 
+pub mod attach;
 pub mod daemon;
 mod error_codes;
 mod handlers;
@@ -52,6 +54,8 @@ pub struct DaemonInfo {
     /// The version `daemon.hello` reports (overridable for tests with
     /// `VX_DAEMON_VERSION_OVERRIDE`, to exercise the replace path).
     pub version: String,
+    /// Endpoints attachments advertise (`http` → URL), for `daemon.status`.
+    pub endpoints: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Everything a connection's handlers can reach.

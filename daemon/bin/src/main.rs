@@ -1,4 +1,5 @@
-//! `vxd` — the vx engine binary.
+//! `vxd` — the vx engine binary: the engine (`vxd-engine`, imported as
+//! `vxd`) with the transports that attach to its daemon.
 //!
 //! - `vxd --stdio`: serve one client over stdin/stdout (the no-daemon path).
 //!   It never outlives its client: it exits when its stdin closes, on
@@ -48,6 +49,12 @@ fn main() -> anyhow::Result<()> {
         }
         _ => usage(),
     }
+}
+
+/// The transports and exporters that attach to a daemon, each from its own
+/// crate (the engine, `vxd-engine`, links none of them).
+fn attachments() -> Vec<Box<dyn vxd::server::attach::Attachment>> {
+    Vec::new()
 }
 
 fn filter() -> tracing_subscriber::EnvFilter {
@@ -142,7 +149,7 @@ fn daemon(root: PathBuf) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let r = rt.block_on(vxd::server::daemon::run(root, log_path));
+    let r = rt.block_on(vxd::server::daemon::run(root, log_path, attachments()));
     if let Err(e) = &r {
         tracing::error!("vxd daemon failed: {e:#}");
     }

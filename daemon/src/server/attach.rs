@@ -1,0 +1,126 @@
+//! `server::attach` — how a transport or exporter that lives in its own
+//! crate (HTTP and the dashboard, MCP over HTTP, worker links, the
+//! OpenTelemetry exporter) attaches to a running daemon.
+//!
+//! Owns: the [`Attachment`] trait the `vxd` binary's crates implement, and
+//! the [`Door`] each gets when the daemon starts serving: the router (every
+//! request goes through [`super::the_router`], whatever the transport), the
+//! connection context, the workspace root, the runtime directory beside the
+//! socket (discovery files go there, never into the workspace), the
+//! daemon's stop token, connection counting (a live HTTP or gRPC client
+//! keeps the daemon from idling out, like a socket client) and the
+//! endpoints `daemon.status` reports.
+//! Never: knows a protocol, or lets an attachment that fails to start stop
+//! the daemon (the failure is logged; the socket keeps serving).
+
+use super::{Ctx, DaemonInfo, Router};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio_util::sync::CancellationToken;
+
+/// A transport or exporter started with the daemon and stopped with it.
+pub trait Attachment: Send + Sync {
+    /// A short name for logs and `daemon.status` (`http`, `otel`).
+    fn name(&self) -> &'static str;
+    /// Starts it on the daemon's runtime. Returns promptly: long-lived work
+    /// is spawned, and ends when [`Door::stopping`] is cancelled.
+    fn start(&self, door: Door) -> anyhow::Result<()>;
+}
+
+/// What an attachment reaches of the daemon.
+#[derive(Clone)]
+pub struct Door {
+    ctx: Arc<Ctx>,
+    info: Arc<DaemonInfo>,
+    root: PathBuf,
+    stopping: CancellationToken,
+}
+
+impl Door {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        info: Arc<DaemonInfo>,
+        root: PathBuf,
+        stopping: CancellationToken,
+    ) -> Door {
+        Door {
+            ctx,
+            info,
+            root,
+            stopping,
+        }
+    }
+
+    /// The one router; make a connection with [`Router::connect`] (the
+    /// caller's principal and event sink) and call methods through it.
+    pub fn router(&self) -> &'static Router<Ctx> {
+        super::the_router()
+    }
+
+    /// The context every connection of this daemon shares.
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// The workspace root this daemon serves.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The daemon's socket; its directory is private to the user (`0700`).
+    pub fn socket(&self) -> &Path {
+        &self.info.socket
+    }
+
+    /// A file beside the socket, named like it with `ext` in place of
+    /// `.sock` (the HTTP discovery file is `<socket stem>.json`).
+    pub fn beside_socket(&self, ext: &str) -> PathBuf {
+        self.info.socket.with_extension(ext)
+    }
+
+    /// Cancelled when the daemon stops: every attachment winds down then.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    /// Counts a live client until the guard drops: the daemon does not
+    /// idle out while one is connected.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.info.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.info.clone())
+    }
+
+    /// Marks activity (a request that did not go through the router).
+    pub fn touch(&self) {
+        if let Some(hot) = &self.ctx.hot {
+            hot.touch();
+        }
+    }
+
+    /// Publishes an endpoint (`http` → its URL) in `daemon.status`.
+    pub fn advertise(&self, name: &str, address: &str) {
+        if let Ok(mut m) = self.info.endpoints.lock() {
+            m.insert(name.to_string(), address.to_string());
+        }
+    }
+}
+
+/// A counted connection (see [`Door::connection`]).
+pub struct ConnectionGuard(Arc<DaemonInfo>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts each attachment; one that fails is logged and left out.
+pub(super) fn start_all(attachments: &[Box<dyn Attachment>], door: &Door) {
+    for a in attachments {
+        match a.start(door.clone()) {
+            Ok(()) => tracing::info!(attachment = a.name(), "attached"),
+            Err(e) => tracing::error!(attachment = a.name(), "could not start: {e:#}"),
+        }
+    }
+}
