@@ -325,3 +325,45 @@ vx_test!(
         assert!(all_cached(&r), "{:?}", statuses(r.summary()));
     }
 );
+
+// Two runs of one slow task in one tree, started together (here two
+// foreground runs; in the test above a foreground run and the daemon):
+// the second waits for the first instead of wiping and rewriting the same
+// outputs beside it, then takes the first's result from the cache. The
+// outputs and the stored entry hold the whole file, never a half-written
+// one.
+vx_test!(the_same_task_in_two_processes_runs_once, || {
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"p/*\"]\n"),
+        (
+            "p/a/vx.toml",
+            concat!(
+                "[tasks.build]\n",
+                "command = \"mkdir -p dist && printf head > dist/out.txt && sleep 1 ",
+                "&& cat src/in.txt >> dist/out.txt\"\n",
+                "inputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
+            ),
+        ),
+        ("p/a/src/in.txt", "-tail\n"),
+    ]);
+    let one = spawn(&ws, false, &["build"]);
+    let two = spawn(&ws, false, &["build"]);
+    let (c1, s1, e1) = finish(one);
+    let (c2, s2, e2) = finish(two);
+    assert_eq!((c1, c2), (0, 0), "{e1}\n{e2}");
+    let ran: Vec<String> = [&s1, &s2]
+        .iter()
+        .map(|s| statuses(s)["a#build"].clone())
+        .collect();
+    assert_eq!(
+        ran.iter().filter(|s| *s == "success").count(),
+        1,
+        "exactly one executed: {ran:?}"
+    );
+    assert_eq!(keys(&s1), keys(&s2));
+    assert_eq!(ws.read("p/a/dist/out.txt"), "head-tail\n");
+    std::fs::remove_dir_all(ws.path("p/a/dist")).expect("rm dist");
+    let r = fg_run(&ws, &["build"]);
+    assert!(r.executed().is_empty(), "{:?}", statuses(r.summary()));
+    assert_eq!(ws.read("p/a/dist/out.txt"), "head-tail\n");
+});

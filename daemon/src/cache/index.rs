@@ -467,6 +467,16 @@ impl Store {
         share::run_lease(&self.dir)
     }
 
+    /// The cross-process execution lock of the task `slot` names (see
+    /// [`TaskLock`]); `None` for an ephemeral store or when the lock file
+    /// cannot be made.
+    pub fn task_lock(&self, slot: &str) -> Option<super::TaskLock> {
+        if self.ephemeral {
+            return None;
+        }
+        super::share::TaskLock::open(&self.dir, slot)
+    }
+
     pub(super) fn send(&self, op: Op) {
         if let Ok(g) = self.writer.lock()
             && let Some(tx) = g.as_ref()

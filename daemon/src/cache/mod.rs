@@ -56,8 +56,8 @@ pub use index::*;
 pub use outputs::*;
 pub use prune::*;
 pub use restore::*;
-pub use share::RunLease;
 pub(crate) use share::unshared;
+pub use share::{RunLease, TaskLock};
 
 use crate::fsx::Confined;
 use crate::globs::Patterns;

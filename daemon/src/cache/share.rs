@@ -1,11 +1,13 @@
 //! `cache::share` — how several vx processes share one cache directory:
 //! the file locks beside redb's own.
 //!
-//! Owns three locks, none of which holds data: the whole-file probe of a
+//! Owns four locks, none of which holds data: the whole-file probe of a
 //! redb file (no other process has it open, so it may be moved aside or
 //! deleted), `gc.lock` (a prune's sweep against a save finding a blob
-//! present) and `runs.lock` (a run in progress, any process, against a
-//! `cache clean`). Every lock is an open-file-description lock or a `flock`,
+//! present), `runs.lock` (a run in progress, any process, against a
+//! `cache clean`) and `tasks.lock` (one task of one project executing in
+//! one process at a time, so two processes never write the same outputs at
+//! once and capture each other's half-written files). Every lock is an open-file-description lock or a `flock`,
 //! released by the kernel when its holder dies, so a crash never wedges
 //! another process. Never reads or writes the index, the history or a blob.
 
@@ -20,6 +22,10 @@ pub(crate) const GC_LOCK: &str = "gc.lock";
 /// The lock file every run holds shared for its whole life, and
 /// `cache clean` exclusively.
 pub(crate) const RUNS_LOCK: &str = "runs.lock";
+
+/// The file whose bytes are the per-task execution locks: one byte pair
+/// per (project directory, task), at an offset hashed from them.
+pub(crate) const TASKS_LOCK: &str = "tasks.lock";
 
 /// A held lock on a file (released on drop, by closing it).
 #[derive(Debug)]
@@ -62,6 +68,74 @@ fn flock(f: &File, op: libc::c_int) -> bool {
         if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return false;
         }
+    }
+}
+
+fn ofd(f: &File, cmd: libc::c_int, kind: libc::c_int, at: i64) -> Option<libc::flock> {
+    // SAFETY: an all-zero `flock` is a valid value of a plain C struct.
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = kind as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    lk.l_start = at;
+    lk.l_len = 1;
+    // SAFETY: fcntl on a descriptor we own, with a valid `flock`.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut lk) };
+    (r == 0).then_some(lk)
+}
+
+/// One task's execution lock in `tasks.lock`, across processes: byte
+/// `2n` is held (exclusively) by the process executing the task, byte
+/// `2n + 1` (shared) by every process waiting for it. Open-file-description
+/// locks, so each [`TaskLock`] is its own holder, even within one process,
+/// and the kernel drops them when the holder dies.
+#[derive(Debug)]
+pub struct TaskLock {
+    file: File,
+    at: i64,
+    held: bool,
+}
+
+impl TaskLock {
+    /// Opens `dir`'s `tasks.lock` for the task `slot` names. `None` when
+    /// the file cannot be made (a read-only cache dir): the caller goes on
+    /// unlocked, as a single process would.
+    pub(crate) fn open(dir: &Path, slot: &str) -> Option<TaskLock> {
+        let file = lock_file(dir, TASKS_LOCK).ok()?;
+        let h = blake3::hash(slot.as_bytes());
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&h.as_bytes()[..8]);
+        // Even and well inside `off_t`.
+        let at = ((u64::from_le_bytes(n) >> 4) << 1) as i64;
+        Some(TaskLock {
+            file,
+            at,
+            held: false,
+        })
+    }
+
+    /// Takes the task's lock without waiting; `false` while another
+    /// process (or another [`TaskLock`]) holds it. A caller that will try
+    /// again marks itself as waiting first ([`TaskLock::wait_mark`]).
+    pub fn try_take(&mut self) -> bool {
+        if !self.held && ofd(&self.file, libc::F_OFD_SETLK, libc::F_WRLCK, self.at).is_some() {
+            self.held = true;
+            // No longer waiting (a no-op when it never was).
+            let _ = ofd(&self.file, libc::F_OFD_SETLK, libc::F_UNLCK, self.at + 1);
+        }
+        self.held
+    }
+
+    /// Says "I am waiting for this task", for the holder to see
+    /// ([`TaskLock::awaited`]); dropped when the lock is taken.
+    pub fn wait_mark(&self) {
+        let _ = ofd(&self.file, libc::F_OFD_SETLK, libc::F_RDLCK, self.at + 1);
+    }
+
+    /// Whether another process waits for this task (so the holder commits
+    /// what it stored before letting go, for the waiter to hit it).
+    pub fn awaited(&self) -> bool {
+        ofd(&self.file, libc::F_OFD_GETLK, libc::F_WRLCK, self.at + 1)
+            .is_some_and(|lk| lk.l_type != libc::F_UNLCK as libc::c_short)
     }
 }
 
@@ -129,6 +203,23 @@ mod tests {
             .create(&p);
         assert!(r.is_err());
         drop(held);
+    }
+
+    #[test]
+    fn a_task_lock_has_one_holder_and_sees_its_waiters() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = TaskLock::open(d.path(), "/ws/p\0p#build").unwrap();
+        let mut b = TaskLock::open(d.path(), "/ws/p\0p#build").unwrap();
+        let mut other = TaskLock::open(d.path(), "/ws/p\0p#test").unwrap();
+        assert!(a.try_take());
+        assert!(other.try_take(), "another task is not blocked");
+        assert!(!a.awaited());
+        assert!(!b.try_take());
+        b.wait_mark();
+        assert!(a.awaited());
+        drop(a);
+        assert!(b.try_take());
+        assert!(!b.awaited(), "its own mark went when it took the lock");
     }
 
     #[test]

@@ -211,7 +211,9 @@ pub(super) async fn run_task(
         return Ok(r);
     }
     let Some(hot) = sh.hot.clone() else {
-        return execute(sh, g, &key, tainted, cancel).await.map(|(r, _)| r);
+        return execute_alone(sh, g, &key, tainted, cancel)
+            .await
+            .map(|(r, _)| r);
     };
     // The daemon: a task with this key already executing for another run
     // is joined, not run again.
@@ -229,7 +231,7 @@ pub(super) async fn run_task(
     let result = if executor {
         let lock = hot.task_lock(&id);
         let _serialized = lock.lock().await;
-        let r = execute(sh, g, &key, tainted, entry.cancel_receiver()).await;
+        let r = execute_alone(sh, g, &key, tainted, entry.cancel_receiver()).await;
         // Let joiners see the entry we saved before they look for it.
         if entry.has_joiners() {
             let _ = sh.store.flush();
@@ -325,6 +327,74 @@ pub(super) fn replay(sh: &Shared, id: &str, key: &str, r: &TaskResult, log: &[u8
             });
         }
     }
+}
+
+/// How often a task waiting for another process's execution of it looks
+/// again.
+const LOCK_POLL: Duration = Duration::from_millis(25);
+
+/// [`execute`], but never at the same time as another process executing
+/// the same task of the same project (a `--no-daemon` run beside the
+/// daemon, or two foreground runs): both would wipe and write the same
+/// outputs, and one could capture the other's half-written files under
+/// its key. The second waits (cancellably) for the first, then takes the
+/// first's result from the cache when it is there, and executes only when
+/// it is not. Only a task whose result is saved takes the lock: an
+/// uncached or tainted one (and a persistent one, which never comes
+/// here) is the user's to run twice.
+async fn execute_alone(
+    sh: &Arc<Shared>,
+    g: usize,
+    key: &str,
+    tainted: bool,
+    mut cancel: watch::Receiver<Option<i32>>,
+) -> Result<(TaskResult, Vec<u8>), EngineError> {
+    if !sh.cache_enabled(g) || tainted {
+        return execute(sh, g, key, tainted, cancel).await;
+    }
+    let node = &sh.model.graph.nodes[g];
+    let slot = format!("{}\0{}", sh.project_abs(node.project).display(), node.id);
+    let Some(mut lock) = sh.store.task_lock(&slot) else {
+        return execute(sh, g, key, tainted, cancel).await;
+    };
+    let mut waited = false;
+    while !lock.try_take() {
+        if !waited {
+            waited = true;
+            lock.wait_mark();
+            tracing::debug!(task = %node.id, "waiting for another process executing it");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_POLL) => {}
+            _ = cancel.wait_for(|c| c.is_some()) => {
+                let mut r = base_result(sh, g);
+                r.key = Some(key.to_string());
+                r.status = TaskStatus::Aborted;
+                r.error = Some("cancelled while another process executed this task".into());
+                return Ok((r, Vec::new()));
+            }
+        }
+    }
+    if waited && sh.cache_read(g) {
+        // The other process may have stored this very key.
+        sh.store.refresh();
+        let (sh2, k2) = (sh.clone(), key.to_string());
+        let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, g, &k2, true))
+            .await
+            .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
+        if let Hit::Served(r, log) = hit {
+            replay(sh, &node.id, key, &r, &log);
+            return Ok((r, log));
+        }
+    }
+    let r = execute(sh, g, key, tainted, cancel).await;
+    if lock.awaited() {
+        // Commit what we stored before letting the waiter look for it.
+        let sh2 = sh.clone();
+        let _ = tokio::task::spawn_blocking(move || sh2.store.flush()).await;
+    }
+    drop(lock);
+    r
 }
 
 /// Executes a task (with retries) and saves a successful result. Returns
