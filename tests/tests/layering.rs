@@ -105,9 +105,17 @@ fn crates_link_only_what_they_may() {
         ("vx", "tokio", "the client stays thin and tokio-free"),
         ("vx", "redb", "the client never opens the engine's stores"),
         ("vx-proto", "tokio", "the contract is plain data"),
-        ("vx-proto", "vxd-engine", "the contract depends on nothing of ours"),
+        (
+            "vx-proto",
+            "vxd-engine",
+            "the contract depends on nothing of ours",
+        ),
         ("vx-proto", "vxd", "the contract depends on nothing of ours"),
-        ("vx", "vxd-engine", "the client talks to the engine only over the wire"),
+        (
+            "vx",
+            "vxd-engine",
+            "the client talks to the engine only over the wire",
+        ),
         ("vx-proto", "vx", "the contract depends on nothing of ours"),
     ];
     let mut broken = Vec::new();
