@@ -517,3 +517,49 @@ mod tests {
         });
     }
 }
+
+/// The real peers some end-to-end tests drive (a browser, MCP clients, an
+/// OTLP receiver, an S3 server, turbo), installed by `tests/peers/setup.sh`
+/// (which `.ci/run` calls). A test whose peer is missing calls
+/// [`peers::skip`]: it prints why and how to install it, never silently.
+pub mod peers {
+    use std::path::{Path, PathBuf};
+
+    /// `tests/peers/`.
+    pub fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
+    }
+
+    /// The peers venv's python, when `setup.sh` made it.
+    pub fn python() -> Option<PathBuf> {
+        let p = dir().join(".venv/bin/python");
+        p.is_file().then_some(p)
+    }
+
+    /// `tests/peers/node_modules/.bin/<tool>`, when installed.
+    pub fn npm_bin(tool: &str) -> Option<PathBuf> {
+        let p = dir().join("node_modules/.bin").join(tool);
+        p.exists().then_some(p)
+    }
+
+    /// `tests/peers/node_modules`, when any npm peer is installed.
+    pub fn node_modules() -> Option<PathBuf> {
+        let p = dir().join("node_modules");
+        p.is_dir().then_some(p)
+    }
+
+    /// An executable on PATH (Debian's `chromium`, `turbo`).
+    pub fn on_path(name: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// Says loudly that a test skips because `peer` is missing.
+    pub fn skip(test: &str, peer: &str) {
+        eprintln!(
+            "SKIP {test}: {peer} is not installed here (tests/peers/setup.sh installs it; .ci/run calls it)"
+        );
+    }
+}
