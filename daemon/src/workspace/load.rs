@@ -515,6 +515,29 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
             }
         }
     }
+    // Turbo keys the files of the root package's workspace dependencies
+    // (and theirs) into every task (its global `hashOfInternalDependencies`):
+    // a shared config package the root depends on changes every key.
+    let root_internal: Vec<usize> = match (&root_pkg, turbo_mode && !root_is_member) {
+        (Some(pkg), true) => {
+            let mut todo: Vec<usize> = pkg
+                .deps
+                .iter()
+                .filter_map(|(k, s)| {
+                    npm::local_target(k, s, ".", &lookup_name, &lookup_dir)
+                        .and_then(|name| by_pkg.get(name.as_str()).copied())
+                })
+                .collect();
+            let mut seen = BTreeSet::new();
+            while let Some(i) = todo.pop() {
+                if seen.insert(i) {
+                    todo.extend(hard[i].iter().copied());
+                }
+            }
+            seen.into_iter().collect()
+        }
+        _ => Vec::new(),
+    };
     if let Some(cycle) = find_cycle(&hard) {
         let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
         let first = &drafts[cycle[0]];
@@ -585,6 +608,12 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
     } else if let Some(t) = &turbo_root {
         defaults.concurrency = t.concurrency;
         global = t.global.clone();
+    }
+    for &i in &root_internal {
+        let dir = &projects[i].dir;
+        if dir != "." {
+            global.inputs.push(format!("{dir}/**"));
+        }
     }
 
     if defaults.cache_dir.is_none()
