@@ -255,6 +255,8 @@ enum CacheCmd {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ContinueArg {
     Never,
+    /// Turbo's spelling is `dependencies-successful`.
+    #[value(alias = "dependencies-successful")]
     DepsOk,
     Always,
 }
@@ -265,6 +267,59 @@ enum LogsArg {
     ErrorsOnly,
     NewOnly,
     None,
+    HashOnly,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum LogPrefixArg {
+    Auto,
+    Task,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum LogOrderArg {
+    Auto,
+    Stream,
+    Grouped,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum EnvModeArg {
+    Strict,
+    Loose,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum UiArg {
+    Stream,
+    Tui,
+}
+
+/// `--concurrency`: a count, or a percentage of this machine's CPUs
+/// (turbo's `50%`; at least 1).
+fn parse_concurrency(s: &str) -> std::result::Result<usize, String> {
+    let s = s.trim();
+    let n = match s.strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}` is not a percentage (write `50%`)"))?;
+            if p.is_nan() || p <= 0.0 {
+                return Err(format!("`{s}`: the percentage must be above 0"));
+            }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            ((cpus as f64 * p / 100.0).floor() as usize).max(1)
+        }
+        None => s
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}` is not a number of tasks or a percentage of the CPUs"))?,
+    };
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -289,11 +344,13 @@ struct RunArgs {
     /// (default: the remote's default branch, else `main`), and their dependents.
     #[arg(long, value_name = "BASE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     affected: Option<String>,
-    /// How many tasks run at once (default: the number of CPUs).
-    #[arg(long, value_name = "N")]
+    /// How many tasks run at once: a number, or a percentage of the CPUs
+    /// (`50%`). Default: the number of CPUs.
+    #[arg(long, value_name = "N|P%", value_parser = parse_concurrency)]
     concurrency: Option<usize>,
     /// After a failure: `never` (stop), `deps-ok` (skip its dependents; the
-    /// default) or `always`. A bare `--continue` means `always`.
+    /// default; turbo's `dependencies-successful`) or `always`. A bare
+    /// `--continue` means `always`.
     #[arg(long = "continue", value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "always")]
     continue_mode: Option<ContinueArg>,
     /// Ignore cache hits (results are still saved).
@@ -302,9 +359,34 @@ struct RunArgs {
     /// Neither read nor write the cache.
     #[arg(long)]
     no_cache: bool,
-    /// Which task logs to show.
-    #[arg(long, value_name = "MODE", default_value = "full")]
-    output_logs: LogsArg,
+    /// Which task logs to show (default: `full`, or a task's own
+    /// turbo.json `outputLogs`).
+    #[arg(long, value_name = "MODE")]
+    output_logs: Option<LogsArg>,
+    /// Prefix task output lines with the task's name (`auto`, `task`) or
+    /// not (`none`).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    log_prefix: LogPrefixArg,
+    /// `stream` task output as it comes (`auto`), or show each task's
+    /// output in one block when it ends (`grouped`).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    log_order: LogOrderArg,
+    /// Which environment reaches tasks: `strict` (the keyed and
+    /// pass-through variables and a small allowlist) or `loose` (all of
+    /// it). Default: the workspace's turbo.json `envMode`, else strict.
+    #[arg(long, value_name = "MODE")]
+    env_mode: Option<EnvModeArg>,
+    /// Key and pass the env variables of a package's framework
+    /// (`NEXT_PUBLIC_*`, `VITE_*`, …), as turbo does; `=false` turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    framework_inference: Option<bool>,
+    /// Use this cache directory for this run (as `VX_CACHE_DIR`).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Accepted for turbo compatibility: vx has one view, streamed lines
+    /// with a progress line on a terminal.
+    #[arg(long, value_name = "UI")]
+    ui: Option<UiArg>,
     /// Stream the run's events as NDJSON on stdout.
     #[arg(long)]
     json: bool,
@@ -312,7 +394,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     summarize: Option<String>,
     /// Print the plan with predicted cache hits and run nothing (`--dry=json` for JSON).
-    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
+    #[arg(long, alias = "dry-run", value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
     dry: Option<DryArg>,
     /// Print the task graph as Graphviz DOT and run nothing; to FILE when
     /// given, in its extension's format: .dot, .json, .html, or .png/.svg/.pdf
@@ -727,6 +809,7 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
 }
 
 fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
+    set_cache_dir(&args, cwd);
     if args.dry.is_some() && args.graph.is_some() {
         return Err(anyhow!("--dry and --graph cannot be combined"));
     }
@@ -755,8 +838,7 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
         return Ok(0);
     }
     let signals = conn.forward_signals()?;
-    let progress = matches!(args.output_logs, LogsArg::Full | LogsArg::NewOnly);
-    let mut ui = render::Ui::new(args.json, progress);
+    let mut ui = ui_for(&args);
     let result = call_following(conn, methods::RUN_START, &params, &mut |e| ui.event(e));
     let caught = signals.caught();
     let v = match result {
@@ -806,10 +888,37 @@ fn without_held_cache(conn: &Conn, params: &mut RunParams) {
 }
 
 /// The engine parameters of `vx run` / `vx watch`.
+/// `--cache-dir DIR` is `VX_CACHE_DIR=DIR` for this command: set in this
+/// process, so the request's env and a foreground engine both carry it (a
+/// daemon serving another cache hands the run to a foreground engine).
+fn set_cache_dir(args: &RunArgs, cwd: &Path) {
+    if let Some(dir) = &args.cache_dir {
+        // SAFETY: called first thing in a run, before this process starts
+        // any thread.
+        unsafe { std::env::set_var(vx_proto::knobs::CACHE_DIR.name, cwd.join(dir)) };
+    }
+}
+
+/// The terminal view a run's flags ask for.
+fn ui_for(args: &RunArgs) -> render::Ui {
+    // `--ui` is accepted for turbo's sake; both of its views are this one.
+    let _ = args.ui;
+    let logs = args.output_logs.unwrap_or(LogsArg::Full);
+    let progress = matches!(logs, LogsArg::Full | LogsArg::NewOnly | LogsArg::HashOnly);
+    let mut ui = render::Ui::new(args.json, progress);
+    ui.set_log_style(
+        args.log_prefix != LogPrefixArg::None,
+        args.log_order == LogOrderArg::Grouped,
+        matches!(logs, LogsArg::HashOnly),
+    );
+    ui
+}
+
 fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
     let env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+
     RunParams {
         cwd: cwd.to_string_lossy().into_owned(),
         tasks: args.tasks.clone(),
@@ -825,12 +934,19 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
         },
         force: args.force,
         no_cache: args.no_cache,
-        output_logs: match args.output_logs {
+        output_logs: match args.output_logs.unwrap_or(LogsArg::Full) {
             LogsArg::Full => OutputLogs::Full,
             LogsArg::ErrorsOnly => OutputLogs::ErrorsOnly,
             LogsArg::NewOnly => OutputLogs::NewOnly,
             LogsArg::None => OutputLogs::None,
+            LogsArg::HashOnly => OutputLogs::HashOnly,
         },
+        output_logs_from_tasks: args.output_logs.is_none(),
+        env_mode: args.env_mode.map(|m| match m {
+            EnvModeArg::Strict => vx_proto::EnvMode::Strict,
+            EnvModeArg::Loose => vx_proto::EnvMode::Loose,
+        }),
+        framework_inference: args.framework_inference,
         env,
         // The terminal view shows what happened; machines get every task.
         detail: if args.json || args.summarize.is_some() {
@@ -866,6 +982,7 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
 /// `vx watch`: a dev loop served by the daemon's watcher.
 fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     let r = &args.run;
+    set_cache_dir(r, cwd);
     if r.dry.is_some()
         || r.graph.is_some()
         || r.summarize.is_some()
@@ -890,8 +1007,7 @@ fn watch(args: WatchArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     let conn = conn::connect(cwd, no_daemon)?;
     without_held_cache(&conn, &mut params.run);
     let signals = conn.forward_signals()?;
-    let progress = matches!(r.output_logs, LogsArg::Full | LogsArg::NewOnly);
-    let mut ui = render::Ui::new(r.json, progress);
+    let mut ui = ui_for(r);
     ui.watching = true;
     let result = call_following(conn, methods::WATCH_START, &params, &mut |e| ui.event(e));
     let caught = signals.caught();

@@ -68,6 +68,13 @@ pub struct Ui {
     /// The progress line of a run on a terminal (never in pipes, `--json`
     /// or `vx watch`); `None` when it is not shown.
     progress_line: Option<Progress>,
+    /// Lines carry the task's name (`--log-prefix`, on unless `none`).
+    log_prefix: bool,
+    /// Each task's output is held and shown in one block when the task
+    /// ends (`--log-order=grouped`), by task id.
+    grouped: Option<HashMap<String, Vec<String>>>,
+    /// `--output-logs=hash-only`: a hit's line says the logs are suppressed.
+    hash_only: bool,
 }
 
 /// The state behind the progress line: `[3/12] 2 cached · running: a#build, b#test`.
@@ -162,6 +169,34 @@ impl Ui {
             settled: false,
             pending_header: None,
             progress_line: (!json && std::io::stdout().is_terminal()).then(Progress::default),
+            log_prefix: true,
+            grouped: None,
+            hash_only: false,
+        }
+    }
+
+    /// `--log-prefix`, `--log-order` and `--output-logs=hash-only`.
+    pub fn set_log_style(&mut self, prefix: bool, grouped: bool, hash_only: bool) {
+        self.log_prefix = prefix;
+        self.grouped = grouped.then(HashMap::new);
+        self.hash_only = hash_only;
+    }
+
+    /// Prints (and forgets) the held output of task `id`, or of every task.
+    fn flush_group(&mut self, id: Option<&str>) {
+        let Some(groups) = &mut self.grouped else {
+            return;
+        };
+        let blocks: Vec<Vec<String>> = match id {
+            Some(id) => groups.remove(id).into_iter().collect(),
+            None => {
+                let mut all: Vec<(String, Vec<String>)> = groups.drain().collect();
+                all.sort();
+                all.into_iter().map(|(_, l)| l).collect()
+            }
+        };
+        for line in blocks.into_iter().flatten() {
+            let _ = writeln!(self.out, "{line}");
         }
     }
 
@@ -199,16 +234,19 @@ impl Ui {
     }
 
     fn prefix(&mut self, id: &str) -> String {
+        if !self.log_prefix {
+            return String::new();
+        }
         let label = id.replacen('#', ":", 1);
         if !self.colour {
-            return format!("{label} │");
+            return format!("{label} │ ");
         }
         let n = self.colours.len();
         let c = *self
             .colours
             .entry(id.to_string())
             .or_insert(PALETTE[n % PALETTE.len()]);
-        format!("\x1b[{c}m{label}\x1b[0m \x1b[2m│\x1b[0m")
+        format!("\x1b[{c}m{label}\x1b[0m \x1b[2m│\x1b[0m ")
     }
 
     fn dim(&self, s: &str) -> String {
@@ -306,7 +344,7 @@ impl Ui {
             RunEvent::TaskReady { id } => {
                 let p = self.prefix(&id);
                 let msg = self.dim("ready");
-                let _ = writeln!(self.out, "{p} {msg}");
+                let _ = writeln!(self.out, "{p}{msg}");
             }
             RunEvent::TaskStarted { .. } if !self.progress => {}
             RunEvent::TaskStarted {
@@ -320,7 +358,7 @@ impl Ui {
                     None => "executing".to_string(),
                 };
                 let msg = self.dim(&msg);
-                let _ = writeln!(self.out, "{p} {msg}");
+                let _ = writeln!(self.out, "{p}{msg}");
                 // Before the task may take the terminal.
                 let _ = self.out.flush();
             }
@@ -332,18 +370,27 @@ impl Ui {
                     "restored"
                 };
                 let msg = self.dim(&format!(
-                    "cache hit ({what}), replaying logs {}",
+                    "cache hit ({what}), {} {}",
+                    if self.hash_only {
+                        "suppressing logs"
+                    } else {
+                        "replaying logs"
+                    },
                     &key[..key.len().min(16)]
                 ));
-                let _ = writeln!(self.out, "{p} {msg}");
+                let _ = writeln!(self.out, "{p}{msg}");
             }
             RunEvent::TaskOutput {
                 id, stream, line, ..
             } => {
                 let p = self.prefix(&id);
-                match stream {
-                    Stream::Stdout | Stream::Stderr => {
-                        let _ = writeln!(self.out, "{p} {line}");
+                let text = match stream {
+                    Stream::Stdout | Stream::Stderr => format!("{p}{line}"),
+                };
+                match &mut self.grouped {
+                    Some(groups) => groups.entry(id).or_default().push(text),
+                    None => {
+                        let _ = writeln!(self.out, "{text}");
                     }
                 }
             }
@@ -357,6 +404,7 @@ impl Ui {
                 eprintln!("vx: retrying {id} (attempt {attempt}/{of}) after {reason}");
             }
             RunEvent::TaskFinished { result } => {
+                self.flush_group(Some(&result.id));
                 if result.status == TaskStatus::Failed {
                     let p = self.prefix(&result.id);
                     let why = result.error.clone().unwrap_or_else(|| "failed".into());
@@ -365,7 +413,7 @@ impl Ui {
                     } else {
                         format!("✗ failed: {why}")
                     };
-                    let _ = writeln!(self.out, "{p} {msg}");
+                    let _ = writeln!(self.out, "{p}{msg}");
                 }
             }
             RunEvent::EventsDropped { count } => {
@@ -387,6 +435,7 @@ impl Ui {
     }
 
     pub fn summary(&mut self, s: &RunSummary) {
+        self.flush_group(None);
         self.clear_progress();
         if let Some(p) = &mut self.progress_line {
             p.over = true;

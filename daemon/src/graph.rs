@@ -582,6 +582,16 @@ pub fn filter_projects(
             Some(b) => (true, b),
             None => (false, body),
         };
+        // Turbo's `...^pkg` / `pkg^...`: the dependents or dependencies
+        // without the matched projects themselves.
+        let (without_self, body) = match (
+            dependents.then(|| body.strip_prefix('^')).flatten(),
+            deps.then(|| body.strip_suffix('^')).flatten(),
+        ) {
+            (Some(b), _) => (true, b.strip_suffix('^').filter(|_| deps).unwrap_or(b)),
+            (None, Some(b)) => (true, b),
+            (None, None) => (false, body),
+        };
         if body.is_empty() {
             return Err(gerr(ErrorKind::User, format!("empty filter `{f}`")));
         }
@@ -600,6 +610,11 @@ pub fn filter_projects(
         }
         if dependents {
             set.extend(project_walk(ws, &matched, true));
+        }
+        if without_self {
+            for m in &matched {
+                set.remove(m);
+            }
         }
         if neg {
             exclude.extend(set);

@@ -124,6 +124,23 @@ pub enum OutputLogs {
     NewOnly,
     /// No task output at all; only the summary.
     None,
+    /// No task output; one line per task with its cache status and key
+    /// (turbo's `hash-only`).
+    HashOnly,
+}
+
+/// Which environment reaches a task (turbo's `envMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum EnvMode {
+    /// Only a small allowlist (PATH, HOME, …), the keyed variables and the
+    /// pass-through ones.
+    #[default]
+    Strict,
+    /// The client's whole environment (keys are unchanged: only declared
+    /// variables are keyed).
+    Loose,
 }
 
 /// How much per-task detail `run.start` reports.
@@ -199,6 +216,19 @@ pub struct RunParams {
     /// `--report[=FILE]` (absolute): write a markdown summary there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Which environment reaches tasks (`--env-mode`); `None`: the
+    /// workspace's (turbo.json `envMode`), else strict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_mode: Option<EnvMode>,
+    /// Key and pass the env variables of the framework a package uses
+    /// (`NEXT_PUBLIC_*` for Next.js, …), as turbo's `--framework-inference`
+    /// (the default); `Some(false)` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framework_inference: Option<bool>,
+    /// `output_logs` is the default, not chosen: a task's own `outputLogs`
+    /// (turbo.json) wins over it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_logs_from_tasks: bool,
 }
 
 /// How a task ended.

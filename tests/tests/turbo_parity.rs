@@ -174,3 +174,211 @@ vx_test!(edits_rerun_what_turbo_reruns, || {
         }
     }
 });
+
+/// A small turbo repo: `web` (Next.js) depends on `ui`; scripts with
+/// pre/post hooks, a failing pair, an env printer.
+fn repo() -> Ws {
+    Ws::new(&[
+        (
+            "package.json",
+            r#"{ "name": "root", "private": true, "packageManager": "npm@10.0.0",
+  "workspaces": ["apps/*", "packages/*"] }"#,
+        ),
+        (
+            "turbo.json",
+            r#"{ "$schema": "https://turborepo.com/schema.json",
+  "tasks": {
+    "build": { "dependsOn": ["^build"], "outputs": [] },
+    "lint": {}, "env": { "cache": false },
+    "fail3": {}, "fail5": {},
+    "quiet": { "outputLogs": "errors-only" }
+  } }"#,
+        ),
+        (
+            "packages/ui/package.json",
+            r#"{ "name": "ui", "version": "1.0.0", "private": true,
+  "scripts": { "prebuild": "echo pre-ui", "build": "echo build-ui", "postbuild": "echo post-ui",
+               "lint": "echo lint-ui" } }"#,
+        ),
+        (
+            "apps/web/package.json",
+            r#"{ "name": "web", "version": "1.0.0", "private": true,
+  "dependencies": { "ui": "*", "next": "15.0.0" },
+  "scripts": { "build": "echo build-web $NEXT_PUBLIC_FLAG", "lint": "echo lint-web",
+               "env": "echo loose=${LOOSE_ONLY:-unset}",
+               "fail3": "exit 3", "fail5": "exit 5", "quiet": "echo should-not-show" } }"#,
+        ),
+        (".gitignore", "node_modules\n.turbo\n.vx\n"),
+    ])
+}
+
+vx_test!(a_failed_run_exits_with_its_tasks_exit_code, || {
+    let ws = repo();
+    let r = ws.vx(&["run", "fail3", "--filter", "web"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    // Several failed: the largest code (turbo's rule).
+    let r = ws.vx(&["run", "fail3", "fail5", "--filter", "web", "--continue"]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+});
+
+vx_test!(turbo_filters_with_caret_leave_the_package_out, || {
+    let ws = repo();
+    let r = ws.run(&["build", "--filter", "web^..."]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed(), vec!["ui#build"]);
+    let r = ws.run(&["lint", "--filter", "...^ui"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed(), vec!["web#lint"]);
+});
+
+vx_test!(pre_and_post_scripts_run_around_the_script, || {
+    let ws = repo();
+    let r = ws.vx(&["run", "build", "--filter", "ui", "--log-prefix=none"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().filter(|l| l.ends_with("-ui")).collect();
+    assert_eq!(lines, vec!["pre-ui", "build-ui", "post-ui"], "{}", r.stdout);
+    // pnpm runs them only when asked: not here.
+    let ws = repo();
+    let pkg = ws.read("package.json").replace("npm@10.0.0", "pnpm@9.0.0");
+    ws.write("package.json", &pkg);
+    let r = ws.vx(&["run", "build", "--filter", "ui", "--log-prefix=none"]);
+    assert!(!r.stdout.contains("pre-ui"), "{}", r.stdout);
+});
+
+vx_test!(framework_env_is_keyed_and_passed, || {
+    let ws = repo();
+    let run = |flag: &str, extra: &[&str]| {
+        let mut a = vec!["run", "build", "--filter", "web", "--json"];
+        a.extend_from_slice(extra);
+        ws.vx_in(".", &a, &[("NEXT_PUBLIC_FLAG", flag)])
+    };
+    let r = run("one", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("build-web one"), "{}", r.stdout);
+    assert!(run("one", &[]).executed().is_empty(), "same value: a hit");
+    let r = run("two", &[]);
+    assert_eq!(
+        r.executed(),
+        vec!["web#build"],
+        "NEXT_PUBLIC_* is keyed for a Next.js package"
+    );
+    assert!(
+        r.stdout.contains("build-web two"),
+        "and passed: {}",
+        r.stdout
+    );
+    // Off: neither keyed nor passed.
+    let r = run("three", &["--framework-inference=false"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("three"), "{}", r.stdout);
+});
+
+vx_test!(env_mode_loose_passes_everything, || {
+    let ws = repo();
+    let env = [("LOOSE_ONLY", "yes")];
+    let r = ws.vx_in(".", &["run", "env", "--filter", "web"], &env);
+    assert!(
+        r.stdout.contains("loose=unset"),
+        "strict by default: {}",
+        r.stdout
+    );
+    let r = ws.vx_in(
+        ".",
+        &["run", "env", "--filter", "web", "--env-mode=loose"],
+        &env,
+    );
+    assert!(r.stdout.contains("loose=yes"), "{}", r.stdout);
+    // turbo.json's `envMode` sets the default.
+    let t = ws
+        .read("turbo.json")
+        .replace("\"tasks\"", "\"envMode\": \"loose\", \"tasks\"");
+    ws.write("turbo.json", &t);
+    let r = ws.vx_in(".", &["run", "env", "--filter", "web"], &env);
+    assert!(r.stdout.contains("loose=yes"), "{}", r.stdout);
+});
+
+vx_test!(log_flags_shape_the_output, || {
+    let ws = repo();
+    // A task's own outputLogs (errors-only) applies unless the run picks.
+    let r = ws.vx(&["run", "quiet", "--filter", "web"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("should-not-show"), "{}", r.stdout);
+    let r = ws.vx(&[
+        "run",
+        "quiet",
+        "--filter",
+        "web",
+        "--force",
+        "--output-logs=full",
+    ]);
+    assert!(r.stdout.contains("should-not-show"), "{}", r.stdout);
+    // hash-only: a line per task with its hash, no output.
+    let r = ws.vx(&["run", "lint"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ws.vx(&["run", "lint", "--output-logs=hash-only"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("lint-web\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("web:lint │ cache hit"), "{}", r.stdout);
+    // No prefix; grouped: each task's lines together.
+    let r = ws.vx(&[
+        "run",
+        "build",
+        "--force",
+        "--log-prefix=none",
+        "--log-order=grouped",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let at = |s: &str| {
+        lines
+            .iter()
+            .position(|l| *l == s)
+            .unwrap_or_else(|| panic!("no `{s}` in {}", r.stdout))
+    };
+    assert_eq!(at("build-ui"), at("pre-ui") + 1);
+    assert_eq!(at("post-ui"), at("build-ui") + 1);
+});
+
+vx_test!(turbo_flags_are_accepted, || {
+    let ws = repo();
+    let cache = ws.path(".other-cache");
+    let cache_dir = format!("--cache-dir={}", cache.display());
+    for flags in [
+        vec!["--concurrency=50%"],
+        vec!["--continue=dependencies-successful"],
+        vec!["--ui=stream"],
+        vec!["--ui=tui"],
+        vec![cache_dir.as_str()],
+    ] {
+        let mut a = vec!["run", "lint"];
+        a.extend(flags.iter().copied());
+        let r = ws.vx(&a);
+        assert_eq!(r.code, 0, "{flags:?}: {}", r.stderr);
+    }
+    assert!(
+        cache.join("index.redb").exists() || cache.join("cas").exists(),
+        "--cache-dir used"
+    );
+    let r = ws.vx(&["run", "lint", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Plan:"), "{}", r.stdout);
+    let r = ws.vx(&["run", "lint", "--concurrency=0%"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+});
+
+vx_test!(turbo_1_keys_warn_instead_of_failing, || {
+    let ws = repo();
+    let t = ws
+        .read("turbo.json")
+        .replace(
+            "\"lint\": {}",
+            "\"lint\": { \"outputMode\": \"full\", \"dotEnv\": [\".env\"] }",
+        )
+        .replace("\"tasks\"", "\"experimentalUI\": true, \"tasks\"");
+    ws.write("turbo.json", &t);
+    let r = ws.vx(&["run", "lint"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for k in ["outputMode", "dotEnv", "experimentalUI"] {
+        assert!(r.stderr.contains(k), "no warning about {k}: {}", r.stderr);
+    }
+});

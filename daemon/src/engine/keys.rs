@@ -122,11 +122,16 @@ impl Shared {
     /// the client's values.
     pub(super) fn keyed_env(&self, n: usize) -> Vec<(String, Option<String>)> {
         let node = &self.model.graph.nodes[n];
-        if self.model.ws.global.env.is_empty() {
+        let framework =
+            self.params.framework_inference != Some(false) && !node.def.framework_env.is_empty();
+        if self.model.ws.global.env.is_empty() && !framework {
             hash::keyed_env(&node.def.env, &self.params.env)
         } else {
             let mut env_pats = self.model.ws.global.env.clone();
             env_pats.extend(node.def.env.iter().cloned());
+            if framework {
+                env_pats.extend(node.def.framework_env.iter().cloned());
+            }
             hash::keyed_env(&env_pats, &self.params.env)
         }
     }

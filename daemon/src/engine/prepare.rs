@@ -96,11 +96,31 @@ impl Shared {
     }
 
     /// The environment of a task's process.
+    /// Which task logs node `n` shows: the run's choice, or the task's own
+    /// `outputLogs` when the run left it at the default.
+    pub(super) fn logs_of(&self, n: usize) -> vx_proto::OutputLogs {
+        match self.model.graph.nodes[n].def.output_logs {
+            Some(own) if self.params.output_logs_from_tasks => own,
+            _ => self.params.output_logs,
+        }
+    }
+
+    /// The run's env mode: `--env-mode`, else the workspace's, else strict.
+    pub(super) fn env_mode(&self) -> vx_proto::EnvMode {
+        self.params
+            .env_mode
+            .or(self.model.ws.defaults.env_mode)
+            .unwrap_or_default()
+    }
+
     pub(super) fn task_env(&self, n: usize) -> Vec<(String, String)> {
         let node = &self.model.graph.nodes[n];
         let project = &self.model.ws.projects[node.project];
         let client = &self.params.env;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
+        if self.env_mode() == vx_proto::EnvMode::Loose {
+            env.extend(client.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         for k in ENV_ALLOWLIST {
             if let Some(v) = client.get(*k) {
                 env.insert(k.to_string(), v.clone());
@@ -115,6 +135,9 @@ impl Shared {
         }
         let mut keyed = self.model.ws.global.env.clone();
         keyed.extend(node.def.env.iter().cloned());
+        if self.params.framework_inference != Some(false) {
+            keyed.extend(node.def.framework_env.iter().cloned());
+        }
         for (k, v) in hash::keyed_env(&keyed, client) {
             if let Some(v) = v {
                 env.insert(k, v);
@@ -301,7 +324,12 @@ pub(super) fn prepare(
     let lease = store.run_lease();
     // A damaged index moved aside, or a cache that cannot be used: said
     // once, and the run goes on (cold, or uncached).
-    for message in cache::take_notice(&cache_dir(ws)) {
+    for message in ws
+        .warnings
+        .iter()
+        .cloned()
+        .chain(cache::take_notice(&cache_dir(ws)))
+    {
         if let Some(tx) = &events {
             let _ = tx.send(RunEvent::Warning { message });
         }

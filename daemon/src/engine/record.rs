@@ -427,10 +427,20 @@ impl Head {
         let ok =
             counts.failed == 0 && counts.skipped == 0 && counts.aborted == 0 && cancelled.is_none();
         results.shrink_to_fit();
+        // As turbo: a failed run exits with the largest exit code among its
+        // failed tasks (1 when none exited with a code of its own: killed
+        // or stopped by a signal, which the shell reports as 128+N, timed
+        // out, not spawned, or only skipped or aborted tasks).
         let exit_code = match cancelled {
             Some(sig) => 128 + sig,
             None if ok => 0,
-            None => 1,
+            None => results
+                .iter()
+                .filter(|r| r.status == TaskStatus::Failed)
+                .filter_map(|r| r.exit_code)
+                .filter(|c| (1..128).contains(c))
+                .max()
+                .unwrap_or(1),
         };
         RunSummary {
             run_id: self.run_id.clone(),

@@ -116,7 +116,7 @@ pub(super) fn try_hit(
     if !up_to_date && !allow_restore {
         return Ok(Hit::NeedsRestore);
     }
-    let log = if sh.params.output_logs == OutputLogs::Full {
+    let log = if sh.logs_of(g) == OutputLogs::Full {
         match sh.store.read_verified(&m.log) {
             Ok(l) => l,
             Err(CacheError::Corrupt(_)) => {
@@ -173,7 +173,7 @@ pub(super) fn probe(sh: &Shared, g: usize) -> Result<(String, Option<TaskResult>
     }
     match try_hit(sh, g, &key, false)? {
         Hit::Served(r, log) => {
-            replay(sh, &r.id, &key, &r, &log);
+            replay(sh, g, &r.id, &key, &r, &log);
             Ok((key, Some(r)))
         }
         Hit::NeedsRestore | Hit::Miss => Ok((key, None)),
@@ -207,7 +207,7 @@ pub(super) async fn run_task(
     .await
     .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
     if let Hit::Served(r, log) = hit {
-        replay(sh, &id, &key, &r, &log);
+        replay(sh, g, &id, &key, &r, &log);
         return Ok(r);
     }
     let Some(hot) = sh.hot.clone() else {
@@ -288,13 +288,12 @@ pub(super) async fn join(
             .await
             .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
         if let Hit::Served(r, log) = hit {
-            replay(sh, &id, key, &r, &log);
+            replay(sh, g, &id, key, &r, &log);
             return Ok(r);
         }
     }
-    if wants_live(sh.params.output_logs)
-        || (sh.params.output_logs == OutputLogs::ErrorsOnly
-            && fin.result.status != TaskStatus::Success)
+    if wants_live(sh.logs_of(g))
+        || (sh.logs_of(g) == OutputLogs::ErrorsOnly && fin.result.status != TaskStatus::Success)
     {
         for line in String::from_utf8_lossy(&fin.log).lines() {
             sh.emit(RunEvent::TaskOutput {
@@ -310,14 +309,18 @@ pub(super) async fn join(
     Ok(r)
 }
 
-/// Emits a cache hit's header and stored log.
-pub(super) fn replay(sh: &Shared, id: &str, key: &str, r: &TaskResult, log: &[u8]) {
-    if sh.params.output_logs == OutputLogs::Full {
+/// Emits a cache hit's header and stored log (the header alone under
+/// `hash-only`).
+pub(super) fn replay(sh: &Shared, g: usize, id: &str, key: &str, r: &TaskResult, log: &[u8]) {
+    let logs = sh.logs_of(g);
+    if matches!(logs, OutputLogs::Full | OutputLogs::HashOnly) {
         sh.emit(RunEvent::TaskCacheHit {
             id: id.to_string(),
             key: key.to_string(),
             source: r.cache,
         });
+    }
+    if logs == OutputLogs::Full {
         for line in String::from_utf8_lossy(log).lines() {
             sh.emit(RunEvent::TaskOutput {
                 id: id.to_string(),
@@ -383,7 +386,7 @@ async fn execute_alone(
             .await
             .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
         if let Hit::Served(r, log) = hit {
-            replay(sh, &node.id, key, &r, &log);
+            replay(sh, g, &node.id, key, &r, &log);
             return Ok((r, log));
         }
     }
@@ -408,7 +411,7 @@ pub(super) async fn execute(
 ) -> Result<(TaskResult, Vec<u8>), EngineError> {
     let node = &sh.model.graph.nodes[g];
     let id = node.id.clone();
-    let logs = sh.params.output_logs;
+    let logs = sh.logs_of(g);
     let key = key.to_string();
     let p = node.project;
     let dir = sh.project_abs(p);

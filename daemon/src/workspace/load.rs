@@ -285,6 +285,10 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         })
         .map(|g| format!("member glob `{g}` matches no directory"))
         .collect();
+    let mut warnings: Vec<String> = turbo_root
+        .as_ref()
+        .map(|t| t.warnings.clone())
+        .unwrap_or_default();
     let mut drafts: Vec<Draft> = Vec::with_capacity(dirs.len() + 1);
     let mut root_is_member = false;
     for (dir, read) in dirs.iter().zip(reads) {
@@ -335,6 +339,9 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
                     )));
             }
             let own_turbo = r.turbo.as_ref().map(turbo::parse_package).transpose()?;
+            if let Some(t) = &own_turbo {
+                warnings.extend(t.warnings.iter().cloned());
+            }
             member_draft(&ld.root, dir, r.vx, r.pkg, own_turbo, turbo_root.as_ref())?
         };
         if let Some(d) = draft {
@@ -411,6 +418,10 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         return Err(src
             .err_near(&key, &key, format!("`{key}`: the root is itself a member package here, so there is no separate root project `//`"))
             .with_hint("define the task without `//#`"));
+    }
+
+    if turbo_mode {
+        turbo_scripts(&root, root_pkg.as_ref(), &mut drafts);
     }
 
     // Unique names.
@@ -607,6 +618,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         global = w.global.clone();
     } else if let Some(t) = &turbo_root {
         defaults.concurrency = t.concurrency;
+        defaults.env_mode = t.env_mode;
         global = t.global.clone();
     }
     for &i in &root_internal {
@@ -640,7 +652,39 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         defaults,
         config_files: ld.files.into_iter().collect(),
         member_notes,
+        warnings,
     })
+}
+
+/// What a package manager adds to a `package.json` script task, in turbo
+/// mode: `pre<task>` and `post<task>` scripts around it (when the manager
+/// runs them, [`npm::runs_pre_post`]), and the env wildcards of the
+/// framework the package uses (turbo's framework inference).
+fn turbo_scripts(root: &Path, root_pkg: Option<&npm::PackageJson>, drafts: &mut [Draft]) {
+    let pre_post = npm::runs_pre_post(root, root_pkg);
+    for d in drafts.iter_mut() {
+        let Some(pkg) = &d.pkg else { continue };
+        let framework = super::framework::detect(pkg.deps.iter().map(|(n, _)| n.as_str()));
+        for (name, def) in d.project.tasks.iter_mut() {
+            if let Some((_, env)) = framework {
+                def.framework_env = env.iter().map(|e| e.to_string()).collect();
+            }
+            let Some(cmd) = def.command.as_ref().filter(|_| def.npm_script && pre_post) else {
+                continue;
+            };
+            let pre = pkg.scripts.get(&format!("pre{name}"));
+            let post = pkg.scripts.get(&format!("post{name}"));
+            if pre.is_none() && post.is_none() {
+                continue;
+            }
+            let parts: Vec<String> = [pre, Some(cmd), post]
+                .into_iter()
+                .flatten()
+                .map(|c| format!("( {c} )"))
+                .collect();
+            def.command = Some(parts.join(" && "));
+        }
+    }
 }
 
 fn find_line_starting(text: &str, prefix: &str) -> Option<(usize, usize)> {

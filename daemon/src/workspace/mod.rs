@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 mod check;
 mod error;
+mod framework;
 mod guard;
 mod load;
 mod members;
@@ -60,6 +61,9 @@ pub struct Workspace {
     /// a matched directory with no `vx.toml` or `package.json`. Shown when a
     /// task is not found.
     pub member_notes: Vec<String>,
+    /// What the config accepts but should not say (Turborepo 1 keys that
+    /// turbo 2 rejects): shown as a warning by every run.
+    pub warnings: Vec<String>,
 }
 
 /// Workspace-wide key contributions (`global_inputs`, turbo's
@@ -82,6 +86,9 @@ pub struct Defaults {
     /// Absolute cache directory, when configured (default `<root>/.vx/cache`);
     /// never `/`, the root or a parent of it, `$HOME` or a project's sources.
     pub cache_dir: Option<PathBuf>,
+    /// Which environment reaches tasks (turbo.json `envMode`); a run's
+    /// `--env-mode` wins.
+    pub env_mode: Option<vx_proto::EnvMode>,
 }
 
 /// One project (package).
@@ -131,6 +138,14 @@ pub struct TaskDef {
     /// The command is a `package.json` script: set `npm_package_name`,
     /// `npm_package_version` and `npm_lifecycle_event`.
     pub npm_script: bool,
+    /// Env wildcards of the framework the package uses (`NEXT_PUBLIC_*`),
+    /// keyed and passed unless the run turns framework inference off.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub framework_env: Vec<String>,
+    /// The task's own log mode (turbo.json `outputLogs`), used when the
+    /// run does not choose one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_logs: Option<vx_proto::OutputLogs>,
 }
 
 impl Default for TaskDef {
@@ -152,6 +167,8 @@ impl Default for TaskDef {
             timeout_ms: None,
             retries: 0,
             npm_script: false,
+            framework_env: Vec::new(),
+            output_logs: None,
         }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct PackageJson {
     pub deps: Vec<(String, String)>,
     /// (dependency name, spec) from peerDependencies.
     pub peer_deps: Vec<(String, String)>,
+    /// `packageManager` (`npm@10.2.0`), when set.
+    pub package_manager: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +39,8 @@ struct RawPackageJson {
     optional_dependencies: Option<Value>,
     #[serde(rename = "peerDependencies")]
     peer_dependencies: Option<Value>,
+    #[serde(rename = "packageManager")]
+    package_manager: Option<Value>,
 }
 
 fn string_map(v: Option<Value>) -> Vec<(String, String)> {
@@ -96,7 +100,44 @@ pub(crate) fn parse_package_json(src: &Src) -> Result<PackageJson, ConfigError> 
         scripts: string_map(raw.scripts).into_iter().collect(),
         deps,
         peer_deps: string_map(raw.peer_dependencies),
+        package_manager: raw
+            .package_manager
+            .and_then(|v| v.as_str().map(str::to_string)),
     })
+}
+
+/// Whether the workspace's package manager runs `pre<script>` and
+/// `post<script>` around a script, as `npm run` does: npm, yarn 1 and bun
+/// do; yarn 2+ does not; pnpm only with `enable-pre-post-scripts=true` in
+/// the root `.npmrc`. The manager is `packageManager` of the root
+/// package.json, else the lockfile found at the root (npm when none).
+pub(crate) fn runs_pre_post(root: &Path, root_pkg: Option<&PackageJson>) -> bool {
+    let has = |f: &str| root.join(f).is_file();
+    let pnpm_opt_in = || {
+        std::fs::read_to_string(root.join(".npmrc")).is_ok_and(|t| {
+            t.lines().any(|l| {
+                let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+                l == "enable-pre-post-scripts=true"
+            })
+        })
+    };
+    let yarn_classic = || {
+        std::fs::read_to_string(root.join("yarn.lock"))
+            .is_ok_and(|t| t.lines().take(5).any(|l| l.contains("yarn lockfile v1")))
+    };
+    match root_pkg.and_then(|p| p.package_manager.as_deref()) {
+        Some(pm) => {
+            let (name, version) = pm.split_once('@').unwrap_or((pm, ""));
+            match name {
+                "pnpm" => pnpm_opt_in(),
+                "yarn" => version.starts_with("1."),
+                _ => true,
+            }
+        }
+        None if has("pnpm-lock.yaml") => pnpm_opt_in(),
+        None if has("yarn.lock") => yarn_classic(),
+        None => true,
+    }
 }
 
 #[derive(Deserialize, Default)]

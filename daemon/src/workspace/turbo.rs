@@ -42,6 +42,8 @@ struct RawRoot {
     boundaries: Option<Value>,
     future_flags: Option<Value>,
     experimental_spaces: Option<Value>,
+    #[serde(rename = "experimentalUI")]
+    experimental_ui: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -85,8 +87,12 @@ pub(crate) struct TurboRoot {
     pub tasks: BTreeMap<String, RawTask>,
     pub global: GlobalConfig,
     pub concurrency: Option<usize>,
+    /// `envMode`.
+    pub env_mode: Option<vx_proto::EnvMode>,
     /// `web#...` keys and `web#task` deps, checked once projects are known.
     pub refs: Vec<ProjectRef>,
+    /// Turborepo 1 keys turbo 2 rejects, accepted here with a warning.
+    pub warnings: Vec<String>,
 }
 
 /// A package's `turbo.json`.
@@ -95,6 +101,38 @@ pub(crate) struct TurboPackage {
     pub tasks: BTreeMap<String, RawTask>,
     pub tags: Vec<String>,
     pub refs: Vec<ProjectRef>,
+    /// Turborepo 1 keys turbo 2 rejects, accepted here with a warning.
+    pub warnings: Vec<String>,
+}
+
+/// A task log mode as turbo.json writes it (`outputLogs`, turbo 1's
+/// `outputMode`).
+fn log_mode(v: &Value) -> Option<vx_proto::OutputLogs> {
+    use vx_proto::OutputLogs as L;
+    Some(match v.as_str()? {
+        "full" => L::Full,
+        "hash-only" => L::HashOnly,
+        "new-only" => L::NewOnly,
+        "errors-only" => L::ErrorsOnly,
+        "none" => L::None,
+        _ => return None,
+    })
+}
+
+/// The warnings for Turborepo 1 keys of one task entry.
+fn turbo1_task_keys(src: &Src, key: &str, t: &RawTask, out: &mut Vec<String>) {
+    if t.output_mode.is_some() {
+        out.push(format!(
+            "{}: task `{key}`: `outputMode` is the Turborepo 1 name of `outputLogs` (turbo 2 rejects it); rename it",
+            src.file
+        ));
+    }
+    if t.dot_env.is_some() {
+        out.push(format!(
+            "{}: task `{key}`: `dotEnv` was removed in Turborepo 2 (and is ignored here); list the .env files in `inputs`",
+            src.file
+        ));
+    }
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(src: &Src) -> Result<T, ConfigError> {
@@ -152,9 +190,39 @@ pub(crate) fn parse_root(src: &Src) -> Result<TurboRoot, ConfigError> {
     }
     let concurrency = match raw.concurrency {
         Some(Value::Number(n)) => n.as_u64().filter(|n| *n > 0).map(|n| n as usize),
-        Some(Value::String(s)) => s.trim().parse::<usize>().ok().filter(|n| *n > 0),
+        Some(Value::String(s)) => concurrency_of(&s),
         _ => None,
     };
+    let env_mode = match &raw.env_mode {
+        None => None,
+        Some(Value::String(m)) if m == "strict" => Some(vx_proto::EnvMode::Strict),
+        Some(Value::String(m)) if m == "loose" => Some(vx_proto::EnvMode::Loose),
+        Some(v) => {
+            return Err(src
+                .err_near(
+                    "envMode",
+                    "envMode",
+                    format!("`envMode`: {v} is not an env mode"),
+                )
+                .with_hint("\"strict\" (the default) or \"loose\""));
+        }
+    };
+    let mut warnings = Vec::new();
+    if raw.global_dot_env.is_some() {
+        warnings.push(format!(
+            "{}: `globalDotEnv` was removed in Turborepo 2 (and is ignored here); list the .env files in `globalDependencies`",
+            src.file
+        ));
+    }
+    if raw.experimental_ui.is_some() {
+        warnings.push(format!(
+            "{}: `experimentalUI` is a Turborepo 1 key (turbo 2 rejects it; its `ui` replaces it); vx ignores it",
+            src.file
+        ));
+    }
+    for (key, t) in &tasks {
+        turbo1_task_keys(src, key, t, &mut warnings);
+    }
     Ok(TurboRoot {
         tasks,
         global: GlobalConfig {
@@ -163,8 +231,24 @@ pub(crate) fn parse_root(src: &Src) -> Result<TurboRoot, ConfigError> {
             pass_env: gp,
         },
         concurrency,
+        env_mode,
         refs,
+        warnings,
     })
+}
+
+/// A concurrency as turbo writes it: a count, or a percentage of the
+/// machine's CPUs (`"50%"`, at least 1).
+pub(crate) fn concurrency_of(s: &str) -> Option<usize> {
+    let s = s.trim();
+    match s.strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().ok().filter(|p: &f64| *p > 0.0)?;
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Some(((cpus as f64 * p / 100.0).floor() as usize).max(1))
+        }
+        None => s.parse::<usize>().ok().filter(|n| *n > 0),
+    }
 }
 
 /// Parses a package's `turbo.json` (must `"extends": ["//"]`).
@@ -217,7 +301,16 @@ pub(crate) fn parse_package(src: &Src) -> Result<TurboPackage, ConfigError> {
     }
     tags.sort();
     tags.dedup();
-    Ok(TurboPackage { tasks, tags, refs })
+    let mut warnings = Vec::new();
+    for (key, t) in &tasks {
+        turbo1_task_keys(src, key, t, &mut warnings);
+    }
+    Ok(TurboPackage {
+        tasks,
+        tags,
+        refs,
+        warnings,
+    })
 }
 
 fn check_globs(src: &Src, list: &[String], what: &str) -> Result<(), ConfigError> {
@@ -236,6 +329,25 @@ fn check_task(
     refs: &mut Vec<ProjectRef>,
 ) -> Result<(), ConfigError> {
     let what = |f: &str| format!("`{f}` of task `{key}`");
+    for (field, v) in [
+        ("outputLogs", &t.output_logs),
+        ("outputMode", &t.output_mode),
+    ] {
+        if let Some(v) = v
+            && log_mode(v).is_none()
+        {
+            let shown = v.to_string();
+            return Err(src
+                .err_near(
+                    field,
+                    field,
+                    format!("{}: {shown} is not a log mode", what(field)),
+                )
+                .with_hint(
+                    "one of \"full\", \"hash-only\", \"new-only\", \"errors-only\", \"none\"",
+                ));
+        }
+    }
     for d in t.depends_on.iter().flatten() {
         if d == EXTENDS {
             continue;
@@ -348,8 +460,14 @@ impl RawTask {
                 .description
                 .clone()
                 .or_else(|| self.description.clone()),
-            output_logs: None,
-            output_mode: None,
+            output_logs: over
+                .output_logs
+                .clone()
+                .or_else(|| self.output_logs.clone()),
+            output_mode: over
+                .output_mode
+                .clone()
+                .or_else(|| self.output_mode.clone()),
             interruptible: None,
             with: None,
             dot_env: None,
@@ -379,6 +497,11 @@ impl RawTask {
             pass_env: strip(&self.pass_through_env),
             persistent: self.persistent.unwrap_or(false),
             interactive: self.interactive.unwrap_or(false),
+            output_logs: self
+                .output_logs
+                .as_ref()
+                .or(self.output_mode.as_ref())
+                .and_then(log_mode),
             ..TaskDef::default()
         };
         if self.inputs.is_some() {
