@@ -382,3 +382,54 @@ vx_test!(turbo_1_keys_warn_instead_of_failing, || {
         assert!(r.stderr.contains(k), "no warning about {k}: {}", r.stderr);
     }
 });
+
+// Two tasks of one package that declare the same output (`build` and
+// `typecheck` both write `.cache/tsbuildinfo.json`, as in create-t3-turbo):
+// they restore and execute one at a time, so a fully cached run with the
+// outputs deleted never fails or warns, however often it is repeated, and
+// the file holds one task's whole content.
+vx_test!(tasks_sharing_an_output_never_race, || {
+    // Big enough that two restores of it would overlap in time.
+    let writer = |tag: &str| {
+        format!(
+            "mkdir -p .cache dist && head -c 4000000 /dev/zero | tr '\\\\0' {tag} > .cache/tsbuildinfo.json && echo {tag} > dist/{tag}"
+        )
+    };
+    let pkg = format!(
+        r#"{{ "name": "web", "version": "1.0.0", "private": true,
+  "scripts": {{ "build": "{}", "typecheck": "{}" }} }}"#,
+        writer("b"),
+        writer("t")
+    );
+    let ws = Ws::new(&[
+        (
+            "package.json",
+            r#"{ "name": "root", "private": true, "packageManager": "npm@10.0.0", "workspaces": ["apps/*"] }"#,
+        ),
+        (
+            "turbo.json",
+            r#"{ "tasks": {
+  "build": { "outputs": [".cache/tsbuildinfo.json", "dist/b"] },
+  "typecheck": { "outputs": [".cache/tsbuildinfo.json", "dist/t"] } } }"#,
+        ),
+        ("apps/web/package.json", &pkg),
+        ("apps/web/src/a.ts", "x\n"),
+        (".gitignore", "node_modules\n.cache\ndist\n"),
+    ]);
+    let r = ws.run(&["build", "typecheck"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let whole = |ws: &Ws| {
+        let b = std::fs::read(ws.path("apps/web/.cache/tsbuildinfo.json")).expect("output");
+        assert_eq!(b.len(), 4_000_000);
+        assert!(b.iter().all(|c| *c == b[0]), "a mix of both tasks' bytes");
+    };
+    whole(&ws);
+    for round in 0..8 {
+        std::fs::remove_dir_all(ws.path("apps/web/.cache")).expect("rm .cache");
+        let r = ws.run(&["build", "typecheck"]);
+        assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
+        assert!(r.executed().is_empty(), "round {round}: {:?}", r.executed());
+        assert!(!r.stderr.contains("warning"), "round {round}: {}", r.stderr);
+        whole(&ws);
+    }
+});

@@ -77,6 +77,11 @@ pub(super) struct Shared {
     pub(super) usage: Mutex<HashMap<usize, exec::Usage>>,
     /// Fingerprints of executed tasks (for the run history).
     pub(super) fingerprints: Mutex<Vec<Fingerprint>>,
+    /// Nodes whose outputs may overlap another selected task's of the same
+    /// project (turbo lets `build` and `typecheck` both write
+    /// `.cache/tsbuildinfo.json`), by the lock slot their group shares: such
+    /// tasks restore and execute one at a time, in any run of any process.
+    pub(super) shared_outputs: HashMap<usize, String>,
 }
 
 impl Shared {
@@ -415,8 +420,86 @@ pub(super) fn prepare(
         cache_skip,
         usage: Mutex::new(HashMap::new()),
         fingerprints: Mutex::new(Vec::new()),
+        shared_outputs: HashMap::new(),
     };
+    let mut shared = shared;
+    shared.shared_outputs = output_groups(&shared);
     Ok((Arc::new(shared), selection))
+}
+
+/// Whether two output pattern sets may select a common path: either can
+/// match anywhere, or a base directory of one lies within (or is) one of
+/// the other's. Conservative: a false overlap only serialises two tasks.
+fn outputs_overlap(a: &Patterns, b: &Patterns) -> bool {
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    let (Some(x), Some(y)) = (a.bases(), b.bases()) else {
+        return true;
+    };
+    let within = |p: &str, q: &str| {
+        p.is_empty() || q.is_empty() || p == q || q.starts_with(&format!("{p}/"))
+    };
+    x.iter()
+        .any(|p| y.iter().any(|q| within(p, q) || within(q, p)))
+}
+
+/// The groups of selected tasks of one project whose outputs may overlap
+/// (see [`Shared::shared_outputs`]); tasks alone are left out.
+fn output_groups(sh: &Shared) -> HashMap<usize, String> {
+    let mut by_project: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (&n, pats) in &sh.patterns {
+        if !pats.outputs.is_empty() && sh.model.graph.nodes[n].def.command.is_some() {
+            by_project
+                .entry(sh.model.graph.nodes[n].project)
+                .or_default()
+                .push(n);
+        }
+    }
+    let mut out = HashMap::new();
+    for (p, mut nodes) in by_project {
+        if nodes.len() < 2 {
+            continue;
+        }
+        nodes.sort_unstable();
+        // Union-find over the overlapping pairs.
+        let mut parent: Vec<usize> = (0..nodes.len()).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        for i in 0..nodes.len() {
+            for j in i + 1..nodes.len() {
+                if outputs_overlap(
+                    &sh.patterns[&nodes[i]].outputs,
+                    &sh.patterns[&nodes[j]].outputs,
+                ) {
+                    let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                    parent[b] = a;
+                }
+            }
+        }
+        let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
+        for i in 0..nodes.len() {
+            let r = root(&mut parent, i);
+            members.entry(r).or_default().push(nodes[i]);
+        }
+        for group in members.into_values().filter(|g| g.len() > 1) {
+            let first = group
+                .iter()
+                .map(|&n| sh.model.graph.nodes[n].id.as_str())
+                .min()
+                .unwrap_or_default();
+            let slot = format!("{}\0outputs of {first}", sh.project_abs(p).display());
+            for n in group {
+                out.insert(n, slot.clone());
+            }
+        }
+    }
+    out
 }
 
 pub(super) fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<Plan, EngineError> {
@@ -474,5 +557,33 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+}
+
+#[cfg(test)]
+mod output_overlap_tests {
+    use super::outputs_overlap;
+    use crate::globs::Patterns;
+
+    #[test]
+    fn overlapping_output_sets() {
+        let cases: &[(&[&str], &[&str], bool)] = &[
+            (
+                &[".cache/tsbuildinfo.json"],
+                &[".cache/tsbuildinfo.json"],
+                true,
+            ),
+            (&["dist/**"], &["dist/types/**"], true),
+            (&["dist/**"], &[".cache/x.json"], false),
+            (&["dist/**", ".cache/a"], &["build/**", ".cache/a"], true),
+            (&["**/*.js"], &["dist/**"], true),
+            (&["dist/**"], &[], false),
+            (&["distro/**"], &["dist/**"], false),
+        ];
+        for (a, b, want) in cases {
+            let (pa, pb) = (Patterns::new(a).unwrap(), Patterns::new(b).unwrap());
+            assert_eq!(outputs_overlap(&pa, &pb), *want, "{a:?} vs {b:?}");
+            assert_eq!(outputs_overlap(&pb, &pa), *want, "{b:?} vs {a:?}");
+        }
     }
 }

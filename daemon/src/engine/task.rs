@@ -195,6 +195,22 @@ pub(super) async fn run_task(
     cancel: watch::Receiver<Option<i32>>,
 ) -> Result<TaskResult, EngineError> {
     let id = sh.model.graph.nodes[g].id.clone();
+    // A task sharing outputs with another of its project restores and
+    // executes only while it holds their group's lock (any run, any process).
+    let _group = match sh.shared_outputs.get(&g) {
+        Some(slot) => match take_lock(sh, slot, cancel.clone()).await {
+            Taken::Held(lock, waited) => {
+                if waited {
+                    // The holder may have stored entries we look for now.
+                    sh.store.refresh();
+                }
+                Some(lock)
+            }
+            Taken::Unavailable => None,
+            Taken::Cancelled => return Ok(cancelled_waiting(sh, g, &key)),
+        },
+        None => None,
+    };
     let sh2 = sh.clone();
     let k2 = key.clone();
     let hit = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
@@ -336,6 +352,47 @@ pub(super) fn replay(sh: &Shared, g: usize, id: &str, key: &str, r: &TaskResult,
 /// again.
 const LOCK_POLL: Duration = Duration::from_millis(25);
 
+/// The outcome of waiting for a task lock.
+enum Taken {
+    /// Held; and whether it had to wait (someone else had it).
+    Held(cache::TaskLock, bool),
+    /// No lock can be had here (an ephemeral store, a read-only cache dir):
+    /// go on unlocked, as a single process would.
+    Unavailable,
+    /// The run was cancelled while waiting.
+    Cancelled,
+}
+
+/// Takes the cross-process task lock `slot` names, waiting (cancellably)
+/// while another holder has it.
+async fn take_lock(sh: &Shared, slot: &str, mut cancel: watch::Receiver<Option<i32>>) -> Taken {
+    let Some(mut lock) = sh.store.task_lock(slot) else {
+        return Taken::Unavailable;
+    };
+    let mut waited = false;
+    while !lock.try_take() {
+        if !waited {
+            waited = true;
+            lock.wait_mark();
+            tracing::debug!(slot, "waiting for another holder of a task lock");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_POLL) => {}
+            _ = cancel.wait_for(|c| c.is_some()) => return Taken::Cancelled,
+        }
+    }
+    Taken::Held(lock, waited)
+}
+
+/// The result of a task cancelled while it waited for a lock.
+fn cancelled_waiting(sh: &Shared, g: usize, key: &str) -> TaskResult {
+    let mut r = base_result(sh, g);
+    r.key = Some(key.to_string());
+    r.status = TaskStatus::Aborted;
+    r.error = Some("cancelled while waiting for another execution of this task".into());
+    r
+}
+
 /// [`execute`], but never at the same time as another process executing
 /// the same task of the same project (a `--no-daemon` run beside the
 /// daemon, or two foreground runs): both would wipe and write the same
@@ -350,34 +407,19 @@ async fn execute_alone(
     g: usize,
     key: &str,
     tainted: bool,
-    mut cancel: watch::Receiver<Option<i32>>,
+    cancel: watch::Receiver<Option<i32>>,
 ) -> Result<(TaskResult, Vec<u8>), EngineError> {
-    if !sh.cache_enabled(g) || tainted {
+    // Uncached, or already holding its output group's lock (`run_task`).
+    if !sh.cache_enabled(g) || tainted || sh.shared_outputs.contains_key(&g) {
         return execute(sh, g, key, tainted, cancel).await;
     }
     let node = &sh.model.graph.nodes[g];
     let slot = format!("{}\0{}", sh.project_abs(node.project).display(), node.id);
-    let Some(mut lock) = sh.store.task_lock(&slot) else {
-        return execute(sh, g, key, tainted, cancel).await;
+    let (lock, waited) = match take_lock(sh, &slot, cancel.clone()).await {
+        Taken::Held(lock, waited) => (lock, waited),
+        Taken::Unavailable => return execute(sh, g, key, tainted, cancel).await,
+        Taken::Cancelled => return Ok((cancelled_waiting(sh, g, key), Vec::new())),
     };
-    let mut waited = false;
-    while !lock.try_take() {
-        if !waited {
-            waited = true;
-            lock.wait_mark();
-            tracing::debug!(task = %node.id, "waiting for another process executing it");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(LOCK_POLL) => {}
-            _ = cancel.wait_for(|c| c.is_some()) => {
-                let mut r = base_result(sh, g);
-                r.key = Some(key.to_string());
-                r.status = TaskStatus::Aborted;
-                r.error = Some("cancelled while another process executed this task".into());
-                return Ok((r, Vec::new()));
-            }
-        }
-    }
     if waited && sh.cache_read(g) {
         // The other process may have stored this very key.
         sh.store.refresh();
