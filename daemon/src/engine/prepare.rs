@@ -483,9 +483,9 @@ fn output_groups(sh: &Shared) -> HashMap<usize, String> {
             }
         }
         let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
-        for i in 0..nodes.len() {
+        for (i, &n) in nodes.iter().enumerate() {
             let r = root(&mut parent, i);
-            members.entry(r).or_default().push(nodes[i]);
+            members.entry(r).or_default().push(n);
         }
         for group in members.into_values().filter(|g| g.len() > 1) {
             let first = group
