@@ -383,6 +383,14 @@ struct RunArgs {
     /// Use this cache directory for this run (as `VX_CACHE_DIR`).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Run only the named tasks, not their dependencies (their keys still
+    /// count), as turbo's `--only`.
+    #[arg(long)]
+    only: bool,
+    /// Run the named tasks all at once, ignoring the order between them and
+    /// running none of their dependencies, as turbo's `--parallel`.
+    #[arg(long)]
+    parallel: bool,
     /// Accepted for turbo compatibility: vx has one view, streamed lines
     /// with a progress line on a terminal.
     #[arg(long, value_name = "UI")]
@@ -947,6 +955,8 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
             EnvModeArg::Loose => vx_proto::EnvMode::Loose,
         }),
         framework_inference: args.framework_inference,
+        only: args.only,
+        parallel: args.parallel,
         env,
         // The terminal view shows what happened; machines get every task.
         detail: if args.json || args.summarize.is_some() {

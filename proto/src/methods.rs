@@ -229,6 +229,14 @@ pub struct RunParams {
     /// (turbo.json) wins over it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub output_logs_from_tasks: bool,
+    /// Run only the requested tasks, not their dependencies (turbo's
+    /// `--only`); the dependencies' keys still count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only: bool,
+    /// Run the requested tasks at once, ignoring the order between them,
+    /// and none of their dependencies (turbo's `--parallel`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel: bool,
 }
 
 /// How a task ended.

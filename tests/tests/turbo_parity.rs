@@ -366,6 +366,24 @@ vx_test!(turbo_flags_are_accepted, || {
     assert_eq!(r.code, 2, "{}", r.stderr);
 });
 
+vx_test!(only_and_parallel_leave_dependencies_out, || {
+    let ws = repo();
+    // `web#build` depends on `ui#build` (`^build`): --only runs web's alone.
+    let r = ws.run(&["build", "--filter", "web", "--only"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed(), vec!["web#build"]);
+    // The dependency's key still counts: editing ui re-runs web#build.
+    let r = ws.run(&["build", "--filter", "web", "--only"]);
+    assert!(r.executed().is_empty(), "{:?}", r.executed());
+    ws.write("packages/ui/src.js", "changed\n");
+    let r = ws.run(&["build", "--filter", "web", "--only"]);
+    assert_eq!(r.executed(), vec!["web#build"]);
+    // --parallel: both requested builds, no order between them.
+    let r = ws.run(&["build", "--parallel", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed(), vec!["ui#build", "web#build"]);
+});
+
 vx_test!(turbo_1_keys_warn_instead_of_failing, || {
     let ws = repo();
     let t = ws

@@ -112,8 +112,34 @@ pub async fn run_in(
             message: format!("nothing affected since {base}"),
         });
     }
-    let nodes = sel.nodes.clone();
-    let sched = scheduler_of(&sh, &nodes, history.as_deref(), concurrency, continue_mode);
+    let (only, parallel) = (sh.params.only || sh.params.parallel, sh.params.parallel);
+    let nodes: Vec<usize> = if only {
+        // The dependencies do not run, but their keys are part of their
+        // dependents': keyed here, from the files as they are.
+        let sh2 = sh.clone();
+        let order = sel.nodes.clone();
+        let requested = sel.requested.clone();
+        tokio::task::spawn_blocking(move || {
+            order
+                .iter()
+                .filter(|g| parallel || !requested.contains(g))
+                .try_for_each(|&g| sh2.key_of(g).map(drop))
+        })
+        .await
+        .map_err(|e| EngineError::new(ErrorKind::Internal, e.to_string()))??;
+        sel.nodes
+            .iter()
+            .copied()
+            .filter(|g| sel.requested.contains(g))
+            .collect()
+    } else {
+        sel.nodes.clone()
+    };
+    let sched = if parallel {
+        scheduler_of_unordered(&sh, &nodes, history.as_deref(), concurrency, continue_mode)
+    } else {
+        scheduler_of(&sh, &nodes, history.as_deref(), concurrency, continue_mode)
+    };
     let root = sh.model.ws.root.to_string_lossy().into_owned();
     let _ = events.send(RunEvent::RunStarted {
         run_id: run_id.clone(),
@@ -169,6 +195,20 @@ fn concurrency_of(sh: &Shared, requested: Option<usize>) -> Result<usize, Engine
         return Err(concurrency_error(concurrency));
     }
     Ok(concurrency)
+}
+
+/// A scheduler over `nodes` with no edges between them (`--parallel`).
+fn scheduler_of_unordered(
+    sh: &Shared,
+    nodes: &[usize],
+    history: Option<&History>,
+    concurrency: usize,
+    continue_mode: ContinueMode,
+) -> Scheduler {
+    let deps: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let priority = priorities(sh, nodes, &deps, &dependents, history);
+    Scheduler::new(deps, dependents, priority, concurrency, continue_mode)
 }
 
 /// The scheduler over the selected graph nodes `nodes` (local index =
