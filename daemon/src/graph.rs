@@ -644,8 +644,8 @@ fn changed_projects(ws: &Workspace, base: &str) -> Result<Vec<usize>, GraphError
         ));
     }
     let (_, changed) = changed_files(&ws.root, base)?;
-    let global =
-        Patterns::new(&ws.global.inputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
+    let global = Patterns::new(&ws.global.keyed_inputs())
+        .map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
     if changed
         .iter()
         .any(|f| GLOBAL_FILES.contains(&f.as_str()) || global.matches(f))
@@ -916,8 +916,8 @@ fn affected_nodes(
     if changed.iter().any(|f| GLOBAL_FILES.contains(&f.as_str())) {
         return Ok((0..g.nodes.len()).collect());
     }
-    let global =
-        Patterns::new(&ws.global.inputs).map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
+    let global = Patterns::new(&ws.global.keyed_inputs())
+        .map_err(|e| gerr(ErrorKind::Config, e.to_string()))?;
     if changed.iter().any(|f| global.matches(f)) {
         return Ok((0..g.nodes.len()).collect());
     }

@@ -461,6 +461,56 @@ fn walk_with(
     files
 }
 
+/// The files under `dir` that git ignores and `keep` selects (by their
+/// root-relative path): turbo keys a gitignored file its
+/// `globalDependencies` name (`**/.env.*local`), which [`walk`] never
+/// lists. Walks what git ignores too (not `.git`, `.vx`, `node_modules`,
+/// the fence or `skip`), on the calling thread.
+pub fn walk_ignored(
+    root: &Path,
+    dir: &Path,
+    fence: &HashSet<String>,
+    skip: &[std::path::PathBuf],
+    keep: &dyn Fn(&str) -> bool,
+) -> Vec<FileMeta> {
+    let roots = Roots::new(root);
+    let (roots2, fence2, skip2) = (roots.clone(), fence.clone(), skip.to_vec());
+    let mut b = ignore::WalkBuilder::new(dir);
+    b.hidden(false)
+        .git_ignore(false)
+        .git_exclude(false)
+        .git_global(false)
+        .require_git(false)
+        .parents(false)
+        .ignore(false)
+        .follow_links(false)
+        .filter_entry(move |e| {
+            !(e.file_type().is_some_and(|t| t.is_dir())
+                && matches!(visit(Ok(e.clone()), &roots2, &fence2, &skip2), Visit::Skip))
+        });
+    let mut files: Vec<FileMeta> = b
+        .build()
+        .filter_map(|entry| match visit(entry, &roots, fence, skip) {
+            Visit::File(f) if keep(&f.path) => Some(f),
+            _ => None,
+        })
+        .collect();
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    files
+}
+
+/// `list` (sorted by path) with the files of `extra` it lacks, sorted.
+pub fn merged(list: Vec<FileMeta>, extra: Vec<FileMeta>) -> Vec<FileMeta> {
+    if extra.is_empty() {
+        return list;
+    }
+    let have: HashSet<String> = list.iter().map(|f| f.path.clone()).collect();
+    let mut out = list;
+    out.extend(extra.into_iter().filter(|f| !have.contains(&f.path)));
+    out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
 /// Every directory under `dir` (inclusive) that a walk would enter: not
 /// ignored, not `.git`/`.vx`/`node_modules`. The daemon watches these.
 /// `root` is the workspace root (see [`builder`] for the ignore files).

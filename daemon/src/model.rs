@@ -63,6 +63,9 @@ pub struct Model {
     fences: Vec<HashSet<String>>,
     /// The same, project-relative (for output walks).
     pub(crate) rel_fences: Vec<HashSet<String>>,
+    /// The workspace's declared global inputs (`globalDependencies`,
+    /// `global_inputs`), which select gitignored files too, as turbo's do.
+    global: Option<crate::globs::Patterns>,
 }
 
 impl Model {
@@ -115,6 +118,9 @@ impl Model {
                     .collect()
             })
             .collect();
+        let global = (!ws.global.inputs.is_empty())
+            .then(|| crate::globs::Patterns::new(&ws.global.inputs).ok())
+            .flatten();
         Model {
             config_json: (0..graph.nodes.len())
                 .map(|_| std::sync::OnceLock::new())
@@ -128,7 +134,14 @@ impl Model {
             by_dir,
             fences,
             rel_fences,
+            global,
         }
+    }
+
+    /// The declared global input patterns, when there are any (see
+    /// [`Snapshot::scan`]: they select gitignored files too).
+    pub fn global_patterns(&self) -> Option<&crate::globs::Patterns> {
+        self.global.as_ref()
     }
 
     /// The canonical JSON of node `n`'s resolved config and the global
@@ -240,7 +253,12 @@ impl Snapshot {
     /// One parallel walk of the whole workspace.
     pub fn scan(model: &Model, skip: &[PathBuf]) -> Snapshot {
         let root = &model.ws.root;
-        let files = hash::walk(root, root, &HashSet::new(), skip);
+        let mut files = hash::walk(root, root, &HashSet::new(), skip);
+        if let Some(global) = model.global_patterns() {
+            let extra =
+                hash::walk_ignored(root, root, &HashSet::new(), skip, &|p| global.matches(p));
+            files = hash::merged(files, extra);
+        }
         let mut by_project = vec![Vec::new(); model.ws.projects.len()];
         let mut loose = Vec::new();
         for f in files {
@@ -272,14 +290,27 @@ impl Snapshot {
         match project {
             Some(p) => {
                 let dir = model.ws.abs_dir(&model.ws.projects[p]);
-                self.by_project[p] =
-                    Arc::new(hash::walk_serial(root, &dir, &model.fences[p], skip));
+                let mut files = hash::walk_serial(root, &dir, &model.fences[p], skip);
+                if let Some(global) = model.global_patterns() {
+                    let extra = hash::walk_ignored(root, &dir, &model.fences[p], skip, &|f| {
+                        global.matches(f)
+                    });
+                    files = hash::merged(files, extra);
+                }
+                self.by_project[p] = Arc::new(files);
                 if let Some(l) = self.links.get_mut(p) {
                     *l = links_of(&self.by_project[p]);
                 }
             }
             None => {
-                self.loose = Arc::new(hash::walk(root, root, &model.all_project_dirs(), skip));
+                let fence = model.all_project_dirs();
+                let mut files = hash::walk(root, root, &fence, skip);
+                if let Some(global) = model.global_patterns() {
+                    let extra =
+                        hash::walk_ignored(root, root, &fence, skip, &|f| global.matches(f));
+                    files = hash::merged(files, extra);
+                }
+                self.loose = Arc::new(files);
                 self.loose_links = links_of(&self.loose);
             }
         }

@@ -176,35 +176,39 @@ vx_test!(env_is_isolated_and_defined_values_arrive, || {
     );
 });
 
-vx_test!(failing_task_skips_its_dependents_and_exits_1, || {
-    let ws = Ws::new(&[
-        ("vx.toml", "[workspace]\nmembers = [\"*\"]\n"),
-        (
-            "lib/vx.toml",
-            "[tasks.build]\ncommand = \"echo boom >&2; exit 3\"\n",
-        ),
-        ("other/vx.toml", "[tasks.build]\ncommand = \"echo fine\"\n"),
-        (
-            "app/vx.toml",
-            "[project]\ndeps = [\"lib\"]\n[tasks.build]\ncommand = \"echo app\"\ndepends_on = [\"^build\"]\n",
-        ),
-    ]);
-    let r = ws.run(&["build"]);
-    assert_eq!(r.code, 1);
-    assert_eq!(r.status("lib#build"), "failed");
-    assert_eq!(r.task("lib#build")["exit_code"], 3);
-    assert_eq!(r.status("app#build"), "skipped");
-    assert_eq!(r.task("app#build")["blocked_by"], "lib#build");
-    assert_eq!(r.status("other#build"), "success");
-    // --continue=always runs the dependent anyway
-    let r = ws.run(&["build", "--continue=always"]);
-    assert_eq!(r.code, 1);
-    assert_eq!(r.status("app#build"), "success");
-    // the human output names the failure
-    let r = ws.vx(&["run", "build"]);
-    assert!(r.stdout.contains("lib:build │ boom"), "{}", r.stdout);
-    assert!(r.stdout.contains("Failed:"), "{}", r.stdout);
-});
+vx_test!(
+    failing_task_skips_its_dependents_and_exits_with_its_code,
+    || {
+        let ws = Ws::new(&[
+            ("vx.toml", "[workspace]\nmembers = [\"*\"]\n"),
+            (
+                "lib/vx.toml",
+                "[tasks.build]\ncommand = \"echo boom >&2; exit 3\"\n",
+            ),
+            ("other/vx.toml", "[tasks.build]\ncommand = \"echo fine\"\n"),
+            (
+                "app/vx.toml",
+                "[project]\ndeps = [\"lib\"]\n[tasks.build]\ncommand = \"echo app\"\ndepends_on = [\"^build\"]\n",
+            ),
+        ]);
+        let r = ws.run(&["build"]);
+        // The failed task's own exit code, as turbo.
+        assert_eq!(r.code, 3);
+        assert_eq!(r.status("lib#build"), "failed");
+        assert_eq!(r.task("lib#build")["exit_code"], 3);
+        assert_eq!(r.status("app#build"), "skipped");
+        assert_eq!(r.task("app#build")["blocked_by"], "lib#build");
+        assert_eq!(r.status("other#build"), "success");
+        // --continue=always runs the dependent anyway
+        let r = ws.run(&["build", "--continue=always"]);
+        assert_eq!(r.code, 3);
+        assert_eq!(r.status("app#build"), "success");
+        // the human output names the failure
+        let r = ws.vx(&["run", "build"]);
+        assert!(r.stdout.contains("lib:build │ boom"), "{}", r.stdout);
+        assert!(r.stdout.contains("Failed:"), "{}", r.stdout);
+    }
+);
 
 vx_test!(failures_are_never_cached, || {
     let ws = Ws::new(&[
@@ -238,7 +242,8 @@ timeout = "200ms"
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.task("a#flaky")["attempts"], 2);
     let r = ws.run(&["slow"]);
-    assert_eq!(r.code, 1);
+    // A timed-out task exits 124, as timeout(1).
+    assert_eq!(r.code, 124);
     assert!(
         r.task("a#slow")["error"]
             .as_str()

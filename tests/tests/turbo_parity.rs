@@ -79,6 +79,32 @@ const CASES: &[Case] = &[
         tasks: &["lint", "build"],
         rerun: &["web#build"],
     },
+    // A gitignored file that `globalDependencies` names is keyed anyway.
+    Case {
+        name: "a gitignored global dependency",
+        files: &[
+            (
+                "package.json",
+                r#"{ "name": "root", "private": true, "packageManager": "npm@10.0.0",
+  "workspaces": ["apps/*"] }"#,
+            ),
+            (
+                "turbo.json",
+                r#"{ "globalDependencies": ["**/.env.*local"],
+  "tasks": { "lint": {}, "build": { "outputs": [] } } }"#,
+            ),
+            (
+                "apps/web/package.json",
+                r#"{ "name": "web", "version": "0.0.0", "private": true,
+  "scripts": { "lint": "echo lint-web", "build": "echo build-web" } }"#,
+            ),
+            ("apps/web/.env.local", "A=1\n"),
+            (".gitignore", "node_modules\n.turbo\n.vx\n.env*.local\n"),
+        ],
+        edit: ("apps/web/.env.local", "A=2\n"),
+        tasks: &["lint", "build"],
+        rerun: &["web#build", "web#lint"],
+    },
 ];
 
 /// The task ids a `vx run` executed, after a warm-up run and the edit.

@@ -316,7 +316,7 @@ pub(super) fn prepare(
     for &n in &selection.nodes {
         patterns.insert(n, model.patterns_of(n)?);
     }
-    let global_inputs = Patterns::new(&ws.global.inputs).map_err(cfg)?;
+    let global_inputs = Patterns::new(&ws.global.keyed_inputs()).map_err(cfg)?;
     timing.stage("patterns");
     let (store, index, snapshot) = match hot_parts {
         Some((store, index, snapshot)) => (store, index, Some(snapshot)),

@@ -624,7 +624,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
     for &i in &root_internal {
         let dir = &projects[i].dir;
         if dir != "." {
-            global.inputs.push(format!("{dir}/**"));
+            global.internal.push(format!("{dir}/**"));
         }
     }
 

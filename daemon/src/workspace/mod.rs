@@ -76,6 +76,21 @@ pub struct GlobalConfig {
     pub env: Vec<String>,
     /// Env names passed to every task, not keyed.
     pub pass_env: Vec<String>,
+    /// Root-relative globs of the packages the root package.json depends on
+    /// (and theirs), keyed into every task like `inputs` but, unlike them,
+    /// only their files git does not ignore (turbo's
+    /// `hashOfInternalDependencies`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub internal: Vec<String>,
+}
+
+impl GlobalConfig {
+    /// Every root-relative glob keyed into every task.
+    pub fn keyed_inputs(&self) -> Vec<String> {
+        let mut all = self.inputs.clone();
+        all.extend(self.internal.iter().cloned());
+        all
+    }
 }
 
 /// Run defaults from the root config; flags override them.

@@ -229,6 +229,7 @@ pub(crate) fn parse_root(src: &Src) -> Result<TurboRoot, ConfigError> {
             inputs: gi,
             env: ge,
             pass_env: gp,
+            internal: Vec::new(),
         },
         concurrency,
         env_mode,

@@ -355,6 +355,7 @@ fn workspace_section(src: &Src, ws: RawWorkspace) -> Result<WorkspaceSection, Co
         inputs: values(Some(gi)),
         env: values(Some(ge)),
         pass_env: values(Some(gp)),
+        internal: Vec::new(),
     };
     Ok(out)
 }
