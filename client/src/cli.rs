@@ -201,6 +201,13 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     ),
     ("ps", &[("vx ps", "the tasks of the runs in progress")]),
     (
+        "mcp",
+        &[(
+            "claude mcp add vx -- vx mcp",
+            "register vx as an MCP server of Claude Code (run in the workspace)",
+        )],
+    ),
+    (
         "graph",
         &[
             ("vx graph build", "what `vx run build` would involve"),
