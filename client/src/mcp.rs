@@ -19,6 +19,13 @@ use std::path::Path;
 use vx_proto::upgrade::{DAEMON_UPGRADE, UpgradeParams, UpgradeResult};
 
 pub fn mcp(cwd: &Path, no_daemon: bool) -> Result<i32> {
+    // An agent shows a server's stderr in its logs: say it plainly.
+    if conn::guess_root(cwd).is_none() {
+        anyhow::bail!(
+            "vx mcp: no vx workspace at or above {} (start the agent in the workspace, or set its working directory there)",
+            cwd.display()
+        );
+    }
     let mut c = conn::connect(cwd, no_daemon)?;
     let params = UpgradeParams {
         protocol: "mcp".into(),
