@@ -417,3 +417,28 @@ vx_test!(the_inspector_cli_lists_and_calls_tools, || {
     assert_eq!(summary["counts"]["executed"], 2, "{summary}");
     assert!(ws.exists("packages/app/dist/app.txt"));
 });
+
+vx_test!(the_2026_07_28_revision_is_served, || {
+    let ws = fixture();
+    // No handshake: `server/discover`, then `_meta` on every request.
+    let cfg = json!({
+        "server": server(&ws),
+        "modern": true,
+        "calls": [
+            {"tool": "run_tasks", "args": {"tasks": "build"}},
+            {"tool": "run_history"},
+        ],
+    });
+    let Some(out) = drive(&ws, "the_2026_07_28_revision_is_served", cfg) else {
+        return;
+    };
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(out["tools"].as_array().unwrap().len(), 8);
+    let c = out["calls"].as_array().unwrap();
+    let ran = answer(&c[0]);
+    assert_eq!(ran["counts"]["executed"], 2, "{ran}");
+    assert!(!c[0]["progress"].as_array().unwrap().is_empty(), "{}", c[0]);
+    // The client is named from the request's `_meta`.
+    let h = answer(&c[1]);
+    assert_eq!(h["runs"][0]["by"], "mcp:mcp run_tasks build", "{h}");
+});

@@ -41,10 +41,18 @@ def alive(pid):
 
 
 async def session_calls(s, cfg):
-    init = await s.initialize()
+    if cfg.get("modern"):
+        # 2026-07-28: no handshake; `server/discover`, then every request
+        # carries the version and client info in its `_meta`.
+        d = await s.discover()
+        protocol = s._negotiated_version
+        server = d.server_info.name if getattr(d, "server_info", None) else "?"
+    else:
+        init = await s.initialize()
+        protocol, server = str(init.protocol_version), init.server_info.name
     out = {
-        "protocol": str(init.protocol_version),
-        "server": init.server_info.name,
+        "protocol": str(protocol),
+        "server": server,
         "tools": [],
         "calls": [],
         "resources": [],
