@@ -203,8 +203,8 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     (
         "mcp",
         &[(
-            "claude mcp add vx -- vx mcp",
-            "register vx as an MCP server of Claude Code (run in the workspace)",
+            "vx mcp",
+            "serve MCP on stdio; agents launch it (`claude mcp add vx -- vx mcp`, docs/mcp.md)",
         )],
     ),
     (
