@@ -13,7 +13,9 @@
 //! stdin closes or on a signal, within a bounded time.
 //! `daemon` (the submodule) owns the long-lived daemon's lifecycle: socket,
 //! locks, idle exit, guard; [`attach`] the seam where transports that live
-//! in their own crates (HTTP, MCP, gRPC, OpenTelemetry) attach to it.
+//! in their own crates (HTTP, MCP, gRPC, OpenTelemetry) attach to it;
+//! [`upgrade`] the registry a connection switched with `daemon.upgrade` is
+//! handed to (`serve` passes its byte stream on after the answer line).
 //!
 //! Never: knows a method by name outside `handlers`, or runs blocking work
 //! on an async thread.
