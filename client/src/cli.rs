@@ -201,6 +201,13 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     ),
     ("ps", &[("vx ps", "the tasks of the runs in progress")]),
     (
+        "mcp",
+        &[(
+            "vx mcp",
+            "serve MCP on stdio; agents launch it (`claude mcp add vx -- vx mcp`, docs/mcp.md)",
+        )],
+    ),
+    (
         "graph",
         &[
             ("vx graph build", "what `vx run build` would involve"),

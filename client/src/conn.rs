@@ -180,6 +180,18 @@ pub struct Conn {
     pub instead_of_daemon: bool,
 }
 
+/// A connection without its JSON-RPC framing (see [`Conn::into_raw`]).
+pub struct Raw {
+    /// Bytes already read from the engine past the last answer.
+    pub leftover: Vec<u8>,
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Option<Box<dyn Write + Send>>,
+    /// The daemon connection's socket (to shut its write half).
+    pub sock: Option<UnixStream>,
+    /// The foreground engine (`vxd --stdio`), to reap.
+    pub child: Option<Child>,
+}
+
 pub struct SignalWatch {
     caught: Arc<Mutex<Option<i32>>>,
 }
@@ -866,6 +878,22 @@ impl Conn {
             *a = None;
         }
         Some(child)
+    }
+
+    /// Gives up the JSON-RPC framing once the engine switched the
+    /// connection to another protocol (`daemon.upgrade`, for `vx mcp`).
+    pub fn into_raw(mut self) -> Raw {
+        let mut leftover = self.framer.take_pending();
+        leftover.extend_from_slice(self.reader.buffer());
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        let child = self.take_child();
+        Raw {
+            leftover,
+            reader: self.reader.into_inner(),
+            writer,
+            sock: self.sock.take(),
+            child,
+        }
     }
 
     /// Closes the connection (and reaps a stdio engine).

@@ -10,6 +10,7 @@ mod conn;
 mod history;
 mod init;
 mod live;
+mod mcp;
 mod render;
 
 use conn::Conn;
@@ -180,6 +181,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve MCP on stdin/stdout for an AI agent (Claude Code, Cursor,
+    /// Codex): bridged to the workspace's daemon, so the agent sees its live
+    /// state and shares its cache and in-flight runs (see docs/mcp.md).
+    Mcp,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -558,6 +563,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             max_bytes,
             json,
         } => live::log(&cwd, no_daemon, task, run, max_bytes, json),
+        Cmd::Mcp => mcp::mcp(&cwd, no_daemon),
         Cmd::Completions { shell } => {
             cli::completions(shell);
             Ok(0)

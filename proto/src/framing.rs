@@ -69,6 +69,15 @@ impl LineFramer {
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
+
+    /// Takes the bytes of an unfinished line (a connection switching to
+    /// another protocol hands them on).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        if self.discarding {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.buf)
+    }
 }
 
 #[cfg(test)]

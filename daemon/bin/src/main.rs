@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
 /// The transports and exporters that attach to a daemon, each from its own
 /// crate (the engine, `vxd-engine`, links none of them).
 fn attachments() -> Vec<Box<dyn vxd::server::attach::Attachment>> {
-    Vec::new()
+    vec![Box::new(vxd_mcp::McpAttachment)]
 }
 
 fn filter() -> tracing_subscriber::EnvFilter {
@@ -81,6 +81,8 @@ fn die_with_parent() {
 
 fn stdio() -> anyhow::Result<()> {
     die_with_parent();
+    // `vx mcp` without a daemon switches its pipe to MCP.
+    vxd_mcp::register_stdio();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter())

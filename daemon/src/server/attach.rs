@@ -98,6 +98,20 @@ impl Door {
         }
     }
 
+    /// Lets a connection of the daemon's socket switch to `protocol`
+    /// (`daemon.upgrade`): `handler` then serves its byte stream (see
+    /// [`super::upgrade`]).
+    pub fn on_upgrade(
+        &self,
+        protocol: &str,
+        handler: impl Fn(super::upgrade::Upgraded) -> super::router::BoxFuture<()>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        super::upgrade::on_upgrade(protocol, handler);
+    }
+
     /// Publishes an endpoint (`http` → its URL) in `daemon.status`.
     pub fn advertise(&self, name: &str, address: &str) {
         if let Ok(mut m) = self.info.endpoints.lock() {

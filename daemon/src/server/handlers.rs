@@ -138,6 +138,35 @@ pub fn router() -> Router<Ctx> {
     });
     super::live::register(&mut r);
     r.blocking::<vx_proto::init::method::WorkspaceInit>(|_, p| Ok(crate::init::init(p)?));
+    r.inline::<vx_proto::upgrade::method::DaemonUpgrade>(|call, p| {
+        if super::upgrade::handler(&p.protocol).is_none() {
+            let served = super::upgrade::protocols();
+            return Err(RpcError::new(
+                codes::METHOD_NOT_FOUND,
+                format!(
+                    "this engine cannot switch a connection to `{}` (it serves: {})",
+                    p.protocol,
+                    if served.is_empty() {
+                        "none".to_string()
+                    } else {
+                        served.join(", ")
+                    }
+                ),
+            )
+            .into());
+        }
+        if call.conn().in_flight() > 0 {
+            return Err(RpcError::new(
+                codes::INVALID_REQUEST,
+                "daemon.upgrade: requests of this connection are still in flight",
+            )
+            .into());
+        }
+        let protocol = p.protocol.clone();
+        let params = serde_json::to_value(&p).map_err(Error::internal)?;
+        call.conn().request_upgrade(protocol.clone(), params);
+        Ok(vx_proto::upgrade::UpgradeResult { protocol })
+    });
     // Lets the end-to-end tests check that a panic reaches the log and
     // fails only its request (only when the engine was started with
     // VX_TEST_HOOKS=1).

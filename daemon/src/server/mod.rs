@@ -13,7 +13,9 @@
 //! stdin closes or on a signal, within a bounded time.
 //! `daemon` (the submodule) owns the long-lived daemon's lifecycle: socket,
 //! locks, idle exit, guard; [`attach`] the seam where transports that live
-//! in their own crates (HTTP, MCP, gRPC, OpenTelemetry) attach to it.
+//! in their own crates (HTTP, MCP, gRPC, OpenTelemetry) attach to it;
+//! [`upgrade`] the registry a connection switched with `daemon.upgrade` is
+//! handed to (`serve` passes its byte stream on after the answer line).
 //!
 //! Never: knows a method by name outside `handlers`, or runs blocking work
 //! on an async thread.
@@ -25,6 +27,7 @@ mod handlers;
 mod live;
 pub mod outbox;
 pub mod router;
+pub mod upgrade;
 
 use crate::state::Hot;
 use outbox::Outbox;
@@ -157,6 +160,62 @@ pub fn the_router() -> &'static Router<Ctx> {
     ROUTER.get_or_init(handlers::router)
 }
 
+/// Serves an upgraded connection with its protocol's handler until it
+/// ends; a signal (the stdio engine's, or a stopping daemon's) cancels it,
+/// and a handler that has not ended [`STDIO_WIND_DOWN`] past the kill
+/// grace after that is dropped.
+async fn hand_off<R, W>(
+    protocol: String,
+    params: serde_json::Value,
+    reader: R,
+    writer: W,
+    ctx: Arc<Ctx>,
+    conn: &router::Conn<Ctx>,
+    mut signals: mpsc::UnboundedReceiver<i32>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(handler) = upgrade::handler(&protocol) else {
+        return;
+    };
+    tracing::debug!(protocol, "connection upgraded");
+    let cancel = ctx.cancel.child();
+    let fut = handler(upgrade::Upgraded {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        ctx: ctx.clone(),
+        principal: conn.principal().clone(),
+        params,
+        cancel: cancel.clone(),
+    });
+    tokio::pin!(fut);
+    let limit = STDIO_WIND_DOWN + crate::exec::DEFAULT_KILL_GRACE;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let wait = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut fut => break,
+            Some(sig) = signals.recv() => {
+                cancel.cancel(sig);
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+            }
+            _ = cancel.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + limit);
+            }
+            _ = wait => {
+                tracing::warn!(protocol, "the upgraded connection did not stop within {limit:?}: dropping it");
+                break;
+            }
+        }
+    }
+}
+
 fn reply(id: Id, r: router::Reply) -> Message {
     match r {
         Ok(v) => Message::ok(id, v),
@@ -187,7 +246,11 @@ where
     let out = Arc::new(Outbox::default());
     let writer_task = {
         let out = out.clone();
-        tokio::spawn(async move { out.write_to(writer).await })
+        tokio::spawn(async move {
+            let mut writer = writer;
+            out.write_to(&mut writer).await;
+            writer
+        })
     };
     let mut dead = out.dead();
     let router = the_router();
@@ -206,6 +269,10 @@ where
     // Whether the client is gone (or the stdio engine was told to stop):
     // runs get a bounded time to wind down.
     let mut client_gone = false;
+    // A switch to another protocol (`daemon.upgrade`), and the bytes read
+    // past its line (they belong to that protocol).
+    let mut upgrading: Option<(String, serde_json::Value)> = None;
+    let mut leftover = Vec::new();
     loop {
         tokio::select! {
             n = reader.read(&mut buf) => {
@@ -224,6 +291,11 @@ where
                             continue;
                         }
                     };
+                    if upgrading.is_some() {
+                        leftover.extend_from_slice(&line);
+                        leftover.push(b'\n');
+                        continue;
+                    }
                     match Message::decode(&line) {
                         Err(e) => out.send(&Message::err(None, e)),
                         Ok(Message::Response { .. }) => {}
@@ -232,7 +304,10 @@ where
                         }
                         Ok(Message::Request { id, method, params }) => {
                             match router.start(&conn, id.clone(), &method, params) {
-                                router::Started::Done(r) => out.send(&reply(id, r)),
+                                router::Started::Done(r) => {
+                                    out.send(&reply(id, r));
+                                    upgrading = conn.take_upgrade();
+                                }
                                 router::Started::Running(fut) => {
                                     let out = out.clone();
                                     tasks.spawn(async move {
@@ -243,6 +318,10 @@ where
                             }
                         }
                     }
+                }
+                if upgrading.is_some() {
+                    leftover.extend(framer.take_pending());
+                    break;
                 }
                 if conn.shutdown_requested() { break; }
             }
@@ -262,6 +341,19 @@ where
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
+    }
+    if let Some((protocol, params)) = upgrading {
+        // Nothing was in flight when the switch was accepted; answers of
+        // requests that just finished go out before the other protocol's.
+        while tasks.join_next().await.is_some() {}
+        out.close();
+        let writer = match tokio::time::timeout(Duration::from_secs(5), writer_task).await {
+            Ok(Ok(w)) => w,
+            _ => return Ok(false),
+        };
+        let reader = std::io::Cursor::new(leftover).chain(reader);
+        hand_off(protocol, params, reader, writer, ctx, &conn, signals).await;
+        return Ok(false);
     }
     // Let running requests finish (cancelled runs stop their processes);
     // the stdio engine waits a bounded time for a client that is gone.

@@ -280,6 +280,9 @@ pub struct Conn<S> {
     hello: AtomicBool,
     shutdown: AtomicBool,
     grace: Mutex<Duration>,
+    /// A switch to another protocol asked for (`daemon.upgrade`): the
+    /// protocol and the request's params, for the transport to act on.
+    upgrade: Mutex<Option<(String, Value)>>,
 }
 
 impl<S> Conn<S> {
@@ -304,6 +307,20 @@ impl<S> Conn<S> {
 
     pub fn shutdown_requested(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Asks the transport to hand this connection's byte stream to
+    /// `protocol` after this request's answer (`daemon.upgrade`'s handler).
+    pub fn request_upgrade(&self, protocol: String, params: Value) {
+        if let Ok(mut u) = self.upgrade.lock() {
+            *u = Some((protocol, params));
+        }
+    }
+
+    /// The switch asked for, once (the transport's side of
+    /// [`Conn::request_upgrade`]).
+    pub fn take_upgrade(&self) -> Option<(String, Value)> {
+        self.upgrade.lock().ok().and_then(|mut u| u.take())
     }
 
     /// Cancels every request of the connection (the peer is gone, a signal).
@@ -601,6 +618,7 @@ impl<S: App> Router<S> {
             hello: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             grace: Mutex::new(Duration::ZERO),
+            upgrade: Mutex::new(None),
         })
     }
 
