@@ -136,7 +136,7 @@ vx_test!(profile_is_a_chrome_trace_and_report_is_markdown, || {
         "trace.json",
         "--report=report.md",
     ]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     let trace: Value = serde_json::from_str(&ws.read("trace.json")).expect("trace is JSON");
     let events = trace["traceEvents"].as_array().expect("traceEvents");
     let tasks: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();

@@ -353,7 +353,8 @@ vx_test!(run_keeps_a_requested_persistent_task_until_it_exits, || {
     // Kept after the summary (a `settled` event), output keeps streaming,
     // and its non-zero exit makes the run fail.
     let r = ws.run(&["dev"]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    // Its own exit code (4), as any failed task's.
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
     let kinds: Vec<&str> = r.events.iter().filter_map(|e| e["type"].as_str()).collect();
     let settled = kinds.iter().position(|k| *k == "settled").expect("settled");
     let bye = r
@@ -365,7 +366,7 @@ vx_test!(run_keeps_a_requested_persistent_task_until_it_exits, || {
     assert_eq!(r.status("app#dev"), "failed");
     // Exiting before ready fails the task and skips its dependents.
     let r = ws.run(&["after"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert_eq!(r.status("app#early"), "failed");
     assert!(
         r.task("app#early")["error"]
