@@ -30,6 +30,7 @@ pub mod query;
 pub mod server;
 pub mod sink;
 pub mod state;
+pub mod telemetry;
 /// `vx watch`'s loop lives in the engine (it drives the engine's runs).
 pub use engine::watch;
 pub mod workspace;
@@ -86,6 +87,7 @@ mod layering {
         ("procstat", &[]),
         ("profile", &[]),
         ("sink", &[]),
+        ("telemetry", &[]),
         ("hash", &["globs"]),
         ("exec", &["procstat"]),
         ("workspace", &["globs", "hash"]),
@@ -117,6 +119,7 @@ mod layering {
                 "profile",
                 "sink",
                 "state",
+                "telemetry",
                 "workspace",
             ],
         ),

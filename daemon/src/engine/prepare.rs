@@ -77,6 +77,8 @@ pub(super) struct Shared {
     pub(super) usage: Mutex<HashMap<usize, exec::Usage>>,
     /// Fingerprints of executed tasks (for the run history).
     pub(super) fingerprints: Mutex<Vec<Fingerprint>>,
+    /// The run's trace context, when an exporter traces it.
+    pub(super) trace: Option<crate::telemetry::RunTrace>,
 }
 
 impl Shared {
@@ -369,7 +371,11 @@ pub(super) fn prepare(
             "an interactive task needs the terminal; run it with the no-daemon engine",
         ));
     }
+    let trace = events
+        .as_ref()
+        .and_then(|_| crate::telemetry::begin(&params.env));
     let shared = Shared {
+        trace,
         model: model.clone(),
         store,
         index,
