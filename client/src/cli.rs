@@ -201,6 +201,16 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     ),
     ("ps", &[("vx ps", "the tasks of the runs in progress")]),
     (
+        "plugins",
+        &[
+            (
+                "vx plugins",
+                "the daemon's plugins, their state and last error",
+            ),
+            ("vx plugins --json", "as JSON"),
+        ],
+    ),
+    (
         "graph",
         &[
             ("vx graph build", "what `vx run build` would involve"),

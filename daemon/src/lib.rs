@@ -24,6 +24,7 @@ pub mod init;
 pub mod inspect;
 pub mod model;
 pub mod persist;
+pub mod plugins;
 pub mod procstat;
 pub mod profile;
 pub mod query;
@@ -124,6 +125,7 @@ mod layering {
             ],
         ),
         ("bus", &["engine"]),
+        ("plugins", &["bus"]),
         (
             "query",
             &[
@@ -146,6 +148,7 @@ mod layering {
                 "history",
                 "init",
                 "inspect",
+                "plugins",
                 "query",
                 "state",
                 "workspace",

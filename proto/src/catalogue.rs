@@ -307,6 +307,7 @@ pub fn visit(v: &mut impl Visit) {
     v.notification::<RunEvent>();
     crate::live::method::visit(v);
     v.method::<crate::init::method::WorkspaceInit>();
+    v.method::<crate::plugins::method::PluginsList>();
 }
 
 /// The JSON Schema of `T`, when the `schema` feature is on.
