@@ -311,3 +311,38 @@ vx_test!(plugin_config_errors_name_the_line, || {
         "{list:#}"
     );
 });
+
+// docs/plugins.md is checked against the protocol's types: the version,
+// the handshake method, the notification names, the event kinds and the
+// states `vx plugins` reports.
+#[test]
+fn the_protocol_reference_matches_the_types() {
+    use vx_proto::plugins::{INITIALIZE, PROTOCOL, PluginState};
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/plugins.md"),
+    )
+    .expect("docs/plugins.md");
+    let mut want = vec![
+        format!("## The protocol (version {PROTOCOL})"),
+        format!("\"method\":\"{INITIALIZE}\",\"params\":{{\"protocol\":{PROTOCOL}"),
+        format!("\"result\":{{\"protocol\":{PROTOCOL}"),
+        format!("`{}`", vx_proto::live::RUN_STARTED),
+        format!("`{}`", vx_proto::live::RUN_FINISHED),
+        format!("`{}`", vx_proto::live::EVENTS_EVENT),
+        format!("`{}`", vx_proto::plugins::PLUGINS_LIST),
+    ];
+    for kind in ["run", "task", "output"] {
+        want.push(format!("| `{kind}` |"));
+    }
+    for s in [
+        PluginState::Starting,
+        PluginState::Ready,
+        PluginState::Backoff,
+        PluginState::Disabled,
+    ] {
+        let name = serde_json::to_value(s).expect("state");
+        want.push(format!("`{}`", name.as_str().unwrap_or_default()));
+    }
+    let missing: Vec<&String> = want.iter().filter(|w| !doc.contains(w.as_str())).collect();
+    assert!(missing.is_empty(), "docs/plugins.md lacks {missing:?}");
+}
