@@ -286,6 +286,12 @@ vx_test!(a_run_is_a_trace_over_grpc, || {
         return;
     };
     let ws = workspace();
+    if ws.mode == vx_tests::Mode::Daemon {
+        // A daemon started without any OTEL_* variable: each run's own
+        // environment turns export on.
+        let r = ws.vx(&["daemon", "start"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
     let url = format!("http://127.0.0.1:{}", rx.grpc);
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),

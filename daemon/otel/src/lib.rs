@@ -33,7 +33,7 @@ use vx_proto::live::{
     RunStartedParams, SubscribeParams,
 };
 use vx_proto::{Id, RunEvent};
-use vxd::bus::{Bus, Queue};
+use vxd::bus::{Bus, Queue, Subscription};
 
 /// Exports in flight at once; a batch beyond them is dropped (counted).
 pub const MAX_INFLIGHT: usize = 8;
@@ -51,14 +51,60 @@ fn base() -> &'static BTreeMap<String, String> {
 }
 
 /// The engine's policy: a run is traced when its settings (the daemon's,
-/// overlaid by the run's client's) name an OTLP endpoint.
+/// overlaid by the run's client's) name an OTLP endpoint. A traced run
+/// subscribes the exporter to the bus (before the run publishes anything:
+/// the engine asks while it prepares the run); until then the exporter
+/// costs the bus nothing.
 fn policy(env: &BTreeMap<String, String>) -> bool {
     let run: BTreeMap<String, String> = env
         .iter()
         .filter(|(k, _)| k.starts_with("OTEL_"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    config::wanted(&config::merged(base(), &run))
+    let on = config::wanted(&config::merged(base(), &run));
+    if on && let Some(l) = LINK.get() {
+        l.activate();
+    }
+    on
+}
+
+/// The exporter's subscription to the bus, made by the first traced run.
+struct Link {
+    bus: Arc<Bus>,
+    sub: Mutex<Option<(Arc<Inbox>, Subscription)>>,
+    wake: Notify,
+    n: AtomicU64,
+}
+
+static LINK: OnceLock<Link> = OnceLock::new();
+
+impl Link {
+    fn activate(&self) {
+        let Ok(mut g) = self.sub.lock() else { return };
+        if g.is_some() {
+            return;
+        }
+        let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
+        let inbox = Arc::new(Inbox::default());
+        let sub = self.bus.subscribe(
+            Id::Str(format!("otel-{n}")),
+            SubscribeParams::default(),
+            inbox.clone(),
+        );
+        *g = Some((inbox, sub));
+        drop(g);
+        self.wake.notify_one();
+    }
+
+    fn deactivate(&self) {
+        if let Ok(mut g) = self.sub.lock() {
+            *g = None;
+        }
+    }
+
+    fn inbox(&self) -> Option<Arc<Inbox>> {
+        self.sub.lock().ok()?.as_ref().map(|(i, _)| i.clone())
+    }
 }
 
 /// The exporter's inbox: the bus's queue for this subscriber. Output lines
@@ -136,7 +182,17 @@ impl Exporter {
     /// for the exports in flight. The returned handle ends then.
     pub fn spawn(bus: Arc<Bus>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let _ = base();
+        let link = LINK.get_or_init(|| Link {
+            bus,
+            sub: Mutex::new(None),
+            wake: Notify::new(),
+            n: AtomicU64::new(0),
+        });
         vxd::telemetry::set_policy(policy);
+        // The daemon's own environment asks for export: listen from now on.
+        if wanted_here() {
+            link.activate();
+        }
         tokio::spawn(async move {
             let mut x = Exporter {
                 runs: spans::Runs::default(),
@@ -145,40 +201,44 @@ impl Exporter {
                 dropped: Arc::new(AtomicU64::new(0)),
                 said: Vec::new(),
             };
-            x.pump(bus, stop).await;
+            x.pump(link, stop).await;
         })
     }
 
-    async fn pump(&mut self, bus: Arc<Bus>, stop: CancellationToken) {
-        let mut n = 0i64;
-        'subscribe: loop {
-            n += 1;
-            let inbox = Arc::new(Inbox::default());
-            let mut sub = bus.subscribe(
-                Id::Str(format!("otel-{n}")),
-                SubscribeParams::default(),
-                inbox.clone(),
-            );
-            loop {
+    async fn pump(&mut self, link: &Link, stop: CancellationToken) {
+        loop {
+            let inbox = link.inbox();
+            if let Some(inbox) = &inbox {
                 while let Some(line) = inbox.pop() {
                     if self.line(&line) {
                         tracing::warn!(
                             "otel: the exporter fell behind the event bus; the runs in progress are not exported"
                         );
                         self.runs.clear();
-                        continue 'subscribe;
+                        // The next traced run subscribes again.
+                        link.deactivate();
+                        break;
                     }
                 }
-                while self.inflight.try_join_next().is_some() {}
-                tokio::select! {
-                    _ = inbox.notify.notified() => {}
-                    _ = sub.ended() => {}
-                    _ = stop.cancelled() => {
+            }
+            while self.inflight.try_join_next().is_some() {}
+            let notified = async {
+                match &inbox {
+                    Some(i) => i.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = link.wake.notified() => {}
+                _ = stop.cancelled() => {
+                    if let Some(inbox) = link.inbox() {
                         while let Some(line) = inbox.pop() {
                             self.line(&line);
                         }
-                        break 'subscribe;
                     }
+                    link.deactivate();
+                    break;
                 }
             }
         }
