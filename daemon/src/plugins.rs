@@ -705,12 +705,13 @@ async fn run_once(p: &Arc<Plugin>) -> String {
             hello.protocol
         );
     }
+    line.clear();
     p.set(|s| {
         s.state = PluginState::Ready;
         s.version = hello.version.clone();
         s.protocol = Some(hello.protocol);
         s.hooks = hello.hooks.clone();
-        s.last_error = None;
+        // `last_error` stays: `vx plugins` shows the last failure.
     });
     tracing::info!(plugin = %d.name, version = ?hello.version, "plugin ready");
     // Serve: notifications out, anything it writes checked.
@@ -719,6 +720,12 @@ async fn run_once(p: &Arc<Plugin>) -> String {
     loop {
         while let Some(l) = p.outbox.pop() {
             if let Err(e) = write(&mut stdin, &l).await {
+                // A closed pipe usually means it exited: say so, with why.
+                if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(1), child.wait()).await
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return format!("exited ({st}){}", said(&err_lines));
+                }
                 return format!("stopped reading its notifications ({e})");
             }
             p.delivered.fetch_add(1, Ordering::Relaxed);
@@ -746,6 +753,7 @@ async fn run_once(p: &Arc<Plugin>) -> String {
                     if let Some(e) = check_output(&d.name, &line) {
                         return e;
                     }
+                    line.clear();
                 }
             },
         }
@@ -776,16 +784,17 @@ fn check_output(name: &str, line: &[u8]) -> Option<String> {
     None
 }
 
-/// Reads one line (at most [`MAX_LINE`] + 1 bytes); returns its length.
+/// Reads the rest of one line into `buf` (at most [`MAX_LINE`] + 1 bytes
+/// in all); returns the line's length, 0 at the end of the stream. Cancel
+/// safe: a read cut short by `select!` leaves its bytes in `buf`, and the
+/// next call continues the line (the caller clears `buf` after a line).
 async fn read_line(
     r: &mut BufReader<tokio::process::ChildStdout>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
-    buf.clear();
-    (&mut *r)
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', buf)
-        .await
+    let room = (MAX_LINE as u64 + 1).saturating_sub(buf.len() as u64);
+    (&mut *r).take(room).read_until(b'\n', buf).await?;
+    Ok(buf.len())
 }
 
 async fn write(w: &mut tokio::process::ChildStdin, line: &[u8]) -> Result<(), String> {

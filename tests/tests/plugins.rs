@@ -172,8 +172,8 @@ events = ["run", "task"]
     assert_eq!(plugin(&list, "lifecycle-py")["version"], "1.0.0");
 });
 
-// A plugin that crashes, one that never answers the handshake and one
-// that writes garbage: every run stays green, each leaves one warning
+// A plugin that crashes, one that never answers the handshake, one that
+// writes garbage and one that floods: every run stays green, each leaves one warning
 // naming it and why, and a good plugin beside them is unaffected.
 vx_test!(failing_plugins_are_isolated_with_one_warning, || {
     let root_toml = format!(
@@ -197,6 +197,11 @@ command = "sh"
 args = ["garbage.sh"]
 
 [[plugins]]
+name = "flood"
+command = "sh"
+args = ["flood.sh"]
+
+[[plugins]]
 name = "good"
 command = "{py}"
 args = ["{script}", "--out", "good.log"]
@@ -211,6 +216,10 @@ args = ["{script}", "--out", "good.log"]
             "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"version\":\"0.0.1\",\"hooks\":[]}}'\nread -r line\necho 'boom: crashing on purpose' >&2\nexit 3\n",
         ),
         ("hang.sh", "echo 'warming up slowly' >&2\nexec sleep 60\n"),
+        (
+            "flood.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"hooks\":[]}}'\nexec yes '{\"jsonrpc\":\"2.0\",\"method\":\"log\",\"params\":{\"message\":\"spam\"}}'\n",
+        ),
         (
             "garbage.sh",
             "read -r line\necho 'hello, I am not JSON'\nexec sleep 60\n",
@@ -263,6 +272,9 @@ args = ["{script}", "--out", "good.log"]
         garbage[0].contains("garbage") && garbage[0].contains("hello, I am not JSON"),
         "{garbage:?}"
     );
+    let flood = about("flood");
+    assert_eq!(flood.len(), 1, "{warnings:#?}");
+    assert!(flood[0].contains("a flood"), "{flood:?}");
     assert!(about("good").is_empty(), "{warnings:#?}");
     // The good plugin got the whole run.
     let run = r.summary()["run_id"].as_str().expect("id").to_string();
