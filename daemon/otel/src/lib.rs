@@ -326,8 +326,10 @@ impl Exporter {
                     None => Ok(()),
                 },
             };
-            if let Err(e) = r {
-                tracing::warn!("otel: export failed: {e}");
+            match r {
+                Ok(()) => tracing::debug!("otel: exported"),
+                // Logged, never shown in a run: telemetry is best effort.
+                Err(e) => tracing::info!("otel: export failed: {e}"),
             }
         });
     }
