@@ -208,6 +208,16 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "plugins",
+        &[
+            (
+                "vx plugins",
+                "the daemon's plugins, their state and last error",
+            ),
+            ("vx plugins --json", "as JSON"),
+        ],
+    ),
+    (
         "graph",
         &[
             ("vx graph build", "what `vx run build` would involve"),

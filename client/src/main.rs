@@ -11,6 +11,7 @@ mod history;
 mod init;
 mod live;
 mod mcp;
+mod plugins;
 mod render;
 
 use conn::Conn;
@@ -123,6 +124,12 @@ enum Cmd {
     },
     /// The daemon's runs in progress: each task's state, slot and time.
     Ps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's plugins: state, version, hooks and last error.
+    Plugins {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -550,6 +557,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         }
         Cmd::Events { run, task, json } => live::events(&cwd, no_daemon, run, task, json),
         Cmd::Ps { json } => live::ps(&cwd, no_daemon, json),
+        Cmd::Plugins { json } => plugins::plugins(&cwd, no_daemon, json),
         Cmd::Graph {
             tasks,
             filter,

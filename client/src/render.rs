@@ -827,6 +827,8 @@ mod progress_tests {
             root: "/w".into(),
             tasks: 12,
             concurrency: 4,
+            traceparent: None,
+            parent_span_id: None,
         });
         for id in ["a#build", "b#build", "c#build", "d#build"] {
             p.update(&RunEvent::TaskStarted {
@@ -834,6 +836,7 @@ mod progress_tests {
                 key: None,
                 command: "true".into(),
                 uncached: false,
+                traceparent: None,
             });
         }
         p.update(&RunEvent::TaskCacheHit {

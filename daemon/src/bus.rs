@@ -492,8 +492,11 @@ impl Tee {
                 root,
                 tasks,
                 concurrency,
+                traceparent,
+                parent_span_id,
             } => {
-                self.start(&mut st, run_id, root, *tasks, *concurrency);
+                let trace = (traceparent.clone(), parent_span_id.clone());
+                self.start(&mut st, run_id, root, (*tasks, *concurrency), trace);
                 return;
             }
             RunEvent::WatchCycle { .. } if st.phase == Phase::Live => {
@@ -567,7 +570,14 @@ impl Tee {
         }
     }
 
-    fn start(&self, st: &mut RunState, run_id: &str, root: &str, tasks: usize, conc: usize) {
+    fn start(
+        &self,
+        st: &mut RunState,
+        run_id: &str,
+        root: &str,
+        (tasks, conc): (usize, usize),
+        (traceparent, parent_span_id): (Option<String>, Option<String>),
+    ) {
         if st.phase == Phase::Live {
             self.end(st, None, Some("a new cycle started"));
         }
@@ -603,6 +613,8 @@ impl Tee {
             tasks,
             concurrency: conc,
             started_at: st.started_at,
+            traceparent: traceparent.clone(),
+            parent_span_id: parent_span_id.clone(),
         };
         self.bus.notify_run(RUN_STARTED, run_id, p);
         for e in std::mem::take(&mut st.pending) {
@@ -721,6 +733,8 @@ mod tests {
             root: "/w".into(),
             tasks: 3,
             concurrency: conc,
+            traceparent: None,
+            parent_span_id: None,
         }
     }
 
@@ -730,6 +744,7 @@ mod tests {
             key: Some("k".into()),
             command: "true".into(),
             uncached: false,
+            traceparent: None,
         }
     }
 

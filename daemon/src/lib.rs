@@ -24,12 +24,14 @@ pub mod init;
 pub mod inspect;
 pub mod model;
 pub mod persist;
+pub mod plugins;
 pub mod procstat;
 pub mod profile;
 pub mod query;
 pub mod server;
 pub mod sink;
 pub mod state;
+pub mod telemetry;
 /// `vx watch`'s loop lives in the engine (it drives the engine's runs).
 pub use engine::watch;
 pub mod workspace;
@@ -86,6 +88,7 @@ mod layering {
         ("procstat", &[]),
         ("profile", &[]),
         ("sink", &[]),
+        ("telemetry", &[]),
         ("hash", &["globs"]),
         ("exec", &["procstat"]),
         ("workspace", &["globs", "hash"]),
@@ -117,10 +120,12 @@ mod layering {
                 "profile",
                 "sink",
                 "state",
+                "telemetry",
                 "workspace",
             ],
         ),
         ("bus", &["engine"]),
+        ("plugins", &["bus"]),
         (
             "query",
             &[
@@ -143,6 +148,7 @@ mod layering {
                 "history",
                 "init",
                 "inspect",
+                "plugins",
                 "query",
                 "state",
                 "workspace",

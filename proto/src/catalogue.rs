@@ -308,6 +308,7 @@ pub fn visit(v: &mut impl Visit) {
     crate::live::method::visit(v);
     v.method::<crate::init::method::WorkspaceInit>();
     v.method::<crate::upgrade::method::DaemonUpgrade>();
+    v.method::<crate::plugins::method::PluginsList>();
 }
 
 /// The JSON Schema of `T`, when the `schema` feature is on.

@@ -15,6 +15,7 @@ pub mod knobs;
 pub mod live;
 pub mod methods;
 pub mod paths;
+pub mod plugins;
 pub mod upgrade;
 
 use serde::{Deserialize, Serialize};

@@ -103,6 +103,12 @@ pub struct RunStartedParams {
     pub concurrency: usize,
     /// Unix milliseconds.
     pub started_at: u64,
+    /// The run's span (W3C `traceparent`), when the run is traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The span the run is a child of (its client's `TRACEPARENT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
 }
 
 /// The params of a `run.finished` notification.

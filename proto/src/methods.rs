@@ -346,6 +346,13 @@ pub enum RunEvent {
         root: String,
         tasks: usize,
         concurrency: usize,
+        /// The run's span (W3C `traceparent`), when the run is traced
+        /// (`docs/telemetry.md`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+        /// The span the run is a child of (its client's `TRACEPARENT`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_span_id: Option<String>,
     },
     TaskStarted {
         id: String,
@@ -355,6 +362,10 @@ pub enum RunEvent {
         /// `cache = false`, persistent, interactive, a group, or `--no-cache`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         uncached: bool,
+        /// The task's span (the `TRACEPARENT` its process got), when the
+        /// run is traced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     TaskOutput {
         id: String,

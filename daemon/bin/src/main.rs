@@ -54,7 +54,12 @@ fn main() -> anyhow::Result<()> {
 /// The transports and exporters that attach to a daemon, each from its own
 /// crate (the engine, `vxd-engine`, links none of them).
 fn attachments() -> Vec<Box<dyn vxd::server::attach::Attachment>> {
-    vec![Box::new(vxd_mcp::McpAttachment)]
+    vec![
+        // MCP over Streamable HTTP for AI agents (daemon/mcp).
+        Box::new(vxd_mcp::McpAttachment),
+        // OpenTelemetry export of every traced run (daemon/otel).
+        Box::new(vxd_otel::Attachment),
+    ]
 }
 
 fn filter() -> tracing_subscriber::EnvFilter {
@@ -105,13 +110,23 @@ fn stdio() -> anyhow::Result<()> {
                 }
             });
         }
-        vxd::server::serve(
+        // Telemetry of the no-daemon path: the exporter reads this
+        // process's bus; its last exports get a bounded wait at exit.
+        let otel_stop = tokio_util::sync::CancellationToken::new();
+        let otel = vxd_otel::wanted_here()
+            .then(|| vxd_otel::Exporter::spawn(vxd::bus::global().clone(), otel_stop.clone()));
+        let r = vxd::server::serve(
             tokio::io::stdin(),
             tokio::io::stdout(),
             vxd::server::Ctx::stdio(),
             sig_rx,
         )
-        .await
+        .await;
+        otel_stop.cancel();
+        if let Some(h) = otel {
+            let _ = h.await;
+        }
+        r
     })?;
     // Do not wait for stdin readers stuck in blocking reads.
     rt.shutdown_background();

@@ -68,6 +68,7 @@ pub(super) async fn start_persistent(
         key: None,
         command,
         uncached: true,
+        traceparent: None,
     });
     let t0 = Instant::now();
     let started = persist::start(

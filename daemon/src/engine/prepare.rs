@@ -82,6 +82,8 @@ pub(super) struct Shared {
     /// `.cache/tsbuildinfo.json`), by the lock slot their group shares: such
     /// tasks restore and execute one at a time, in any run of any process.
     pub(super) shared_outputs: HashMap<usize, String>,
+    /// The run's trace context, when an exporter traces it.
+    pub(super) trace: Option<crate::telemetry::RunTrace>,
 }
 
 impl Shared {
@@ -402,7 +404,11 @@ pub(super) fn prepare(
             "an interactive task needs the terminal; run it with the no-daemon engine",
         ));
     }
+    let trace = events
+        .as_ref()
+        .and_then(|_| crate::telemetry::begin(&params.env));
     let shared = Shared {
+        trace,
         model: model.clone(),
         store,
         index,

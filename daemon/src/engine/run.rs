@@ -141,7 +141,12 @@ pub async fn run_in(
         scheduler_of(&sh, &nodes, history.as_deref(), concurrency, continue_mode)
     };
     let root = sh.model.ws.root.to_string_lossy().into_owned();
+    if sh.trace.is_some() {
+        crate::telemetry::remember(&run_id, &sh.params.env);
+    }
     let _ = events.send(RunEvent::RunStarted {
+        traceparent: sh.trace.as_ref().map(|t| t.traceparent()),
+        parent_span_id: sh.trace.as_ref().and_then(|t| t.parent_span_id.clone()),
         run_id: run_id.clone(),
         root: root.clone(),
         tasks: nodes

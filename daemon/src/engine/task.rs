@@ -465,10 +465,16 @@ pub(super) async fn execute(
         .timeout_ms
         .or(sh.model.ws.defaults.timeout_ms)
         .map(Duration::from_millis);
+    // The task's span: its process nests its own spans under it.
+    let traceparent = sh.trace.as_ref().map(|t| t.child().1);
+    let mut env = sh.task_env(g);
+    if let (Some(t), Some(tp)) = (&sh.trace, &traceparent) {
+        env.extend(t.task_env(tp));
+    }
     let spec = Spawn {
         command: command.clone(),
         dir: dir.clone(),
-        env: sh.task_env(g),
+        env,
         timeout,
         keep_stdin: false,
         tty: sh.gets_terminal(g),
@@ -486,6 +492,7 @@ pub(super) async fn execute(
         key: Some(key.clone()),
         command: command.clone(),
         uncached: !sh.cache_enabled(g),
+        traceparent,
     });
     let attempts_total = node.def.retries + 1;
     let t0 = Instant::now();

@@ -26,6 +26,7 @@ pub fn register(r: &mut Router<Ctx>) {
         Ok(crate::query::task::explain(p, call.state().hot.clone())?)
     });
     r.blocking::<m::TaskLog>(|call, p| Ok(crate::query::task::log(p, call.state().hot.clone())?));
+    r.inline::<vx_proto::plugins::method::PluginsList>(|_, _: Empty| Ok(crate::plugins::list()));
 }
 
 async fn subscribe(call: Call<Ctx>, p: SubscribeParams) -> Result<SubscribeResult, Error> {
@@ -64,6 +65,15 @@ pub fn tee(
     let tee = Arc::new(bus::global().tee(kind, params));
     let t2 = tee.clone();
     let events = engine::Events::new(move |e| {
+        // A failing plugin's warning is shown once: in the run in progress
+        // (before its next finished task), else in the next run.
+        if matches!(e, RunEvent::Settled { .. } | RunEvent::TaskFinished { .. }) {
+            for message in crate::plugins::take_warnings() {
+                let w = RunEvent::Warning { message };
+                t2.publish(&w);
+                sink(w);
+            }
+        }
         t2.publish(&e);
         sink(e)
     });

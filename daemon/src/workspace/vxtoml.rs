@@ -29,6 +29,31 @@ struct RawFile {
     /// The project's tasks, by name.
     #[schemars(with = "Option<BTreeMap<String, RawTask>>")]
     tasks: Option<BTreeMap<String, Spanned<RawTask>>>,
+    /// Only in the root `vx.toml`: the daemon's plugins (`docs/plugins.md`;
+    /// read and checked by the engine's `plugins` module).
+    #[schemars(with = "Option<Vec<PluginSchema>>")]
+    #[allow(dead_code)]
+    plugins: Option<toml::Value>,
+}
+
+/// A `[[plugins]]` entry: a child process of the daemon speaking JSON-RPC
+/// 2.0 over stdio.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+#[schemars(rename = "Plugin", deny_unknown_fields)]
+struct PluginSchema {
+    /// Its name (letters, digits, `-`, `_`, `.`), unique.
+    name: String,
+    /// The program to run (looked up on `PATH`), in the workspace root.
+    command: String,
+    /// Its arguments.
+    args: Option<Vec<String>>,
+    /// Environment variables set for it.
+    env: Option<BTreeMap<String, String>>,
+    /// The notifications it gets: `run`, `task`, `output` (default `run`, `task`).
+    events: Option<Vec<String>>,
+    /// How long it has to answer the `initialize` handshake (default 5000).
+    handshake_timeout_ms: Option<u64>,
 }
 
 type Strings = Option<Vec<Spanned<String>>>;

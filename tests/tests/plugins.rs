@@ -1,0 +1,360 @@
+//! Plugins through the real binaries: the example plugins in Python and
+//! Node (`examples/plugins/`) get each run's lifecycle in order and are
+//! started once by the daemon; plugins that crash, hang on the handshake or
+//! write garbage leave every run green with one warning each; `vx plugins`
+//! reports them; config errors name the file and line.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use vx_tests::{Ws, daemon_mode, peers, vx_test};
+
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/plugins")
+        .join(name)
+        .canonicalize()
+        .expect("example plugin")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The absolute path of the python3 on PATH (the tests' `vx` runs with a
+/// clean environment).
+fn python3() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const PROJECT: &str = r#"[tasks.build]
+command = "echo built"
+inputs = ["src/**"]
+outputs = []
+
+[tasks.test]
+command = "echo tested"
+depends_on = ["build"]
+inputs = ["src/**"]
+outputs = []
+"#;
+
+fn plugins_json(ws: &Ws) -> Value {
+    let r = ws.vx(&["plugins", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in {list:#}"))
+}
+
+// A Python and a Node plugin get each run's lifecycle, in order; the
+// daemon starts them once, whatever the number of runs.
+vx_test!(plugins_get_the_lifecycle_in_order_and_start_once, || {
+    let Some(node) = peers::on_path("node") else {
+        peers::skip("plugins_get_the_lifecycle_in_order_and_start_once", "node");
+        return;
+    };
+    let root_toml = format!(
+        r#"[workspace]
+members = ["packages/*"]
+
+[[plugins]]
+name = "lifecycle-py"
+command = "{py}"
+args = ["{script}", "--out", "py.log"]
+
+[[plugins]]
+name = "lifecycle-node"
+command = "{node}"
+args = ["{js}", "--out", "node.log"]
+events = ["run", "task"]
+"#,
+        py = python3(),
+        script = example("lifecycle.py"),
+        node = node.display(),
+        js = example("lifecycle.js"),
+    );
+    let ws = Ws::new(&[
+        ("vx.toml", root_toml.as_str()),
+        ("packages/app/vx.toml", PROJECT),
+        ("packages/app/src/a.txt", "a\n"),
+    ]);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let r = ws.run(&["test"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        runs.push(r.summary()["run_id"].as_str().expect("id").to_string());
+    }
+    if !daemon_mode() {
+        // Plugins are children of the daemon: the no-daemon engine runs none.
+        assert!(!ws.exists("py.log") && !ws.exists("node.log"));
+        assert_eq!(plugins_json(&ws)["hosted"], false);
+        return;
+    }
+    wait_for("both runs in the Python plugin's log", || {
+        ws.exists("py.log") && ws.read("py.log").matches("run.finished").count() == 2
+    });
+    let log = ws.read("py.log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("hello ")).count(),
+        1,
+        "started once:\n{log}"
+    );
+    for run in &runs {
+        let mine: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.split(' ').nth(1) == Some(run.as_str()))
+            .collect();
+        assert_eq!(
+            mine.first(),
+            Some(&format!("run.started {run}").as_str()),
+            "{log}"
+        );
+        assert_eq!(
+            mine.last(),
+            Some(&format!("run.finished {run} ok").as_str()),
+            "{log}"
+        );
+        for task in ["app#build", "app#test"] {
+            let fin = mine
+                .iter()
+                .position(|l| l.starts_with("task_finished") && l.contains(task))
+                .unwrap_or_else(|| panic!("{task} finished in {log}"));
+            if let Some(start) = mine
+                .iter()
+                .position(|l| l.starts_with("task_started") && l.contains(task))
+            {
+                assert!(start < fin, "{log}");
+            }
+        }
+    }
+    wait_for("both runs in the Node plugin's log", || {
+        ws.exists("node.log") && ws.read("node.log").matches(" ok ").count() == 2
+    });
+    let node_log = ws.read("node.log");
+    assert!(
+        node_log.contains(&format!("run {} ok success=2", runs[0])),
+        "{node_log}"
+    );
+    assert!(
+        node_log.contains(&format!("run {} ok cached=2", runs[1])),
+        "{node_log}"
+    );
+    let list = plugins_json(&ws);
+    assert_eq!(list["hosted"], true);
+    for name in ["lifecycle-py", "lifecycle-node"] {
+        let p = plugin(&list, name);
+        assert_eq!(p["state"], "ready", "{p}");
+        assert_eq!(p["starts"], 1, "{p}");
+        assert_eq!(p["protocol"], 1, "{p}");
+        assert!(p["delivered"].as_u64() >= Some(8), "{p}");
+    }
+    assert_eq!(plugin(&list, "lifecycle-py")["version"], "1.0.0");
+});
+
+// A plugin that crashes, one that never answers the handshake, one that
+// writes garbage and one that floods: every run stays green, each leaves one warning
+// naming it and why, and a good plugin beside them is unaffected.
+vx_test!(failing_plugins_are_isolated_with_one_warning, || {
+    let root_toml = format!(
+        r#"[workspace]
+members = ["packages/*"]
+
+[[plugins]]
+name = "crash"
+command = "sh"
+args = ["crash.sh"]
+
+[[plugins]]
+name = "hang"
+command = "sh"
+args = ["hang.sh"]
+handshake_timeout_ms = 500
+
+[[plugins]]
+name = "garbage"
+command = "sh"
+args = ["garbage.sh"]
+
+[[plugins]]
+name = "flood"
+command = "sh"
+args = ["flood.sh"]
+
+[[plugins]]
+name = "good"
+command = "{py}"
+args = ["{script}", "--out", "good.log"]
+"#,
+        py = python3(),
+        script = example("lifecycle.py"),
+    );
+    let ws = Ws::new(&[
+        ("vx.toml", root_toml.as_str()),
+        (
+            "crash.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"version\":\"0.0.1\",\"hooks\":[]}}'\nread -r line\necho 'boom: crashing on purpose' >&2\nexit 3\n",
+        ),
+        ("hang.sh", "echo 'warming up slowly' >&2\nexec sleep 60\n"),
+        (
+            "flood.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"hooks\":[]}}'\nexec yes '{\"jsonrpc\":\"2.0\",\"method\":\"log\",\"params\":{\"message\":\"spam\"}}'\n",
+        ),
+        (
+            "garbage.sh",
+            "read -r line\necho 'hello, I am not JSON'\nexec sleep 60\n",
+        ),
+        (
+            "packages/app/vx.toml",
+            // Long enough for every failure to be seen before it settles.
+            "[tasks.build]\ncommand = \"sleep 2 && echo built\"\ninputs = [\"src/**\"]\noutputs = []\n",
+        ),
+        ("packages/app/src/a.txt", "a\n"),
+    ]);
+    let r = ws.run(&["build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary()["ok"], true);
+    let warnings: Vec<String> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    if !daemon_mode() {
+        assert!(
+            warnings.is_empty(),
+            "no plugins without a daemon: {warnings:?}"
+        );
+        return;
+    }
+    let about = |name: &str| -> Vec<&String> {
+        warnings
+            .iter()
+            .filter(|w| w.starts_with(&format!("plugin {name} ")))
+            .collect()
+    };
+    let crash = about("crash");
+    assert_eq!(crash.len(), 1, "{warnings:#?}\n{}\n{}", r.stdout, r.stderr);
+    assert!(
+        crash[0].contains("exited") && crash[0].contains("boom: crashing on purpose"),
+        "{crash:?}"
+    );
+    let hang = about("hang");
+    assert_eq!(hang.len(), 1, "{warnings:#?}");
+    assert!(
+        hang[0].contains("did not answer the handshake within 0.5 s")
+            && hang[0].contains("warming up slowly"),
+        "{hang:?}"
+    );
+    let garbage = about("garbage");
+    assert_eq!(garbage.len(), 1, "{warnings:#?}");
+    assert!(
+        garbage[0].contains("garbage") && garbage[0].contains("hello, I am not JSON"),
+        "{garbage:?}"
+    );
+    let flood = about("flood");
+    assert_eq!(flood.len(), 1, "{warnings:#?}");
+    assert!(flood[0].contains("a flood"), "{flood:?}");
+    assert!(about("good").is_empty(), "{warnings:#?}");
+    // The good plugin got the whole run.
+    let run = r.summary()["run_id"].as_str().expect("id").to_string();
+    wait_for("the good plugin's log", || {
+        ws.exists("good.log")
+            && ws
+                .read("good.log")
+                .contains(&format!("run.finished {run} ok"))
+    });
+    // A second run is green too.
+    let r2 = ws.run(&["build"]);
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    let list = plugins_json(&ws);
+    assert_eq!(plugin(&list, "good")["state"], "ready");
+    assert_eq!(plugin(&list, "good")["starts"], 1);
+    let crash = plugin(&list, "crash");
+    assert!(
+        crash["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("boom")),
+        "{crash}"
+    );
+    assert!(crash["starts"].as_u64() >= Some(1), "{crash}");
+});
+
+// A mistake in [[plugins]] is reported with the file and line, and the
+// run is unaffected.
+vx_test!(plugin_config_errors_name_the_line, || {
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            "[workspace]\nmembers = [\"packages/*\"]\n\n[[plugins]]\nname = \"p\"\ncommand = \"true\"\nevents = [\"everything\"]\n",
+        ),
+        ("packages/app/vx.toml", PROJECT),
+        ("packages/app/src/a.txt", "a\n"),
+    ]);
+    let r = ws.run(&["build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    if !daemon_mode() {
+        return;
+    }
+    let list = plugins_json(&ws);
+    let e = list["config_error"].as_str().unwrap_or_default();
+    assert!(
+        e.starts_with("vx.toml:4: plugin `p`: unknown event kind `everything`"),
+        "{list:#}"
+    );
+});
+
+// docs/plugins.md is checked against the protocol's types: the version,
+// the handshake method, the notification names, the event kinds and the
+// states `vx plugins` reports.
+#[test]
+fn the_protocol_reference_matches_the_types() {
+    use vx_proto::plugins::{INITIALIZE, PROTOCOL, PluginState};
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/plugins.md"),
+    )
+    .expect("docs/plugins.md");
+    let mut want = vec![
+        format!("## The protocol (version {PROTOCOL})"),
+        format!("\"method\":\"{INITIALIZE}\",\"params\":{{\"protocol\":{PROTOCOL}"),
+        format!("\"result\":{{\"protocol\":{PROTOCOL}"),
+        format!("`{}`", vx_proto::live::RUN_STARTED),
+        format!("`{}`", vx_proto::live::RUN_FINISHED),
+        format!("`{}`", vx_proto::live::EVENTS_EVENT),
+        format!("`{}`", vx_proto::plugins::PLUGINS_LIST),
+    ];
+    for kind in ["run", "task", "output"] {
+        want.push(format!("| `{kind}` |"));
+    }
+    for s in [
+        PluginState::Starting,
+        PluginState::Ready,
+        PluginState::Backoff,
+        PluginState::Disabled,
+    ] {
+        let name = serde_json::to_value(s).expect("state");
+        want.push(format!("`{}`", name.as_str().unwrap_or_default()));
+    }
+    let missing: Vec<&String> = want.iter().filter(|w| !doc.contains(w.as_str())).collect();
+    assert!(missing.is_empty(), "docs/plugins.md lacks {missing:?}");
+}
