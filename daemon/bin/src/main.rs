@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
 /// The transports and exporters that attach to a daemon, each from its own
 /// crate (the engine, `vxd-engine`, links none of them).
 fn attachments() -> Vec<Box<dyn vxd::server::attach::Attachment>> {
-    Vec::new()
+    vec![Box::new(vxd_http::Http::new())]
 }
 
 fn filter() -> tracing_subscriber::EnvFilter {
