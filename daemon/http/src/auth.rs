@@ -94,10 +94,10 @@ impl Guard {
         if !self.host_ok(host) {
             return Err(Refusal::Host);
         }
-        if let Some(o) = headers.get(header::ORIGIN) {
-            if !o.to_str().is_ok_and(|o| self.origin_ok(o)) {
-                return Err(Refusal::Origin);
-            }
+        if let Some(o) = headers.get(header::ORIGIN)
+            && !o.to_str().is_ok_and(|o| self.origin_ok(o))
+        {
+            return Err(Refusal::Origin);
         }
         if *method == Method::GET && path == "/health" {
             return Ok(());
@@ -160,18 +160,21 @@ mod tests {
         h
     }
 
+    /// method, path, query, headers, expected
+    type Case<'a> = (
+        &'a Method,
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'static str, &'a str)],
+        Result<(), Refusal>,
+    );
+
     #[test]
     fn requests_are_checked_in_order() {
         let g = Guard::new("s3cret".into(), 4242);
         let get = Method::GET;
         let post = Method::POST;
-        let cases: &[(
-            &Method,
-            &str,
-            Option<&str>,
-            &[(&'static str, &str)],
-            Result<(), Refusal>,
-        )] = &[
+        let cases: &[Case] = &[
             (&get, "/health", None, &[("host", "127.0.0.1:4242")], Ok(())),
             (
                 &get,
