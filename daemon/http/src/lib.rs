@@ -217,6 +217,10 @@ impl Attachment for Http {
         {
             let (discovery, token) = (discovery.clone(), token.clone());
             tokio::spawn(async move {
+                // Events go out as they come: no Nagle delay on small writes.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stopping.clone().cancelled_owned())
                     .await;
