@@ -77,6 +77,8 @@ pub struct Shared {
     pub guard: auth::Guard,
     pub feed: Arc<feed::Feed>,
     pub url: String,
+    /// WebSockets open now.
+    pub websockets: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -201,6 +203,7 @@ impl Attachment for Http {
             guard: auth::Guard::new(token.clone(), port),
             feed,
             url: url.clone(),
+            websockets: Default::default(),
         });
         let app = app(shared, &self.mounts);
         let discovery: PathBuf = door.beside_socket("json");

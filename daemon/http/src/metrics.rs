@@ -135,6 +135,13 @@ pub async fn get(State(s): State<Arc<Shared>>) -> Response {
         "HTTP event-stream clients (/events, /stream) connected now.",
         &[(String::new(), s.feed.clients.load(Ordering::Relaxed) as f64)],
     );
+    series(
+        &mut out,
+        "vx_http_websockets",
+        "gauge",
+        "WebSockets (/ws) open now.",
+        &[(String::new(), s.websockets.load(Ordering::Relaxed) as f64)],
+    );
     let (held, bytes) = s.feed.held();
     series(
         &mut out,

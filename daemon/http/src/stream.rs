@@ -91,9 +91,19 @@ struct State_ {
     _client: Client,
 }
 
+/// Most event-stream clients at once (each holds a connection and a task).
+pub const MAX_CLIENTS: usize = 256;
+
 fn start(s: &Arc<Shared>, after: Option<u64>, timing: bool, format: Format) -> Response {
     let feed = s.feed.clone();
-    feed.clients.fetch_add(1, Ordering::Relaxed);
+    if feed.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+        feed.clients.fetch_sub(1, Ordering::Relaxed);
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("more than {MAX_CLIENTS} event streams are open\n"),
+        )
+            .into_response();
+    }
     let client = Client {
         feed: feed.clone(),
         _conn: s.door.connection(),

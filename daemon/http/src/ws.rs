@@ -12,9 +12,10 @@
 use crate::Shared;
 use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 use vx_proto::framing::{Frame, LineFramer};
@@ -25,10 +26,34 @@ use vxd::server::router::Started;
 /// Largest message accepted from a client.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
+/// Most WebSockets at once (each has an outbox of up to 64 MiB).
+pub const MAX_SOCKETS: usize = 64;
+
+/// Counts an open WebSocket.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub async fn upgrade(State(s): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    if s.websockets.fetch_add(1, Ordering::Relaxed) >= MAX_SOCKETS {
+        s.websockets.fetch_sub(1, Ordering::Relaxed);
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("more than {MAX_SOCKETS} WebSockets are open\n"),
+        )
+            .into_response();
+    }
+    let open = Open(s.clone());
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(s, socket))
+        .on_upgrade(move |socket| async move {
+            let _open = open;
+            serve(s, socket).await
+        })
 }
 
 async fn serve(s: Arc<Shared>, socket: WebSocket) {
