@@ -206,10 +206,15 @@ impl Feed {
             return;
         };
         c.events += 1;
-        let has = |s: &[u8]| line.windows(s.len()).any(|w| w == s);
-        if has(br#""method":"run.started""#) {
+        // Notifications start with their method; an event's type comes
+        // within its first few hundred bytes (subscription, run id, seq).
+        const PREFIX: &[u8] = br#"{"jsonrpc":"2.0","method":""#;
+        let Some(rest) = line.strip_prefix(PREFIX) else {
+            return;
+        };
+        if rest.starts_with(b"run.started\"") {
             c.runs_started += 1;
-        } else if has(br#""method":"run.finished""#) {
+        } else if rest.starts_with(b"run.finished\"") {
             let ok = serde_json::from_slice::<Value>(line)
                 .ok()
                 .and_then(|v| v["params"]["ok"].as_bool())
@@ -219,11 +224,15 @@ impl Feed {
             } else {
                 c.runs_finished_failed += 1;
             }
-        } else if has(br#""type":"task_finished""#) {
-            let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
-            let r = &v["params"]["event"]["result"];
-            if let (Some(s), Some(k)) = (r["status"].as_str(), r["cache"].as_str()) {
-                *c.tasks.entry((s.to_string(), k.to_string())).or_default() += 1;
+        } else if rest.starts_with(b"events.event\"") {
+            let head = &rest[..rest.len().min(400)];
+            let pat = br#""event":{"type":"task_finished""#;
+            if head.windows(pat.len()).any(|w| w == pat) {
+                let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+                let r = &v["params"]["event"]["result"];
+                if let (Some(s), Some(k)) = (r["status"].as_str(), r["cache"].as_str()) {
+                    *c.tasks.entry((s.to_string(), k.to_string())).or_default() += 1;
+                }
             }
         }
     }
