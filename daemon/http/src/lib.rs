@@ -197,15 +197,15 @@ impl Attachment for Http {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let token = auth::new_token()?;
         let url = format!("http://127.0.0.1:{port}");
-        let feed = feed::Feed::start(&door);
-        let shared = Arc::new(Shared {
-            door: door.clone(),
-            guard: auth::Guard::new(token.clone(), port),
-            feed,
-            url: url.clone(),
-            websockets: Default::default(),
-        });
-        let app = app(shared, &self.mounts);
+        for (path, _) in &self.mounts {
+            let ok = path.len() > 1
+                && path.starts_with('/')
+                && !path.ends_with('/')
+                && !path.contains(['{', '}', '*']);
+            if !ok {
+                anyhow::bail!("cannot mount a router at {path:?}: use a path such as \"/mcp\"");
+            }
+        }
         let discovery: PathBuf = door.beside_socket("json");
         write_discovery(
             &discovery,
@@ -215,6 +215,15 @@ impl Attachment for Http {
                 pid: std::process::id(),
             },
         )?;
+        let feed = feed::Feed::start(&door);
+        let shared = Arc::new(Shared {
+            door: door.clone(),
+            guard: auth::Guard::new(token.clone(), port),
+            feed,
+            url: url.clone(),
+            websockets: Default::default(),
+        });
+        let app = app(shared, &self.mounts);
         door.advertise("http", &url);
         let stopping = door.stopping();
         {

@@ -70,7 +70,7 @@ async fn serve(s: Arc<Shared>, socket: WebSocket) {
         let out = out.clone();
         tokio::spawn(async move { out.write_to(pipe).await })
     };
-    let sender = tokio::spawn(async move {
+    let mut sender = tokio::spawn(async move {
         let mut framer = LineFramer::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -134,7 +134,12 @@ async fn serve(s: Arc<Shared>, socket: WebSocket) {
     let _ = tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     out.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // The last answers go out (a peer that does not read gets 2 s).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = writer.await;
+        let _ = (&mut sender).await;
+    })
+    .await;
     sender.abort();
 }
 
