@@ -130,6 +130,13 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "ui",
+        &[
+            ("vx ui", "open the insights dashboard (prints its URL)"),
+            ("vx ui --no-open", "only print the dashboard's URL"),
+        ],
+    ),
+    (
         "daemon status",
         &[("vx daemon status --json", "the daemon's state as JSON")],
     ),

@@ -13,6 +13,7 @@ mod live;
 mod mcp;
 mod plugins;
 mod render;
+mod ui;
 
 use conn::Conn;
 
@@ -65,6 +66,13 @@ enum Cmd {
     Daemon {
         #[command(subcommand)]
         action: DaemonCmd,
+    },
+    /// The daemon's insights dashboard: print its URL (with its token) and
+    /// open it in a browser when one is available.
+    Ui {
+        /// Only print the URL.
+        #[arg(long)]
+        no_open: bool,
     },
     /// Recent runs; with a task (`project#task` or a task of the current
     /// project), its recent rows and statistics.
@@ -542,6 +550,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Daemon { action } => daemon_cmd(action, &cwd),
+        Cmd::Ui { no_open } => ui::ui(&cwd, no_open),
         Cmd::History { task, limit, json } => history::history(&cwd, no_daemon, task, limit, json),
         Cmd::Last {
             run_id,
@@ -787,6 +796,9 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
                 if json {
                     let mut v = serde_json::to_value(&s)?;
                     v["running"] = serde_json::Value::Bool(true);
+                    if let Some(u) = s.endpoints.get("http") {
+                        v["http_url"] = serde_json::Value::String(u.clone());
+                    }
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
                     render::daemon_status(&s);

@@ -736,6 +736,9 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
         s.runs_served, s.connections
     );
     println!("log:         {}", s.log_file);
+    if let Some(u) = s.endpoints.get("http") {
+        println!("http:        {u} (`vx ui` for the dashboard)");
+    }
 }
 
 /// `vx ls`: each project (by name) with its directory and tasks; with

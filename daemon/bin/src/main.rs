@@ -55,7 +55,14 @@ fn main() -> anyhow::Result<()> {
 /// crate (the engine, `vxd-engine`, links none of them).
 fn attachments() -> Vec<Box<dyn vxd::server::attach::Attachment>> {
     vec![
-        // MCP over Streamable HTTP for AI agents (daemon/mcp).
+        // HTTP, SSE, WebSocket and the dashboard (daemon/http), with MCP's
+        // Streamable HTTP mounted at /mcp behind the same token.
+        Box::new(
+            vxd_http::Http::new().mount("/mcp", |door: &vxd::server::attach::Door| {
+                vxd_mcp::streamable_http(door.clone())
+            }),
+        ),
+        // MCP over the socket (`vx mcp`'s `daemon.upgrade`) (daemon/mcp).
         Box::new(vxd_mcp::McpAttachment),
         // OpenTelemetry export of every traced run (daemon/otel).
         Box::new(vxd_otel::Attachment),
