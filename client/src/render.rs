@@ -68,6 +68,8 @@ pub struct Ui {
     /// The progress line of a run on a terminal (never in pipes, `--json`
     /// or `vx watch`); `None` when it is not shown.
     progress_line: Option<Progress>,
+    /// Tasks of this run (cycle) served by the remote cache.
+    remote_hits: std::collections::HashSet<String>,
 }
 
 /// The state behind the progress line: `[3/12] 2 cached · running: a#build, b#test`.
@@ -162,6 +164,7 @@ impl Ui {
             settled: false,
             pending_header: None,
             progress_line: (!json && std::io::stdout().is_terminal()).then(Progress::default),
+            remote_hits: Default::default(),
         }
     }
 
@@ -325,11 +328,14 @@ impl Ui {
                 let _ = self.out.flush();
             }
             RunEvent::TaskCacheHit { id, key, source } => {
+                if source == CacheSource::Remote {
+                    self.remote_hits.insert(id.clone());
+                }
                 let p = self.prefix(&id);
-                let what = if source == CacheSource::UpToDate {
-                    "outputs up to date"
-                } else {
-                    "restored"
+                let what = match source {
+                    CacheSource::UpToDate => "outputs up to date",
+                    CacheSource::Remote => "remote, restored",
+                    _ => "restored",
                 };
                 let msg = self.dim(&format!(
                     "cache hit ({what}), replaying logs {}",
@@ -357,6 +363,9 @@ impl Ui {
                 eprintln!("vx: retrying {id} (attempt {attempt}/{of}) after {reason}");
             }
             RunEvent::TaskFinished { result } => {
+                if result.cache == CacheSource::Remote {
+                    self.remote_hits.insert(result.id.clone());
+                }
                 if result.status == TaskStatus::Failed {
                     let p = self.prefix(&result.id);
                     let why = result.error.clone().unwrap_or_else(|| "failed".into());
@@ -423,6 +432,15 @@ impl Ui {
             format!("{} cached", c.cached),
             format!("{} executed", c.executed),
         ];
+        let remote = s
+            .tasks
+            .iter()
+            .filter(|t| t.cache == CacheSource::Remote)
+            .count()
+            .max(std::mem::take(&mut self.remote_hits).len());
+        if remote > 0 {
+            parts.insert(2, format!("{remote} from the remote cache"));
+        }
         if c.failed > 0 {
             parts.push(format!("{} failed", c.failed));
         }

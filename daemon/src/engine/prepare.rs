@@ -77,6 +77,12 @@ pub(super) struct Shared {
     pub(super) usage: Mutex<HashMap<usize, exec::Usage>>,
     /// Fingerprints of executed tasks (for the run history).
     pub(super) fingerprints: Mutex<Vec<Fingerprint>>,
+    /// The run's remote cache, when one is configured and usable.
+    pub(super) remote: Option<Arc<crate::cache::remote::RunRemote>>,
+    /// Which caches the run reads and writes (`--cache`).
+    pub(super) policy: crate::cache::remote::CachePolicy,
+    /// Uploads to the remote cache in flight (drained before the answer).
+    pub(super) uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -369,7 +375,15 @@ pub(super) fn prepare(
             "an interactive task needs the terminal; run it with the no-daemon engine",
         ));
     }
+    let (remote, policy, remote_warning) =
+        super::remote::open(&model, &params).map_err(|e| EngineError::new(ErrorKind::User, e))?;
+    if let (Some(w), Some(tx)) = (remote_warning, &events) {
+        let _ = tx.send(RunEvent::Warning { message: w });
+    }
     let shared = Shared {
+        remote,
+        policy,
+        uploads: Mutex::new(Vec::new()),
         model: model.clone(),
         store,
         index,

@@ -82,6 +82,8 @@ pub struct Defaults {
     /// Absolute cache directory, when configured (default `<root>/.vx/cache`);
     /// never `/`, the root or a parent of it, `$HOME` or a project's sources.
     pub cache_dir: Option<PathBuf>,
+    /// The root `vx.toml`'s `[remote_cache]`.
+    pub remote_cache: Option<crate::cache::remote::RemoteCacheConfig>,
 }
 
 /// One project (package).
