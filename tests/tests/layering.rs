@@ -122,7 +122,11 @@ fn crates_link_only_what_they_may() {
             "vxd-engine",
             "the cache server stands alone: it never links the engine",
         ),
-        ("vx-cache-server", "vx-proto", "the cache server speaks only HTTP"),
+        (
+            "vx-cache-server",
+            "vx-proto",
+            "the cache server speaks only HTTP",
+        ),
     ];
     let mut broken = Vec::new();
     for (pkg, never, why) in rules {

@@ -371,13 +371,6 @@ async fn upload(
         .await
         .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
     let tag = hv("x-artifact-tag");
-    let mut mac = app.signature_key.as_ref().map(|k| {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(k)
-            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new_from_slice(b"").expect("empty key"));
-        m.update(u.hash.as_bytes());
-        m.update(u.signing_team);
-        m
-    });
     let mut chunks = Vec::new();
     let mut size = 0u64;
     let mut stream = body.into_data_stream();
@@ -390,12 +383,25 @@ async fn upload(
                 "the artifact is too large",
             ));
         }
-        if let Some(m) = mac.as_mut() {
-            m.update(&c);
-        }
         chunks.push(c);
     }
-    if let Some(m) = mac {
+    if let Some(k) = &app.signature_key {
+        // turbo's "artifact-signature:v2": every field length-prefixed
+        // (u64 little-endian), the body's length known only now.
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(k)
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new_from_slice(b"").expect("empty key"));
+        for field in [
+            &b"artifact-signature:v2"[..],
+            u.hash.as_bytes(),
+            u.signing_team,
+        ] {
+            m.update(&(field.len() as u64).to_le_bytes());
+            m.update(field);
+        }
+        m.update(&size.to_le_bytes());
+        for c in &chunks {
+            m.update(c);
+        }
         use base64::Engine;
         let ok = tag
             .as_deref()
