@@ -56,7 +56,10 @@ fn vx_against_an_s3_back_end() {
         let addr = format!("127.0.0.1:{port}");
         let t0 = Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(60), "moto_server did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // CreateBucket.
@@ -72,17 +75,32 @@ fn vx_against_an_s3_back_end() {
         let a = basic();
         let r = a.run_env(&["test"], &env);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(warnings(&r).is_empty(), "{:?}\n{}", warnings(&r), srv.log_text());
+        assert!(
+            warnings(&r).is_empty(),
+            "{:?}\n{}",
+            warnings(&r),
+            srv.log_text()
+        );
         assert_eq!(srv.metric("vx_cache_uploads_total"), 3);
         // The objects are in the bucket under the prefix.
-        let (_, _, listing) = http(&addr, "GET", "/vx-bucket?list-type=2&prefix=ci-cache/v1/", None, &[], b"");
+        let (_, _, listing) = http(
+            &addr,
+            "GET",
+            "/vx-bucket?list-type=2&prefix=ci-cache/v1/",
+            None,
+            &[],
+            b"",
+        );
         let listing = String::from_utf8_lossy(&listing);
         assert_eq!(listing.matches("<Key>").count(), 6, "{listing}");
         let b = basic();
         let r = b.run_env(&["test"], &env);
         assert!(r.executed().is_empty(), "{}", r.stdout);
         assert!(sources(&r).iter().all(|(_, s)| s == "remote"));
-        assert_eq!(a.read("packages/app/dist/app.txt"), b.read("packages/app/dist/app.txt"));
+        assert_eq!(
+            a.read("packages/app/dist/app.txt"),
+            b.read("packages/app/dist/app.txt")
+        );
         // Never overwritten: a second upload of an existing hash is 409.
         let key = r.task("lib#build")["key"].as_str().unwrap().to_string();
         let (st, _, _) = srv.http("PUT", &format!("/v1/cache/{key}"), Some(RW), &[], b"other");

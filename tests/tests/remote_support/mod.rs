@@ -81,6 +81,15 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+    }
+
     /// SIGTERM and wait (the server drains and saves its state).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
