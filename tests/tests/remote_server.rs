@@ -50,7 +50,9 @@ fn routes_roles_and_caps() {
     );
     let (st, _, b) = srv.http("GET", "/health", None, &[], b"");
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
-    let cases: &[(&str, &str, Option<&str>, &[u8], u16)] = &[
+    // (method, path, token, body, status)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16);
+    let cases: &[Case] = &[
         ("GET", "/v8/artifacts/status?slug=acme", None, b"", 401),
         (
             "GET",
