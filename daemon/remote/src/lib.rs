@@ -57,18 +57,56 @@ pub fn register() {
 /// One client per distinct settings, kept for the process's life: a
 /// blocking HTTP client owns a runtime thread, which must not be dropped
 /// on an async thread, and keeping it reuses its connections across runs.
-fn client_for(s: &RemoteSettings) -> Result<Arc<HttpRemote>, String> {
-    static CLIENTS: OnceLock<Mutex<HashMap<RemoteSettings, Arc<HttpRemote>>>> = OnceLock::new();
+/// It is built on first use, so a run served from the local cache never
+/// pays for it.
+fn client_for(s: &RemoteSettings) -> Result<Arc<LazyRemote>, String> {
+    if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+        return Err(format!("{:?} is not an http:// or https:// URL", s.url));
+    }
+    static CLIENTS: OnceLock<Mutex<HashMap<RemoteSettings, Arc<LazyRemote>>>> = OnceLock::new();
     let map = CLIENTS.get_or_init(Default::default);
     let mut map = map
         .lock()
         .map_err(|_| "client table poisoned".to_string())?;
-    if let Some(c) = map.get(s) {
-        return Ok(c.clone());
-    }
-    let c = Arc::new(HttpRemote::new(s.clone(), Limits::default())?);
-    map.insert(s.clone(), c.clone());
+    let c = map
+        .entry(s.clone())
+        .or_insert_with(|| {
+            Arc::new(LazyRemote {
+                s: s.clone(),
+                http: OnceLock::new(),
+            })
+        })
+        .clone();
     Ok(c)
+}
+
+/// An [`HttpRemote`] made on first use.
+pub struct LazyRemote {
+    s: RemoteSettings,
+    http: OnceLock<Result<HttpRemote, String>>,
+}
+
+impl LazyRemote {
+    fn client(&self) -> Result<&HttpRemote, RemoteError> {
+        self.http
+            .get_or_init(|| HttpRemote::new(self.s.clone(), Limits::default()))
+            .as_ref()
+            .map_err(|e| RemoteError::Unavailable(e.clone()))
+    }
+}
+
+impl Remote for LazyRemote {
+    fn describe(&self) -> String {
+        self.s.url.clone()
+    }
+
+    fn get(&self, id: &ArtifactId) -> Result<Option<Artifact>, RemoteError> {
+        self.client()?.get(id)
+    }
+
+    fn put(&self, id: &ArtifactId, a: &Artifact) -> Result<(), RemoteError> {
+        self.client()?.put(id, a)
+    }
 }
 
 /// A remote cache over HTTP.

@@ -1,9 +1,7 @@
 //! `cache::remote` — the engine's side of a remote cache: the [`Remote`]
 //! trait a client crate implements (`vxd-remote`, registered by the `vxd`
 //! binary through [`set_factory`]), what an artifact is to the engine
-//! ([`Artifact`]), how a run's remote settings are resolved (root
-//! `vx.toml` `[remote_cache]`, turbo's and vx's environment names, the
-//! `--cache` flag: [`resolve`]), the checks an artifact passes before it
+//! ([`Artifact`]), the `--cache` policy ([`parse_cache_flag`]), the checks an artifact passes before it
 //! is taken into the local store ([`admit`]: every path confined and
 //! inside the task's declared outputs, every link inside the project), and
 //! its hydration into the local store ([`hydrate`]).
@@ -26,21 +24,6 @@ pub enum RemoteProtocol {
     Turbo,
     /// Nx's self-hosted `/v1/cache`.
     Nx,
-}
-
-/// The root `vx.toml`'s `[remote_cache]` section, as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemoteCacheConfig {
-    pub url: Option<String>,
-    pub protocol: RemoteProtocol,
-    pub team: Option<String>,
-    /// The name of the environment variable holding the token.
-    pub token_env: Option<String>,
-    /// The name of the environment variable holding the signature key.
-    pub signature_key_env: Option<String>,
-    pub read: bool,
-    pub write: bool,
-    pub timeout_ms: Option<u64>,
 }
 
 /// What a remote cache client is built from (the resolved settings of a run).
@@ -117,77 +100,6 @@ pub fn parse_cache_flag(s: &str) -> Result<CachePolicy, String> {
         }
     }
     Ok(p)
-}
-
-/// Default timeout of one remote request.
-pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Resolves a run's remote cache: the environment (`VX_REMOTE_CACHE_*`,
-/// then turbo's `TURBO_*`) over the root config, then `--cache`. `None`
-/// settings: no remote for this run.
-pub fn resolve(
-    cfg: Option<&RemoteCacheConfig>,
-    env: &BTreeMap<String, String>,
-    flag: Option<&str>,
-) -> Result<(Option<RemoteSettings>, CachePolicy), String> {
-    use vx_proto::knobs;
-    let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let on = |k: &str| get(k).is_some_and(|v| v != "0" && v != "false");
-    let mut policy = CachePolicy::default();
-    if let Some(c) = cfg {
-        policy.remote_read = c.read;
-        policy.remote_write = c.write;
-    }
-    if knobs::REMOTE_CACHE_READ_ONLY.on(env) || on("TURBO_REMOTE_CACHE_READ_ONLY") {
-        policy.remote_write = false;
-    }
-    if knobs::REMOTE_ONLY.on(env) || on("TURBO_REMOTE_ONLY") {
-        policy.local_read = false;
-    }
-    if let Some(f) = flag {
-        policy = parse_cache_flag(f)?;
-    }
-    let url = knobs::REMOTE_CACHE_URL
-        .get(env)
-        .or_else(|| get("TURBO_API"))
-        .map(str::to_string)
-        .or_else(|| cfg.and_then(|c| c.url.clone()));
-    let Some(url) = url.filter(|u| u != "off") else {
-        return Ok((None, policy));
-    };
-    let from_named = |name: &Option<String>| name.as_deref().and_then(&get).map(str::to_string);
-    let token = knobs::REMOTE_CACHE_TOKEN
-        .get(env)
-        .or_else(|| get("TURBO_TOKEN"))
-        .map(str::to_string)
-        .or_else(|| cfg.and_then(|c| from_named(&c.token_env)));
-    let team = knobs::REMOTE_CACHE_TEAM
-        .get(env)
-        .or_else(|| get("TURBO_TEAM"))
-        .map(str::to_string)
-        .or_else(|| cfg.and_then(|c| c.team.clone()));
-    let signature_key = knobs::REMOTE_CACHE_SIGNATURE_KEY
-        .get(env)
-        .or_else(|| get("TURBO_REMOTE_CACHE_SIGNATURE_KEY"))
-        .map(str::to_string)
-        .or_else(|| cfg.and_then(|c| from_named(&c.signature_key_env)))
-        .map(String::into_bytes);
-    let timeout = knobs::REMOTE_CACHE_TIMEOUT_MS
-        .millis(env)
-        .or_else(|| cfg.and_then(|c| c.timeout_ms).map(Duration::from_millis))
-        .unwrap_or(REMOTE_TIMEOUT);
-    let protocol = cfg.map(|c| c.protocol).unwrap_or_default();
-    Ok((
-        Some(RemoteSettings {
-            url,
-            protocol,
-            team,
-            token,
-            signature_key,
-            timeout,
-        }),
-        policy,
-    ))
 }
 
 /// One entry of an artifact, its path relative to the task's project.
@@ -429,60 +341,6 @@ mod remote_tests {
         for (s, want) in table {
             assert_eq!(parse_cache_flag(s).map_err(|_| ()), *want, "{s}");
         }
-    }
-
-    #[test]
-    fn resolution_order() {
-        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let cfg = RemoteCacheConfig {
-            url: Some("http://file".into()),
-            token_env: Some("MY_TOKEN".into()),
-            read: true,
-            write: true,
-            ..Default::default()
-        };
-        let (s, p) = resolve(Some(&cfg), &env(&[("MY_TOKEN", "t1")]), None).unwrap();
-        let s = s.unwrap();
-        assert_eq!(
-            (s.url.as_str(), s.token.as_deref()),
-            ("http://file", Some("t1"))
-        );
-        assert!(p.remote_write);
-        let (s, p) = resolve(
-            Some(&cfg),
-            &env(&[
-                ("TURBO_API", "http://turbo"),
-                ("TURBO_TOKEN", "t2"),
-                ("TURBO_REMOTE_CACHE_READ_ONLY", "1"),
-            ]),
-            None,
-        )
-        .unwrap();
-        let s = s.unwrap();
-        assert_eq!(
-            (s.url.as_str(), s.token.as_deref()),
-            ("http://turbo", Some("t2"))
-        );
-        assert!(!p.remote_write && p.remote_read);
-        let (s, _) = resolve(
-            None,
-            &env(&[
-                (vx_proto::knobs::REMOTE_CACHE_URL.name, "http://vx"),
-                ("TURBO_API", "http://turbo"),
-            ]),
-            None,
-        )
-        .unwrap();
-        assert_eq!(s.unwrap().url, "http://vx");
-        let (s, _) = resolve(None, &env(&[]), None).unwrap();
-        assert!(s.is_none());
-        let (_, p) = resolve(Some(&cfg), &env(&[]), Some("local:rw,remote:r")).unwrap();
-        assert!(p.remote_read && !p.remote_write);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! `engine::remote` — a run's use of the remote cache: opening it for the
+//! `engine::remote` — a run's use of the remote cache: resolving its
+//! settings ([`resolve`]: `VX_REMOTE_CACHE_*`, then turbo's `TURBO_*`, then
+//! the root `vx.toml`'s `[remote_cache]`, then `--cache`), opening it for the
 //! run ([`open`]), the read-through after a local miss ([`Shared::remote_fetch`]:
 //! fetch, admit, hydrate the local store; the caller restores through the
 //! ordinary confined restore), and the uploads of executed results in the
@@ -12,19 +14,25 @@
 
 use super::prepare::Shared;
 use crate::cache::Entry;
-use crate::cache::remote::{self, ArtifactId, RemoteError, RunRemote};
+use crate::cache::remote::{
+    self, ArtifactId, CachePolicy, RemoteError, RemoteProtocol, RemoteSettings, RunRemote,
+    parse_cache_flag,
+};
 use crate::model::Model;
+use crate::workspace::{RemoteApi, RemoteCacheConfig};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use vx_proto::{RunEvent, RunParams};
 
 /// A run's remote, its cache policy, and a warning for a configured remote
 /// that cannot be used.
-type Opened = (Option<Arc<RunRemote>>, remote::CachePolicy, Option<String>);
+type Opened = (Option<Arc<RunRemote>>, CachePolicy, Option<String>);
 
 /// The run's remote and cache policy; a warning when a configured remote
 /// cannot be used. `Err`: a bad `--cache` value.
 pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> {
-    let (settings, policy) = remote::resolve(
+    let (settings, policy) = resolve(
         model.ws.defaults.remote_cache.as_ref(),
         &params.env,
         params.cache.as_deref(),
@@ -39,6 +47,80 @@ pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> 
         Ok(r) => Ok((r.map(Arc::new), policy, None)),
         Err(w) => Ok((None, policy, Some(w))),
     }
+}
+
+/// Default timeout of one remote request.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Resolves a run's remote cache: the environment (`VX_REMOTE_CACHE_*`,
+/// then turbo's `TURBO_*`) over the root config, then `--cache`. `None`
+/// settings: no remote for this run.
+pub(super) fn resolve(
+    cfg: Option<&RemoteCacheConfig>,
+    env: &BTreeMap<String, String>,
+    flag: Option<&str>,
+) -> Result<(Option<RemoteSettings>, CachePolicy), String> {
+    use vx_proto::knobs;
+    let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let on = |k: &str| get(k).is_some_and(|v| v != "0" && v != "false");
+    let mut policy = CachePolicy::default();
+    if let Some(c) = cfg {
+        policy.remote_read = c.read;
+        policy.remote_write = c.write;
+    }
+    if knobs::REMOTE_CACHE_READ_ONLY.on(env) || on("TURBO_REMOTE_CACHE_READ_ONLY") {
+        policy.remote_write = false;
+    }
+    if knobs::REMOTE_ONLY.on(env) || on("TURBO_REMOTE_ONLY") {
+        policy.local_read = false;
+    }
+    if let Some(f) = flag {
+        policy = parse_cache_flag(f)?;
+    }
+    let url = knobs::REMOTE_CACHE_URL
+        .get(env)
+        .or_else(|| get("TURBO_API"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| c.url.clone()));
+    let Some(url) = url.filter(|u| u != "off") else {
+        return Ok((None, policy));
+    };
+    let from_named = |name: &Option<String>| name.as_deref().and_then(&get).map(str::to_string);
+    let token = knobs::REMOTE_CACHE_TOKEN
+        .get(env)
+        .or_else(|| get("TURBO_TOKEN"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| from_named(&c.token_env)));
+    let team = knobs::REMOTE_CACHE_TEAM
+        .get(env)
+        .or_else(|| get("TURBO_TEAM"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| c.team.clone()));
+    let signature_key = knobs::REMOTE_CACHE_SIGNATURE_KEY
+        .get(env)
+        .or_else(|| get("TURBO_REMOTE_CACHE_SIGNATURE_KEY"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| from_named(&c.signature_key_env)))
+        .map(String::into_bytes);
+    let timeout = knobs::REMOTE_CACHE_TIMEOUT_MS
+        .millis(env)
+        .or_else(|| cfg.and_then(|c| c.timeout_ms).map(Duration::from_millis))
+        .unwrap_or(REMOTE_TIMEOUT);
+    let protocol = match cfg.map(|c| c.protocol).unwrap_or_default() {
+        RemoteApi::Turbo => RemoteProtocol::Turbo,
+        RemoteApi::Nx => RemoteProtocol::Nx,
+    };
+    Ok((
+        Some(RemoteSettings {
+            url,
+            protocol,
+            team,
+            token,
+            signature_key,
+            timeout,
+        }),
+        policy,
+    ))
 }
 
 impl Shared {
@@ -156,5 +238,64 @@ impl Shared {
         for h in pending {
             let _ = h.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_order() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cfg = RemoteCacheConfig {
+            url: Some("http://file".into()),
+            token_env: Some("MY_TOKEN".into()),
+            read: true,
+            write: true,
+            ..Default::default()
+        };
+        let (s, p) = resolve(Some(&cfg), &env(&[("MY_TOKEN", "t1")]), None).unwrap();
+        let s = s.unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.token.as_deref()),
+            ("http://file", Some("t1"))
+        );
+        assert!(p.remote_write);
+        let (s, p) = resolve(
+            Some(&cfg),
+            &env(&[
+                ("TURBO_API", "http://turbo"),
+                ("TURBO_TOKEN", "t2"),
+                ("TURBO_REMOTE_CACHE_READ_ONLY", "1"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let s = s.unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.token.as_deref()),
+            ("http://turbo", Some("t2"))
+        );
+        assert!(!p.remote_write && p.remote_read);
+        let (s, _) = resolve(
+            None,
+            &env(&[
+                (vx_proto::knobs::REMOTE_CACHE_URL.name, "http://vx"),
+                ("TURBO_API", "http://turbo"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.unwrap().url, "http://vx");
+        let (s, _) = resolve(None, &env(&[]), None).unwrap();
+        assert!(s.is_none());
+        let (_, p) = resolve(Some(&cfg), &env(&[]), Some("local:rw,remote:r")).unwrap();
+        assert!(p.remote_read && !p.remote_write);
     }
 }

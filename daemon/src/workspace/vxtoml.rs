@@ -223,7 +223,7 @@ pub(crate) struct VxFile {
     /// `project#task` references in `depends_on`, checked later.
     pub task_refs: Vec<ProjectRef>,
     /// `[remote_cache]` (root file only).
-    pub remote_cache: Option<crate::cache::remote::RemoteCacheConfig>,
+    pub remote_cache: Option<super::RemoteCacheConfig>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -368,11 +368,8 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
     })
 }
 
-fn remote_cache(
-    src: &Src,
-    r: RawRemoteCache,
-) -> Result<crate::cache::remote::RemoteCacheConfig, ConfigError> {
-    use crate::cache::remote::{RemoteCacheConfig, RemoteProtocol};
+fn remote_cache(src: &Src, r: RawRemoteCache) -> Result<super::RemoteCacheConfig, ConfigError> {
+    use super::{RemoteApi, RemoteCacheConfig};
     let mut out = RemoteCacheConfig {
         read: r.read.unwrap_or(true),
         write: r.write.unwrap_or(true),
@@ -391,8 +388,8 @@ fn remote_cache(
     }
     if let Some(p) = r.protocol {
         out.protocol = match p.get_ref().as_str() {
-            "turbo" => RemoteProtocol::Turbo,
-            "nx" => RemoteProtocol::Nx,
+            "turbo" => RemoteApi::Turbo,
+            "nx" => RemoteApi::Nx,
             other => {
                 return Err(src.err_span(
                     p.span(),
