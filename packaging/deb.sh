@@ -58,7 +58,7 @@ if [ -z "$bin_dir" ]; then
   esac
   command -v cargo >/dev/null || die "cargo is not on PATH (or pass --bin-dir DIR)"
   echo "building vx and vxd ($profile profile)" >&2
-  cargo build $flag --locked --manifest-path "$root/Cargo.toml" -p vx -p vxd >&2
+  cargo build $flag --locked --manifest-path "$root/Cargo.toml" -p vx -p vxd -p vx-cache-server >&2
   bin_dir="$target/$sub"
 fi
 for b in vx vxd; do
@@ -95,6 +95,8 @@ install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/share/bash-completion/completi
   "$pkg/usr/share/zsh/vendor-completions" "$pkg/usr/share/fish/vendor_completions.d" \
   "$pkg/usr/share/man/man1" "$pkg/usr/share/doc/vx"
 install -m 0755 "$bin_dir/vx" "$bin_dir/vxd" "$pkg/usr/bin/"
+# The remote cache server `vx cache serve` runs, when it was built.
+if [ -x "$bin_dir/vx-cache-server" ]; then install -m 0755 "$bin_dir/vx-cache-server" "$pkg/usr/bin/"; fi
 "$bin_dir/vx" completions bash >"$pkg/usr/share/bash-completion/completions/vx"
 "$bin_dir/vx" completions zsh >"$pkg/usr/share/zsh/vendor-completions/_vx"
 "$bin_dir/vx" completions fish >"$pkg/usr/share/fish/vendor_completions.d/vx.fish"

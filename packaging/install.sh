@@ -45,7 +45,7 @@ if [ -z "$bin_dir" ]; then
   esac
   command -v cargo >/dev/null || die "cargo is not on PATH (install Rust, or pass --bin-dir DIR with prebuilt binaries)"
   echo "building vx and vxd ($profile profile; a first release build takes several minutes)"
-  cargo build $flag --locked --manifest-path "$root/Cargo.toml" -p vx -p vxd
+  cargo build $flag --locked --manifest-path "$root/Cargo.toml" -p vx -p vxd -p vx-cache-server
   bin_dir="${CARGO_TARGET_DIR:-$root/target}/$sub"
 fi
 for b in vx vxd; do
@@ -64,6 +64,8 @@ install -d "$prefix/bin" "$prefix/share/bash-completion/completions" \
   "$prefix/share/zsh/site-functions" "$prefix/share/fish/vendor_completions.d" \
   "$prefix/share/man/man1"
 install -m 0755 "$bin_dir/vx" "$bin_dir/vxd" "$prefix/bin/"
+# The remote cache server `vx cache serve` runs, when it was built.
+if [ -x "$bin_dir/vx-cache-server" ]; then install -m 0755 "$bin_dir/vx-cache-server" "$prefix/bin/"; fi
 install -m 0644 "$gen/vx.bash" "$prefix/share/bash-completion/completions/vx"
 install -m 0644 "$gen/_vx" "$prefix/share/zsh/site-functions/_vx"
 install -m 0644 "$gen/vx.fish" "$prefix/share/fish/vendor_completions.d/vx.fish"

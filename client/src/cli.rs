@@ -110,6 +110,13 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         &[("vx cache clean", "delete the local cache")],
     ),
     (
+        "cache serve",
+        &[(
+            "vx cache serve --listen 0.0.0.0:4280 --store /srv/vx-cache --token-rw \"$CACHE_TOKEN\"",
+            "serve a remote cache from a directory",
+        )],
+    ),
+    (
         "cache prune",
         &[
             (

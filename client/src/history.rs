@@ -115,6 +115,7 @@ fn cache_word(c: CacheSource) -> &'static str {
         CacheSource::Local => "local",
         CacheSource::UpToDate => "up-to-date",
         CacheSource::Disabled => "off",
+        CacheSource::Remote => "remote",
     }
 }
 
@@ -370,6 +371,9 @@ pub fn why(
             w.run_id.as_deref().unwrap_or("?")
         ),
         _ => println!("{}", w.task),
+    }
+    if w.cache == Some(CacheSource::Remote) {
+        println!("its last result came from the remote cache");
     }
     if !w.changes.is_empty() {
         println!();

@@ -335,6 +335,7 @@ pub fn explain(
         let source = match t.source {
             Some(vx_proto::CacheSource::UpToDate) => " (outputs up to date)",
             Some(vx_proto::CacheSource::Local) => " (restored from the local cache)",
+            Some(vx_proto::CacheSource::Remote) => " (from the remote cache)",
             _ => "",
         };
         println!("{}  key {}  predicted: {predicted}{source}", t.id, t.key);

@@ -270,6 +270,16 @@ enum CacheCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a remote cache server (turbo's /v8 and Nx's /v1/cache APIs):
+    /// `vx cache serve --listen ADDR --store DIR_OR_URL --token-rw SECRET`.
+    /// Every argument goes to `vx-cache-server` (`vx cache serve --help`).
+    #[command(disable_help_flag = true)]
+    Serve {
+        /// `--listen ADDR`, `--store DIR|s3://BUCKET/PREFIX?endpoint=URL`,
+        /// `--tokens FILE`, `--token-rw SECRET`, `--token-ro SECRET`, …
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -379,6 +389,10 @@ struct RunArgs {
     /// Neither read nor write the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Which caches to read and write, turbo 2's syntax:
+    /// `local:rw,remote:r` (a cache not named is off).
+    #[arg(long, value_name = "SPEC", require_equals = true)]
+    cache: Option<String>,
     /// Which task logs to show (default: `full`, or a task's own
     /// turbo.json `outputLogs`).
     #[arg(long, value_name = "MODE")]
@@ -476,6 +490,9 @@ fn real_main(cli: Cli) -> Result<i32> {
         Cmd::Watch(args) => watch(args, &cwd, no_daemon),
         Cmd::Init(args) => init::init(args, &cwd),
         Cmd::Cache {
+            action: CacheCmd::Serve { args },
+        } => cache_serve(&args),
+        Cmd::Cache {
             action:
                 CacheCmd::Prune {
                     max_size,
@@ -533,7 +550,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                         println!("blobs:   {} ({})", s.blobs, render::bytes(s.blob_bytes));
                     }
                 }
-                CacheCmd::Prune { .. } => unreachable!("handled above"),
+                CacheCmd::Prune { .. } | CacheCmd::Serve { .. } => unreachable!("handled above"),
                 CacheCmd::Clean => {
                     let (conn, v) =
                         call_following(conn, methods::CACHE_CLEAN, &params, &mut |_| {})?;
@@ -999,6 +1016,7 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
             .profile
             .as_ref()
             .map(|p| cwd.join(p).to_string_lossy().into_owned()),
+        cache: args.cache.clone(),
         report: args.report.as_ref().map(|r| {
             if !r.is_empty() {
                 return cwd.join(r).to_string_lossy().into_owned();
@@ -1074,6 +1092,26 @@ fn rpc_error(e: &RpcError) -> anyhow::Error {
         codes::INTERNAL_ERROR => anyhow!("internal error in the vx engine: {}", e.message),
         _ => anyhow!("{}", e.message),
     }
+}
+
+/// `vx cache serve`: replaces this process with `vx-cache-server`
+/// (`VX_CACHE_SERVER_BIN`, else beside `vx`, else on `PATH`).
+fn cache_serve(args: &[String]) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let bin = match vx_proto::knobs::CACHE_SERVER_BIN.get_process_os() {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .map(|e| e.with_file_name("vx-cache-server"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("vx-cache-server")),
+    };
+    let err = std::process::Command::new(&bin).args(args).exec();
+    Err(anyhow!(
+        "cannot run {}: {err} (install vx-cache-server beside vx, or set {})",
+        bin.display(),
+        vx_proto::knobs::CACHE_SERVER_BIN.name
+    ))
 }
 
 #[cfg(test)]

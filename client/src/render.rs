@@ -75,6 +75,8 @@ pub struct Ui {
     grouped: Option<HashMap<String, Vec<String>>>,
     /// `--output-logs=hash-only`: a hit's line says the logs are suppressed.
     hash_only: bool,
+    /// Tasks of this run (cycle) served by the remote cache.
+    remote_hits: std::collections::HashSet<String>,
 }
 
 /// The state behind the progress line: `[3/12] 2 cached · running: a#build, b#test`.
@@ -172,6 +174,7 @@ impl Ui {
             log_prefix: true,
             grouped: None,
             hash_only: false,
+            remote_hits: Default::default(),
         }
     }
 
@@ -363,11 +366,14 @@ impl Ui {
                 let _ = self.out.flush();
             }
             RunEvent::TaskCacheHit { id, key, source } => {
+                if source == CacheSource::Remote {
+                    self.remote_hits.insert(id.clone());
+                }
                 let p = self.prefix(&id);
-                let what = if source == CacheSource::UpToDate {
-                    "outputs up to date"
-                } else {
-                    "restored"
+                let what = match source {
+                    CacheSource::UpToDate => "outputs up to date",
+                    CacheSource::Remote => "remote, restored",
+                    _ => "restored",
                 };
                 let msg = self.dim(&format!(
                     "cache hit ({what}), {} {}",
@@ -405,6 +411,9 @@ impl Ui {
             }
             RunEvent::TaskFinished { result } => {
                 self.flush_group(Some(&result.id));
+                if result.cache == CacheSource::Remote {
+                    self.remote_hits.insert(result.id.clone());
+                }
                 if result.status == TaskStatus::Failed {
                     let p = self.prefix(&result.id);
                     let why = result.error.clone().unwrap_or_else(|| "failed".into());
@@ -472,6 +481,15 @@ impl Ui {
             format!("{} cached", c.cached),
             format!("{} executed", c.executed),
         ];
+        let remote = s
+            .tasks
+            .iter()
+            .filter(|t| t.cache == CacheSource::Remote)
+            .count()
+            .max(std::mem::take(&mut self.remote_hits).len());
+        if remote > 0 {
+            parts.insert(2, format!("{remote} from the remote cache"));
+        }
         if c.failed > 0 {
             parts.push(format!("{} failed", c.failed));
         }

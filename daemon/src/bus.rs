@@ -549,7 +549,10 @@ impl Tee {
             // A run that reports only changes reports its hits this way.
             RunEvent::TaskCacheHit { source, .. } if st.detail == Detail::Changes => {
                 st.done += 1;
-                if matches!(source, CacheSource::Local | CacheSource::UpToDate) {
+                if matches!(
+                    source,
+                    CacheSource::Local | CacheSource::UpToDate | CacheSource::Remote
+                ) {
                     st.counts.cached += 1;
                 }
             }

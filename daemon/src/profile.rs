@@ -30,6 +30,7 @@ fn cache_str(c: CacheSource) -> &'static str {
         CacheSource::Local => "local",
         CacheSource::UpToDate => "up-to-date",
         CacheSource::Disabled => "disabled",
+        CacheSource::Remote => "remote",
     }
 }
 
@@ -179,7 +180,12 @@ pub fn markdown_report(run: &RunRecord, stats: Option<&HashMap<String, TaskStats
     let hits = run
         .tasks
         .iter()
-        .filter(|t| matches!(t.cache, CacheSource::Local | CacheSource::UpToDate))
+        .filter(|t| {
+            matches!(
+                t.cache,
+                CacheSource::Local | CacheSource::UpToDate | CacheSource::Remote
+            )
+        })
         .count();
     if keyed > 0 {
         let _ = writeln!(

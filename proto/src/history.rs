@@ -237,6 +237,10 @@ pub struct WhyReport {
     pub previous_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_run_id: Option<String>,
+    /// Where the newest recorded row's result came from (`remote`: the
+    /// remote cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSource>,
     /// Whether both fingerprints were found (so `changes` is complete).
     pub compared: bool,
     pub changes: Vec<Change>,

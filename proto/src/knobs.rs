@@ -123,6 +123,22 @@ knobs! {
         "the running task's id (`project#task`)";
     RUN_WORKSPACE = "VX_RUN_WORKSPACE", Kind::Path, "", Task,
         "the workspace root of the running task";
+    REMOTE_CACHE_URL = "VX_REMOTE_CACHE_URL", Kind::Text, "", Run,
+        "the remote cache's base URL (wins over `TURBO_API` and `[remote_cache] url`); `off`: no remote cache for this run";
+    REMOTE_CACHE_TOKEN = "VX_REMOTE_CACHE_TOKEN", Kind::Text, "", Run,
+        "the remote cache's bearer token (wins over `TURBO_TOKEN` and `[remote_cache] token_env`)";
+    REMOTE_CACHE_TEAM = "VX_REMOTE_CACHE_TEAM", Kind::Text, "", Run,
+        "the team (turbo's `slug`; `team_…` goes as `teamId`) (wins over `TURBO_TEAM` and `[remote_cache] team`)";
+    REMOTE_CACHE_SIGNATURE_KEY = "VX_REMOTE_CACHE_SIGNATURE_KEY", Kind::Text, "", Run,
+        "sign uploads and verify downloads with this HMAC-SHA256 key (turbo's `x-artifact-tag`; wins over `TURBO_REMOTE_CACHE_SIGNATURE_KEY`)";
+    REMOTE_CACHE_READ_ONLY = "VX_REMOTE_CACHE_READ_ONLY", Kind::Bool, "0", Run,
+        "`1`: read the remote cache, never upload (like `TURBO_REMOTE_CACHE_READ_ONLY`)";
+    REMOTE_ONLY = "VX_REMOTE_ONLY", Kind::Bool, "0", Run,
+        "`1`: look tasks up in the remote cache only, not the local one (like `TURBO_REMOTE_ONLY`)";
+    REMOTE_CACHE_TIMEOUT_MS = "VX_REMOTE_CACHE_TIMEOUT_MS", Kind::Millis, "30000", Run,
+        "timeout of one remote cache request; past it the request is a miss";
+    CACHE_SERVER_BIN = "VX_CACHE_SERVER_BIN", Kind::Path, "", Client,
+        "path of the `vx-cache-server` binary `vx cache serve` runs (default: next to `vx`, else on `PATH`)";
     WALK_THREADS = "VX_WALK_THREADS", Kind::Count, "", Test,
         "threads of the workspace walk (default: the cores, at most 8)";
     TEST_HOOKS = "VX_TEST_HOOKS", Kind::Bool, "0", Test,

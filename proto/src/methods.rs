@@ -237,6 +237,10 @@ pub struct RunParams {
     /// and none of their dependencies (turbo's `--parallel`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parallel: bool,
+    /// `--cache=local:rw,remote:r` (turbo 2's syntax): which caches this
+    /// run reads and writes. `None`: both, as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// How a task ended.
@@ -271,6 +275,8 @@ pub enum CacheSource {
     UpToDate,
     /// Caching is off for this task (or the run).
     Disabled,
+    /// Fetched from the remote cache (then kept in the local one) and restored.
+    Remote,
 }
 
 /// The outcome of one task.

@@ -117,6 +117,16 @@ fn crates_link_only_what_they_may() {
             "the client talks to the engine only over the wire",
         ),
         ("vx-proto", "vx", "the contract depends on nothing of ours"),
+        (
+            "vx-cache-server",
+            "vxd-engine",
+            "the cache server stands alone: it never links the engine",
+        ),
+        (
+            "vx-cache-server",
+            "vx-proto",
+            "the cache server speaks only HTTP",
+        ),
     ];
     let mut broken = Vec::new();
     for (pkg, never, why) in rules {

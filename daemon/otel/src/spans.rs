@@ -87,6 +87,7 @@ pub fn cache_status(c: CacheSource) -> &'static str {
     match c {
         CacheSource::Miss => "miss",
         CacheSource::Local => "local",
+        CacheSource::Remote => "remote",
         CacheSource::UpToDate => "up-to-date",
         CacheSource::Disabled => "disabled",
     }

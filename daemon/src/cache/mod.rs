@@ -44,6 +44,7 @@ mod entry;
 mod index;
 mod outputs;
 mod prune;
+pub mod remote;
 mod restore;
 mod share;
 #[cfg(test)]

@@ -30,6 +30,7 @@ mod persistent;
 mod prepare;
 mod priority;
 mod record;
+mod remote;
 mod run;
 mod schedule;
 mod store;

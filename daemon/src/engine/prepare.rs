@@ -84,6 +84,12 @@ pub(super) struct Shared {
     pub(super) shared_outputs: HashMap<usize, String>,
     /// The run's trace context, when an exporter traces it.
     pub(super) trace: Option<crate::telemetry::RunTrace>,
+    /// The run's remote cache, when one is configured and usable.
+    pub(super) remote: Option<Arc<crate::cache::remote::RunRemote>>,
+    /// Which caches the run reads and writes (`--cache`).
+    pub(super) policy: crate::cache::remote::CachePolicy,
+    /// Uploads to the remote cache in flight (drained before the answer).
+    pub(super) uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -404,11 +410,19 @@ pub(super) fn prepare(
             "an interactive task needs the terminal; run it with the no-daemon engine",
         ));
     }
+    let (remote, policy, remote_warning) =
+        super::remote::open(&model, &params).map_err(|e| EngineError::new(ErrorKind::User, e))?;
+    if let (Some(w), Some(tx)) = (remote_warning, &events) {
+        let _ = tx.send(RunEvent::Warning { message: w });
+    }
     let trace = events
         .as_ref()
         .and_then(|_| crate::telemetry::begin(&params.env));
     let shared = Shared {
         trace,
+        remote,
+        policy,
+        uploads: Mutex::new(Vec::new()),
         model: model.clone(),
         store,
         index,

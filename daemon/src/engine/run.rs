@@ -158,6 +158,7 @@ pub async fn run_in(
     let mut d = Driver::new(sched, sh.clone(), nodes, session.clone(), t0);
     d.drive(&mut cancel, &events, detail).await;
     timing.stage("schedule");
+    sh.drain_uploads().await;
     let sh2 = sh.clone();
     let close = tokio::task::spawn_blocking(move || sh2.finish_store()).await;
     if let Some(hot) = &hot {

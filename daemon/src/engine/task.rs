@@ -71,8 +71,19 @@ pub(super) fn try_hit(
     allow_restore: bool,
 ) -> Result<Hit, EngineError> {
     let t0 = Instant::now();
-    let Some(entry) = sh.store.get(key)? else {
-        return Ok(Hit::Miss);
+    let local = if sh.policy.local_read {
+        sh.store.get(key)?
+    } else {
+        None
+    };
+    // A local miss reads through to the remote cache (never a local hit).
+    let (entry, remote) = match local {
+        Some(e) => (e, false),
+        None if allow_restore => match sh.remote_fetch(g, key) {
+            Some(e) => (e, true),
+            None => return Ok(Hit::Miss),
+        },
+        None => return Ok(Hit::Miss),
     };
     let (m, stamps) = (&entry.0, &entry.1);
     let node = &sh.model.graph.nodes[g];
@@ -135,7 +146,11 @@ pub(super) fn try_hit(
             Ok(st) => {
                 sh.store.put_stamps(key, &st);
                 sh.mark_dirty(p);
-                CacheSource::Local
+                if remote {
+                    CacheSource::Remote
+                } else {
+                    CacheSource::Local
+                }
             }
             Err(CacheError::Corrupt(what)) => {
                 corrupt(&format!("blob {}", &what[..what.len().min(12)]));
@@ -615,7 +630,7 @@ pub(super) async fn execute(
         let saved =
             tokio::task::spawn_blocking(move || save(&sh2, g, &k2, &log2, duration_ms)).await;
         match saved {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => sh.upload(g, &key),
             Ok(Err(e)) => sh.emit(RunEvent::Warning {
                 message: format!("{id}: result not cached: {e}"),
             }),

@@ -244,7 +244,10 @@ pub(super) fn p50_of(list: &[u64], window: usize) -> Option<u64> {
 }
 
 pub(super) fn row_hit(t: &TaskRun) -> bool {
-    matches!(t.cache, CacheSource::Local | CacheSource::UpToDate)
+    matches!(
+        t.cache,
+        CacheSource::Local | CacheSource::UpToDate | CacheSource::Remote
+    )
 }
 
 /// The `q` percentile of ascending `sorted`: `sorted[min(n-1, floor(q*n))]`.

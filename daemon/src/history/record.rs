@@ -199,7 +199,10 @@ pub(super) fn counts_as_duration(t: &TaskRun) -> bool {
 /// executed successfully or came from the cache.
 pub(super) fn row_ok(t: &TaskRun) -> bool {
     matches!(t.status, TaskStatus::Success | TaskStatus::Cached)
-        || matches!(t.cache, CacheSource::Local | CacheSource::UpToDate)
+        || matches!(
+            t.cache,
+            CacheSource::Local | CacheSource::UpToDate | CacheSource::Remote
+        )
 }
 
 /// The mutable tables of one write transaction.

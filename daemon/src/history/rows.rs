@@ -45,6 +45,7 @@ enum CacheRow {
     Local,
     UpToDate,
     Disabled,
+    Remote,
 }
 
 /// A run's task counts, as stored.
@@ -167,6 +168,7 @@ impl From<CacheSource> for CacheRow {
             CacheSource::Local => CacheRow::Local,
             CacheSource::UpToDate => CacheRow::UpToDate,
             CacheSource::Disabled => CacheRow::Disabled,
+            CacheSource::Remote => CacheRow::Remote,
         }
     }
 }
@@ -178,6 +180,7 @@ impl From<CacheRow> for CacheSource {
             CacheRow::Local => CacheSource::Local,
             CacheRow::UpToDate => CacheSource::UpToDate,
             CacheRow::Disabled => CacheSource::Disabled,
+            CacheRow::Remote => CacheSource::Remote,
         }
     }
 }

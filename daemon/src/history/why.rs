@@ -25,10 +25,14 @@ impl History {
         let mut newest: Option<(String, String)> = None;
         let mut previous: Option<(String, String)> = None;
         let mut same_key_rows = 0usize;
+        let mut cache = None;
         for item in rows.range((task_id, 0u64)..=(task_id, upto))?.rev() {
             let (_, v) = item?;
             total += 1;
             let row = decode_task_row(v.value())?;
+            if total == 1 {
+                cache = Some(row.task.cache);
+            }
             let Some(key) = row.task.key else { continue };
             match &newest {
                 None => {
@@ -51,6 +55,7 @@ impl History {
             run_id: newest.as_ref().map(|n| n.1.clone()),
             previous_key: previous.as_ref().map(|p| p.0.clone()),
             previous_run_id: previous.as_ref().map(|p| p.1.clone()),
+            cache,
             compared: false,
             changes: Vec::new(),
             advice: Vec::new(),

@@ -616,6 +616,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
             defaults.cache_dir = Some(abs);
         }
         global = w.global.clone();
+        defaults.remote_cache = root_vx.as_ref().and_then(|v| v.remote_cache.clone());
     } else if let Some(t) = &turbo_root {
         defaults.concurrency = t.concurrency;
         defaults.env_mode = t.env_mode;

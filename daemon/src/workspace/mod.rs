@@ -104,6 +104,34 @@ pub struct Defaults {
     /// Which environment reaches tasks (turbo.json `envMode`); a run's
     /// `--env-mode` wins.
     pub env_mode: Option<vx_proto::EnvMode>,
+    /// The root `vx.toml`'s `[remote_cache]`.
+    pub remote_cache: Option<RemoteCacheConfig>,
+}
+
+/// Which remote API a remote cache speaks (`[remote_cache] protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteApi {
+    /// Turborepo's `/v8/artifacts`.
+    #[default]
+    Turbo,
+    /// Nx's self-hosted `/v1/cache`.
+    Nx,
+}
+
+/// The root `vx.toml`'s `[remote_cache]` section, as written
+/// (docs/remote-cache.md); the engine resolves it against the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteCacheConfig {
+    pub url: Option<String>,
+    pub protocol: RemoteApi,
+    pub team: Option<String>,
+    /// The name of the environment variable holding the token.
+    pub token_env: Option<String>,
+    /// The name of the environment variable holding the signature key.
+    pub signature_key_env: Option<String>,
+    pub read: bool,
+    pub write: bool,
+    pub timeout_ms: Option<u64>,
 }
 
 /// One project (package).

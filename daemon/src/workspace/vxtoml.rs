@@ -34,6 +34,9 @@ struct RawFile {
     #[schemars(with = "Option<Vec<PluginSchema>>")]
     #[allow(dead_code)]
     plugins: Option<toml::Value>,
+    /// Only in the root `vx.toml`: the remote cache (docs/remote-cache.md).
+    #[schemars(with = "Option<RawRemoteCache>")]
+    remote_cache: Option<Spanned<RawRemoteCache>>,
 }
 
 /// A `[[plugins]]` entry: a child process of the daemon speaking JSON-RPC
@@ -54,6 +57,34 @@ struct PluginSchema {
     events: Option<Vec<String>>,
     /// How long it has to answer the `initialize` handshake (default 5000).
     handshake_timeout_ms: Option<u64>,
+}
+
+/// `[remote_cache]`: a Turborepo- or Nx-compatible remote cache.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RemoteCache")]
+struct RawRemoteCache {
+    /// Base URL (`http://cache.internal:8080`); `TURBO_API` / `VX_REMOTE_CACHE_URL` win.
+    #[schemars(with = "Option<String>")]
+    url: Option<Spanned<String>>,
+    /// `turbo` (`/v8/artifacts`, the default) or `nx` (`/v1/cache`).
+    #[schemars(with = "Option<String>")]
+    protocol: Option<Spanned<String>>,
+    /// The team (turbo's `slug`; `team_…` is sent as `teamId`).
+    team: Option<String>,
+    /// Name of the environment variable holding the token.
+    #[schemars(with = "Option<String>")]
+    token_env: Option<Spanned<String>>,
+    /// Name of the environment variable holding the HMAC signature key.
+    #[schemars(with = "Option<String>")]
+    signature_key_env: Option<Spanned<String>>,
+    /// Read the remote cache (default true).
+    read: Option<bool>,
+    /// Upload to the remote cache (default true).
+    write: Option<bool>,
+    /// Timeout of one request.
+    #[schemars(with = "Option<DurationSchema>")]
+    timeout: Option<Spanned<toml::Value>>,
 }
 
 type Strings = Option<Vec<Spanned<String>>>;
@@ -216,6 +247,8 @@ pub(crate) struct VxFile {
     pub tasks: Option<BTreeMap<String, TaskDef>>,
     /// `project#task` references in `depends_on`, checked later.
     pub task_refs: Vec<ProjectRef>,
+    /// `[remote_cache]` (root file only).
+    pub remote_cache: Option<super::RemoteCacheConfig>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -339,13 +372,70 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         }
     };
 
+    let remote_cache = match raw.remote_cache {
+        None => None,
+        Some(r) if workspace.is_none() => {
+            return Err(src.err_span(
+                r.span(),
+                "`[remote_cache]` belongs in the root vx.toml (the one with `[workspace]`)",
+            ));
+        }
+        Some(r) => Some(remote_cache(&src, r.into_inner())?),
+    };
+
     Ok(VxFile {
         src,
         workspace,
         project,
         tasks,
         task_refs,
+        remote_cache,
     })
+}
+
+fn remote_cache(src: &Src, r: RawRemoteCache) -> Result<super::RemoteCacheConfig, ConfigError> {
+    use super::{RemoteApi, RemoteCacheConfig};
+    let mut out = RemoteCacheConfig {
+        read: r.read.unwrap_or(true),
+        write: r.write.unwrap_or(true),
+        team: r.team,
+        ..Default::default()
+    };
+    if let Some(u) = r.url {
+        let v = u.get_ref().trim();
+        if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() < 8 {
+            return Err(src.err_span(
+                u.span(),
+                format!("`url = {v:?}` is not an http:// or https:// URL"),
+            ));
+        }
+        out.url = Some(v.trim_end_matches('/').to_string());
+    }
+    if let Some(p) = r.protocol {
+        out.protocol = match p.get_ref().as_str() {
+            "turbo" => RemoteApi::Turbo,
+            "nx" => RemoteApi::Nx,
+            other => {
+                return Err(src.err_span(
+                    p.span(),
+                    format!("`protocol = {other:?}`: expected \"turbo\" or \"nx\""),
+                ));
+            }
+        };
+    }
+    for (field, slot) in [
+        (r.token_env, &mut out.token_env),
+        (r.signature_key_env, &mut out.signature_key_env),
+    ] {
+        if let Some(n) = field {
+            check::env_name(n.get_ref(), false).map_err(|e| src.err_span(n.span(), e))?;
+            *slot = Some(n.into_inner());
+        }
+    }
+    if let Some(t) = &r.timeout {
+        out.timeout_ms = Some(duration(src, t)?);
+    }
+    Ok(out)
 }
 
 fn workspace_section(src: &Src, ws: RawWorkspace) -> Result<WorkspaceSection, ConfigError> {

@@ -1,0 +1,377 @@
+//! `cache::remote` — the engine's side of a remote cache: the [`Remote`]
+//! trait a client crate implements (`vxd-remote`, registered by the `vxd`
+//! binary through [`set_factory`]), what an artifact is to the engine
+//! ([`Artifact`]), the `--cache` policy ([`parse_cache_flag`]), the checks an artifact passes before it
+//! is taken into the local store ([`admit`]: every path confined and
+//! inside the task's declared outputs, every link inside the project), and
+//! its hydration into the local store ([`hydrate`]).
+//!
+//! Never: speaks HTTP, links a transport crate (the engine must not), or
+//! writes into a project — a remote hit is restored by the ordinary
+//! [`super::restore`], which verifies every blob and confines every write.
+//! A remote failure is never an error of the run: the caller turns it into
+//! a miss and one warning.
+
+use super::*;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which remote API a remote cache speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RemoteProtocol {
+    /// Turborepo's `/v8/artifacts` (Vercel, `turborepo-remote-cache`, vx's server).
+    #[default]
+    Turbo,
+    /// Nx's self-hosted `/v1/cache`.
+    Nx,
+}
+
+/// What a remote cache client is built from (the resolved settings of a run).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub protocol: RemoteProtocol,
+    pub team: Option<String>,
+    pub token: Option<String>,
+    /// HMAC-SHA256 key: uploads are signed, downloads must verify.
+    pub signature_key: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+/// Which caches a run reads and writes (`--cache=local:rw,remote:r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub local_read: bool,
+    pub local_write: bool,
+    pub remote_read: bool,
+    pub remote_write: bool,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            local_read: true,
+            local_write: true,
+            remote_read: true,
+            remote_write: true,
+        }
+    }
+}
+
+/// Parses turbo 2's `--cache` value: `local:rw,remote:r`, `remote:rw`,
+/// `local:,remote:` … A cache not named is neither read nor written.
+pub fn parse_cache_flag(s: &str) -> Result<CachePolicy, String> {
+    let mut p = CachePolicy {
+        local_read: false,
+        local_write: false,
+        remote_read: false,
+        remote_write: false,
+    };
+    let mut seen = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((which, rw)) = part.split_once(':') else {
+            return Err(format!(
+                "`--cache={s}`: `{part}` is not `local:RW` or `remote:RW` (RW is `r`, `w`, `rw` or empty)"
+            ));
+        };
+        if seen.contains(&which) {
+            return Err(format!("`--cache={s}`: `{which}` is named twice"));
+        }
+        seen.push(which);
+        let (r, w) = match rw {
+            "" => (false, false),
+            "r" => (true, false),
+            "w" => (false, true),
+            "rw" | "wr" => (true, true),
+            _ => {
+                return Err(format!(
+                    "`--cache={s}`: `{rw}` is not `r`, `w`, `rw` or empty"
+                ));
+            }
+        };
+        match which {
+            "local" => (p.local_read, p.local_write) = (r, w),
+            "remote" => (p.remote_read, p.remote_write) = (r, w),
+            _ => {
+                return Err(format!(
+                    "`--cache={s}`: `{which}` is not `local` or `remote`"
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// One entry of an artifact, its path relative to the task's project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactFile {
+    pub path: String,
+    pub mode: u32,
+    /// A regular file's bytes, or a symlink's text.
+    pub body: ArtifactBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactBody {
+    File(Vec<u8>),
+    Symlink(String),
+}
+
+/// A task's cached result as it travels to and from a remote: its outputs
+/// and its log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Artifact {
+    pub files: Vec<ArtifactFile>,
+    pub log: Vec<u8>,
+    pub duration_ms: u64,
+}
+
+/// Which task an artifact belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct ArtifactId<'a> {
+    /// The task key (64 hex).
+    pub key: &'a str,
+    /// The project's directory, root-relative (`.` for the root).
+    pub project_dir: &'a str,
+    /// The task's name (for the log's name in the archive).
+    pub task: &'a str,
+}
+
+/// Why a remote request gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The remote could not be used (network, timeout, status, auth):
+    /// the run stops asking it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This artifact was refused (signature, corrupt or unsafe archive, too
+    /// big): a miss for this task.
+    #[error("{0}")]
+    Refused(String),
+    /// Uploads are refused (a read-only token): the run stops uploading.
+    #[error("{0}")]
+    WriteDenied(String),
+}
+
+/// A remote cache client.
+pub trait Remote: Send + Sync {
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+    /// The artifact stored under `id.key`, `None` when there is none.
+    fn get(&self, id: &ArtifactId) -> Result<Option<Artifact>, RemoteError>;
+    /// Stores an artifact (an existing one is never overwritten).
+    fn put(&self, id: &ArtifactId, a: &Artifact) -> Result<(), RemoteError>;
+}
+
+type Factory = dyn Fn(&RemoteSettings) -> Result<Arc<dyn Remote>, String> + Send + Sync;
+
+static FACTORY: OnceLock<Box<Factory>> = OnceLock::new();
+
+/// Registers how remote cache clients are made (the `vxd` binary does, at
+/// start-up, with `vxd-remote`). Without one a configured remote is
+/// ignored with a warning.
+pub fn set_factory(
+    f: impl Fn(&RemoteSettings) -> Result<Arc<dyn Remote>, String> + Send + Sync + 'static,
+) {
+    let _ = FACTORY.set(Box::new(f));
+}
+
+/// A run's remote: the client, what the run may do with it, and whether
+/// it has failed (then it is not asked again this run).
+pub struct RunRemote {
+    pub remote: Arc<dyn Remote>,
+    pub policy: CachePolicy,
+    broken: AtomicBool,
+    no_writes: AtomicBool,
+}
+
+impl RunRemote {
+    /// Makes the run's remote from resolved settings. `Err`: a warning for
+    /// the run (no client registered, a bad URL).
+    pub fn open(s: &RemoteSettings, policy: CachePolicy) -> Result<Option<RunRemote>, String> {
+        if !policy.remote_read && !policy.remote_write {
+            return Ok(None);
+        }
+        let Some(f) = FACTORY.get() else {
+            return Err(format!(
+                "a remote cache is configured ({}) but this engine has no remote cache client; running with the local cache only",
+                s.url
+            ));
+        };
+        let remote = f(s).map_err(|e| {
+            format!(
+                "the remote cache {} cannot be used: {e}; running with the local cache only",
+                s.url
+            )
+        })?;
+        Ok(Some(RunRemote {
+            remote,
+            policy,
+            broken: AtomicBool::new(false),
+            no_writes: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether the remote may still be asked.
+    pub fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Marks the remote unusable; true the first time (warn then only).
+    pub fn break_off(&self) -> bool {
+        !self.broken.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether the run may still upload.
+    pub fn writable(&self) -> bool {
+        self.policy.remote_write && self.usable() && !self.no_writes.load(Ordering::Relaxed)
+    }
+
+    /// Stops the run's uploads; true the first time (warn then only).
+    pub fn stop_writes(&self) -> bool {
+        !self.no_writes.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Checks a fetched artifact before anything of it is stored: every path
+/// is a plain relative path inside the task's declared outputs, every
+/// link stays inside the project. `Err`: why it is refused.
+pub fn admit(a: &Artifact, outputs: &Patterns) -> Result<(), String> {
+    for f in &a.files {
+        if crate::fsx::components(&f.path).is_none() {
+            return Err(format!("it names the path {:?}", f.path));
+        }
+        if !outputs.matches(&f.path) {
+            return Err(format!(
+                "it holds {}, outside the task's declared outputs",
+                f.path
+            ));
+        }
+        if let ArtifactBody::Symlink(t) = &f.body
+            && let Some(why) = link_refusal(&f.path, t)
+        {
+            return Err(why);
+        }
+    }
+    Ok(())
+}
+
+/// Takes an admitted artifact into the local store as the entry of `key`
+/// (blobs first, then the entry) and returns it.
+pub fn hydrate(store: &Store, key: &str, task: &str, a: &Artifact) -> Result<Entry, CacheError> {
+    let mut outputs = Vec::with_capacity(a.files.len());
+    for f in &a.files {
+        outputs.push(match &f.body {
+            ArtifactBody::File(bytes) => OutputFile {
+                path: f.path.clone(),
+                mode: f.mode & 0o7777,
+                digest: store.put_bytes(bytes)?,
+                kind: OutputKind::File,
+                link: None,
+            },
+            ArtifactBody::Symlink(t) => OutputFile {
+                path: f.path.clone(),
+                mode: 0o777,
+                digest: digest_of(t.as_bytes()),
+                kind: OutputKind::Symlink,
+                link: Some(t.clone()),
+            },
+        });
+    }
+    let log = store.put_bytes(&a.log)?;
+    let m = Manifest {
+        version: MANIFEST_VERSION,
+        key: key.to_string(),
+        task: task.to_string(),
+        outputs,
+        log,
+        exit_code: 0,
+        duration_ms: a.duration_ms,
+        created_at: now_ms(),
+    };
+    let stamps = Stamps::new();
+    store.put_entry(&m, &stamps);
+    Ok(Arc::new((m, None)))
+}
+
+/// The artifact of a stored entry (its blobs read back, verified).
+pub fn artifact_of(store: &Store, m: &Manifest) -> Result<Artifact, CacheError> {
+    let mut files = Vec::with_capacity(m.outputs.len());
+    for o in &m.outputs {
+        let body = match (&o.kind, &o.link) {
+            (OutputKind::Symlink, Some(t)) => ArtifactBody::Symlink(t.clone()),
+            _ => ArtifactBody::File(store.read_verified(&o.digest)?),
+        };
+        files.push(ArtifactFile {
+            path: o.path.clone(),
+            mode: o.mode,
+            body,
+        });
+    }
+    Ok(Artifact {
+        files,
+        log: store.read_verified(&m.log)?,
+        duration_ms: m.duration_ms,
+    })
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[test]
+    fn cache_flag() {
+        let all = |lr, lw, rr, rw| CachePolicy {
+            local_read: lr,
+            local_write: lw,
+            remote_read: rr,
+            remote_write: rw,
+        };
+        let table: &[(&str, Result<CachePolicy, ()>)] = &[
+            ("local:rw,remote:rw", Ok(all(true, true, true, true))),
+            ("local:rw,remote:r", Ok(all(true, true, true, false))),
+            ("remote:r", Ok(all(false, false, true, false))),
+            ("local:,remote:w", Ok(all(false, false, false, true))),
+            ("local:rw", Ok(all(true, true, false, false))),
+            ("local", Err(())),
+            ("local:x", Err(())),
+            ("cloud:r", Err(())),
+            ("local:r,local:w", Err(())),
+        ];
+        for (s, want) in table {
+            assert_eq!(parse_cache_flag(s).map_err(|_| ()), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn admission() {
+        let outs = Patterns::new(&["dist/**"]).unwrap();
+        let file = |p: &str| ArtifactFile {
+            path: p.into(),
+            mode: 0o644,
+            body: ArtifactBody::File(b"x".to_vec()),
+        };
+        let link = |p: &str, t: &str| ArtifactFile {
+            path: p.into(),
+            mode: 0o777,
+            body: ArtifactBody::Symlink(t.into()),
+        };
+        let table: Vec<(ArtifactFile, bool)> = vec![
+            (file("dist/a.js"), true),
+            (file("src/a.js"), false),
+            (file("dist/../../x"), false),
+            (file("/etc/passwd"), false),
+            (link("dist/l", "a.js"), true),
+            (link("dist/l", "../../../etc"), false),
+            (link("dist/l", "/etc/passwd"), false),
+        ];
+        for (f, ok) in table {
+            let name = format!("{f:?}");
+            let a = Artifact {
+                files: vec![f],
+                ..Default::default()
+            };
+            assert_eq!(admit(&a, &outs).is_ok(), ok, "{name}");
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! `engine::remote` — a run's use of the remote cache: resolving its
+//! settings ([`resolve`]: `VX_REMOTE_CACHE_*`, then turbo's `TURBO_*`, then
+//! the root `vx.toml`'s `[remote_cache]`, then `--cache`), opening it for the
+//! run ([`open`]), the read-through after a local miss ([`Shared::remote_fetch`]:
+//! fetch, admit, hydrate the local store; the caller restores through the
+//! ordinary confined restore), and the uploads of executed results in the
+//! background ([`Shared::upload`]), drained before the run answers
+//! ([`Shared::drain_uploads`]).
+//!
+//! Never: consulted on a local hit (only [`super::task::try_hit`] with a
+//! local miss comes here); never fails a run or gives a wrong hit — every
+//! remote failure is a miss and one warning, and a remote that cannot be
+//! reached is not asked again in the same run.
+
+use super::prepare::Shared;
+use crate::cache::Entry;
+use crate::cache::remote::{
+    self, ArtifactId, CachePolicy, RemoteError, RemoteProtocol, RemoteSettings, RunRemote,
+    parse_cache_flag,
+};
+use crate::model::Model;
+use crate::workspace::{RemoteApi, RemoteCacheConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use vx_proto::{RunEvent, RunParams};
+
+/// A run's remote, its cache policy, and a warning for a configured remote
+/// that cannot be used.
+type Opened = (Option<Arc<RunRemote>>, CachePolicy, Option<String>);
+
+/// The run's remote and cache policy; a warning when a configured remote
+/// cannot be used. `Err`: a bad `--cache` value.
+pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> {
+    let (settings, policy) = resolve(
+        model.ws.defaults.remote_cache.as_ref(),
+        &params.env,
+        params.cache.as_deref(),
+    )?;
+    let Some(s) = settings else {
+        return Ok((None, policy, None));
+    };
+    if params.no_cache {
+        return Ok((None, policy, None));
+    }
+    match RunRemote::open(&s, policy) {
+        Ok(r) => Ok((r.map(Arc::new), policy, None)),
+        Err(w) => Ok((None, policy, Some(w))),
+    }
+}
+
+/// Default timeout of one remote request.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Resolves a run's remote cache: the environment (`VX_REMOTE_CACHE_*`,
+/// then turbo's `TURBO_*`) over the root config, then `--cache`. `None`
+/// settings: no remote for this run.
+pub(super) fn resolve(
+    cfg: Option<&RemoteCacheConfig>,
+    env: &BTreeMap<String, String>,
+    flag: Option<&str>,
+) -> Result<(Option<RemoteSettings>, CachePolicy), String> {
+    use vx_proto::knobs;
+    let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let on = |k: &str| get(k).is_some_and(|v| v != "0" && v != "false");
+    let mut policy = CachePolicy::default();
+    if let Some(c) = cfg {
+        policy.remote_read = c.read;
+        policy.remote_write = c.write;
+    }
+    if knobs::REMOTE_CACHE_READ_ONLY.on(env) || on("TURBO_REMOTE_CACHE_READ_ONLY") {
+        policy.remote_write = false;
+    }
+    if knobs::REMOTE_ONLY.on(env) || on("TURBO_REMOTE_ONLY") {
+        policy.local_read = false;
+    }
+    if let Some(f) = flag {
+        policy = parse_cache_flag(f)?;
+    }
+    let url = knobs::REMOTE_CACHE_URL
+        .get(env)
+        .or_else(|| get("TURBO_API"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| c.url.clone()));
+    let Some(url) = url.filter(|u| u != "off") else {
+        return Ok((None, policy));
+    };
+    let from_named = |name: &Option<String>| name.as_deref().and_then(&get).map(str::to_string);
+    let token = knobs::REMOTE_CACHE_TOKEN
+        .get(env)
+        .or_else(|| get("TURBO_TOKEN"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| from_named(&c.token_env)));
+    let team = knobs::REMOTE_CACHE_TEAM
+        .get(env)
+        .or_else(|| get("TURBO_TEAM"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| c.team.clone()));
+    let signature_key = knobs::REMOTE_CACHE_SIGNATURE_KEY
+        .get(env)
+        .or_else(|| get("TURBO_REMOTE_CACHE_SIGNATURE_KEY"))
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| from_named(&c.signature_key_env)))
+        .map(String::into_bytes);
+    let timeout = knobs::REMOTE_CACHE_TIMEOUT_MS
+        .millis(env)
+        .or_else(|| cfg.and_then(|c| c.timeout_ms).map(Duration::from_millis))
+        .unwrap_or(REMOTE_TIMEOUT);
+    let protocol = match cfg.map(|c| c.protocol).unwrap_or_default() {
+        RemoteApi::Turbo => RemoteProtocol::Turbo,
+        RemoteApi::Nx => RemoteProtocol::Nx,
+    };
+    Ok((
+        Some(RemoteSettings {
+            url,
+            protocol,
+            team,
+            token,
+            signature_key,
+            timeout,
+        }),
+        policy,
+    ))
+}
+
+impl Shared {
+    fn artifact_id<'a>(&'a self, g: usize, key: &'a str) -> ArtifactId<'a> {
+        let node = &self.model.graph.nodes[g];
+        ArtifactId {
+            key,
+            project_dir: &self.model.ws.projects[node.project].dir,
+            task: &node.name,
+        }
+    }
+
+    fn remote_failed(&self, r: &RunRemote, g: usize, e: RemoteError, what: &str) {
+        let id = &self.model.graph.nodes[g].id;
+        match e {
+            RemoteError::Unavailable(why) => {
+                if r.break_off() {
+                    self.emit(RunEvent::Warning {
+                        message: format!(
+                            "remote cache {}: {why} ({what} {id}); not using it for the rest of this run",
+                            r.remote.describe()
+                        ),
+                    });
+                }
+            }
+            RemoteError::WriteDenied(why) => {
+                if r.stop_writes() {
+                    self.emit(RunEvent::Warning {
+                        message: format!(
+                            "remote cache {}: {why}; not uploading for the rest of this run",
+                            r.remote.describe()
+                        ),
+                    });
+                }
+            }
+            RemoteError::Refused(why) => self.emit(RunEvent::Warning {
+                message: format!("{id}: not taken from the remote cache: {why}; running the task"),
+            }),
+        }
+    }
+
+    /// After a local miss: the remote's artifact for `key`, checked and
+    /// taken into the local store. `None`: a miss (with a warning when the
+    /// remote failed or the artifact was refused).
+    pub(super) fn remote_fetch(&self, g: usize, key: &str) -> Option<Entry> {
+        let r = self.remote.as_ref()?;
+        if !r.policy.remote_read || !r.usable() {
+            return None;
+        }
+        let a = match r.remote.get(&self.artifact_id(g, key)) {
+            Ok(Some(a)) => a,
+            Ok(None) => return None,
+            Err(e) => {
+                self.remote_failed(r, g, e, "fetching");
+                return None;
+            }
+        };
+        if let Err(why) = remote::admit(&a, &self.patterns[&g].outputs) {
+            self.remote_failed(r, g, RemoteError::Refused(why), "fetching");
+            return None;
+        }
+        let node = &self.model.graph.nodes[g];
+        match remote::hydrate(&self.store, key, &node.id, &a) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.emit(RunEvent::Warning {
+                    message: format!(
+                        "{}: the remote cache's result could not be stored locally: {e}; running the task",
+                        node.id
+                    ),
+                });
+                None
+            }
+        }
+    }
+
+    /// Uploads the entry just saved for `key`, in the background.
+    pub(super) fn upload(self: &Arc<Self>, g: usize, key: &str) {
+        let Some(r) = self.remote.clone() else {
+            return;
+        };
+        if !r.writable() {
+            return;
+        }
+        let (sh, key) = (self.clone(), key.to_string());
+        let h = tokio::task::spawn_blocking(move || {
+            if !r.writable() {
+                return;
+            }
+            let Ok(Some(entry)) = sh.store.get(&key) else {
+                return;
+            };
+            let a = match remote::artifact_of(&sh.store, &entry.0) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(%key, "not uploaded: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = r.remote.put(&sh.artifact_id(g, &key), &a) {
+                sh.remote_failed(&r, g, e, "uploading");
+            }
+        });
+        if let Ok(mut u) = self.uploads.lock() {
+            u.push(h);
+        }
+    }
+
+    /// Waits for this run's uploads (before the run answers).
+    pub(super) async fn drain_uploads(&self) {
+        let pending: Vec<_> = match self.uploads.lock() {
+            Ok(mut u) => u.drain(..).collect(),
+            Err(_) => return,
+        };
+        for h in pending {
+            let _ = h.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_order() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cfg = RemoteCacheConfig {
+            url: Some("http://file".into()),
+            token_env: Some("MY_TOKEN".into()),
+            read: true,
+            write: true,
+            ..Default::default()
+        };
+        let (s, p) = resolve(Some(&cfg), &env(&[("MY_TOKEN", "t1")]), None).unwrap();
+        let s = s.unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.token.as_deref()),
+            ("http://file", Some("t1"))
+        );
+        assert!(p.remote_write);
+        let (s, p) = resolve(
+            Some(&cfg),
+            &env(&[
+                ("TURBO_API", "http://turbo"),
+                ("TURBO_TOKEN", "t2"),
+                ("TURBO_REMOTE_CACHE_READ_ONLY", "1"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let s = s.unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.token.as_deref()),
+            ("http://turbo", Some("t2"))
+        );
+        assert!(!p.remote_write && p.remote_read);
+        let (s, _) = resolve(
+            None,
+            &env(&[
+                (vx_proto::knobs::REMOTE_CACHE_URL.name, "http://vx"),
+                ("TURBO_API", "http://turbo"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.unwrap().url, "http://vx");
+        let (s, _) = resolve(None, &env(&[]), None).unwrap();
+        assert!(s.is_none());
+        let (_, p) = resolve(Some(&cfg), &env(&[]), Some("local:rw,remote:r")).unwrap();
+        assert!(p.remote_read && !p.remote_write);
+    }
+}
