@@ -563,3 +563,39 @@ pub mod peers {
         );
     }
 }
+
+/// Resident memory of a process (`VmRSS`), in bytes; 0 when it is gone.
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Runs `f` while sampling process `pid`'s RSS every `every`; returns what
+/// `f` returned and the peak seen (before, during and right after).
+pub fn peak_rss_while<T>(pid: u32, every: std::time::Duration, f: impl FnOnce() -> T) -> (T, u64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(rss(pid)));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(pid), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        })
+    };
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    peak.fetch_max(rss(pid), Ordering::Relaxed);
+    (out, peak.load(Ordering::Relaxed))
+}

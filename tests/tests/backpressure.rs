@@ -5,10 +5,8 @@
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vx_tests::{Ws, daemon_mode, vx_test};
+use vx_tests::{Ws, daemon_mode, rss, vx_test};
 
 /// Tasks in the generated workspace, and lines each prints.
 const TASKS: usize = 3000;
@@ -42,37 +40,15 @@ fn generated() -> Ws {
     ])
 }
 
-/// Resident memory of a process (`VmRSS`), in bytes.
-fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// Runs `vx run p#all --force --json` while sampling the daemon's RSS;
 /// returns the run, the peak, the time it took and the RSS once it is over
 /// (after the daemon gave freed memory back: the lowest over 3 s).
 fn measured_run(ws: &Ws, pid: u32) -> (vx_tests::Run, u64, Duration, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(rss(pid)));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
     let t = Instant::now();
-    let r = ws.run(&["p#all", "--force", "--concurrency", "8"]);
+    let (r, peak) = vx_tests::peak_rss_while(pid, Duration::from_millis(10), || {
+        ws.run(&["p#all", "--force", "--concurrency", "8"])
+    });
     let took = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    peak.fetch_max(rss(pid), Ordering::Relaxed);
     // What it keeps: the lowest figure over the next 3 s (giving memory
     // back happens on a blocking thread once the run is over, later on a
     // loaded machine; what stays above it is what the daemon holds).
@@ -81,7 +57,7 @@ fn measured_run(ws: &Ws, pid: u32) -> (vx_tests::Run, u64, Duration, u64) {
         std::thread::sleep(Duration::from_millis(100));
         after = after.min(rss(pid));
     }
-    (r, peak.load(Ordering::Relaxed), took, after)
+    (r, peak, took, after)
 }
 
 fn line(v: Value) -> Vec<u8> {

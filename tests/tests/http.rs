@@ -11,10 +11,8 @@ mod http_support;
 use http_support::{Event, Server, generated, server};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vx_tests::{basic, daemon_mode, vx_test};
+use vx_tests::{basic, daemon_mode, rss, vx_test};
 
 fn root(ws: &vx_tests::Ws) -> String {
     std::fs::canonicalize(ws.root())
@@ -555,50 +553,26 @@ vx_test!(discovery_file_status_and_vx_http_off, || {
     assert!(r.stderr.contains("VX_HTTP=0"), "{}", r.stderr);
 });
 
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|k| k * 1024)
-        .unwrap_or(0)
-}
-
 /// Runs `p#all --force` while sampling the daemon's RSS: (run, peak, took, after).
 fn measured(ws: &vx_tests::Ws, pid: u32) -> (vx_tests::Run, u64, Duration, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(rss(pid)));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
     let t = Instant::now();
-    let r = ws.run(&[
-        "p#all",
-        "--force",
-        "--output-logs=none",
-        "--concurrency",
-        "8",
-    ]);
+    let (r, peak) = vx_tests::peak_rss_while(pid, Duration::from_millis(20), || {
+        ws.run(&[
+            "p#all",
+            "--force",
+            "--output-logs=none",
+            "--concurrency",
+            "8",
+        ])
+    });
     let took = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let mut after = rss(pid);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(100));
         after = after.min(rss(pid));
     }
-    (r, peak.load(Ordering::Relaxed), took, after)
+    (r, peak, took, after)
 }
 
 // SSE, NDJSON and WebSocket subscribers that never read a byte, attached

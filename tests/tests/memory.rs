@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vx_tests::{Ws, daemon_mode, processes_in, vx_test, vxd_bin};
+use vx_tests::{Ws, daemon_mode, processes_in, rss, vx_test, vxd_bin};
 
 /// Lines the noisy task prints (about 5 MB of output; as events, far more).
 const LINES: usize = 200_000;
@@ -39,16 +39,6 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Resident memory of a process (`VmRSS`), in bytes.
-fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 fn line(v: Value) -> Vec<u8> {
