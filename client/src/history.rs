@@ -392,6 +392,7 @@ pub fn why(
                 Component::Command => "command",
                 Component::Upstream => "upstream",
                 Component::Args => "args",
+                Component::Plugin => "plugin",
             };
             let kind = match c.kind {
                 ChangeKind::Added => "added",

@@ -348,6 +348,9 @@ pub fn explain(
         for e in &t.env {
             println!("  env      {} {}", e.name, short(&e.hash));
         }
+        for p in &t.plugins {
+            println!("  plugin:{} {}", p.name, short(&p.hash));
+        }
         for u in &t.upstream {
             println!("  upstream {} {}", u.id, short(&u.key));
         }

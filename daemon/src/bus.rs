@@ -76,6 +76,20 @@ pub struct Bus {
     /// publisher takes a cheap snapshot.
     subs: Mutex<Arc<Vec<Arc<Sub>>>>,
     nsubs: AtomicUsize,
+    /// Watchers that want every task's lifecycle, also what a run's own
+    /// client did not ask for ([`Bus::watching`]).
+    watchers: AtomicUsize,
+}
+
+/// A hold on the bus's interest in every task's lifecycle: while one
+/// exists, a run publishes the events its client did not ask for (the
+/// cache hits of a changes-only run). Dropping it releases the interest.
+pub struct Watching(Arc<Bus>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One subscriber.
@@ -320,7 +334,19 @@ impl Bus {
             runs: Mutex::new(BTreeMap::new()),
             subs: Mutex::new(Arc::new(Vec::new())),
             nsubs: AtomicUsize::new(0),
+            watchers: AtomicUsize::new(0),
         }
+    }
+
+    /// Registers an interest in every task's lifecycle (see [`Watching`]).
+    pub fn watching(self: &Arc<Self>) -> Watching {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        Watching(self.clone())
+    }
+
+    /// Whether anyone wants every task's lifecycle (one atomic load).
+    pub fn watched(&self) -> bool {
+        self.watchers.load(Ordering::Acquire) > 0
     }
 
     fn snapshot(&self) -> Option<Arc<Vec<Arc<Sub>>>> {
@@ -477,6 +503,26 @@ pub struct Tee {
     bus: Arc<Bus>,
     n: u64,
     state: Arc<Mutex<RunState>>,
+}
+
+impl crate::engine::Observer for Tee {
+    fn watched(&self) -> bool {
+        self.bus.watched()
+    }
+
+    /// An event the run's client did not ask for: fanned out to the
+    /// subscribers only (the run's counts for `runs.active` come from the
+    /// events the client gets, and from its summary).
+    fn observe(&self, e: &RunEvent) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if st.phase != Phase::Live {
+            return;
+        }
+        st.seq += 1;
+        self.bus.fan_out(&st, e);
+    }
 }
 
 impl Tee {
@@ -765,6 +811,8 @@ mod tests {
                 attempts: 1,
                 blocked_by: None,
                 error: None,
+                cpu_ms: None,
+                peak_rss_bytes: None,
             },
         }
     }

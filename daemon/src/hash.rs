@@ -769,6 +769,9 @@ pub struct KeyParts {
     pub upstream: Vec<String>,
     /// (root-relative path, blake3 hex of its content), sorted by path.
     pub inputs: std::sync::Arc<Vec<(String, String)>>,
+    /// Key material from plugins: (plugin name, material), sorted by name.
+    /// Folded only when not empty, so keys without plugins are unchanged.
+    pub plugins: Vec<(String, String)>,
 }
 
 fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
@@ -832,6 +835,13 @@ impl KeyParts {
         for (p, d) in self.inputs.iter() {
             put(&mut h, p.as_bytes());
             put(&mut h, d.as_bytes());
+        }
+        if !self.plugins.is_empty() {
+            label(&mut h, "plugins", self.plugins.len());
+            for (name, material) in &self.plugins {
+                put(&mut h, name.as_bytes());
+                put(&mut h, material.as_bytes());
+            }
         }
         h.finalize().to_hex().to_string()
     }
@@ -916,7 +926,24 @@ mod tests {
             env: vec![("X".into(), None)],
             upstream: vec![],
             inputs: std::sync::Arc::new(vec![("a/src/x".into(), "00".into())]),
+            plugins: vec![],
         }
+    }
+
+    #[test]
+    fn plugin_material_is_keyed_and_named() {
+        let base = parts().fold();
+        let mut a = parts();
+        a.plugins = vec![("p".into(), "v1".into())];
+        let mut b = parts();
+        b.plugins = vec![("p".into(), "v2".into())];
+        let mut c = parts();
+        c.plugins = vec![("q".into(), "v1".into())];
+        assert_ne!(a.fold(), base);
+        assert_ne!(a.fold(), b.fold());
+        assert_ne!(a.fold(), c.fold());
+        // No plugins: the key is the one vx computed before plugins existed.
+        assert_eq!(parts().fold(), base);
     }
 
     #[test]

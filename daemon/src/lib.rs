@@ -20,6 +20,7 @@ pub mod globs;
 pub mod graph;
 pub mod hash;
 pub mod history;
+pub mod hooks;
 pub mod init;
 pub mod inspect;
 pub mod model;
@@ -85,6 +86,7 @@ mod layering {
     const ALLOWED: &[(&str, &[&str])] = &[
         ("fsx", &[]),
         ("globs", &[]),
+        ("hooks", &[]),
         ("procstat", &[]),
         ("profile", &[]),
         ("sink", &[]),
@@ -114,6 +116,7 @@ mod layering {
                 "graph",
                 "hash",
                 "history",
+                "hooks",
                 "inspect",
                 "model",
                 "persist",
@@ -125,7 +128,7 @@ mod layering {
             ],
         ),
         ("bus", &["engine"]),
-        ("plugins", &["bus"]),
+        ("plugins", &["bus", "hooks"]),
         (
             "query",
             &[

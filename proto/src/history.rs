@@ -87,6 +87,10 @@ pub struct Fingerprint {
     pub upstream: Vec<(String, String)>,
     /// blake3 of the forwarded args (of the empty list when none).
     pub args: String,
+    /// Key material from plugins (`docs/plugins.md`): plugin name →
+    /// blake3 of its material, sorted; empty without key plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<(String, String)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -197,6 +201,8 @@ pub enum Component {
     Command,
     Upstream,
     Args,
+    /// A key plugin's material (`name` is the plugin's).
+    Plugin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -50,6 +50,13 @@ pub struct SubscribeParams {
     /// `run.finished` still come for every (matching) run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// A passive subscriber (the daemon's own HTTP feed, plugin host and
+    /// exporter) gets the events the runs publish but does not, by itself,
+    /// make the engine publish the events a run's own client did not ask
+    /// for (the cache hits of a changes-only run): those are published
+    /// while at least one subscriber is not passive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passive: bool,
 }
 
 /// Why a subscription ended.
@@ -334,6 +341,10 @@ pub struct TaskExplain {
     pub upstream: Vec<UpstreamKey>,
     /// The forwarded args that are keyed (empty unless requested with args).
     pub args: Vec<String>,
+    /// Key material from plugins: the component `plugin:<name>` with the
+    /// blake3 of its material (`docs/plugins.md`), sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<EnvEntry>,
     pub prediction: Prediction,
     /// For a predicted hit: `local` (would be restored) or `up-to-date`
     /// (its outputs are already on disk).

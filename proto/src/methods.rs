@@ -300,6 +300,15 @@ pub struct TaskResult {
     /// A one-line reason for a failure (timeout, spawn error, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// CPU time (user + system) of an executed task's process tree, over
+    /// all attempts, in ms; absent for a hit, or when the tree lived too
+    /// briefly to be sampled (`docs/history.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Peak resident memory of an executed task's process tree (the sum
+    /// over its processes, sampled), in bytes; absent as `cpu_ms` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

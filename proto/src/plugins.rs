@@ -15,6 +15,13 @@ pub const PROTOCOL: u32 = 1;
 /// The handshake request the daemon sends first.
 pub const INITIALIZE: &str = "initialize";
 
+/// The key hook: a request asking for key material per task (a hook name
+/// and its request's method).
+pub const HOOK_KEY: &str = "key";
+
+/// The weights hook: a request asking for each task's expected cost.
+pub const HOOK_WEIGHTS: &str = "weights";
+
 /// Where a plugin is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -347,3 +347,129 @@ vx_test!(a_dead_or_hanging_collector_never_fails_a_run, || {
         }
     }
 });
+
+/// The run span whose `cicd.pipeline.run.id` is not in `seen`, once it
+/// arrived (bounded), and every span of its trace.
+fn wait_new_run(rx: &Receiver, seen: &[String]) -> (Value, Vec<Value>) {
+    let t = Instant::now();
+    loop {
+        let spans = rx.spans();
+        if let Some(run) = spans.iter().find(|s| {
+            s["attributes"]["cicd.pipeline.run.id"]
+                .as_str()
+                .is_some_and(|id| !seen.iter().any(|x| x == id))
+        }) {
+            let trace = run["trace_id"].clone();
+            let all = spans
+                .iter()
+                .filter(|s| s["trace_id"] == trace)
+                .cloned()
+                .collect();
+            return (run.clone(), all);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no new run span: {:#?}",
+            rx.got.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// A plain `vx run` (the terminal view: changes only) still puts every
+// task on the bus: the exporter gets a span for each cache hit, though
+// the client was shown none of them.
+vx_test!(every_cache_hit_of_a_plain_run_is_a_span, || {
+    let Some(rx) = Receiver::start("every_cache_hit_of_a_plain_run_is_a_span", false) else {
+        return;
+    };
+    let ws = workspace();
+    let url = format!("http://127.0.0.1:{}", rx.http);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_SERVICE_NAME", "vx-e2e"),
+    ];
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let r = ws.vx_in(".", &["run", "build"], &env);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let (run, spans) = wait_new_run(&rx, &seen);
+        seen.push(
+            attr(&run, "cicd.pipeline.run.id")
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let tasks: Vec<&Value> = spans
+            .iter()
+            .filter(|s| s["parent_span_id"] == run["span_id"])
+            .collect();
+        let names: std::collections::BTreeSet<&str> =
+            tasks.iter().filter_map(|s| s["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            ["app#build", "lib#build"].into_iter().collect(),
+            "round {round}: {tasks:#?}"
+        );
+        let want: &[&str] = if round == 0 {
+            &["miss"]
+        } else {
+            &["local", "up-to-date"]
+        };
+        for t in &tasks {
+            let status = attr(t, "vx.task.cache.status").as_str().unwrap_or_default();
+            assert!(want.contains(&status), "round {round}: {t:#}");
+        }
+        if round == 1 {
+            assert_eq!(attr(&run, "vx.run.cached"), 2, "{run:#}");
+        }
+    }
+});
+
+// An executed task's CPU time and peak RSS (its process tree, sampled)
+// are on its finished event (`--json`) and on its span, and they are
+// plausible: a task that holds 64 MiB and burns CPU reports more than
+// 32 MiB and some CPU time; a hit reports neither.
+vx_test!(a_tasks_cpu_and_peak_rss_are_on_its_span, || {
+    let Some(rx) = Receiver::start("a_tasks_cpu_and_peak_rss_are_on_its_span", false) else {
+        return;
+    };
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+        (
+            "packages/hog/vx.toml",
+            r#"[tasks.build]
+command = "python3 -c \"b = b'x' * (64 << 20); s = sum(i * i for i in range(3000000)); print(len(b), s % 7)\""
+inputs = ["src/**"]
+outputs = []
+"#,
+        ),
+        ("packages/hog/src/a.txt", "a\n"),
+    ]);
+    let url = format!("http://127.0.0.1:{}", rx.http);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_SERVICE_NAME", "vx-e2e"),
+    ];
+    let r = ws.run_env(&["build"], &env);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let t = r.task("hog#build");
+    let cpu = t["cpu_ms"].as_u64().unwrap_or_else(|| panic!("cpu_ms: {t}"));
+    let rss = t["peak_rss_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("peak_rss_bytes: {t}"));
+    assert!(cpu > 0, "{t}");
+    assert!(rss > 32 << 20, "holds 64 MiB: {t}");
+    let run_id = r.summary()["run_id"].as_str().expect("run id").to_string();
+    let spans = rx.wait_run(&run_id);
+    let span = spans
+        .iter()
+        .find(|s| s["name"] == "hog#build")
+        .expect("the task's span");
+    assert_eq!(attr(span, "vx.task.cpu_ms"), cpu, "{span:#}");
+    assert_eq!(attr(span, "vx.task.peak_rss_bytes"), rss, "{span:#}");
+    // A hit ran nothing: no measurements.
+    let r = ws.run_env(&["build"], &env);
+    assert_eq!(r.cached(), ["hog#build"], "{}", r.stdout);
+    assert!(r.task("hog#build").get("cpu_ms").is_none(), "{}", r.stdout);
+});

@@ -329,7 +329,7 @@ vx_test!(plugin_config_errors_name_the_line, || {
 // states `vx plugins` reports.
 #[test]
 fn the_protocol_reference_matches_the_types() {
-    use vx_proto::plugins::{INITIALIZE, PROTOCOL, PluginState};
+    use vx_proto::plugins::{HOOK_KEY, HOOK_WEIGHTS, INITIALIZE, PROTOCOL, PluginState};
     let doc = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/plugins.md"),
     )
@@ -342,6 +342,10 @@ fn the_protocol_reference_matches_the_types() {
         format!("`{}`", vx_proto::live::RUN_FINISHED),
         format!("`{}`", vx_proto::live::EVENTS_EVENT),
         format!("`{}`", vx_proto::plugins::PLUGINS_LIST),
+        format!("\"method\":\"{HOOK_KEY}\",\"params\":{{\"tasks\":"),
+        format!("### The {HOOK_KEY} hook"),
+        format!("### The {HOOK_WEIGHTS} hook"),
+        format!("{{\"{HOOK_WEIGHTS}\":{{"),
     ];
     for kind in ["run", "task", "output"] {
         want.push(format!("| `{kind}` |"));
@@ -358,3 +362,270 @@ fn the_protocol_reference_matches_the_types() {
     let missing: Vec<&String> = want.iter().filter(|w| !doc.contains(w.as_str())).collect();
     assert!(missing.is_empty(), "docs/plugins.md lacks {missing:?}");
 }
+
+/// A root vx.toml with one hook plugin: the example `toolchain.py` with
+/// these extra arguments, and `extra` lines for its entry.
+fn hook_toml(name: &str, args: &[&str], extra: &str) -> String {
+    let mut a = vec![example("toolchain.py")];
+    a.extend(args.iter().map(|s| s.to_string()));
+    format!(
+        "[workspace]\nmembers = [\"packages/*\"]\n\n[[plugins]]\nname = \"{name}\"\ncommand = \"{py}\"\nargs = {args}\nevents = []\n{extra}\n",
+        py = python3(),
+        args = serde_json::to_string(&a).expect("args"),
+    )
+}
+
+fn warnings_of(r: &vx_tests::Run) -> Vec<String> {
+    r.events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect()
+}
+
+// A key plugin's material is part of the key: the same material hits, new
+// material misses and `vx why` / `vx explain` name the `plugin:NAME`
+// component; the daemon and the no-daemon engine fold the same key.
+vx_test!(a_key_plugins_material_changes_the_key, || {
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            hook_toml("toolchain", &["--file", "tools.txt"], "hooks = [\"key\"]").as_str(),
+        ),
+        ("tools.txt", "node 20\n"),
+        ("packages/app/vx.toml", PROJECT),
+        ("packages/app/src/a.txt", "a\n"),
+    ]);
+    let r1 = ws.run(&["test"]);
+    assert_eq!(r1.code, 0, "{}{}", r1.stdout, r1.stderr);
+    assert_eq!(r1.executed(), ["app#build", "app#test"], "{}", r1.stdout);
+    assert!(warnings_of(&r1).is_empty(), "{:?}", warnings_of(&r1));
+    let key1 = r1.task("app#build")["key"].clone();
+    let r2 = ws.run(&["test"]);
+    assert_eq!(r2.cached(), ["app#build", "app#test"], "{}", r2.stdout);
+    assert_eq!(r2.task("app#build")["key"], key1);
+    // The other engine folds the same key: a hit.
+    let other = if daemon_mode() { "0" } else { "1" };
+    let r = ws.vx_in(".", &["run", "--json", "test"], &[("VX_DAEMON", other)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.cached(), ["app#build", "app#test"], "{}", r.stdout);
+    assert_eq!(r.task("app#build")["key"], key1);
+    // Without the plugin, the key is another.
+    // New material: a miss, named in `vx why` and `vx explain`.
+    ws.write("tools.txt", "node 22\n");
+    let x = ws.vx(&["explain", "app#build", "--json"]);
+    assert_eq!(x.code, 0, "{}{}", x.stdout, x.stderr);
+    let explain: Value = serde_json::from_str(&x.stdout).expect("explain json");
+    let t = if explain["tasks"].is_array() {
+        explain["tasks"][0].clone()
+    } else {
+        explain.clone()
+    };
+    assert_eq!(t["prediction"], "miss", "{t:#}");
+    assert_eq!(t["plugins"][0]["name"], "toolchain", "{t:#}");
+    assert!(
+        t["changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["component"] == "plugin" && c["name"] == "toolchain")),
+        "{t:#}"
+    );
+    let r3 = ws.run(&["test"]);
+    assert_eq!(r3.executed(), ["app#build", "app#test"], "{}", r3.stdout);
+    assert_ne!(r3.task("app#build")["key"], key1);
+    let why = ws.vx(&["why", "app#build"]);
+    assert_eq!(why.code, 0, "{}{}", why.stdout, why.stderr);
+    assert!(
+        why.stdout
+            .lines()
+            .any(|l| l.contains("plugin") && l.contains("toolchain") && l.contains("changed")),
+        "{}",
+        why.stdout
+    );
+    assert!(why.stdout.contains("plugin toolchain gave"), "{}", why.stdout);
+    let why_json = ws.vx(&["why", "app#build", "--json"]);
+    let w: Value = serde_json::from_str(&why_json.stdout).expect("why json");
+    assert_eq!(
+        w["changes"],
+        serde_json::json!([{"component": "plugin", "name": "toolchain", "kind": "changed"}]),
+        "{w:#}"
+    );
+    // The old material again: the first key, a hit.
+    ws.write("tools.txt", "node 20\n");
+    let r4 = ws.run(&["test"]);
+    assert_eq!(r4.cached(), ["app#build", "app#test"], "{}", r4.stdout);
+    assert_eq!(r4.task("app#build")["key"], key1);
+});
+
+// A key plugin that crashes, hangs on its answer, or answers garbage: the
+// run stays green with one warning naming it, and its tasks run uncached
+// (a result cached before the plugin existed is not restored, nothing is
+// saved); a working plugin afterwards caches again.
+vx_test!(a_failing_key_plugin_runs_its_tasks_uncached, || {
+    let ws = Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
+        ("packages/app/vx.toml", PROJECT),
+        ("packages/app/src/a.txt", "a\n"),
+        (
+            "crash.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"hooks\":[\"key\"]}}'\nread -r line\necho 'boom: no key for you' >&2\nexit 3\n",
+        ),
+        (
+            "hang.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"hooks\":[\"key\"]}}'\nexec sleep 60\n",
+        ),
+        (
+            "garbage.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"hooks\":[\"key\"]}}'\nread -r line\necho 'here is your key, I think'\nexec sleep 60\n",
+        ),
+        (
+            "nohook.sh",
+            "read -r line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocol\":1,\"hooks\":[]}}'\nexec sleep 60\n",
+        ),
+    ]);
+    // Cached with no plugin at all.
+    let r0 = ws.run(&["test"]);
+    assert_eq!(r0.executed(), ["app#build", "app#test"], "{}", r0.stdout);
+    let cases = [
+        ("crash", "exited"),
+        ("hang", "did not answer the key request within 0.5 s"),
+        ("garbage", "garbage"),
+        ("nohook", "does not implement the `key` hook"),
+    ];
+    for (name, want) in cases {
+        ws.write(
+            "vx.toml",
+            &format!(
+                "[workspace]\nmembers = [\"packages/*\"]\n\n[[plugins]]\nname = \"{name}\"\ncommand = \"sh\"\nargs = [\"{name}.sh\"]\nevents = []\nhooks = [\"key\"]\nhook_timeout_ms = 500\n"
+            ),
+        );
+        for attempt in 0..2 {
+            let r = ws.run(&["test"]);
+            assert_eq!(r.code, 0, "{name}: {}{}", r.stdout, r.stderr);
+            assert_eq!(r.summary()["ok"], true, "{name}");
+            assert_eq!(
+                r.executed(),
+                ["app#build", "app#test"],
+                "{name} #{attempt}: never a hit: {}",
+                r.stdout
+            );
+            for id in ["app#build", "app#test"] {
+                assert_eq!(r.task(id)["cache"], "disabled", "{name}: {}", r.stdout);
+            }
+            let w = warnings_of(&r);
+            let mine: Vec<&String> = w
+                .iter()
+                .filter(|m| m.starts_with(&format!("plugin {name} ")))
+                .collect();
+            assert!(
+                !mine.is_empty() && mine.len() <= 2,
+                "{name} #{attempt}: one warning about the key ({w:#?})"
+            );
+            let about_key: Vec<&&String> = mine
+                .iter()
+                .filter(|m| m.contains("not cached"))
+                .collect();
+            assert_eq!(about_key.len(), 1, "{name} #{attempt}: {w:#?}");
+            if attempt == 0 {
+                assert!(about_key[0].contains(want), "{name}: {about_key:?}");
+            }
+        }
+    }
+    // A working plugin: cached again (under its own key).
+    ws.write(
+        "vx.toml",
+        &hook_toml("toolchain", &["--file", "tools.txt"], "hooks = [\"key\"]"),
+    );
+    let r = ws.run(&["test"]);
+    assert_eq!(r.executed(), ["app#build", "app#test"], "{}", r.stdout);
+    assert!(warnings_of(&r).is_empty(), "{:?}", warnings_of(&r));
+    let r = ws.run(&["test"]);
+    assert_eq!(r.cached(), ["app#build", "app#test"], "{}", r.stdout);
+});
+
+// A key-stable plugin is asked once per task per life under the daemon:
+// a fully cached repeat run costs it no request; without a daemon every
+// run asks it once, for all its tasks at once.
+vx_test!(a_key_stable_plugin_is_asked_once_per_task, || {
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            hook_toml(
+                "stable",
+                &["--file", "tools.txt", "--stable", "--count", "count.txt"],
+                "hooks = [\"key\"]",
+            )
+            .as_str(),
+        ),
+        ("tools.txt", "node 20\n"),
+        ("packages/app/vx.toml", PROJECT),
+        ("packages/app/src/a.txt", "a\n"),
+    ]);
+    for _ in 0..3 {
+        let r = ws.run(&["test"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let count = ws.read("count.txt");
+    let lines: Vec<&str> = count.lines().collect();
+    if daemon_mode() {
+        assert_eq!(lines, ["key 2"], "{count}");
+    } else {
+        assert_eq!(lines, ["key 2", "key 2", "key 2"], "{count}");
+    }
+});
+
+// A weights plugin orders the run: with one lane, the tasks start by the
+// expected cost it gave (heaviest first), whatever their names; a weights
+// plugin that fails is ignored with one warning.
+vx_test!(a_weights_plugin_orders_the_run, || {
+    let project = |n: &str| format!("[tasks.build]\ncommand = \"echo {n}\"\ninputs = [\"src/**\"]\noutputs = []\n");
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            hook_toml(
+                "weigh",
+                &["--file", "tools.txt", "--weights", "weights.json"],
+                "hooks = [\"key\", \"weights\"]",
+            )
+            .as_str(),
+        ),
+        ("tools.txt", "x\n"),
+        (
+            "weights.json",
+            r#"{"a#build": 10, "b#build": 9000, "c#build": 500}"#,
+        ),
+        ("packages/a/vx.toml", project("a").as_str()),
+        ("packages/a/src/f", "a\n"),
+        ("packages/b/vx.toml", project("b").as_str()),
+        ("packages/b/src/f", "b\n"),
+        ("packages/c/vx.toml", project("c").as_str()),
+        ("packages/c/src/f", "c\n"),
+    ]);
+    let started = |r: &vx_tests::Run| -> Vec<String> {
+        r.events
+            .iter()
+            .filter(|e| e["type"] == "task_started")
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let r = ws.run(&["build", "--concurrency", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(started(&r), ["b#build", "c#build", "a#build"], "{}", r.stdout);
+    // Other weights, another order (forced: every task executes).
+    ws.write(
+        "weights.json",
+        r#"{"a#build": 7000, "b#build": 1, "c#build": 20}"#,
+    );
+    let r = ws.run(&["build", "--concurrency", "1", "--force"]);
+    assert_eq!(started(&r), ["a#build", "c#build", "b#build"], "{}", r.stdout);
+    // Garbage weights: one warning, the run is green and still cached.
+    ws.write("weights.json", r#"{"a#build": "heavy"}"#);
+    let r = ws.run(&["build", "--concurrency", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.cached(), ["a#build", "b#build", "c#build"], "{}", r.stdout);
+    let w = warnings_of(&r);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].starts_with("plugin weigh ") && w[0].contains("weights are ignored"),
+        "{w:?}"
+    );
+});

@@ -115,7 +115,10 @@ impl Feed {
                     false,
                 );
                 let id = Id::Str(format!("http-feed-{n}"));
-                let params = serde_json::json!({});
+                // Passive: the feed alone does not make runs publish what their
+                // clients did not ask for; a connected stream client does
+                // (`stream.rs` holds a `Watching` per client).
+                let params = serde_json::json!({ "passive": true });
                 let fut = match router.start(&conn, id, vx_proto::live::EVENTS_SUBSCRIBE, params) {
                     Started::Running(fut) => fut,
                     Started::Done(r) => {

@@ -73,6 +73,9 @@ pub async fn ndjson(
 struct Client {
     feed: Arc<Feed>,
     _conn: vxd::server::attach::ConnectionGuard,
+    /// While connected, runs publish every task (also the cache hits of a
+    /// changes-only run).
+    _watching: vxd::bus::Watching,
 }
 
 impl Drop for Client {
@@ -107,6 +110,7 @@ fn start(s: &Arc<Shared>, after: Option<u64>, timing: bool, format: Format) -> R
     let client = Client {
         feed: feed.clone(),
         _conn: s.door.connection(),
+        _watching: vxd::bus::global().watching(),
     };
     let newest = feed.last_id();
     // A position past the newest event is from an earlier daemon: start

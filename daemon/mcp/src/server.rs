@@ -469,6 +469,8 @@ mod tests {
                     attempts: 1,
                     blocked_by: None,
                     error: None,
+                    cpu_ms: None,
+                    peak_rss_bytes: None,
                 },
             },
         );

@@ -86,9 +86,13 @@ impl Link {
         }
         let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
         let inbox = Arc::new(Inbox::default());
+        // Passive: a traced run publishes every task for its exporter anyway.
         let sub = self.bus.subscribe(
             Id::Str(format!("otel-{n}")),
-            SubscribeParams::default(),
+            SubscribeParams {
+                passive: true,
+                ..SubscribeParams::default()
+            },
             inbox.clone(),
         );
         *g = Some((inbox, sub));

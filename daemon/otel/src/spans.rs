@@ -372,6 +372,14 @@ fn task_span(r: &mut RunRec, t: &TaskResult, rec: Option<TaskRec>) -> Span {
     if let Some(b) = &t.blocked_by {
         a.push(s("vx.task.blocked_by", b.clone()));
     }
+    // No semantic-convention attribute exists for these (`process.cpu.time`
+    // and `process.memory.usage` are metrics): vx's own names.
+    if let Some(c) = t.cpu_ms {
+        a.push(i("vx.task.cpu_ms", c as i64));
+    }
+    if let Some(m) = t.peak_rss_bytes {
+        a.push(i("vx.task.peak_rss_bytes", m as i64));
+    }
     if t.status == TaskStatus::Failed {
         span.status = Some(Status {
             message: t.error.clone().unwrap_or_else(|| "the task failed".into()),

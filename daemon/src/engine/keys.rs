@@ -7,7 +7,8 @@
 //! the `--dry` input warnings, and re-walking the projects a task wrote to
 //! before a dependent is keyed.
 //! Never: reads or writes the cache, or runs anything; a key depends only
-//! on files, env values, config, upstream keys and args.
+//! on files, env values, config, upstream keys, args and the key material
+//! hook plugins gave the run.
 
 use super::prepare::Shared;
 use crate::error::{EngineError, ErrorKind};
@@ -87,11 +88,15 @@ impl Shared {
         // keyed by its project's inputs too, so its dependents see them.
         let inputs = self.inputs_of(n)?;
         let env = self.keyed_env(n);
+        // Key material from plugins (asked once per run, in `prepare`).
+        let plugins = self.plugins.material.get(&n).cloned().unwrap_or_default();
         // Under the daemon, a key whose every varying part is unchanged (the
-        // same input list object, upstream keys, env values and args) is reused.
+        // same input list object, upstream keys, env values and args) is
+        // reused; a key with plugin material is folded afresh.
         let memo = self
             .hot
             .as_ref()
+            .filter(|_| plugins.is_empty())
             .and_then(|h| h.key_memo(&self.model, n, &inputs, &upstream, &env, &args));
         let key = match memo {
             Some(k) => k,
@@ -104,9 +109,12 @@ impl Shared {
                     env,
                     upstream,
                     inputs,
+                    plugins,
                 };
                 let key = parts.fold_from(&self.model.config_json(n).1);
-                if let Some(h) = &self.hot {
+                if let Some(h) = &self.hot
+                    && parts.plugins.is_empty()
+                {
                     h.set_key_memo(&self.model, n, parts, &key);
                 }
                 key
@@ -183,6 +191,12 @@ impl Shared {
             command: node.def.command.clone().unwrap_or_default(),
             upstream,
             args: hash_str(&serde_json::to_string(args).unwrap_or_default()),
+            plugins: self
+                .plugins
+                .material
+                .get(&n)
+                .map(|m| m.iter().map(|(p, v)| (p.clone(), hash_str(v))).collect())
+                .unwrap_or_default(),
         }
     }
 

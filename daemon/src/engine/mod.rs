@@ -55,7 +55,7 @@ use vx_proto::{
 pub use crate::error::{EngineError, ErrorKind};
 pub use crate::inspect::cache_stats_of;
 pub use crate::model::{Model, Snapshot, cache_dir, load_workspace};
-pub use crate::sink::Events;
+pub use crate::sink::{Events, Observer};
 pub use crate::state::request_workspace;
 pub(crate) use explain::{KeyReport, explain_keys};
 pub use prepare::shell_quote;

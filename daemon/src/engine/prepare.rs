@@ -16,6 +16,7 @@ use crate::globs::Patterns;
 use crate::graph::{self, SelectArgs, Selection};
 use crate::hash::{self, FileIndex, FileMeta, TaskPatterns};
 use crate::history;
+use crate::hooks::HookTask;
 use crate::model::{Model, Snapshot, cache_dir};
 use crate::sink::Events;
 use crate::state::{Hot, wrong_workspace};
@@ -90,6 +91,100 @@ pub(super) struct Shared {
     pub(super) policy: crate::cache::remote::CachePolicy,
     /// Uploads to the remote cache in flight (drained before the answer).
     pub(super) uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What the hook plugins said about this run's tasks.
+    pub(super) plugins: PluginParts,
+}
+
+/// What the hook plugins (`docs/plugins.md`) said about a run's tasks:
+/// nothing, without plugins declaring `hooks`.
+#[derive(Default)]
+pub(super) struct PluginParts {
+    /// Key material per graph node: (plugin name, material), by name.
+    pub(super) material: HashMap<usize, Vec<(String, String)>>,
+    /// A key plugin gave no (valid) answer: no task of the run reads or
+    /// writes the cache, so none can get a wrong hit.
+    pub(super) uncached: bool,
+    /// Expected cost (ms) per graph node, from the weights plugins (the
+    /// largest when several answer).
+    pub(super) weights: HashMap<usize, u64>,
+}
+
+/// Asks the workspace's hook plugins about the selected tasks (one
+/// batched question per run); each failure is one warning. A key plugin
+/// that fails makes the run uncached; a weights plugin that fails is
+/// ignored.
+fn ask_plugins(model: &Model, nodes: &[usize], events: &Option<Events>) -> PluginParts {
+    let mut out = PluginParts::default();
+    if !model.ws.defaults.plugin_hooks {
+        return out;
+    }
+    let warn = |message: String| {
+        if let Some(tx) = events {
+            let _ = tx.send(RunEvent::Warning { message });
+        }
+    };
+    let graph = &model.graph;
+    let nodes: Vec<usize> = nodes
+        .iter()
+        .copied()
+        .filter(|&n| graph.nodes[n].def.command.is_some())
+        .collect();
+    let tasks: Vec<HookTask> = nodes
+        .iter()
+        .map(|&n| {
+            let node = &graph.nodes[n];
+            let project = &model.ws.projects[node.project];
+            HookTask {
+                id: node.id.clone(),
+                project: project.name.clone(),
+                task: node.name.clone(),
+                dir: project.dir.clone(),
+                command: node.def.command.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+    let Some(hooks) = crate::hooks::installed() else {
+        out.uncached = true;
+        warn("plugins declare hooks, but this engine cannot ask them: the run's tasks are not cached (neither restored nor saved)".into());
+        return out;
+    };
+    let answers = hooks.ask(&model.ws.root, &tasks);
+    for (name, answer) in answers.keys {
+        match answer {
+            Ok(m) => {
+                for (&n, t) in nodes.iter().zip(&tasks) {
+                    if let Some(v) = m.get(&t.id) {
+                        out.material
+                            .entry(n)
+                            .or_default()
+                            .push((name.clone(), v.clone()));
+                    }
+                }
+            }
+            Err(why) => {
+                out.uncached = true;
+                warn(format!(
+                    "plugin {name} {why}; without its key material this run's tasks are not cached (neither restored nor saved)"
+                ));
+            }
+        }
+    }
+    for (name, answer) in answers.weights {
+        match answer {
+            Ok(m) => {
+                for (&n, t) in nodes.iter().zip(&tasks) {
+                    if let Some(&w) = m.get(&t.id) {
+                        let e = out.weights.entry(n).or_insert(w);
+                        *e = (*e).max(w);
+                    }
+                }
+            }
+            Err(why) => warn(format!(
+                "plugin {name} {why}; its scheduling weights are ignored this run"
+            )),
+        }
+    }
+    out
 }
 
 impl Shared {
@@ -226,7 +321,12 @@ impl Shared {
 
     pub(super) fn cache_enabled(&self, n: usize) -> bool {
         let d = &self.model.graph.nodes[n].def;
-        d.cache && d.command.is_some() && !d.persistent && !d.interactive && !self.params.no_cache
+        d.cache
+            && d.command.is_some()
+            && !d.persistent
+            && !d.interactive
+            && !self.params.no_cache
+            && !self.plugins.uncached
     }
 }
 
@@ -418,7 +518,12 @@ pub(super) fn prepare(
     let trace = events
         .as_ref()
         .and_then(|_| crate::telemetry::begin(&params.env));
+    let plugins = ask_plugins(&model, &selection.nodes, &events);
+    if model.ws.defaults.plugin_hooks {
+        timing.stage("plugins");
+    }
     let shared = Shared {
+        plugins,
         trace,
         remote,
         policy,

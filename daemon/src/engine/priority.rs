@@ -4,7 +4,9 @@
 //! path from the run history (own p50 plus the longest path through its
 //! dependents) with the transitive-dependent count breaking ties, or that
 //! count alone without history (`VX_SCHEDULE=structural` forces it); a
-//! repeat run under the daemon reuses the last ordering.
+//! weights plugin's expected cost of a task stands in for its history
+//! (`docs/plugins.md`); a repeat run under the daemon without weights
+//! reuses the last ordering.
 //! Never: starts, skips or delays a task (that is [`super::schedule`]).
 
 use super::prepare::Shared;
@@ -28,8 +30,40 @@ pub(super) fn priorities(
 ) -> Vec<usize> {
     let structural = transitive_dependent_counts(deps, dependents);
     let forced = knobs::SCHEDULE.is(&sh.params.env, "structural");
-    let Some(h) = history.filter(|_| !forced) else {
+    if forced {
         return structural;
+    }
+    // Plugins' weights stand in for the history's durations of the tasks
+    // they weigh (`docs/plugins.md`).
+    let weights = &sh.plugins.weights;
+    let Some(h) = history.filter(|_| weights.is_empty()) else {
+        if weights.is_empty() {
+            return structural;
+        }
+        let graph = &sh.model.graph;
+        let ids: Vec<String> = nodes
+            .iter()
+            .filter(|&&g| graph.nodes[g].def.command.is_some())
+            .map(|&g| graph.nodes[g].id.clone())
+            .collect();
+        let durations = history
+            .and_then(|h| h.durations(&ids, history::DEFAULT_WINDOW).ok())
+            .unwrap_or_default();
+        let own: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|&g| {
+                let node = &graph.nodes[g];
+                if node.def.command.is_none() {
+                    Some(0)
+                } else {
+                    weights
+                        .get(&g)
+                        .or_else(|| durations.get(&node.id))
+                        .copied()
+                }
+            })
+            .collect();
+        return ordering(deps, dependents, &own, &structural);
     };
     // The same selection under the same durations orders the same: a repeat
     // run under the daemon reuses the last ordering.
@@ -79,17 +113,107 @@ pub(super) fn priorities(
             }
         })
         .collect();
-    let ecp = history::critical_path(deps, dependents, &own);
-    const LOW: usize = (1 << 20) - 1;
-    let out: Vec<usize> = ecp
-        .iter()
-        .zip(&structural)
-        .map(|(&e, &b)| ((e as usize).min(usize::MAX >> 21) << 20) | b.min(LOW))
-        .collect();
+    let out = ordering(deps, dependents, &own, &structural);
     if sh.hot.is_some()
         && let Ok(mut m) = MEMO.lock()
     {
         *m = Some((memo_key, Arc::new(out.clone())));
     }
     out
+}
+
+/// The priorities from each task's own expected cost (`None`: unknown,
+/// the median of the known) — the expected remaining critical path —
+/// with the transitive-dependent counts `structural` breaking ties.
+fn ordering(
+    deps: &[Vec<usize>],
+    dependents: &[Vec<usize>],
+    own: &[Option<u64>],
+    structural: &[usize],
+) -> Vec<usize> {
+    let ecp = history::critical_path(deps, dependents, own);
+    const LOW: usize = (1 << 20) - 1;
+    ecp.iter()
+        .zip(structural)
+        .map(|(&e, &b)| ((e as usize).min(usize::MAX >> 21) << 20) | b.min(LOW))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schedule::{Scheduler, Step};
+    use super::*;
+    use vx_proto::ContinueMode;
+
+    /// The order a one-lane scheduler starts `deps`' tasks in, under the
+    /// priorities from `own` costs.
+    fn start_order(deps: &[&[usize]], own: &[Option<u64>]) -> Vec<usize> {
+        let deps: Vec<Vec<usize>> = deps.iter().map(|d| d.to_vec()).collect();
+        let mut dependents = vec![Vec::new(); deps.len()];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        let structural = transitive_dependent_counts(&deps, &dependents);
+        let priority = ordering(&deps, &dependents, own, &structural);
+        let mut s = Scheduler::new(deps, dependents, priority, 1, ContinueMode::Never);
+        let mut out = Vec::new();
+        let mut now = 0;
+        while let Some(Step::Start { task, .. }) = s.next(now) {
+            out.push(task);
+            s.spawned(task);
+            now += 1;
+            s.finished(task, false, false, now);
+        }
+        out
+    }
+
+    #[test]
+    fn weights_change_the_order_by_table() {
+        // (what, deps, own costs, start order)
+        type Case = (
+            &'static str,
+            &'static [&'static [usize]],
+            &'static [Option<u64>],
+            &'static [usize],
+        );
+        let cases: &[Case] = &[
+            (
+                "three independent tasks, unknown costs: by index",
+                &[&[], &[], &[]],
+                &[None, None, None],
+                &[0, 1, 2],
+            ),
+            (
+                "the heaviest first",
+                &[&[], &[], &[]],
+                &[Some(10), Some(5000), Some(200)],
+                &[1, 2, 0],
+            ),
+            (
+                "a light task ahead of a heavy chain waits for it",
+                // 0 alone; 1 -> 2 (2 depends on 1)
+                &[&[], &[], &[1]],
+                &[Some(3000), Some(100), Some(100)],
+                &[0, 1, 2],
+            ),
+            (
+                "a chain whose tail is heavy goes first",
+                &[&[], &[], &[1]],
+                &[Some(1000), Some(100), Some(5000)],
+                &[1, 2, 0],
+            ),
+            (
+                "structure breaks ties between equal costs",
+                // 2 depends on 1: 1 has a dependent, 0 has none
+                &[&[], &[], &[1]],
+                &[Some(100), Some(100), Some(0)],
+                &[1, 0, 2],
+            ),
+        ];
+        for (what, deps, own, want) in cases {
+            assert_eq!(&start_order(deps, own), want, "{what}");
+        }
+    }
 }

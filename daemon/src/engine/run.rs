@@ -615,6 +615,10 @@ impl Driver {
             let shown = !done.quiet && (r.status != TaskStatus::Cached);
             if detail == vx_proto::Detail::All || shown {
                 let _ = events.send(RunEvent::TaskFinished { result: r.clone() });
+            } else if self.sh.trace.is_some() || events.watched() {
+                // Not for this run's client, but the bus's watchers (and a
+                // traced run's exporter) see every task.
+                events.observe(&RunEvent::TaskFinished { result: r.clone() });
             }
             // Cached results are left out by status; only other quiet ones
             // need naming (no per-hit clone on a repeat run).

@@ -36,6 +36,8 @@ pub(super) fn base_result(sh: &Shared, g: usize) -> TaskResult {
         attempts: 0,
         blocked_by: None,
         error: None,
+        cpu_ms: None,
+        peak_rss_bytes: None,
     }
 }
 
@@ -588,6 +590,8 @@ pub(super) async fn execute(
     r.attempts = attempt;
     r.duration_ms = duration_ms;
     r.exit_code = outcome.exit_code();
+    r.cpu_ms = usage.cpu_ms;
+    r.peak_rss_bytes = usage.peak_rss_bytes;
     r.cache = if sh.cache_enabled(g) {
         CacheSource::Miss
     } else {

@@ -133,6 +133,8 @@ struct FingerprintRow {
     command: String,
     upstream: Vec<(String, String)>,
     args: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    plugins: Vec<(String, String)>,
 }
 
 impl From<TaskStatus> for StatusRow {
@@ -338,6 +340,7 @@ pub(super) fn encode_fingerprint(f: &Fingerprint) -> Result<Vec<u8>, HistoryErro
         command: f.command.clone(),
         upstream: f.upstream.clone(),
         args: f.args.clone(),
+        plugins: f.plugins.clone(),
     })
 }
 
@@ -352,6 +355,7 @@ pub(super) fn decode_fingerprint(bytes: &[u8]) -> Result<Fingerprint, HistoryErr
         command: f.command,
         upstream: f.upstream,
         args: f.args,
+        plugins: f.plugins,
     })
 }
 

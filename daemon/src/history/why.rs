@@ -152,6 +152,7 @@ pub fn diff(old: &Fingerprint, new: &Fingerprint) -> Vec<Change> {
     whole(Component::Command, old.command != new.command, &mut out);
     diff_pairs(Component::Upstream, &old.upstream, &new.upstream, &mut out);
     whole(Component::Args, old.args != new.args, &mut out);
+    diff_pairs(Component::Plugin, &old.plugins, &new.plugins, &mut out);
     out.sort_by(|a, b| (a.component, &a.name).cmp(&(b.component, &b.name)));
     out
 }
@@ -218,6 +219,15 @@ pub fn advice(task: &str, changes: &[Change]) -> Vec<String> {
             (Component::Args, _) => {
                 "the arguments after `--` changed; they are part of the key of the requested tasks"
                     .to_string()
+            }
+            (Component::Plugin, ChangeKind::Changed) => format!(
+                "plugin {name} gave {task} other key material (`docs/plugins.md`); see what the plugin keys on"
+            ),
+            (Component::Plugin, ChangeKind::Added) => {
+                format!("plugin {name} now gives {task} key material")
+            }
+            (Component::Plugin, ChangeKind::Removed) => {
+                format!("plugin {name} no longer gives {task} key material")
             }
             (Component::File, _) => continue,
         });

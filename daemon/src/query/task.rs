@@ -87,6 +87,14 @@ fn to_explain(r: &KeyReport) -> TaskExplain {
             })
             .collect(),
         args: r.args.clone(),
+        plugins: f
+            .plugins
+            .iter()
+            .map(|(name, hash)| EnvEntry {
+                name: name.clone(),
+                hash: hash.clone(),
+            })
+            .collect(),
         prediction: r.prediction,
         source: r.source,
         last_key: None,

@@ -205,6 +205,7 @@ pub async fn run(
     let stopping = tokio_util::sync::CancellationToken::new();
     // The plugins of the root vx.toml: children of the daemon, started once.
     crate::plugins::Host::spawn(crate::bus::global().clone(), root.clone(), stopping.clone());
+    crate::plugins::install_hooks();
     super::attach::start_all(
         &attachments,
         &super::attach::Door::new(ctx.clone(), info.clone(), root.clone(), stopping.clone()),

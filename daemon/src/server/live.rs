@@ -36,6 +36,9 @@ async fn subscribe(call: Call<Ctx>, p: SubscribeParams) -> Result<SubscribeResul
             "events.subscribe needs a connection that can stream notifications",
         )
     })?;
+    // A subscriber that is not passive makes runs publish every task's
+    // lifecycle (also what their own clients did not ask for).
+    let _watching = (!p.passive).then(|| bus::global().watching());
     let mut sub = bus::global().subscribe(call.id.clone(), p, queue);
     let cancel = call.cancel().clone();
     let ended = tokio::select! {
@@ -64,7 +67,8 @@ pub fn tee(
 ) -> (Arc<Tee>, engine::Events) {
     let tee = Arc::new(bus::global().tee(kind, params));
     let t2 = tee.clone();
-    let events = engine::Events::new(move |e| {
+    let observer: Arc<dyn engine::Observer> = tee.clone();
+    let events = engine::Events::observed(move |e| {
         // A failing plugin's warning is shown once: in the run in progress
         // (before its next finished task), else in the next run.
         if matches!(e, RunEvent::Settled { .. } | RunEvent::TaskFinished { .. }) {
@@ -76,6 +80,6 @@ pub fn tee(
         }
         t2.publish(&e);
         sink(e)
-    });
+    }, observer);
     (tee, events)
 }

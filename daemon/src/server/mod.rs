@@ -73,6 +73,8 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn stdio() -> Arc<Ctx> {
+        // Hook plugins are started per run by the no-daemon engine.
+        crate::plugins::install_hooks();
         Arc::new(Ctx {
             mode: Mode::Stdio,
             hot: None,

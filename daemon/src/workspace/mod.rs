@@ -106,6 +106,9 @@ pub struct Defaults {
     pub env_mode: Option<vx_proto::EnvMode>,
     /// The root `vx.toml`'s `[remote_cache]`.
     pub remote_cache: Option<RemoteCacheConfig>,
+    /// The root `vx.toml` declares a plugin with `hooks` (every run asks
+    /// it: `docs/plugins.md`).
+    pub plugin_hooks: bool,
 }
 
 /// Which remote API a remote cache speaks (`[remote_cache] protocol`).

@@ -32,7 +32,6 @@ struct RawFile {
     /// Only in the root `vx.toml`: the daemon's plugins (`docs/plugins.md`;
     /// read and checked by the engine's `plugins` module).
     #[schemars(with = "Option<Vec<PluginSchema>>")]
-    #[allow(dead_code)]
     plugins: Option<toml::Value>,
     /// Only in the root `vx.toml`: the remote cache (docs/remote-cache.md).
     #[schemars(with = "Option<RawRemoteCache>")]
@@ -57,6 +56,12 @@ struct PluginSchema {
     events: Option<Vec<String>>,
     /// How long it has to answer the `initialize` handshake (default 5000).
     handshake_timeout_ms: Option<u64>,
+    /// The hooks vx calls on it: `key` (key material per task), `weights`
+    /// (expected cost per task, for scheduling). A hook plugin is started
+    /// by every engine, the no-daemon one too.
+    hooks: Option<Vec<String>>,
+    /// How long it has to answer a hook request (default 2000).
+    hook_timeout_ms: Option<u64>,
 }
 
 /// `[remote_cache]`: a Turborepo- or Nx-compatible remote cache.
@@ -249,6 +254,9 @@ pub(crate) struct VxFile {
     pub task_refs: Vec<ProjectRef>,
     /// `[remote_cache]` (root file only).
     pub remote_cache: Option<super::RemoteCacheConfig>,
+    /// Whether a `[[plugins]]` entry declares `hooks` (checked in full by
+    /// the engine's `plugins` module).
+    pub plugin_hooks: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -383,6 +391,17 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         Some(r) => Some(remote_cache(&src, r.into_inner())?),
     };
 
+    let plugin_hooks = raw
+        .plugins
+        .as_ref()
+        .and_then(|p| p.as_array())
+        .is_some_and(|list| {
+            list.iter().any(|p| {
+                p.get("hooks")
+                    .and_then(|h| h.as_array())
+                    .is_some_and(|h| !h.is_empty())
+            })
+        });
     Ok(VxFile {
         src,
         workspace,
@@ -390,6 +409,7 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         tasks,
         task_refs,
         remote_cache,
+        plugin_hooks,
     })
 }
 
