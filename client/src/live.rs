@@ -64,7 +64,11 @@ pub fn events(
         .ok_or_else(|| anyhow!("{} is not inside a workspace", cwd.display()))?;
     let mut conn = Conn::daemon(&root)?;
     let until_run = run_id.clone();
-    let params = SubscribeParams { run_id, task };
+    let params = SubscribeParams {
+        run_id,
+        task,
+        passive: false,
+    };
     if !json {
         eprintln!(
             "vx: following the runs of the daemon of {} (Ctrl-C to stop)",

@@ -847,6 +847,7 @@ mod tests {
             SubscribeParams {
                 task: Some("p#b".into()),
                 run_id: None,
+                passive: false,
             },
             one.clone(),
         );
@@ -855,6 +856,7 @@ mod tests {
             SubscribeParams {
                 run_id: Some("other".into()),
                 task: None,
+                passive: false,
             },
             other_run.clone(),
         );

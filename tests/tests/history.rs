@@ -92,6 +92,7 @@ fn fingerprint(task: &str, key: &str, main_hash: &str, foo_value: &str) -> Finge
         command: "mkdir -p dist && ...".into(),
         upstream: vec![("lib#build".into(), "libkey".into())],
         args: "noargs".into(),
+        plugins: vec![],
     }
 }
 

@@ -446,6 +446,7 @@ mod tests {
             command: "make".into(),
             upstream: vec![],
             args: "".into(),
+            plugins: vec![],
         };
         let bytes = encode_fingerprint(&fp).unwrap();
         assert_eq!(

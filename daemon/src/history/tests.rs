@@ -63,6 +63,7 @@ fn fp(task: &str, key: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Fi
         command: "make".into(),
         upstream: vec![],
         args: "none".into(),
+        plugins: vec![],
     }
 }
 
