@@ -154,6 +154,46 @@ vx_test!(
     }
 );
 
+// A plain `vx run` asks for changes only, yet a subscriber sees every task
+// of it: the cache hits of a repeat run are on the bus (published for the
+// watchers, not sent to that client), in order with the rest.
+vx_test!(a_subscriber_sees_the_hits_of_a_plain_run, || {
+    let ws = basic();
+    if !daemon_mode() {
+        return;
+    }
+    let r = ws.run(&["app#test"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let all = Follower::start(&ws, &[]);
+    let plain = ws.vx(&["run", "app#test"]);
+    assert_eq!(plain.code, 0, "{}{}", plain.stdout, plain.stderr);
+    let got = all.next_until(|v| v["method"] == "run.finished");
+    let finished = &got.last().unwrap()["params"];
+    assert_eq!(finished["counts"]["cached"], 3, "{finished:#}");
+    let events: Vec<&Value> = got
+        .iter()
+        .filter(|v| v["method"] == "events.event")
+        .collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|v| v["params"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order");
+    let mut hits: Vec<String> = events
+        .iter()
+        .filter(|v| v["params"]["event"]["type"] == "task_finished")
+        .inspect(|v| assert_eq!(v["params"]["event"]["result"]["status"], "cached", "{v}"))
+        .map(|v| {
+            v["params"]["event"]["result"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    hits.sort();
+    assert_eq!(hits, ["app#build", "app#test", "lib#build"], "{got:#?}");
+});
+
 fn waiting() -> Ws {
     Ws::new(&[
         ("vx.toml", "[workspace]\nmembers = [\"packages/*\"]\n"),
