@@ -22,12 +22,12 @@
 //! plugin without hooks in the no-daemon engine.
 
 use crate::bus::{Bus, Queue};
-use serde::Deserialize;
 use crate::hooks::{Answer, Answers, HookTask, Hooks};
+use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::mpsc;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -1141,7 +1141,9 @@ fn request(
                 .ok()
                 .and_then(|s| s.last_error.clone())
                 .unwrap_or_else(|| "it stopped".into());
-            Err(format!("ended before answering the {method} request: {why}"))
+            Err(format!(
+                "ended before answering the {method} request: {why}"
+            ))
         }
     }
 }
@@ -1230,15 +1232,13 @@ fn ask_hosted(p: &Arc<Plugin>, tasks: &[HookTask]) -> HookResults {
                 }
             }
         }
-        let m = p.key_memo.lock().map_err(|_| "is not running".to_string())?;
+        let m = p
+            .key_memo
+            .lock()
+            .map_err(|_| "is not running".to_string())?;
         Ok(tasks
             .iter()
-            .filter_map(|t| {
-                m.1.get(t)
-                    .cloned()
-                    .flatten()
-                    .map(|v| (t.id.clone(), v))
-            })
+            .filter_map(|t| m.1.get(t).cloned().flatten().map(|v| (t.id.clone(), v)))
             .collect())
     });
     let weights = has(HOOK_WEIGHTS).then(|| {
@@ -1407,7 +1407,11 @@ fn ask_oneshot(root: &Path, d: &PluginDef, tasks: &[HookTask]) -> HookResults {
             let r = if !hooks.contains(h) {
                 Err(format!(
                     "does not implement the `{h}` hook its [[plugins]] entry declares (its handshake lists: {})",
-                    if hooks.is_empty() { "none".to_string() } else { hooks.join(", ") }
+                    if hooks.is_empty() {
+                        "none".to_string()
+                    } else {
+                        hooks.join(", ")
+                    }
                 ))
             } else {
                 send(id, h, serde_json::json!({ "tasks": tasks }))
@@ -1546,23 +1550,36 @@ mod tests {
                 "{bad} must be garbage"
             );
         }
-        let long = format!(r#"{{"material":{{"a#build":"{}"}}}}"#, "x".repeat(MAX_MATERIAL + 1));
+        let long = format!(
+            r#"{{"material":{{"a#build":"{}"}}}}"#,
+            "x".repeat(MAX_MATERIAL + 1)
+        );
         assert!(key(&long).is_err());
         let w = |s: &str| parse_weights(&serde_json::from_str(s).expect("json"), &t);
         let ok = w(r#"{"weights":{"a#build":1500,"b#build":99999999999}}"#).expect("valid");
         assert_eq!(ok["a#build"], 1500);
         assert_eq!(ok["b#build"], MAX_WEIGHT_MS);
-        for bad in [r#"{"weights":{"a#build":-1}}"#, r#"{"weights":{"a#build":"1"}}"#, r#"{"w":{}}"#] {
+        for bad in [
+            r#"{"weights":{"a#build":-1}}"#,
+            r#"{"weights":{"a#build":"1"}}"#,
+            r#"{"w":{}}"#,
+        ] {
             assert!(w(bad).is_err_and(|e| e.contains("garbage")), "{bad}");
         }
         let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json");
         assert!(result_of(v(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#), "key").is_ok());
         assert!(
-            result_of(v(r#"{"jsonrpc":"2.0","id":2,"error":{"code":1,"message":"no"}}"#), "key")
-                .is_err_and(|e| e.starts_with("refused the key request"))
+            result_of(
+                v(r#"{"jsonrpc":"2.0","id":2,"error":{"code":1,"message":"no"}}"#),
+                "key"
+            )
+            .is_err_and(|e| e.starts_with("refused the key request"))
         );
         assert!(result_of(v(r#"{"id":2,"result":{}}"#), "key").is_err());
-        assert_eq!(answer_of(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#).map(|a| a.0), Some(7));
+        assert_eq!(
+            answer_of(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#).map(|a| a.0),
+            Some(7)
+        );
         assert!(answer_of(br#"{"jsonrpc":"2.0","method":"log","params":{}}"#).is_none());
     }
 

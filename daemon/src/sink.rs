@@ -41,7 +41,10 @@ impl Events {
 
     /// A sink whose events also reach `observer`, which additionally
     /// takes those the client did not ask for ([`Events::observe`]).
-    pub fn observed(f: impl Fn(RunEvent) + Send + Sync + 'static, observer: Arc<dyn Observer>) -> Events {
+    pub fn observed(
+        f: impl Fn(RunEvent) + Send + Sync + 'static,
+        observer: Arc<dyn Observer>,
+    ) -> Events {
         Events {
             to_client: Arc::new(f),
             observer: Some(observer),

@@ -190,7 +190,8 @@ pub struct TaskRunRow {
     pub task: TaskRun,
 }
 
-/// Which part of a key changed (`vx why`).
+/// Which part of a key changed (`vx why`); `plugin` is a key plugin's
+/// material (the change's `name` is the plugin's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
@@ -201,7 +202,6 @@ pub enum Component {
     Command,
     Upstream,
     Args,
-    /// A key plugin's material (`name` is the plugin's).
     Plugin,
 }
 

@@ -178,7 +178,11 @@ vx_test!(a_subscriber_sees_the_hits_of_a_plain_run, || {
         .iter()
         .map(|v| v["params"]["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "in order"
+    );
     let mut hits: Vec<String> = events
         .iter()
         .filter(|v| v["params"]["event"]["type"] == "task_finished")

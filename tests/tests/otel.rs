@@ -454,7 +454,9 @@ outputs = []
     let r = ws.run_env(&["build"], &env);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let t = r.task("hog#build");
-    let cpu = t["cpu_ms"].as_u64().unwrap_or_else(|| panic!("cpu_ms: {t}"));
+    let cpu = t["cpu_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("cpu_ms: {t}"));
     let rss = t["peak_rss_bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("peak_rss_bytes: {t}"));

@@ -424,9 +424,9 @@ vx_test!(a_key_plugins_material_changes_the_key, || {
     assert_eq!(t["prediction"], "miss", "{t:#}");
     assert_eq!(t["plugins"][0]["name"], "toolchain", "{t:#}");
     assert!(
-        t["changes"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["component"] == "plugin" && c["name"] == "toolchain")),
+        t["changes"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["component"] == "plugin" && c["name"] == "toolchain")),
         "{t:#}"
     );
     let r3 = ws.run(&["test"]);
@@ -441,7 +441,11 @@ vx_test!(a_key_plugins_material_changes_the_key, || {
         "{}",
         why.stdout
     );
-    assert!(why.stdout.contains("plugin toolchain gave"), "{}", why.stdout);
+    assert!(
+        why.stdout.contains("plugin toolchain gave"),
+        "{}",
+        why.stdout
+    );
     let why_json = ws.vx(&["why", "app#build", "--json"]);
     let w: Value = serde_json::from_str(&why_json.stdout).expect("why json");
     assert_eq!(
@@ -520,10 +524,8 @@ vx_test!(a_failing_key_plugin_runs_its_tasks_uncached, || {
                 !mine.is_empty() && mine.len() <= 2,
                 "{name} #{attempt}: one warning about the key ({w:#?})"
             );
-            let about_key: Vec<&&String> = mine
-                .iter()
-                .filter(|m| m.contains("not cached"))
-                .collect();
+            let about_key: Vec<&&String> =
+                mine.iter().filter(|m| m.contains("not cached")).collect();
             assert_eq!(about_key.len(), 1, "{name} #{attempt}: {w:#?}");
             if attempt == 0 {
                 assert!(about_key[0].contains(want), "{name}: {about_key:?}");
@@ -577,7 +579,9 @@ vx_test!(a_key_stable_plugin_is_asked_once_per_task, || {
 // expected cost it gave (heaviest first), whatever their names; a weights
 // plugin that fails is ignored with one warning.
 vx_test!(a_weights_plugin_orders_the_run, || {
-    let project = |n: &str| format!("[tasks.build]\ncommand = \"echo {n}\"\ninputs = [\"src/**\"]\noutputs = []\n");
+    let project = |n: &str| {
+        format!("[tasks.build]\ncommand = \"echo {n}\"\ninputs = [\"src/**\"]\noutputs = []\n")
+    };
     let ws = Ws::new(&[
         (
             "vx.toml",
@@ -609,19 +613,34 @@ vx_test!(a_weights_plugin_orders_the_run, || {
     };
     let r = ws.run(&["build", "--concurrency", "1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(started(&r), ["b#build", "c#build", "a#build"], "{}", r.stdout);
+    assert_eq!(
+        started(&r),
+        ["b#build", "c#build", "a#build"],
+        "{}",
+        r.stdout
+    );
     // Other weights, another order (forced: every task executes).
     ws.write(
         "weights.json",
         r#"{"a#build": 7000, "b#build": 1, "c#build": 20}"#,
     );
     let r = ws.run(&["build", "--concurrency", "1", "--force"]);
-    assert_eq!(started(&r), ["a#build", "c#build", "b#build"], "{}", r.stdout);
+    assert_eq!(
+        started(&r),
+        ["a#build", "c#build", "b#build"],
+        "{}",
+        r.stdout
+    );
     // Garbage weights: one warning, the run is green and still cached.
     ws.write("weights.json", r#"{"a#build": "heavy"}"#);
     let r = ws.run(&["build", "--concurrency", "1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.cached(), ["a#build", "b#build", "c#build"], "{}", r.stdout);
+    assert_eq!(
+        r.cached(),
+        ["a#build", "b#build", "c#build"],
+        "{}",
+        r.stdout
+    );
     let w = warnings_of(&r);
     assert_eq!(w.len(), 1, "{w:#?}");
     assert!(

@@ -56,10 +56,7 @@ pub(super) fn priorities(
                 if node.def.command.is_none() {
                     Some(0)
                 } else {
-                    weights
-                        .get(&g)
-                        .or_else(|| durations.get(&node.id))
-                        .copied()
+                    weights.get(&g).or_else(|| durations.get(&node.id)).copied()
                 }
             })
             .collect();

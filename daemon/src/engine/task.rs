@@ -54,7 +54,10 @@ pub(super) fn skipped(sh: &Shared, g: usize, by: Option<String>) -> TaskResult {
 }
 
 /// Tries the cache; returns `Some(result)` on a usable hit.
-/// What the cache says about a task's key.
+/// What the cache says about a task's key. (A value returned once per
+/// task and matched at once: boxing the result would cost an allocation
+/// per hit on the fully cached path.)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Hit {
     /// Served: outputs are in place; the log, when it is to be replayed.
     Served(TaskResult, Vec<u8>),

@@ -68,18 +68,21 @@ pub fn tee(
     let tee = Arc::new(bus::global().tee(kind, params));
     let t2 = tee.clone();
     let observer: Arc<dyn engine::Observer> = tee.clone();
-    let events = engine::Events::observed(move |e| {
-        // A failing plugin's warning is shown once: in the run in progress
-        // (before its next finished task), else in the next run.
-        if matches!(e, RunEvent::Settled { .. } | RunEvent::TaskFinished { .. }) {
-            for message in crate::plugins::take_warnings() {
-                let w = RunEvent::Warning { message };
-                t2.publish(&w);
-                sink(w);
+    let events = engine::Events::observed(
+        move |e| {
+            // A failing plugin's warning is shown once: in the run in progress
+            // (before its next finished task), else in the next run.
+            if matches!(e, RunEvent::Settled { .. } | RunEvent::TaskFinished { .. }) {
+                for message in crate::plugins::take_warnings() {
+                    let w = RunEvent::Warning { message };
+                    t2.publish(&w);
+                    sink(w);
+                }
             }
-        }
-        t2.publish(&e);
-        sink(e)
-    }, observer);
+            t2.publish(&e);
+            sink(e)
+        },
+        observer,
+    );
     (tee, events)
 }
