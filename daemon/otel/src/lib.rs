@@ -4,8 +4,9 @@
 //! gRPC) to the collector the standard `OTEL_*` variables name.
 //!
 //! Owns: the exporter's subscription to the engine's event bus (a
-//! subscriber like any other, with its own bounded inbox: output lines are
-//! never queued), the engine's tracing policy
+//! passive subscriber — a traced run publishes every task, its cache hits
+//! included, whatever its client asked for — with its own bounded inbox:
+//! output lines are never queued), the engine's tracing policy
 //! ([`vxd::telemetry::set_policy`]: a run is traced when the daemon's
 //! environment or the run's client environment names an endpoint), the
 //! per-run [`spans::Runs`] state, and bounded, timed sends off the run's
