@@ -34,7 +34,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// An interceptor sending `token` as the bearer token.
-fn auth(token: Option<&str>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+fn auth(token: Option<&str>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
     let v: Option<MetadataValue<Ascii>> = token.map(|t| format!("Bearer {t}").parse().unwrap());
     move |mut r: Request<()>| {
         if let Some(v) = &v {
@@ -566,7 +566,7 @@ impl BazelServer {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bazel);
         c.arg(format!("--output_user_root={}", self.root.display()))
-            .args(["--nohome_rc", "--nosystem_rc", "--max_idle_secs=120"])
+            .args(["--nohome_rc", "--max_idle_secs=120"])
             .args(args)
             .current_dir(&self.ws);
         c

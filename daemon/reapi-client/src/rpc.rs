@@ -283,6 +283,8 @@ impl Conn {
         self.rt.block_on(self.get_async(ta))
     }
 
+    // The deprecated link list is read too (older servers and clients fill it).
+    #[allow(deprecated)]
     async fn get_async(&self, ta: &TaskAction) -> Result<Option<Artifact>, RemoteError> {
         let caps = self.caps().await?;
         let req = GetActionResultRequest {
@@ -340,15 +342,30 @@ impl Conn {
         let Some(mut blobs) = self.download(&want, caps).await? else {
             return Ok(None);
         };
-        let mut take = |d: &Digest| blobs.get(&key(d)).cloned().unwrap_or_default();
+        // Each blob moves into the artifact at its last use (copied before).
+        let mut uses: BTreeMap<(String, i64), usize> = BTreeMap::new();
+        for d in &want {
+            *uses.entry(key(d)).or_default() += 1;
+        }
+        let mut take = |d: &Digest| {
+            let k = key(d);
+            let n = uses.get_mut(&k).map(|n| {
+                *n -= 1;
+                *n
+            });
+            match n {
+                Some(0) => blobs.remove(&k).unwrap_or_default(),
+                _ => blobs.get(&k).cloned().unwrap_or_default(),
+            }
+        };
         let mut files = Vec::with_capacity(entries);
         for f in &ar.output_files {
             let d = f.digest.as_ref().expect("checked above");
             let mode = f
                 .node_properties
                 .as_ref()
-                .and_then(|p| p.unix_mode)
-                .map(|m| m & 0o7777)
+                .and_then(|p| p.unix_mode.as_ref())
+                .map(|m| m.value & 0o7777)
                 .unwrap_or(if f.is_executable { 0o755 } else { 0o644 });
             files.push(ArtifactFile {
                 path: f.path.clone(),
@@ -535,7 +552,9 @@ impl Conn {
                         digest: Some(d),
                         is_executable: f.mode & 0o111 != 0,
                         node_properties: Some(NodeProperties {
-                            unix_mode: Some(f.mode & 0o7777),
+                            unix_mode: Some(vx_reapi::UInt32Value {
+                                value: f.mode & 0o7777,
+                            }),
                             ..Default::default()
                         }),
                         ..Default::default()

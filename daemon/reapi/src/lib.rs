@@ -13,7 +13,7 @@ pub use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 pub use bazel_remote_apis::build::bazel::semver;
 pub use bazel_remote_apis::google::bytestream as bs;
 pub use bazel_remote_apis::google::rpc;
-pub use bazel_remote_apis::google::protobuf::Timestamp;
+pub use bazel_remote_apis::google::protobuf::{Timestamp, UInt32Value};
 pub use prost;
 
 use prost::Message;
