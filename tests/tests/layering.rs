@@ -147,16 +147,8 @@ fn crates_link_only_what_they_may() {
             "vxd-reapi",
             "the engine reaches a REAPI server only through the remote-cache seam",
         ),
-        (
-            "vxd-engine",
-            "vx-reapi",
-            "the engine links no gRPC protos",
-        ),
-        (
-            "vxd-engine",
-            "prost",
-            "the engine links no gRPC protos",
-        ),
+        ("vxd-engine", "vx-reapi", "the engine links no gRPC protos"),
+        ("vxd-engine", "prost", "the engine links no gRPC protos"),
         (
             "vxd-reapi",
             "vx-cache-server",

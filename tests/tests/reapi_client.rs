@@ -211,13 +211,23 @@ vx_test!(two_clones_hit_through_buildgrid, || {
     let env = [("VX_REAPI_ENDPOINT", ep.as_str())];
     let (a, r1) = clone_run("", &env);
     assert_eq!(r1.executed().len(), 3, "{}", r1.stdout);
-    assert!(warnings(&r1).is_empty(), "{:?}\n{}", warnings(&r1), bg.log());
+    assert!(
+        warnings(&r1).is_empty(),
+        "{:?}\n{}",
+        warnings(&r1),
+        bg.log()
+    );
     let (b, r2) = clone_run("", &env);
     check_second_clone(&a, &b, &r2);
     // A changed input executes again (and the rest still hits).
     b.write("packages/app/src/main.txt", "changed\n");
     let r3 = b.run_env(&["test"], &env);
-    assert_eq!(r3.executed(), vec!["app#build", "app#test"], "{}", r3.stdout);
+    assert_eq!(
+        r3.executed(),
+        vec!["app#build", "app#test"],
+        "{}",
+        r3.stdout
+    );
 });
 
 vx_test!(two_clones_hit_through_our_server, || {
@@ -272,7 +282,10 @@ vx_test!(an_unreachable_reapi_server_is_one_warning, || {
     let ws = fixture("");
     let r = ws.run_env(
         &["test"],
-        &[("VX_REAPI_ENDPOINT", ep.as_str()), ("VX_REMOTE_CACHE_TIMEOUT_MS", "5000")],
+        &[
+            ("VX_REAPI_ENDPOINT", ep.as_str()),
+            ("VX_REMOTE_CACHE_TIMEOUT_MS", "5000"),
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.executed().len(), 3);

@@ -34,7 +34,9 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// An interceptor sending `token` as the bearer token.
-fn auth(token: Option<&str>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+fn auth(
+    token: Option<&str>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
     let v: Option<MetadataValue<Ascii>> = token.map(|t| format!("Bearer {t}").parse().unwrap());
     move |mut r: Request<()>| {
         if let Some(v) = &v {
@@ -53,7 +55,9 @@ async fn channel(srv: &Server) -> Channel {
 }
 
 fn blob(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u32 * 131 + seed as u32) as u8).collect()
+    (0..len)
+        .map(|i| (i as u32 * 131 + seed as u32) as u8)
+        .collect()
 }
 
 fn upload(d: &Digest, data: &[u8]) -> Upload {
@@ -139,7 +143,10 @@ fn cas_writes_are_verified_and_tokens_rule() {
             .await
             .unwrap_err();
         assert!(
-            matches!(e.code(), Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted),
+            matches!(
+                e.code(),
+                Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted
+            ),
             "{e:?}"
         );
         // ByteStream: a large upload with one flipped byte is refused.
@@ -236,7 +243,7 @@ fn writes(d: &Digest, uuid: &str, data: &[u8], from: usize, finish: bool) -> Vec
             resource_name: name.clone(),
             write_offset: off as i64,
             finish_write: finish && end == data.len(),
-            data: data[off..end].to_vec().into(),
+            data: data[off..end].to_vec(),
         });
         off = end;
     }
@@ -256,7 +263,13 @@ fn bytestream_uploads_resume_and_read_back() {
         // The first half, then the stream ends without finish_write.
         let half = 3 << 20;
         let e = bs
-            .write(tokio_stream::iter(writes(&d, "u-1", &big[..half], 0, false)))
+            .write(tokio_stream::iter(writes(
+                &d,
+                "u-1",
+                &big[..half],
+                0,
+                false,
+            )))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -593,7 +606,10 @@ impl Drop for BazelServer {
 #[test]
 fn bazel_gets_a_remote_cache_hit() {
     let Some(bazel) = vx_tests::peers::on_path("bazel") else {
-        vx_tests::peers::skip("bazel_gets_a_remote_cache_hit", "bazel (Debian bazel-bootstrap)");
+        vx_tests::peers::skip(
+            "bazel_gets_a_remote_cache_hit",
+            "bazel (Debian bazel-bootstrap)",
+        );
         return;
     };
     let store = tempfile::tempdir().unwrap();
@@ -635,7 +651,11 @@ fn bazel_gets_a_remote_cache_hit() {
     assert_eq!(out, "input\nfrom-bazel\n");
     // What Bazel stored: its Action result, under the default namespace.
     let ac = walk_files(&store.path().join("reapi/ac/default"));
-    assert!(!ac.is_empty(), "no ActionCache entry:\n{first}\n{}", srv.log_text());
+    assert!(
+        !ac.is_empty(),
+        "no ActionCache entry:\n{first}\n{}",
+        srv.log_text()
+    );
     b.run(&["clean"]);
     assert!(!ws.join("bazel-bin/hello.txt").exists());
     let second = b.run(&build);

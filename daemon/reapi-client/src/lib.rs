@@ -134,7 +134,14 @@ mod tests {
             endpoint_uri("grpcs://remote.example.com").unwrap(),
             ("https://remote.example.com".into(), true)
         );
-        for bad in ["", "127.0.0.1:1", "grpc://", "ftp://x", "grpc://a b", "grpc://h/p"] {
+        for bad in [
+            "",
+            "127.0.0.1:1",
+            "grpc://",
+            "ftp://x",
+            "grpc://a b",
+            "grpc://h/p",
+        ] {
             assert!(endpoint_uri(bad).is_err(), "{bad}");
         }
     }

@@ -97,9 +97,9 @@ fn failed(what: &str, st: Status, write: bool) -> RemoteError {
         format!("{what}: {:?}: {msg}", st.code())
     };
     match st.code() {
-        Code::PermissionDenied if write => RemoteError::WriteDenied(format!(
-            "{detail} (the token may not write)"
-        )),
+        Code::PermissionDenied if write => {
+            RemoteError::WriteDenied(format!("{detail} (the token may not write)"))
+        }
         Code::Unauthenticated => {
             RemoteError::Unavailable(format!("{detail} (is the token right?)"))
         }
@@ -125,7 +125,12 @@ fn upload_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let h = sha2::Sha256::digest(
-        format!("{t}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)).as_bytes(),
+        format!(
+            "{t}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+        .as_bytes(),
     );
     let x = vx_reapi::hex(&h[..16]);
     format!(
@@ -234,11 +239,15 @@ impl Conn {
     async fn caps(&self) -> Result<Caps, RemoteError> {
         self.caps
             .get_or_try_init(|| async {
-                let mut c = CapabilitiesClient::with_interceptor(self.ch.clone(), self.auth.clone());
+                let mut c =
+                    CapabilitiesClient::with_interceptor(self.ch.clone(), self.auth.clone());
                 let req = GetCapabilitiesRequest {
                     instance_name: self.instance.clone(),
                 };
-                let cap = match self.bounded("GetCapabilities", c.get_capabilities(req)).await {
+                let cap = match self
+                    .bounded("GetCapabilities", c.get_capabilities(req))
+                    .await
+                {
                     Ok(r) => r.into_inner(),
                     // A server without the Capabilities service: REAPI's defaults.
                     Err(st) if st.code() == Code::Unimplemented => {
@@ -309,7 +318,8 @@ impl Conn {
                 "the ActionCache entry has output directories, which vx never stores".into(),
             ));
         }
-        let entries = ar.output_files.len() + ar.output_symlinks.len() + ar.output_file_symlinks.len();
+        let entries =
+            ar.output_files.len() + ar.output_symlinks.len() + ar.output_file_symlinks.len();
         if entries > self.limits.max_entries {
             return Err(RemoteError::Refused(format!(
                 "the result has {entries} outputs (at most {})",
@@ -327,7 +337,10 @@ impl Conn {
             total = total.saturating_add(d.size_bytes as u64);
             want.push(d);
         }
-        let log_digest = ar.stdout_digest.clone().filter(|_| ar.stdout_raw.is_empty());
+        let log_digest = ar
+            .stdout_digest
+            .clone()
+            .filter(|_| ar.stdout_raw.is_empty());
         if let Some(d) = &log_digest {
             vx_reapi::valid(d).map_err(|e| RemoteError::Refused(e.to_string()))?;
             total = total.saturating_add(d.size_bytes as u64);
@@ -434,7 +447,10 @@ impl Conn {
                 continue;
             }
             if small_bytes + n > caps.batch {
-                if !self.read_batch(std::mem::take(&mut small), &mut out).await? {
+                if !self
+                    .read_batch(std::mem::take(&mut small), &mut out)
+                    .await?
+                {
                     return Ok(None);
                 }
                 small_bytes = 0;
@@ -477,9 +493,8 @@ impl Conn {
                     r.status.map(|s| s.message).unwrap_or_default()
                 )));
             }
-            vx_reapi::check(&d, &r.data).map_err(|e| {
-                RemoteError::Refused(format!("the CAS sent a corrupt blob: {e}"))
-            })?;
+            vx_reapi::check(&d, &r.data)
+                .map_err(|e| RemoteError::Refused(format!("the CAS sent a corrupt blob: {e}")))?;
             got.insert(key(&d));
             out.insert(key(&d), r.data);
         }
@@ -577,9 +592,7 @@ impl Conn {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let end = vx_reapi::timestamp(now);
-        let start = vx_reapi::timestamp(
-            now.saturating_sub(Duration::from_millis(a.duration_ms)),
-        );
+        let start = vx_reapi::timestamp(now.saturating_sub(Duration::from_millis(a.duration_ms)));
         result.execution_metadata = Some(ExecutedActionMetadata {
             worker: "vx".into(),
             execution_start_timestamp: Some(start),
@@ -678,7 +691,11 @@ impl Conn {
                 loop {
                     let end = (off + vx_reapi::CHUNK).min(bytes.len());
                     v.push(WriteRequest {
-                        resource_name: if v.is_empty() { name.clone() } else { String::new() },
+                        resource_name: if v.is_empty() {
+                            name.clone()
+                        } else {
+                            String::new()
+                        },
                         write_offset: off as i64,
                         finish_write: end == bytes.len(),
                         data: bytes[off..end].to_vec(),

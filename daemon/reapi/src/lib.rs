@@ -12,8 +12,8 @@
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 pub use bazel_remote_apis::build::bazel::semver;
 pub use bazel_remote_apis::google::bytestream as bs;
-pub use bazel_remote_apis::google::rpc;
 pub use bazel_remote_apis::google::protobuf::{Timestamp, UInt32Value};
+pub use bazel_remote_apis::google::rpc;
 pub use prost;
 
 use prost::Message;
@@ -225,7 +225,10 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(check(&d, b"abc").is_ok());
-        assert!(matches!(check(&d, b"abd"), Err(DigestError::Mismatch { .. })));
+        assert!(matches!(
+            check(&d, b"abd"),
+            Err(DigestError::Mismatch { .. })
+        ));
         let short = Digest {
             hash: d.hash.clone(),
             size_bytes: 2,

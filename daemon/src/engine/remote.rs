@@ -16,12 +16,12 @@
 
 use super::prepare::Shared;
 use crate::cache::Entry;
+use crate::cache::remote::ReapiSettings;
 use crate::cache::remote::{
     self, ArtifactId, CachePolicy, RemoteError, RemoteProtocol, RemoteSettings, RunRemote,
     parse_cache_flag,
 };
 use crate::model::Model;
-use crate::cache::remote::ReapiSettings;
 use crate::workspace::{RemoteApi, RemoteCacheConfig, RemoteExecutionConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,10 +105,11 @@ pub(super) fn resolve_reapi(
         .map(str::to_string)
         .or_else(|| cfg.map(|c| c.instance_name.clone()))
         .unwrap_or_default();
-    let token = knobs::REAPI_TOKEN
-        .get(env)
-        .map(str::to_string)
-        .or_else(|| cfg.and_then(|c| c.token_env.as_deref()).and_then(get).map(str::to_string));
+    let token = knobs::REAPI_TOKEN.get(env).map(str::to_string).or_else(|| {
+        cfg.and_then(|c| c.token_env.as_deref())
+            .and_then(get)
+            .map(str::to_string)
+    });
     // `${NAME}` in a header value: the run's variable (empty when unset).
     let expand = |v: &str| -> String {
         let mut out = String::new();
@@ -130,11 +131,20 @@ pub(super) fn resolve_reapi(
         out
     };
     let mut headers: Vec<(String, String)> = cfg
-        .map(|c| c.headers.iter().map(|(k, v)| (k.clone(), expand(v))).collect())
+        .map(|c| {
+            c.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), expand(v)))
+                .collect()
+        })
         .unwrap_or_default();
     // `VX_REAPI_HEADERS`: `name=value` pairs, one a line or comma-separated.
     if let Some(h) = knobs::REAPI_HEADERS.get(env) {
-        for pair in h.split(['\n', ',']).map(str::trim).filter(|p| !p.is_empty()) {
+        for pair in h
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             if let Some((k, v)) = pair.split_once('=') {
                 let k = k.trim().to_ascii_lowercase();
                 headers.retain(|(n, _)| *n != k);

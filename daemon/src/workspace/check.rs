@@ -133,9 +133,7 @@ pub(crate) fn reapi_endpoint(v: &str) -> Result<(), String> {
         .iter()
         .find_map(|p| v.strip_prefix(p));
     match rest {
-        Some(hostport) if !hostport.is_empty() && !hostport.contains(char::is_whitespace) => {
-            Ok(())
-        }
+        Some(hostport) if !hostport.is_empty() && !hostport.contains(char::is_whitespace) => Ok(()),
         _ => Err(format!(
             "`endpoint = {v:?}` is not a grpc://HOST:PORT or grpcs://HOST:PORT address"
         )),
@@ -146,9 +144,9 @@ pub(crate) fn reapi_endpoint(v: &str) -> Result<(), String> {
 /// not a reserved `grpc-` name) and a printable ASCII value.
 pub(crate) fn grpc_header(name: &str, value: &str) -> Result<(), String> {
     let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
         && !name.ends_with("-bin")
         && !name.starts_with("grpc-")
         && !matches!(name, "te" | "content-type" | "user-agent");
@@ -158,9 +156,7 @@ pub(crate) fn grpc_header(name: &str, value: &str) -> Result<(), String> {
         ));
     }
     if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(format!(
-            "the value of {name:?} must be printable ASCII"
-        ));
+        return Err(format!("the value of {name:?} must be printable ASCII"));
     }
     Ok(())
 }

@@ -459,7 +459,7 @@ fn remote_execution(
     src: &Src,
     r: RawRemoteExecution,
 ) -> Result<super::RemoteExecutionConfig, ConfigError> {
-    use super::{RemoteExecutionConfig, ReapiTlsConfig};
+    use super::{ReapiTlsConfig, RemoteExecutionConfig};
     let mut out = RemoteExecutionConfig {
         read: r.read.unwrap_or(true),
         write: r.write.unwrap_or(true),

@@ -13,8 +13,8 @@
 use super::{Reapi, instance_dir, store_failed};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
-use vx_reapi::prost::Message;
 use tonic::{Request, Response, Status};
+use vx_reapi::prost::Message;
 use vx_reapi::re::action_cache_server::ActionCache;
 use vx_reapi::re::{ActionResult, Digest, GetActionResultRequest, UpdateActionResultRequest};
 
@@ -24,8 +24,16 @@ fn entry_path(ns: &str, instance: &str, d: &Digest) -> Path {
 
 /// Every blob an action result names.
 fn referenced(r: &ActionResult) -> Vec<Digest> {
-    let mut v: Vec<Digest> = r.output_files.iter().filter_map(|f| f.digest.clone()).collect();
-    v.extend(r.output_directories.iter().filter_map(|d| d.tree_digest.clone()));
+    let mut v: Vec<Digest> = r
+        .output_files
+        .iter()
+        .filter_map(|f| f.digest.clone())
+        .collect();
+    v.extend(
+        r.output_directories
+            .iter()
+            .filter_map(|d| d.tree_digest.clone()),
+    );
     v.extend(r.stdout_digest.clone());
     v.extend(r.stderr_digest.clone());
     v

@@ -164,7 +164,9 @@ impl ByteStream for Reapi {
         let res = vx_reapi::parse_resource(&r.resource_name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if res.upload.is_some() {
-            return Err(Status::invalid_argument("read a blobs/… resource, not an upload"));
+            return Err(Status::invalid_argument(
+                "read a blobs/… resource, not an upload",
+            ));
         }
         instance_dir(&res.instance)?;
         let d = res.digest;
@@ -218,7 +220,7 @@ impl ByteStream for Reapi {
                 }
                 for c in part.chunks(vx_reapi::CHUNK) {
                     let m = ReadResponse {
-                        data: c.to_vec().into(),
+                        data: c.to_vec(),
                     };
                     if tx.send(Ok(m)).await.is_err() {
                         return;
@@ -274,7 +276,9 @@ impl ByteStream for Reapi {
             return Err(Status::aborted("another stream is writing this upload"));
         };
         if p.owner != g.name {
-            return Err(Status::permission_denied("this upload was started by another token"));
+            return Err(Status::permission_denied(
+                "this upload was started by another token",
+            ));
         }
         let mut f = tokio::fs::OpenOptions::new()
             .create(true)
@@ -283,18 +287,24 @@ impl ByteStream for Reapi {
             .await
             .map_err(store_failed)?;
         loop {
-            if !msg.resource_name.is_empty() && upload_key_of(&msg.resource_name) != Some(key.clone())
+            if !msg.resource_name.is_empty()
+                && upload_key_of(&msg.resource_name) != Some(key.clone())
             {
-                return Err(Status::invalid_argument("the resource name changed mid-stream"));
+                return Err(Status::invalid_argument(
+                    "the resource name changed mid-stream",
+                ));
             }
             if msg.write_offset < 0 || msg.write_offset as u64 != p.committed {
                 if msg.write_offset == 0 {
                     // A fresh start of the same upload.
                     drop(f);
-                    f = tokio::fs::File::create(&p.file).await.map_err(store_failed)?;
+                    f = tokio::fs::File::create(&p.file)
+                        .await
+                        .map_err(store_failed)?;
                     p.committed = 0;
                     p.hasher = Default::default();
-                    slot.committed.store(0, std::sync::atomic::Ordering::Relaxed);
+                    slot.committed
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     return Err(Status::invalid_argument(format!(
                         "write_offset {} but {} bytes are committed (QueryWriteStatus tells)",

@@ -25,8 +25,9 @@ use vx_reapi::re::{
     FindMissingBlobsRequest, FindMissingBlobsResponse, GetCapabilitiesRequest,
     GetChunkMappingRequest, GetChunkMappingResponse, GetTreeRequest, GetTreeResponse,
     RegisterChunkMappingRequest, RegisterChunkMappingResponse, ServerCapabilities,
-    SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse, batch_read_blobs_response, batch_update_blobs_response,
-    digest_function, symlink_absolute_path_strategy,
+    SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    batch_read_blobs_response, batch_update_blobs_response, digest_function,
+    symlink_absolute_path_strategy,
 };
 use vx_reapi::rpc::Status as RpcStatus;
 use vx_reapi::semver::SemVer;
@@ -223,11 +224,7 @@ impl ContentAddressableStorage for Reapi {
         self.grant(&request)?;
         let r = request.into_inner();
         super::instance_dir(&r.instance_name)?;
-        let total: u64 = r
-            .digests
-            .iter()
-            .map(|d| d.size_bytes.max(0) as u64)
-            .sum();
+        let total: u64 = r.digests.iter().map(|d| d.size_bytes.max(0) as u64).sum();
         if total > vx_reapi::MAX_BATCH_BYTES {
             return Err(Status::invalid_argument(format!(
                 "the batch asks for {total} bytes (at most {}; use ByteStream)",
