@@ -435,4 +435,73 @@ mod tests {
         let (_, p) = resolve(Some(&cfg), &env(&[]), Some("local:rw,remote:r")).unwrap();
         assert!(p.remote_read && !p.remote_write);
     }
+    #[test]
+    fn reapi_resolution() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let root = std::path::Path::new("/ws");
+        let cfg = RemoteExecutionConfig {
+            endpoint: Some("grpcs://farm:443".into()),
+            instance_name: "main".into(),
+            headers: vec![("x-api-key".into(), "k-${API_KEY}-${UNSET}".into())],
+            token_env: Some("MY_TOKEN".into()),
+            tls: Some(crate::workspace::ReapiTlsConfig {
+                ca_cert: Some("certs/ca.pem".into()),
+                ..Default::default()
+            }),
+            read: true,
+            write: false,
+            timeout_ms: Some(1234),
+        };
+        let (s, read, write) = resolve_reapi(
+            Some(&cfg),
+            root,
+            &env(&[("API_KEY", "abc"), ("MY_TOKEN", "t")]),
+        )
+        .unwrap();
+        assert!(read && !write);
+        assert_eq!(s.url, "grpcs://farm:443");
+        assert_eq!(s.token.as_deref(), Some("t"));
+        assert_eq!(s.timeout, Duration::from_millis(1234));
+        let r = s.reapi.unwrap();
+        assert_eq!(r.instance_name, "main");
+        assert_eq!(r.headers, vec![("x-api-key".into(), "k-abc-".into())]);
+        assert_eq!(
+            r.tls_ca_cert.as_deref(),
+            Some(root.join("certs/ca.pem").as_path())
+        );
+        // The environment wins; `off` turns it off.
+        let (s, _, _) = resolve_reapi(
+            Some(&cfg),
+            root,
+            &env(&[
+                (vx_proto::knobs::REAPI_ENDPOINT.name, "grpc://other:1"),
+                (vx_proto::knobs::REAPI_INSTANCE_NAME.name, "pr"),
+                (vx_proto::knobs::REAPI_TOKEN.name, "t2"),
+                (
+                    vx_proto::knobs::REAPI_HEADERS.name,
+                    "x-api-key=v1, x-more=v2",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.url, "grpc://other:1");
+        assert_eq!(s.token.as_deref(), Some("t2"));
+        let r = s.reapi.unwrap();
+        assert_eq!(r.instance_name, "pr");
+        assert_eq!(
+            r.headers,
+            vec![
+                ("x-api-key".into(), "v1".into()),
+                ("x-more".into(), "v2".into())
+            ]
+        );
+        let off = env(&[(vx_proto::knobs::REAPI_ENDPOINT.name, "off")]);
+        assert!(resolve_reapi(Some(&cfg), root, &off).is_none());
+        assert!(resolve_reapi(None, root, &env(&[])).is_none());
+    }
 }

@@ -219,9 +219,7 @@ impl ByteStream for Reapi {
                     h.update(&part);
                 }
                 for c in part.chunks(vx_reapi::CHUNK) {
-                    let m = ReadResponse {
-                        data: c.to_vec(),
-                    };
+                    let m = ReadResponse { data: c.to_vec() };
                     if tx.send(Ok(m)).await.is_err() {
                         return;
                     }
