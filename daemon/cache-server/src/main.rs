@@ -65,8 +65,9 @@ struct Args {
     /// Memory for uploads in flight (K, M, G); uploads wait beyond it.
     #[arg(long, default_value = "2G", value_parser = parse_size)]
     upload_memory: u64,
-    /// Where partial REAPI ByteStream uploads are kept until complete
-    /// (default: a directory under the system's temporary directory).
+    /// Where partial REAPI ByteStream uploads are kept until complete, in a
+    /// directory of this process's own (default: the system's temporary
+    /// directory).
     #[arg(long)]
     spool: Option<PathBuf>,
 }
@@ -211,13 +212,12 @@ async fn serve(args: Args, tokens: Tokens, signature_key: Option<Vec<u8>>) -> Re
         upload_budget: tokio::sync::Semaphore::new(budget_mib as usize),
         upload_budget_mib: budget_mib,
     });
-    let spool = args.spool.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("vx-cache-server-uploads-{}", std::process::id()))
-    });
+    let spool_parent = args.spool.clone().unwrap_or_else(std::env::temp_dir);
     let grpc = Arc::new(
-        reapi::Reapi::new(app.clone(), spool.clone())
-            .with_context(|| format!("--spool {}", spool.display()))?,
+        reapi::Reapi::new(app.clone(), &spool_parent)
+            .with_context(|| format!("--spool {}", spool_parent.display()))?,
     );
+    let spool = grpc.spool.clone();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;

@@ -43,18 +43,24 @@ pub struct Reapi {
     pub max_blob: u64,
     /// Partial ByteStream uploads.
     pub uploads: bytestream::Uploads,
+    /// Their directory.
+    pub spool: PathBuf,
 }
 
 impl Reapi {
-    /// `spool`: a directory for partial uploads (created; emptied at start).
-    pub fn new(app: Arc<App>, spool: PathBuf) -> std::io::Result<Reapi> {
+    /// Partial uploads go to a directory of this process's own under
+    /// `spool_parent` (made here; the caller removes [`Reapi::spool`] at
+    /// exit). Nothing else under `spool_parent` is touched.
+    pub fn new(app: Arc<App>, spool_parent: &std::path::Path) -> std::io::Result<Reapi> {
+        let spool = spool_parent.join(format!("vx-cache-server-uploads-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&spool);
         std::fs::create_dir_all(&spool)?;
         Ok(Reapi {
             os: app.store.os.clone(),
             max_blob: app.max_artifact,
             app,
-            uploads: bytestream::Uploads::new(spool),
+            uploads: bytestream::Uploads::new(spool.clone()),
+            spool,
         })
     }
 
