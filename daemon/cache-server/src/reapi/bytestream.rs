@@ -93,6 +93,7 @@ impl Uploads {
                 "{MAX_PARTIALS} uploads are in progress; try again later"
             )));
         }
+        std::fs::create_dir_all(&self.dir).map_err(super::store_failed)?;
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = Arc::new(Upload {
             p: tokio::sync::Mutex::new(Partial {
@@ -109,10 +110,14 @@ impl Uploads {
     }
 
     fn forget(&self, key: &str, file: &std::path::Path) {
+        let _ = std::fs::remove_file(file);
         if let Ok(mut m) = self.map.lock() {
             m.remove(key);
+            // No upload left: no directory left (made again by the next).
+            if m.is_empty() {
+                let _ = std::fs::remove_dir(&self.dir);
+            }
         }
-        let _ = std::fs::remove_file(file);
     }
 }
 

@@ -49,12 +49,17 @@ pub struct Reapi {
 
 impl Reapi {
     /// Partial uploads go to a directory of this process's own under
-    /// `spool_parent` (made here; the caller removes [`Reapi::spool`] at
-    /// exit). Nothing else under `spool_parent` is touched.
+    /// `spool_parent` (made by the first ByteStream upload; the caller
+    /// removes [`Reapi::spool`] at exit). Nothing else under `spool_parent`
+    /// is touched.
     pub fn new(app: Arc<App>, spool_parent: &std::path::Path) -> std::io::Result<Reapi> {
+        if !spool_parent.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a directory",
+            ));
+        }
         let spool = spool_parent.join(format!("vx-cache-server-uploads-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&spool);
-        std::fs::create_dir_all(&spool)?;
         Ok(Reapi {
             os: app.store.os.clone(),
             max_blob: app.max_artifact,
