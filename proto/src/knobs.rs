@@ -137,6 +137,16 @@ knobs! {
         "`1`: look tasks up in the remote cache only, not the local one (like `TURBO_REMOTE_ONLY`)";
     REMOTE_CACHE_TIMEOUT_MS = "VX_REMOTE_CACHE_TIMEOUT_MS", Kind::Millis, "30000", Run,
         "timeout of one remote cache request; past it the request is a miss";
+    REAPI_ENDPOINT = "VX_REAPI_ENDPOINT", Kind::Text, "", Run,
+        "a Bazel Remote Execution API server used as the remote cache, `grpc://HOST:PORT` or `grpcs://HOST:PORT` (wins over `[remote_execution] endpoint`); `off`: none for this run";
+    REAPI_INSTANCE_NAME = "VX_REAPI_INSTANCE_NAME", Kind::Text, "", Run,
+        "the REAPI instance name (wins over `[remote_execution] instance_name`)";
+    REAPI_TOKEN = "VX_REAPI_TOKEN", Kind::Text, "", Run,
+        "a bearer token sent to the REAPI server as `authorization: Bearer …` (wins over `[remote_execution] token_env`)";
+    REAPI_HEADERS = "VX_REAPI_HEADERS", Kind::Text, "", Run,
+        "gRPC metadata for the REAPI server, `name=value` pairs separated by commas or newlines (over `[remote_execution] headers`)";
+    REAPI_TLS_CA_CERT = "VX_REAPI_TLS_CA_CERT", Kind::Path, "", Run,
+        "a PEM file of CA certificates the REAPI server's certificate may chain to (wins over `[remote_execution.tls] ca_cert`)";
     CACHE_SERVER_BIN = "VX_CACHE_SERVER_BIN", Kind::Path, "", Client,
         "path of the `vx-cache-server` binary `vx cache serve` runs (default: next to `vx`, else on `PATH`)";
     WALK_THREADS = "VX_WALK_THREADS", Kind::Count, "", Test,

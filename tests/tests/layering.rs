@@ -127,6 +127,33 @@ fn crates_link_only_what_they_may() {
             "vx-proto",
             "the cache server speaks only HTTP",
         ),
+        (
+            "vx-reapi",
+            "vxd-engine",
+            "the REAPI protos are shared by the server and the client: they link neither",
+        ),
+        (
+            "vx-reapi",
+            "vx-cache-server",
+            "the REAPI protos are shared by the server and the client: they link neither",
+        ),
+        (
+            "vx-reapi",
+            "vx-proto",
+            "the REAPI protos know nothing of vx's own protocol",
+        ),
+        (
+            "vxd-engine",
+            "vxd-reapi",
+            "the engine reaches a REAPI server only through the remote-cache seam",
+        ),
+        ("vxd-engine", "vx-reapi", "the engine links no gRPC protos"),
+        ("vxd-engine", "prost", "the engine links no gRPC protos"),
+        (
+            "vxd-reapi",
+            "vx-cache-server",
+            "the REAPI client and the cache server share only vx-reapi",
+        ),
     ];
     let mut broken = Vec::new();
     for (pkg, never, why) in rules {

@@ -28,6 +28,8 @@ fn main() -> anyhow::Result<()> {
     // The remote cache client (`[remote_cache]`, `TURBO_API`, …), for the
     // daemon and `--stdio` alike.
     vxd_remote::register();
+    // The REAPI remote cache client (`[remote_execution]`, `VX_REAPI_*`).
+    vxd_reapi::register();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--version") | Some("-V") => {

@@ -4,7 +4,8 @@
 //! that carry a role and a namespace, write-once artifacts, signature
 //! checks, provenance beside each artifact, eviction by age and size in
 //! the background, `/health` and Prometheus `/metrics`. `vx cache serve`
-//! runs it.
+//! runs it. The same port also answers the Bazel Remote Execution API's
+//! cache services over gRPC ([`reapi`]: `--remote_cache=grpc://HOST:PORT`).
 //!
 //! Never links the engine; never blocks start-up on the store's listing;
 //! on SIGINT/SIGTERM it stops accepting, lets uploads in flight finish,
@@ -13,6 +14,7 @@
 mod auth;
 mod http;
 mod metrics;
+mod reapi;
 mod store;
 
 use anyhow::{Context, Result, bail};
@@ -63,6 +65,11 @@ struct Args {
     /// Memory for uploads in flight (K, M, G); uploads wait beyond it.
     #[arg(long, default_value = "2G", value_parser = parse_size)]
     upload_memory: u64,
+    /// Where partial REAPI ByteStream uploads are kept until complete, in a
+    /// directory of this process's own (default: the system's temporary
+    /// directory).
+    #[arg(long)]
+    spool: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -205,6 +212,12 @@ async fn serve(args: Args, tokens: Tokens, signature_key: Option<Vec<u8>>) -> Re
         upload_budget: tokio::sync::Semaphore::new(budget_mib as usize),
         upload_budget_mib: budget_mib,
     });
+    let spool_parent = args.spool.clone().unwrap_or_else(std::env::temp_dir);
+    let grpc = Arc::new(
+        reapi::Reapi::new(app.clone(), &spool_parent)
+            .with_context(|| format!("--spool {}", spool_parent.display()))?,
+    );
+    let spool = grpc.spool.clone();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
@@ -259,12 +272,15 @@ async fn serve(args: Args, tokens: Tokens, signature_key: Option<Vec<u8>>) -> Re
         }
         tracing::info!("shutting down: finishing requests in flight");
     };
-    axum::serve(listener, http::router(app.clone()))
+    // HTTP/1.1 for the turbo/Nx routes and HTTP/2 (gRPC) for REAPI on one port.
+    let routes = http::router(app.clone()).merge(reapi::router(grpc));
+    axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = stop_tx.send(true);
     let _ = housekeeping.await;
     store.save_access().await;
+    let _ = std::fs::remove_dir_all(&spool);
     tracing::info!("stopped");
     Ok(())
 }

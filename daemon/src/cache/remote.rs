@@ -1,6 +1,7 @@
 //! `cache::remote` — the engine's side of a remote cache: the [`Remote`]
-//! trait a client crate implements (`vxd-remote`, registered by the `vxd`
-//! binary through [`set_factory`]), what an artifact is to the engine
+//! trait a client crate implements (`vxd-remote` for HTTP, registered by the
+//! `vxd` binary through [`set_factory`]; `vxd-reapi` for the Bazel Remote
+//! Execution API, through [`set_reapi_factory`]), what an artifact is to the engine
 //! ([`Artifact`]), the `--cache` policy ([`parse_cache_flag`]), the checks an artifact passes before it
 //! is taken into the local store ([`admit`]: every path confined and
 //! inside the task's declared outputs, every link inside the project), and
@@ -36,6 +37,24 @@ pub struct RemoteSettings {
     /// HMAC-SHA256 key: uploads are signed, downloads must verify.
     pub signature_key: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// Set when the remote is a REAPI server (`[remote_execution]`): then
+    /// `url` is its `grpc://` / `grpcs://` endpoint, `token` its bearer token,
+    /// and the REAPI factory makes the client.
+    pub reapi: Option<ReapiSettings>,
+}
+
+/// What a REAPI remote needs beyond an endpoint and a token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ReapiSettings {
+    pub instance_name: String,
+    /// gRPC metadata sent with every call (values resolved from the run's env).
+    pub headers: Vec<(String, String)>,
+    /// Absolute paths of PEM files: extra CA certificates, a client
+    /// certificate and its key.
+    pub tls_ca_cert: Option<std::path::PathBuf>,
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    pub tls_client_key: Option<std::path::PathBuf>,
+    pub tls_domain_name: Option<String>,
 }
 
 /// Which caches a run reads and writes (`--cache=local:rw,remote:r`).
@@ -166,6 +185,7 @@ pub trait Remote: Send + Sync {
 type Factory = dyn Fn(&RemoteSettings) -> Result<Arc<dyn Remote>, String> + Send + Sync;
 
 static FACTORY: OnceLock<Box<Factory>> = OnceLock::new();
+static REAPI_FACTORY: OnceLock<Box<Factory>> = OnceLock::new();
 
 /// Registers how remote cache clients are made (the `vxd` binary does, at
 /// start-up, with `vxd-remote`). Without one a configured remote is
@@ -174,6 +194,14 @@ pub fn set_factory(
     f: impl Fn(&RemoteSettings) -> Result<Arc<dyn Remote>, String> + Send + Sync + 'static,
 ) {
     let _ = FACTORY.set(Box::new(f));
+}
+
+/// Registers how REAPI remote caches are made (settings with
+/// [`RemoteSettings::reapi`]; the `vxd` binary does, with `vxd-reapi`).
+pub fn set_reapi_factory(
+    f: impl Fn(&RemoteSettings) -> Result<Arc<dyn Remote>, String> + Send + Sync + 'static,
+) {
+    let _ = REAPI_FACTORY.set(Box::new(f));
 }
 
 /// A run's remote: the client, what the run may do with it, and whether
@@ -192,7 +220,11 @@ impl RunRemote {
         if !policy.remote_read && !policy.remote_write {
             return Ok(None);
         }
-        let Some(f) = FACTORY.get() else {
+        let factory = match s.reapi {
+            Some(_) => REAPI_FACTORY.get(),
+            None => FACTORY.get(),
+        };
+        let Some(f) = factory else {
             return Err(format!(
                 "a remote cache is configured ({}) but this engine has no remote cache client; running with the local cache only",
                 s.url

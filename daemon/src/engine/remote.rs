@@ -1,6 +1,8 @@
 //! `engine::remote` — a run's use of the remote cache: resolving its
 //! settings ([`resolve`]: `VX_REMOTE_CACHE_*`, then turbo's `TURBO_*`, then
-//! the root `vx.toml`'s `[remote_cache]`, then `--cache`), opening it for the
+//! the root `vx.toml`'s `[remote_cache]`, then `--cache`; a REAPI server
+//! from `VX_REAPI_*` over `[remote_execution]`, [`resolve_reapi`], wins over
+//! an HTTP remote), opening it for the
 //! run ([`open`]), the read-through after a local miss ([`Shared::remote_fetch`]:
 //! fetch, admit, hydrate the local store; the caller restores through the
 //! ordinary confined restore), and the uploads of executed results in the
@@ -14,12 +16,13 @@
 
 use super::prepare::Shared;
 use crate::cache::Entry;
+use crate::cache::remote::ReapiSettings;
 use crate::cache::remote::{
     self, ArtifactId, CachePolicy, RemoteError, RemoteProtocol, RemoteSettings, RunRemote,
     parse_cache_flag,
 };
 use crate::model::Model;
-use crate::workspace::{RemoteApi, RemoteCacheConfig};
+use crate::workspace::{RemoteApi, RemoteCacheConfig, RemoteExecutionConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +35,37 @@ type Opened = (Option<Arc<RunRemote>>, CachePolicy, Option<String>);
 /// The run's remote and cache policy; a warning when a configured remote
 /// cannot be used. `Err`: a bad `--cache` value.
 pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> {
-    let (settings, policy) = resolve(
+    let (settings, mut policy) = resolve(
         model.ws.defaults.remote_cache.as_ref(),
         &params.env,
         params.cache.as_deref(),
     )?;
+    let reapi = resolve_reapi(
+        model.ws.defaults.remote_execution.as_ref(),
+        &model.ws.root,
+        &params.env,
+    );
+    let mut note = None;
+    let settings = match reapi {
+        Some((s, read, write)) => {
+            if let Some(http) = &settings {
+                note = Some(format!(
+                    "both a remote cache ({}) and a REAPI server ({}) are configured; using the REAPI server",
+                    http.url, s.url
+                ));
+            }
+            if params.cache.is_none() {
+                policy.remote_read = read;
+                policy.remote_write = write;
+                let env = &params.env;
+                if vx_proto::knobs::REMOTE_CACHE_READ_ONLY.on(env) {
+                    policy.remote_write = false;
+                }
+            }
+            Some(s)
+        }
+        None => settings,
+    };
     let Some(s) = settings else {
         return Ok((None, policy, None));
     };
@@ -44,9 +73,116 @@ pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> 
         return Ok((None, policy, None));
     }
     match RunRemote::open(&s, policy) {
-        Ok(r) => Ok((r.map(Arc::new), policy, None)),
-        Err(w) => Ok((None, policy, Some(w))),
+        Ok(r) => Ok((r.map(Arc::new), policy, note)),
+        Err(w) => Ok((
+            None,
+            policy,
+            Some(match note {
+                Some(n) => format!("{n}; {w}"),
+                None => w,
+            }),
+        )),
     }
+}
+
+/// Resolves a run's REAPI server: `VX_REAPI_*` over the root config's
+/// `[remote_execution]`. `None`: no REAPI server (or `VX_REAPI_ENDPOINT=off`).
+/// Also: whether the config lets the run read and write it.
+pub(super) fn resolve_reapi(
+    cfg: Option<&RemoteExecutionConfig>,
+    root: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> Option<(RemoteSettings, bool, bool)> {
+    use vx_proto::knobs;
+    let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let endpoint = knobs::REAPI_ENDPOINT
+        .get(env)
+        .map(str::to_string)
+        .or_else(|| cfg.and_then(|c| c.endpoint.clone()))
+        .filter(|u| u != "off")?;
+    let instance_name = knobs::REAPI_INSTANCE_NAME
+        .get(env)
+        .map(str::to_string)
+        .or_else(|| cfg.map(|c| c.instance_name.clone()))
+        .unwrap_or_default();
+    let token = knobs::REAPI_TOKEN.get(env).map(str::to_string).or_else(|| {
+        cfg.and_then(|c| c.token_env.as_deref())
+            .and_then(get)
+            .map(str::to_string)
+    });
+    // `${NAME}` in a header value: the run's variable (empty when unset).
+    let expand = |v: &str| -> String {
+        let mut out = String::new();
+        let mut rest = v;
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            match rest[i + 2..].find('}') {
+                Some(j) => {
+                    out.push_str(get(&rest[i + 2..i + 2 + j]).unwrap_or(""));
+                    rest = &rest[i + 3 + j..];
+                }
+                None => {
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    let mut headers: Vec<(String, String)> = cfg
+        .map(|c| {
+            c.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), expand(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    // `VX_REAPI_HEADERS`: `name=value` pairs, one a line or comma-separated.
+    if let Some(h) = knobs::REAPI_HEADERS.get(env) {
+        for pair in h
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            if let Some((k, v)) = pair.split_once('=') {
+                let k = k.trim().to_ascii_lowercase();
+                headers.retain(|(n, _)| *n != k);
+                headers.push((k, v.trim().to_string()));
+            }
+        }
+    }
+    let abs = |p: &Option<String>| p.as_ref().map(|p| root.join(p));
+    let tls = cfg.and_then(|c| c.tls.clone()).unwrap_or_default();
+    let tls_ca_cert = knobs::REAPI_TLS_CA_CERT
+        .get(env)
+        .map(|p| root.join(p))
+        .or_else(|| abs(&tls.ca_cert));
+    let timeout = knobs::REMOTE_CACHE_TIMEOUT_MS
+        .millis(env)
+        .or_else(|| cfg.and_then(|c| c.timeout_ms).map(Duration::from_millis))
+        .unwrap_or(REMOTE_TIMEOUT);
+    let (read, write) = cfg.map(|c| (c.read, c.write)).unwrap_or((true, true));
+    Some((
+        RemoteSettings {
+            url: endpoint,
+            protocol: RemoteProtocol::default(),
+            team: None,
+            token,
+            signature_key: None,
+            timeout,
+            reapi: Some(ReapiSettings {
+                instance_name,
+                headers,
+                tls_ca_cert,
+                tls_client_cert: abs(&tls.client_cert),
+                tls_client_key: abs(&tls.client_key),
+                tls_domain_name: tls.domain_name,
+            }),
+        },
+        read,
+        write,
+    ))
 }
 
 /// Default timeout of one remote request.
@@ -118,6 +254,7 @@ pub(super) fn resolve(
             token,
             signature_key,
             timeout,
+            reapi: None,
         }),
         policy,
     ))
@@ -297,5 +434,74 @@ mod tests {
         assert!(s.is_none());
         let (_, p) = resolve(Some(&cfg), &env(&[]), Some("local:rw,remote:r")).unwrap();
         assert!(p.remote_read && !p.remote_write);
+    }
+    #[test]
+    fn reapi_resolution() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let root = std::path::Path::new("/ws");
+        let cfg = RemoteExecutionConfig {
+            endpoint: Some("grpcs://farm:443".into()),
+            instance_name: "main".into(),
+            headers: vec![("x-api-key".into(), "k-${API_KEY}-${UNSET}".into())],
+            token_env: Some("MY_TOKEN".into()),
+            tls: Some(crate::workspace::ReapiTlsConfig {
+                ca_cert: Some("certs/ca.pem".into()),
+                ..Default::default()
+            }),
+            read: true,
+            write: false,
+            timeout_ms: Some(1234),
+        };
+        let (s, read, write) = resolve_reapi(
+            Some(&cfg),
+            root,
+            &env(&[("API_KEY", "abc"), ("MY_TOKEN", "t")]),
+        )
+        .unwrap();
+        assert!(read && !write);
+        assert_eq!(s.url, "grpcs://farm:443");
+        assert_eq!(s.token.as_deref(), Some("t"));
+        assert_eq!(s.timeout, Duration::from_millis(1234));
+        let r = s.reapi.unwrap();
+        assert_eq!(r.instance_name, "main");
+        assert_eq!(r.headers, vec![("x-api-key".into(), "k-abc-".into())]);
+        assert_eq!(
+            r.tls_ca_cert.as_deref(),
+            Some(root.join("certs/ca.pem").as_path())
+        );
+        // The environment wins; `off` turns it off.
+        let (s, _, _) = resolve_reapi(
+            Some(&cfg),
+            root,
+            &env(&[
+                (vx_proto::knobs::REAPI_ENDPOINT.name, "grpc://other:1"),
+                (vx_proto::knobs::REAPI_INSTANCE_NAME.name, "pr"),
+                (vx_proto::knobs::REAPI_TOKEN.name, "t2"),
+                (
+                    vx_proto::knobs::REAPI_HEADERS.name,
+                    "x-api-key=v1, x-more=v2",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.url, "grpc://other:1");
+        assert_eq!(s.token.as_deref(), Some("t2"));
+        let r = s.reapi.unwrap();
+        assert_eq!(r.instance_name, "pr");
+        assert_eq!(
+            r.headers,
+            vec![
+                ("x-api-key".into(), "v1".into()),
+                ("x-more".into(), "v2".into())
+            ]
+        );
+        let off = env(&[(vx_proto::knobs::REAPI_ENDPOINT.name, "off")]);
+        assert!(resolve_reapi(Some(&cfg), root, &off).is_none());
+        assert!(resolve_reapi(None, root, &env(&[])).is_none());
     }
 }

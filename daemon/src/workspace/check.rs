@@ -126,6 +126,41 @@ pub(crate) fn tag(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A REAPI endpoint: `grpc://host:port` (plaintext) or `grpcs://host:port`
+/// (TLS); `http://` and `https://` are taken as their synonyms.
+pub(crate) fn reapi_endpoint(v: &str) -> Result<(), String> {
+    let rest = ["grpc://", "grpcs://", "http://", "https://"]
+        .iter()
+        .find_map(|p| v.strip_prefix(p));
+    match rest {
+        Some(hostport) if !hostport.is_empty() && !hostport.contains(char::is_whitespace) => Ok(()),
+        _ => Err(format!(
+            "`endpoint = {v:?}` is not a grpc://HOST:PORT or grpcs://HOST:PORT address"
+        )),
+    }
+}
+
+/// A gRPC metadata entry: a lower-case name of `[a-z0-9-_.]` (not `-bin`,
+/// not a reserved `grpc-` name) and a printable ASCII value.
+pub(crate) fn grpc_header(name: &str, value: &str) -> Result<(), String> {
+    let name_ok = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+        && !name.ends_with("-bin")
+        && !name.starts_with("grpc-")
+        && !matches!(name, "te" | "content-type" | "user-agent");
+    if !name_ok {
+        return Err(format!(
+            "{name:?} is not a usable gRPC metadata name (lower-case letters, digits, `-`, `_`, `.`; not `grpc-…` or `…-bin`)"
+        ));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!("the value of {name:?} must be printable ASCII"));
+    }
+    Ok(())
+}
+
 /// The largest timeout accepted, in ms.
 pub(crate) const MAX_TIMEOUT_MS: u64 = 2_147_483_647;
 

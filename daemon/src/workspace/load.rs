@@ -618,6 +618,7 @@ pub fn load(root: &Path) -> Result<Workspace, ConfigError> {
         global = w.global.clone();
         defaults.remote_cache = root_vx.as_ref().and_then(|v| v.remote_cache.clone());
         defaults.plugin_hooks = root_vx.as_ref().is_some_and(|v| v.plugin_hooks);
+        defaults.remote_execution = root_vx.as_ref().and_then(|v| v.remote_execution.clone());
     } else if let Some(t) = &turbo_root {
         defaults.concurrency = t.concurrency;
         defaults.env_mode = t.env_mode;

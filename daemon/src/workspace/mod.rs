@@ -109,6 +109,8 @@ pub struct Defaults {
     /// The root `vx.toml` declares a plugin with `hooks` (every run asks
     /// it: `docs/plugins.md`).
     pub plugin_hooks: bool,
+    /// The root `vx.toml`'s `[remote_execution]`.
+    pub remote_execution: Option<RemoteExecutionConfig>,
 }
 
 /// Which remote API a remote cache speaks (`[remote_cache] protocol`).
@@ -135,6 +137,32 @@ pub struct RemoteCacheConfig {
     pub read: bool,
     pub write: bool,
     pub timeout_ms: Option<u64>,
+}
+
+/// The root `vx.toml`'s `[remote_execution]` section, as written
+/// (docs/remote-execution.md); the engine resolves it against the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteExecutionConfig {
+    /// `grpc://host:port` or `grpcs://host:port`.
+    pub endpoint: Option<String>,
+    pub instance_name: String,
+    /// gRPC metadata (name, value with `${NAME}` references), in name order.
+    pub headers: Vec<(String, String)>,
+    /// The name of the environment variable holding a bearer token.
+    pub token_env: Option<String>,
+    pub tls: Option<ReapiTlsConfig>,
+    pub read: bool,
+    pub write: bool,
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[remote_execution.tls]`: paths as written (root-relative or absolute).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapiTlsConfig {
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub domain_name: Option<String>,
 }
 
 /// One project (package).

@@ -36,6 +36,10 @@ struct RawFile {
     /// Only in the root `vx.toml`: the remote cache (docs/remote-cache.md).
     #[schemars(with = "Option<RawRemoteCache>")]
     remote_cache: Option<Spanned<RawRemoteCache>>,
+    /// Only in the root `vx.toml`: a Bazel Remote Execution API server used
+    /// as the remote cache (docs/remote-execution.md).
+    #[schemars(with = "Option<RawRemoteExecution>")]
+    remote_execution: Option<Spanned<RawRemoteExecution>>,
 }
 
 /// A `[[plugins]]` entry: a child process of the daemon speaking JSON-RPC
@@ -90,6 +94,51 @@ struct RawRemoteCache {
     /// Timeout of one request.
     #[schemars(with = "Option<DurationSchema>")]
     timeout: Option<Spanned<toml::Value>>,
+}
+
+/// `[remote_execution]`: a Bazel Remote Execution API (REAPI) server
+/// (BuildGrid, Buildbarn, BuildBuddy, NativeLink, `vx cache serve`) used as
+/// the remote cache.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RemoteExecution")]
+struct RawRemoteExecution {
+    /// `grpc://host:port` (plaintext) or `grpcs://host:port` (TLS); `VX_REAPI_ENDPOINT` wins.
+    #[schemars(with = "Option<String>")]
+    endpoint: Option<Spanned<String>>,
+    /// The REAPI instance name (default empty); `VX_REAPI_INSTANCE_NAME` wins.
+    instance_name: Option<String>,
+    /// gRPC metadata sent with every call (lower-case names); `${NAME}` in a
+    /// value is replaced by the run's environment variable `NAME`.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// Name of the environment variable holding a bearer token (sent as `authorization: Bearer …`).
+    #[schemars(with = "Option<String>")]
+    token_env: Option<Spanned<String>>,
+    /// TLS settings of a `grpcs://` endpoint.
+    tls: Option<RawReapiTls>,
+    /// Read the remote cache (default true).
+    read: Option<bool>,
+    /// Upload to the remote cache (default true).
+    write: Option<bool>,
+    /// Timeout of one call.
+    #[schemars(with = "Option<DurationSchema>")]
+    timeout: Option<Spanned<toml::Value>>,
+}
+
+/// `[remote_execution.tls]`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RemoteExecutionTls")]
+struct RawReapiTls {
+    /// A PEM file of CA certificates to trust (besides the system's), root-relative or absolute.
+    ca_cert: Option<String>,
+    /// A PEM client certificate (mutual TLS); needs `client_key`.
+    client_cert: Option<String>,
+    /// The PEM key of `client_cert`.
+    client_key: Option<String>,
+    /// The name the server's certificate must carry (default: the endpoint's host).
+    domain_name: Option<String>,
 }
 
 type Strings = Option<Vec<Spanned<String>>>;
@@ -257,6 +306,8 @@ pub(crate) struct VxFile {
     /// Whether a `[[plugins]]` entry declares `hooks` (checked in full by
     /// the engine's `plugins` module).
     pub plugin_hooks: bool,
+    /// `[remote_execution]` (root file only).
+    pub remote_execution: Option<super::RemoteExecutionConfig>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -390,6 +441,16 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         }
         Some(r) => Some(remote_cache(&src, r.into_inner())?),
     };
+    let remote_execution = match raw.remote_execution {
+        None => None,
+        Some(r) if workspace.is_none() => {
+            return Err(src.err_span(
+                r.span(),
+                "`[remote_execution]` belongs in the root vx.toml (the one with `[workspace]`)",
+            ));
+        }
+        Some(r) => Some(remote_execution(&src, r.into_inner())?),
+    };
 
     let plugin_hooks = raw
         .plugins
@@ -410,7 +471,55 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         task_refs,
         remote_cache,
         plugin_hooks,
+        remote_execution,
     })
+}
+
+fn remote_execution(
+    src: &Src,
+    r: RawRemoteExecution,
+) -> Result<super::RemoteExecutionConfig, ConfigError> {
+    use super::{ReapiTlsConfig, RemoteExecutionConfig};
+    let mut out = RemoteExecutionConfig {
+        read: r.read.unwrap_or(true),
+        write: r.write.unwrap_or(true),
+        instance_name: r.instance_name.unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(e) = r.endpoint {
+        let v = e.get_ref().trim();
+        check::reapi_endpoint(v).map_err(|m| src.err_span(e.span(), m))?;
+        out.endpoint = Some(v.trim_end_matches('/').to_string());
+    }
+    if let Some(h) = r.headers {
+        let span = h.span();
+        for (k, v) in h.into_inner() {
+            check::grpc_header(&k, &v)
+                .map_err(|m| src.err_span(span.clone(), format!("`headers`: {m}")))?;
+            out.headers.push((k, v));
+        }
+    }
+    if let Some(n) = r.token_env {
+        check::env_name(n.get_ref(), false).map_err(|e| src.err_span(n.span(), e))?;
+        out.token_env = Some(n.into_inner());
+    }
+    if let Some(t) = r.tls {
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            return Err(src.err(
+                "`[remote_execution.tls]`: give both `client_cert` and `client_key`, or neither",
+            ));
+        }
+        out.tls = Some(ReapiTlsConfig {
+            ca_cert: t.ca_cert,
+            client_cert: t.client_cert,
+            client_key: t.client_key,
+            domain_name: t.domain_name,
+        });
+    }
+    if let Some(t) = &r.timeout {
+        out.timeout_ms = Some(duration(src, t)?);
+    }
+    Ok(out)
 }
 
 fn remote_cache(src: &Src, r: RawRemoteCache) -> Result<super::RemoteCacheConfig, ConfigError> {

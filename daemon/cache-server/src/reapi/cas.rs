@@ -1,0 +1,345 @@
+//! `cas` — the content-addressable storage: blobs under their SHA-256
+//! (`reapi/cas/<hh>/<hash>`), shared by every namespace because a blob is
+//! only stored when its bytes hash to its name. The `Capabilities` service
+//! (SHA-256 only, the batch limit, whether the caller may update the
+//! ActionCache) and `ContentAddressableStorage` (`FindMissingBlobs`,
+//! `BatchUpdateBlobs`, `BatchReadBlobs`, `GetTree`).
+//!
+//! Never: stores bytes that are not their digest, serves a stored blob
+//! whose bytes no longer are (it is reported missing), or answers a batch
+//! larger than [`vx_reapi::MAX_BATCH_BYTES`].
+
+use super::{Reapi, store_failed};
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use tonic::{Code, Request, Response, Status};
+use vx_reapi::re::capabilities_server::Capabilities;
+use vx_reapi::re::content_addressable_storage_server::ContentAddressableStorage;
+use vx_reapi::re::{
+    ActionCacheUpdateCapabilities, BatchReadBlobsRequest, BatchReadBlobsResponse,
+    BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, CacheCapabilities, Digest, Directory,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetCapabilitiesRequest,
+    GetChunkMappingRequest, GetChunkMappingResponse, GetTreeRequest, GetTreeResponse,
+    RegisterChunkMappingRequest, RegisterChunkMappingResponse, ServerCapabilities,
+    SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    batch_read_blobs_response, batch_update_blobs_response, digest_function,
+    symlink_absolute_path_strategy,
+};
+use vx_reapi::rpc::Status as RpcStatus;
+use vx_reapi::semver::SemVer;
+
+/// Where a blob lives.
+pub fn blob_path(hash: &str) -> Path {
+    Path::from(format!("reapi/cas/{}/{hash}", &hash[..2]))
+}
+
+fn is_empty_blob(d: &Digest) -> bool {
+    d.size_bytes == 0 && d.hash == vx_reapi::EMPTY_SHA256
+}
+
+fn rpc_status(code: Code, message: impl Into<String>) -> Option<RpcStatus> {
+    Some(RpcStatus {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    })
+}
+
+impl Reapi {
+    /// Whether the CAS holds `d` (the empty blob always).
+    pub async fn has(&self, d: &Digest) -> Result<bool, Status> {
+        vx_reapi::valid(d).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if is_empty_blob(d) {
+            return Ok(true);
+        }
+        match self.os.head(&blob_path(&d.hash)).await {
+            Ok(m) => Ok(m.size as i64 == d.size_bytes),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_failed(e)),
+        }
+    }
+
+    /// Which of `ds` the CAS lacks (checked a few at a time).
+    pub async fn missing(&self, ds: &[Digest]) -> Result<Vec<Digest>, Status> {
+        let found: Vec<Result<(Digest, bool), Status>> = stream::iter(ds.iter().cloned())
+            .map(|d| async move { self.has(&d).await.map(|h| (d, h)) })
+            .buffered(16)
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        for r in found {
+            let (d, h) = r?;
+            if !h {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A blob's bytes, checked; `None` when absent or no longer its digest.
+    pub async fn read_blob(&self, d: &Digest) -> Result<Option<Bytes>, Status> {
+        vx_reapi::valid(d).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if is_empty_blob(d) {
+            return Ok(Some(Bytes::new()));
+        }
+        let got = match self.os.get(&blob_path(&d.hash)).await {
+            Ok(r) => r.bytes().await.map_err(store_failed)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_failed(e)),
+        };
+        if let Err(e) = vx_reapi::check(d, &got) {
+            tracing::warn!(hash = %d.hash, error = %e, "a stored blob is corrupt; reported missing");
+            return Ok(None);
+        }
+        Ok(Some(got))
+    }
+
+    /// Stores a blob after checking it is its digest (never overwrites).
+    pub async fn write_blob(&self, d: &Digest, data: Bytes) -> Result<(), Status> {
+        vx_reapi::check(d, &data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if data.len() as u64 > self.max_blob {
+            return Err(Status::invalid_argument(format!(
+                "the blob is larger than {} bytes",
+                self.max_blob
+            )));
+        }
+        if self.has(d).await? {
+            return Ok(());
+        }
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .os
+            .put_opts(&blob_path(&d.hash), data.into(), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(store_failed(e)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Capabilities for Reapi {
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        let g = self.grant(&request)?;
+        super::instance_dir(&request.get_ref().instance_name)?;
+        let v = |major, minor| SemVer {
+            major,
+            minor,
+            ..Default::default()
+        };
+        Ok(Response::new(ServerCapabilities {
+            cache_capabilities: Some(CacheCapabilities {
+                digest_functions: vec![digest_function::Value::Sha256 as i32],
+                action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                    update_enabled: g.role == crate::auth::Role::Write,
+                }),
+                max_batch_total_size_bytes: vx_reapi::MAX_BATCH_BYTES as i64,
+                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Disallowed
+                    as i32,
+                ..Default::default()
+            }),
+            low_api_version: Some(v(2, 0)),
+            high_api_version: Some(v(2, 2)),
+            ..Default::default()
+        }))
+    }
+}
+
+type ChunkStream =
+    Pin<Box<dyn futures::Stream<Item = Result<GetChunkMappingResponse, Status>> + Send>>;
+type TreeStream = Pin<Box<dyn futures::Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
+
+/// `GetTree`'s bounds: directories per page, and in one tree.
+const TREE_PAGE: usize = 1000;
+const TREE_MAX: usize = 100_000;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for Reapi {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        self.grant(&request)?;
+        let r = request.into_inner();
+        super::instance_dir(&r.instance_name)?;
+        let missing = self.missing(&r.blob_digests).await?;
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing,
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let g = self.writer(&request)?;
+        let r = request.into_inner();
+        super::instance_dir(&r.instance_name)?;
+        let total: u64 = r.requests.iter().map(|q| q.data.len() as u64).sum();
+        if total > vx_reapi::MAX_BATCH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the batch holds {total} bytes (at most {}; use ByteStream)",
+                vx_reapi::MAX_BATCH_BYTES
+            )));
+        }
+        let mut responses = Vec::with_capacity(r.requests.len());
+        for q in r.requests {
+            let d = q.digest.unwrap_or_default();
+            let status = if q.compressor != 0 {
+                rpc_status(Code::InvalidArgument, "only uncompressed blobs are taken")
+            } else {
+                match self.write_blob(&d, Bytes::from(q.data)).await {
+                    Ok(()) => rpc_status(Code::Ok, ""),
+                    Err(st) => {
+                        if st.code() == Code::InvalidArgument {
+                            tracing::warn!(token = %g.name, hash = %d.hash, why = %st.message(), "blob refused");
+                        }
+                        rpc_status(st.code(), st.message())
+                    }
+                }
+            };
+            responses.push(batch_update_blobs_response::Response {
+                digest: Some(d),
+                status,
+            });
+        }
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        self.grant(&request)?;
+        let r = request.into_inner();
+        super::instance_dir(&r.instance_name)?;
+        let total: u64 = r.digests.iter().map(|d| d.size_bytes.max(0) as u64).sum();
+        if total > vx_reapi::MAX_BATCH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the batch asks for {total} bytes (at most {}; use ByteStream)",
+                vx_reapi::MAX_BATCH_BYTES
+            )));
+        }
+        let mut responses = Vec::with_capacity(r.digests.len());
+        for d in r.digests {
+            let (data, status) = match self.read_blob(&d).await {
+                Ok(Some(b)) => (b.to_vec(), rpc_status(Code::Ok, "")),
+                Ok(None) => (Vec::new(), rpc_status(Code::NotFound, "not in the CAS")),
+                Err(st) => (Vec::new(), rpc_status(st.code(), st.message())),
+            };
+            responses.push(batch_read_blobs_response::Response {
+                digest: Some(d),
+                data,
+                status,
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        self.grant(&request)?;
+        let r = request.into_inner();
+        super::instance_dir(&r.instance_name)?;
+        let root = r
+            .root_digest
+            .ok_or_else(|| Status::invalid_argument("no root_digest"))?;
+        let page = match r.page_size {
+            n if n > 0 => (n as usize).min(TREE_PAGE),
+            _ => TREE_PAGE,
+        };
+        let skip: usize = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page_token"))?
+        };
+        // Breadth first from the root; every directory checked and decoded.
+        let mut dirs: Vec<Directory> = Vec::new();
+        let mut todo = VecDeque::from([root]);
+        while let Some(d) = todo.pop_front() {
+            if dirs.len() >= TREE_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "the tree has more than {TREE_MAX} directories"
+                )));
+            }
+            let Some(b) = self.read_blob(&d).await? else {
+                if dirs.is_empty() {
+                    return Err(Status::not_found("the root directory is not in the CAS"));
+                }
+                continue;
+            };
+            let dir: Directory = vx_reapi::prost::Message::decode(b)
+                .map_err(|_| Status::invalid_argument(format!("{} is not a Directory", d.hash)))?;
+            todo.extend(dir.directories.iter().filter_map(|n| n.digest.clone()));
+            dirs.push(dir);
+        }
+        let rest: Vec<Directory> = dirs.into_iter().skip(skip).collect();
+        let n = rest.len();
+        let mut pages = Vec::new();
+        let mut it = rest.into_iter().peekable();
+        let mut done = skip;
+        while it.peek().is_some() || pages.is_empty() {
+            let directories: Vec<Directory> = it.by_ref().take(page).collect();
+            done += directories.len();
+            let next = if done < skip + n {
+                done.to_string()
+            } else {
+                String::new()
+            };
+            pages.push(Ok(GetTreeResponse {
+                directories,
+                next_page_token: next,
+            }));
+        }
+        Ok(Response::new(Box::pin(stream::iter(pages))))
+    }
+
+    // Blob splitting (v2.12+): not offered (no capability advertises it).
+    async fn split_blob(
+        &self,
+        _: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        Err(Status::unimplemented("blob splitting is not supported"))
+    }
+
+    type GetChunkMappingStream = ChunkStream;
+
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Status::unimplemented("blob splitting is not supported"))
+    }
+
+    async fn splice_blob(
+        &self,
+        _: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented("blob splicing is not supported"))
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<tonic::Streaming<RegisterChunkMappingRequest>>,
+    ) -> Result<Response<RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented("blob splicing is not supported"))
+    }
+}
