@@ -460,6 +460,95 @@ vx_test!(a_key_plugins_material_changes_the_key, || {
     assert_eq!(r4.task("app#build")["key"], key1);
 });
 
+// The Node hook example (`examples/plugins/lockfile.js`) keys each task by
+// its project's lockfile: a changed lockfile misses that project's tasks
+// only, `vx why` names `plugin:lockfile`, both engines fold the same key,
+// and the old lockfile hits again.
+vx_test!(a_node_key_plugin_keys_tasks_by_their_lockfile, || {
+    let Some(node) = peers::on_path("node") else {
+        peers::skip("a_node_key_plugin_keys_tasks_by_their_lockfile", "node");
+        return;
+    };
+    let root_toml = format!(
+        "[workspace]\nmembers = [\"packages/*\"]\n\n[[plugins]]\nname = \"lockfile\"\ncommand = \"{node}\"\nargs = [\"{js}\", \"--count\", \"asked.log\"]\nhooks = [\"key\"]\nevents = []\n",
+        node = node.display(),
+        js = example("lockfile.js"),
+    );
+    let ws = Ws::new(&[
+        ("vx.toml", root_toml.as_str()),
+        ("packages/app/vx.toml", PROJECT),
+        ("packages/app/src/a.txt", "a\n"),
+        (
+            "packages/app/package-lock.json",
+            "{\"lockfileVersion\": 3}\n",
+        ),
+        ("packages/lib/vx.toml", PROJECT),
+        ("packages/lib/src/a.txt", "a\n"),
+    ]);
+    let all = ["app#build", "app#test", "lib#build", "lib#test"];
+    let r1 = ws.run(&["test"]);
+    assert_eq!(r1.code, 0, "{}{}", r1.stdout, r1.stderr);
+    assert_eq!(r1.executed(), all, "{}", r1.stdout);
+    assert!(warnings_of(&r1).is_empty(), "{:?}", warnings_of(&r1));
+    // The plugin was asked (not a run that merely ignored it).
+    assert!(
+        ws.read("asked.log").starts_with("key "),
+        "{}",
+        ws.read("asked.log")
+    );
+    let app1 = r1.task("app#build")["key"].clone();
+    let lib1 = r1.task("lib#build")["key"].clone();
+    let r2 = ws.run(&["test"]);
+    assert_eq!(r2.cached(), all, "{}", r2.stdout);
+    // The other engine folds the same keys: hits.
+    let other = if daemon_mode() { "0" } else { "1" };
+    let r = ws.vx_in(".", &["run", "--json", "test"], &[("VX_DAEMON", other)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.cached(), all, "{}", r.stdout);
+    assert_eq!(r.task("app#build")["key"], app1);
+    // A dependency upgrade in app's lockfile: app misses, lib still hits.
+    ws.write(
+        "packages/app/package-lock.json",
+        "{\"lockfileVersion\": 3, \"x\": 1}\n",
+    );
+    let r3 = ws.run(&["test"]);
+    assert_eq!(r3.code, 0, "{}{}", r3.stdout, r3.stderr);
+    assert_eq!(r3.executed(), ["app#build", "app#test"], "{}", r3.stdout);
+    assert_eq!(r3.cached(), ["lib#build", "lib#test"], "{}", r3.stdout);
+    assert_ne!(r3.task("app#build")["key"], app1);
+    assert_eq!(r3.task("lib#build")["key"], lib1);
+    let why = ws.vx(&["why", "app#build"]);
+    assert_eq!(why.code, 0, "{}{}", why.stdout, why.stderr);
+    assert!(
+        why.stdout
+            .lines()
+            .any(|l| l.contains("plugin") && l.contains("lockfile") && l.contains("changed")),
+        "{}",
+        why.stdout
+    );
+    let w: Value =
+        serde_json::from_str(&ws.vx(&["why", "app#build", "--json"]).stdout).expect("why json");
+    assert_eq!(
+        w["changes"],
+        serde_json::json!([{"component": "plugin", "name": "lockfile", "kind": "changed"}]),
+        "{w:#}"
+    );
+    // A root lockfile is lib's (it has none of its own); app keeps its own.
+    ws.write("package-lock.json", "{\"lockfileVersion\": 3}\n");
+    let r4 = ws.run(&["test"]);
+    assert_eq!(r4.executed(), ["lib#build", "lib#test"], "{}", r4.stdout);
+    assert_eq!(r4.cached(), ["app#build", "app#test"], "{}", r4.stdout);
+    // The old lockfiles again: the first keys, hits.
+    ws.write(
+        "packages/app/package-lock.json",
+        "{\"lockfileVersion\": 3}\n",
+    );
+    std::fs::remove_file(ws.path("package-lock.json")).expect("rm root lockfile");
+    let r5 = ws.run(&["test"]);
+    assert_eq!(r5.cached(), all, "{}", r5.stdout);
+    assert_eq!(r5.task("app#build")["key"], app1);
+});
+
 // A key plugin that crashes, hangs on its answer, or answers garbage: the
 // run stays green with one warning naming it, and its tasks run uncached
 // (a result cached before the plugin existed is not restored, nothing is
