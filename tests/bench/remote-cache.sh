@@ -52,6 +52,8 @@ start_server() {
 }
 stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
 
+loadavg() { echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg) ($1)"; }
+loadavg start
 echo "# throughput (64 clients, loopback; one JSON line per server and size)"
 for size in 10240 10485760; do
   count=$([ "$size" -eq 10240 ] && echo 20000 || echo 640)
@@ -61,6 +63,7 @@ for size in 10240 10485760; do
     stop_server
   done
 done
+loadavg "after throughput"
 
 [ "$e2e" = 1 ] || exit 0
 echo "# end to end: $packages packages, 3 tasks each, fully remote hit (local cache and outputs wiped)"
@@ -80,6 +83,7 @@ for server in vx node; do
   grep -q "3000 from the remote cache\|$((packages*3)) from the remote cache" "$work/out.log" || { echo "vx: not all remote hits:"; tail -5 "$work/out.log"; }
   wipe; fill_turbo=$(timed turborun); wipe; hit_turbo=$(timed turborun)
   grep -q "FULL TURBO" "$work/out.log" || { echo "turbo: not a full hit:"; tail -5 "$work/out.log"; }
+  loadavg "after $server end to end"
   echo "{\"server\":\"$server\",\"packages\":$packages,\"vx_fill_s\":$fill_vx,\"vx_remote_hit_s\":$hit_vx,\"turbo_fill_s\":$fill_turbo,\"turbo_remote_hit_s\":$hit_turbo}"
   stop_server
 done

@@ -151,7 +151,7 @@ fn routes_roles_and_caps() {
         "vx_cache_conflicts_total 2",
         "vx_cache_uploads_total 2",
         "vx_cache_stored_artifacts 2",
-        "vx_cache_events_total 1",
+        "vx_cache_events_total{source=\"remote\",event=\"hit\"} 1",
     ] {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
