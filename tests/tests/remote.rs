@@ -470,7 +470,12 @@ vx_test!(status_batch_query_and_events, || {
     eventually("5 remote hits", || events(&srv, "remote", "hit") == 5);
     assert_eq!(requests(&srv, "status"), 2);
     // No request was malformed.
-    assert!(!srv.http("GET", "/metrics", None, &[], b"").2.windows(12).any(|w| w == b"status=\"400\""));
+    assert!(
+        !srv.http("GET", "/metrics", None, &[], b"")
+            .2
+            .windows(12)
+            .any(|w| w == b"status=\"400\"")
+    );
 });
 
 /// A one-thread HTTP server that answers `GET /v8/artifacts/status` with
@@ -520,67 +525,80 @@ fn status_server(status: &'static str) -> (String, std::sync::Arc<std::sync::Mut
     (url, seen)
 }
 
-vx_test!(remote_caching_disabled_is_one_warning_and_no_other_request, || {
-    for status in ["over_limit", "disabled", "paused"] {
-        let (url, seen) = status_server(status);
-        let ws = basic();
-        let r = ws.run_env(
-            &["test"],
-            &[
-                ("VX_REMOTE_CACHE_URL", url.as_str()),
-                ("VX_REMOTE_CACHE_TOKEN", RW),
-            ],
+vx_test!(
+    remote_caching_disabled_is_one_warning_and_no_other_request,
+    || {
+        for status in ["over_limit", "disabled", "paused"] {
+            let (url, seen) = status_server(status);
+            let ws = basic();
+            let r = ws.run_env(
+                &["test"],
+                &[
+                    ("VX_REMOTE_CACHE_URL", url.as_str()),
+                    ("VX_REMOTE_CACHE_TOKEN", RW),
+                ],
+            );
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.executed().len(), 3);
+            let w = warnings(&r);
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].contains(&format!("remote caching is {}", status.replace('_', " "))),
+                "{w:?}"
+            );
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert!(seen[0].starts_with("GET /v8/artifacts/status"), "{seen:?}");
+        }
+    }
+);
+
+vx_test!(
+    local_read_only_restores_remote_hits_without_writing_locally,
+    || {
+        let store = tempfile::tempdir().unwrap();
+        let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
+        let (a, _) = clone_run(&srv, RW, &[]);
+        let b = basic();
+        let r = b.run_env(
+            &["test", "--cache=local:r,remote:rw"],
+            &env_of(&srv, RW, &[]),
         );
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(r.executed().len(), 3);
-        let w = warnings(&r);
-        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(r.executed().is_empty(), "{}", r.stdout);
         assert!(
-            w[0].contains(&format!("remote caching is {}", status.replace('_', " "))),
-            "{w:?}"
+            sources(&r).iter().all(|(_, s)| s == "remote"),
+            "{:?}",
+            sources(&r)
         );
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        assert!(seen[0].starts_with("GET /v8/artifacts/status"), "{seen:?}");
-    }
-});
-
-vx_test!(local_read_only_restores_remote_hits_without_writing_locally, || {
-    let store = tempfile::tempdir().unwrap();
-    let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
-    let (a, _) = clone_run(&srv, RW, &[]);
-    let b = basic();
-    let r = b.run_env(
-        &["test", "--cache=local:r,remote:rw"],
-        &env_of(&srv, RW, &[]),
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.executed().is_empty(), "{}", r.stdout);
-    assert!(sources(&r).iter().all(|(_, s)| s == "remote"), "{:?}", sources(&r));
-    for f in OUTPUTS {
-        assert_eq!(
-            std::fs::read(a.path(f)).unwrap(),
-            std::fs::read(b.path(f)).unwrap(),
-            "{f}"
+        for f in OUTPUTS {
+            assert_eq!(
+                std::fs::read(a.path(f)).unwrap(),
+                std::fs::read(b.path(f)).unwrap(),
+                "{f}"
+            );
+        }
+        // The hit's log is replayed from the artifact.
+        assert!(
+            r.events.iter().any(|e| e["type"] == "task_output"
+                && e["line"] == "built lib"
+                && e["replay"] == true),
+            "{}",
+            r.stdout
         );
+        // Nothing went into the local cache: without the remote, all execute.
+        let r = b.run_env(
+            &["test", "--cache=local:rw,remote:"],
+            &env_of(&srv, RW, &[]),
+        );
+        assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+        // `local:w` does not read what is there; `local:r` then does.
+        let r = b.run_env(&["test", "--cache=local:w"], &[]);
+        assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+        let r = b.run_env(&["test", "--cache=local:r"], &[]);
+        assert!(r.executed().is_empty(), "{}", r.stdout);
     }
-    // The hit's log is replayed from the artifact.
-    assert!(
-        r.events
-            .iter()
-            .any(|e| e["type"] == "task_output" && e["line"] == "built lib" && e["replay"] == true),
-        "{}",
-        r.stdout
-    );
-    // Nothing went into the local cache: without the remote, all execute.
-    let r = b.run_env(&["test", "--cache=local:rw,remote:"], &env_of(&srv, RW, &[]));
-    assert_eq!(r.executed().len(), 3, "{}", r.stdout);
-    // `local:w` does not read what is there; `local:r` then does.
-    let r = b.run_env(&["test", "--cache=local:w"], &[]);
-    assert_eq!(r.executed().len(), 3, "{}", r.stdout);
-    let r = b.run_env(&["test", "--cache=local:r"], &[]);
-    assert!(r.executed().is_empty(), "{}", r.stdout);
-});
+);
 
 vx_test!(remote_only_neither_reads_nor_writes_the_local_cache, || {
     let store = tempfile::tempdir().unwrap();
@@ -595,7 +613,11 @@ vx_test!(remote_only_neither_reads_nor_writes_the_local_cache, || {
     // Run again: every task comes from the remote, none from the local cache.
     let r = ws.run_env(&["test"], &env_of(&srv, RW, &only));
     assert!(r.executed().is_empty(), "{}", r.stdout);
-    assert!(sources(&r).iter().all(|(_, s)| s == "remote"), "{:?}", sources(&r));
+    assert!(
+        sources(&r).iter().all(|(_, s)| s == "remote"),
+        "{:?}",
+        sources(&r)
+    );
     // The local cache was never written.
     let r = ws.run_env(&["test"], &[]);
     assert_eq!(r.executed().len(), 3, "{}", r.stdout);

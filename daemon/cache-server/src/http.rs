@@ -169,7 +169,9 @@ fn one_of<'de, D: serde::Deserializer<'de>>(d: D, allowed: &[&str]) -> Result<St
     if allowed.contains(&s.as_str()) {
         Ok(s)
     } else {
-        Err(serde::de::Error::custom(format!("{s:?} is not one of {allowed:?}")))
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not one of {allowed:?}"
+        )))
     }
 }
 

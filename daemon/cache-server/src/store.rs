@@ -433,7 +433,9 @@ impl Store {
 }
 
 /// Reads a local file: whole when small, else streamed in large chunks.
-async fn read_local(path: std::path::PathBuf) -> Result<Option<(u64, Content)>, object_store::Error> {
+async fn read_local(
+    path: std::path::PathBuf,
+) -> Result<Option<(u64, Content)>, object_store::Error> {
     use std::io::Read;
     use tokio::io::AsyncReadExt;
     let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {

@@ -22,9 +22,9 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, Response};
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use std::sync::atomic::{AtomicBool, Ordering};
 use vxd::cache::remote::{
     Artifact, ArtifactId, CacheEvent, EventSource, Remote, RemoteError, RemoteProtocol,
     RemoteSettings, set_factory,
@@ -220,7 +220,10 @@ impl HttpRemote {
         self.authed(self.http.request(method, self.url(key)))
     }
 
-    fn authed(&self, mut rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    fn authed(
+        &self,
+        mut rb: reqwest::blocking::RequestBuilder,
+    ) -> reqwest::blocking::RequestBuilder {
         if let Some(t) = &self.s.token {
             rb = rb.bearer_auth(t);
         }
