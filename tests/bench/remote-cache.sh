@@ -28,8 +28,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 for b in vx vxd vx-cache-server; do [ -x "$rel/$b" ] || { echo "build $rel/$b first" >&2; exit 1; }; done
 [ -e "$peers/turborepo-remote-cache/dist/cli.js" ] || { echo "run tests/peers/setup.sh" >&2; exit 1; }
-cargo build -q --release -p vx-tests --example remote_load --manifest-path "$root/Cargo.toml"
-load="$rel/examples/remote_load"
+# The load generator is std only: compiled on its own, optimised.
+load="$work/remote_load"
+rustc -O --edition 2024 -o "$load" "$root/tests/examples/remote_load.rs"
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
