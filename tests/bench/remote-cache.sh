@@ -26,7 +26,8 @@ work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-for b in vx vxd vx-cache-server; do [ -x "$rel/$b" ] || { echo "build $rel/$b first" >&2; exit 1; }; done
+need="vx-cache-server"; [ "$e2e" = 1 ] && need="vx vxd vx-cache-server"
+for b in $need; do [ -x "$rel/$b" ] || { echo "build $rel/$b first" >&2; exit 1; }; done
 [ -e "$peers/turborepo-remote-cache/dist/cli.js" ] || { echo "run tests/peers/setup.sh" >&2; exit 1; }
 # The load generator is std only: compiled on its own, optimised.
 load="$work/remote_load"
