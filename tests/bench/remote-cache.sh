@@ -26,10 +26,12 @@ work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-for b in vx vxd vx-cache-server; do [ -x "$rel/$b" ] || { echo "build $rel/$b first" >&2; exit 1; }; done
+need="vx-cache-server"; [ "$e2e" = 1 ] && need="vx vxd vx-cache-server"
+for b in $need; do [ -x "$rel/$b" ] || { echo "build $rel/$b first" >&2; exit 1; }; done
 [ -e "$peers/turborepo-remote-cache/dist/cli.js" ] || { echo "run tests/peers/setup.sh" >&2; exit 1; }
-cargo build -q --release -p vx-tests --example remote_load --manifest-path "$root/Cargo.toml"
-load="$rel/examples/remote_load"
+# The load generator is std only: compiled on its own, optimised.
+load="$work/remote_load"
+rustc -O --edition 2024 -o "$load" "$root/tests/examples/remote_load.rs"
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -52,6 +54,8 @@ start_server() {
 }
 stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
 
+loadavg() { echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg) ($1)"; }
+loadavg start
 echo "# throughput (64 clients, loopback; one JSON line per server and size)"
 for size in 10240 10485760; do
   count=$([ "$size" -eq 10240 ] && echo 20000 || echo 640)
@@ -61,6 +65,7 @@ for size in 10240 10485760; do
     stop_server
   done
 done
+loadavg "after throughput"
 
 [ "$e2e" = 1 ] || exit 0
 echo "# end to end: $packages packages, 3 tasks each, fully remote hit (local cache and outputs wiped)"
@@ -80,6 +85,7 @@ for server in vx node; do
   grep -q "3000 from the remote cache\|$((packages*3)) from the remote cache" "$work/out.log" || { echo "vx: not all remote hits:"; tail -5 "$work/out.log"; }
   wipe; fill_turbo=$(timed turborun); wipe; hit_turbo=$(timed turborun)
   grep -q "FULL TURBO" "$work/out.log" || { echo "turbo: not a full hit:"; tail -5 "$work/out.log"; }
+  loadavg "after $server end to end"
   echo "{\"server\":\"$server\",\"packages\":$packages,\"vx_fill_s\":$fill_vx,\"vx_remote_hit_s\":$hit_vx,\"turbo_fill_s\":$fill_turbo,\"turbo_remote_hit_s\":$hit_turbo}"
   stop_server
 done

@@ -384,3 +384,251 @@ vx_test!(the_config_file_and_the_nx_protocol, || {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("vx.toml:5"), "{}", r.stderr);
 });
+
+/// Every request the server answered but `/metrics` itself.
+fn all_requests(srv: &Server) -> u64 {
+    [
+        "status",
+        "events",
+        "query",
+        "turbo_get",
+        "turbo_head",
+        "turbo_put",
+        "nx_get",
+        "nx_put",
+        "health",
+    ]
+    .iter()
+    .map(|r| requests(srv, r))
+    .sum()
+}
+
+/// Waits (up to 20 s) until `f` holds: events are sent in the background
+/// and, under the daemon, may land after the run answered.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "never: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `n` independent packages, each with a `build` (no dependencies).
+fn flat(n: usize) -> Ws {
+    let mut files = vec![(
+        "vx.toml".to_string(),
+        "[workspace]\nmembers = [\"packages/*\"]\n".to_string(),
+    )];
+    for i in 0..n {
+        files.push((
+            format!("packages/p{i}/vx.toml"),
+            "[tasks.build]\ncommand = \"mkdir -p dist && cat src/*.txt > dist/out.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n".into(),
+        ));
+        files.push((format!("packages/p{i}/src/a.txt"), format!("p{i}\n")));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    Ws::new(&refs)
+}
+
+vx_test!(status_batch_query_and_events, || {
+    let store = tempfile::tempdir().unwrap();
+    let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
+    // A first run on an empty server: the status once, then one batch
+    // query answers "missing" for all five tasks — no GET at all.
+    let a = flat(5);
+    let r = a.run_env(&["build"], &env_of(&srv, RW, &[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed().len(), 5);
+    assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+    assert_eq!(requests(&srv, "status"), 1);
+    assert_eq!(requests(&srv, "query"), 1);
+    assert_eq!(requests(&srv, "turbo_get"), 0);
+    assert_eq!(srv.metric("vx_cache_uploads_total"), 5);
+    eventually("5 local and 5 remote misses", || {
+        events(&srv, "local", "miss") == 5 && events(&srv, "remote", "miss") == 5
+    });
+    // Served by the local cache: not one request.
+    let before = all_requests(&srv);
+    let r = a.run_env(&["build"], &env_of(&srv, RW, &[]));
+    assert!(r.executed().is_empty(), "{}", r.stdout);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(all_requests(&srv), before);
+    // A second clone: one query says all five exist, five GETs, five
+    // remote hits reported with the time they saved.
+    let b = flat(5);
+    let r = b.run_env(&["build"], &env_of(&srv, RW, &[]));
+    assert!(r.executed().is_empty(), "{}", r.stdout);
+    assert!(sources(&r).iter().all(|(_, s)| s == "remote"));
+    assert_eq!(requests(&srv, "query"), 2);
+    assert_eq!(requests(&srv, "turbo_get"), 5);
+    eventually("5 remote hits", || events(&srv, "remote", "hit") == 5);
+    assert_eq!(requests(&srv, "status"), 2);
+    // No request was malformed.
+    assert!(
+        !srv.http("GET", "/metrics", None, &[], b"")
+            .2
+            .windows(12)
+            .any(|w| w == b"status=\"400\"")
+    );
+});
+
+/// A one-thread HTTP server that answers `GET /v8/artifacts/status` with
+/// `status` and anything else with 500, recording every request line.
+fn status_server(status: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                seen2.lock().unwrap().push(line.trim().to_string());
+                let (code, text) = if line.contains("/v8/artifacts/status") {
+                    ("200 OK", format!("{{\"status\":\"{status}\"}}"))
+                } else {
+                    ("500 Internal Server Error", String::new())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                if (&s).write_all(resp.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (url, seen)
+}
+
+vx_test!(
+    remote_caching_disabled_is_one_warning_and_no_other_request,
+    || {
+        for status in ["over_limit", "disabled", "paused"] {
+            let (url, seen) = status_server(status);
+            let ws = basic();
+            let r = ws.run_env(
+                &["test"],
+                &[
+                    ("VX_REMOTE_CACHE_URL", url.as_str()),
+                    ("VX_REMOTE_CACHE_TOKEN", RW),
+                ],
+            );
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.executed().len(), 3);
+            let w = warnings(&r);
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].contains(&format!("remote caching is {}", status.replace('_', " "))),
+                "{w:?}"
+            );
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert!(seen[0].starts_with("GET /v8/artifacts/status"), "{seen:?}");
+        }
+    }
+);
+
+vx_test!(
+    local_read_only_restores_remote_hits_without_writing_locally,
+    || {
+        let store = tempfile::tempdir().unwrap();
+        let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
+        let (a, _) = clone_run(&srv, RW, &[]);
+        let b = basic();
+        let r = b.run_env(
+            &["test", "--cache=local:r,remote:rw"],
+            &env_of(&srv, RW, &[]),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.executed().is_empty(), "{}", r.stdout);
+        assert!(
+            sources(&r).iter().all(|(_, s)| s == "remote"),
+            "{:?}",
+            sources(&r)
+        );
+        for f in OUTPUTS {
+            assert_eq!(
+                std::fs::read(a.path(f)).unwrap(),
+                std::fs::read(b.path(f)).unwrap(),
+                "{f}"
+            );
+        }
+        // The hit's log is replayed from the artifact.
+        assert!(
+            r.events.iter().any(|e| e["type"] == "task_output"
+                && e["line"] == "built lib"
+                && e["replay"] == true),
+            "{}",
+            r.stdout
+        );
+        // Nothing went into the local cache: without the remote, all execute.
+        let r = b.run_env(
+            &["test", "--cache=local:rw,remote:"],
+            &env_of(&srv, RW, &[]),
+        );
+        assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+        // `local:w` does not read what is there; `local:r` then does.
+        let r = b.run_env(&["test", "--cache=local:w"], &[]);
+        assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+        let r = b.run_env(&["test", "--cache=local:r"], &[]);
+        assert!(r.executed().is_empty(), "{}", r.stdout);
+    }
+);
+
+vx_test!(remote_only_neither_reads_nor_writes_the_local_cache, || {
+    let store = tempfile::tempdir().unwrap();
+    let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
+    let ws = basic();
+    let only = [("TURBO_REMOTE_ONLY", "1")];
+    // Executed results go straight from disk to the server.
+    let r = ws.run_env(&["test"], &env_of(&srv, RW, &only));
+    assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+    assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+    assert_eq!(artifacts(store.path()).len(), 3);
+    // Run again: every task comes from the remote, none from the local cache.
+    let r = ws.run_env(&["test"], &env_of(&srv, RW, &only));
+    assert!(r.executed().is_empty(), "{}", r.stdout);
+    assert!(
+        sources(&r).iter().all(|(_, s)| s == "remote"),
+        "{:?}",
+        sources(&r)
+    );
+    // The local cache was never written.
+    let r = ws.run_env(&["test"], &[]);
+    assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+    // The uploaded artifacts restore byte-identical outputs elsewhere.
+    let (b, r) = clone_run(&srv, RW, &[]);
+    assert!(r.executed().is_empty(), "{}", r.stdout);
+    for f in OUTPUTS {
+        assert_eq!(
+            std::fs::read(ws.path(f)).unwrap(),
+            std::fs::read(b.path(f)).unwrap(),
+            "{f}"
+        );
+    }
+});

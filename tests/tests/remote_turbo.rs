@@ -131,6 +131,12 @@ fn real_turbo_gets_full_remote_hits_from_our_server() {
         first
     );
     assert!(srv.metric("vx_cache_hits_total") >= 1);
+    // turbo's own status check and usage events are the reference for
+    // vx's: the server takes them with the schema vx's client is held to
+    // (a malformed event would be a 400).
+    assert!(requests(&srv, "status") >= 1, "{}", srv.log_text());
+    assert!(events(&srv, "remote", "hit") >= 1, "{}", srv.log_text());
+    assert_eq!(requests(&srv, "events"), requests_with(&srv, "events", 200));
 }
 
 #[test]

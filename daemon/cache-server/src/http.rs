@@ -15,7 +15,7 @@
 
 use crate::auth::{Grant, Role, Tokens, valid_name};
 use crate::metrics::Metrics;
-use crate::store::{Meta, Store, StoreError, artifact_path, now_ms};
+use crate::store::{Content, Found, Meta, Store, StoreError, artifact_path, now_ms};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -148,30 +148,73 @@ async fn small_body(body: Body) -> Result<Bytes, Response> {
         .map_err(|_| err(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))
 }
 
+/// One of turbo's cache usage events (`POST /v8/artifacts/events`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // read for validation: a malformed event is a 400
+struct UsageEvent {
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(deserialize_with = "one_of_source")]
+    source: String,
+    #[serde(deserialize_with = "one_of_event")]
+    event: String,
+    hash: String,
+    #[serde(default)]
+    duration: Option<u64>,
+}
+
+fn one_of<'de, D: serde::Deserializer<'de>>(d: D, allowed: &[&str]) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if allowed.contains(&s.as_str()) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not one of {allowed:?}"
+        )))
+    }
+}
+
+fn one_of_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    one_of(d, &["LOCAL", "REMOTE"])
+}
+
+fn one_of_event<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    one_of(d, &["HIT", "MISS"])
+}
+
 async fn events(State(app): S, headers: HeaderMap, body: Body) -> Response {
     let r = async {
         grant(&app, &headers)?;
         let b = small_body(body).await?;
-        let v: Vec<serde_json::Value> = serde_json::from_slice(&b)
-            .map_err(|_| err(StatusCode::BAD_REQUEST, "expected a JSON array of events"))?;
-        app.metrics.events.fetch_add(v.len() as u64, Relaxed);
+        let v: Vec<UsageEvent> = serde_json::from_slice(&b).map_err(|_| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "expected a JSON array of {sessionId, source: LOCAL|REMOTE, event: HIT|MISS, hash, duration}",
+            )
+        })?;
+        for e in &v {
+            app.metrics.event(e.source == "REMOTE", e.event == "HIT");
+        }
         Ok::<_, Response>(StatusCode::OK.into_response())
     }
     .await;
     done(&app, "events", r.unwrap_or_else(|e| e))
 }
 
-/// Finds an artifact in the namespaces a grant reads.
+/// Finds an artifact in the namespaces a grant reads; `touch` notes a
+/// read of the one found.
 async fn find(
     app: &App,
     g: &Grant,
     team: &str,
     hash: &str,
-) -> Result<Option<(String, Meta)>, Response> {
+    touch: bool,
+) -> Result<Option<(String, Found)>, Response> {
     for ns in &g.reads {
         let p = artifact_path(ns, team, hash);
-        match app.store.meta(&p).await {
-            Ok(Some(m)) => return Ok(Some((p, m))),
+        match app.store.lookup(&p, touch).await {
+            Ok(Some(f)) => return Ok(Some((p, f))),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "store read failed");
@@ -208,7 +251,7 @@ async fn query(
                 out.insert(h, serde_json::json!({"error": {"message": "invalid hash"}}));
                 continue;
             }
-            let v = match find(&app, g, &team, &h).await? {
+            let v = match find(&app, g, &team, &h, false).await? {
                 Some((_, m)) => serde_json::json!({
                     "size": m.size,
                     "taskDurationMs": m.duration_ms,
@@ -224,7 +267,7 @@ async fn query(
     done(&app, "query", r.unwrap_or_else(|e| e))
 }
 
-fn artifact_headers(m: &Meta) -> Vec<(header::HeaderName, HeaderValue)> {
+fn artifact_headers(m: &Found) -> Vec<(header::HeaderName, HeaderValue)> {
     let mut h = vec![
         (
             header::CONTENT_TYPE,
@@ -254,12 +297,12 @@ async fn download(
     if !valid_hash(hash) {
         return Err(err(StatusCode::BAD_REQUEST, "invalid hash"));
     }
-    let Some((path, meta)) = find(app, g, team, hash).await? else {
+    let Some((path, meta)) = find(app, g, team, hash, body).await? else {
         app.metrics.misses.fetch_add(1, Relaxed);
         return Err(err(StatusCode::NOT_FOUND, "no such artifact"));
     };
     let mut resp = if body {
-        let Some(got) = app.store.open(&path).await.map_err(|e| {
+        let Some((size, content)) = app.store.read(&path).await.map_err(|e| {
             tracing::warn!(error = %e, "store read failed");
             err(StatusCode::SERVICE_UNAVAILABLE, "the store failed")
         })?
@@ -267,11 +310,12 @@ async fn download(
             app.metrics.misses.fetch_add(1, Relaxed);
             return Err(err(StatusCode::NOT_FOUND, "no such artifact"));
         };
-        let size = got.meta.size;
         app.metrics.hits.fetch_add(1, Relaxed);
         app.metrics.bytes_out.fetch_add(size, Relaxed);
-        app.store.touch(&path);
-        let mut r = Response::new(Body::from_stream(got.into_stream()));
+        let mut r = Response::new(match content {
+            Content::Whole(b) => Body::from(b),
+            Content::Stream(s) => Body::from_stream(s),
+        });
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         r
@@ -353,7 +397,7 @@ async fn upload(
     }
     let path = artifact_path(&g.namespace, &u.team, &u.hash);
     // Early refusal; the create below decides races.
-    if let Ok(Some(_)) = app.store.meta(&path).await {
+    if let Ok(Some(_)) = app.store.lookup(&path, false).await {
         app.metrics.conflicts.fetch_add(1, Relaxed);
         return Err(err(
             StatusCode::CONFLICT,

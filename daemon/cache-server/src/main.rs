@@ -120,7 +120,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The object store of `--store`.
-fn open_store(spec: &str) -> Result<(Arc<dyn ObjectStore>, String)> {
+fn open_store(spec: &str) -> Result<(store::Store, String)> {
     if let Some(rest) = spec.strip_prefix("s3://") {
         let (loc, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = loc.split_once('/').unwrap_or((loc, ""));
@@ -146,14 +146,14 @@ fn open_store(spec: &str) -> Result<(Arc<dyn ObjectStore>, String)> {
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
         };
-        return Ok((os, format!("s3://{loc}")));
+        return Ok((store::Store::new(os), format!("s3://{loc}")));
     }
     let dir = PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec));
     std::fs::create_dir_all(&dir).with_context(|| format!("--store {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
         .with_context(|| format!("--store {}", dir.display()))?;
-    Ok((Arc::new(fs), dir.display().to_string()))
+    Ok((store::Store::local(fs), dir.display().to_string()))
 }
 
 fn main() -> Result<()> {
@@ -200,8 +200,8 @@ fn main() -> Result<()> {
 }
 
 async fn serve(args: Args, tokens: Tokens, signature_key: Option<Vec<u8>>) -> Result<()> {
-    let (os, describe) = open_store(&args.store)?;
-    let store = Arc::new(store::Store::new(os));
+    let (store, describe) = open_store(&args.store)?;
+    let store = Arc::new(store);
     let budget_mib = (args.upload_memory >> 20).clamp(1, u32::MAX as u64 >> 4) as u32;
     let app = Arc::new(http::App {
         store: store.clone(),

@@ -20,10 +20,16 @@ pub struct Metrics {
     pub uploads: AtomicU64,
     pub conflicts: AtomicU64,
     pub bad_signatures: AtomicU64,
-    pub events: AtomicU64,
+    /// Usage events by (local, remote) × (miss, hit).
+    events: [AtomicU64; 4],
 }
 
 impl Metrics {
+    /// Counts one usage event.
+    pub fn event(&self, remote: bool, hit: bool) {
+        self.events[(remote as usize) << 1 | hit as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn request(&self, route: &'static str, status: u16) {
         if let Ok(mut m) = self.requests.lock() {
             *m.entry((route, status)).or_default() += 1;
@@ -46,7 +52,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "vx_cache_hits_total",
                 "Artifact downloads served.",
@@ -88,16 +94,25 @@ impl Metrics {
                 "Uploads refused for a bad signature.",
                 &self.bad_signatures,
             ),
-            (
-                "vx_cache_events_total",
-                "Cache usage events received.",
-                &self.events,
-            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(s, "# HELP {name} {help}");
             let _ = writeln!(s, "# TYPE {name} counter");
             let _ = writeln!(s, "{name} {}", v.load(Relaxed));
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vx_cache_events_total Cache usage events received, by source and event."
+        );
+        let _ = writeln!(s, "# TYPE vx_cache_events_total counter");
+        for (i, v) in self.events.iter().enumerate() {
+            let source = if i & 2 != 0 { "remote" } else { "local" };
+            let event = if i & 1 != 0 { "hit" } else { "miss" };
+            let _ = writeln!(
+                s,
+                "vx_cache_events_total{{source=\"{source}\",event=\"{event}\"}} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(s, "# HELP vx_cache_stored_bytes Bytes of artifacts stored.");
         let _ = writeln!(s, "# TYPE vx_cache_stored_bytes gauge");

@@ -5,6 +5,14 @@
 //! total size (least recently read first), and whose last-read times are
 //! kept in `_vx/access.json` across restarts.
 //!
+//! The read path is kept short: the few fields a download answers with
+//! (size, tag, duration) are remembered in the index the first time an
+//! artifact's provenance is read, so a repeated download parses no JSON,
+//! and its last-read time is noted under the same lock; a local directory's
+//! files are read directly (one blocking call for a small artifact, 1 MiB
+//! chunks for a large one) rather than through `object_store`'s 8 KiB
+//! reader, which stays in use for S3.
+//!
 //! Layout under the store's root: `v1/<namespace>/<team>/<hash>` (the
 //! artifact's bytes as uploaded) and `v1/<namespace>/<team>/<hash>.meta.json`
 //! ([`Meta`]), and `_vx/access.json`.
@@ -54,12 +62,46 @@ pub fn now_ms() -> u64 {
 }
 
 /// One artifact in the index.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Item {
     size: u64,
     created_ms: u64,
     last_read_ms: u64,
+    /// What a download answers with, once the provenance has been read.
+    found: Option<Found>,
 }
+
+/// What a lookup tells a download: the artifact's size, the client's
+/// duration and signature tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub size: u64,
+    pub duration_ms: u64,
+    pub tag: Option<Arc<str>>,
+}
+
+impl Found {
+    fn of(m: &Meta) -> Found {
+        Found {
+            size: m.size,
+            duration_ms: m.duration_ms,
+            tag: m.tag.as_deref().map(Arc::from),
+        }
+    }
+}
+
+/// An artifact's bytes, ready to send.
+pub enum Content {
+    /// Small enough to have been read in one go.
+    Whole(Bytes),
+    /// Streamed (`len` bytes).
+    Stream(futures::stream::BoxStream<'static, std::io::Result<Bytes>>),
+}
+
+/// Artifacts up to this size are read in one blocking call.
+const WHOLE_READ: u64 = 1 << 20;
+/// The chunk size of a streamed local file.
+const STREAM_CHUNK: usize = 1 << 20;
 
 /// Eviction settings.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +113,8 @@ pub struct Eviction {
 
 pub struct Store {
     pub os: Arc<dyn ObjectStore>,
+    /// The same store when it is a local directory: read directly.
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
     index: Mutex<HashMap<String, Item>>,
     /// Last reads not yet persisted.
     dirty: AtomicBool,
@@ -99,8 +143,22 @@ pub enum StoreError {
 
 impl Store {
     pub fn new(os: Arc<dyn ObjectStore>) -> Store {
+        Store::build(os, None)
+    }
+
+    /// A store over a local directory (its reads bypass `object_store`).
+    pub fn local(fs: object_store::local::LocalFileSystem) -> Store {
+        let fs = Arc::new(fs);
+        Store::build(fs.clone(), Some(fs))
+    }
+
+    fn build(
+        os: Arc<dyn ObjectStore>,
+        local: Option<Arc<object_store::local::LocalFileSystem>>,
+    ) -> Store {
         Store {
             os,
+            local,
             index: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
@@ -146,26 +204,78 @@ impl Store {
         }
     }
 
-    /// Opens the artifact's bytes for streaming.
-    pub async fn open(
+    /// What a download needs to know about an artifact, `None` when it
+    /// does not exist. Answered from the index once the artifact's
+    /// provenance has been read; `touch` notes a read (LRU eviction) under
+    /// the same lock.
+    pub async fn lookup(
         &self,
         artifact: &str,
-    ) -> Result<Option<object_store::GetResult>, object_store::Error> {
-        match self.os.get(&Path::from(artifact)).await {
-            Ok(r) => Ok(Some(r)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+        touch: bool,
+    ) -> Result<Option<Found>, object_store::Error> {
+        if let Ok(mut idx) = self.index.lock()
+            && let Some(i) = idx.get_mut(artifact)
+            && let Some(f) = &i.found
+        {
+            let f = f.clone();
+            if touch {
+                i.last_read_ms = now_ms();
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            return Ok(Some(f));
+        }
+        // Not indexed yet (or written by another server on a shared
+        // store): the provenance decides, and is remembered.
+        let Some(m) = self.meta(artifact).await? else {
+            return Ok(None);
+        };
+        let f = Found::of(&m);
+        if let Ok(mut idx) = self.index.lock() {
+            let now = now_ms();
+            let i = idx.entry(artifact.to_string()).or_insert(Item {
+                size: m.size,
+                created_ms: m.created_ms,
+                last_read_ms: m.created_ms,
+                found: None,
+            });
+            i.found = Some(f.clone());
+            if touch {
+                i.last_read_ms = now;
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(Some(f))
+    }
+
+    /// Forgets an indexed artifact that turned out to be gone.
+    fn forget(&self, artifact: &str) {
+        if let Ok(mut idx) = self.index.lock() {
+            idx.remove(artifact);
         }
     }
 
-    /// Notes a read (for LRU eviction).
-    pub fn touch(&self, artifact: &str) {
-        if let Ok(mut m) = self.index.lock()
-            && let Some(i) = m.get_mut(artifact)
-        {
-            i.last_read_ms = now_ms();
-            self.dirty.store(true, Ordering::Relaxed);
+    /// The artifact's bytes and their length, `None` when it does not
+    /// exist.
+    pub async fn read(
+        &self,
+        artifact: &str,
+    ) -> Result<Option<(u64, Content)>, object_store::Error> {
+        let got = match &self.local {
+            Some(fs) => read_local(fs.path_to_filesystem(&Path::from(artifact))?).await,
+            None => match self.os.get(&Path::from(artifact)).await {
+                Ok(r) => {
+                    let size = r.meta.size;
+                    let s = r.into_stream().map(|c| c.map_err(std::io::Error::other));
+                    Ok(Some((size, Content::Stream(s.boxed()))))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        if let Ok(None) = got {
+            self.forget(artifact);
         }
+        got
     }
 
     /// Stores a new artifact and its meta; [`StoreError::Exists`] when one
@@ -196,6 +306,7 @@ impl Store {
                     size: meta.size,
                     created_ms: meta.created_ms,
                     last_read_ms: now,
+                    found: Some(Found::of(meta)),
                 },
             );
         }
@@ -228,12 +339,16 @@ impl Store {
                     size: o.size,
                     created_ms: created,
                     last_read_ms: last_read,
+                    found: None,
                 },
             );
         }
         if let Ok(mut idx) = self.index.lock() {
             for (k, v) in found {
-                idx.entry(k).or_insert(v);
+                // Looked up before the listing finished: keep what it
+                // learnt, and the later of the two last reads.
+                let i = idx.entry(k).or_insert_with(|| v.clone());
+                i.last_read_ms = i.last_read_ms.max(v.last_read_ms);
             }
         }
         self.loaded.store(true, Ordering::Relaxed);
@@ -314,5 +429,41 @@ impl Store {
             }
         }
         (n, bytes)
+    }
+}
+
+/// Reads a local file: whole when small, else streamed in large chunks.
+async fn read_local(
+    path: std::path::PathBuf,
+) -> Result<Option<(u64, Content)>, object_store::Error> {
+    use std::io::Read;
+    use tokio::io::AsyncReadExt;
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut f = std::fs::File::open(&path)?;
+        let len = f.metadata()?.len();
+        if len <= WHOLE_READ {
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut f).take(WHOLE_READ).read_to_end(&mut buf)?;
+            return Ok((buf.len() as u64, Ok(Bytes::from(buf))));
+        }
+        Ok((len, Err(f)))
+    })
+    .await
+    .map_err(|e| object_store::Error::Generic {
+        store: "local",
+        source: Box::new(e),
+    })?;
+    match opened {
+        Ok((len, Ok(b))) => Ok(Some((len, Content::Whole(b)))),
+        Ok((len, Err(f))) => {
+            let f = tokio::fs::File::from_std(f);
+            let s = tokio_util::io::ReaderStream::with_capacity(f.take(len), STREAM_CHUNK);
+            Ok(Some((len, Content::Stream(s.boxed()))))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(object_store::Error::Generic {
+            store: "local",
+            source: Box::new(e),
+        }),
     }
 }

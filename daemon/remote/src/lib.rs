@@ -22,11 +22,16 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, Response};
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use vxd::cache::remote::{
-    Artifact, ArtifactId, Remote, RemoteError, RemoteProtocol, RemoteSettings, set_factory,
+    Artifact, ArtifactId, CacheEvent, EventSource, Remote, RemoteError, RemoteProtocol,
+    RemoteSettings, set_factory,
 };
+
+/// The time a usage-event request may take (they are best effort).
+const EVENTS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Size caps of one download.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +112,18 @@ impl Remote for LazyRemote {
     fn put(&self, id: &ArtifactId, a: &Artifact) -> Result<(), RemoteError> {
         self.client()?.put(id, a)
     }
+
+    fn status(&self) -> Result<(), RemoteError> {
+        self.client()?.status()
+    }
+
+    fn query(&self, keys: &[String]) -> Result<Option<Vec<bool>>, RemoteError> {
+        self.client()?.query(keys)
+    }
+
+    fn events(&self, session: &str, events: &[CacheEvent]) -> Result<(), RemoteError> {
+        self.client()?.events(session, events)
+    }
 }
 
 /// A remote cache over HTTP.
@@ -114,6 +131,8 @@ pub struct HttpRemote {
     http: Http,
     s: RemoteSettings,
     limits: Limits,
+    /// The server has no batch query (404/405 once): not asked again.
+    no_query: AtomicBool,
 }
 
 fn unavailable(e: reqwest::Error) -> RemoteError {
@@ -145,7 +164,12 @@ impl HttpRemote {
             .user_agent(concat!("vx/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(HttpRemote { http, s, limits })
+        Ok(HttpRemote {
+            http,
+            s,
+            limits,
+            no_query: AtomicBool::new(false),
+        })
     }
 
     fn base(&self) -> &str {
@@ -169,31 +193,51 @@ impl HttpRemote {
         }
     }
 
+    /// A turbo endpoint under `/v8/artifacts` (`rest`: `""`, `/status`,
+    /// `/events`, `/<hash>`) with the team's query.
+    fn turbo_url(&self, rest: &str) -> String {
+        let q: Vec<String> = self
+            .team_query()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", encode(&v)))
+            .collect();
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        format!("{}/v8/artifacts{rest}{q}", self.base())
+    }
+
     fn url(&self, key: &str) -> String {
         match self.s.protocol {
-            RemoteProtocol::Turbo => {
-                let q: Vec<String> = self
-                    .team_query()
-                    .into_iter()
-                    .map(|(k, v)| format!("{k}={}", encode(&v)))
-                    .collect();
-                let q = if q.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{}", q.join("&"))
-                };
-                format!("{}/v8/artifacts/{key}{q}", self.base())
-            }
+            RemoteProtocol::Turbo => self.turbo_url(&format!("/{key}")),
             RemoteProtocol::Nx => format!("{}/v1/cache/{key}", self.base()),
         }
     }
 
     fn request(&self, method: reqwest::Method, key: &str) -> reqwest::blocking::RequestBuilder {
-        let mut rb = self.http.request(method, self.url(key));
+        self.authed(self.http.request(method, self.url(key)))
+    }
+
+    fn authed(
+        &self,
+        mut rb: reqwest::blocking::RequestBuilder,
+    ) -> reqwest::blocking::RequestBuilder {
         if let Some(t) = &self.s.token {
             rb = rb.bearer_auth(t);
         }
         rb
+    }
+
+    /// A small JSON answer (at most 4 MiB).
+    fn read_json(&self, resp: Response) -> Result<serde_json::Value, RemoteError> {
+        let mut body = Vec::new();
+        resp.take(4 << 20)
+            .read_to_end(&mut body)
+            .map_err(|e| RemoteError::Unavailable(format!("reading the answer: {e}")))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| RemoteError::Unavailable(format!("the answer is not JSON: {e}")))
     }
 
     /// The body of a hit, within [`Limits::max_body`].
@@ -243,6 +287,109 @@ fn status_error(what: &str, st: StatusCode) -> RemoteError {
 impl Remote for HttpRemote {
     fn describe(&self) -> String {
         self.s.url.clone()
+    }
+
+    /// turbo's `GET /v8/artifacts/status`: `{"status": "enabled" |
+    /// "disabled" | "over_limit" | "paused"}`. A server without the
+    /// endpoint (404) and Nx's API count as enabled.
+    fn status(&self) -> Result<(), RemoteError> {
+        if self.s.protocol != RemoteProtocol::Turbo {
+            return Ok(());
+        }
+        let resp = self
+            .authed(self.http.get(self.turbo_url("/status")))
+            .send()
+            .map_err(unavailable)?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => return Ok(()),
+            st => return Err(status_error("GET /v8/artifacts/status", st)),
+        }
+        let v = self.read_json(resp)?;
+        match v.get("status").and_then(|s| s.as_str()) {
+            Some("enabled") => Ok(()),
+            Some(other) => Err(RemoteError::Unavailable(format!(
+                "remote caching is {} for this token and team",
+                other.replace('_', " ")
+            ))),
+            None => Err(RemoteError::Unavailable(
+                "GET /v8/artifacts/status answered without a status".into(),
+            )),
+        }
+    }
+
+    /// turbo's batch query `POST /v8/artifacts` `{"hashes": [...]}`: an
+    /// object by hash, each an artifact's `{size, taskDurationMs, tag}`, an
+    /// `{error}` or null. `None` for Nx and for a server without it.
+    fn query(&self, keys: &[String]) -> Result<Option<Vec<bool>>, RemoteError> {
+        if self.s.protocol != RemoteProtocol::Turbo || self.no_query.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let body = serde_json::json!({ "hashes": keys }).to_string();
+        let resp = self
+            .authed(self.http.post(self.turbo_url("")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .map_err(unavailable)?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                self.no_query.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            st => return Err(status_error("POST /v8/artifacts", st)),
+        }
+        let v = self.read_json(resp)?;
+        let Some(map) = v.as_object() else {
+            return Err(RemoteError::Unavailable(
+                "POST /v8/artifacts answered something other than an object".into(),
+            ));
+        };
+        // Only a well-formed artifact counts as present; an entry missing
+        // from the answer is unknown, which is not "absent": ask for it.
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            match map.get(k) {
+                Some(e) if e.get("size").is_some_and(|s| s.is_u64()) => out.push(true),
+                Some(serde_json::Value::Null) => out.push(false),
+                Some(e) if e.get("error").is_some() => out.push(false),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// turbo's `POST /v8/artifacts/events`: `[{sessionId, source, event,
+    /// hash, duration}]`, within [`EVENTS_TIMEOUT`].
+    fn events(&self, session: &str, events: &[CacheEvent]) -> Result<(), RemoteError> {
+        if self.s.protocol != RemoteProtocol::Turbo || events.is_empty() {
+            return Ok(());
+        }
+        let body: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "sessionId": session,
+                    "source": match e.source { EventSource::Local => "LOCAL", EventSource::Remote => "REMOTE" },
+                    "event": if e.hit { "HIT" } else { "MISS" },
+                    "hash": e.key,
+                    "duration": e.duration_ms,
+                })
+            })
+            .collect();
+        let resp = self
+            .authed(self.http.post(self.turbo_url("/events")))
+            .timeout(EVENTS_TIMEOUT)
+            .header("content-type", "application/json")
+            .body(serde_json::Value::Array(body).to_string())
+            .send()
+            .map_err(unavailable)?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(status_error("POST /v8/artifacts/events", resp.status()))
+        }
     }
 
     fn get(&self, id: &ArtifactId) -> Result<Option<Artifact>, RemoteError> {

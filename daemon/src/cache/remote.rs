@@ -14,6 +14,7 @@
 //! a miss and one warning.
 
 use super::*;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -172,10 +173,44 @@ pub enum RemoteError {
     WriteDenied(String),
 }
 
+/// Where a cache event happened (turbo's `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    Local,
+    Remote,
+}
+
+/// One cache usage event for the remote (turbo's `POST /v8/artifacts/events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEvent {
+    pub source: EventSource,
+    pub hit: bool,
+    pub key: String,
+    /// On a hit: the time the artifact saves (the task's duration), ms.
+    pub duration_ms: u64,
+}
+
 /// A remote cache client.
 pub trait Remote: Send + Sync {
     /// Where it is, for messages.
     fn describe(&self) -> String;
+    /// Whether remote caching is enabled for this client (turbo's
+    /// `GET /v8/artifacts/status`): `Err(Unavailable)` when it is disabled,
+    /// over its limit or paused. Asked once per run, before its first use.
+    fn status(&self) -> Result<(), RemoteError> {
+        Ok(())
+    }
+    /// Which of `keys` the remote holds, in one request (turbo's batch
+    /// query `POST /v8/artifacts`); `None` when the remote cannot say.
+    fn query(&self, keys: &[String]) -> Result<Option<Vec<bool>>, RemoteError> {
+        let _ = keys;
+        Ok(None)
+    }
+    /// Records cache usage events (best effort; `session` names the run).
+    fn events(&self, session: &str, events: &[CacheEvent]) -> Result<(), RemoteError> {
+        let _ = (session, events);
+        Ok(())
+    }
     /// The artifact stored under `id.key`, `None` when there is none.
     fn get(&self, id: &ArtifactId) -> Result<Option<Artifact>, RemoteError>;
     /// Stores an artifact (an existing one is never overwritten).
@@ -205,12 +240,35 @@ pub fn set_reapi_factory(
 }
 
 /// A run's remote: the client, what the run may do with it, and whether
-/// it has failed (then it is not asked again this run).
+/// it has failed (then it is not asked again this run); its status check
+/// (made once, on first use), its batched existence queries and its
+/// pending usage events.
 pub struct RunRemote {
     pub remote: Arc<dyn Remote>,
     pub policy: CachePolicy,
     broken: AtomicBool,
     no_writes: AtomicBool,
+    /// The status check's outcome (`Err`: why the remote is not used).
+    pub status: OnceLock<Result<(), String>>,
+    /// Names the run in usage events.
+    pub session: String,
+    /// Existence queries (see [`Batch`]).
+    pub batch: Batch,
+    /// Usage events not yet sent (at most [`MAX_PENDING_EVENTS`]).
+    pub events: Mutex<Vec<CacheEvent>>,
+}
+
+/// Usage events held for sending; more are dropped (they are best effort).
+pub const MAX_PENDING_EVENTS: usize = 1000;
+
+/// The run's existence query: made on its first remote lookup, for every
+/// task that was ready from the start (no dependencies, so its key is
+/// known before anything runs) and missed locally — one request instead of
+/// a GET per missing task.
+#[derive(Default)]
+pub struct Batch {
+    /// Answers by key (`false`: the remote lacks it, no GET is needed).
+    pub known: OnceLock<HashMap<String, bool>>,
 }
 
 impl RunRemote {
@@ -241,6 +299,10 @@ impl RunRemote {
             policy,
             broken: AtomicBool::new(false),
             no_writes: AtomicBool::new(false),
+            status: OnceLock::new(),
+            session: session_id(),
+            batch: Batch::default(),
+            events: Mutex::new(Vec::new()),
         }))
     }
 
@@ -263,6 +325,27 @@ impl RunRemote {
     pub fn stop_writes(&self) -> bool {
         !self.no_writes.swap(true, Ordering::Relaxed)
     }
+}
+
+/// A random-looking session id in UUID form (8-4-4-4-12 hex), unique per
+/// run of this process.
+fn session_id() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = format!(
+        "{}:{}:{}",
+        std::process::id(),
+        now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let h = blake3::hash(seed.as_bytes()).to_hex();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Checks a fetched artifact before anything of it is stored: every path
@@ -324,6 +407,72 @@ pub fn hydrate(store: &Store, key: &str, task: &str, a: &Artifact) -> Result<Ent
     let stamps = Stamps::new();
     store.put_entry(&m, &stamps);
     Ok(Arc::new((m, None)))
+}
+
+/// Restores an admitted artifact straight into the task's outputs, without
+/// the local store (a run that may not write it): wipes the current
+/// outputs, then writes each file or link confined to `project`.
+pub fn restore_artifact(
+    a: &Artifact,
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+) -> Result<Stamps, CacheError> {
+    let files = a.files.iter().map(|f| match &f.body {
+        ArtifactBody::File(b) => (f.path.as_str(), f.mode & 0o7777, None, b.clone()),
+        ArtifactBody::Symlink(t) => (f.path.as_str(), 0o777, Some(t.as_str()), Vec::new()),
+    });
+    restore::write_checked(project, pats, fence, files)
+}
+
+/// The artifact of a task's outputs as they are on disk (an upload when
+/// the local store is not written), read like [`capture`] reads them:
+/// through a confined, non-following open; a link as its text, refused
+/// when it leaves the project.
+pub fn artifact_from_disk(
+    project: &Path,
+    files: &[OnDisk],
+    log: &[u8],
+    duration_ms: u64,
+) -> Result<Artifact, CacheError> {
+    if let Some(f) = files.iter().find(|f| f.non_utf8) {
+        return Err(CacheError::Refused(format!(
+            "output name is not valid UTF-8: {}",
+            f.rel
+        )));
+    }
+    let c = Confined::open(project)?;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let body = if f.link {
+            let target = String::from_utf8(c.read_link(&f.rel)?).map_err(|_| {
+                CacheError::Refused(format!("output {} links to a non-UTF-8 path", f.rel))
+            })?;
+            if let Some(why) = link_refusal(&f.rel, &target) {
+                return Err(CacheError::Refused(why));
+            }
+            ArtifactBody::Symlink(target)
+        } else {
+            let mut file = c.open_read(&f.rel)?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(io(&f.abs))?;
+            ArtifactBody::File(bytes)
+        };
+        let mode = match &body {
+            ArtifactBody::Symlink(_) => 0o777,
+            ArtifactBody::File(_) => f.stat.mode & 0o7777,
+        };
+        out.push(ArtifactFile {
+            path: f.rel.clone(),
+            mode,
+            body,
+        });
+    }
+    Ok(Artifact {
+        files: out,
+        log: log.to_vec(),
+        duration_ms,
+    })
 }
 
 /// The artifact of a stored entry (its blobs read back, verified).

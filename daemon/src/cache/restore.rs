@@ -50,21 +50,38 @@ pub fn restore(
             contents.push(store.read_verified(&o.digest)?);
         }
     }
+    let files = m.outputs.iter().zip(contents).map(|(o, bytes)| {
+        let link = o.link.as_deref().filter(|_| o.is_link());
+        (o.path.as_str(), o.mode, link, bytes)
+    });
+    write_checked(project, pats, fence, files)
+}
+
+/// Writes outputs already checked (paths confined, blobs verified, links
+/// inside the project): wipes the current outputs, then writes each file
+/// (`(path, mode, link target, bytes)`) confined to `project`. Returns the
+/// stamps of what it wrote.
+pub(super) fn write_checked<'a>(
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+    files: impl Iterator<Item = (&'a str, u32, Option<&'a str>, Vec<u8>)>,
+) -> Result<Stamps, CacheError> {
     fs::create_dir_all(project).map_err(io(project))?;
     let c = Confined::open(project)?;
     check_bases(&c, pats)?;
     wipe_confined(&c, &collect_outputs(project, pats, fence))?;
     let mut stamps = Stamps::new();
-    for (o, bytes) in m.outputs.iter().zip(contents) {
-        match o.link.as_deref() {
-            Some(target) if o.is_link() => c.write_symlink(&o.path, target)?,
-            _ => c.write_file(&o.path, &bytes, o.mode)?,
+    for (path, mode, link, bytes) in files {
+        match link {
+            Some(target) => c.write_symlink(path, target)?,
+            None => c.write_file(path, &bytes, mode)?,
         }
-        let st = c.lstat(&o.path)?.ok_or_else(|| CacheError::Io {
-            path: project.join(&o.path),
+        let st = c.lstat(path)?.ok_or_else(|| CacheError::Io {
+            path: project.join(path),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
-        stamps.insert(o.path.clone(), (st.size, st.mtime_ns, st.ino));
+        stamps.insert(path.to_string(), (st.size, st.mtime_ns, st.ino));
     }
     Ok(stamps)
 }

@@ -3,30 +3,49 @@
 //! the root `vx.toml`'s `[remote_cache]`, then `--cache`; a REAPI server
 //! from `VX_REAPI_*` over `[remote_execution]`, [`resolve_reapi`], wins over
 //! an HTTP remote), opening it for the
-//! run ([`open`]), the read-through after a local miss ([`Shared::remote_fetch`]:
-//! fetch, admit, hydrate the local store; the caller restores through the
-//! ordinary confined restore), and the uploads of executed results in the
-//! background ([`Shared::upload`]), drained before the run answers
-//! ([`Shared::drain_uploads`]).
+//! run ([`open`]), its status check on first use ([`Shared::remote_ready`]),
+//! the read-through after a local miss ([`Shared::remote_fetch`]: an
+//! existence query batched with the run's other lookups once the remote has
+//! mostly missed, fetch, admit, then hydrate the local store — or, when the
+//! run may not write it, restore straight into the outputs
+//! ([`Shared::remote_restore`])), the uploads of executed results in the
+//! background ([`Shared::upload`], [`Shared::upload_outputs`]), drained
+//! before the run answers ([`Shared::drain_uploads`]), and the run's usage
+//! events, sent in the background in bounded batches.
 //!
 //! Never: consulted on a local hit (only [`super::task::try_hit`] with a
-//! local miss comes here); never fails a run or gives a wrong hit — every
-//! remote failure is a miss and one warning, and a remote that cannot be
-//! reached is not asked again in the same run.
+//! local miss comes here), so a run served by the local cache sends no
+//! request at all; never fails a run or gives a wrong hit — every remote
+//! failure is a miss and one warning, and a remote that cannot be reached
+//! (or says remote caching is disabled) is not asked again in the same run.
 
 use super::prepare::Shared;
-use crate::cache::Entry;
+use super::task::{Hit, base_result};
 use crate::cache::remote::ReapiSettings;
 use crate::cache::remote::{
-    self, ArtifactId, CachePolicy, RemoteError, RemoteProtocol, RemoteSettings, RunRemote,
-    parse_cache_flag,
+    self, Artifact, ArtifactId, CacheEvent, CachePolicy, EventSource, MAX_PENDING_EVENTS,
+    RemoteError, RemoteProtocol, RemoteSettings, RunRemote, parse_cache_flag,
 };
+use crate::cache::{self, CacheError, Entry};
 use crate::model::Model;
 use crate::workspace::{RemoteApi, RemoteCacheConfig, RemoteExecutionConfig};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
-use vx_proto::{RunEvent, RunParams};
+use std::time::{Duration, Instant};
+use vx_proto::{CacheSource, OutputLogs, RunEvent, RunParams, TaskStatus};
+
+/// What a remote lookup found.
+pub(super) enum Fetched {
+    /// Taken into the local store: restore it like a local hit.
+    Stored(Entry),
+    /// The run may not write the local store: restore it directly.
+    Direct(Artifact),
+}
+
+/// The most keys in one existence query (the API's limit).
+const BATCH_MAX: usize = 1000;
+/// Usage events are sent in batches of this many (and at the run's end).
+const EVENT_BATCH: usize = 100;
 
 /// A run's remote, its cache policy, and a warning for a configured remote
 /// that cannot be used.
@@ -207,8 +226,10 @@ pub(super) fn resolve(
     if knobs::REMOTE_CACHE_READ_ONLY.on(env) || on("TURBO_REMOTE_CACHE_READ_ONLY") {
         policy.remote_write = false;
     }
+    // turbo: "ignore the local filesystem cache" — neither read nor written.
     if knobs::REMOTE_ONLY.on(env) || on("TURBO_REMOTE_ONLY") {
         policy.local_read = false;
+        policy.local_write = false;
     }
     if let Some(f) = flag {
         policy = parse_cache_flag(f)?;
@@ -299,29 +320,176 @@ impl Shared {
         }
     }
 
-    /// After a local miss: the remote's artifact for `key`, checked and
-    /// taken into the local store. `None`: a miss (with a warning when the
-    /// remote failed or the artifact was refused).
-    pub(super) fn remote_fetch(&self, g: usize, key: &str) -> Option<Entry> {
-        let r = self.remote.as_ref()?;
-        if !r.policy.remote_read || !r.usable() {
+    /// Whether the run may use its remote: not broken, and its status
+    /// (asked once per run, on first use) says remote caching is enabled.
+    fn remote_ready(&self, r: &RunRemote, g: usize) -> bool {
+        if !r.usable() {
+            return false;
+        }
+        let st = r
+            .status
+            .get_or_init(|| r.remote.status().map_err(|e| e.to_string()));
+        match st {
+            Ok(()) => true,
+            Err(why) => {
+                self.remote_failed(r, g, RemoteError::Unavailable(why.clone()), "checking for");
+                false
+            }
+        }
+    }
+
+    /// Whether the run's existence query says the remote lacks `key` (then
+    /// no GET is needed); `false` means "ask for it".
+    fn known_missing(&self, r: &RunRemote, key: &str) -> bool {
+        let known = r.batch.known.get_or_init(|| self.query_ready(r));
+        known.get(key) == Some(&false)
+    }
+
+    /// Asks the remote, in one request per [`BATCH_MAX`] keys, which of the
+    /// run's tasks without dependencies it holds — those it will look up
+    /// first, whose keys are known before anything runs (each is computed
+    /// again when the task starts; a key that changed meanwhile is simply
+    /// asked for). Tasks the local store serves are left out.
+    fn query_ready(&self, r: &RunRemote) -> HashMap<String, bool> {
+        let mut out = HashMap::new();
+        let mut keys = Vec::new();
+        let mut nodes: Vec<usize> = self.patterns.keys().copied().collect();
+        nodes.sort_unstable();
+        for g in nodes {
+            if self.model.graph.deps(g).next().is_some() || !self.cache_read(g) {
+                continue;
+            }
+            let Ok(k) = self.key_of(g) else {
+                continue;
+            };
+            if self.policy.local_read && matches!(self.store.get(&k), Ok(Some(_))) {
+                continue;
+            }
+            keys.push(k);
+        }
+        // One key: its GET is as cheap as the query.
+        if keys.len() < 2 {
+            return out;
+        }
+        for chunk in keys.chunks(BATCH_MAX) {
+            match r.remote.query(chunk) {
+                Ok(Some(v)) if v.len() == chunk.len() => out.extend(chunk.iter().cloned().zip(v)),
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!("batch query failed ({e}); asking one by one");
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Notes a usage event; a full batch is sent in the background.
+    fn note_event(&self, r: &Arc<RunRemote>, ev: CacheEvent) {
+        let full = match r.events.lock() {
+            Ok(mut q) => {
+                if q.len() < MAX_PENDING_EVENTS {
+                    q.push(ev);
+                }
+                q.len() >= EVENT_BATCH
+            }
+            Err(_) => false,
+        };
+        if full {
+            self.send_events(r);
+        }
+    }
+
+    /// Sends the pending usage events in the background (best effort).
+    /// Under the daemon nothing waits for them; a `--no-daemon` run waits
+    /// for them with its uploads (the client bounds the request's time).
+    fn send_events(&self, r: &Arc<RunRemote>) {
+        let batch: Vec<CacheEvent> = match r.events.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return,
+        };
+        if batch.is_empty() || !r.usable() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let r2 = r.clone();
+        let h = rt.spawn_blocking(move || {
+            if let Err(e) = r2.remote.events(&r2.session, &batch) {
+                tracing::debug!("usage events not sent: {e}");
+            }
+        });
+        if self.hot.is_none()
+            && let Ok(mut u) = self.uploads.lock()
+        {
+            u.push(h);
+        }
+    }
+
+    /// After a local miss: the remote's artifact for `key`, checked, and
+    /// taken into the local store when the run writes it. `None`: a miss
+    /// (with a warning when the remote failed or the artifact was refused).
+    pub(super) fn remote_fetch(&self, g: usize, key: &str) -> Option<Fetched> {
+        let r = self.remote.clone()?;
+        if !r.policy.remote_read || !self.remote_ready(&r, g) {
             return None;
+        }
+        let t0 = Instant::now();
+        if self.policy.local_read {
+            self.note_event(
+                &r,
+                CacheEvent {
+                    source: EventSource::Local,
+                    hit: false,
+                    key: key.to_string(),
+                    duration_ms: 0,
+                },
+            );
+        }
+        let miss = |sh: &Self| {
+            sh.note_event(
+                &r,
+                CacheEvent {
+                    source: EventSource::Remote,
+                    hit: false,
+                    key: key.to_string(),
+                    duration_ms: 0,
+                },
+            );
+            None
+        };
+        if self.known_missing(&r, key) {
+            return miss(self);
         }
         let a = match r.remote.get(&self.artifact_id(g, key)) {
             Ok(Some(a)) => a,
-            Ok(None) => return None,
+            Ok(None) => return miss(self),
             Err(e) => {
-                self.remote_failed(r, g, e, "fetching");
+                self.remote_failed(&r, g, e, "fetching");
                 return None;
             }
         };
         if let Err(why) = remote::admit(&a, &self.patterns[&g].outputs) {
-            self.remote_failed(r, g, RemoteError::Refused(why), "fetching");
+            self.remote_failed(&r, g, RemoteError::Refused(why), "fetching");
             return None;
+        }
+        tracing::debug!(key, ms = t0.elapsed().as_millis() as u64, "remote hit");
+        self.note_event(
+            &r,
+            CacheEvent {
+                source: EventSource::Remote,
+                hit: true,
+                key: key.to_string(),
+                duration_ms: a.duration_ms,
+            },
+        );
+        if !self.policy.local_write {
+            return Some(Fetched::Direct(a));
         }
         let node = &self.model.graph.nodes[g];
         match remote::hydrate(&self.store, key, &node.id, &a) {
-            Ok(e) => Some(e),
+            Ok(e) => Some(Fetched::Stored(e)),
             Err(e) => {
                 self.emit(RunEvent::Warning {
                     message: format!(
@@ -334,6 +502,44 @@ impl Shared {
         }
     }
 
+    /// Restores a remote hit straight into the task's outputs (the run
+    /// does not write the local store). A refusal or a failed write is a
+    /// miss with a warning.
+    pub(super) fn remote_restore(&self, g: usize, key: &str, a: Artifact, t0: Instant) -> Hit {
+        let node = &self.model.graph.nodes[g];
+        let p = node.project;
+        let dir = self.project_abs(p);
+        let fence = self.rel_fence(p);
+        match remote::restore_artifact(&a, &dir, &self.patterns[&g].outputs, &fence) {
+            Ok(_) => self.mark_dirty(p),
+            Err(e) => {
+                let why = match e {
+                    CacheError::Refused(why) => why,
+                    e => e.to_string(),
+                };
+                self.emit(RunEvent::Warning {
+                    message: format!(
+                        "{}: not restored from the remote cache: {why}; running the task",
+                        node.id
+                    ),
+                });
+                return Hit::Miss;
+            }
+        }
+        let mut r = base_result(self, g);
+        r.status = TaskStatus::Cached;
+        r.cache = CacheSource::Remote;
+        r.key = Some(key.to_string());
+        r.exit_code = Some(0);
+        r.duration_ms = t0.elapsed().as_millis() as u64;
+        let log = if self.logs_of(g) == OutputLogs::Full {
+            a.log
+        } else {
+            Vec::new()
+        };
+        Hit::Served(r, log)
+    }
+
     /// Uploads the entry just saved for `key`, in the background.
     pub(super) fn upload(self: &Arc<Self>, g: usize, key: &str) {
         let Some(r) = self.remote.clone() else {
@@ -344,7 +550,7 @@ impl Shared {
         }
         let (sh, key) = (self.clone(), key.to_string());
         let h = tokio::task::spawn_blocking(move || {
-            if !r.writable() {
+            if !r.writable() || !sh.remote_ready(&r, g) {
                 return;
             }
             let Ok(Some(entry)) = sh.store.get(&key) else {
@@ -366,8 +572,64 @@ impl Shared {
         }
     }
 
-    /// Waits for this run's uploads (before the run answers).
+    /// Uploads a task's outputs as they are on disk (the run does not
+    /// write the local store): read now, before the task is reported done,
+    /// sent in the background.
+    pub(super) async fn upload_outputs(
+        self: &Arc<Self>,
+        g: usize,
+        key: &str,
+        log: Vec<u8>,
+        duration_ms: u64,
+    ) {
+        let Some(r) = self.remote.clone() else {
+            return;
+        };
+        if !r.writable() {
+            return;
+        }
+        let sh = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let node = &sh.model.graph.nodes[g];
+            let dir = sh.project_abs(node.project);
+            let fence = sh.rel_fence(node.project);
+            let files = cache::collect_outputs(&dir, &sh.patterns[&g].outputs, &fence);
+            remote::artifact_from_disk(&dir, &files, &log, duration_ms)
+        })
+        .await;
+        let a = match read {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                self.emit(RunEvent::Warning {
+                    message: format!(
+                        "{}: not uploaded to the remote cache: {e}",
+                        self.model.graph.nodes[g].id
+                    ),
+                });
+                return;
+            }
+            Err(_) => return,
+        };
+        let (sh, key) = (self.clone(), key.to_string());
+        let h = tokio::task::spawn_blocking(move || {
+            if !r.writable() || !sh.remote_ready(&r, g) {
+                return;
+            }
+            if let Err(e) = r.remote.put(&sh.artifact_id(g, &key), &a) {
+                sh.remote_failed(&r, g, e, "uploading");
+            }
+        });
+        if let Ok(mut u) = self.uploads.lock() {
+            u.push(h);
+        }
+    }
+
+    /// Waits for this run's uploads (before the run answers), after
+    /// sending its last usage events.
     pub(super) async fn drain_uploads(&self) {
+        if let Some(r) = self.remote.clone() {
+            self.send_events(&r);
+        }
         let pending: Vec<_> = match self.uploads.lock() {
             Ok(mut u) => u.drain(..).collect(),
             Err(_) => return,

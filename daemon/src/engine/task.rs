@@ -12,6 +12,7 @@
 
 use super::now_ms;
 use super::prepare::Shared;
+use super::remote::Fetched;
 use crate::cache::{self, CacheError, Manifest};
 use crate::error::{EngineError, ErrorKind};
 use crate::exec::{self, Outcome, Spawn};
@@ -85,7 +86,8 @@ pub(super) fn try_hit(
     let (entry, remote) = match local {
         Some(e) => (e, false),
         None if allow_restore => match sh.remote_fetch(g, key) {
-            Some(e) => (e, true),
+            Some(Fetched::Stored(e)) => (e, true),
+            Some(Fetched::Direct(a)) => return Ok(sh.remote_restore(g, key, a, t0)),
             None => return Ok(Hit::Miss),
         },
         None => return Ok(Hit::Miss),
@@ -630,7 +632,11 @@ pub(super) async fn execute(
             });
         }
     }
-    if r.status == TaskStatus::Success && write {
+    if r.status == TaskStatus::Success && write && !sh.policy.local_write {
+        // The run does not write the local store: the remote may still
+        // take the result.
+        sh.upload_outputs(g, &key, log.clone(), duration_ms).await;
+    } else if r.status == TaskStatus::Success && write {
         let sh2 = sh.clone();
         let k2 = key.clone();
         let log2 = log.clone();

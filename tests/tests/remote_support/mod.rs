@@ -265,3 +265,31 @@ pub fn sources(r: &vx_tests::Run) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+/// Requests the server answered on `route` (any status).
+pub fn requests(srv: &Server, route: &str) -> u64 {
+    let (_, _, m) = srv.http("GET", "/metrics", None, &[], b"");
+    let prefix = format!("vx_cache_requests_total{{route=\"{route}\",");
+    String::from_utf8_lossy(&m)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Usage events the server received, by source and event.
+pub fn events(srv: &Server, source: &str, event: &str) -> u64 {
+    let (_, _, m) = srv.http("GET", "/metrics", None, &[], b"");
+    let line = format!("vx_cache_events_total{{source=\"{source}\",event=\"{event}\"}} ");
+    String::from_utf8_lossy(&m)
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Requests the server answered on `route` with `status`.
+pub fn requests_with(srv: &Server, route: &str, status: u16) -> u64 {
+    srv.metric(&format!(
+        "vx_cache_requests_total{{route=\"{route}\",status=\"{status}\"}}"
+    ))
+}
