@@ -181,7 +181,7 @@ impl Hot {
     /// that whoever reads a generation before a [`Hot::sync`] takes the
     /// dirty set either finds the change in that set or a newer generation
     /// afterwards. Every change to the dirty set goes through here.
-    pub(super) fn mark_dirty(&self, f: impl FnOnce(&mut Dirty)) {
+    fn mark_dirty(&self, f: impl FnOnce(&mut Dirty)) {
         if let Ok(mut d) = self.dirty.lock() {
             f(&mut d);
         }
