@@ -406,11 +406,17 @@ fn run_fixture() -> Ws {
          [tasks.test]\ncommand = \"true\"\ndepends_on = [\"build\"]\ninputs = [\"src/**\"]\noutputs = []\n"
     );
     Ws::new(&[
-        ("vx.toml", "[workspace]\nmembers = [\"libs/*\", \"apps/*\"]\n"),
+        (
+            "vx.toml",
+            "[workspace]\nmembers = [\"libs/*\", \"apps/*\"]\n",
+        ),
         (".gitignore", "dist\n"),
         ("libs/a/vx.toml", &task),
         ("libs/a/src/x.js", "x\n"),
-        ("libs/b/vx.toml", &format!("[project]\ndeps = [\"a\"]\n{task}")),
+        (
+            "libs/b/vx.toml",
+            &format!("[project]\ndeps = [\"a\"]\n{task}"),
+        ),
         ("libs/b/src/y.js", "y\n"),
         (
             "apps/web/vx.toml",
@@ -546,7 +552,9 @@ fn replayed_runs_equal_fresh_runs_under_random_changes() {
         for step in 0..steps {
             history.push(change(&root, &mut rng, &mut hot, &mut mode));
             let before = replayed(&mut hot);
-            let a = hot.call("run.start", run_params(&root, mode, false)).unwrap();
+            let a = hot
+                .call("run.start", run_params(&root, mode, false))
+                .unwrap();
             let was_replayed = replayed(&mut hot) != before;
             eprintln!(
                 "seed {seed} step {step}: {} -> {}",
@@ -558,7 +566,9 @@ fn replayed_runs_equal_fresh_runs_under_random_changes() {
             }
             replays += 1;
             // A replay: a fresh computation now must answer the same.
-            let b = hot.call("run.start", run_params(&root, mode, true)).unwrap();
+            let b = hot
+                .call("run.start", run_params(&root, mode, true))
+                .unwrap();
             assert_eq!(
                 answer(&a),
                 answer(&b),

@@ -174,7 +174,9 @@ impl Hot {
     /// The answer kept for `request`, if any.
     pub fn answer(&self, request: &[u8; 32]) -> Option<Arc<RunAnswer>> {
         let a = self.answers.lock().ok()?;
-        a.0.iter().find(|(r, _)| r == request).map(|(_, a)| a.clone())
+        a.0.iter()
+            .find(|(r, _)| r == request)
+            .map(|(_, a)| a.clone())
     }
 
     /// Keeps `answer` for `request`, replacing the request's previous one;
