@@ -400,18 +400,16 @@ fn hot_keys_equal_cold_keys_under_random_mutations() {
 // ---- Whole-run answers: a replayed repeat run equals a fresh one ----------
 
 fn run_fixture() -> Ws {
-    let task = format!(
-        "[tasks.build]\ncommand = \"mkdir -p dist && ls src > dist/out.txt && echo $MODE >> dist/out.txt\"\n\
+    let task = "[tasks.build]\ncommand = \"mkdir -p dist && ls src > dist/out.txt && echo $MODE >> dist/out.txt\"\n\
          inputs = [\"src/**\"]\noutputs = [\"dist/**\"]\nenv = [\"MODE\"]\n\
-         [tasks.test]\ncommand = \"true\"\ndepends_on = [\"build\"]\ninputs = [\"src/**\"]\noutputs = []\n"
-    );
+         [tasks.test]\ncommand = \"true\"\ndepends_on = [\"build\"]\ninputs = [\"src/**\"]\noutputs = []\n";
     Ws::new(&[
         (
             "vx.toml",
             "[workspace]\nmembers = [\"libs/*\", \"apps/*\"]\n",
         ),
         (".gitignore", "dist\n"),
-        ("libs/a/vx.toml", &task),
+        ("libs/a/vx.toml", task),
         ("libs/a/src/x.js", "x\n"),
         (
             "libs/b/vx.toml",
