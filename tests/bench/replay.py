@@ -16,6 +16,7 @@ ap.add_argument("workspace")
 ap.add_argument("--vx", default=os.path.join(os.path.dirname(__file__), "../../target/release/vx"))
 ap.add_argument("-n", type=int, default=15)
 a = ap.parse_args()
+a.vx = os.path.abspath(a.vx)
 xdg = tempfile.mkdtemp(prefix="vx-replay-xdg.")
 base = dict(os.environ, VX_DAEMON="1", XDG_RUNTIME_DIR=xdg)
 modes = [("replayed", base), ("VX_REPLAY=0", dict(base, VX_REPLAY="0"))]
