@@ -750,8 +750,8 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
     );
     println!("memory:      {}", bytes(s.rss_bytes));
     println!(
-        "runs served: {} ({} connections now)",
-        s.runs_served, s.connections
+        "runs served: {} ({} replayed; {} connections now)",
+        s.runs_served, s.runs_replayed, s.connections
     );
     println!("log:         {}", s.log_file);
     if let Some(u) = s.endpoints.get("http") {

@@ -6,7 +6,8 @@
 //! `model` is the loaded workspace and its files, `error` and `sink` what
 //! every stage fails with and emits into; kept hot by `state` (daemon),
 //! remembered by `history` (read back by `inspect`, rendered by `profile`),
-//! orchestrated by `engine` (its `Engine` façade; `engine::watch` loops it),
+//! orchestrated by `engine` (its `Engine` façade; `engine::watch` loops it;
+//! `engine::replay` answers a repeat request from memory under the daemon),
 //! exposed by `server`. Module edges only point down this list's layers
 //! (`docs/ARCHITECTURE.md`, "Layering"): no import circles.
 

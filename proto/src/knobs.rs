@@ -117,6 +117,8 @@ knobs! {
         "days a run is kept in the run history (applied when a run is recorded)";
     SCHEDULE = "VX_SCHEDULE", Kind::Choice(&["history", "structural"]), "history", Run,
         "`structural`: ignore history durations and order ready tasks by transitive dependents only";
+    REPLAY = "VX_REPLAY", Kind::Bool, "1", Run,
+        "`0`: under the daemon, never answer this run by replaying an identical earlier run's answer (`docs/caching.md`, \"Repeat runs under the daemon\"); it is computed afresh";
     TIMING = "VX_TIMING", Kind::Bool, "0", Run,
         "`1`: print the engine's stage timings to stderr (a daemon writes them to `.vx/daemon.log`)";
     RUN_TASK = "VX_RUN_TASK", Kind::Text, "", Task,

@@ -86,6 +86,11 @@ pub struct DaemonStatus {
     pub watches: usize,
     pub rss_bytes: u64,
     pub runs_served: u64,
+    /// Of `runs_served`, the runs answered by replaying the answer of an
+    /// identical earlier request that nothing changed since
+    /// (`docs/caching.md`, "Repeat runs under the daemon").
+    #[serde(default)]
+    pub runs_replayed: u64,
     pub connections: usize,
     /// Full rescans since start (watcher overflow, errors, branch switches).
     pub rescans: u64,

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # vx against its peers, side by side, in ONE run on ONE generated workspace shape.
 #
-#   tests/bench/bench.sh [--packages N] [-n RUNS] [--keep DIR] [--runners LIST] [--timing]
+#   tests/bench/bench.sh [--packages N] [--shape dense] [--large] [-n RUNS] [--keep DIR]
+#                        [--runners LIST] [--timing]
 #
 #   --packages N   packages in the gen-workspace.py workspace (default 1000; the default
 #                  shape has 3 tasks per package, so 3,000 tasks)
+#   --shape S      default (gen-workspace.py's: 10 per layer, 3 deps each) or dense
+#                  (--width 25 --fanin 4: wider and denser)
+#   --large        5,000 packages / 15,000 tasks (the same as --packages 5000; slow:
+#                  the cold and edited rows execute thousands of tasks per runner)
 #   -n RUNS        timed runs per repeated scenario (default 5), after 1 untimed warm-up
 #   --keep DIR     create the workspaces in DIR (must not exist or be empty) and keep them;
 #                  default: a temporary directory, deleted at the end
-#   --runners LIST comma list from: vx, vx-daemon, vx-base, vx-base-daemon, turbo, nx
-#                  (default vx,turbo; vx-base* measure VX_BASE_BIN, another commit's
+#   --runners LIST comma list from: vx, vx-daemon, vx-daemon-fresh, vx-base,
+#                  vx-base-daemon, turbo, nx (default vx,vx-daemon,turbo;
+#                  vx-daemon-fresh is the daemon with VX_REPLAY=0, every run computed
+#                  afresh; vx-base* measure VX_BASE_BIN, another commit's
 #                  release vx, for before/after figures in one run). Missing peers are
 #                  skipped with a note. nx is opt-in: it is slow at 1,000 packages.
 #   --timing       also set VX_TIMING=1 on vx's timed runs and print the median of each
@@ -23,6 +30,10 @@
 #   leaf edited     a unique line appended to the leaf package's source (bench-meta.json)
 #                   before every run (untimed): that package's 3 tasks re-execute
 #   leaf edited, npm shim   the same with tests/bench/kit/shim first on PATH
+#   root edited, npm shim   a unique line appended to the root package's source (the one
+#                   with the most dependents): it and every dependent's tasks re-execute
+#   git status      `git status --porcelain` on vx's workspace copy (outputs in place):
+#                   the floor a file-index load and walk can aim at (git's own index)
 # "cold" and the shim row put tests/bench/kit/shim/npm first on PATH for every runner:
 # Turborepo runs every task through `npm run`, and real npm costs ~0.5 s CPU per task
 # here (a cold turbo run through real npm takes > 10 minutes at 1,000 packages). vx and
@@ -54,7 +65,7 @@ BENCH="$(cd "$BENCH" && pwd)"
 source "$BENCH/env.sh"
 VX_BIN="${VX_BIN:-$ROOT/target/release/vx}"
 
-PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,vx-daemon,turbo TIMING=
+PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,vx-daemon,turbo TIMING= SHAPE=default
 BENCH_ARGV="tests/bench/bench.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -66,7 +77,10 @@ while [ $# -gt 0 ]; do
     --runners) RUNNERS=$2; shift 2 ;;
     --runners=*) RUNNERS=${1#*=}; shift ;;
     --timing) TIMING=1; shift ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    --shape) SHAPE=$2; shift 2 ;;
+    --shape=*) SHAPE=${1#*=}; shift ;;
+    --large) PACKAGES=5000; shift ;;
+    -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,7 +94,8 @@ else
   trap 'rm -rf "$WORK"' EXIT
 fi
 
-export BENCH VX_BIN PACKAGES RUNS WORK RUNNERS TIMING KEEP
+case "$SHAPE" in default|dense) ;; *) echo "--shape: default or dense, not $SHAPE" >&2; exit 2 ;; esac
+export BENCH VX_BIN PACKAGES RUNS WORK RUNNERS TIMING KEEP SHAPE
 export BENCH_ARGV
 python3 - <<'PY'
 import glob, hashlib, json, os, platform, re, shutil, statistics, subprocess, sys, time
@@ -88,6 +103,7 @@ import glob, hashlib, json, os, platform, re, shutil, statistics, subprocess, sy
 BENCH, VX_BIN, WORK = os.environ["BENCH"], os.environ["VX_BIN"], os.environ["WORK"]
 PACKAGES, RUNS = int(os.environ["PACKAGES"]), int(os.environ["RUNS"])
 TIMING = bool(os.environ.get("TIMING"))
+SHAPE_ARGS = {"default": [], "dense": ["--width", "25", "--fanin", "4"]}[os.environ.get("SHAPE", "default")]
 WANT = [r for r in os.environ["RUNNERS"].split(",") if r]
 TURBO_BIN, NX_BIN = os.environ["TURBO_BIN"], os.environ["NX_BIN"]
 SHIM = os.path.join(BENCH, "shim")
@@ -183,6 +199,17 @@ RUNNERS = {
         version=lambda: sh_out([VX_BIN, "--version"]) + " (daemon)",
         after=vx_daemon_after,
     ),
+    # The daemon computing every run afresh (VX_REPLAY=0: no replay of a
+    # repeat run's kept answer): the replay's before/after in one build.
+    "vx-daemon-fresh": dict(
+        cmd=[VX_BIN, "run", *TASKS, "--output-logs=none"],
+        env={"VX_DAEMON": "1", "VX_REPLAY": "0", "XDG_RUNTIME_DIR": os.path.join(os.environ["WORK"], "xdg")},
+        cold=[".vx"],
+        hits=r"Tasks:\s+(?P<total>\d+) total · (?P<cached>\d+) cached",
+        available=lambda: os.access(VX_BIN, os.X_OK),
+        version=lambda: sh_out([VX_BIN, "--version"]) + " (daemon, VX_REPLAY=0)",
+        after=vx_daemon_after,
+    ),
     "vx-base": dict(
         cmd=[VX_BASE_BIN, "run", *TASKS, "--no-daemon", "--output-logs=none"],
         env={"VX_DAEMON": "0"},
@@ -239,7 +266,7 @@ if "nx" not in WANT:
 print("generating %d-package workspaces in %s ..." % (PACKAGES, WORK), flush=True)
 for r in runners:
     ws = os.path.join(WORK, r["name"])
-    subprocess.run([sys.executable, os.path.join(BENCH, "gen-workspace.py"), ws, "--packages", str(PACKAGES)],
+    subprocess.run([sys.executable, os.path.join(BENCH, "gen-workspace.py"), ws, "--packages", str(PACKAGES), *SHAPE_ARGS],
                    check=True, stdout=subprocess.DEVNULL)
     r["ws"] = ws
     extra = nx_env(ws) if r["env"] == "nx" else r["env"]
@@ -288,6 +315,15 @@ def touch_leaf(r):
         f.write("// bench edit %d\n" % time.time_ns())
 
 
+def touch_root(r):
+    with open(os.path.join(r["ws"], meta["root"]["touch"]), "a") as f:
+        f.write("// bench edit %d\n" % time.time_ns())
+
+
+# The root-edited row re-executes most of the workspace per run: fewer runs.
+ROOT_RUNS = max(1, min(RUNS, 3))
+
+
 # key, label, prep before every run (untimed), warm-ups, timed runs, npm shim on PATH
 SCENARIOS = [
     ("cold", "cold (1 run)", clear_all, 0, 1, True),
@@ -295,8 +331,12 @@ SCENARIOS = [
     ("outputs", "outputs deleted", drop_outputs, 1, RUNS, False),
     ("leaf", "one leaf edited", touch_leaf, 1, RUNS, False),
     ("leaf-shim", "one leaf edited, npm shim", touch_leaf, 1, RUNS, True),
+    ("root-shim", "root edited, npm shim", touch_root, 0, ROOT_RUNS, True),
 ]
-EXPECT_HITS = {"cold": 0, "cached": NTASKS, "outputs": NTASKS, "leaf": NTASKS - 3, "leaf-shim": NTASKS - 3}
+# root-shim: every runner must agree with vx's count (which tasks a dependent's
+# edit reaches depends on the task graph, not only on package edges).
+EXPECT_HITS = {"cold": 0, "cached": NTASKS, "outputs": NTASKS, "leaf": NTASKS - 3, "leaf-shim": NTASKS - 3,
+               "root-shim": None}
 
 
 def vx_json_sanity(r):
@@ -327,9 +367,11 @@ print("vx tree   %s at %s%s (binary built %s)" % (root, rev, " + uncommitted cha
       time.strftime("%Y-%m-%d %H:%M", time.gmtime(os.path.getmtime(os.path.realpath(VX_BIN))))))
 for r in runners:
     print("  %-6s %s%s" % (r["name"], " ".join(r["env_note"]), " ".join(r["cmd"])))
-print("workspace gen-workspace.py --packages %d: %d packages, %d layers, %d edges, %d tasks; leaf %s"
-      % (PACKAGES, meta["packages"], meta["layers"], meta["edges"], NTASKS, meta["leaf"]["name"]))
-print("runs      cold: 1; others: 1 warm-up + %d timed, median (min-max); runners interleaved per run" % RUNS)
+print("workspace gen-workspace.py --packages %d%s: %d packages, %d layers, %d edges, %d tasks; leaf %s; root %s (%d dependent packages)"
+      % (PACKAGES, "".join(" " + a for a in SHAPE_ARGS), meta["packages"], meta["layers"], meta["edges"], NTASKS,
+         meta["leaf"]["name"], meta["root"]["name"], meta["root"]["dependents"]))
+print("runs      cold: 1; root edited: %d; others: 1 warm-up + %d timed, median (min-max); runners interleaved per run" % (ROOT_RUNS, RUNS))
+print("load      %s (/proc/loadavg at start)" % open("/proc/loadavg").read().strip())
 print(flush=True)
 
 # ---- measure ---------------------------------------------------------------------------
@@ -371,10 +413,24 @@ for key, label, prep, warm, n, shim in SCENARIOS:
             if x["hits"] is None:
                 failures.append("%s / %s: no cache summary found in the output" % (label, r["name"]))
                 break
-            if x["hits"][0] != EXPECT_HITS[key]:
-                failures.append("%s / %s: %d/%d cached, expected %d" % (label, r["name"], x["hits"][0], x["hits"][1], EXPECT_HITS[key]))
+            want = EXPECT_HITS[key]
+            if want is None:
+                vx_hits = results[(key, "vx")][-1]["hits"]
+                want = vx_hits[0] if vx_hits else -1
+            if x["hits"][0] != want:
+                failures.append("%s / %s: %d/%d cached, expected %d" % (label, r["name"], x["hits"][0], x["hits"][1], want))
                 break
 elapsed = time.monotonic() - t_start
+
+# The floor: git's own status on vx's copy (outputs in place, index warm).
+git_status = []
+for i in range(1 + RUNS):
+    t0 = time.perf_counter_ns()
+    p = subprocess.Popen(["git", "status", "--porcelain"], cwd=runners[0]["ws"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    if i:
+        git_status.append(dict(wall=(time.perf_counter_ns() - t0) / 1e9, cpu=ru.ru_utime + ru.ru_stime))
 
 # ---- table -----------------------------------------------------------------------------
 def med(rows, k):
@@ -392,6 +448,7 @@ for key, label, *_ in SCENARIOS:
     vxw = med(results[(key, "vx")], "wall")
     table.append([label] + [cell(results[(key, r["name"])]) for r in runners]
                  + ["%.1fx" % (med(results[(key, r["name"])], "wall") / vxw) for r in peers])
+table.append(["git status --porcelain (floor)", cell(git_status)] + [""] * (len(runners) - 1 + len(peers)))
 widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]
 fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
 print()
@@ -435,6 +492,7 @@ print("  - vx: no daemon (--no-daemon, VX_DAEMON=0), default concurrency (CPU co
       " turbo: --concurrency=10 as in run-peers.sh.")
 for n in dict.fromkeys(notes):
     print("  - " + n)
+print("  - load average at the end: %s" % open("/proc/loadavg").read().strip())
 print("  - measuring took %.0f s; workspaces in %s%s" % (elapsed, WORK, "" if os.environ.get("KEEP") else " (deleted on exit)"))
 if failures:
     print()

@@ -396,3 +396,189 @@ fn hot_keys_equal_cold_keys_under_random_mutations() {
     assert!(cases >= expected, "only {cases} cases ran");
     eprintln!("{cases} differential cases passed");
 }
+
+// ---- Whole-run answers: a replayed repeat run equals a fresh one ----------
+
+fn run_fixture() -> Ws {
+    let task = "[tasks.build]\ncommand = \"mkdir -p dist && ls src > dist/out.txt && echo $MODE >> dist/out.txt\"\n\
+         inputs = [\"src/**\"]\noutputs = [\"dist/**\"]\nenv = [\"MODE\"]\n\
+         [tasks.test]\ncommand = \"true\"\ndepends_on = [\"build\"]\ninputs = [\"src/**\"]\noutputs = []\n";
+    Ws::new(&[
+        (
+            "vx.toml",
+            "[workspace]\nmembers = [\"libs/*\", \"apps/*\"]\n",
+        ),
+        (".gitignore", "dist\n"),
+        ("libs/a/vx.toml", task),
+        ("libs/a/src/x.js", "x\n"),
+        (
+            "libs/b/vx.toml",
+            &format!("[project]\ndeps = [\"a\"]\n{task}"),
+        ),
+        ("libs/b/src/y.js", "y\n"),
+        (
+            "apps/web/vx.toml",
+            &format!("[project]\ndeps = [\"b\"]\n{task}"),
+        ),
+        ("apps/web/src/main.js", "main\n"),
+    ])
+}
+
+/// A `vxd --stdio` on the workspace's own cache: another process.
+fn other_process() -> Rpc {
+    let mut child = Command::new(vxd_bin())
+        .arg("--stdio")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    Rpc::new(Box::new(stdout), Box::new(stdin), Some(child))
+}
+
+fn run_params(root: &Path, mode: &str, fresh: bool) -> Value {
+    let mut env = json!({"PATH": "/usr/bin:/bin", "MODE": mode});
+    if fresh {
+        // Computed afresh: never replayed, and never kept to be.
+        env["VX_REPLAY"] = json!("0");
+    }
+    json!({"cwd": root, "tasks": ["build", "test"], "all": true, "detail": "all",
+           "output_logs": "none", "env": env})
+}
+
+/// What a run answered, without what differs between two runs anyway
+/// (ids, times, durations): per task (status, cache source, key, exit
+/// code), the counts, ok and the exit code.
+fn answer(summary: &Value) -> Value {
+    let tasks: BTreeMap<String, Value> = summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                json!([t["status"], t["cache"], t["key"], t["exit_code"]]),
+            )
+        })
+        .collect();
+    json!({"tasks": tasks, "counts": summary["counts"], "ok": summary["ok"],
+           "exit_code": summary["exit_code"]})
+}
+
+/// Applies one random change a replay must notice (or none); returns a
+/// description.
+fn change(root: &Path, rng: &mut Rng, hot: &mut Rpc, mode: &mut &'static str) -> String {
+    let projects = ["libs/a", "libs/b", "apps/web"];
+    let p = projects[rng.below(projects.len())];
+    match rng.below(14) {
+        0..=4 => "nothing".into(),
+        5 => {
+            std::fs::write(root.join(p).join("src/x.js"), rng.word()).unwrap();
+            format!("edit {p}/src/x.js")
+        }
+        6 => {
+            let _ = std::fs::remove_dir_all(root.join(p).join("dist"));
+            format!("delete {p}/dist")
+        }
+        7 => {
+            let f = root.join(p).join("dist/out.txt");
+            if f.exists() {
+                std::fs::write(&f, "tampered\n").unwrap();
+            }
+            format!("overwrite {p}/dist/out.txt")
+        }
+        8 => {
+            hot.call("cache.clean", json!({"cwd": root})).unwrap();
+            "cache clean (daemon)".into()
+        }
+        9 => {
+            let mut other = other_process();
+            let max = rng.below(3) as u64 * 40;
+            other
+                .call("cache.prune", json!({"cwd": root, "max_size": max}))
+                .unwrap();
+            format!("cache prune --max-size {max} (another process)")
+        }
+        10 => {
+            *mode = if *mode == "a" { "b" } else { "a" };
+            format!("MODE={mode}")
+        }
+        11 | 12 => {
+            let m = ["a", "b"][rng.below(2)];
+            let force = rng.below(2) == 0;
+            let mut other = other_process();
+            let mut params = run_params(root, m, false);
+            params["force"] = json!(force);
+            other.call("run.start", params).unwrap();
+            format!("run MODE={m} force={force} (another process)")
+        }
+        _ => {
+            let _ = std::fs::remove_file(root.join(p).join("dist/out.txt"));
+            format!("delete {p}/dist/out.txt")
+        }
+    }
+}
+
+#[test]
+fn replayed_runs_equal_fresh_runs_under_random_changes() {
+    let seeds: Vec<u64> = match std::env::var("VX_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => (1..=4).collect(),
+    };
+    let steps = 40;
+    let (mut replays, mut fresh_checks) = (0, 0);
+    for seed in seeds {
+        let ws = run_fixture();
+        let root = std::fs::canonicalize(ws.root()).unwrap();
+        assert_eq!(ws.vx(&["daemon", "start"]).code, 0);
+        let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
+        let s = UnixStream::connect(&socket).unwrap();
+        let mut hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+        let mut rng = Rng::new(seed);
+        let mut mode: &'static str = "a";
+        let mut history = Vec::new();
+        let replayed = |hot: &mut Rpc| {
+            hot.call("daemon.status", json!({})).unwrap()["runs_replayed"]
+                .as_u64()
+                .unwrap()
+        };
+        for step in 0..steps {
+            history.push(change(&root, &mut rng, &mut hot, &mut mode));
+            let before = replayed(&mut hot);
+            let a = hot
+                .call("run.start", run_params(&root, mode, false))
+                .unwrap();
+            let was_replayed = replayed(&mut hot) != before;
+            eprintln!(
+                "seed {seed} step {step}: {} -> {}",
+                history.last().unwrap(),
+                if was_replayed { "replayed" } else { "fresh" }
+            );
+            if !was_replayed {
+                continue;
+            }
+            replays += 1;
+            // A replay: a fresh computation now must answer the same.
+            let b = hot
+                .call("run.start", run_params(&root, mode, true))
+                .unwrap();
+            assert_eq!(
+                answer(&a),
+                answer(&b),
+                "seed {seed}, step {step}: the replayed run differs from a fresh one\nchanges:\n  {}",
+                history.join("\n  ")
+            );
+            fresh_checks += 1;
+        }
+        ws.vx(&["daemon", "stop"]);
+    }
+    // The test is about replays: they must have happened, and been checked.
+    assert!(replays >= 10, "only {replays} replays");
+    assert_eq!(replays, fresh_checks);
+    eprintln!("{replays} replayed runs equal their fresh computation");
+}

@@ -457,6 +457,14 @@ impl Store {
         }
     }
 
+    /// The index's `generation` as this store last knew it: as of its last
+    /// [`Store::refresh`], advanced by its own commits (see [`META`]). Two
+    /// equal readings, each right after a refresh, mean no process added,
+    /// dropped or re-stamped an entry, nor cleaned the index, in between.
+    pub fn generation(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// This run's hold on the cache directory, which `cache clean` (any
     /// process) waits for; `None` for an ephemeral store or when the lock
     /// file cannot be made. Waits while a clean is under way.

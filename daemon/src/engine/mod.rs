@@ -14,6 +14,8 @@
 //! - `task`: one task's hit / restore / execute / save / replay.
 //! - `persistent`: persistent tasks' start, and what a run keeps running.
 //! - `record`: the summary, the history record, `--profile`/`--report`.
+//! - `replay`: under the daemon, a repeat request answered from memory
+//!   when nothing its answer depends on changed.
 //! - `store`: opening the foreground engine's cache store; `cache.clean`
 //!   and `cache.prune`.
 //! - [`watch`]: one `vx watch` client's cycle loop.
@@ -31,6 +33,7 @@ mod prepare;
 mod priority;
 mod record;
 mod remote;
+mod replay;
 mod run;
 mod schedule;
 mod store;

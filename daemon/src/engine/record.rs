@@ -218,6 +218,63 @@ pub(super) fn build_record(inp: RecordInput) -> RunRecord {
     }
 }
 
+/// Everything writing one run's record takes.
+pub(super) struct RecordJob {
+    pub(super) history: Arc<History>,
+    pub(super) pending: history::Pending,
+    /// Builds the record (on the recording thread under the daemon).
+    pub(super) build: Box<dyn FnOnce() -> Option<RunRecord> + Send>,
+    pub(super) fingerprints: Vec<Fingerprint>,
+    pub(super) keep: history::Retention,
+    /// The daemon's state: the record waits for it to be idle a moment.
+    pub(super) idle: Option<std::sync::Weak<crate::state::Hot>>,
+    /// Where a failure is reported (the foreground engine's run).
+    pub(super) events: Option<crate::sink::Events>,
+}
+
+/// The job that writes a run's record: under the daemon once it has been
+/// idle a moment (so back-to-back runs do not compete with their records;
+/// at most 2 s later; readers wait for it), durably.
+pub(super) fn record_job(j: RecordJob) -> Job {
+    Box::new(move || {
+        let RecordJob {
+            history: h,
+            pending,
+            build,
+            fingerprints: fps,
+            keep,
+            idle,
+            events,
+        } = j;
+        let _pending = pending;
+        let Some(record) = build() else {
+            return;
+        };
+        if let Some(hot) = idle {
+            let t = Instant::now();
+            while let Some(h) = hot.upgrade()
+                && h.idle_for() < Duration::from_millis(50)
+                && t.elapsed() < Duration::from_secs(2)
+            {
+                drop(h);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let t = Instant::now();
+        // The no-daemon engine exits soon: its record is durable.
+        let r = h.record_kept(&record, &fps, keep);
+        tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
+        if let Err(e) = r {
+            tracing::warn!("run {} not recorded: {e}", record.run_id);
+            if let Some(tx) = events {
+                let _ = tx.send(RunEvent::Warning {
+                    message: format!("this run was not recorded in the history: {e}"),
+                });
+            }
+        }
+    })
+}
+
 /// What a run's summary is made of besides its task results.
 pub(super) struct Head {
     pub(super) run_id: String,
@@ -231,6 +288,9 @@ pub(super) struct Head {
     pub(super) watch_cycle: bool,
     /// Graph node of each local task index.
     pub(super) nodes: Vec<usize>,
+    /// Where the record goes when the run's answer is kept to be replayed
+    /// (see [`super::replay`]).
+    pub(super) kept: Option<Arc<std::sync::OnceLock<Arc<RunRecord>>>>,
 }
 
 impl Head {
@@ -305,50 +365,37 @@ impl Head {
             self.write_profile_and_report(sh, &record);
             built = Some(record);
         }
+        if let Some(slot) = &self.kept
+            && let Some(inp) = input.take()
+        {
+            // A run kept to be replayed keeps its record too (built now, not
+            // on the recording thread, which may be waiting for idle time).
+            let record = Arc::new(build_record(inp));
+            let _ = slot.set(record.clone());
+            built = Some(Arc::unwrap_or_clone(record));
+        }
         let daemon = sh.hot.is_some();
         // Under the daemon the record is written after the answer: the job
         // must not hold the run's event channel (the answer waits for it to
         // close), so a failure only reaches the log there.
         let events = if daemon { None } else { sh.events.clone() };
         let pending = h.announce(&executed);
-        let keep = history::Retention::from_env(&sh.params.env);
-        let idle = sh.hot.as_ref().map(Arc::downgrade);
-        let job = move || {
-            let _pending = pending;
-            let record = match (built, input) {
-                (Some(r), _) => r,
-                (None, Some(inp)) => build_record(inp),
-                (None, None) => return,
-            };
-            // Under the daemon, write when it has been idle a moment, so that
-            // back-to-back runs do not compete with their records (at most
-            // 2 s later; readers wait for it).
-            if let Some(hot) = idle {
-                let t = Instant::now();
-                while let Some(h) = hot.upgrade()
-                    && h.idle_for() < Duration::from_millis(50)
-                    && t.elapsed() < Duration::from_secs(2)
-                {
-                    drop(h);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            let t = Instant::now();
-            // The no-daemon engine exits soon: its record is durable.
-            let r = h.record_kept(&record, &fps, keep);
-            tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
-            if let Err(e) = r {
-                tracing::warn!("run {} not recorded: {e}", record.run_id);
-                if let Some(tx) = events {
-                    let _ = tx.send(RunEvent::Warning {
-                        message: format!("this run was not recorded in the history: {e}"),
-                    });
-                }
-            }
-        };
+        let job = record_job(RecordJob {
+            history: h,
+            pending,
+            build: Box::new(move || match (built, input) {
+                (Some(r), _) => Some(r),
+                (None, Some(inp)) => Some(build_record(inp)),
+                (None, None) => None,
+            }),
+            fingerprints: fps,
+            keep: history::Retention::from_env(&sh.params.env),
+            idle: sh.hot.as_ref().map(Arc::downgrade),
+            events,
+        });
         if daemon {
             // One long-lived thread: records stay in order; one allocator arena.
-            recorder(Box::new(job));
+            recorder(job);
         } else {
             let _ = tokio::task::spawn_blocking(job).await;
         }

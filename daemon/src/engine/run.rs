@@ -15,6 +15,7 @@ use super::persistent::{self, futures_join_all, start_persistent};
 use super::prepare::{Shared, Timing, prepare};
 use super::priority::priorities;
 use super::record::{Head, open_history};
+use super::replay;
 use super::schedule::{Scheduler, Step};
 use super::task::{Done, Hit, base_result, probe, run_task, skipped, try_hit};
 use super::{concurrency_error, now_ms};
@@ -85,7 +86,7 @@ impl Session {
 /// unchanged tasks are not run again and persistent tasks live in the
 /// session (restarted only when their key changed).
 pub async fn run_in(
-    params: RunParams,
+    mut params: RunParams,
     events: Events,
     mut cancel: watch::Receiver<Option<i32>>,
     hot: Option<Arc<Hot>>,
@@ -94,6 +95,31 @@ pub async fn run_in(
     let started_at = now_ms();
     let t0 = Instant::now();
     let run_id = format!("{:x}-{:x}", unique_ms(started_at), std::process::id());
+    // Under the daemon, a repeat request whose answer cannot have changed
+    // is replayed; otherwise this run may be kept to be replayed.
+    let mut events = events;
+    let mut capture = None;
+    if let (Some(h), None) = (&hot, &session)
+        && replay::eligible(&params)
+    {
+        let (h2, ev2, rid) = (h.clone(), events.clone(), run_id.clone());
+        let (p, r) = tokio::task::spawn_blocking(move || {
+            let r = replay::try_replay(&params, &h2, &ev2, &rid, started_at, t0);
+            (params, r)
+        })
+        .await
+        .map_err(|e| EngineError::new(ErrorKind::Internal, format!("replay panicked: {e}")))?;
+        params = p;
+        match r {
+            Ok(summary) => return Ok(summary),
+            Err(Some(world)) => {
+                let (c, tee) = replay::Capture::start(&params, world, events);
+                events = tee;
+                capture = Some(c);
+            }
+            Err(None) => {}
+        }
+    }
     let (detail, continue_mode) = (params.detail, params.continue_mode);
     let concurrency_param = params.concurrency;
     let ev = events.clone();
@@ -182,8 +208,14 @@ pub async fn run_in(
         history,
         watch_cycle: session.is_some(),
         nodes: d.nodes.clone(),
+        kept: capture.as_ref().map(|c| c.record_slot()),
     };
-    d.conclude(head, &events, &mut cancel).await
+    let summary = d.conclude(head, &events, &mut cancel).await?;
+    if let (Some(c), Some(h)) = (capture, hot) {
+        let s2 = summary.clone();
+        let _ = tokio::task::spawn_blocking(move || c.finish(&sh, &h, &s2)).await;
+    }
+    Ok(summary)
 }
 
 /// The run's concurrency: the request's, else the config's, else the

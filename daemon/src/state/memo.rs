@@ -5,14 +5,43 @@
 //! it was folded from, and the key whose outputs were verified on disk
 //! since the watcher last reported a change in the project; per project,
 //! the file list whose hashes were last warmed. Everything is dropped when
-//! the model is replaced.
+//! the model is replaced. Per request: the last whole-run answer kept to
+//! be replayed ([`RunAnswer`], kept and judged by `engine::replay`).
 //! Never: computes a key, a hash or a check itself; it only answers "the
 //! same as last time?" by identity and equality.
 
 use super::Hot;
 use crate::model::Model;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+use vx_proto::history::RunRecord;
+use vx_proto::{RunEvent, RunSummary};
+
+/// At most this many whole-run answers are kept (one per distinct request).
+const MAX_ANSWERS: usize = 4;
+
+/// A finished run's whole answer and the state it was computed in (what
+/// `engine::replay` compares before replaying it).
+pub struct RunAnswer {
+    /// [`Hot::generation`] the run started and ended with.
+    pub generation: u64,
+    /// The store it read (by identity: a closed and reopened store differs).
+    pub store: Weak<crate::cache::Store>,
+    /// The store's index generation the run started and ended with.
+    pub store_generation: u64,
+    /// When the run ended.
+    pub at: Instant,
+    /// Every event the run emitted, in order (its `run_started` included).
+    pub events: Vec<RunEvent>,
+    pub summary: RunSummary,
+    /// Its history record (`None`: the run was not recorded).
+    pub record: Option<Arc<RunRecord>>,
+}
+
+/// The kept answers by request hash.
+#[derive(Default)]
+pub(super) struct Answers(Vec<([u8; 32], Arc<RunAnswer>)>);
 
 pub(super) type FileList = Arc<Vec<crate::hash::FileMeta>>;
 pub(super) type InputList = Arc<Vec<(String, String)>>;
@@ -138,5 +167,37 @@ impl Hot {
         };
         m.for_model(model);
         m.outputs_ok.insert(n, key.to_string());
+    }
+}
+
+impl Hot {
+    /// The answer kept for `request`, if any.
+    pub fn answer(&self, request: &[u8; 32]) -> Option<Arc<RunAnswer>> {
+        let a = self.answers.lock().ok()?;
+        a.0.iter()
+            .find(|(r, _)| r == request)
+            .map(|(_, a)| a.clone())
+    }
+
+    /// Keeps `answer` for `request`, replacing the request's previous one;
+    /// answers of an older generation go (they can never be replayed), and
+    /// at most [`MAX_ANSWERS`] are kept (the oldest go first).
+    pub fn keep_answer(&self, request: [u8; 32], answer: RunAnswer) {
+        let Ok(mut a) = self.answers.lock() else {
+            return;
+        };
+        let g = answer.generation;
+        a.0.retain(|(r, old)| *r != request && old.generation == g);
+        if a.0.len() >= MAX_ANSWERS {
+            a.0.remove(0);
+        }
+        a.0.push((request, Arc::new(answer)));
+    }
+
+    /// Forgets every kept answer.
+    pub fn forget_answers(&self) {
+        if let Ok(mut a) = self.answers.lock() {
+            a.0.clear();
+        }
     }
 }

@@ -33,6 +33,7 @@ mod memo;
 mod watcher;
 
 pub use inflight::{Finished, Inflight};
+pub use memo::RunAnswer;
 
 use crate::cache::Store;
 use crate::error::{EngineError, ErrorKind};
@@ -95,6 +96,12 @@ pub struct Hot {
     changes: tokio::sync::watch::Sender<u64>,
     /// The most recent changed paths with the counter value they came with.
     change_log: Mutex<std::collections::VecDeque<(u64, PathBuf)>>,
+    /// Bumped after every change to the dirty set (see [`Hot::generation`]).
+    generation: AtomicU64,
+    /// Runs answered by replaying a kept answer (for `daemon.status`).
+    pub runs_replayed: AtomicU64,
+    /// Whole-run answers kept to be replayed, by request.
+    answers: Mutex<memo::Answers>,
 }
 
 /// The cache directory the workspace's config names (validated: a refused
@@ -145,6 +152,9 @@ impl Hot {
             task_locks: Mutex::new(HashMap::new()),
             changes: tokio::sync::watch::channel(0).0,
             change_log: Mutex::new(std::collections::VecDeque::new()),
+            generation: AtomicU64::new(0),
+            runs_replayed: AtomicU64::new(0),
+            answers: Mutex::new(memo::Answers::default()),
         });
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let watcher = notify::recommended_watcher(move |ev| {
@@ -165,6 +175,36 @@ impl Hot {
                 }
             })?;
         Ok(hot)
+    }
+
+    /// Changes the dirty set, then bumps the generation — in this order, so
+    /// that whoever reads a generation before a [`Hot::sync`] takes the
+    /// dirty set either finds the change in that set or a newer generation
+    /// afterwards. Every change to the dirty set goes through here.
+    fn mark_dirty(&self, f: impl FnOnce(&mut Dirty)) {
+        if let Ok(mut d) = self.dirty.lock() {
+            f(&mut d);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The hot state's generation: it moves whenever the watcher reports
+    /// anything that can make [`Hot::sync`] see the workspace differently
+    /// (a changed path, a watched output directory's change, an overflow,
+    /// a watcher error, a directory it could not watch, a missed cookie).
+    /// Equal generations read at two moments, each after a cookie barrier
+    /// (see [`Hot::settled_generation`]), mean the model and the snapshot a
+    /// sync returns did not change in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// [`Hot::generation`] once every event caused before this call has
+    /// been delivered (the cookie barrier). Blocking.
+    pub fn settled_generation(&self) -> u64 {
+        self.touch();
+        self.cookie_barrier();
+        self.generation()
     }
 
     pub fn touch(&self) {
@@ -283,10 +323,10 @@ impl Hot {
                 Ok(m) => Arc::new(m),
                 Err(e) => {
                     // Keep the dirty state for the next attempt.
-                    if let Ok(mut d) = self.dirty.lock() {
+                    self.mark_dirty(|d| {
                         d.model = true;
                         d.all = true;
-                    }
+                    });
                     return Err(e);
                 }
             };

@@ -102,9 +102,7 @@ impl Hot {
                 "cannot watch {}: {e}; falling back to a rescan",
                 dir.display()
             );
-            if let Ok(mut d) = self.dirty.lock() {
-                d.all = true;
-            }
+            self.mark_dirty(|d| d.all = true);
         }
     }
 
@@ -150,19 +148,19 @@ impl Hot {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::warn!("watcher error ({e}); the next request rescans");
-                if let Ok(mut d) = self.dirty.lock() {
+                self.mark_dirty(|d| {
                     d.all = true;
                     d.model = true;
-                }
+                });
                 return;
             }
         };
         if ev.need_rescan() {
             tracing::info!("watcher queue overflow; the next request rescans");
-            if let Ok(mut d) = self.dirty.lock() {
+            self.mark_dirty(|d| {
                 d.all = true;
                 d.model = true;
-            }
+            });
         }
         // Reads (ours included: hashing opens files) change nothing.
         if let EventKind::Access(kind) = ev.kind
@@ -227,7 +225,7 @@ impl Hot {
                     }
                 }
             }
-            if let Ok(mut d) = self.dirty.lock() {
+            self.mark_dirty(|d| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if model_changed || CONFIG_NAMES.contains(&name) {
                     tracing::debug!("config change: {} ({:?})", p.display(), ev.kind);
@@ -238,7 +236,7 @@ impl Hot {
                 } else {
                     d.all = true;
                 }
-            }
+            });
         }
         if !self.root.exists() {
             self.root_gone.store(true, Ordering::Relaxed);
@@ -296,11 +294,11 @@ impl Hot {
         let _ = std::fs::remove_file(&path);
         if !ok {
             tracing::warn!("the watcher did not deliver a cookie in time; rescanning");
-            if let Ok(mut d) = self.dirty.lock() {
+            self.mark_dirty(|d| {
                 // Events may be lost, a config change among them: reload too.
                 d.all = true;
                 d.model = true;
-            }
+            });
         }
     }
 

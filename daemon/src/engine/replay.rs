@@ -1,0 +1,340 @@
+//! `engine::replay` — answering a repeat run from memory, under the daemon.
+//!
+//! Owns: whether a finished run's whole answer may be kept ([`Capture`]),
+//! whether a request may be answered with a kept one ([`try_replay`]), and
+//! replaying it: every event the run emitted, in order, under a new run id
+//! (so the client, the event bus, its subscribers and the OTel exporter see
+//! a run like any other), its summary with new times, and its history
+//! record with the new id and times.
+//!
+//! A kept answer stands for a request with the very same parameters (cwd,
+//! tasks, filters, flags, forwarded args and every environment value: a
+//! blake3 of the whole [`RunParams`]) while everything the answer was
+//! computed from is provably unchanged:
+//! - the hot state's generation ([`Hot::generation`]) read after a cookie
+//!   barrier is the one the run read after its own barrier before it
+//!   started and again when it ended: the watcher bumps it after every
+//!   change it reports (inputs, configs, output directories, which a hit
+//!   watches before it checks them, an overflow, a watcher error, a missed
+//!   cookie), and the barrier makes every write made before the request
+//!   count;
+//! - the store is the same open store ([`Weak`] identity: a closed and
+//!   reopened one differs) and its index generation, refreshed, is the one
+//!   the run started and ended with: any process's commit that adds, drops
+//!   or re-stamps an entry, and a `cache clean`, moves it;
+//! - the workspace root found from the cwd is still the daemon's;
+//! - it is younger than [`MAX_AGE`] (hits record their entries' access
+//!   times for `cache prune` at most hourly; a replay records none).
+//!
+//! Only a run that could not have changed anything is kept: every task a
+//! local hit whose outputs were already in place and lie under watched
+//! output directories, no warning but the config's own, nothing persistent,
+//! not cancelled, and a request that reads no git state (`--affected`, a
+//! `[ref]` filter), writes no profile or report, neither forces nor
+//! disables the cache, and is not a watch cycle.
+//!
+//! Never: replays an answer when any of the above cannot be shown equal
+//! (that is a fresh run, never a guess); looks at tasks or files on the
+//! replay path (its cost is a cookie barrier, a generation read and the
+//! answer's own events); keeps an answer with more events than
+//! [`MAX_EVENTS`] or [`MAX_BYTES`] of output lines.
+
+use super::now_ms;
+use super::prepare::Shared;
+use super::record::{RecordJob, record_job, recorder};
+use crate::cache::Store;
+use crate::history;
+use crate::sink::Events;
+use crate::state::{Hot, RunAnswer};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use vx_proto::history::RunRecord;
+use vx_proto::knobs;
+use vx_proto::{CacheSource, RunEvent, RunParams, RunSummary, TaskStatus};
+
+/// A kept answer older than this is not replayed (see the module doc).
+pub const MAX_AGE: Duration = Duration::from_secs(10 * 60);
+/// At most this many events are kept per answer.
+pub const MAX_EVENTS: usize = 20_000;
+/// At most this many bytes of output lines are kept per answer.
+pub const MAX_BYTES: usize = 8 << 20;
+
+/// Whether a request is of the kind whose answer may be kept and replayed
+/// (see the module doc): it reads no git state, writes no file of its own,
+/// uses the cache normally and does not say `VX_REPLAY=0`.
+pub(super) fn eligible(p: &RunParams) -> bool {
+    !knobs::REPLAY.off(&p.env)
+        && p.affected.is_none()
+        && !p.filters.iter().any(|f| f.contains('['))
+        && p.profile.is_none()
+        && p.report.is_none()
+        && !p.force
+        && !p.no_cache
+        && p.cache.is_none()
+}
+
+/// The request's identity: every parameter, the whole environment included.
+pub(super) fn request_hash(p: &RunParams) -> [u8; 32] {
+    let bytes = serde_json::to_vec(p).unwrap_or_default();
+    *blake3::hash(&bytes).as_bytes()
+}
+
+/// The state a run starts in, as the replay compares it.
+#[derive(Clone)]
+pub(super) struct World {
+    generation: u64,
+    store: Weak<Store>,
+    store_generation: u64,
+}
+
+impl World {
+    /// Now, after a cookie barrier (blocking). `None` when there is no
+    /// store to compare (a run then is neither replayed nor kept).
+    fn now(hot: &Hot) -> Option<World> {
+        let generation = hot.settled_generation();
+        let store = hot.store().ok()?;
+        Some(World {
+            generation,
+            store_generation: store.generation(),
+            store: Arc::downgrade(&store),
+        })
+    }
+
+    fn same(&self, generation: u64, store: &Weak<Store>, store_generation: u64) -> bool {
+        self.generation == generation
+            && Weak::ptr_eq(&self.store, store)
+            && self.store_generation == store_generation
+    }
+}
+
+/// Replays the answer kept for `params`, if it still stands: emits its
+/// events under `run_id`, queues its history record and returns its
+/// summary. Otherwise `Err` with the state now, for the fresh run's
+/// [`Capture`] (`None`: nothing to capture against). Blocking.
+pub(super) fn try_replay(
+    params: &RunParams,
+    hot: &Arc<Hot>,
+    events: &Events,
+    run_id: &str,
+    started_at: u64,
+    t0: Instant,
+) -> Result<RunSummary, Option<World>> {
+    let request = request_hash(params);
+    let cwd = std::path::Path::new(&params.cwd);
+    let same_root = crate::workspace::find_root(cwd).is_ok_and(|r| r == hot.root);
+    let world = World::now(hot);
+    let (Some(world), true) = (world, same_root) else {
+        return Err(None);
+    };
+    let Some(answer) = hot.answer(&request) else {
+        return Err(Some(world));
+    };
+    if !world.same(answer.generation, &answer.store, answer.store_generation)
+        || answer.at.elapsed() > MAX_AGE
+        || hot.root_gone.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(Some(world));
+    }
+    let trace = crate::telemetry::begin(&params.env);
+    if trace.is_some() {
+        crate::telemetry::remember(run_id, &params.env);
+    }
+    for e in &answer.events {
+        match e {
+            RunEvent::RunStarted {
+                root,
+                tasks,
+                concurrency,
+                ..
+            } => {
+                let _ = events.send(RunEvent::RunStarted {
+                    run_id: run_id.to_string(),
+                    root: root.clone(),
+                    tasks: *tasks,
+                    concurrency: *concurrency,
+                    traceparent: trace.as_ref().map(|t| t.traceparent()),
+                    parent_span_id: trace.as_ref().and_then(|t| t.parent_span_id.clone()),
+                });
+            }
+            e => {
+                let _ = events.send(e.clone());
+            }
+        }
+    }
+    let mut summary = answer.summary.clone();
+    summary.run_id = run_id.to_string();
+    summary.started_at = started_at;
+    summary.ended_at = now_ms();
+    summary.duration_ms = t0.elapsed().as_millis() as u64;
+    if let Some(record) = &answer.record {
+        record_replayed(hot, params, record.clone(), &summary);
+    }
+    hot.runs_served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    hot.runs_replayed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    hot.touch();
+    tracing::debug!(run_id, "replayed a kept answer");
+    Ok(summary)
+}
+
+/// Queues the replayed run's history record (the kept one under the new
+/// id and times) on the daemon's recording thread. A history that cannot
+/// be opened now loses this record (logged), as a fresh run's would.
+fn record_replayed(hot: &Arc<Hot>, params: &RunParams, kept: Arc<RunRecord>, s: &RunSummary) {
+    if knobs::HISTORY.off(&params.env) {
+        return;
+    }
+    let h = match history::shared(&hot.cache_dir()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("run {} not recorded: {e}", s.run_id);
+            return;
+        }
+    };
+    let (run_id, started_at, ended_at, duration_ms) =
+        (s.run_id.clone(), s.started_at, s.ended_at, s.duration_ms);
+    let pending = h.announce(&[]);
+    recorder(record_job(RecordJob {
+        history: h,
+        pending,
+        build: Box::new(move || {
+            let mut r = Arc::unwrap_or_clone(kept);
+            r.run_id = run_id;
+            r.started_at = started_at;
+            r.ended_at = ended_at;
+            r.duration_ms = duration_ms;
+            Some(r)
+        }),
+        fingerprints: Vec::new(),
+        keep: history::Retention::from_env(&params.env),
+        idle: Some(Arc::downgrade(hot)),
+        events: None,
+    }));
+}
+
+/// Events as a run emits them, kept (within bounds) beside their delivery.
+#[derive(Default)]
+struct Recorded {
+    events: Vec<RunEvent>,
+    bytes: usize,
+    /// Past the bounds, or something that makes the answer unfit to keep.
+    spoiled: bool,
+}
+
+/// A fresh run that may be kept to be replayed: what it started from, its
+/// events, and (through [`Capture::record_slot`]) its history record.
+pub(super) struct Capture {
+    request: [u8; 32],
+    before: World,
+    recorded: Arc<Mutex<Recorded>>,
+    record: Arc<OnceLock<Arc<RunRecord>>>,
+}
+
+impl Capture {
+    /// Starts capturing a run of `params` that started in `before`;
+    /// returns the sink the run emits into (`events`, with a copy kept).
+    pub(super) fn start(params: &RunParams, before: World, events: Events) -> (Capture, Events) {
+        let recorded = Arc::new(Mutex::new(Recorded::default()));
+        let r2 = recorded.clone();
+        let tee = Events::new(move |e: RunEvent| {
+            if let Ok(mut r) = r2.lock()
+                && !r.spoiled
+            {
+                if let RunEvent::TaskOutput { line, .. } = &e {
+                    r.bytes += line.len();
+                }
+                // A task's span belongs to this run: never replayed.
+                let traced_task = matches!(
+                    &e,
+                    RunEvent::TaskStarted {
+                        traceparent: Some(_),
+                        ..
+                    }
+                );
+                if traced_task || r.events.len() >= MAX_EVENTS || r.bytes > MAX_BYTES {
+                    r.spoiled = true;
+                    r.events = Vec::new();
+                } else {
+                    r.events.push(e.clone());
+                }
+            }
+            let _ = events.send(e);
+        });
+        let capture = Capture {
+            request: request_hash(params),
+            before,
+            recorded,
+            record: Arc::new(OnceLock::new()),
+        };
+        (capture, tee)
+    }
+
+    /// Where the run's history record is put (see `record::Head::kept`).
+    pub(super) fn record_slot(&self) -> Arc<OnceLock<Arc<RunRecord>>> {
+        self.record.clone()
+    }
+
+    /// Keeps the finished run's answer if it qualifies (see the module
+    /// doc): checks every task's result once, on this (fresh) run's path.
+    /// Blocking (a cookie barrier).
+    pub(super) fn finish(self, sh: &Shared, hot: &Hot, summary: &RunSummary) {
+        let recorded = match self.recorded.lock() {
+            Ok(mut r) if !r.spoiled => std::mem::take(&mut *r),
+            _ => return,
+        };
+        let warnings = &sh.model.ws.warnings;
+        let quiet_events = recorded.events.iter().all(|e| match e {
+            RunEvent::Warning { message } => warnings.contains(message),
+            _ => true,
+        });
+        // The record is the proof of every task's outcome (the summary
+        // names only what changed): a run not recorded is not kept.
+        let Some(record) = self.record.get().cloned() else {
+            return;
+        };
+        if !quiet_events {
+            return;
+        }
+        let c = &summary.counts;
+        if !summary.ok || c.cached != c.total || record.tasks.len() != c.total {
+            return;
+        }
+        // Every task a hit in place, under watched output directories: one
+        // look per task, here on the fresh run's path, never on a replay's.
+        let graph = &sh.model.graph;
+        let in_place = record.tasks.iter().all(|t| {
+            t.status == TaskStatus::Cached
+                && t.cache == CacheSource::UpToDate
+                && graph.get(&t.id).is_some_and(|g| {
+                    !graph.nodes[g].def.persistent
+                        && sh
+                            .patterns
+                            .get(&g)
+                            .is_some_and(|p| p.outputs.bases().is_some())
+                })
+        });
+        if !in_place {
+            return;
+        }
+        let Some(after) = World::now(hot) else {
+            return;
+        };
+        let b = &self.before;
+        if !after.same(b.generation, &b.store, b.store_generation) {
+            return;
+        }
+        hot.keep_answer(
+            self.request,
+            RunAnswer {
+                generation: b.generation,
+                store: b.store.clone(),
+                store_generation: b.store_generation,
+                at: Instant::now(),
+                events: recorded.events,
+                summary: summary.clone(),
+                record: Some(record),
+            },
+        );
+    }
+}
