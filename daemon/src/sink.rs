@@ -51,6 +51,15 @@ impl Events {
         }
     }
 
+    /// The same observer, another client sink (a tee in front of this
+    /// one keeps the bus's view of the events the client did not ask for).
+    pub fn with_client(&self, f: impl Fn(RunEvent) + Send + Sync + 'static) -> Events {
+        Events {
+            to_client: Arc::new(f),
+            observer: self.observer.clone(),
+        }
+    }
+
     /// Delivers one event (never fails; the `Result` keeps channel-style
     /// call sites).
     pub fn send(&self, e: RunEvent) -> Result<(), std::convert::Infallible> {

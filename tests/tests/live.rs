@@ -164,6 +164,10 @@ vx_test!(a_subscriber_sees_the_hits_of_a_plain_run, || {
     }
     let r = ws.run(&["app#test"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // The same plain request once unwatched: its answer is kept for replay,
+    // which must not hide the hits from the watcher that comes next.
+    let unwatched = ws.vx(&["run", "app#test"]);
+    assert_eq!(unwatched.code, 0, "{}", unwatched.stderr);
     let all = Follower::start(&ws, &[]);
     let plain = ws.vx(&["run", "app#test"]);
     assert_eq!(plain.code, 0, "{}{}", plain.stdout, plain.stderr);

@@ -129,7 +129,11 @@ pub(super) fn try_replay(
     let Some(answer) = hot.answer(&request) else {
         return Err(Some(world));
     };
-    if !world.same(answer.generation, &answer.store, answer.store_generation)
+    // A kept answer holds what its client was sent, not the hits that only
+    // watchers of the bus get (`Events::observe`): while someone watches,
+    // the run is computed afresh so they see every task.
+    if events.watched()
+        || !world.same(answer.generation, &answer.store, answer.store_generation)
         || answer.at.elapsed() > MAX_AGE
         || hot.root_gone.load(std::sync::atomic::Ordering::Relaxed)
     {
@@ -237,7 +241,7 @@ impl Capture {
     pub(super) fn start(params: &RunParams, before: World, events: Events) -> (Capture, Events) {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let r2 = recorded.clone();
-        let tee = Events::new(move |e: RunEvent| {
+        let tee = events.clone().with_client(move |e: RunEvent| {
             if let Ok(mut r) = r2.lock()
                 && !r.spoiled
             {
