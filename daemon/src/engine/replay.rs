@@ -25,6 +25,9 @@
 //! - the workspace root found from the cwd is still the daemon's;
 //! - it is younger than [`MAX_AGE`] (hits record their entries' access
 //!   times for `cache prune` at most hourly; a replay records none).
+//! - nothing watches the bus for the events its client did not ask for
+//!   ([`Events::watched`]): a kept answer holds only what its client was
+//!   sent, so while a watcher wants every task's hit the run is fresh.
 //!
 //! Only a run that could not have changed anything is kept: every task a
 //! local hit whose outputs were already in place and lie under watched
