@@ -52,6 +52,68 @@ pub trait Queue: Send + Sync {
     fn force(&self, line: Vec<u8>);
 }
 
+/// A subscriber's queue inside the daemon (the plugin host, the
+/// exporter): lines in order, bounded in bytes by the bus's `limit`, with a
+/// wake-up for the task that drains it.
+#[derive(Default)]
+pub struct LineQueue {
+    q: Mutex<(std::collections::VecDeque<Vec<u8>>, usize)>,
+    notify: tokio::sync::Notify,
+}
+
+impl LineQueue {
+    /// Queues `line` if the queue then holds at most `limit` bytes, and
+    /// wakes the drainer.
+    pub fn push(&self, line: Vec<u8>, limit: usize) -> bool {
+        let Ok(mut g) = self.q.lock() else {
+            return false;
+        };
+        if g.1.saturating_add(line.len()) > limit {
+            return false;
+        }
+        g.1 += line.len();
+        g.0.push_back(line);
+        drop(g);
+        self.notify.notify_one();
+        true
+    }
+
+    /// The oldest line.
+    pub fn pop(&self) -> Option<Vec<u8>> {
+        let mut g = self.q.lock().ok()?;
+        let line = g.0.pop_front()?;
+        g.1 -= line.len();
+        Some(line)
+    }
+
+    /// Empties the queue; how many lines it held.
+    pub fn clear(&self) -> usize {
+        self.q
+            .lock()
+            .map(|mut g| {
+                let n = g.0.len();
+                *g = Default::default();
+                n
+            })
+            .unwrap_or(0)
+    }
+
+    /// Resolves when a line was queued since the last wake-up.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Queue for LineQueue {
+    fn offer(&self, line: Vec<u8>, limit: usize) -> bool {
+        self.push(line, limit)
+    }
+
+    fn force(&self, line: Vec<u8>) {
+        self.push(line, usize::MAX);
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -21,7 +21,7 @@
 //! [`QUEUE_BYTES`] per plugin or [`STDERR_LINES`] of its stderr, or runs a
 //! plugin without hooks in the no-daemon engine.
 
-use crate::bus::{Bus, Queue};
+use crate::bus::{Bus, LineQueue};
 use crate::hooks::{Answer, Answers, HookTask, Hooks};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -31,7 +31,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use vx_proto::live::SubscribeParams;
 use vx_proto::plugins::{
@@ -207,57 +206,6 @@ fn kind_of(v: &serde_json::Value) -> Option<&'static str> {
     }
 }
 
-/// A bounded byte queue with a wake-up.
-#[derive(Default)]
-struct Outbox {
-    q: Mutex<(VecDeque<Vec<u8>>, usize)>,
-    notify: Notify,
-}
-
-impl Outbox {
-    fn push(&self, line: Vec<u8>, limit: usize) -> bool {
-        let Ok(mut g) = self.q.lock() else {
-            return false;
-        };
-        if g.1 + line.len() > limit {
-            return false;
-        }
-        g.1 += line.len();
-        g.0.push_back(line);
-        drop(g);
-        self.notify.notify_one();
-        true
-    }
-
-    fn pop(&self) -> Option<Vec<u8>> {
-        let mut g = self.q.lock().ok()?;
-        let l = g.0.pop_front()?;
-        g.1 -= l.len();
-        Some(l)
-    }
-
-    fn clear(&self) -> usize {
-        self.q
-            .lock()
-            .map(|mut g| {
-                let n = g.0.len();
-                *g = Default::default();
-                n
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Queue for Outbox {
-    fn offer(&self, line: Vec<u8>, limit: usize) -> bool {
-        self.push(line, limit)
-    }
-
-    fn force(&self, line: Vec<u8>) {
-        self.push(line, usize::MAX);
-    }
-}
-
 struct Status {
     state: PluginState,
     version: Option<String>,
@@ -276,7 +224,7 @@ struct Plugin {
     def: PluginDef,
     root: PathBuf,
     status: Mutex<Status>,
-    outbox: Outbox,
+    outbox: LineQueue,
     delivered: AtomicU64,
     dropped: AtomicU64,
     stop: CancellationToken,
@@ -456,7 +404,7 @@ impl Host {
             let mut n = 0;
             'subscribe: loop {
                 n += 1;
-                let inbox = Arc::new(Outbox::default());
+                let inbox = Arc::new(LineQueue::default());
                 // Passive: the host holds a `Watching` of its own while a
                 // plugin wants task events (`sync`).
                 let mut sub = bus.subscribe(
@@ -493,7 +441,7 @@ impl Host {
                         }
                     }
                     tokio::select! {
-                        _ = inbox.notify.notified() => {}
+                        _ = inbox.notified() => {}
                         _ = sub.ended() => {}
                         _ = stop.cancelled() => break 'subscribe,
                     }
@@ -562,7 +510,7 @@ impl Host {
                     missed_run: None,
                     key_stable: false,
                 }),
-                outbox: Outbox::default(),
+                outbox: LineQueue::default(),
                 delivered: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 stop: stop.child_token(),
@@ -828,7 +776,7 @@ async fn run_once(p: &Arc<Plugin>) -> String {
             p.delivered.fetch_add(1, Ordering::Relaxed);
         }
         tokio::select! {
-            _ = p.outbox.notify.notified() => {}
+            _ = p.outbox.notified() => {}
             r = read_line(&mut out, &mut line) => match r {
                 Ok(0) | Err(_) => {
                     let st = child.wait().await.map(|s| s.to_string()).unwrap_or_default();

@@ -21,7 +21,7 @@ pub mod send;
 pub mod spans;
 pub mod vcs;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,7 +34,7 @@ use vx_proto::live::{
     RunStartedParams, SubscribeParams,
 };
 use vx_proto::{Id, RunEvent};
-use vxd::bus::{Bus, Queue, Subscription};
+use vxd::bus::{Bus, LineQueue, Queue, Subscription};
 
 /// Exports in flight at once; a batch beyond them is dropped (counted).
 pub const MAX_INFLIGHT: usize = 8;
@@ -115,17 +115,11 @@ impl Link {
 /// The exporter's inbox: the bus's queue for this subscriber. Output lines
 /// are refused before they are queued; the rest is bounded by the bus.
 #[derive(Default)]
-struct Inbox {
-    q: Mutex<(VecDeque<Vec<u8>>, usize)>,
-    notify: Notify,
-}
+struct Inbox(LineQueue);
 
 impl Inbox {
     fn pop(&self) -> Option<Vec<u8>> {
-        let mut g = self.q.lock().ok()?;
-        let line = g.0.pop_front()?;
-        g.1 -= line.len();
-        Some(line)
+        self.0.pop()
     }
 }
 
@@ -139,28 +133,11 @@ fn is_output(line: &[u8]) -> bool {
 
 impl Queue for Inbox {
     fn offer(&self, line: Vec<u8>, limit: usize) -> bool {
-        if is_output(&line) {
-            return true;
-        }
-        let Ok(mut g) = self.q.lock() else {
-            return false;
-        };
-        if g.1 + line.len() > limit {
-            return false;
-        }
-        g.1 += line.len();
-        g.0.push_back(line);
-        drop(g);
-        self.notify.notify_one();
-        true
+        is_output(&line) || self.0.push(line, limit)
     }
 
     fn force(&self, line: Vec<u8>) {
-        if let Ok(mut g) = self.q.lock() {
-            g.1 += line.len();
-            g.0.push_back(line);
-        }
-        self.notify.notify_one();
+        self.0.force(line)
     }
 }
 
@@ -229,7 +206,7 @@ impl Exporter {
             while self.inflight.try_join_next().is_some() {}
             let notified = async {
                 match &inbox {
-                    Some(i) => i.notify.notified().await,
+                    Some(i) => i.0.notified().await,
                     None => std::future::pending().await,
                 }
             };
