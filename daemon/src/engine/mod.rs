@@ -19,6 +19,8 @@
 //! - `store`: opening the foreground engine's cache store; `cache.clean`
 //!   and `cache.prune`.
 //! - [`watch`]: one `vx watch` client's cycle loop.
+//! - [`distribute`]: worker links (the coordinator's leases, a worker's
+//!   execution of an assigned task); the transport is another crate.
 //!
 //! It emits [`vx_proto::RunEvent`]s into an [`Events`] sink and fails with an
 //! [`EngineError`] of some [`ErrorKind`]. Never: knows about JSON-RPC,
@@ -26,6 +28,7 @@
 //! daemon's own environment for a run's settings (they come with the
 //! request).
 
+pub mod distribute;
 mod explain;
 mod keys;
 mod persistent;
