@@ -172,3 +172,25 @@ pub async fn execute_assigned(
     let _ = (root, a, env, log, cancel);
     todo!("engine helper")
 }
+
+/// The root `vx.toml`'s `[workers]` section (defaults when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where the worker door listens (`host:port`); default
+    /// `127.0.0.1:0` (loopback, a free port).
+    pub listen: Option<String>,
+    /// The link token; `None`: the daemon's HTTP token.
+    pub token: Option<String>,
+    /// A lease's deadline without a heartbeat, in ms (default 10,000).
+    pub lease_ms: u64,
+    /// How many times a task may lose its worker before it fails
+    /// (default 2).
+    pub retries: u32,
+}
+
+/// Reads `[workers]` from the root `vx.toml` at `root`; a bad section is
+/// an error naming the file, the line and what was expected.
+pub fn settings(root: &std::path::Path) -> Result<Settings, String> {
+    let _ = root;
+    todo!("engine helper")
+}
