@@ -60,6 +60,20 @@ impl Events {
         }
     }
 
+    /// The observer behind this sink, if any (a tee that keeps what the
+    /// watchers are handed wraps it).
+    pub fn observer(&self) -> Option<Arc<dyn Observer>> {
+        self.observer.clone()
+    }
+
+    /// This sink with `observer` in place of its own.
+    pub fn with_observer(&self, observer: Arc<dyn Observer>) -> Events {
+        Events {
+            to_client: self.to_client.clone(),
+            observer: Some(observer),
+        }
+    }
+
     /// Delivers one event (never fails; the `Result` keeps channel-style
     /// call sites).
     pub fn send(&self, e: RunEvent) -> Result<(), std::convert::Infallible> {

@@ -157,6 +157,43 @@ vx_test!(
 // A plain `vx run` asks for changes only, yet a subscriber sees every task
 // of it: the cache hits of a repeat run are on the bus (published for the
 // watchers, not sent to that client), in order with the rest.
+/// The ids of the tasks a follower saw finish as cached, up to the end of
+/// the next run (its events in order, numbered from 1 per run).
+fn hits_of_next_run(all: &Follower) -> Vec<String> {
+    let got = all.next_until(|v| v["method"] == "run.finished");
+    let finished = &got.last().unwrap()["params"];
+    assert_eq!(finished["counts"]["cached"], 3, "{finished:#}");
+    let events: Vec<&Value> = got
+        .iter()
+        .filter(|v| v["method"] == "events.event")
+        .collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|v| v["params"]["seq"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "in order");
+    let mut hits: Vec<String> = events
+        .iter()
+        .filter(|v| v["params"]["event"]["type"] == "task_finished")
+        .inspect(|v| assert_eq!(v["params"]["event"]["result"]["status"], "cached", "{v}"))
+        .map(|v| {
+            v["params"]["event"]["result"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    hits.sort();
+    hits
+}
+
+fn runs_replayed(ws: &Ws) -> u64 {
+    let r = ws.vx(&["daemon", "status", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    json(&r)["runs_replayed"].as_u64().unwrap()
+}
+
 vx_test!(a_subscriber_sees_the_hits_of_a_plain_run, || {
     let ws = basic();
     if !daemon_mode() {
@@ -171,35 +208,35 @@ vx_test!(a_subscriber_sees_the_hits_of_a_plain_run, || {
     let all = Follower::start(&ws, &[]);
     let plain = ws.vx(&["run", "app#test"]);
     assert_eq!(plain.code, 0, "{}{}", plain.stdout, plain.stderr);
-    let got = all.next_until(|v| v["method"] == "run.finished");
-    let finished = &got.last().unwrap()["params"];
-    assert_eq!(finished["counts"]["cached"], 3, "{finished:#}");
-    let events: Vec<&Value> = got
-        .iter()
-        .filter(|v| v["method"] == "events.event")
-        .collect();
-    let seqs: Vec<u64> = events
-        .iter()
-        .map(|v| v["params"]["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "in order"
-    );
-    let mut hits: Vec<String> = events
-        .iter()
-        .filter(|v| v["params"]["event"]["type"] == "task_finished")
-        .inspect(|v| assert_eq!(v["params"]["event"]["result"]["status"], "cached", "{v}"))
-        .map(|v| {
-            v["params"]["event"]["result"]["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    hits.sort();
-    assert_eq!(hits, ["app#build", "app#test", "lib#build"], "{got:#?}");
+    let hits = hits_of_next_run(&all);
+    assert_eq!(hits, ["app#build", "app#test", "lib#build"]);
+});
+
+// While a subscriber watches, a repeat plain run is still replayed from
+// memory (once a watched run was kept), and the subscriber still sees
+// every task's hit, which the run's own client does not ask for.
+vx_test!(a_watched_repeat_run_is_replayed_with_every_hit, || {
+    let ws = basic();
+    if !daemon_mode() {
+        return;
+    }
+    let r = ws.run(&["app#test"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let all = Follower::start(&ws, &[]);
+    let before = runs_replayed(&ws);
+    for round in 0..3 {
+        let plain = ws.vx(&["run", "app#test"]);
+        assert_eq!(plain.code, 0, "{}{}", plain.stdout, plain.stderr);
+        let hits = hits_of_next_run(&all);
+        assert_eq!(
+            hits,
+            ["app#build", "app#test", "lib#build"],
+            "round {round}"
+        );
+    }
+    // The first watched run is computed (and kept as watched); the next two
+    // are replays.
+    assert_eq!(runs_replayed(&ws) - before, 2);
 });
 
 fn waiting() -> Ws {

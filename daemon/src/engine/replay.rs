@@ -25,9 +25,15 @@
 //! - the workspace root found from the cwd is still the daemon's;
 //! - it is younger than [`MAX_AGE`] (hits record their entries' access
 //!   times for `cache prune` at most hourly; a replay records none).
-//! - nothing watches the bus for the events its client did not ask for
-//!   ([`Events::watched`]): a kept answer holds only what its client was
-//!   sent, so while a watcher wants every task's hit the run is fresh.
+//! - the bus's watchers get what they would get from a fresh run: a kept
+//!   answer holds what its client was sent and, marked apart, what only
+//!   the watchers were handed ([`Events::observe`]: the hits a plain run's
+//!   client did not ask for). An answer captured while the bus was watched
+//!   at every task replays both (the marked ones to the watchers alone,
+//!   and only while someone still watches); one captured while nobody (or
+//!   not always somebody) watched is replayed only to an unwatched bus,
+//!   so a run with a watcher that arrived since is computed afresh once
+//!   and kept as watched.
 //!
 //! Only a run that could not have changed anything is kept: every task a
 //! local hit whose outputs were already in place and lie under watched
@@ -132,10 +138,10 @@ pub(super) fn try_replay(
     let Some(answer) = hot.answer(&request) else {
         return Err(Some(world));
     };
-    // A kept answer holds what its client was sent, not the hits that only
-    // watchers of the bus get (`Events::observe`): while someone watches,
-    // the run is computed afresh so they see every task.
-    if events.watched()
+    // A kept answer captured without watchers lacks the hits only they get
+    // (`Events::observe`): while someone watches, it is computed afresh.
+    let watched = events.watched();
+    if (watched && !answer.observed_whole)
         || !world.same(answer.generation, &answer.store, answer.store_generation)
         || answer.at.elapsed() > MAX_AGE
         || hot.root_gone.load(std::sync::atomic::Ordering::Relaxed)
@@ -146,7 +152,13 @@ pub(super) fn try_replay(
     if trace.is_some() {
         crate::telemetry::remember(run_id, &params.env);
     }
-    for e in &answer.events {
+    for (observed_only, e) in &answer.events {
+        if *observed_only {
+            if watched {
+                events.observe(e);
+            }
+            continue;
+        }
         match e {
             RunEvent::RunStarted {
                 root,
@@ -223,10 +235,63 @@ fn record_replayed(hot: &Arc<Hot>, params: &RunParams, kept: Arc<RunRecord>, s: 
 /// Events as a run emits them, kept (within bounds) beside their delivery.
 #[derive(Default)]
 struct Recorded {
-    events: Vec<RunEvent>,
+    /// `true`: handed to the bus's watchers alone.
+    events: Vec<(bool, RunEvent)>,
     bytes: usize,
     /// Past the bounds, or something that makes the answer unfit to keep.
     spoiled: bool,
+    /// Some task's hit was not handed to the watchers (nobody watched).
+    unwatched: bool,
+}
+
+impl Recorded {
+    /// Keeps `e` unless past the bounds (which spoils the answer).
+    fn keep(&mut self, observed_only: bool, e: &RunEvent) {
+        if self.spoiled {
+            return;
+        }
+        if let RunEvent::TaskOutput { line, .. } = e {
+            self.bytes += line.len();
+        }
+        // A task's span belongs to this run: never replayed.
+        let traced_task = matches!(
+            e,
+            RunEvent::TaskStarted {
+                traceparent: Some(_),
+                ..
+            }
+        );
+        if traced_task || self.events.len() >= MAX_EVENTS || self.bytes > MAX_BYTES {
+            self.spoiled = true;
+            self.events = Vec::new();
+        } else {
+            self.events.push((observed_only, e.clone()));
+        }
+    }
+}
+
+/// The bus's observer, with a copy of what it is handed kept: the tee of
+/// a captured run on the watchers' side.
+struct KeepObserved {
+    inner: Arc<dyn crate::sink::Observer>,
+    recorded: Arc<Mutex<Recorded>>,
+}
+
+impl crate::sink::Observer for KeepObserved {
+    fn watched(&self) -> bool {
+        let w = self.inner.watched();
+        if !w && let Ok(mut r) = self.recorded.lock() {
+            r.unwatched = true;
+        }
+        w
+    }
+
+    fn observe(&self, e: &RunEvent) {
+        if let Ok(mut r) = self.recorded.lock() {
+            r.keep(true, e);
+        }
+        self.inner.observe(e);
+    }
 }
 
 /// A fresh run that may be kept to be replayed: what it started from, its
@@ -244,30 +309,26 @@ impl Capture {
     pub(super) fn start(params: &RunParams, before: World, events: Events) -> (Capture, Events) {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let r2 = recorded.clone();
-        let tee = events.clone().with_client(move |e: RunEvent| {
-            if let Ok(mut r) = r2.lock()
-                && !r.spoiled
-            {
-                if let RunEvent::TaskOutput { line, .. } = &e {
-                    r.bytes += line.len();
-                }
-                // A task's span belongs to this run: never replayed.
-                let traced_task = matches!(
-                    &e,
-                    RunEvent::TaskStarted {
-                        traceparent: Some(_),
-                        ..
-                    }
-                );
-                if traced_task || r.events.len() >= MAX_EVENTS || r.bytes > MAX_BYTES {
-                    r.spoiled = true;
-                    r.events = Vec::new();
-                } else {
-                    r.events.push(e.clone());
-                }
+        let mut tee = events.clone().with_client(move |e: RunEvent| {
+            if let Ok(mut r) = r2.lock() {
+                r.keep(false, &e);
             }
             let _ = events.send(e);
         });
+        match tee.observer() {
+            Some(inner) => {
+                tee = tee.with_observer(Arc::new(KeepObserved {
+                    inner,
+                    recorded: recorded.clone(),
+                }));
+            }
+            // Nothing can watch this run's bus: no hit is ever observed.
+            None => {
+                if let Ok(mut r) = recorded.lock() {
+                    r.unwatched = true;
+                }
+            }
+        }
         let capture = Capture {
             request: request_hash(params),
             before,
@@ -291,7 +352,7 @@ impl Capture {
             _ => return,
         };
         let warnings = &sh.model.ws.warnings;
-        let quiet_events = recorded.events.iter().all(|e| match e {
+        let quiet_events = recorded.events.iter().all(|(_, e)| match e {
             RunEvent::Warning { message } => warnings.contains(message),
             _ => true,
         });
@@ -339,6 +400,7 @@ impl Capture {
                 store_generation: b.store_generation,
                 at: Instant::now(),
                 events: recorded.events,
+                observed_whole: !recorded.unwatched,
                 summary: summary.clone(),
                 record: Some(record),
             },

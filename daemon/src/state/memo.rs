@@ -32,8 +32,13 @@ pub struct RunAnswer {
     pub store_generation: u64,
     /// When the run ended.
     pub at: Instant,
-    /// Every event the run emitted, in order (its `run_started` included).
-    pub events: Vec<RunEvent>,
+    /// Every event the run emitted, in order (its `run_started` included);
+    /// `true` marks one only the bus's watchers got (`Events::observe`).
+    pub events: Vec<(bool, RunEvent)>,
+    /// The watchers got every event meant for them while the run went on
+    /// (the bus was watched at each task): the answer may be replayed to a
+    /// watched bus. `false`: only to an unwatched one.
+    pub observed_whole: bool,
     pub summary: RunSummary,
     /// Its history record (`None`: the run was not recorded).
     pub record: Option<Arc<RunRecord>>,

@@ -74,7 +74,10 @@ pub enum ToWorker {
     Assign(Assignment),
     /// Stop that task now (kill it): the coordinator no longer owns it
     /// (its lease expired, the run was cancelled or already failed).
-    Revoke { lease: u64, reason: String },
+    Revoke {
+        lease: u64,
+        reason: String,
+    },
 }
 
 /// An output stream of a task.
