@@ -223,7 +223,12 @@ pub fn why(p: HistoryTaskParams, hot: Option<&Hot>) -> Result<WhyReport, EngineE
     let h = open(&ws, hot)?;
     let id = resolve_task(&ws, cwd, &p.task, h.as_deref())?;
     let h = h.ok_or_else(|| no_runs(&ws))?;
-    h.why_at(&id, p.run_id.as_deref()).map_err(history_err)
+    // A pattern that does not parse keys nothing: no file is global then
+    // (a run with that config fails with the pattern's error).
+    let global = crate::globs::Patterns::new(&ws.global.keyed_inputs()).ok();
+    let is_global = |f: &str| global.as_ref().is_some_and(|g| g.matches(f));
+    h.why_at_with(&id, p.run_id.as_deref(), &is_global)
+        .map_err(history_err)
 }
 
 /// `workspace.info` (`vx info`). History problems are reported in the

@@ -372,3 +372,46 @@ vx_test!(a_running_daemon_serves_the_history, || {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no runs recorded yet"), "{}", r.stderr);
 });
+
+// A workspace-wide input (`global_inputs`) that changed is named as such,
+// with advice about the workspace setting, not the task's own `inputs`;
+// a project file still gets the task-level advice.
+vx_test!(why_names_a_changed_global_input_as_workspace_wide, || {
+    let ws = basic();
+    ws.write(
+        "vx.toml",
+        "[workspace]\nmembers = [\"packages/*\"]\nglobal_inputs = [\"shared.cfg\"]\n",
+    );
+    ws.write("shared.cfg", "one\n");
+    let r = ws.run(&["app#build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    ws.write("shared.cfg", "two\n");
+    let r = ws.run(&["app#build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = json(&ws, ".", &["why", "app#build", "--json"]);
+    let advice: Vec<&str> = v["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        advice
+            .iter()
+            .any(|a| a.contains("shared.cfg changed; it is a workspace-wide input")),
+        "{advice:#?}"
+    );
+    assert!(
+        !advice.iter().any(|a| a.contains("narrow `inputs`")),
+        "{advice:#?}"
+    );
+    ws.write("packages/app/src/main.txt", "edited\n");
+    let r = ws.run(&["app#build"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = json(&ws, ".", &["why", "app#build", "--json"]);
+    let text = v["advice"].to_string();
+    assert!(
+        text.contains("packages/app/src/main.txt changed; if it is not an input"),
+        "{text}"
+    );
+});

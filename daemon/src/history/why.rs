@@ -14,6 +14,18 @@ impl History {
     /// [`History::why`] as of run `run_id` (a unique prefix works): the key
     /// the task had in that run against the distinct key before it.
     pub fn why_at(&self, task_id: &str, run_id: Option<&str>) -> Result<WhyReport, HistoryError> {
+        self.why_at_with(task_id, run_id, &|_| false)
+    }
+
+    /// [`History::why_at`], with `global` telling which changed files are
+    /// workspace-wide inputs (keyed into every task): the advice for those
+    /// names the workspace setting, not the task's `inputs`.
+    pub fn why_at_with(
+        &self,
+        task_id: &str,
+        run_id: Option<&str>,
+        global: &dyn Fn(&str) -> bool,
+    ) -> Result<WhyReport, HistoryError> {
         let upto = match run_id {
             Some(id) => self.seq_of(id)?,
             None => u64::MAX,
@@ -101,7 +113,7 @@ impl History {
         };
         report.compared = true;
         report.changes = diff(&old_fp, &new_fp);
-        report.advice = advice(task_id, &report.changes);
+        report.advice = advice(task_id, &report.changes, global);
         Ok(report)
     }
 }
@@ -160,8 +172,9 @@ pub fn diff(old: &Fingerprint, new: &Fingerprint) -> Vec<Change> {
 /// How many file changes get their own advice line.
 pub(super) const FILE_ADVICE: usize = 5;
 
-/// What to do about each change, one sentence per line.
-pub fn advice(task: &str, changes: &[Change]) -> Vec<String> {
+/// What to do about each change, one sentence per line; `global` tells
+/// which files are workspace-wide inputs.
+pub fn advice(task: &str, changes: &[Change], global: &dyn Fn(&str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     if changes.is_empty() {
         out.push(format!(
@@ -175,6 +188,17 @@ pub fn advice(task: &str, changes: &[Change]) -> Vec<String> {
         .collect();
     for c in files.iter().take(FILE_ADVICE) {
         let name = c.name.as_deref().unwrap_or("?");
+        if global(name) && c.kind != ChangeKind::Removed {
+            let what = if c.kind == ChangeKind::Added {
+                "is a new workspace-wide input"
+            } else {
+                "changed; it is a workspace-wide input"
+            };
+            out.push(format!(
+                "file {name} {what}, keyed into every task (`global_inputs` in the root vx.toml, turbo.json's `globalDependencies`, or a package the root package.json depends on); if it should not affect every task, narrow those"
+            ));
+            continue;
+        }
         out.push(match c.kind {
             ChangeKind::Changed => format!(
                 "file {name} changed; if it is not an input of {task}, narrow `inputs` (or exclude it with a `!` pattern)"
