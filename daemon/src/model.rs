@@ -208,6 +208,12 @@ impl Model {
         self.by_dir.get(".").copied()
     }
 
+    /// The root-relative dirs of the projects nested in project `p` (its
+    /// walk's fence).
+    pub(crate) fn fence_of(&self, p: usize) -> &HashSet<String> {
+        &self.fences[p]
+    }
+
     /// All project dirs except the root project's: the fence of a loose walk.
     pub(crate) fn all_project_dirs(&self) -> HashSet<String> {
         self.ws

@@ -131,3 +131,45 @@ vx_test!(
         assert_eq!(ws.read("ws/packages/a/dist/out.txt"), "gen-2\none\n");
     }
 );
+
+/// A workspace whose `global_inputs` select files git ignores, in ignored
+/// directories (`local/` is ignored as a whole).
+fn ignored_global_inputs() -> Ws {
+    Ws::new(&[
+        (".gitignore", "local/\nsecret/\ndist/\n"),
+        (
+            "vx.toml",
+            "[workspace]\nmembers = [\"packages/*\"]\nglobal_inputs = [\"local/**/*.env\", \"secret/**\"]\n",
+        ),
+        ("packages/a/vx.toml", BUILD),
+        ("packages/a/src/x.txt", "one\n"),
+        ("local/deep/app.env", "A=1\n"),
+    ])
+}
+
+// An edit of a gitignored global input inside an ignored directory, and a
+// new one in an ignored directory that did not exist, re-run the task
+// (the daemon watches the ignored directories such files live in: without
+// that, its hot state missed both and served a stale hit).
+vx_test!(
+    a_global_input_in_an_ignored_directory_is_seen_when_edited_or_created,
+    || {
+        let ws = ignored_global_inputs();
+        let r = ws.run(&["a#build"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.executed(), ["a#build"]);
+        let r = ws.run(&["a#build"]);
+        assert_eq!(r.executed(), Vec::<String>::new(), "a repeat run is a hit");
+        ws.write("local/deep/app.env", "A=2\n");
+        let r = ws.run(&["a#build"]);
+        assert_eq!(r.executed(), ["a#build"], "the edited global input");
+        let r = ws.run(&["a#build"]);
+        assert_eq!(r.executed(), Vec::<String>::new());
+        ws.write("secret/new/key.txt", "k\n");
+        let r = ws.run(&["a#build"]);
+        assert_eq!(r.executed(), ["a#build"], "the new global input");
+        ws.write("local/other/b.env", "B=1\n");
+        let r = ws.run(&["a#build"]);
+        assert_eq!(r.executed(), ["a#build"], "a new file in a new ignored dir");
+    }
+);

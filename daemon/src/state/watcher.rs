@@ -337,6 +337,29 @@ impl Hot {
         }
     }
 
+    /// With global inputs declared (they select files git ignores too):
+    /// watches the ignored directories under `dir` (the whole workspace,
+    /// or one re-walked project), which are not watched otherwise, so that
+    /// an edit or a new file there is seen. Costs a walk of what git
+    /// ignores, on a rescan or a project's re-walk only (which walk it for
+    /// the global inputs anyway).
+    pub(super) fn watch_ignored_under(
+        &self,
+        model: &crate::model::Model,
+        dir: &Path,
+        fence: &HashSet<String>,
+        skip: &[PathBuf],
+    ) {
+        if model.global_patterns().is_none() {
+            return;
+        }
+        for d in hash::walk_ignored_dirs(&self.root, dir, fence, skip) {
+            if !self.is_watched(&d) {
+                self.watch_dir(&d);
+            }
+        }
+    }
+
     /// Watches the directories that hold a task's outputs (they are usually
     /// ignored, so not watched otherwise): every directory from the project
     /// down to each output base, and everything below the bases.
