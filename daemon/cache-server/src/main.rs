@@ -15,6 +15,7 @@ mod auth;
 mod http;
 mod metrics;
 mod reapi;
+mod serve;
 mod store;
 
 use anyhow::{Context, Result, bail};
@@ -70,6 +71,13 @@ struct Args {
     /// directory).
     #[arg(long)]
     spool: Option<PathBuf>,
+    /// How long a connection may take to send a request's headers (and its
+    /// first request) before it is closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -274,9 +282,11 @@ async fn serve(args: Args, tokens: Tokens, signature_key: Option<Vec<u8>>) -> Re
     };
     // HTTP/1.1 for the turbo/Nx routes and HTTP/2 (gRPC) for REAPI on one port.
     let routes = http::router(app.clone()).merge(reapi::router(grpc));
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = serve::Limits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
+    serve::serve(listener, routes, limits, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = housekeeping.await;
     store.save_access().await;
