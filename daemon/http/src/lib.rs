@@ -24,6 +24,7 @@ pub mod auth;
 pub mod feed;
 pub mod metrics;
 pub mod rpc;
+pub mod serve;
 pub mod stream;
 pub mod ui;
 pub mod ws;
@@ -229,16 +230,13 @@ impl Attachment for Http {
         {
             let (discovery, token) = (discovery.clone(), token.clone());
             tokio::spawn(async move {
-                // Events go out as they come: no Nagle delay on small writes.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stopping.clone().cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!("HTTP server failed: {e}");
-                }
+                serve::serve(
+                    listener,
+                    app,
+                    serve::HEADER_TIMEOUT,
+                    stopping.clone().cancelled_owned(),
+                )
+                .await;
                 remove_discovery(&discovery, &token);
             });
         }
