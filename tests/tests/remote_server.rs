@@ -6,6 +6,7 @@
 
 #[path = "remote_support/mod.rs"]
 mod remote_support;
+mod slow_client;
 
 use remote_support::*;
 use std::io::{Read, Write};
@@ -342,4 +343,60 @@ fn shutdown_finishes_an_upload_in_flight() {
     );
     assert_eq!(st, 200);
     assert_eq!(got, data);
+}
+
+// Slowloris: connections that trickle a request head, send nothing, or
+// trickle the HTTP/2 preface are closed after the header timeout, while a
+// normal request (HTTP/1.1 and gRPC-free HTTP/2 alike) is served meanwhile.
+#[test]
+fn slow_request_heads_are_cut() {
+    let store = tempfile::tempdir().unwrap();
+    let srv = Server::start(
+        store.path().to_str().unwrap(),
+        &["--token-rw", RW, "--header-timeout", "2s"],
+        &[],
+    );
+    let bound = Duration::from_secs(40);
+    let (head, trickle) = slow_client::partial_get("/health");
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("a trickled HTTP/1.1 head", head, trickle),
+        ("nothing sent", Vec::new(), Vec::new()),
+        (
+            "a trickled HTTP/2 preface",
+            Vec::new(),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        ),
+        (
+            "a trickled second request on a kept-alive connection",
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nX-Slow: "
+                .to_vec(),
+            b"b".to_vec(),
+        ),
+    ];
+    let slow: Vec<_> = cases
+        .into_iter()
+        .map(|(what, prefix, trickle)| {
+            let addr = srv.addr.clone();
+            (
+                what,
+                std::thread::spawn(move || {
+                    slow_client::slow_request(&addr, &prefix, &trickle, bound)
+                }),
+            )
+        })
+        .collect();
+    // Served while the slow ones hang on.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(srv.http("GET", "/health", None, &[], b"").0, 200);
+    assert_eq!(
+        srv.http("PUT", "/v1/cache/ab34", Some(RW), &[], b"fine").0,
+        200
+    );
+    for (what, t) in slow {
+        assert_eq!(t.join().unwrap(), slow_client::Ended::Closed, "{what}");
+    }
+    assert_eq!(
+        srv.http("GET", "/v1/cache/ab34", Some(RW), &[], b"").2,
+        b"fine"
+    );
 }

@@ -1,7 +1,9 @@
 //! `metrics` — the server's counters and their Prometheus text
 //! (`GET /metrics`): requests by route and status, hits, misses, bytes in
-//! and out, stored bytes and artifacts, evictions. Never blocks a request
-//! on anything but a short lock.
+//! and out, stored bytes and artifacts, evictions; and the REAPI calls by
+//! service, method and outcome (the gRPC status code) with the blob bytes
+//! each method moved in and out. Never blocks a request on anything but a
+//! short lock.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -22,12 +24,65 @@ pub struct Metrics {
     pub bad_signatures: AtomicU64,
     /// Usage events by (local, remote) × (miss, hit).
     events: [AtomicU64; 4],
+    /// REAPI calls by (service, method, code).
+    reapi_calls: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    /// REAPI blob bytes by (service, method): (in, out).
+    reapi_bytes: Mutex<BTreeMap<(&'static str, &'static str), (u64, u64)>>,
+}
+
+/// The canonical name of a gRPC status code (as in `google.rpc.Code`).
+pub fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 impl Metrics {
     /// Counts one usage event.
     pub fn event(&self, remote: bool, hit: bool) {
         self.events[(remote as usize) << 1 | hit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one REAPI call that ended with `code`.
+    pub fn reapi_call(&self, service: &'static str, method: &'static str, code: tonic::Code) {
+        if let Ok(mut m) = self.reapi_calls.lock() {
+            *m.entry((service, method, code_name(code))).or_default() += 1;
+        }
+    }
+
+    /// Counts blob bytes a REAPI method took in and gave out.
+    pub fn reapi_bytes(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        bytes_in: u64,
+        out: u64,
+    ) {
+        if bytes_in == 0 && out == 0 {
+            return;
+        }
+        if let Ok(mut m) = self.reapi_bytes.lock() {
+            let e = m.entry((service, method)).or_default();
+            e.0 += bytes_in;
+            e.1 += out;
+        }
     }
 
     pub fn request(&self, route: &'static str, status: u16) {
@@ -114,10 +169,44 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
-        let _ = writeln!(s, "# HELP vx_cache_stored_bytes Bytes of artifacts stored.");
+        let _ = writeln!(
+            s,
+            "# HELP vx_cache_reapi_calls_total REAPI calls by service, method and outcome (gRPC status code)."
+        );
+        let _ = writeln!(s, "# TYPE vx_cache_reapi_calls_total counter");
+        if let Ok(m) = self.reapi_calls.lock() {
+            for ((service, method, code), n) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "vx_cache_reapi_calls_total{{service=\"{service}\",method=\"{method}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vx_cache_reapi_bytes_total REAPI blob bytes by service, method and direction (in: uploaded, out: downloaded)."
+        );
+        let _ = writeln!(s, "# TYPE vx_cache_reapi_bytes_total counter");
+        if let Ok(m) = self.reapi_bytes.lock() {
+            for ((service, method), (i, o)) in m.iter() {
+                for (dir, n) in [("in", i), ("out", o)] {
+                    let _ = writeln!(
+                        s,
+                        "vx_cache_reapi_bytes_total{{service=\"{service}\",method=\"{method}\",direction=\"{dir}\"}} {n}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vx_cache_stored_bytes Bytes stored (artifacts, REAPI blobs and ActionCache entries)."
+        );
         let _ = writeln!(s, "# TYPE vx_cache_stored_bytes gauge");
         let _ = writeln!(s, "vx_cache_stored_bytes {stored_bytes}");
-        let _ = writeln!(s, "# HELP vx_cache_stored_artifacts Artifacts stored.");
+        let _ = writeln!(
+            s,
+            "# HELP vx_cache_stored_artifacts Objects stored (artifacts, REAPI blobs and ActionCache entries)."
+        );
         let _ = writeln!(s, "# TYPE vx_cache_stored_artifacts gauge");
         let _ = writeln!(s, "vx_cache_stored_artifacts {stored_artifacts}");
         s

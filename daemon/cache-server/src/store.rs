@@ -15,9 +15,13 @@
 //!
 //! Layout under the store's root: `v1/<namespace>/<team>/<hash>` (the
 //! artifact's bytes as uploaded) and `v1/<namespace>/<team>/<hash>.meta.json`
-//! ([`Meta`]), and `_vx/access.json`.
+//! ([`Meta`]), and `_vx/access.json`. The REAPI side's objects
+//! (`reapi/cas/…` blobs and `reapi/ac/…` entries, see [`crate::reapi`]) are
+//! in the same index and under the same policy: the REAPI code notes their
+//! writes and reads ([`Store::note_written`], [`Store::note_read`]), and
+//! eviction removes them like artifacts, least recently used first.
 //! Never: overwrites an artifact (`PutMode::Create`), or deletes anything
-//! outside `v1/`.
+//! outside `v1/` and `reapi/`.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -247,8 +251,47 @@ impl Store {
         Ok(Some(f))
     }
 
-    /// Forgets an indexed artifact that turned out to be gone.
-    fn forget(&self, artifact: &str) {
+    /// Notes an object just written outside [`Store::create`] (a REAPI
+    /// blob or ActionCache entry): counted for eviction from now, as read
+    /// now.
+    pub fn note_written(&self, path: &str, size: u64) {
+        let now = now_ms();
+        if let Ok(mut idx) = self.index.lock() {
+            idx.insert(
+                path.to_string(),
+                Item {
+                    size,
+                    created_ms: now,
+                    last_read_ms: now,
+                    found: None,
+                },
+            );
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        self.kick.notify_one();
+    }
+
+    /// Notes a read (or a use that counts as one, such as a CAS existence
+    /// check) of an object outside `v1/`: the least recently used go first.
+    /// An object the index does not hold yet (listing still running, or
+    /// written by another server on a shared store) is added with what the
+    /// caller learnt from the store.
+    pub fn note_read(&self, path: &str, size: u64, created_ms: u64) {
+        let now = now_ms();
+        if let Ok(mut idx) = self.index.lock() {
+            let i = idx.entry(path.to_string()).or_insert(Item {
+                size,
+                created_ms,
+                last_read_ms: now,
+                found: None,
+            });
+            i.last_read_ms = now;
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets an indexed object that turned out to be gone.
+    pub fn forget(&self, artifact: &str) {
         if let Ok(mut idx) = self.index.lock() {
             idx.remove(artifact);
         }
@@ -323,7 +366,9 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => HashMap::new(),
             Err(e) => return Err(e),
         };
-        let mut list = self.os.list(Some(&Path::from("v1")));
+        let v1 = Path::from("v1");
+        let reapi = Path::from("reapi");
+        let mut list = self.os.list(Some(&v1)).chain(self.os.list(Some(&reapi)));
         let mut found = HashMap::new();
         while let Some(o) = list.next().await {
             let o = o?;
@@ -418,7 +463,9 @@ impl Store {
                 }
             };
             if removed {
-                let _ = self.os.delete(&meta_path(&k)).await;
+                if k.starts_with("v1/") {
+                    let _ = self.os.delete(&meta_path(&k)).await;
+                }
                 if let Ok(mut idx) = self.index.lock() {
                     idx.remove(&k);
                 }

@@ -5,7 +5,11 @@
 //! points at missing bytes) and no link target is absolute; the first
 //! result stored stays (a later update gets the stored one back). A lookup
 //! goes through the namespaces the token reads, in order, and skips an
-//! entry whose blobs have gone.
+//! entry whose blobs have gone (evicted: REAPI allows `NOT_FOUND` then, and
+//! the client runs the action again), the files inside its output
+//! directories' trees included; a hit counts as a use of the entry and of
+//! every blob it names, so eviction (least recently used first) keeps a
+//! result and its outputs together.
 //!
 //! Never: overwrites an entry, or lets a write reach a namespace other
 //! than the token's own.
@@ -16,7 +20,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use tonic::{Request, Response, Status};
 use vx_reapi::prost::Message;
 use vx_reapi::re::action_cache_server::ActionCache;
-use vx_reapi::re::{ActionResult, Digest, GetActionResultRequest, UpdateActionResultRequest};
+use vx_reapi::re::{ActionResult, Digest, GetActionResultRequest, Tree, UpdateActionResultRequest};
 
 fn entry_path(ns: &str, instance: &str, d: &Digest) -> Path {
     Path::from(format!("reapi/ac/{ns}/{instance}/{}", d.hash))
@@ -45,26 +49,69 @@ fn action_digest(d: Option<Digest>) -> Result<Digest, Status> {
     Ok(d)
 }
 
+/// The largest output-directory `Tree` whose files a lookup checks; a
+/// larger tree's own blob is checked but not its files.
+pub const TREE_CHECK_MAX: i64 = 16 << 20;
+
 impl Reapi {
-    async fn load(&self, p: &Path) -> Result<Option<ActionResult>, Status> {
-        let b = match self.os.get(p).await {
-            Ok(r) => r.bytes().await.map_err(store_failed)?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+    /// An entry, with its size and modification time (unix ms).
+    async fn load(&self, p: &Path) -> Result<Option<(ActionResult, u64, u64)>, Status> {
+        let (b, created) = match self.os.get(p).await {
+            Ok(r) => {
+                let created = super::cas::created_ms(r.meta.last_modified.timestamp_millis());
+                (r.bytes().await.map_err(store_failed)?, created)
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.app.store.forget(p.as_ref());
+                return Ok(None);
+            }
             Err(e) => return Err(store_failed(e)),
         };
+        let size = b.len() as u64;
         match ActionResult::decode(b) {
-            Ok(r) => Ok(Some(r)),
+            Ok(r) => Ok(Some((r, size, created))),
             Err(e) => {
                 tracing::warn!(entry = %p, error = %e, "a stored ActionResult does not decode; skipped");
                 Ok(None)
             }
         }
     }
+
+    /// Whether every blob `res` names is in the CAS, the files inside its
+    /// output directories' trees included (trees up to
+    /// [`TREE_CHECK_MAX`]); each blob found counts as used (eviction).
+    async fn complete(&self, res: &ActionResult) -> Result<bool, Status> {
+        if !self.missing(&referenced(res)).await?.is_empty() {
+            return Ok(false);
+        }
+        for od in &res.output_directories {
+            let Some(td) = &od.tree_digest else { continue };
+            if td.size_bytes > TREE_CHECK_MAX {
+                continue;
+            }
+            let Some(b) = self.read_blob(td).await? else {
+                return Ok(false);
+            };
+            let Ok(tree) = Tree::decode(b) else {
+                tracing::warn!(tree = %td.hash, "an output directory's Tree does not decode; a miss");
+                return Ok(false);
+            };
+            let files: Vec<Digest> = tree
+                .root
+                .iter()
+                .chain(&tree.children)
+                .flat_map(|d| d.files.iter().filter_map(|f| f.digest.clone()))
+                .collect();
+            if !self.missing(&files).await?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
-#[tonic::async_trait]
-impl ActionCache for Reapi {
-    async fn get_action_result(
+impl Reapi {
+    async fn get_action_result_call(
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
@@ -73,20 +120,22 @@ impl ActionCache for Reapi {
         let inst = instance_dir(&r.instance_name)?;
         let d = action_digest(r.action_digest)?;
         for ns in &g.reads {
-            let Some(res) = self.load(&entry_path(ns, &inst, &d)).await? else {
+            let p = entry_path(ns, &inst, &d);
+            let Some((res, size, created)) = self.load(&p).await? else {
                 continue;
             };
-            let gone = self.missing(&referenced(&res)).await?;
-            if !gone.is_empty() {
-                tracing::info!(action = %d.hash, namespace = %ns, missing = gone.len(), "an ActionCache entry names missing blobs; a miss");
+            if !self.complete(&res).await? {
+                tracing::info!(action = %d.hash, namespace = %ns, "an ActionCache entry names blobs no longer in the CAS (evicted?); a miss");
                 continue;
             }
+            self.app.store.note_read(p.as_ref(), size, created);
+            self.bytes("ActionCache", "GetActionResult", 0, size);
             return Ok(Response::new(res));
         }
         Err(Status::not_found("no result for this action"))
     }
 
-    async fn update_action_result(
+    async fn update_action_result_call(
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
@@ -137,19 +186,42 @@ impl ActionCache for Reapi {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.os.put_opts(&p, res.encode_to_vec().into(), opts).await {
+        let encoded = res.encode_to_vec();
+        let len = encoded.len() as u64;
+        match self.os.put_opts(&p, encoded.into(), opts).await {
             Ok(_) => {
+                self.app.store.note_written(p.as_ref(), len);
+                self.bytes("ActionCache", "UpdateActionResult", len, 0);
                 tracing::info!(token = %g.name, namespace = %g.namespace, action = %d.hash, "action result stored");
                 Ok(Response::new(res))
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // Never overwritten: the stored result is the answer.
                 match self.load(&p).await? {
-                    Some(old) => Ok(Response::new(old)),
+                    Some((old, _, _)) => Ok(Response::new(old)),
                     None => Ok(Response::new(res)),
                 }
             }
             Err(e) => Err(store_failed(e)),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for Reapi {
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let r = self.get_action_result_call(request).await;
+        self.counted("ActionCache", "GetActionResult", r)
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let r = self.update_action_result_call(request).await;
+        self.counted("ActionCache", "UpdateActionResult", r)
     }
 }

@@ -152,18 +152,18 @@ impl Reapi {
             w.write(&buf[..n]);
         }
         w.finish().await.map_err(store_failed)?;
+        self.app
+            .store
+            .note_written(blob_path(&d.hash).as_ref(), d.size_bytes as u64);
         Ok(())
     }
 }
 
-#[tonic::async_trait]
-impl ByteStream for Reapi {
-    type ReadStream = ReadStream;
-
-    async fn read(
+impl Reapi {
+    async fn read_call(
         &self,
         request: Request<ReadRequest>,
-    ) -> Result<Response<Self::ReadStream>, Status> {
+    ) -> Result<Response<ReadStream>, Status> {
         self.grant(&request)?;
         let r = request.into_inner();
         let res = vx_reapi::parse_resource(&r.resource_name)
@@ -192,6 +192,9 @@ impl ByteStream for Reapi {
             if d.hash != vx_reapi::EMPTY_SHA256 {
                 return Err(Status::not_found("not in the CAS"));
             }
+            self.app
+                .metrics
+                .reapi_call("ByteStream", "Read", tonic::Code::Ok);
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         }
         let opts = GetOptions {
@@ -208,41 +211,58 @@ impl ByteStream for Reapi {
         if got.meta.size != size {
             return Err(Status::not_found("not in the CAS"));
         }
+        self.app.store.note_read(
+            got.meta.location.as_ref(),
+            size,
+            super::cas::created_ms(got.meta.last_modified.timestamp_millis()),
+        );
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ReadResponse, Status>>(4);
         let mut body = got.into_stream();
+        let app = self.app.clone();
         tokio::spawn(async move {
-            let mut h = vx_reapi::Hasher::default();
-            while let Some(part) = body.next().await {
-                let part = match part {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_failed(e))).await;
-                        return;
+            let mut sent = 0u64;
+            let code = async {
+                let mut h = vx_reapi::Hasher::default();
+                while let Some(part) = body.next().await {
+                    let part = match part {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let st = store_failed(e);
+                            let code = st.code();
+                            let _ = tx.send(Err(st)).await;
+                            return code;
+                        }
+                    };
+                    if whole {
+                        h.update(&part);
                     }
-                };
-                if whole {
-                    h.update(&part);
-                }
-                for c in part.chunks(vx_reapi::CHUNK) {
-                    let m = ReadResponse { data: c.to_vec() };
-                    if tx.send(Ok(m)).await.is_err() {
-                        return;
+                    for c in part.chunks(vx_reapi::CHUNK) {
+                        let m = ReadResponse { data: c.to_vec() };
+                        if tx.send(Ok(m)).await.is_err() {
+                            return tonic::Code::Cancelled;
+                        }
+                        sent += c.len() as u64;
                     }
                 }
+                if whole && !h.matches(&d) {
+                    tracing::warn!(hash = %d.hash, "a stored blob is corrupt");
+                    let _ = tx
+                        .send(Err(Status::data_loss("the stored blob is corrupt")))
+                        .await;
+                    return tonic::Code::DataLoss;
+                }
+                tonic::Code::Ok
             }
-            if whole && !h.matches(&d) {
-                tracing::warn!(hash = %d.hash, "a stored blob is corrupt");
-                let _ = tx
-                    .send(Err(Status::data_loss("the stored blob is corrupt")))
-                    .await;
-            }
+            .await;
+            app.metrics.reapi_call("ByteStream", "Read", code);
+            app.metrics.reapi_bytes("ByteStream", "Read", 0, sent);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
 
-    async fn write(
+    async fn write_call(
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
@@ -322,6 +342,7 @@ impl ByteStream for Reapi {
                     "more bytes than the digest's size",
                 ));
             }
+            self.bytes("ByteStream", "Write", msg.data.len() as u64, 0);
             f.write_all(&msg.data).await.map_err(store_failed)?;
             p.hasher.update(&msg.data);
             p.committed += msg.data.len() as u64;
@@ -365,7 +386,7 @@ impl ByteStream for Reapi {
         }))
     }
 
-    async fn query_write_status(
+    async fn query_write_status_call(
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
@@ -391,6 +412,38 @@ impl ByteStream for Reapi {
             })),
             None => Err(Status::not_found("no such upload")),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl ByteStream for Reapi {
+    type ReadStream = ReadStream;
+
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        // A stream started is counted when it ends (see `read_call`).
+        match self.read_call(request).await {
+            Ok(s) => Ok(s),
+            Err(st) => self.counted("ByteStream", "Read", Err(st)),
+        }
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let r = self.write_call(request).await;
+        self.counted("ByteStream", "Write", r)
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        let r = self.query_write_status_call(request).await;
+        self.counted("ByteStream", "QueryWriteStatus", r)
     }
 }
 

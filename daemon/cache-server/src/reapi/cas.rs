@@ -37,6 +37,11 @@ pub fn blob_path(hash: &str) -> Path {
     Path::from(format!("reapi/cas/{}/{hash}", &hash[..2]))
 }
 
+/// An object's modification time (`timestamp_millis`) as unix ms.
+pub fn created_ms(t: i64) -> u64 {
+    t.max(0) as u64
+}
+
 fn is_empty_blob(d: &Digest) -> bool {
     d.size_bytes == 0 && d.hash == vx_reapi::EMPTY_SHA256
 }
@@ -56,9 +61,23 @@ impl Reapi {
         if is_empty_blob(d) {
             return Ok(true);
         }
-        match self.os.head(&blob_path(&d.hash)).await {
-            Ok(m) => Ok(m.size as i64 == d.size_bytes),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+        let p = blob_path(&d.hash);
+        match self.os.head(&p).await {
+            Ok(m) if m.size as i64 == d.size_bytes => {
+                // A blob a client was told exists is one it will count on:
+                // a use, for eviction.
+                self.app.store.note_read(
+                    p.as_ref(),
+                    m.size,
+                    created_ms(m.last_modified.timestamp_millis()),
+                );
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.app.store.forget(p.as_ref());
+                Ok(false)
+            }
             Err(e) => Err(store_failed(e)),
         }
     }
@@ -86,15 +105,25 @@ impl Reapi {
         if is_empty_blob(d) {
             return Ok(Some(Bytes::new()));
         }
-        let got = match self.os.get(&blob_path(&d.hash)).await {
-            Ok(r) => r.bytes().await.map_err(store_failed)?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        let p = blob_path(&d.hash);
+        let (got, created) = match self.os.get(&p).await {
+            Ok(r) => {
+                let created = created_ms(r.meta.last_modified.timestamp_millis());
+                (r.bytes().await.map_err(store_failed)?, created)
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.app.store.forget(p.as_ref());
+                return Ok(None);
+            }
             Err(e) => return Err(store_failed(e)),
         };
         if let Err(e) = vx_reapi::check(d, &got) {
             tracing::warn!(hash = %d.hash, error = %e, "a stored blob is corrupt; reported missing");
             return Ok(None);
         }
+        self.app
+            .store
+            .note_read(p.as_ref(), got.len() as u64, created);
         Ok(Some(got))
     }
 
@@ -114,20 +143,20 @@ impl Reapi {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .os
-            .put_opts(&blob_path(&d.hash), data.into(), opts)
-            .await
-        {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        let p = blob_path(&d.hash);
+        let len = data.len() as u64;
+        match self.os.put_opts(&p, data.into(), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+                self.app.store.note_written(p.as_ref(), len);
+                Ok(())
+            }
             Err(e) => Err(store_failed(e)),
         }
     }
 }
 
-#[tonic::async_trait]
-impl Capabilities for Reapi {
-    async fn get_capabilities(
+impl Reapi {
+    async fn get_capabilities_call(
         &self,
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
@@ -156,6 +185,17 @@ impl Capabilities for Reapi {
     }
 }
 
+#[tonic::async_trait]
+impl Capabilities for Reapi {
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        let r = self.get_capabilities_call(request).await;
+        self.counted("Capabilities", "GetCapabilities", r)
+    }
+}
+
 type ChunkStream =
     Pin<Box<dyn futures::Stream<Item = Result<GetChunkMappingResponse, Status>> + Send>>;
 type TreeStream = Pin<Box<dyn futures::Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
@@ -164,9 +204,8 @@ type TreeStream = Pin<Box<dyn futures::Stream<Item = Result<GetTreeResponse, Sta
 const TREE_PAGE: usize = 1000;
 const TREE_MAX: usize = 100_000;
 
-#[tonic::async_trait]
-impl ContentAddressableStorage for Reapi {
-    async fn find_missing_blobs(
+impl Reapi {
+    async fn find_missing_blobs_call(
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
@@ -179,7 +218,7 @@ impl ContentAddressableStorage for Reapi {
         }))
     }
 
-    async fn batch_update_blobs(
+    async fn batch_update_blobs_call(
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
@@ -193,6 +232,7 @@ impl ContentAddressableStorage for Reapi {
                 vx_reapi::MAX_BATCH_BYTES
             )));
         }
+        self.bytes("ContentAddressableStorage", "BatchUpdateBlobs", total, 0);
         let mut responses = Vec::with_capacity(r.requests.len());
         for q in r.requests {
             let d = q.digest.unwrap_or_default();
@@ -217,7 +257,7 @@ impl ContentAddressableStorage for Reapi {
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))
     }
 
-    async fn batch_read_blobs(
+    async fn batch_read_blobs_call(
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
@@ -238,6 +278,12 @@ impl ContentAddressableStorage for Reapi {
                 Ok(None) => (Vec::new(), rpc_status(Code::NotFound, "not in the CAS")),
                 Err(st) => (Vec::new(), rpc_status(st.code(), st.message())),
             };
+            self.bytes(
+                "ContentAddressableStorage",
+                "BatchReadBlobs",
+                0,
+                data.len() as u64,
+            );
             responses.push(batch_read_blobs_response::Response {
                 digest: Some(d),
                 data,
@@ -248,12 +294,10 @@ impl ContentAddressableStorage for Reapi {
         Ok(Response::new(BatchReadBlobsResponse { responses }))
     }
 
-    type GetTreeStream = TreeStream;
-
-    async fn get_tree(
+    async fn get_tree_call(
         &self,
         request: Request<GetTreeRequest>,
-    ) -> Result<Response<Self::GetTreeStream>, Status> {
+    ) -> Result<Response<TreeStream>, Status> {
         self.grant(&request)?;
         let r = request.into_inner();
         super::instance_dir(&r.instance_name)?;
@@ -312,34 +356,103 @@ impl ContentAddressableStorage for Reapi {
         Ok(Response::new(Box::pin(stream::iter(pages))))
     }
 
+    async fn split_blob_call(
+        &self,
+        _request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        Err(Status::unimplemented("blob splitting is not supported"))
+    }
+
+    async fn get_chunk_mapping_call(
+        &self,
+        _request: Request<GetChunkMappingRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        Err(Status::unimplemented("blob splitting is not supported"))
+    }
+
+    async fn splice_blob_call(
+        &self,
+        _request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented("blob splicing is not supported"))
+    }
+
+    async fn register_chunk_mapping_call(
+        &self,
+        _request: Request<tonic::Streaming<RegisterChunkMappingRequest>>,
+    ) -> Result<Response<RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented("blob splicing is not supported"))
+    }
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for Reapi {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let r = self.find_missing_blobs_call(request).await;
+        self.counted("ContentAddressableStorage", "FindMissingBlobs", r)
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let r = self.batch_update_blobs_call(request).await;
+        self.counted("ContentAddressableStorage", "BatchUpdateBlobs", r)
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let r = self.batch_read_blobs_call(request).await;
+        self.counted("ContentAddressableStorage", "BatchReadBlobs", r)
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let r = self.get_tree_call(request).await;
+        self.counted("ContentAddressableStorage", "GetTree", r)
+    }
+
     // Blob splitting (v2.12+): not offered (no capability advertises it).
     async fn split_blob(
         &self,
-        _: Request<SplitBlobRequest>,
+        request: Request<SplitBlobRequest>,
     ) -> Result<Response<SplitBlobResponse>, Status> {
-        Err(Status::unimplemented("blob splitting is not supported"))
+        let r = self.split_blob_call(request).await;
+        self.counted("ContentAddressableStorage", "SplitBlob", r)
     }
 
     type GetChunkMappingStream = ChunkStream;
 
     async fn get_chunk_mapping(
         &self,
-        _: Request<GetChunkMappingRequest>,
+        request: Request<GetChunkMappingRequest>,
     ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
-        Err(Status::unimplemented("blob splitting is not supported"))
+        let r = self.get_chunk_mapping_call(request).await;
+        self.counted("ContentAddressableStorage", "GetChunkMapping", r)
     }
 
     async fn splice_blob(
         &self,
-        _: Request<SpliceBlobRequest>,
+        request: Request<SpliceBlobRequest>,
     ) -> Result<Response<SpliceBlobResponse>, Status> {
-        Err(Status::unimplemented("blob splicing is not supported"))
+        let r = self.splice_blob_call(request).await;
+        self.counted("ContentAddressableStorage", "SpliceBlob", r)
     }
 
     async fn register_chunk_mapping(
         &self,
-        _: Request<tonic::Streaming<RegisterChunkMappingRequest>>,
+        request: Request<tonic::Streaming<RegisterChunkMappingRequest>>,
     ) -> Result<Response<RegisterChunkMappingResponse>, Status> {
-        Err(Status::unimplemented("blob splicing is not supported"))
+        let r = self.register_chunk_mapping_call(request).await;
+        self.counted("ContentAddressableStorage", "RegisterChunkMapping", r)
     }
 }

@@ -13,6 +13,12 @@
 //! (the CREEP rule). CAS blobs are content-addressed and shared: every
 //! write is hashed and refused unless its bytes are its digest.
 //!
+//! Every call is counted on `/metrics` by service, method and outcome (the
+//! gRPC code it ended with; a `Read` when its stream ends), with the blob
+//! bytes it moved ([`crate::metrics`]). Blobs and entries are in the
+//! store's index, under the same eviction as the HTTP artifacts
+//! ([`crate::store`]).
+//!
 //! Layout under the store's root: `reapi/cas/<hh>/<sha256>` (the blob) and
 //! `reapi/ac/<namespace>/<instance>/<sha256>` (an encoded `ActionResult`;
 //! instance `_` for the empty name).
@@ -90,6 +96,28 @@ impl Reapi {
             )));
         }
         Ok(g)
+    }
+}
+
+impl Reapi {
+    /// Counts a call's outcome (`/metrics`) and passes it on.
+    pub fn counted<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        r: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(st) => st.code(),
+        };
+        self.app.metrics.reapi_call(service, method, code);
+        r
+    }
+
+    /// Counts blob bytes a method took in and gave out (`/metrics`).
+    pub fn bytes(&self, service: &'static str, method: &'static str, bytes_in: u64, out: u64) {
+        self.app.metrics.reapi_bytes(service, method, bytes_in, out);
     }
 }
 
