@@ -668,3 +668,208 @@ fn bazel_gets_a_remote_cache_hit() {
     assert_eq!(out, "input\nfrom-bazel\n");
     drop(b);
 }
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn indexed(srv: &Server) {
+    wait_until("the index", || {
+        String::from_utf8_lossy(&srv.http("GET", "/health", None, &[], b"").2)
+            .contains("\"indexed\":true")
+    });
+}
+
+// `--max-size` counts CAS blobs and ActionCache entries and evicts the
+// least recently used: a result whose output blob was evicted is then a
+// miss (NOT_FOUND) though the entry itself is still stored; `/metrics`
+// counts every call by service, method and outcome, and the bytes moved.
+#[test]
+fn eviction_covers_reapi_objects_and_metrics_count_calls() {
+    let store = tempfile::tempdir().unwrap();
+    let srv = Server::start(
+        store.path().to_str().unwrap(),
+        &[
+            "--token-rw",
+            RW,
+            "--max-size",
+            "25000",
+            "--evict-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    indexed(&srv);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+    let (action, out) = rt().block_on(async {
+        let ch = channel(&srv).await;
+        let mut cas = ContentAddressableStorageClient::with_interceptor(ch.clone(), auth(Some(RW)));
+        let mut ac = ActionCacheClient::with_interceptor(ch.clone(), auth(Some(RW)));
+        let mut bs = ByteStreamClient::with_interceptor(ch.clone(), auth(Some(RW)));
+        let put = |d: &Digest, b: &[u8]| BatchUpdateBlobsRequest {
+            requests: vec![upload(d, b)],
+            ..Default::default()
+        };
+        let (action, action_bytes) = vx_reapi::digest_of_message(&Action {
+            salt: b"evict".to_vec(),
+            ..Default::default()
+        });
+        cas.batch_update_blobs(put(&action, &action_bytes))
+            .await
+            .unwrap();
+        pause();
+        let out = blob(3, 10_000);
+        let od = vx_reapi::digest_of(&out);
+        cas.batch_update_blobs(put(&od, &out)).await.unwrap();
+        pause();
+        ac.update_action_result(UpdateActionResultRequest {
+            action_digest: Some(action.clone()),
+            action_result: Some(ActionResult {
+                output_files: vec![OutputFile {
+                    path: "out.bin".into(),
+                    digest: Some(od.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        pause();
+        let get = GetActionResultRequest {
+            action_digest: Some(action.clone()),
+            ..Default::default()
+        };
+        ac.get_action_result(get.clone()).await.unwrap();
+        pause();
+        // Two more blobs push the total past 25,000 bytes: the Action (never
+        // used since) and then the output go; the entry, used as recently
+        // as its output, is kept.
+        let fill: Vec<Vec<u8>> = (10..12).map(|i| blob(i, 10_000)).collect();
+        for f in &fill {
+            cas.batch_update_blobs(put(&vx_reapi::digest_of(f), f))
+                .await
+                .unwrap();
+            pause();
+        }
+        wait_until("an eviction", || {
+            srv.metric("vx_cache_evictions_total") >= 2
+        });
+        let e = ac.get_action_result(get.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let missing = cas
+            .find_missing_blobs(FindMissingBlobsRequest {
+                blob_digests: vec![
+                    od.clone(),
+                    vx_reapi::digest_of(&fill[0]),
+                    vx_reapi::digest_of(&fill[1]),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests;
+        assert_eq!(missing, vec![od.clone()]);
+        // Read one filler back through ByteStream (bytes out).
+        let mut s = bs
+            .read(ReadRequest {
+                resource_name: vx_reapi::read_resource("", &vx_reapi::digest_of(&fill[1])),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = s.message().await.unwrap() {
+            got.extend(m.data);
+        }
+        assert_eq!(got, fill[1]);
+        (action, out)
+    });
+    let _ = out;
+    assert!(srv.metric("vx_cache_stored_bytes") <= 25_000);
+    // The entry is still stored: the miss came from its evicted output.
+    assert!(
+        store
+            .path()
+            .join(format!("reapi/ac/default/_/{}", action.hash))
+            .exists()
+    );
+    let m = |labels: &str| srv.metric(&format!("vx_cache_reapi_calls_total{{{labels}}}"));
+    assert_eq!(
+        m(r#"service="ActionCache",method="GetActionResult",code="OK""#),
+        1
+    );
+    assert_eq!(
+        m(r#"service="ActionCache",method="GetActionResult",code="NOT_FOUND""#),
+        1
+    );
+    assert_eq!(
+        m(r#"service="ActionCache",method="UpdateActionResult",code="OK""#),
+        1
+    );
+    assert_eq!(
+        m(r#"service="ContentAddressableStorage",method="BatchUpdateBlobs",code="OK""#),
+        4
+    );
+    wait_until("the Read counted", || {
+        m(r#"service="ByteStream",method="Read",code="OK""#) == 1
+    });
+    let b = |labels: &str| srv.metric(&format!("vx_cache_reapi_bytes_total{{{labels}}}"));
+    assert!(
+        b(r#"service="ContentAddressableStorage",method="BatchUpdateBlobs",direction="in""#)
+            >= 30_000
+    );
+    assert_eq!(
+        b(r#"service="ByteStream",method="Read",direction="out""#),
+        10_000
+    );
+}
+
+// `--ttl` removes CAS blobs by age like artifacts.
+#[test]
+fn the_ttl_removes_cas_blobs() {
+    let store = tempfile::tempdir().unwrap();
+    let srv = Server::start(
+        store.path().to_str().unwrap(),
+        &["--token-rw", RW, "--ttl", "1s", "--evict-interval", "200ms"],
+        &[],
+    );
+    indexed(&srv);
+    rt().block_on(async {
+        let ch = channel(&srv).await;
+        let mut cas = ContentAddressableStorageClient::with_interceptor(ch, auth(Some(RW)));
+        let b = blob(9, 500);
+        let d = vx_reapi::digest_of(&b);
+        cas.batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![upload(&d, &b)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let find = FindMissingBlobsRequest {
+            blob_digests: vec![d.clone()],
+            ..Default::default()
+        };
+        let n = cas.find_missing_blobs(find.clone()).await.unwrap();
+        assert!(n.into_inner().missing_blob_digests.is_empty());
+        let t0 = std::time::Instant::now();
+        loop {
+            let n = cas.find_missing_blobs(find.clone()).await.unwrap();
+            if n.into_inner().missing_blob_digests == vec![d.clone()] {
+                break;
+            }
+            assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the TTL");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+}

@@ -514,3 +514,83 @@ async fn read_local(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(s: &Store, path: &str, len: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(s.os.put(&Path::from(path), vec![7u8; len].into()))
+            .unwrap();
+        s.note_written(path, len as u64);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // REAPI blobs and ActionCache entries are counted and evicted with the
+    // artifacts, least recently used first; a use (`note_read`) keeps one.
+    #[test]
+    fn reapi_objects_are_evicted_least_recently_used_first() {
+        let s = Store::new(Arc::new(object_store::memory::InMemory::new()));
+        put(&s, "reapi/cas/aa/aa01", 400);
+        put(&s, "reapi/ac/default/_/bb02", 100);
+        put(&s, "reapi/cas/cc/cc03", 400);
+        s.note_read("reapi/cas/aa/aa01", 400, 0);
+        assert_eq!(s.totals(), (900, 3));
+        let ev = Eviction {
+            max_bytes: Some(600),
+            ttl: None,
+            interval: Duration::from_secs(60),
+        };
+        // Nothing is evicted before the start-up listing is done.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(s.evict(&ev)), (0, 0));
+        s.loaded.store(true, Ordering::Relaxed);
+        let v: Vec<String> = s.victims(&ev).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(v, ["reapi/ac/default/_/bb02", "reapi/cas/cc/cc03"]);
+        assert_eq!(rt.block_on(s.evict(&ev)), (2, 500));
+        assert_eq!(s.totals(), (400, 1));
+        let gone = rt.block_on(s.os.head(&Path::from("reapi/cas/cc/cc03")));
+        assert!(matches!(gone, Err(object_store::Error::NotFound { .. })));
+        assert!(
+            rt.block_on(s.os.head(&Path::from("reapi/cas/aa/aa01")))
+                .is_ok()
+        );
+    }
+
+    // The start-up listing indexes `reapi/` objects too; a TTL removes
+    // them by age like artifacts.
+    #[test]
+    fn the_listing_indexes_reapi_objects_and_the_ttl_removes_them() {
+        let os = Arc::new(object_store::memory::InMemory::new());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for (p, n) in [
+                ("reapi/cas/dd/dd04", 10usize),
+                ("reapi/ac/main/_/ee05", 20),
+                ("v1/default/_/ff06", 30),
+                ("elsewhere/x", 40),
+            ] {
+                os.put(&Path::from(p), vec![1u8; n].into()).await.unwrap();
+            }
+        });
+        let s = Store::new(os);
+        rt.block_on(s.load()).unwrap();
+        assert_eq!(s.totals(), (60, 3), "v1/ and reapi/ only");
+        std::thread::sleep(Duration::from_millis(30));
+        let ev = Eviction {
+            max_bytes: None,
+            ttl: Some(Duration::from_millis(10)),
+            interval: Duration::from_secs(60),
+        };
+        assert_eq!(rt.block_on(s.evict(&ev)), (3, 60));
+        assert_eq!(s.totals(), (0, 0));
+    }
+}
