@@ -7,11 +7,18 @@
 //! committed and a new `Write` of the same resource name continues from
 //! there (only by the token that started it).
 //!
+//! Compressed blobs (`compressed-blobs/zstd/…`, see [`super::compress`]):
+//! a `Read` compresses on the way out (`read_offset` is an uncompressed
+//! offset, `read_limit` must be 0); a `Write` decompresses on the way in,
+//! bounded by the digest's size, and is verified like any upload; it does
+//! not resume (a cut upload starts again at 0).
+//!
 //! Never: keeps more than [`MAX_PARTIALS`] partial uploads (an idle one is
 //! dropped after [`IDLE`]), holds a blob in memory, or stores an upload
 //! whose bytes are not its digest.
 
 use super::cas::blob_path;
+use super::compress::{Form, LEVEL, Unzstd, split_resource, window_log};
 use super::{Reapi, instance_dir, store_failed};
 use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStoreExt, WriteMultipart};
@@ -166,8 +173,15 @@ impl Reapi {
     ) -> Result<Response<ReadStream>, Status> {
         self.grant(&request)?;
         let r = request.into_inner();
-        let res = vx_reapi::parse_resource(&r.resource_name)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (name, form) = split_resource(&r.resource_name)?;
+        let zstd = form == Form::Zstd;
+        let res =
+            vx_reapi::parse_resource(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if zstd && r.read_limit != 0 {
+            return Err(Status::invalid_argument(
+                "read_limit must be 0 for a compressed blob",
+            ));
+        }
         if res.upload.is_some() {
             return Err(Status::invalid_argument(
                 "read a blobs/… resource, not an upload",
@@ -195,6 +209,13 @@ impl Reapi {
             self.app
                 .metrics
                 .reapi_call("ByteStream", "Read", tonic::Code::Ok);
+            if zstd {
+                // The empty blob compressed: one empty frame.
+                let m = ReadResponse {
+                    data: super::compress::compress(&[])?,
+                };
+                return Ok(Response::new(Box::pin(futures::stream::iter([Ok(m)]))));
+            }
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         }
         let opts = GetOptions {
@@ -223,6 +244,19 @@ impl Reapi {
             let mut sent = 0u64;
             let code = async {
                 let mut h = vx_reapi::Hasher::default();
+                // Compressed on the way out when asked (one zstd frame).
+                let mut enc = match zstd {
+                    true => match zstd::stream::write::Encoder::new(Vec::new(), LEVEL) {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            let st = store_failed(e);
+                            let code = st.code();
+                            let _ = tx.send(Err(st)).await;
+                            return code;
+                        }
+                    },
+                    false => None,
+                };
                 while let Some(part) = body.next().await {
                     let part = match part {
                         Ok(p) => p,
@@ -236,12 +270,43 @@ impl Reapi {
                     if whole {
                         h.update(&part);
                     }
+                    let part = match enc.as_mut() {
+                        None => part,
+                        Some(e) => {
+                            if let Err(err) = std::io::Write::write_all(e, &part) {
+                                let st = store_failed(err);
+                                let code = st.code();
+                                let _ = tx.send(Err(st)).await;
+                                return code;
+                            }
+                            bytes::Bytes::from(std::mem::take(e.get_mut()))
+                        }
+                    };
                     for c in part.chunks(vx_reapi::CHUNK) {
                         let m = ReadResponse { data: c.to_vec() };
                         if tx.send(Ok(m)).await.is_err() {
                             return tonic::Code::Cancelled;
                         }
                         sent += c.len() as u64;
+                    }
+                }
+                if let Some(e) = enc.take() {
+                    match e.finish() {
+                        Ok(rest) => {
+                            for c in rest.chunks(vx_reapi::CHUNK) {
+                                let m = ReadResponse { data: c.to_vec() };
+                                if tx.send(Ok(m)).await.is_err() {
+                                    return tonic::Code::Cancelled;
+                                }
+                                sent += c.len() as u64;
+                            }
+                        }
+                        Err(err) => {
+                            let st = store_failed(err);
+                            let code = st.code();
+                            let _ = tx.send(Err(st)).await;
+                            return code;
+                        }
                     }
                 }
                 if whole && !h.matches(&d) {
@@ -271,8 +336,9 @@ impl Reapi {
         let Some(mut msg) = s.message().await? else {
             return Err(Status::invalid_argument("an empty write"));
         };
-        let res = vx_reapi::parse_resource(&msg.resource_name)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (name, form) = split_resource(&msg.resource_name)?;
+        let res =
+            vx_reapi::parse_resource(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let Some(uuid) = res.upload.clone() else {
             return Err(Status::invalid_argument(
                 "write to {instance}/uploads/{uuid}/blobs/{hash}/{size}",
@@ -286,6 +352,9 @@ impl Reapi {
                 "the blob is larger than {} bytes",
                 self.max_blob
             )));
+        }
+        if form == Form::Zstd {
+            return self.write_zstd(&g.name, s, msg, &uuid, d).await;
         }
         if self.has(&d).await? {
             // Already there: done at once.
@@ -392,8 +461,9 @@ impl Reapi {
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         self.grant(&request)?;
         let r = request.into_inner();
-        let res = vx_reapi::parse_resource(&r.resource_name)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (name, form) = split_resource(&r.resource_name)?;
+        let res =
+            vx_reapi::parse_resource(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         instance_dir(&res.instance)?;
         let d = res.digest;
         if self.has(&d).await? {
@@ -405,7 +475,11 @@ impl Reapi {
         let Some(uuid) = res.upload else {
             return Err(Status::not_found("no such upload"));
         };
-        match self.uploads.get(&upload_key(&uuid, &d)) {
+        let key = match form {
+            Form::Zstd => zstd_key(&uuid, &d),
+            Form::Identity => upload_key(&uuid, &d),
+        };
+        match self.uploads.get(&key) {
             Some(slot) => Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: slot.committed.load(std::sync::atomic::Ordering::Relaxed) as i64,
                 complete: false,
@@ -449,6 +523,136 @@ impl ByteStream for Reapi {
 
 /// The upload key of a full resource name.
 fn upload_key_of(name: &str) -> Option<String> {
-    let r = vx_reapi::parse_resource(name).ok()?;
-    Some(upload_key(&r.upload?, &r.digest))
+    let (name, form) = split_resource(name).ok()?;
+    let r = vx_reapi::parse_resource(&name).ok()?;
+    Some(match form {
+        Form::Identity => upload_key(&r.upload?, &r.digest),
+        Form::Zstd => zstd_key(&r.upload?, &r.digest),
+    })
+}
+
+/// The key of a compressed upload (apart from the uncompressed ones).
+fn zstd_key(uuid: &str, d: &Digest) -> String {
+    format!("zstd:{}", upload_key(uuid, d))
+}
+
+impl Reapi {
+    /// A `compressed-blobs/zstd/` upload: decompressed as it streams in
+    /// (never past the digest's size), spooled, verified, stored. Offsets
+    /// are REAPI's: the first message's `write_offset` is an uncompressed
+    /// offset (0: these uploads do not resume), later ones add the
+    /// compressed bytes sent so far. The decoder's window is taken from the
+    /// upload memory budget while the stream lasts.
+    async fn write_zstd(
+        &self,
+        owner: &str,
+        mut s: Streaming<WriteRequest>,
+        first: WriteRequest,
+        uuid: &str,
+        d: Digest,
+    ) -> Result<Response<WriteResponse>, Status> {
+        if self.has(&d).await? {
+            // Already there: `-1` for a compressed upload.
+            return Ok(Response::new(WriteResponse { committed_size: -1 }));
+        }
+        if first.write_offset != 0 {
+            return Err(Status::invalid_argument(
+                "a compressed upload starts at write_offset 0 (it does not resume)",
+            ));
+        }
+        let key = zstd_key(uuid, &d);
+        let slot = self.uploads.open(&key, owner)?;
+        let Ok(p) = slot.p.try_lock() else {
+            return Err(Status::aborted("another stream is writing this upload"));
+        };
+        if p.owner != owner {
+            return Err(Status::permission_denied(
+                "this upload was started by another token",
+            ));
+        }
+        let file = p.file.clone();
+        let window_mib = ((1u64 << window_log(d.size_bytes as u64)) >> 20).max(1);
+        let permits = window_mib.min(self.app.upload_budget_mib as u64) as u32;
+        let _memory = self
+            .app
+            .upload_budget
+            .acquire_many(permits)
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        let r = self.spool_zstd(&mut s, first, &key, &slot, &file, &d).await;
+        let r = match r {
+            Ok(received) => self.commit(&d, &file).await.map(|()| received),
+            Err(e) => Err(e),
+        };
+        drop(p);
+        self.uploads.forget(&key, &file);
+        let received = r?;
+        Ok(Response::new(WriteResponse {
+            committed_size: received,
+        }))
+    }
+
+    /// Decompresses the stream into `file`; the compressed bytes received.
+    async fn spool_zstd(
+        &self,
+        s: &mut Streaming<WriteRequest>,
+        mut msg: WriteRequest,
+        key: &str,
+        slot: &Slot,
+        file: &std::path::Path,
+        d: &Digest,
+    ) -> Result<i64, Status> {
+        let size = d.size_bytes as u64;
+        let mut f = tokio::fs::File::create(file).await.map_err(store_failed)?;
+        let mut u = Unzstd::new(size).map_err(store_failed)?;
+        let mut h = vx_reapi::Hasher::default();
+        let mut received: i64 = 0;
+        loop {
+            if !msg.resource_name.is_empty()
+                && upload_key_of(&msg.resource_name).as_deref() != Some(key)
+            {
+                return Err(Status::invalid_argument(
+                    "the resource name changed mid-stream",
+                ));
+            }
+            if msg.write_offset != received {
+                return Err(Status::invalid_argument(format!(
+                    "write_offset {} but {received} compressed bytes were sent",
+                    msg.write_offset
+                )));
+            }
+            received += msg.data.len() as i64;
+            self.bytes("ByteStream", "Write", msg.data.len() as u64, 0);
+            let mut pos = 0;
+            while let Some(piece) = u.step(&msg.data, &mut pos)? {
+                f.write_all(piece).await.map_err(store_failed)?;
+                h.update(piece);
+            }
+            slot.committed
+                .store(received as u64, std::sync::atomic::Ordering::Relaxed);
+            if msg.finish_write {
+                break;
+            }
+            msg = match s.message().await? {
+                Some(m) => m,
+                None => {
+                    return Err(Status::invalid_argument(
+                        "the stream ended without finish_write (a compressed upload starts again at 0)",
+                    ));
+                }
+            };
+        }
+        f.flush().await.map_err(store_failed)?;
+        if !u.complete() {
+            return Err(Status::invalid_argument("the zstd stream is truncated"));
+        }
+        if !h.matches(d) {
+            tracing::warn!(hash = %d.hash, "compressed upload refused: its bytes are not its digest");
+            return Err(Status::invalid_argument(format!(
+                "the uploaded bytes, decompressed, do not hash to {}/{size}",
+                d.hash
+            )));
+        }
+        Ok(received)
+    }
 }

@@ -26,7 +26,7 @@ use vx_reapi::re::{
     GetChunkMappingRequest, GetChunkMappingResponse, GetTreeRequest, GetTreeResponse,
     RegisterChunkMappingRequest, RegisterChunkMappingResponse, ServerCapabilities,
     SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
-    batch_read_blobs_response, batch_update_blobs_response, digest_function,
+    batch_read_blobs_response, batch_update_blobs_response, compressor, digest_function,
     symlink_absolute_path_strategy,
 };
 use vx_reapi::rpc::Status as RpcStatus;
@@ -170,6 +170,8 @@ impl Reapi {
         Ok(Response::new(ServerCapabilities {
             cache_capabilities: Some(CacheCapabilities {
                 digest_functions: vec![digest_function::Value::Sha256 as i32],
+                supported_compressors: vec![compressor::Value::Zstd as i32],
+                supported_batch_update_compressors: vec![compressor::Value::Zstd as i32],
                 action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
                     update_enabled: g.role == crate::auth::Role::Write,
                 }),
@@ -233,13 +235,44 @@ impl Reapi {
             )));
         }
         self.bytes("ContentAddressableStorage", "BatchUpdateBlobs", total, 0);
+        // Compressed blobs: what they declare, once decompressed, is bounded
+        // too (each at most the batch limit, all at most 16 times it).
+        let declared: u64 = r
+            .requests
+            .iter()
+            .filter(|q| q.compressor != 0)
+            .map(|q| q.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64))
+            .sum();
+        if declared > 16 * vx_reapi::MAX_BATCH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the batch's compressed blobs declare {declared} bytes (at most {}; use ByteStream)",
+                16 * vx_reapi::MAX_BATCH_BYTES
+            )));
+        }
         let mut responses = Vec::with_capacity(r.requests.len());
         for q in r.requests {
             let d = q.digest.unwrap_or_default();
-            let status = if q.compressor != 0 {
-                rpc_status(Code::InvalidArgument, "only uncompressed blobs are taken")
-            } else {
-                match self.write_blob(&d, Bytes::from(q.data)).await {
+            let data = match compressor::Value::try_from(q.compressor) {
+                Ok(compressor::Value::Identity) => Ok(Bytes::from(q.data)),
+                Ok(compressor::Value::Zstd) if d.size_bytes as u64 > vx_reapi::MAX_BATCH_BYTES => {
+                    Err(rpc_status(
+                        Code::InvalidArgument,
+                        "a compressed batch blob may be at most the batch limit once decompressed (use ByteStream)",
+                    ))
+                }
+                Ok(compressor::Value::Zstd) => {
+                    super::compress::decompress(&q.data, d.size_bytes.max(0) as u64)
+                        .map(Bytes::from)
+                        .map_err(|st| rpc_status(st.code(), st.message()))
+                }
+                _ => Err(rpc_status(
+                    Code::InvalidArgument,
+                    "compressor not supported (identity, zstd)",
+                )),
+            };
+            let status = match data {
+                Err(st) => st,
+                Ok(data) => match self.write_blob(&d, data).await {
                     Ok(()) => rpc_status(Code::Ok, ""),
                     Err(st) => {
                         if st.code() == Code::InvalidArgument {
@@ -247,7 +280,7 @@ impl Reapi {
                         }
                         rpc_status(st.code(), st.message())
                     }
-                }
+                },
             };
             responses.push(batch_update_blobs_response::Response {
                 digest: Some(d),
@@ -271,12 +304,23 @@ impl Reapi {
                 vx_reapi::MAX_BATCH_BYTES
             )));
         }
+        let zstd = r
+            .acceptable_compressors
+            .contains(&(compressor::Value::Zstd as i32));
         let mut responses = Vec::with_capacity(r.digests.len());
         for d in r.digests {
             let (data, status) = match self.read_blob(&d).await {
                 Ok(Some(b)) => (b.to_vec(), rpc_status(Code::Ok, "")),
                 Ok(None) => (Vec::new(), rpc_status(Code::NotFound, "not in the CAS")),
                 Err(st) => (Vec::new(), rpc_status(st.code(), st.message())),
+            };
+            // Compressed when the caller takes zstd and it is smaller.
+            let (data, compressor) = match zstd && !data.is_empty() {
+                true => match super::compress::compress(&data) {
+                    Ok(z) if z.len() < data.len() => (z, compressor::Value::Zstd as i32),
+                    _ => (data, 0),
+                },
+                false => (data, 0),
             };
             self.bytes(
                 "ContentAddressableStorage",
@@ -288,7 +332,7 @@ impl Reapi {
                 digest: Some(d),
                 data,
                 status,
-                ..Default::default()
+                compressor,
             });
         }
         Ok(Response::new(BatchReadBlobsResponse { responses }))

@@ -29,6 +29,7 @@
 pub mod ac;
 pub mod bytestream;
 pub mod cas;
+pub mod compress;
 
 use crate::auth::{Grant, Role, valid_name};
 use crate::http::App;
