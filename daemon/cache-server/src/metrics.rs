@@ -10,6 +10,11 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// A REAPI call's labels: service, method, code.
+type CallKey = (&'static str, &'static str, &'static str);
+/// A REAPI method: service, method.
+type MethodKey = (&'static str, &'static str);
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
@@ -25,9 +30,9 @@ pub struct Metrics {
     /// Usage events by (local, remote) × (miss, hit).
     events: [AtomicU64; 4],
     /// REAPI calls by (service, method, code).
-    reapi_calls: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    reapi_calls: Mutex<BTreeMap<CallKey, u64>>,
     /// REAPI blob bytes by (service, method): (in, out).
-    reapi_bytes: Mutex<BTreeMap<(&'static str, &'static str), (u64, u64)>>,
+    reapi_bytes: Mutex<BTreeMap<MethodKey, (u64, u64)>>,
 }
 
 /// The canonical name of a gRPC status code (as in `google.rpc.Code`).
