@@ -58,8 +58,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(64 << 10);
+        .header_read_timeout(limits.header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -36,8 +36,7 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(64 << 10);
+        .header_read_timeout(header_timeout);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
