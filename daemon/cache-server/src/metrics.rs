@@ -217,3 +217,32 @@ impl Metrics {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reapi_calls_and_bytes_render_by_label() {
+        let m = Metrics::default();
+        m.reapi_call("ActionCache", "GetActionResult", tonic::Code::Ok);
+        m.reapi_call("ActionCache", "GetActionResult", tonic::Code::NotFound);
+        m.reapi_call("ActionCache", "GetActionResult", tonic::Code::NotFound);
+        m.reapi_bytes("ByteStream", "Read", 0, 4096);
+        m.reapi_bytes("ByteStream", "Read", 0, 10);
+        m.reapi_bytes("ByteStream", "Write", 0, 0);
+        let text = m.render(5, 1);
+        for line in [
+            r#"vx_cache_reapi_calls_total{service="ActionCache",method="GetActionResult",code="OK"} 1"#,
+            r#"vx_cache_reapi_calls_total{service="ActionCache",method="GetActionResult",code="NOT_FOUND"} 2"#,
+            r#"vx_cache_reapi_bytes_total{service="ByteStream",method="Read",direction="in"} 0"#,
+            r#"vx_cache_reapi_bytes_total{service="ByteStream",method="Read",direction="out"} 4106"#,
+            "# TYPE vx_cache_reapi_calls_total counter",
+            "vx_cache_stored_bytes 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // A method that moved nothing has no bytes line.
+        assert!(!text.contains(r#"method="Write""#), "{text}");
+    }
+}

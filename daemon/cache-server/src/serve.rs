@@ -122,7 +122,7 @@ pub async fn serve(
                     }
                 }
                 _ = first => {
-                    tracing::info!(%peer, "no request within the header timeout: connection closed");
+                    tracing::debug!(%peer, "no request within the header timeout: connection closed");
                 }
             }
         });
