@@ -105,7 +105,15 @@ mod layering {
         ("init", &["error", "graph", "workspace"]),
         (
             "inspect",
-            &["cache", "error", "history", "model", "state", "workspace"],
+            &[
+                "cache",
+                "error",
+                "globs",
+                "history",
+                "model",
+                "state",
+                "workspace",
+            ],
         ),
         (
             "engine",
