@@ -113,7 +113,9 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromWorker {
     /// This many more tasks may be assigned (pull-based: the coordinator
-    /// never assigns beyond what was asked for).
+    /// never assigns beyond what was asked for). It replaces the previous
+    /// `Ready`'s credit (send the idle slots you have now, any time), and
+    /// never counts beyond the capacity less the leases still live.
     Ready { free: u32 },
     /// The worker is alive and still working on these leases.
     Heartbeat { leases: Vec<u64> },
@@ -145,7 +147,7 @@ struct LinkInner {
 impl Link {
     /// Hands one message from the worker to the coordinator.
     pub fn from_worker(&self, msg: FromWorker) {
-        self.inner.coord.from_worker(self.inner.worker, msg);
+        self.inner.coord.handle(self.inner.worker, msg);
     }
 }
 
@@ -227,7 +229,9 @@ impl Coordinator {
 
     /// Admits a worker whose token the transport has checked. Refused
     /// (with both SHAs named) when its commit differs from the daemon's
-    /// checkout, or its protocol differs.
+    /// checkout, or its protocol differs (send [`PROTOCOL`]), or its labels
+    /// or capacity are invalid, or no root was set ([`Coordinator::set_root`]).
+    /// `&'static`: the [`Link`] refers back to it (use [`Coordinator::global`]).
     pub fn attach(&'static self, hello: Hello) -> Result<Link, Refusal> {
         if hello.protocol != PROTOCOL {
             return Err(Refusal(format!(
@@ -332,7 +336,7 @@ impl Coordinator {
         emit_all(emits);
     }
 
-    fn from_worker(&self, w: WorkerId, msg: FromWorker) {
+    fn handle(&self, w: WorkerId, msg: FromWorker) {
         let now = self.now();
         let mut st = self.lock();
         let effects = match msg {
@@ -1101,10 +1105,12 @@ outputs = ["dist/**"]
             "hello\nbuilt\n"
         );
         assert_eq!(mem.0.lock().unwrap().len(), 2);
-        let seen = seen.lock().unwrap();
-        assert!(seen.iter().any(|e| matches!(e,
-            RunEvent::TaskOutput { id, line, worker: Some(w), .. }
-                if id == "app#build" && line == "build-line" && w == "fake")));
+        {
+            let seen = seen.lock().unwrap();
+            assert!(seen.iter().any(|e| matches!(e,
+                RunEvent::TaskOutput { id, line, worker: Some(w), .. }
+                    if id == "app#build" && line == "build-line" && w == "fake")));
+        }
         // The foreground engine refuses --distribute.
         let params = vx_proto::RunParams {
             cwd: root.to_string_lossy().into_owned(),

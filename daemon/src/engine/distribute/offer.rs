@@ -359,7 +359,9 @@ impl Dist {
     }
 }
 
-/// What the driver does with the pool's word on a task.
+/// What the driver does with the pool's word on a task. (A value matched
+/// at once, once per task: boxing `Done` would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
 pub(in crate::engine) enum Verdict {
     /// Nothing: the task is no longer offered (withdrawn meanwhile).
     Nothing,
