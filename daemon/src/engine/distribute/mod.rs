@@ -164,6 +164,9 @@ pub const PROTOCOL: u32 = 1;
 /// worker is too slow to keep up and is dropped (its leases reassigned).
 pub const LINK_QUEUE: usize = 256;
 
+/// The most labels a worker may have.
+pub const MAX_LABELS: usize = 64;
+
 /// The longest log line a worker may send; longer ones are cut.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
 
@@ -213,8 +216,10 @@ impl Coordinator {
         if let Ok(mut r) = self.root.lock() {
             *r = Some(root.to_path_buf());
         }
-        if let Ok(s) = settings(root) {
-            self.lock().pool.configure(s.lease_ms, s.retries);
+        match settings(root) {
+            Ok(s) => self.lock().pool.configure(s.lease_ms, s.retries),
+            // A distributed run reports it; until then, the defaults.
+            Err(e) => tracing::warn!("[workers]: {e}"),
         }
     }
 
@@ -257,6 +262,13 @@ impl Coordinator {
                 show(&hello.commit),
                 show(&ours),
                 root.display()
+            )));
+        }
+        if hello.labels.len() > MAX_LABELS {
+            return Err(Refusal(format!(
+                "worker {}: {} labels, at most {MAX_LABELS}",
+                hello.name,
+                hello.labels.len()
             )));
         }
         if let Some(bad) = hello.labels.iter().find(|l| !valid_label(l)) {
