@@ -1131,6 +1131,68 @@ labels = ["gpu"]
                 RunEvent::TaskOutput { id, line, worker: Some(w), .. }
                     if id == "app#build" && line == "build-line" && w == "fake")));
         }
+        // A worker lost mid-task (its link closes on its first assignment):
+        // the task goes to the other worker and the run completes.
+        let flaky = coord.attach(hello("flaky", None)).unwrap();
+        let flaky = tokio::spawn(async move {
+            let mut flaky = flaky;
+            flaky.from_worker(FromWorker::Ready { free: 1 });
+            let _ = flaky.to_worker.recv().await; // then gone, like a kill -9
+        });
+        let good = coord.attach(hello("good", None)).unwrap();
+        let good = tokio::spawn(fake_worker(good, there.path().canonicalize().unwrap()));
+        let seen = Arc::new(Mutex::new(Vec::<RunEvent>::new()));
+        let s2 = seen.clone();
+        let params = vx_proto::RunParams {
+            cwd: root.to_string_lossy().into_owned(),
+            tasks: vec!["build".into()],
+            env: std::env::vars().collect(),
+            distribute: true,
+            distribute_local: false,
+            force: true,
+            detail: vx_proto::Detail::All,
+            ..Default::default()
+        };
+        let (_tx, cancel) = tokio::sync::watch::channel(None);
+        let hot = crate::state::Hot::start(&root).unwrap();
+        let summary = tokio::time::timeout(
+            Duration::from_secs(120),
+            crate::engine::run(
+                params,
+                Events::new(move |e| s2.lock().unwrap().push(e)),
+                cancel,
+                Some(hot),
+            ),
+        )
+        .await
+        .expect("the run ends")
+        .expect("the run answers");
+        let _ = flaky.await;
+        good.abort();
+        let _ = good.await;
+        let tasks: Vec<(&str, TaskStatus, Option<&str>)> = summary
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.status, t.worker.as_deref()))
+            .collect();
+        assert_eq!(
+            tasks,
+            vec![
+                ("app#build", TaskStatus::Success, Some("good")),
+                ("app#gen", TaskStatus::Success, Some("good")),
+            ],
+            "{summary:?}"
+        );
+        {
+            let seen = seen.lock().unwrap();
+            assert!(
+                seen.iter()
+                    .any(|e| matches!(e, RunEvent::Warning { message }
+                    if message.contains("app#gen lost its worker (flaky: its link closed)"))),
+                "{seen:?}"
+            );
+        }
+        assert!(coord.workers().is_empty());
         // A task needing a label no connected worker has fails at once,
         // naming it (the run's own lanes have no labels).
         let params = vx_proto::RunParams {
