@@ -858,6 +858,7 @@ mod progress_tests {
                 command: "true".into(),
                 uncached: false,
                 traceparent: None,
+                worker: None,
             });
         }
         p.update(&RunEvent::TaskCacheHit {
