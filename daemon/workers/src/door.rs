@@ -59,7 +59,8 @@ impl Attachment for WorkerDoor {
     }
 
     fn start(&self, door: Door) -> anyhow::Result<()> {
-        let settings = vxd::engine::distribute::settings(door.root()).map_err(anyhow::Error::msg)?;
+        let settings =
+            vxd::engine::distribute::settings(door.root()).map_err(anyhow::Error::msg)?;
         let listen = settings
             .listen
             .clone()
@@ -191,7 +192,14 @@ fn accept_loop(
                 continue;
             };
             let _ = io.set_nodelay(true);
-            if tx.send(Ok(Conn { io, _permit: permit })).await.is_err() {
+            if tx
+                .send(Ok(Conn {
+                    io,
+                    _permit: permit,
+                }))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -228,10 +236,7 @@ impl pb::worker_link_server::WorkerLink for Service {
                 "missing or wrong token (authorization: Bearer; see docs/distributed.md)",
             ));
         }
-        let peer = req
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let permit = self.links.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the coordinator already has {MAX_LINKS} worker links"
@@ -246,11 +251,15 @@ impl pb::worker_link_server::WorkerLink for Service {
                 )));
             }
             Ok(Err(s)) => return Err(s),
-            Ok(Ok(None)) => return Err(Status::invalid_argument("the link closed before its Hello")),
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument("the link closed before its Hello"));
+            }
             Ok(Ok(Some(m))) => m,
         };
         let Some(pb::from_worker::Msg::Hello(hello)) = first.msg else {
-            return Err(Status::invalid_argument("the first message must be a Hello"));
+            return Err(Status::invalid_argument(
+                "the first message must be a Hello",
+            ));
         };
         let hello = wire::hello_from_wire(hello).map_err(Status::invalid_argument)?;
         let name = hello.name.clone();

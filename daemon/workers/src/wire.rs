@@ -239,10 +239,7 @@ pub fn to_worker_from_wire(m: pb::ToWorker) -> Result<Option<ToWorker>, String> 
         }),
         Some(Msg::Assign(a)) => {
             if a.task_id.is_empty() || a.key.is_empty() {
-                return Err(format!(
-                    "assignment {} names no task or key",
-                    a.lease
-                ));
+                return Err(format!("assignment {} names no task or key", a.lease));
             }
             if a.lease_ms == 0 {
                 return Err(format!("assignment {} has a lease of 0 ms", a.lease));
@@ -279,15 +276,69 @@ mod tests {
     fn hellos_are_validated() {
         assert!(hello_from_wire(hello()).is_ok());
         let bad: Vec<(pb::Hello, &str)> = vec![
-            (pb::Hello { name: "".into(), ..hello() }, "name"),
-            (pb::Hello { name: "a\nb".into(), ..hello() }, "name"),
-            (pb::Hello { name: "x".repeat(MAX_NAME + 1), ..hello() }, "name"),
-            (pb::Hello { capacity: 0, ..hello() }, "capacity"),
-            (pb::Hello { capacity: MAX_CAPACITY + 1, ..hello() }, "capacity"),
-            (pb::Hello { labels: vec!["a b".into()], ..hello() }, "label"),
-            (pb::Hello { labels: vec!["".into()], ..hello() }, "label"),
-            (pb::Hello { labels: vec!["l".into(); MAX_LABELS + 1], ..hello() }, "labels"),
-            (pb::Hello { commit: Some("not-hex".into()), ..hello() }, "commit"),
+            (
+                pb::Hello {
+                    name: "".into(),
+                    ..hello()
+                },
+                "name",
+            ),
+            (
+                pb::Hello {
+                    name: "a\nb".into(),
+                    ..hello()
+                },
+                "name",
+            ),
+            (
+                pb::Hello {
+                    name: "x".repeat(MAX_NAME + 1),
+                    ..hello()
+                },
+                "name",
+            ),
+            (
+                pb::Hello {
+                    capacity: 0,
+                    ..hello()
+                },
+                "capacity",
+            ),
+            (
+                pb::Hello {
+                    capacity: MAX_CAPACITY + 1,
+                    ..hello()
+                },
+                "capacity",
+            ),
+            (
+                pb::Hello {
+                    labels: vec!["a b".into()],
+                    ..hello()
+                },
+                "label",
+            ),
+            (
+                pb::Hello {
+                    labels: vec!["".into()],
+                    ..hello()
+                },
+                "label",
+            ),
+            (
+                pb::Hello {
+                    labels: vec!["l".into(); MAX_LABELS + 1],
+                    ..hello()
+                },
+                "labels",
+            ),
+            (
+                pb::Hello {
+                    commit: Some("not-hex".into()),
+                    ..hello()
+                },
+                "commit",
+            ),
         ];
         for (h, what) in bad {
             let e = hello_from_wire(h.clone()).expect_err(&format!("{h:?}"));
@@ -338,7 +389,10 @@ mod tests {
                 reason: "lease expired".into(),
             },
         ] {
-            assert_eq!(to_worker_from_wire(to_worker_to_wire(m.clone())), Ok(Some(m)));
+            assert_eq!(
+                to_worker_from_wire(to_worker_to_wire(m.clone())),
+                Ok(Some(m))
+            );
         }
     }
 
@@ -372,7 +426,10 @@ mod tests {
         };
         assert!(from_worker_from_wire(bad_stream).is_err());
         let no_report = pb::FromWorker {
-            msg: Some(pb::from_worker::Msg::Done(pb::Done { lease: 1, report: None })),
+            msg: Some(pb::from_worker::Msg::Done(pb::Done {
+                lease: 1,
+                report: None,
+            })),
         };
         assert!(from_worker_from_wire(no_report).is_err());
     }

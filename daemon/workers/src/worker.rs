@@ -270,7 +270,10 @@ async fn run(cfg: Config) -> i32 {
                 return 0;
             }
             Ended::Refused(why) => {
-                eprintln!("vxd worker {}: refused by {}: {why}", cfg.hello.name, cfg.url);
+                eprintln!(
+                    "vxd worker {}: refused by {}: {why}",
+                    cfg.hello.name, cfg.url
+                );
                 return EXIT_REFUSED;
             }
             Ended::Lost(why, was_up) => {
@@ -542,7 +545,10 @@ async fn execute(
         r.remove(&lease);
     }
     let _ = data
-        .send(wire::from_worker_to_wire(FromWorker::Done { lease, report }))
+        .send(wire::from_worker_to_wire(FromWorker::Done {
+            lease,
+            report,
+        }))
         .await;
     let _ = data
         .send(wire::from_worker_to_wire(FromWorker::Ready { free: 1 }))
