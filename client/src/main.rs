@@ -416,6 +416,14 @@ struct RunArgs {
     /// `local:rw,remote:r` (a cache not named is off).
     #[arg(long, value_name = "SPEC", require_equals = true)]
     cache: Option<String>,
+    /// Offer the tasks that must execute to the workers attached to the
+    /// daemon (`vx worker`); outputs travel through the remote cache.
+    #[arg(long)]
+    distribute: bool,
+    /// With `--distribute`: run nothing in the daemon's own lanes, only on
+    /// workers.
+    #[arg(long, requires = "distribute")]
+    no_local: bool,
     /// Which task logs to show (default: `full`, or a task's own
     /// turbo.json `outputLogs`).
     #[arg(long, value_name = "MODE")]
@@ -1050,6 +1058,8 @@ fn run_params(args: &RunArgs, cwd: &Path) -> RunParams {
             .as_ref()
             .map(|p| cwd.join(p).to_string_lossy().into_owned()),
         cache: args.cache.clone(),
+        distribute: args.distribute,
+        distribute_local: !args.no_local,
         report: args.report.as_ref().map(|r| {
             if !r.is_empty() {
                 return cwd.join(r).to_string_lossy().into_owned();

@@ -861,6 +861,7 @@ mod progress_tests {
                 command: "true".into(),
                 uncached: false,
                 traceparent: None,
+                worker: None,
             });
         }
         p.update(&RunEvent::TaskCacheHit {

@@ -856,6 +856,7 @@ mod tests {
             command: "true".into(),
             uncached: false,
             traceparent: None,
+            worker: None,
         }
     }
 
@@ -875,6 +876,7 @@ mod tests {
                 error: None,
                 cpu_ms: None,
                 peak_rss_bytes: None,
+                worker: None,
             },
         }
     }
@@ -1000,6 +1002,7 @@ mod tests {
                 stream: vx_proto::Stream::Stdout,
                 line: format!("line {i}"),
                 replay: false,
+                worker: None,
             });
         }
         let m = q.messages();
@@ -1076,6 +1079,7 @@ mod tests {
                 stream: vx_proto::Stream::Stdout,
                 line: "listening".into(),
                 replay: false,
+                worker: None,
             });
         }
         tee.finish(Ok(None));

@@ -174,6 +174,7 @@ pub async fn start(
                             stream,
                             line,
                             replay: false,
+                            worker: None,
                         });
                     }
                 },

@@ -168,7 +168,7 @@ pub enum Detail {
 pub const MAX_CONCURRENCY: usize = 1024;
 
 /// Parameters of `run.start` and `run.plan`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunParams {
     /// The client's working directory (absolute). Decides the workspace and,
@@ -246,6 +246,54 @@ pub struct RunParams {
     /// run reads and writes. `None`: both, as configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// `--distribute`: the daemon coordinates this run, offering the tasks
+    /// it must execute to its attached workers (`docs/distributed.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub distribute: bool,
+    /// With `distribute`: whether the daemon's own lanes run tasks too
+    /// (`--no-local` turns it off). Default true.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub distribute_local: bool,
+}
+
+impl Default for RunParams {
+    fn default() -> Self {
+        RunParams {
+            cwd: Default::default(),
+            tasks: Default::default(),
+            filters: Default::default(),
+            all: Default::default(),
+            affected: Default::default(),
+            args: Default::default(),
+            concurrency: Default::default(),
+            continue_mode: Default::default(),
+            force: Default::default(),
+            no_cache: Default::default(),
+            output_logs: Default::default(),
+            detail: Default::default(),
+            env: Default::default(),
+            tty: Default::default(),
+            argv: Default::default(),
+            profile: Default::default(),
+            report: Default::default(),
+            env_mode: Default::default(),
+            framework_inference: Default::default(),
+            output_logs_from_tasks: Default::default(),
+            only: Default::default(),
+            parallel: Default::default(),
+            cache: Default::default(),
+            distribute: Default::default(),
+            distribute_local: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// How a task ended.
@@ -314,6 +362,10 @@ pub struct TaskResult {
     /// over its processes, sampled), in bytes; absent as `cpu_ms` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
+    /// The worker that executed it (`vx run --distribute`); absent when
+    /// it ran here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -386,6 +438,9 @@ pub enum RunEvent {
         /// run is traced.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
+        /// The worker it runs on (`vx run --distribute`); absent here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
     TaskOutput {
         id: String,
@@ -394,6 +449,9 @@ pub enum RunEvent {
         /// True when the line is replayed from the cache.
         #[serde(default)]
         replay: bool,
+        /// The worker printing it (`vx run --distribute`); absent here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
     /// A cache hit: its stored log follows as `task_output` lines with `replay: true`.
     TaskCacheHit {

@@ -451,6 +451,7 @@ mod tests {
                     stream: vx_proto::Stream::Stdout,
                     line: format!("line {i}"),
                     replay: false,
+                    worker: None,
                 },
             );
         }
@@ -471,6 +472,7 @@ mod tests {
                     error: None,
                     cpu_ms: None,
                     peak_rss_bytes: None,
+                    worker: None,
                 },
             },
         );

@@ -69,6 +69,7 @@ pub(super) async fn start_persistent(
         command,
         uncached: true,
         traceparent: None,
+        worker: None,
     });
     let t0 = Instant::now();
     let started = persist::start(

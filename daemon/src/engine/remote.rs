@@ -624,6 +624,82 @@ impl Shared {
         }
     }
 
+    /// Makes sure the remote holds `key`'s result (a worker is about to
+    /// need it): asked, and when it may lack it, uploaded from the local
+    /// store now. `Err`: why it is not there (no local entry, the remote
+    /// refused). Blocking.
+    pub(super) fn ensure_in_remote(&self, g: usize, key: &str) -> Result<(), String> {
+        let id = &self.model.graph.nodes[g].id;
+        let r = self
+            .remote
+            .clone()
+            .ok_or_else(|| "the run has no remote cache".to_string())?;
+        if !r.usable() {
+            return Err(format!("the remote cache {} is not usable", r.remote.describe()));
+        }
+        if let Ok(Some(v)) = r.remote.query(&[key.to_string()])
+            && v.first() == Some(&true)
+        {
+            return Ok(());
+        }
+        // Not `writable()`: a distributed run checked it may write, and a
+        // worker uploads what it executed whatever its own policy says
+        // (its background uploads are off so the result goes up once).
+        let entry = self
+            .store
+            .get(key)
+            .map_err(|e| format!("{id}: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "{id} ({}) is neither in the local cache nor known to be in the remote one",
+                    &key[..key.len().min(12)]
+                )
+            })?;
+        let a = remote::artifact_of(&self.store, &entry.0).map_err(|e| format!("{id}: {e}"))?;
+        r.remote
+            .put(&self.artifact_id(g, key), &a)
+            .map_err(|e| format!("{id}: not uploaded to {}: {e}", r.remote.describe()))
+    }
+
+    /// A worker executed `key` and uploaded its result: fetched from the
+    /// remote (asked afresh, whatever the run's first existence query
+    /// said), checked, and restored into the outputs and, when the run
+    /// writes it, the local store. `Err`: why not. Blocking.
+    pub(super) fn restore_from_remote(&self, g: usize, key: &str) -> Result<(), String> {
+        let node = &self.model.graph.nodes[g];
+        let r = self
+            .remote
+            .clone()
+            .ok_or_else(|| "the run has no remote cache".to_string())?;
+        let a = match r.remote.get(&self.artifact_id(g, key)) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(format!(
+                    "its result ({}) is not in the remote cache {}",
+                    &key[..key.len().min(12)],
+                    r.remote.describe()
+                ));
+            }
+            Err(e) => return Err(format!("fetching its result: {e}")),
+        };
+        remote::admit(&a, &self.patterns[&g].outputs)?;
+        let p = node.project;
+        let dir = self.project_abs(p);
+        let fence = self.rel_fence(p);
+        if self.policy.local_write {
+            let entry = remote::hydrate(&self.store, key, &node.id, &a)
+                .map_err(|e| format!("storing its result locally: {e}"))?;
+            let st = cache::restore(&self.store, &entry.0, &dir, &self.patterns[&g].outputs, &fence)
+                .map_err(|e| format!("restoring its outputs: {e}"))?;
+            self.store.put_stamps(key, &st);
+        } else {
+            remote::restore_artifact(&a, &dir, &self.patterns[&g].outputs, &fence)
+                .map_err(|e| format!("restoring its outputs: {e}"))?;
+        }
+        self.mark_dirty(p);
+        Ok(())
+    }
+
     /// Waits for this run's uploads (before the run answers), after
     /// sending its last usage events.
     pub(super) async fn drain_uploads(&self) {

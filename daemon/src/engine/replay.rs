@@ -70,9 +70,11 @@ pub const MAX_BYTES: usize = 8 << 20;
 
 /// Whether a request is of the kind whose answer may be kept and replayed
 /// (see the module doc): it reads no git state, writes no file of its own,
-/// uses the cache normally and does not say `VX_REPLAY=0`.
+/// uses the cache normally, is not distributed (its tasks run on other
+/// machines) and does not say `VX_REPLAY=0`.
 pub(super) fn eligible(p: &RunParams) -> bool {
-    !knobs::REPLAY.off(&p.env)
+    !p.distribute
+        && !knobs::REPLAY.off(&p.env)
         && p.affected.is_none()
         && !p.filters.iter().any(|f| f.contains('['))
         && p.profile.is_none()

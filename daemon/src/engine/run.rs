@@ -17,6 +17,7 @@ use super::priority::priorities;
 use super::record::{Head, open_history};
 use super::replay;
 use super::schedule::{Scheduler, Step};
+use super::distribute::offer::{self, Dist};
 use super::task::{Done, Hit, base_result, probe, run_task, skipped, try_hit};
 use super::{concurrency_error, now_ms};
 use crate::error::{EngineError, ErrorKind};
@@ -92,6 +93,10 @@ pub async fn run_in(
     hot: Option<Arc<Hot>>,
     session: Option<Arc<Session>>,
 ) -> Result<RunSummary, EngineError> {
+    offer::check_daemon(&params, hot.is_some())?;
+    if session.is_some() {
+        params.distribute = false; // a watch cycle runs here
+    }
     let started_at = now_ms();
     let t0 = Instant::now();
     let run_id = format!("{:x}-{:x}", unique_ms(started_at), std::process::id());
@@ -133,6 +138,9 @@ pub async fn run_in(
     .map_err(|e| EngineError::new(ErrorKind::Internal, format!("prepare panicked: {e}")))??;
     let mut timing = Timing::new(&sh.params.env);
     let concurrency = concurrency_of(&sh, concurrency_param)?;
+    if sh.params.distribute {
+        offer::check_remote(&sh)?;
+    }
     if let Some(base) = &sel.nothing_affected {
         let _ = events.send(RunEvent::Warning {
             message: format!("nothing affected since {base}"),
@@ -161,10 +169,17 @@ pub async fn run_in(
     } else {
         sel.nodes.clone()
     };
-    let sched = if parallel {
-        scheduler_of_unordered(&sh, &nodes, history.as_deref(), concurrency, continue_mode)
+    // A distributed run's scheduler starts every ready task: the pool
+    // and the run's own lanes bound what runs.
+    let sched_lanes = if sh.params.distribute {
+        nodes.len().max(1)
     } else {
-        scheduler_of(&sh, &nodes, history.as_deref(), concurrency, continue_mode)
+        concurrency
+    };
+    let sched = if parallel {
+        scheduler_of_unordered(&sh, &nodes, history.as_deref(), sched_lanes, continue_mode)
+    } else {
+        scheduler_of(&sh, &nodes, history.as_deref(), sched_lanes, continue_mode)
     };
     let root = sh.model.ws.root.to_string_lossy().into_owned();
     if sh.trace.is_some() {
@@ -182,7 +197,11 @@ pub async fn run_in(
         concurrency,
     });
     let mut d = Driver::new(sched, sh.clone(), nodes, session.clone(), t0);
+    if sh.params.distribute {
+        d.dist = Some(Dist::open(&sh, events.clone(), &d.nodes, concurrency));
+    }
     d.drive(&mut cancel, &events, detail).await;
+    d.dist = None; // the run's part of the pool ends
     timing.stage("schedule");
     sh.drain_uploads().await;
     let sh2 = sh.clone();
@@ -287,6 +306,10 @@ enum Next {
     /// A spawned task's future panicked.
     Panicked(String),
     Cancel(i32),
+    /// The pool's word on an offered task.
+    Pool(super::distribute::Outcome),
+    /// An offered task's dependencies were made sure of in the remote.
+    Uploaded(usize, Result<(), String>),
     Nothing,
 }
 
@@ -312,6 +335,8 @@ struct Driver {
     /// Results that are not news (hits, unchanged in a watch cycle).
     quiet: HashSet<String>,
     error: Option<EngineError>,
+    /// A `--distribute` run's part of the coordinator.
+    dist: Option<Dist>,
 }
 
 impl Driver {
@@ -338,6 +363,7 @@ impl Driver {
             procs: Vec::new(),
             quiet: HashSet::new(),
             error: None,
+            dist: None,
         }
     }
 
@@ -356,17 +382,27 @@ impl Driver {
             let done = match self.immediate.pop_front() {
                 Some(done) => done,
                 None => {
-                    if self.running.is_empty() {
+                    let pool_waiting = self.dist.as_ref().is_some_and(|d| d.waiting());
+                    if self.running.is_empty() && !pool_waiting {
                         if self.sched.nothing_ready() {
                             break; // nothing can progress (cannot happen on a DAG)
                         }
                         continue;
                     }
+                    let (rx, uploads) = match self.dist.as_mut() {
+                        Some(d) => (Some(&mut d.rx), Some(&mut d.uploads)),
+                        None => (None, None),
+                    };
                     let next = tokio::select! {
-                        joined = self.running.join_next() => match joined {
+                        joined = self.running.join_next(), if !self.running.is_empty() => match joined {
                             None => Next::Nothing,
                             Some(Ok(done)) => Next::Done(done),
                             Some(Err(e)) => Next::Panicked(e.to_string()),
+                        },
+                        o = pool_outcome(rx) => Next::Pool(o),
+                        u = pool_upload(uploads) => match u {
+                            Some((i, r)) => Next::Uploaded(i, r),
+                            None => Next::Nothing,
                         },
                         r = cancel.changed(), if self.cancelled.is_none() => {
                             Next::Cancel(match r { Ok(()) => (*cancel.borrow()).unwrap_or(libc::SIGTERM), Err(_) => libc::SIGTERM })
@@ -388,10 +424,40 @@ impl Driver {
                             self.cancel(sig);
                             continue;
                         }
+                        Next::Uploaded(i, r) => {
+                            if let Some(d) = self.dist.as_mut() {
+                                d.uploaded(&self.sh, i, r);
+                            }
+                            continue;
+                        }
+                        Next::Pool(o) => {
+                            let Some(d) = self.dist.as_mut() else {
+                                continue;
+                            };
+                            match d.outcome(&self.sh, o) {
+                                Ok(done) => done,
+                                Err((_, fut)) => {
+                                    self.running.spawn(fut);
+                                    continue;
+                                }
+                            }
+                        }
                     }
                 }
             };
+            if let Some(d) = self.dist.as_mut() {
+                d.local.remove(&done.local);
+            }
             self.collect(done, events, detail);
+            // A stopping distributed run takes back what it offered.
+            if self.sched.stopping()
+                && self.cancelled.is_none()
+                && let Some(d) = self.dist.as_mut()
+                && !d.out.is_empty()
+            {
+                let reason = "the run is stopping after a failure";
+                self.immediate.extend(d.withdraw(&self.sh, reason));
+            }
             // A cancel that arrives while only inline work remains.
             if self.cancelled.is_none() && cancel.has_changed().unwrap_or(false) {
                 let sig = (*cancel.borrow_and_update()).unwrap_or(libc::SIGTERM);
@@ -473,6 +539,10 @@ impl Driver {
         self.cancelled = Some(sig);
         self.sched.stop();
         let _ = self.task_cancel_tx.send(Some(sig));
+        if let Some(d) = self.dist.as_mut() {
+            self.immediate
+                .extend(d.withdraw(&self.sh, "the run was cancelled"));
+        }
     }
 
     /// Carries out the scheduler's decisions while it has any.
@@ -492,6 +562,13 @@ impl Driver {
                 }
                 Step::Start { task: i, tainted } => self.start(i, tainted),
             }
+        }
+        // A distributed run's own lanes take their share of the pool.
+        let Some(d) = self.dist.as_mut() else {
+            return;
+        };
+        for (i, g, key, tainted) in d.take_local() {
+            self.spawn_local(i, g, key, tainted);
         }
     }
 
@@ -609,9 +686,25 @@ impl Driver {
                 return;
             }
         };
-        let sh2 = sh.clone();
+        if let Some(d) = self.dist.as_mut()
+            && Dist::wants(sh, g, is_tainted)
+        {
+            self.sched.spawned(i);
+            let priority = self.sched.priority(i);
+            d.offer(sh, i, g, key, is_tainted, priority);
+            return;
+        }
+        self.spawn_local(i, g, key, is_tainted);
+    }
+
+    /// Runs task `i` (graph node `g`, key known) in this process.
+    fn spawn_local(&mut self, i: usize, g: usize, key: String, is_tainted: bool) {
+        let sh2 = self.sh.clone();
         let rx = self.task_cancel.clone();
-        self.sched.spawned(i);
+        // An offered task was counted as spawned when offered.
+        if !self.dist.as_ref().is_some_and(|d| d.local.contains(&i)) {
+            self.sched.spawned(i);
+        }
         self.running.spawn(async move {
             let r = run_task(&sh2, g, key, is_tainted, rx).await;
             match r {
@@ -659,6 +752,33 @@ impl Driver {
             }
             self.results.push(r);
         }
+    }
+}
+
+/// The next outcome the pool sends a distributed run (never, otherwise).
+async fn pool_outcome(
+    rx: Option<&mut tokio::sync::mpsc::UnboundedReceiver<super::distribute::Outcome>>,
+) -> super::distribute::Outcome {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(o) => o,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next finished dependency upload of a distributed run (never,
+/// when there is none).
+async fn pool_upload(
+    uploads: Option<&mut tokio::task::JoinSet<(usize, Result<(), String>)>>,
+) -> Option<(usize, Result<(), String>)> {
+    match uploads {
+        Some(u) if !u.is_empty() => match u.join_next().await {
+            Some(Ok(r)) => Some(r),
+            _ => None,
+        },
+        _ => std::future::pending().await,
     }
 }
 

@@ -187,6 +187,17 @@ impl Scheduler {
         self.stopping = true;
     }
 
+    /// Whether the run is stopping (a failure under `--continue=never`, or
+    /// [`Scheduler::stop`]).
+    pub(super) fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Task `i`'s priority (higher starts first).
+    pub(super) fn priority(&self, i: usize) -> usize {
+        self.priority[i]
+    }
+
     /// Every task finished or was skipped.
     pub(super) fn is_complete(&self) -> bool {
         self.completed >= self.deps.len()

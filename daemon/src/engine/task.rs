@@ -39,6 +39,7 @@ pub(super) fn base_result(sh: &Shared, g: usize) -> TaskResult {
         error: None,
         cpu_ms: None,
         peak_rss_bytes: None,
+        worker: None,
     }
 }
 
@@ -339,6 +340,7 @@ pub(super) async fn join(
                 stream: Stream::Stdout,
                 line: line.to_string(),
                 replay: true,
+                worker: None,
             });
         }
     }
@@ -365,6 +367,7 @@ pub(super) fn replay(sh: &Shared, g: usize, id: &str, key: &str, r: &TaskResult,
                 stream: Stream::Stdout,
                 line: line.to_string(),
                 replay: true,
+                worker: None,
             });
         }
     }
@@ -515,6 +518,7 @@ pub(super) async fn execute(
         command: command.clone(),
         uncached: !sh.cache_enabled(g),
         traceparent,
+        worker: None,
     });
     let attempts_total = node.def.retries + 1;
     let t0 = Instant::now();
@@ -541,6 +545,7 @@ pub(super) async fn execute(
                         stream,
                         line,
                         replay: false,
+                        worker: None,
                     });
                 } else if logs == OutputLogs::ErrorsOnly {
                     buffered.push((stream, line));
@@ -560,6 +565,7 @@ pub(super) async fn execute(
                     stream,
                     line,
                     replay: false,
+                    worker: None,
                 });
             }
         }

@@ -174,6 +174,7 @@ pub async fn run(
         .map(|m| m.ino())
         .unwrap_or(0);
     let hot = Hot::start(&root)?;
+    crate::engine::distribute::Coordinator::global().set_root(&root);
     // Hold no directory of the workspace open.
     let _ = std::env::set_current_dir("/");
     let idle = idle_timeout();

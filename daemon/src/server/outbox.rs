@@ -300,6 +300,7 @@ mod tests {
             stream: Stream::Stdout,
             line: format!("line {i:05} {}", "x".repeat(40)),
             replay: false,
+            worker: None,
         }
     }
 

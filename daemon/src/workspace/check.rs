@@ -126,6 +126,34 @@ pub(crate) fn tag(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A worker label (`labels = [...]`, `vx worker --label`): `[A-Za-z0-9_.-]+`.
+pub(crate) fn label(l: &str) -> Result<(), String> {
+    if l.is_empty()
+        || l.len() > 64
+        || !l
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(format!(
+            "invalid label `{l}`: labels are 1 to 64 of `A-Z a-z 0-9 _ . -`"
+        ));
+    }
+    Ok(())
+}
+
+/// A listen address: `host:port` (an IPv6 host in brackets), port 0-65535.
+pub(crate) fn listen_addr(v: &str) -> Result<(), String> {
+    let bad = || format!("`{v}` is not `host:port` (e.g. `0.0.0.0:7420`, `[::1]:7420`)");
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains(char::is_whitespace) || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// A REAPI endpoint: `grpc://host:port` (plaintext) or `grpcs://host:port`
 /// (TLS); `http://` and `https://` are taken as their synonyms.
 pub(crate) fn reapi_endpoint(v: &str) -> Result<(), String> {

@@ -32,7 +32,7 @@ mod vxtoml;
 pub use error::ConfigError;
 pub use load::{CACHE_ENV, find_root, load, resolve_cache_dir};
 pub(crate) use text::strip_jsonc;
-pub use vxtoml::{check_text, schema_json};
+pub use vxtoml::{check_text, schema_json, workers_config};
 
 /// Where the tasks of the workspace came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -156,6 +156,31 @@ pub struct RemoteExecutionConfig {
     pub timeout_ms: Option<u64>,
 }
 
+/// The root `vx.toml`'s `[workers]` section, as written
+/// (docs/distributed.md); defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkersConfig {
+    /// The worker door's `host:port`.
+    pub listen: Option<String>,
+    /// The link token (`None`: the daemon's HTTP token).
+    pub token: Option<String>,
+    /// A lease's deadline without a heartbeat, in ms.
+    pub lease_ms: u64,
+    /// How many times a task may lose its worker before it fails.
+    pub retries: u32,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            listen: None,
+            token: None,
+            lease_ms: 10_000,
+            retries: 2,
+        }
+    }
+}
+
 /// `[remote_execution.tls]`: paths as written (root-relative or absolute).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReapiTlsConfig {
@@ -220,6 +245,10 @@ pub struct TaskDef {
     /// run does not choose one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_logs: Option<vx_proto::OutputLogs>,
+    /// Labels a worker must all have to run it (`labels = ["gpu"]`); only
+    /// `vx run --distribute` looks at them (the local lanes have none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 impl Default for TaskDef {
@@ -243,6 +272,7 @@ impl Default for TaskDef {
             npm_script: false,
             framework_env: Vec::new(),
             output_logs: None,
+            labels: Vec::new(),
         }
     }
 }

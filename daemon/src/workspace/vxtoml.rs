@@ -40,6 +40,31 @@ struct RawFile {
     /// as the remote cache (docs/remote-execution.md).
     #[schemars(with = "Option<RawRemoteExecution>")]
     remote_execution: Option<Spanned<RawRemoteExecution>>,
+    /// Only in the root `vx.toml`: remote workers' links to the daemon
+    /// (`vx run --distribute`, docs/distributed.md).
+    #[schemars(with = "Option<RawWorkers>")]
+    workers: Option<Spanned<RawWorkers>>,
+}
+
+/// `[workers]`: where `vx worker` processes connect to the daemon, and
+/// how their leases behave.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Workers")]
+struct RawWorkers {
+    /// The worker door's `host:port` (default `127.0.0.1:0`: loopback, a free port).
+    #[schemars(with = "Option<String>")]
+    listen: Option<Spanned<String>>,
+    /// The token workers present (default: the daemon's HTTP token).
+    #[schemars(with = "Option<String>")]
+    token: Option<Spanned<String>>,
+    /// How long a lease lasts without a heartbeat (default 10s).
+    #[schemars(with = "Option<DurationSchema>")]
+    lease: Option<Spanned<toml::Value>>,
+    /// How many times a task may lose its worker (a crash, an expired
+    /// lease) and be reassigned before it fails (default 2).
+    #[schemars(with = "Option<u64>", range(max = 100))]
+    retries: Option<Spanned<i64>>,
 }
 
 /// A `[[plugins]]` entry: a child process of the daemon speaking JSON-RPC
@@ -219,6 +244,9 @@ struct RawTask {
     /// Env names passed to the task, not keyed.
     #[schemars(with = "Option<Vec<String>>")]
     pass_env: Strings,
+    /// Labels a worker must all have to run the task under `vx run --distribute` (`["gpu"]`).
+    #[schemars(with = "Option<Vec<String>>")]
+    labels: Strings,
     /// Env values set for the task (keyed).
     #[schemars(with = "Option<BTreeMap<String, String>>")]
     define: Option<Spanned<BTreeMap<String, String>>>,
@@ -308,6 +336,8 @@ pub(crate) struct VxFile {
     pub plugin_hooks: bool,
     /// `[remote_execution]` (root file only).
     pub remote_execution: Option<super::RemoteExecutionConfig>,
+    /// `[workers]` (root file only).
+    pub workers: Option<super::WorkersConfig>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -451,6 +481,16 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         }
         Some(r) => Some(remote_execution(&src, r.into_inner())?),
     };
+    let workers = match raw.workers {
+        None => None,
+        Some(w) if workspace.is_none() => {
+            return Err(src.err_span(
+                w.span(),
+                "`[workers]` belongs in the root vx.toml (the one with `[workspace]`)",
+            ));
+        }
+        Some(w) => Some(workers(&src, w.into_inner())?),
+    };
 
     let plugin_hooks = raw
         .plugins
@@ -472,7 +512,64 @@ pub(crate) fn parse(src: Src) -> Result<VxFile, ConfigError> {
         remote_cache,
         plugin_hooks,
         remote_execution,
+        workers,
     })
+}
+
+fn workers(src: &Src, w: RawWorkers) -> Result<super::WorkersConfig, ConfigError> {
+    let mut out = super::WorkersConfig::default();
+    if let Some(l) = w.listen {
+        check::listen_addr(l.get_ref())
+            .map_err(|m| src.err_span(l.span(), format!("`[workers] listen`: {m}")))?;
+        out.listen = Some(l.into_inner());
+    }
+    if let Some(t) = w.token {
+        let v = t.get_ref();
+        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(src.err_span(
+                t.span(),
+                "`[workers] token` must be non-empty, without whitespace or control characters",
+            ));
+        }
+        out.token = Some(t.into_inner());
+    }
+    if let Some(l) = &w.lease {
+        let ms = duration(src, l)?;
+        if !(1_000..=3_600_000).contains(&ms) {
+            return Err(src.err_span(
+                l.span(),
+                "`[workers] lease` must be between 1s and 1h (heartbeats come every third of it)",
+            ));
+        }
+        out.lease_ms = ms;
+    }
+    if let Some(r) = &w.retries {
+        let n = *r.get_ref();
+        if !(0..=100).contains(&n) {
+            return Err(src.err_span(r.span(), "`[workers] retries` must be between 0 and 100"));
+        }
+        out.retries = n as u32;
+    }
+    Ok(out)
+}
+
+/// The root `vx.toml`'s `[workers]` at `root` (`None`: no section, or
+/// no root `vx.toml`); a bad file is an error naming its line.
+pub fn workers_config(
+    root: &std::path::Path,
+) -> Result<Option<super::WorkersConfig>, ConfigError> {
+    let path = root.join("vx.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ConfigError::in_file(
+                path.display().to_string(),
+                format!("cannot read it: {e}"),
+            ));
+        }
+    };
+    Ok(parse(Src::new(path.display().to_string(), text))?.workers)
 }
 
 fn remote_execution(
@@ -740,6 +837,18 @@ fn task(
     let pass = plain(t.pass_env).unwrap_or_default();
     check_env(src, &pass, true)?;
     def.pass_env = values(Some(pass));
+    for (l, off) in plain(t.labels).unwrap_or_default() {
+        check::label(&l).map_err(|e| src.err_at(off, format!("{e} (in {})", what("labels"))))?;
+        if def.command.is_none() {
+            return Err(src
+                .err_at(off, format!("group task `{name}` (no `command`) cannot set `labels`"))
+                .with_hint("labels say where a command may run; put them on the tasks with a command"));
+        }
+        if !def.labels.contains(&l) {
+            def.labels.push(l);
+        }
+    }
+    def.labels.sort();
     if let Some(d) = t.define {
         let off = d.span().start;
         for k in d.get_ref().keys() {

@@ -21,8 +21,19 @@
 //! INTERFACE CONTRACT (shared by the engine and transport helpers; the
 //! bodies are the engine's): change a signature only by agreement.
 
-use std::sync::Arc;
+mod lease;
+pub(super) mod offer;
+mod worker;
+
+use crate::sink::Events;
+use lease::{Effect, Pool, RunKey, WorkerId};
+pub(in crate::engine) use lease::Job;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use vx_proto::RunEvent;
 
 /// A worker's introduction, first on every link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,38 +137,549 @@ pub struct Link {
     inner: Arc<LinkInner>,
 }
 
-struct LinkInner {}
+struct LinkInner {
+    coord: &'static Coordinator,
+    worker: WorkerId,
+}
 
 impl Link {
     /// Hands one message from the worker to the coordinator.
     pub fn from_worker(&self, msg: FromWorker) {
-        let _ = (&self.inner, msg);
-        todo!("engine helper")
+        self.inner.coord.from_worker(self.inner.worker, msg);
     }
 }
 
+impl Drop for LinkInner {
+    fn drop(&mut self) {
+        self.coord.lost(self.worker, "its link closed");
+    }
+}
+
+/// The protocol version a worker's [`Hello`] must carry.
+pub const PROTOCOL: u32 = 1;
+
+/// How many messages a link may have queued for its worker; beyond, the
+/// worker is too slow to keep up and is dropped (its leases reassigned).
+pub const LINK_QUEUE: usize = 256;
+
+/// The longest log line a worker may send; longer ones are cut.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
 /// The coordinator of this process (one per daemon): worker links attach
 /// here; a `--distribute` run offers its tasks here.
-pub struct Coordinator {}
+pub struct Coordinator {
+    state: Mutex<State>,
+    /// The daemon's workspace root (its checkout's commit is compared with
+    /// each worker's).
+    root: Mutex<Option<PathBuf>>,
+    epoch: Instant,
+}
+
+struct State {
+    pool: Pool,
+    links: HashMap<WorkerId, mpsc::Sender<ToWorker>>,
+    runs: HashMap<RunKey, RunPort>,
+    next_run: RunKey,
+    timer: bool,
+}
 
 impl Coordinator {
     /// The process's coordinator.
     pub fn global() -> &'static Coordinator {
-        todo!("engine helper")
+        static GLOBAL: OnceLock<Coordinator> = OnceLock::new();
+        GLOBAL.get_or_init(Coordinator::new)
+    }
+
+    fn new() -> Coordinator {
+        let d = Settings::default();
+        Coordinator {
+            state: Mutex::new(State {
+                pool: Pool::new(d.lease_ms, d.retries),
+                links: HashMap::new(),
+                runs: HashMap::new(),
+                next_run: 1,
+                timer: false,
+            }),
+            root: Mutex::new(None),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Sets the checkout this coordinator serves (the daemon does, at
+    /// start-up) and takes its `[workers]` lease and retry settings.
+    pub fn set_root(&self, root: &std::path::Path) {
+        if let Ok(mut r) = self.root.lock() {
+            *r = Some(root.to_path_buf());
+        }
+        if let Ok(s) = settings(root) {
+            self.lock().pool.configure(s.lease_ms, s.retries);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding it leaves plain data behind: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Admits a worker whose token the transport has checked. Refused
     /// (with both SHAs named) when its commit differs from the daemon's
     /// checkout, or its protocol differs.
-    pub fn attach(&self, hello: Hello) -> Result<Link, Refusal> {
-        let _ = hello;
-        todo!("engine helper")
+    pub fn attach(&'static self, hello: Hello) -> Result<Link, Refusal> {
+        if hello.protocol != PROTOCOL {
+            return Err(Refusal(format!(
+                "worker {} speaks protocol {}, the coordinator {PROTOCOL}: use the same vx version on both",
+                hello.name, hello.protocol
+            )));
+        }
+        let root = self.root.lock().ok().and_then(|r| r.clone());
+        let Some(root) = root else {
+            return Err(Refusal(
+                "this process coordinates no workspace (it is not a workspace daemon)".into(),
+            ));
+        };
+        let ours = head_commit(&root);
+        if ours != hello.commit {
+            let show = |c: &Option<String>| match c {
+                Some(c) => c.clone(),
+                None => "not a git checkout".to_string(),
+            };
+            return Err(Refusal(format!(
+                "worker {} is at {}, the coordinator at {} ({}): check out the same commit on both",
+                hello.name,
+                show(&hello.commit),
+                show(&ours),
+                root.display()
+            )));
+        }
+        if let Some(bad) = hello.labels.iter().find(|l| !valid_label(l)) {
+            return Err(Refusal(format!(
+                "worker {}: invalid label `{bad}` (labels are 1 to 64 of `A-Z a-z 0-9 _ . -`)",
+                hello.name
+            )));
+        }
+        if hello.capacity == 0 || hello.capacity as usize > vx_proto::MAX_CONCURRENCY {
+            return Err(Refusal(format!(
+                "worker {}: capacity {} is not between 1 and {}",
+                hello.name,
+                hello.capacity,
+                vx_proto::MAX_CONCURRENCY
+            )));
+        }
+        let name: String = hello.name.chars().filter(|c| !c.is_control()).take(128).collect();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let worker = {
+            let mut st = self.lock();
+            let w = st.pool.attach(&name, hello.capacity, &hello.labels);
+            st.links.insert(w, tx);
+            w
+        };
+        self.start_timer();
+        tracing::info!(worker = %name, capacity = hello.capacity, labels = ?hello.labels, "worker attached");
+        Ok(Link {
+            to_worker: rx,
+            inner: Arc::new(LinkInner {
+                coord: self,
+                worker,
+            }),
+        })
     }
 
     /// Names and capacities of the attached workers (for `daemon.status`).
     pub fn workers(&self) -> Vec<(String, u32, Vec<String>)> {
-        todo!("engine helper")
+        self.lock().pool.workers()
     }
+
+    /// Starts the lease timer (once, on the current runtime).
+    fn start_timer(&'static self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut st = self.lock();
+            if st.timer {
+                return;
+            }
+            st.timer = true;
+        }
+        rt.spawn(async move {
+            loop {
+                let period = (self.lock().pool.lease_ms() / 10).clamp(10, 1000);
+                tokio::time::sleep(Duration::from_millis(period)).await;
+                self.tick();
+            }
+        });
+    }
+
+    /// Expires overdue leases.
+    fn tick(&self) {
+        let now = self.now();
+        let mut st = self.lock();
+        if st.pool.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        let effects = st.pool.tick(now);
+        let emits = st.apply(effects, now);
+        drop(st);
+        emit_all(emits);
+    }
+
+    fn from_worker(&self, w: WorkerId, msg: FromWorker) {
+        let now = self.now();
+        let mut st = self.lock();
+        let effects = match msg {
+            FromWorker::Ready { free } => st.pool.ready(w, free, now),
+            FromWorker::Heartbeat { leases } => {
+                st.pool.heartbeat(w, &leases, now);
+                Vec::new()
+            }
+            FromWorker::Log {
+                lease,
+                stream,
+                mut line,
+            } => {
+                let Some((holder, run, task)) = st.pool.holder(lease) else {
+                    return; // a lease no longer live: its lines are not news
+                };
+                if holder != w {
+                    return;
+                }
+                let (Some(port), Some(name)) = (st.runs.get(&run), st.pool.name(w)) else {
+                    return;
+                };
+                if line.len() > MAX_LOG_LINE {
+                    let mut cut = MAX_LOG_LINE;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push_str(" [line cut]");
+                }
+                let ev = RunEvent::TaskOutput {
+                    id: port.id_of(task),
+                    stream,
+                    line,
+                    replay: false,
+                    worker: Some(name.to_string()),
+                };
+                let events = port.events.clone();
+                drop(st);
+                let _ = events.send(ev);
+                return;
+            }
+            FromWorker::Done { lease, report } => st.pool.report(w, lease, report, now),
+        };
+        let emits = st.apply(effects, now);
+        drop(st);
+        emit_all(emits);
+    }
+
+    /// The worker is gone (its link was dropped, or the coordinator
+    /// dropped it).
+    fn lost(&self, w: WorkerId, why: &str) {
+        let now = self.now();
+        let mut st = self.lock();
+        st.links.remove(&w);
+        let name = st.pool.name(w).map(str::to_string);
+        let effects = st.pool.detach(w, why, now);
+        let emits = st.apply(effects, now);
+        drop(st);
+        if let Some(name) = name {
+            tracing::info!(worker = %name, "worker detached: {why}");
+        }
+        emit_all(emits);
+    }
+
+    /// A distributed run begins: its tasks are offered through the
+    /// returned port; outcomes arrive on the receiver.
+    pub(super) fn open_run(
+        &'static self,
+        events: Events,
+        ids: Arc<Vec<String>>,
+        local: bool,
+        settings: Option<&Settings>,
+    ) -> (RunGuard, mpsc::UnboundedReceiver<Outcome>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut st = self.lock();
+        if let Some(s) = settings {
+            st.pool.configure(s.lease_ms, s.retries);
+        }
+        let run = st.next_run;
+        st.next_run += 1;
+        st.pool.open_run(run, local);
+        st.runs.insert(
+            run,
+            RunPort {
+                tx,
+                events,
+                ids,
+                specs: HashMap::new(),
+            },
+        );
+        drop(st);
+        self.start_timer();
+        (RunGuard { coord: self, run }, rx)
+    }
+
+    /// Offers a task of run `run` to the pool.
+    pub(super) fn offer(&self, run: RunKey, job: Job, spec: Spec) {
+        let now = self.now();
+        let mut st = self.lock();
+        let Some(port) = st.runs.get_mut(&run) else {
+            return;
+        };
+        port.specs.insert(job.task, spec);
+        let effects = st.pool.offer(job, now);
+        let emits = st.apply(effects, now);
+        drop(st);
+        emit_all(emits);
+    }
+
+    /// A pending task may go to workers now (`ok`), or never (`!ok`).
+    pub(super) fn set_remote(&self, run: RunKey, task: usize, ok: bool) {
+        let now = self.now();
+        let mut st = self.lock();
+        let effects = st.pool.set_remote(run, task, ok, now);
+        let emits = st.apply(effects, now);
+        drop(st);
+        emit_all(emits);
+    }
+
+    /// The run's local lanes take up to `n` of its pending tasks.
+    pub(super) fn take_local(&self, run: RunKey, n: usize) -> Vec<usize> {
+        let mut st = self.lock();
+        let tasks = st.pool.take_local(run, n);
+        if let Some(port) = st.runs.get_mut(&run) {
+            for t in &tasks {
+                port.specs.remove(t);
+            }
+        }
+        tasks
+    }
+
+    /// Withdraws the run's pending tasks and revokes its leases; returns
+    /// the tasks that were pending and those that were leased. Nothing of
+    /// the run is offered or reported any more.
+    pub(super) fn withdraw(&self, run: RunKey, reason: &str) -> (Vec<usize>, Vec<usize>) {
+        let now = self.now();
+        let mut st = self.lock();
+        let (pending, leased, effects) = st.pool.close_run(run, reason);
+        let emits = st.apply(effects, now);
+        drop(st);
+        emit_all(emits);
+        (pending, leased)
+    }
+
+    fn close(&self, run: RunKey) {
+        let now = self.now();
+        let mut st = self.lock();
+        let (_, _, effects) = st.pool.close_run(run, "the run is over");
+        st.runs.remove(&run);
+        let emits = st.apply(effects, now);
+        drop(st);
+        emit_all(emits);
+    }
+}
+
+/// A run's registration with the coordinator; dropping it ends the run's
+/// part (pending tasks withdrawn, leases revoked).
+pub(super) struct RunGuard {
+    coord: &'static Coordinator,
+    pub(super) run: RunKey,
+}
+
+impl RunGuard {
+    pub(super) fn coord(&self) -> &'static Coordinator {
+        self.coord
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.coord.close(self.run);
+    }
+}
+
+/// What an offered task needs to become an [`Assignment`].
+#[derive(Debug, Clone)]
+pub(super) struct Spec {
+    pub(super) key: String,
+    pub(super) deps: Vec<(String, String)>,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) args: Vec<String>,
+    /// For the `TaskStarted` event.
+    pub(super) command: String,
+}
+
+/// What the pool tells a run about one of its tasks.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// It ended on a worker (the first report of a live lease).
+    Done {
+        task: usize,
+        worker: String,
+        report: Report,
+    },
+    /// It cannot run (no worker can take it; its retries are spent).
+    Failed { task: usize, message: String },
+}
+
+struct RunPort {
+    tx: mpsc::UnboundedSender<Outcome>,
+    events: Events,
+    ids: Arc<Vec<String>>,
+    specs: HashMap<usize, Spec>,
+}
+
+impl RunPort {
+    fn id_of(&self, task: usize) -> String {
+        self.ids.get(task).cloned().unwrap_or_default()
+    }
+}
+
+type Emits = Vec<(Events, RunEvent)>;
+
+fn emit_all(emits: Emits) {
+    for (events, ev) in emits {
+        let _ = events.send(ev);
+    }
+}
+
+impl State {
+    /// Carries out the pool's effects (a link that cannot take a message
+    /// is dropped: its worker is lost, which may have effects in turn).
+    /// Returns the run events to emit once the lock is released.
+    fn apply(&mut self, effects: Vec<Effect>, now: u64) -> Emits {
+        let mut emits = Vec::new();
+        let mut work: std::collections::VecDeque<Effect> = effects.into();
+        while let Some(e) = work.pop_front() {
+            match e {
+                Effect::Assign {
+                    worker,
+                    lease,
+                    run,
+                    task,
+                } => {
+                    let (Some(port), Some(name)) = (self.runs.get(&run), self.pool.name(worker))
+                    else {
+                        continue;
+                    };
+                    let Some(spec) = port.specs.get(&task) else {
+                        continue;
+                    };
+                    let a = Assignment {
+                        lease,
+                        run_id: run.to_string(),
+                        task_id: port.id_of(task),
+                        key: spec.key.clone(),
+                        deps: spec.deps.clone(),
+                        env: spec.env.clone(),
+                        args: spec.args.clone(),
+                        lease_ms: self.pool.lease_ms(),
+                    };
+                    emits.push((
+                        port.events.clone(),
+                        RunEvent::TaskStarted {
+                            id: a.task_id.clone(),
+                            key: Some(a.key.clone()),
+                            command: spec.command.clone(),
+                            uncached: false,
+                            traceparent: None,
+                            worker: Some(name.to_string()),
+                        },
+                    ));
+                    if !self.send(worker, ToWorker::Assign(a)) {
+                        work.extend(self.pool.detach(worker, "its link could not keep up", now));
+                    }
+                }
+                Effect::Revoke {
+                    worker,
+                    lease,
+                    reason,
+                } => {
+                    if self.links.contains_key(&worker)
+                        && !self.send(worker, ToWorker::Revoke { lease, reason })
+                    {
+                        work.extend(self.pool.detach(worker, "its link could not keep up", now));
+                    }
+                }
+                Effect::Requeued { run, message, .. } => {
+                    if let Some(port) = self.runs.get(&run) {
+                        emits.push((port.events.clone(), RunEvent::Warning { message }));
+                    }
+                }
+                Effect::Done {
+                    run,
+                    task,
+                    worker,
+                    report,
+                } => {
+                    let name = self
+                        .pool
+                        .name(worker)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("worker {worker}"));
+                    if let Some(port) = self.runs.get_mut(&run) {
+                        port.specs.remove(&task);
+                        let _ = port.tx.send(Outcome::Done {
+                            task,
+                            worker: name,
+                            report,
+                        });
+                    }
+                }
+                Effect::Fail { run, task, message } => {
+                    if let Some(port) = self.runs.get_mut(&run) {
+                        port.specs.remove(&task);
+                        let _ = port.tx.send(Outcome::Failed { task, message });
+                    }
+                }
+            }
+        }
+        emits
+    }
+
+    /// Queues a message for a worker; `false` when its link is full or
+    /// closed (then the link is dropped here).
+    fn send(&mut self, worker: WorkerId, msg: ToWorker) -> bool {
+        let Some(tx) = self.links.get(&worker) else {
+            return false;
+        };
+        if tx.try_send(msg).is_ok() {
+            return true;
+        }
+        tracing::warn!(worker, "dropping a worker link that cannot keep up");
+        self.links.remove(&worker);
+        false
+    }
+}
+
+/// `git rev-parse HEAD` at `root` (`None`: not a git checkout).
+pub(crate) fn head_commit(root: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "HEAD"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn valid_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 64
+        && l
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// The worker's side: executes `a` in the checkout at `root` (restoring
@@ -172,8 +694,7 @@ pub async fn execute_assigned(
     log: mpsc::Sender<(Stream, String)>,
     cancel: tokio::sync::watch::Receiver<Option<i32>>,
 ) -> Report {
-    let _ = (root, a, env, log, cancel);
-    todo!("engine helper")
+    worker::execute(root, a, env, log, cancel).await
 }
 
 /// The root `vx.toml`'s `[workers]` section (defaults when absent).
@@ -194,6 +715,25 @@ pub struct Settings {
 /// Reads `[workers]` from the root `vx.toml` at `root`; a bad section is
 /// an error naming the file, the line and what was expected.
 pub fn settings(root: &std::path::Path) -> Result<Settings, String> {
-    let _ = root;
-    todo!("engine helper")
+    let c = crate::workspace::workers_config(root)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    Ok(Settings {
+        listen: c.listen,
+        token: c.token,
+        lease_ms: c.lease_ms,
+        retries: c.retries,
+    })
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let c = crate::workspace::WorkersConfig::default();
+        Settings {
+            listen: c.listen,
+            token: c.token,
+            lease_ms: c.lease_ms,
+            retries: c.retries,
+        }
+    }
 }
