@@ -15,7 +15,7 @@ pub const MAX_NAME: usize = 128;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL: usize = 64;
 /// The largest capacity a worker may announce.
-pub const MAX_CAPACITY: u32 = 4096;
+pub const MAX_CAPACITY: u32 = vx_proto::MAX_CONCURRENCY as u32;
 /// The longest log line sent (longer lines are cut with a marker; the
 /// engine cuts at its own limit too).
 pub const MAX_LINE: usize = 256 << 10;

@@ -31,9 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use vxd::engine::distribute::{FromWorker, Hello, ToWorker};
 
-/// The link protocol version this worker speaks.
-// TODO(merge): vxd::engine::distribute::PROTOCOL once the engine has it.
-const PROTOCOL: u32 = 1;
+/// The link protocol version this worker speaks (the engine's).
+use vxd::engine::distribute::PROTOCOL;
 
 /// The exit status of a refused worker (bad token, another commit).
 pub const EXIT_REFUSED: i32 = 2;
