@@ -288,6 +288,7 @@ mod tests {
             blocked_by: None,
             error: (status == TaskStatus::Failed).then(|| "exit code 2".to_string()),
             persistent: false,
+            worker: None,
         }
     }
 

@@ -44,6 +44,10 @@ pub struct TaskRun {
     /// A long-running task (never cached).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persistent: bool,
+    /// The worker that executed it (`vx run --distribute`); absent when
+    /// it ran in the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// One recorded run.

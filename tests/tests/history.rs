@@ -39,6 +39,7 @@ fn row(id: &str, status: TaskStatus, cache: CacheSource, key: &str, ms: u64) -> 
         blocked_by: None,
         error: (status == TaskStatus::Failed).then(|| "exit code 1".to_string()),
         persistent: false,
+        worker: None,
     }
 }
 

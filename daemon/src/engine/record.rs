@@ -193,11 +193,12 @@ pub(super) fn build_record(inp: RecordInput) -> RunRecord {
                 start_ms: start,
                 end_ms: end,
                 slot,
-                cpu_ms: u.and_then(|u| u.cpu_ms),
-                peak_rss_bytes: u.and_then(|u| u.peak_rss_bytes),
+                cpu_ms: u.and_then(|u| u.cpu_ms).or(r.cpu_ms),
+                peak_rss_bytes: u.and_then(|u| u.peak_rss_bytes).or(r.peak_rss_bytes),
                 blocked_by: r.blocked_by,
                 error: r.error,
                 persistent,
+                worker: r.worker,
             }
         })
         .collect();

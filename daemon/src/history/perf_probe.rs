@@ -34,6 +34,7 @@ fn probe() {
                 blocked_by: None,
                 error: None,
                 persistent: false,
+                worker: None,
             })
             .collect();
         let fps: Vec<Fingerprint> = tasks

@@ -87,6 +87,8 @@ struct TaskRow {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     persistent: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker: Option<String>,
 }
 
 /// A run without its tasks (they are rows of `task_rows`), as stored.
@@ -233,6 +235,7 @@ impl From<&TaskRun> for TaskRow {
             blocked_by: t.blocked_by.clone(),
             error: t.error.clone(),
             persistent: t.persistent,
+            worker: t.worker.clone(),
         }
     }
 }
@@ -255,6 +258,7 @@ impl From<TaskRow> for TaskRun {
             blocked_by: t.blocked_by,
             error: t.error,
             persistent: t.persistent,
+            worker: t.worker,
         }
     }
 }
@@ -390,6 +394,7 @@ mod tests {
             blocked_by: None,
             error: None,
             persistent: false,
+            worker: None,
         }
     }
 

@@ -24,6 +24,7 @@ fn task(id: &str, status: TaskStatus, cache: CacheSource, key: Option<&str>, ms:
         blocked_by: None,
         error: None,
         persistent: false,
+        worker: None,
     }
 }
 

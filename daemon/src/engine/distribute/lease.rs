@@ -722,7 +722,7 @@ mod tests {
         let mut p = Pool::new(1000, 2);
         p.open_run(1, true);
         p.open_run(2, true);
-        let w = p.attach("w", 1, &labels(&["gpu"]));
+        let w = p.attach("w", 2, &labels(&["gpu"]));
         for (t, prio, l) in [(0, 1, &[][..]), (1, 5, &["gpu"][..]), (2, 3, &[][..])] {
             p.offer(job(1, t, prio, l), 0);
         }
@@ -730,8 +730,9 @@ mod tests {
         // Run 1's lanes: its own unlabelled tasks only, by priority.
         assert_eq!(p.take_local(1, 5), vec![2, 0]);
         assert_eq!(p.take_local(1, 5), Vec::<usize>::new());
-        // The gpu task waits for the worker.
-        assert_eq!(assigns(&p.ready(w, 1, 0)), vec![(w, 1)]);
+        // The gpu task waits for the worker, which also takes run 2's
+        // (a labelled worker takes unlabelled tasks), by priority.
+        assert_eq!(assigns(&p.ready(w, 2, 0)), vec![(w, 9), (w, 1)]);
         // A --no-local run's lanes take nothing.
         p.open_run(3, false);
         p.offer(job(3, 0, 1, &[]), 0);

@@ -737,3 +737,189 @@ impl Default for Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vx_proto::TaskStatus;
+
+    fn hello(name: &str, commit: Option<&str>) -> Hello {
+        Hello {
+            name: name.into(),
+            commit: commit.map(str::to_string),
+            capacity: 1,
+            labels: Vec::new(),
+            protocol: PROTOCOL,
+        }
+    }
+
+    fn ok() -> Report {
+        Report {
+            status: TaskStatus::Success,
+            exit_code: Some(0),
+            duration_ms: 1,
+            error: None,
+            uploaded: true,
+            cpu_ms: None,
+            peak_rss_bytes: None,
+        }
+    }
+
+    async fn next(link: &mut Link) -> ToWorker {
+        tokio::time::timeout(Duration::from_secs(20), link.to_worker.recv())
+            .await
+            .expect("a message in time")
+            .expect("link open")
+    }
+
+    #[test]
+    fn attach_refuses_other_commits_and_protocols() {
+        let dir = tempfile::tempdir().unwrap();
+        let coord: &'static Coordinator = Box::leak(Box::new(Coordinator::new()));
+        // No root: refused.
+        assert!(coord.attach(hello("w", None)).is_err());
+        coord.set_root(dir.path());
+        // The root is not a git checkout: a worker claiming a commit is
+        // refused, both sides named.
+        let Err(Refusal(m)) = coord.attach(hello("w", Some("abc123"))) else {
+            panic!("admitted")
+        };
+        assert!(m.contains("worker w is at abc123"), "{m}");
+        assert!(m.contains("the coordinator at not a git checkout"), "{m}");
+        let mut h = hello("w", None);
+        h.protocol = PROTOCOL + 1;
+        let Err(Refusal(m)) = coord.attach(h) else {
+            panic!("admitted")
+        };
+        assert!(m.contains("protocol"), "{m}");
+        let mut h = hello("w", None);
+        h.labels = vec!["bad label".into()];
+        assert!(coord.attach(h).is_err());
+        let link = coord.attach(hello("w", None)).expect("admitted");
+        assert_eq!(coord.workers(), vec![("w".to_string(), 1, Vec::new())]);
+        drop(link);
+        assert!(coord.workers().is_empty());
+    }
+
+    /// A fake worker stalls past its lease: the task goes to another, the
+    /// stalled one is told to stop, and its late report changes nothing.
+    #[tokio::test]
+    async fn an_expired_lease_is_reassigned_and_its_late_report_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let coord: &'static Coordinator = Box::leak(Box::new(Coordinator::new()));
+        coord.set_root(dir.path());
+        let seen = Arc::new(Mutex::new(Vec::<RunEvent>::new()));
+        let s2 = seen.clone();
+        let events = Events::new(move |e| s2.lock().unwrap().push(e));
+        let settings = Settings {
+            lease_ms: 300,
+            retries: 2,
+            ..Settings::default()
+        };
+        let (guard, mut rx) = coord.open_run(
+            events,
+            Arc::new(vec!["p#build".to_string()]),
+            false,
+            Some(&settings),
+        );
+        let mut a = coord.attach(hello("a", None)).unwrap();
+        let mut b = coord.attach(hello("b", None)).unwrap();
+        coord.offer(
+            guard.run,
+            Job {
+                run: guard.run,
+                task: 0,
+                id: "p#build".into(),
+                priority: 1,
+                labels: Vec::new(),
+                remote_ok: true,
+                remote_possible: true,
+            },
+            Spec {
+                key: "k".repeat(64),
+                deps: vec![("p#gen".into(), "g".repeat(64))],
+                env: vec![("MODE".into(), "x".into())],
+                args: Vec::new(),
+                command: "make".into(),
+            },
+        );
+        a.from_worker(FromWorker::Ready { free: 1 });
+        let ToWorker::Assign(first) = next(&mut a).await else {
+            panic!("not an assignment")
+        };
+        assert_eq!(first.task_id, "p#build");
+        assert_eq!(first.deps, vec![("p#gen".to_string(), "g".repeat(64))]);
+        assert_eq!(first.lease_ms, 300);
+        // b is ready; a never heartbeats.
+        b.from_worker(FromWorker::Ready { free: 1 });
+        let ToWorker::Assign(second) = next(&mut b).await else {
+            panic!("not an assignment")
+        };
+        assert_eq!(second.task_id, "p#build");
+        assert_ne!(second.lease, first.lease);
+        match next(&mut a).await {
+            ToWorker::Revoke { lease, reason } => {
+                assert_eq!(lease, first.lease);
+                assert!(reason.contains("expired"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // a's late lines and report: ignored.
+        a.from_worker(FromWorker::Log {
+            lease: first.lease,
+            stream: Stream::Stdout,
+            line: "late".into(),
+        });
+        a.from_worker(FromWorker::Done {
+            lease: first.lease,
+            report: ok(),
+        });
+        assert!(rx.try_recv().is_err());
+        // b's lines reach the run's events, with its name.
+        b.from_worker(FromWorker::Heartbeat {
+            leases: vec![second.lease],
+        });
+        b.from_worker(FromWorker::Log {
+            lease: second.lease,
+            stream: Stream::Stdout,
+            line: "built".into(),
+        });
+        b.from_worker(FromWorker::Done {
+            lease: second.lease,
+            report: ok(),
+        });
+        match rx.recv().await {
+            Some(Outcome::Done { task, worker, report }) => {
+                assert_eq!((task, worker.as_str()), (0, "b"));
+                assert!(report.uploaded);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A duplicate changes nothing.
+        b.from_worker(FromWorker::Done {
+            lease: second.lease,
+            report: ok(),
+        });
+        assert!(rx.try_recv().is_err());
+        let seen = seen.lock().unwrap();
+        let lines: Vec<(&str, Option<&str>)> = seen
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::TaskOutput { line, worker, .. } => {
+                    Some((line.as_str(), worker.as_deref()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lines, vec![("built", Some("b"))]);
+        let started: Vec<Option<&str>> = seen
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::TaskStarted { worker, .. } => Some(worker.as_deref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started, vec![Some("a"), Some("b")]);
+        assert!(seen.iter().any(|e| matches!(e, RunEvent::Warning { message } if message.contains("lost its worker"))));
+    }
+}
