@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use vxd::engine::distribute::{FromWorker, Hello, ToWorker};
+use vxd::engine::distribute::{FromWorker, Hello, PROTOCOL, ToWorker};
 
 /// The link protocol version this worker speaks (the engine's).
 use vxd::engine::distribute::PROTOCOL;
