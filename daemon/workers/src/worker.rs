@@ -31,9 +31,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use vxd::engine::distribute::{FromWorker, Hello, PROTOCOL, ToWorker};
 
-/// The link protocol version this worker speaks (the engine's).
-use vxd::engine::distribute::PROTOCOL;
-
 /// The exit status of a refused worker (bad token, another commit).
 pub const EXIT_REFUSED: i32 = 2;
 
