@@ -431,10 +431,16 @@ fn ctx(r: &Run, c: &Cluster, workers: &[&Worker]) -> String {
         .iter()
         .map(|w| format!("--- {}:\n{}", w.name, w.stderr()))
         .collect();
+    let results: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"task_finished\"") || l.contains("\"warning\"") || l.contains("\"error\""))
+        .collect();
     format!(
-        "code {}\nstderr:\n{}\ntask log:\n{}\n{}",
+        "code {}\nstderr:\n{}\nresults:\n{}\ntask log:\n{}\n{}",
         r.code,
         r.stderr,
+        results.join("\n"),
         c.task_log(),
         logs.join("\n")
     )

@@ -115,6 +115,11 @@ async fn run(
             .copied()
             .find(|&d| graph.nodes[d].id == *id)
             .ok_or_else(|| format!("dependency {id} is not a task of this checkout"))?;
+        // The task's own key folds its dependencies' keys in: they are the
+        // coordinator's (restoring does not record them).
+        if let Ok(mut k) = sh.keys.lock() {
+            k.insert(d, key.clone());
+        }
         let (sh2, k2) = (sh.clone(), key.clone());
         let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, d, &k2, true))
             .await
