@@ -169,7 +169,10 @@ outputs = ["dist/**"]
         }
         for (app, libs) in APPS {
             let deps: Vec<String> = libs.iter().map(|l| format!("\"{l}\"")).collect();
-            let cats: Vec<String> = libs.iter().map(|l| format!("../{l}/dist/out.txt")).collect();
+            let cats: Vec<String> = libs
+                .iter()
+                .map(|l| format!("../{l}/dist/out.txt"))
+                .collect();
             files.push((
                 format!("packages/{app}/vx.toml"),
                 format!(
@@ -188,7 +191,10 @@ outputs = ["dist/**"]
                     task_extra(app)
                 ),
             ));
-            files.push((format!("packages/{app}/src/main.txt"), format!("{app}-main\n")));
+            files.push((
+                format!("packages/{app}/src/main.txt"),
+                format!("{app}-main\n"),
+            ));
         }
         let refs: Vec<(&str, &str)> = files
             .iter()
@@ -419,10 +425,7 @@ fn all_builds() -> Vec<String> {
 fn events_of<'a>(r: &'a Run, kind: &str, id: &str) -> Vec<&'a Value> {
     r.events
         .iter()
-        .filter(|e| {
-            e["type"] == kind
-                && (e["id"] == id || e["result"]["id"] == id)
-        })
+        .filter(|e| e["type"] == kind && (e["id"] == id || e["result"]["id"] == id))
         .collect()
 }
 
@@ -434,7 +437,9 @@ fn ctx(r: &Run, c: &Cluster, workers: &[&Worker]) -> String {
     let results: Vec<&str> = r
         .stdout
         .lines()
-        .filter(|l| l.contains("\"task_finished\"") || l.contains("\"warning\"") || l.contains("\"error\""))
+        .filter(|l| {
+            l.contains("\"task_finished\"") || l.contains("\"warning\"") || l.contains("\"error\"")
+        })
         .collect();
     format!(
         "code {}\nstderr:\n{}\nresults:\n{}\ntask log:\n{}\n{}",
@@ -462,7 +467,10 @@ fn distributed_run_equals_a_local_run() {
     assert_eq!(r.executed(), all_builds(), "{}", r.summary());
     c.assert_outputs();
     for id in all_builds() {
-        let w = r.task(&id)["worker"].as_str().unwrap_or_default().to_string();
+        let w = r.task(&id)["worker"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(w == "w1" || w == "w2", "{id} ran on {w:?}: {}", r.summary());
         let lines = events_of(&r, "task_output", &id);
         assert!(
@@ -474,7 +482,11 @@ fn distributed_run_equals_a_local_run() {
         );
     }
     // Nothing ran in the coordinator's checkout.
-    assert!(c.lines_in("start", c.coord.root()).is_empty(), "{}", c.task_log());
+    assert!(
+        c.lines_in("start", c.coord.root()).is_empty(),
+        "{}",
+        c.task_log()
+    );
 
     // A plain local run of another clone, no remote cache, no daemon.
     let local_dir = c.clone_repo();
@@ -611,7 +623,11 @@ fn a_task_needing_a_missing_label_fails_fast() {
     assert_eq!(r.status("libc#build"), "failed", "{}", r.summary());
     let e = r.task("libc#build")["error"].as_str().unwrap_or_default();
     assert!(e.contains("gpu"), "the error names the label: {e:?}");
-    assert!(c.lines_in("start", w1.root()).iter().all(|t| t != "libc#build"));
+    assert!(
+        c.lines_in("start", w1.root())
+            .iter()
+            .all(|t| t != "libc#build")
+    );
 
     let w2 = c.worker("w2", &url, &token, &["--capacity", "2", "--label", "gpu"]);
     let r = c.run(&["--distribute", "--no-local"], &[&w1, &w2]);
@@ -653,13 +669,12 @@ fn refusals_name_the_reason() {
 #[test]
 fn distribute_without_the_daemon_is_a_clear_error() {
     let c = Cluster::new("0.1", "", |_| String::new());
-    let mut ws_mode = c.coord.cmd(".", &["run", "build", "--distribute", "--no-daemon"]);
+    let mut ws_mode = c
+        .coord
+        .cmd(".", &["run", "build", "--distribute", "--no-daemon"]);
     let out = ws_mode.output().expect("run vx");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("--distribute needs the daemon"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--distribute needs the daemon"), "{stderr}");
     assert!(c.task_log().is_empty(), "{}", c.task_log());
 }
