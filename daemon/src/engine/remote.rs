@@ -635,7 +635,10 @@ impl Shared {
             .clone()
             .ok_or_else(|| "the run has no remote cache".to_string())?;
         if !r.usable() {
-            return Err(format!("the remote cache {} is not usable", r.remote.describe()));
+            return Err(format!(
+                "the remote cache {} is not usable",
+                r.remote.describe()
+            ));
         }
         if let Ok(Some(v)) = r.remote.query(&[key.to_string()])
             && v.first() == Some(&true)
@@ -689,8 +692,14 @@ impl Shared {
         if self.policy.local_write {
             let entry = remote::hydrate(&self.store, key, &node.id, &a)
                 .map_err(|e| format!("storing its result locally: {e}"))?;
-            let st = cache::restore(&self.store, &entry.0, &dir, &self.patterns[&g].outputs, &fence)
-                .map_err(|e| format!("restoring its outputs: {e}"))?;
+            let st = cache::restore(
+                &self.store,
+                &entry.0,
+                &dir,
+                &self.patterns[&g].outputs,
+                &fence,
+            )
+            .map_err(|e| format!("restoring its outputs: {e}"))?;
             self.store.put_stamps(key, &st);
         } else {
             remote::restore_artifact(&a, &dir, &self.patterns[&g].outputs, &fence)

@@ -11,13 +11,13 @@
 //! Never: decides the order or what a failure stops (the scheduler does),
 //! and never does a task's work itself.
 
+use super::distribute::offer::{self, Dist, Verdict};
 use super::persistent::{self, futures_join_all, start_persistent};
 use super::prepare::{Shared, Timing, prepare};
 use super::priority::priorities;
 use super::record::{Head, open_history};
 use super::replay;
 use super::schedule::{Scheduler, Step};
-use super::distribute::offer::{self, Dist};
 use super::task::{Done, Hit, base_result, probe, run_task, skipped, try_hit};
 use super::{concurrency_error, now_ms};
 use crate::error::{EngineError, ErrorKind};
@@ -435,11 +435,12 @@ impl Driver {
                                 continue;
                             };
                             match d.outcome(&self.sh, o) {
-                                Ok(done) => done,
-                                Err((_, fut)) => {
+                                Verdict::Now(done) => done,
+                                Verdict::Later(fut) => {
                                     self.running.spawn(fut);
                                     continue;
                                 }
+                                Verdict::Nothing => continue,
                             }
                         }
                     }

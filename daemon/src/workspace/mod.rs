@@ -247,7 +247,8 @@ pub struct TaskDef {
     pub output_logs: Option<vx_proto::OutputLogs>,
     /// Labels a worker must all have to run it (`labels = ["gpu"]`); only
     /// `vx run --distribute` looks at them (the local lanes have none).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Not keyed: where a task runs does not change its result.
+    #[serde(skip)]
     pub labels: Vec<String>,
 }
 

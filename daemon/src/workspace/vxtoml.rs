@@ -555,9 +555,7 @@ fn workers(src: &Src, w: RawWorkers) -> Result<super::WorkersConfig, ConfigError
 
 /// The root `vx.toml`'s `[workers]` at `root` (`None`: no section, or
 /// no root `vx.toml`); a bad file is an error naming its line.
-pub fn workers_config(
-    root: &std::path::Path,
-) -> Result<Option<super::WorkersConfig>, ConfigError> {
+pub fn workers_config(root: &std::path::Path) -> Result<Option<super::WorkersConfig>, ConfigError> {
     let path = root.join("vx.toml");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -841,8 +839,13 @@ fn task(
         check::label(&l).map_err(|e| src.err_at(off, format!("{e} (in {})", what("labels"))))?;
         if def.command.is_none() {
             return Err(src
-                .err_at(off, format!("group task `{name}` (no `command`) cannot set `labels`"))
-                .with_hint("labels say where a command may run; put them on the tasks with a command"));
+                .err_at(
+                    off,
+                    format!("group task `{name}` (no `command`) cannot set `labels`"),
+                )
+                .with_hint(
+                    "labels say where a command may run; put them on the tasks with a command",
+                ));
         }
         if !def.labels.contains(&l) {
             def.labels.push(l);

@@ -169,7 +169,13 @@ impl Pool {
     pub(super) fn workers(&self) -> Vec<(String, u32, Vec<String>)> {
         self.workers
             .values()
-            .map(|w| (w.name.clone(), w.capacity, w.labels.iter().cloned().collect()))
+            .map(|w| {
+                (
+                    w.name.clone(),
+                    w.capacity,
+                    w.labels.iter().cloned().collect(),
+                )
+            })
             .collect()
     }
 
@@ -202,9 +208,7 @@ impl Pool {
     pub(super) fn ready(&mut self, w: WorkerId, free: u32, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
         if let Some(worker) = self.workers.get_mut(&w) {
-            let room = worker
-                .capacity
-                .saturating_sub(worker.leases.len() as u32);
+            let room = worker.capacity.saturating_sub(worker.leases.len() as u32);
             worker.credit = free.min(room);
             self.assign(now, &mut out);
         }
@@ -339,7 +343,13 @@ impl Pool {
 
     /// A worker's report for a lease. Counts only when the lease is live
     /// and that worker holds it; then the lease ends.
-    pub(super) fn report(&mut self, w: WorkerId, lease: u64, report: Report, now: u64) -> Vec<Effect> {
+    pub(super) fn report(
+        &mut self,
+        w: WorkerId,
+        lease: u64,
+        report: Report,
+        now: u64,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         match self.leases.get(&lease) {
             Some(l) if l.worker == w => {}
@@ -678,7 +688,11 @@ mod tests {
         // A label nobody has: fails at once, naming it and the workers.
         let e = p.offer(job(1, 1, 1, &["tpu", "gpu"]), 0);
         match &e[..] {
-            [Effect::Fail { task: 1, message, .. }] => {
+            [
+                Effect::Fail {
+                    task: 1, message, ..
+                },
+            ] => {
                 assert!(message.contains("needs the label tpu"), "{message}");
                 assert!(message.contains("gpu-box (gpu, linux)"), "{message}");
                 assert!(message.contains("plain (no labels)"), "{message}");
@@ -779,7 +793,10 @@ mod tests {
             e.iter().any(|x| matches!(x, Effect::Revoke { worker, lease, .. } if *worker == a && *lease == l1)),
             "{e:?}"
         );
-        assert!(e.iter().any(|x| matches!(x, Effect::Requeued { task: 0, .. })));
+        assert!(
+            e.iter()
+                .any(|x| matches!(x, Effect::Requeued { task: 0, .. }))
+        );
         let l2 = lease_of(&e, 0);
         assert_ne!(l1, l2);
         assert_eq!(assigns(&e), vec![(b, 0)]);
@@ -839,7 +856,9 @@ mod tests {
         let b = p.attach("b", 2, &[]);
         let e = p.detach(a, "disconnected", 10);
         assert_eq!(
-            e.iter().filter(|x| matches!(x, Effect::Requeued { .. })).count(),
+            e.iter()
+                .filter(|x| matches!(x, Effect::Requeued { .. }))
+                .count(),
             2
         );
         assert_eq!(assigns(&p.ready(b, 2, 11)).len(), 2);

@@ -26,8 +26,8 @@ pub(super) mod offer;
 mod worker;
 
 use crate::sink::Events;
-use lease::{Effect, Pool, RunKey, WorkerId};
 pub(in crate::engine) use lease::Job;
+use lease::{Effect, Pool, RunKey, WorkerId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -113,7 +113,9 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromWorker {
     /// This many more tasks may be assigned (pull-based: the coordinator
-    /// never assigns beyond what was asked for).
+    /// never assigns beyond what was asked for). It replaces the previous
+    /// `Ready`'s credit (send the idle slots you have now, any time), and
+    /// never counts beyond the capacity less the leases still live.
     Ready { free: u32 },
     /// The worker is alive and still working on these leases.
     Heartbeat { leases: Vec<u64> },
@@ -145,7 +147,7 @@ struct LinkInner {
 impl Link {
     /// Hands one message from the worker to the coordinator.
     pub fn from_worker(&self, msg: FromWorker) {
-        self.inner.coord.from_worker(self.inner.worker, msg);
+        self.inner.coord.handle(self.inner.worker, msg);
     }
 }
 
@@ -227,7 +229,9 @@ impl Coordinator {
 
     /// Admits a worker whose token the transport has checked. Refused
     /// (with both SHAs named) when its commit differs from the daemon's
-    /// checkout, or its protocol differs.
+    /// checkout, or its protocol differs (send [`PROTOCOL`]), or its labels
+    /// or capacity are invalid, or no root was set ([`Coordinator::set_root`]).
+    /// `&'static`: the [`Link`] refers back to it (use [`Coordinator::global`]).
     pub fn attach(&'static self, hello: Hello) -> Result<Link, Refusal> {
         if hello.protocol != PROTOCOL {
             return Err(Refusal(format!(
@@ -269,7 +273,12 @@ impl Coordinator {
                 vx_proto::MAX_CONCURRENCY
             )));
         }
-        let name: String = hello.name.chars().filter(|c| !c.is_control()).take(128).collect();
+        let name: String = hello
+            .name
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect();
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let worker = {
             let mut st = self.lock();
@@ -327,7 +336,7 @@ impl Coordinator {
         emit_all(emits);
     }
 
-    fn from_worker(&self, w: WorkerId, msg: FromWorker) {
+    fn handle(&self, w: WorkerId, msg: FromWorker) {
         let now = self.now();
         let mut st = self.lock();
         let effects = match msg {
@@ -677,8 +686,7 @@ pub(crate) fn head_commit(root: &std::path::Path) -> Option<String> {
 fn valid_label(l: &str) -> bool {
     !l.is_empty()
         && l.len() <= 64
-        && l
-            .chars()
+        && l.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
@@ -889,7 +897,11 @@ mod tests {
             report: ok(),
         });
         match rx.recv().await {
-            Some(Outcome::Done { task, worker, report }) => {
+            Some(Outcome::Done {
+                task,
+                worker,
+                report,
+            }) => {
                 assert_eq!((task, worker.as_str()), (0, "b"));
                 assert!(report.uploaded);
             }
@@ -920,6 +932,200 @@ mod tests {
             })
             .collect();
         assert_eq!(started, vec![Some("a"), Some("b")]);
-        assert!(seen.iter().any(|e| matches!(e, RunEvent::Warning { message } if message.contains("lost its worker"))));
+        assert!(seen.iter().any(
+            |e| matches!(e, RunEvent::Warning { message } if message.contains("lost its worker"))
+        ));
+    }
+
+    mod mem {
+        use crate::cache::remote::{Artifact, ArtifactId, Remote, RemoteError};
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+
+        /// An in-memory remote cache, shared by every run of this process.
+        #[derive(Default)]
+        pub struct Mem(pub Mutex<HashMap<String, Artifact>>);
+
+        struct Client(Arc<Mem>);
+
+        impl Remote for Client {
+            fn describe(&self) -> String {
+                "memory".into()
+            }
+            fn get(&self, id: &ArtifactId) -> Result<Option<Artifact>, RemoteError> {
+                Ok(self.0.0.lock().unwrap().get(id.key).cloned())
+            }
+            fn put(&self, id: &ArtifactId, a: &Artifact) -> Result<(), RemoteError> {
+                self.0
+                    .0
+                    .lock()
+                    .unwrap()
+                    .entry(id.key.to_string())
+                    .or_insert_with(|| a.clone());
+                Ok(())
+            }
+        }
+
+        /// The process's in-memory remote, registered as the remote
+        /// cache client.
+        pub fn install() -> Arc<Mem> {
+            static MEM: OnceLock<Arc<Mem>> = OnceLock::new();
+            MEM.get_or_init(|| {
+                let m = Arc::new(Mem::default());
+                let m2 = m.clone();
+                crate::cache::remote::set_factory(move |_| {
+                    Ok(Arc::new(Client(m2.clone())) as Arc<dyn Remote>)
+                });
+                m
+            })
+            .clone()
+        }
+    }
+
+    fn fixture(dir: &std::path::Path) {
+        let w = |p: &str, t: &str| {
+            let p = dir.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, t).unwrap();
+        };
+        w(
+            "vx.toml",
+            "[workspace]\nmembers = [\"app\"]\n\n[remote_cache]\nurl = \"http://memory.invalid\"\n",
+        );
+        w(
+            "app/vx.toml",
+            r#"[project]
+name = "app"
+
+[tasks.gen]
+command = "mkdir -p gen && cat src/a.txt > gen/out.txt && echo gen-line"
+inputs = ["src/**"]
+outputs = ["gen/**"]
+
+[tasks.build]
+command = "mkdir -p dist && cat gen/out.txt > dist/app.txt && echo built >> dist/app.txt && echo build-line"
+depends_on = ["gen"]
+inputs = ["src/**"]
+outputs = ["dist/**"]
+"#,
+        );
+        w("app/src/a.txt", "hello\n");
+    }
+
+    /// A worker in its own checkout, in process: executes what it is
+    /// assigned with [`execute_assigned`], one at a time.
+    async fn fake_worker(mut link: Link, root: PathBuf) {
+        let mut rx = std::mem::replace(&mut link.to_worker, mpsc::channel(1).1);
+        let link = Arc::new(link);
+        link.from_worker(FromWorker::Ready { free: 1 });
+        while let Some(msg) = rx.recv().await {
+            let ToWorker::Assign(a) = msg else {
+                continue;
+            };
+            let lease = a.lease;
+            let (ltx, mut lrx) = mpsc::channel(64);
+            let (_cancel, crx) = tokio::sync::watch::channel(None);
+            let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+            let l2 = link.clone();
+            let fwd = tokio::spawn(async move {
+                while let Some((stream, line)) = lrx.recv().await {
+                    l2.from_worker(FromWorker::Log {
+                        lease,
+                        stream,
+                        line,
+                    });
+                }
+            });
+            let report = execute_assigned(root.clone(), a, env, ltx, crx).await;
+            let _ = fwd.await;
+            link.from_worker(FromWorker::Done { lease, report });
+            link.from_worker(FromWorker::Ready { free: 1 });
+        }
+    }
+
+    /// `--distribute --no-local` end to end in process: a worker in its
+    /// own checkout executes both tasks (the dependent after its
+    /// dependency's outputs were restored there from the remote cache);
+    /// the coordinator's checkout gets both tasks' outputs from the remote
+    /// cache, and the worker's lines arrive as the run's events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_distributed_run_executes_on_a_worker_and_restores_here() {
+        let mem = mem::install();
+        let (here, there) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fixture(here.path());
+        fixture(there.path());
+        let root = here.path().canonicalize().unwrap();
+        let hot = crate::state::Hot::start(&root).unwrap();
+        let coord = Coordinator::global();
+        coord.set_root(&root);
+        let link = coord.attach(hello("fake", None)).unwrap();
+        let worker = tokio::spawn(fake_worker(link, there.path().canonicalize().unwrap()));
+        let seen = Arc::new(Mutex::new(Vec::<RunEvent>::new()));
+        let s2 = seen.clone();
+        let events = Events::new(move |e| s2.lock().unwrap().push(e));
+        let params = vx_proto::RunParams {
+            cwd: root.to_string_lossy().into_owned(),
+            tasks: vec!["build".into()],
+            env: std::env::vars().collect(),
+            distribute: true,
+            distribute_local: false,
+            detail: vx_proto::Detail::All,
+            ..Default::default()
+        };
+        let (_tx, cancel) = tokio::sync::watch::channel(None);
+        let summary = tokio::time::timeout(
+            Duration::from_secs(120),
+            crate::engine::run(params, events, cancel, Some(hot)),
+        )
+        .await
+        .expect("the run ends")
+        .expect("the run answers");
+        worker.abort();
+        let tasks: Vec<(&str, TaskStatus, Option<&str>)> = summary
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.status, t.worker.as_deref()))
+            .collect();
+        assert_eq!(
+            tasks,
+            vec![
+                ("app#build", TaskStatus::Success, Some("fake")),
+                ("app#gen", TaskStatus::Success, Some("fake")),
+            ],
+            "{summary:?}"
+        );
+        assert!(summary.ok);
+        // The outputs came here through the remote cache.
+        assert_eq!(
+            std::fs::read_to_string(root.join("app/gen/out.txt")).unwrap(),
+            "hello\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("app/dist/app.txt")).unwrap(),
+            "hello\nbuilt\n"
+        );
+        assert_eq!(mem.0.lock().unwrap().len(), 2);
+        {
+            let seen = seen.lock().unwrap();
+            assert!(seen.iter().any(|e| matches!(e,
+                RunEvent::TaskOutput { id, line, worker: Some(w), .. }
+                    if id == "app#build" && line == "build-line" && w == "fake")));
+        }
+        // The foreground engine refuses --distribute.
+        let params = vx_proto::RunParams {
+            cwd: root.to_string_lossy().into_owned(),
+            tasks: vec!["build".into()],
+            distribute: true,
+            ..Default::default()
+        };
+        let (_tx, cancel) = tokio::sync::watch::channel(None);
+        let e = crate::engine::run(params, Events::new(|_| {}), cancel, None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("--distribute needs the daemon"),
+            "{}",
+            e.message
+        );
     }
 }

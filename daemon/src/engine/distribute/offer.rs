@@ -281,20 +281,17 @@ impl Dist {
         done
     }
 
-    /// The pool's word on task `i`: a failure at once, or a worker's
-    /// report — then (success) a future restoring its outputs from the
-    /// remote cache.
-    pub(in crate::engine) fn outcome(
-        &mut self,
-        sh: &Arc<Shared>,
-        o: Outcome,
-    ) -> Result<Done, (usize, std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>)>
-    {
+    /// The pool's word on task `i`: nothing (a task no longer offered —
+    /// withdrawn meanwhile), a result at once, or (a worker's success) a
+    /// future restoring its outputs from the remote cache.
+    pub(in crate::engine) fn outcome(&mut self, sh: &Arc<Shared>, o: Outcome) -> Verdict {
         let (i, worker, report) = match o {
             Outcome::Failed { task, message } => {
-                self.out.remove(&task);
+                if !self.out.remove(&task) {
+                    return Verdict::Nothing;
+                }
                 let Some((g, key, tainted)) = self.offered.remove(&task) else {
-                    return Ok(Done::new(task, None, true, false));
+                    return Verdict::Nothing;
                 };
                 sh.emit(RunEvent::Warning {
                     message: message.clone(),
@@ -303,7 +300,7 @@ impl Dist {
                 r.key = Some(key);
                 r.status = TaskStatus::Failed;
                 r.error = Some(message);
-                return Ok(Done::new(task, Some(r), true, tainted));
+                return Verdict::Now(Done::new(task, Some(r), true, tainted));
             }
             Outcome::Done {
                 task,
@@ -311,13 +308,15 @@ impl Dist {
                 report,
             } => (task, worker, report),
         };
-        self.out.remove(&i);
+        if !self.out.remove(&i) {
+            return Verdict::Nothing;
+        }
         let Some((g, key, tainted)) = self.offered.remove(&i) else {
-            return Ok(Done::new(i, None, true, false));
+            return Verdict::Nothing;
         };
         let mut r = result_of(sh, g, &key, &worker, &report);
         if report.status != TaskStatus::Success {
-            return Ok(Done::new(i, Some(r), true, tainted));
+            return Verdict::Now(Done::new(i, Some(r), true, tainted));
         }
         if !report.uploaded {
             r.status = TaskStatus::Failed;
@@ -329,10 +328,10 @@ impl Dist {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default()
             ));
-            return Ok(Done::new(i, Some(r), true, tainted));
+            return Verdict::Now(Done::new(i, Some(r), true, tainted));
         }
         let (sh2, known) = (sh.clone(), self.in_remote.clone());
-        let fut = async move {
+        Verdict::Later(Box::pin(async move {
             let (sh3, k2) = (sh2.clone(), key.clone());
             let restored = tokio::task::spawn_blocking(move || sh3.restore_from_remote(g, &k2))
                 .await
@@ -356,9 +355,20 @@ impl Dist {
                     Done::new(i, Some(r), true, tainted)
                 }
             }
-        };
-        Err((i, Box::pin(fut)))
+        }))
     }
+}
+
+/// What the driver does with the pool's word on a task. (A value matched
+/// at once, once per task: boxing `Done` would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
+pub(in crate::engine) enum Verdict {
+    /// Nothing: the task is no longer offered (withdrawn meanwhile).
+    Nothing,
+    /// Its outcome, now.
+    Now(Done),
+    /// Its outcome once this future (restoring its outputs) is done.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>),
 }
 
 /// A worker's report as the task's result.

@@ -107,6 +107,18 @@ async fn run(
         .copied()
         .find(|&g| graph.nodes[g].id == a.task_id)
         .ok_or_else(|| format!("{} is not a task of this checkout", a.task_id))?;
+    // Every dependency's key, in the selection's (dependency) order, as
+    // the coordinator computed them before they ran.
+    let (sh2, order) = (sh.clone(), sel.nodes.clone());
+    tokio::task::spawn_blocking(move || {
+        order
+            .iter()
+            .filter(|&&d| d != g)
+            .try_for_each(|&d| sh2.key_of(d).map(drop))
+    })
+    .await
+    .map_err(|e| format!("keying panicked: {e}"))?
+    .map_err(msg)?;
     // The dependencies' outputs, from the cache; never by running them.
     for (id, key) in &a.deps {
         let d = sel
@@ -115,10 +127,11 @@ async fn run(
             .copied()
             .find(|&d| graph.nodes[d].id == *id)
             .ok_or_else(|| format!("dependency {id} is not a task of this checkout"))?;
-        // The task's own key folds its dependencies' keys in: they are the
-        // coordinator's (restoring does not record them).
-        if let Ok(mut k) = sh.keys.lock() {
-            k.insert(d, key.clone());
+        let own = sh.key_of(d).map_err(msg)?;
+        if own != *key {
+            return Err(format!(
+                "key mismatch for dependency {id}: the coordinator's is {key}, this worker's {own} (the checkouts or the environment differ)"
+            ));
         }
         let (sh2, k2) = (sh.clone(), key.clone());
         let hit = tokio::task::spawn_blocking(move || try_hit(&sh2, d, &k2, true))
