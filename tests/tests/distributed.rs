@@ -678,3 +678,102 @@ fn distribute_without_the_daemon_is_a_clear_error() {
     assert!(stderr.contains("--distribute needs the daemon"), "{stderr}");
     assert!(c.task_log().is_empty(), "{}", c.task_log());
 }
+
+// The worker door assumes a hostile caller: no token or a wrong one gets
+// UNAUTHENTICATED and nothing else; a link that sends no Hello is dropped
+// (DEADLINE_EXCEEDED after 10 s); a first message that is not a Hello, or
+// a Hello out of bounds, is INVALID_ARGUMENT; a message over 1 MiB closes
+// the link. The daemon serves on: a proper worker still attaches.
+#[test]
+fn the_worker_door_bounds_hostile_callers() {
+    use tokio_stream::wrappers::ReceiverStream;
+    use vxd_workers::pb;
+    let c = Cluster::new("0.1", "", |_| String::new());
+    let (url, token) = c.door();
+    let commit = git(c.coord.root(), &["rev-parse", "HEAD"]);
+    let hello = |capacity: u32| pb::FromWorker {
+        msg: Some(pb::from_worker::Msg::Hello(pb::Hello {
+            name: "raw".into(),
+            commit: Some(commit.clone()),
+            capacity,
+            labels: vec![],
+            protocol: vxd::engine::distribute::PROTOCOL,
+        })),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to the worker door");
+        let client = pb::worker_link_client::WorkerLinkClient::new(channel);
+        // Opens a link with `token`, sends `first`, returns the answer
+        // (and the sender, to keep the stream open or send more).
+        let open = |token: Option<String>, first: Vec<pb::FromWorker>| {
+            let mut client = client.clone();
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                for m in first {
+                    tx.send(m).await.expect("queue");
+                }
+                let mut req = tonic::Request::new(ReceiverStream::new(rx));
+                if let Some(t) = token {
+                    req.metadata_mut()
+                        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+                }
+                (client.connect(req).await, tx)
+            }
+        };
+        let code = |r: &Result<_, tonic::Status>| match r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        let (r, _tx) = open(None, vec![hello(1)]).await;
+        assert_eq!(code(&r), tonic::Code::Unauthenticated);
+        let (r, _tx) = open(Some(format!("{token}x")), vec![hello(1)]).await;
+        assert_eq!(code(&r), tonic::Code::Unauthenticated);
+        let (r, _tx) = open(Some("Bearer".into()), vec![hello(1)]).await;
+        assert_eq!(code(&r), tonic::Code::Unauthenticated);
+        let ready = pb::FromWorker {
+            msg: Some(pb::from_worker::Msg::Ready(pb::Ready { free: 1 })),
+        };
+        let (r, _tx) = open(Some(token.clone()), vec![ready]).await;
+        assert_eq!(code(&r), tonic::Code::InvalidArgument);
+        let (r, _tx) = open(Some(token.clone()), vec![hello(0)]).await;
+        assert_eq!(code(&r), tonic::Code::InvalidArgument);
+        // Silent after connecting: dropped, the stream still open on our side.
+        let (r, tx) =
+            tokio::time::timeout(Duration::from_secs(60), open(Some(token.clone()), vec![]))
+                .await
+                .expect("the door answers a silent link");
+        assert_eq!(code(&r), tonic::Code::DeadlineExceeded);
+        drop(tx);
+        // Over the size limit after a good Hello: the link is closed.
+        let (r, tx) = open(Some(token.clone()), vec![hello(1)]).await;
+        let mut inbound = r.expect("attached").into_inner();
+        let huge = pb::FromWorker {
+            msg: Some(pb::from_worker::Msg::Log(pb::Log {
+                lease: 1,
+                stream: pb::Stream::Stdout as i32,
+                line: "x".repeat(2 << 20),
+            })),
+        };
+        let _ = tx.send(huge).await;
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the link survived a 2 MiB message");
+    });
+    // The daemon is fine: a real worker attaches.
+    let _w = c.worker("after", &url, &token, &["--capacity", "1"]);
+}
