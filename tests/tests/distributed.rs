@@ -777,3 +777,35 @@ fn the_worker_door_bounds_hostile_callers() {
     // The daemon is fine: a real worker attaches.
     let _w = c.worker("after", &url, &token, &["--capacity", "1"]);
 }
+
+// SIGTERM stops a worker cleanly: it kills the task it runs (nothing is
+// left in its checkout), exits 0, and the run completes elsewhere.
+#[test]
+fn a_terminated_worker_kills_its_tasks_and_exits_0() {
+    let c = Cluster::new("3", "", |_| String::new());
+    let (url, token) = c.door();
+    let mut w1 = c.worker("w1", &url, &token, &["--capacity", "1"]);
+    let w2 = c.worker("w2", &url, &token, &["--capacity", "1"]);
+    let (child, out, err) = c.spawn_run(&["--distribute", "--no-local"]);
+    wait_for("a task started on w1", 60, || {
+        !c.lines_in("start", w1.root()).is_empty()
+    });
+    let stopped = c.lines_in("start", w1.root())[0].clone();
+    w1.signal(libc::SIGTERM);
+    assert_eq!(w1.wait_exit(30), Some(0), "{}", w1.stderr());
+    assert!(
+        w1.stderr().contains("killing 1 running task"),
+        "{}",
+        w1.stderr()
+    );
+    assert_eq!(processes_in(w1.root()), Vec::<String>::new(), "orphans");
+    let r = c.finish_run(child, &out, &err, &[&w1, &w2]);
+    assert_eq!(r.code, 0, "{}", ctx(&r, &c, &[&w1, &w2]));
+    assert_eq!(r.task(&stopped)["worker"], "w2", "{}", r.summary());
+    assert!(
+        !c.lines_in("end", w1.root()).contains(&stopped),
+        "{}",
+        c.task_log()
+    );
+    c.assert_outputs();
+}

@@ -292,8 +292,11 @@ async fn run(cfg: Config) -> i32 {
 }
 
 /// The link's outbound messages: heartbeats (and the Hello) first, then
-/// lines, reports and `Ready`s in the order they were queued.
+/// lines, reports and `Ready`s in the order they were queued; it ends (the
+/// link closes: the coordinator takes the leases back) when `gone` is
+/// cancelled.
 struct Outbound {
+    gone: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     urgent: mpsc::Receiver<pb::FromWorker>,
     urgent_open: bool,
     data: mpsc::Receiver<pb::FromWorker>,
@@ -303,6 +306,9 @@ struct Outbound {
 impl tokio_stream::Stream for Outbound {
     type Item = pb::FromWorker;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<pb::FromWorker>> {
+        if self.gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
         if self.urgent_open {
             match self.urgent.poll_recv(cx) {
                 Poll::Ready(Some(m)) => return Poll::Ready(Some(m)),
@@ -351,7 +357,13 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
     let (urgent_tx, urgent_rx) = mpsc::channel::<pb::FromWorker>(16);
     let (data_tx, data_rx) = mpsc::channel::<pb::FromWorker>(256);
     let _ = urgent_tx.try_send(wire::hello_to_wire(&cfg.hello));
+    // Cancelled when this session ends: the link closes then, before any
+    // task this worker kills reports (a report of our own kill would read
+    // as the task's outcome; a closed link hands the leases back).
+    let gone = CancellationToken::new();
+    let _closing = gone.clone().drop_guard();
     let mut req = tonic::Request::new(Outbound {
+        gone: Box::pin(gone.clone().cancelled_owned()),
         urgent: urgent_rx,
         urgent_open: true,
         data: data_rx,
@@ -427,6 +439,7 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
                             data_tx.clone(),
                             running.clone(),
                             cancel_rx,
+                            gone.clone(),
                         ));
                     }
                     Ok(Some(ToWorker::Revoke { lease, reason })) => {
@@ -451,8 +464,10 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
         }
     };
     heartbeats.abort();
-    // The coordinator no longer owns these tasks (or we are stopping): kill
-    // them and wait for them to end.
+    // Close the link first (the coordinator reassigns the leases), then
+    // kill the tasks: it no longer owns them (or we are stopping).
+    gone.cancel();
+    drop(inbound);
     let live: Vec<_> = running
         .lock()
         .map(|r| r.values().cloned().collect())
@@ -505,6 +520,7 @@ async fn execute(
     data: mpsc::Sender<pb::FromWorker>,
     running: Running,
     cancel: watch::Receiver<Option<i32>>,
+    gone: CancellationToken,
 ) {
     let lease = a.lease;
     let task = a.task_id.clone();
@@ -539,6 +555,10 @@ async fn execute(
     tracing::info!(lease, %task, status = ?report.status, "done");
     if let Ok(mut r) = running.lock() {
         r.remove(&lease);
+    }
+    if gone.is_cancelled() {
+        // The link is closed: no report (the coordinator reassigned it).
+        return;
     }
     let _ = data
         .send(wire::from_worker_to_wire(FromWorker::Done {
