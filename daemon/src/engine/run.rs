@@ -198,7 +198,7 @@ pub async fn run_in(
     });
     let mut d = Driver::new(sched, sh.clone(), nodes, session.clone(), t0);
     if sh.params.distribute {
-        d.dist = Some(Dist::open(&sh, events.clone(), &d.nodes, concurrency));
+        d.dist = Some(Dist::open(&sh, events.clone(), &d.nodes, concurrency)?);
     }
     d.drive(&mut cancel, &events, detail).await;
     d.dist = None; // the run's part of the pool ends

@@ -926,3 +926,68 @@ fn dangerous_cache_dirs_are_refused_at_their_line() {
         );
     }
 }
+
+#[test]
+fn workers_section_and_labels() {
+    let ws = "[workspace]\nmembers = []\n";
+    // Absent: defaults; no root vx.toml: none.
+    let t = tree(&[("vx.toml", ws)]);
+    assert_eq!(workers_config(t.path()).unwrap(), None);
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(workers_config(empty.path()).unwrap(), None);
+    let t = tree(&[(
+        "vx.toml",
+        &format!(
+            "{ws}\n[workers]\nlisten = \"0.0.0.0:7420\"\ntoken = \"s3cret\"\nlease = \"30s\"\nretries = 4\n"
+        ),
+    )]);
+    assert_eq!(
+        workers_config(t.path()).unwrap(),
+        Some(WorkersConfig {
+            listen: Some("0.0.0.0:7420".into()),
+            token: Some("s3cret".into()),
+            lease_ms: 30_000,
+            retries: 4,
+        })
+    );
+    // Bad values: the file, the line and what was expected.
+    let cases: &[(&str, &str, &str)] = &[
+        ("listen = \"nowhere\"", "vx.toml:5", "is not `host:port`"),
+        ("listen = \"::1:80\"", "vx.toml:5", "is not `host:port`"),
+        ("token = \"a b\"", "vx.toml:5", "without whitespace"),
+        ("lease = 10", "vx.toml:5", "between 1s and 1h"),
+        ("lease = \"soon\"", "vx.toml:5", "invalid duration"),
+        ("retries = 101", "vx.toml:5", "between 0 and 100"),
+        ("retry = 1", "vx.toml", "unknown field `retry`"),
+    ];
+    for (line, at, want) in cases {
+        let t = tree(&[("vx.toml", &format!("{ws}\n[workers]\n{line}\n"))]);
+        let e = workers_config(t.path()).unwrap_err().to_string();
+        assert!(e.contains(at) && e.contains(want), "{line}: {e}");
+        // The workspace load refuses it too.
+        assert!(load(t.path()).is_err(), "{line}");
+    }
+    // Only in the root.
+    let e = err(&[
+        ("vx.toml", "[workspace]\nmembers = [\"a\"]\n"),
+        ("a/vx.toml", "[workers]\nretries = 1\n"),
+    ]);
+    assert!(e.to_string().contains("belongs in the root"), "{e}");
+    // Task labels: kept sorted and unique; checked; not on a group task.
+    let t = tree(&[(
+        "vx.toml",
+        &format!("{ws}\n[tasks.t]\ncommand = \"x\"\nlabels = [\"linux\", \"gpu\", \"gpu\"]\n"),
+    )]);
+    let w = load(t.path()).unwrap();
+    assert_eq!(w.projects[0].tasks["t"].labels, vec!["gpu", "linux"]);
+    let e = err(&[(
+        "vx.toml",
+        &format!("{ws}\n[tasks.t]\ncommand = \"x\"\nlabels = [\"a b\"]\n"),
+    )]);
+    assert!(e.to_string().contains("invalid label `a b`"), "{e}");
+    let e = err(&[(
+        "vx.toml",
+        &format!("{ws}\n[tasks.g]\ndepends_on = []\nlabels = [\"gpu\"]\n"),
+    )]);
+    assert!(e.to_string().contains("cannot set `labels`"), "{e}");
+}

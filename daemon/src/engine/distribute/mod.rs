@@ -1007,6 +1007,12 @@ command = "mkdir -p dist && cat gen/out.txt > dist/app.txt && echo built >> dist
 depends_on = ["gen"]
 inputs = ["src/**"]
 outputs = ["dist/**"]
+
+[tasks.cuda]
+command = "echo cuda"
+inputs = ["src/**"]
+outputs = ["cuda/**"]
+labels = ["gpu"]
 "#,
         );
         w("app/src/a.txt", "hello\n");
@@ -1081,6 +1087,8 @@ outputs = ["dist/**"]
         .expect("the run ends")
         .expect("the run answers");
         worker.abort();
+        let _ = worker.await; // its link dropped: the worker is gone
+        assert!(coord.workers().is_empty());
         let tasks: Vec<(&str, TaskStatus, Option<&str>)> = summary
             .tasks
             .iter()
@@ -1111,6 +1119,44 @@ outputs = ["dist/**"]
                 RunEvent::TaskOutput { id, line, worker: Some(w), .. }
                     if id == "app#build" && line == "build-line" && w == "fake")));
         }
+        // A task needing a label no connected worker has fails at once,
+        // naming it (the run's own lanes have no labels).
+        let params = vx_proto::RunParams {
+            cwd: root.to_string_lossy().into_owned(),
+            tasks: vec!["cuda".into()],
+            env: std::env::vars().collect(),
+            distribute: true,
+            ..Default::default()
+        };
+        let (_tx, cancel) = tokio::sync::watch::channel(None);
+        let hot = crate::state::Hot::start(&root).unwrap();
+        let summary = crate::engine::run(
+            params.clone(),
+            Events::new(|_| {}),
+            cancel,
+            Some(hot.clone()),
+        )
+        .await
+        .unwrap();
+        let t = &summary.tasks[0];
+        assert_eq!(t.status, TaskStatus::Failed);
+        let e = t.error.as_deref().unwrap_or("");
+        assert!(
+            e.contains("needs the label gpu") && e.contains("no worker is connected"),
+            "{e}"
+        );
+        // Without a remote cache it may write: refused, saying how to set one.
+        let mut p2 = params;
+        p2.cache = Some("local:rw,remote:r".into());
+        let (_tx, cancel) = tokio::sync::watch::channel(None);
+        let e = crate::engine::run(p2, Events::new(|_| {}), cancel, Some(hot))
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.contains("needs a remote cache") && e.message.contains("[remote_cache] url"),
+            "{}",
+            e.message
+        );
         // The foreground engine refuses --distribute.
         let params = vx_proto::RunParams {
             cwd: root.to_string_lossy().into_owned(),

@@ -35,8 +35,10 @@ pub(in crate::engine) fn check_daemon(params: &RunParams, daemon: bool) -> Resul
 }
 
 /// Refuses a distributed run without a remote cache it can read and
-/// write: outputs travel between machines through it.
+/// write (outputs travel between machines through it), or with a bad
+/// `[workers]` section.
 pub(in crate::engine) fn check_remote(sh: &Shared) -> Result<(), EngineError> {
+    super::settings(&sh.model.ws.root).map_err(|e| EngineError::new(ErrorKind::Config, e))?;
     let why = match &sh.remote {
         _ if sh.params.no_cache => Some("--no-cache turns it off"),
         None => Some("none is configured (or it cannot be used)"),
@@ -75,22 +77,24 @@ pub(in crate::engine) struct Dist {
 }
 
 impl Dist {
-    /// Registers the run with the coordinator.
+    /// Registers the run with the coordinator. `Err`: a bad `[workers]`
+    /// section (its file and line named).
     pub(in crate::engine) fn open(
         sh: &Shared,
         events: Events,
         nodes: &[usize],
         concurrency: usize,
-    ) -> Dist {
+    ) -> Result<Dist, EngineError> {
         let ids: Vec<String> = nodes
             .iter()
             .map(|&g| sh.model.graph.nodes[g].id.clone())
             .collect();
         let local = sh.params.distribute_local;
-        let settings: Option<Settings> = super::settings(&sh.model.ws.root).ok();
+        let settings: Settings = super::settings(&sh.model.ws.root)
+            .map_err(|e| EngineError::new(ErrorKind::Config, e))?;
         let (guard, rx) =
-            Coordinator::global().open_run(events, Arc::new(ids), local, settings.as_ref());
-        Dist {
+            Coordinator::global().open_run(events, Arc::new(ids), local, Some(&settings));
+        Ok(Dist {
             guard,
             rx,
             lanes: if local { concurrency } else { 0 },
@@ -99,7 +103,7 @@ impl Dist {
             offered: HashMap::new(),
             uploads: tokio::task::JoinSet::new(),
             in_remote: Arc::new(Mutex::new(HashSet::new())),
-        }
+        })
     }
 
     /// Whether the task (its key known, not a hit in place) goes to the
