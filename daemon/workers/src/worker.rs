@@ -10,7 +10,8 @@
 //! running each assignment through
 //! [`vxd::engine::distribute::execute_assigned`] with this process's own
 //! environment, forwarding its lines as they come, then `Done` and
-//! `Ready { free: 1 }` — in that order, after the lines —, and killing a
+//! `Ready { free }` (the idle slots now: it replaces the previous credit)
+//! — in that order, after the lines —, and killing a
 //! task on `Revoke`, when the link is lost (the coordinator no longer owns
 //! it) and on SIGTERM/SIGINT.
 //!
@@ -413,6 +414,14 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
     ));
     let env: Arc<BTreeMap<String, String>> = Arc::new(std::env::vars().collect());
     let mut tasks = JoinSet::new();
+    let session = Session {
+        cfg: cfg.clone(),
+        env,
+        data: data_tx.clone(),
+        running: running.clone(),
+        gone: gone.clone(),
+        reporting: Arc::new(tokio::sync::Mutex::new(())),
+    };
     let ended = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ended::Stopped,
@@ -432,15 +441,7 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
                             r.insert(lease, cancel_tx);
                         }
                         tracing::info!(lease, task = %a.task_id, "assigned");
-                        tasks.spawn(execute(
-                            cfg.clone(),
-                            a,
-                            env.clone(),
-                            data_tx.clone(),
-                            running.clone(),
-                            cancel_rx,
-                            gone.clone(),
-                        ));
+                        tasks.spawn(execute(session.clone(), a, cancel_rx));
                     }
                     Ok(Some(ToWorker::Revoke { lease, reason })) => {
                         let cancel = running.lock().ok().and_then(|r| r.get(&lease).cloned());
@@ -513,15 +514,34 @@ async fn heartbeat(tx: mpsc::Sender<pb::FromWorker>, running: Running, every_ms:
 }
 
 /// Runs one assignment: lines as they come, then `Done`, then `Ready`.
-async fn execute(
+/// What every task of one session shares.
+#[derive(Clone)]
+struct Session {
     cfg: Arc<Config>,
-    a: vxd::engine::distribute::Assignment,
+    /// This process's environment, the tasks' base environment.
     env: Arc<BTreeMap<String, String>>,
+    /// Lines, reports and `Ready`s, in order.
     data: mpsc::Sender<pb::FromWorker>,
     running: Running,
-    cancel: watch::Receiver<Option<i32>>,
+    /// Cancelled when the link is closed.
     gone: CancellationToken,
+    /// One report at a time (see [`execute`]).
+    reporting: Arc<tokio::sync::Mutex<()>>,
+}
+
+async fn execute(
+    s: Session,
+    a: vxd::engine::distribute::Assignment,
+    cancel: watch::Receiver<Option<i32>>,
 ) {
+    let Session {
+        cfg,
+        env,
+        data,
+        running,
+        gone,
+        reporting,
+    } = s;
     let lease = a.lease;
     let task = a.task_id.clone();
     let (line_tx, mut line_rx) = mpsc::channel(256);
@@ -553,9 +573,17 @@ async fn execute(
     .await;
     let _ = lines.await;
     tracing::info!(lease, %task, status = ?report.status, "done");
-    if let Ok(mut r) = running.lock() {
-        r.remove(&lease);
-    }
+    // One report at a time, so each `Ready` (which replaces the credit)
+    // counts the idle slots as of its turn: two tasks ending together
+    // cannot leave a stale, smaller count last.
+    let _turn = reporting.lock().await;
+    let free = match running.lock() {
+        Ok(mut r) => {
+            r.remove(&lease);
+            cfg.hello.capacity.saturating_sub(r.len() as u32)
+        }
+        Err(_) => 0,
+    };
     if gone.is_cancelled() {
         // The link is closed: no report (the coordinator reassigned it).
         return;
@@ -567,7 +595,7 @@ async fn execute(
         }))
         .await;
     let _ = data
-        .send(wire::from_worker_to_wire(FromWorker::Ready { free: 1 }))
+        .send(wire::from_worker_to_wire(FromWorker::Ready { free }))
         .await;
 }
 
