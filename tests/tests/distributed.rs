@@ -661,6 +661,28 @@ fn refusals_name_the_reason() {
     assert_eq!(w.wait_exit(30), Some(2), "{}", w.stderr());
     assert!(w.stderr().contains("token"), "{}", w.stderr());
 
+    // `vx worker` is `vxd worker` with the same arguments (the token passed
+    // on in the environment): refused the same way.
+    let out = c
+        .coord
+        .cmd(
+            ".",
+            &[
+                "worker",
+                "--connect",
+                &url,
+                "--token",
+                "nope",
+                "--capacity",
+                "1",
+            ],
+        )
+        .output()
+        .expect("run vx worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("refused") && err.contains("token"), "{err}");
+
     // The right token at the same commit is accepted.
     let _ok = c.worker("ok", &url, &token, &[]);
 }
@@ -764,12 +786,7 @@ fn the_worker_door_bounds_hostile_callers() {
         };
         let _ = tx.send(huge).await;
         let ended = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = inbound.message().await {}
         })
         .await;
         assert!(ended.is_ok(), "the link survived a 2 MiB message");
