@@ -826,3 +826,31 @@ fn a_terminated_worker_kills_its_tasks_and_exits_0() {
     );
     c.assert_outputs();
 }
+
+// A connected worker keeps the coordinator's daemon from idling out (it
+// counts as a connection); once it is gone, the daemon idles out.
+#[test]
+fn a_connected_worker_keeps_the_daemon_alive() {
+    let c = Cluster::new("0.1", "", |_| String::new());
+    let r = c
+        .coord
+        .cmd(".", &["daemon", "start"])
+        .env("VX_DAEMON_IDLE_TIMEOUT", "1s")
+        .output()
+        .expect("vx daemon start");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (url, token) = c.door();
+    let st = c.coord.daemon_status();
+    assert_eq!(st["idle_timeout_ms"], 1000, "{st}");
+    let pid = st["pid"].as_u64().expect("pid") as i32;
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let mut w = c.worker("w1", &url, &token, &["--capacity", "1"]);
+    // Several idle timeouts pass without a request: the link holds it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(alive(), "the daemon idled out under a connected worker");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(30), Some(0), "{}", w.stderr());
+    wait_for("the daemon to idle out once the worker left", 60, || {
+        !alive()
+    });
+}
