@@ -22,7 +22,6 @@ use crate::{MAX_MESSAGE, pb, wire};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -406,12 +405,8 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
         }))
         .await;
     let running: Running = Default::default();
-    let heartbeat_ms = Arc::new(AtomicU64::new(FIRST_HEARTBEAT.as_millis() as u64));
-    let heartbeats = tokio::spawn(heartbeat(
-        urgent_tx.clone(),
-        running.clone(),
-        heartbeat_ms.clone(),
-    ));
+    let (heartbeat_ms, every) = watch::channel(FIRST_HEARTBEAT.as_millis() as u64);
+    let heartbeats = tokio::spawn(heartbeat(urgent_tx.clone(), running.clone(), every));
     let env: Arc<BTreeMap<String, String>> = Arc::new(std::env::vars().collect());
     let mut tasks = JoinSet::new();
     let session = Session {
@@ -431,7 +426,6 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
                     Ok(Some(ToWorker::Assign(a))) => {
                         let lease = a.lease;
                         let lease_ms = a.lease_ms;
-                        heartbeat_ms.store((lease_ms / 3).max(50), Ordering::Relaxed);
                         let (cancel_tx, cancel_rx) = watch::channel(None);
                         {
                             let Ok(mut r) = running.lock() else { break Ended::Stopped };
@@ -440,6 +434,15 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
                             }
                             r.insert(lease, cancel_tx);
                         }
+                        // The beat follows the lease (a third of it), and a
+                        // change wakes it at once (not after the old
+                        // interval).
+                        let beat = (lease_ms / 3).max(50);
+                        heartbeat_ms.send_if_modified(|ms| {
+                            let changed = *ms != beat;
+                            *ms = beat;
+                            changed
+                        });
                         tracing::info!(lease, task = %a.task_id, "assigned");
                         tasks.spawn(execute(session.clone(), a, cancel_rx));
                     }
@@ -495,12 +498,24 @@ async fn session(cfg: &Arc<Config>, stop: &CancellationToken) -> Ended {
     ended
 }
 
-/// Sends a heartbeat naming the live leases every `every_ms`, on its own
-/// timer: never queued behind lines or reports.
-async fn heartbeat(tx: mpsc::Sender<pb::FromWorker>, running: Running, every_ms: Arc<AtomicU64>) {
+/// Sends a heartbeat naming the live leases every `every` ms, on its own
+/// timer (never queued behind lines or reports), and at once when the
+/// interval changes.
+async fn heartbeat(
+    tx: mpsc::Sender<pb::FromWorker>,
+    running: Running,
+    mut every: watch::Receiver<u64>,
+) {
     loop {
-        let ms = every_ms.load(Ordering::Relaxed).max(50);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let ms = (*every.borrow_and_update()).max(50);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            changed = every.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
         let mut leases: Vec<u64> = running
             .lock()
             .map(|r| r.keys().copied().collect())
