@@ -452,8 +452,13 @@ impl Pool {
             return None;
         }
         if !job.remote_possible {
+            let why = if job.labels.is_empty() {
+                "`--no-local` leaves no local lane"
+            } else {
+                "it needs worker labels, which the local lanes do not have"
+            };
             return Some(format!(
-                "{} cannot run on a worker (a dependency's outputs cannot reach one) and `--no-local` leaves no local lane",
+                "{} cannot run on a worker (a dependency's outputs cannot reach one: it is not cached, or not in the remote cache) and {why}",
                 job.id
             ));
         }

@@ -164,6 +164,9 @@ pub const PROTOCOL: u32 = 1;
 /// worker is too slow to keep up and is dropped (its leases reassigned).
 pub const LINK_QUEUE: usize = 256;
 
+/// The most labels a worker may have.
+pub const MAX_LABELS: usize = 64;
+
 /// The longest log line a worker may send; longer ones are cut.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
 
@@ -213,8 +216,10 @@ impl Coordinator {
         if let Ok(mut r) = self.root.lock() {
             *r = Some(root.to_path_buf());
         }
-        if let Ok(s) = settings(root) {
-            self.lock().pool.configure(s.lease_ms, s.retries);
+        match settings(root) {
+            Ok(s) => self.lock().pool.configure(s.lease_ms, s.retries),
+            // A distributed run reports it; until then, the defaults.
+            Err(e) => tracing::warn!("[workers]: {e}"),
         }
     }
 
@@ -257,6 +262,13 @@ impl Coordinator {
                 show(&hello.commit),
                 show(&ours),
                 root.display()
+            )));
+        }
+        if hello.labels.len() > MAX_LABELS {
+            return Err(Refusal(format!(
+                "worker {}: {} labels, at most {MAX_LABELS}",
+                hello.name,
+                hello.labels.len()
             )));
         }
         if let Some(bad) = hello.labels.iter().find(|l| !valid_label(l)) {
@@ -1119,6 +1131,68 @@ labels = ["gpu"]
                 RunEvent::TaskOutput { id, line, worker: Some(w), .. }
                     if id == "app#build" && line == "build-line" && w == "fake")));
         }
+        // A worker lost mid-task (its link closes on its first assignment):
+        // the task goes to the other worker and the run completes.
+        let flaky = coord.attach(hello("flaky", None)).unwrap();
+        let flaky = tokio::spawn(async move {
+            let mut flaky = flaky;
+            flaky.from_worker(FromWorker::Ready { free: 1 });
+            let _ = flaky.to_worker.recv().await; // then gone, like a kill -9
+        });
+        let good = coord.attach(hello("good", None)).unwrap();
+        let good = tokio::spawn(fake_worker(good, there.path().canonicalize().unwrap()));
+        let seen = Arc::new(Mutex::new(Vec::<RunEvent>::new()));
+        let s2 = seen.clone();
+        let params = vx_proto::RunParams {
+            cwd: root.to_string_lossy().into_owned(),
+            tasks: vec!["build".into()],
+            env: std::env::vars().collect(),
+            distribute: true,
+            distribute_local: false,
+            force: true,
+            detail: vx_proto::Detail::All,
+            ..Default::default()
+        };
+        let (_tx, cancel) = tokio::sync::watch::channel(None);
+        let hot = crate::state::Hot::start(&root).unwrap();
+        let summary = tokio::time::timeout(
+            Duration::from_secs(120),
+            crate::engine::run(
+                params,
+                Events::new(move |e| s2.lock().unwrap().push(e)),
+                cancel,
+                Some(hot),
+            ),
+        )
+        .await
+        .expect("the run ends")
+        .expect("the run answers");
+        let _ = flaky.await;
+        good.abort();
+        let _ = good.await;
+        let tasks: Vec<(&str, TaskStatus, Option<&str>)> = summary
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.status, t.worker.as_deref()))
+            .collect();
+        assert_eq!(
+            tasks,
+            vec![
+                ("app#build", TaskStatus::Success, Some("good")),
+                ("app#gen", TaskStatus::Success, Some("good")),
+            ],
+            "{summary:?}"
+        );
+        {
+            let seen = seen.lock().unwrap();
+            assert!(
+                seen.iter()
+                    .any(|e| matches!(e, RunEvent::Warning { message }
+                    if message.contains("app#gen lost its worker (flaky: its link closed)"))),
+                "{seen:?}"
+            );
+        }
+        assert!(coord.workers().is_empty());
         // A task needing a label no connected worker has fails at once,
         // naming it (the run's own lanes have no labels).
         let params = vx_proto::RunParams {
