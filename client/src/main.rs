@@ -200,6 +200,29 @@ enum Cmd {
     /// Codex): bridged to the workspace's daemon, so the agent sees its live
     /// state and shares its cache and in-flight runs (see docs/mcp.md).
     Mcp,
+    /// Lend this checkout to a coordinating daemon: run the tasks of its
+    /// `vx run --distribute` runs, on a checkout of the same commit (runs
+    /// `vxd worker`; see docs/distributed.md).
+    Worker {
+        /// The coordinator's worker URL (`worker_url` in `vx daemon status
+        /// --json` on the coordinating machine).
+        #[arg(long, value_name = "URL")]
+        connect: String,
+        /// The link token: the coordinator's `[workers] token`, else its
+        /// HTTP token (default: $VX_WORKER_TOKEN, which `ps` does not show).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// How many tasks to run at once (default: the number of CPUs).
+        #[arg(long, value_name = "N")]
+        capacity: Option<u32>,
+        /// A label tasks may require (`[A-Za-z0-9_.-]+`; repeatable).
+        #[arg(long = "label", value_name = "LABEL")]
+        labels: Vec<String>,
+        /// A name for messages and the `worker` field of events (default:
+        /// HOST:PID).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -606,6 +629,13 @@ fn real_main(cli: Cli) -> Result<i32> {
             json,
         } => live::log(&cwd, no_daemon, task, run, max_bytes, json),
         Cmd::Mcp => mcp::mcp(&cwd, no_daemon),
+        Cmd::Worker {
+            connect,
+            token,
+            capacity,
+            labels,
+            name,
+        } => worker(connect, token, capacity, labels, name),
         Cmd::Completions { shell } => {
             cli::completions(shell);
             Ok(0)
@@ -823,6 +853,9 @@ fn daemon_cmd(action: DaemonCmd, cwd: &Path) -> Result<i32> {
                     v["running"] = serde_json::Value::Bool(true);
                     if let Some(u) = s.endpoints.get("http") {
                         v["http_url"] = serde_json::Value::String(u.clone());
+                    }
+                    if let Some(u) = s.endpoints.get("worker") {
+                        v["worker_url"] = serde_json::Value::String(u.clone());
                     }
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
@@ -1121,6 +1154,39 @@ fn cache_serve(args: &[String]) -> Result<i32> {
         "cannot run {}: {err} (install vx-cache-server beside vx, or set {})",
         bin.display(),
         vx_proto::knobs::CACHE_SERVER_BIN.name
+    ))
+}
+
+/// `vx worker`: replaces this process with `vxd worker` and the same
+/// arguments (the token goes in `VX_WORKER_TOKEN`, not the command line).
+fn worker(
+    connect: String,
+    token: Option<String>,
+    capacity: Option<u32>,
+    labels: Vec<String>,
+    name: Option<String>,
+) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let bin = conn::vxd_path();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["worker", "--connect", &connect]);
+    if let Some(n) = capacity {
+        cmd.args(["--capacity", &n.to_string()]);
+    }
+    for l in &labels {
+        cmd.args(["--label", l]);
+    }
+    if let Some(n) = &name {
+        cmd.args(["--name", n]);
+    }
+    if let Some(t) = token {
+        cmd.env(vx_proto::knobs::WORKER_TOKEN.name, t);
+    }
+    let err = cmd.exec();
+    Err(anyhow!(
+        "cannot run {} worker: {err} (install vxd beside vx, or set {})",
+        bin.display(),
+        vx_proto::knobs::DAEMON_BIN.name
     ))
 }
 

@@ -757,6 +757,9 @@ pub fn daemon_status(s: &vx_proto::DaemonStatus) {
     if let Some(u) = s.endpoints.get("http") {
         println!("http:        {u} (`vx ui` for the dashboard)");
     }
+    if let Some(u) = s.endpoints.get("worker") {
+        println!("workers:     {u} (`vx worker --connect {u}`; see docs/distributed.md)");
+    }
 }
 
 /// `vx ls`: each project (by name) with its directory and tasks; with

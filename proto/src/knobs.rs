@@ -101,6 +101,8 @@ knobs! {
         "engine log filter (`tracing` syntax; the daemon's default is `info`, into `.vx/daemon.log`)";
     HTTP = "VX_HTTP", Kind::Bool, "1", Daemon,
         "`0`: the daemon serves no HTTP (dashboard, JSON-RPC, WebSocket, SSE, metrics) on loopback; see docs/http.md";
+    WORKER_TOKEN = "VX_WORKER_TOKEN", Kind::Text, "", Daemon,
+        "the token `vx worker` / `vxd worker` sends its coordinator when `--token` is not given (keeps it out of `ps`); see docs/distributed.md";
     CACHE_DIR = "VX_CACHE_DIR", Kind::Path, ".vx/cache", Run,
         "cache directory relative to the workspace root, `~/…` or absolute (`[workspace] cache_dir` wins); refused like `cache_dir` when it is `/`, the workspace, `$HOME`, a parent of them, or holds/is inside a project. A daemon serving another cache hands the command to the no-daemon engine";
     CACHE_LOCK_TIMEOUT_MS = "VX_CACHE_LOCK_TIMEOUT_MS", Kind::Millis, "3000", Run,

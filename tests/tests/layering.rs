@@ -154,6 +154,16 @@ fn crates_link_only_what_they_may() {
             "vx-cache-server",
             "the REAPI client and the cache server share only vx-reapi",
         ),
+        (
+            "vxd-engine",
+            "vxd-workers",
+            "the engine knows worker links only as engine::distribute values: the gRPC transport attaches from daemon/bin",
+        ),
+        (
+            "vx",
+            "vxd-workers",
+            "`vx worker` execs `vxd worker`: the client links no transport",
+        ),
     ];
     let mut broken = Vec::new();
     for (pkg, never, why) in rules {
@@ -165,6 +175,22 @@ fn crates_link_only_what_they_may() {
         if of("vxd-engine").contains(*t) {
             broken.push(format!(
                 "the engine (vxd-engine) links the transport crate {t}: put it in its own crate under daemon/ (assembled by daemon/bin) or behind a feature"
+            ));
+        }
+    }
+    // The worker links' transport is where tonic may be: it links the
+    // engine and tonic, and only the `vxd` binary links it.
+    for needed in ["tonic", "prost", "vxd-engine"] {
+        if !of("vxd-workers").contains(needed) {
+            broken.push(format!(
+                "vxd-workers does not link {needed}: the worker-link transport (gRPC) moved? update this test and docs/ARCHITECTURE.md"
+            ));
+        }
+    }
+    for (pkg, deps) in &linked {
+        if pkg != "vxd" && pkg != "vxd-workers" && deps.contains("vxd-workers") {
+            broken.push(format!(
+                "{pkg} links vxd-workers: only the vxd binary (daemon/bin) assembles the transports"
             ));
         }
     }

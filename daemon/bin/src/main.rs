@@ -12,6 +12,9 @@
 //!   started it are removed from its environment: each request carries its
 //!   client's.
 //! - `vxd --guard`: the process-group guard the engine starts for itself.
+//! - `vxd worker --connect URL …`: a worker lending this checkout to a
+//!   coordinating daemon (`vx run --distribute`; daemon/workers,
+//!   docs/distributed.md).
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vxd --stdio | --daemon --root DIR | --version\n\nvxd is started by the `vx` client; run `vx --help`."
+        "usage: vxd --stdio | --daemon --root DIR | worker --connect URL [OPTIONS] | --version\n\nvxd is started by the `vx` client; run `vx --help`."
     );
     std::process::exit(2);
 }
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("--stdio") => stdio(),
+        Some("worker") => std::process::exit(vxd_workers::worker_main(args[1..].to_vec())),
         Some("--daemon") => {
             let root = match (args.get(1).map(String::as_str), args.get(2)) {
                 (Some("--root"), Some(r)) => PathBuf::from(r),
@@ -71,6 +75,9 @@ fn attachments() -> Vec<Box<dyn vxd::server::attach::Attachment>> {
         Box::new(vxd_mcp::McpAttachment),
         // OpenTelemetry export of every traced run (daemon/otel).
         Box::new(vxd_otel::Attachment),
+        // Worker links on gRPC: the door `vxd worker`s connect to
+        // (daemon/workers).
+        Box::new(vxd_workers::WorkerDoor),
     ]
 }
 

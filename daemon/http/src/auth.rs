@@ -1,9 +1,10 @@
 //! `auth` — the guard every HTTP request passes.
 //!
-//! Owns: the token (32 random bytes from the OS, hex), its constant-time
-//! comparison, and the checks in order: the `Host` must name the server on
-//! loopback (`127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT`: a DNS
-//! rebinding page sends its own name and is refused), an `Origin` (when
+//! Owns: the checks, in order (the token itself is the daemon's, made once
+//! by [`vxd::server::attach::Door::token`] and shared with the worker
+//! links): the `Host` must name the server on loopback (`127.0.0.1:PORT`,
+//! `localhost:PORT`, `[::1]:PORT`: a DNS rebinding page sends its own name
+//! and is refused), an `Origin` (when
 //! sent) must be the server's own (a foreign page's WebSocket, SSE or POST
 //! is refused), then the token (`Authorization: Bearer`, or `?token=` where
 //! a browser API cannot set headers) on every route but `GET /health`.
@@ -16,27 +17,14 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::io::Read as _;
 use std::sync::Arc;
 
-/// A fresh token: 32 bytes from `/dev/urandom`, as 64 hex digits.
+/// A fresh token (the daemon's is made once, by [`vxd::server::attach::Door::token`]).
 pub fn new_token() -> anyhow::Result<String> {
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(vxd::server::attach::new_token()?)
 }
 
-/// Equal in time independent of where the first difference is.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut d = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        d |= x ^ y;
-    }
-    std::hint::black_box(d) == 0
-}
+pub use vxd::server::attach::constant_time_eq;
 
 /// The server's token and port.
 pub struct Guard {

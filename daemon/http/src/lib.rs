@@ -196,7 +196,7 @@ impl Attachment for Http {
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        let token = auth::new_token()?;
+        let token = door.token().context("making the daemon's token")?;
         let url = format!("http://127.0.0.1:{port}");
         for (path, _) in &self.mounts {
             let ok = path.len() > 1

@@ -8,10 +8,12 @@
 //! connection context, the workspace root, the runtime directory beside the
 //! socket (discovery files go there, never into the workspace), the
 //! daemon's stop token, connection counting (a live HTTP or gRPC client
-//! keeps the daemon from idling out, like a socket client) and the
-//! endpoints `daemon.status` reports.
-//! Never: knows a protocol, or lets an attachment that fails to start stop
-//! the daemon (the failure is logged; the socket keeps serving).
+//! keeps the daemon from idling out, like a socket client), the
+//! endpoints `daemon.status` reports, and the daemon's one bearer token
+//! (generated once, on first use, shared by HTTP and the worker links).
+//! Never: knows a protocol, lets an attachment that fails to start stop
+//! the daemon (the failure is logged; the socket keeps serving), or logs
+//! the token.
 
 use super::{Ctx, DaemonInfo, Router};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,8 @@ pub struct Door {
     info: Arc<DaemonInfo>,
     root: PathBuf,
     stopping: CancellationToken,
+    /// The daemon's token, made on first use (see [`Door::token`]).
+    token: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Door {
@@ -49,7 +53,25 @@ impl Door {
             info,
             root,
             stopping,
+            token: Default::default(),
         }
+    }
+
+    /// The daemon's bearer token: 32 random bytes from the OS as 64 hex
+    /// digits, made once per daemon (every clone of this door, so every
+    /// attachment, gets the same one). HTTP serves with it; worker links
+    /// accept it unless `[workers] token` is configured.
+    pub fn token(&self) -> std::io::Result<String> {
+        let mut t = self
+            .token
+            .lock()
+            .map_err(|_| std::io::Error::other("token lock poisoned"))?;
+        if let Some(t) = &*t {
+            return Ok(t.clone());
+        }
+        let fresh = new_token()?;
+        *t = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// The one router; make a connection with [`Router::connect`] (the
@@ -118,6 +140,27 @@ impl Door {
             m.insert(name.to_string(), address.to_string());
         }
     }
+}
+
+/// A fresh token: 32 bytes from `/dev/urandom`, as 64 hex digits.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Equal in time independent of where the first difference is (the
+/// length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut d = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        d |= x ^ y;
+    }
+    std::hint::black_box(d) == 0
 }
 
 /// A counted connection (see [`Door::connection`]).
