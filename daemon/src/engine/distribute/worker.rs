@@ -2,8 +2,10 @@
 //! [`Assignment`], in its own checkout (the `vxd worker` process; no
 //! daemon).
 //!
-//! Owns: loading the workspace for that one task as the foreground engine
-//! does (the assignment's env values over the worker's own environment,
+//! Owns: loading the workspace for that one task through the worker's
+//! hot state of its checkout (kept current by a watcher between
+//! assignments, as the daemon's is; the assignment's env values over the
+//! worker's own environment,
 //! a remote cache read and written), restoring every dependency's outputs
 //! from the cache (local, else remote), refusing when its own key differs
 //! from the coordinator's, executing through the engine's normal
@@ -26,6 +28,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use vx_proto::{OutputLogs, RunEvent, RunParams, TaskStatus};
+
+/// The worker's hot state of its checkout: the workspace model, file
+/// snapshot and hashes kept current by a watcher between assignments (as
+/// the daemon keeps them), so an assignment does not load and walk the
+/// whole workspace again. Started on first use; `None` (each assignment
+/// then loads everything itself, as the foreground engine does) when the
+/// watcher cannot start.
+fn hot_for(root: &std::path::Path) -> Option<Arc<crate::state::Hot>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static HOTS: OnceLock<Mutex<HashMap<PathBuf, Arc<crate::state::Hot>>>> = OnceLock::new();
+    let mut hots = HOTS.get_or_init(Default::default).lock().ok()?;
+    if let Some(h) = hots.get(root) {
+        return Some(h.clone());
+    }
+    match crate::state::Hot::start(root) {
+        Ok(h) => {
+            hots.insert(root.to_path_buf(), h.clone());
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("worker: no hot state for {} ({e}); loading per task", root.display());
+            None
+        }
+    }
+}
 
 pub(super) async fn execute(
     root: PathBuf,
@@ -96,7 +124,8 @@ async fn run(
         }
     });
     let msg = |e: EngineError| e.message;
-    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(events), None))
+    let hot = hot_for(root);
+    let (sh, sel) = tokio::task::spawn_blocking(move || prepare(params, Some(events), hot))
         .await
         .map_err(|e| format!("loading the workspace panicked: {e}"))?
         .map_err(msg)?;
