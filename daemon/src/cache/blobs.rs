@@ -275,7 +275,9 @@ pub(super) fn make_durable(dir: &Path, paths: &[PathBuf]) -> std::io::Result<()>
     {
         let _ = dir;
         let mut dirs = std::collections::BTreeSet::new();
-        for p in paths {
+        // The same blob may be listed by several saves (an empty log).
+        let files: std::collections::BTreeSet<&PathBuf> = paths.iter().collect();
+        for p in files {
             match fs::File::open(p) {
                 Ok(f) => f.sync_all()?,
                 // Pruned or replaced since: nothing of it to make durable.
