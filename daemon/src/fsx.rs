@@ -286,9 +286,9 @@ impl Confined {
             Ok(fd) => fd,
             Err(rustix::io::Errno::EXIST) => {
                 self.write_file(rel, bytes, mode)?;
-                return self.lstat(rel)?.ok_or_else(|| {
-                    io_err(io::Error::from(io::ErrorKind::NotFound))
-                });
+                return self
+                    .lstat(rel)?
+                    .ok_or_else(|| io_err(io::Error::from(io::ErrorKind::NotFound)));
             }
             Err(e) => return Err(io_err(e.into())),
         };

@@ -154,7 +154,10 @@ fn restore_stamps_what_it_wrote_even_over_a_file_left_in_place() {
     };
     fs::remove_dir_all(proj.join("dist")).unwrap();
     let stamps = restore(&s, &m, &proj, &pats, &fence).unwrap();
-    assert_eq!(fs::read_to_string(proj.join("dist/a.sh")).unwrap(), "#!/bin/sh\n");
+    assert_eq!(
+        fs::read_to_string(proj.join("dist/a.sh")).unwrap(),
+        "#!/bin/sh\n"
+    );
     assert_eq!(fs::read_to_string(proj.join("dist/b.txt")).unwrap(), "B");
     let meta = fs::symlink_metadata(proj.join("dist/a.sh")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
@@ -164,7 +167,11 @@ fn restore_stamps_what_it_wrote_even_over_a_file_left_in_place() {
         let meta = fs::symlink_metadata(proj.join(rel)).unwrap();
         assert_eq!(
             (*size, *mtime_ns, *ino),
-            (meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), meta.ino()),
+            (
+                meta.len(),
+                meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                meta.ino()
+            ),
             "{rel}"
         );
     }
