@@ -398,7 +398,7 @@ struct RunArgs {
     #[arg(long, value_name = "BASE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     affected: Option<String>,
     /// How many tasks run at once: a number, or a percentage of the CPUs
-    /// (`50%`). Default: the number of CPUs.
+    /// (`50%`). Default: twice the number of CPUs, at least 8.
     #[arg(long, value_name = "N|P%", value_parser = parse_concurrency)]
     concurrency: Option<usize>,
     /// After a failure: `never` (stop), `deps-ok` (skip its dependents; the

@@ -265,6 +265,46 @@ impl Confined {
         Ok(())
     }
 
+    /// Writes `bytes` to `rel` (permission bits `mode`, parent directories
+    /// created) where nothing is expected to be (a restore, right after its
+    /// wipe): the leaf is created directly (`O_EXCL`, never through a link),
+    /// with no temp file and no rename; if something is there after all, it
+    /// is replaced as [`Confined::write_file`] does. Returns the `lstat` of
+    /// what was written, taken from the open file (no second path walk).
+    pub fn write_new_file(&self, rel: &str, bytes: &[u8], mode: u32) -> Result<Lstat, FsxError> {
+        let (dir, leaf) = self.parent(rel, true)?;
+        let io_err = |source: io::Error| FsxError::Io {
+            path: self.path.join(rel),
+            source,
+        };
+        let fd = match rustix::fs::openat(
+            &dir,
+            leaf,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::EXIST) => {
+                self.write_file(rel, bytes, mode)?;
+                return self
+                    .lstat(rel)?
+                    .ok_or_else(|| io_err(io::Error::from(io::ErrorKind::NotFound)));
+            }
+            Err(e) => return Err(io_err(e.into())),
+        };
+        let r = (|| -> io::Result<Lstat> {
+            let mut f = fs::File::from(fd);
+            f.write_all(bytes)?;
+            rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777))?;
+            Ok(lstat_of(&rustix::fs::fstat(&f)?))
+        })();
+        r.map_err(|e| {
+            // Never leave a half-written output behind under its real name.
+            let _ = rustix::fs::unlinkat(&dir, leaf, AtFlags::empty());
+            io_err(e)
+        })
+    }
+
     /// Makes `rel` a symlink with the link text `target`, creating parent
     /// directories (a temp link renamed over the leaf).
     pub fn write_symlink(&self, rel: &str, target: &str) -> Result<(), FsxError> {

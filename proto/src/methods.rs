@@ -188,7 +188,7 @@ pub struct RunParams {
     /// Arguments after `--`, forwarded to requested tasks and keyed.
     #[serde(default)]
     pub args: Vec<String>,
-    /// `--concurrency N`; `None` = the CPU count. At most
+    /// `--concurrency N`; `None` = the default (twice the CPUs, at least 8). At most
     /// [`MAX_CONCURRENCY`]: a larger value is refused.
     #[serde(default)]
     pub concurrency: Option<usize>,

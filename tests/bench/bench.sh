@@ -488,7 +488,7 @@ print("notes:")
 print("  - cold and 'npm shim' rows: %s/npm first on PATH (turbo runs each task via `npm run`;"
       " the shim runs the script with sh -c). Other turbo rows use real npm; fully cached /"
       " outputs deleted start no task, so npm is not involved there." % SHIM)
-print("  - vx: no daemon (--no-daemon, VX_DAEMON=0), default concurrency (CPU count);"
+print("  - vx: no daemon (--no-daemon, VX_DAEMON=0), default concurrency (2 x CPUs, at least 8; vx-base: its own default);"
       " turbo: --concurrency=10 as in run-peers.sh.")
 for n in dict.fromkeys(notes):
     print("  - " + n)

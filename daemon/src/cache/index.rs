@@ -80,6 +80,11 @@ pub struct Store {
     /// index to deleting blobs, so a prune cannot delete a blob that a save
     /// in flight is about to name.
     pub(super) gc: RwLock<()>,
+    /// Blobs installed (or found present) by this store whose bytes may not
+    /// be durable yet: the writer thread makes them durable (see
+    /// [`super::blobs::make_durable`]) before its next commit, so no entry
+    /// naming one is committed first.
+    pub(super) unsynced: Arc<Mutex<Vec<PathBuf>>>,
     pub(super) writer: Mutex<Option<mpsc::Sender<Op>>>,
     pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -415,10 +420,12 @@ impl Store {
         ));
         let (tx, rx) = mpsc::channel::<Op>();
         let snapshot: Snapshot = Arc::new(Mutex::new(None));
+        let unsynced: Arc<Mutex<Vec<PathBuf>>> = Arc::new(Mutex::new(Vec::new()));
         let (wdb, wseen, wsnap) = (db.clone(), seen.clone(), snapshot.clone());
+        let (wdir, wunsynced) = (dir.join("cas"), unsynced.clone());
         let thread = std::thread::Builder::new()
             .name("vx-cache-writer".into())
-            .spawn(move || writer_loop(wdb, wseen, wsnap, rx))
+            .spawn(move || writer_loop(wdb, wseen, wsnap, (wdir, wunsynced), rx))
             .map_err(io(dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
@@ -429,6 +436,7 @@ impl Store {
             seen,
             pending: Mutex::new(std::collections::HashMap::new()),
             gc: RwLock::new(()),
+            unsynced,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -776,6 +784,7 @@ pub(super) fn writer_loop(
     db: Arc<redb::Database>,
     seen: Arc<std::sync::atomic::AtomicU64>,
     snapshot: Snapshot,
+    (cas, unsynced): (PathBuf, Arc<Mutex<Vec<PathBuf>>>),
     rx: mpsc::Receiver<Op>,
 ) {
     use std::sync::atomic::Ordering;
@@ -789,6 +798,20 @@ pub(super) fn writer_loop(
                 .collect();
             if writes.is_empty() {
                 return Ok(());
+            }
+            // The blobs the entries name are made durable first, all at
+            // once. (Every blob put before its entry was queued is in the
+            // list: the put notes it before the save queues the entry.)
+            let blobs = unsynced
+                .lock()
+                .map(|mut u| std::mem::take(&mut *u))
+                .unwrap_or_default();
+            if let Err(e) = super::blobs::make_durable(&cas, &blobs) {
+                // Nothing of this batch is committed; the next one retries.
+                if let Ok(mut u) = unsynced.lock() {
+                    u.extend(blobs);
+                }
+                return Err(format!("cannot make cache blobs durable: {e}"));
             }
             // Every commit is durable: a commit another process can read
             // must be on disk first (redb refuses non-durable commits in a

@@ -13,8 +13,9 @@
 //! delete only names of this layout, never a directory wholesale: a cache
 //! dir that holds anything else keeps it.
 //!
-//! Invariants: a blob is written to a temp file, fsynced and renamed before
-//! any entry naming it is committed; every blob read is verified against its
+//! Invariants: a blob is written to a temp file and renamed into place,
+//! and made durable (the index writer syncs every blob put since its last
+//! commit, in one step) before any entry naming it is committed; every blob read is verified against its
 //! digest, and a mismatch is reported as [`CacheError::Corrupt`] (the caller
 //! treats it as a miss and drops the entry) and deletes the bad blob, and a
 //! save over an existing blob replaces it, so a re-run repairs it; restore

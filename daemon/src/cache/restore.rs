@@ -8,7 +8,7 @@ use super::*;
 /// Restores an entry's outputs into `project`: checks everything first
 /// (every blob verified, every link's text against its digest and inside
 /// the project, no output base behind a symlinked directory), then wipes
-/// the current outputs and writes each file (temp sibling + rename) or link,
+/// the current outputs and writes each file (created in place) or link,
 /// all confined to `project`. Returns the stamps of what it wrote.
 /// [`CacheError::Corrupt`] and [`CacheError::Refused`] leave the tree as it
 /// was (the caller treats them as a miss).
@@ -73,14 +73,18 @@ pub(super) fn write_checked<'a>(
     wipe_confined(&c, &collect_outputs(project, pats, fence))?;
     let mut stamps = Stamps::new();
     for (path, mode, link, bytes) in files {
-        match link {
-            Some(target) => c.write_symlink(path, target)?,
-            None => c.write_file(path, &bytes, mode)?,
-        }
-        let st = c.lstat(path)?.ok_or_else(|| CacheError::Io {
-            path: project.join(path),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })?;
+        // Just wiped: a file is created in place (no temp, no rename) and
+        // its stamp comes from the open file, not a second lookup.
+        let st = match link {
+            Some(target) => {
+                c.write_symlink(path, target)?;
+                c.lstat(path)?.ok_or_else(|| CacheError::Io {
+                    path: project.join(path),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })?
+            }
+            None => c.write_new_file(path, &bytes, mode)?,
+        };
         stamps.insert(path.to_string(), (st.size, st.mtime_ns, st.ino));
     }
     Ok(stamps)

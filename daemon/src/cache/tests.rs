@@ -1,6 +1,7 @@
 //! Unit tests of the store (its submodules together).
 
 use super::*;
+use std::os::unix::fs::PermissionsExt;
 
 fn store(d: &Path) -> Store {
     Store::open(&d.join("cache"), Duration::from_secs(1), &mut || {}).unwrap()
@@ -86,6 +87,101 @@ fn restore_writes_copies_and_wipes_strays() {
     fs::write(proj.join("dist/extra"), "x").unwrap();
     let on_disk = collect_outputs(&proj, &pats, &fence);
     assert!(!outputs_up_to_date(&m, &stamps, &on_disk));
+}
+
+#[test]
+fn blobs_are_made_durable_by_the_commit_that_names_them() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let out = s.put_bytes(b"output bytes").unwrap();
+    let log = s.put_bytes(b"").unwrap();
+    // Written and in place, not yet synced: listed for the writer.
+    let listed = s.unsynced.lock().unwrap().clone();
+    assert!(listed.contains(&s.blob_path(&out.hash)), "{listed:?}");
+    assert!(listed.contains(&s.blob_path(&log.hash)), "{listed:?}");
+    let m = Manifest {
+        version: MANIFEST_VERSION,
+        key: "d".repeat(64),
+        task: "p#build".into(),
+        outputs: vec![],
+        log,
+        exit_code: 0,
+        duration_ms: 0,
+        created_at: 0,
+    };
+    s.put_entry(&m, &Stamps::new());
+    s.flush().unwrap();
+    // The commit that holds the entry synced every listed blob first.
+    assert!(s.unsynced.lock().unwrap().is_empty());
+    let s = reopen(d.path(), s);
+    assert_eq!(s.get(&m.key).unwrap().unwrap().0, m);
+    assert_eq!(s.read_verified(&out).unwrap(), b"output bytes");
+    // The same bytes again (found present) are listed again: another
+    // process may have written them and not synced them yet.
+    s.put_bytes(b"output bytes").unwrap();
+    assert_eq!(s.unsynced.lock().unwrap().len(), 1);
+    super::blobs::make_durable(&d.path().join("cache/cas"), &[]).unwrap();
+    let listed = s.unsynced.lock().unwrap().clone();
+    super::blobs::make_durable(&d.path().join("cache/cas"), &listed).unwrap();
+}
+
+#[test]
+fn restore_stamps_what_it_wrote_even_over_a_file_left_in_place() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let proj = d.path().join("p");
+    fs::create_dir_all(proj.join("dist")).unwrap();
+    fs::write(proj.join("dist/a.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(proj.join("dist/a.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(proj.join("dist/b.txt"), "B").unwrap();
+    let pats = Patterns::new(&["dist/**"]).unwrap();
+    let fence = HashSet::new();
+    let files = collect_outputs(&proj, &pats, &fence);
+    let mut outputs = capture(&s, &proj, &files).unwrap();
+    // A manifest naming one file twice: the second write finds the first
+    // in place and replaces it (the create-in-place path's fallback).
+    let dup = outputs[0].clone();
+    outputs.push(dup);
+    let m = Manifest {
+        version: MANIFEST_VERSION,
+        key: "e".repeat(64),
+        task: "p#build".into(),
+        outputs,
+        log: s.put_bytes(b"").unwrap(),
+        exit_code: 0,
+        duration_ms: 0,
+        created_at: 0,
+    };
+    fs::remove_dir_all(proj.join("dist")).unwrap();
+    let stamps = restore(&s, &m, &proj, &pats, &fence).unwrap();
+    assert_eq!(
+        fs::read_to_string(proj.join("dist/a.sh")).unwrap(),
+        "#!/bin/sh\n"
+    );
+    assert_eq!(fs::read_to_string(proj.join("dist/b.txt")).unwrap(), "B");
+    let meta = fs::symlink_metadata(proj.join("dist/a.sh")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    // The stamps are the files' own (size, mtime, inode), taken from the
+    // open files: the next run finds the outputs up to date by a stat.
+    for (rel, (size, mtime_ns, ino)) in &stamps {
+        let meta = fs::symlink_metadata(proj.join(rel)).unwrap();
+        assert_eq!(
+            (*size, *mtime_ns, *ino),
+            (
+                meta.len(),
+                meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                meta.ino()
+            ),
+            "{rel}"
+        );
+    }
+    assert_eq!(stamps.len(), 2);
+    // No temp file left beside the outputs.
+    let names: Vec<String> = fs::read_dir(proj.join("dist"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
 }
 
 const DAY: u64 = 24 * 60 * 60 * 1000;

@@ -237,15 +237,18 @@ pub async fn run_in(
     Ok(summary)
 }
 
-/// The run's concurrency: the request's, else the config's, else the
-/// machine's; above [`vx_proto::MAX_CONCURRENCY`] it is refused.
+/// The run's concurrency: the request's, else the config's, else
+/// [`crate::exec::default_concurrency`] of the machine's CPUs (capped at
+/// [`vx_proto::MAX_CONCURRENCY`]); a requested or configured one above that
+/// is refused.
 fn concurrency_of(sh: &Shared, requested: Option<usize>) -> Result<usize, EngineError> {
     let concurrency = requested
         .or(sh.model.ws.defaults.concurrency)
         .unwrap_or_else(|| {
-            std::thread::available_parallelism()
+            let cpus = std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(2)
+                .unwrap_or(2);
+            crate::exec::default_concurrency(cpus).min(vx_proto::MAX_CONCURRENCY)
         })
         .max(1);
     if concurrency > vx_proto::MAX_CONCURRENCY {

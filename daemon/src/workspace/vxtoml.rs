@@ -185,7 +185,7 @@ struct RawWorkspace {
     /// Globs of the project directories (each with a `vx.toml`, or a `package.json` with scripts).
     #[schemars(with = "Option<Vec<String>>")]
     members: Strings,
-    /// How many tasks run at once (default: the number of CPUs).
+    /// How many tasks run at once (default: twice the number of CPUs, at least 8).
     #[schemars(with = "Option<u64>", range(min = 1))]
     concurrency: Option<Spanned<i64>>,
     /// Default timeout of every task.
