@@ -3,7 +3,8 @@
 //! written to a temp file and renamed into place (two processes writing the
 //! same blob rename identical bytes over each other, which is harmless),
 //! and listed as not yet durable; the index writer makes every listed blob
-//! durable in one step ([`make_durable`]: one `syncfs` on Linux) before it
+//! durable in one step ([`make_durable`]: one `syncfs` on Linux for a large
+//! batch, an fsync per blob for a few) before it
 //! commits the entries that name them, so a save costs no fsync of its own
 //! and a crash leaves at worst an unreferenced or torn blob, never an entry
 //! naming one. Every read is verified against the digest. A blob found
@@ -256,41 +257,45 @@ pub(super) fn refresh_mtime(path: &Path) -> bool {
         .is_ok()
 }
 
+/// Up to this many blobs in one commit are fsynced one by one (with their
+/// directories); more take one `syncfs` (Linux). A `syncfs` flushes
+/// everything dirty on the file system, other programs' writes included:
+/// worth it for a big batch, too costly for a small run's few blobs on a
+/// busy machine.
+const SYNC_EACH_MAX: usize = 16;
+
 /// Makes the blobs at `paths` (written under the cache dir `dir`) durable,
-/// with the names they were renamed to. On Linux, one `syncfs` of the cache
-/// dir's file system covers every one of them at once (one device flush
-/// instead of two fsyncs per blob, which cost ~5 ms each on a run's critical
-/// path); elsewhere each blob and each directory holding one is fsynced.
+/// with the names they were renamed to: a few are fsynced one by one (each
+/// blob, then each directory holding one); a large batch, on Linux, by one
+/// `syncfs` of the cache dir's file system (one device flush instead of
+/// two fsyncs per blob, which cost ~5 ms each).
 pub(super) fn make_durable(dir: &Path, paths: &[PathBuf]) -> std::io::Result<()> {
-    if paths.is_empty() {
+    // The same blob may be listed by several saves (an empty log).
+    let files: std::collections::BTreeSet<&PathBuf> = paths.iter().collect();
+    if files.is_empty() {
         return Ok(());
     }
     #[cfg(target_os = "linux")]
-    {
+    if files.len() > SYNC_EACH_MAX {
         let d = fs::File::open(dir)?;
         rustix::fs::syncfs(&d)?;
-        Ok(())
+        return Ok(());
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        let mut dirs = std::collections::BTreeSet::new();
-        // The same blob may be listed by several saves (an empty log).
-        let files: std::collections::BTreeSet<&PathBuf> = paths.iter().collect();
-        for p in files {
-            match fs::File::open(p) {
-                Ok(f) => f.sync_all()?,
-                // Pruned or replaced since: nothing of it to make durable.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            if let Some(parent) = p.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
+    let _ = dir;
+    let mut dirs = std::collections::BTreeSet::new();
+    for p in files {
+        match fs::File::open(p) {
+            Ok(f) => f.sync_all()?,
+            // Pruned or replaced since: nothing of it to make durable.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         }
-        for d in dirs {
-            fs::File::open(&d)?.sync_all()?;
+        if let Some(parent) = p.parent() {
+            dirs.insert(parent.to_path_buf());
         }
-        Ok(())
     }
+    for d in dirs {
+        fs::File::open(&d)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -123,6 +123,15 @@ fn blobs_are_made_durable_by_the_commit_that_names_them() {
     super::blobs::make_durable(&d.path().join("cache/cas"), &[]).unwrap();
     let listed = s.unsynced.lock().unwrap().clone();
     super::blobs::make_durable(&d.path().join("cache/cas"), &listed).unwrap();
+    // A large batch (one syncfs on Linux) and a small one (each file; a
+    // pruned one is skipped) both succeed.
+    for n in [3, 40] {
+        let mut many: Vec<std::path::PathBuf> = (0..n)
+            .map(|i| d.path().join(format!("cache/cas/gone-{i}")))
+            .collect();
+        many.extend(listed.iter().cloned());
+        super::blobs::make_durable(&d.path().join("cache/cas"), &many).unwrap();
+    }
 }
 
 #[test]

@@ -49,7 +49,10 @@ fn hot_for(root: &std::path::Path) -> Option<Arc<crate::state::Hot>> {
             Some(h)
         }
         Err(e) => {
-            tracing::warn!("worker: no hot state for {} ({e}); loading per task", root.display());
+            tracing::warn!(
+                "worker: no hot state for {} ({e}); loading per task",
+                root.display()
+            );
             None
         }
     }
