@@ -49,6 +49,10 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             ),
             ("vx run build --dry", "the plan with predicted cache hits"),
             (
+                "vx run build --distribute",
+                "run on the attached workers too (`vx worker`)",
+            ),
+            (
                 "vx run test -- --verbose",
                 "forward arguments to the requested tasks",
             ),
@@ -214,6 +218,19 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     ("ps", &[("vx ps", "the tasks of the runs in progress")]),
+    (
+        "worker",
+        &[
+            (
+                "vx worker --connect http://10.0.0.5:7000 --capacity 4",
+                "run the coordinator's tasks in this checkout (token in VX_WORKER_TOKEN)",
+            ),
+            (
+                "vx worker --connect http://10.0.0.5:7000 --label gpu",
+                "also take the tasks that require the label gpu",
+            ),
+        ],
+    ),
     (
         "mcp",
         &[(
