@@ -462,55 +462,19 @@ fn walk_with(
 }
 
 /// The files under `dir` that git ignores and `keep` selects (by their
-/// root-relative path): turbo keys a gitignored file its
-/// `globalDependencies` name (`**/.env.*local`), which [`walk`] never
-/// lists. Walks what git ignores too (not `.git`, `.vx`, `node_modules`,
-/// the fence or `skip`), on the calling thread.
+/// root-relative path), and every directory the walk entered: turbo keys a
+/// gitignored file its `globalDependencies` name (`**/.env.*local`), which
+/// [`walk`] never lists, and the daemon watches the directories such a file
+/// may appear in. Walks what git ignores too (not `.git`, `.vx`,
+/// `node_modules`, the fence or `skip`), on the calling thread.
 pub fn walk_ignored(
     root: &Path,
     dir: &Path,
     fence: &HashSet<String>,
     skip: &[std::path::PathBuf],
     keep: &dyn Fn(&str) -> bool,
-) -> Vec<FileMeta> {
+) -> (Vec<FileMeta>, Vec<std::path::PathBuf>) {
     let roots = Roots::new(root);
-    let mut files: Vec<FileMeta> = ignored_walker(&roots, dir, fence, skip)
-        .build()
-        .filter_map(|entry| match visit(entry, &roots, fence, skip) {
-            Visit::File(f) if keep(&f.path) => Some(f),
-            _ => None,
-        })
-        .collect();
-    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    files
-}
-
-/// Every directory [`walk_ignored`] enters under `dir` (inclusive): what
-/// git ignores too. The daemon watches these when the workspace declares
-/// global inputs, which may live in ignored directories.
-pub fn walk_ignored_dirs(
-    root: &Path,
-    dir: &Path,
-    fence: &HashSet<String>,
-    skip: &[std::path::PathBuf],
-) -> Vec<std::path::PathBuf> {
-    let roots = Roots::new(root);
-    ignored_walker(&roots, dir, fence, skip)
-        .build()
-        .flatten()
-        .filter(|e| e.file_type().is_some_and(|t| t.is_dir()))
-        .map(|e| e.into_path())
-        .collect()
-}
-
-/// The walker of [`walk_ignored`]: no ignore file counts; `.git`, `.vx`,
-/// `node_modules`, the fence and `skip` are not entered.
-fn ignored_walker(
-    roots: &Roots,
-    dir: &Path,
-    fence: &HashSet<String>,
-    skip: &[std::path::PathBuf],
-) -> ignore::WalkBuilder {
     let (roots2, fence2, skip2) = (roots.clone(), fence.clone(), skip.to_vec());
     let mut b = ignore::WalkBuilder::new(dir);
     b.hidden(false)
@@ -525,7 +489,21 @@ fn ignored_walker(
             !(e.file_type().is_some_and(|t| t.is_dir())
                 && matches!(visit(Ok(e.clone()), &roots2, &fence2, &skip2), Visit::Skip))
         });
-    b
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    for entry in b.build() {
+        if let Ok(e) = &entry
+            && e.file_type().is_some_and(|t| t.is_dir())
+        {
+            dirs.push(e.path().to_path_buf());
+        }
+        if let Visit::File(f) = visit(entry, &roots, fence, skip)
+            && keep(&f.path)
+        {
+            files.push(f);
+        }
+    }
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    (files, dirs)
 }
 
 /// `list` (sorted by path) with the files of `extra` it lacks, sorted.

@@ -208,12 +208,6 @@ impl Model {
         self.by_dir.get(".").copied()
     }
 
-    /// The root-relative dirs of the projects nested in project `p` (its
-    /// walk's fence).
-    pub(crate) fn fence_of(&self, p: usize) -> &HashSet<String> {
-        &self.fences[p]
-    }
-
     /// All project dirs except the root project's: the fence of a loose walk.
     pub(crate) fn all_project_dirs(&self) -> HashSet<String> {
         self.ws
@@ -258,12 +252,21 @@ fn links_of(files: &[FileMeta]) -> Arc<Vec<String>> {
 impl Snapshot {
     /// One parallel walk of the whole workspace.
     pub fn scan(model: &Model, skip: &[PathBuf]) -> Snapshot {
+        Snapshot::scan_with_ignored(model, skip).0
+    }
+
+    /// [`Snapshot::scan`], and the ignored directories the walk for global
+    /// inputs entered (none when the workspace declares none): the daemon
+    /// watches them.
+    pub fn scan_with_ignored(model: &Model, skip: &[PathBuf]) -> (Snapshot, Vec<PathBuf>) {
         let root = &model.ws.root;
         let mut files = hash::walk(root, root, &HashSet::new(), skip);
+        let mut ignored_dirs = Vec::new();
         if let Some(global) = model.global_patterns() {
-            let extra =
+            let (extra, dirs) =
                 hash::walk_ignored(root, root, &HashSet::new(), skip, &|p| global.matches(p));
             files = hash::merged(files, extra);
+            ignored_dirs = dirs;
         }
         let mut by_project = vec![Vec::new(); model.ws.projects.len()];
         let mut loose = Vec::new();
@@ -282,26 +285,37 @@ impl Snapshot {
                 by_project[p] = hash::walk(root, &dir, &model.fences[p], skip);
             }
         }
-        Snapshot {
+        let snap = Snapshot {
             links: by_project.iter().map(|v| links_of(v)).collect(),
             loose_links: links_of(&loose),
             by_project: by_project.into_iter().map(Arc::new).collect(),
             loose: Arc::new(loose),
-        }
+        };
+        (snap, ignored_dirs)
     }
 
-    /// Re-walks one project (or, for `None`, the files outside every project).
-    pub fn refresh(&mut self, model: &Model, project: Option<usize>, skip: &[PathBuf]) {
+    /// Re-walks one project (or, for `None`, the files outside every
+    /// project). Returns the ignored directories the walk for global inputs
+    /// entered (none when the workspace declares none).
+    pub fn refresh(
+        &mut self,
+        model: &Model,
+        project: Option<usize>,
+        skip: &[PathBuf],
+    ) -> Vec<PathBuf> {
         let root = &model.ws.root;
+        let mut ignored_dirs = Vec::new();
         match project {
             Some(p) => {
                 let dir = model.ws.abs_dir(&model.ws.projects[p]);
                 let mut files = hash::walk_serial(root, &dir, &model.fences[p], skip);
                 if let Some(global) = model.global_patterns() {
-                    let extra = hash::walk_ignored(root, &dir, &model.fences[p], skip, &|f| {
-                        global.matches(f)
-                    });
+                    let (extra, dirs) =
+                        hash::walk_ignored(root, &dir, &model.fences[p], skip, &|f| {
+                            global.matches(f)
+                        });
                     files = hash::merged(files, extra);
+                    ignored_dirs = dirs;
                 }
                 self.by_project[p] = Arc::new(files);
                 if let Some(l) = self.links.get_mut(p) {
@@ -312,14 +326,16 @@ impl Snapshot {
                 let fence = model.all_project_dirs();
                 let mut files = hash::walk(root, root, &fence, skip);
                 if let Some(global) = model.global_patterns() {
-                    let extra =
+                    let (extra, dirs) =
                         hash::walk_ignored(root, root, &fence, skip, &|f| global.matches(f));
                     files = hash::merged(files, extra);
+                    ignored_dirs = dirs;
                 }
                 self.loose = Arc::new(files);
                 self.loose_links = links_of(&self.loose);
             }
         }
+        ignored_dirs
     }
 
     pub fn file_count(&self) -> usize {

@@ -381,9 +381,9 @@ impl Hot {
                     self.watch_dir(&d);
                 }
             }
-            let snap = Snapshot::scan(&model, &cache_skip);
+            let (snap, ignored) = Snapshot::scan_with_ignored(&model, &cache_skip);
             self.watch_link_targets(&snap);
-            self.watch_ignored_under(&model, &self.root, &HashSet::new(), &cache_skip);
+            self.watch_new_dirs(&ignored);
             inner.snapshot = Some(snap.clone());
             self.set_counts(&inner);
             if let Ok(mut m) = self.inputs_memo.lock() {
@@ -446,22 +446,9 @@ impl Hot {
             }
             let refreshed = !projects.is_empty();
             for p in projects {
-                snap.refresh(&model, p, &cache_skip);
                 // A new ignored directory there may hold global inputs.
-                match p {
-                    Some(p) => self.watch_ignored_under(
-                        &model,
-                        &model.ws.abs_dir(&model.ws.projects[p]),
-                        model.fence_of(p),
-                        &cache_skip,
-                    ),
-                    None => self.watch_ignored_under(
-                        &model,
-                        &self.root,
-                        &model.all_project_dirs(),
-                        &cache_skip,
-                    ),
-                }
+                let ignored = snap.refresh(&model, p, &cache_skip);
+                self.watch_new_dirs(&ignored);
             }
             if refreshed {
                 self.watch_link_targets(snap);

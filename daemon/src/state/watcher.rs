@@ -337,25 +337,15 @@ impl Hot {
         }
     }
 
-    /// With global inputs declared (they select files git ignores too):
-    /// watches the ignored directories under `dir` (the whole workspace,
-    /// or one re-walked project), which are not watched otherwise, so that
-    /// an edit or a new file there is seen. Costs a walk of what git
-    /// ignores, on a rescan or a project's re-walk only (which walk it for
-    /// the global inputs anyway).
-    pub(super) fn watch_ignored_under(
-        &self,
-        model: &crate::model::Model,
-        dir: &Path,
-        fence: &HashSet<String>,
-        skip: &[PathBuf],
-    ) {
-        if model.global_patterns().is_none() {
-            return;
-        }
-        for d in hash::walk_ignored_dirs(&self.root, dir, fence, skip) {
-            if !self.is_watched(&d) {
-                self.watch_dir(&d);
+    /// Watches those of `dirs` not watched yet: the ignored directories a
+    /// walk for global inputs entered (they select files git ignores too,
+    /// in directories not watched otherwise), so that an edit or a new file
+    /// there is seen. They come from the walk a rescan or a project's
+    /// re-walk makes anyway.
+    pub(super) fn watch_new_dirs(&self, dirs: &[PathBuf]) {
+        for d in dirs {
+            if !self.is_watched(d) {
+                self.watch_dir(d);
             }
         }
     }
