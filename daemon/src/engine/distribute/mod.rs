@@ -763,6 +763,15 @@ mod tests {
     use super::*;
     use vx_proto::TaskStatus;
 
+    /// Each task of a run's summary: id, status and the worker that ran it.
+    fn rows(summary: &vx_proto::RunSummary) -> Vec<(&str, TaskStatus, Option<&str>)> {
+        summary
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.status, t.worker.as_deref()))
+            .collect()
+    }
+
     fn hello(name: &str, commit: Option<&str>) -> Hello {
         Hello {
             name: name.into(),
@@ -1101,11 +1110,7 @@ labels = ["gpu"]
         worker.abort();
         let _ = worker.await; // its link dropped: the worker is gone
         assert!(coord.workers().is_empty());
-        let tasks: Vec<(&str, TaskStatus, Option<&str>)> = summary
-            .tasks
-            .iter()
-            .map(|t| (t.id.as_str(), t.status, t.worker.as_deref()))
-            .collect();
+        let tasks = rows(&summary);
         assert_eq!(
             tasks,
             vec![
@@ -1170,11 +1175,7 @@ labels = ["gpu"]
         let _ = flaky.await;
         good.abort();
         let _ = good.await;
-        let tasks: Vec<(&str, TaskStatus, Option<&str>)> = summary
-            .tasks
-            .iter()
-            .map(|t| (t.id.as_str(), t.status, t.worker.as_deref()))
-            .collect();
+        let tasks = rows(&summary);
         assert_eq!(
             tasks,
             vec![
