@@ -23,18 +23,7 @@ vx_test!(slow_request_heads_are_cut, || {
         ("a trickled head", head, trickle),
         ("nothing sent", Vec::new(), Vec::new()),
     ];
-    let slow: Vec<_> = cases
-        .into_iter()
-        .map(|(what, prefix, trickle)| {
-            let addr = srv.addr.clone();
-            (
-                what,
-                std::thread::spawn(move || {
-                    slow_client::slow_request(&addr, &prefix, &trickle, bound)
-                }),
-            )
-        })
-        .collect();
+    let slow = slow_client::start_all(&srv.addr, cases, bound);
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
         assert_eq!(srv.get("/version").status, 200);

@@ -373,18 +373,7 @@ fn slow_request_heads_are_cut() {
             b"b".to_vec(),
         ),
     ];
-    let slow: Vec<_> = cases
-        .into_iter()
-        .map(|(what, prefix, trickle)| {
-            let addr = srv.addr.clone();
-            (
-                what,
-                std::thread::spawn(move || {
-                    slow_client::slow_request(&addr, &prefix, &trickle, bound)
-                }),
-            )
-        })
-        .collect();
+    let slow = slow_client::start_all(&srv.addr, cases, bound);
     // Served while the slow ones hang on.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(srv.http("GET", "/health", None, &[], b"").0, 200);

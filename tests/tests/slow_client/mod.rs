@@ -48,6 +48,25 @@ pub fn slow_request(addr: &str, prefix: &[u8], trickle: &[u8], bound: Duration) 
     Ended::StillOpen
 }
 
+/// Starts one [`slow_request`] per case `(what, prefix, trickle)`, each on
+/// its own thread; join each to learn how it [`Ended`].
+pub fn start_all(
+    addr: &str,
+    cases: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
+    bound: Duration,
+) -> Vec<(&'static str, std::thread::JoinHandle<Ended>)> {
+    cases
+        .into_iter()
+        .map(|(what, prefix, trickle)| {
+            let addr = addr.to_string();
+            (
+                what,
+                std::thread::spawn(move || slow_request(&addr, &prefix, &trickle, bound)),
+            )
+        })
+        .collect()
+}
+
 /// A request head that never ends: `GET path`, a Host header, then a
 /// header value trickled forever.
 pub fn partial_get(path: &str) -> (Vec<u8>, Vec<u8>) {
