@@ -91,18 +91,6 @@ pub fn hostname() -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// `git rev-parse HEAD` in `root` (`None`: not a git checkout).
-fn commit_of(root: &std::path::Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(root)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
-}
-
 fn config(args: Args) -> Result<Config, String> {
     let url = args.connect.trim().to_string();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -162,7 +150,7 @@ fn config(args: Args) -> Result<Config, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
     let root = vxd::workspace::find_root(&cwd)
         .map_err(|e| format!("not in a vx workspace ({}): {e}", cwd.display()))?;
-    let commit = commit_of(&root);
+    let commit = vxd::engine::distribute::head_commit(&root);
     let mut labels = args.labels;
     labels.sort();
     labels.dedup();

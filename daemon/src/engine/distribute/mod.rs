@@ -678,8 +678,9 @@ impl State {
     }
 }
 
-/// `git rev-parse HEAD` at `root` (`None`: not a git checkout).
-pub(crate) fn head_commit(root: &std::path::Path) -> Option<String> {
+/// `git rev-parse HEAD` at `root` (`None`: not a git checkout): the commit
+/// a coordinator and a worker compare.
+pub fn head_commit(root: &std::path::Path) -> Option<String> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(root)
