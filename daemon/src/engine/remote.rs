@@ -836,6 +836,7 @@ mod tests {
             read: true,
             write: false,
             timeout_ms: Some(1234),
+            ..Default::default()
         };
         let (s, read, write) = resolve_reapi(
             Some(&cfg),

@@ -1042,5 +1042,8 @@ fn remote_execution_execute_platform_and_task_remote() {
         "vx.toml",
         &format!("{ws}\n[tasks.t]\ncommand = \"x\"\nremote = \"no\"\n"),
     )]);
-    assert!(e.to_string().contains("vx.toml:5"), "{e}");
+    assert!(
+        e.to_string().contains("vx.toml:6") && e.to_string().contains("expected a boolean"),
+        "{e}"
+    );
 }
