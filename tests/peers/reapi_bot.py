@@ -314,6 +314,8 @@ class Job(threading.Thread):
                     os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers the command left behind
                 except ProcessLookupError:
                     pass
+                if exit_code < 0:  # killed by a signal: reported as a shell would
+                    exit_code = 128 - exit_code
                 md.execution_completed_timestamp.CopyFrom(now())
                 md.output_upload_start_timestamp.CopyFrom(now())
                 outputs = Outputs("unix_mode" in cmd.output_node_properties)
@@ -355,7 +357,7 @@ class Bot:
         session = bots_pb2.BotSession(bot_id=self.bot_id, status=bots_pb2.OK,
                                       worker=worker_pb2.Worker(devices=[device]))
         return self.call(self.bots.CreateBotSession, bots_pb2.CreateBotSessionRequest(
-            parent=self.instance, bot_session=session), 10)
+            parent=self.instance, bot_session=session), 3)  # under 3.75 s: BuildGrid answers at once
 
     def run(self):
         session = None
@@ -408,6 +410,7 @@ class Bot:
                 self.stop.wait(0.2)  # the server answers at once while we are at capacity
         for job in self.jobs.values():
             job.cancel()
+        self.channel.close()
         log("stopped")
 
 
