@@ -151,6 +151,8 @@ knobs! {
         "gRPC metadata for the REAPI server, `name=value` pairs separated by commas or newlines (over `[remote_execution] headers`)";
     REAPI_TLS_CA_CERT = "VX_REAPI_TLS_CA_CERT", Kind::Path, "", Run,
         "a PEM file of CA certificates the REAPI server's certificate may chain to (wins over `[remote_execution.tls] ca_cert`)";
+    REAPI_EXECUTE = "VX_REAPI_EXECUTE", Kind::Bool, "0", Run,
+        "`1`: execute cached tasks on the REAPI server (`Execute`), `0`: never (wins over `[remote_execution] execute`)";
     CACHE_SERVER_BIN = "VX_CACHE_SERVER_BIN", Kind::Path, "", Client,
         "path of the `vx-cache-server` binary `vx cache serve` runs (default: next to `vx`, else on `PATH`)";
     WALK_THREADS = "VX_WALK_THREADS", Kind::Count, "", Test,

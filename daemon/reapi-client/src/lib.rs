@@ -17,17 +17,27 @@
 //! [`Limits`]; the engine then checks every path against the task's
 //! declared outputs and restores through its confined restore.
 //!
+//! With `[remote_execution] execute = true` it also executes tasks
+//! through the Execution service ([`exec`]): the task's inputs as a
+//! Merkle tree ([`tree`]), its Command and an Action salted with its vx
+//! key, `Execute` / `WaitExecution`, the result downloaded and checked
+//! like a hit; the engine decides which tasks go and restores what comes
+//! back through its own checks.
+//!
 //! Never: writes a file, turns a remote failure into anything but an error
 //! the engine treats as a miss (with one warning), or sends a checkout path
 //! or an environment value to the server.
 
 pub mod action;
+pub mod exec;
 mod rpc;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use vxd::cache::remote::{
-    Artifact, ArtifactId, Remote, RemoteError, RemoteSettings, set_reapi_factory,
+    Artifact, ArtifactId, Executed, Remote, RemoteError, RemoteJob, RemoteSettings,
+    set_reapi_factory,
 };
 
 pub use rpc::Limits;
@@ -79,6 +89,7 @@ fn client_for(s: &RemoteSettings) -> Result<Arc<ReapiRemote>, String> {
             Arc::new(ReapiRemote {
                 s: s.clone(),
                 conn: OnceLock::new(),
+                digests: exec::DigestMemo::default(),
             })
         })
         .clone())
@@ -88,6 +99,8 @@ fn client_for(s: &RemoteSettings) -> Result<Arc<ReapiRemote>, String> {
 pub struct ReapiRemote {
     s: RemoteSettings,
     conn: OnceLock<Result<rpc::Conn, String>>,
+    /// Input files' SHA-256, remembered across runs by stat.
+    digests: exec::DigestMemo,
 }
 
 impl ReapiRemote {
@@ -117,6 +130,18 @@ impl Remote for ReapiRemote {
         let c = self.conn()?;
         let ta = action::task_action(id);
         c.put(&ta, a)
+    }
+
+    fn can_execute(&self) -> Result<(), String> {
+        self.conn().map_err(|e| e.to_string())?.can_execute()
+    }
+
+    fn execute(
+        &self,
+        job: &RemoteJob,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Executed, RemoteError> {
+        self.conn()?.execute(job, cancelled, &self.digests)
     }
 }
 

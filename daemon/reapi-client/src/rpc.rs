@@ -51,7 +51,7 @@ impl Default for Limits {
 
 /// The metadata every call carries (bearer token, configured headers).
 #[derive(Clone)]
-struct Auth(std::sync::Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+pub(crate) struct Auth(std::sync::Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
 
 impl Interceptor for Auth {
     fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
@@ -62,26 +62,39 @@ impl Interceptor for Auth {
     }
 }
 
-type Ch = InterceptedService<Channel, Auth>;
+pub(crate) type Ch = InterceptedService<Channel, Auth>;
 
 /// What the server said it supports (asked once).
 #[derive(Debug, Clone, Copy)]
-struct Caps {
+pub(crate) struct Caps {
     /// The most blob bytes in one batch call.
-    batch: u64,
+    pub(crate) batch: u64,
     update_enabled: bool,
+    /// Whether it executes actions (`execution_capabilities.exec_enabled`).
+    pub(crate) exec_enabled: bool,
+    /// Whether it executes actions keyed by SHA-256.
+    pub(crate) exec_sha256: bool,
+    /// Whether it answered `GetCapabilities` at all.
+    pub(crate) answered: bool,
+}
+
+/// Where an uploaded blob's bytes are.
+pub(crate) enum Blob<'a> {
+    Mem(&'a [u8]),
+    /// A file, read when the server lacks it and checked against its digest.
+    File(&'a std::path::Path),
 }
 
 pub struct Conn {
-    rt: tokio::runtime::Runtime,
-    ch: Channel,
-    auth: Auth,
-    instance: String,
-    timeout: Duration,
-    limits: Limits,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) ch: Channel,
+    pub(crate) auth: Auth,
+    pub(crate) instance: String,
+    pub(crate) timeout: Duration,
+    pub(crate) limits: Limits,
     caps: OnceCell<Caps>,
     /// Where the server is, for messages.
-    at: String,
+    pub(crate) at: String,
 }
 
 fn read_pem(what: &str, p: &std::path::Path) -> Result<Vec<u8>, String> {
@@ -89,7 +102,7 @@ fn read_pem(what: &str, p: &std::path::Path) -> Result<Vec<u8>, String> {
 }
 
 /// A status as the engine's error (`write`: a refusal stops uploads).
-fn failed(what: &str, st: Status, write: bool) -> RemoteError {
+pub(crate) fn failed(what: &str, st: Status, write: bool) -> RemoteError {
     let msg = st.message();
     let detail = if msg.is_empty() {
         format!("{what}: {:?}", st.code())
@@ -110,7 +123,7 @@ fn failed(what: &str, st: Status, write: bool) -> RemoteError {
     }
 }
 
-fn key(d: &Digest) -> (String, i64) {
+pub(crate) fn key(d: &Digest) -> (String, i64) {
     (d.hash.clone(), d.size_bytes)
 }
 
@@ -205,7 +218,7 @@ impl Conn {
     }
 
     /// Runs a call on this client's runtime, bounded by the timeout.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         what: &str,
         f: impl Future<Output = Result<T, Status>>,
@@ -236,7 +249,7 @@ impl Conn {
             .max_decoding_message_size(4 << 20)
     }
 
-    async fn caps(&self) -> Result<Caps, RemoteError> {
+    pub(crate) async fn caps(&self) -> Result<Caps, RemoteError> {
         self.caps
             .get_or_try_init(|| async {
                 let mut c =
@@ -254,6 +267,9 @@ impl Conn {
                         return Ok(Caps {
                             batch: vx_reapi::MAX_BATCH_BYTES,
                             update_enabled: true,
+                            exec_enabled: false,
+                            exec_sha256: false,
+                            answered: false,
                         });
                     }
                     Err(st) => return Err(failed("GetCapabilities", st, false)),
@@ -277,9 +293,22 @@ impl Conn {
                     .action_cache_update_capabilities
                     .map(|u| u.update_enabled)
                     .unwrap_or(false);
+                let (exec_enabled, exec_sha256) = match &cap.execution_capabilities {
+                    Some(e) => (
+                        e.exec_enabled,
+                        e.digest_function == sha
+                            || e.digest_functions.contains(&sha)
+                            // Unset: REAPI's default for older servers.
+                            || (e.digest_function == 0 && e.digest_functions.is_empty()),
+                    ),
+                    None => (false, false),
+                };
                 Ok(Caps {
                     batch,
                     update_enabled,
+                    exec_enabled,
+                    exec_sha256,
+                    answered: true,
                 })
             })
             .await
@@ -419,7 +448,7 @@ impl Conn {
 
     /// The blobs of `want`, each checked against its digest. `None`: one is
     /// not in the CAS (the entry outlived its blobs: a miss).
-    async fn download(
+    pub(crate) async fn download(
         &self,
         want: &[Digest],
         caps: Caps,
@@ -599,6 +628,32 @@ impl Conn {
             execution_completed_timestamp: Some(end),
             ..Default::default()
         });
+        let blobs = blobs
+            .into_iter()
+            .map(|(k, (d, b))| (k, (d, Blob::Mem(b))))
+            .collect();
+        self.upload_missing(&blobs, caps).await?;
+        // 3. Only now the result.
+        let req = UpdateActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(ta.digest.clone()),
+            action_result: Some(result),
+            ..Default::default()
+        };
+        self.bounded("UpdateActionResult", self.ac().update_action_result(req))
+            .await
+            .map_err(|st| failed("UpdateActionResult", st, true))?;
+        Ok(())
+    }
+
+    /// Uploads what the CAS lacks of `blobs`: `FindMissingBlobs` first,
+    /// then small blobs in batches up to the server's limit, large ones by
+    /// ByteStream. A file is read now and must still hash to its digest.
+    pub(crate) async fn upload_missing(
+        &self,
+        blobs: &BTreeMap<(String, i64), (Digest, Blob<'_>)>,
+        caps: Caps,
+    ) -> Result<(), RemoteError> {
         // 1. What the CAS lacks.
         let all: Vec<Digest> = blobs.values().map(|(d, _)| d.clone()).collect();
         let mut missing = Vec::new();
@@ -618,8 +673,24 @@ impl Conn {
         let mut batch: Vec<batch_update_blobs_request::Request> = Vec::new();
         let mut batch_bytes = 0u64;
         for d in missing {
-            let Some((d, bytes)) = blobs.get(&key(&d)) else {
+            let Some((d, src)) = blobs.get(&key(&d)) else {
                 continue;
+            };
+            let owned;
+            let bytes: &[u8] = match src {
+                Blob::Mem(b) => b,
+                Blob::File(p) => {
+                    owned = std::fs::read(p).map_err(|e| {
+                        RemoteError::Refused(format!("cannot read {}: {e}", p.display()))
+                    })?;
+                    vx_reapi::check(d, &owned).map_err(|_| {
+                        RemoteError::Refused(format!(
+                            "{} changed while it was being sent",
+                            p.display()
+                        ))
+                    })?;
+                    &owned
+                }
             };
             let n = bytes.len() as u64;
             if n > caps.batch {
@@ -640,16 +711,6 @@ impl Conn {
         if !batch.is_empty() {
             self.write_batch(batch).await?;
         }
-        // 3. Only now the result.
-        let req = UpdateActionResultRequest {
-            instance_name: self.instance.clone(),
-            action_digest: Some(ta.digest.clone()),
-            action_result: Some(result),
-            ..Default::default()
-        };
-        self.bounded("UpdateActionResult", self.ac().update_action_result(req))
-            .await
-            .map_err(|st| failed("UpdateActionResult", st, true))?;
         Ok(())
     }
 

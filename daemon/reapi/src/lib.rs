@@ -1,6 +1,7 @@
 //! `vx-reapi` — the Bazel Remote Execution API as vx speaks it: the
 //! generated messages and gRPC stubs (re-exported from `bazel-remote-apis`,
-//! built with tonic and prost), and what the cache server and the engine's
+//! built with tonic and prost; the Execution service's long-running
+//! operations as [`lro`]), and what the cache server and the engine's
 //! client must agree on byte for byte: SHA-256 [`Digest`]s of blobs and
 //! messages ([`digest_of`], [`digest_of_message`], [`check`]), ByteStream
 //! resource names ([`read_resource`], [`write_resource`], [`parse_resource`])
@@ -12,7 +13,10 @@
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 pub use bazel_remote_apis::build::bazel::semver;
 pub use bazel_remote_apis::google::bytestream as bs;
-pub use bazel_remote_apis::google::protobuf::{Timestamp, UInt32Value};
+pub use bazel_remote_apis::google::longrunning as lro;
+pub use bazel_remote_apis::google::protobuf::{
+    Any, Duration as PbDuration, Timestamp, UInt32Value,
+};
 pub use bazel_remote_apis::google::rpc;
 pub use prost;
 
@@ -127,6 +131,14 @@ impl Hasher {
 
     pub fn is_empty(&self) -> bool {
         self.n == 0
+    }
+
+    /// The digest of what was fed.
+    pub fn digest(self) -> Digest {
+        Digest {
+            hash: hex(&self.h.finalize()),
+            size_bytes: self.n as i64,
+        }
     }
 
     /// Whether what was fed is what `d` names.

@@ -171,6 +171,73 @@ pub enum RemoteError {
     /// Uploads are refused (a read-only token): the run stops uploading.
     #[error("{0}")]
     WriteDenied(String),
+    /// A remote execution was cancelled by the run (the server was asked
+    /// to cancel it, best effort).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// One input file of a [`RemoteJob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInput {
+    /// Workspace-root-relative, `/`-separated.
+    pub path: String,
+    /// Where it is on disk (read when the server lacks its bytes).
+    pub abs: PathBuf,
+    pub kind: JobInputKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobInputKind {
+    File { executable: bool },
+    /// A symlink, sent as a link with this text.
+    Symlink(String),
+}
+
+/// A task to execute on a remote execution service (REAPI `Execute`), as
+/// the engine describes it; the client turns it into a Command, an input
+/// root and an Action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJob {
+    /// The task key: part of the Action's salt, so equal keys give equal
+    /// Actions and different keys different ones.
+    pub key: String,
+    /// The task's id (for messages).
+    pub task: String,
+    /// `["sh", "-c", command]`.
+    pub arguments: Vec<String>,
+    /// The project's directory relative to the workspace root (`""` for
+    /// the root).
+    pub working_directory: String,
+    /// The task's keyed environment (`define` and declared `env` values,
+    /// never pass-through variables), sorted by name.
+    pub env: Vec<(String, String)>,
+    /// The files of the input root, sorted by path, unique.
+    pub inputs: Vec<JobInput>,
+    /// What to bring back, relative to the working directory, sorted and
+    /// unique (`""`: the whole working directory).
+    pub output_paths: Vec<String>,
+    /// The action's timeout.
+    pub timeout: Option<Duration>,
+    /// Platform properties, sorted by name.
+    pub platform: Vec<(String, String)>,
+}
+
+/// What a remote execution gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Executed {
+    pub exit_code: i32,
+    /// The server stopped the action at its timeout.
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The output files and links, paths relative to the working directory
+    /// (the task's project); its log is empty.
+    pub outputs: Artifact,
+    /// The server answered from its action cache.
+    pub cached: bool,
+    /// The worker the server named (`ExecutedActionMetadata.worker`).
+    pub worker: Option<String>,
 }
 
 /// Where a cache event happened (turbo's `source`).
@@ -215,6 +282,24 @@ pub trait Remote: Send + Sync {
     fn get(&self, id: &ArtifactId) -> Result<Option<Artifact>, RemoteError>;
     /// Stores an artifact (an existing one is never overwritten).
     fn put(&self, id: &ArtifactId, a: &Artifact) -> Result<(), RemoteError>;
+    /// Whether this remote can execute tasks (asked once per run, when the
+    /// run wants remote execution): `Err(why not)`.
+    fn can_execute(&self) -> Result<(), String> {
+        Err("it has no execution service (REAPI Execute)".into())
+    }
+    /// Executes `job` remotely and waits for it, bounded by its timeout and
+    /// a margin. `cancelled` is polled; when it turns true the server is
+    /// asked to cancel and [`RemoteError::Cancelled`] returned. Blocking.
+    fn execute(
+        &self,
+        job: &RemoteJob,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Executed, RemoteError> {
+        let _ = (job, cancelled);
+        Err(RemoteError::Unavailable(
+            "it has no execution service (REAPI Execute)".into(),
+        ))
+    }
 }
 
 type Factory = dyn Fn(&RemoteSettings) -> Result<Arc<dyn Remote>, String> + Send + Sync;
@@ -256,6 +341,39 @@ pub struct RunRemote {
     pub batch: Batch,
     /// Usage events not yet sent (at most [`MAX_PENDING_EVENTS`]).
     pub events: Mutex<Vec<CacheEvent>>,
+    /// Remote execution, when the run asks for it (`execute = true`).
+    pub exec: Option<RunExec>,
+}
+
+/// A run's remote execution: its platform, the capability check (made
+/// once, on first use) and whether it has failed (then no task of the run
+/// is sent again).
+#[derive(Debug, Default)]
+pub struct RunExec {
+    pub platform: Vec<(String, String)>,
+    /// The capability check's outcome (`Err`: why the remote cannot execute).
+    pub ready: OnceLock<Result<(), String>>,
+    off: AtomicBool,
+}
+
+impl RunExec {
+    pub fn new(platform: Vec<(String, String)>) -> RunExec {
+        RunExec {
+            platform,
+            ..Default::default()
+        }
+    }
+
+    /// Whether tasks may still be sent.
+    pub fn on(&self) -> bool {
+        !self.off.load(Ordering::Relaxed)
+    }
+
+    /// Stops remote execution for the rest of the run; true the first time
+    /// (warn then only).
+    pub fn turn_off(&self) -> bool {
+        !self.off.swap(true, Ordering::Relaxed)
+    }
 }
 
 /// Usage events held for sending; more are dropped (they are best effort).
@@ -303,6 +421,7 @@ impl RunRemote {
             session: session_id(),
             batch: Batch::default(),
             events: Mutex::new(Vec::new()),
+            exec: None,
         }))
     }
 

@@ -37,6 +37,7 @@ mod priority;
 mod record;
 mod remote;
 mod replay;
+mod rexec;
 mod run;
 mod schedule;
 mod store;

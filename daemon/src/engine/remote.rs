@@ -65,6 +65,10 @@ pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> 
         &params.env,
     );
     let mut note = None;
+    let exec = match &reapi {
+        Some(_) => resolve_execute(model.ws.defaults.remote_execution.as_ref(), &params.env),
+        None => None,
+    };
     let settings = match reapi {
         Some((s, read, write)) => {
             if let Some(http) = &settings {
@@ -92,7 +96,13 @@ pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> 
         return Ok((None, policy, None));
     }
     match RunRemote::open(&s, policy) {
-        Ok(r) => Ok((r.map(Arc::new), policy, note)),
+        Ok(r) => {
+            let r = r.map(|mut r| {
+                r.exec = exec.map(remote::RunExec::new);
+                Arc::new(r)
+            });
+            Ok((r, policy, note))
+        }
         Err(w) => Ok((
             None,
             policy,
@@ -102,6 +112,28 @@ pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> 
             }),
         )),
     }
+}
+
+/// Whether a run executes tasks on its REAPI server, and the platform
+/// properties of its actions: `VX_REAPI_EXECUTE` (`1` on, `0` off) over
+/// `[remote_execution] execute`. `None`: off.
+pub(super) fn resolve_execute(
+    cfg: Option<&RemoteExecutionConfig>,
+    env: &BTreeMap<String, String>,
+) -> Option<Vec<(String, String)>> {
+    let knob = vx_proto::knobs::REAPI_EXECUTE;
+    let on = if knob.off(env) {
+        false
+    } else if knob.on(env) {
+        true
+    } else {
+        cfg.is_some_and(|c| c.execute)
+    };
+    on.then(|| {
+        let mut p = cfg.map(|c| c.platform.clone()).unwrap_or_default();
+        p.sort();
+        p
+    })
 }
 
 /// Resolves a run's REAPI server: `VX_REAPI_*` over the root config's
@@ -317,6 +349,7 @@ impl Shared {
             RemoteError::Refused(why) => self.emit(RunEvent::Warning {
                 message: format!("{id}: not taken from the remote cache: {why}; running the task"),
             }),
+            RemoteError::Cancelled => {}
         }
     }
 
@@ -803,6 +836,7 @@ mod tests {
             read: true,
             write: false,
             timeout_ms: Some(1234),
+            ..Default::default()
         };
         let (s, read, write) = resolve_reapi(
             Some(&cfg),
@@ -850,5 +884,43 @@ mod tests {
         let off = env(&[(vx_proto::knobs::REAPI_ENDPOINT.name, "off")]);
         assert!(resolve_reapi(Some(&cfg), root, &off).is_none());
         assert!(resolve_reapi(None, root, &env(&[])).is_none());
+    }
+
+    #[test]
+    fn execute_resolution() {
+        let knob = vx_proto::knobs::REAPI_EXECUTE.name;
+        let env = |v: Option<&str>| -> BTreeMap<String, String> {
+            v.map(|v| (knob.to_string(), v.to_string()))
+                .into_iter()
+                .collect()
+        };
+        let cfg = |execute| RemoteExecutionConfig {
+            endpoint: Some("grpc://h:1".into()),
+            execute,
+            platform: vec![("b".into(), "2".into()), ("A".into(), "1".into())],
+            ..Default::default()
+        };
+        let plat = Some(vec![
+            ("A".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ]);
+        // (config's execute, knob) → on?
+        let table: &[(Option<bool>, Option<&str>, bool)] = &[
+            (None, None, false),
+            (Some(false), None, false),
+            (Some(true), None, true),
+            (Some(true), Some("0"), false),
+            (Some(false), Some("1"), true),
+            (None, Some("1"), true),
+            (Some(true), Some(""), true),
+        ];
+        for (c, k, want) in table {
+            let c = c.map(cfg);
+            let got = resolve_execute(c.as_ref(), &env(*k));
+            assert_eq!(got.is_some(), *want, "{c:?} {k:?}");
+            if *want && c.is_some() {
+                assert_eq!(got, plat, "sorted by name");
+            }
+        }
     }
 }

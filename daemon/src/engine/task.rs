@@ -512,14 +512,25 @@ pub(super) async fn execute(
             ),
         });
     }
-    sh.emit(RunEvent::TaskStarted {
-        id: id.clone(),
-        key: Some(key.clone()),
-        command: command.clone(),
-        uncached: !sh.cache_enabled(g),
-        traceparent,
-        worker: None,
-    });
+    // Remote execution (`[remote_execution] execute`), when the task may go
+    // and the server can take it; else (or when it fails) here.
+    let mut started = false;
+    if let Some(r) = sh.remote_executor(g, tainted).await {
+        match super::rexec::run_remote(sh, g, &key, r, cancel.clone()).await {
+            super::rexec::Ran::Done(res) => return res,
+            super::rexec::Ran::Local { started: s } => started = s,
+        }
+    }
+    if !started {
+        sh.emit(RunEvent::TaskStarted {
+            id: id.clone(),
+            key: Some(key.clone()),
+            command: command.clone(),
+            uncached: !sh.cache_enabled(g),
+            traceparent,
+            worker: None,
+        });
+    }
     let attempts_total = node.def.retries + 1;
     let t0 = Instant::now();
     let mut attempt = 0;

@@ -189,6 +189,22 @@ pub(crate) fn grpc_header(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A REAPI platform property (`OSFamily = "linux"`): a non-empty name
+/// without blanks or control characters, a value without control characters.
+pub(crate) fn platform_property(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{name:?} is not a platform property name (non-empty, no blanks or control characters)"
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "the value of platform property {name:?} contains a control character"
+        ));
+    }
+    Ok(())
+}
+
 /// The largest timeout accepted, in ms.
 pub(crate) const MAX_TIMEOUT_MS: u64 = 2_147_483_647;
 

@@ -154,6 +154,10 @@ pub struct RemoteExecutionConfig {
     pub read: bool,
     pub write: bool,
     pub timeout_ms: Option<u64>,
+    /// Execute cached tasks on the server (`execute = true`).
+    pub execute: bool,
+    /// Platform properties of remotely executed actions, in name order.
+    pub platform: Vec<(String, String)>,
 }
 
 /// The root `vx.toml`'s `[workers]` section, as written
@@ -250,6 +254,11 @@ pub struct TaskDef {
     /// Not keyed: where a task runs does not change its result.
     #[serde(skip)]
     pub labels: Vec<String>,
+    /// Whether the task may be executed on a REAPI server
+    /// (`[remote_execution] execute`); `remote = false` pins it here. Not
+    /// keyed, like labels.
+    #[serde(skip)]
+    pub remote: bool,
 }
 
 impl Default for TaskDef {
@@ -274,6 +283,7 @@ impl Default for TaskDef {
             framework_env: Vec::new(),
             output_logs: None,
             labels: Vec::new(),
+            remote: true,
         }
     }
 }

@@ -991,3 +991,59 @@ fn workers_section_and_labels() {
     )]);
     assert!(e.to_string().contains("cannot set `labels`"), "{e}");
 }
+
+#[test]
+fn remote_execution_execute_platform_and_task_remote() {
+    let ws = "[workspace]\nmembers = []\n";
+    let t = tree(&[(
+        "vx.toml",
+        &format!(
+            "{ws}\n[remote_execution]\nendpoint = \"grpc://127.0.0.1:1\"\nexecute = true\nplatform = {{ OSFamily = \"linux\", \"container-image\" = \"docker://x\" }}\n\n[tasks.a]\ncommand = \"x\"\nremote = false\n\n[tasks.b]\ncommand = \"y\"\n"
+        ),
+    )]);
+    let w = load(t.path()).unwrap();
+    let re = w.defaults.remote_execution.clone().unwrap();
+    assert!(re.execute);
+    // Sorted by name (byte order).
+    assert_eq!(
+        re.platform,
+        vec![
+            ("OSFamily".to_string(), "linux".to_string()),
+            ("container-image".to_string(), "docker://x".to_string()),
+        ]
+    );
+    assert!(!w.projects[0].tasks["a"].remote);
+    assert!(w.projects[0].tasks["b"].remote);
+    // Default: off, no platform.
+    let t = tree(&[(
+        "vx.toml",
+        &format!("{ws}\n[remote_execution]\nendpoint = \"grpc://127.0.0.1:1\"\n"),
+    )]);
+    let re = load(t.path()).unwrap().defaults.remote_execution.unwrap();
+    assert!(!re.execute && re.platform.is_empty());
+    // Bad values: the file, the line and what was expected.
+    let cases: &[(&str, &str, &str)] = &[
+        ("execute = \"yes\"", "vx.toml:5", "expected a boolean"),
+        ("platform = { \"a b\" = \"x\" }", "vx.toml:5", "not a platform property name"),
+        ("platform = { OSFamily = 1 }", "vx.toml:5", "expected a string"),
+        ("platform = \"linux\"", "vx.toml:5", "expected a map"),
+    ];
+    for (line, at, want) in cases {
+        let t = tree(&[("vx.toml", &format!("{ws}\n[remote_execution]\n{line}\n"))]);
+        let e = load(t.path()).unwrap_err().to_string();
+        assert!(e.contains(at) && e.contains(want), "{line}: {e}");
+    }
+    let e = err(&[(
+        "vx.toml",
+        &format!("{ws}\n[tasks.g]\ndepends_on = []\nremote = false\n"),
+    )]);
+    assert!(e.to_string().contains("cannot set `remote`"), "{e}");
+    let e = err(&[(
+        "vx.toml",
+        &format!("{ws}\n[tasks.t]\ncommand = \"x\"\nremote = \"no\"\n"),
+    )]);
+    assert!(
+        e.to_string().contains("vx.toml:6") && e.to_string().contains("expected a boolean"),
+        "{e}"
+    );
+}

@@ -149,6 +149,11 @@ struct RawRemoteExecution {
     /// Timeout of one call.
     #[schemars(with = "Option<DurationSchema>")]
     timeout: Option<Spanned<toml::Value>>,
+    /// Execute cached tasks on the server (REAPI `Execute`; default false); `VX_REAPI_EXECUTE` wins.
+    execute: Option<bool>,
+    /// Platform properties of every remotely executed action (`{ OSFamily = "linux" }`): what the server matches workers by.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    platform: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// `[remote_execution.tls]`.
@@ -268,6 +273,9 @@ struct RawTask {
     /// How many times a failed run is retried.
     #[schemars(with = "Option<u64>", range(max = 100))]
     retries: Option<Spanned<i64>>,
+    /// `false`: never execute the task on the REAPI server (`[remote_execution] execute`); it runs here.
+    #[schemars(with = "Option<bool>")]
+    remote: Option<Spanned<bool>>,
 }
 
 /// The JSON Schema of `vx.toml`, pretty-printed (docs/vx.schema.json).
@@ -614,6 +622,15 @@ fn remote_execution(
     if let Some(t) = &r.timeout {
         out.timeout_ms = Some(duration(src, t)?);
     }
+    out.execute = r.execute.unwrap_or(false);
+    if let Some(p) = r.platform {
+        let span = p.span();
+        for (k, v) in p.into_inner() {
+            check::platform_property(&k, &v)
+                .map_err(|m| src.err_span(span.clone(), format!("`platform`: {m}")))?;
+            out.platform.push((k, v));
+        }
+    }
     Ok(out)
 }
 
@@ -757,6 +774,9 @@ fn task(
             if let Some(v) = &t.retries {
                 return refuse("retries", v.span());
             }
+            if let Some(v) = &t.remote {
+                return refuse("remote", v.span());
+            }
             if t.outputs.is_some() {
                 return Err(src
                     .err_near(
@@ -863,6 +883,7 @@ fn task(
 
     def.persistent = persistent;
     def.interactive = interactive;
+    def.remote = t.remote.as_ref().is_none_or(|r| *r.get_ref());
 
     if let Some(r) = t.ready_when {
         if !persistent {
