@@ -270,4 +270,10 @@ vx_test!(a_failing_remote_command_fails_the_run, || {
     let r = ws.run(&["build"]);
     assert_eq!(r.status("bad#build"), "failed");
     assert_eq!(leases(&bg), 2, "{}", bg.logs());
+    // `VX_REAPI_EXECUTE=0`: here, with the same outcome, and no lease.
+    let r = ws.run_env(&["build"], &[("VX_REAPI_EXECUTE", "0")]);
+    assert_eq!(r.task("bad#build")["exit_code"], 7, "{}", r.summary());
+    let (result, started) = workers(&r, "bad#build");
+    assert!(result.is_empty() && started.is_empty(), "{result:?} {started:?}");
+    assert_eq!(leases(&bg), 2, "{}", bg.logs());
 });
