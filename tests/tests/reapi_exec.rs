@@ -196,11 +196,21 @@ vx_test!(tasks_execute_on_a_buildgrid_bot, || {
         result.is_empty() && started.is_empty(),
         "docs#test is pinned local: {result:?} {started:?}"
     );
-    // One lease per remote task, each with its command; the logs came back.
+    // One lease per remote task, on the bot its result names
+    // (`reapi:<execution_metadata.worker>`), whose log shows its command.
     assert_eq!(leases(&bg), 3, "{}", bg.logs());
-    let logs = bg.bot_logs();
-    for cmd in ["echo built lib", "echo built app", "echo tested"] {
-        assert!(logs.contains(cmd), "no lease ran `{cmd}`:\n{logs}");
+    for (id, cmd) in [
+        ("lib#build", "echo built lib"),
+        ("app#build", "echo built app"),
+        ("app#test", "echo tested"),
+    ] {
+        let (result, _) = workers(&r, id);
+        let bot = result.strip_prefix("reapi:").unwrap_or_default();
+        assert!(
+            bg.bot_log(bot).contains(cmd),
+            "{id}: worker {result:?}, but no such bot ran `{cmd}`:\n{}",
+            bg.logs()
+        );
     }
     for (id, line) in [
         ("lib#build", "built lib"),

@@ -353,6 +353,14 @@ impl Buildgrid {
         read(&self.dir.path().join("bgd.log"))
     }
 
+    /// The log of bot `id` (empty for an unknown id).
+    pub fn bot_log(&self, id: &str) -> String {
+        if !id.starts_with("reapi-bot-") || id.contains('/') {
+            return String::new();
+        }
+        read(&self.dir.path().join(format!("{id}.log")))
+    }
+
     /// Every bot's log, each under a header naming it.
     pub fn bot_logs(&self) -> String {
         let mut ids: Vec<String> = std::fs::read_dir(self.dir.path())
