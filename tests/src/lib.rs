@@ -525,6 +525,8 @@ mod tests {
 pub mod peers {
     use std::path::{Path, PathBuf};
 
+    pub mod buildgrid;
+
     /// `tests/peers/`.
     pub fn dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")

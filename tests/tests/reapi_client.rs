@@ -11,8 +11,7 @@ mod remote_support;
 
 use remote_support::{Server, sources, warnings};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use vx_tests::peers::buildgrid::{Buildgrid, Services};
 use vx_tests::{Ws, vx_test};
 
 const RW: &str = "reapi-client-rw-1";
@@ -109,103 +108,10 @@ fn check_second_clone(a: &Ws, b: &Ws, r2: &vx_tests::Run) {
     );
 }
 
-/// A BuildGrid server (`bgd server start`) with an in-memory CAS and
-/// ActionCache on a free port, killed when dropped.
-struct Buildgrid {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Buildgrid {
-    fn start() -> Option<Buildgrid> {
-        let bgd = vx_tests::peers::dir().join(".venv/bin/bgd");
-        if !bgd.is_file() {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let cfg = dir.path().join("bgd.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"server:
-  - !channel
-    address: "127.0.0.1:{port}"
-    insecure-mode: true
-storages:
-  - !lru-storage &cas
-    size: 256MB
-caches:
-  - !lru-action-cache &ac
-    storage: *cas
-    max-cached-refs: 1024
-    allow-updates: true
-instances:
-  - name: ""
-    services:
-      - !action-cache
-        cache: *ac
-      - !cas
-        storage: *cas
-      - !bytestream
-        storage: *cas
-"#
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
-        let child = Command::new(&bgd)
-            .args(["server", "start"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start bgd");
-        let mut bg = Buildgrid {
-            child,
-            port,
-            _dir: dir,
-        };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(st)) = bg.child.try_wait() {
-                panic!("bgd exited ({st}):\n{}", bg.log());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "bgd did not listen:\n{}",
-                bg.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(bg)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("bgd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Buildgrid {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 vx_test!(two_clones_hit_through_buildgrid, || {
-    let Some(bg) = Buildgrid::start() else {
-        vx_tests::peers::skip("two_clones_hit_through_buildgrid", "buildgrid (bgd)");
-        return;
+    let bg = match Buildgrid::start(Services::Cache, 0) {
+        Ok(bg) => bg,
+        Err(peer) => return vx_tests::peers::skip("two_clones_hit_through_buildgrid", peer),
     };
     let ep = bg.endpoint();
     let env = [("VX_REAPI_ENDPOINT", ep.as_str())];
