@@ -107,7 +107,11 @@ fn dist_tree(ws: &Ws) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     }
     let mut out = BTreeMap::new();
     for project in ["lib", "app", "docs"] {
-        walk(ws.root(), &ws.path(&format!("packages/{project}/dist")), &mut out);
+        walk(
+            ws.root(),
+            &ws.path(&format!("packages/{project}/dist")),
+            &mut out,
+        );
     }
     out
 }
@@ -255,7 +259,10 @@ vx_test!(a_failing_remote_command_fails_the_run, || {
         return;
     };
     let ws = Ws::new(&[
-        ("vx.toml", &format!("[workspace]\nmembers = [\"bad\"]\n{}", remote(&bg))),
+        (
+            "vx.toml",
+            &format!("[workspace]\nmembers = [\"bad\"]\n{}", remote(&bg)),
+        ),
         (
             "bad/vx.toml",
             "[tasks.build]\ncommand = \"echo partial; echo broke-on-the-bot >&2; exit 7\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
@@ -284,6 +291,9 @@ vx_test!(a_failing_remote_command_fails_the_run, || {
     let r = ws.run_env(&["build"], &[("VX_REAPI_EXECUTE", "0")]);
     assert_eq!(r.task("bad#build")["exit_code"], 7, "{}", r.summary());
     let (result, started) = workers(&r, "bad#build");
-    assert!(result.is_empty() && started.is_empty(), "{result:?} {started:?}");
+    assert!(
+        result.is_empty() && started.is_empty(),
+        "{result:?} {started:?}"
+    );
     assert_eq!(leases(&bg), 2, "{}", bg.logs());
 });

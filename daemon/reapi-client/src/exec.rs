@@ -22,8 +22,8 @@ use vx_reapi::lro::{CancelOperationRequest, Operation, operation};
 use vx_reapi::prost::Message;
 use vx_reapi::re::execution_client::ExecutionClient;
 use vx_reapi::re::{
-    Action, Command, Digest, ExecuteRequest, ExecuteResponse, Platform, Tree,
-    WaitExecutionRequest, command, digest_function, platform,
+    Action, Command, Digest, ExecuteRequest, ExecuteResponse, Platform, Tree, WaitExecutionRequest,
+    command, digest_function, platform,
 };
 use vxd::cache::remote::{Artifact, ArtifactBody, ArtifactFile, Executed, RemoteError, RemoteJob};
 
@@ -74,7 +74,9 @@ impl DigestMemo {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             use std::io::Read;
-            let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             if n == 0 {
                 break;
             }
@@ -162,12 +164,12 @@ impl Conn {
 
     /// Whether the server executes actions with SHA-256 digests.
     pub fn can_execute(&self) -> Result<(), String> {
-        let caps = self
-            .rt
-            .block_on(self.caps())
-            .map_err(|e| e.to_string())?;
+        let caps = self.rt.block_on(self.caps()).map_err(|e| e.to_string())?;
         if !caps.answered {
-            return Err("it does not answer GetCapabilities, so it has no execution capability vx can see".into());
+            return Err(
+                "it does not answer GetCapabilities, so it has no execution capability vx can see"
+                    .into(),
+            );
         }
         if !caps.exec_enabled {
             return Err(
@@ -235,9 +237,7 @@ impl Conn {
         let mut broken = 0u32;
         let mut resubmitted = false;
         let op = loop {
-            let pass = self
-                .pass(&req, &mut name, cancelled, deadline)
-                .await;
+            let pass = self.pass(&req, &mut name, cancelled, deadline).await;
             match pass {
                 Pass::Done(op) => break op,
                 Pass::Cancelled => {
@@ -279,7 +279,8 @@ impl Conn {
                         )));
                     }
                     tracing::debug!(?name, broken, "operation stream broke; re-attaching");
-                    let wait = Duration::from_millis(200u64 << broken.min(5)).min(Duration::from_secs(5));
+                    let wait =
+                        Duration::from_millis(200u64 << broken.min(5)).min(Duration::from_secs(5));
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -287,7 +288,9 @@ impl Conn {
         // 4. The result.
         let resp = match op.result {
             Some(operation::Result::Response(any)) => ExecuteResponse::decode(any.value.as_slice())
-                .map_err(|e| RemoteError::Refused(format!("the ExecuteResponse does not decode: {e}")))?,
+                .map_err(|e| {
+                    RemoteError::Refused(format!("the ExecuteResponse does not decode: {e}"))
+                })?,
             Some(operation::Result::Error(st)) => {
                 let st = Status::new(Code::from_i32(st.code), st.message);
                 return Err(exec_status("the operation failed", st));
@@ -317,7 +320,9 @@ impl Conn {
                     ..Default::default()
                 });
             }
-            return Err(RemoteError::Refused("the ExecuteResponse has no result".into()));
+            return Err(RemoteError::Refused(
+                "the ExecuteResponse has no result".into(),
+            ));
         };
         let mut ex = self.result_of(&ar, caps).await?;
         ex.timed_out = timed_out;
@@ -383,7 +388,11 @@ impl Conn {
             name: name.to_string(),
         };
         let r = tokio::time::timeout(Duration::from_secs(5), c.cancel_operation(req)).await;
-        tracing::debug!(name, ok = matches!(r, Ok(Ok(_))), "asked to cancel a remote operation");
+        tracing::debug!(
+            name,
+            ok = matches!(r, Ok(Ok(_))),
+            "asked to cancel a remote operation"
+        );
     }
 
     /// An executed action's result: its outputs (files, trees, links) and
@@ -452,8 +461,9 @@ impl Conn {
                 .ok_or_else(|| refused("an output tree is not in the CAS".into()))?;
             for (d, t) in ar.output_directories.iter().zip(&trees) {
                 let bytes = got.get(&key(t)).map(Vec::as_slice).unwrap_or_default();
-                let tree = Tree::decode(bytes)
-                    .map_err(|e| refused(format!("output tree {:?} does not decode: {e}", d.path)))?;
+                let tree = Tree::decode(bytes).map_err(|e| {
+                    refused(format!("output tree {:?} does not decode: {e}", d.path))
+                })?;
                 entries.extend(
                     tree::flatten(&d.path, &tree, self.limits.max_entries).map_err(refused)?,
                 );
@@ -554,9 +564,7 @@ impl Conn {
                 duration_ms,
             },
             cached: false,
-            worker: meta
-                .map(|m| m.worker.clone())
-                .filter(|w| !w.is_empty()),
+            worker: meta.map(|m| m.worker.clone()).filter(|w| !w.is_empty()),
         })
     }
 }

@@ -189,7 +189,9 @@ pub struct JobInput {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobInputKind {
-    File { executable: bool },
+    File {
+        executable: bool,
+    },
     /// A symlink, sent as a link with this text.
     Symlink(String),
 }
