@@ -1,0 +1,129 @@
+//! What a remotely executed task gets and gives back, end to end against a
+//! real BuildGrid with a real bot (`vx_tests::peers::buildgrid`): exactly
+//! its keyed environment and `define` values (never a `pass_env` variable),
+//! its declared inputs including a global input and a symlink, retries
+//! executed remotely again, and its timeout enforced on the bot.
+
+use vx_tests::peers::buildgrid::{Buildgrid, Services};
+use vx_tests::{Run, Ws, vx_test};
+
+fn grid(test: &str) -> Option<Buildgrid> {
+    match Buildgrid::start(Services::Execution, 1) {
+        Ok(bg) => Some(bg),
+        Err(peer) => {
+            vx_tests::peers::skip(test, peer);
+            None
+        }
+    }
+}
+
+fn fixture(bg: &Buildgrid, marker: &str) -> Ws {
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            &format!(
+                "[workspace]\nmembers = [\"pkg\"]\nglobal_inputs = [\"config/shared.txt\"]\n\n[remote_execution]\nendpoint = \"{}\"\nexecute = true\nplatform = {{ OSFamily = \"linux\" }}\n",
+                bg.endpoint()
+            ),
+        ),
+        ("config/shared.txt", "shared-config\n"),
+        (
+            "pkg/vx.toml",
+            &format!(
+                r#"[tasks.env]
+command = "mkdir -p dist && env | sort > dist/env.txt && cat ../config/shared.txt > dist/shared.txt && cat src/link.txt > dist/via-link.txt && echo env-done"
+inputs = ["src/**"]
+outputs = ["dist/**"]
+env = ["KEYED", "UNSET_KEYED"]
+pass_env = ["PASSED"]
+define = {{ DEF = "d1" }}
+
+[tasks.flaky]
+command = "mkdir -p out && if [ -e \"$MARKER\" ]; then echo second > out/x.txt; else touch \"$MARKER\"; echo first-fails >&2; exit 3; fi"
+inputs = ["src/**"]
+outputs = ["out/**"]
+define = {{ MARKER = "{marker}" }}
+retries = 1
+
+[tasks.slow]
+command = "sleep 30"
+inputs = ["src/**"]
+outputs = ["slow/**"]
+timeout = "2s"
+"#
+            ),
+        ),
+        ("pkg/src/a.txt", "via-a\n"),
+    ]);
+    std::os::unix::fs::symlink("a.txt", ws.path("pkg/src/link.txt")).unwrap();
+    ws
+}
+
+fn worker(r: &Run, id: &str) -> String {
+    r.task(id)["worker"].as_str().unwrap_or("").to_string()
+}
+
+vx_test!(a_remote_task_gets_its_keyed_env_and_inputs_only, || {
+    let Some(bg) = grid("a_remote_task_gets_its_keyed_env_and_inputs_only") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let ws = fixture(&bg, marker.to_str().unwrap());
+    let r = ws.run_env(
+        &["pkg#env"],
+        &[("KEYED", "k1"), ("PASSED", "p-secret-value")],
+    );
+    assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
+    assert!(worker(&r, "pkg#env").starts_with("reapi"), "{}", r.summary());
+    let env = ws.read("pkg/dist/env.txt");
+    assert!(env.lines().any(|l| l == "KEYED=k1"), "{env}");
+    assert!(env.lines().any(|l| l == "DEF=d1"), "{env}");
+    for absent in ["PASSED", "UNSET_KEYED", "HOME", "VX_RUN_WORKSPACE"] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{absent}="))),
+            "{absent} crossed the wire: {env}"
+        );
+    }
+    assert!(!env.contains("p-secret-value"), "{env}");
+    // The checkout's path never crosses either.
+    let root = ws.root().to_string_lossy().into_owned();
+    assert!(!env.contains(&root), "{env}");
+    // A global input and a symlinked input were in the input root.
+    assert_eq!(ws.read("pkg/dist/shared.txt"), "shared-config\n");
+    assert_eq!(ws.read("pkg/dist/via-link.txt"), "via-a\n");
+});
+
+vx_test!(retries_run_remotely_and_timeouts_hold_on_the_bot, || {
+    let Some(bg) = grid("retries_run_remotely_and_timeouts_hold_on_the_bot") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let ws = fixture(&bg, marker.to_str().unwrap());
+    let r = ws.run(&["pkg#flaky"]);
+    assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
+    let t = r.task("pkg#flaky");
+    assert_eq!(t["attempts"], 2, "{}", r.summary());
+    assert!(worker(&r, "pkg#flaky").starts_with("reapi"), "{}", r.summary());
+    assert!(
+        r.events.iter().any(|e| e["type"] == "task_retry"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e["type"] == "task_output" && e["line"] == "first-fails"),
+        "the first attempt's stderr came back: {}",
+        r.stdout
+    );
+    assert_eq!(ws.read("pkg/out/x.txt"), "second\n");
+    assert_eq!(bg.bot_logs().matches(" accepted").count(), 2, "{}", bg.logs());
+    // The task's timeout is the Action's: the bot stops it, the task fails.
+    let r = ws.run(&["pkg#slow"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert_eq!(r.status("pkg#slow"), "failed", "{}", r.summary());
+    let err = r.task("pkg#slow")["error"].as_str().unwrap_or("").to_string();
+    assert!(err.contains("timed out"), "{err}\n{}", bg.logs());
+});
