@@ -75,7 +75,11 @@ vx_test!(a_remote_task_gets_its_keyed_env_and_inputs_only, || {
         &[("KEYED", "k1"), ("PASSED", "p-secret-value")],
     );
     assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
-    assert!(worker(&r, "pkg#env").starts_with("reapi"), "{}", r.summary());
+    assert!(
+        worker(&r, "pkg#env").starts_with("reapi"),
+        "{}",
+        r.summary()
+    );
     let env = ws.read("pkg/dist/env.txt");
     assert!(env.lines().any(|l| l == "KEYED=k1"), "{env}");
     assert!(env.lines().any(|l| l == "DEF=d1"), "{env}");
@@ -105,7 +109,11 @@ vx_test!(retries_run_remotely_and_timeouts_hold_on_the_bot, || {
     assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
     let t = r.task("pkg#flaky");
     assert_eq!(t["attempts"], 2, "{}", r.summary());
-    assert!(worker(&r, "pkg#flaky").starts_with("reapi"), "{}", r.summary());
+    assert!(
+        worker(&r, "pkg#flaky").starts_with("reapi"),
+        "{}",
+        r.summary()
+    );
     assert!(
         r.events.iter().any(|e| e["type"] == "task_retry"),
         "{}",
@@ -119,11 +127,67 @@ vx_test!(retries_run_remotely_and_timeouts_hold_on_the_bot, || {
         r.stdout
     );
     assert_eq!(ws.read("pkg/out/x.txt"), "second\n");
-    assert_eq!(bg.bot_logs().matches(" accepted").count(), 2, "{}", bg.logs());
+    assert_eq!(
+        bg.bot_logs().matches(" accepted").count(),
+        2,
+        "{}",
+        bg.logs()
+    );
     // The task's timeout is the Action's: the bot stops it, the task fails.
     let r = ws.run(&["pkg#slow"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert_eq!(r.status("pkg#slow"), "failed", "{}", r.summary());
-    let err = r.task("pkg#slow")["error"].as_str().unwrap_or("").to_string();
+    let err = r.task("pkg#slow")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(err.contains("timed out"), "{err}\n{}", bg.logs());
+});
+
+vx_test!(no_worker_is_one_warning_and_the_run_goes_on_here, || {
+    // BuildGrid with no bot at all: the first task waits queued for the
+    // queue timeout, then the run warns once, runs it here, and sends no
+    // other task (its dependent runs here at once).
+    let bg = match Buildgrid::start(Services::Execution, 0) {
+        Ok(bg) => bg,
+        Err(peer) => {
+            vx_tests::peers::skip("no_worker_is_one_warning_and_the_run_goes_on_here", peer);
+            return;
+        }
+    };
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            &format!(
+                "[workspace]\nmembers = [\"a\", \"b\"]\n\n[remote_execution]\nendpoint = \"{}\"\nexecute = true\nplatform = {{ OSFamily = \"linux\" }}\n",
+                bg.endpoint()
+            ),
+        ),
+        (
+            "a/vx.toml",
+            "[tasks.build]\ncommand = \"mkdir -p dist && echo a > dist/a.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ntimeout = \"5s\"\n",
+        ),
+        ("a/src/x", "x\n"),
+        (
+            "b/vx.toml",
+            "[project]\ndeps = [\"a\"]\n\n[tasks.build]\ncommand = \"mkdir -p dist && cat ../a/dist/a.txt > dist/b.txt\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ntimeout = \"5s\"\n",
+        ),
+        ("b/src/x", "x\n"),
+    ]);
+    let r = ws.run_env(&["build"], &[("VX_REAPI_QUEUE_TIMEOUT_MS", "1500")]);
+    assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
+    assert_eq!(r.executed(), vec!["a#build", "b#build"]);
+    let w: Vec<String> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("no worker took") && w[0].contains(&bg.endpoint()),
+        "{w:?}"
+    );
+    assert!(worker(&r, "a#build").is_empty() && worker(&r, "b#build").is_empty());
+    assert_eq!(ws.read("b/dist/b.txt"), "a\n");
 });

@@ -12,6 +12,7 @@
 
 use crate::rpc::{Blob, Conn, failed, key};
 use crate::tree::{self, Entry, Source};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,6 +26,7 @@ use vx_reapi::re::{
     Action, Command, Digest, ExecuteRequest, ExecuteResponse, Platform, Tree, WaitExecutionRequest,
     command, digest_function, platform,
 };
+use vx_reapi::re::{ExecuteOperationMetadata, execution_stage};
 use vxd::cache::remote::{Artifact, ArtifactBody, ArtifactFile, Executed, RemoteError, RemoteJob};
 
 /// Changes when the mapping of a job to an Action changes.
@@ -150,6 +152,8 @@ pub fn job_messages(job: &RemoteJob, root: &Digest) -> ((Digest, Vec<u8>), (Dige
 /// How a pass over an operation stream ended.
 enum Pass {
     Done(Operation),
+    /// Queued longer than the job's queue timeout (no worker took it).
+    Unplaced,
     /// The stream ended or broke before `done` (the status, when it broke).
     Broken(Option<Status>),
     Cancelled,
@@ -234,15 +238,33 @@ impl Conn {
             ..Default::default()
         };
         let mut name: Option<String> = None;
+        let queued_since: Cell<Option<Instant>> = Cell::new(None);
         let mut broken = 0u32;
         let mut resubmitted = false;
         let op = loop {
-            let pass = self.pass(&req, &mut name, cancelled, deadline).await;
+            let pass = self
+                .pass(
+                    &req,
+                    &mut name,
+                    cancelled,
+                    deadline,
+                    &queued_since,
+                    job.queue_timeout,
+                )
+                .await;
             match pass {
                 Pass::Done(op) => break op,
                 Pass::Cancelled => {
                     self.cancel(name.as_deref()).await;
                     return Err(RemoteError::Cancelled);
+                }
+                Pass::Unplaced => {
+                    self.cancel(name.as_deref()).await;
+                    return Err(RemoteError::Unavailable(format!(
+                        "no worker took the action within {} s (is there a worker for its platform {:?}?)",
+                        job.queue_timeout.as_secs(),
+                        job.platform
+                    )));
                 }
                 Pass::OutOfTime => {
                     self.cancel(name.as_deref()).await;
@@ -338,6 +360,8 @@ impl Conn {
         name: &mut Option<String>,
         cancelled: &(dyn Fn() -> bool + Sync),
         deadline: Instant,
+        queued_since: &Cell<Option<Instant>>,
+        queue_timeout: Duration,
     ) -> Pass {
         let consume = async {
             let mut c = self.exec_client();
@@ -354,6 +378,18 @@ impl Conn {
                     Ok(Some(op)) => {
                         if !op.name.is_empty() {
                             *name = Some(op.name.clone());
+                        }
+                        match stage_of(&op) {
+                            Some(execution_stage::Value::Queued) => {
+                                if queued_since.get().is_none() {
+                                    queued_since.set(Some(Instant::now()));
+                                }
+                            }
+                            Some(
+                                execution_stage::Value::Executing
+                                | execution_stage::Value::Completed,
+                            ) => queued_since.set(None),
+                            _ => {}
                         }
                         if op.done {
                             return Pass::Done(op);
@@ -372,9 +408,21 @@ impl Conn {
                 tokio::time::sleep(CANCEL_POLL).await;
             }
         };
+        let unplaced = async {
+            loop {
+                tokio::time::sleep(CANCEL_POLL).await;
+                if queued_since
+                    .get()
+                    .is_some_and(|t| t.elapsed() > queue_timeout)
+                {
+                    return;
+                }
+            }
+        };
         tokio::select! {
             p = consume => p,
             _ = cancel => Pass::Cancelled,
+            _ = unplaced => Pass::Unplaced,
             _ = tokio::time::sleep_until(deadline.into()) => Pass::OutOfTime,
         }
     }
@@ -569,6 +617,17 @@ impl Conn {
     }
 }
 
+/// The stage an operation's metadata reports, when it carries
+/// `ExecuteOperationMetadata`.
+fn stage_of(op: &Operation) -> Option<execution_stage::Value> {
+    let any = op.metadata.as_ref()?;
+    if !any.type_url.ends_with("ExecuteOperationMetadata") {
+        return None;
+    }
+    let m = ExecuteOperationMetadata::decode(any.value.as_slice()).ok()?;
+    execution_stage::Value::try_from(m.stage).ok()
+}
+
 /// A failed execution's status as the engine's error: a request the
 /// server refuses (bad arguments, missing inputs, a platform no worker
 /// has) is this task's problem; anything else is the server's.
@@ -597,6 +656,7 @@ mod tests {
             output_paths: vec!["dist".into(), "build".into(), "dist".into()],
             timeout: Some(Duration::from_millis(1500)),
             platform: vec![("OSFamily".into(), "linux".into())],
+            queue_timeout: Duration::from_secs(600),
         }
     }
 

@@ -168,6 +168,7 @@ impl Shared {
         g: usize,
         key: &str,
         platform: &[(String, String)],
+        queue_timeout: Duration,
     ) -> Result<RemoteJob, String> {
         let node = &self.model.graph.nodes[g];
         let root = &self.model.ws.root;
@@ -254,6 +255,7 @@ impl Shared {
             output_paths: output_paths(self.patterns[&g].outputs.bases()),
             timeout,
             platform: platform.to_vec(),
+            queue_timeout,
         })
     }
 }
@@ -269,22 +271,23 @@ pub(super) async fn run_remote(
 ) -> Ran {
     let node = &sh.model.graph.nodes[g];
     let id = node.id.clone();
-    let platform = r
+    let (platform, queue) = r
         .exec
         .as_ref()
-        .map(|e| e.platform.clone())
+        .map(|e| (e.platform.clone(), e.queue_timeout))
         .unwrap_or_default();
     let (sh2, k2) = (sh.clone(), key.to_string());
-    let job = match tokio::task::spawn_blocking(move || sh2.remote_job(g, &k2, &platform)).await {
-        Ok(Ok(j)) => Arc::new(j),
-        Ok(Err(why)) => {
-            sh.emit(RunEvent::Warning {
-                message: format!("{id}: not executed remotely: {why}; running it here"),
-            });
-            return Ran::Local { started: false };
-        }
-        Err(e) => return Ran::Done(Err(EngineError::new(ErrorKind::Internal, e.to_string()))),
-    };
+    let job =
+        match tokio::task::spawn_blocking(move || sh2.remote_job(g, &k2, &platform, queue)).await {
+            Ok(Ok(j)) => Arc::new(j),
+            Ok(Err(why)) => {
+                sh.emit(RunEvent::Warning {
+                    message: format!("{id}: not executed remotely: {why}; running it here"),
+                });
+                return Ran::Local { started: false };
+            }
+            Err(e) => return Ran::Done(Err(EngineError::new(ErrorKind::Internal, e.to_string()))),
+        };
     let command = job.arguments.last().cloned().unwrap_or_default();
     sh.emit(RunEvent::TaskStarted {
         id: id.clone(),
