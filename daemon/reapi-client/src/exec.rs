@@ -380,10 +380,10 @@ impl Conn {
                             *name = Some(op.name.clone());
                         }
                         match stage_of(&op) {
-                            Some(execution_stage::Value::Queued) => {
-                                if queued_since.get().is_none() {
-                                    queued_since.set(Some(Instant::now()));
-                                }
+                            Some(execution_stage::Value::Queued)
+                                if queued_since.get().is_none() =>
+                            {
+                                queued_since.set(Some(Instant::now()));
                             }
                             Some(
                                 execution_stage::Value::Executing
