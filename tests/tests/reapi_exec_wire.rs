@@ -191,3 +191,85 @@ vx_test!(no_worker_is_one_warning_and_the_run_goes_on_here, || {
     assert!(worker(&r, "a#build").is_empty() && worker(&r, "b#build").is_empty());
     assert_eq!(ws.read("b/dist/b.txt"), "a\n");
 });
+
+vx_test!(cancelling_the_run_cancels_the_remote_operation, || {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let Some(bg) = grid("cancelling_the_run_cancels_the_remote_operation") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            &format!(
+                "[workspace]\nmembers = [\"pkg\"]\n\n[remote_execution]\nendpoint = \"{}\"\nexecute = true\nplatform = {{ OSFamily = \"linux\" }}\n",
+                bg.endpoint()
+            ),
+        ),
+        (
+            "pkg/vx.toml",
+            &format!(
+                "[tasks.hang]\ncommand = \"echo $$ > \\\"$PIDFILE\\\" && exec sleep 120\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ndefine = {{ PIDFILE = \"{}\" }}\n",
+                pidfile.display()
+            ),
+        ),
+        ("pkg/src/x", "x\n"),
+    ]);
+    let mut child = ws
+        .cmd(".", &["run", "pkg#hang"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the task never started on the bot:\n{}",
+            bg.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "vx did not exit after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("aborted"), "{out}");
+    // The server was asked to cancel: the bot killed the command.
+    let t = Instant::now();
+    // SAFETY: probing a pid with signal 0.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the remote command {pid} still runs:\n{}",
+            bg.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+});
