@@ -558,11 +558,21 @@ pub fn plan_text(plan: &Plan) {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(
-        out,
-        "  {:<w$}  {:<9}  {:<16}  COMMAND",
-        "TASK", "CACHE", "KEY"
-    );
+    // A run that executes remotely also says where each task would run.
+    let placed = plan.tasks.iter().any(|t| t.runs_on.is_some());
+    let _ = if placed {
+        writeln!(
+            out,
+            "  {:<w$}  {:<9}  {:<6}  {:<16}  COMMAND",
+            "TASK", "CACHE", "WHERE", "KEY"
+        )
+    } else {
+        writeln!(
+            out,
+            "  {:<w$}  {:<9}  {:<16}  COMMAND",
+            "TASK", "CACHE", "KEY"
+        )
+    };
     for t in &plan.tasks {
         let pred = match t.prediction {
             Prediction::Hit => "hit",
@@ -575,14 +585,17 @@ pub fn plan_text(plan: &Plan) {
             .as_deref()
             .map(|k| &k[..k.len().min(16)])
             .unwrap_or("-");
-        let _ = writeln!(
-            out,
-            "  {:<w$}  {:<9}  {:<16}  {}",
-            t.id,
-            pred,
-            key,
-            t.command.as_deref().unwrap_or("-")
-        );
+        let cmd = t.command.as_deref().unwrap_or("-");
+        let _ = if placed {
+            let at = t.runs_on.as_deref().unwrap_or("-");
+            writeln!(
+                out,
+                "  {:<w$}  {:<9}  {:<6}  {:<16}  {cmd}",
+                t.id, pred, at, key
+            )
+        } else {
+            writeln!(out, "  {:<w$}  {:<9}  {:<16}  {cmd}", t.id, pred, key)
+        };
     }
     for t in &plan.tasks {
         for w in &t.warnings {

@@ -557,6 +557,11 @@ pub struct PlannedTask {
     /// text only). Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Where the task would execute on a miss, when the run executes tasks
+    /// remotely (`[remote_execution] execute`): `reapi` (the REAPI server,
+    /// if it turns out able to execute) or `local`. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
 }
 
 /// The result of `run.plan`.

@@ -235,6 +235,19 @@ vx_test!(execute_against_a_cache_only_server_is_one_warning, || {
         assert!(t["worker"].is_null(), "{t}");
     }
     assert_eq!(a.read("packages/app/dist/app.txt"), "lib-a\napp-main\n");
+    // `--dry` says where each task would run (the plan asks no server).
+    let plan = a.vx_in(".", &["run", "test", "--dry=json"], &[("CACHE_TOKEN", RW)]);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    for t in plan["tasks"].as_array().unwrap() {
+        assert_eq!(t["runs_on"], "reapi", "{t}");
+    }
+    let plan = a.vx_in(
+        ".",
+        &["run", "test", "--dry=json"],
+        &[("CACHE_TOKEN", RW), ("VX_REAPI_EXECUTE", "0")],
+    );
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert!(plan["tasks"][0]["runs_on"].is_null(), "{plan}");
     // `VX_REAPI_EXECUTE=0` wins over the file: no warning (a changed input
     // makes a task run).
     a.write("packages/app/src/main.txt", "changed\n");

@@ -663,6 +663,7 @@ pub(super) fn plan_blocking(params: RunParams, hot: Option<Arc<Hot>>) -> Result<
             inputs: node.def.inputs.clone(),
             outputs: node.def.outputs.clone(),
             warnings: sh.input_warnings(n)?,
+            runs_on: sh.planned_placement(n),
         });
     }
     sh.finish_store()?;

@@ -111,6 +111,24 @@ fn under(dir: &str, path: &str) -> String {
 }
 
 impl Shared {
+    /// What `--dry` shows of task `g`'s placement: `None` when the run does
+    /// not execute remotely, else `reapi` or `local` (the server is not
+    /// asked: a plan sends nothing).
+    pub(super) fn planned_placement(&self, g: usize) -> Option<String> {
+        self.remote.as_ref()?.exec.as_ref()?;
+        let def = &self.model.graph.nodes[g].def;
+        def.command.as_ref()?;
+        let place = Placement {
+            cached: self.cache_enabled(g),
+            has_command: true,
+            persistent: def.persistent,
+            interactive: def.interactive,
+            tainted: false,
+            pinned_local: !def.remote,
+        };
+        Some(if eligible(place) { "reapi" } else { "local" }.to_string())
+    }
+
     /// The run's remote, when task `g` is to be executed on it: the task is
     /// [`eligible`], the run wants remote execution, and the server can
     /// execute (asked once per run; a server that cannot is one warning
