@@ -107,7 +107,11 @@ fn dist_tree(ws: &Ws) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     }
     let mut out = BTreeMap::new();
     for project in ["lib", "app", "docs"] {
-        walk(ws.root(), &ws.path(&format!("packages/{project}/dist")), &mut out);
+        walk(
+            ws.root(),
+            &ws.path(&format!("packages/{project}/dist")),
+            &mut out,
+        );
     }
     out
 }
@@ -255,7 +259,10 @@ vx_test!(a_failing_remote_command_fails_the_run, || {
         return;
     };
     let ws = Ws::new(&[
-        ("vx.toml", &format!("[workspace]\nmembers = [\"bad\"]\n{}", remote(&bg))),
+        (
+            "vx.toml",
+            &format!("[workspace]\nmembers = [\"bad\"]\n{}", remote(&bg)),
+        ),
         (
             "bad/vx.toml",
             "[tasks.build]\ncommand = \"echo partial; echo broke-on-the-bot >&2; exit 7\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\n",
@@ -284,6 +291,59 @@ vx_test!(a_failing_remote_command_fails_the_run, || {
     let r = ws.run_env(&["build"], &[("VX_REAPI_EXECUTE", "0")]);
     assert_eq!(r.task("bad#build")["exit_code"], 7, "{}", r.summary());
     let (result, started) = workers(&r, "bad#build");
-    assert!(result.is_empty() && started.is_empty(), "{result:?} {started:?}");
+    assert!(
+        result.is_empty() && started.is_empty(),
+        "{result:?} {started:?}"
+    );
     assert_eq!(leases(&bg), 2, "{}", bg.logs());
 });
+
+// With no bot connected, a remote task waits a bounded time (its timeout
+// plus the executor's margin), then runs here with one warning, and the rest
+// of the run stays local. One mode: the bound is the engine's, not the
+// client's. (About a minute: the executor's margin is 60 s.)
+#[test]
+fn with_no_bot_a_task_runs_here_after_a_bounded_wait() {
+    let Some(bg) = grid("with_no_bot_a_task_runs_here_after_a_bounded_wait", 0) else {
+        return;
+    };
+    let cfg = format!("{}timeout = \"2s\"\n", remote(&bg));
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            &format!("[workspace]\nmembers = [\"a\", \"b\"]\n{cfg}"),
+        ),
+        (
+            "a/vx.toml",
+            "[tasks.build]\ncommand = \"mkdir -p dist && echo a > dist/a.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ntimeout = \"1s\"\n",
+        ),
+        ("a/src/x.txt", "x\n"),
+        (
+            "b/vx.toml",
+            "[project]\ndeps = [\"a\"]\n\n[tasks.build]\ncommand = \"mkdir -p dist && cat ../a/dist/a.txt > dist/b.txt\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ntimeout = \"1s\"\n",
+        ),
+        ("b/src/y.txt", "y\n"),
+    ]);
+    let r = ws.run(&["build"]);
+    assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
+    assert_eq!(r.executed(), vec!["a#build", "b#build"]);
+    for id in ["a#build", "b#build"] {
+        assert!(
+            r.task(id)["worker"].is_null(),
+            "{id} ran here: {}",
+            r.summary()
+        );
+    }
+    assert_eq!(ws.read("b/dist/b.txt"), "a\n");
+    let warnings: Vec<&str> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("no result from Execute") && warnings[0].contains("a#build"),
+        "{warnings:?}"
+    );
+}
