@@ -209,3 +209,46 @@ fn a_bad_endpoint_is_a_config_error_with_its_line() {
     assert!(all.contains("vx.toml:5"), "{all}");
     assert!(all.contains("grpc://HOST:PORT"), "{all}");
 }
+
+vx_test!(execute_against_a_cache_only_server_is_one_warning, || {
+    // vx's own server answers the cache services only: with `execute = true`
+    // the executor declines once per run, naming the server, and every task
+    // runs here with correct outputs (and is cached through it as usual).
+    let store = tempfile::tempdir().unwrap();
+    let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
+    let cfg = format!(
+        "\n[remote_execution]\nendpoint = \"grpc://{}\"\ntoken_env = \"CACHE_TOKEN\"\nexecute = true\nplatform = {{ OSFamily = \"linux\" }}\n",
+        srv.addr
+    );
+    let (a, r) = clone_run(&cfg, &[("CACHE_TOKEN", RW)]);
+    assert_eq!(r.executed().len(), 3, "{}", r.stdout);
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains(&srv.addr.to_string()) && w[0].contains("no execution capability"),
+        "{w:?}"
+    );
+    for e in r.events.iter().filter(|e| e["type"] == "task_started") {
+        assert!(e["worker"].is_null(), "ran here: {e}");
+    }
+    for t in r.summary()["tasks"].as_array().unwrap() {
+        assert!(t["worker"].is_null(), "{t}");
+    }
+    assert_eq!(a.read("packages/app/dist/app.txt"), "lib-a\napp-main\n");
+    // `VX_REAPI_EXECUTE=0` wins over the file: no warning (a changed input
+    // makes a task run).
+    a.write("packages/app/src/main.txt", "changed\n");
+    let r = a.run_env(&["test"], &[("CACHE_TOKEN", RW), ("VX_REAPI_EXECUTE", "0")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.executed(), vec!["app#build", "app#test"]);
+    assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+    // And `VX_REAPI_EXECUTE=1` alone turns it on: the one warning again.
+    a.write("packages/app/src/main.txt", "changed again\n");
+    let r = a.run_env(
+        &["test"],
+        &[("CACHE_TOKEN", RW), ("VX_REAPI_EXECUTE", "1")],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(warnings(&r).len(), 1, "{:?}", warnings(&r));
+    assert_eq!(a.read("packages/app/dist/app.txt"), "lib-a\nchanged again\n");
+});
