@@ -145,7 +145,7 @@ fn grid(test: &str, bots: usize) -> Option<Buildgrid> {
 
 #[test]
 fn the_bot_alone_runs_actions_through_buildgrid() {
-    let Some(bg) = grid("the_bot_alone_runs_actions_through_buildgrid", 1) else {
+    let Some(mut bg) = grid("the_bot_alone_runs_actions_through_buildgrid", 1) else {
         return;
     };
     let python = vx_tests::peers::python().expect("the venv's python");
@@ -166,6 +166,13 @@ fn the_bot_alone_runs_actions_through_buildgrid() {
     assert_eq!(leases(&bg), 5, "{}", bg.logs());
     assert!(
         bg.bot_logs().contains("cancelled by the server"),
+        "{}",
+        bg.logs()
+    );
+    // SIGTERM: the bot stops cleanly.
+    bg.stop_bots();
+    assert!(
+        bg.bot_logs().trim_end().ends_with("reapi_bot: stopped"),
         "{}",
         bg.logs()
     );
