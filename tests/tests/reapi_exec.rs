@@ -7,7 +7,7 @@
 //! A fixture `lib#build` → `app#build` → `app#test` (and `docs#test`,
 //! pinned local with `remote = false`): the remote tasks run on a bot (their
 //! `worker` starts with `reapi`, the bot's log shows their leases), their
-//! outputs on disk (an executable, a nested dir) are byte- and
+//! outputs on disk (an executable, a nested dir, a symlink) are byte- and
 //! mode-identical to a local run's, and a second clone is all cache hits
 //! with no new lease. A failing command's exit code and stderr come back
 //! and fail the run. First, the bot on its own: `reapi_bot_check.py`, a
@@ -30,7 +30,7 @@ fn fixture(extra: &str) -> Ws {
         (
             "packages/lib/vx.toml",
             r#"[tasks.build]
-command = "mkdir -p dist/nested/deep && cat src/*.txt > dist/out.txt && printf '#!/bin/sh\necho ran-tool\n' > dist/tool.sh && chmod 755 dist/tool.sh && echo leaf > dist/nested/deep/leaf.txt && echo built lib"
+command = "mkdir -p dist/nested/deep && cat src/*.txt > dist/out.txt && printf '#!/bin/sh\necho ran-tool\n' > dist/tool.sh && chmod 755 dist/tool.sh && echo leaf > dist/nested/deep/leaf.txt && ln -sf ../../out.txt dist/nested/deep/link.txt && echo built lib"
 inputs = ["src/**"]
 outputs = ["dist/**"]
 "#,
@@ -247,6 +247,10 @@ vx_test!(tasks_execute_on_a_buildgrid_bot, || {
         remote_tree.keys()
     );
     assert_eq!(remote_tree["packages/lib/dist/tool.sh"].1, 0o755);
+    assert_eq!(
+        remote_tree["packages/lib/dist/nested/deep/link.txt"],
+        ('l', 0, b"../../out.txt".to_vec())
+    );
     assert_eq!(
         remote_tree["packages/app/dist/tool-output.txt"].2,
         b"ran-tool\n"
