@@ -7,7 +7,7 @@
 //! A fixture `lib#build` → `app#build` → `app#test` (and `docs#test`,
 //! pinned local with `remote = false`): the remote tasks run on a bot (their
 //! `worker` starts with `reapi`, the bot's log shows their leases), their
-//! outputs on disk (an executable, a nested dir, a symlink) are byte- and
+//! outputs on disk (an executable, a nested dir, a symlink, a 5 MB file) are byte- and
 //! mode-identical to a local run's, and a second clone is all cache hits
 //! with no new lease. A failing command's exit code and stderr come back
 //! and fail the run. First, the bot on its own: `reapi_bot_check.py`, a
@@ -30,7 +30,7 @@ fn fixture(extra: &str) -> Ws {
         (
             "packages/lib/vx.toml",
             r#"[tasks.build]
-command = "mkdir -p dist/nested/deep && cat src/*.txt > dist/out.txt && printf '#!/bin/sh\necho ran-tool\n' > dist/tool.sh && chmod 755 dist/tool.sh && echo leaf > dist/nested/deep/leaf.txt && ln -sf ../../out.txt dist/nested/deep/link.txt && echo built lib"
+command = "mkdir -p dist/nested/deep && cat src/*.txt > dist/out.txt && printf '#!/bin/sh\necho ran-tool\n' > dist/tool.sh && chmod 755 dist/tool.sh && echo leaf > dist/nested/deep/leaf.txt && ln -sf ../../out.txt dist/nested/deep/link.txt && yes lib-line | head -c 5000000 > dist/big.bin && echo built lib"
 inputs = ["src/**"]
 outputs = ["dist/**"]
 "#,
@@ -43,7 +43,7 @@ outputs = ["dist/**"]
 deps = ["lib"]
 
 [tasks.build]
-command = "mkdir -p dist && cat ../lib/dist/out.txt src/*.txt > dist/app.txt && ../lib/dist/tool.sh > dist/tool-output.txt && echo built app"
+command = "mkdir -p dist && cat ../lib/dist/out.txt src/*.txt > dist/app.txt && wc -c < ../lib/dist/big.bin > dist/big-size.txt && ../lib/dist/tool.sh > dist/tool-output.txt && echo built app"
 depends_on = ["^build"]
 inputs = ["src/**"]
 outputs = ["dist/**"]
@@ -250,6 +250,13 @@ vx_test!(tasks_execute_on_a_buildgrid_bot, || {
     assert_eq!(
         remote_tree["packages/lib/dist/nested/deep/link.txt"],
         ('l', 0, b"../../out.txt".to_vec())
+    );
+    // Over 4 MiB: out of the bot, into this checkout, and into app#build's
+    // input root, through ByteStream.
+    assert_eq!(remote_tree["packages/lib/dist/big.bin"].2.len(), 5_000_000);
+    assert_eq!(
+        remote_tree["packages/app/dist/big-size.txt"].2,
+        b"5000000\n"
     );
     assert_eq!(
         remote_tree["packages/app/dist/tool-output.txt"].2,
