@@ -153,6 +153,8 @@ knobs! {
         "a PEM file of CA certificates the REAPI server's certificate may chain to (wins over `[remote_execution.tls] ca_cert`)";
     REAPI_EXECUTE = "VX_REAPI_EXECUTE", Kind::Bool, "0", Run,
         "`1`: execute cached tasks on the REAPI server (`Execute`), `0`: never (wins over `[remote_execution] execute`)";
+    REAPI_QUEUE_TIMEOUT_MS = "VX_REAPI_QUEUE_TIMEOUT_MS", Kind::Millis, "600000", Run,
+        "how long a remotely executed task may wait queued for a worker before the run gives up remote execution and runs it here";
     CACHE_SERVER_BIN = "VX_CACHE_SERVER_BIN", Kind::Path, "", Client,
         "path of the `vx-cache-server` binary `vx cache serve` runs (default: next to `vx`, else on `PATH`)";
     WALK_THREADS = "VX_WALK_THREADS", Kind::Count, "", Test,

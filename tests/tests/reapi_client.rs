@@ -244,11 +244,11 @@ vx_test!(execute_against_a_cache_only_server_is_one_warning, || {
     assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
     // And `VX_REAPI_EXECUTE=1` alone turns it on: the one warning again.
     a.write("packages/app/src/main.txt", "changed again\n");
-    let r = a.run_env(
-        &["test"],
-        &[("CACHE_TOKEN", RW), ("VX_REAPI_EXECUTE", "1")],
-    );
+    let r = a.run_env(&["test"], &[("CACHE_TOKEN", RW), ("VX_REAPI_EXECUTE", "1")]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(warnings(&r).len(), 1, "{:?}", warnings(&r));
-    assert_eq!(a.read("packages/app/dist/app.txt"), "lib-a\nchanged again\n");
+    assert_eq!(
+        a.read("packages/app/dist/app.txt"),
+        "lib-a\nchanged again\n"
+    );
 });

@@ -12,6 +12,7 @@
 
 use crate::rpc::{Blob, Conn, failed, key};
 use crate::tree::{self, Entry, Source};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,9 +23,10 @@ use vx_reapi::lro::{CancelOperationRequest, Operation, operation};
 use vx_reapi::prost::Message;
 use vx_reapi::re::execution_client::ExecutionClient;
 use vx_reapi::re::{
-    Action, Command, Digest, ExecuteRequest, ExecuteResponse, Platform, Tree,
-    WaitExecutionRequest, command, digest_function, platform,
+    Action, Command, Digest, ExecuteRequest, ExecuteResponse, Platform, Tree, WaitExecutionRequest,
+    command, digest_function, platform,
 };
+use vx_reapi::re::{ExecuteOperationMetadata, execution_stage};
 use vxd::cache::remote::{Artifact, ArtifactBody, ArtifactFile, Executed, RemoteError, RemoteJob};
 
 /// Changes when the mapping of a job to an Action changes.
@@ -74,7 +76,9 @@ impl DigestMemo {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             use std::io::Read;
-            let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             if n == 0 {
                 break;
             }
@@ -148,6 +152,8 @@ pub fn job_messages(job: &RemoteJob, root: &Digest) -> ((Digest, Vec<u8>), (Dige
 /// How a pass over an operation stream ended.
 enum Pass {
     Done(Operation),
+    /// Queued longer than the job's queue timeout (no worker took it).
+    Unplaced,
     /// The stream ended or broke before `done` (the status, when it broke).
     Broken(Option<Status>),
     Cancelled,
@@ -162,12 +168,12 @@ impl Conn {
 
     /// Whether the server executes actions with SHA-256 digests.
     pub fn can_execute(&self) -> Result<(), String> {
-        let caps = self
-            .rt
-            .block_on(self.caps())
-            .map_err(|e| e.to_string())?;
+        let caps = self.rt.block_on(self.caps()).map_err(|e| e.to_string())?;
         if !caps.answered {
-            return Err("it does not answer GetCapabilities, so it has no execution capability vx can see".into());
+            return Err(
+                "it does not answer GetCapabilities, so it has no execution capability vx can see"
+                    .into(),
+            );
         }
         if !caps.exec_enabled {
             return Err(
@@ -232,17 +238,33 @@ impl Conn {
             ..Default::default()
         };
         let mut name: Option<String> = None;
+        let queued_since: Cell<Option<Instant>> = Cell::new(None);
         let mut broken = 0u32;
         let mut resubmitted = false;
         let op = loop {
             let pass = self
-                .pass(&req, &mut name, cancelled, deadline)
+                .pass(
+                    &req,
+                    &mut name,
+                    cancelled,
+                    deadline,
+                    &queued_since,
+                    job.queue_timeout,
+                )
                 .await;
             match pass {
                 Pass::Done(op) => break op,
                 Pass::Cancelled => {
                     self.cancel(name.as_deref()).await;
                     return Err(RemoteError::Cancelled);
+                }
+                Pass::Unplaced => {
+                    self.cancel(name.as_deref()).await;
+                    return Err(RemoteError::Unavailable(format!(
+                        "no worker took the action within {} s (is there a worker for its platform {:?}?)",
+                        job.queue_timeout.as_secs(),
+                        job.platform
+                    )));
                 }
                 Pass::OutOfTime => {
                     self.cancel(name.as_deref()).await;
@@ -279,7 +301,8 @@ impl Conn {
                         )));
                     }
                     tracing::debug!(?name, broken, "operation stream broke; re-attaching");
-                    let wait = Duration::from_millis(200u64 << broken.min(5)).min(Duration::from_secs(5));
+                    let wait =
+                        Duration::from_millis(200u64 << broken.min(5)).min(Duration::from_secs(5));
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -287,7 +310,9 @@ impl Conn {
         // 4. The result.
         let resp = match op.result {
             Some(operation::Result::Response(any)) => ExecuteResponse::decode(any.value.as_slice())
-                .map_err(|e| RemoteError::Refused(format!("the ExecuteResponse does not decode: {e}")))?,
+                .map_err(|e| {
+                    RemoteError::Refused(format!("the ExecuteResponse does not decode: {e}"))
+                })?,
             Some(operation::Result::Error(st)) => {
                 let st = Status::new(Code::from_i32(st.code), st.message);
                 return Err(exec_status("the operation failed", st));
@@ -317,7 +342,9 @@ impl Conn {
                     ..Default::default()
                 });
             }
-            return Err(RemoteError::Refused("the ExecuteResponse has no result".into()));
+            return Err(RemoteError::Refused(
+                "the ExecuteResponse has no result".into(),
+            ));
         };
         let mut ex = self.result_of(&ar, caps).await?;
         ex.timed_out = timed_out;
@@ -333,6 +360,8 @@ impl Conn {
         name: &mut Option<String>,
         cancelled: &(dyn Fn() -> bool + Sync),
         deadline: Instant,
+        queued_since: &Cell<Option<Instant>>,
+        queue_timeout: Duration,
     ) -> Pass {
         let consume = async {
             let mut c = self.exec_client();
@@ -349,6 +378,18 @@ impl Conn {
                     Ok(Some(op)) => {
                         if !op.name.is_empty() {
                             *name = Some(op.name.clone());
+                        }
+                        match stage_of(&op) {
+                            Some(execution_stage::Value::Queued)
+                                if queued_since.get().is_none() =>
+                            {
+                                queued_since.set(Some(Instant::now()));
+                            }
+                            Some(
+                                execution_stage::Value::Executing
+                                | execution_stage::Value::Completed,
+                            ) => queued_since.set(None),
+                            _ => {}
                         }
                         if op.done {
                             return Pass::Done(op);
@@ -367,9 +408,21 @@ impl Conn {
                 tokio::time::sleep(CANCEL_POLL).await;
             }
         };
+        let unplaced = async {
+            loop {
+                tokio::time::sleep(CANCEL_POLL).await;
+                if queued_since
+                    .get()
+                    .is_some_and(|t| t.elapsed() > queue_timeout)
+                {
+                    return;
+                }
+            }
+        };
         tokio::select! {
             p = consume => p,
             _ = cancel => Pass::Cancelled,
+            _ = unplaced => Pass::Unplaced,
             _ = tokio::time::sleep_until(deadline.into()) => Pass::OutOfTime,
         }
     }
@@ -383,7 +436,11 @@ impl Conn {
             name: name.to_string(),
         };
         let r = tokio::time::timeout(Duration::from_secs(5), c.cancel_operation(req)).await;
-        tracing::debug!(name, ok = matches!(r, Ok(Ok(_))), "asked to cancel a remote operation");
+        tracing::debug!(
+            name,
+            ok = matches!(r, Ok(Ok(_))),
+            "asked to cancel a remote operation"
+        );
     }
 
     /// An executed action's result: its outputs (files, trees, links) and
@@ -452,8 +509,9 @@ impl Conn {
                 .ok_or_else(|| refused("an output tree is not in the CAS".into()))?;
             for (d, t) in ar.output_directories.iter().zip(&trees) {
                 let bytes = got.get(&key(t)).map(Vec::as_slice).unwrap_or_default();
-                let tree = Tree::decode(bytes)
-                    .map_err(|e| refused(format!("output tree {:?} does not decode: {e}", d.path)))?;
+                let tree = Tree::decode(bytes).map_err(|e| {
+                    refused(format!("output tree {:?} does not decode: {e}", d.path))
+                })?;
                 entries.extend(
                     tree::flatten(&d.path, &tree, self.limits.max_entries).map_err(refused)?,
                 );
@@ -554,11 +612,20 @@ impl Conn {
                 duration_ms,
             },
             cached: false,
-            worker: meta
-                .map(|m| m.worker.clone())
-                .filter(|w| !w.is_empty()),
+            worker: meta.map(|m| m.worker.clone()).filter(|w| !w.is_empty()),
         })
     }
+}
+
+/// The stage an operation's metadata reports, when it carries
+/// `ExecuteOperationMetadata`.
+fn stage_of(op: &Operation) -> Option<execution_stage::Value> {
+    let any = op.metadata.as_ref()?;
+    if !any.type_url.ends_with("ExecuteOperationMetadata") {
+        return None;
+    }
+    let m = ExecuteOperationMetadata::decode(any.value.as_slice()).ok()?;
+    execution_stage::Value::try_from(m.stage).ok()
 }
 
 /// A failed execution's status as the engine's error: a request the
@@ -589,6 +656,7 @@ mod tests {
             output_paths: vec!["dist".into(), "build".into(), "dist".into()],
             timeout: Some(Duration::from_millis(1500)),
             platform: vec![("OSFamily".into(), "linux".into())],
+            queue_timeout: Duration::from_secs(600),
         }
     }
 

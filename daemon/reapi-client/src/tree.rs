@@ -68,7 +68,7 @@ impl Dir {
         Ok(d)
     }
 
-    fn encode(&self, depth: usize, blobs: &mut BTreeMap<(String, i64), (Digest, Source)>) -> Digest {
+    fn encode(&self, blobs: &mut BTreeMap<(String, i64), (Digest, Source)>) -> Digest {
         let mut m = Directory::default();
         for (name, (digest, exe)) in &self.files {
             m.files.push(FileNode {
@@ -81,7 +81,7 @@ impl Dir {
         for (name, d) in &self.dirs {
             m.directories.push(DirectoryNode {
                 name: name.clone(),
-                digest: Some(d.encode(depth + 1, blobs)),
+                digest: Some(d.encode(blobs)),
             });
         }
         for (name, target) in &self.links {
@@ -92,7 +92,10 @@ impl Dir {
             });
         }
         let (d, bytes) = vx_reapi::digest_of_message(&m);
-        blobs.insert((d.hash.clone(), d.size_bytes), (d.clone(), Source::Bytes(bytes)));
+        blobs.insert(
+            (d.hash.clone(), d.size_bytes),
+            (d.clone(), Source::Bytes(bytes)),
+        );
         d
     }
 }
@@ -140,7 +143,7 @@ pub fn input_root(
             }
         }
     }
-    let digest = root.encode(0, &mut blobs);
+    let digest = root.encode(&mut blobs);
     Ok(InputRoot { digest, blobs })
 }
 
@@ -274,10 +277,16 @@ mod tests {
         let mut rev = inputs.clone();
         rev.reverse();
         let b = input_root(&rev, "packages/app", content_digest).unwrap();
-        assert_eq!(a.digest, b.digest, "the order of the inputs does not matter");
+        assert_eq!(
+            a.digest, b.digest,
+            "the order of the inputs does not matter"
+        );
         let root = dir_of(&a, &a.digest);
         assert_eq!(
-            root.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            root.files
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>(),
             ["package.json"]
         );
         let pk = sub(&a, &root, "packages");
@@ -321,7 +330,10 @@ mod tests {
     #[test]
     fn empty_dirs_omitted_but_the_working_directory() {
         let empty = input_root(&[], "", content_digest).unwrap();
-        assert_eq!(empty.digest.hash, vx_reapi::digest_of_message(&Directory::default()).0.hash);
+        assert_eq!(
+            empty.digest.hash,
+            vx_reapi::digest_of_message(&Directory::default()).0.hash
+        );
         // A working directory without inputs still exists, empty.
         let r = input_root(&[file("a", false)], "pkg/x", content_digest).unwrap();
         let root = dir_of(&r, &r.digest);
@@ -396,7 +408,9 @@ mod tests {
             .collect();
         assert_eq!(paths, ["dist/a.js", "dist/sub/b.js", "dist/l"]);
         let top = flatten("", &tree, 100).unwrap();
-        assert!(top.iter().any(|e| matches!(e, Entry::File { path, executable: true, .. } if path == "sub/b.js")));
+        assert!(top.iter().any(
+            |e| matches!(e, Entry::File { path, executable: true, .. } if path == "sub/b.js")
+        ));
         // A missing child, a bad name, too many entries: refused.
         let lacking = Tree {
             root: Some(root.clone()),

@@ -189,7 +189,9 @@ pub struct JobInput {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobInputKind {
-    File { executable: bool },
+    File {
+        executable: bool,
+    },
     /// A symlink, sent as a link with this text.
     Symlink(String),
 }
@@ -221,6 +223,9 @@ pub struct RemoteJob {
     pub timeout: Option<Duration>,
     /// Platform properties, sorted by name.
     pub platform: Vec<(String, String)>,
+    /// How long the action may wait queued for a worker (the server says
+    /// `QUEUED`) before the execution is given up as unavailable.
+    pub queue_timeout: Duration,
 }
 
 /// What a remote execution gave.
@@ -351,15 +356,18 @@ pub struct RunRemote {
 #[derive(Debug, Default)]
 pub struct RunExec {
     pub platform: Vec<(String, String)>,
+    /// [`RemoteJob::queue_timeout`] of the run's jobs.
+    pub queue_timeout: Duration,
     /// The capability check's outcome (`Err`: why the remote cannot execute).
     pub ready: OnceLock<Result<(), String>>,
     off: AtomicBool,
 }
 
 impl RunExec {
-    pub fn new(platform: Vec<(String, String)>) -> RunExec {
+    pub fn new(platform: Vec<(String, String)>, queue_timeout: Duration) -> RunExec {
         RunExec {
             platform,
+            queue_timeout,
             ..Default::default()
         }
     }

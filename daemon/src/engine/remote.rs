@@ -98,7 +98,10 @@ pub(super) fn open(model: &Model, params: &RunParams) -> Result<Opened, String> 
     match RunRemote::open(&s, policy) {
         Ok(r) => {
             let r = r.map(|mut r| {
-                r.exec = exec.map(remote::RunExec::new);
+                let queue = vx_proto::knobs::REAPI_QUEUE_TIMEOUT_MS
+                    .millis(&params.env)
+                    .unwrap_or(QUEUE_TIMEOUT);
+                r.exec = exec.map(|p| remote::RunExec::new(p, queue));
                 Arc::new(r)
             });
             Ok((r, policy, note))
@@ -235,6 +238,9 @@ pub(super) fn resolve_reapi(
         write,
     ))
 }
+
+/// How long a remotely executed task may wait for a worker, by default.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Default timeout of one remote request.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -92,7 +92,9 @@ pub(super) fn remote_env(
     env.into_iter().collect()
 }
 
-/// What [`run_remote`] did.
+/// What [`run_remote`] did. (Returned once per task and matched at once,
+/// like [`super::task::Hit`].)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Ran {
     /// The task's outcome (executed remotely, or cancelled).
     Done(Result<(TaskResult, Vec<u8>), EngineError>),
@@ -161,7 +163,13 @@ impl Shared {
 
     /// What task `g` sends to the server. `Err`: why it cannot go (an
     /// input that vanished or cannot be named).
-    pub(super) fn remote_job(&self, g: usize, key: &str, platform: &[(String, String)]) -> Result<RemoteJob, String> {
+    pub(super) fn remote_job(
+        &self,
+        g: usize,
+        key: &str,
+        platform: &[(String, String)],
+        queue_timeout: Duration,
+    ) -> Result<RemoteJob, String> {
         let node = &self.model.graph.nodes[g];
         let root = &self.model.ws.root;
         let project = &self.model.ws.projects[node.project];
@@ -205,7 +213,8 @@ impl Shared {
             };
             let dp = self.model.graph.nodes[d].project;
             let dir = &self.model.ws.projects[dp].dir;
-            let files = cache::collect_outputs(&self.project_abs(dp), &pats.outputs, &self.rel_fence(dp));
+            let files =
+                cache::collect_outputs(&self.project_abs(dp), &pats.outputs, &self.rel_fence(dp));
             for f in files {
                 let path = under(dir, &f.rel);
                 if f.non_utf8 {
@@ -246,6 +255,7 @@ impl Shared {
             output_paths: output_paths(self.patterns[&g].outputs.bases()),
             timeout,
             platform: platform.to_vec(),
+            queue_timeout,
         })
     }
 }
@@ -261,18 +271,23 @@ pub(super) async fn run_remote(
 ) -> Ran {
     let node = &sh.model.graph.nodes[g];
     let id = node.id.clone();
-    let platform = r.exec.as_ref().map(|e| e.platform.clone()).unwrap_or_default();
+    let (platform, queue) = r
+        .exec
+        .as_ref()
+        .map(|e| (e.platform.clone(), e.queue_timeout))
+        .unwrap_or_default();
     let (sh2, k2) = (sh.clone(), key.to_string());
-    let job = match tokio::task::spawn_blocking(move || sh2.remote_job(g, &k2, &platform)).await {
-        Ok(Ok(j)) => Arc::new(j),
-        Ok(Err(why)) => {
-            sh.emit(RunEvent::Warning {
-                message: format!("{id}: not executed remotely: {why}; running it here"),
-            });
-            return Ran::Local { started: false };
-        }
-        Err(e) => return Ran::Done(Err(EngineError::new(ErrorKind::Internal, e.to_string()))),
-    };
+    let job =
+        match tokio::task::spawn_blocking(move || sh2.remote_job(g, &k2, &platform, queue)).await {
+            Ok(Ok(j)) => Arc::new(j),
+            Ok(Err(why)) => {
+                sh.emit(RunEvent::Warning {
+                    message: format!("{id}: not executed remotely: {why}; running it here"),
+                });
+                return Ran::Local { started: false };
+            }
+            Err(e) => return Ran::Done(Err(EngineError::new(ErrorKind::Internal, e.to_string()))),
+        };
     let command = job.arguments.last().cloned().unwrap_or_default();
     sh.emit(RunEvent::TaskStarted {
         id: id.clone(),
@@ -300,8 +315,7 @@ pub(super) async fn run_remote(
         attempt += 1;
         let (r2, j2, f2) = (r.clone(), job.clone(), flag.clone());
         let res = tokio::task::spawn_blocking(move || {
-            r2.remote
-                .execute(&j2, &|| f2.load(Ordering::Relaxed))
+            r2.remote.execute(&j2, &|| f2.load(Ordering::Relaxed))
         })
         .await
         .unwrap_or_else(|e| Err(RemoteError::Unavailable(e.to_string())));
@@ -368,7 +382,9 @@ pub(super) async fn run_remote(
         }
         Err(RemoteError::Refused(why) | RemoteError::WriteDenied(why)) => {
             sh.emit(RunEvent::Warning {
-                message: format!("{id}: not executed remotely on {describe}: {why}; running it here"),
+                message: format!(
+                    "{id}: not executed remotely on {describe}: {why}; running it here"
+                ),
             });
             return Ran::Local { started: true };
         }
@@ -403,9 +419,10 @@ pub(super) async fn run_remote(
     // A success: its outputs, checked, into the store and the project.
     let cached = ex.cached;
     let (sh2, k2, log2) = (sh.clone(), key.to_string(), log.clone());
-    let taken = tokio::task::spawn_blocking(move || take_outputs(&sh2, g, &k2, ex, log2, duration_ms))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    let taken =
+        tokio::task::spawn_blocking(move || take_outputs(&sh2, g, &k2, ex, log2, duration_ms))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
     match taken {
         Ok(()) => {}
         Err(why) => {

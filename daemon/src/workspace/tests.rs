@@ -1024,8 +1024,16 @@ fn remote_execution_execute_platform_and_task_remote() {
     // Bad values: the file, the line and what was expected.
     let cases: &[(&str, &str, &str)] = &[
         ("execute = \"yes\"", "vx.toml:5", "expected a boolean"),
-        ("platform = { \"a b\" = \"x\" }", "vx.toml:5", "not a platform property name"),
-        ("platform = { OSFamily = 1 }", "vx.toml:5", "expected a string"),
+        (
+            "platform = { \"a b\" = \"x\" }",
+            "vx.toml:5",
+            "not a platform property name",
+        ),
+        (
+            "platform = { OSFamily = 1 }",
+            "vx.toml:5",
+            "expected a string",
+        ),
         ("platform = \"linux\"", "vx.toml:5", "expected a map"),
     ];
     for (line, at, want) in cases {
