@@ -3,7 +3,8 @@
 client (Execute + CAS + Operations) sends actions and checks what comes back.
 
   1. `sh -c 'mkdir -p out/tree/sub && cat input.txt > out/x && …'` with an input
-     file and an executable input: output_paths give a file with the input's
+     file, an executable input and a 1.5 MB one (ByteStream in and out of the
+     bot): output_paths give a file with the input's
      bytes, a directory as a Tree (nested dir, executable file), a symlink;
      stdout is "done"; execution_metadata.worker is the bot's id.
   2. a failing command: its exit code and stderr come back.
@@ -21,6 +22,9 @@ from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_p
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from buildgrid._protos.google.longrunning import operations_pb2, operations_pb2_grpc
 from buildgrid._protos.google.rpc import code_pb2
+
+
+BIG = bytes(range(256)) * 6000  # 1.5 MB: over the bot's batch limit, so ByteStream both ways
 
 
 def blob(store, data):
@@ -50,7 +54,8 @@ class Client:
         s = {}
         sub = re.Directory(files=[re.FileNode(name="y", digest=blob(s, b"nested\n"))])
         root = re.Directory(
-            files=[re.FileNode(name="input.txt", digest=blob(s, b"input-content\n")),
+            files=[re.FileNode(name="big.bin", digest=blob(s, BIG)),
+                   re.FileNode(name="input.txt", digest=blob(s, b"input-content\n")),
                    re.FileNode(name="tool.sh", digest=blob(s, b"#!/bin/sh\necho tool\n"), is_executable=True)],
             directories=[re.DirectoryNode(name="sub", digest=msg(s, sub))])
         cmd = re.Command(arguments=argv, output_paths=sorted(outputs), output_node_properties=["unix_mode"],
@@ -84,14 +89,16 @@ def check(remote, bot_id):
     c = Client(remote)
     # 1. outputs by output_paths
     script = ("mkdir -p out/tree/sub && cat input.txt > out/x && echo $GREETING >> out/x && cp tool.sh out/tree/"
-              " && cp sub/y out/tree/sub/ && ln -s ../x out/tree/link && ln -s x out/l && echo done")
-    r = c.execute(c.action(["sh", "-c", script], ["out/x", "out/tree", "out/l"]))
+              " && cp sub/y out/tree/sub/ && ln -s ../x out/tree/link && ln -s x out/l && cp big.bin out/big.bin"
+              " && echo done")
+    r = c.execute(c.action(["sh", "-c", script], ["out/x", "out/tree", "out/l", "out/big.bin"]))
     assert r.status.code == 0, r.status
     res = r.result
     assert res.exit_code == 0, res
     assert c.get(res.stdout_digest) == b"done\n", c.get(res.stdout_digest)
     assert res.execution_metadata.worker == bot_id, res.execution_metadata.worker
-    (f,) = res.output_files
+    big, f = sorted(res.output_files, key=lambda o: o.path)
+    assert big.path == "out/big.bin" and c.get(big.digest) == BIG, big.path
     assert f.path == "out/x" and c.get(f.digest) == b"input-content\nhi\n" and not f.is_executable, f
     assert f.node_properties.unix_mode.value == 0o644, f
     (d,) = res.output_directories

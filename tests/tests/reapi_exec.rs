@@ -7,7 +7,7 @@
 //! A fixture `lib#build` → `app#build` → `app#test` (and `docs#test`,
 //! pinned local with `remote = false`): the remote tasks run on a bot (their
 //! `worker` starts with `reapi`, the bot's log shows their leases), their
-//! outputs on disk (an executable, a nested dir) are byte- and
+//! outputs on disk (an executable, a nested dir, a symlink, a 5 MB file) are byte- and
 //! mode-identical to a local run's, and a second clone is all cache hits
 //! with no new lease. A failing command's exit code and stderr come back
 //! and fail the run. First, the bot on its own: `reapi_bot_check.py`, a
@@ -30,7 +30,7 @@ fn fixture(extra: &str) -> Ws {
         (
             "packages/lib/vx.toml",
             r#"[tasks.build]
-command = "mkdir -p dist/nested/deep && cat src/*.txt > dist/out.txt && printf '#!/bin/sh\necho ran-tool\n' > dist/tool.sh && chmod 755 dist/tool.sh && echo leaf > dist/nested/deep/leaf.txt && echo built lib"
+command = "mkdir -p dist/nested/deep && cat src/*.txt > dist/out.txt && printf '#!/bin/sh\necho ran-tool\n' > dist/tool.sh && chmod 755 dist/tool.sh && echo leaf > dist/nested/deep/leaf.txt && ln -sf ../../out.txt dist/nested/deep/link.txt && yes lib-line | head -c 5000000 > dist/big.bin && echo built lib"
 inputs = ["src/**"]
 outputs = ["dist/**"]
 "#,
@@ -43,7 +43,7 @@ outputs = ["dist/**"]
 deps = ["lib"]
 
 [tasks.build]
-command = "mkdir -p dist && cat ../lib/dist/out.txt src/*.txt > dist/app.txt && ../lib/dist/tool.sh > dist/tool-output.txt && echo built app"
+command = "mkdir -p dist && cat ../lib/dist/out.txt src/*.txt > dist/app.txt && wc -c < ../lib/dist/big.bin > dist/big-size.txt && ../lib/dist/tool.sh > dist/tool-output.txt && echo built app"
 depends_on = ["^build"]
 inputs = ["src/**"]
 outputs = ["dist/**"]
@@ -145,7 +145,7 @@ fn grid(test: &str, bots: usize) -> Option<Buildgrid> {
 
 #[test]
 fn the_bot_alone_runs_actions_through_buildgrid() {
-    let Some(bg) = grid("the_bot_alone_runs_actions_through_buildgrid", 1) else {
+    let Some(mut bg) = grid("the_bot_alone_runs_actions_through_buildgrid", 1) else {
         return;
     };
     let python = vx_tests::peers::python().expect("the venv's python");
@@ -166,6 +166,13 @@ fn the_bot_alone_runs_actions_through_buildgrid() {
     assert_eq!(leases(&bg), 5, "{}", bg.logs());
     assert!(
         bg.bot_logs().contains("cancelled by the server"),
+        "{}",
+        bg.logs()
+    );
+    // SIGTERM: the bot stops cleanly.
+    bg.stop_bots();
+    assert!(
+        bg.bot_logs().trim_end().ends_with("reapi_bot: stopped"),
         "{}",
         bg.logs()
     );
@@ -241,6 +248,17 @@ vx_test!(tasks_execute_on_a_buildgrid_bot, || {
     );
     assert_eq!(remote_tree["packages/lib/dist/tool.sh"].1, 0o755);
     assert_eq!(
+        remote_tree["packages/lib/dist/nested/deep/link.txt"],
+        ('l', 0, b"../../out.txt".to_vec())
+    );
+    // Over 4 MiB: out of the bot, into this checkout, and into app#build's
+    // input root, through ByteStream.
+    assert_eq!(remote_tree["packages/lib/dist/big.bin"].2.len(), 5_000_000);
+    assert_eq!(
+        remote_tree["packages/app/dist/big-size.txt"].2,
+        b"5000000\n"
+    );
+    assert_eq!(
         remote_tree["packages/app/dist/tool-output.txt"].2,
         b"ran-tool\n"
     );
@@ -297,3 +315,53 @@ vx_test!(a_failing_remote_command_fails_the_run, || {
     );
     assert_eq!(leases(&bg), 2, "{}", bg.logs());
 });
+
+// With no bot connected, a remote task waits a bounded time (its timeout
+// plus the executor's margin), then runs here with one warning, and the rest
+// of the run stays local. One mode: the bound is the engine's, not the
+// client's. (About a minute: the executor's margin is 60 s.)
+#[test]
+fn with_no_bot_a_task_runs_here_after_a_bounded_wait() {
+    let Some(bg) = grid("with_no_bot_a_task_runs_here_after_a_bounded_wait", 0) else {
+        return;
+    };
+    let cfg = format!("{}timeout = \"2s\"\n", remote(&bg));
+    let ws = Ws::new(&[
+        (
+            "vx.toml",
+            &format!("[workspace]\nmembers = [\"a\", \"b\"]\n{cfg}"),
+        ),
+        (
+            "a/vx.toml",
+            "[tasks.build]\ncommand = \"mkdir -p dist && echo a > dist/a.txt\"\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ntimeout = \"1s\"\n",
+        ),
+        ("a/src/x.txt", "x\n"),
+        (
+            "b/vx.toml",
+            "[project]\ndeps = [\"a\"]\n\n[tasks.build]\ncommand = \"mkdir -p dist && cat ../a/dist/a.txt > dist/b.txt\"\ndepends_on = [\"^build\"]\ninputs = [\"src/**\"]\noutputs = [\"dist/**\"]\ntimeout = \"1s\"\n",
+        ),
+        ("b/src/y.txt", "y\n"),
+    ]);
+    let r = ws.run(&["build"]);
+    assert_eq!(r.code, 0, "{}\n{}\n{}", r.stdout, r.stderr, bg.logs());
+    assert_eq!(r.executed(), vec!["a#build", "b#build"]);
+    for id in ["a#build", "b#build"] {
+        assert!(
+            r.task(id)["worker"].is_null(),
+            "{id} ran here: {}",
+            r.summary()
+        );
+    }
+    assert_eq!(ws.read("b/dist/b.txt"), "a\n");
+    let warnings: Vec<&str> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("no result from Execute") && warnings[0].contains("a#build"),
+        "{warnings:?}"
+    );
+}
