@@ -498,7 +498,7 @@ vx_test!(a_writer_killed_mid_record_leaves_the_history_intact, || {
     let ws = basic();
     let (first, code) = run_detached(&ws, &[]);
     assert_eq!(code, 0);
-    assert_eq!(history_ids(&ws), [first.clone()]);
+    assert_eq!(history_ids(&ws), std::slice::from_ref(&first));
     let (killed, code) = run_detached(&ws, &[("VX_TEST_RECORD_DELAY_MS", "60000")]);
     assert_eq!(code, 0, "the answer does not wait for the record");
     // The record has begun (the daemon starts it once idle for 50 ms).
@@ -513,7 +513,11 @@ vx_test!(a_writer_killed_mid_record_leaves_the_history_intact, || {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let ids = history_ids(&ws);
-    assert_eq!(ids, [first.clone()], "killed run {killed} must not appear");
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&first),
+        "killed run {killed} must not appear"
+    );
     let v = json(&ws, ".", &["last", "--json"]);
     assert_eq!(v["run_id"], first.as_str());
     assert_eq!(v["tasks"].as_array().unwrap().len(), 2, "{v}");
