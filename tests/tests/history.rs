@@ -421,9 +421,16 @@ vx_test!(why_names_a_changed_global_input_as_workspace_wide, || {
 /// output goes to files (an engine left writing its record after the answer
 /// holds no pipe the caller reads). Returns the run id and the exit code.
 fn run_detached(ws: &Ws, env: &[(&str, &str)]) -> (String, i32) {
+    run_detached_with(ws, &[], env)
+}
+
+/// [`run_detached`] with more arguments for `vx run build --json`.
+fn run_detached_with(ws: &Ws, args: &[&str], env: &[(&str, &str)]) -> (String, i32) {
     let out = tempfile::NamedTempFile::new().unwrap();
     let err = tempfile::NamedTempFile::new().unwrap();
-    let mut c = ws.cmd(".", &["run", "build", "--json"]);
+    let mut a = vec!["run", "build", "--json"];
+    a.extend_from_slice(args);
+    let mut c = ws.cmd(".", &a);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -459,11 +466,14 @@ fn history_ids(ws: &Ws) -> Vec<String> {
 // sees that run: the writer holds the history from before its answer until
 // its commit, and readers wait for it. The write is slowed down
 // (VX_TEST_RECORD_DELAY_MS) so that every reader starts while it is going on.
+// With a daemon, every other run is a foreground one beside it (`--no-daemon`)
+// while the reader is the daemon, whose history handle is open all along.
 vx_test!(a_run_is_in_the_history_the_moment_vx_run_returns, || {
     let ws = basic();
     let mut ids = Vec::new();
-    for i in 0..4 {
-        let (id, code) = run_detached(&ws, &[("VX_TEST_RECORD_DELAY_MS", "300")]);
+    for i in 0..6 {
+        let args: &[&str] = if i % 3 == 1 { &["--no-daemon"] } else { &[] };
+        let (id, code) = run_detached_with(&ws, args, &[("VX_TEST_RECORD_DELAY_MS", "300")]);
         assert_eq!(code, 0, "run {i}");
         if i % 2 == 0 {
             let v = json(&ws, ".", &["last", "--json"]);
