@@ -896,6 +896,18 @@ impl Conn {
         }
     }
 
+    /// Closes the connection after a run's answer without waiting for a
+    /// stdio engine to exit: it writes the run's history record after
+    /// answering and exits once that is committed (readers wait for it), so
+    /// the client is done when it has the answer. The engine, left
+    /// unreaped, is reaped by whoever inherits it when this client exits.
+    pub fn finish_answered(mut self) {
+        if let Ok(mut g) = self.writer.lock() {
+            g.take();
+        }
+        drop(self.take_child());
+    }
+
     /// Closes the connection (and reaps a stdio engine).
     pub fn finish(mut self) {
         if let Ok(mut g) = self.writer.lock() {

@@ -935,7 +935,8 @@ fn run(args: RunArgs, cwd: &Path, no_daemon: bool) -> Result<i32> {
     let caught = signals.caught();
     let v = match result {
         Ok((conn, v)) => {
-            conn.finish();
+            // The engine may still be writing the run's history record.
+            conn.finish_answered();
             v
         }
         Err(e) => {

@@ -23,6 +23,10 @@ use vx_proto::history::{
     InfoParams, RunList, RunRecord, TaskHistory, WhyReport, WorkspaceInfo,
 };
 
+/// How long a reader waits for a record being written after its run's
+/// answer (a foreground engine's, which holds `history.lock`).
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+
 /// Rows and runs listed when the client asks for no particular number.
 const DEFAULT_LIMIT: usize = 20;
 
@@ -63,6 +67,15 @@ fn no_runs(ws: &Workspace) -> EngineError {
 /// no-daemon path never creates one just to read it).
 pub(crate) fn open(ws: &Workspace, hot: Option<&Hot>) -> Result<Option<Arc<History>>, EngineError> {
     let dir = cache_dir(ws);
+    // A foreground run that just answered may still be writing its record
+    // (in any process): it holds the record lock until its commit.
+    if !crate::cache::wait_for_records(&dir, RECORD_WAIT) {
+        tracing::warn!(
+            "a run's history record in {} is still being written after {:?}; reading without it",
+            dir.display(),
+            RECORD_WAIT
+        );
+    }
     if hot.is_some() {
         let h = history::shared(&dir).map_err(history_err)?;
         // A run that just answered may still be writing its record.

@@ -165,6 +165,8 @@ knobs! {
         "the version the daemon reports (exercises the replace path)";
     E2E_DAEMON = "VX_E2E_DAEMON", Kind::Bool, "0", Test,
         "`1`: the end-to-end tests (`tests/`) go through the daemon";
+    TEST_RECORD_DELAY_MS = "VX_TEST_RECORD_DELAY_MS", Kind::Millis, "", Test,
+        "a pause inside a run's history write transaction, before its commit (the tests that read or kill a writer mid-record)";
     BLESS = "VX_BLESS", Kind::Bool, "0", Test,
         "`1`: the documentation test rewrites the generated table in `docs/cli.md`";
 }

@@ -416,3 +416,122 @@ vx_test!(why_names_a_changed_global_input_as_workspace_wide, || {
         "{text}"
     );
 });
+
+/// `vx run build --json` whose own exit is all the caller waits for: its
+/// output goes to files (an engine left writing its record after the answer
+/// holds no pipe the caller reads). Returns the run id and the exit code.
+fn run_detached(ws: &Ws, env: &[(&str, &str)]) -> (String, i32) {
+    run_detached_with(ws, &[], env)
+}
+
+/// [`run_detached`] with more arguments for `vx run build --json`.
+fn run_detached_with(ws: &Ws, args: &[&str], env: &[(&str, &str)]) -> (String, i32) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut a = vec!["run", "build", "--json"];
+    a.extend_from_slice(args);
+    let mut c = ws.cmd(".", &a);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let st = c
+        .stdout(out.reopen().unwrap())
+        .stderr(err.reopen().unwrap())
+        .status()
+        .expect("run vx");
+    let stdout = std::fs::read_to_string(out.path()).unwrap();
+    let stderr = std::fs::read_to_string(err.path()).unwrap();
+    let id = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["run_id"].as_str().map(str::to_string))
+        .next_back()
+        .unwrap_or_else(|| panic!("no run id: {stdout}{stderr}"));
+    (id, st.code().unwrap_or(-1))
+}
+
+fn history_ids(ws: &Ws) -> Vec<String> {
+    let v = json(ws, ".", &["history", "--json"]);
+    v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// The answer comes before the record is written (no daemon: the engine
+// commits it after answering; the daemon on its recording thread), yet a
+// `vx last` or `vx history` started the moment `vx run` returns always
+// sees that run: the writer holds the history from before its answer until
+// its commit, and readers wait for it. The write is slowed down
+// (VX_TEST_RECORD_DELAY_MS) so that every reader starts while it is going on.
+// With a daemon, every other run is a foreground one beside it (`--no-daemon`)
+// while the reader is the daemon, whose history handle is open all along.
+vx_test!(a_run_is_in_the_history_the_moment_vx_run_returns, || {
+    let ws = basic();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let args: &[&str] = if i % 3 == 1 { &["--no-daemon"] } else { &[] };
+        let (id, code) = run_detached_with(&ws, args, &[("VX_TEST_RECORD_DELAY_MS", "300")]);
+        assert_eq!(code, 0, "run {i}");
+        if i % 2 == 0 {
+            let v = json(&ws, ".", &["last", "--json"]);
+            assert_eq!(v["run_id"], id.as_str(), "run {i}: vx last");
+            assert_eq!(v["tasks"].as_array().unwrap().len(), 2, "{v}");
+        } else {
+            assert_eq!(history_ids(&ws).first(), Some(&id), "run {i}: vx history");
+        }
+        ids.push(id);
+    }
+    ids.reverse();
+    assert_eq!(history_ids(&ws), ids);
+});
+
+/// The process writing this workspace's history record: the daemon, or the
+/// foreground engine named in the history's lock file.
+fn writer_pid(ws: &Ws) -> i32 {
+    if vx_tests::daemon_mode() {
+        return ws.daemon_status()["pid"].as_i64().expect("daemon pid") as i32;
+    }
+    let text = std::fs::read_to_string(ws.path(".vx/cache/history.lock")).unwrap_or_default();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no writer pid in history.lock: {text:?}"))
+}
+
+// An engine killed while it writes a run's record (inside the write
+// transaction: VX_TEST_RECORD_DELAY_MS holds it open) leaves the history as
+// it was: the earlier run intact, no trace of the killed one, and the next
+// run recorded as usual.
+vx_test!(a_writer_killed_mid_record_leaves_the_history_intact, || {
+    let ws = basic();
+    let (first, code) = run_detached(&ws, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(history_ids(&ws), std::slice::from_ref(&first));
+    let (killed, code) = run_detached(&ws, &[("VX_TEST_RECORD_DELAY_MS", "60000")]);
+    assert_eq!(code, 0, "the answer does not wait for the record");
+    // The record has begun (the daemon starts it once idle for 50 ms).
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let pid = writer_pid(&ws);
+    // SAFETY: kill(2) on a pid this test's workspace started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+    let start = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && start.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ids = history_ids(&ws);
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&first),
+        "killed run {killed} must not appear"
+    );
+    let v = json(&ws, ".", &["last", "--json"]);
+    assert_eq!(v["run_id"], first.as_str());
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 2, "{v}");
+    let (third, code) = run_detached(&ws, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(history_ids(&ws), [third, first]);
+});

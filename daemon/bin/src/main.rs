@@ -2,9 +2,11 @@
 //! `vxd`) with the transports that attach to its daemon.
 //!
 //! - `vxd --stdio`: serve one client over stdin/stdout (the no-daemon path).
-//!   It never outlives its client: it exits when its stdin closes, on
-//!   SIGINT/SIGTERM/SIGHUP (after cancelling its runs), and — Linux — when
-//!   its parent dies (`PR_SET_PDEATHSIG`).
+//!   It never outlives its client by more than the history record of a
+//!   run it answered (written after the answer, committed before exit): it
+//!   exits when its stdin closes, on SIGINT/SIGTERM/SIGHUP (after
+//!   cancelling its runs), and — Linux — when its parent dies
+//!   (`PR_SET_PDEATHSIG`).
 //! - `vxd --daemon --root DIR`: the long-lived per-workspace daemon on its
 //!   Unix socket (started by `vx`; see `docs/protocol.md`). Its stderr and
 //!   panics go to `.vx/daemon.log`; the run knobs (`vx_proto::knobs`,
@@ -114,7 +116,7 @@ fn stdio() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let (sig_tx, sig_rx) = tokio::sync::mpsc::unbounded_channel();
         for (kind, num) in [
             (SignalKind::interrupt(), libc::SIGINT),
@@ -146,11 +148,27 @@ fn stdio() -> anyhow::Result<()> {
             let _ = h.await;
         }
         r
-    })?;
+    });
+    // A run answers before its history record is written: the record is
+    // committed before this process ends, even when the client is already
+    // gone (its SIGTERM, from PR_SET_PDEATHSIG, is caught by the runtime's
+    // handler, which stays installed until the runtime shuts down; a
+    // write to its closed pipe is EPIPE, SIGPIPE being ignored).
+    if !vxd::engine::settle_records(RECORD_GRACE) {
+        tracing::warn!(
+            "a run's history record was not written within {RECORD_GRACE:?}; that run is not recorded"
+        );
+    }
     // Do not wait for stdin readers stuck in blocking reads.
     rt.shutdown_background();
+    served?;
     Ok(())
 }
+
+/// How long `vxd --stdio` waits, before exiting, for the history records
+/// of runs it has answered (a record waits for another process's write
+/// transaction, so this is generous).
+const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn daemon(root: PathBuf) -> anyhow::Result<()> {
     // Run knobs belong to a client's request, never to a daemon: drop the

@@ -58,7 +58,7 @@ pub use index::*;
 pub use outputs::*;
 pub use prune::*;
 pub use restore::*;
-pub(crate) use share::unshared;
+pub(crate) use share::{Held, record_lock, unshared, wait_for_records};
 pub use share::{RunLease, TaskLock};
 
 use crate::fsx::Confined;

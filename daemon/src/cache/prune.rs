@@ -403,8 +403,13 @@ pub fn clean(dir: &Path) -> Result<(u64, u64), CacheError> {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours = [share::GC_LOCK, share::RUNS_LOCK, share::TASKS_LOCK]
-                .contains(&name.as_str())
+            let ours = [
+                share::GC_LOCK,
+                share::RUNS_LOCK,
+                share::TASKS_LOCK,
+                share::HISTORY_LOCK,
+            ]
+            .contains(&name.as_str())
                 || name.starts_with("index.redb.broken-")
                 || name.starts_with("history.redb.broken-");
             if ours && e.file_type().is_ok_and(|t| t.is_file()) {

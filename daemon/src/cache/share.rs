@@ -1,13 +1,16 @@
 //! `cache::share` — how several vx processes share one cache directory:
 //! the file locks beside redb's own.
 //!
-//! Owns four locks, none of which holds data: the whole-file probe of a
+//! Owns five locks, none of which holds data (`history.lock` holds its
+//! writer's pid, for a person): the whole-file probe of a
 //! redb file (no other process has it open, so it may be moved aside or
 //! deleted), `gc.lock` (a prune's sweep against a save finding a blob
 //! present), `runs.lock` (a run in progress, any process, against a
-//! `cache clean`) and `tasks.lock` (one task of one project executing in
+//! `cache clean`), `tasks.lock` (one task of one project executing in
 //! one process at a time, so two processes never write the same outputs at
-//! once and capture each other's half-written files). Every lock is an open-file-description lock or a `flock`,
+//! once and capture each other's half-written files) and `history.lock` (a
+//! run's history record written after its answer, against the readers that
+//! must see it). Every lock is an open-file-description lock or a `flock`,
 //! released by the kernel when its holder dies, so a crash never wedges
 //! another process. Never reads or writes the index, the history or a blob.
 
@@ -26,6 +29,12 @@ pub(crate) const RUNS_LOCK: &str = "runs.lock";
 /// The file whose bytes are the per-task execution locks: one byte pair
 /// per (project directory, task), at an offset hashed from them.
 pub(crate) const TASKS_LOCK: &str = "tasks.lock";
+
+/// The lock file a foreground engine holds exclusively from before it
+/// answers a run until that run's history record is committed, and every
+/// history reader takes shared (waiting a bounded time) before it reads: a
+/// `vx last` right after `vx run` sees the run. Holds the writer's pid.
+pub(crate) const HISTORY_LOCK: &str = "history.lock";
 
 /// A held lock on a file (released on drop, by closing it).
 #[derive(Debug)]
@@ -182,6 +191,44 @@ pub(crate) fn runs_exclusive(dir: &Path, wait: Duration) -> Result<Option<Held>,
     }
 }
 
+/// Takes `dir`'s history record lock exclusively without waiting, and
+/// writes this process's pid into it. `None` when another process (or
+/// another record of this one) holds it, or the file cannot be made: the
+/// caller then records before it answers, as a single process would.
+pub(crate) fn record_lock(dir: &Path) -> Option<Held> {
+    use std::io::Write;
+    let f = lock_file(dir, HISTORY_LOCK).ok()?;
+    if !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+        return None;
+    }
+    let mut w = &f;
+    // Only for a person (or a test) looking for the writer.
+    let _ = f
+        .set_len(0)
+        .and_then(|()| w.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    Some(Held(f))
+}
+
+/// Waits (at most `wait`) until no process holds `dir`'s history record
+/// lock: every record answered before this call is then committed. `false`
+/// when a writer still holds it after `wait`; `true` at once when there is
+/// no lock file.
+pub(crate) fn wait_for_records(dir: &Path, wait: Duration) -> bool {
+    let Ok(f) = OpenOptions::new().read(true).open(dir.join(HISTORY_LOCK)) else {
+        return true;
+    };
+    let start = Instant::now();
+    loop {
+        if flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
+            return true;
+        }
+        if start.elapsed() >= wait {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +250,24 @@ mod tests {
             .create(&p);
         assert!(r.is_err());
         drop(held);
+    }
+
+    #[test]
+    fn readers_wait_for_a_held_record_lock() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(wait_for_records(d.path(), Duration::ZERO), "no lock file");
+        let held = record_lock(d.path()).expect("free");
+        let pid = std::fs::read_to_string(d.path().join(HISTORY_LOCK)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        assert!(record_lock(d.path()).is_none(), "one writer at a time");
+        assert!(!wait_for_records(d.path(), Duration::from_millis(30)));
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        assert!(wait_for_records(d.path(), Duration::from_secs(10)));
+        t.join().unwrap();
+        assert!(record_lock(d.path()).is_some());
     }
 
     #[test]

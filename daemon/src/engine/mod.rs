@@ -67,6 +67,7 @@ pub use crate::state::request_workspace;
 pub(crate) use explain::{KeyReport, explain_keys};
 pub use prepare::shell_quote;
 pub(crate) use record::redacted_argv;
+pub use record::settle_records;
 pub use run::{Session, run_in};
 pub use store::{cache_clean, cache_prune};
 

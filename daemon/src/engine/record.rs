@@ -3,8 +3,11 @@
 //!
 //! Owns: opening the run history for a run, the summary and counts
 //! ([`Head`]), the record of a run (one row per task with its lane, times
-//! and usage) with the client's argv redacted, and writing it — under the
-//! daemon on one long-lived recording thread after the answer.
+//! and usage) with the client's argv redacted, and writing it after the
+//! answer — under the daemon on one long-lived recording thread, in the
+//! foreground engine on a thread of its own holding the history's record
+//! lock (`history.lock`) from before the answer until the commit, which the
+//! process waits for before it exits ([`settle_records`]).
 //! Never: fails a run (a history that cannot be opened or written costs a
 //! warning), and never stores forwarded args or env values in plain.
 
@@ -93,6 +96,65 @@ pub(super) fn recorder(job: Job) {
     };
     // No recording thread: record here.
     job();
+}
+
+/// Records the foreground engine writes after its answer, not yet committed.
+static AFTER_ANSWER: (Mutex<usize>, std::sync::Condvar) =
+    (Mutex::new(0), std::sync::Condvar::new());
+
+/// Runs `job` (a foreground run's record) on a thread of its own after the
+/// run answers, holding `lock` (the history's record lock, taken before
+/// the answer) until it is committed, so that a reader started once the
+/// client has the answer waits for it. The engine process waits for it
+/// before exiting ([`settle_records`]). `Err(job)` when no thread can be
+/// started: the caller records before answering.
+fn after_answer(job: Job, lock: crate::cache::Held) -> Result<(), Job> {
+    let slot = std::sync::Arc::new(Mutex::new(Some(job)));
+    let theirs = slot.clone();
+    if let Ok(mut n) = AFTER_ANSWER.0.lock() {
+        *n += 1;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("vx-history".into())
+        .spawn(move || {
+            let job = theirs.lock().ok().and_then(|mut j| j.take());
+            if let Some(job) = job
+                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err()
+            {
+                tracing::error!(
+                    "recording a run in the history panicked; that run is not recorded"
+                );
+            }
+            drop(lock);
+            if let Ok(mut n) = AFTER_ANSWER.0.lock() {
+                *n = n.saturating_sub(1);
+            }
+            AFTER_ANSWER.1.notify_all();
+        });
+    if spawned.is_ok() {
+        return Ok(());
+    }
+    if let Ok(mut n) = AFTER_ANSWER.0.lock() {
+        *n = n.saturating_sub(1);
+    }
+    match slot.lock().ok().and_then(|mut j| j.take()) {
+        Some(job) => Err(job),
+        None => Ok(()),
+    }
+}
+
+/// Waits (at most `wait`) until every record a foreground run left to be
+/// written after its answer is committed: `vxd --stdio` calls it before
+/// exiting, so a record is durable before the process ends. `false` when
+/// some are still being written after `wait`.
+pub fn settle_records(wait: Duration) -> bool {
+    let Ok(n) = AFTER_ANSWER.0.lock() else {
+        return false;
+    };
+    match AFTER_ANSWER.1.wait_timeout_while(n, wait, |n| *n > 0) {
+        Ok((n, _)) => *n == 0,
+        Err(_) => false,
+    }
 }
 
 /// What a run's history record is built from (after the answer, under the
@@ -229,8 +291,11 @@ pub(super) struct RecordJob {
     pub(super) keep: history::Retention,
     /// The daemon's state: the record waits for it to be idle a moment.
     pub(super) idle: Option<std::sync::Weak<crate::state::Hot>>,
-    /// Where a failure is reported (the foreground engine's run).
+    /// Where a failure is reported (the foreground engine's run, when it
+    /// records before answering).
     pub(super) events: Option<crate::sink::Events>,
+    /// `VX_TEST_RECORD_DELAY_MS`: a pause inside the write transaction.
+    pub(super) pause: Option<Duration>,
 }
 
 /// The job that writes a run's record: under the daemon once it has been
@@ -246,6 +311,7 @@ pub(super) fn record_job(j: RecordJob) -> Job {
             keep,
             idle,
             events,
+            pause,
         } = j;
         let _pending = pending;
         let Some(record) = build() else {
@@ -262,8 +328,8 @@ pub(super) fn record_job(j: RecordJob) -> Job {
             }
         }
         let t = Instant::now();
-        // The no-daemon engine exits soon: its record is durable.
-        let r = h.record_kept(&record, &fps, keep);
+        // Every commit is durable (the no-daemon engine exits soon after).
+        let r = h.record_paused(&record, &fps, keep, pause);
         tracing::debug!("run {} recorded in {:?}", record.run_id, t.elapsed());
         if let Err(e) = r {
             tracing::warn!("run {} not recorded: {e}", record.run_id);
@@ -376,10 +442,23 @@ impl Head {
             built = Some(Arc::unwrap_or_clone(record));
         }
         let daemon = sh.hot.is_some();
-        // Under the daemon the record is written after the answer: the job
-        // must not hold the run's event channel (the answer waits for it to
-        // close), so a failure only reaches the log there.
-        let events = if daemon { None } else { sh.events.clone() };
+        // The foreground engine answers first too (a run, not a watch
+        // cycle, whose records must stay in order), holding the history's
+        // record lock from now until its commit; when another record holds
+        // it, this one is written before the answer, as it always was.
+        let lock = if daemon || self.watch_cycle {
+            None
+        } else {
+            h.path().parent().and_then(crate::cache::record_lock)
+        };
+        // A record written after the answer must not hold the run's event
+        // channel (the answer waits for it to close), so a failure only
+        // reaches the log (the daemon's, or the engine's stderr) there.
+        let events = if daemon || lock.is_some() {
+            None
+        } else {
+            sh.events.clone()
+        };
         let pending = h.announce(&executed);
         let job = record_job(RecordJob {
             history: h,
@@ -393,13 +472,21 @@ impl Head {
             keep: history::Retention::from_env(&sh.params.env),
             idle: sh.hot.as_ref().map(Arc::downgrade),
             events,
+            pause: knobs::TEST_RECORD_DELAY_MS.millis(&sh.params.env),
         });
         if daemon {
             // One long-lived thread: records stay in order; one allocator arena.
             recorder(job);
-        } else {
-            let _ = tokio::task::spawn_blocking(job).await;
+            return summary;
         }
+        let job = match lock {
+            Some(lock) => match after_answer(job, lock) {
+                Ok(()) => return summary,
+                Err(job) => job,
+            },
+            None => job,
+        };
+        let _ = tokio::task::spawn_blocking(job).await;
         summary
     }
 

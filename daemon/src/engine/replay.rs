@@ -231,6 +231,7 @@ fn record_replayed(hot: &Arc<Hot>, params: &RunParams, kept: Arc<RunRecord>, s: 
         keep: history::Retention::from_env(&params.env),
         idle: Some(Arc::downgrade(hot)),
         events: None,
+        pause: knobs::TEST_RECORD_DELAY_MS.millis(&params.env),
     }));
 }
 

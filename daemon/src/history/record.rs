@@ -40,6 +40,19 @@ impl History {
         fingerprints: &[Fingerprint],
         keep: Retention,
     ) -> Result<(), HistoryError> {
+        self.record_paused(run, fingerprints, keep, None)
+    }
+
+    /// [`History::record_kept`], pausing `pause` inside the write
+    /// transaction before its commit (`VX_TEST_RECORD_DELAY_MS`: the tests
+    /// that read, or kill, a writer in the middle of a record).
+    pub fn record_paused(
+        &self,
+        run: &RunRecord,
+        fingerprints: &[Fingerprint],
+        keep: Retention,
+        pause: Option<Duration>,
+    ) -> Result<(), HistoryError> {
         let mut touched: HashSet<String> = HashSet::new();
         let tx = self.db.begin_write()?;
         let old_generation = Self::bump(&tx)?;
@@ -170,6 +183,9 @@ impl History {
                     break;
                 }
             }
+        }
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
         }
         tx.commit()?;
         self.committed(old_generation);
