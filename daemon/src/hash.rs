@@ -139,7 +139,8 @@ pub fn through_link(root: &Path, dir: &str) -> bool {
     false
 }
 
-fn walk_threads() -> usize {
+/// Threads of a walk: `VX_WALK_THREADS`, else the cores (at most 8).
+pub(crate) fn walk_threads() -> usize {
     vx_proto::knobs::WALK_THREADS
         .get_process()
         .and_then(|v| v.parse().ok())

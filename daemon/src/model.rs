@@ -303,19 +303,105 @@ impl Snapshot {
         project: Option<usize>,
         skip: &[PathBuf],
     ) -> Vec<PathBuf> {
-        let root = &model.ws.root;
+        let (files, ignored) = Snapshot::walk_part(model, project, skip);
+        self.set_part(project, files);
+        ignored
+    }
+
+    /// [`Snapshot::refresh`] of many projects, their walks spread over the
+    /// walk threads (`VX_WALK_THREADS`): after `rm -rf packages/*/dist` a
+    /// daemon re-walks a thousand small projects, one walk each, and one
+    /// thread left the cores idle. Returns every walk's ignored directories.
+    pub fn refresh_many(
+        &mut self,
+        model: &Model,
+        projects: &[Option<usize>],
+        skip: &[PathBuf],
+    ) -> Vec<PathBuf> {
+        let threads = hash::walk_threads().max(1);
+        if projects.len() < 2 || threads == 1 {
+            return projects
+                .iter()
+                .flat_map(|p| self.refresh(model, *p, skip))
+                .collect();
+        }
+        let chunk = projects.len().div_ceil(threads);
+        let walked: Vec<(Option<usize>, Vec<FileMeta>, Vec<PathBuf>)> = std::thread::scope(|s| {
+            let parts: Vec<_> = projects
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|p| {
+                                let (files, ignored) = Snapshot::walk_part(model, *p, skip);
+                                (*p, files, ignored)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                // A walk does not panic on a bad file (it skips it); a
+                // panic here is a bug, and re-walking serially is right.
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
         let mut ignored_dirs = Vec::new();
+        let mut done = HashSet::new();
+        for (p, files, ignored) in walked {
+            done.insert(p);
+            self.set_part(p, files);
+            ignored_dirs.extend(ignored);
+        }
+        for p in projects {
+            if !done.contains(p) {
+                ignored_dirs.extend(self.refresh(model, *p, skip));
+            }
+        }
+        ignored_dirs
+    }
+
+    /// The walk [`Snapshot::refresh`] does, without applying it: the files
+    /// of `project` (or of no project) and the ignored directories entered.
+    fn walk_part(
+        model: &Model,
+        project: Option<usize>,
+        skip: &[PathBuf],
+    ) -> (Vec<FileMeta>, Vec<PathBuf>) {
+        let root = &model.ws.root;
+        let all;
+        let (dir, fence, serial) = match project {
+            Some(p) => (
+                model.ws.abs_dir(&model.ws.projects[p]),
+                &model.fences[p],
+                true,
+            ),
+            None => {
+                all = model.all_project_dirs();
+                (root.to_path_buf(), &all, false)
+            }
+        };
+        let mut files = if serial {
+            hash::walk_serial(root, &dir, fence, skip)
+        } else {
+            hash::walk(root, &dir, fence, skip)
+        };
+        let mut ignored_dirs = Vec::new();
+        if let Some(global) = model.global_patterns() {
+            let (extra, dirs) = hash::walk_ignored(root, &dir, fence, skip, &|f| global.matches(f));
+            files = hash::merged(files, extra);
+            ignored_dirs = dirs;
+        }
+        (files, ignored_dirs)
+    }
+
+    /// Replaces the files of `project` (or of no project) with a walk's.
+    fn set_part(&mut self, project: Option<usize>, files: Vec<FileMeta>) {
         match project {
             Some(p) => {
-                let dir = model.ws.abs_dir(&model.ws.projects[p]);
-                let mut files = hash::walk_serial(root, &dir, &model.fences[p], skip);
-                if let Some(global) = model.global_patterns() {
-                    let (extra, dirs) =
-                        hash::walk_ignored(root, &dir, &model.fences[p], skip, &|f| {
-                            global.matches(f)
-                        });
-                    files = hash::merged(files, extra);
-                    ignored_dirs = dirs;
+                if p >= self.by_project.len() {
+                    return;
                 }
                 self.by_project[p] = Arc::new(files);
                 if let Some(l) = self.links.get_mut(p) {
@@ -323,19 +409,10 @@ impl Snapshot {
                 }
             }
             None => {
-                let fence = model.all_project_dirs();
-                let mut files = hash::walk(root, root, &fence, skip);
-                if let Some(global) = model.global_patterns() {
-                    let (extra, dirs) =
-                        hash::walk_ignored(root, root, &fence, skip, &|f| global.matches(f));
-                    files = hash::merged(files, extra);
-                    ignored_dirs = dirs;
-                }
                 self.loose = Arc::new(files);
                 self.loose_links = links_of(&self.loose);
             }
         }
-        ignored_dirs
     }
 
     pub fn file_count(&self) -> usize {
@@ -351,5 +428,77 @@ impl Snapshot {
             .flat_map(|(p, v)| v.iter().map(move |t| (Some(p), t.as_str())))
             .chain(self.loose_links.iter().map(|t| (None, t.as_str())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// (path, size) of every file of the snapshot, per project and loose.
+    fn listing(s: &Snapshot) -> Vec<Vec<(String, u64)>> {
+        s.by_project
+            .iter()
+            .chain(std::iter::once(&s.loose))
+            .map(|v| v.iter().map(|f| (f.path.clone(), f.stat.size)).collect())
+            .collect()
+    }
+
+    // After files change in many projects (and outside every project), the
+    // parallel re-walk of those projects leaves the same snapshot as a
+    // fresh scan, and as re-walking them one by one.
+    #[test]
+    fn refresh_many_equals_a_fresh_scan() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let n = 24;
+        let members: Vec<String> = (0..n).map(|i| format!("\"p{i}\"")).collect();
+        write(
+            root,
+            "vx.toml",
+            &format!("[workspace]\nmembers = [{}]\n", members.join(", ")),
+        );
+        for i in 0..n {
+            write(
+                root,
+                &format!("p{i}/vx.toml"),
+                &format!("[project]\nname = \"p{i}\"\n\n[tasks.build]\ncommand = \"true\"\n"),
+            );
+            write(root, &format!("p{i}/src/a.txt"), "a\n");
+            write(root, &format!("p{i}/dist/out.txt"), "out\n");
+        }
+        write(root, "README.md", "hi\n");
+        let model = Model::load(root).unwrap();
+        let skip = vec![cache_dir(&model.ws)];
+        let mut many = Snapshot::scan(&model, &skip);
+        let mut one_by_one = many.clone();
+        // Every other project loses its dist/, every third gains a file,
+        // and a loose file appears.
+        for i in (0..n).step_by(2) {
+            std::fs::remove_dir_all(root.join(format!("p{i}/dist"))).unwrap();
+        }
+        for i in (0..n).step_by(3) {
+            write(root, &format!("p{i}/src/new.txt"), "new file\n");
+        }
+        write(root, "NOTES.md", "notes\n");
+        let mut dirty: Vec<Option<usize>> = (0..n)
+            .filter(|i| i % 2 == 0 || i % 3 == 0)
+            .map(|i| model.owner_of(&format!("p{i}/src/a.txt")))
+            .collect();
+        dirty.push(None);
+        many.refresh_many(&model, &dirty, &skip);
+        for p in &dirty {
+            one_by_one.refresh(&model, *p, &skip);
+        }
+        let fresh = Snapshot::scan(&model, &skip);
+        assert_eq!(listing(&many), listing(&fresh));
+        assert_eq!(listing(&one_by_one), listing(&fresh));
+        assert_eq!(many.file_count(), fresh.file_count());
     }
 }

@@ -445,11 +445,12 @@ impl Hot {
                     .retain(|n, _| !projects.contains(&Some(nodes[*n].project)));
             }
             let refreshed = !projects.is_empty();
-            for p in projects {
-                // A new ignored directory there may hold global inputs.
-                let ignored = snap.refresh(&model, p, &cache_skip);
-                self.watch_new_dirs(&ignored);
-            }
+            // Sorted, so the walks' order does not depend on the hash set.
+            let mut projects: Vec<Option<usize>> = projects.into_iter().collect();
+            projects.sort_unstable();
+            // A new ignored directory there may hold global inputs.
+            let ignored = snap.refresh_many(&model, &projects, &cache_skip);
+            self.watch_new_dirs(&ignored);
             if refreshed {
                 self.watch_link_targets(snap);
             }
