@@ -196,8 +196,10 @@ fn daemon(root: PathBuf) -> anyhow::Result<()> {
         .with_writer(std::sync::Mutex::new(log))
         .with_ansi(false)
         .with_env_filter(
+            // notify logs every watch the kernel dropped before it could
+            // (a warning and an info line per deleted directory): noise.
             tracing_subscriber::EnvFilter::try_from_env(vx_proto::knobs::LOG.name)
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,notify=error".into()),
         )
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()

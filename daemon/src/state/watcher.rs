@@ -123,8 +123,17 @@ impl Hot {
             .filter(|d| d.starts_with(dir))
             .cloned()
             .collect();
+        // Under a watched parent, the event that brought us here (DELETE or
+        // MOVED_FROM in the parent) has already made notify drop the watches
+        // of `dir` and everything under it (and the kernel drops a deleted
+        // directory's own): unwatching again is a synchronous round trip to
+        // notify's event loop per directory that only fails. After
+        // `rm -rf packages/*/dist` those round trips held the cookie barrier,
+        // and the next run, for about a second. Otherwise (a watched link
+        // target whose parent is not watched) nothing has dropped them.
+        let notify_dropped = dir.parent().is_some_and(|p| w.dirs.contains(p));
         for g in gone {
-            if let Some(watcher) = w.watcher.as_mut() {
+            if !notify_dropped && let Some(watcher) = w.watcher.as_mut() {
                 let _ = watcher.unwatch(&g);
             }
             w.dirs.remove(&g);
