@@ -137,6 +137,39 @@ fn probe() {
         st.fragmented_bytes() >> 20
     );
     tx.abort().unwrap();
+    // Per table: a record touches a row per task in `outcomes` and
+    // `key_refs` (and per executed task in `durations`), spread over all
+    // their leaves.
+    let tx = h.db.begin_read().unwrap();
+    let show = |name: &str, st: redb::TableStats| {
+        eprintln!(
+            "  {name}: {} leaf pages, stored {} KiB",
+            st.leaf_pages(),
+            st.stored_bytes() >> 10
+        )
+    };
+    show("runs", tx.open_table(RUNS).unwrap().stats().unwrap());
+    show(
+        "run_rows",
+        tx.open_table(TASK_ROWS).unwrap().stats().unwrap(),
+    );
+    show(
+        "outcomes",
+        tx.open_table(OUTCOMES).unwrap().stats().unwrap(),
+    );
+    show(
+        "key_refs",
+        tx.open_table(KEY_REFS).unwrap().stats().unwrap(),
+    );
+    show(
+        "fingerprints",
+        tx.open_table(FINGERPRINTS).unwrap().stats().unwrap(),
+    );
+    show(
+        "durations",
+        tx.open_table(DURATIONS).unwrap().stats().unwrap(),
+    );
+    drop(tx);
     let path = h.path().to_path_buf();
     drop(h);
     let s = Instant::now();

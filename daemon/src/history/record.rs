@@ -46,7 +46,28 @@ impl History {
     /// [`History::record_kept`], pausing `pause` inside the write
     /// transaction before its commit (`VX_TEST_RECORD_DELAY_MS`: the tests
     /// that read, or kill, a writer in the middle of a record).
+    ///
+    /// A run's own handle reads only the ends of the big tables at open, so
+    /// damage in them may first show here: redb's panics on a damaged file
+    /// become [`HistoryError::Corrupt`] (the run's warning), never a panic.
     pub fn record_paused(
+        &self,
+        run: &RunRecord,
+        fingerprints: &[Fingerprint],
+        keep: Retention,
+        pause: Option<Duration>,
+    ) -> Result<(), HistoryError> {
+        crate::cache::quietly(|| self.record_in_tx(run, fingerprints, keep, pause)).unwrap_or_else(
+            |panic| {
+                Err(HistoryError::Corrupt {
+                    path: self.path.clone(),
+                    message: format!("the history writer panicked: {panic}"),
+                })
+            },
+        )
+    }
+
+    fn record_in_tx(
         &self,
         run: &RunRecord,
         fingerprints: &[Fingerprint],
@@ -122,7 +143,7 @@ impl History {
                     task: task.clone(),
                 };
                 t.rows
-                    .insert((task.id.as_str(), seq), encode_task_row(&row)?.as_slice())?;
+                    .insert((seq, task.id.as_str()), encode_task_row(&row)?.as_slice())?;
                 if let Some(key) = &task.key {
                     keys.insert(key.as_str(), task.id.as_str());
                     let (f, o) = t
@@ -151,7 +172,7 @@ impl History {
                 }
             }
             for task in prune {
-                t.prune_fingerprints(task, FINGERPRINTS_PER_TASK)?;
+                t.prune_fingerprints(task, seq, FINGERPRINTS_PER_TASK)?;
             }
             let mut head = run.clone();
             head.tasks = Vec::new();
@@ -225,7 +246,7 @@ pub(super) fn row_ok(t: &TaskRun) -> bool {
 pub(super) struct Tables<'a, 't> {
     pub(super) runs: &'a mut redb::Table<'t, u64, &'static [u8]>,
     pub(super) ids: &'a mut redb::Table<'t, &'static str, u64>,
-    pub(super) rows: &'a mut redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    pub(super) rows: &'a mut redb::Table<'t, (u64, &'static str), &'static [u8]>,
     pub(super) outcomes: &'a mut redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
     pub(super) refs: &'a mut redb::Table<'t, &'static str, u64>,
     pub(super) fps: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
@@ -233,15 +254,20 @@ pub(super) struct Tables<'a, 't> {
 
 impl Tables<'_, '_> {
     /// Drops the fingerprints of `task` other than those of its `keep`
-    /// newest distinct keys.
+    /// newest distinct keys (its rows up to run `upto`, the one being
+    /// recorded).
     pub(super) fn prune_fingerprints(
         &mut self,
         task: &str,
+        upto: u64,
         keep: usize,
     ) -> Result<(), HistoryError> {
         let mut newest: Vec<String> = Vec::new();
-        for item in self.rows.range((task, 0u64)..=(task, u64::MAX))?.rev() {
-            let (_, v) = item?;
+        let first = self.runs.first()?.map(|(k, _)| k.value()).unwrap_or(upto);
+        for seq in (first.min(upto)..=upto).rev() {
+            let Some(v) = self.rows.get((seq, task))? else {
+                continue;
+            };
             let Ok(row) = decode_task_row(v.value()) else {
                 continue;
             };
@@ -271,8 +297,9 @@ impl Tables<'_, '_> {
         Ok(())
     }
 
-    /// Removes run `seq`, its rows, its outcome counts and key references;
-    /// fingerprints no retained row references go with it.
+    /// Removes run `seq`, its rows (one contiguous range), its outcome
+    /// counts and key references; fingerprints no retained row references
+    /// go with it.
     pub(super) fn drop_run(
         &mut self,
         seq: u64,
@@ -282,17 +309,20 @@ impl Tables<'_, '_> {
             Some(v) => StoredRun::decode(v.value()).ok(),
             None => return Ok(()),
         };
-        let Some(stored) = stored else {
-            tracing::warn!("dropping an undecodable run (seq {seq}) from the history");
-            return Ok(());
-        };
-        self.ids.remove(stored.head.run_id.as_str())?;
-        for id in &stored.task_ids {
+        match &stored {
+            Some(stored) => {
+                self.ids.remove(stored.head.run_id.as_str())?;
+            }
+            None => tracing::warn!("dropping an undecodable run (seq {seq}) from the history"),
+        }
+        // (task id, the row) of every row of the run, removed at once.
+        let mut gone: Vec<(String, Option<TaskRunRow>)> = Vec::new();
+        for item in self.rows.extract_from_if(run_range(seq), |_, _| true)? {
+            let (k, v) = item?;
+            gone.push((k.value().1.to_string(), decode_task_row(v.value()).ok()));
+        }
+        for (id, row) in gone {
             touched.insert(id.clone());
-            let row = match self.rows.remove((id.as_str(), seq))? {
-                Some(v) => decode_task_row(v.value()).ok(),
-                None => None,
-            };
             let Some(row) = row else { continue };
             let Some(key) = &row.task.key else { continue };
             let counts = self
