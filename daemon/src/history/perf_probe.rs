@@ -11,6 +11,87 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+fn p50_max(times: &[Duration]) -> (String, String) {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    (ms(sorted[sorted.len() / 2]), ms(sorted[sorted.len() - 1]))
+}
+
+/// Issue 17's case: the same 3,000 tasks, fully cached with unchanged
+/// keys, run after run (no fingerprints; 200 runs kept).
+#[test]
+#[ignore]
+fn probe_fully_cached() {
+    let d = tempfile::tempdir().unwrap();
+    let h = History::open(d.path()).unwrap();
+    let n = 3000u64;
+    let runs = 250u64;
+    let t0 = now_ms();
+    let mut times = Vec::new();
+    for r in 0..runs {
+        let tasks: Vec<TaskRun> = (0..n)
+            .map(|i| TaskRun {
+                id: format!("p{i}#build"),
+                status: TaskStatus::Cached,
+                cache: CacheSource::Local,
+                key: Some(format!("{:064x}", i * 7919)),
+                exit_code: Some(0),
+                attempts: 1,
+                duration_ms: 1,
+                start_ms: 0,
+                end_ms: 1,
+                slot: Some(0),
+                cpu_ms: None,
+                peak_rss_bytes: None,
+                blocked_by: None,
+                error: None,
+                persistent: false,
+                worker: None,
+            })
+            .collect();
+        let run = RunRecord {
+            run_id: format!("r{r}"),
+            argv: vec![],
+            requested: vec![],
+            started_at: t0 + r,
+            ended_at: t0 + r,
+            duration_ms: 1,
+            exit_code: 0,
+            ok: true,
+            concurrency: 2,
+            counts: RunCounts::default(),
+            tasks,
+        };
+        let s = Instant::now();
+        h.record(&run, &[]).unwrap();
+        times.push(s.elapsed());
+    }
+    let (p50, max) = p50_max(&times);
+    let (lp50, lmax) = p50_max(&times[DEFAULT_MAX_RUNS..]);
+    eprintln!(
+        "fully cached: {runs} runs x {n} tasks: per record p50 {p50} max {max}; \
+         with retention (runs {}..{runs}) p50 {lp50} max {lmax}; file {} MiB",
+        DEFAULT_MAX_RUNS,
+        std::fs::metadata(h.path()).unwrap().len() >> 20
+    );
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i}#build")).collect();
+    let s = Instant::now();
+    h.task_runs("p7#build", DEFAULT_WINDOW).unwrap();
+    eprintln!("fully cached: task_runs(p7, 50) {}", ms(s.elapsed()));
+    let s = Instant::now();
+    h.stats(&ids, DEFAULT_WINDOW).unwrap();
+    eprintln!("fully cached: stats cold, all tasks {}", ms(s.elapsed()));
+    let s = Instant::now();
+    h.why("p7#build").unwrap();
+    eprintln!("fully cached: why(p7) {}", ms(s.elapsed()));
+    drop(h);
+    for _ in 0..3 {
+        let s = Instant::now();
+        let _h = History::open_for_run(d.path(), Duration::from_secs(1)).unwrap();
+        eprintln!("fully cached: open_for_run {}", ms(s.elapsed()));
+    }
+}
+
 #[test]
 #[ignore]
 fn probe() {

@@ -343,7 +343,7 @@ impl StatsAcc {
 
 /// Up to this many unfinished tasks, a run's rows are looked up one by one;
 /// beyond, the run's whole range is read once.
-const POINT_LOOKUPS: usize = 32;
+pub(super) const POINT_LOOKUPS: usize = 32;
 
 /// The statistics of each of `ids` that has rows (see `docs/history.md`):
 /// the retained runs are read once, newest first, until every task has

@@ -171,9 +171,7 @@ impl History {
                     prune.push(*owner);
                 }
             }
-            for task in prune {
-                t.prune_fingerprints(task, seq, FINGERPRINTS_PER_TASK)?;
-            }
+            t.prune_fingerprints(&prune, seq, FINGERPRINTS_PER_TASK)?;
             let mut head = run.clone();
             head.tasks = Vec::new();
             let stored = StoredRun { head, task_ids };
@@ -253,46 +251,74 @@ pub(super) struct Tables<'a, 't> {
 }
 
 impl Tables<'_, '_> {
-    /// Drops the fingerprints of `task` other than those of its `keep`
-    /// newest distinct keys (its rows up to run `upto`, the one being
-    /// recorded).
+    /// Drops the fingerprints of each of `tasks` other than those of its
+    /// `keep` newest distinct keys (its rows up to run `upto`, the one
+    /// being recorded). The runs are read newest first, once for all the
+    /// tasks, until each has `keep` keys.
     pub(super) fn prune_fingerprints(
         &mut self,
-        task: &str,
+        tasks: &[&str],
         upto: u64,
         keep: usize,
     ) -> Result<(), HistoryError> {
-        let mut newest: Vec<String> = Vec::new();
-        let first = self.runs.first()?.map(|(k, _)| k.value()).unwrap_or(upto);
-        for seq in (first.min(upto)..=upto).rev() {
-            let Some(v) = self.rows.get((seq, task))? else {
-                continue;
-            };
-            let Ok(row) = decode_task_row(v.value()) else {
-                continue;
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut newest: HashMap<&str, Vec<String>> =
+            tasks.iter().map(|t| (*t, Vec::new())).collect();
+        let note = |list: &mut Vec<String>, bytes: &[u8]| {
+            if list.len() >= keep {
+                return;
+            }
+            let Ok(row) = decode_task_row(bytes) else {
+                return;
             };
             if let Some(k) = row.task.key
-                && !newest.contains(&k)
+                && !list.contains(&k)
             {
-                newest.push(k);
-                if newest.len() >= keep {
-                    break;
+                list.push(k);
+            }
+        };
+        let mut open: Vec<&str> = newest.keys().copied().collect();
+        open.sort_unstable();
+        let first = self.runs.first()?.map(|(k, _)| k.value()).unwrap_or(upto);
+        for seq in (first.min(upto)..=upto).rev() {
+            open.retain(|t| newest.get(t).is_some_and(|l| l.len() < keep));
+            if open.is_empty() {
+                break;
+            }
+            if open.len() <= POINT_LOOKUPS {
+                for t in &open {
+                    if let Some(v) = self.rows.get((seq, *t))?
+                        && let Some(list) = newest.get_mut(t)
+                    {
+                        note(list, v.value());
+                    }
+                }
+            } else {
+                for item in self.rows.range(run_range(seq))? {
+                    let (k, v) = item?;
+                    if let Some(list) = newest.get_mut(k.value().1) {
+                        note(list, v.value());
+                    }
                 }
             }
         }
-        let mut stale = Vec::new();
-        for item in self.outcomes.range((task, "")..)? {
-            let (k, _) = item?;
-            let (t, key) = k.value();
-            if t != task {
-                break;
+        for (task, newest) in newest {
+            let mut stale = Vec::new();
+            for item in self.outcomes.range((task, "")..)? {
+                let (k, _) = item?;
+                let (t, key) = k.value();
+                if t != task {
+                    break;
+                }
+                if !newest.iter().any(|n| n == key) {
+                    stale.push(key.to_string());
+                }
             }
-            if !newest.iter().any(|n| n == key) {
-                stale.push(key.to_string());
+            for k in stale {
+                self.fps.remove(k.as_str())?;
             }
-        }
-        for k in stale {
-            self.fps.remove(k.as_str())?;
         }
         Ok(())
     }
