@@ -277,8 +277,11 @@ pub(super) fn seqs_desc(
     })
 }
 
+/// A bound on a `run_rows` key.
+pub(super) type RowBound = Bound<(u64, &'static str)>;
+
 /// The bounds of run `seq`'s rows in `run_rows`.
-pub(super) fn run_range(seq: u64) -> (Bound<(u64, &'static str)>, Bound<(u64, &'static str)>) {
+pub(super) fn run_range(seq: u64) -> (RowBound, RowBound) {
     (
         Bound::Included((seq, "")),
         match seq.checked_add(1) {
