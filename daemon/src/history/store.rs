@@ -83,7 +83,9 @@ pub(super) fn compact_if_sparse(db: &mut redb::Database, path: &Path) {
 /// transaction. Several processes may open the file at once: redb
 /// serialises their write transactions, and one that finds the old table
 /// gone (another converted it) does nothing. Rows of no retained run (left
-/// by dropping an undecodable run) are not carried over.
+/// by dropping an undecodable run) are not carried over, and such rows
+/// already in `run_rows` go: an older vx, which knows only `task_rows`,
+/// may have recorded and dropped runs since an earlier conversion.
 pub(super) fn convert_task_rows(db: &redb::Database) -> Result<bool, HistoryError> {
     let old_exists = |tx: &redb::ReadTransaction| match tx.open_table(OLD_TASK_ROWS) {
         Ok(_) => Ok(true),
@@ -106,12 +108,17 @@ pub(super) fn convert_task_rows(db: &redb::Database) -> Result<bool, HistoryErro
             None => None,
             Some(old) => {
                 let runs = tx.open_table(RUNS)?;
+                let mut retained = HashSet::new();
+                for item in runs.iter()? {
+                    retained.insert(item?.0.value());
+                }
                 let mut rows = tx.open_table(TASK_ROWS)?;
+                rows.retain(|(seq, _), _| retained.contains(&seq))?;
                 let mut n = 0u64;
                 for item in old.iter()? {
                     let (k, v) = item?;
                     let (task, seq) = k.value();
-                    if runs.get(seq)?.is_some() {
+                    if retained.contains(&seq) {
                         rows.insert((seq, task), v.value())?;
                         n += 1;
                     }
