@@ -11,7 +11,10 @@
 //! Tables:
 //! - `runs`: seq → the run without its rows, plus its task ids (JSON);
 //! - `run_ids`: run id → seq (lookups by id and by prefix);
-//! - `task_rows`: (task id, seq) → a task row (JSON) — the per-task index;
+//! - `run_rows`: (seq, task id) → a task row (JSON): a run's rows are
+//!   contiguous (a record appends, retention drops a range); per-task reads
+//!   look up each retained run, newest first. Files with the older
+//!   `task_rows` ((task id, seq)) are converted at open;
 //! - `outcomes`: (task id, key) → (failed rows, ok rows), over all retained runs;
 //! - `key_refs`: key → rows referencing it (fingerprint garbage collection);
 //! - `fingerprints`: key → a fingerprint row (JSON), written once per key;

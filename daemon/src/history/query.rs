@@ -3,6 +3,7 @@
 //! the scheduler reads. Never writes the file.
 
 use super::*;
+use std::ops::Bound;
 
 impl History {
     /// The newest `limit` runs, newest first, without their rows.
@@ -96,35 +97,38 @@ impl History {
         Ok(None)
     }
 
-    /// A task's newest `limit` rows, newest first.
+    /// A task's newest `limit` rows, newest first: one point lookup per
+    /// retained run, newest first, until `limit` are found.
     pub fn task_runs(&self, task_id: &str, limit: usize) -> Result<Vec<TaskRunRow>, HistoryError> {
         let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
         let rows = tx.open_table(TASK_ROWS)?;
         let mut out = Vec::new();
-        for item in rows
-            .range((task_id, 0u64)..=(task_id, u64::MAX))?
-            .rev()
-            .take(limit)
-        {
-            let (_, v) = item?;
-            out.push(decode_task_row(v.value())?);
+        for seq in seqs_desc(&runs, u64::MAX)? {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(v) = rows.get((seq, task_id))? {
+                out.push(decode_task_row(v.value())?);
+            }
         }
         Ok(out)
     }
 
-    /// Every task id with at least one retained row, sorted.
+    /// Every task id with at least one retained row, sorted: the union of
+    /// the retained runs' task ids (a run's rows are exactly those).
     pub fn task_ids(&self) -> Result<Vec<String>, HistoryError> {
         let tx = self.db.begin_read()?;
-        let rows = tx.open_table(TASK_ROWS)?;
-        let mut out: Vec<String> = Vec::new();
-        for item in rows.iter()? {
-            let (k, _) = item?;
-            let (task, _) = k.value();
-            if out.last().map(String::as_str) != Some(task) {
-                out.push(task.to_string());
-            }
+        let runs = tx.open_table(RUNS)?;
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        for item in runs.iter()? {
+            let (_, v) = item?;
+            let Ok(stored) = StoredRun::decode(v.value()) else {
+                continue;
+            };
+            out.extend(stored.task_ids);
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// Statistics of each task over its newest `window` rows (see
@@ -158,14 +162,11 @@ impl History {
             return Ok(out);
         }
         let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
         let rows = tx.open_table(TASK_ROWS)?;
         let outcomes = tx.open_table(OUTCOMES)?;
-        let mut fresh = Vec::new();
-        for id in missing {
-            if let Some(s) = task_stats(&rows, &outcomes, id, window)? {
-                fresh.push((id.clone(), s));
-            }
-        }
+        let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        let fresh = task_stats(&runs, &rows, &outcomes, &missing, window)?;
         if let Ok(mut memo) = self.memo.lock()
             && Some(memo.generation) == generation
         {
@@ -260,14 +261,46 @@ pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
     Some(sorted[idx])
 }
 
+/// Retained run seqs up to `upto`, newest first: every key of `runs`
+/// from the last (or `upto`) down to the first. Seqs of runs dropped in
+/// between (a run id recorded twice) come too and find no rows.
+pub(super) fn seqs_desc(
+    runs: &impl ReadableTable<u64, &'static [u8]>,
+    upto: u64,
+) -> Result<std::iter::Rev<std::ops::RangeInclusive<u64>>, HistoryError> {
+    let first = runs.first()?.map(|(k, _)| k.value());
+    let last = runs.last()?.map(|(k, _)| k.value());
+    #[allow(clippy::reversed_empty_ranges)]
+    Ok(match (first, last) {
+        (Some(f), Some(l)) if f <= l.min(upto) => (f..=l.min(upto)).rev(),
+        _ => (1..=0).rev(),
+    })
+}
+
+/// A bound on a `run_rows` key.
+pub(super) type RowBound = Bound<(u64, &'static str)>;
+
+/// The bounds of run `seq`'s rows in `run_rows`.
+pub(super) fn run_range(seq: u64) -> (RowBound, RowBound) {
+    (
+        Bound::Included((seq, "")),
+        match seq.checked_add(1) {
+            Some(next) => Bound::Excluded((next, "")),
+            None => Bound::Unbounded,
+        },
+    )
+}
+
 pub(super) fn load_run(
-    rows: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    rows: &redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     seq: u64,
     stored: StoredRun,
 ) -> Result<RunRecord, HistoryError> {
     let mut run = stored.head;
-    for id in &stored.task_ids {
-        if let Some(v) = rows.get((id.as_str(), seq))? {
+    let ids: HashSet<&str> = stored.task_ids.iter().map(String::as_str).collect();
+    for item in rows.range(run_range(seq))? {
+        let (k, v) = item?;
+        if ids.contains(k.value().1) {
             let row = decode_task_row(v.value())?;
             run.tasks.push(row.task);
         }
@@ -276,64 +309,131 @@ pub(super) fn load_run(
     Ok(run)
 }
 
-pub(super) fn task_stats(
-    rows: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
-    outcomes: &redb::ReadOnlyTable<(&'static str, &'static str), (u64, u64)>,
-    id: &str,
-    window: usize,
-) -> Result<Option<TaskStats>, HistoryError> {
-    let mut total = 0u64;
-    let (mut successes, mut hits, mut executed, mut failures, mut retried) = (0, 0, 0, 0, 0);
-    let mut durations = Vec::new();
-    for item in rows.range((id, 0u64)..=(id, u64::MAX))?.rev() {
-        if total as usize >= window && durations.len() >= window {
-            break;
-        }
-        let (_, v) = item?;
-        let row = decode_task_row(v.value())?;
-        let t = &row.task;
+/// A task's statistics while its rows are read newest first.
+#[derive(Default)]
+struct StatsAcc {
+    total: u64,
+    successes: u64,
+    hits: u64,
+    executed: u64,
+    failures: u64,
+    retried: u64,
+    durations: Vec<u64>,
+}
+
+impl StatsAcc {
+    /// Whether older rows can change nothing: `window` rows counted and
+    /// `window` durations found.
+    fn done(&self, window: usize) -> bool {
+        self.total as usize >= window && self.durations.len() >= window
+    }
+
+    fn add(&mut self, t: &TaskRun, window: usize) {
         let is_executed = matches!(t.cache, CacheSource::Miss | CacheSource::Disabled);
-        if (total as usize) < window {
-            total += 1;
-            successes += u64::from(t.status == TaskStatus::Success);
-            hits += u64::from(row_hit(t));
-            executed += u64::from(is_executed);
-            failures += u64::from(t.status == TaskStatus::Failed);
-            retried += u64::from(t.attempts > 1);
+        if (self.total as usize) < window {
+            self.total += 1;
+            self.successes += u64::from(t.status == TaskStatus::Success);
+            self.hits += u64::from(row_hit(t));
+            self.executed += u64::from(is_executed);
+            self.failures += u64::from(t.status == TaskStatus::Failed);
+            self.retried += u64::from(t.attempts > 1);
         }
-        if durations.len() < window && is_executed && t.status == TaskStatus::Success {
-            durations.push(t.duration_ms);
+        if self.durations.len() < window && is_executed && t.status == TaskStatus::Success {
+            self.durations.push(t.duration_ms);
         }
     }
-    if total == 0 {
-        return Ok(None);
-    }
-    let mut mixed = 0u64;
-    for item in outcomes.range((id, "")..)? {
-        let (k, v) = item?;
-        if k.value().0 != id {
+}
+
+/// Up to this many unfinished tasks, a run's rows are looked up one by one;
+/// beyond, the run's whole range is read once.
+pub(super) const POINT_LOOKUPS: usize = 32;
+
+/// The statistics of each of `ids` that has rows (see `docs/history.md`):
+/// the retained runs are read once, newest first, until every task has
+/// its window (or the runs run out).
+pub(super) fn task_stats(
+    runs: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    rows: &redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    outcomes: &redb::ReadOnlyTable<(&'static str, &'static str), (u64, u64)>,
+    ids: &[&str],
+    window: usize,
+) -> Result<Vec<(String, TaskStats)>, HistoryError> {
+    let mut acc: HashMap<&str, StatsAcc> =
+        ids.iter().map(|id| (*id, StatsAcc::default())).collect();
+    let mut open: Vec<&str> = acc.keys().copied().collect();
+    for seq in seqs_desc(runs, u64::MAX)? {
+        open.retain(|id| !acc[id].done(window));
+        if open.is_empty() {
             break;
         }
-        let (f, o) = v.value();
-        if f > 0 && o > 0 {
-            mixed += 1;
+        if open.len() <= POINT_LOOKUPS {
+            for id in &open {
+                if let Some(v) = rows.get((seq, *id))? {
+                    let row = decode_task_row(v.value())?;
+                    if let Some(a) = acc.get_mut(id) {
+                        a.add(&row.task, window);
+                    }
+                }
+            }
+        } else {
+            for item in rows.range(run_range(seq))? {
+                let (k, v) = item?;
+                let Some(a) = acc.get_mut(k.value().1) else {
+                    continue;
+                };
+                if a.done(window) {
+                    continue;
+                }
+                let row = decode_task_row(v.value())?;
+                a.add(&row.task, window);
+            }
         }
     }
-    durations.sort_unstable();
-    Ok(Some(TaskStats {
-        total,
-        successes,
-        hits,
-        executed,
-        failures,
-        retried,
-        p50_ms: percentile(&durations, 0.5),
-        p99_ms: percentile(&durations, 0.99),
-        success_rate: successes as f64 / total as f64,
-        hit_rate: hits as f64 / total as f64,
-        failure_mode: classify(total, failures, retried, mixed),
-        mixed_outcome_keys: mixed,
-    }))
+    let mut out = Vec::new();
+    for (id, a) in acc {
+        if a.total == 0 {
+            continue;
+        }
+        let mut mixed = 0u64;
+        for item in outcomes.range((id, "")..)? {
+            let (k, v) = item?;
+            if k.value().0 != id {
+                break;
+            }
+            let (f, o) = v.value();
+            if f > 0 && o > 0 {
+                mixed += 1;
+            }
+        }
+        let StatsAcc {
+            total,
+            successes,
+            hits,
+            executed,
+            failures,
+            retried,
+            mut durations,
+        } = a;
+        durations.sort_unstable();
+        out.push((
+            id.to_string(),
+            TaskStats {
+                total,
+                successes,
+                hits,
+                executed,
+                failures,
+                retried,
+                p50_ms: percentile(&durations, 0.5),
+                p99_ms: percentile(&durations, 0.99),
+                success_rate: successes as f64 / total as f64,
+                hit_rate: hits as f64 / total as f64,
+                failure_mode: classify(total, failures, retried, mixed),
+                mixed_outcome_keys: mixed,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// The failure mode: flaky when a row was retried, or when it failed and

@@ -46,7 +46,28 @@ impl History {
     /// [`History::record_kept`], pausing `pause` inside the write
     /// transaction before its commit (`VX_TEST_RECORD_DELAY_MS`: the tests
     /// that read, or kill, a writer in the middle of a record).
+    ///
+    /// A run's own handle reads only the ends of the big tables at open, so
+    /// damage in them may first show here: redb's panics on a damaged file
+    /// become [`HistoryError::Corrupt`] (the run's warning), never a panic.
     pub fn record_paused(
+        &self,
+        run: &RunRecord,
+        fingerprints: &[Fingerprint],
+        keep: Retention,
+        pause: Option<Duration>,
+    ) -> Result<(), HistoryError> {
+        crate::cache::quietly(|| self.record_in_tx(run, fingerprints, keep, pause)).unwrap_or_else(
+            |panic| {
+                Err(HistoryError::Corrupt {
+                    path: self.path.clone(),
+                    message: format!("the history writer panicked: {panic}"),
+                })
+            },
+        )
+    }
+
+    fn record_in_tx(
         &self,
         run: &RunRecord,
         fingerprints: &[Fingerprint],
@@ -122,7 +143,7 @@ impl History {
                     task: task.clone(),
                 };
                 t.rows
-                    .insert((task.id.as_str(), seq), encode_task_row(&row)?.as_slice())?;
+                    .insert((seq, task.id.as_str()), encode_task_row(&row)?.as_slice())?;
                 if let Some(key) = &task.key {
                     keys.insert(key.as_str(), task.id.as_str());
                     let (f, o) = t
@@ -150,9 +171,7 @@ impl History {
                     prune.push(*owner);
                 }
             }
-            for task in prune {
-                t.prune_fingerprints(task, FINGERPRINTS_PER_TASK)?;
-            }
+            t.prune_fingerprints(&prune, seq, FINGERPRINTS_PER_TASK)?;
             let mut head = run.clone();
             head.tasks = Vec::new();
             let stored = StoredRun { head, task_ids };
@@ -225,54 +244,88 @@ pub(super) fn row_ok(t: &TaskRun) -> bool {
 pub(super) struct Tables<'a, 't> {
     pub(super) runs: &'a mut redb::Table<'t, u64, &'static [u8]>,
     pub(super) ids: &'a mut redb::Table<'t, &'static str, u64>,
-    pub(super) rows: &'a mut redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    pub(super) rows: &'a mut redb::Table<'t, (u64, &'static str), &'static [u8]>,
     pub(super) outcomes: &'a mut redb::Table<'t, (&'static str, &'static str), (u64, u64)>,
     pub(super) refs: &'a mut redb::Table<'t, &'static str, u64>,
     pub(super) fps: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl Tables<'_, '_> {
-    /// Drops the fingerprints of `task` other than those of its `keep`
-    /// newest distinct keys.
+    /// Drops the fingerprints of each of `tasks` other than those of its
+    /// `keep` newest distinct keys (its rows up to run `upto`, the one
+    /// being recorded). The runs are read newest first, once for all the
+    /// tasks, until each has `keep` keys.
     pub(super) fn prune_fingerprints(
         &mut self,
-        task: &str,
+        tasks: &[&str],
+        upto: u64,
         keep: usize,
     ) -> Result<(), HistoryError> {
-        let mut newest: Vec<String> = Vec::new();
-        for item in self.rows.range((task, 0u64)..=(task, u64::MAX))?.rev() {
-            let (_, v) = item?;
-            let Ok(row) = decode_task_row(v.value()) else {
-                continue;
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut newest: HashMap<&str, Vec<String>> =
+            tasks.iter().map(|t| (*t, Vec::new())).collect();
+        let note = |list: &mut Vec<String>, bytes: &[u8]| {
+            if list.len() >= keep {
+                return;
+            }
+            let Ok(row) = decode_task_row(bytes) else {
+                return;
             };
             if let Some(k) = row.task.key
-                && !newest.contains(&k)
+                && !list.contains(&k)
             {
-                newest.push(k);
-                if newest.len() >= keep {
-                    break;
+                list.push(k);
+            }
+        };
+        let mut open: Vec<&str> = newest.keys().copied().collect();
+        open.sort_unstable();
+        let first = self.runs.first()?.map(|(k, _)| k.value()).unwrap_or(upto);
+        for seq in (first.min(upto)..=upto).rev() {
+            open.retain(|t| newest.get(t).is_some_and(|l| l.len() < keep));
+            if open.is_empty() {
+                break;
+            }
+            if open.len() <= POINT_LOOKUPS {
+                for t in &open {
+                    if let Some(v) = self.rows.get((seq, *t))?
+                        && let Some(list) = newest.get_mut(t)
+                    {
+                        note(list, v.value());
+                    }
+                }
+            } else {
+                for item in self.rows.range(run_range(seq))? {
+                    let (k, v) = item?;
+                    if let Some(list) = newest.get_mut(k.value().1) {
+                        note(list, v.value());
+                    }
                 }
             }
         }
-        let mut stale = Vec::new();
-        for item in self.outcomes.range((task, "")..)? {
-            let (k, _) = item?;
-            let (t, key) = k.value();
-            if t != task {
-                break;
+        for (task, newest) in newest {
+            let mut stale = Vec::new();
+            for item in self.outcomes.range((task, "")..)? {
+                let (k, _) = item?;
+                let (t, key) = k.value();
+                if t != task {
+                    break;
+                }
+                if !newest.iter().any(|n| n == key) {
+                    stale.push(key.to_string());
+                }
             }
-            if !newest.iter().any(|n| n == key) {
-                stale.push(key.to_string());
+            for k in stale {
+                self.fps.remove(k.as_str())?;
             }
-        }
-        for k in stale {
-            self.fps.remove(k.as_str())?;
         }
         Ok(())
     }
 
-    /// Removes run `seq`, its rows, its outcome counts and key references;
-    /// fingerprints no retained row references go with it.
+    /// Removes run `seq`, its rows (one contiguous range), its outcome
+    /// counts and key references; fingerprints no retained row references
+    /// go with it.
     pub(super) fn drop_run(
         &mut self,
         seq: u64,
@@ -282,17 +335,20 @@ impl Tables<'_, '_> {
             Some(v) => StoredRun::decode(v.value()).ok(),
             None => return Ok(()),
         };
-        let Some(stored) = stored else {
-            tracing::warn!("dropping an undecodable run (seq {seq}) from the history");
-            return Ok(());
-        };
-        self.ids.remove(stored.head.run_id.as_str())?;
-        for id in &stored.task_ids {
+        match &stored {
+            Some(stored) => {
+                self.ids.remove(stored.head.run_id.as_str())?;
+            }
+            None => tracing::warn!("dropping an undecodable run (seq {seq}) from the history"),
+        }
+        // (task id, the row) of every row of the run, removed at once.
+        let mut gone: Vec<(String, Option<TaskRunRow>)> = Vec::new();
+        for item in self.rows.extract_from_if(run_range(seq), |_, _| true)? {
+            let (k, v) = item?;
+            gone.push((k.value().1.to_string(), decode_task_row(v.value()).ok()));
+        }
+        for (id, row) in gone {
             touched.insert(id.clone());
-            let row = match self.rows.remove((id.as_str(), seq))? {
-                Some(v) => decode_task_row(v.value()).ok(),
-                None => None,
-            };
             let Some(row) = row else { continue };
             let Some(key) = &row.task.key else { continue };
             let counts = self

@@ -11,7 +11,14 @@ pub(super) const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs"
 
 pub(super) const RUN_IDS: TableDefinition<&str, u64> = TableDefinition::new("run_ids");
 
-pub(super) const TASK_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("task_rows");
+/// (run seq, task id) → a task row: a run's rows are contiguous, so a
+/// record appends them and retention drops a range.
+pub(super) const TASK_ROWS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("run_rows");
+
+/// The rows as files before `run_rows` kept them, (task id, run seq) → a
+/// task row: converted at open ([`convert_task_rows`]), then deleted.
+pub(super) const OLD_TASK_ROWS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("task_rows");
 
 pub(super) const OUTCOMES: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("outcomes");
@@ -69,6 +76,70 @@ pub(super) fn compact_if_sparse(db: &mut redb::Database, path: &Path) {
         ),
         Err(e) => tracing::warn!("could not compact {}: {e}", path.display()),
     }
+}
+
+/// Converts a file written before `run_rows` (rows keyed by task, then
+/// run): its `task_rows` become `run_rows` and go, in one write
+/// transaction. Several processes may open the file at once: redb
+/// serialises their write transactions, and one that finds the old table
+/// gone (another converted it) does nothing. Rows of no retained run (left
+/// by dropping an undecodable run) are not carried over, and such rows
+/// already in `run_rows` go: an older vx, which knows only `task_rows`,
+/// may have recorded and dropped runs since an earlier conversion.
+pub(super) fn convert_task_rows(db: &redb::Database) -> Result<bool, HistoryError> {
+    let old_exists = |tx: &redb::ReadTransaction| match tx.open_table(OLD_TASK_ROWS) {
+        Ok(_) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(HistoryError::from(e)),
+    };
+    if !old_exists(&db.begin_read()?)? {
+        return Ok(false);
+    }
+    let start = Instant::now();
+    let tx = db.begin_write()?;
+    let n = {
+        let old = match tx.open_table(OLD_TASK_ROWS) {
+            Ok(t) => Some(t),
+            // Converted by another process meanwhile.
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match old {
+            None => None,
+            Some(old) => {
+                let runs = tx.open_table(RUNS)?;
+                let mut retained = HashSet::new();
+                for item in runs.iter()? {
+                    retained.insert(item?.0.value());
+                }
+                let mut rows = tx.open_table(TASK_ROWS)?;
+                rows.retain(|(seq, _), _| retained.contains(&seq))?;
+                let mut n = 0u64;
+                for item in old.iter()? {
+                    let (k, v) = item?;
+                    let (task, seq) = k.value();
+                    if retained.contains(&seq) {
+                        rows.insert((seq, task), v.value())?;
+                        n += 1;
+                    }
+                }
+                Some(n)
+            }
+        }
+    };
+    let Some(n) = n else {
+        tx.abort()?;
+        return Ok(false);
+    };
+    tx.delete_table(OLD_TASK_ROWS)
+        .map_err(|e| HistoryError::Db(e.to_string()))?;
+    History::bump(&tx)?;
+    tx.commit()?;
+    tracing::info!(
+        "converted {n} history rows to the run-major layout in {:?}",
+        start.elapsed()
+    );
+    Ok(true)
 }
 
 /// Memoised statistics by (task, window); `generation` counts commits.
@@ -261,20 +332,26 @@ impl History {
             Err(e) => return Err(corrupt(e.to_string())),
         };
         let mut db = db;
+        // Before the read-through: a file in the old layout is converted
+        // (a failure, or a panic, here is damage like any other).
+        convert_task_rows(&db).map_err(|e| match e {
+            HistoryError::Corrupt { message, .. } => corrupt(message),
+            e => e,
+        })?;
         {
             // The daemon and the readers (`compact`: once per handle) read
             // every table through; a run's own handle reads the small
-            // tables through and only the ends of the big ones (a 100 MiB
-            // history would cost a run ~300 ms): damage found later in
-            // those costs that run's record (a warning), never the run.
+            // tables through and only the ends of those that grow with the
+            // history (a 100 MiB history would cost a run ~300 ms, and
+            // `outcomes` and `key_refs` hold a row per task and key):
+            // damage found later in those costs that run's record (a
+            // warning; the record catches redb's panics), never the run.
             use crate::cache::{read_ends, read_through};
             let tx = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
             for r in [
                 read_through(&tx, RUN_IDS),
-                read_through(&tx, OUTCOMES),
                 read_through(&tx, META),
                 read_through(&tx, DURATIONS),
-                read_through(&tx, KEY_REFS),
             ] {
                 r.map_err(&corrupt)?;
             }
@@ -283,12 +360,16 @@ impl History {
                     read_through(&tx, RUNS),
                     read_through(&tx, TASK_ROWS),
                     read_through(&tx, FINGERPRINTS),
+                    read_through(&tx, OUTCOMES),
+                    read_through(&tx, KEY_REFS),
                 ]
             } else {
                 [
                     read_ends(&tx, RUNS),
                     read_ends(&tx, TASK_ROWS),
                     read_ends(&tx, FINGERPRINTS),
+                    read_ends(&tx, OUTCOMES),
+                    read_ends(&tx, KEY_REFS),
                 ]
             };
             for r in r {

@@ -776,3 +776,281 @@ fn shared_handle_follows_a_deleted_file() {
     assert!(!Arc::ptr_eq(&a, &b));
     assert!(b.run(None).unwrap().is_none());
 }
+
+/// The rows' (seq, task) keys and the retained runs' seqs, as stored.
+fn stored_rows(h: &History) -> (Vec<(u64, String)>, Vec<u64>) {
+    let tx = h.db.begin_read().unwrap();
+    let rows = tx.open_table(TASK_ROWS).unwrap();
+    let runs = tx.open_table(RUNS).unwrap();
+    let keys = rows
+        .iter()
+        .unwrap()
+        .map(|i| {
+            let (k, _) = i.unwrap();
+            (k.value().0, k.value().1.to_string())
+        })
+        .collect();
+    let seqs = runs.iter().unwrap().map(|i| i.unwrap().0.value()).collect();
+    (keys, seqs)
+}
+
+/// Retention (and a run id recorded again) drops a run's whole range of
+/// rows, its outcome counts and key references: what is left is exactly
+/// the rows of the retained runs.
+#[test]
+fn dropping_a_run_drops_its_whole_range() {
+    struct Case {
+        what: &'static str,
+        max_runs: usize,
+        /// Run ids recorded in order (one may repeat), with how many tasks.
+        record: &'static [(&'static str, usize)],
+        /// The run ids left, newest first.
+        kept: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            what: "by count",
+            max_runs: 2,
+            record: &[("r1", 3), ("r2", 2), ("r3", 4), ("r4", 1)],
+            kept: &["r4", "r3"],
+        },
+        Case {
+            what: "a run id recorded again replaces its range",
+            max_runs: 10,
+            record: &[("r1", 3), ("r2", 2), ("r1", 1)],
+            kept: &["r1", "r2"],
+        },
+        Case {
+            what: "down to the newest run",
+            max_runs: 1,
+            record: &[("r1", 5), ("r2", 3), ("r3", 2)],
+            kept: &["r3"],
+        },
+    ];
+    for c in cases {
+        let d = tempfile::tempdir().unwrap();
+        let h = open(d.path()).with_retention(c.max_runs, Duration::from_secs(86_400));
+        let t0 = now_ms();
+        let mut tasks_of = HashMap::new();
+        for (i, (id, n)) in c.record.iter().enumerate() {
+            let tasks: Vec<TaskRun> = (0..*n)
+                .map(|t| {
+                    task(
+                        &format!("t{t}#b"),
+                        TaskStatus::Success,
+                        CacheSource::Miss,
+                        Some(&format!("{id}-{i}-{t}")),
+                        5,
+                    )
+                })
+                .collect();
+            tasks_of.insert(*id, *n);
+            h.record(&run(id, t0 + i as u64, tasks), &[]).unwrap();
+        }
+        let kept: Vec<String> = h.runs(10).unwrap().into_iter().map(|b| b.run_id).collect();
+        assert_eq!(kept, c.kept, "{}", c.what);
+        let (rows, seqs) = stored_rows(&h);
+        let want: usize = c.kept.iter().map(|id| tasks_of[id]).sum();
+        assert_eq!(rows.len(), want, "{}: {rows:?}", c.what);
+        assert!(
+            rows.iter().all(|(s, _)| seqs.contains(s)),
+            "{}: rows of dropped runs left: {rows:?} (runs {seqs:?})",
+            c.what
+        );
+        // Outcomes and key references follow the rows.
+        let tx = h.db.begin_read().unwrap();
+        let refs = tx.open_table(KEY_REFS).unwrap();
+        let outcomes = tx.open_table(OUTCOMES).unwrap();
+        assert_eq!(refs.len().unwrap() as usize, want, "{}", c.what);
+        assert_eq!(outcomes.len().unwrap() as usize, want, "{}", c.what);
+        for id in c.kept {
+            let r = h.run(Some(id)).unwrap().unwrap();
+            assert_eq!(r.tasks.len(), tasks_of[id], "{}", c.what);
+        }
+    }
+}
+
+/// Everything a history answers, to compare two files by.
+fn everything(h: &History) -> String {
+    let ids = h.task_ids().unwrap();
+    let mut out = format!("{:?}\n{:?}\n", h.runs(100).unwrap(), ids);
+    for b in h.runs(100).unwrap() {
+        out += &format!("{:?}\n", h.run(Some(&b.run_id)).unwrap());
+        for id in &ids {
+            out += &format!("{:?}\n", h.why_at(id, Some(&b.run_id)).ok());
+        }
+    }
+    out += &format!(
+        "{:?}\n{:?}\n",
+        h.run(None).unwrap(),
+        h.last_failed().unwrap()
+    );
+    let mut stats: Vec<_> = h.stats(&ids, 50).unwrap().into_iter().collect();
+    stats.sort_by(|a, b| a.0.cmp(&b.0));
+    out += &format!("{stats:?}\n");
+    for window in [1, 2, 3] {
+        let mut s: Vec<_> = h.stats(&ids, window).unwrap().into_iter().collect();
+        s.sort_by(|a, b| a.0.cmp(&b.0));
+        out += &format!("{s:?}\n");
+    }
+    for id in &ids {
+        out += &format!(
+            "{:?}\n{:?}\n{:?}\n",
+            h.task_runs(id, 100).unwrap(),
+            h.task_runs(id, 2).unwrap(),
+            h.why(id).unwrap()
+        );
+    }
+    out
+}
+
+/// A history with several runs, keys, failures and fingerprints.
+fn varied_history(h: &History) {
+    let t0 = now_ms();
+    for r in 0..6u64 {
+        let mut tasks = Vec::new();
+        for t in 0..4u64 {
+            let key = format!("k{t}-{}", r / 2);
+            let status = if t == 1 && r % 3 == 0 {
+                TaskStatus::Failed
+            } else {
+                TaskStatus::Success
+            };
+            let cache = if (r + t) % 2 == 0 {
+                CacheSource::Miss
+            } else {
+                CacheSource::Local
+            };
+            tasks.push(task(
+                &format!("p{t}#build"),
+                status,
+                cache,
+                Some(&key),
+                10 * r + t,
+            ));
+        }
+        tasks.push(task(
+            "root#all",
+            TaskStatus::Skipped,
+            CacheSource::Miss,
+            None,
+            0,
+        ));
+        let fps: Vec<Fingerprint> = tasks
+            .iter()
+            .filter(|t| t.cache == CacheSource::Miss && t.key.is_some())
+            .map(|t| {
+                let key = t.key.clone().unwrap();
+                fp(&t.id, &key, &[("src/a.ts", key.as_str())], &[("MODE", "x")])
+            })
+            .collect();
+        h.record(&run(&format!("run-{r}"), t0 + r, tasks), &fps)
+            .unwrap();
+    }
+}
+
+/// The rows as files before `run_rows` stored them (the old definition,
+/// written out here on purpose).
+const OLD_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("task_rows");
+
+/// Rewrites a history file's rows into the old layout.
+fn to_old_layout(path: &Path) {
+    let db = crate::cache::open_shared(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let rows = tx.open_table(TASK_ROWS).unwrap();
+        let mut old = tx.open_table(OLD_ROWS).unwrap();
+        for item in rows.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let (seq, task) = k.value();
+            old.insert((task, seq), v.value()).unwrap();
+        }
+    }
+    assert!(tx.delete_table(TASK_ROWS).unwrap());
+    {
+        // A row of no retained run (an undecodable run dropped) is not
+        // carried over...
+        let mut old = tx.open_table(OLD_ROWS).unwrap();
+        old.insert(("ghost#build", 99), b"{}".as_slice()).unwrap();
+        // ...and rows of dropped runs an older vx left in `run_rows` go.
+        let mut rows = tx.open_table(TASK_ROWS).unwrap();
+        rows.insert((98, "p0#build"), b"{}".as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn tables(path: &Path) -> Vec<String> {
+    let db = crate::cache::open_shared(path).unwrap();
+    let tx = db.begin_read().unwrap();
+    let mut names: Vec<String> = tx
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A file written in the old layout (rows keyed by task, then run) reads
+/// exactly as before once opened: the rows are converted at open and the
+/// old table goes; several handles opening it at once convert it once.
+#[test]
+fn an_old_layout_file_is_converted_at_open() {
+    for openers in [1usize, 2, 4] {
+        let d = tempfile::tempdir().unwrap();
+        let before = {
+            let h = open(d.path());
+            varied_history(&h);
+            everything(&h)
+        };
+        let path = d.path().join(FILE_NAME);
+        to_old_layout(&path);
+        let names = tables(&path);
+        assert!(names.contains(&"task_rows".to_string()), "{names:?}");
+        // Handles stand for processes opening the file at once.
+        let handles: Vec<History> = std::thread::scope(|s| {
+            let joins: Vec<_> = (0..openers)
+                .map(|i| {
+                    let dir = d.path();
+                    s.spawn(move || {
+                        if i % 2 == 0 {
+                            History::open(dir).unwrap()
+                        } else {
+                            History::open_for_run(dir, Duration::from_secs(5)).unwrap()
+                        }
+                    })
+                })
+                .collect();
+            joins.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        for h in &handles {
+            assert_eq!(everything(h), before, "{openers} openers");
+            assert!(h.task_runs("ghost#build", 10).unwrap().is_empty());
+            let (rows, seqs) = stored_rows(h);
+            assert!(rows.iter().all(|(s, _)| seqs.contains(s)), "{rows:?}");
+        }
+        drop(handles);
+        let names = tables(&path);
+        assert!(!names.contains(&"task_rows".to_string()), "{names:?}");
+        // Recording goes on in the new layout.
+        let h = open(d.path());
+        h.record(
+            &run(
+                "run-new",
+                now_ms() + 100,
+                vec![task(
+                    "p0#build",
+                    TaskStatus::Cached,
+                    CacheSource::Local,
+                    Some("k0-2"),
+                    1,
+                )],
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(h.task_runs("p0#build", 1).unwrap()[0].run_id, "run-new");
+        // A second conversion finds nothing to do.
+        assert!(!convert_task_rows(&h.db).unwrap());
+    }
+}

@@ -31,6 +31,7 @@ impl History {
             None => u64::MAX,
         };
         let tx = self.db.begin_read()?;
+        let runs = tx.open_table(RUNS)?;
         let rows = tx.open_table(TASK_ROWS)?;
         let fps = tx.open_table(FINGERPRINTS)?;
         let mut total = 0usize;
@@ -38,8 +39,10 @@ impl History {
         let mut previous: Option<(String, String)> = None;
         let mut same_key_rows = 0usize;
         let mut cache = None;
-        for item in rows.range((task_id, 0u64)..=(task_id, upto))?.rev() {
-            let (_, v) = item?;
+        for seq in seqs_desc(&runs, upto)? {
+            let Some(v) = rows.get((seq, task_id))? else {
+                continue;
+            };
             total += 1;
             let row = decode_task_row(v.value())?;
             if total == 1 {
