@@ -438,7 +438,9 @@ pub enum RunEvent {
         /// run is traced.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
-        /// The worker it runs on (`vx run --distribute`); absent here.
+        /// The worker it runs on (`vx run --distribute`; `reapi` for remote
+        /// execution); absent here. A task that falls back to this machine
+        /// after a remote start is started again without it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
     },

@@ -189,6 +189,22 @@ vx_test!(no_worker_is_one_warning_and_the_run_goes_on_here, || {
         "{w:?}"
     );
     assert!(worker(&r, "a#build").is_empty() && worker(&r, "b#build").is_empty());
+    // a#build was started remotely, then again here: its last task_started
+    // names no worker; b#build was only ever started here.
+    let started = |id: &str| -> Vec<serde_json::Value> {
+        r.events
+            .iter()
+            .filter(|e| e["type"] == "task_started" && e["id"] == id)
+            .map(|e| e["worker"].clone())
+            .collect()
+    };
+    assert_eq!(
+        started("a#build"),
+        vec![serde_json::json!("reapi"), serde_json::Value::Null],
+        "{:?}",
+        r.events
+    );
+    assert_eq!(started("b#build"), vec![serde_json::Value::Null]);
     assert_eq!(ws.read("b/dist/b.txt"), "a\n");
 });
 

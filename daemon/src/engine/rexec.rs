@@ -98,8 +98,9 @@ pub(super) fn remote_env(
 pub(super) enum Ran {
     /// The task's outcome (executed remotely, or cancelled).
     Done(Result<(TaskResult, Vec<u8>), EngineError>),
-    /// Run it here; `started`: its `task_started` event was sent already.
-    Local { started: bool },
+    /// Run it here (started here again if its `task_started` said
+    /// `reapi`: the caller always sends one).
+    Local,
 }
 
 /// `path` joined under the project directory `dir` (`.` for the root).
@@ -302,7 +303,7 @@ pub(super) async fn run_remote(
                 sh.emit(RunEvent::Warning {
                     message: format!("{id}: not executed remotely: {why}; running it here"),
                 });
-                return Ran::Local { started: false };
+                return Ran::Local;
             }
             Err(e) => return Ran::Done(Err(EngineError::new(ErrorKind::Internal, e.to_string()))),
         };
@@ -396,7 +397,7 @@ pub(super) async fn run_remote(
                     ),
                 });
             }
-            return Ran::Local { started: true };
+            return Ran::Local;
         }
         Err(RemoteError::Refused(why) | RemoteError::WriteDenied(why)) => {
             sh.emit(RunEvent::Warning {
@@ -404,7 +405,7 @@ pub(super) async fn run_remote(
                     "{id}: not executed remotely on {describe}: {why}; running it here"
                 ),
             });
-            return Ran::Local { started: true };
+            return Ran::Local;
         }
     };
     let duration_ms = t0.elapsed().as_millis() as u64;
@@ -447,7 +448,7 @@ pub(super) async fn run_remote(
             sh.emit(RunEvent::Warning {
                 message: format!("{id}: the remote result is not used: {why}; running it here"),
             });
-            return Ran::Local { started: true };
+            return Ran::Local;
         }
     }
     sh.mark_dirty(node.project);

@@ -514,23 +514,23 @@ pub(super) async fn execute(
     }
     // Remote execution (`[remote_execution] execute`), when the task may go
     // and the server can take it; else (or when it fails) here.
-    let mut started = false;
+    // A task that falls back after `task_started` said `worker: "reapi"`
+    // is started again, here (no worker): the last `task_started` of a task
+    // names where it runs.
     if let Some(r) = sh.remote_executor(g, tainted).await {
         match super::rexec::run_remote(sh, g, &key, r, cancel.clone()).await {
             super::rexec::Ran::Done(res) => return res,
-            super::rexec::Ran::Local { started: s } => started = s,
+            super::rexec::Ran::Local => {}
         }
     }
-    if !started {
-        sh.emit(RunEvent::TaskStarted {
-            id: id.clone(),
-            key: Some(key.clone()),
-            command: command.clone(),
-            uncached: !sh.cache_enabled(g),
-            traceparent,
-            worker: None,
-        });
-    }
+    sh.emit(RunEvent::TaskStarted {
+        id: id.clone(),
+        key: Some(key.clone()),
+        command: command.clone(),
+        uncached: !sh.cache_enabled(g),
+        traceparent,
+        worker: None,
+    });
     let attempts_total = node.def.retries + 1;
     let t0 = Instant::now();
     let mut attempt = 0;
