@@ -14,7 +14,7 @@ use super::Hot;
 use crate::hash;
 use crate::model::Snapshot;
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -65,10 +65,21 @@ pub(super) fn overlaps(a: &str, b: &str) -> bool {
     Path::new(a).starts_with(b) || Path::new(b).starts_with(a)
 }
 
+/// `dir` and every path under it in `dirs`: the range that starts at `dir`
+/// (paths order by components, so `a/b/c` sorts before `a/b-x` and `a/ba`).
+pub(super) fn subtree(dirs: &BTreeSet<PathBuf>, dir: &Path) -> Vec<PathBuf> {
+    dirs.range(dir.to_path_buf()..)
+        .take_while(|d| d.starts_with(dir))
+        .cloned()
+        .collect()
+}
+
 #[derive(Default)]
 pub(super) struct Watches {
     pub(super) watcher: Option<notify::RecommendedWatcher>,
-    pub(super) dirs: HashSet<PathBuf>,
+    /// Ordered by components, so a directory's subtree is the range that
+    /// starts at it: dropping a tree costs its size, not every watch.
+    pub(super) dirs: BTreeSet<PathBuf>,
 }
 
 /// How many changed paths [`Hot`] remembers for watch clients.
@@ -117,12 +128,7 @@ impl Hot {
         if !w.dirs.contains(dir) {
             return;
         }
-        let gone: Vec<PathBuf> = w
-            .dirs
-            .iter()
-            .filter(|d| d.starts_with(dir))
-            .cloned()
-            .collect();
+        let gone = subtree(&w.dirs, dir);
         // Under a watched parent, the event that brought us here (DELETE or
         // MOVED_FROM in the parent) has already made notify drop the watches
         // of `dir` and everything under it (and the kernel drops a deleted
@@ -424,6 +430,51 @@ mod tests {
         for (a, b, want) in cases {
             assert_eq!(overlaps(a, b), want, "{a} {b}");
         }
+    }
+
+    // The subtree of a watched directory is found by range, and equals the
+    // filter over every watch, siblings that sort around it included.
+    #[test]
+    fn subtree_is_the_range_under_a_dir() {
+        let dirs: BTreeSet<PathBuf> = [
+            "/w",
+            "/w/a",
+            "/w/a/b",
+            "/w/a/b/c",
+            "/w/a/b/c/d",
+            "/w/a/b-x",
+            "/w/a/b.c",
+            "/w/a/ba",
+            "/w/a/b0",
+            "/w/a/c",
+            "/w/ab",
+            "/w/a-",
+            "/x",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+        let cases = [
+            ("/w/a/b", vec!["/w/a/b", "/w/a/b/c", "/w/a/b/c/d"]),
+            ("/w/a/b/c/d", vec!["/w/a/b/c/d"]),
+            ("/w/a/b-x", vec!["/w/a/b-x"]),
+            ("/w/nope", vec![]),
+        ];
+        for (dir, want) in cases {
+            let got = subtree(&dirs, Path::new(dir));
+            let by_filter: Vec<PathBuf> = dirs
+                .iter()
+                .filter(|d| d.starts_with(dir))
+                .cloned()
+                .collect();
+            assert_eq!(got, by_filter, "{dir}");
+            assert_eq!(
+                got,
+                want.iter().map(PathBuf::from).collect::<Vec<_>>(),
+                "{dir}"
+            );
+        }
+        assert_eq!(subtree(&dirs, Path::new("/w")).len(), 12);
     }
 
     /// The watcher and its watched set are one lock: adding and dropping
