@@ -197,12 +197,18 @@ vx_test!(editing_a_leaf_reruns_only_the_affected_tasks, || {
     assert_eq!(ws.read("lib/dist/a.txt"), "two\n");
     // Deleted outputs come back from the cache (nothing runs).
     std::fs::remove_dir_all(ws.path("lib/dist")).expect("rm dist");
+    // A restore writes the file in place: it can exist, still empty, for a
+    // moment before its bytes are in. Wait for bytes, then check them.
     let t = Instant::now();
-    while !ws.exists("lib/dist/a.txt") {
+    let restored = loop {
+        match std::fs::read_to_string(ws.path("lib/dist/a.txt")) {
+            Ok(text) if !text.is_empty() => break text,
+            _ => {}
+        }
         assert!(t.elapsed() < WAIT, "lib/dist was not restored");
         std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(ws.read("lib/dist/a.txt"), "two\n");
+    };
+    assert_eq!(restored, "two\n");
     // A failing edit keeps watching; fixing it runs again.
     ws.write(
         "other/vx.toml",
