@@ -454,21 +454,15 @@ impl Conn {
         let refused = |e: String| RemoteError::Refused(e);
         let mut entries: Vec<Entry> = Vec::new();
         for f in &ar.output_files {
-            let digest = f
-                .digest
-                .clone()
-                .ok_or_else(|| refused(format!("output {:?} has no digest", f.path)))?;
-            vx_reapi::valid(&digest).map_err(|e| refused(e.to_string()))?;
-            entries.push(Entry::File {
-                path: f.path.clone(),
-                digest,
-                executable: f.is_executable,
-                mode: f
-                    .node_properties
-                    .as_ref()
-                    .and_then(|p| p.unix_mode.as_ref())
-                    .map(|m| m.value & 0o7777),
-            });
+            entries.push(
+                tree::file_entry(
+                    f.path.clone(),
+                    f.digest.as_ref(),
+                    f.is_executable,
+                    f.node_properties.as_ref(),
+                )
+                .map_err(refused)?,
+            );
         }
         for l in ar
             .output_symlinks
@@ -591,16 +585,7 @@ impl Conn {
             None => ar.stderr_raw.clone(),
         };
         let meta = ar.execution_metadata.as_ref();
-        let duration_ms = meta
-            .and_then(|m| {
-                let (a, b) = (
-                    m.execution_start_timestamp.as_ref()?,
-                    m.execution_completed_timestamp.as_ref()?,
-                );
-                let ms = (b.seconds - a.seconds) * 1000 + i64::from(b.nanos - a.nanos) / 1_000_000;
-                u64::try_from(ms).ok()
-            })
-            .unwrap_or(0);
+        let duration_ms = crate::rpc::executed_ms(meta);
         Ok(Executed {
             exit_code: ar.exit_code,
             timed_out: false,

@@ -123,6 +123,19 @@ pub(crate) fn failed(what: &str, st: Status, write: bool) -> RemoteError {
     }
 }
 
+/// How long a result's execution took by its metadata (0 when not sent).
+pub(crate) fn executed_ms(meta: Option<&vx_reapi::re::ExecutedActionMetadata>) -> u64 {
+    meta.and_then(|m| {
+        let (a, b) = (
+            m.execution_start_timestamp.as_ref()?,
+            m.execution_completed_timestamp.as_ref()?,
+        );
+        let ms = (b.seconds - a.seconds) * 1000 + i64::from(b.nanos - a.nanos) / 1_000_000;
+        u64::try_from(ms).ok()
+    })
+    .unwrap_or(0)
+}
+
 pub(crate) fn key(d: &Digest) -> (String, i64) {
     (d.hash.clone(), d.size_bytes)
 }
@@ -427,18 +440,7 @@ impl Conn {
             None => ar.stdout_raw.clone(),
         };
         blobs.clear();
-        let duration_ms = ar
-            .execution_metadata
-            .as_ref()
-            .and_then(|m| {
-                let (a, b) = (
-                    m.execution_start_timestamp.as_ref()?,
-                    m.execution_completed_timestamp.as_ref()?,
-                );
-                let ms = (b.seconds - a.seconds) * 1000 + i64::from(b.nanos - a.nanos) / 1_000_000;
-                u64::try_from(ms).ok()
-            })
-            .unwrap_or(0);
+        let duration_ms = executed_ms(ar.execution_metadata.as_ref());
         Ok(Some(Artifact {
             files,
             log,

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use vx_reapi::re::{Digest, Directory, DirectoryNode, FileNode, SymlinkNode, Tree};
+use vx_reapi::re::{Digest, Directory, DirectoryNode, FileNode, NodeProperties, SymlinkNode, Tree};
 use vxd::cache::remote::{JobInput, JobInputKind};
 
 /// The deepest directory nesting accepted in either direction.
@@ -166,6 +166,28 @@ pub enum Entry {
 /// prefixed by `base` (the output path, `""` for the working directory).
 /// `Err`: a child the tree does not carry, a bad name, too deep or more
 /// than `max_entries`.
+/// An output file of a result (an `OutputFile` or a `Tree`'s `FileNode`):
+/// its digest checked, its mode from the node properties when sent.
+pub fn file_entry(
+    path: String,
+    digest: Option<&Digest>,
+    executable: bool,
+    props: Option<&NodeProperties>,
+) -> Result<Entry, String> {
+    let digest = digest
+        .cloned()
+        .ok_or_else(|| format!("output {path:?} has no digest"))?;
+    vx_reapi::valid(&digest).map_err(|e| e.to_string())?;
+    Ok(Entry::File {
+        path,
+        digest,
+        executable,
+        mode: props
+            .and_then(|p| p.unix_mode.as_ref())
+            .map(|m| m.value & 0o7777),
+    })
+}
+
 pub fn flatten(base: &str, tree: &Tree, max_entries: usize) -> Result<Vec<Entry>, String> {
     let root = tree.root.as_ref().ok_or("the output tree has no root")?;
     let mut children: HashMap<(String, i64), &Directory> = HashMap::new();
@@ -190,21 +212,12 @@ pub fn flatten(base: &str, tree: &Tree, max_entries: usize) -> Result<Vec<Entry>
             return Err("the output tree nests too deep".into());
         }
         for f in &d.files {
-            let digest = f
-                .digest
-                .clone()
-                .ok_or_else(|| format!("output {:?} has no digest", f.name))?;
-            vx_reapi::valid(&digest).map_err(|e| e.to_string())?;
-            out.push(Entry::File {
-                path: join(&dir, &f.name)?,
-                digest,
-                executable: f.is_executable,
-                mode: f
-                    .node_properties
-                    .as_ref()
-                    .and_then(|p| p.unix_mode.as_ref())
-                    .map(|m| m.value & 0o7777),
-            });
+            out.push(file_entry(
+                join(&dir, &f.name)?,
+                f.digest.as_ref(),
+                f.is_executable,
+                f.node_properties.as_ref(),
+            )?);
         }
         for l in &d.symlinks {
             out.push(Entry::Link {
