@@ -24,6 +24,7 @@ pub mod history;
 pub mod hooks;
 pub mod init;
 pub mod inspect;
+pub mod mem;
 pub mod model;
 pub mod persist;
 pub mod plugins;

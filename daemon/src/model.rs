@@ -51,9 +51,11 @@ type PatternLists = (Vec<String>, Vec<String>, Vec<String>);
 pub struct Model {
     pub ws: Workspace,
     pub graph: TaskGraph,
-    /// Canonical JSON of each task's resolved config (folded into its key),
-    /// with the key fold's state after its per-task constant parts.
-    config_json: Vec<std::sync::OnceLock<(Arc<str>, blake3::Hasher)>>,
+    /// Canonical JSON of each task's resolved config (folded into its key).
+    /// Only the text: a key fold's prefix state ([`Model::key_prefix`]) is
+    /// ~1.9 KB (a blake3 hasher), which kept per node was 5.7 MiB of a
+    /// daemon's memory at 3,000 tasks; it is re-derived per fold instead.
+    config_json: Vec<std::sync::OnceLock<Arc<str>>>,
     /// Compiled patterns by (inputs, root inputs, outputs) lists.
     patterns: Mutex<HashMap<PatternLists, Arc<TaskPatterns>>>,
     /// The same, per graph node.
@@ -145,8 +147,8 @@ impl Model {
     }
 
     /// The canonical JSON of node `n`'s resolved config and the global
-    /// config, and the key fold's prefix state for the node.
-    pub fn config_json(&self, n: usize) -> &(Arc<str>, blake3::Hasher) {
+    /// config.
+    pub fn config_json(&self, n: usize) -> &Arc<str> {
         self.config_json[n].get_or_init(|| {
             #[derive(serde::Serialize)]
             struct ConfigView<'a> {
@@ -154,16 +156,24 @@ impl Model {
                 global: &'a crate::workspace::GlobalConfig,
             }
             let node = &self.graph.nodes[n];
-            let json: Arc<str> = serde_json::to_string(&ConfigView {
+            serde_json::to_string(&ConfigView {
                 task: &node.def,
                 global: &self.ws.global,
             })
             .unwrap_or_default()
-            .into();
-            let prefix =
-                KeyParts::prefix(&node.id, &json, node.def.command.as_deref().unwrap_or(""));
-            (json, prefix)
+            .into()
         })
+    }
+
+    /// The key fold's state after node `n`'s constant parts (its id, config
+    /// and command): what [`KeyParts::fold_from`] continues from.
+    pub fn key_prefix(&self, n: usize) -> blake3::Hasher {
+        let node = &self.graph.nodes[n];
+        KeyParts::prefix(
+            &node.id,
+            self.config_json(n),
+            node.def.command.as_deref().unwrap_or(""),
+        )
     }
 
     /// The compiled patterns of node `n` (compiled once per distinct list).
