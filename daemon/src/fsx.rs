@@ -22,7 +22,7 @@
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Why a confined operation was refused or failed.
@@ -130,6 +130,28 @@ pub fn link_stays_inside(rel: &str, target: &str) -> bool {
     true
 }
 
+/// A directory below a [`Confined`] root, opened without following a link:
+/// the root itself is borrowed (no `dup` per operation), a subdirectory is
+/// its own descriptor.
+pub enum Dir<'a> {
+    Root(BorrowedFd<'a>),
+    Sub(OwnedFd),
+}
+
+impl AsFd for Dir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Dir::Root(fd) => *fd,
+            Dir::Sub(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// Parent directories already opened below one [`Confined`], by their
+/// relative path (see [`Confined::write_new_file_in`]).
+#[derive(Default)]
+pub struct DirCache<'a>(std::collections::HashMap<String, Dir<'a>>);
+
 /// A directory that every operation stays below.
 pub struct Confined {
     root: OwnedFd,
@@ -160,6 +182,21 @@ impl Confined {
         })
     }
 
+    /// [`Confined::open`], creating `root` (and its parents) first when it
+    /// does not exist.
+    pub fn open_or_create(root: &Path) -> Result<Confined, FsxError> {
+        match Confined::open(root) {
+            Err(e) if e.is_not_found() => {
+                fs::create_dir_all(root).map_err(|source| FsxError::Io {
+                    path: root.to_path_buf(),
+                    source,
+                })?;
+                Confined::open(root)
+            }
+            r => r,
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.path
     }
@@ -176,11 +213,8 @@ impl Confined {
 
     /// Opens the directory `parts` below the root, never through a link;
     /// creates missing ones when `create`.
-    fn dir(&self, parts: &[&str], create: bool) -> Result<OwnedFd, FsxError> {
-        let mut cur = rustix::io::dup(&self.root).map_err(|e| FsxError::Io {
-            path: self.path.clone(),
-            source: e.into(),
-        })?;
+    fn dir(&self, parts: &[&str], create: bool) -> Result<Dir<'_>, FsxError> {
+        let mut cur = Dir::Root(self.root.as_fd());
         for (i, c) in parts.iter().enumerate() {
             let at = || self.abs(&parts[..=i]);
             let mut r = rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty());
@@ -197,7 +231,7 @@ impl Confined {
                 r = rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty());
             }
             cur = match r {
-                Ok(fd) => fd,
+                Ok(fd) => Dir::Sub(fd),
                 Err(e) if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR => {
                     let is_link = rustix::fs::statat(&cur, *c, AtFlags::SYMLINK_NOFOLLOW)
                         .is_ok_and(|st| lstat_of(&st).kind == Kind::Symlink);
@@ -222,7 +256,7 @@ impl Confined {
     }
 
     /// The parent directory of `rel` and its last component.
-    fn parent<'a>(&self, rel: &'a str, create: bool) -> Result<(OwnedFd, &'a str), FsxError> {
+    fn parent<'a>(&self, rel: &'a str, create: bool) -> Result<(Dir<'_>, &'a str), FsxError> {
         let parts = self.split(rel)?;
         let (leaf, dirs) = parts.split_last().expect("components are never empty");
         Ok((self.dir(dirs, create)?, leaf))
@@ -272,14 +306,33 @@ impl Confined {
     /// is replaced as [`Confined::write_file`] does. Returns the `lstat` of
     /// what was written, taken from the open file (no second path walk).
     pub fn write_new_file(&self, rel: &str, bytes: &[u8], mode: u32) -> Result<Lstat, FsxError> {
-        let (dir, leaf) = self.parent(rel, true)?;
+        self.write_new_file_in(&mut DirCache::default(), rel, bytes, mode)
+    }
+
+    /// [`Confined::write_new_file`], opening (and creating) each parent
+    /// directory once per `dirs`: several files written into one directory
+    /// walk its path once, not once per file.
+    pub fn write_new_file_in<'c>(
+        &'c self,
+        dirs: &mut DirCache<'c>,
+        rel: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Lstat, FsxError> {
+        let parts = self.split(rel)?;
+        let (leaf, above) = parts.split_last().expect("components are never empty");
+        let key = above.join("/");
+        let dir = match dirs.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.dir(above, true)?),
+        };
         let io_err = |source: io::Error| FsxError::Io {
             path: self.path.join(rel),
             source,
         };
         let fd = match rustix::fs::openat(
-            &dir,
-            leaf,
+            &*dir,
+            *leaf,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         ) {
@@ -300,7 +353,7 @@ impl Confined {
         })();
         r.map_err(|e| {
             // Never leave a half-written output behind under its real name.
-            let _ = rustix::fs::unlinkat(&dir, leaf, AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&*dir, *leaf, AtFlags::empty());
             io_err(e)
         })
     }

@@ -11,10 +11,67 @@
 //! hook plugins gave the run.
 
 use super::prepare::Shared;
+use crate::cache;
 use crate::error::{EngineError, ErrorKind};
+use crate::globs::Patterns;
 use crate::hash::{self, FileMeta, KeyParts};
 use std::collections::HashSet;
 use std::path::Path;
+
+/// Whether a restore into the project at `project` (absolute, in the
+/// workspace at `root`) that wrote `written` (project-relative) for the
+/// output patterns `outputs` provably leaves a walk of the project as it
+/// was, so the project need not be re-walked: the workspace has no global
+/// inputs (their walk records ignored files too), every output base is an
+/// existing real directory that the walk does not enter (it, or a
+/// directory between it and the project, is ignored; asked of the same
+/// walker the walk uses), and every file written lies below a base. A
+/// restore wipes only what the patterns select below the bases and
+/// creates only the written files and their directories, so nothing it
+/// touched is in a walk, before or after. Anything else (a pattern that
+/// can match anywhere, a base the walk enters, a base gone after the
+/// restore) is not provable: the caller re-walks.
+pub(super) fn restore_invisible<'a>(
+    root: &Path,
+    project: &Path,
+    global_inputs: bool,
+    outputs: &Patterns,
+    mut written: impl Iterator<Item = &'a str>,
+) -> bool {
+    let Some(bases) = outputs.bases() else {
+        return false;
+    };
+    if global_inputs || bases.is_empty() {
+        return false;
+    }
+    let below_a_base = |f: &str| {
+        bases.iter().any(|b| {
+            f.strip_prefix(b.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    };
+    if !written.all(below_a_base) {
+        return false;
+    }
+    bases.iter().all(|base| {
+        let Some(parts) = crate::fsx::components(base) else {
+            return false;
+        };
+        // Top down, each a real directory (never a link): the first one
+        // the walk does not enter hides everything below it.
+        let mut dir = project.to_path_buf();
+        for c in parts {
+            dir.push(c);
+            if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                return false;
+            }
+            if !hash::is_walked_dir(root, &dir) {
+                return true;
+            }
+        }
+        false
+    })
+}
 use std::sync::Arc;
 use vx_proto::history::Fingerprint;
 
@@ -30,6 +87,28 @@ impl Shared {
     }
 
     pub(super) fn mark_dirty(&self, p: usize) {
+        self.mark_changed(p, true);
+    }
+
+    /// After a restore into project `p` that wrote `written` (paths
+    /// relative to the project) for the output patterns `outputs`: `p` is
+    /// re-walked before its next task is keyed unless the restore provably
+    /// changed nothing a walk of `p` records (see [`restore_invisible`]);
+    /// the owners of symlinks into `p` are re-walked either way.
+    pub(super) fn mark_restored(&self, p: usize, outputs: &Patterns, written: &cache::Stamps) {
+        let invisible = restore_invisible(
+            &self.model.ws.root,
+            &self.project_abs(p),
+            self.model.global_patterns().is_some(),
+            outputs,
+            written.keys().map(String::as_str),
+        );
+        self.mark_changed(p, !invisible);
+    }
+
+    /// Marks the owners of symlinks into project `p` for a re-walk before
+    /// their next task is keyed, and `p` itself when `own`.
+    fn mark_changed(&self, p: usize, own: bool) {
         // A symlink into project `p` is keyed by its target: its owner must
         // be re-walked too (the target may be new, or have a new stat).
         let dir = self.model.ws.projects[p].dir.as_str();
@@ -47,7 +126,9 @@ impl Shared {
             })
             .unwrap_or_default();
         if let Ok(mut d) = self.dirty.lock() {
-            d.insert(p);
+            if own {
+                d.insert(p);
+            }
             d.extend(owners);
         }
     }
@@ -302,5 +383,140 @@ impl Shared {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    // Which restores may skip the project's re-walk: only those whose every
+    // output base is an existing real directory the walk does not enter,
+    // with every written file below one, and no global inputs.
+    #[test]
+    fn a_restore_skips_the_re_walk_only_when_the_walk_cannot_see_it() {
+        // (what, output patterns, dirs made, written, global inputs, skips)
+        let cases: &[(&str, &[&str], &[&str], &[&str], bool, bool)] = &[
+            (
+                "ignored base",
+                &["dist/**"],
+                &["dist"],
+                &["dist/a.txt"],
+                false,
+                true,
+            ),
+            (
+                "ignored, nothing written",
+                &["dist/**"],
+                &["dist"],
+                &[],
+                false,
+                true,
+            ),
+            (
+                "base gone after the wipe",
+                &["dist/**"],
+                &[],
+                &[],
+                false,
+                false,
+            ),
+            (
+                "base the walk enters",
+                &["out/**"],
+                &["out"],
+                &["out/a.txt"],
+                false,
+                false,
+            ),
+            (
+                "global inputs",
+                &["dist/**"],
+                &["dist"],
+                &["dist/a.txt"],
+                true,
+                false,
+            ),
+            (
+                "written outside the bases",
+                &["dist/**"],
+                &["dist"],
+                &["src/a.js"],
+                false,
+                false,
+            ),
+            (
+                "written at the base itself",
+                &["dist"],
+                &["dist"],
+                &["dist"],
+                false,
+                false,
+            ),
+            (
+                "a pattern matching anywhere",
+                &["**/*.js"],
+                &["dist"],
+                &["dist/a.js"],
+                false,
+                false,
+            ),
+            (
+                "below an ignored parent",
+                &["build/gen/**"],
+                &["build/gen"],
+                &["build/gen/a"],
+                false,
+                true,
+            ),
+            (
+                "ignored by a nested .gitignore",
+                &["src/gen/**"],
+                &["src/gen"],
+                &["src/gen/a"],
+                false,
+                true,
+            ),
+            (
+                "one base seen, one not",
+                &["dist/**", "out/**"],
+                &["dist", "out"],
+                &["dist/a"],
+                false,
+                false,
+            ),
+            (
+                "always skipped",
+                &["node_modules/.cache/**"],
+                &["node_modules/.cache"],
+                &["node_modules/.cache/x"],
+                false,
+                true,
+            ),
+            (
+                "a symlinked base",
+                &["lnk/**"],
+                &["real"],
+                &["lnk/a"],
+                false,
+                false,
+            ),
+        ];
+        for (what, pats, dirs, written, global, want) in cases {
+            let d = tempfile::tempdir().unwrap();
+            let root = d.path().canonicalize().unwrap();
+            let proj = root.join("p");
+            fs::create_dir_all(proj.join("src")).unwrap();
+            fs::write(root.join(".gitignore"), "dist\nbuild\nlnk\n").unwrap();
+            fs::write(proj.join("src/.gitignore"), "gen\n").unwrap();
+            for dir in *dirs {
+                fs::create_dir_all(proj.join(dir)).unwrap();
+            }
+            std::os::unix::fs::symlink("real", proj.join("lnk")).unwrap();
+            let pats = Patterns::new(pats).unwrap();
+            let got = restore_invisible(&root, &proj, *global, &pats, written.iter().copied());
+            assert_eq!(got, *want, "{what}");
+        }
     }
 }
