@@ -82,7 +82,7 @@ outputs = ["gen/**", "dist/**"]
 
 [tasks.use]
 command = "cat gen/a.txt > used.txt"
-dependsOn = ["gen"]
+depends_on = ["gen"]
 inputs = ["gen/**"]
 outputs = ["used.txt"]
 "#,

@@ -17,68 +17,50 @@ use crate::globs::Patterns;
 use crate::hash::{self, FileMeta, KeyParts};
 use std::collections::HashSet;
 use std::path::Path;
-
-/// Whether a restore into the project at `project` (absolute, in the
-/// workspace at `root`) that wrote `written` (project-relative) for the
-/// output patterns `outputs` provably leaves a walk of the project as it
-/// was, so the project need not be re-walked: the workspace has no global
-/// inputs (their walk records ignored files too), every output base is an
-/// existing real directory that the walk does not enter (it, or a
-/// directory between it and the project, is ignored; asked of the same
-/// walker the walk uses), and every file written lies below a base. A
-/// restore wipes only what the patterns select below the bases and
-/// creates only the written files and their directories, so nothing it
-/// touched is in a walk, before or after. Anything else (a pattern that
-/// can match anywhere, a base the walk enters, a base gone after the
-/// restore) is not provable: the caller re-walks.
-pub(super) fn restore_invisible<'a>(
-    root: &Path,
-    project: &Path,
-    global_inputs: bool,
-    outputs: &Patterns,
-    mut written: impl Iterator<Item = &'a str>,
-) -> bool {
-    let Some(bases) = outputs.bases() else {
-        return false;
-    };
-    if global_inputs || bases.is_empty() {
-        return false;
-    }
-    let below_a_base = |f: &str| {
-        bases.iter().any(|b| {
-            f.strip_prefix(b.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-    };
-    if !written.all(below_a_base) {
-        return false;
-    }
-    bases.iter().all(|base| {
-        let Some(parts) = crate::fsx::components(base) else {
-            return false;
-        };
-        // Top down, each a real directory (never a link): the first one
-        // the walk does not enter hides everything below it.
-        let mut dir = project.to_path_buf();
-        for c in parts {
-            dir.push(c);
-            if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                return false;
-            }
-            if !hash::is_walked_dir(root, &dir) {
-                return true;
-            }
-        }
-        false
-    })
-}
 use std::sync::Arc;
 use vx_proto::history::Fingerprint;
 
+/// Whether a task whose input patterns lie below `inputs` (project-relative
+/// bases, `None` when a pattern can match anywhere) can select a file at or
+/// below one of `restored` (project-relative output bases a restore wiped
+/// and wrote below): they overlap when one is the other or lies below it.
+pub(super) fn may_see(inputs: Option<&[String]>, restored: &[String]) -> bool {
+    let Some(inputs) = inputs else {
+        return true;
+    };
+    let below = |a: &str, b: &str| {
+        a.strip_prefix(b)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    inputs
+        .iter()
+        .any(|i| restored.iter().any(|r| below(i, r) || below(r, i)))
+}
+
 impl Shared {
-    pub(super) fn refresh_if_dirty(&self, p: usize) {
+    /// Re-walks node `n`'s project before `n` is keyed when it was written
+    /// to since the snapshot, or restored into below a directory `n`'s
+    /// inputs can reach (see [`Shared::mark_restored`]).
+    pub(super) fn refresh_if_dirty(&self, n: usize) {
+        let p = self.model.graph.nodes[n].project;
         let was_dirty = self.dirty.lock().map(|mut d| d.remove(&p)).unwrap_or(false);
-        if !was_dirty {
+        let seen = |bases: &Vec<String>| {
+            let Some(pats) = self.patterns.get(&n) else {
+                return true;
+            };
+            !pats.root_inputs.is_empty()
+                || !self.global_inputs.is_empty()
+                || may_see(pats.inputs.bases(), bases)
+        };
+        let restored = self
+            .restored
+            .lock()
+            .map(|mut r| match r.get(&p) {
+                Some(bases) if was_dirty || seen(bases) => r.remove(&p).is_some(),
+                _ => false,
+            })
+            .unwrap_or(true);
+        if !was_dirty && !restored {
             return;
         }
         if let Ok(mut s) = self.snapshot.write() {
@@ -91,19 +73,31 @@ impl Shared {
     }
 
     /// After a restore into project `p` that wrote `written` (paths
-    /// relative to the project) for the output patterns `outputs`: `p` is
-    /// re-walked before its next task is keyed unless the restore provably
-    /// changed nothing a walk of `p` records (see [`restore_invisible`]);
-    /// the owners of symlinks into `p` are re-walked either way.
+    /// relative to the project) for the output patterns `outputs`. A
+    /// restore wipes and writes only at or below the output bases, so when
+    /// every written file lies there too, `p` is re-walked only before a
+    /// task is keyed whose inputs can reach a base (most dependents read
+    /// `src/**`, not `dist/**`: no walk); otherwise (a pattern that can
+    /// match anywhere, a file written elsewhere) before its next task is
+    /// keyed. The owners of symlinks into `p` are re-walked either way.
     pub(super) fn mark_restored(&self, p: usize, outputs: &Patterns, written: &cache::Stamps) {
-        let invisible = restore_invisible(
-            &self.model.ws.root,
-            &self.project_abs(p),
-            self.model.global_patterns().is_some(),
-            outputs,
-            written.keys().map(String::as_str),
-        );
-        self.mark_changed(p, !invisible);
+        let bases = outputs.bases().filter(|b| {
+            written.keys().all(|f| {
+                b.iter().any(|base| {
+                    f.strip_prefix(base.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                })
+            })
+        });
+        match bases {
+            Some(b) => {
+                self.mark_changed(p, false);
+                if let Ok(mut r) = self.restored.lock() {
+                    r.entry(p).or_default().extend(b.iter().cloned());
+                }
+            }
+            None => self.mark_changed(p, true),
+        }
     }
 
     /// Marks the owners of symlinks into project `p` for a re-walk before
@@ -137,7 +131,7 @@ impl Shared {
     /// keys must already be known.
     pub(super) fn key_of(&self, n: usize) -> Result<String, EngineError> {
         let node = &self.model.graph.nodes[n];
-        self.refresh_if_dirty(node.project);
+        self.refresh_if_dirty(n);
         let mut upstream = Vec::new();
         {
             let keys = self
@@ -389,134 +383,35 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
-    // Which restores may skip the project's re-walk: only those whose every
-    // output base is an existing real directory the walk does not enter,
-    // with every written file below one, and no global inputs.
+    // Whether a task's inputs can select a file a restore touched (at or
+    // below an output base): only then is its project re-walked before it
+    // is keyed.
     #[test]
-    fn a_restore_skips_the_re_walk_only_when_the_walk_cannot_see_it() {
-        // (what, output patterns, dirs made, written, global inputs, skips)
-        let cases: &[(&str, &[&str], &[&str], &[&str], bool, bool)] = &[
-            (
-                "ignored base",
-                &["dist/**"],
-                &["dist"],
-                &["dist/a.txt"],
-                false,
-                true,
-            ),
-            (
-                "ignored, nothing written",
-                &["dist/**"],
-                &["dist"],
-                &[],
-                false,
-                true,
-            ),
-            (
-                "base gone after the wipe",
-                &["dist/**"],
-                &[],
-                &[],
-                false,
-                false,
-            ),
-            (
-                "base the walk enters",
-                &["out/**"],
-                &["out"],
-                &["out/a.txt"],
-                false,
-                false,
-            ),
-            (
-                "global inputs",
-                &["dist/**"],
-                &["dist"],
-                &["dist/a.txt"],
-                true,
-                false,
-            ),
-            (
-                "written outside the bases",
-                &["dist/**"],
-                &["dist"],
-                &["src/a.js"],
-                false,
-                false,
-            ),
-            (
-                "written at the base itself",
-                &["dist"],
-                &["dist"],
-                &["dist"],
-                false,
-                false,
-            ),
-            (
-                "a pattern matching anywhere",
-                &["**/*.js"],
-                &["dist"],
-                &["dist/a.js"],
-                false,
-                false,
-            ),
-            (
-                "below an ignored parent",
-                &["build/gen/**"],
-                &["build/gen"],
-                &["build/gen/a"],
-                false,
-                true,
-            ),
-            (
-                "ignored by a nested .gitignore",
-                &["src/gen/**"],
-                &["src/gen"],
-                &["src/gen/a"],
-                false,
-                true,
-            ),
-            (
-                "one base seen, one not",
-                &["dist/**", "out/**"],
-                &["dist", "out"],
-                &["dist/a"],
-                false,
-                false,
-            ),
-            (
-                "always skipped",
-                &["node_modules/.cache/**"],
-                &["node_modules/.cache"],
-                &["node_modules/.cache/x"],
-                false,
-                true,
-            ),
-            (
-                "a symlinked base",
-                &["lnk/**"],
-                &["real"],
-                &["lnk/a"],
-                false,
-                false,
-            ),
+    fn a_restore_is_seen_only_by_inputs_that_reach_its_bases() {
+        // (input patterns, restored bases, seen)
+        let cases: &[(&[&str], &[&str], bool)] = &[
+            (&["src/**"], &["dist"], false),
+            (&["src/**", "package.json"], &["dist"], false),
+            (&["dist/**"], &["dist"], true),
+            (&["dist/types/*.d.ts"], &["dist"], true),
+            (&["out/gen/**"], &["out"], true),
+            (&["out/**"], &["out/gen"], true),
+            (&["distant/**"], &["dist"], false),
+            (&["dist-old/**"], &["dist"], false),
+            (&["**/*.ts"], &["dist"], true),
+            (&["src/**", "!dist/**"], &["dist"], false),
+            (&[], &["dist"], false),
+            (&["src/**"], &["src/gen", "dist"], true),
         ];
-        for (what, pats, dirs, written, global, want) in cases {
-            let d = tempfile::tempdir().unwrap();
-            let root = d.path().canonicalize().unwrap();
-            let proj = root.join("p");
-            fs::create_dir_all(proj.join("src")).unwrap();
-            fs::write(root.join(".gitignore"), "dist\nbuild\nlnk\n").unwrap();
-            fs::write(proj.join("src/.gitignore"), "gen\n").unwrap();
-            for dir in *dirs {
-                fs::create_dir_all(proj.join(dir)).unwrap();
-            }
-            std::os::unix::fs::symlink("real", proj.join("lnk")).unwrap();
-            let pats = Patterns::new(pats).unwrap();
-            let got = restore_invisible(&root, &proj, *global, &pats, written.iter().copied());
-            assert_eq!(got, *want, "{what}");
+        for (inputs, restored, want) in cases {
+            let pats = Patterns::new(inputs).unwrap();
+            let restored: Vec<String> = restored.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                may_see(pats.bases(), &restored),
+                *want,
+                "{inputs:?} vs {restored:?}"
+            );
         }
     }
 }
