@@ -8,7 +8,9 @@
 //! path opened later. Paths are plain relative paths (`a/b/c`): an absolute
 //! path, an empty, `.` or `..` component is refused before any system call.
 //!
-//! Owns: validating relative paths, creating parent directories, installing a
+//! Owns: validating relative paths, creating parent directories (once per
+//! directory for a batch of writes, [`DirCache`]; the root's own descriptor
+//! is borrowed, never duplicated), installing a
 //! file or a symlink atomically (temp sibling + `renameat`), unlinking a
 //! non-directory, removing an empty directory, reading a file or a link text
 //! without following a link, `lstat`, and finding the first symlinked

@@ -5,7 +5,8 @@
 //! keyed environment, the key fold (memoised under the daemon while every
 //! varying part is unchanged), the fingerprint the history keeps of a key,
 //! the `--dry` input warnings, and re-walking the projects a task wrote to
-//! before a dependent is keyed.
+//! before a dependent is keyed (after a restore, only before a task whose
+//! inputs reach the restored output bases).
 //! Never: reads or writes the cache, or runs anything; a key depends only
 //! on files, env values, config, upstream keys, args and the key material
 //! hook plugins gave the run.
