@@ -599,6 +599,42 @@ mod tests {
         assert_eq!(c.lstat("nope/x").unwrap(), None);
     }
 
+    // A batch of new files walks each parent directory's path once (one
+    // cached descriptor per directory), and stays as confined as one write.
+    #[test]
+    fn new_files_in_a_batch_open_each_directory_once_and_stay_confined() {
+        let (d, c) = fixture();
+        let mut dirs = DirCache::default();
+        for rel in ["dist/a", "dist/b", "dist/sub/c", "top", "real/g"] {
+            let st = c
+                .write_new_file_in(&mut dirs, rel, rel.as_bytes(), 0o644)
+                .unwrap();
+            assert_eq!(fs::read(c.root().join(rel)).unwrap(), rel.as_bytes());
+            assert_eq!(c.lstat(rel).unwrap(), Some(st), "{rel}");
+        }
+        let mut opened: Vec<&str> = dirs.0.keys().map(String::as_str).collect();
+        opened.sort();
+        assert_eq!(opened, vec!["", "dist", "dist/sub", "real"]);
+        for (rel, want) in [
+            ("link_dir/x.txt", Want::Symlink),
+            ("inner_link/new", Want::Symlink),
+            ("../outside/y", Want::BadPath),
+        ] {
+            let got = classify(
+                c.write_new_file_in(&mut dirs, rel, b"NEW", 0o644)
+                    .map(|_| ()),
+            );
+            assert_eq!(got, want, "{rel}");
+        }
+        outside_untouched(&d);
+        // Something already at the leaf is replaced, never written through.
+        let st = c
+            .write_new_file_in(&mut dirs, "leaf_link", b"NEW", 0o600)
+            .unwrap();
+        assert_eq!(st.kind, Kind::File);
+        outside_untouched(&d);
+    }
+
     #[test]
     fn first_symlink_names_the_link_on_the_way() {
         let (_d, c) = fixture();

@@ -64,7 +64,11 @@ pub(super) fn collect_in(
     let mut seen = HashSet::new();
     for base in bases {
         if base.is_empty() {
-            walk_outputs(project, "", pats, fence, &mut out, &mut seen, false);
+            // (As before: a project dir that is itself a link is not
+            // walked for patterns that can match anywhere.)
+            if fs::symlink_metadata(project).is_ok_and(|m| m.is_dir()) {
+                walk_outputs(project, "", pats, fence, &mut out, &mut seen, false);
+            }
             continue;
         }
         let kind = match c.lstat(base) {
