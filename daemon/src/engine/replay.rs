@@ -431,7 +431,7 @@ pub(super) fn memo_fits(sh: &Shared, watch_cycle: bool) -> bool {
         && sh.policy.local_read
 }
 
-/// Per local task of a run over `nodes`: the hit (or, for a group task,
+/// By graph node, for a run over `nodes`: the hit (or, for a group task,
 /// the key) the same request's last run found, when nothing it was
 /// computed from can have changed since, so the run serves it without
 /// looking at it. `None`: no memo applies, every task is visited.
@@ -470,20 +470,22 @@ pub(super) fn memo_served(sh: &Shared, nodes: &[usize]) -> Option<Vec<Option<Arc
             *c = true;
         }
     }
-    let global = !sh.global_inputs.is_empty();
-    // By graph node: served. `nodes` is in dependency order.
-    let mut clean = vec![false; graph.nodes.len()];
-    let mut out = Vec::with_capacity(nodes.len());
-    for (i, &g) in nodes.iter().enumerate() {
-        let served = memo.tasks.get(i).cloned().flatten().filter(|_| {
-            let node = &graph.nodes[g];
-            !global
-                && !project_changed.get(node.project).copied().unwrap_or(true)
-                && sh.patterns.get(&g).is_some_and(|p| p.root_inputs.is_empty())
-                && graph.deps(g).all(|d| clean[d])
-        });
-        clean[g] = served.is_some();
-        out.push(served);
+    if !sh.global_inputs.is_empty() || memo.tasks.len() != graph.nodes.len() {
+        return None;
+    }
+    // `nodes` is in dependency order: a node's deps are decided before it.
+    let mut out: Vec<Option<Arc<MemoTask>>> = vec![None; graph.nodes.len()];
+    for &g in nodes {
+        let node = &graph.nodes[g];
+        let fits = !project_changed.get(node.project).copied().unwrap_or(true)
+            && sh
+                .patterns
+                .get(&g)
+                .is_some_and(|p| p.root_inputs.is_empty())
+            && graph.deps(g).all(|d| out[d].is_some());
+        if fits {
+            out[g] = memo.tasks[g].clone();
+        }
     }
     Some(out)
 }
@@ -503,25 +505,25 @@ pub(super) fn memo_keeps(sh: &Shared, g: usize, r: &vx_proto::TaskResult) -> boo
             .is_some_and(|p| p.outputs.bases().is_some())
 }
 
-/// Keeps a finished run's memo: `tasks` by local index (the hits it found
-/// or served; group tasks are filled in here from their keys). Call only
-/// for a run that [`memo_fits`], was not cancelled and met no internal
-/// error.
+/// Keeps the memo of a finished run over `nodes` (its selection): `tasks`
+/// by graph node (the hits it found or served; group tasks are filled in
+/// here from their keys). Call only for a run that [`memo_fits`], was not
+/// cancelled and met no internal error.
 pub(super) fn keep_memo(sh: &Shared, nodes: &[usize], mut tasks: Vec<Option<Arc<MemoTask>>>) {
     let (Some(hot), Some((mark, removals))) = (&sh.hot, sh.started_at) else {
         return;
     };
-    if tasks.len() != nodes.len() {
+    let graph = &sh.model.graph;
+    if tasks.len() != graph.nodes.len() {
         return;
     }
-    let graph = &sh.model.graph;
     if let Ok(keys) = sh.keys.lock() {
-        for (t, &g) in tasks.iter_mut().zip(nodes) {
-            if t.is_none()
+        for &g in nodes {
+            if tasks[g].is_none()
                 && graph.nodes[g].def.command.is_none()
                 && let Some(k) = keys.get(&g)
             {
-                *t = Some(Arc::new(MemoTask {
+                tasks[g] = Some(Arc::new(MemoTask {
                     key: k.clone(),
                     result: None,
                     log: None,

@@ -18,7 +18,9 @@ use super::priority::priorities;
 use super::record::{Head, open_history};
 use super::replay;
 use super::schedule::{Scheduler, Step};
-use super::task::{Done, Hit, base_result, probe, replay as replay_log, run_task, skipped, try_hit};
+use super::task::{
+    Done, Hit, base_result, probe, replay as replay_log, run_task, skipped, try_hit,
+};
 use super::{concurrency_error, now_ms};
 use crate::error::{EngineError, ErrorKind};
 use crate::history::History;
@@ -176,23 +178,24 @@ pub async fn run_in(
     } else {
         concurrency
     };
-    let mut sched = if parallel {
-        scheduler_of_unordered(&sh, &nodes, history.as_deref(), sched_lanes, continue_mode)
-    } else {
-        scheduler_of(&sh, &nodes, history.as_deref(), sched_lanes, continue_mode)
-    };
     // Under the daemon, the hits nothing can have changed since the same
-    // request's last run are served from its memo, unvisited.
+    // request's last run are served from its memo: the scheduler visits
+    // only the other tasks (those depend on served ones only through keys).
     let memo_on = replay::memo_fits(&sh, session.is_some());
     let served = if memo_on {
         replay::memo_served(&sh, &nodes)
     } else {
         None
     };
-    if let Some(s) = &served {
-        let done: Vec<bool> = s.iter().map(Option::is_some).collect();
-        sched = sched.with_done(&done);
-    }
+    let visit: Vec<usize> = match &served {
+        Some(s) => nodes.iter().copied().filter(|&g| s[g].is_none()).collect(),
+        None => nodes.clone(),
+    };
+    let sched = if parallel {
+        scheduler_of_unordered(&sh, &visit, history.as_deref(), sched_lanes, continue_mode)
+    } else {
+        scheduler_of(&sh, &visit, history.as_deref(), sched_lanes, continue_mode)
+    };
     timing.stage("scheduler");
     let root = sh.model.ws.root.to_string_lossy().into_owned();
     if sh.trace.is_some() {
@@ -209,15 +212,15 @@ pub async fn run_in(
             .count(),
         concurrency,
     });
-    let mut d = Driver::new(sched, sh.clone(), nodes, session.clone(), t0);
+    let mut d = Driver::new(sched, sh.clone(), visit, session.clone(), t0);
     if sh.params.distribute {
         d.dist = Some(Dist::open(&sh, events.clone(), &d.nodes, concurrency)?);
     }
     if memo_on {
-        d.memo = Some(vec![None; d.nodes.len()]);
+        d.memo = Some(vec![None; sh.model.graph.nodes.len()]);
     }
     if let Some(s) = served {
-        d.serve(s, &events, detail);
+        d.serve(&nodes, s, &events, detail);
         timing.stage("served");
     }
     d.drive(&mut cancel, &events, detail).await;
@@ -226,7 +229,7 @@ pub async fn run_in(
         && d.error.is_none()
         && d.cancelled.is_none()
     {
-        replay::keep_memo(&sh, &d.nodes, memo);
+        replay::keep_memo(&sh, &nodes, memo);
     }
     timing.stage("schedule");
     sh.drain_uploads().await;
@@ -366,7 +369,7 @@ struct Driver {
     error: Option<EngineError>,
     /// A `--distribute` run's part of the coordinator.
     dist: Option<Dist>,
-    /// The run's per-task memo as it is built (by local index), when it
+    /// The run's per-task memo as it is built (by graph node), when it
     /// may keep one (see [`replay::memo_fits`]).
     memo: Option<Vec<Option<Arc<MemoTask>>>>,
     /// The logs inline hits replayed in full, by local index (for the memo).
@@ -406,33 +409,36 @@ impl Driver {
         }
     }
 
-    /// Serves the hits of the memo (by local index) before the loop: their
-    /// events as a fresh run's hit would emit them (the log replayed, the
-    /// result to the client with `--detail=all`, else to the watchers), and
-    /// their keys for the tasks visited that depend on them. The scheduler
-    /// has them done already ([`Scheduler::with_done`]).
+    /// Serves the memo's hits (by graph node; `selection` is every
+    /// selected node in order) before the loop: their events as a fresh
+    /// run's hit would emit them (the log replayed, the result to the
+    /// client with `--detail=all`, else to the watchers), and their keys
+    /// for the visited tasks that depend on them. The scheduler does not
+    /// know them (it is over the visited tasks).
     fn serve(
         &mut self,
-        served: Vec<Option<Arc<MemoTask>>>,
+        selection: &[usize],
+        mut served: Vec<Option<Arc<MemoTask>>>,
         events: &Events,
         detail: vx_proto::Detail,
     ) {
         let sh = self.sh.clone();
+        let graph = &sh.model.graph;
         if let Ok(mut keys) = sh.keys.lock() {
-            for i in 0..served.len() {
-                if served[i].is_some() {
-                    continue;
-                }
-                for &d in self.sched.deps(i) {
-                    if let Some(m) = &served[d] {
-                        keys.insert(self.nodes[d], m.key.clone());
+            for &g in &self.nodes {
+                for d in graph.deps(g) {
+                    if let Some(m) = served.get(d).and_then(Option::as_ref) {
+                        keys.insert(d, m.key.clone());
                     }
                 }
             }
         }
-        for (i, m) in served.into_iter().enumerate() {
-            let Some(m) = m else { continue };
-            let g = self.nodes[i];
+        let mut n = 0;
+        for &g in selection {
+            let Some(m) = served.get_mut(g).and_then(Option::take) else {
+                continue;
+            };
+            n += 1;
             if let Some(r) = &m.result {
                 let log = m.log.as_deref().map(Vec::as_slice).unwrap_or_default();
                 replay_log(&sh, g, &r.id, &m.key, r, log);
@@ -448,8 +454,12 @@ impl Driver {
                 if let Some(log) = &m.log {
                     self.memo_bytes += log.len();
                 }
-                out[i] = Some(m);
+                out[g] = Some(m);
             }
+        }
+        if let Some(hot) = &sh.hot {
+            hot.tasks_memo_served
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -873,7 +883,7 @@ impl Driver {
         } else {
             None
         };
-        out[i] = Some(Arc::new(MemoTask {
+        out[g] = Some(Arc::new(MemoTask {
             key: key.clone(),
             result: Some(r.clone()),
             log,

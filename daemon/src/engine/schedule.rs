@@ -120,30 +120,6 @@ impl Scheduler {
         }
     }
 
-    /// The same scheduler with the tasks `done[i]` already complete (served
-    /// before the run started them: `replay`'s per-task memo). Every
-    /// dependency of a done task must be done.
-    pub(super) fn with_done(mut self, done: &[bool]) -> Scheduler {
-        let n = self.deps.len();
-        self.ready.clear();
-        self.completed = 0;
-        for i in 0..n {
-            if done.get(i).copied().unwrap_or(false) {
-                self.deps_left[i] = 0;
-                self.completed += 1;
-                continue;
-            }
-            self.deps_left[i] = self.deps[i]
-                .iter()
-                .filter(|&&d| !done.get(d).copied().unwrap_or(false))
-                .count();
-            if self.deps_left[i] == 0 {
-                self.ready.push((self.priority[i], Reverse(i)));
-            }
-        }
-        self
-    }
-
     /// The next decision, if a task is ready and a lane is free. A
     /// [`Step::Start`] must be answered with [`Scheduler::spawned`] (it runs
     /// as a process) or with [`Scheduler::finished`] (it was served inline).
@@ -561,34 +537,6 @@ mod tests {
             })
         );
         assert_eq!(s.next(1), None);
-        assert!(s.is_complete());
-    }
-
-    /// Tasks served before the run (done) are complete at once and never
-    /// started; what depends on them starts as if they had finished well.
-    #[test]
-    fn done_tasks_are_complete_and_release_their_dependents() {
-        // 0 <- 1 <- 2, 0 <- 3, 4 alone; 0, 1 and 4 done.
-        let deps: &[&[usize]] = &[&[], &[0], &[1], &[0], &[]];
-        let mut s = sched(deps, &[0; 5], 1, ContinueMode::Never)
-            .with_done(&[true, true, false, false, true]);
-        assert!(!s.is_complete());
-        let mut started = Vec::new();
-        while let Some(step) = s.next(0) {
-            let Step::Start { task, tainted } = step else {
-                panic!("skipped: {step:?}");
-            };
-            assert!(!tainted);
-            started.push(task);
-            s.spawned(task);
-            s.finished(task, false, false, 1);
-        }
-        started.sort_unstable();
-        assert_eq!(started, vec![2, 3]);
-        assert!(s.is_complete());
-        assert_eq!(s.never_ready().count(), 0);
-        // Everything done: complete before anything starts.
-        let s = sched(deps, &[0; 5], 1, ContinueMode::Never).with_done(&[true; 5]);
         assert!(s.is_complete());
     }
 

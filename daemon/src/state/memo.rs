@@ -62,7 +62,7 @@ pub struct RunMemo {
     pub at: Instant,
     /// The run's selection (graph nodes in dependency order).
     pub nodes: Vec<usize>,
-    /// By position in `nodes`: its hit (or a group task's key).
+    /// By graph node: its hit (or a group task's key).
     pub tasks: Vec<Option<Arc<MemoTask>>>,
 }
 

@@ -100,6 +100,8 @@ pub struct Hot {
     generation: AtomicU64,
     /// Runs answered by replaying a kept answer (for `daemon.status`).
     pub runs_replayed: AtomicU64,
+    /// Tasks served from a run's per-task memo (for `daemon.status`).
+    pub tasks_memo_served: AtomicU64,
     /// Whole-run answers kept to be replayed, by request.
     answers: Mutex<memo::Answers>,
     /// Per-task memos of the last run of a request (see `engine::replay`).
@@ -158,6 +160,7 @@ impl Hot {
             change_log: Mutex::new(std::collections::VecDeque::new()),
             generation: AtomicU64::new(0),
             runs_replayed: AtomicU64::new(0),
+            tasks_memo_served: AtomicU64::new(0),
             answers: Mutex::new(memo::Answers::default()),
             run_memos: Mutex::new(memo::RunMemos::default()),
             sync_log: Mutex::new(ChangeLog::default()),
