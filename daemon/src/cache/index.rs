@@ -2,8 +2,9 @@
 //! the shared (multi-writer) mode every vx process uses, reading it through
 //! at open (damage shows there, not mid-run), moving a damaged one aside
 //! (only when no other process has it open), the entries memo and the
-//! `generation` row that tells it another process changed the index, and
-//! the one writer thread per handle that batches commits. Every commit is
+//! `generation` row that tells it another process changed the index, the
+//! `removals` row that tells it an entry may have gone (a memo of hits
+//! survives additions), and the one writer thread per handle that batches commits. Every commit is
 //! durable (another process may read it at once). Never reads or writes a
 //! blob's bytes and never deletes a blob.
 

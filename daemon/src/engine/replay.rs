@@ -42,6 +42,13 @@
 //! `[ref]` filter), writes no profile or report, neither forces nor
 //! disables the cache, and is not a watch cycle.
 //!
+//! It also owns the per-task memo of a request's last run, for the runs
+//! that are computed afresh: which of its in-place hits (and group keys)
+//! the next run of the same request serves unvisited ([`memo_served`]:
+//! their project unchanged since that run's snapshot, no store removal
+//! since it started, every dependency served), which results a run keeps
+//! ([`memo_keeps`], [`keep_memo`]). The scheduler sees the other tasks only.
+//!
 //! Never: replays an answer when any of the above cannot be shown equal
 //! (that is a fresh run, never a guess); looks at tasks or files on the
 //! replay path (its cost is a cookie barrier, a generation read and the
@@ -442,7 +449,8 @@ pub(super) fn memo_fits(sh: &Shared, watch_cycle: bool) -> bool {
 /// re-stamped or replaced since that run started (`Store::removals`; a
 /// save only adds entries), and:
 /// - the last run found it a local hit whose outputs were in place under
-///   watched output directories (or it is a group task it keyed);
+///   watched output directories (or it is a group task it keyed), by a
+///   check younger than [`MAX_AGE`] (a served task keeps its check's time);
 /// - no sync since that run's snapshot found anything changed in its
 ///   project (its files, its outputs: `Hot::changed_since`; a rescan, a
 ///   new model or a change outside every project is "everything");
@@ -484,7 +492,7 @@ pub(super) fn memo_served(sh: &Shared, nodes: &[usize]) -> Option<Vec<Option<Arc
                 .is_some_and(|p| p.root_inputs.is_empty())
             && graph.deps(g).all(|d| out[d].is_some());
         if fits {
-            out[g] = memo.tasks[g].clone();
+            out[g] = memo.tasks[g].clone().filter(|t| t.at.elapsed() <= MAX_AGE);
         }
     }
     Some(out)
@@ -524,6 +532,7 @@ pub(super) fn keep_memo(sh: &Shared, nodes: &[usize], mut tasks: Vec<Option<Arc<
                 && let Some(k) = keys.get(&g)
             {
                 tasks[g] = Some(Arc::new(MemoTask {
+                    at: Instant::now(),
                     key: k.clone(),
                     result: None,
                     log: None,

@@ -884,6 +884,7 @@ impl Driver {
             None
         };
         out[g] = Some(Arc::new(MemoTask {
+            at: std::time::Instant::now(),
             key: key.clone(),
             result: Some(r.clone()),
             log,

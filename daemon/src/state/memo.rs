@@ -68,6 +68,10 @@ pub struct RunMemo {
 
 /// One task's in-place hit as a run served it (a group task: its key).
 pub struct MemoTask {
+    /// When the run that found it checked it (a served task keeps the time
+    /// of the check it was served from: it is checked again, and its
+    /// access time recorded for `cache prune`, once that is too old).
+    pub at: Instant,
     pub key: String,
     pub result: Option<TaskResult>,
     /// The log it replayed (only when its logs were shown in full).
