@@ -867,12 +867,13 @@ impl Driver {
             return;
         };
         let g = self.nodes[i];
+        let hit_log = self.hit_logs.remove(&i);
         let Some(key) = &r.key else { return };
         if !replay::memo_keeps(&self.sh, g, r) {
             return;
         }
         let log = if self.sh.logs_of(g) == vx_proto::OutputLogs::Full {
-            let Some(log) = self.hit_logs.remove(&i) else {
+            let Some(log) = hit_log else {
                 return;
             };
             if self.memo_bytes + log.len() > replay::MAX_BYTES {
