@@ -91,6 +91,10 @@ pub struct DaemonStatus {
     /// (`docs/caching.md`, "Repeat runs under the daemon").
     #[serde(default)]
     pub runs_replayed: u64,
+    /// Tasks of fresh runs served from the memo of the same request's last
+    /// run, unvisited (`docs/caching.md`, "Repeat runs under the daemon").
+    #[serde(default)]
+    pub tasks_memo_served: u64,
     pub connections: usize,
     /// Full rescans since start (watcher overflow, errors, branch switches).
     pub rescans: u64,

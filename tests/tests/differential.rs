@@ -582,3 +582,111 @@ fn replayed_runs_equal_fresh_runs_under_random_changes() {
     assert_eq!(replays, fresh_checks);
     eprintln!("{replays} replayed runs equal their fresh computation");
 }
+
+// ---- Per-task memo: a daemon run's served hits are what a fresh run finds --
+
+/// Per task: its key, and whether it is a hit whose outputs are in place.
+fn keys_and_in_place(summary: &Value) -> BTreeMap<String, (Value, bool)> {
+    summary["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                (
+                    t["key"].clone(),
+                    t["status"] == "cached" && t["cache"] == "up-to-date",
+                ),
+            )
+        })
+        .collect()
+}
+
+/// After each random change (an edit, deleted or overwritten outputs, a
+/// `cache clean`, a prune or a (forced) run by another process on the same
+/// cache, a changed keyed env value, or nothing), the daemon computes the
+/// run afresh or in part: tasks nothing can have changed since its last
+/// run of the request are served from that run's memo, unvisited. Right
+/// after, another process's fresh run on the same cache must find the
+/// same keys and every task a hit in place (a served hit that was stale —
+/// an input changed, outputs gone or altered, its entry dropped — shows as
+/// another key, a restore or an execution there); and when the daemon's
+/// run found every task in place, the very same answer.
+#[test]
+fn memo_served_runs_agree_with_a_fresh_process_under_random_changes() {
+    let seeds: Vec<u64> = match std::env::var("VX_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => (1..=4).collect(),
+    };
+    let steps = 40;
+    let (mut served_total, mut partial_runs) = (0, 0);
+    for seed in seeds {
+        let ws = run_fixture();
+        let root = std::fs::canonicalize(ws.root()).unwrap();
+        assert_eq!(ws.vx(&["daemon", "start"]).code, 0);
+        let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
+        let s = UnixStream::connect(&socket).unwrap();
+        let mut hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+        let mut rng = Rng::new(seed);
+        let mut mode: &'static str = "a";
+        let mut history = Vec::new();
+        let served = |hot: &mut Rpc| {
+            hot.call("daemon.status", json!({})).unwrap()["tasks_memo_served"]
+                .as_u64()
+                .unwrap()
+        };
+        for step in 0..steps {
+            history.push(change(&root, &mut rng, &mut hot, &mut mode));
+            let before = served(&mut hot);
+            let a = hot
+                .call("run.start", run_params(&root, mode, false))
+                .unwrap();
+            let n = served(&mut hot) - before;
+            let total = a["counts"]["total"].as_u64().unwrap();
+            eprintln!(
+                "seed {seed} step {step}: {} -> {n} of {total} served",
+                history.last().unwrap()
+            );
+            served_total += n;
+            if n > 0 && n < total {
+                partial_runs += 1;
+            }
+            assert_eq!(a["ok"], true, "seed {seed}, step {step}: {a}");
+            let b = other_process()
+                .call("run.start", run_params(&root, mode, true))
+                .unwrap();
+            let (ka, kb) = (keys_and_in_place(&a), keys_and_in_place(&b));
+            let stale: Vec<&String> = kb
+                .iter()
+                .filter(|(_, (_, ok))| !ok)
+                .map(|(id, _)| id)
+                .collect();
+            let keys = |m: &BTreeMap<String, (Value, bool)>| -> BTreeMap<String, Value> {
+                m.iter()
+                    .map(|(id, (k, _))| (id.clone(), k.clone()))
+                    .collect()
+            };
+            assert!(
+                keys(&ka) == keys(&kb) && stale.is_empty(),
+                "seed {seed}, step {step}: a fresh run after the daemon's disagrees (not in place there: {stale:?})\nchanges:\n  {}\ndaemon:    {a}\nfresh:     {b}",
+                history.join("\n  ")
+            );
+            if ka.values().all(|(_, in_place)| *in_place) {
+                assert_eq!(
+                    answer(&a),
+                    answer(&b),
+                    "seed {seed}, step {step}: the daemon's run differs from a fresh one\nchanges:\n  {}",
+                    history.join("\n  ")
+                );
+            }
+        }
+        ws.vx(&["daemon", "stop"]);
+    }
+    // The test is about served tasks: some runs must have served part.
+    assert!(partial_runs >= 5, "only {partial_runs} partly served runs");
+    eprintln!("{served_total} tasks served from memos; {partial_runs} partly served runs agreed");
+}

@@ -2,8 +2,9 @@
 //! the shared (multi-writer) mode every vx process uses, reading it through
 //! at open (damage shows there, not mid-run), moving a damaged one aside
 //! (only when no other process has it open), the entries memo and the
-//! `generation` row that tells it another process changed the index, and
-//! the one writer thread per handle that batches commits. Every commit is
+//! `generation` row that tells it another process changed the index, the
+//! `removals` row that tells it an entry may have gone (a memo of hits
+//! survives additions), and the one writer thread per handle that batches commits. Every commit is
 //! durable (another process may read it at once). Never reads or writes a
 //! blob's bytes and never deletes a blob.
 
@@ -23,6 +24,12 @@ pub(super) const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("acce
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub(super) const GENERATION: &str = "generation";
+
+/// `removals`: bumped by every commit that can turn a hit into a miss or
+/// change what it serves — a drop, a re-stamp, an entry replaced, a
+/// clear — in any process; never by an addition (a
+/// new entry only turns misses into hits). See [`Store::removals`].
+pub(super) const REMOVALS: &str = "removals";
 
 /// An entry's recorded access time is refreshed only when it is older than
 /// this, so a repeat fully cached run writes nothing.
@@ -70,6 +77,11 @@ pub struct Store {
     /// The index's `generation` as this store last knew it (its own
     /// commits advance it; another process's make the file's differ).
     pub(super) seen: Arc<std::sync::atomic::AtomicU64>,
+    /// The index's `removals` row as of the last [`Store::refresh`].
+    pub(super) removals_seen: std::sync::atomic::AtomicU64,
+    /// Moves (never back) on every removal this store makes and on every
+    /// change of the `removals` row a refresh sees (see [`Store::removals`]).
+    pub(super) removals: std::sync::atomic::AtomicU64,
     /// Blob hashes put by this store and not yet named by a queued entry,
     /// with when they were last put and how many puts await their entry
     /// (two saves in flight may put the same bytes): [`Store::prune`] never
@@ -453,6 +465,7 @@ impl Store {
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(
             generation_of(&db).unwrap_or(0),
         ));
+        let removals_seen = std::sync::atomic::AtomicU64::new(removals_of(&db).unwrap_or(0));
         let (tx, rx) = mpsc::channel::<Op>();
         let snapshot: Snapshot = Arc::new(Mutex::new(None));
         let unsynced: Arc<Mutex<Vec<PathBuf>>> = Arc::new(Mutex::new(Vec::new()));
@@ -469,6 +482,8 @@ impl Store {
             memo: Mutex::new(std::collections::HashMap::new()),
             snapshot,
             seen,
+            removals_seen,
+            removals: std::sync::atomic::AtomicU64::new(0),
             pending: Mutex::new(std::collections::HashMap::new()),
             gc: RwLock::new(()),
             unsynced,
@@ -489,6 +504,11 @@ impl Store {
     pub fn refresh(&self) {
         use std::sync::atomic::Ordering;
         self.forget_snapshot();
+        if let Some(r) = removals_of(&self.db)
+            && self.removals_seen.swap(r, Ordering::AcqRel) != r
+        {
+            self.removals.fetch_add(1, Ordering::AcqRel);
+        }
         let Some(now) = generation_of(&self.db) else {
             return;
         };
@@ -506,6 +526,17 @@ impl Store {
     /// dropped or re-stamped an entry, nor cleaned the index, in between.
     pub fn generation(&self) -> u64 {
         self.seen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A counter that moves whenever an entry may have been dropped,
+    /// re-stamped or replaced (by this store at once; by any process as of
+    /// the next [`Store::refresh`]), and never on an addition. Two equal
+    /// readings of the same open store, the later one right after a
+    /// refresh, mean every entry present at the first is still there with
+    /// the same manifest and stamps (what a daemon's per-task memo of hits
+    /// relies on: a run's own saves do not invalidate it).
+    pub fn removals(&self) -> u64 {
+        self.removals.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// This run's hold on the cache directory, which `cache clean` (any
@@ -723,6 +754,8 @@ impl Store {
     }
 
     pub fn drop_entry(&self, key: &str) {
+        self.removals
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut memo) = self.memo.lock() {
             memo.remove(key);
         }
@@ -750,7 +783,11 @@ impl Store {
             let old = meta.get(GENERATION).map_err(dberr)?.map(|v| v.value());
             meta.insert(GENERATION, old.unwrap_or(0) + 1)
                 .map_err(dberr)?;
+            let old = meta.get(REMOVALS).map_err(dberr)?.map(|v| v.value());
+            meta.insert(REMOVALS, old.unwrap_or(0) + 1).map_err(dberr)?;
         }
+        self.removals
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         tx.commit().map_err(dberr)?;
         if let Ok(mut memo) = self.memo.lock() {
             memo.clear();
@@ -765,6 +802,16 @@ impl Drop for Store {
     /// its file lock, so another process can open it).
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+/// The index's `removals` (see [`REMOVALS`]); `None` when it cannot be read.
+pub(super) fn removals_of(db: &redb::Database) -> Option<u64> {
+    let tx = db.begin_read().ok()?;
+    match tx.open_table(META) {
+        Ok(t) => Some(t.get(REMOVALS).ok()?.map(|v| v.value()).unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Some(0),
+        Err(_) => None,
     }
 }
 
@@ -874,6 +921,9 @@ pub(super) fn writer_loop(
                 let mut stamps = tx.open_table(STAMPS).map_err(|e| e.to_string())?;
                 let mut files = tx.open_table(FILES).map_err(|e| e.to_string())?;
                 let mut access = tx.open_table(ACCESS).map_err(|e| e.to_string())?;
+                // Whether this commit can turn a hit into a miss (see
+                // [`REMOVALS`]).
+                let mut removes = false;
                 for op in writes {
                     match op {
                         Op::Put {
@@ -881,9 +931,12 @@ pub(super) fn writer_loop(
                             manifest,
                             stamps: st,
                         } => {
-                            entries
+                            let old = entries
                                 .insert(key.as_str(), manifest.as_slice())
                                 .map_err(|e| e.to_string())?;
+                            // Any entry replaced (a forced run, a race of
+                            // two executions) counts as a removal.
+                            removes |= old.is_some();
                             stamps
                                 .insert(key.as_str(), st.as_slice())
                                 .map_err(|e| e.to_string())?;
@@ -891,11 +944,13 @@ pub(super) fn writer_loop(
                             access.remove(key.as_str()).map_err(|e| e.to_string())?;
                         }
                         Op::Stamps { key, stamps: st } => {
+                            removes = true;
                             stamps
                                 .insert(key.as_str(), st.as_slice())
                                 .map_err(|e| e.to_string())?;
                         }
                         Op::Drop { key } => {
+                            removes = true;
                             entries.remove(key.as_str()).map_err(|e| e.to_string())?;
                             stamps.remove(key.as_str()).map_err(|e| e.to_string())?;
                             access.remove(key.as_str()).map_err(|e| e.to_string())?;
@@ -921,6 +976,15 @@ pub(super) fn writer_loop(
                         }
                         Op::Flush(_) => {}
                     }
+                }
+                if removes {
+                    let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+                    let old = meta
+                        .get(REMOVALS)
+                        .map_err(|e| e.to_string())?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    meta.insert(REMOVALS, old + 1).map_err(|e| e.to_string())?;
                 }
             }
             tx.commit().map_err(|e| e.to_string())?;

@@ -1027,3 +1027,53 @@ fn stamps_written_one_by_one_share_commits() {
         "200 stamps took {commits} commits"
     );
 }
+
+/// `removals` (what a daemon's per-task memo of hits compares) moves on
+/// every drop, re-stamp, replaced entry and clear — its own at once,
+/// another handle's at the next refresh — and never on an addition.
+#[test]
+fn removals_move_on_drops_restamps_replaces_and_clears_never_on_additions() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    let log = s.put_bytes(b"log").unwrap();
+    let entry = |c: char| {
+        let mut m = manifest('a', Vec::new(), log.clone());
+        m.key = c.to_string().repeat(64);
+        m
+    };
+    let (a, b) = (entry('a'), entry('b'));
+    let moved = |s: &Store, before: u64| {
+        s.flush().unwrap();
+        s.refresh();
+        s.removals() != before
+    };
+    let r = s.removals();
+    s.put_entry(&a, &Stamps::new());
+    s.put_entry(&b, &Stamps::new());
+    assert!(!moved(&s, r), "additions moved removals");
+    let r = s.removals();
+    s.put_stamps(&a.key, &Stamps::new());
+    assert!(moved(&s, r), "a re-stamp did not move removals");
+    let r = s.removals();
+    s.put_entry(&a, &Stamps::new());
+    assert!(moved(&s, r), "a replaced entry did not move removals");
+    let r = s.removals();
+    s.drop_entry(&b.key);
+    assert!(s.removals() != r, "a drop did not move removals at once");
+    // (Its commit moves the row, which this handle's next refresh counts too.)
+    s.flush().unwrap();
+    s.refresh();
+    // Another handle on the same index: its drop and its clear are seen
+    // at this one's next refresh.
+    let other = Store::open(&d.path().join("cache"), Duration::from_secs(5), &mut || {}).unwrap();
+    let r = s.removals();
+    other.put_entry(&b, &Stamps::new());
+    other.flush().unwrap();
+    assert!(!moved(&s, r), "another handle's addition moved removals");
+    other.drop_entry(&b.key);
+    other.flush().unwrap();
+    assert!(moved(&s, r), "another handle's drop was not seen");
+    let r = s.removals();
+    other.clear().unwrap();
+    assert!(moved(&s, r), "another handle's clear was not seen");
+}

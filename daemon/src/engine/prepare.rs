@@ -70,6 +70,10 @@ pub(super) struct Shared {
     pub(super) _lease: Option<crate::cache::RunLease>,
     /// The daemon's state, when this run is served by a daemon.
     pub(super) hot: Option<Arc<Hot>>,
+    /// Under the daemon: the mark of the snapshot the run started from
+    /// (`Hot::sync_marked`) and the store's `removals` right after it was
+    /// refreshed for the run (what `replay::TaskMemo` compares).
+    pub(super) started_at: Option<(u64, u64)>,
     /// Compiled patterns per graph node (selected nodes only).
     pub(super) patterns: HashMap<usize, Arc<TaskPatterns>>,
     pub(super) global_inputs: Patterns,
@@ -387,17 +391,19 @@ pub(super) fn prepare(
         ));
     }
     let root = workspace::find_root(&cwd)?;
+    let mut started_at = None;
     let (model, hot_parts) = match hot {
         Some(hot) => {
             if root != hot.root {
                 return Err(wrong_workspace(&cwd, &root, hot));
             }
-            let (model, snapshot) = hot.sync()?;
+            let (model, snapshot, mark) = hot.sync_marked()?;
             timing.stage("sync");
             let store = match hot.store() {
                 Ok(s) => s,
                 Err(e) => uncached(&cache_dir(&model.ws), &e.message, params.no_cache, &events)?,
             };
+            started_at = Some((mark, store.removals()));
             (model, Some((store, hot.index.clone(), snapshot)))
         }
         None => {
@@ -541,6 +547,7 @@ pub(super) fn prepare(
         owns_store,
         _lease: lease,
         hot: hot_arc,
+        started_at,
         patterns,
         global_inputs,
         keys: Mutex::new(HashMap::new()),

@@ -42,6 +42,13 @@
 //! `[ref]` filter), writes no profile or report, neither forces nor
 //! disables the cache, and is not a watch cycle.
 //!
+//! It also owns the per-task memo of a request's last run, for the runs
+//! that are computed afresh: which of its in-place hits (and group keys)
+//! the next run of the same request serves unvisited ([`memo_served`]:
+//! their project unchanged since that run's snapshot, no store removal
+//! since it started, every dependency served), which results a run keeps
+//! ([`memo_keeps`], [`keep_memo`]). The scheduler sees the other tasks only.
+//!
 //! Never: replays an answer when any of the above cannot be shown equal
 //! (that is a fresh run, never a guess); looks at tasks or files on the
 //! replay path (its cost is a cookie barrier, a generation read and the
@@ -54,7 +61,7 @@ use super::record::{RecordJob, record_job, recorder};
 use crate::cache::Store;
 use crate::history;
 use crate::sink::Events;
-use crate::state::{Hot, RunAnswer};
+use crate::state::{Hot, MemoTask, RunAnswer, RunMemo};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use vx_proto::history::RunRecord;
@@ -409,4 +416,144 @@ impl Capture {
             },
         );
     }
+}
+
+/// Whether a run may serve hits from, and keep, a per-task memo (see
+/// [`memo_served`]): under the daemon, not a watch cycle, a request that
+/// could be replayed whole ([`eligible`]), not `--only` or `--parallel`,
+/// not traced (a task's span belongs to its run), without hook plugins
+/// (their answers may change between runs), on a real store read locally.
+pub(super) fn memo_fits(sh: &Shared, watch_cycle: bool) -> bool {
+    sh.hot.is_some()
+        && !watch_cycle
+        && sh.started_at.is_some()
+        && eligible(&sh.params)
+        && !sh.params.only
+        && !sh.params.parallel
+        && sh.trace.is_none()
+        && !sh.model.ws.defaults.plugin_hooks
+        && sh.plugins.material.is_empty()
+        && !sh.plugins.uncached
+        && !sh.store.is_ephemeral()
+        && sh.policy.local_read
+}
+
+/// By graph node, for a run over `nodes`: the hit (or, for a group task,
+/// the key) the same request's last run found, when nothing it was
+/// computed from can have changed since, so the run serves it without
+/// looking at it. `None`: no memo applies, every task is visited.
+///
+/// A task is served only when the memo is of the same request (every
+/// parameter and environment value), model, selection and open store, is
+/// younger than [`MAX_AGE`], no entry of the store may have been dropped,
+/// re-stamped or replaced since that run started (`Store::removals`; a
+/// save only adds entries), and:
+/// - the last run found it a local hit whose outputs were in place under
+///   watched output directories (or it is a group task it keyed), by a
+///   check younger than [`MAX_AGE`] (a served task keeps its check's time);
+/// - no sync since that run's snapshot found anything changed in its
+///   project (its files, its outputs: `Hot::changed_since`; a rescan, a
+///   new model or a change outside every project is "everything");
+/// - its inputs are its project's alone (no root or global inputs);
+/// - every task it depends on is served too (a visited task's dependents
+///   are visited: its key may have changed).
+pub(super) fn memo_served(sh: &Shared, nodes: &[usize]) -> Option<Vec<Option<Arc<MemoTask>>>> {
+    let hot = sh.hot.as_ref()?;
+    let (_, removals) = sh.started_at?;
+    let memo = hot.run_memo(&request_hash(&sh.params))?;
+    if memo.nodes != nodes
+        || !Weak::ptr_eq(&memo.model, &Arc::downgrade(&sh.model))
+        || !Weak::ptr_eq(&memo.store, &Arc::downgrade(&sh.store))
+        || memo.removals != removals
+        || memo.at.elapsed() > MAX_AGE
+        || hot.root_gone.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return None;
+    }
+    let changed = hot.changed_since(memo.mark)?;
+    let graph = &sh.model.graph;
+    let mut project_changed = vec![false; sh.model.ws.projects.len()];
+    for p in changed {
+        if let Some(c) = project_changed.get_mut(p) {
+            *c = true;
+        }
+    }
+    if !sh.global_inputs.is_empty() || memo.tasks.len() != graph.nodes.len() {
+        return None;
+    }
+    // `nodes` is in dependency order: a node's deps are decided before it.
+    let mut out: Vec<Option<Arc<MemoTask>>> = vec![None; graph.nodes.len()];
+    for &g in nodes {
+        let node = &graph.nodes[g];
+        let fits = !project_changed.get(node.project).copied().unwrap_or(true)
+            && sh
+                .patterns
+                .get(&g)
+                .is_some_and(|p| p.root_inputs.is_empty())
+            && graph.deps(g).all(|d| out[d].is_some());
+        if fits {
+            out[g] = memo.tasks[g].clone().filter(|t| t.at.elapsed() <= MAX_AGE);
+        }
+    }
+    Some(out)
+}
+
+/// Whether a finished task's result may be kept in the run's memo (see
+/// [`memo_served`]): a local hit whose outputs were in place, of a task
+/// whose outputs lie under watched output directories.
+pub(super) fn memo_keeps(sh: &Shared, g: usize, r: &vx_proto::TaskResult) -> bool {
+    let node = &sh.model.graph.nodes[g];
+    r.status == TaskStatus::Cached
+        && r.cache == CacheSource::UpToDate
+        && node.def.command.is_some()
+        && !node.def.persistent
+        && sh
+            .patterns
+            .get(&g)
+            .is_some_and(|p| p.outputs.bases().is_some())
+}
+
+/// Keeps the memo of a finished run over `nodes` (its selection): `tasks`
+/// by graph node (the hits it found or served; group tasks are filled in
+/// here from their keys). Call only for a run that [`memo_fits`], was not
+/// cancelled and met no internal error.
+pub(super) fn keep_memo(sh: &Shared, nodes: &[usize], mut tasks: Vec<Option<Arc<MemoTask>>>) {
+    let (Some(hot), Some((mark, removals))) = (&sh.hot, sh.started_at) else {
+        return;
+    };
+    let graph = &sh.model.graph;
+    if tasks.len() != graph.nodes.len() {
+        return;
+    }
+    if let Ok(keys) = sh.keys.lock() {
+        for &g in nodes {
+            if tasks[g].is_none()
+                && graph.nodes[g].def.command.is_none()
+                && let Some(k) = keys.get(&g)
+            {
+                tasks[g] = Some(Arc::new(MemoTask {
+                    at: Instant::now(),
+                    key: k.clone(),
+                    result: None,
+                    log: None,
+                }));
+            }
+        }
+    }
+    if tasks.iter().all(Option::is_none) {
+        hot.forget_run_memo(&request_hash(&sh.params));
+        return;
+    }
+    hot.keep_run_memo(
+        request_hash(&sh.params),
+        RunMemo {
+            model: Arc::downgrade(&sh.model),
+            store: Arc::downgrade(&sh.store),
+            removals,
+            mark,
+            at: Instant::now(),
+            nodes: nodes.to_vec(),
+            tasks,
+        },
+    );
 }

@@ -18,13 +18,15 @@ use super::priority::priorities;
 use super::record::{Head, open_history};
 use super::replay;
 use super::schedule::{Scheduler, Step};
-use super::task::{Done, Hit, base_result, probe, run_task, skipped, try_hit};
+use super::task::{
+    Done, Hit, base_result, probe, replay as replay_log, run_task, skipped, try_hit,
+};
 use super::{concurrency_error, now_ms};
 use crate::error::{EngineError, ErrorKind};
 use crate::history::History;
 use crate::persist;
 use crate::sink::Events;
-use crate::state::Hot;
+use crate::state::{Hot, MemoTask};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -176,11 +178,25 @@ pub async fn run_in(
     } else {
         concurrency
     };
-    let sched = if parallel {
-        scheduler_of_unordered(&sh, &nodes, history.as_deref(), sched_lanes, continue_mode)
+    // Under the daemon, the hits nothing can have changed since the same
+    // request's last run are served from its memo: the scheduler visits
+    // only the other tasks (those depend on served ones only through keys).
+    let memo_on = replay::memo_fits(&sh, session.is_some());
+    let served = if memo_on {
+        replay::memo_served(&sh, &nodes)
     } else {
-        scheduler_of(&sh, &nodes, history.as_deref(), sched_lanes, continue_mode)
+        None
     };
+    let visit: Vec<usize> = match &served {
+        Some(s) => nodes.iter().copied().filter(|&g| s[g].is_none()).collect(),
+        None => nodes.clone(),
+    };
+    let sched = if parallel {
+        scheduler_of_unordered(&sh, &visit, history.as_deref(), sched_lanes, continue_mode)
+    } else {
+        scheduler_of(&sh, &visit, history.as_deref(), sched_lanes, continue_mode)
+    };
+    timing.stage("scheduler");
     let root = sh.model.ws.root.to_string_lossy().into_owned();
     if sh.trace.is_some() {
         crate::telemetry::remember(&run_id, &sh.params.env);
@@ -196,12 +212,25 @@ pub async fn run_in(
             .count(),
         concurrency,
     });
-    let mut d = Driver::new(sched, sh.clone(), nodes, session.clone(), t0);
+    let mut d = Driver::new(sched, sh.clone(), visit, session.clone(), t0);
     if sh.params.distribute {
         d.dist = Some(Dist::open(&sh, events.clone(), &d.nodes, concurrency)?);
     }
+    if memo_on {
+        d.memo = Some(vec![None; sh.model.graph.nodes.len()]);
+    }
+    if let Some(s) = served {
+        d.serve(&nodes, s, &events, detail);
+        timing.stage("served");
+    }
     d.drive(&mut cancel, &events, detail).await;
     d.dist = None; // the run's part of the pool ends
+    if let Some(memo) = d.memo.take()
+        && d.error.is_none()
+        && d.cancelled.is_none()
+    {
+        replay::keep_memo(&sh, &nodes, memo);
+    }
     timing.stage("schedule");
     sh.drain_uploads().await;
     let sh2 = sh.clone();
@@ -340,6 +369,13 @@ struct Driver {
     error: Option<EngineError>,
     /// A `--distribute` run's part of the coordinator.
     dist: Option<Dist>,
+    /// The run's per-task memo as it is built (by graph node), when it
+    /// may keep one (see [`replay::memo_fits`]).
+    memo: Option<Vec<Option<Arc<MemoTask>>>>,
+    /// The logs inline hits replayed in full, by local index (for the memo).
+    hit_logs: HashMap<usize, Vec<u8>>,
+    /// Bytes of logs kept in the memo (at most [`replay::MAX_BYTES`]).
+    memo_bytes: usize,
 }
 
 impl Driver {
@@ -367,6 +403,63 @@ impl Driver {
             quiet: HashSet::new(),
             error: None,
             dist: None,
+            memo: None,
+            hit_logs: HashMap::new(),
+            memo_bytes: 0,
+        }
+    }
+
+    /// Serves the memo's hits (by graph node; `selection` is every
+    /// selected node in order) before the loop: their events as a fresh
+    /// run's hit would emit them (the log replayed, the result to the
+    /// client with `--detail=all`, else to the watchers), and their keys
+    /// for the visited tasks that depend on them. The scheduler does not
+    /// know them (it is over the visited tasks).
+    fn serve(
+        &mut self,
+        selection: &[usize],
+        mut served: Vec<Option<Arc<MemoTask>>>,
+        events: &Events,
+        detail: vx_proto::Detail,
+    ) {
+        let sh = self.sh.clone();
+        let graph = &sh.model.graph;
+        if let Ok(mut keys) = sh.keys.lock() {
+            for &g in &self.nodes {
+                for d in graph.deps(g) {
+                    if let Some(m) = served.get(d).and_then(Option::as_ref) {
+                        keys.insert(d, m.key.clone());
+                    }
+                }
+            }
+        }
+        let mut n = 0;
+        for &g in selection {
+            let Some(m) = served.get_mut(g).and_then(Option::take) else {
+                continue;
+            };
+            n += 1;
+            if let Some(r) = &m.result {
+                let log = m.log.as_deref().map(Vec::as_slice).unwrap_or_default();
+                replay_log(&sh, g, &r.id, &m.key, r, log);
+                let e = RunEvent::TaskFinished { result: r.clone() };
+                if detail == vx_proto::Detail::All {
+                    let _ = events.send(e);
+                } else if sh.trace.is_some() || events.watched() {
+                    events.observe(&e);
+                }
+                self.results.push(r.clone());
+            }
+            if let Some(out) = self.memo.as_mut() {
+                if let Some(log) = &m.log {
+                    self.memo_bytes += log.len();
+                }
+                out[g] = Some(m);
+            }
+        }
+        if let Some(hot) = &sh.hot {
+            hot.tasks_memo_served
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -672,7 +765,10 @@ impl Driver {
             None => probe(sh, g),
         };
         let key = match probed {
-            Ok((_, Some(r))) => {
+            Ok((_, Some((r, log)))) => {
+                if self.memo.is_some() && sh.logs_of(g) == vx_proto::OutputLogs::Full {
+                    self.hit_logs.insert(i, log);
+                }
                 self.immediate
                     .push_back(Done::new(i, Some(r), false, is_tainted));
                 return;
@@ -754,8 +850,46 @@ impl Driver {
             if done.quiet && r.status != TaskStatus::Cached {
                 self.quiet.insert(r.id.clone());
             }
+            if !done.quiet {
+                self.remember(i, &r);
+            }
             self.results.push(r);
         }
+    }
+}
+
+impl Driver {
+    /// Keeps task `i`'s result in the run's memo if it may be served next
+    /// time (see [`replay::memo_keeps`]): a hit whose log was replayed in
+    /// full only with that log, within [`replay::MAX_BYTES`] in all.
+    fn remember(&mut self, i: usize, r: &vx_proto::TaskResult) {
+        let Some(out) = self.memo.as_mut() else {
+            return;
+        };
+        let g = self.nodes[i];
+        let hit_log = self.hit_logs.remove(&i);
+        let Some(key) = &r.key else { return };
+        if !replay::memo_keeps(&self.sh, g, r) {
+            return;
+        }
+        let log = if self.sh.logs_of(g) == vx_proto::OutputLogs::Full {
+            let Some(log) = hit_log else {
+                return;
+            };
+            if self.memo_bytes + log.len() > replay::MAX_BYTES {
+                return;
+            }
+            self.memo_bytes += log.len();
+            Some(Arc::new(log))
+        } else {
+            None
+        };
+        out[g] = Some(Arc::new(MemoTask {
+            at: std::time::Instant::now(),
+            key: key.clone(),
+            result: Some(r.clone()),
+            log,
+        }));
     }
 }
 

@@ -187,9 +187,14 @@ pub(super) fn try_hit(
 }
 
 /// The scheduler's inline fast path: the key, and a hit whose outputs are
-/// already in place, without leaving the scheduler's thread. Anything that
-/// writes files or runs a process goes to [`run_task`].
-pub(super) fn probe(sh: &Shared, g: usize) -> Result<(String, Option<TaskResult>), EngineError> {
+/// already in place (with the log it replayed), without leaving the
+/// scheduler's thread. Anything that writes files or runs a process goes
+/// to [`run_task`].
+#[allow(clippy::type_complexity)]
+pub(super) fn probe(
+    sh: &Shared,
+    g: usize,
+) -> Result<(String, Option<(TaskResult, Vec<u8>)>), EngineError> {
     let key = sh.key_of(g)?;
     if !sh.cache_read(g) {
         return Ok((key, None));
@@ -197,7 +202,7 @@ pub(super) fn probe(sh: &Shared, g: usize) -> Result<(String, Option<TaskResult>
     match try_hit(sh, g, &key, false)? {
         Hit::Served(r, log) => {
             replay(sh, g, &r.id, &key, &r, &log);
-            Ok((key, Some(r)))
+            Ok((key, Some((r, log))))
         }
         Hit::NeedsRestore | Hit::Miss => Ok((key, None)),
     }

@@ -80,6 +80,7 @@ pub fn status(hot: &Hot, d: &DaemonInfo) -> vx_proto::DaemonStatus {
         rss_bytes: rss_bytes(),
         runs_served: hot.runs_served.load(Ordering::Relaxed),
         runs_replayed: hot.runs_replayed.load(Ordering::Relaxed),
+        tasks_memo_served: hot.tasks_memo_served.load(Ordering::Relaxed),
         connections: d.connections.load(Ordering::Relaxed),
         rescans: hot.rescans.load(Ordering::Relaxed),
         log_file: d.log_file.to_string_lossy().into_owned(),

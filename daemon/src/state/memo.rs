@@ -6,7 +6,9 @@
 //! since the watcher last reported a change in the project; per project,
 //! the file list whose hashes were last warmed. Everything is dropped when
 //! the model is replaced. Per request: the last whole-run answer kept to
-//! be replayed ([`RunAnswer`], kept and judged by `engine::replay`).
+//! be replayed ([`RunAnswer`], kept and judged by `engine::replay`), and
+//! the last run's in-place hits ([`RunMemo`], likewise); which projects
+//! each sync found changed ([`ChangeLog`]).
 //! Never: computes a key, a hash or a check itself; it only answers "the
 //! same as last time?" by identity and equality.
 
@@ -16,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 use vx_proto::history::RunRecord;
-use vx_proto::{RunEvent, RunSummary};
+use vx_proto::{RunEvent, RunSummary, TaskResult};
 
 /// At most this many whole-run answers are kept (one per distinct request).
 const MAX_ANSWERS: usize = 4;
@@ -42,6 +44,99 @@ pub struct RunAnswer {
     pub summary: RunSummary,
     /// Its history record (`None`: the run was not recorded).
     pub record: Option<Arc<RunRecord>>,
+}
+
+/// A run's in-place hits, kept so that the next run of the same request
+/// serves the ones nothing can have changed without looking at them
+/// (judged by `engine::replay`).
+pub struct RunMemo {
+    /// The model the graph nodes belong to.
+    pub model: Weak<Model>,
+    /// The store the hits were read from (by identity).
+    pub store: Weak<crate::cache::Store>,
+    /// `Store::removals` as the run started.
+    pub removals: u64,
+    /// The mark of the snapshot the run used ([`Hot::sync_marked`]).
+    pub mark: u64,
+    /// When the run ended.
+    pub at: Instant,
+    /// The run's selection (graph nodes in dependency order).
+    pub nodes: Vec<usize>,
+    /// By graph node: its hit (or a group task's key).
+    pub tasks: Vec<Option<Arc<MemoTask>>>,
+}
+
+/// One task's in-place hit as a run served it (a group task: its key).
+pub struct MemoTask {
+    /// When the run that found it checked it (a served task keeps the time
+    /// of the check it was served from: it is checked again, and its
+    /// access time recorded for `cache prune`, once that is too old).
+    pub at: Instant,
+    pub key: String,
+    pub result: Option<TaskResult>,
+    /// The log it replayed (only when its logs were shown in full).
+    pub log: Option<Arc<Vec<u8>>>,
+}
+
+/// The kept per-task memos by request hash.
+#[derive(Default)]
+pub(super) struct RunMemos(Vec<([u8; 32], Arc<RunMemo>)>);
+
+/// Which projects each [`Hot::sync`] found changed, by the sync's mark.
+#[derive(Default)]
+pub(super) struct ChangeLog {
+    /// The mark of the latest sync that found anything changed.
+    seq: u64,
+    /// The latest mark at which everything may have changed.
+    all: u64,
+    /// Project → the latest mark at which it changed.
+    projects: Vec<u64>,
+}
+
+impl ChangeLog {
+    /// Notes a sync's changes (`None`: everything; `None` in the list: a
+    /// path outside every project) and returns its snapshot's mark.
+    pub(super) fn note(&mut self, changed: Option<&[Option<usize>]>) -> u64 {
+        match changed {
+            Some([]) => {}
+            None => {
+                self.seq += 1;
+                self.all = self.seq;
+                self.projects.clear();
+            }
+            Some(list) => {
+                self.seq += 1;
+                for p in list {
+                    match *p {
+                        None => self.all = self.seq,
+                        Some(p) => {
+                            if self.projects.len() <= p {
+                                self.projects.resize(p + 1, 0);
+                            }
+                            self.projects[p] = self.seq;
+                        }
+                    }
+                }
+            }
+        }
+        self.seq
+    }
+
+    /// The projects that changed after mark `mark`; `None` when anything
+    /// may have (or the mark is not one this log gave).
+    pub(super) fn since(&self, mark: u64) -> Option<Vec<usize>> {
+        if self.all > mark || mark > self.seq {
+            return None;
+        }
+        Some(
+            self.projects
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m > mark)
+                .map(|(p, _)| p)
+                .collect(),
+        )
+    }
 }
 
 /// The kept answers by request hash.
@@ -204,5 +299,66 @@ impl Hot {
         if let Ok(mut a) = self.answers.lock() {
             a.0.clear();
         }
+    }
+}
+
+impl Hot {
+    /// The per-task memo kept for `request`, if any.
+    pub fn run_memo(&self, request: &[u8; 32]) -> Option<Arc<RunMemo>> {
+        let m = self.run_memos.lock().ok()?;
+        m.0.iter()
+            .find(|(r, _)| r == request)
+            .map(|(_, m)| m.clone())
+    }
+
+    /// Keeps `memo` for `request`, replacing the request's previous one; at
+    /// most [`MAX_ANSWERS`] are kept (the oldest go first).
+    pub fn keep_run_memo(&self, request: [u8; 32], memo: RunMemo) {
+        let Ok(mut m) = self.run_memos.lock() else {
+            return;
+        };
+        m.0.retain(|(r, _)| *r != request);
+        if m.0.len() >= MAX_ANSWERS {
+            m.0.remove(0);
+        }
+        m.0.push((request, Arc::new(memo)));
+    }
+
+    /// Forgets the per-task memo kept for `request`.
+    pub fn forget_run_memo(&self, request: &[u8; 32]) {
+        if let Ok(mut m) = self.run_memos.lock() {
+            m.0.retain(|(r, _)| r != request);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeLog;
+
+    /// Marks and what `since` answers for them, step by step.
+    #[test]
+    fn change_log_names_what_changed_since_a_mark() {
+        let mut l = ChangeLog::default();
+        let m0 = l.note(None); // the first sync: a rescan
+        assert_eq!(l.since(m0), Some(vec![]));
+        assert_eq!(l.note(Some(&[])), m0, "nothing changed: same mark");
+        let m1 = l.note(Some(&[Some(3)]));
+        assert!(m1 > m0);
+        assert_eq!(l.since(m0), Some(vec![3]));
+        assert_eq!(l.since(m1), Some(vec![]));
+        let m2 = l.note(Some(&[Some(1), Some(3)]));
+        assert_eq!(l.since(m0), Some(vec![1, 3]));
+        assert_eq!(l.since(m1), Some(vec![1, 3]));
+        assert_eq!(l.since(m2), Some(vec![]));
+        // A change outside every project: everything before is unknown.
+        let m3 = l.note(Some(&[None, Some(2)]));
+        assert_eq!(l.since(m2), None);
+        assert_eq!(l.since(m3), Some(vec![]));
+        // A rescan, likewise; a mark never given is unknown.
+        let m4 = l.note(None);
+        assert_eq!(l.since(m3), None);
+        assert_eq!(l.since(m4), Some(vec![]));
+        assert_eq!(l.since(m4 + 1), None);
     }
 }

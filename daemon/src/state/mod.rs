@@ -33,14 +33,14 @@ mod memo;
 mod watcher;
 
 pub use inflight::{Finished, Inflight};
-pub use memo::RunAnswer;
+pub use memo::{MemoTask, RunAnswer, RunMemo};
 
 use crate::cache::Store;
 use crate::error::{EngineError, ErrorKind};
 use crate::hash::{self, FileIndex};
 use crate::model::{Model, Snapshot, cache_dir, load_workspace};
 use crate::workspace::Workspace;
-use memo::InputsMemo;
+use memo::{ChangeLog, InputsMemo};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -100,8 +100,14 @@ pub struct Hot {
     generation: AtomicU64,
     /// Runs answered by replaying a kept answer (for `daemon.status`).
     pub runs_replayed: AtomicU64,
+    /// Tasks served from a run's per-task memo (for `daemon.status`).
+    pub tasks_memo_served: AtomicU64,
     /// Whole-run answers kept to be replayed, by request.
     answers: Mutex<memo::Answers>,
+    /// Per-task memos of the last run of a request (see `engine::replay`).
+    run_memos: Mutex<memo::RunMemos>,
+    /// Which projects each sync found changed (see [`Hot::sync_marked`]).
+    sync_log: Mutex<ChangeLog>,
 }
 
 /// The cache directory the workspace's config names (validated: a refused
@@ -154,7 +160,10 @@ impl Hot {
             change_log: Mutex::new(std::collections::VecDeque::new()),
             generation: AtomicU64::new(0),
             runs_replayed: AtomicU64::new(0),
+            tasks_memo_served: AtomicU64::new(0),
             answers: Mutex::new(memo::Answers::default()),
+            run_memos: Mutex::new(memo::RunMemos::default()),
+            sync_log: Mutex::new(ChangeLog::default()),
         });
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let watcher = notify::recommended_watcher(move |ev| {
@@ -290,6 +299,14 @@ impl Hot {
     /// Brings the model and the snapshot up to date with the disk and
     /// returns them. Blocking; call from a blocking thread.
     pub fn sync(&self) -> Result<(Arc<Model>, Snapshot), EngineError> {
+        self.sync_marked().map(|(m, s, _)| (m, s))
+    }
+
+    /// [`Hot::sync`], with the mark of the sync that produced the snapshot:
+    /// [`Hot::changed_since`] a mark names every project whose files (or
+    /// outputs, or anything the watcher reported under it) changed after
+    /// that snapshot was taken.
+    pub fn sync_marked(&self) -> Result<(Arc<Model>, Snapshot, u64), EngineError> {
         self.touch();
         self.cookie_barrier();
         let mut inner = self
@@ -393,8 +410,10 @@ impl Hot {
             if let Ok(mut m) = self.inputs_memo.lock() {
                 m.outputs_ok.clear();
             }
-            return Ok((model, snap));
+            let mark = self.note_changes(None);
+            return Ok((model, snap, mark));
         }
+        let mut changed: Vec<Option<usize>> = Vec::new();
         if let Some(snap) = inner.snapshot.as_mut() {
             let mut projects: HashSet<Option<usize>> = HashSet::new();
             let rels: Vec<String> = dirty
@@ -452,6 +471,7 @@ impl Hot {
             // Sorted, so the walks' order does not depend on the hash set.
             let mut projects: Vec<Option<usize>> = projects.into_iter().collect();
             projects.sort_unstable();
+            changed = projects.clone();
             // A new ignored directory there may hold global inputs.
             let ignored = snap.refresh_many(&model, &projects, &cache_skip);
             self.watch_new_dirs(&ignored);
@@ -464,7 +484,26 @@ impl Hot {
             .clone()
             .ok_or_else(|| EngineError::new(ErrorKind::Internal, "no snapshot"))?;
         self.set_counts(&inner);
-        Ok((model, snap))
+        let mark = self.note_changes(Some(&changed));
+        Ok((model, snap, mark))
+    }
+
+    /// Notes what a sync found changed (`None`: everything, a rescan or a
+    /// new model) and returns the mark of the snapshot it returns. Called
+    /// under `inner`, so marks and snapshots go in the same order.
+    fn note_changes(&self, changed: Option<&[Option<usize>]>) -> u64 {
+        match self.sync_log.lock() {
+            Ok(mut l) => l.note(changed),
+            // A poisoned log answers "everything changed" from now on.
+            Err(_) => u64::MAX,
+        }
+    }
+
+    /// The projects that changed since the snapshot of mark `mark` (see
+    /// [`Hot::sync_marked`]); `None` when anything may have (a rescan, a
+    /// new model, a change outside every project, an unknown mark).
+    pub fn changed_since(&self, mark: u64) -> Option<Vec<usize>> {
+        self.sync_log.lock().ok()?.since(mark)
     }
 
     /// Persists what the file index learned (after a run).

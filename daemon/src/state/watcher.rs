@@ -226,6 +226,13 @@ impl Hot {
                     // A symlink to one is not watched through the link here
                     // (that would re-label its target's watches): the next
                     // sync watches link targets and linked members.
+                    // Whatever was watched at this path before is another
+                    // inode (one deleted and made again before its delete
+                    // was handled here, as a restore or `rm -rf dist &&
+                    // mkdir dist` does): forgotten first, or `watch_dir`
+                    // would take the path for watched and a changed output
+                    // there would go unseen.
+                    self.unwatch_tree(p);
                     if !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
                         self.watch_tree(p);
                     }
