@@ -249,6 +249,17 @@ fn links_of(files: &[FileMeta]) -> Arc<Vec<String>> {
     )
 }
 
+/// Whether the walk of the root listed a file below the member directory
+/// `dir` (root-relative): then it descended into `dir` through real
+/// directories only (a link to a directory is listed as a file and never
+/// entered), so `dir` is not reached through a link.
+fn walked_into(files: &[FileMeta], dir: &str) -> bool {
+    dir != "."
+        && files
+            .iter()
+            .any(|f| f.path.strip_prefix(dir).is_some_and(|r| r.starts_with('/')))
+}
+
 impl Snapshot {
     /// One parallel walk of the whole workspace.
     pub fn scan(model: &Model, skip: &[PathBuf]) -> Snapshot {
@@ -279,8 +290,12 @@ impl Snapshot {
         // A member reached through a symlinked directory: the walk above
         // does not follow links, so walk it on its own, through the link
         // (its paths stay under the member's workspace path).
+        // A file the walk found below a member's directory proves every
+        // component of it a real directory (the walk follows no link), so
+        // only the members it found nothing in are looked at (one `lstat`
+        // per component each).
         for (p, proj) in model.ws.projects.iter().enumerate() {
-            if hash::through_link(root, &proj.dir) {
+            if !walked_into(&by_project[p], &proj.dir) && hash::through_link(root, &proj.dir) {
                 let dir = model.ws.abs_dir(proj);
                 by_project[p] = hash::walk(root, &dir, &model.fences[p], skip);
             }

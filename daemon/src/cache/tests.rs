@@ -21,6 +21,29 @@ fn blob_round_trip_and_corruption_is_detected() {
 }
 
 #[test]
+fn the_empty_log_is_known_without_its_blob_and_others_are_verified() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    assert_eq!(blobs::EMPTY_BLOB_HASH, blake3::hash(b"").to_hex().as_str());
+    let empty = s.put_bytes(b"").unwrap();
+    assert_eq!(empty.hash, blobs::EMPTY_BLOB_HASH);
+    // Its blob gone: the empty log is still the empty log.
+    fs::remove_file(s.blob_path(&empty.hash)).unwrap();
+    assert_eq!(s.read_log(&empty).unwrap(), b"");
+    // A digest that claims a size is never taken for the empty log.
+    let sized = Digest {
+        hash: empty.hash.clone(),
+        size_bytes: 3,
+    };
+    assert!(matches!(s.read_log(&sized), Err(CacheError::Corrupt(_))));
+    // Any other log is read and verified as before.
+    let log = s.put_bytes(b"log").unwrap();
+    assert_eq!(s.read_log(&log).unwrap(), b"log");
+    fs::write(s.blob_path(&log.hash), b"lug").unwrap();
+    assert!(matches!(s.read_log(&log), Err(CacheError::Corrupt(_))));
+}
+
+#[test]
 fn entries_commit_and_drop() {
     let d = tempfile::tempdir().unwrap();
     let s = store(d.path());

@@ -136,7 +136,7 @@ pub(super) fn try_hit(
         return Ok(Hit::NeedsRestore);
     }
     let log = if sh.logs_of(g) == OutputLogs::Full {
-        match sh.store.read_verified(&m.log) {
+        match sh.store.read_log(&m.log) {
             Ok(l) => l,
             Err(CacheError::Corrupt(_)) => {
                 corrupt("log");
