@@ -51,9 +51,13 @@ type PatternLists = (Vec<String>, Vec<String>, Vec<String>);
 pub struct Model {
     pub ws: Workspace,
     pub graph: TaskGraph,
-    /// Canonical JSON of each task's resolved config (folded into its key),
-    /// with the key fold's state after its per-task constant parts.
-    config_json: Vec<std::sync::OnceLock<(Arc<str>, blake3::Hasher)>>,
+    /// Canonical JSON of each task's resolved config (folded into its key).
+    config_json: Vec<std::sync::OnceLock<Arc<str>>>,
+    /// The key fold's state after each task's per-task constant parts, for
+    /// a model that folds keys again and again (the daemon's). Boxed and
+    /// made on first use: a fold state is ~2 KiB, and one per node laid out
+    /// in the vector touched ~6 MiB on every load of a 3,000-task model.
+    key_prefixes: Vec<std::sync::OnceLock<Box<blake3::Hasher>>>,
     /// Compiled patterns by (inputs, root inputs, outputs) lists.
     patterns: Mutex<HashMap<PatternLists, Arc<TaskPatterns>>>,
     /// The same, per graph node.
@@ -125,6 +129,9 @@ impl Model {
             config_json: (0..graph.nodes.len())
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
+            key_prefixes: (0..graph.nodes.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             patterns: Mutex::new(HashMap::new()),
             node_patterns: (0..graph.nodes.len())
                 .map(|_| std::sync::OnceLock::new())
@@ -145,8 +152,8 @@ impl Model {
     }
 
     /// The canonical JSON of node `n`'s resolved config and the global
-    /// config, and the key fold's prefix state for the node.
-    pub fn config_json(&self, n: usize) -> &(Arc<str>, blake3::Hasher) {
+    /// config.
+    pub fn config_json(&self, n: usize) -> &Arc<str> {
         self.config_json[n].get_or_init(|| {
             #[derive(serde::Serialize)]
             struct ConfigView<'a> {
@@ -154,15 +161,26 @@ impl Model {
                 global: &'a crate::workspace::GlobalConfig,
             }
             let node = &self.graph.nodes[n];
-            let json: Arc<str> = serde_json::to_string(&ConfigView {
+            serde_json::to_string(&ConfigView {
                 task: &node.def,
                 global: &self.ws.global,
             })
             .unwrap_or_default()
-            .into();
-            let prefix =
-                KeyParts::prefix(&node.id, &json, node.def.command.as_deref().unwrap_or(""));
-            (json, prefix)
+            .into()
+        })
+    }
+
+    /// The key fold's state after node `n`'s per-task constant parts
+    /// ([`KeyParts::prefix`] of its id, [`Model::config_json`] and command),
+    /// memoised: for a model kept across runs.
+    pub fn key_prefix(&self, n: usize) -> &blake3::Hasher {
+        self.key_prefixes[n].get_or_init(|| {
+            let node = &self.graph.nodes[n];
+            Box::new(KeyParts::prefix(
+                &node.id,
+                self.config_json(n),
+                node.def.command.as_deref().unwrap_or(""),
+            ))
         })
     }
 

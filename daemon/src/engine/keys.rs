@@ -103,7 +103,7 @@ impl Shared {
             None => {
                 let parts = KeyParts {
                     task: node.id.clone(),
-                    config: self.model.config_json(n).0.clone(),
+                    config: self.model.config_json(n).clone(),
                     command: node.def.command.clone().unwrap_or_default(),
                     args,
                     env,
@@ -111,7 +111,12 @@ impl Shared {
                     inputs,
                     plugins,
                 };
-                let key = parts.fold_from(&self.model.config_json(n).1);
+                // The daemon keeps the model, and each node's fold prefix
+                // with it; a run of its own folds each key once.
+                let key = match &self.hot {
+                    Some(_) => parts.fold_from(self.model.key_prefix(n)),
+                    None => parts.fold(),
+                };
                 if let Some(h) = &self.hot
                     && parts.plugins.is_empty()
                 {
@@ -187,7 +192,7 @@ impl Shared {
             task: node.id.clone(),
             files,
             env,
-            config: hash_str(&self.model.config_json(n).0),
+            config: hash_str(self.model.config_json(n)),
             command: node.def.command.clone().unwrap_or_default(),
             upstream,
             args: hash_str(&serde_json::to_string(args).unwrap_or_default()),
