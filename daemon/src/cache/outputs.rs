@@ -294,9 +294,9 @@ impl Kind {
 fn stat_of(st: &rustix::fs::Stat) -> FileStat {
     FileStat {
         size: st.st_size as u64,
-        mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
-        ino: st.st_ino as u64,
-        mode: st.st_mode as u32,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ino: st.st_ino,
+        mode: st.st_mode,
     }
 }
 
