@@ -23,8 +23,10 @@ args = ap.parse_args()
 
 top = args.keep or tempfile.mkdtemp(prefix="vx-fully-cached-")
 gen = os.path.join(top, "gen")
+# No background `git gc --auto` racing the copies below.
+quiet_git = dict(os.environ, GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="gc.auto", GIT_CONFIG_VALUE_0="0")
 subprocess.run([sys.executable, os.path.join(here, "kit", "gen-workspace.py"), "--packages",
-                str(args.packages), gen], check=True, stdout=subprocess.DEVNULL)
+                str(args.packages), gen], check=True, stdout=subprocess.DEVNULL, env=quiet_git)
 runners = {}
 for name, vx in (("old", args.old), ("new", args.new)):
     ws = os.path.join(top, name)
