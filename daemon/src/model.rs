@@ -468,6 +468,47 @@ impl Snapshot {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_member_is_known_entered_by_a_file_below_its_directory() {
+        let file = |path: &str, link: hash::Link| FileMeta {
+            path: path.into(),
+            stat: hash::FileStat {
+                size: 0,
+                mtime_ns: 0,
+                ino: 0,
+                mode: 0,
+            },
+            link,
+            non_utf8: false,
+        };
+        let cases: &[(&[(&str, hash::Link)], &str, bool)] = &[
+            (
+                &[("packages/a/src/x.js", hash::Link::No)],
+                "packages/a",
+                true,
+            ),
+            (
+                &[("packages/a/package.json", hash::Link::No)],
+                "packages/a",
+                true,
+            ),
+            // The member's directory itself listed: a link, never entered.
+            (
+                &[("packages/a", hash::Link::Dir("real/a".into()))],
+                "packages/a",
+                false,
+            ),
+            (&[("packages/ab/x.js", hash::Link::No)], "packages/a", false),
+            (&[], "packages/a", false),
+            // The root is never reached through a link (and never asked).
+            (&[("x.js", hash::Link::No)], ".", false),
+        ];
+        for (files, dir, want) in cases {
+            let files: Vec<FileMeta> = files.iter().map(|(p, l)| file(p, l.clone())).collect();
+            assert_eq!(walked_into(&files, dir), *want, "{dir} {files:?}");
+        }
+    }
+
     fn write(dir: &Path, rel: &str, text: &str) {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
