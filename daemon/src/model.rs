@@ -481,7 +481,8 @@ mod tests {
             link,
             non_utf8: false,
         };
-        let cases: &[(&[(&str, hash::Link)], &str, bool)] = &[
+        type Listed<'a> = &'a [(&'a str, hash::Link)];
+        let cases: &[(Listed, &str, bool)] = &[
             (
                 &[("packages/a/src/x.js", hash::Link::No)],
                 "packages/a",
