@@ -8,7 +8,9 @@
 //! path opened later. Paths are plain relative paths (`a/b/c`): an absolute
 //! path, an empty, `.` or `..` component is refused before any system call.
 //!
-//! Owns: validating relative paths, creating parent directories, installing a
+//! Owns: validating relative paths, creating parent directories (once per
+//! directory for a batch of writes, [`DirCache`]; the root's own descriptor
+//! is borrowed, never duplicated), installing a
 //! file or a symlink atomically (temp sibling + `renameat`), unlinking a
 //! non-directory, removing an empty directory, reading a file or a link text
 //! without following a link, `lstat`, and finding the first symlinked
@@ -22,7 +24,7 @@
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Why a confined operation was refused or failed.
@@ -130,6 +132,28 @@ pub fn link_stays_inside(rel: &str, target: &str) -> bool {
     true
 }
 
+/// A directory below a [`Confined`] root, opened without following a link:
+/// the root itself is borrowed (no `dup` per operation), a subdirectory is
+/// its own descriptor.
+pub enum Dir<'a> {
+    Root(BorrowedFd<'a>),
+    Sub(OwnedFd),
+}
+
+impl AsFd for Dir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Dir::Root(fd) => *fd,
+            Dir::Sub(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// Parent directories already opened below one [`Confined`], by their
+/// relative path (see [`Confined::write_new_file_in`]).
+#[derive(Default)]
+pub struct DirCache<'a>(std::collections::HashMap<String, Dir<'a>>);
+
 /// A directory that every operation stays below.
 pub struct Confined {
     root: OwnedFd,
@@ -160,6 +184,21 @@ impl Confined {
         })
     }
 
+    /// [`Confined::open`], creating `root` (and its parents) first when it
+    /// does not exist.
+    pub fn open_or_create(root: &Path) -> Result<Confined, FsxError> {
+        match Confined::open(root) {
+            Err(e) if e.is_not_found() => {
+                fs::create_dir_all(root).map_err(|source| FsxError::Io {
+                    path: root.to_path_buf(),
+                    source,
+                })?;
+                Confined::open(root)
+            }
+            r => r,
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.path
     }
@@ -176,11 +215,8 @@ impl Confined {
 
     /// Opens the directory `parts` below the root, never through a link;
     /// creates missing ones when `create`.
-    fn dir(&self, parts: &[&str], create: bool) -> Result<OwnedFd, FsxError> {
-        let mut cur = rustix::io::dup(&self.root).map_err(|e| FsxError::Io {
-            path: self.path.clone(),
-            source: e.into(),
-        })?;
+    fn dir(&self, parts: &[&str], create: bool) -> Result<Dir<'_>, FsxError> {
+        let mut cur = Dir::Root(self.root.as_fd());
         for (i, c) in parts.iter().enumerate() {
             let at = || self.abs(&parts[..=i]);
             let mut r = rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty());
@@ -197,7 +233,7 @@ impl Confined {
                 r = rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty());
             }
             cur = match r {
-                Ok(fd) => fd,
+                Ok(fd) => Dir::Sub(fd),
                 Err(e) if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR => {
                     let is_link = rustix::fs::statat(&cur, *c, AtFlags::SYMLINK_NOFOLLOW)
                         .is_ok_and(|st| lstat_of(&st).kind == Kind::Symlink);
@@ -222,7 +258,7 @@ impl Confined {
     }
 
     /// The parent directory of `rel` and its last component.
-    fn parent<'a>(&self, rel: &'a str, create: bool) -> Result<(OwnedFd, &'a str), FsxError> {
+    fn parent<'a>(&self, rel: &'a str, create: bool) -> Result<(Dir<'_>, &'a str), FsxError> {
         let parts = self.split(rel)?;
         let (leaf, dirs) = parts.split_last().expect("components are never empty");
         Ok((self.dir(dirs, create)?, leaf))
@@ -272,14 +308,33 @@ impl Confined {
     /// is replaced as [`Confined::write_file`] does. Returns the `lstat` of
     /// what was written, taken from the open file (no second path walk).
     pub fn write_new_file(&self, rel: &str, bytes: &[u8], mode: u32) -> Result<Lstat, FsxError> {
-        let (dir, leaf) = self.parent(rel, true)?;
+        self.write_new_file_in(&mut DirCache::default(), rel, bytes, mode)
+    }
+
+    /// [`Confined::write_new_file`], opening (and creating) each parent
+    /// directory once per `dirs`: several files written into one directory
+    /// walk its path once, not once per file.
+    pub fn write_new_file_in<'c>(
+        &'c self,
+        dirs: &mut DirCache<'c>,
+        rel: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Lstat, FsxError> {
+        let parts = self.split(rel)?;
+        let (leaf, above) = parts.split_last().expect("components are never empty");
+        let key = above.join("/");
+        let dir = match dirs.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.dir(above, true)?),
+        };
         let io_err = |source: io::Error| FsxError::Io {
             path: self.path.join(rel),
             source,
         };
         let fd = match rustix::fs::openat(
-            &dir,
-            leaf,
+            &*dir,
+            *leaf,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         ) {
@@ -300,7 +355,7 @@ impl Confined {
         })();
         r.map_err(|e| {
             // Never leave a half-written output behind under its real name.
-            let _ = rustix::fs::unlinkat(&dir, leaf, AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&*dir, *leaf, AtFlags::empty());
             io_err(e)
         })
     }
@@ -542,6 +597,42 @@ mod tests {
             Err(FsxError::Symlink(_))
         ));
         assert_eq!(c.lstat("nope/x").unwrap(), None);
+    }
+
+    // A batch of new files walks each parent directory's path once (one
+    // cached descriptor per directory), and stays as confined as one write.
+    #[test]
+    fn new_files_in_a_batch_open_each_directory_once_and_stay_confined() {
+        let (d, c) = fixture();
+        let mut dirs = DirCache::default();
+        for rel in ["dist/a", "dist/b", "dist/sub/c", "top", "real/g"] {
+            let st = c
+                .write_new_file_in(&mut dirs, rel, rel.as_bytes(), 0o644)
+                .unwrap();
+            assert_eq!(fs::read(c.root().join(rel)).unwrap(), rel.as_bytes());
+            assert_eq!(c.lstat(rel).unwrap(), Some(st), "{rel}");
+        }
+        let mut opened: Vec<&str> = dirs.0.keys().map(String::as_str).collect();
+        opened.sort();
+        assert_eq!(opened, vec!["", "dist", "dist/sub", "real"]);
+        for (rel, want) in [
+            ("link_dir/x.txt", Want::Symlink),
+            ("inner_link/new", Want::Symlink),
+            ("../outside/y", Want::BadPath),
+        ] {
+            let got = classify(
+                c.write_new_file_in(&mut dirs, rel, b"NEW", 0o644)
+                    .map(|_| ()),
+            );
+            assert_eq!(got, want, "{rel}");
+        }
+        outside_untouched(&d);
+        // Something already at the leaf is replaced, never written through.
+        let st = c
+            .write_new_file_in(&mut dirs, "leaf_link", b"NEW", 0o600)
+            .unwrap();
+        assert_eq!(st.kind, Kind::File);
+        outside_untouched(&d);
     }
 
     #[test]

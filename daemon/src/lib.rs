@@ -24,6 +24,7 @@ pub mod history;
 pub mod hooks;
 pub mod init;
 pub mod inspect;
+pub mod mem;
 pub mod model;
 pub mod persist;
 pub mod plugins;
@@ -88,6 +89,7 @@ mod layering {
         ("fsx", &[]),
         ("globs", &[]),
         ("hooks", &[]),
+        ("mem", &[]),
         ("procstat", &[]),
         ("profile", &[]),
         ("sink", &[]),
@@ -127,6 +129,7 @@ mod layering {
                 "history",
                 "hooks",
                 "inspect",
+                "mem",
                 "model",
                 "persist",
                 "profile",
@@ -160,6 +163,7 @@ mod layering {
                 "history",
                 "init",
                 "inspect",
+                "mem",
                 "plugins",
                 "query",
                 "state",

@@ -52,12 +52,10 @@ pub struct Model {
     pub ws: Workspace,
     pub graph: TaskGraph,
     /// Canonical JSON of each task's resolved config (folded into its key).
+    /// Only the text: a key fold's prefix state ([`Model::key_prefix`]) is
+    /// ~1.9 KB (a blake3 hasher), which kept per node was 5.7 MiB of a
+    /// daemon's memory at 3,000 tasks; it is re-derived per fold instead.
     config_json: Vec<std::sync::OnceLock<Arc<str>>>,
-    /// The key fold's state after each task's per-task constant parts, for
-    /// a model that folds keys again and again (the daemon's). Boxed and
-    /// made on first use: a fold state is ~2 KiB, and one per node laid out
-    /// in the vector touched ~6 MiB on every load of a 3,000-task model.
-    key_prefixes: Vec<std::sync::OnceLock<Box<blake3::Hasher>>>,
     /// Compiled patterns by (inputs, root inputs, outputs) lists.
     patterns: Mutex<HashMap<PatternLists, Arc<TaskPatterns>>>,
     /// The same, per graph node.
@@ -129,9 +127,6 @@ impl Model {
             config_json: (0..graph.nodes.len())
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
-            key_prefixes: (0..graph.nodes.len())
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
             patterns: Mutex::new(HashMap::new()),
             node_patterns: (0..graph.nodes.len())
                 .map(|_| std::sync::OnceLock::new())
@@ -170,18 +165,15 @@ impl Model {
         })
     }
 
-    /// The key fold's state after node `n`'s per-task constant parts
-    /// ([`KeyParts::prefix`] of its id, [`Model::config_json`] and command),
-    /// memoised: for a model kept across runs.
-    pub fn key_prefix(&self, n: usize) -> &blake3::Hasher {
-        self.key_prefixes[n].get_or_init(|| {
-            let node = &self.graph.nodes[n];
-            Box::new(KeyParts::prefix(
-                &node.id,
-                self.config_json(n),
-                node.def.command.as_deref().unwrap_or(""),
-            ))
-        })
+    /// The key fold's state after node `n`'s constant parts (its id, config
+    /// and command): what [`KeyParts::fold_from`] continues from.
+    pub fn key_prefix(&self, n: usize) -> blake3::Hasher {
+        let node = &self.graph.nodes[n];
+        KeyParts::prefix(
+            &node.id,
+            self.config_json(n),
+            node.def.command.as_deref().unwrap_or(""),
+        )
     }
 
     /// The compiled patterns of node `n` (compiled once per distinct list).

@@ -19,6 +19,10 @@
 #                  afresh; vx-base* measure VX_BASE_BIN, another commit's
 #                  release vx, for before/after figures in one run). Missing peers are
 #                  skipped with a note. nx is opt-in: it is slow at 1,000 packages.
+#   --scenarios L  comma list of scenario keys to run (default: all): cold, cached, outputs,
+#                  leaf, leaf-shim, root-shim, git (git status); e.g. `--large --scenarios
+#                  cold,cached` for the 5,000-package repeat-run and RSS figures alone. Without
+#                  cold, the first warm-up run of the first scenario fills the caches.
 #   --timing       also set VX_TIMING=1 on vx's timed runs and print the median of each
 #                  engine stage per scenario (stage lines go to stderr; cost is negligible,
 #                  but the headline figures in docs/benchmarks.md are taken without it)
@@ -65,7 +69,7 @@ BENCH="$(cd "$BENCH" && pwd)"
 source "$BENCH/env.sh"
 VX_BIN="${VX_BIN:-$ROOT/target/release/vx}"
 
-PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,vx-daemon,turbo TIMING= SHAPE=default
+PACKAGES=1000 RUNS=5 KEEP= RUNNERS=vx,vx-daemon,turbo TIMING= SHAPE=default SCENARIOS=
 BENCH_ARGV="tests/bench/bench.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -77,10 +81,12 @@ while [ $# -gt 0 ]; do
     --runners) RUNNERS=$2; shift 2 ;;
     --runners=*) RUNNERS=${1#*=}; shift ;;
     --timing) TIMING=1; shift ;;
+    --scenarios) SCENARIOS=$2; shift 2 ;;
+    --scenarios=*) SCENARIOS=${1#*=}; shift ;;
     --shape) SHAPE=$2; shift 2 ;;
     --shape=*) SHAPE=${1#*=}; shift ;;
     --large) PACKAGES=5000; shift ;;
-    -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,56p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -95,7 +101,7 @@ else
 fi
 
 case "$SHAPE" in default|dense) ;; *) echo "--shape: default or dense, not $SHAPE" >&2; exit 2 ;; esac
-export BENCH VX_BIN PACKAGES RUNS WORK RUNNERS TIMING KEEP SHAPE
+export BENCH VX_BIN PACKAGES RUNS WORK RUNNERS TIMING KEEP SHAPE SCENARIOS
 export BENCH_ARGV
 python3 - <<'PY'
 import glob, hashlib, json, os, platform, re, shutil, statistics, subprocess, sys, time
@@ -335,6 +341,14 @@ SCENARIOS = [
 ]
 # root-shim: every runner must agree with vx's count (which tasks a dependent's
 # edit reaches depends on the task graph, not only on package edges).
+ONLY = [k for k in os.environ.get("SCENARIOS", "").split(",") if k]
+_known = [k for k, *_ in SCENARIOS] + ["git"]
+for k in ONLY:
+    if k not in _known:
+        sys.exit("--scenarios: unknown scenario %r (known: %s)" % (k, ", ".join(_known)))
+if ONLY:
+    SCENARIOS = [sc for sc in SCENARIOS if sc[0] in ONLY]
+WANT_GIT = not ONLY or "git" in ONLY
 EXPECT_HITS = {"cold": 0, "cached": NTASKS, "outputs": NTASKS, "leaf": NTASKS - 3, "leaf-shim": NTASKS - 3,
                "root-shim": None}
 
@@ -424,7 +438,7 @@ elapsed = time.monotonic() - t_start
 
 # The floor: git's own status on vx's copy (outputs in place, index warm).
 git_status = []
-for i in range(1 + RUNS):
+for i in range(1 + RUNS if WANT_GIT else 0):
     t0 = time.perf_counter_ns()
     p = subprocess.Popen(["git", "status", "--porcelain"], cwd=runners[0]["ws"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
@@ -448,7 +462,8 @@ for key, label, *_ in SCENARIOS:
     vxw = med(results[(key, "vx")], "wall")
     table.append([label] + [cell(results[(key, r["name"])]) for r in runners]
                  + ["%.1fx" % (med(results[(key, r["name"])], "wall") / vxw) for r in peers])
-table.append(["git status --porcelain (floor)", cell(git_status)] + [""] * (len(runners) - 1 + len(peers)))
+if git_status:
+    table.append(["git status --porcelain (floor)", cell(git_status)] + [""] * (len(runners) - 1 + len(peers)))
 widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]
 fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
 print()

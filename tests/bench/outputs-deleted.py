@@ -8,7 +8,8 @@ Generates a workspace with tests/bench/kit/gen-workspace.py (unless --ws names a
 one), fills the cache, then for each run and each mode in turn: restarts that mode's daemon
 (daemon modes), one warm run, `rm -rf packages/*/dist`, 0.3 s, one timed
 `vx run build test lint --output-logs=none`. Modes: the daemon with VX_WALK_THREADS=1 (the
-changed projects re-walked one by one), the daemon, no daemon, and the daemon of --old.
+changed projects re-walked one by one), the daemon, no daemon, and the daemon and no daemon of
+--old.
 Prints the median, min and max wall time per mode. Needs release binaries.
 """
 import argparse, glob, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -35,6 +36,7 @@ modes = {
 }
 if a.old:
     modes["daemon, --old"] = dict(base, VX_DAEMON="1", _VX=a.old)
+    modes["no daemon, --old"] = dict(base, VX_DAEMON="0", _VX=a.old)
 
 
 def run(env):

@@ -63,6 +63,46 @@ vx_test!(
     }
 );
 
+// A restored output the walk sees (not ignored) is an input of a task of
+// the same project: the project is re-walked after the restore, so the
+// dependent is keyed by the restored file and is a hit. Beside it, outputs
+// in an ignored directory, which need no re-walk, restore alike.
+vx_test!(
+    a_restored_output_is_seen_by_a_dependent_in_its_project,
+    || {
+        let ws = Ws::new(&[
+            ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+            (".gitignore", "dist\n"),
+            (
+                "p/vx.toml",
+                r#"[tasks.gen]
+command = "mkdir -p gen dist && cp src/a.txt gen/a.txt && cp src/a.txt dist/a.txt"
+inputs = ["src/**"]
+outputs = ["gen/**", "dist/**"]
+
+[tasks.use]
+command = "cat gen/a.txt > used.txt"
+depends_on = ["gen"]
+inputs = ["gen/**"]
+outputs = ["used.txt"]
+"#,
+            ),
+            ("p/src/a.txt", "A\n"),
+        ]);
+        let r = ws.run(&["use"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.executed(), vec!["p#gen", "p#use"]);
+        std::fs::remove_dir_all(ws.path("p/gen")).unwrap();
+        std::fs::remove_dir_all(ws.path("p/dist")).unwrap();
+        let r = ws.run(&["use"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.executed().is_empty(), "{:?}", r.executed());
+        assert_eq!(r.task("p#gen")["cache"], "local");
+        assert_eq!(ws.read("p/gen/a.txt"), "A\n");
+        assert_eq!(ws.read("p/dist/a.txt"), "A\n");
+    }
+);
+
 vx_test!(stray_output_files_are_removed_on_restore, || {
     let ws = basic();
     ws.run(&["build"]);

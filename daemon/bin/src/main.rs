@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                 (Some("--root"), Some(r)) => PathBuf::from(r),
                 _ => usage(),
             };
+            vxd::mem::tune_for_daemon();
             daemon(root)
         }
         _ => usage(),

@@ -181,11 +181,22 @@ impl Store {
         let path = self.blob_path(&d.hash);
         let corrupt = || CacheError::Corrupt(d.hash.clone());
         let mut f = fs::File::open(&path).map_err(|_| corrupt())?;
-        let ino = f.metadata().map(|m| m.ino()).ok();
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(|_| corrupt())?;
+        // The size is known: read it and one byte more (a longer file is
+        // read to its end below), with no stat for a size hint. (The reservation is
+        // capped: the size comes from a manifest.)
+        let mut bytes = Vec::with_capacity((d.size_bytes as usize).saturating_add(1).min(1 << 26));
+        (&mut f)
+            .take(d.size_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|_| corrupt())?;
+        if bytes.len() as u64 > d.size_bytes {
+            // Longer than named: read it all, so what is judged below is
+            // the whole file, as before.
+            f.read_to_end(&mut bytes).map_err(|_| corrupt())?;
+        }
         if blake3::hash(&bytes).to_hex().as_str() != d.hash {
             // The name is the hash: these bytes are wrong for every entry.
+            let ino = f.metadata().map(|m| m.ino()).ok();
             if ino.is_some() && fs::symlink_metadata(&path).ok().map(|m| m.ino()) == ino {
                 tracing::info!("deleting corrupt cache blob {}", path.display());
                 let _ = fs::remove_file(&path);

@@ -27,37 +27,85 @@ pub struct OnDisk {
 /// nothing; [`wipe_outputs`] and [`restore`] refuse it). `fence` holds
 /// project-relative directories of nested projects, which are never entered.
 pub fn collect_outputs(project: &Path, pats: &Patterns, fence: &HashSet<String>) -> Vec<OnDisk> {
+    if pats.is_empty() {
+        return Vec::new();
+    }
+    let Ok(c) = Confined::open(project) else {
+        return Vec::new();
+    };
+    collect_in(&c, pats, fence, false).unwrap_or_default()
+}
+
+/// [`collect_outputs`] below an open project. With `refuse`, an output
+/// base vx could only write through a symlinked directory (`dist ->
+/// /elsewhere` for `dist/**`) is an error naming the link (a base that is
+/// itself a selected symlink, a literal pattern naming a link, is an output
+/// like any other); without, it selects nothing. One `lstat` per base,
+/// relative to the project's descriptor: a missing base (outputs deleted)
+/// costs nothing more.
+pub(super) fn collect_in(
+    c: &Confined,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+    refuse: bool,
+) -> Result<Vec<OnDisk>, CacheError> {
     let mut out = Vec::new();
     if pats.is_empty() {
-        return out;
+        return Ok(out);
     }
-    let bases = pats.base_dirs().unwrap_or_else(|| vec![String::new()]);
-    let confined = Confined::open(project).ok();
+    let project = c.root();
+    let bases = pats.bases().unwrap_or(&[]);
+    let whole = [String::new()];
+    let bases = if pats.bases().is_none() {
+        &whole[..]
+    } else {
+        bases
+    };
     let mut seen = HashSet::new();
     for base in bases {
-        let start = if base.is_empty() {
-            project.to_path_buf()
-        } else {
-            // A base that is not a plain path below the project, or that is
-            // reached through a symlinked directory, selects nothing.
-            let Some(c) = &confined else { continue };
-            match c.first_symlink(&base, false) {
-                Ok(None) => {}
-                _ => continue,
+        if base.is_empty() {
+            // (As before: a project dir that is itself a link is not
+            // walked for patterns that can match anywhere.)
+            if fs::symlink_metadata(project).is_ok_and(|m| m.is_dir()) {
+                walk_outputs(project, "", pats, fence, &mut out, &mut seen, false);
             }
-            project.join(&base)
-        };
-        let Ok(md) = fs::symlink_metadata(&start) else {
             continue;
+        }
+        let kind = match c.lstat(base) {
+            Ok(Some(st)) => st.kind,
+            // Nothing there, or a regular file on the way: nothing to
+            // collect, nothing written through.
+            Ok(None) => continue,
+            Err(crate::fsx::FsxError::Io { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+            {
+                continue;
+            }
+            Err(e @ crate::fsx::FsxError::Symlink(_)) if refuse => return Err(e.into()),
+            Err(crate::fsx::FsxError::Symlink(_)) => continue,
+            Err(e) if refuse => return Err(e.into()),
+            Err(_) => continue,
         };
-        if md.is_dir() {
-            walk_outputs(&start, &base, pats, fence, &mut out, &mut seen, false);
-        } else if pats.matches(&base) && seen.insert(base.clone()) {
-            push_file(&start, base, &md, &mut out, false);
+        let start = project.join(base);
+        match kind {
+            crate::fsx::Kind::Dir => {
+                walk_outputs(&start, base, pats, fence, &mut out, &mut seen, false)
+            }
+            crate::fsx::Kind::Symlink if refuse && !pats.matches(base) => {
+                return Err(crate::fsx::FsxError::Symlink(start).into());
+            }
+            _ => {
+                if pats.matches(base)
+                    && seen.insert(base.clone())
+                    && let Ok(md) = fs::symlink_metadata(&start)
+                {
+                    push_file(&start, base.clone(), &md, &mut out, false);
+                }
+            }
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    out
+    Ok(out)
 }
 
 pub(super) fn push_file(
@@ -117,22 +165,6 @@ pub(super) fn walk_outputs(
     }
 }
 
-/// Refuses output bases vx could only write through a symlinked directory
-/// (`dist -> /elsewhere` for `dist/**`) or that leave the project: the
-/// error names the link. A base that is itself a selected symlink (a
-/// literal pattern naming a link) is an output like any other.
-pub(super) fn check_bases(c: &Confined, pats: &Patterns) -> Result<(), CacheError> {
-    for base in pats.bases().unwrap_or_default() {
-        if base.is_empty() {
-            continue;
-        }
-        if let Some(link) = c.first_symlink(base, !pats.matches(base))? {
-            return Err(crate::fsx::FsxError::Symlink(link).into());
-        }
-    }
-    Ok(())
-}
-
 /// Deletes the outputs the patterns select (a symlink is unlinked, never
 /// followed), and the directories that became empty because of it. Every
 /// deletion is confined to `project`; an output base reached through a
@@ -150,8 +182,7 @@ pub fn wipe_outputs(
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    check_bases(&c, pats)?;
-    wipe_confined(&c, &collect_outputs(project, pats, fence))
+    wipe_confined(&c, &collect_in(&c, pats, fence, true)?)
 }
 
 pub(super) fn wipe_confined(c: &Confined, files: &[OnDisk]) -> Result<(), CacheError> {

@@ -67,11 +67,12 @@ pub(super) fn write_checked<'a>(
     fence: &HashSet<String>,
     files: impl Iterator<Item = (&'a str, u32, Option<&'a str>, Vec<u8>)>,
 ) -> Result<Stamps, CacheError> {
-    fs::create_dir_all(project).map_err(io(project))?;
-    let c = Confined::open(project)?;
-    check_bases(&c, pats)?;
-    wipe_confined(&c, &collect_outputs(project, pats, fence))?;
+    let c = Confined::open_or_create(project)?;
+    // Refuses a base behind a symlinked directory before anything is
+    // touched; a missing base (outputs deleted) has nothing to wipe.
+    wipe_confined(&c, &collect_in(&c, pats, fence, true)?)?;
     let mut stamps = Stamps::new();
+    let mut dirs = crate::fsx::DirCache::default();
     for (path, mode, link, bytes) in files {
         // Just wiped: a file is created in place (no temp, no rename) and
         // its stamp comes from the open file, not a second lookup.
@@ -83,7 +84,7 @@ pub(super) fn write_checked<'a>(
                     source: std::io::Error::from(std::io::ErrorKind::NotFound),
                 })?
             }
-            None => c.write_new_file(path, &bytes, mode)?,
+            None => c.write_new_file_in(&mut dirs, path, &bytes, mode)?,
         };
         stamps.insert(path.to_string(), (st.size, st.mtime_ns, st.ino));
     }

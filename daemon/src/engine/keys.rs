@@ -5,23 +5,63 @@
 //! keyed environment, the key fold (memoised under the daemon while every
 //! varying part is unchanged), the fingerprint the history keeps of a key,
 //! the `--dry` input warnings, and re-walking the projects a task wrote to
-//! before a dependent is keyed.
+//! before a dependent is keyed (after a restore, only before a task whose
+//! inputs reach the restored output bases).
 //! Never: reads or writes the cache, or runs anything; a key depends only
 //! on files, env values, config, upstream keys, args and the key material
 //! hook plugins gave the run.
 
 use super::prepare::Shared;
+use crate::cache;
 use crate::error::{EngineError, ErrorKind};
+use crate::globs::Patterns;
 use crate::hash::{self, FileMeta, KeyParts};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use vx_proto::history::Fingerprint;
 
+/// Whether a task whose input patterns lie below `inputs` (project-relative
+/// bases, `None` when a pattern can match anywhere) can select a file at or
+/// below one of `restored` (project-relative output bases a restore wiped
+/// and wrote below): they overlap when one is the other or lies below it.
+pub(super) fn may_see(inputs: Option<&[String]>, restored: &[String]) -> bool {
+    let Some(inputs) = inputs else {
+        return true;
+    };
+    let below = |a: &str, b: &str| {
+        a.strip_prefix(b)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    inputs
+        .iter()
+        .any(|i| restored.iter().any(|r| below(i, r) || below(r, i)))
+}
+
 impl Shared {
-    pub(super) fn refresh_if_dirty(&self, p: usize) {
+    /// Re-walks node `n`'s project before `n` is keyed when it was written
+    /// to since the snapshot, or restored into below a directory `n`'s
+    /// inputs can reach (see [`Shared::mark_restored`]).
+    pub(super) fn refresh_if_dirty(&self, n: usize) {
+        let p = self.model.graph.nodes[n].project;
         let was_dirty = self.dirty.lock().map(|mut d| d.remove(&p)).unwrap_or(false);
-        if !was_dirty {
+        let seen = |bases: &Vec<String>| {
+            let Some(pats) = self.patterns.get(&n) else {
+                return true;
+            };
+            !pats.root_inputs.is_empty()
+                || !self.global_inputs.is_empty()
+                || may_see(pats.inputs.bases(), bases)
+        };
+        let restored = self
+            .restored
+            .lock()
+            .map(|mut r| match r.get(&p) {
+                Some(bases) if was_dirty || seen(bases) => r.remove(&p).is_some(),
+                _ => false,
+            })
+            .unwrap_or(true);
+        if !was_dirty && !restored {
             return;
         }
         if let Ok(mut s) = self.snapshot.write() {
@@ -30,6 +70,40 @@ impl Shared {
     }
 
     pub(super) fn mark_dirty(&self, p: usize) {
+        self.mark_changed(p, true);
+    }
+
+    /// After a restore into project `p` that wrote `written` (paths
+    /// relative to the project) for the output patterns `outputs`. A
+    /// restore wipes and writes only at or below the output bases, so when
+    /// every written file lies there too, `p` is re-walked only before a
+    /// task is keyed whose inputs can reach a base (most dependents read
+    /// `src/**`, not `dist/**`: no walk); otherwise (a pattern that can
+    /// match anywhere, a file written elsewhere) before its next task is
+    /// keyed. The owners of symlinks into `p` are re-walked either way.
+    pub(super) fn mark_restored(&self, p: usize, outputs: &Patterns, written: &cache::Stamps) {
+        let bases = outputs.bases().filter(|b| {
+            written.keys().all(|f| {
+                b.iter().any(|base| {
+                    f.strip_prefix(base.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                })
+            })
+        });
+        match bases {
+            Some(b) => {
+                self.mark_changed(p, false);
+                if let Ok(mut r) = self.restored.lock() {
+                    r.entry(p).or_default().extend(b.iter().cloned());
+                }
+            }
+            None => self.mark_changed(p, true),
+        }
+    }
+
+    /// Marks the owners of symlinks into project `p` for a re-walk before
+    /// their next task is keyed, and `p` itself when `own`.
+    fn mark_changed(&self, p: usize, own: bool) {
         // A symlink into project `p` is keyed by its target: its owner must
         // be re-walked too (the target may be new, or have a new stat).
         let dir = self.model.ws.projects[p].dir.as_str();
@@ -47,7 +121,9 @@ impl Shared {
             })
             .unwrap_or_default();
         if let Ok(mut d) = self.dirty.lock() {
-            d.insert(p);
+            if own {
+                d.insert(p);
+            }
             d.extend(owners);
         }
     }
@@ -56,7 +132,7 @@ impl Shared {
     /// keys must already be known.
     pub(super) fn key_of(&self, n: usize) -> Result<String, EngineError> {
         let node = &self.model.graph.nodes[n];
-        self.refresh_if_dirty(node.project);
+        self.refresh_if_dirty(n);
         let mut upstream = Vec::new();
         {
             let keys = self
@@ -111,12 +187,7 @@ impl Shared {
                     inputs,
                     plugins,
                 };
-                // The daemon keeps the model, and each node's fold prefix
-                // with it; a run of its own folds each key once.
-                let key = match &self.hot {
-                    Some(_) => parts.fold_from(self.model.key_prefix(n)),
-                    None => parts.fold(),
-                };
+                let key = parts.fold_from(&self.model.key_prefix(n));
                 if let Some(h) = &self.hot
                     && parts.plugins.is_empty()
                 {
@@ -424,4 +495,40 @@ pub(super) struct RunInputs {
     picked: Arc<Vec<usize>>,
     /// (path, blake3 hex) of each picked file, in the same order.
     hashed: Arc<Vec<(String, String)>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Whether a task's inputs can select a file a restore touched (at or
+    // below an output base): only then is its project re-walked before it
+    // is keyed.
+    #[test]
+    fn a_restore_is_seen_only_by_inputs_that_reach_its_bases() {
+        // (input patterns, restored bases, seen)
+        let cases: &[(&[&str], &[&str], bool)] = &[
+            (&["src/**"], &["dist"], false),
+            (&["src/**", "package.json"], &["dist"], false),
+            (&["dist/**"], &["dist"], true),
+            (&["dist/types/*.d.ts"], &["dist"], true),
+            (&["out/gen/**"], &["out"], true),
+            (&["out/**"], &["out/gen"], true),
+            (&["distant/**"], &["dist"], false),
+            (&["dist-old/**"], &["dist"], false),
+            (&["**/*.ts"], &["dist"], true),
+            (&["src/**", "!dist/**"], &["dist"], false),
+            (&[], &["dist"], false),
+            (&["src/**"], &["src/gen", "dist"], true),
+        ];
+        for (inputs, restored, want) in cases {
+            let pats = Patterns::new(inputs).unwrap();
+            let restored: Vec<String> = restored.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                may_see(pats.bases(), &restored),
+                *want,
+                "{inputs:?} vs {restored:?}"
+            );
+        }
+    }
 }

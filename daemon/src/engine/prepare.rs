@@ -60,6 +60,10 @@ pub(super) struct Shared {
     pub(super) snapshot: RwLock<Snapshot>,
     /// Projects written to since the snapshot (their files must be re-walked).
     pub(super) dirty: Mutex<HashSet<usize>>,
+    /// Output bases (project-relative) restored into since the snapshot,
+    /// per project not re-walked since: re-walked only before a task whose
+    /// inputs reach one is keyed (see `Shared::mark_restored`).
+    pub(super) restored: Mutex<HashMap<usize, Vec<String>>>,
     /// Whether the store belongs to this run (closed at its end) or to the daemon.
     pub(super) owns_store: bool,
     /// This run's hold on the cache directory (`cache clean` waits for it).
@@ -536,6 +540,7 @@ pub(super) fn prepare(
         index,
         snapshot: RwLock::new(snapshot),
         dirty: Mutex::new(HashSet::new()),
+        restored: Mutex::new(HashMap::new()),
         owns_store,
         _lease: lease,
         hot: hot_arc,

@@ -80,6 +80,9 @@ pub(super) fn recorder(job: Job) {
                             "recording a run in the history panicked; that run is not recorded"
                         );
                     }
+                    // A record builds and drops its rows after the run's
+                    // answer, when the run's own trim has passed.
+                    crate::mem::give_back_if_idle();
                 }
             });
         Mutex::new(spawned.ok().map(|_| tx))

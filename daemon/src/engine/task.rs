@@ -152,7 +152,7 @@ pub(super) fn try_hit(
         match cache::restore(&sh.store, m, &dir, &pats.outputs, &fence) {
             Ok(st) => {
                 sh.store.put_stamps(key, &st);
-                sh.mark_dirty(p);
+                sh.mark_restored(p, &pats.outputs, &st);
                 if remote {
                     CacheSource::Remote
                 } else {

@@ -35,7 +35,7 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const DURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("durations");
 
 /// The history's page cache: it is read little, and a daemon keeps it open.
-pub(super) const CACHE_BYTES: usize = 8 << 20;
+pub(super) const CACHE_BYTES: usize = 2 << 20;
 
 /// The `meta` row bumped by every commit, in any process: a handle whose
 /// memos were computed at another generation drops them.

@@ -12,8 +12,9 @@
 //! `spawn_blocking`).
 
 use super::router::{BoxFuture, Call, Error, Router};
-use super::{ActiveRun, Ctx, Mode, daemon};
+use super::{Ctx, Mode, daemon};
 use crate::engine::{self, Engine};
+use crate::mem::ActiveRun;
 use crate::state::Hot;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -33,7 +33,7 @@ use crate::state::Hot;
 use outbox::Outbox;
 use router::{Cancel, Principal, Router};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -96,42 +96,6 @@ impl Ctx {
 /// its client is gone or it got a signal, before it drops them (which
 /// SIGKILLs their process groups).
 const STDIO_WIND_DOWN: Duration = Duration::from_secs(1);
-
-/// Runs in flight in this process, to give memory back when none is left.
-static ACTIVE_RUNS: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts one run; when the last run of the process ends, returns freed
-/// heap pages to the system (a large run's buffers otherwise stay resident).
-struct ActiveRun;
-
-impl ActiveRun {
-    fn start() -> ActiveRun {
-        ACTIVE_RUNS.fetch_add(1, Ordering::SeqCst);
-        ActiveRun
-    }
-}
-
-impl Drop for ActiveRun {
-    fn drop(&mut self) {
-        if ACTIVE_RUNS.fetch_sub(1, Ordering::SeqCst) == 1 {
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => {
-                    h.spawn_blocking(give_memory_back);
-                }
-                Err(_) => give_memory_back(),
-            }
-        }
-    }
-}
-
-/// Returns free heap memory to the system (glibc keeps it otherwise).
-pub fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -247,7 +247,7 @@ impl Outbox {
             drained
         });
         if drained {
-            tokio::task::spawn_blocking(super::give_memory_back);
+            tokio::task::spawn_blocking(crate::mem::give_memory_back);
         }
     }
 

@@ -121,7 +121,7 @@ impl Hot {
         // daemon re-reads only files whose stat changed. A store that cannot
         // be opened now is retried on first use.
         let index = cache_dir_of(root)
-            .and_then(|dir| Store::open(&dir, Duration::from_secs(5), &mut || {}).ok())
+            .and_then(|dir| Store::open_kept(&dir, Duration::from_secs(5), &mut || {}).ok())
             .and_then(|s| s.load_file_index().ok())
             .map(FileIndex::from_records)
             .unwrap_or_default();
@@ -233,12 +233,16 @@ impl Hot {
             return Ok(s.clone());
         }
         let dir = self.cache_dir();
-        let s = Arc::new(Store::open(&dir, Duration::from_secs(600), &mut || {
-            tracing::warn!(
-                "waiting for another process using the cache at {}",
-                dir.display()
-            );
-        })?);
+        let s = Arc::new(Store::open_kept(
+            &dir,
+            Duration::from_secs(600),
+            &mut || {
+                tracing::warn!(
+                    "waiting for another process using the cache at {}",
+                    dir.display()
+                );
+            },
+        )?);
         *g = Some(s.clone());
         Ok(s)
     }
