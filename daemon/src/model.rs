@@ -259,6 +259,17 @@ fn links_of(files: &[FileMeta]) -> Arc<Vec<String>> {
     )
 }
 
+/// Whether the walk of the root listed a file below the member directory
+/// `dir` (root-relative): then it descended into `dir` through real
+/// directories only (a link to a directory is listed as a file and never
+/// entered), so `dir` is not reached through a link.
+fn walked_into(files: &[FileMeta], dir: &str) -> bool {
+    dir != "."
+        && files
+            .iter()
+            .any(|f| f.path.strip_prefix(dir).is_some_and(|r| r.starts_with('/')))
+}
+
 impl Snapshot {
     /// One parallel walk of the whole workspace.
     pub fn scan(model: &Model, skip: &[PathBuf]) -> Snapshot {
@@ -289,8 +300,12 @@ impl Snapshot {
         // A member reached through a symlinked directory: the walk above
         // does not follow links, so walk it on its own, through the link
         // (its paths stay under the member's workspace path).
+        // A file the walk found below a member's directory proves every
+        // component of it a real directory (the walk follows no link), so
+        // only the members it found nothing in are looked at (one `lstat`
+        // per component each).
         for (p, proj) in model.ws.projects.iter().enumerate() {
-            if hash::through_link(root, &proj.dir) {
+            if !walked_into(&by_project[p], &proj.dir) && hash::through_link(root, &proj.dir) {
                 let dir = model.ws.abs_dir(proj);
                 by_project[p] = hash::walk(root, &dir, &model.fences[p], skip);
             }
@@ -444,6 +459,48 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_is_known_entered_by_a_file_below_its_directory() {
+        let file = |path: &str, link: hash::Link| FileMeta {
+            path: path.into(),
+            stat: hash::FileStat {
+                size: 0,
+                mtime_ns: 0,
+                ino: 0,
+                mode: 0,
+            },
+            link,
+            non_utf8: false,
+        };
+        type Listed<'a> = &'a [(&'a str, hash::Link)];
+        let cases: &[(Listed, &str, bool)] = &[
+            (
+                &[("packages/a/src/x.js", hash::Link::No)],
+                "packages/a",
+                true,
+            ),
+            (
+                &[("packages/a/package.json", hash::Link::No)],
+                "packages/a",
+                true,
+            ),
+            // The member's directory itself listed: a link, never entered.
+            (
+                &[("packages/a", hash::Link::Dir("real/a".into()))],
+                "packages/a",
+                false,
+            ),
+            (&[("packages/ab/x.js", hash::Link::No)], "packages/a", false),
+            (&[], "packages/a", false),
+            // The root is never reached through a link (and never asked).
+            (&[("x.js", hash::Link::No)], ".", false),
+        ];
+        for (files, dir, want) in cases {
+            let files: Vec<FileMeta> = files.iter().map(|(p, l)| file(p, l.clone())).collect();
+            assert_eq!(walked_into(&files, dir), *want, "{dir} {files:?}");
+        }
+    }
 
     fn write(dir: &Path, rel: &str, text: &str) {
         let p = dir.join(rel);

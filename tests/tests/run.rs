@@ -500,3 +500,47 @@ vx_test!(affected_runs_only_changed_tasks_and_dependents, || {
         .collect();
     assert_eq!(ids, vec!["app#build", "lib#build"]);
 });
+
+// Two tasks of a project with the same input patterns share the picked
+// files within a run (no daemon); each still leaves out only its own
+// outputs: `build`'s key never sees `dist/`, `check`'s always does.
+vx_test!(
+    tasks_with_the_same_inputs_each_leave_out_their_own_outputs,
+    || {
+        let ws = Ws::new(&[
+            ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+            (
+                "p/vx.toml",
+                r#"[tasks.build]
+command = "mkdir -p dist && cat src/*.txt > dist/out.txt"
+inputs = ["**"]
+outputs = ["dist/**"]
+
+[tasks.check]
+command = "cat dist/out.txt > /dev/null"
+depends_on = ["build"]
+inputs = ["**"]
+outputs = []
+"#,
+            ),
+            ("p/src/a.txt", "a\n"),
+        ]);
+        assert_eq!(ws.run(&["build", "check"]).code, 0);
+        let r = ws.run(&["build", "check"]);
+        assert!(r.executed().is_empty(), "{:?}", r.executed());
+        // An output edited: `build` is unchanged (restored, not run); `check`
+        // is keyed after the restore, on the same bytes.
+        ws.write("p/dist/out.txt", "edited\n");
+        let r = ws.run(&["build", "check"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.executed().is_empty(), "{:?}", r.executed());
+        assert_eq!(r.task("p#build")["cache"], "local");
+        assert_eq!(ws.read("p/dist/out.txt"), "a\n");
+        // Edited again, `check` alone (its dependency keyed from the files as
+        // they are, first): `check` sees the edit and runs.
+        ws.write("p/dist/out.txt", "edited\n");
+        let r = ws.run(&["check", "--only"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.executed(), vec!["p#check"]);
+    }
+);

@@ -604,9 +604,8 @@ impl Store {
             self.touch_memo(key, m);
             return Ok(Some(hit));
         }
-        let tx = self.snapshot()?;
-        let entries = tx.open_table(ENTRIES).map_err(dberr)?;
-        let Some(v) = entries.get(key).map_err(dberr)? else {
+        let r = self.snapshot()?;
+        let Some(v) = r.entries.get(key).map_err(dberr)? else {
             return Ok(None);
         };
         let m: Manifest = match serde_json::from_slice(v.value()) {
@@ -616,14 +615,14 @@ impl Store {
         if m.version != MANIFEST_VERSION || m.key != key {
             return Ok(None);
         }
-        let stamps = tx.open_table(STAMPS).map_err(dberr)?;
-        let st = stamps
+        let st = r
+            .stamps
             .get(key)
             .map_err(dberr)?
             .and_then(|v| serde_json::from_slice::<Stamps>(v.value()).ok());
-        let accessed = match tx.open_table(ACCESS) {
-            Ok(t) => t.get(key).map_err(dberr)?.map(|v| v.value()),
-            Err(_) => None,
+        let accessed = match &r.access {
+            Some(t) => t.get(key).map_err(dberr)?.map(|v| v.value()),
+            None => None,
         }
         .unwrap_or(m.created_at);
         let hit = Arc::new((m, st));
@@ -643,17 +642,25 @@ impl Store {
     /// nothing: a read transaction of a shared
     /// file locks and reads the file's header). Entries this process puts
     /// meanwhile are in the memo; other processes' show from the next run.
-    fn snapshot(&self) -> Result<Arc<redb::ReadTransaction>, CacheError> {
+    /// The tables a look-up reads are opened once with it (opening one
+    /// looks its name up in the file's table of tables).
+    fn snapshot(&self) -> Result<Arc<Reader>, CacheError> {
         let mut g = self
             .snapshot
             .lock()
             .map_err(|_| CacheError::Db("cache snapshot lock poisoned".into()))?;
-        if let Some(tx) = g.as_ref() {
-            return Ok(tx.clone());
+        if let Some(r) = g.as_ref() {
+            return Ok(r.clone());
         }
-        let tx = Arc::new(self.db.begin_read().map_err(dberr)?);
-        *g = Some(tx.clone());
-        Ok(tx)
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let r = Arc::new(Reader {
+            entries: tx.open_table(ENTRIES).map_err(dberr)?,
+            stamps: tx.open_table(STAMPS).map_err(dberr)?,
+            access: tx.open_table(ACCESS).ok(),
+            _tx: tx,
+        });
+        *g = Some(r.clone());
+        Ok(r)
     }
 
     /// Lets go of the shared read transaction (the next look-up sees the
@@ -860,7 +867,16 @@ fn gather(first: Op, rx: &mpsc::Receiver<Op>) -> Vec<Op> {
 /// which lets go of it after each commit: a read transaction keeps every
 /// page it can see from being reused, so one held across a run's commits
 /// would grow the file (and the memory redb caches it in) with every save.
-pub(super) type Snapshot = Arc<Mutex<Option<Arc<redb::ReadTransaction>>>>;
+pub(super) type Snapshot = Arc<Mutex<Option<Arc<Reader>>>>;
+
+/// A read transaction with the tables [`Store::get`] reads, opened once.
+pub(super) struct Reader {
+    pub(super) entries: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    pub(super) stamps: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    /// Absent in an index written before access times were kept.
+    pub(super) access: Option<redb::ReadOnlyTable<&'static str, u64>>,
+    pub(super) _tx: redb::ReadTransaction,
+}
 
 pub(super) fn writer_loop(
     db: Arc<redb::Database>,

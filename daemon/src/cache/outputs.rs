@@ -227,6 +227,173 @@ pub fn outputs_up_to_date(m: &Manifest, stamps: &Stamps, on_disk: &[OnDisk]) -> 
     })
 }
 
+/// Whether the outputs on disk are exactly what vx last wrote for this
+/// entry: `outputs_up_to_date(m, stamps, &collect_outputs(project, pats,
+/// fence))`, the check of every hit whose outputs may be in place, with
+/// fewer system calls when every base of `pats` is one directory name
+/// (`dist/**`): each name is looked up from its directory's descriptor
+/// (one component, not the whole path) and nothing is allocated per file
+/// but its relative name. Any other shape, or a project that cannot be
+/// opened, takes the general way.
+pub fn outputs_in_place(
+    project: &Path,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+    m: &Manifest,
+    stamps: &Stamps,
+) -> bool {
+    let general = || outputs_up_to_date(m, stamps, &collect_outputs(project, pats, fence));
+    if pats.is_empty() {
+        return general();
+    }
+    let Some(bases) = pats.bases() else {
+        return general();
+    };
+    if bases
+        .iter()
+        .any(|b| b.is_empty() || b.contains('/') || b == "." || b == "..")
+    {
+        return general();
+    }
+    use rustix::fd::AsFd;
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let Ok(dir) = rustix::fs::open(
+        project,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return general();
+    };
+    let mut out: Vec<(String, FileStat, bool)> = Vec::new();
+    let mut seen = HashSet::new();
+    for base in bases {
+        // As `collect_outputs`: a base that does not exist selects nothing;
+        // a directory is walked; anything else is a candidate itself.
+        let Ok(st) = rustix::fs::statat(&dir, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        match Kind::of(&st) {
+            Kind::Dir => walk_at(
+                dir.as_fd(),
+                base.as_bytes(),
+                base,
+                pats,
+                fence,
+                &mut out,
+                &mut seen,
+            ),
+            kind => {
+                if pats.matches(base) && seen.insert(base.clone()) && kind != Kind::Other {
+                    out.push((base.clone(), stat_of(&st), kind == Kind::Link));
+                }
+            }
+        }
+    }
+    if out.len() != m.outputs.len() || stamps.len() != m.outputs.len() {
+        return false;
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.iter().zip(&m.outputs).all(|((rel, stat, link), o)| {
+        *rel == o.path
+            && *link == o.is_link()
+            && stat.size == o.digest.size_bytes
+            && stamps.get(rel) == Some(&(stat.size, stat.mtime_ns, stat.ino))
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Link,
+    /// A fifo, socket or device: never an output.
+    Other,
+}
+
+impl Kind {
+    fn of(st: &rustix::fs::Stat) -> Kind {
+        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::Directory => Kind::Dir,
+            rustix::fs::FileType::RegularFile => Kind::File,
+            rustix::fs::FileType::Symlink => Kind::Link,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// [`FileStat::of`] for a `stat` made through a descriptor.
+fn stat_of(st: &rustix::fs::Stat) -> FileStat {
+    FileStat {
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ino: st.st_ino,
+        mode: st.st_mode,
+    }
+}
+
+/// [`walk_outputs`] from the directory `name` of `parent` (`rel_dir`
+/// relative to the project, never empty here), through descriptors.
+fn walk_at(
+    parent: rustix::fd::BorrowedFd<'_>,
+    name: &[u8],
+    rel_dir: &str,
+    pats: &Patterns,
+    fence: &HashSet<String>,
+    out: &mut Vec<(String, FileStat, bool)>,
+    seen: &mut HashSet<String>,
+) {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return;
+    };
+    let Ok(fd) = rustix::fs::openat(
+        parent,
+        cname.as_c_str(),
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let Ok(mut entries) = rustix::fs::Dir::new(fd) else {
+        return;
+    };
+    let mut subdirs: Vec<(Vec<u8>, String)> = Vec::new();
+    while let Some(Ok(e)) = entries.read() {
+        let raw = e.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        let rel = match std::str::from_utf8(raw) {
+            Ok(n) => format!("{rel_dir}/{n}"),
+            Err(_) => format!(
+                "{rel_dir}/{}",
+                crate::hash::escape_path(Path::new(std::ffi::OsStr::from_bytes(raw)))
+            ),
+        };
+        let Ok(here) = entries.fd() else { return };
+        let Ok(st) = rustix::fs::statat(here, e.file_name(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        match Kind::of(&st) {
+            Kind::Dir => {
+                if !fence.contains(&rel) {
+                    subdirs.push((raw.to_vec(), rel));
+                }
+            }
+            kind => {
+                if pats.matches(&rel) && seen.insert(rel.clone()) && kind != Kind::Other {
+                    out.push((rel, stat_of(&st), kind == Kind::Link));
+                }
+            }
+        }
+    }
+    let Ok(here) = entries.fd() else { return };
+    for (raw, rel) in subdirs {
+        walk_at(here, &raw, &rel, pats, fence, out, seen);
+    }
+}
+
 /// Why a symlink output at `rel` with link text `target` may not be cached
 /// or restored, if it may not.
 pub(super) fn link_refusal(rel: &str, target: &str) -> Option<String> {

@@ -21,6 +21,29 @@ fn blob_round_trip_and_corruption_is_detected() {
 }
 
 #[test]
+fn the_empty_log_is_known_without_its_blob_and_others_are_verified() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path());
+    assert_eq!(blobs::EMPTY_BLOB_HASH, blake3::hash(b"").to_hex().as_str());
+    let empty = s.put_bytes(b"").unwrap();
+    assert_eq!(empty.hash, blobs::EMPTY_BLOB_HASH);
+    // Its blob gone: the empty log is still the empty log.
+    fs::remove_file(s.blob_path(&empty.hash)).unwrap();
+    assert_eq!(s.read_log(&empty).unwrap(), b"");
+    // A digest that claims a size is never taken for the empty log.
+    let sized = Digest {
+        hash: empty.hash.clone(),
+        size_bytes: 3,
+    };
+    assert!(matches!(s.read_log(&sized), Err(CacheError::Corrupt(_))));
+    // Any other log is read and verified as before.
+    let log = s.put_bytes(b"log").unwrap();
+    assert_eq!(s.read_log(&log).unwrap(), b"log");
+    fs::write(s.blob_path(&log.hash), b"lug").unwrap();
+    assert!(matches!(s.read_log(&log), Err(CacheError::Corrupt(_))));
+}
+
+#[test]
 fn entries_commit_and_drop() {
     let d = tempfile::tempdir().unwrap();
     let s = store(d.path());
@@ -1076,4 +1099,183 @@ fn removals_move_on_drops_restamps_replaces_and_clears_never_on_additions() {
     let r = s.removals();
     other.clear().unwrap();
     assert!(moved(&s, r), "another handle's clear was not seen");
+}
+
+/// `outputs_in_place` is `outputs_up_to_date` of `collect_outputs`, case by
+/// case: every change it must notice, and the shapes it leaves to the
+/// general way.
+#[test]
+fn outputs_in_place_equals_the_general_check() {
+    use std::os::unix::ffi::OsStrExt;
+    type Change = fn(&Path);
+    let cases: &[(&str, &[&str], Change, bool)] = &[
+        ("unchanged", &["dist/**"], |_| {}, true),
+        (
+            "a stray file",
+            &["dist/**"],
+            |p| fs::write(p.join("dist/new.txt"), "N").unwrap(),
+            false,
+        ),
+        (
+            "a stray file deeper",
+            &["dist/**"],
+            |p| {
+                fs::create_dir_all(p.join("dist/sub/deeper")).unwrap();
+                fs::write(p.join("dist/sub/deeper/x"), "X").unwrap();
+            },
+            false,
+        ),
+        (
+            "an output deleted",
+            &["dist/**"],
+            |p| fs::remove_file(p.join("dist/out.txt")).unwrap(),
+            false,
+        ),
+        (
+            "an output rewritten, other size",
+            &["dist/**"],
+            |p| fs::write(p.join("dist/sub/a.txt"), "AA").unwrap(),
+            false,
+        ),
+        (
+            "an output's mtime moved",
+            &["dist/**"],
+            |p| {
+                let f = fs::File::options()
+                    .write(true)
+                    .open(p.join("dist/out.txt"))
+                    .unwrap();
+                f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(7))
+                    .unwrap();
+            },
+            false,
+        ),
+        (
+            "a link output made a file",
+            &["dist/**"],
+            |p| {
+                fs::remove_file(p.join("dist/link")).unwrap();
+                fs::write(p.join("dist/link"), "out").unwrap();
+            },
+            false,
+        ),
+        (
+            "a fifo is never an output",
+            &["dist/**"],
+            |p| {
+                let c = std::ffi::CString::new(p.join("dist/fifo").as_os_str().as_bytes()).unwrap();
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            },
+            true,
+        ),
+        (
+            "a nested project's files are not",
+            &["dist/**"],
+            |p| {
+                fs::create_dir_all(p.join("dist/nested")).unwrap();
+                fs::write(p.join("dist/nested/own.txt"), "O").unwrap();
+            },
+            true,
+        ),
+        (
+            "a name that is not UTF-8",
+            &["dist/**"],
+            |p| {
+                fs::write(
+                    p.join("dist").join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+                    "x",
+                )
+                .unwrap();
+            },
+            false,
+        ),
+        (
+            "the base made a link",
+            &["dist/**"],
+            |p| {
+                fs::rename(p.join("dist"), p.join("real")).unwrap();
+                std::os::unix::fs::symlink("real", p.join("dist")).unwrap();
+            },
+            false,
+        ),
+        (
+            "the base deleted",
+            &["dist/**"],
+            |p| fs::remove_dir_all(p.join("dist")).unwrap(),
+            false,
+        ),
+        (
+            "an unselected file",
+            &["dist/**/*.txt"],
+            |p| fs::write(p.join("dist/x.js"), "J").unwrap(),
+            true,
+        ),
+        (
+            "a selected one",
+            &["dist/**/*.txt"],
+            |p| fs::write(p.join("dist/x.txt"), "J").unwrap(),
+            false,
+        ),
+        (
+            "two bases, one changed",
+            &["dist/**", "out.log"],
+            |p| fs::write(p.join("out.log"), "LL").unwrap(),
+            false,
+        ),
+        (
+            "two bases, unchanged",
+            &["dist/**", "out.log"],
+            |_| {},
+            true,
+        ),
+        (
+            "a deeper base (general way)",
+            &["dist/sub/**"],
+            |p| fs::write(p.join("dist/sub/b"), "B").unwrap(),
+            false,
+        ),
+        (
+            "no base (general way)",
+            &["**/*.txt"],
+            |p| fs::write(p.join("top.txt"), "T").unwrap(),
+            false,
+        ),
+    ];
+    for (what, patterns, change, want) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let proj = d.path().join("p");
+        fs::create_dir_all(proj.join("dist/sub")).unwrap();
+        fs::write(proj.join("dist/out.txt"), "out").unwrap();
+        fs::write(proj.join("dist/sub/a.txt"), "A").unwrap();
+        fs::write(proj.join("out.log"), "L").unwrap();
+        std::os::unix::fs::symlink("out.txt", proj.join("dist/link")).unwrap();
+        let pats = Patterns::new(patterns).unwrap();
+        let fence: HashSet<String> = ["dist/nested".to_string()].into();
+        let files = collect_outputs(&proj, &pats, &fence);
+        assert!(!files.is_empty(), "{what}");
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            key: "a".repeat(64),
+            task: "p#build".into(),
+            outputs: capture(&s, &proj, &files).unwrap(),
+            log: s.put_bytes(b"").unwrap(),
+            exit_code: 0,
+            duration_ms: 0,
+            created_at: 0,
+        };
+        let stamps = stamps_of(&files);
+        assert!(
+            outputs_in_place(&proj, &pats, &fence, &m, &stamps),
+            "{what}: before"
+        );
+        change(&proj);
+        let general = outputs_up_to_date(&m, &stamps, &collect_outputs(&proj, &pats, &fence));
+        assert_eq!(general, *want, "{what}: the general check");
+        assert_eq!(
+            outputs_in_place(&proj, &pats, &fence, &m, &stamps),
+            *want,
+            "{what}"
+        );
+    }
 }

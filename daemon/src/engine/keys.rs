@@ -298,6 +298,9 @@ impl Shared {
         {
             return Ok(memo);
         }
+        if self.hot.is_none() && !global {
+            return self.inputs_from_run_memo(n, &files_list, pats);
+        }
         let mut files: Vec<&FileMeta> = hash::select_inputs(&project.dir, files_list.iter(), pats);
         if global {
             let mut seen: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
@@ -348,6 +351,104 @@ impl Shared {
         Ok(inputs)
     }
 
+    /// [`Shared::inputs_of`] without the daemon, for a task without root
+    /// or global inputs: the files its input patterns pick from its
+    /// project's list, with their hashes, are worked out once per run for
+    /// each (list, input patterns) and shared by the project's tasks with
+    /// the same input patterns (`build`, `test` and `lint` of `src/**`);
+    /// each task then leaves out what its own outputs select. Exactly
+    /// [`hash::select_inputs`] and a hash per file: the list is the same
+    /// object for as long as the snapshot keeps it (a re-walked project
+    /// gets a new one, and a new entry).
+    fn inputs_from_run_memo(
+        &self,
+        n: usize,
+        files: &Arc<Vec<FileMeta>>,
+        pats: &Arc<hash::TaskPatterns>,
+    ) -> Result<Arc<Vec<(String, String)>>, EngineError> {
+        let node = &self.model.graph.nodes[n];
+        let dir = self.model.ws.projects[node.project].dir.as_str();
+        let rel = |f: &FileMeta| -> Option<usize> {
+            if dir == "." {
+                Some(0)
+            } else {
+                f.path
+                    .strip_prefix(dir)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .map(|r| f.path.len() - r.len())
+            }
+        };
+        let picked = {
+            let mut memo = self
+                .inputs_memo
+                .lock()
+                .map_err(|_| EngineError::new(ErrorKind::Internal, "inputs memo poisoned"))?;
+            let entries = memo.entry(node.project).or_default();
+            let found = entries.iter().find(|e| {
+                Arc::ptr_eq(&e.files, files) && e.pats.inputs.sources() == pats.inputs.sources()
+            });
+            match found {
+                Some(e) => e.clone(),
+                None => {
+                    let mut picked = Vec::new();
+                    let mut hashed = Vec::new();
+                    for (i, f) in files.iter().enumerate() {
+                        if rel(f).is_some_and(|at| pats.inputs.matches(&f.path[at..])) {
+                            picked.push(i);
+                            let h = self.index.hash(&self.model.ws.root, f);
+                            hashed.push((
+                                f.path.clone(),
+                                blake3::Hash::from_bytes(h).to_hex().to_string(),
+                            ));
+                        }
+                    }
+                    let e = RunInputs {
+                        files: files.clone(),
+                        pats: pats.clone(),
+                        picked: Arc::new(picked),
+                        hashed: Arc::new(hashed),
+                    };
+                    entries.push(e.clone());
+                    e
+                }
+            }
+        };
+        // The task's own outputs are never its inputs.
+        let keep: Vec<usize> = if pats.outputs.is_empty() {
+            (0..picked.picked.len()).collect()
+        } else {
+            (0..picked.picked.len())
+                .filter(|&j| {
+                    let f = &files[picked.picked[j]];
+                    rel(f).is_some_and(|at| !pats.outputs.matches(&f.path[at..]))
+                })
+                .collect()
+        };
+        // A name vx cannot key is refused, never dropped or merged.
+        if let Some(f) = keep
+            .iter()
+            .map(|&j| &files[picked.picked[j]])
+            .find(|f| f.non_utf8)
+        {
+            return Err(EngineError::new(
+                ErrorKind::Config,
+                format!(
+                    "{}: {}",
+                    node.id,
+                    hash::NonUtf8 {
+                        escaped: f.path.clone()
+                    }
+                ),
+            ));
+        }
+        if keep.len() == picked.picked.len() {
+            return Ok(picked.hashed);
+        }
+        Ok(Arc::new(
+            keep.into_iter().map(|j| picked.hashed[j].clone()).collect(),
+        ))
+    }
+
     /// What `--dry` flags about node `n`'s inputs: each symlink to a path
     /// outside the workspace (hashed by its link text, so an edit of its
     /// target is not seen).
@@ -379,6 +480,21 @@ impl Shared {
         out.dedup();
         Ok(out)
     }
+}
+
+/// The files a set of input patterns picks from one project's list, with
+/// their hashes (see [`Shared::inputs_from_run_memo`]).
+#[derive(Clone)]
+pub(super) struct RunInputs {
+    /// The snapshot's list they were picked from (held, so the pointer
+    /// compared is never another list's).
+    files: Arc<Vec<FileMeta>>,
+    /// The patterns whose `inputs` picked them.
+    pats: Arc<hash::TaskPatterns>,
+    /// Positions in `files` of the picked files, in list order.
+    picked: Arc<Vec<usize>>,
+    /// (path, blake3 hex) of each picked file, in the same order.
+    hashed: Arc<Vec<(String, String)>>,
 }
 
 #[cfg(test)]

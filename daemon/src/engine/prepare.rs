@@ -84,6 +84,9 @@ pub(super) struct Shared {
     pub(super) cache_skip: Vec<PathBuf>,
     /// CPU time and memory of executed tasks, by graph node.
     pub(super) usage: Mutex<HashMap<usize, exec::Usage>>,
+    /// Without the daemon: the input files each project's input patterns
+    /// pick, per project (see [`Shared::inputs_from_run_memo`]).
+    pub(super) inputs_memo: Mutex<HashMap<usize, Vec<super::keys::RunInputs>>>,
     /// Fingerprints of executed tasks (for the run history).
     pub(super) fingerprints: Mutex<Vec<Fingerprint>>,
     /// Nodes whose outputs may overlap another selected task's of the same
@@ -556,6 +559,7 @@ pub(super) fn prepare(
         events,
         cache_skip,
         usage: Mutex::new(HashMap::new()),
+        inputs_memo: Mutex::new(HashMap::new()),
         fingerprints: Mutex::new(Vec::new()),
         shared_outputs: HashMap::new(),
     };

@@ -120,10 +120,9 @@ pub(super) fn try_hit(
         if let (Some(hot), Some(bases)) = (&sh.hot, &bases) {
             hot.watch_outputs(&dir, bases);
         }
-        let on_disk = cache::collect_outputs(&dir, &pats.outputs, &fence);
         let ok = stamps
             .as_ref()
-            .is_some_and(|s| cache::outputs_up_to_date(m, s, &on_disk));
+            .is_some_and(|s| cache::outputs_in_place(&dir, &pats.outputs, &fence, m, s));
         if ok
             && bases.is_some()
             && let Some(hot) = &sh.hot
@@ -136,7 +135,7 @@ pub(super) fn try_hit(
         return Ok(Hit::NeedsRestore);
     }
     let log = if sh.logs_of(g) == OutputLogs::Full {
-        match sh.store.read_verified(&m.log) {
+        match sh.store.read_log(&m.log) {
             Ok(l) => l,
             Err(CacheError::Corrupt(_)) => {
                 corrupt("log");

@@ -209,13 +209,32 @@ impl History {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
+        // Many tasks (a whole run's): one pass over the table reads each of
+        // its pages once, where a look-up per task reads a leaf per task.
+        let mut scanned: Option<HashMap<&str, Vec<u64>>> = None;
+        if missing.len() >= SCAN_DURATIONS_FROM
+            && let Some(t) = &table
+        {
+            let wanted: HashSet<&str> = missing.iter().map(|id| id.as_str()).collect();
+            let mut found = HashMap::with_capacity(wanted.len());
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if let Some(&id) = wanted.get(k.value())
+                    && let Some(list) = decode_durations(v.value())
+                {
+                    found.insert(id, list);
+                }
+            }
+            scanned = Some(found);
+        }
         for id in missing {
-            let list: Vec<u64> = match &table {
-                Some(t) => t
+            let list: Vec<u64> = match (&mut scanned, &table) {
+                (Some(found), _) => found.remove(id.as_str()).unwrap_or_default(),
+                (None, Some(t)) => t
                     .get(id.as_str())?
                     .and_then(|v| decode_durations(v.value()))
                     .unwrap_or_default(),
-                None => Vec::new(),
+                (None, None) => Vec::new(),
             };
             if let Some(p) = p50_of(&list, window) {
                 out.insert(id.clone(), p);
@@ -236,6 +255,10 @@ impl History {
             .transpose()
     }
 }
+
+/// From how many tasks not yet memoised [`History::durations`] reads the
+/// whole `durations` table instead of looking each task up.
+pub(super) const SCAN_DURATIONS_FROM: usize = 64;
 
 /// The median of the newest `window` durations (oldest first in `list`).
 pub(super) fn p50_of(list: &[u64], window: usize) -> Option<u64> {

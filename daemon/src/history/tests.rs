@@ -393,6 +393,51 @@ fn durations_count_executed_successes_only_and_survive_reopen() {
 }
 
 #[test]
+fn durations_of_many_tasks_read_in_one_pass_equal_one_look_up_each() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let h = open(d.path());
+        // Tasks t0..t99 executed with durations of their own; t100..t199
+        // only hit; and an id never recorded.
+        for r in 0..3u64 {
+            let rows = (0..200u64)
+                .map(|i| {
+                    let (status, cache) = if i < 100 {
+                        (TaskStatus::Success, CacheSource::Miss)
+                    } else {
+                        (TaskStatus::Cached, CacheSource::Local)
+                    };
+                    task(&format!("t{i}"), status, cache, Some("k"), i * 10 + r)
+                })
+                .collect();
+            h.record(&run(&format!("r{r}"), 1000 + r, rows), &[])
+                .unwrap();
+        }
+    }
+    let mut ids: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    ids.push("never".to_string());
+    assert!(ids.len() >= super::query::SCAN_DURATIONS_FROM);
+    // A fresh handle for each way of asking (the lists are memoised).
+    let many = open(d.path()).durations(&ids, DEFAULT_WINDOW).unwrap();
+    let one = open(d.path());
+    let mut each = HashMap::new();
+    for id in &ids {
+        each.extend(
+            one.durations(std::slice::from_ref(id), DEFAULT_WINDOW)
+                .unwrap(),
+        );
+    }
+    assert_eq!(many, each);
+    assert_eq!(many.len(), 100);
+    assert_eq!(many.get("t7"), Some(&71));
+    // The memoised lists answer the next question the same.
+    let h = open(d.path());
+    let first = h.durations(&ids, DEFAULT_WINDOW).unwrap();
+    assert_eq!(h.durations(&ids, 1).unwrap().get("t7"), Some(&72));
+    assert_eq!(first, many);
+}
+
+#[test]
 fn stats_and_failure_modes() {
     let d = tempfile::tempdir().unwrap();
     let h = open(d.path());
