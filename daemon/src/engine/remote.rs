@@ -550,7 +550,9 @@ impl Shared {
         let dir = self.project_abs(p);
         let fence = self.rel_fence(p);
         match remote::restore_artifact(&a, &dir, &self.patterns[&g].outputs, &fence) {
-            Ok(_) => self.mark_dirty(p),
+            // As a local restore: only a task whose inputs reach the
+            // restored output bases re-walks the project.
+            Ok(st) => self.mark_restored(p, &self.patterns[&g].outputs, &st),
             Err(e) => {
                 let why = match e {
                     CacheError::Refused(why) => why,
@@ -728,7 +730,7 @@ impl Shared {
         let p = node.project;
         let dir = self.project_abs(p);
         let fence = self.rel_fence(p);
-        if self.policy.local_write {
+        let st = if self.policy.local_write {
             let entry = remote::hydrate(&self.store, key, &node.id, &a)
                 .map_err(|e| format!("storing its result locally: {e}"))?;
             let st = cache::restore(
@@ -740,11 +742,12 @@ impl Shared {
             )
             .map_err(|e| format!("restoring its outputs: {e}"))?;
             self.store.put_stamps(key, &st);
+            st
         } else {
             remote::restore_artifact(&a, &dir, &self.patterns[&g].outputs, &fence)
-                .map_err(|e| format!("restoring its outputs: {e}"))?;
-        }
-        self.mark_dirty(p);
+                .map_err(|e| format!("restoring its outputs: {e}"))?
+        };
+        self.mark_restored(p, &self.patterns[&g].outputs, &st);
         Ok(())
     }
 
