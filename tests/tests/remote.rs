@@ -632,3 +632,58 @@ vx_test!(remote_only_neither_reads_nor_writes_the_local_cache, || {
         );
     }
 });
+
+/// A workspace whose `use` reads an output its own project's `gen` writes.
+fn gen_use() -> Ws {
+    Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+        (".gitignore", "dist\n"),
+        (
+            "p/vx.toml",
+            r#"[tasks.gen]
+command = "mkdir -p gen dist && cp src/a.txt gen/a.txt && cp src/a.txt dist/a.txt"
+inputs = ["src/**"]
+outputs = ["gen/**", "dist/**"]
+
+[tasks.use]
+command = "cat gen/a.txt > used.txt"
+depends_on = ["gen"]
+inputs = ["gen/**"]
+outputs = ["used.txt"]
+"#,
+        ),
+        ("p/src/a.txt", "A\n"),
+    ])
+}
+
+// A remote hit's restored output that a task of the same project reads is
+// seen by it (its project is re-walked before that task is keyed): in a
+// fresh clone both tasks are remote hits, through the local store and
+// remote-only (`TURBO_REMOTE_ONLY`: restored straight from the artifact)
+// alike. Were the re-walk skipped, `use` would be keyed without `gen/a.txt`
+// and miss (checked: the remote-only restore not marking its project fails
+// this test in both modes).
+vx_test!(
+    a_remote_restored_output_is_seen_by_a_dependent_in_its_project,
+    || {
+        let store = tempfile::tempdir().unwrap();
+        let srv = Server::start(store.path().to_str().unwrap(), &["--token-rw", RW], &[]);
+        let a = gen_use();
+        let r = a.run_env(&["use"], &env_of(&srv, RW, &[]));
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.executed(), vec!["p#gen", "p#use"]);
+        for extra in [&[][..], &[("TURBO_REMOTE_ONLY", "1")][..]] {
+            let b = gen_use();
+            let r = b.run_env(&["use"], &env_of(&srv, RW, extra));
+            assert_eq!(r.code, 0, "{extra:?}: {}\n{}", r.stdout, r.stderr);
+            assert!(r.executed().is_empty(), "{extra:?}: {:?}", r.executed());
+            assert!(
+                sources(&r).iter().all(|(_, s)| s == "remote"),
+                "{extra:?}: {:?}",
+                sources(&r)
+            );
+            assert_eq!(b.read("p/gen/a.txt"), "A\n");
+            assert_eq!(b.read("p/used.txt"), "A\n");
+        }
+    }
+);
