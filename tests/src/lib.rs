@@ -395,6 +395,30 @@ impl Ws {
     }
 }
 
+/// One project `p` whose `use` reads an output (`gen/a.txt`, not ignored) of
+/// its own `gen`, which also writes the ignored `dist/a.txt`.
+pub fn gen_use() -> Ws {
+    Ws::new(&[
+        ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
+        (".gitignore", "dist\n"),
+        (
+            "p/vx.toml",
+            r#"[tasks.gen]
+command = "mkdir -p gen dist && cp src/a.txt gen/a.txt && cp src/a.txt dist/a.txt"
+inputs = ["src/**"]
+outputs = ["gen/**", "dist/**"]
+
+[tasks.use]
+command = "cat gen/a.txt > used.txt"
+depends_on = ["gen"]
+inputs = ["gen/**"]
+outputs = ["used.txt"]
+"#,
+        ),
+        ("p/src/a.txt", "A\n"),
+    ])
+}
+
 /// A two-project vx.toml workspace: `lib#build` → `app#build` → `app#test`.
 pub fn basic() -> Ws {
     Ws::new(&[

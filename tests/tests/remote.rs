@@ -8,7 +8,7 @@
 mod remote_support;
 
 use remote_support::*;
-use vx_tests::{Ws, basic, vx_test};
+use vx_tests::{Ws, basic, gen_use, vx_test};
 
 const RW: &str = "rw-secret-0001";
 const RO: &str = "ro-secret-0001";
@@ -632,29 +632,6 @@ vx_test!(remote_only_neither_reads_nor_writes_the_local_cache, || {
         );
     }
 });
-
-/// A workspace whose `use` reads an output its own project's `gen` writes.
-fn gen_use() -> Ws {
-    Ws::new(&[
-        ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
-        (".gitignore", "dist\n"),
-        (
-            "p/vx.toml",
-            r#"[tasks.gen]
-command = "mkdir -p gen dist && cp src/a.txt gen/a.txt && cp src/a.txt dist/a.txt"
-inputs = ["src/**"]
-outputs = ["gen/**", "dist/**"]
-
-[tasks.use]
-command = "cat gen/a.txt > used.txt"
-depends_on = ["gen"]
-inputs = ["gen/**"]
-outputs = ["used.txt"]
-"#,
-        ),
-        ("p/src/a.txt", "A\n"),
-    ])
-}
 
 // A remote hit's restored output that a task of the same project reads is
 // seen by it (its project is re-walked before that task is keyed): in a

@@ -1,6 +1,6 @@
 //! `vx run` end to end on fixture workspaces (each test in both modes).
 
-use vx_tests::{Mode, Ws, basic, vx_test};
+use vx_tests::{Mode, Ws, basic, gen_use, vx_test};
 
 // The harness itself: each variant's workspace runs `vx` in that variant's
 // mode, also from a thread the test spawns, and only the daemon variant
@@ -70,25 +70,7 @@ vx_test!(
 vx_test!(
     a_restored_output_is_seen_by_a_dependent_in_its_project,
     || {
-        let ws = Ws::new(&[
-            ("vx.toml", "[workspace]\nmembers = [\"p\"]\n"),
-            (".gitignore", "dist\n"),
-            (
-                "p/vx.toml",
-                r#"[tasks.gen]
-command = "mkdir -p gen dist && cp src/a.txt gen/a.txt && cp src/a.txt dist/a.txt"
-inputs = ["src/**"]
-outputs = ["gen/**", "dist/**"]
-
-[tasks.use]
-command = "cat gen/a.txt > used.txt"
-depends_on = ["gen"]
-inputs = ["gen/**"]
-outputs = ["used.txt"]
-"#,
-            ),
-            ("p/src/a.txt", "A\n"),
-        ]);
+        let ws = gen_use();
         let r = ws.run(&["use"]);
         assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
         assert_eq!(r.executed(), vec!["p#gen", "p#use"]);

@@ -38,6 +38,19 @@ pub(super) fn may_see(inputs: Option<&[String]>, restored: &[String]) -> bool {
         .any(|i| restored.iter().any(|r| below(i, r) || below(r, i)))
 }
 
+/// A task's input whose name vx cannot key: refused, never dropped or merged.
+fn non_utf8(task: &str, escaped: &str) -> EngineError {
+    EngineError::new(
+        ErrorKind::Config,
+        format!(
+            "{task}: {}",
+            hash::NonUtf8 {
+                escaped: escaped.to_string()
+            }
+        ),
+    )
+}
+
 impl Shared {
     /// Re-walks node `n`'s project before `n` is keyed when it was written
     /// to since the snapshot, or restored into below a directory `n`'s
@@ -320,16 +333,7 @@ impl Shared {
         }
         // A name vx cannot key is refused, never dropped or merged.
         if let Some(f) = files.iter().find(|f| f.non_utf8) {
-            return Err(EngineError::new(
-                ErrorKind::Config,
-                format!(
-                    "{}: {}",
-                    node.id,
-                    hash::NonUtf8 {
-                        escaped: f.path.clone()
-                    }
-                ),
-            ));
+            return Err(non_utf8(&node.id, &f.path));
         }
         let inputs: Arc<Vec<(String, String)>> = Arc::new(
             files
@@ -430,16 +434,7 @@ impl Shared {
             .map(|&j| &files[picked.picked[j]])
             .find(|f| f.non_utf8)
         {
-            return Err(EngineError::new(
-                ErrorKind::Config,
-                format!(
-                    "{}: {}",
-                    node.id,
-                    hash::NonUtf8 {
-                        escaped: f.path.clone()
-                    }
-                ),
-            ));
+            return Err(non_utf8(&node.id, &f.path));
         }
         if keep.len() == picked.picked.len() {
             return Ok(picked.hashed);
