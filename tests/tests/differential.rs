@@ -425,6 +425,29 @@ fn run_fixture() -> Ws {
 }
 
 /// A `vxd --stdio` on the workspace's own cache: another process.
+/// The seeds of a whole-run differential test: `VX_DIFF_SEED` alone, else 1–4.
+fn run_seeds() -> Vec<u64> {
+    match std::env::var("VX_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => (1..=4).collect(),
+    }
+}
+
+/// [`run_fixture`] with its daemon started: the workspace, its canonical
+/// root and a JSON-RPC connection to the daemon's socket.
+fn run_fixture_with_daemon() -> (Ws, PathBuf, Rpc) {
+    let ws = run_fixture();
+    let root = std::fs::canonicalize(ws.root()).unwrap();
+    assert_eq!(ws.vx(&["daemon", "start"]).code, 0);
+    let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
+    let s = UnixStream::connect(&socket).unwrap();
+    let hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+    (ws, root, hot)
+}
+
 fn other_process() -> Rpc {
     let mut child = Command::new(vxd_bin())
         .arg("--stdio")
@@ -523,22 +546,11 @@ fn change(root: &Path, rng: &mut Rng, hot: &mut Rpc, mode: &mut &'static str) ->
 
 #[test]
 fn replayed_runs_equal_fresh_runs_under_random_changes() {
-    let seeds: Vec<u64> = match std::env::var("VX_DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => (1..=4).collect(),
-    };
+    let seeds = run_seeds();
     let steps = 40;
     let (mut replays, mut fresh_checks) = (0, 0);
     for seed in seeds {
-        let ws = run_fixture();
-        let root = std::fs::canonicalize(ws.root()).unwrap();
-        assert_eq!(ws.vx(&["daemon", "start"]).code, 0);
-        let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
-        let s = UnixStream::connect(&socket).unwrap();
-        let mut hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+        let (ws, root, mut hot) = run_fixture_with_daemon();
         let mut rng = Rng::new(seed);
         let mut mode: &'static str = "a";
         let mut history = Vec::new();
@@ -615,22 +627,11 @@ fn keys_and_in_place(summary: &Value) -> BTreeMap<String, (Value, bool)> {
 /// run found every task in place, the very same answer.
 #[test]
 fn memo_served_runs_agree_with_a_fresh_process_under_random_changes() {
-    let seeds: Vec<u64> = match std::env::var("VX_DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => (1..=4).collect(),
-    };
+    let seeds = run_seeds();
     let steps = 40;
     let (mut served_total, mut partial_runs) = (0, 0);
     for seed in seeds {
-        let ws = run_fixture();
-        let root = std::fs::canonicalize(ws.root()).unwrap();
-        assert_eq!(ws.vx(&["daemon", "start"]).code, 0);
-        let socket = ws.daemon_status()["socket"].as_str().unwrap().to_string();
-        let s = UnixStream::connect(&socket).unwrap();
-        let mut hot = Rpc::new(Box::new(s.try_clone().unwrap()), Box::new(s), None);
+        let (ws, root, mut hot) = run_fixture_with_daemon();
         let mut rng = Rng::new(seed);
         let mut mode: &'static str = "a";
         let mut history = Vec::new();
