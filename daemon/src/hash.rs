@@ -909,16 +909,21 @@ pub fn select_inputs<'a>(
 ) -> Vec<&'a FileMeta> {
     project_files
         .filter(|f| {
-            let rel = if project_dir == "." {
-                Some(f.path.as_str())
-            } else {
-                f.path
-                    .strip_prefix(project_dir)
-                    .and_then(|r| r.strip_prefix('/'))
-            };
-            rel.is_some_and(|rel| pats.inputs.matches(rel) && !pats.outputs.matches(rel))
+            project_rel(project_dir, &f.path)
+                .is_some_and(|rel| pats.inputs.matches(rel) && !pats.outputs.matches(rel))
         })
         .collect()
+}
+
+/// `path` (root-relative) relative to the project at `project_dir`
+/// (root-relative, `.` for the root project); `None` when it is not below it.
+pub fn project_rel<'a>(project_dir: &str, path: &'a str) -> Option<&'a str> {
+    if project_dir == "." {
+        Some(path)
+    } else {
+        path.strip_prefix(project_dir)
+            .and_then(|r| r.strip_prefix('/'))
+    }
 }
 
 #[cfg(test)]

@@ -372,16 +372,6 @@ impl Shared {
     ) -> Result<Arc<Vec<(String, String)>>, EngineError> {
         let node = &self.model.graph.nodes[n];
         let dir = self.model.ws.projects[node.project].dir.as_str();
-        let rel = |f: &FileMeta| -> Option<usize> {
-            if dir == "." {
-                Some(0)
-            } else {
-                f.path
-                    .strip_prefix(dir)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .map(|r| f.path.len() - r.len())
-            }
-        };
         let picked = {
             let mut memo = self
                 .inputs_memo
@@ -397,7 +387,7 @@ impl Shared {
                     let mut picked = Vec::new();
                     let mut hashed = Vec::new();
                     for (i, f) in files.iter().enumerate() {
-                        if rel(f).is_some_and(|at| pats.inputs.matches(&f.path[at..])) {
+                        if hash::project_rel(dir, &f.path).is_some_and(|r| pats.inputs.matches(r)) {
                             picked.push(i);
                             let h = self.index.hash(&self.model.ws.root, f);
                             hashed.push((
@@ -424,7 +414,7 @@ impl Shared {
             (0..picked.picked.len())
                 .filter(|&j| {
                     let f = &files[picked.picked[j]];
-                    rel(f).is_some_and(|at| !pats.outputs.matches(&f.path[at..]))
+                    hash::project_rel(dir, &f.path).is_some_and(|r| !pats.outputs.matches(r))
                 })
                 .collect()
         };
